@@ -1,0 +1,962 @@
+//! The signature doctor: why does WeChat Pay say "签名错误"?
+//!
+//! [`diagnose`] checks a signed body (an APIv2 XML message, or the JSON parameters of
+//! `wx.requestPayment`) against a key. When the signature does not verify, it tests the
+//! mistakes that integrations make again and again, and reports each one that *reproduces
+//! the received signature* as confirmed: the other algorithm, empty fields signed, `sign`
+//! signed, `sign_type` left out, a field added after signing, values escaped or URL-encoded
+//! before signing, fields signed unsorted, the key trimmed or in the wrong place, lowercase
+//! hex, and mini program fields in the wrong case. Problems it can see but not prove (a key
+//! of the wrong length, a key that looks like an AppSecret, a byte order mark, a body that is
+//! not UTF-8) are reported as likely causes.
+
+use std::fmt;
+
+use crate::SignType;
+use crate::sign::{Signature, sign_string};
+use crate::xml::{self, XmlError};
+
+/// What the doctor recognised in a finding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Cause {
+    /// The body is not UTF-8.
+    NotUtf8,
+    /// The body (or the key) holds a byte order mark.
+    ByteOrderMark,
+    /// The hardened XML reader refused the body.
+    XmlRefused,
+    /// The body has no signature field.
+    MissingSign,
+    /// The signature was made with the other algorithm.
+    OtherAlgorithm,
+    /// The `sign_type` field names another algorithm than the configured one.
+    SignTypeField,
+    /// Fields with empty values were signed.
+    EmptyFieldsIncluded,
+    /// The signature field itself was signed.
+    SignFieldIncluded,
+    /// `sign_type` was left out of the signed string.
+    SignTypeExcluded,
+    /// A field was not part of what was signed (added after signing, or dropped by the
+    /// signer).
+    FieldNotSigned,
+    /// Fields whose value is `0` were dropped by the signer, as if empty.
+    ZeroValuesDropped,
+    /// Values were XML-escaped before signing.
+    ValuesEscaped,
+    /// Values were URL-encoded before signing.
+    ValuesUrlEncoded,
+    /// Values were signed with surrounding whitespace removed, or the body added some.
+    ValuesWhitespace,
+    /// Fields were signed in document order instead of sorted by name.
+    NotSorted,
+    /// The key was left out, or placed among the fields instead of at the end.
+    KeyPlacement,
+    /// The key has the wrong length or characters.
+    KeyFormat,
+    /// The key has whitespace around it (a newline from a key file).
+    KeyWhitespace,
+    /// The key differs only in letter case.
+    KeyCase,
+    /// The key looks like a mini program AppSecret.
+    KeyLooksLikeAppSecret,
+    /// The key is simply a different one.
+    WrongKey,
+    /// The signature is lowercase hex.
+    LowercaseHex,
+    /// Mini program field names in the wrong case (`appid` for `appId`).
+    FieldNameCase,
+    /// `timeStamp` in milliseconds.
+    TimestampMillis,
+    /// An amount written as yuan instead of integer fen.
+    AmountNotFen,
+    /// Non-ASCII values, which must be signed as UTF-8 bytes.
+    NonAsciiValues,
+}
+
+/// One thing the doctor found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// What it is.
+    pub cause: Cause,
+    /// Whether the doctor reproduced the received signature under this explanation.
+    pub confirmed: bool,
+    /// What is wrong and what to do, for a person.
+    pub message: String,
+}
+
+/// What kind of signed body was examined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyKind {
+    /// An APIv2 XML message (field `sign`).
+    ApiMessage,
+    /// `wx.requestPayment` parameters (field `paySign`).
+    PayParams,
+}
+
+/// The doctor's report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnosis {
+    /// Whether the body verifies as it is, with the key and algorithm given.
+    pub verified: bool,
+    /// What was examined, when the body could be read.
+    pub kind: Option<BodyKind>,
+    /// The configured algorithm.
+    pub sign_type: SignType,
+    /// The string that must be signed, without the key (`stringA`).
+    pub string_a: Option<String>,
+    /// The signature the body should carry with this key.
+    pub expected: Option<String>,
+    /// The signature the body carries.
+    pub received: Option<String>,
+    /// Findings, confirmed ones first.
+    pub findings: Vec<Finding>,
+}
+
+impl Diagnosis {
+    fn new(sign_type: SignType) -> Diagnosis {
+        Diagnosis {
+            verified: false,
+            kind: None,
+            sign_type,
+            string_a: None,
+            expected: None,
+            received: None,
+            findings: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, cause: Cause, confirmed: bool, message: impl Into<String>) {
+        if !self
+            .findings
+            .iter()
+            .any(|f| f.cause == cause && f.confirmed == confirmed)
+        {
+            self.findings.push(Finding {
+                cause,
+                confirmed,
+                message: message.into(),
+            });
+        }
+    }
+
+    /// The confirmed findings.
+    pub fn confirmed(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| f.confirmed)
+    }
+}
+
+impl fmt::Display for Diagnosis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.verified {
+            writeln!(f, "OK: the signature verifies ({}).", self.sign_type)?;
+        } else {
+            writeln!(f, "FAILED: the signature does not verify ({}).", self.sign_type)?;
+        }
+        let (confirmed, other): (Vec<_>, Vec<_>) = self.findings.iter().partition(|x| x.confirmed);
+        if !confirmed.is_empty() {
+            writeln!(f, "\nCause (confirmed: it reproduces the received signature):")?;
+            for x in confirmed {
+                writeln!(f, "  - {}", x.message)?;
+            }
+        }
+        if !other.is_empty() {
+            let title = if self.verified { "Warnings" } else { "Likely causes" };
+            writeln!(f, "\n{title}:")?;
+            for x in other {
+                writeln!(f, "  - {}", x.message)?;
+            }
+        }
+        if let Some(a) = &self.string_a {
+            writeln!(f, "\nString that is signed (followed by &key=<API key>):\n  {a}")?;
+        }
+        if let Some(e) = &self.expected {
+            writeln!(f, "Expected signature: {e}")?;
+        }
+        if let Some(r) = &self.received {
+            writeln!(f, "Received signature: {r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How one hypothesis builds the signed string.
+#[derive(Clone, Copy, Default)]
+struct Variant<'v> {
+    include_empty: bool,
+    sign_placeholder: bool,
+    exclude: Option<&'v str>,
+    drop_zero: bool,
+    escape_xml: bool,
+    url_encode: bool,
+    trim_values: bool,
+    document_order: bool,
+    lowercase_names: bool,
+    key: KeyPlace,
+}
+
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+enum KeyPlace {
+    #[default]
+    Appended,
+    Omitted,
+    Sorted,
+}
+
+struct Body {
+    /// Pairs in document order.
+    pairs: Vec<(String, String)>,
+    sign_name: &'static str,
+    kind: BodyKind,
+    /// For pay parameters: the names as they should be, mapped from the names found.
+    has_document_order: bool,
+}
+
+const PAY_NAMES: [&str; 5] = ["appId", "nonceStr", "package", "signType", "timeStamp"];
+
+fn build(body: &Body, v: &Variant<'_>, key: &str) -> Vec<u8> {
+    let mut pairs: Vec<(String, String)> = body
+        .pairs
+        .iter()
+        .filter(|(k, _)| k != body.sign_name || v.sign_placeholder)
+        .filter(|(k, _)| Some(k.as_str()) != v.exclude)
+        .map(|(k, val)| {
+            let val = if k == body.sign_name {
+                String::new()
+            } else {
+                val.clone()
+            };
+            let name = if v.lowercase_names {
+                k.to_ascii_lowercase()
+            } else {
+                k.clone()
+            };
+            let mut val = if v.trim_values { val.trim().to_owned() } else { val };
+            if v.escape_xml {
+                val = val
+                    .replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+                    .replace('"', "&quot;")
+                    .replace('\'', "&apos;");
+            }
+            if v.url_encode {
+                val = url_encode(&val);
+            }
+            (name, val)
+        })
+        .filter(|(k, val)| v.include_empty || !val.is_empty() || (v.sign_placeholder && k == body.sign_name))
+        .filter(|(_, val)| !(v.drop_zero && val == "0"))
+        .collect();
+    if v.key == KeyPlace::Sorted {
+        pairs.push(("key".to_owned(), key.to_owned()));
+    }
+    if !v.document_order || v.key == KeyPlace::Sorted {
+        pairs.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    }
+    let mut s = pairs
+        .iter()
+        .map(|(k, val)| format!("{k}={val}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    if v.key == KeyPlace::Appended {
+        s.push_str("&key=");
+        s.push_str(key);
+    }
+    s.into_bytes()
+}
+
+fn url_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn read_body(raw: &[u8], d: &mut Diagnosis) -> Option<Body> {
+    let text = match std::str::from_utf8(raw) {
+        Ok(t) => t,
+        Err(e) => {
+            d.add(
+                Cause::NotUtf8,
+                false,
+                format!(
+                    "the body is not UTF-8 (invalid byte at offset {}): WeChat Pay signs and checks the UTF-8 bytes, so a body encoded as GBK/GB2312 fails. Encode the body and the signed string as UTF-8.",
+                    e.valid_up_to()
+                ),
+            );
+            return None;
+        }
+    };
+    let mut text = text;
+    if let Some(rest) = text.strip_prefix('\u{FEFF}') {
+        d.add(
+            Cause::ByteOrderMark,
+            false,
+            "the body starts with a byte order mark (U+FEFF), typical of a file saved by a Windows editor; remove it, and make sure it did not end up in a signed value.",
+        );
+        text = rest;
+    }
+    let trimmed = text.trim_start();
+    let pairs: Vec<(String, String)>;
+    let mut has_document_order = true;
+    if trimmed.starts_with('{') {
+        let map: serde_json::Map<String, serde_json::Value> = match serde_json::from_str(trimmed) {
+            Ok(m) => m,
+            Err(e) => {
+                d.add(
+                    Cause::XmlRefused,
+                    false,
+                    format!("the body looks like JSON but cannot be read: {e}"),
+                );
+                return None;
+            }
+        };
+        let mut out = Vec::new();
+        for (k, v) in map {
+            let s = match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => {
+                    if k.eq_ignore_ascii_case("timestamp") {
+                        d.add(
+                            Cause::TimestampMillis,
+                            false,
+                            "timeStamp is a JSON number; wx.requestPayment wants a string of digits.",
+                        );
+                    }
+                    n.to_string()
+                }
+                serde_json::Value::Bool(b) => b.to_string(),
+                serde_json::Value::Null => String::new(),
+                _ => {
+                    d.add(
+                        Cause::XmlRefused,
+                        false,
+                        format!("field `{k}` is a JSON object or array; signed fields are strings"),
+                    );
+                    return None;
+                }
+            };
+            out.push((k, s));
+        }
+        pairs = out;
+        // serde_json reads objects sorted, so the document order is not known.
+        has_document_order = false;
+    } else {
+        let fields = match xml::read(text.as_bytes()) {
+            Ok(f) => f,
+            Err(e) => {
+                add_xml_error(d, &e);
+                return None;
+            }
+        };
+        // The reader returns fields sorted by name; recover the order of the document, which
+        // a signer that forgot to sort would have used.
+        let mut with_pos: Vec<(usize, String, String)> = fields
+            .iter()
+            .map(|(k, v)| {
+                let pos = text
+                    .find(&format!("<{k}>"))
+                    .or_else(|| text.find(&format!("<{k}/>")))
+                    .or_else(|| text.find(&format!("<{k} ")))
+                    .unwrap_or(usize::MAX);
+                (pos, k.to_owned(), v.to_owned())
+            })
+            .collect();
+        with_pos.sort_by_key(|(p, ..)| *p);
+        pairs = with_pos.into_iter().map(|(_, k, v)| (k, v)).collect();
+    }
+    // APIv2 messages say `nonce_str`; only the mini program parameters say `nonceStr`,
+    // `timeStamp` and `paySign`, whatever case a confused signer used.
+    let is_pay = pairs.iter().any(|(k, _)| {
+        ["paysign", "noncestr", "timestamp"]
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(k))
+    });
+    let (sign_name, kind) = if is_pay {
+        ("paySign", BodyKind::PayParams)
+    } else {
+        ("sign", BodyKind::ApiMessage)
+    };
+    Some(Body {
+        pairs,
+        sign_name,
+        kind,
+        has_document_order,
+    })
+}
+
+fn add_xml_error(d: &mut Diagnosis, e: &XmlError) {
+    use crate::xml::XmlErrorKind as K;
+    let advice = match &e.kind {
+        K::DuplicateField { .. } => " A field given twice: which value was signed? Send each field once.",
+        K::NotUtf8 | K::EncodingNotUtf8 { .. } => " WeChat Pay accepts UTF-8 only.",
+        K::Doctype | K::EntityReference { .. } => " WeChat Pay messages never carry a DTD or entities.",
+        _ => "",
+    };
+    let cause = if matches!(e.kind, K::NotUtf8 | K::EncodingNotUtf8 { .. }) {
+        Cause::NotUtf8
+    } else {
+        Cause::XmlRefused
+    };
+    d.add(
+        cause,
+        false,
+        format!("the body is not a well-formed APIv2 message: {e}.{advice}"),
+    );
+}
+
+/// Examines `body`, signed with `key` (as the user has it, whitespace and all) and the
+/// configured algorithm.
+pub fn diagnose(body: &[u8], key: &str, sign_type: SignType) -> Diagnosis {
+    let mut d = Diagnosis::new(sign_type);
+    let Some(mut body) = read_body(body, &mut d) else {
+        return d;
+    };
+    d.kind = Some(body.kind);
+    check_key(key, &mut d);
+
+    if body.kind == BodyKind::PayParams {
+        normalise_pay_names(&mut body, &mut d);
+    } else {
+        check_api_fields(&body, &mut d);
+    }
+
+    let clean_key = key.trim().trim_start_matches('\u{FEFF}').trim();
+    let primary = Variant::default();
+    let string_a = {
+        let mut s = String::from_utf8(build(
+            &body,
+            &Variant {
+                key: KeyPlace::Omitted,
+                ..primary
+            },
+            "",
+        ))
+        .unwrap_or_default();
+        if s.is_empty() {
+            s.push_str("(nothing)");
+        }
+        s
+    };
+    d.string_a = Some(string_a);
+    let expected = sign_string(&build(&body, &primary, key), key.as_bytes(), sign_type);
+    d.expected = Some(expected.as_str().to_owned());
+
+    let received = body
+        .pairs
+        .iter()
+        .find(|(k, _)| k == body.sign_name)
+        .map(|(_, v)| v.clone());
+    let Some(received) = received.filter(|r| !r.is_empty()) else {
+        let alt = body
+            .pairs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(body.sign_name))
+            .map(|(k, _)| k.clone());
+        match alt {
+            Some(k) => d.add(
+                Cause::FieldNameCase,
+                true,
+                format!(
+                    "the signature is in field `{k}`; it must be called `{}`.",
+                    body.sign_name
+                ),
+            ),
+            None => d.add(
+                Cause::MissingSign,
+                true,
+                format!("the body has no `{}` field to check.", body.sign_name),
+            ),
+        }
+        return d;
+    };
+    d.received = Some(received.clone());
+
+    if expected.matches(&received) {
+        d.verified = true;
+        sort_findings(&mut d);
+        return d;
+    }
+    if received.len() != sign_type.hex_len() && received.len() == sign_type.other().hex_len() {
+        d.add(
+            Cause::OtherAlgorithm,
+            false,
+            format!(
+                "the received signature has {} characters, the length of {} signatures; {} signatures have {}.",
+                received.len(),
+                sign_type.other(),
+                sign_type,
+                sign_type.hex_len()
+            ),
+        );
+    }
+    let upper = received.to_ascii_uppercase();
+    if upper != received && received.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let same = expected.matches(&upper);
+        d.add(
+            Cause::LowercaseHex,
+            same,
+            "the signature is lowercase hex; WeChat Pay writes and compares it in uppercase (apply toUpperCase() to the hex digest).",
+        );
+        if same {
+            sort_findings(&mut d);
+            return d;
+        }
+    }
+
+    test_hypotheses(&body, key, clean_key, sign_type, &upper, &mut d);
+
+    if !d.findings.iter().any(|f| f.confirmed) {
+        explain_unconfirmed(&body, key, &mut d);
+    }
+    sort_findings(&mut d);
+    d
+}
+
+fn sort_findings(d: &mut Diagnosis) {
+    d.findings.sort_by_key(|f| !f.confirmed);
+}
+
+fn check_key(key: &str, d: &mut Diagnosis) {
+    if key.contains('\u{FEFF}') {
+        d.add(
+            Cause::ByteOrderMark,
+            false,
+            "the key contains a byte order mark (U+FEFF): the key file was saved with one; save it without.",
+        );
+    }
+    if key.trim() != key {
+        let what = if key.ends_with('\n') || key.ends_with('\r') {
+            "a line break"
+        } else {
+            "whitespace"
+        };
+        d.add(
+            Cause::KeyWhitespace,
+            false,
+            format!("the key has {what} around it; the API key is exactly its 32 characters."),
+        );
+    }
+    let clean = key.trim().trim_start_matches('\u{FEFF}');
+    let n = clean.chars().count();
+    if n != 32 {
+        d.add(
+            Cause::KeyFormat,
+            false,
+            format!("the key has {n} characters; an APIv2 key has exactly 32 (merchant platform → 账户中心 → API安全 → API密钥). The APIv3 key and the AppSecret are different keys."),
+        );
+    } else if !clean.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        d.add(
+            Cause::KeyFormat,
+            false,
+            "the key has characters other than ASCII letters and digits; an APIv2 key has only those.",
+        );
+    }
+}
+
+fn normalise_pay_names(body: &mut Body, d: &mut Diagnosis) {
+    for (k, _) in &mut body.pairs {
+        if let Some(right) = PAY_NAMES
+            .iter()
+            .chain(std::iter::once(&"paySign"))
+            .find(|p| p.eq_ignore_ascii_case(k))
+        {
+            if k != right {
+                d.add(
+                    Cause::FieldNameCase,
+                    true,
+                    format!("`{k}` must be written `{right}`: wx.requestPayment and its paySign use appId, timeStamp, nonceStr, package, signType (camelCase, capital I and S)."),
+                );
+                *k = (*right).to_owned();
+            }
+        }
+    }
+    if let Some((_, ts)) = body.pairs.iter().find(|(k, _)| k == "timeStamp") {
+        if ts.len() == 13 && ts.bytes().all(|b| b.is_ascii_digit()) {
+            d.add(
+                Cause::TimestampMillis,
+                false,
+                "timeStamp has 13 digits: milliseconds. It must be Unix seconds (10 digits).",
+            );
+        }
+    }
+    if let Some((_, st)) = body.pairs.iter().find(|(k, _)| k == "signType") {
+        if st != d.sign_type.as_str() {
+            d.add(
+                Cause::SignTypeField,
+                false,
+                format!("signType is {st:?} but the order was placed with {}; paySign must use the algorithm of unifiedorder.", d.sign_type),
+            );
+        }
+    }
+    // Only the five fields are signed; anything else the body carries is not.
+    body.pairs
+        .retain(|(k, _)| PAY_NAMES.contains(&k.as_str()) || k == "paySign");
+}
+
+fn check_api_fields(body: &Body, d: &mut Diagnosis) {
+    for (k, v) in &body.pairs {
+        if k.chars().any(|c| c.is_ascii_uppercase()) {
+            d.add(
+                Cause::FieldNameCase,
+                false,
+                format!("field `{k}` has capital letters; APIv2 messages use lowercase names (`appid`, `nonce_str`), camelCase is only for wx.requestPayment."),
+            );
+        }
+        if k == "sign_type" && v != d.sign_type.as_str() && !v.is_empty() {
+            d.add(
+                Cause::SignTypeField,
+                false,
+                format!("the body says sign_type={v} but you are checking with {}; the configured algorithm decides, so one of the two is wrong.", d.sign_type),
+            );
+        }
+        if matches!(
+            k.as_str(),
+            "total_fee" | "refund_fee" | "cash_fee" | "settlement_total_fee"
+        ) && !v.bytes().all(|b| b.is_ascii_digit())
+        {
+            d.add(
+                Cause::AmountNotFen,
+                false,
+                format!("{k}={v} is not an integer: amounts are in fen (1 yuan = 100), never yuan with decimals."),
+            );
+        }
+        if v.contains('\u{FEFF}') {
+            d.add(
+                Cause::ByteOrderMark,
+                false,
+                format!("the value of `{k}` contains a byte order mark (U+FEFF)."),
+            );
+        }
+    }
+}
+
+fn test_hypotheses(
+    body: &Body,
+    key: &str,
+    clean_key: &str,
+    sign_type: SignType,
+    received_upper: &str,
+    d: &mut Diagnosis,
+) {
+    let matches = |v: &Variant<'_>, k: &str, t: SignType| -> bool {
+        let s = build(body, v, k);
+        let sig: Signature = sign_string(&s, k.as_bytes(), t);
+        sig.matches(received_upper)
+    };
+    let base = Variant::default();
+    let types = [sign_type, sign_type.other()];
+    let algo_note = |t: SignType| {
+        if t == sign_type {
+            String::new()
+        } else {
+            format!(" It was also signed with {t}, not the configured {sign_type}.")
+        }
+    };
+
+    // Key variants: as given is tested by the main check; the trimmed one and case slips.
+    let mut keys: Vec<(String, Option<Cause>)> = vec![(key.to_owned(), None)];
+    if clean_key != key {
+        keys.push((clean_key.to_owned(), Some(Cause::KeyWhitespace)));
+    }
+    if clean_key.bytes().any(|b| b.is_ascii_alphabetic()) {
+        keys.push((clean_key.to_ascii_uppercase(), Some(Cause::KeyCase)));
+        keys.push((clean_key.to_ascii_lowercase(), Some(Cause::KeyCase)));
+    }
+
+    // The other algorithm alone.
+    for (k, kcause) in &keys {
+        if matches(&base, k, sign_type.other()) {
+            d.add(
+                Cause::OtherAlgorithm,
+                true,
+                format!(
+                    "the body was signed with {} but you check with {}. Use the same sign_type everywhere (unifiedorder, paySign, and the check), and send sign_type={} in the request.",
+                    sign_type.other(),
+                    sign_type,
+                    sign_type.other()
+                ),
+            );
+            if let Some(c) = kcause {
+                key_finding(d, c.clone(), key);
+            }
+            return;
+        }
+    }
+
+    let mut hypotheses: Vec<(Variant<'_>, Cause, String)> = Vec::new();
+    if body.pairs.iter().any(|(k, v)| v.is_empty() && k != body.sign_name) {
+        hypotheses.push((
+            Variant {
+                include_empty: true,
+                ..base
+            },
+            Cause::EmptyFieldsIncluded,
+            "fields with empty values were signed (`name=&`); empty values take no part in the signature.".into(),
+        ));
+    }
+    hypotheses.push((
+        Variant {
+            sign_placeholder: true,
+            ..base
+        },
+        Cause::SignFieldIncluded,
+        format!(
+            "`{}` was part of the signed string (as an empty placeholder); the signature field never takes part.",
+            body.sign_name
+        ),
+    ));
+    hypotheses.push((
+        Variant { sign_placeholder: true, include_empty: true, ..base },
+        Cause::SignFieldIncluded,
+        format!("`{}` and the other empty fields were part of the signed string; empty fields and the signature field never take part.", body.sign_name),
+    ));
+    if body.pairs.iter().any(|(k, _)| k == "sign_type") {
+        hypotheses.push((
+            Variant { exclude: Some("sign_type"), ..base },
+            Cause::SignTypeExcluded,
+            "sign_type was left out of the signed string; only `sign` is left out, sign_type is signed like any other field.".into(),
+        ));
+    }
+    if body.pairs.iter().any(|(_, v)| v == "0") {
+        hypotheses.push((
+            Variant { drop_zero: true, ..base },
+            Cause::ZeroValuesDropped,
+            "fields whose value is 0 were dropped as if empty (a falsy check such as `if value:`); only empty values are left out, \"0\" is signed.".into(),
+        ));
+    }
+    if body.pairs.iter().any(|(_, v)| v.contains(['&', '<', '>', '"', '\''])) {
+        hypotheses.push((
+            Variant { escape_xml: true, ..base },
+            Cause::ValuesEscaped,
+            "values were XML-escaped (&amp;, &lt;) before signing; sign the raw values, then escape when writing the XML.".into(),
+        ));
+    }
+    if body.pairs.iter().any(|(_, v)| {
+        v.bytes()
+            .any(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~')))
+    }) {
+        hypotheses.push((
+            Variant {
+                url_encode: true,
+                ..base
+            },
+            Cause::ValuesUrlEncoded,
+            "values were URL-encoded before signing; sign the raw values, WeChat Pay does not encode them.".into(),
+        ));
+    }
+    if body.pairs.iter().any(|(_, v)| v.trim() != v) {
+        hypotheses.push((
+            Variant { trim_values: true, ..base },
+            Cause::ValuesWhitespace,
+            "the values were signed without the whitespace around them that the body carries (pretty-printed XML inside a value?); put exactly the signed value between the tags.".into(),
+        ));
+    }
+    if body.has_document_order {
+        hypotheses.push((
+            Variant {
+                document_order: true,
+                ..base
+            },
+            Cause::NotSorted,
+            "the fields were signed in the order of the body; they must be sorted by name (ASCII order) first.".into(),
+        ));
+    }
+    hypotheses.push((
+        Variant {
+            key: KeyPlace::Omitted,
+            ..base
+        },
+        Cause::KeyPlacement,
+        "the key was not appended: the signed string must end with &key=<API key>.".into(),
+    ));
+    hypotheses.push((
+        Variant {
+            key: KeyPlace::Sorted,
+            ..base
+        },
+        Cause::KeyPlacement,
+        "the key was sorted in among the fields as `key=…`; it must be appended at the very end as &key=<API key>."
+            .into(),
+    ));
+    if body.kind == BodyKind::PayParams {
+        hypotheses.push((
+            Variant { lowercase_names: true, ..base },
+            Cause::FieldNameCase,
+            "paySign was computed over lowercase names (appid, timestamp, noncestr, signtype); sign appId, nonceStr, package, signType, timeStamp exactly.".into(),
+        ));
+    }
+    let field_names: Vec<&str> = body
+        .pairs
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| *k != body.sign_name)
+        .collect();
+
+    for t in types {
+        for (k, kcause) in &keys {
+            if t == sign_type && kcause.is_none() {
+                // Already tested as the main check; hypotheses below vary the string.
+            } else if matches(&base, k, t) {
+                if let Some(c) = kcause {
+                    key_finding(d, c.clone(), key);
+                    if t != sign_type {
+                        d.add(
+                            Cause::OtherAlgorithm,
+                            true,
+                            format!("it was also signed with {t}, not the configured {sign_type}."),
+                        );
+                    }
+                    return;
+                }
+            }
+            for (v, cause, msg) in &hypotheses {
+                if matches(v, k, t) {
+                    d.add(cause.clone(), true, format!("{msg}{}", algo_note(t)));
+                    if let Some(c) = kcause {
+                        key_finding(d, c.clone(), key);
+                    }
+                    return;
+                }
+            }
+            for name in &field_names {
+                if matches(
+                    &Variant {
+                        exclude: Some(name),
+                        ..base
+                    },
+                    k,
+                    t,
+                ) {
+                    d.add(
+                        Cause::FieldNotSigned,
+                        true,
+                        format!(
+                            "field `{name}` is in the body but was not signed: it was added after signing, or the signer dropped it. Sign every field that is sent.{}",
+                            algo_note(t)
+                        ),
+                    );
+                    if let Some(c) = kcause {
+                        key_finding(d, c.clone(), key);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn key_finding(d: &mut Diagnosis, cause: Cause, key: &str) {
+    let msg = match cause {
+        Cause::KeyWhitespace => "the signer used the key without the whitespace your copy has: trim the key (a trailing newline in the key file?).".to_owned(),
+        Cause::KeyCase => format!(
+            "the signer used the key in another letter case; API keys are case-sensitive, copy it exactly (yours ends in …{}).",
+            key.trim().chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect::<String>()
+        ),
+        _ => return,
+    };
+    d.add(cause, true, msg);
+}
+
+fn explain_unconfirmed(body: &Body, key: &str, d: &mut Diagnosis) {
+    let clean = key.trim();
+    if clean.len() == 32 && clean.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        d.add(
+            Cause::KeyLooksLikeAppSecret,
+            false,
+            "the key is 32 lowercase hex digits, the shape of a mini program AppSecret; if you copied it from the mini program console, use the API key from the merchant platform (API安全) instead.",
+        );
+    }
+    if body.pairs.iter().any(|(_, v)| !v.is_ascii()) {
+        d.add(
+            Cause::NonAsciiValues,
+            false,
+            "some values are not ASCII (Chinese text?): they must be signed as UTF-8 bytes; a signer that hashes GBK or UTF-16 strings gets another signature.",
+        );
+    }
+    d.add(
+        Cause::WrongKey,
+        false,
+        "no common mistake reproduces the received signature, so the key is most likely not the one it was signed with (another merchant's key, the APIv3 key, an old key after a reset, or the sandbox key).",
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ApiKey, Fields};
+
+    const KEY: &str = "192006250b4c09247ec02edce69f6a2d";
+
+    fn signed(pairs: &[(&str, &str)], t: SignType) -> String {
+        let mut f: Fields<'_> = pairs.iter().copied().collect();
+        f.sign(&ApiKey::new(KEY).unwrap(), t);
+        f.to_xml().unwrap()
+    }
+
+    fn causes(d: &Diagnosis) -> Vec<Cause> {
+        d.confirmed().map(|f| f.cause.clone()).collect()
+    }
+
+    const BASE: &[(&str, &str)] = &[
+        ("appid", "wxd930ea5d5a258f4f"),
+        ("mch_id", "10000100"),
+        ("body", "test"),
+        ("nonce_str", "ibuaiVcKdpRxkhJA"),
+    ];
+
+    #[test]
+    fn a_correct_body_verifies() {
+        let d = diagnose(signed(BASE, SignType::Md5).as_bytes(), KEY, SignType::Md5);
+        assert!(d.verified, "{d}");
+    }
+
+    #[test]
+    fn the_other_algorithm_is_confirmed() {
+        let d = diagnose(signed(BASE, SignType::HmacSha256).as_bytes(), KEY, SignType::Md5);
+        assert!(!d.verified);
+        assert_eq!(causes(&d), [Cause::OtherAlgorithm], "{d}");
+    }
+
+    #[test]
+    fn a_key_with_a_newline_is_confirmed() {
+        let d = diagnose(
+            signed(BASE, SignType::Md5).as_bytes(),
+            &format!("{KEY}\n"),
+            SignType::Md5,
+        );
+        assert_eq!(causes(&d), [Cause::KeyWhitespace], "{d}");
+    }
+
+    #[test]
+    fn lowercase_hex_is_confirmed() {
+        let body = signed(BASE, SignType::Md5);
+        let f = crate::xml::read(body.as_bytes()).unwrap();
+        let sign = f.get("sign").unwrap().to_owned();
+        let lower = body.replace(&sign, &sign.to_lowercase());
+        let d = diagnose(lower.as_bytes(), KEY, SignType::Md5);
+        assert_eq!(causes(&d), [Cause::LowercaseHex], "{d}");
+    }
+
+    #[test]
+    fn a_wrong_key_is_the_fallback() {
+        let d = diagnose(
+            signed(BASE, SignType::Md5).as_bytes(),
+            "0123456789abcdef0123456789abcdef",
+            SignType::Md5,
+        );
+        assert!(causes(&d).is_empty());
+        assert!(d.findings.iter().any(|f| f.cause == Cause::WrongKey), "{d}");
+        assert!(
+            d.findings.iter().any(|f| f.cause == Cause::KeyLooksLikeAppSecret),
+            "{d}"
+        );
+    }
+}

@@ -1,0 +1,413 @@
+//! Payment and refund notifications, and the replies WeChat Pay expects.
+//!
+//! A notification is read in two steps so that a gateway serving several merchants can find
+//! the merchant before checking anything: [`NotificationFields::read`] runs only the hardened
+//! XML reader and exposes `mch_id`/`appid`; [`NotificationFields::payment`] or
+//! [`NotificationFields::refund`] then checks the notification with that merchant's
+//! credentials and returns the typed value.
+
+use std::collections::BTreeMap;
+
+use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
+use base64::Engine;
+
+use super::calls::{Coupon, RefundStatus, TradeType, opt_time, read_coupons};
+use super::{ErrCode, check_merchant, check_return_code, extra_fields, fen, opt_count, opt_fen, opt_string};
+use crate::xml::{self, ReadOptions};
+use crate::{ApiKey, BeijingTime, Error, Fen, Fields, Merchant};
+
+/// The reply that tells WeChat Pay a notification was received and handled. Anything else,
+/// or no answer in time, makes it send the notification again.
+pub const NOTIFY_SUCCESS_REPLY: &str =
+    "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>";
+
+/// The reply that refuses a notification (WeChat Pay will retry it), with a reason.
+pub fn notify_fail_reply(reason: &str) -> String {
+    // A reason is free text; the writer escapes it, and a reason it cannot carry is replaced.
+    xml::write("xml", [("return_code", "FAIL"), ("return_msg", reason)]).unwrap_or_else(|_| {
+        "<xml><return_code><![CDATA[FAIL]]></return_code><return_msg><![CDATA[refused]]></return_msg></xml>".to_owned()
+    })
+}
+
+/// A notification body that passed the hardened XML reader and nothing else yet.
+#[derive(Clone, Debug)]
+pub struct NotificationFields<'a> {
+    fields: Fields<'a>,
+}
+
+impl<'a> NotificationFields<'a> {
+    /// Reads a notification body with the hardened XML reader.
+    ///
+    /// # Errors
+    /// [`Error::Xml`] for any body it refuses.
+    pub fn read(body: &'a [u8]) -> Result<Self, Error> {
+        Ok(NotificationFields {
+            fields: xml::read(body)?,
+        })
+    }
+
+    /// `mch_id` as sent (unverified), to find the merchant.
+    pub fn mch_id(&self) -> Option<&str> {
+        self.fields.optional("mch_id")
+    }
+
+    /// `appid` as sent (unverified).
+    pub fn appid(&self) -> Option<&str> {
+        self.fields.optional("appid")
+    }
+
+    /// `out_trade_no` as sent (unverified), for logging.
+    pub fn out_trade_no(&self) -> Option<&str> {
+        self.fields.optional("out_trade_no")
+    }
+
+    /// All fields as sent (unverified).
+    pub fn fields(&self) -> &Fields<'a> {
+        &self.fields
+    }
+
+    /// Checks a payment notification for `merchant` and returns it typed: `return_code`,
+    /// the signature with the merchant's configured algorithm (a `sign_type` field cannot
+    /// change it), `appid` and `mch_id`, then the payment fields. Whether the amount equals
+    /// the order's is for the caller, who knows the order.
+    ///
+    /// # Errors
+    /// [`Error::ReturnFail`], [`Error::MissingField`] (no `sign`), [`Error::SignTypeMismatch`],
+    /// [`Error::BadSignature`], [`Error::MerchantMismatch`], or a field error.
+    pub fn payment(&self, merchant: &Merchant) -> Result<PaymentNotification, Error> {
+        let f = &self.fields;
+        check_return_code(f)?;
+        f.verify(&merchant.key, merchant.sign_type)?;
+        check_merchant(f, merchant)?;
+        PaymentNotification::from_verified(f)
+    }
+
+    /// Checks a refund notification for `merchant`: `return_code`, `appid` and `mch_id`,
+    /// then decrypts `req_info` with the merchant's key. The notification carries no `sign`;
+    /// its authenticity comes from the encryption, which only a holder of the key can produce.
+    ///
+    /// # Errors
+    /// [`Error::ReturnFail`], [`Error::MerchantMismatch`], [`Error::Decrypt`], or a field error
+    /// in the decrypted part.
+    pub fn refund(&self, merchant: &Merchant) -> Result<RefundNotification, Error> {
+        let f = &self.fields;
+        check_return_code(f)?;
+        check_merchant(f, merchant)?;
+        let plain = decrypt_req_info(f.require("req_info")?, &merchant.key)?;
+        let inner = xml::read_with(
+            plain.as_bytes(),
+            &ReadOptions {
+                root: "root",
+                ..ReadOptions::default()
+            },
+        )?;
+        RefundNotification::from_fields(merchant, &inner)
+    }
+}
+
+/// How the payment ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PaymentOutcome {
+    /// `result_code=SUCCESS`: the money was taken.
+    Paid {
+        /// `transaction_id`: WeChat Pay's order number.
+        transaction_id: String,
+        /// `total_fee`: compare it with the order's amount before believing anything.
+        total_fee: Fen,
+        /// `time_end`: when it was paid.
+        time_end: BeijingTime,
+    },
+    /// `result_code=FAIL`: the payment failed.
+    Failed {
+        /// `err_code`.
+        code: ErrCode,
+        /// `err_code_des`.
+        description: String,
+    },
+}
+
+/// A payment notification whose signature and merchant were checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentNotification {
+    /// `appid`.
+    pub appid: String,
+    /// `mch_id`.
+    pub mch_id: String,
+    /// `out_trade_no`.
+    pub out_trade_no: String,
+    /// Paid or failed.
+    pub outcome: PaymentOutcome,
+    /// `openid` of the payer.
+    pub openid: Option<String>,
+    /// `cash_fee`.
+    pub cash_fee: Option<Fen>,
+    /// `settlement_total_fee`.
+    pub settlement_total_fee: Option<Fen>,
+    /// `coupon_fee`.
+    pub coupon_fee: Option<Fen>,
+    /// The coupons used.
+    pub coupons: Vec<Coupon>,
+    /// `fee_type`.
+    pub fee_type: Option<String>,
+    /// `cash_fee_type`.
+    pub cash_fee_type: Option<String>,
+    /// `bank_type`.
+    pub bank_type: Option<String>,
+    /// `trade_type`.
+    pub trade_type: Option<TradeType>,
+    /// `is_subscribe`.
+    pub is_subscribe: Option<String>,
+    /// `attach` echoed from the order.
+    pub attach: Option<String>,
+    /// `device_info` echoed from the order.
+    pub device_info: Option<String>,
+    /// Fields this crate has no name for.
+    pub extra: BTreeMap<String, String>,
+}
+
+const PAYMENT_KNOWN: &[&str] = &[
+    "out_trade_no",
+    "transaction_id",
+    "total_fee",
+    "time_end",
+    "openid",
+    "cash_fee",
+    "settlement_total_fee",
+    "coupon_fee",
+    "coupon_count",
+    "fee_type",
+    "cash_fee_type",
+    "bank_type",
+    "trade_type",
+    "is_subscribe",
+    "attach",
+    "device_info",
+];
+
+impl PaymentNotification {
+    /// Reads and checks a payment notification for one merchant; see
+    /// [`NotificationFields::payment`].
+    ///
+    /// # Errors
+    /// As [`NotificationFields::read`] and [`NotificationFields::payment`].
+    pub fn parse(body: &[u8], merchant: &Merchant) -> Result<PaymentNotification, Error> {
+        NotificationFields::read(body)?.payment(merchant)
+    }
+
+    fn from_verified(f: &Fields<'_>) -> Result<PaymentNotification, Error> {
+        let outcome = match f.require("result_code")? {
+            "SUCCESS" => {
+                let time_end = opt_time(f, "time_end")?.ok_or_else(|| Error::MissingField("time_end".into()))?;
+                PaymentOutcome::Paid {
+                    transaction_id: f.require("transaction_id")?.to_owned(),
+                    total_fee: fen(f, "total_fee")?,
+                    time_end,
+                }
+            }
+            "FAIL" => PaymentOutcome::Failed {
+                code: ErrCode::parse(f.get("err_code").unwrap_or_default()),
+                description: f.get("err_code_des").unwrap_or_default().to_owned(),
+            },
+            other => {
+                return Err(Error::field(
+                    "result_code",
+                    format!("{other:?} is neither SUCCESS nor FAIL"),
+                ));
+            }
+        };
+        Ok(PaymentNotification {
+            appid: f.require("appid")?.to_owned(),
+            mch_id: f.require("mch_id")?.to_owned(),
+            out_trade_no: f.require("out_trade_no")?.to_owned(),
+            outcome,
+            openid: opt_string(f, "openid"),
+            cash_fee: opt_fen(f, "cash_fee")?,
+            settlement_total_fee: opt_fen(f, "settlement_total_fee")?,
+            coupon_fee: opt_fen(f, "coupon_fee")?,
+            coupons: read_coupons(f, opt_count(f, "coupon_count")?)?,
+            fee_type: opt_string(f, "fee_type"),
+            cash_fee_type: opt_string(f, "cash_fee_type"),
+            bank_type: opt_string(f, "bank_type"),
+            trade_type: f.optional("trade_type").map(TradeType::parse),
+            is_subscribe: opt_string(f, "is_subscribe"),
+            attach: opt_string(f, "attach"),
+            device_info: opt_string(f, "device_info"),
+            extra: extra_fields(f, PAYMENT_KNOWN, &["coupon_id", "coupon_type", "coupon_fee"]),
+        })
+    }
+}
+
+/// A refund notification, decrypted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundNotification {
+    /// `appid` of the outer message.
+    pub appid: String,
+    /// `mch_id` of the outer message.
+    pub mch_id: String,
+    /// `transaction_id`.
+    pub transaction_id: String,
+    /// `out_trade_no`.
+    pub out_trade_no: String,
+    /// `refund_id`: WeChat Pay's refund number.
+    pub refund_id: String,
+    /// `out_refund_no`: match it against a refund the merchant asked for.
+    pub out_refund_no: String,
+    /// `total_fee` of the order.
+    pub total_fee: Fen,
+    /// `settlement_total_fee`.
+    pub settlement_total_fee: Option<Fen>,
+    /// `refund_fee`: the amount refunded.
+    pub refund_fee: Fen,
+    /// `settlement_refund_fee`.
+    pub settlement_refund_fee: Option<Fen>,
+    /// `refund_status`: `SUCCESS`, `CHANGE` or `REFUNDCLOSE`.
+    pub refund_status: RefundStatus,
+    /// `success_time`, when it succeeded.
+    pub success_time: Option<BeijingTime>,
+    /// `refund_recv_accout` (WeChat Pay's spelling): where the money went.
+    pub refund_recv_accout: Option<String>,
+    /// `refund_account`.
+    pub refund_account: Option<String>,
+    /// `refund_request_source`: `API` or `VENDOR_PLATFORM`.
+    pub refund_request_source: Option<String>,
+    /// Decrypted fields this crate has no name for.
+    pub extra: BTreeMap<String, String>,
+}
+
+impl RefundNotification {
+    /// Reads, checks and decrypts a refund notification for one merchant; see
+    /// [`NotificationFields::refund`].
+    ///
+    /// # Errors
+    /// As [`NotificationFields::read`] and [`NotificationFields::refund`].
+    pub fn parse(body: &[u8], merchant: &Merchant) -> Result<RefundNotification, Error> {
+        NotificationFields::read(body)?.refund(merchant)
+    }
+
+    fn from_fields(merchant: &Merchant, f: &Fields<'_>) -> Result<RefundNotification, Error> {
+        let success_time = f
+            .optional("success_time")
+            .map(|v| BeijingTime::parse_dashed(v).map_err(|e| Error::field("success_time", e.to_string())))
+            .transpose()?;
+        Ok(RefundNotification {
+            appid: merchant.appid.as_str().to_owned(),
+            mch_id: merchant.mch_id.as_str().to_owned(),
+            transaction_id: f.require("transaction_id")?.to_owned(),
+            out_trade_no: f.require("out_trade_no")?.to_owned(),
+            refund_id: f.require("refund_id")?.to_owned(),
+            out_refund_no: f.require("out_refund_no")?.to_owned(),
+            total_fee: fen(f, "total_fee")?,
+            settlement_total_fee: opt_fen(f, "settlement_total_fee")?,
+            refund_fee: fen(f, "refund_fee")?,
+            settlement_refund_fee: opt_fen(f, "settlement_refund_fee")?,
+            refund_status: RefundStatus::parse(f.require("refund_status")?),
+            success_time,
+            refund_recv_accout: opt_string(f, "refund_recv_accout"),
+            refund_account: opt_string(f, "refund_account"),
+            refund_request_source: opt_string(f, "refund_request_source"),
+            extra: extra_fields(
+                f,
+                &[
+                    "transaction_id",
+                    "out_trade_no",
+                    "refund_id",
+                    "out_refund_no",
+                    "total_fee",
+                    "settlement_total_fee",
+                    "refund_fee",
+                    "settlement_refund_fee",
+                    "refund_status",
+                    "success_time",
+                    "refund_recv_accout",
+                    "refund_account",
+                    "refund_request_source",
+                ],
+                &[],
+            ),
+        })
+    }
+}
+
+fn refund_cipher(key: &ApiKey) -> aes::Aes256 {
+    // The AES key is the 32 ASCII characters of the lowercase hex MD5 of the API key.
+    let aes_key = crate::sign::md5_lower_hex(key.expose().as_bytes());
+    aes::Aes256::new(&aes_key.into())
+}
+
+/// Decrypts the `req_info` of a refund notification: Base64, then AES-256-ECB with the
+/// lowercase hex MD5 of the API key as key, then PKCS#7 padding removed.
+///
+/// # Errors
+/// [`Error::Decrypt`] when it is not Base64, not whole blocks, badly padded (the usual sign
+/// of a wrong key) or not UTF-8.
+pub fn decrypt_req_info(req_info: &str, key: &ApiKey) -> Result<String, Error> {
+    let compact: String = req_info.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let mut data = base64::engine::general_purpose::STANDARD
+        .decode(compact.as_bytes())
+        .map_err(|e| Error::Decrypt(format!("req_info is not Base64 ({e})")))?;
+    if data.is_empty() || data.len() % 16 != 0 {
+        return Err(Error::Decrypt(format!(
+            "{} bytes is not a whole number of 16-byte AES blocks",
+            data.len()
+        )));
+    }
+    let cipher = refund_cipher(key);
+    for chunk in data.chunks_exact_mut(16) {
+        let mut block = aes::Block::default();
+        block.copy_from_slice(chunk);
+        cipher.decrypt_block(&mut block);
+        chunk.copy_from_slice(&block);
+    }
+    let pad = usize::from(*data.last().unwrap_or(&0));
+    if pad == 0 || pad > 16 || !data[data.len() - pad..].iter().all(|b| usize::from(*b) == pad) {
+        return Err(Error::Decrypt(
+            "bad padding after decryption: the API key is probably not this merchant's".into(),
+        ));
+    }
+    data.truncate(data.len() - pad);
+    String::from_utf8(data)
+        .map_err(|_| Error::Decrypt("the decrypted text is not UTF-8: the API key is probably wrong".into()))
+}
+
+/// Encrypts a refund notification's inner document into `req_info`, the inverse of
+/// [`decrypt_req_info`]; the simulator and tests use it.
+pub fn encrypt_req_info(plaintext: &str, key: &ApiKey) -> String {
+    let mut data = plaintext.as_bytes().to_vec();
+    let pad = 16 - data.len() % 16;
+    data.extend(std::iter::repeat_n(pad as u8, pad));
+    let cipher = refund_cipher(key);
+    for chunk in data.chunks_exact_mut(16) {
+        let mut block = aes::Block::default();
+        block.copy_from_slice(chunk);
+        cipher.encrypt_block(&mut block);
+        chunk.copy_from_slice(&block);
+    }
+    base64::engine::general_purpose::STANDARD.encode(&data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fail_reply_escapes_its_reason() {
+        let reply = notify_fail_reply("bad ]]> <sign>");
+        let f = xml::read(reply.as_bytes()).unwrap();
+        assert_eq!(f.get("return_code"), Some("FAIL"));
+        assert_eq!(f.get("return_msg"), Some("bad ]]> <sign>"));
+    }
+
+    #[test]
+    fn req_info_round_trips_and_a_wrong_key_is_reported() {
+        let key = ApiKey::new("OF4Ne3znh8KqL0V4NqmALQa0uXMYKcEk").unwrap();
+        let other = ApiKey::new("42cc1d91bab89b65ff55b19e28fff4f0").unwrap();
+        for plain in ["", "x", "exactly sixteen!", "<root><a>1</a></root>"] {
+            let enc = encrypt_req_info(plain, &key);
+            assert_eq!(decrypt_req_info(&enc, &key).unwrap(), plain);
+        }
+        let enc = encrypt_req_info("<root><refund_fee>1</refund_fee></root>", &key);
+        assert!(matches!(decrypt_req_info(&enc, &other), Err(Error::Decrypt(_))));
+        assert!(matches!(decrypt_req_info("not base64!", &key), Err(Error::Decrypt(_))));
+        assert!(matches!(decrypt_req_info("AAAA", &key), Err(Error::Decrypt(_))));
+    }
+}

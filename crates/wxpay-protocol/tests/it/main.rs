@@ -1,1 +1,9 @@
+//! Integration tests of wxpay-protocol: known-answer vectors, hostile XML, properties, and
+//! every typed call and notification end to end through its wire form.
 
+mod calls;
+mod hostile_xml;
+mod notifications;
+mod properties;
+mod support;
+mod vectors;

@@ -1,1 +1,212 @@
-fn main() {}
+//! `wxpay`: the one binary of wxpay.
+//!
+//! This crate is the only place that reads arguments, environment variables and files. It
+//! turns them into values of the library crates and maps their errors to messages and exit
+//! codes: 0 for success, 1 for "checked, and it is wrong" (a signature that does not
+//! verify), 2 for input that cannot be used.
+
+mod doctor;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use wxpay_protocol::SignType;
+
+/// wxpay: a self-hosted WeChat Pay gateway for mini program payments.
+#[derive(Debug, Parser)]
+#[command(name = "wxpay", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Sign APIv2 parameters and show the exact string that is signed.
+    ///
+    /// Parameters come as name=value arguments, as a JSON object (--json), or as an XML or
+    /// JSON body on standard input. Empty values and an existing `sign` are left out, as
+    /// WeChat Pay does. Mini program parameters (appId, timeStamp, nonceStr, package,
+    /// signType) are signed into paySign.
+    #[command(after_help = "Example (the official example of WeChat Pay's signature page):\n  \
+        wxpay sign --key 192006250b4c09247ec02edce69f6a2d \\\n    \
+        appid=wxd930ea5d5a258f4f mch_id=10000100 device_info=1000 body=test nonce_str=ibuaiVcKdpRxkhJA")]
+    Sign(SignArgs),
+    /// Check the signature of a body, and explain why it fails ("签名错误").
+    ///
+    /// Reads an APIv2 XML body (or the JSON parameters of wx.requestPayment) from FILE or
+    /// standard input. Exits 0 and prints OK only when the signature verifies with the key
+    /// and sign type given; otherwise exits 1 and names the most likely cause, confirming
+    /// each one it can reproduce.
+    #[command(after_help = "Example:\n  wxpay verify --key-file apikey.txt --sign-type HMAC-SHA256 < notify.xml")]
+    Verify(VerifyArgs),
+    /// Decrypt the req_info of an APIv2 refund notification.
+    ///
+    /// Takes the req_info value as an argument, or on standard input either alone or inside
+    /// the whole notification body. Prints the decrypted <root> document.
+    #[command(after_help = "Example:\n  wxpay decrypt --key-file apikey.txt < refund-notify.xml")]
+    Decrypt(DecryptArgs),
+}
+
+/// Where the APIv2 key comes from.
+#[derive(Debug, Args)]
+struct KeyArgs {
+    /// The APIv2 key (32 characters). Prefer --key-file: a key on the command line is
+    /// visible to other users of the machine.
+    #[arg(
+        long,
+        env = "WXPAY_API_KEY",
+        hide_env_values = true,
+        conflicts_with = "key_file",
+        value_name = "KEY"
+    )]
+    key: Option<String>,
+    /// A file holding the APIv2 key (one trailing line break is ignored).
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct SignArgs {
+    #[command(flatten)]
+    key: KeyArgs,
+    /// The algorithm: MD5 (WeChat Pay's default) or HMAC-SHA256. Without it, a body's own
+    /// sign_type field is used, or MD5.
+    #[arg(long, value_name = "TYPE", value_parser = parse_sign_type)]
+    sign_type: Option<SignType>,
+    /// The parameters as one JSON object instead of name=value arguments.
+    #[arg(long, value_name = "JSON", conflicts_with = "params")]
+    json: Option<String>,
+    /// What to print on standard output.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    /// Parameters as name=value.
+    #[arg(value_name = "NAME=VALUE")]
+    params: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// The signed string (key masked), the sign type and the signature.
+    Text,
+    /// The signed XML body, ready to send.
+    Xml,
+    /// A JSON object with the parameters and the signature.
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    key: KeyArgs,
+    /// The algorithm the merchant is configured for: MD5 (default) or HMAC-SHA256. A
+    /// sign_type field in the body does not change it.
+    #[arg(long, value_name = "TYPE", value_parser = parse_sign_type, default_value = "MD5")]
+    sign_type: SignType,
+    /// The body to check; standard input when absent or `-`.
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct DecryptArgs {
+    #[command(flatten)]
+    key: KeyArgs,
+    /// The req_info value; standard input when absent.
+    #[arg(value_name = "REQ_INFO")]
+    req_info: Option<String>,
+}
+
+fn parse_sign_type(s: &str) -> Result<SignType, String> {
+    s.parse::<SignType>().map_err(|e| e.to_string())
+}
+
+/// Why a command failed, mapped to an exit code in [`main`].
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    /// Input that cannot be used; the message says what to do.
+    #[error("{0}")]
+    Usage(String),
+    /// Checked, and found wrong (the report was already printed).
+    #[error("the signature does not verify")]
+    Failed,
+}
+
+impl From<wxpay_protocol::Error> for CliError {
+    fn from(e: wxpay_protocol::Error) -> Self {
+        CliError::Usage(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (name, result) = match cli.command {
+        Command::Sign(a) => ("sign", doctor::sign(a)),
+        Command::Verify(a) => ("verify", doctor::verify(a)),
+        Command::Decrypt(a) => ("decrypt", doctor::decrypt(a)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Failed) => ExitCode::from(1),
+        Err(CliError::Usage(msg)) => {
+            eprintln!("wxpay {name}: error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Reads the key as given, keeping whitespace (the doctor reports it), except one trailing
+/// line break of a key file.
+fn raw_key(k: &KeyArgs) -> Result<String, CliError> {
+    if let Some(path) = &k.key_file {
+        let bytes = std::fs::read(path)
+            .map_err(|e| CliError::Usage(format!("cannot read the key file {}: {e}", path.display())))?;
+        let mut s = String::from_utf8(bytes)
+            .map_err(|_| CliError::Usage(format!("the key file {} is not text", path.display())))?;
+        if s.ends_with('\n') {
+            s.pop();
+            if s.ends_with('\r') {
+                s.pop();
+            }
+        }
+        return Ok(s);
+    }
+    if let Some(key) = &k.key {
+        return Ok(key.clone());
+    }
+    Err(CliError::Usage(
+        "no API key: pass --key-file FILE (recommended), --key KEY, or set WXPAY_API_KEY".into(),
+    ))
+}
+
+/// Writes to standard output. When the reader went away (`wxpay verify … | head`), the
+/// rest of the output is not wanted: stop quietly instead of panicking on a broken pipe.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("wxpay: cannot write to standard output: {e}");
+        std::process::exit(2);
+    }
+}
+
+/// Reads all of standard input, refusing to wait on a terminal.
+fn read_stdin(what: &str) -> Result<Vec<u8>, CliError> {
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Err(CliError::Usage(format!("{what}, or pipe it on standard input")));
+    }
+    let mut buf = Vec::new();
+    stdin
+        .lock()
+        .take(16 * 1024 * 1024)
+        .read_to_end(&mut buf)
+        .map_err(|e| CliError::Usage(format!("cannot read standard input: {e}")))?;
+    Ok(buf)
+}

@@ -1,1 +1,291 @@
+//! Runs the built `wxpay` binary on the fixtures in `testdata/`, as a user would.
 
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+const KEY: &str = "192006250b4c09247ec02edce69f6a2d";
+
+fn testdata(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata")
+        .join(rel)
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn wxpay(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxpay"));
+    cmd.args(args)
+        .env_remove("WXPAY_API_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.spawn().expect("the wxpay binary runs");
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn fixture(rel: &str) -> Vec<u8> {
+    std::fs::read(testdata(rel)).unwrap()
+}
+
+const OFFICIAL: &[&str] = &[
+    "appid=wxd930ea5d5a258f4f",
+    "mch_id=10000100",
+    "device_info=1000",
+    "body=test",
+    "nonce_str=ibuaiVcKdpRxkhJA",
+];
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [
+        &["--help"][..],
+        &["sign", "--help"],
+        &["verify", "--help"],
+        &["decrypt", "--help"],
+    ] {
+        let r = wxpay(cmd, None, &[]);
+        assert_eq!(r.code, 0, "{cmd:?}: {}", r.stderr);
+        assert!(r.stdout.contains("Usage: wxpay"), "{cmd:?}: {}", r.stdout);
+    }
+}
+
+#[test]
+fn sign_shows_the_signed_string_with_the_key_masked() {
+    let mut args = vec!["sign", "--key", KEY];
+    args.extend_from_slice(OFFICIAL);
+    let r = wxpay(&args, None, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains(
+        "string to sign: appid=wxd930ea5d5a258f4f&body=test&device_info=1000&mch_id=10000100&nonce_str=ibuaiVcKdpRxkhJA&key=****************************6a2d"
+    ), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("sign:           9A0A8659F005D6984697E2CA0A9CF3B7"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains(KEY) && !r.stderr.contains(KEY));
+}
+
+#[test]
+fn sign_with_hmac_gives_the_official_signature() {
+    let mut args = vec!["sign", "--key", KEY, "--sign-type", "HMAC-SHA256"];
+    args.extend_from_slice(OFFICIAL);
+    let r = wxpay(&args, None, &[]);
+    assert!(
+        r.stdout
+            .contains("6A9AE1657590FD6257D693A078E1C3E4BB6BA4DC30B23E0EE2496E54170DACD6"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn the_key_can_come_from_a_file_or_the_environment() {
+    let dir = std::env::temp_dir().join(format!("wxpay-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("apikey.txt");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    let mut args = vec!["sign", "--key-file", key_file.to_str().unwrap()];
+    args.extend_from_slice(OFFICIAL);
+    let r = wxpay(&args, None, &[]);
+    assert!(
+        r.stdout.contains("9A0A8659F005D6984697E2CA0A9CF3B7"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    let mut args = vec!["sign"];
+    args.extend_from_slice(OFFICIAL);
+    let r = wxpay(&args, None, &[("WXPAY_API_KEY", KEY)]);
+    assert!(
+        r.stdout.contains("9A0A8659F005D6984697E2CA0A9CF3B7"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn sign_reads_a_body_on_stdin_and_replaces_its_old_signature() {
+    let body = fixture("cli/official-hmac.xml");
+    let r = wxpay(&["sign", "--key", KEY, "--output", "xml"], Some(&body), &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("existing `sign`"), "{}", r.stderr);
+    // The body's own sign_type (HMAC-SHA256) was used, so it verifies as HMAC.
+    let v = wxpay(
+        &["verify", "--key", KEY, "--sign-type", "HMAC-SHA256"],
+        Some(r.stdout.as_bytes()),
+        &[],
+    );
+    assert_eq!(v.code, 0, "{}", v.stdout);
+}
+
+#[test]
+fn sign_signs_mini_program_parameters_into_pay_sign() {
+    let json = r#"{"appId":"wxd678efh567hg6787","timeStamp":"1490840662","nonceStr":"5K8264ILTKCH16CQ2502SI8ZNMTM67VS","package":"prepay_id=wx2017033010242291fcfe0db70013231072","signType":"MD5"}"#;
+    let r = wxpay(
+        &["sign", "--key", "qazwsxedcrfvtgbyhnujmikolp111111", "--json", json],
+        None,
+        &[],
+    );
+    assert!(
+        r.stdout.contains("paySign:        22D9B4E54AB1950F51E0649E8810ACD6"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+}
+
+#[test]
+fn sign_refuses_bad_input_with_a_clear_message() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["sign", "--key", "short", "a=b"], "32"),
+        (&["sign", "a=b"], "no API key"),
+        (&["sign", "--key", KEY, "novalue"], "NAME=VALUE"),
+        (&["sign", "--key", KEY, "a=1", "a=2"], "twice"),
+        (&["sign", "--key", KEY, "--sign-type", "md5", "a=1"], "capitals"),
+        (
+            &[
+                "sign",
+                "--key",
+                KEY,
+                "--sign-type",
+                "MD5",
+                "a=1",
+                "sign_type=HMAC-SHA256",
+            ],
+            "must agree",
+        ),
+    ];
+    for (args, needle) in cases {
+        let r = wxpay(args, None, &[]);
+        assert_eq!(r.code, 2, "{args:?}");
+        assert!(r.stderr.contains(needle), "{args:?}: {}", r.stderr);
+        assert!(!r.stderr.contains(KEY), "{args:?} leaked the key");
+    }
+}
+
+fn verify(file: &str, key: &str, sign_type: &str) -> Run {
+    wxpay(
+        &["verify", "--key", key, "--sign-type", sign_type],
+        Some(&fixture(file)),
+        &[],
+    )
+}
+
+#[test]
+fn verify_says_ok_only_for_a_body_that_verifies() {
+    let r = verify("cli/official-md5.xml", KEY, "MD5");
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.starts_with("OK"), "{}", r.stdout);
+    let r = verify("cli/paysign-official.json", "qazwsxedcrfvtgbyhnujmikolp111111", "MD5");
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    // A file argument works as well as standard input.
+    let path = testdata("cli/official-md5.xml");
+    let r = wxpay(&["verify", "--key", KEY, path.to_str().unwrap()], None, &[]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+}
+
+#[test]
+fn verify_names_the_cause_of_each_classic_mistake() {
+    let cases = [
+        (
+            "cli/official-hmac.xml",
+            KEY,
+            "MD5",
+            "signed with HMAC-SHA256 but you check with MD5",
+        ),
+        (
+            "cli/empty-field-signed.xml",
+            KEY,
+            "MD5",
+            "fields with empty values were signed",
+        ),
+        ("cli/lowercase-sign.xml", KEY, "MD5", "lowercase hex"),
+        (
+            "cli/paysign-lowercase-names.json",
+            "qazwsxedcrfvtgbyhnujmikolp111111",
+            "MD5",
+            "lowercase names",
+        ),
+        (
+            "cli/official-md5.xml",
+            "192006250b4c09247ec02edce69f6a2d ",
+            "MD5",
+            "without the whitespace",
+        ),
+        ("cli/gbk-body.xml", KEY, "MD5", "not UTF-8"),
+        (
+            "cli/official-md5.xml",
+            "0123456789abcdef0123456789abcdef",
+            "MD5",
+            "not the one it was signed with",
+        ),
+        ("cli/official-md5.xml", "0123456789abcdef", "MD5", "has 16 characters"),
+        ("vectors/xml/xxe-file.xml", KEY, "MD5", "DOCTYPE"),
+        ("vectors/xml/duplicate-field.xml", KEY, "MD5", "appears twice"),
+    ];
+    for (file, key, t, needle) in cases {
+        let r = verify(file, key, t);
+        assert_eq!(r.code, 1, "{file}: {}", r.stdout);
+        assert!(r.stdout.starts_with("FAILED"), "{file}: {}", r.stdout);
+        assert!(
+            r.stdout.contains(needle),
+            "{file}: expected {needle:?} in\n{}",
+            r.stdout
+        );
+        assert!(
+            !r.stdout.contains(key.trim()) || key.len() < 32,
+            "{file}: the key was printed"
+        );
+    }
+}
+
+#[test]
+fn verify_refuses_an_empty_body() {
+    let r = wxpay(&["verify", "--key", KEY], Some(b"  \n"), &[]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("empty"), "{}", r.stderr);
+}
+
+#[test]
+fn decrypt_reads_req_info_alone_or_inside_the_notification() {
+    let doc: serde_json::Value = serde_json::from_slice(&fixture("vectors/v2_refund_notify.json")).unwrap();
+    let case = &doc["cases"][0];
+    let key = case["api_key"].as_str().unwrap();
+    let req_info = case["req_info"].as_str().unwrap();
+    let plain = case["plaintext"].as_str().unwrap();
+    let r = wxpay(&["decrypt", "--key", key, req_info], None, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.trim_end(), plain);
+    let body = format!(
+        "<xml><return_code>SUCCESS</return_code><appid>wx4f4bc4dec97d474b</appid><mch_id>12345678</mch_id><req_info><![CDATA[{req_info}]]></req_info></xml>"
+    );
+    let r = wxpay(&["decrypt", "--key", key], Some(body.as_bytes()), &[]);
+    assert_eq!(r.stdout.trim_end(), plain, "{}", r.stderr);
+    let r = wxpay(&["decrypt", "--key", KEY, req_info], None, &[]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("padding") || r.stderr.contains("UTF-8"),
+        "{}",
+        r.stderr
+    );
+}

@@ -959,4 +959,93 @@ mod tests {
             "{d}"
         );
     }
+
+    /// A body carrying `pairs` (in this document order) whose `sign` is the MD5 of `signed`
+    /// (the whole stringSignTemp), as a mistaken signer would have made it.
+    fn forged(pairs: &[(&str, &str)], signed: &str) -> String {
+        let sig = sign_string(signed.as_bytes(), b"", SignType::Md5);
+        let mut body = String::from("<xml>");
+        for (k, v) in pairs {
+            body.push_str(&format!("<{k}><![CDATA[{v}]]></{k}>"));
+        }
+        body.push_str(&format!("<sign>{sig}</sign></xml>"));
+        body
+    }
+
+    #[test]
+    fn each_classic_signer_mistake_is_confirmed() {
+        let k = KEY;
+        let cases: Vec<(Vec<(&str, &str)>, String, Cause)> = vec![
+            (
+                vec![("appid", "wx1"), ("sign_type", "MD5"), ("body", "b")],
+                format!("appid=wx1&body=b&key={k}"),
+                Cause::SignTypeExcluded,
+            ),
+            (
+                vec![("appid", "wx1"), ("body", "b"), ("attach", "late")],
+                format!("appid=wx1&body=b&key={k}"),
+                Cause::FieldNotSigned,
+            ),
+            (
+                vec![("appid", "wx1"), ("coupon_fee", "0"), ("total_fee", "1")],
+                format!("appid=wx1&total_fee=1&key={k}"),
+                Cause::ZeroValuesDropped,
+            ),
+            (
+                vec![("appid", "wx1"), ("body", "a&b")],
+                format!("appid=wx1&body=a&amp;b&key={k}"),
+                Cause::ValuesEscaped,
+            ),
+            (
+                vec![("appid", "wx1"), ("body", "a b/c")],
+                format!("appid=wx1&body=a%20b%2Fc&key={k}"),
+                Cause::ValuesUrlEncoded,
+            ),
+            (
+                vec![("mch_id", "1"), ("appid", "wx1"), ("body", "b")],
+                format!("mch_id=1&appid=wx1&body=b&key={k}"),
+                Cause::NotSorted,
+            ),
+            (
+                vec![("appid", "wx1"), ("body", "b")],
+                "appid=wx1&body=b".to_owned(),
+                Cause::KeyPlacement,
+            ),
+            (
+                vec![("appid", "wx1"), ("mch_id", "1")],
+                format!("appid=wx1&key={k}&mch_id=1"),
+                Cause::KeyPlacement,
+            ),
+            (
+                vec![("appid", "wx1"), ("body", "b")],
+                format!("appid=wx1&body=b&key={}", k.to_ascii_uppercase()),
+                Cause::KeyCase,
+            ),
+            (
+                vec![("appid", "wx1"), ("body", "b")],
+                format!("appid=wx1&body=b&sign=&key={k}"),
+                Cause::SignFieldIncluded,
+            ),
+        ];
+        for (pairs, signed, cause) in cases {
+            let body = forged(&pairs, &signed);
+            let d = diagnose(body.as_bytes(), k, SignType::Md5);
+            assert!(!d.verified);
+            assert_eq!(causes(&d).first(), Some(&cause), "{signed}\n{d}");
+        }
+    }
+
+    #[test]
+    fn mini_program_fields_in_the_wrong_case_are_reported() {
+        let body = r#"{"appid":"wx1","timeStamp":"1490840662000","nonceStr":"n","package":"prepay_id=p","signType":"MD5","paySign":"X"}"#;
+        let d = diagnose(body.as_bytes(), KEY, SignType::Md5);
+        assert_eq!(d.kind, Some(BodyKind::PayParams));
+        assert!(
+            d.findings
+                .iter()
+                .any(|f| f.cause == Cause::FieldNameCase && f.message.contains("`appid` must be written `appId`")),
+            "{d}"
+        );
+        assert!(d.findings.iter().any(|f| f.cause == Cause::TimestampMillis), "{d}");
+    }
 }

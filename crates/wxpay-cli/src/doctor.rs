@@ -1,0 +1,170 @@
+//! `wxpay sign`, `wxpay verify` and `wxpay decrypt`: the tools for "签名错误".
+
+use std::collections::BTreeMap;
+
+use wxpay_protocol::v2::{decrypt_req_info, doctor};
+use wxpay_protocol::{ApiKey, Fields, SignType, sign, xml};
+
+use crate::{CliError, DecryptArgs, Output, SignArgs, VerifyArgs, emit, raw_key, read_stdin};
+
+/// Reads name/value pairs from a JSON object; strings, numbers and booleans become their
+/// text, `null` an empty value.
+fn pairs_from_json(text: &str) -> Result<Vec<(String, String)>, CliError> {
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| CliError::Usage(format!("the JSON parameters cannot be read: {e}")))?;
+    map.into_iter()
+        .map(|(k, v)| {
+            let s = match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                serde_json::Value::Null => String::new(),
+                _ => {
+                    return Err(CliError::Usage(format!(
+                        "parameter `{k}` is a JSON object or array; signed values are strings (pass JSON fields such as detail as a string)"
+                    )));
+                }
+            };
+            Ok((k, s))
+        })
+        .collect()
+}
+
+fn pairs_from_body(body: &[u8]) -> Result<Vec<(String, String)>, CliError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        CliError::Usage(format!(
+            "the body is not UTF-8 (invalid byte at offset {}); WeChat Pay uses UTF-8 only",
+            e.valid_up_to()
+        ))
+    })?;
+    let text = text.trim_start_matches('\u{FEFF}');
+    if text.trim_start().starts_with('{') {
+        return pairs_from_json(text);
+    }
+    let fields = xml::read(text.as_bytes()).map_err(|e| CliError::Usage(format!("the XML body is refused: {e}")))?;
+    Ok(fields.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+}
+
+fn pairs_from_args(params: &[String]) -> Result<Vec<(String, String)>, CliError> {
+    params
+        .iter()
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => Err(CliError::Usage(format!("expected NAME=VALUE, got {p:?}"))),
+        })
+        .collect()
+}
+
+pub(crate) fn sign(args: SignArgs) -> Result<(), CliError> {
+    let pairs = if let Some(json) = &args.json {
+        pairs_from_json(json)?
+    } else if !args.params.is_empty() {
+        pairs_from_args(&args.params)?
+    } else {
+        pairs_from_body(&read_stdin("nothing to sign: give NAME=VALUE arguments or --json")?)?
+    };
+    if pairs.is_empty() {
+        return Err(CliError::Usage("nothing to sign: no parameters".into()));
+    }
+    let mut fields = Fields::new();
+    for (k, v) in &pairs {
+        fields
+            .insert(k.as_str(), v.as_str())
+            .map_err(|_| CliError::Usage(format!("parameter `{k}` is given twice; which value should be signed?")))?;
+    }
+    let is_pay = ["paySign", "nonceStr", "timeStamp"]
+        .iter()
+        .any(|n| fields.get(n).is_some());
+    let (sign_name, type_name) = if is_pay {
+        ("paySign", "signType")
+    } else {
+        ("sign", "sign_type")
+    };
+
+    if let Some(old) = fields.remove(sign_name) {
+        eprintln!("note: the existing `{sign_name}` ({old}) is not signed and was replaced");
+    }
+    let declared = fields.optional(type_name).map(str::to_owned);
+    let sign_type = match (args.sign_type, declared) {
+        (Some(given), Some(d)) if d != given.as_str() => {
+            return Err(CliError::Usage(format!(
+                "the parameters say {type_name}={d} but --sign-type is {given}; they must agree, because {type_name} is part of what is signed"
+            )));
+        }
+        (Some(given), _) => given,
+        (None, Some(d)) => d
+            .parse::<SignType>()
+            .map_err(|e| CliError::Usage(format!("{type_name}: {e}")))?,
+        (None, None) => SignType::Md5,
+    };
+    let empty: Vec<&str> = fields.iter().filter(|(_, v)| v.is_empty()).map(|(k, _)| k).collect();
+    if !empty.is_empty() {
+        eprintln!("note: left out because empty: {}", empty.join(", "));
+    }
+    let key = ApiKey::new(raw_key(&args.key)?).map_err(|e| CliError::Usage(e.to_string()))?;
+    let sig = sign::sign_sorted(fields.iter(), sign_name, &key, sign_type);
+    let string_a = sign::string_a(fields.iter(), sign_name);
+
+    match args.output {
+        Output::Text => {
+            emit(&format!(
+                "string to sign: {string_a}&key={}\nsign_type:      {sign_type}\n{sign_name}:{}{sig}\n",
+                key.masked(),
+                " ".repeat(15 - sign_name.len())
+            ));
+        }
+        Output::Xml => {
+            let body = xml::write("xml", fields.iter().chain(std::iter::once((sign_name, sig.as_str()))))?;
+            emit(&format!("{body}\n"));
+        }
+        Output::Json => {
+            let mut map: BTreeMap<&str, &str> = fields.iter().collect();
+            map.insert(sign_name, sig.as_str());
+            let out = serde_json::json!({ "string_a": string_a, "sign_type": sign_type.as_str(), "sign": sig.as_str(), "params": map });
+            emit(&format!("{out}\n"));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn verify(args: VerifyArgs) -> Result<(), CliError> {
+    let body = match args.file.as_deref() {
+        Some(p) if p.as_os_str() != "-" => {
+            std::fs::read(p).map_err(|e| CliError::Usage(format!("cannot read {}: {e}", p.display())))?
+        }
+        _ => read_stdin("give the body to check as FILE")?,
+    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(CliError::Usage("the body is empty".into()));
+    }
+    let key = raw_key(&args.key)?;
+    let report = doctor::diagnose(&body, &key, args.sign_type);
+    emit(&report.to_string());
+    if report.verified { Ok(()) } else { Err(CliError::Failed) }
+}
+
+pub(crate) fn decrypt(args: DecryptArgs) -> Result<(), CliError> {
+    let key = ApiKey::new(raw_key(&args.key)?).map_err(|e| CliError::Usage(e.to_string()))?;
+    let input = match args.req_info {
+        Some(r) => r,
+        None => String::from_utf8(read_stdin("give the req_info value as an argument")?)
+            .map_err(|_| CliError::Usage("standard input is not UTF-8".into()))?,
+    };
+    let trimmed = input.trim().trim_start_matches('\u{FEFF}');
+    let req_info = if trimmed.starts_with('<') {
+        let fields = xml::read(trimmed.as_bytes())
+            .map_err(|e| CliError::Usage(format!("the notification body is refused: {e}")))?;
+        if let (Some(a), Some(m)) = (fields.optional("appid"), fields.optional("mch_id")) {
+            eprintln!("refund notification for appid {a}, mch_id {m}");
+        }
+        fields
+            .optional("req_info")
+            .ok_or_else(|| CliError::Usage("the body has no req_info: is it a refund notification?".into()))?
+            .to_owned()
+    } else {
+        trimmed.to_owned()
+    };
+    let plain = decrypt_req_info(&req_info, &key)?;
+    emit(&format!("{plain}\n"));
+    Ok(())
+}

@@ -84,7 +84,7 @@ impl Absorb for ring::hmac::Context {
 /// blocks, so that the hash sees a few large updates instead of dozens of tiny ones.
 struct Buffered<H: Absorb> {
     inner: H,
-    buf: [u8; 256],
+    buf: [u8; 1024],
     n: usize,
 }
 
@@ -92,7 +92,7 @@ impl<H: Absorb> Buffered<H> {
     fn new(inner: H) -> Self {
         Buffered {
             inner,
-            buf: [0; 256],
+            buf: [0; 1024],
             n: 0,
         }
     }
@@ -108,6 +108,24 @@ impl<H: Absorb> Buffered<H> {
         }
         self.buf[self.n..self.n + data.len()].copy_from_slice(data);
         self.n += data.len();
+    }
+
+    /// Appends `name=value&` with one bounds check when it fits, which it nearly always does.
+    fn put_pair(&mut self, name: &[u8], value: &[u8]) {
+        let total = name.len() + value.len() + 2;
+        if self.n + total > self.buf.len() {
+            self.put(name);
+            self.put(b"=");
+            self.put(value);
+            self.put(b"&");
+            return;
+        }
+        let out = &mut self.buf[self.n..self.n + total];
+        out[..name.len()].copy_from_slice(name);
+        out[name.len()] = b'=';
+        out[name.len() + 1..total - 1].copy_from_slice(value);
+        out[total - 1] = b'&';
+        self.n += total;
     }
 
     fn finish(mut self) -> H {
@@ -128,10 +146,7 @@ fn feed<'x>(
         if value.is_empty() || name == exclude {
             continue;
         }
-        out.put(name.as_bytes());
-        out.put(b"=");
-        out.put(value.as_bytes());
-        out.put(b"&");
+        out.put_pair(name.as_bytes(), value.as_bytes());
     }
     out.put(b"key=");
     out.put(key);

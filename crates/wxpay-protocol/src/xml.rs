@@ -249,6 +249,35 @@ const CLASS: [u8; 256] = {
     t
 };
 
+/// The characters allowed after the first one of an element name.
+const NAME_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.';
+        c += 1;
+    }
+    t
+};
+
+/// Inside CDATA, `<` and `&` are ordinary characters.
+const CDATA_CLASS: [u8; 256] = {
+    let mut t = CLASS;
+    t[b'<' as usize] = C_PLAIN;
+    t[b'&' as usize] = C_PLAIN;
+    t
+};
+
+/// The number of leading bytes of `b` that need no attention. Kept as a tight loop: it is
+/// where the reader spends its time on long values.
+#[inline]
+fn plain_run(b: &[u8], class: &[u8; 256]) -> usize {
+    b.iter()
+        .position(|c| class[usize::from(*c)] != C_PLAIN)
+        .unwrap_or(b.len())
+}
+
 struct Reader<'a, 'o> {
     s: &'a str,
     b: &'a [u8],
@@ -421,13 +450,12 @@ impl<'a> Reader<'a, '_> {
             }
             Some(_) => return self.malformed("an element name must start with an ASCII letter or `_`"),
         }
-        while let Some(c) = self.b.get(self.pos) {
-            if c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.') {
-                self.pos += 1;
-            } else {
-                break;
-            }
-        }
+        let rest = &self.b[self.pos..];
+        let len = rest
+            .iter()
+            .position(|c| !NAME_CHAR[usize::from(*c)])
+            .unwrap_or(rest.len());
+        self.pos += len;
         Ok(&self.s[start..self.pos])
     }
 
@@ -461,6 +489,12 @@ impl<'a> Reader<'a, '_> {
     /// Reads `</name>` at `pos` (which points at `</`) and checks it closes `open`.
     fn end_tag(&mut self, open: &str) -> Result<(), XmlError> {
         let at = self.pos;
+        // The common case, `</name>` exactly, is one comparison.
+        let rest = &self.b[self.pos + 2..];
+        if rest.len() > open.len() && rest.starts_with(open.as_bytes()) && rest[open.len()] == b'>' {
+            self.pos += open.len() + 3;
+            return Ok(());
+        }
         self.pos += 2;
         let name = self.name()?;
         self.skip_ws();
@@ -565,11 +599,11 @@ impl<'a> Reader<'a, '_> {
             let run_start = self.pos;
             // Scan plain text up to the next byte that needs attention.
             loop {
+                self.pos += plain_run(&self.b[self.pos..], &CLASS);
                 let Some(&c) = self.b.get(self.pos) else {
                     return self.eof();
                 };
                 match CLASS[usize::from(c)] {
-                    C_PLAIN => self.pos += 1,
                     C_BRACKET => {
                         if self.starts_with(b"]]>") {
                             return self.malformed("`]]>` in text");
@@ -632,10 +666,11 @@ impl<'a> Reader<'a, '_> {
     ) -> Result<(), XmlError> {
         let mut run_start = self.pos;
         loop {
+            self.pos += plain_run(&self.b[self.pos..], &CDATA_CLASS);
             let Some(&c) = self.b.get(self.pos) else {
                 return self.eof();
             };
-            match CLASS[usize::from(c)] {
+            match CDATA_CLASS[usize::from(c)] {
                 C_BRACKET if self.starts_with(b"]]>") => {
                     push(owned, borrowed, &self.s[run_start..self.pos]);
                     self.pos += 3;

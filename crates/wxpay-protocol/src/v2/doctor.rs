@@ -975,7 +975,8 @@ mod tests {
     #[test]
     fn each_classic_signer_mistake_is_confirmed() {
         let k = KEY;
-        let cases: Vec<(Vec<(&str, &str)>, String, Cause)> = vec![
+        type Case<'c> = (Vec<(&'c str, &'c str)>, String, Cause);
+        let cases: Vec<Case<'_>> = vec![
             (
                 vec![("appid", "wx1"), ("sign_type", "MD5"), ("body", "b")],
                 format!("appid=wx1&body=b&key={k}"),

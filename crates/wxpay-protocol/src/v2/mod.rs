@@ -26,6 +26,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use crate::fields::cmp_names;
 use crate::{Error, Fen, Fields, Merchant, Nonce};
 
 mod bill;
@@ -190,30 +191,38 @@ pub(crate) fn check_result_code(fields: &Fields<'_>) -> Result<(), Error> {
 
 /// The fields every signed answer carries; they are not repeated in `extra`.
 const ENVELOPE: &[&str] = &[
-    "return_code",
-    "return_msg",
     "appid",
-    "mch_id",
-    "nonce_str",
-    "sign",
-    "sign_type",
-    "result_code",
     "err_code",
     "err_code_des",
+    "mch_id",
+    "nonce_str",
+    "result_code",
+    "return_code",
+    "return_msg",
+    "sign",
+    "sign_type",
 ];
 
 /// The fields not in `known` (nor in the envelope, nor matching `prefix_<n>…` for one of
 /// `indexed`), so that answers keep what WeChat Pay adds after this crate was written.
+/// `known` must be sorted by bytes: it is searched, not scanned, as this runs on every
+/// notification.
 pub(crate) fn extra_fields(fields: &Fields<'_>, known: &[&str], indexed: &[&str]) -> BTreeMap<String, String> {
+    debug_assert!(
+        known.is_sorted_by(|a, b| a.as_bytes() < b.as_bytes()),
+        "known names must be sorted: {known:?}"
+    );
+    debug_assert!(ENVELOPE.is_sorted_by(|a, b| a.as_bytes() < b.as_bytes()));
+    let listed = |list: &[&str], k: &str| list.binary_search_by(|p| cmp_names(p.as_bytes(), k.as_bytes())).is_ok();
     fields
         .iter()
-        .filter(|(k, _)| !ENVELOPE.contains(k) && !known.contains(k) && !indexed.iter().any(|p| is_indexed(k, p)))
+        .filter(|(k, _)| !listed(ENVELOPE, k) && !listed(known, k) && !indexed.iter().any(|p| is_indexed(k, p)))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
 }
 
 /// Whether `name` is `prefix_<digits>` or `prefix_<digits>_<digits>`.
-fn is_indexed(name: &str, prefix: &str) -> bool {
+pub(crate) fn is_indexed(name: &str, prefix: &str) -> bool {
     let Some(rest) = name.strip_prefix(prefix).and_then(|r| r.strip_prefix('_')) else {
         return false;
     };

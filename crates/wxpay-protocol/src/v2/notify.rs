@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use base64::Engine;
 
-use super::calls::{Coupon, RefundStatus, TradeType, opt_time, read_coupons};
-use super::{ErrCode, check_merchant, check_return_code, extra_fields, fen, opt_count, opt_fen, opt_string};
+use super::calls::{Coupon, RefundStatus, TradeType, read_coupons};
+use super::{ErrCode, check_merchant, check_return_code, extra_fields, fen, is_indexed, opt_fen, opt_string};
 use crate::xml::{self, ReadOptions};
 use crate::{ApiKey, BeijingTime, Error, Fen, Fields, Merchant};
 
@@ -165,25 +165,6 @@ pub struct PaymentNotification {
     pub extra: BTreeMap<String, String>,
 }
 
-const PAYMENT_KNOWN: &[&str] = &[
-    "out_trade_no",
-    "transaction_id",
-    "total_fee",
-    "time_end",
-    "openid",
-    "cash_fee",
-    "settlement_total_fee",
-    "coupon_fee",
-    "coupon_count",
-    "fee_type",
-    "cash_fee_type",
-    "bank_type",
-    "trade_type",
-    "is_subscribe",
-    "attach",
-    "device_info",
-];
-
 impl PaymentNotification {
     /// Reads and checks a payment notification for one merchant; see
     /// [`NotificationFields::payment`].
@@ -195,18 +176,90 @@ impl PaymentNotification {
     }
 
     fn from_verified(f: &Fields<'_>) -> Result<PaymentNotification, Error> {
-        let outcome = match f.require("result_code")? {
-            "SUCCESS" => {
-                let time_end = opt_time(f, "time_end")?.ok_or_else(|| Error::MissingField("time_end".into()))?;
-                PaymentOutcome::Paid {
-                    transaction_id: f.require("transaction_id")?.to_owned(),
-                    total_fee: fen(f, "total_fee")?,
-                    time_end,
+        // One pass over the sorted fields with a match, instead of a lookup per field: this
+        // runs for every notification the gateway receives.
+        #[derive(Default)]
+        struct Seen<'f> {
+            appid: Option<&'f str>,
+            mch_id: Option<&'f str>,
+            out_trade_no: Option<&'f str>,
+            result_code: Option<&'f str>,
+            err_code: Option<&'f str>,
+            err_code_des: Option<&'f str>,
+            transaction_id: Option<&'f str>,
+            total_fee: Option<&'f str>,
+            time_end: Option<&'f str>,
+            openid: Option<&'f str>,
+            cash_fee: Option<&'f str>,
+            settlement_total_fee: Option<&'f str>,
+            coupon_fee: Option<&'f str>,
+            coupon_count: Option<&'f str>,
+            fee_type: Option<&'f str>,
+            cash_fee_type: Option<&'f str>,
+            bank_type: Option<&'f str>,
+            trade_type: Option<&'f str>,
+            is_subscribe: Option<&'f str>,
+            attach: Option<&'f str>,
+            device_info: Option<&'f str>,
+        }
+        let mut s = Seen::default();
+        let mut extra = BTreeMap::new();
+        for (k, v) in f.iter() {
+            let slot = match k {
+                "appid" => &mut s.appid,
+                "mch_id" => &mut s.mch_id,
+                "out_trade_no" => &mut s.out_trade_no,
+                "result_code" => &mut s.result_code,
+                "err_code" => &mut s.err_code,
+                "err_code_des" => &mut s.err_code_des,
+                "transaction_id" => &mut s.transaction_id,
+                "total_fee" => &mut s.total_fee,
+                "time_end" => &mut s.time_end,
+                "openid" => &mut s.openid,
+                "cash_fee" => &mut s.cash_fee,
+                "settlement_total_fee" => &mut s.settlement_total_fee,
+                "coupon_fee" => &mut s.coupon_fee,
+                "coupon_count" => &mut s.coupon_count,
+                "fee_type" => &mut s.fee_type,
+                "cash_fee_type" => &mut s.cash_fee_type,
+                "bank_type" => &mut s.bank_type,
+                "trade_type" => &mut s.trade_type,
+                "is_subscribe" => &mut s.is_subscribe,
+                "attach" => &mut s.attach,
+                "device_info" => &mut s.device_info,
+                "nonce_str" | "return_code" | "return_msg" | "sign" | "sign_type" => continue,
+                _ if ["coupon_id", "coupon_type", "coupon_fee"]
+                    .iter()
+                    .any(|p| is_indexed(k, p)) =>
+                {
+                    continue;
                 }
-            }
+                _ => {
+                    extra.insert(k.to_owned(), v.to_owned());
+                    continue;
+                }
+            };
+            // An empty value counts as absent, as it does for the signature.
+            *slot = Some(v).filter(|v| !v.is_empty());
+        }
+        fn need<'s>(v: Option<&'s str>, name: &str) -> Result<&'s str, Error> {
+            v.ok_or_else(|| Error::MissingField(name.to_owned()))
+        }
+        let amount = |v: Option<&str>, name: &str| {
+            v.map(|v| Fen::parse(v).map_err(|e| Error::field(name, e.to_string())))
+                .transpose()
+        };
+        let owned = |v: Option<&str>| v.map(str::to_owned);
+        let outcome = match need(s.result_code, "result_code")? {
+            "SUCCESS" => PaymentOutcome::Paid {
+                transaction_id: need(s.transaction_id, "transaction_id")?.to_owned(),
+                total_fee: amount(Some(need(s.total_fee, "total_fee")?), "total_fee")?.unwrap_or_default(),
+                time_end: BeijingTime::parse_compact(need(s.time_end, "time_end")?)
+                    .map_err(|e| Error::field("time_end", e.to_string()))?,
+            },
             "FAIL" => PaymentOutcome::Failed {
-                code: ErrCode::parse(f.get("err_code").unwrap_or_default()),
-                description: f.get("err_code_des").unwrap_or_default().to_owned(),
+                code: ErrCode::parse(s.err_code.unwrap_or_default()),
+                description: s.err_code_des.unwrap_or_default().to_owned(),
             },
             other => {
                 return Err(Error::field(
@@ -215,24 +268,31 @@ impl PaymentNotification {
                 ));
             }
         };
+        let coupon_count = s
+            .coupon_count
+            .map(|v| {
+                v.parse::<u32>()
+                    .map_err(|_| Error::field("coupon_count", format!("{v:?} is not a count")))
+            })
+            .transpose()?;
         Ok(PaymentNotification {
-            appid: f.require("appid")?.to_owned(),
-            mch_id: f.require("mch_id")?.to_owned(),
-            out_trade_no: f.require("out_trade_no")?.to_owned(),
+            appid: need(s.appid, "appid")?.to_owned(),
+            mch_id: need(s.mch_id, "mch_id")?.to_owned(),
+            out_trade_no: need(s.out_trade_no, "out_trade_no")?.to_owned(),
             outcome,
-            openid: opt_string(f, "openid"),
-            cash_fee: opt_fen(f, "cash_fee")?,
-            settlement_total_fee: opt_fen(f, "settlement_total_fee")?,
-            coupon_fee: opt_fen(f, "coupon_fee")?,
-            coupons: read_coupons(f, opt_count(f, "coupon_count")?)?,
-            fee_type: opt_string(f, "fee_type"),
-            cash_fee_type: opt_string(f, "cash_fee_type"),
-            bank_type: opt_string(f, "bank_type"),
-            trade_type: f.optional("trade_type").map(TradeType::parse),
-            is_subscribe: opt_string(f, "is_subscribe"),
-            attach: opt_string(f, "attach"),
-            device_info: opt_string(f, "device_info"),
-            extra: extra_fields(f, PAYMENT_KNOWN, &["coupon_id", "coupon_type", "coupon_fee"]),
+            openid: owned(s.openid),
+            cash_fee: amount(s.cash_fee, "cash_fee")?,
+            settlement_total_fee: amount(s.settlement_total_fee, "settlement_total_fee")?,
+            coupon_fee: amount(s.coupon_fee, "coupon_fee")?,
+            coupons: read_coupons(f, coupon_count)?,
+            fee_type: owned(s.fee_type),
+            cash_fee_type: owned(s.cash_fee_type),
+            bank_type: owned(s.bank_type),
+            trade_type: s.trade_type.map(TradeType::parse),
+            is_subscribe: owned(s.is_subscribe),
+            attach: owned(s.attach),
+            device_info: owned(s.device_info),
+            extra,
         })
     }
 }
@@ -308,19 +368,19 @@ impl RefundNotification {
             extra: extra_fields(
                 f,
                 &[
-                    "transaction_id",
-                    "out_trade_no",
-                    "refund_id",
                     "out_refund_no",
-                    "total_fee",
-                    "settlement_total_fee",
-                    "refund_fee",
-                    "settlement_refund_fee",
-                    "refund_status",
-                    "success_time",
-                    "refund_recv_accout",
+                    "out_trade_no",
                     "refund_account",
+                    "refund_fee",
+                    "refund_id",
+                    "refund_recv_accout",
                     "refund_request_source",
+                    "refund_status",
+                    "settlement_refund_fee",
+                    "settlement_total_fee",
+                    "success_time",
+                    "total_fee",
+                    "transaction_id",
                 ],
                 &[],
             ),

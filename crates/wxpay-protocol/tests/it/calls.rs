@@ -63,7 +63,8 @@ fn a_unified_order_request_is_signed_with_every_field_including_unknown_ones() {
 #[test]
 fn a_unified_order_refuses_what_wechat_pay_would_refuse() {
     let m = merchant(SignType::Md5);
-    let cases: Vec<(&str, Box<dyn Fn(&mut UnifiedOrder)>)> = vec![
+    type Change = Box<dyn Fn(&mut UnifiedOrder)>;
+    let cases: Vec<(&str, Change)> = vec![
         ("openid", Box::new(|o| o.openid = None)),
         ("total_fee", Box::new(|o| o.total_fee = Fen::ZERO)),
         (
@@ -289,7 +290,7 @@ fn close_order_answers_and_its_orderpaid_error() {
 #[test]
 fn a_refund_needs_the_client_certificate_and_sane_amounts() {
     let m = merchant(SignType::HmacSha256);
-    assert!(Refund::CLIENT_CERT);
+    const { assert!(Refund::CLIENT_CERT) };
     assert_eq!(Refund::PATH, "/secapi/pay/refund");
     let order = v2::OrderRef::OutTradeNo(OutTradeNo::new("o1").unwrap());
     let no = OutRefundNo::new("r-1@x").unwrap();

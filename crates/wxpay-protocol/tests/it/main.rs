@@ -2,6 +2,7 @@
 //! every typed call and notification end to end through its wire form.
 
 mod calls;
+mod fuzz_checks;
 mod hostile_xml;
 mod notifications;
 mod properties;

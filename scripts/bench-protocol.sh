@@ -18,7 +18,10 @@ if [ -n "${PEER_BENCH:-}" ]; then
   (cd "$PEER_BENCH" && .venv/bin/python micro/bench_wechatpy.py --duration "$SECS" && node micro/bench_axios_plugin.js --duration "$SECS") | tee "$PEER_OUT"
 fi
 echo "== wxpay criterion benchmarks"
-cargo bench -q -p wxpay-protocol --bench v2 -- --warm-up-time 1 --measurement-time "$SECS" >/dev/null
+LOG="$(mktemp)"
+if ! cargo bench -q -p wxpay-protocol --bench v2 -- --warm-up-time 1 --measurement-time "$SECS" >"$LOG" 2>&1; then
+  cat "$LOG"; exit 1
+fi
 echo "== wxpay allocations"
 cargo bench -q -p wxpay-protocol --bench allocations
 python3 - "$PEER_OUT" <<'PY'

@@ -70,6 +70,11 @@ impl BillFee {
         parse_decimal_scaled(s, 5, "fee").map(BillFee)
     }
 
+    /// A fee of `v` units of 0.00001 yuan.
+    pub fn from_hundred_thousandths(v: i64) -> BillFee {
+        BillFee(v)
+    }
+
     /// The fee in units of 0.00001 yuan.
     pub fn hundred_thousandths_of_yuan(self) -> i64 {
         self.0

@@ -130,8 +130,14 @@ impl UnifiedOrder {
     }
 }
 
-impl ToFields for UnifiedOrder {
-    fn to_fields<'a>(&'a self, out: &mut Fields<'a>) -> Result<(), Error> {
+impl UnifiedOrder {
+    /// Checks the rules WeChat Pay applies to an order: required fields present, lengths,
+    /// characters, an amount of at least 1 fen, an IP address, a notification URL without
+    /// parameters, an `openid` for JSAPI, `time_expire` after `time_start`.
+    ///
+    /// # Errors
+    /// [`Error::MissingField`] or [`Error::InvalidField`] naming the field.
+    pub fn check(&self) -> Result<(), Error> {
         if self.body.is_empty() {
             return Err(Error::MissingField("body".into()));
         }
@@ -148,15 +154,26 @@ impl ToFields for UnifiedOrder {
         check_notify_url("notify_url", &self.notify_url)?;
         match (&self.trade_type, self.openid.as_deref()) {
             (TradeType::Jsapi, None | Some("")) => {
-                return Err(Error::field(
-                    "openid",
-                    "is required when trade_type is JSAPI (the payer's openid under this appid)",
-                ));
+                return Err(Error::MissingField("openid".into()));
             }
             (_, Some(openid)) => check_text("openid", openid, 128)?,
             _ => {}
         }
-        for (name, value, max) in [
+        for (name, value, max) in self.optional_texts() {
+            if let Some(v) = value {
+                check_text(name, v, max)?;
+            }
+        }
+        if let (Some(start), Some(expire)) = (self.time_start, self.time_expire) {
+            if expire <= start {
+                return Err(Error::field("time_expire", "must be after time_start"));
+            }
+        }
+        Ok(())
+    }
+
+    fn optional_texts(&self) -> [(&'static str, &Option<String>, usize); 9] {
+        [
             ("attach", &self.attach, 127),
             ("detail", &self.detail, 6000),
             ("device_info", &self.device_info, 32),
@@ -166,16 +183,15 @@ impl ToFields for UnifiedOrder {
             ("receipt", &self.receipt, 8),
             ("profit_sharing", &self.profit_sharing, 16),
             ("scene_info", &self.scene_info, 256),
-        ] {
-            if let Some(v) = value {
-                check_text(name, v, max)?;
-                out.insert(name, v.as_str())?;
-            }
-        }
-        if let (Some(start), Some(expire)) = (self.time_start, self.time_expire) {
-            if expire <= start {
-                return Err(Error::field("time_expire", "must be after time_start"));
-            }
+        ]
+    }
+}
+
+impl ToFields for UnifiedOrder {
+    fn to_fields<'a>(&'a self, out: &mut Fields<'a>) -> Result<(), Error> {
+        self.check()?;
+        for (name, value, _) in self.optional_texts() {
+            out.insert_opt(name, value.as_deref())?;
         }
         out.insert("body", self.body.as_str())?;
         out.insert("out_trade_no", self.out_trade_no.as_str())?;
@@ -254,7 +270,7 @@ impl OrderRef {
     }
 }
 
-fn check_transaction_id(t: &str) -> Result<(), Error> {
+pub(crate) fn check_transaction_id(t: &str) -> Result<(), Error> {
     if t.is_empty() || t.len() > 32 || !t.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(Error::field(
             "transaction_id",
@@ -600,8 +616,14 @@ impl Refund {
     }
 }
 
-impl ToFields for Refund {
-    fn to_fields<'a>(&'a self, out: &mut Fields<'a>) -> Result<(), Error> {
+impl Refund {
+    /// Checks the rules WeChat Pay applies to a refund request: amounts of at least 1 fen,
+    /// a refund no larger than the order, the reason's length, the notification URL and the
+    /// funds account.
+    ///
+    /// # Errors
+    /// [`Error::InvalidField`] naming the field.
+    pub fn check(&self) -> Result<(), Error> {
         if self.total_fee == Fen::ZERO {
             return Err(Error::field("total_fee", "must be at least 1 fen"));
         }
@@ -617,10 +639,9 @@ impl ToFields for Refund {
                 ),
             ));
         }
-        self.order.to_fields(out)?;
-        out.insert("out_refund_no", self.out_refund_no.as_str())?;
-        out.insert("total_fee", num(self.total_fee))?;
-        out.insert("refund_fee", num(self.refund_fee))?;
+        if let OrderRef::TransactionId(t) = &self.order {
+            check_transaction_id(t)?;
+        }
         if let Some(d) = &self.refund_desc {
             check_text("refund_desc", d, 80)?;
         }
@@ -638,6 +659,17 @@ impl ToFields for Refund {
                 ));
             }
         }
+        Ok(())
+    }
+}
+
+impl ToFields for Refund {
+    fn to_fields<'a>(&'a self, out: &mut Fields<'a>) -> Result<(), Error> {
+        self.check()?;
+        self.order.to_fields(out)?;
+        out.insert("out_refund_no", self.out_refund_no.as_str())?;
+        out.insert("total_fee", num(self.total_fee))?;
+        out.insert("refund_fee", num(self.refund_fee))?;
         out.insert_opt("refund_fee_type", self.refund_fee_type.as_deref())?;
         out.insert_opt("refund_desc", self.refund_desc.as_deref())?;
         out.insert_opt("refund_account", self.refund_account.as_deref())?;

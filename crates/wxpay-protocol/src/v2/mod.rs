@@ -35,6 +35,7 @@ pub mod doctor;
 mod errcode;
 mod jsapi;
 mod notify;
+pub mod server;
 
 pub use bill::{Bill, BillFee, BillRow, BillSummary, BillType};
 pub use calls::{

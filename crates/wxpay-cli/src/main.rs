@@ -5,7 +5,9 @@
 //! codes: 0 for success, 1 for "checked, and it is wrong" (a signature that does not
 //! verify), 2 for input that cannot be used.
 
+mod config;
 mod doctor;
+mod simulator;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -48,6 +50,62 @@ enum Command {
     /// the whole notification body. Prints the decrypted <root> document.
     #[command(after_help = "Example:\n  wxpay decrypt --key-file apikey.txt < refund-notify.xml")]
     Decrypt(DecryptArgs),
+    /// Run the WeChat Pay simulator alone.
+    ///
+    /// It serves the real APIv2 paths (/pay/unifiedorder, /pay/orderquery, /pay/closeorder,
+    /// /secapi/pay/refund, /pay/refundquery, /pay/downloadbill, /sns/jscode2session) with
+    /// WeChat Pay's rules, signatures and errors, and control endpoints under /simulator/.
+    /// Without --config it serves the built-in test merchant (see the README).
+    #[command(after_help = "Example:\n  wxpay simulator --mode auto --time-scale 60")]
+    Simulator(simulator::SimulatorArgs),
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// For people.
+    Pretty,
+    /// One JSON object a line, for log collectors.
+    Json,
+}
+
+/// Installs the log subscriber: `WXPAY_LOG` (or `RUST_LOG`) filters, `info` by default.
+pub(crate) fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("WXPAY_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
 }
 
 /// Where the APIv2 key comes from.
@@ -146,6 +204,7 @@ fn main() -> ExitCode {
         Command::Sign(a) => ("sign", doctor::sign(a)),
         Command::Verify(a) => ("verify", doctor::verify(a)),
         Command::Decrypt(a) => ("decrypt", doctor::decrypt(a)),
+        Command::Simulator(a) => ("simulator", simulator::run(a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

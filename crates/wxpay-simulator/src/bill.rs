@@ -1,0 +1,154 @@
+//! `downloadbill`: the day's payments and refunds in WeChat Pay's bill format.
+//!
+//! Payment rows belong to the day they were paid, refund rows to the day the refund was
+//! accepted (Beijing time). The fee is 0.60 % of the amount rounded to the fen, negative on
+//! refund rows. A day without rows is `No Bill Exist`; today's bill, and yesterday's before
+//! 10:00, is `Bill Creating` (unless `bills_immediately`).
+
+use std::collections::BTreeMap;
+
+use wxpay_protocol::v2::{Bill, BillFee, BillRow, BillType, RefundStatus};
+use wxpay_protocol::{BeijingTime, Fen, Fields};
+
+use crate::store::{Order, OrderState, SHARDS};
+use crate::v2::{Ctx, Reply, bill_error, bill_param_error, parse_bill_request, text_reply};
+
+/// The fee rate, in hundredths of a percent.
+const RATE_BP: u64 = 60;
+
+fn fee_fen(amount: Fen) -> u64 {
+    // amount × 0.60 %, rounded half up to the fen.
+    (amount.get() * RATE_BP + 5_000) / 10_000
+}
+
+fn day_of(unix: i64) -> String {
+    BeijingTime::from_unix(unix).to_date_compact()
+}
+
+pub(crate) fn download(ctx: &Ctx<'_>, f: &Fields<'_>) -> Reply {
+    let req = match parse_bill_request(f) {
+        Ok(r) => r,
+        Err(e) => return bill_param_error(&e),
+    };
+    let day = req.bill_date.to_date_compact();
+    let today = day_of(ctx.now);
+    let (_, _, _, hour, _, _) = BeijingTime::from_unix(ctx.now).parts();
+    let yesterday = day_of(ctx.now - 86_400);
+    if day > today || req.bill_date.unix() < ctx.now - 92 * 86_400 {
+        return bill_error("invalid bill_date", "20001");
+    }
+    if !ctx.sim.inner.config.bills_immediately && (day == today || (day == yesterday && hour < 10)) {
+        return bill_error("Bill Creating", "20003");
+    }
+    if req.bill_type == BillType::RechargeRefund {
+        return bill_error("No Bill Exist", "20002");
+    }
+    let mut rows = Vec::new();
+    for shard in 0..SHARDS {
+        // One shard locked at a time, so that calls go on while a large bill is built.
+        let g = ctx.sim.inner.store.lock(shard);
+        g.each(|o| {
+            if o.mch == ctx.mch {
+                collect(ctx, o, &day, req.bill_type, &mut rows);
+            }
+        });
+    }
+    if rows.is_empty() {
+        return bill_error("No Bill Exist", "20002");
+    }
+    rows.sort_by(|a, b| {
+        a.trade_time
+            .cmp(&b.trade_time)
+            .then(a.out_trade_no.cmp(&b.out_trade_no))
+    });
+    text_reply(Bill::from_rows(req.bill_type, rows).to_text())
+}
+
+fn base_row(ctx: &Ctx<'_>, o: &Order, trade_time: i64) -> BillRow {
+    BillRow {
+        trade_time: BeijingTime::from_unix(trade_time),
+        appid: o.appid.to_string(),
+        mch_id: ctx.merchant.mch_id.as_str().to_owned(),
+        sub_mch_id: "0".into(),
+        device_info: o.device_info.as_deref().unwrap_or("").to_owned(),
+        transaction_id: o.transaction_id.as_deref().unwrap_or("").to_owned(),
+        out_trade_no: o.out_trade_no.to_string(),
+        openid: o.openid.to_string(),
+        trade_type: o.trade_type.to_string(),
+        trade_state: "SUCCESS".into(),
+        bank_type: "OTHERS".into(),
+        currency: "CNY".into(),
+        settlement_total_fee: Fen::ZERO,
+        coupon_fee: Fen::ZERO,
+        refund_apply_time: None,
+        refund_success_time: None,
+        refund_id: None,
+        out_refund_no: None,
+        refund_fee: Fen::ZERO,
+        coupon_refund_fee: Fen::ZERO,
+        refund_type: None,
+        refund_status: None,
+        body: o.body.to_string(),
+        attach: o.attach.as_deref().unwrap_or("").to_owned(),
+        fee: BillFee::default(),
+        rate: "0.60%".into(),
+        total_fee: Some(Fen::ZERO),
+        refund_apply_fee: Some(Fen::ZERO),
+        rate_remark: None,
+        extra: BTreeMap::new(),
+    }
+}
+
+fn collect(ctx: &Ctx<'_>, o: &Order, day: &str, bill_type: BillType, rows: &mut Vec<BillRow>) {
+    if o.state != OrderState::Success {
+        return;
+    }
+    let Some(paid_at) = o.paid_at else {
+        return;
+    };
+    if bill_type != BillType::Refund && day_of(paid_at) == day {
+        let mut row = base_row(ctx, o, paid_at);
+        row.settlement_total_fee = o.total_fee;
+        row.total_fee = Some(o.total_fee);
+        row.fee = BillFee::from_hundred_thousandths(fee_fen(o.total_fee) as i64 * 1000);
+        rows.push(row);
+    }
+    if bill_type == BillType::Success {
+        return;
+    }
+    for r in &o.refunds {
+        if day_of(r.accepted_at) != day {
+            continue;
+        }
+        let mut row = base_row(ctx, o, r.accepted_at);
+        row.trade_state = "REFUND".into();
+        row.refund_id = Some(r.refund_id.to_string());
+        row.out_refund_no = Some(r.out_refund_no.to_string());
+        row.refund_fee = r.refund_fee;
+        row.refund_apply_fee = Some(r.refund_fee);
+        row.refund_type = Some("ORIGINAL".into());
+        row.refund_status = Some(r.status.as_str().to_owned());
+        row.fee = BillFee::from_hundred_thousandths(-(fee_fen(r.refund_fee) as i64) * 1000);
+        if bill_type == BillType::Refund {
+            row.refund_apply_time = Some(BeijingTime::from_unix(r.accepted_at));
+            row.refund_success_time = r
+                .settled_at
+                .filter(|_| r.status == RefundStatus::Success)
+                .map(BeijingTime::from_unix);
+        }
+        rows.push(row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fee_is_sixty_basis_points_rounded_half_up() {
+        assert_eq!(fee_fen(Fen::new(600).unwrap()), 4);
+        assert_eq!(fee_fen(Fen::new(1).unwrap()), 0);
+        assert_eq!(fee_fen(Fen::new(84).unwrap()), 1);
+        assert_eq!(fee_fen(Fen::new(83).unwrap()), 0);
+    }
+}

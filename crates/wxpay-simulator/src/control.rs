@@ -1,0 +1,489 @@
+//! `/simulator/…`: what the user and the tests do that WeChat Pay's servers do on their own.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `POST /simulator/pay` | the user pays (or fails to pay) an order; the notification starts |
+//! | `GET /simulator/checkout/{prepay_id}` | a page with a pay button, for the demo |
+//! | `GET /simulator/orders/{out_trade_no}` | the simulator's view of an order |
+//! | `GET /simulator/notifications` | every delivery attempt |
+//! | `POST/GET/DELETE /simulator/faults` | faults on demand |
+//! | `POST /simulator/refunds/{out_refund_no}/complete` | settle a refund now, as success or failure |
+//! | `POST /simulator/sink` | answers notifications with SUCCESS (a notify URL for load runs) |
+
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Form, Json, Router};
+use serde::{Deserialize, Serialize};
+use wxpay_protocol::v2::RefundStatus;
+use wxpay_protocol::{BeijingTime, Fen};
+
+use crate::faults::FaultRequest;
+use crate::notifier::What;
+use crate::store::{Loc, Order, OrderState};
+use crate::v2::{expire_if_due, query_answer};
+use crate::{Simulator, ids};
+
+/// Why a payment cannot happen.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PayError {
+    #[error("no such order")]
+    NotFound,
+    #[error("the order is {0}, not NOTPAY")]
+    NotPayable(&'static str),
+    #[error("the prepay_id is older than two hours; call unifiedorder again for a new one")]
+    PrepayExpired,
+}
+
+/// Pays (or fails) the order at `loc` and starts its notification.
+pub(crate) fn pay(sim: &Simulator, loc: Loc, success: bool, prepay_id: Option<&str>) -> Result<(), PayError> {
+    let now = ids::now_unix();
+    let mut g = sim.inner.store.lock(loc.shard);
+    expire_if_due(&mut g, loc.slot, now);
+    let shard = g.shard();
+    let o = g.get(loc.slot).ok_or(PayError::NotFound)?;
+    if let Some(p) = prepay_id {
+        if &*o.prepay_id != p {
+            return Err(PayError::PrepayExpired);
+        }
+        if now - o.prepay_at > 7200 {
+            return Err(PayError::PrepayExpired);
+        }
+    }
+    if o.state != OrderState::NotPay {
+        return Err(PayError::NotPayable(o.state.name()));
+    }
+    let to = if success {
+        o.transaction_id = Some(ids::transaction_id(shard, loc.slot, now).into_boxed_str());
+        o.paid_at = Some(now);
+        OrderState::Success
+    } else {
+        o.pay_error = Some(("NOTENOUGH".into(), "余额不足".into()));
+        OrderState::PayError
+    };
+    g.set_state(loc.slot, to);
+    drop(g);
+    sim.inner.notifier.payment(loc);
+    Ok(())
+}
+
+/// Settles the refund `idx` of the order at `loc` (if it is still processing) and starts its
+/// notification when one was asked for.
+pub(crate) fn complete_refund(sim: &Simulator, loc: Loc, idx: usize, status: RefundStatus) -> bool {
+    let mut g = sim.inner.store.lock(loc.shard);
+    let Some(r) = g.get(loc.slot).and_then(|o| o.refunds.get_mut(idx)) else {
+        return false;
+    };
+    if r.status != RefundStatus::Processing {
+        return false;
+    }
+    r.status = status;
+    r.settled_at = Some(ids::now_unix());
+    let notify = r.notify_url.is_some();
+    g.note_if_finished(loc.slot);
+    drop(g);
+    if notify {
+        sim.inner.notifier.refund(loc, idx);
+    }
+    true
+}
+
+/// Records that a notification was acknowledged.
+pub(crate) fn mark_notified(sim: &Simulator, loc: Loc, what: What) {
+    let mut g = sim.inner.store.lock(loc.shard);
+    if let Some(o) = g.get(loc.slot) {
+        match what {
+            What::Payment => o.notified = true,
+            What::RefundNotify(i) => {
+                if let Some(r) = o.refunds.get_mut(i) {
+                    r.notified = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    g.note_if_finished(loc.slot);
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"error": {"code": code, "message": message.into()}})),
+    )
+        .into_response()
+}
+
+fn boxed_error(status: StatusCode, code: &str, message: impl Into<String>) -> Box<Response> {
+    Box::new(error(status, code, message))
+}
+
+/// Finds an order by number, in the merchant given or in any merchant.
+fn find(sim: &Simulator, out_trade_no: &str, mch_id: Option<&str>) -> Result<Loc, Box<Response>> {
+    let merchants: Vec<u16> = match mch_id {
+        Some(m) => match sim.inner.by_mch.get(m) {
+            Some(i) => vec![*i],
+            None => {
+                return Err(boxed_error(
+                    StatusCode::NOT_FOUND,
+                    "unknown_merchant",
+                    format!("no merchant {m}"),
+                ));
+            }
+        },
+        None => (0..sim.inner.merchants.len() as u16).collect(),
+    };
+    let mut found = Vec::new();
+    for mch in merchants {
+        let shard = sim.inner.store.shard_of(mch, out_trade_no);
+        if let Some(slot) = sim.inner.store.lock(shard).find(mch, out_trade_no) {
+            found.push(Loc { shard, slot });
+        }
+    }
+    match found.as_slice() {
+        [loc] => Ok(*loc),
+        [] => Err(boxed_error(
+            StatusCode::NOT_FOUND,
+            "order_not_found",
+            format!("no order {out_trade_no}"),
+        )),
+        _ => Err(boxed_error(
+            StatusCode::CONFLICT,
+            "ambiguous",
+            "several merchants have this order number; give mch_id",
+        )),
+    }
+}
+
+/// The simulator's view of an order.
+#[derive(Serialize)]
+struct OrderView {
+    mch_id: String,
+    appid: String,
+    out_trade_no: String,
+    trade_state: String,
+    total_fee: Fen,
+    refunded_fee: Fen,
+    body: String,
+    attach: Option<String>,
+    openid: String,
+    notify_url: String,
+    prepay_id: String,
+    transaction_id: Option<String>,
+    created_at: String,
+    time_expire: Option<String>,
+    paid_at: Option<String>,
+    notified: bool,
+    refunds: Vec<RefundView>,
+}
+
+#[derive(Serialize)]
+struct RefundView {
+    out_refund_no: String,
+    refund_id: String,
+    refund_fee: Fen,
+    status: String,
+    accepted_at: String,
+    settled_at: Option<String>,
+    notify_url: Option<String>,
+    notified: bool,
+}
+
+fn dashed(t: i64) -> String {
+    BeijingTime::from_unix(t).to_dashed()
+}
+
+fn view(sim: &Simulator, o: &Order) -> OrderView {
+    OrderView {
+        mch_id: sim.inner.merchants[usize::from(o.mch)].mch_id.as_str().to_owned(),
+        appid: o.appid.to_string(),
+        out_trade_no: o.out_trade_no.to_string(),
+        trade_state: query_answer(o).trade_state.as_str().to_owned(),
+        total_fee: o.total_fee,
+        refunded_fee: o.refunded(),
+        body: o.body.to_string(),
+        attach: o.attach.as_deref().map(str::to_owned),
+        openid: o.openid.to_string(),
+        notify_url: o.notify_url.to_string(),
+        prepay_id: o.prepay_id.to_string(),
+        transaction_id: o.transaction_id.as_deref().map(str::to_owned),
+        created_at: dashed(o.created_at),
+        time_expire: o.time_expire.map(dashed),
+        paid_at: o.paid_at.map(dashed),
+        notified: o.notified,
+        refunds: o
+            .refunds
+            .iter()
+            .map(|r| RefundView {
+                out_refund_no: r.out_refund_no.to_string(),
+                refund_id: r.refund_id.to_string(),
+                refund_fee: r.refund_fee,
+                status: r.status.as_str().to_owned(),
+                accepted_at: dashed(r.accepted_at),
+                settled_at: r.settled_at.map(dashed),
+                notify_url: r.notify_url.as_deref().map(str::to_owned),
+                notified: r.notified,
+            })
+            .collect(),
+    }
+}
+
+fn view_at(sim: &Simulator, loc: Loc) -> Option<OrderView> {
+    let now = ids::now_unix();
+    let mut g = sim.inner.store.lock(loc.shard);
+    expire_if_due(&mut g, loc.slot, now);
+    g.get(loc.slot).map(|o| view(sim, o))
+}
+
+#[derive(Deserialize)]
+struct PayRequest {
+    out_trade_no: String,
+    mch_id: Option<String>,
+    outcome: Option<String>,
+}
+
+async fn pay_endpoint(State(sim): State<Simulator>, Json(req): Json<PayRequest>) -> Response {
+    let success = match req.outcome.as_deref() {
+        None | Some("success") => true,
+        Some("fail") => false,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_outcome",
+                format!("outcome {other:?} is not success or fail"),
+            );
+        }
+    };
+    let loc = match find(&sim, &req.out_trade_no, req.mch_id.as_deref()) {
+        Ok(l) => l,
+        Err(r) => return *r,
+    };
+    match pay(&sim, loc, success, None) {
+        Ok(()) => Json(view_at(&sim, loc)).into_response(),
+        Err(e @ PayError::NotFound) => error(StatusCode::NOT_FOUND, "order_not_found", e.to_string()),
+        Err(e) => error(StatusCode::CONFLICT, "not_payable", e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct MchQuery {
+    mch_id: Option<String>,
+}
+
+async fn order_endpoint(State(sim): State<Simulator>, Path(no): Path<String>, Query(q): Query<MchQuery>) -> Response {
+    match find(&sim, &no, q.mch_id.as_deref()) {
+        Ok(loc) => match view_at(&sim, loc) {
+            Some(v) => Json(v).into_response(),
+            None => error(StatusCode::NOT_FOUND, "order_not_found", "gone"),
+        },
+        Err(r) => *r,
+    }
+}
+
+#[derive(Deserialize)]
+struct NotificationsQuery {
+    out_trade_no: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn notifications_endpoint(State(sim): State<Simulator>, Query(q): Query<NotificationsQuery>) -> Response {
+    let attempts = sim
+        .inner
+        .notifier
+        .attempts(q.out_trade_no.as_deref(), q.limit.unwrap_or(1000).min(10_000));
+    Json(serde_json::json!({ "attempts": attempts, "pending": sim.inner.notifier.pending() })).into_response()
+}
+
+async fn add_fault(State(sim): State<Simulator>, Json(req): Json<FaultRequest>) -> Response {
+    match sim.inner.faults.add(req) {
+        Ok(f) => (StatusCode::CREATED, Json(f)).into_response(),
+        Err(msg) => error(StatusCode::BAD_REQUEST, "invalid_fault", msg),
+    }
+}
+
+async fn list_faults(State(sim): State<Simulator>) -> Response {
+    Json(serde_json::json!({ "faults": sim.inner.faults.list() })).into_response()
+}
+
+async fn clear_faults(State(sim): State<Simulator>) -> Response {
+    Json(serde_json::json!({ "removed": sim.inner.faults.clear(None) })).into_response()
+}
+
+async fn clear_fault(State(sim): State<Simulator>, Path(id): Path<u64>) -> Response {
+    match sim.inner.faults.clear(Some(id)) {
+        0 => error(StatusCode::NOT_FOUND, "fault_not_found", format!("no fault {id}")),
+        n => Json(serde_json::json!({ "removed": n })).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct CompleteRequest {
+    mch_id: Option<String>,
+    status: Option<String>,
+}
+
+async fn complete_refund_endpoint(
+    State(sim): State<Simulator>,
+    Path(out_refund_no): Path<String>,
+    Json(req): Json<CompleteRequest>,
+) -> Response {
+    let status = match req.status.as_deref().unwrap_or("SUCCESS") {
+        "SUCCESS" => RefundStatus::Success,
+        "REFUNDCLOSE" => RefundStatus::RefundClose,
+        "CHANGE" => RefundStatus::Change,
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_status",
+                format!("{other:?} is not SUCCESS, REFUNDCLOSE or CHANGE"),
+            );
+        }
+    };
+    let mchs: Vec<u16> = match req.mch_id.as_deref() {
+        Some(m) => sim.inner.by_mch.get(m).copied().into_iter().collect(),
+        None => (0..sim.inner.merchants.len() as u16).collect(),
+    };
+    let Some((loc, idx)) = mchs
+        .iter()
+        .find_map(|m| sim.inner.store.find_refund(*m, &out_refund_no))
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "refund_not_found",
+            format!("no refund {out_refund_no}"),
+        );
+    };
+    if complete_refund(&sim, loc, idx, status) {
+        Json(view_at(&sim, loc)).into_response()
+    } else {
+        error(StatusCode::CONFLICT, "not_processing", "the refund is already settled")
+    }
+}
+
+async fn sink() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/xml")],
+        wxpay_protocol::v2::NOTIFY_SUCCESS_REPLY,
+    )
+        .into_response()
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn checkout_page(title: &str, body: &str) -> Html<String> {
+    Html(format!(
+        "<!doctype html><html lang=\"zh\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+<title>{title}</title><style>body{{font-family:system-ui,sans-serif;max-width:26rem;margin:2rem auto;padding:0 1rem;color:#222}}\
+.amount{{font-size:2.4rem;margin:.4rem 0}}button{{font-size:1.1rem;padding:.7rem 1.4rem;margin:.3rem .3rem 0 0;border:0;border-radius:.4rem;cursor:pointer}}\
+.pay{{background:#07c160;color:#fff}}.fail{{background:#eee}}.note{{color:#777;font-size:.85rem}}</style></head><body>{body}</body></html>"
+    ))
+}
+
+fn by_prepay(sim: &Simulator, prepay_id: &str) -> Option<Loc> {
+    let (shard, slot) = ids::parse_prepay_id(prepay_id)?;
+    if shard >= crate::store::SHARDS {
+        return None;
+    }
+    let mut g = sim.inner.store.lock(shard);
+    g.get(slot)
+        .filter(|o| &*o.prepay_id == prepay_id)
+        .map(|_| Loc { shard, slot })
+}
+
+async fn checkout(State(sim): State<Simulator>, Path(prepay_id): Path<String>) -> Response {
+    let Some(loc) = by_prepay(&sim, &prepay_id) else {
+        return (
+            StatusCode::NOT_FOUND,
+            checkout_page(
+                "微信支付",
+                "<h1>订单不存在</h1><p>This prepay_id is unknown or was replaced.</p>",
+            ),
+        )
+            .into_response();
+    };
+    let Some(v) = view_at(&sim, loc) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let state = if v.trade_state == "NOTPAY" {
+        "<form method=\"post\"><button class=\"pay\" name=\"outcome\" value=\"success\">支付 Pay</button>\
+<button class=\"fail\" name=\"outcome\" value=\"fail\">支付失败 Fail</button></form>"
+            .to_owned()
+    } else {
+        format!("<p>状态 State: <b>{}</b></p>", escape(&v.trade_state))
+    };
+    let body = format!(
+        "<p class=\"note\">WeChat Pay simulator · 商户号 {}</p><h1>{}</h1><p class=\"amount\">¥{}</p>{}<p class=\"note\">out_trade_no {}<br>prepay_id {}</p>",
+        escape(&v.mch_id),
+        escape(&v.body),
+        v.total_fee.to_yuan(),
+        state,
+        escape(&v.out_trade_no),
+        escape(&prepay_id)
+    );
+    checkout_page("微信支付", &body).into_response()
+}
+
+#[derive(Deserialize)]
+struct CheckoutForm {
+    outcome: Option<String>,
+}
+
+async fn checkout_pay(
+    State(sim): State<Simulator>,
+    Path(prepay_id): Path<String>,
+    Form(form): Form<CheckoutForm>,
+) -> Response {
+    let Some(loc) = by_prepay(&sim, &prepay_id) else {
+        return (StatusCode::NOT_FOUND, checkout_page("微信支付", "<h1>订单不存在</h1>")).into_response();
+    };
+    let success = form.outcome.as_deref() != Some("fail");
+    let (status, message) = match pay(&sim, loc, success, Some(&prepay_id)) {
+        Ok(()) if success => (
+            StatusCode::OK,
+            "<h1>支付成功</h1><p>Paid. The merchant is being notified.</p>".to_owned(),
+        ),
+        Ok(()) => (
+            StatusCode::OK,
+            "<h1>支付失败</h1><p>The payment failed (simulated).</p>".to_owned(),
+        ),
+        Err(e) => (
+            StatusCode::CONFLICT,
+            format!("<h1>无法支付</h1><p>{}</p>", escape(&e.to_string())),
+        ),
+    };
+    (status, checkout_page("微信支付", &message)).into_response()
+}
+
+async fn health(State(sim): State<Simulator>) -> Response {
+    Json(serde_json::json!({
+        "status": "ok",
+        "orders": sim.inner.store.len(),
+        "mode": format!("{:?}", sim.inner.config.mode).to_lowercase(),
+        "time_scale": sim.inner.config.time_scale,
+    }))
+    .into_response()
+}
+
+pub(crate) fn router() -> Router<Simulator> {
+    Router::new()
+        .route("/simulator/pay", post(pay_endpoint))
+        .route("/simulator/orders/{out_trade_no}", get(order_endpoint))
+        .route("/simulator/notifications", get(notifications_endpoint))
+        .route(
+            "/simulator/faults",
+            post(add_fault).get(list_faults).delete(clear_faults),
+        )
+        .route("/simulator/faults/{id}", delete(clear_fault))
+        .route(
+            "/simulator/refunds/{out_refund_no}/complete",
+            post(complete_refund_endpoint),
+        )
+        .route("/simulator/checkout/{prepay_id}", get(checkout).post(checkout_pay))
+        .route("/simulator/sink", post(sink))
+        .route("/simulator/health", get(health))
+}

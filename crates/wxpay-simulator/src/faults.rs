@@ -1,0 +1,334 @@
+//! Faults on demand: `POST /simulator/faults` adds a rule; matching calls or notifications
+//! misbehave while the rule lasts (for its next N matches, or until its window ends).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::APIS;
+
+/// What goes wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// The call answers `SYSTEMERROR` and changes nothing.
+    SystemError,
+    /// The call is answered after `delay_ms`.
+    Delay,
+    /// The call is carried out, then its connection is dropped before the answer.
+    LoseAnswer,
+    /// The call is carried out and answered with a wrong signature.
+    BadAnswerSignature,
+    /// Each notification is sent `copies` times at once.
+    NotifyDuplicate,
+    /// The next `count` notifications are held, then sent in reverse order.
+    NotifyReorder,
+    /// Notifications carry a wrong signature.
+    NotifyBadSignature,
+    /// Payment notifications carry another amount (correctly signed: only an amount check
+    /// catches them).
+    NotifyWrongAmount,
+    /// Payment notifications say `result_code=FAIL`.
+    NotifyResultFail,
+}
+
+impl FaultKind {
+    /// Whether the fault applies to notifications rather than API calls.
+    pub fn is_notification(self) -> bool {
+        matches!(
+            self,
+            FaultKind::NotifyDuplicate
+                | FaultKind::NotifyReorder
+                | FaultKind::NotifyBadSignature
+                | FaultKind::NotifyWrongAmount
+                | FaultKind::NotifyResultFail
+        )
+    }
+
+    /// The name in JSON and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::SystemError => "system_error",
+            FaultKind::Delay => "delay",
+            FaultKind::LoseAnswer => "lose_answer",
+            FaultKind::BadAnswerSignature => "bad_answer_signature",
+            FaultKind::NotifyDuplicate => "notify_duplicate",
+            FaultKind::NotifyReorder => "notify_reorder",
+            FaultKind::NotifyBadSignature => "notify_bad_signature",
+            FaultKind::NotifyWrongAmount => "notify_wrong_amount",
+            FaultKind::NotifyResultFail => "notify_result_fail",
+        }
+    }
+}
+
+/// A fault as asked for.
+#[derive(Clone, Debug, Deserialize)]
+pub struct FaultRequest {
+    /// What goes wrong.
+    pub kind: FaultKind,
+    /// Only calls to this API (`unifiedorder`, `orderquery`, …); all when absent.
+    pub api: Option<String>,
+    /// Only calls or notifications about this order; all when absent.
+    pub out_trade_no: Option<String>,
+    /// For this many matches (default 1 when no window is given).
+    pub count: Option<u32>,
+    /// For this many milliseconds.
+    pub for_ms: Option<u64>,
+    /// For `delay`: how long.
+    pub delay_ms: Option<u64>,
+    /// For `notify_duplicate`: how many copies (default 2).
+    pub copies: Option<u32>,
+}
+
+/// A fault rule in force.
+#[derive(Clone, Debug, Serialize)]
+pub struct Fault {
+    /// Its number, to remove it.
+    pub id: u64,
+    /// What goes wrong.
+    pub kind: FaultKind,
+    /// The API it is scoped to.
+    pub api: Option<String>,
+    /// The order it is scoped to.
+    pub out_trade_no: Option<String>,
+    /// Matches left, when counted.
+    pub remaining: Option<u32>,
+    /// Milliseconds left, when timed.
+    pub expires_in_ms: Option<u64>,
+    /// The delay, for `delay`.
+    pub delay_ms: u64,
+    /// The copies, for `notify_duplicate`.
+    pub copies: u32,
+    #[serde(skip)]
+    until: Option<Instant>,
+}
+
+/// The rules in force.
+#[derive(Default)]
+pub(crate) struct Faults {
+    rules: Mutex<Vec<Fault>>,
+    next_id: AtomicU64,
+    /// Fast path: no rule at all (the usual case, checked on every call).
+    active: std::sync::atomic::AtomicBool,
+}
+
+/// What a matching rule says to do.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Hit {
+    pub kind: FaultKind,
+    pub delay: Duration,
+    pub copies: u32,
+}
+
+impl Faults {
+    /// Adds a rule.
+    ///
+    /// # Errors
+    /// A message for an unknown API or a rule that would never end.
+    pub(crate) fn add(&self, req: FaultRequest) -> Result<Fault, String> {
+        if let Some(api) = &req.api {
+            if !APIS.contains(&api.as_str()) {
+                return Err(format!("unknown api {api:?}; one of {}", APIS.join(", ")));
+            }
+            if req.kind.is_notification() {
+                return Err("notification faults are scoped by out_trade_no, not by api".into());
+            }
+        }
+        if req.count == Some(0) {
+            return Err("count must be at least 1".into());
+        }
+        if req.kind == FaultKind::Delay && req.delay_ms.is_none() {
+            return Err("a delay fault needs delay_ms".into());
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let until = req.for_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+        let remaining = match (req.count, req.for_ms) {
+            (Some(c), _) => Some(c),
+            (None, Some(_)) => None,
+            (None, None) => Some(1),
+        };
+        let fault = Fault {
+            id,
+            kind: req.kind,
+            api: req.api,
+            out_trade_no: req.out_trade_no,
+            remaining,
+            expires_in_ms: req.for_ms,
+            delay_ms: req.delay_ms.unwrap_or(0),
+            copies: req.copies.unwrap_or(2).clamp(2, 50),
+            until,
+        };
+        let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        rules.push(fault.clone());
+        self.active.store(true, Ordering::Release);
+        Ok(fault)
+    }
+
+    /// The rules in force.
+    pub(crate) fn list(&self) -> Vec<Fault> {
+        let now = Instant::now();
+        let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        rules.retain(|r| r.until.is_none_or(|u| u > now));
+        rules
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                r.expires_in_ms = r.until.map(|u| u.saturating_duration_since(now).as_millis() as u64);
+                r
+            })
+            .collect()
+    }
+
+    /// Removes one rule (`Some(id)`) or all.
+    pub(crate) fn clear(&self, id: Option<u64>) -> usize {
+        let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        let before = rules.len();
+        match id {
+            Some(id) => rules.retain(|r| r.id != id),
+            None => rules.clear(),
+        }
+        if rules.is_empty() {
+            self.active.store(false, Ordering::Release);
+        }
+        before - rules.len()
+    }
+
+    /// Whether a rule of this kind is in force.
+    pub(crate) fn has_kind(&self, kind: FaultKind) -> bool {
+        if !self.active.load(Ordering::Acquire) {
+            return false;
+        }
+        let now = Instant::now();
+        let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        rules
+            .iter()
+            .any(|r| r.kind == kind && r.until.is_none_or(|u| u > now) && r.remaining != Some(0))
+    }
+
+    /// Takes the first rule matching a call to `api` about `out_trade_no` (counting it),
+    /// among the API faults.
+    pub(crate) fn take_call(&self, api: &str, out_trade_no: Option<&str>) -> Option<Hit> {
+        self.take(
+            |r| !r.kind.is_notification() && r.api.as_deref().is_none_or(|a| a == api),
+            out_trade_no,
+        )
+    }
+
+    /// Takes the first notification rule matching `out_trade_no` whose kind `accept`s.
+    pub(crate) fn take_notification(&self, out_trade_no: &str, accept: impl Fn(FaultKind) -> bool) -> Option<Hit> {
+        self.take(|r| r.kind.is_notification() && accept(r.kind), Some(out_trade_no))
+    }
+
+    fn take(&self, kind_ok: impl Fn(&Fault) -> bool, out_trade_no: Option<&str>) -> Option<Hit> {
+        if !self.active.load(Ordering::Acquire) {
+            return None;
+        }
+        let now = Instant::now();
+        let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        rules.retain(|r| r.until.is_none_or(|u| u > now) && r.remaining != Some(0));
+        let pos = rules
+            .iter()
+            .position(|r| kind_ok(r) && r.out_trade_no.as_deref().is_none_or(|o| Some(o) == out_trade_no))?;
+        let rule = &mut rules[pos];
+        let hit = Hit {
+            kind: rule.kind,
+            delay: Duration::from_millis(rule.delay_ms),
+            copies: rule.copies,
+        };
+        if let Some(n) = rule.remaining.as_mut() {
+            *n -= 1;
+            if *n == 0 {
+                rules.remove(pos);
+            }
+        }
+        if rules.is_empty() {
+            self.active.store(false, Ordering::Release);
+        }
+        Some(hit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(kind: FaultKind) -> FaultRequest {
+        FaultRequest {
+            kind,
+            api: None,
+            out_trade_no: None,
+            count: None,
+            for_ms: None,
+            delay_ms: None,
+            copies: None,
+        }
+    }
+
+    #[test]
+    fn a_counted_rule_fires_exactly_its_count_and_only_in_scope() {
+        let f = Faults::default();
+        f.add(FaultRequest {
+            api: Some("orderquery".into()),
+            count: Some(2),
+            ..req(FaultKind::SystemError)
+        })
+        .unwrap();
+        assert!(f.take_call("unifiedorder", None).is_none());
+        assert!(f.take_call("orderquery", Some("a")).is_some());
+        assert!(f.take_call("orderquery", Some("b")).is_some());
+        assert!(f.take_call("orderquery", Some("c")).is_none());
+        assert!(f.list().is_empty());
+    }
+
+    #[test]
+    fn rules_are_scoped_by_order_and_refused_when_malformed() {
+        let f = Faults::default();
+        f.add(FaultRequest {
+            out_trade_no: Some("o1".into()),
+            ..req(FaultKind::NotifyWrongAmount)
+        })
+        .unwrap();
+        assert!(
+            f.take_call("unifiedorder", Some("o1")).is_none(),
+            "a notification fault does not hit calls"
+        );
+        assert!(f.take_notification("o2", |_| true).is_none());
+        assert_eq!(
+            f.take_notification("o1", |_| true).unwrap().kind,
+            FaultKind::NotifyWrongAmount
+        );
+        assert!(
+            f.add(FaultRequest {
+                api: Some("nope".into()),
+                ..req(FaultKind::SystemError)
+            })
+            .is_err()
+        );
+        assert!(f.add(req(FaultKind::Delay)).is_err());
+        assert!(
+            f.add(FaultRequest {
+                count: Some(0),
+                ..req(FaultKind::SystemError)
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_timed_rule_fires_until_its_window_ends() {
+        let f = Faults::default();
+        let rule = f
+            .add(FaultRequest {
+                for_ms: Some(60_000),
+                ..req(FaultKind::SystemError)
+            })
+            .unwrap();
+        for _ in 0..5 {
+            assert!(f.take_call("refund", None).is_some());
+        }
+        assert_eq!(f.clear(Some(rule.id)), 1);
+        assert!(f.take_call("refund", None).is_none());
+    }
+}

@@ -1,0 +1,292 @@
+//! A faithful local WeChat Pay server (APIv2), for tests, demos and load runs.
+//!
+//! It speaks the real wire protocol on the real paths (`/pay/unifiedorder`,
+//! `/pay/orderquery`, `/pay/closeorder`, `/secapi/pay/refund`, `/pay/refundquery`,
+//! `/pay/downloadbill`, `/sns/jscode2session`), checks every merchant signature, signs every
+//! answer, keeps WeChat Pay's order state machine and error codes, pays orders on request (or
+//! on its own in [`Mode::Auto`]), delivers signed payment notifications and encrypted refund
+//! notifications on WeChat Pay's retry schedule, and misbehaves on demand (`/simulator/faults`).
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! use wxpay_simulator::{SimConfig, Simulator};
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let handle = Simulator::new(SimConfig::new())?.serve(listener).await?;
+//! println!("WeChat Pay stand-in at {}", handle.base_url());
+//! handle.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod bill;
+mod config;
+mod control;
+mod faults;
+mod ids;
+mod metrics;
+mod notifier;
+mod sns;
+mod store;
+mod tls;
+mod v2;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use wxpay_protocol::{ApiKey, AppId, AppSecret, MchId};
+
+pub use config::{Mode, SimConfig, SimMerchant, TEST_API_KEY, TEST_APP_SECRET, TEST_APPID, TEST_MCH_ID, TlsConfig};
+pub use faults::{Fault, FaultKind, FaultRequest};
+pub use notifier::Attempt;
+
+use crate::faults::Faults;
+use crate::metrics::Metrics;
+use crate::notifier::Notifier;
+use crate::store::Store;
+
+/// Why the simulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is not usable; the message says which part.
+    #[error("simulator configuration: {0}")]
+    Config(String),
+    /// Listening, TLS files, or the certificates could not be set up.
+    #[error("simulator: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A merchant as the simulator serves it: its key and its mini programs.
+pub(crate) struct MerchantEntry {
+    pub mch_id: MchId,
+    pub key: ApiKey,
+    pub apps: Vec<(AppId, AppSecret)>,
+}
+
+impl MerchantEntry {
+    pub(crate) fn has_app(&self, appid: &str) -> bool {
+        self.apps.iter().any(|(a, _)| a.as_str() == appid)
+    }
+}
+
+pub(crate) struct Inner {
+    pub config: SimConfig,
+    pub merchants: Vec<MerchantEntry>,
+    pub by_mch: HashMap<String, u16>,
+    pub store: Store,
+    pub faults: Faults,
+    pub metrics: Metrics,
+    pub notifier: Notifier,
+    pub logins: sns::Logins,
+    urls: Mutex<HashMap<Box<str>, Arc<str>>>,
+    pub tls: Option<tls::TlsMaterial>,
+}
+
+/// The simulator: cheap to clone, shared by its server, its background tasks and callers
+/// in the same process.
+#[derive(Clone)]
+pub struct Simulator {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator")
+            .field("merchants", &self.inner.merchants.len())
+            .field("orders", &self.inner.store.len())
+            .finish()
+    }
+}
+
+impl Simulator {
+    /// Checks the configuration and builds the simulator (no task runs until
+    /// [`Simulator::serve`] or [`Simulator::start_background`]).
+    ///
+    /// # Errors
+    /// [`StartError::Config`] for no merchant, one `mch_id` with two keys, a time scale that is
+    /// not positive; [`StartError::Io`] when TLS material cannot be made or read.
+    pub fn new(config: SimConfig) -> Result<Simulator, StartError> {
+        if config.merchants.is_empty() {
+            return Err(StartError::Config("at least one merchant is needed".into()));
+        }
+        if !(config.time_scale.is_finite() && config.time_scale > 0.0) {
+            return Err(StartError::Config(format!(
+                "time scale must be a positive number, not {}",
+                config.time_scale
+            )));
+        }
+        let mut merchants: Vec<MerchantEntry> = Vec::new();
+        let mut by_mch = HashMap::new();
+        for m in &config.merchants {
+            match by_mch.get(m.mch_id.as_str()) {
+                Some(&i) => {
+                    let e: &mut MerchantEntry = &mut merchants[usize::from(i)];
+                    if e.key != m.api_key {
+                        return Err(StartError::Config(format!(
+                            "merchant {} is listed twice with different API keys",
+                            m.mch_id
+                        )));
+                    }
+                    if !e.has_app(m.appid.as_str()) {
+                        e.apps.push((m.appid.clone(), m.app_secret.clone()));
+                    }
+                }
+                None => {
+                    let i =
+                        u16::try_from(merchants.len()).map_err(|_| StartError::Config("too many merchants".into()))?;
+                    by_mch.insert(m.mch_id.as_str().to_owned(), i);
+                    merchants.push(MerchantEntry {
+                        mch_id: m.mch_id.clone(),
+                        key: m.api_key.clone(),
+                        apps: vec![(m.appid.clone(), m.app_secret.clone())],
+                    });
+                }
+            }
+        }
+        // Notifications go out over rustls; the process-wide provider is ring, as everywhere in
+        // wxpay. Installing it twice (the gateway in the same process) is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = match &config.tls {
+            Some(t) => Some(tls::TlsMaterial::load_or_create(&t.dir, &merchants)?),
+            None => None,
+        };
+        let notifier = Notifier::new(&config)?;
+        Ok(Simulator {
+            inner: Arc::new(Inner {
+                store: Store::new(config.max_orders),
+                faults: Faults::default(),
+                metrics: Metrics::default(),
+                notifier,
+                logins: sns::Logins::default(),
+                urls: Mutex::new(HashMap::new()),
+                tls,
+                merchants,
+                by_mch,
+                config,
+            }),
+        })
+    }
+
+    /// The routes of the simulator: the WeChat Pay paths, `/simulator/…` and `/metrics`.
+    /// The demo mounts them beside the gateway's.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .merge(v2::router())
+            .merge(sns::router())
+            .merge(control::router())
+            .merge(metrics::router())
+            .with_state(self.clone())
+    }
+
+    /// Starts the background work (automatic payments, refund completion, notification
+    /// delivery) and returns a sender that stops it.
+    pub fn start_background(&self) -> watch::Sender<bool> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        notifier::start(self.clone(), stop_rx);
+        stop_tx
+    }
+
+    /// Serves on `listener` (with TLS when configured) until [`SimHandle::shutdown`].
+    ///
+    /// # Errors
+    /// When the listener's address cannot be read.
+    pub async fn serve(self, listener: TcpListener) -> Result<SimHandle, StartError> {
+        let addr = listener.local_addr()?;
+        let stop_background = self.start_background();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let app = self.router();
+        let scheme = if self.inner.tls.is_some() { "https" } else { "http" };
+        let task = match &self.inner.tls {
+            Some(material) => tokio::spawn(tls::serve(listener, app, material.server_config()?, stop_rx)),
+            None => tokio::spawn(async move {
+                let service = app.into_make_service_with_connect_info::<SocketAddr>();
+                let shutdown = async {
+                    let _ = stop_rx.await;
+                };
+                if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(shutdown).await {
+                    tracing::error!(error = %e, "simulator server stopped");
+                }
+            }),
+        };
+        tracing::info!(%addr, mode = ?self.inner.config.mode, time_scale = self.inner.config.time_scale, "WeChat Pay simulator listening");
+        Ok(SimHandle {
+            sim: self,
+            addr,
+            base_url: format!("{scheme}://{addr}"),
+            stop: Some(stop_tx),
+            stop_background,
+            task: Some(task),
+        })
+    }
+
+    /// Interns a notification URL: every order of a merchant usually has the same one.
+    pub(crate) fn intern_url(&self, url: &str) -> Arc<str> {
+        let mut urls = self.inner.urls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(u) = urls.get(url) {
+            return u.clone();
+        }
+        let u: Arc<str> = Arc::from(url);
+        // Bounded: a client inventing a URL per order must not grow this without end.
+        if urls.len() < 4096 {
+            urls.insert(Box::from(url), u.clone());
+        }
+        u
+    }
+
+    /// The files of the test CA and the merchants' client certificates, when TLS is on.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        self.inner.tls.as_ref().map(|t| t.files.clone())
+    }
+}
+
+/// Where the TLS material is, for clients: the CA to trust and each merchant's client
+/// certificate and key.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The test CA certificate (PEM).
+    pub ca_cert: std::path::PathBuf,
+    /// Per `mch_id`: the client certificate and private key (PEM).
+    pub client: HashMap<String, (std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// A running simulator.
+#[derive(Debug)]
+pub struct SimHandle {
+    sim: Simulator,
+    addr: SocketAddr,
+    base_url: String,
+    stop: Option<oneshot::Sender<()>>,
+    stop_background: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SimHandle {
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT` (or `https://…`): the `base_url` (and `sns_base_url`) to
+    /// give clients instead of `https://api.mch.weixin.qq.com`.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The simulator itself, for inspection from the same process.
+    pub fn simulator(&self) -> &Simulator {
+        &self.sim
+    }
+
+    /// Stops accepting, lets requests in flight finish, stops background work.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop_background.send(true);
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! TLS for the simulator, with the merchant's client certificate required on
+//! `/secapi/pay/refund`, as WeChat Pay requires it.
+//!
+//! A test CA, a server certificate for `localhost` and `127.0.0.1`, and one client
+//! certificate per merchant (`<mch_id>/apiclient_cert.pem` and `apiclient_key.pem`, the names
+//! WeChat Pay gives them) are made at start, or read back when the folder already holds them
+//! all. Connections may come without a certificate (every other path works without one); a
+//! refund is accepted only over a connection that presented exactly the certificate issued
+//! for its `mch_id`.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::{Extension, Router};
+use hyper_util::rt::TokioIo;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tower::ServiceExt;
+
+use crate::{MerchantEntry, TlsFiles};
+
+/// Who is on the other end of a TLS connection: the merchant whose certificate it showed.
+#[derive(Clone, Debug)]
+pub(crate) struct PeerCert {
+    pub mch_id: Option<String>,
+}
+
+pub(crate) struct TlsMaterial {
+    pub files: TlsFiles,
+    ca: CertificateDer<'static>,
+    server_chain: Vec<CertificateDer<'static>>,
+    server_key: Vec<u8>,
+    /// Client certificate (DER) → the merchant it was issued to.
+    clients: HashMap<Vec<u8>, String>,
+}
+
+fn io(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+fn read_pem_certs(path: &Path) -> std::io::Result<Vec<CertificateDer<'static>>> {
+    let data = fs::read(path)?;
+    rustls_pemfile::certs(&mut data.as_slice()).collect()
+}
+
+impl TlsMaterial {
+    pub(crate) fn load_or_create(dir: &Path, merchants: &[MerchantEntry]) -> std::io::Result<TlsMaterial> {
+        let ca_path = dir.join("ca.pem");
+        let server_cert = dir.join("server.pem");
+        let server_key = dir.join("server.key");
+        let client_paths: Vec<(String, PathBuf, PathBuf)> = merchants
+            .iter()
+            .map(|m| {
+                let d = dir.join(m.mch_id.as_str());
+                (
+                    m.mch_id.as_str().to_owned(),
+                    d.join("apiclient_cert.pem"),
+                    d.join("apiclient_key.pem"),
+                )
+            })
+            .collect();
+        let complete = [&ca_path, &server_cert, &server_key].iter().all(|p| p.exists())
+            && client_paths.iter().all(|(_, c, k)| c.exists() && k.exists());
+        if !complete {
+            create(dir, &ca_path, &server_cert, &server_key, &client_paths)?;
+            tracing::info!(dir = %dir.display(), "made a test CA and certificates for the simulator");
+        }
+        let ca = read_pem_certs(&ca_path)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| io("ca.pem holds no certificate"))?;
+        let server_chain = read_pem_certs(&server_cert)?;
+        let server_key_pem = fs::read(&server_key)?;
+        let mut clients = HashMap::new();
+        let mut client_files = HashMap::new();
+        for (mch, cert, key) in &client_paths {
+            for c in read_pem_certs(cert)? {
+                clients.insert(c.as_ref().to_vec(), mch.clone());
+            }
+            client_files.insert(mch.clone(), (cert.clone(), key.clone()));
+        }
+        Ok(TlsMaterial {
+            files: TlsFiles {
+                ca_cert: ca_path,
+                client: client_files,
+            },
+            ca,
+            server_chain,
+            server_key: server_key_pem,
+            clients,
+        })
+    }
+
+    pub(crate) fn server_config(&self) -> std::io::Result<Arc<rustls::ServerConfig>> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).map_err(io)?;
+        let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+            .allow_unauthenticated()
+            .build()
+            .map_err(io)?;
+        let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut self.server_key.as_slice())?
+            .ok_or_else(|| io("server.key holds no key"))?;
+        let config = rustls::ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.server_chain.clone(), key)
+            .map_err(io)?;
+        Ok(Arc::new(config))
+    }
+
+    fn peer(&self, certs: Option<&[CertificateDer<'_>]>) -> PeerCert {
+        PeerCert {
+            mch_id: certs
+                .and_then(|c| c.first())
+                .and_then(|c| self.clients.get(c.as_ref()).cloned()),
+        }
+    }
+}
+
+fn create(
+    dir: &Path,
+    ca_path: &Path,
+    server_cert: &Path,
+    server_key: &Path,
+    clients: &[(String, PathBuf, PathBuf)],
+) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    let ca_key = KeyPair::generate().map_err(io)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(io)?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "wxpay simulator test CA (not for production)");
+    ca_params
+        .distinguished_name
+        .push(DnType::OrganizationName, "wxpay simulator");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(io)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let server_key_pair = KeyPair::generate().map_err(io)?;
+    let mut server_params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).map_err(io)?;
+    server_params.distinguished_name.push(DnType::CommonName, "localhost");
+    let server = server_params.signed_by(&server_key_pair, &issuer).map_err(io)?;
+
+    fs::write(ca_path, ca_cert.pem())?;
+    fs::write(server_cert, server.pem())?;
+    write_private(server_key, &server_key_pair.serialize_pem())?;
+    for (mch, cert_path, key_path) in clients {
+        let key = KeyPair::generate().map_err(io)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(io)?;
+        // WeChat Pay's merchant certificates name the merchant number as their CN.
+        params.distinguished_name.push(DnType::CommonName, mch.as_str());
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "wxpay simulator merchant");
+        let cert = params.signed_by(&key, &issuer).map_err(io)?;
+        if let Some(parent) = cert_path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::write(cert_path, cert.pem())?;
+        write_private(key_path, &key.serialize_pem())?;
+    }
+    Ok(())
+}
+
+/// Writes a private key readable by its owner only.
+fn write_private(path: &Path, pem: &str) -> std::io::Result<()> {
+    fs::write(path, pem)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// Serves `app` over TLS until `stop` fires.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    config: Arc<rustls::ServerConfig>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => break,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(stream).await else {
+                return;
+            };
+            // The certificate was checked against the test CA during the handshake; which
+            // merchant it belongs to is looked up here, for the refund path to check.
+            let peer = {
+                let (_, conn) = tls.get_ref();
+                conn.peer_certificates()
+                    .map(|c| c.iter().map(|c| c.clone().into_owned()).collect::<Vec<_>>())
+            };
+            let app = app.layer(Extension(PeerCertSource(peer)));
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let app = app.clone();
+                async move { app.oneshot(req.map(axum::body::Body::new)).await }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+/// The certificates a TLS connection presented, before they are matched to a merchant.
+#[derive(Clone, Debug)]
+pub(crate) struct PeerCertSource(pub Option<Vec<CertificateDer<'static>>>);
+
+impl TlsMaterial {
+    /// The merchant of the certificates a connection presented.
+    pub(crate) fn identify(&self, source: &PeerCertSource) -> PeerCert {
+        self.peer(source.0.as_deref())
+    }
+}

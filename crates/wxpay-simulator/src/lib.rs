@@ -8,7 +8,7 @@
 //! notifications on WeChat Pay's retry schedule, and misbehaves on demand (`/simulator/faults`).
 //!
 //! ```no_run
-//! # async fn run() -> std::io::Result<()> {
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use wxpay_simulator::{SimConfig, Simulator};
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let handle = Simulator::new(SimConfig::new())?.serve(listener).await?;

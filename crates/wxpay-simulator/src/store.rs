@@ -155,6 +155,7 @@ pub(crate) struct Store {
     max: usize,
     by_state: [AtomicI64; 4],
     evicted: AtomicUsize,
+    cursor: AtomicUsize,
 }
 
 /// A shard, locked.
@@ -183,6 +184,7 @@ impl Store {
             max: max.max(1),
             by_state: Default::default(),
             evicted: AtomicUsize::new(0),
+            cursor: AtomicUsize::new(0),
         }
     }
 
@@ -226,6 +228,22 @@ impl Store {
         }
         if let Some(t) = to {
             self.by_state[t.index()].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Forgets old finished orders while the store holds more than its bound: the oldest of
+    /// each shard, taking from the shards in turn (so roughly the oldest overall). Called
+    /// with no shard locked; it locks one shard at a time.
+    pub(crate) fn evict(&self) {
+        let mut empty_in_a_row = 0;
+        while self.count.load(Ordering::Relaxed) > self.max && empty_in_a_row < SHARDS {
+            let shard = self.cursor.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            let mut g = self.lock(shard);
+            if g.evict_one() {
+                empty_in_a_row = 0;
+            } else {
+                empty_in_a_row += 1;
+            }
         }
     }
 
@@ -294,7 +312,6 @@ impl ShardGuard<'_> {
         self.guard.slots[slot as usize] = Some(order);
         self.guard.by_no.insert(key, slot);
         self.store.count.fetch_add(1, Ordering::Relaxed);
-        self.evict_if_needed(slot);
         slot
     }
 
@@ -322,22 +339,9 @@ impl ShardGuard<'_> {
         );
     }
 
-    /// Puts the order on the eviction list if it just finished.
-    pub(crate) fn note_if_finished(&mut self, slot: u32) {
-        if self.get(slot).is_some_and(|o| o.finished()) {
-            self.guard.finished.push_back(slot);
-        }
-    }
-
-    /// Forgets the oldest finished orders of this shard while the store holds too many.
-    fn evict_if_needed(&mut self, keep: u32) {
-        while self.store.count.load(Ordering::Relaxed) > self.store.max {
-            let Some(victim) = self.guard.finished.pop_front() else {
-                return;
-            };
-            if victim == keep {
-                continue;
-            }
+    /// Forgets this shard's oldest finished order; false when it has none.
+    fn evict_one(&mut self) -> bool {
+        while let Some(victim) = self.guard.finished.pop_front() {
             // The list may hold a slot twice, or a slot reused since; check it again.
             let still_finished = self
                 .guard
@@ -355,7 +359,16 @@ impl ShardGuard<'_> {
                 self.guard.free.push(victim);
                 self.store.count.fetch_sub(1, Ordering::Relaxed);
                 self.store.evicted.fetch_add(1, Ordering::Relaxed);
+                return true;
             }
+        }
+        false
+    }
+
+    /// Puts the order on the eviction list if it just finished.
+    pub(crate) fn note_if_finished(&mut self, slot: u32) {
+        if self.get(slot).is_some_and(|o| o.finished()) {
+            self.guard.finished.push_back(slot);
         }
     }
 }
@@ -400,6 +413,9 @@ mod tests {
         g.set_state(b, OrderState::Closed);
         let _c = g.insert(order("c", OrderState::NotPay), |_| "p".into());
         let _d = g.insert(order("d", OrderState::NotPay), |_| "p".into());
+        drop(g);
+        store.evict();
+        let mut g = store.lock(0);
         // Four orders for a bound of three: the finished one went.
         assert_eq!(store.len(), 3);
         assert!(g.find(0, "b").is_none());
@@ -407,6 +423,9 @@ mod tests {
         assert_eq!(store.evicted(), 1);
         // Nothing else is finished: the bound is exceeded rather than losing live orders.
         let _e = g.insert(order("e", OrderState::NotPay), |_| "p".into());
+        drop(g);
+        store.evict();
+        let mut g = store.lock(0);
         assert_eq!(store.len(), 4);
         assert!(g.get(a).is_some());
         drop(g);

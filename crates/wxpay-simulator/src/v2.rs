@@ -450,6 +450,9 @@ fn unified_order(ctx: &Ctx<'_>, f: &Fields<'_>) -> Reply {
     };
     let prepay_id = g.get(slot).map(|o| o.prepay_id.to_string()).unwrap_or_default();
     drop(g);
+    if created {
+        sim.inner.store.evict();
+    }
     if created && sim.inner.config.mode == crate::Mode::Auto {
         sim.inner.notifier.schedule_auto_pay(Loc { shard, slot });
     }

@@ -1,0 +1,430 @@
+//! The order APIs: answers, rules, errors and the state machine.
+
+use wxpay_protocol::v2::{self, CloseOrder, ErrCode, OrderQuery, TradeState, UnifiedOrder, V2Call};
+use wxpay_protocol::{Error, Fields, OutTradeNo, SignType};
+
+use crate::support::{merchant, nonce, spawn, spawn_with};
+
+#[tokio::test]
+async fn unifiedorder_answers_a_signed_prepay_id_in_either_algorithm() {
+    let env = spawn().await;
+    for (i, t) in [SignType::Md5, SignType::HmacSha256].into_iter().enumerate() {
+        let m = merchant(t);
+        let r = env.call_as(&m, &env.order(&format!("sign-{i}"), 100)).await.unwrap();
+        assert_eq!(r.prepay_id.len(), 36);
+        assert!(r.prepay_id.starts_with("wx"));
+        assert_eq!(r.trade_type.as_str(), "JSAPI");
+    }
+}
+
+#[tokio::test]
+async fn the_same_order_again_gets_a_fresh_prepay_id_and_other_parameters_are_refused() {
+    let env = spawn().await;
+    let first = env.create("reentry", 100).await;
+    let again = env.create("reentry", 100).await;
+    assert_ne!(first.prepay_id, again.prepay_id);
+    let err = env.call(&env.order("reentry", 200)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Business {
+                code: ErrCode::InvalidRequest,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn missing_and_malformed_fields_get_wechat_pay_error_codes() {
+    let env = spawn().await;
+    let m = &env.merchant;
+    // A missing required field: LACK_PARAMS, signed.
+    let mut f: Fields<'_> = [
+        ("appid", m.appid.as_str()),
+        ("mch_id", m.mch_id.as_str()),
+        ("nonce_str", "abc"),
+        ("body", "b"),
+        ("out_trade_no", "x1"),
+        ("spbill_create_ip", "127.0.0.1"),
+        ("notify_url", "http://127.0.0.1:1/n"),
+        ("trade_type", "JSAPI"),
+        ("openid", "o"),
+    ]
+    .into_iter()
+    .collect();
+    f.sign(&m.key, SignType::Md5);
+    let (_, answer) = env.post_raw(UnifiedOrder::PATH, f.to_xml().unwrap()).await;
+    let err = v2::decode_signed::<v2::UnifiedOrderResponse>(answer.as_bytes(), m).unwrap_err();
+    assert!(
+        matches!(&err, Error::Business { code: ErrCode::LackParams, description } if description.contains("total_fee")),
+        "{err}"
+    );
+    // Yuan instead of fen, a notify_url with parameters, a bad order number: INVALID_REQUEST.
+    for (name, value) in [
+        ("total_fee", "0.01"),
+        ("notify_url", "http://127.0.0.1:1/n?x=1"),
+        ("out_trade_no", "has space"),
+    ] {
+        let mut g = f.clone();
+        g.set("total_fee", "1");
+        g.set(name, value);
+        g.sign(&m.key, SignType::Md5);
+        let (_, answer) = env.post_raw(UnifiedOrder::PATH, g.to_xml().unwrap()).await;
+        let err = v2::decode_signed::<v2::UnifiedOrderResponse>(answer.as_bytes(), m).unwrap_err();
+        assert!(
+            matches!(&err, Error::Business { code: ErrCode::InvalidRequest, description } if description.contains(name)),
+            "{name}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn protocol_failures_come_unsigned_with_return_code_fail() {
+    let env = spawn().await;
+    let fail = |answer: &str| -> String {
+        match v2::decode_signed::<v2::UnifiedOrderResponse>(answer.as_bytes(), &env.merchant) {
+            Err(Error::ReturnFail { return_msg, .. }) => return_msg,
+            other => panic!("{other:?} for {answer}"),
+        }
+    };
+    // A body signed with another key.
+    let mut wrong = env.merchant.clone();
+    wrong.key = wxpay_protocol::ApiKey::new("0123456789abcdef0123456789abcdef").unwrap();
+    let body = v2::encode(&env.order("sig", 1), &wrong, &nonce()).unwrap();
+    assert_eq!(fail(&env.post_raw(UnifiedOrder::PATH, body).await.1), "签名错误");
+    // Not a POST, an empty body, hostile XML, an unknown merchant.
+    let r = env
+        .http
+        .get(env.url(UnifiedOrder::PATH))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(fail(&r), "请使用post方法");
+    assert_eq!(fail(&env.post_raw(UnifiedOrder::PATH, "").await.1), "post数据为空");
+    let xxe = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../testdata/vectors/xml/xxe-file.xml"
+    ))
+    .unwrap();
+    assert_eq!(fail(&env.post_raw(UnifiedOrder::PATH, xxe).await.1), "XML格式错误");
+    let mut other = env.merchant.clone();
+    other.mch_id = "1900000109".parse().unwrap();
+    let body = v2::encode(&env.order("mch", 1), &other, &nonce()).unwrap();
+    assert!(fail(&env.post_raw(UnifiedOrder::PATH, body).await.1).contains("mch_id"));
+    // A sign_type the simulator does not know.
+    let mut f = wxpay_protocol::xml::read(
+        v2::encode(&env.order("st", 1), &env.merchant, &nonce())
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap()
+    .into_owned();
+    f.set("sign_type", "SHA1");
+    assert!(fail(&env.post_raw(UnifiedOrder::PATH, f.to_xml().unwrap()).await.1).contains("sign_type"));
+}
+
+#[tokio::test]
+async fn an_appid_not_bound_to_the_merchant_is_refused() {
+    let env = spawn().await;
+    let mut m = env.merchant.clone();
+    m.appid = "wx0000000000000000".parse().unwrap();
+    let err = env.call_as(&m, &env.order("app", 1)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Business {
+                code: ErrCode::AppidMchidNotMatch,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_order_goes_from_notpay_to_success_and_then_cannot_be_ordered_or_closed() {
+    let env = spawn().await;
+    env.create("life-1", 1999).await;
+    let q = OrderQuery::by_out_trade_no(OutTradeNo::new("life-1").unwrap());
+    let before = env.call(&q).await.unwrap();
+    assert_eq!(before.trade_state, TradeState::NotPay);
+    assert_eq!(before.trade_state_desc.as_deref(), Some("订单未支付"));
+    assert_eq!(before.transaction_id, None);
+    let (status, view) = env.pay("life-1", "success").await;
+    assert_eq!(status, 200, "{view}");
+    let after = env.call(&q).await.unwrap();
+    assert_eq!(after.trade_state, TradeState::Success);
+    assert_eq!(after.total_fee.unwrap().get(), 1999);
+    let tid = after.transaction_id.clone().unwrap();
+    assert_eq!(tid.len(), 28);
+    // Found by transaction_id as well.
+    let by_tid = env.call(&OrderQuery::by_transaction_id(tid)).await.unwrap();
+    assert_eq!(by_tid.out_trade_no, "life-1");
+    // Paid: no new prepay, no close, no second payment.
+    let err = env.call(&env.order("life-1", 1999)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Business {
+                code: ErrCode::OrderPaid,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = env
+        .call(&CloseOrder::new(OutTradeNo::new("life-1").unwrap()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Business {
+                code: ErrCode::OrderPaid,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(env.pay("life-1", "success").await.0, 409);
+}
+
+#[tokio::test]
+async fn a_closed_order_cannot_be_paid_or_ordered_again() {
+    let env = spawn().await;
+    env.create("closed-1", 10).await;
+    let close = CloseOrder::new(OutTradeNo::new("closed-1").unwrap());
+    assert_eq!(env.call(&close).await.unwrap().result_msg.as_deref(), Some("OK"));
+    let q = env
+        .call(&OrderQuery::by_out_trade_no(OutTradeNo::new("closed-1").unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(q.trade_state, TradeState::Closed);
+    assert_eq!(env.pay("closed-1", "success").await.0, 409);
+    let err = env.call(&env.order("closed-1", 10)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Business {
+                code: ErrCode::OrderClosed,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = env.call(&close).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Business {
+                code: ErrCode::OrderClosed,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = env
+        .call(&CloseOrder::new(OutTradeNo::new("never").unwrap()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Business {
+                code: ErrCode::OrderNotExist,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_payment_is_payerror_and_its_number_cannot_be_reused() {
+    let env = spawn().await;
+    env.create("fail-1", 10).await;
+    assert_eq!(env.pay("fail-1", "fail").await.0, 200);
+    let q = env
+        .call(&OrderQuery::by_out_trade_no(OutTradeNo::new("fail-1").unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(q.trade_state, TradeState::PayError);
+    let err = env.call(&env.order("fail-1", 10)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Business {
+                code: ErrCode::OutTradeNoUsed,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_order_does_not_exist() {
+    let env = spawn().await;
+    let err = env
+        .call(&OrderQuery::by_out_trade_no(OutTradeNo::new("nope").unwrap()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Business {
+                code: ErrCode::OrderNotExist,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = env
+        .call(&OrderQuery::by_transaction_id("4200000000000000000000000001"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Business {
+                code: ErrCode::OrderNotExist,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_order_past_its_time_expire_is_closed() {
+    let env = spawn().await;
+    let mut order = env.order("expiring", 10);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    order.time_expire = Some(wxpay_protocol::BeijingTime::from_unix(now + 30));
+    let err = env.call(&order).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Business { code: ErrCode::InvalidRequest, description } if description.contains("time_expire")),
+        "{err}"
+    );
+    order.time_expire = Some(wxpay_protocol::BeijingTime::from_unix(now + 61));
+    env.call(&order).await.unwrap();
+    let view = env.get_json("/simulator/orders/expiring").await;
+    assert_eq!(view["trade_state"], "NOTPAY");
+    assert!(view["time_expire"].is_string());
+}
+
+#[tokio::test]
+async fn the_checkout_page_pays_the_order_of_its_prepay_id() {
+    let env = spawn().await;
+    let r = env.create("checkout-1", 1234).await;
+    let page = env
+        .http
+        .get(env.url(&format!("/simulator/checkout/{}", r.prepay_id)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("¥12.34") && page.contains("<form"), "{page}");
+    let paid = env
+        .http
+        .post(env.url(&format!("/simulator/checkout/{}", r.prepay_id)))
+        .form(&[("outcome", "success")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), 200);
+    assert_eq!(
+        env.get_json("/simulator/orders/checkout-1").await["trade_state"],
+        "SUCCESS"
+    );
+    let unknown = env
+        .http
+        .get(env.url("/simulator/checkout/wx00000000000000000000000000000000ff"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+}
+
+#[tokio::test]
+async fn finished_orders_are_forgotten_past_the_bound_and_live_ones_kept() {
+    let env = spawn_with(|c| c.max_orders = 3).await;
+    for i in 0..3 {
+        env.create(&format!("b-{i}"), 1).await;
+        env.call(&CloseOrder::new(OutTradeNo::new(format!("b-{i}")).unwrap()))
+            .await
+            .unwrap();
+    }
+    env.create("live-1", 1).await;
+    env.create("live-2", 1).await;
+    let metrics = env
+        .http
+        .get(env.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("wxpay_sim_orders_evicted_total 2"), "{metrics}");
+    assert_eq!(env.get_json("/simulator/orders/live-1").await["trade_state"], "NOTPAY");
+    assert_eq!(env.get_json("/simulator/orders/live-2").await["trade_state"], "NOTPAY");
+    let mut kept = 0;
+    for i in 0..3 {
+        let status = env
+            .http
+            .get(env.url(&format!("/simulator/orders/b-{i}")))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        kept += usize::from(status == 200);
+    }
+    assert_eq!(kept, 1, "two of the three closed orders were forgotten");
+}
+
+#[tokio::test]
+async fn metrics_count_calls_by_api_and_result() {
+    let env = spawn().await;
+    env.create("m-1", 1).await;
+    let _ = env
+        .call(&OrderQuery::by_out_trade_no(OutTradeNo::new("m-9").unwrap()))
+        .await;
+    let text = env
+        .http
+        .get(env.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("wxpay_sim_requests_total{api=\"unifiedorder\",result=\"success\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("wxpay_sim_requests_total{api=\"orderquery\",result=\"business_error\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("wxpay_sim_orders{state=\"NOTPAY\"} 1"), "{text}");
+}
+
+#[tokio::test]
+async fn shutdown_is_graceful() {
+    let env = spawn().await;
+    env.create("s-1", 1).await;
+    let addr = env.sim.addr();
+    env.sim.shutdown().await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}

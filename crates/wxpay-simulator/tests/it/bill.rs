@@ -1,0 +1,110 @@
+//! downloadbill: the bill of the day, in WeChat Pay's format, parsed back with exact fen.
+
+use std::collections::BTreeMap;
+
+use wxpay_protocol::v2::{self, BillType, DownloadBill, OrderRef, Refund, V2Call};
+use wxpay_protocol::{BeijingTime, Error, Fen, OutRefundNo, OutTradeNo};
+
+use crate::support::{nonce, spawn, spawn_with};
+
+fn today() -> BeijingTime {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    BeijingTime::from_unix(now)
+}
+
+fn bill(t: BillType) -> DownloadBill {
+    DownloadBill {
+        bill_date: today(),
+        bill_type: t,
+        extra: BTreeMap::new(),
+    }
+}
+
+#[tokio::test]
+async fn the_day_bill_lists_payments_and_refunds_with_exact_amounts() {
+    let env = spawn().await;
+    for (no, fee) in [("b-7", 7), ("b-1999", 1999), ("b-100010", 100_010)] {
+        env.create(no, fee).await;
+        env.pay(no, "success").await;
+    }
+    env.create("b-unpaid", 5).await;
+    let refund = Refund::new(
+        OrderRef::OutTradeNo(OutTradeNo::new("b-1999").unwrap()),
+        OutRefundNo::new("rb-1").unwrap(),
+        Fen::new(1999).unwrap(),
+        Fen::new(999).unwrap(),
+    );
+    env.call(&refund).await.unwrap();
+
+    // The raw bytes have WeChat Pay's shape.
+    let body = v2::encode(&bill(BillType::All), &env.merchant, &nonce()).unwrap();
+    let (_, text) = env.post_raw(DownloadBill::PATH, body).await;
+    assert!(text.starts_with('\u{FEFF}'), "a byte order mark first");
+    assert!(text.contains("\r\n`"), "CRLF lines and backtick values");
+    assert!(text.contains("`19.99,"), "{text}");
+
+    let all = env.call(&bill(BillType::All)).await.unwrap();
+    assert_eq!(
+        all.rows.len(),
+        4,
+        "three payments and one refund; the unpaid order is not there"
+    );
+    let fen: Vec<u64> = all
+        .rows
+        .iter()
+        .filter(|r| r.trade_state == "SUCCESS")
+        .map(|r| r.settlement_total_fee.get())
+        .collect();
+    assert_eq!(fen.iter().sum::<u64>(), 7 + 1999 + 100_010);
+    let refund_row = all.rows.iter().find(|r| r.trade_state == "REFUND").unwrap();
+    assert_eq!(refund_row.refund_fee.get(), 999);
+    assert_eq!(refund_row.out_refund_no.as_deref(), Some("rb-1"));
+    assert_eq!(all.summary.count, 4);
+    assert_eq!(all.summary.refund_fee.get(), 999);
+    // 0.60 % of 1000.10 yuan is 6.0006, rounded to 6.00 yuan.
+    let big = all.rows.iter().find(|r| r.out_trade_no == "b-100010").unwrap();
+    assert_eq!(big.fee.to_fen_exact(), Some(600));
+
+    assert_eq!(env.call(&bill(BillType::Success)).await.unwrap().rows.len(), 3);
+    let refunds = env.call(&bill(BillType::Refund)).await.unwrap();
+    assert_eq!(refunds.rows.len(), 1);
+    assert!(refunds.rows[0].refund_apply_time.is_some());
+}
+
+#[tokio::test]
+async fn a_day_without_transactions_has_no_bill() {
+    let env = spawn().await;
+    let err = env.call(&bill(BillType::All)).await.unwrap_err();
+    assert_eq!(
+        err,
+        Error::ReturnFail {
+            return_msg: "No Bill Exist".into(),
+            error_code: Some("20002".into())
+        }
+    );
+    let mut future = bill(BillType::All);
+    future.bill_date = BeijingTime::from_unix(future.bill_date.unix() + 3 * 86_400);
+    let err = env.call(&future).await.unwrap_err();
+    assert!(matches!(err, Error::ReturnFail { return_msg, .. } if return_msg == "invalid bill_date"));
+}
+
+#[tokio::test]
+async fn today_bill_is_still_being_made_unless_asked_for_at_once() {
+    let env = spawn_with(|c| c.bills_immediately = false).await;
+    env.create("t-1", 1).await;
+    env.pay("t-1", "success").await;
+    let err = env.call(&bill(BillType::All)).await.unwrap_err();
+    assert!(matches!(err, Error::ReturnFail { return_msg, .. } if return_msg == "Bill Creating"));
+}
+
+#[tokio::test]
+async fn a_bad_signature_on_downloadbill_says_sign_error() {
+    let env = spawn().await;
+    let mut wrong = env.merchant.clone();
+    wrong.key = wxpay_protocol::ApiKey::new("0123456789abcdef0123456789abcdef").unwrap();
+    let err = env.call_as(&wrong, &bill(BillType::All)).await.unwrap_err();
+    assert!(matches!(err, Error::ReturnFail { return_msg, error_code: Some(_) } if return_msg == "SIGN ERROR"));
+}

@@ -1,0 +1,206 @@
+//! Every fault on demand.
+
+use wxpay_protocol::v2::{
+    self, ErrCode, OrderQuery, PaymentNotification, PaymentOutcome, TradeState, UnifiedOrder, V2Call,
+};
+use wxpay_protocol::{Error, OutTradeNo};
+
+use crate::support::{eventually, nonce, spawn};
+
+#[tokio::test]
+async fn systemerror_changes_nothing_and_the_retry_succeeds() {
+    let env = spawn().await;
+    env.fault(serde_json::json!({"kind": "system_error", "api": "unifiedorder", "count": 1}))
+        .await;
+    let err = env.call(&env.order("f-1", 1)).await.unwrap_err();
+    match err {
+        Error::Business { code, .. } => {
+            assert_eq!(code, ErrCode::SystemError);
+            assert_eq!(code.retry(), v2::Retry::SameParameters);
+        }
+        other => panic!("{other:?}"),
+    }
+    let q = env
+        .call(&OrderQuery::by_out_trade_no(OutTradeNo::new("f-1").unwrap()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            q,
+            Error::Business {
+                code: ErrCode::OrderNotExist,
+                ..
+            }
+        ),
+        "nothing was created"
+    );
+    env.create("f-1", 1).await;
+}
+
+#[tokio::test]
+async fn a_delay_holds_the_answer() {
+    let env = spawn().await;
+    env.fault(serde_json::json!({"kind": "delay", "api": "orderquery", "delay_ms": 300}))
+        .await;
+    env.create("f-2", 1).await;
+    let started = std::time::Instant::now();
+    env.call(&OrderQuery::by_out_trade_no(OutTradeNo::new("f-2").unwrap()))
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn a_lost_answer_still_took_effect() {
+    let env = spawn().await;
+    env.fault(serde_json::json!({"kind": "lose_answer", "api": "unifiedorder", "out_trade_no": "f-3"}))
+        .await;
+    let body = v2::encode(&env.order("f-3", 1), &env.merchant, &nonce()).unwrap();
+    let result = async {
+        env.http
+            .post(env.url(UnifiedOrder::PATH))
+            .body(body)
+            .send()
+            .await?
+            .bytes()
+            .await
+    }
+    .await;
+    assert!(result.is_err(), "the connection was dropped: {result:?}");
+    // The order exists: a retry with the same parameters converges on it.
+    let q = env
+        .call(&OrderQuery::by_out_trade_no(OutTradeNo::new("f-3").unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(q.trade_state, TradeState::NotPay);
+    env.create("f-3", 1).await;
+}
+
+#[tokio::test]
+async fn a_bad_answer_signature_is_caught_by_the_client() {
+    let env = spawn().await;
+    env.fault(serde_json::json!({"kind": "bad_answer_signature", "api": "unifiedorder"}))
+        .await;
+    let err = env.call(&env.order("f-4", 1)).await.unwrap_err();
+    assert!(matches!(err, Error::BadSignature { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn duplicated_notifications_arrive_together() {
+    let env = spawn().await;
+    env.fault(serde_json::json!({"kind": "notify_duplicate", "out_trade_no": "f-5", "copies": 3}))
+        .await;
+    env.create("f-5", 1).await;
+    env.pay("f-5", "success").await;
+    eventually("three copies", || async { env.receiver.received().len() == 3 }).await;
+    let bodies = env.receiver.received();
+    assert!(
+        bodies
+            .iter()
+            .all(|b| PaymentNotification::parse(b.as_bytes(), &env.merchant).is_ok())
+    );
+}
+
+#[tokio::test]
+async fn reordered_notifications_arrive_in_reverse() {
+    let env = spawn().await;
+    env.fault(serde_json::json!({"kind": "notify_reorder", "count": 2}))
+        .await;
+    env.create("f-6a", 1).await;
+    env.create("f-6b", 1).await;
+    env.pay("f-6a", "success").await;
+    env.pay("f-6b", "success").await;
+    eventually("both notifications", || async { env.receiver.received().len() == 2 }).await;
+    let order: Vec<String> = env
+        .receiver
+        .received()
+        .iter()
+        .map(|b| {
+            PaymentNotification::parse(b.as_bytes(), &env.merchant)
+                .unwrap()
+                .out_trade_no
+        })
+        .collect();
+    assert_eq!(order, ["f-6b", "f-6a"]);
+}
+
+#[tokio::test]
+async fn notifications_with_a_bad_signature_a_wrong_amount_or_fail_are_sent_on_demand() {
+    let env = spawn().await;
+    for (no, kind) in [
+        ("f-7", "notify_bad_signature"),
+        ("f-8", "notify_wrong_amount"),
+        ("f-9", "notify_result_fail"),
+    ] {
+        env.fault(serde_json::json!({"kind": kind, "out_trade_no": no})).await;
+        env.create(no, 100).await;
+        env.pay(no, "success").await;
+    }
+    eventually("three notifications", || async { env.receiver.received().len() >= 3 }).await;
+    let mut seen = 0;
+    for body in env.receiver.received() {
+        let raw = v2::NotificationFields::read(body.as_bytes()).unwrap();
+        match raw.out_trade_no() {
+            Some("f-7") => {
+                assert!(matches!(raw.payment(&env.merchant), Err(Error::BadSignature { .. })));
+                seen += 1;
+            }
+            Some("f-8") => {
+                let n = raw.payment(&env.merchant).unwrap();
+                assert!(
+                    matches!(n.outcome, PaymentOutcome::Paid { total_fee, .. } if total_fee.get() != 100),
+                    "{n:?}"
+                );
+                seen += 1;
+            }
+            Some("f-9") => {
+                let n = raw.payment(&env.merchant).unwrap();
+                assert!(matches!(n.outcome, PaymentOutcome::Failed { .. }));
+                seen += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(seen, 3);
+}
+
+#[tokio::test]
+async fn faults_are_listed_counted_and_removed() {
+    let env = spawn().await;
+    env.fault(serde_json::json!({"kind": "system_error", "for_ms": 60000}))
+        .await;
+    let listed = env.get_json("/simulator/faults").await;
+    assert_eq!(listed["faults"].as_array().unwrap().len(), 1);
+    assert!(env.call(&env.order("f-10", 1)).await.is_err());
+    let removed = env
+        .http
+        .delete(env.url("/simulator/faults"))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(removed["removed"], 1);
+    env.create("f-10", 1).await;
+    let metrics = env
+        .http
+        .get(env.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("wxpay_sim_faults_injected_total{kind=\"system_error\"} 1"),
+        "{metrics}"
+    );
+    let (status, bad) = env
+        .post_json(
+            "/simulator/faults",
+            serde_json::json!({"kind": "system_error", "api": "nope"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{bad}");
+}

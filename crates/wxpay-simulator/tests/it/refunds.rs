@@ -1,0 +1,261 @@
+//! Refunds: limits, idempotency, completion, queries and refund notifications.
+
+use wxpay_protocol::v2::{
+    ErrCode, OrderQuery, OrderRef, Refund, RefundNotification, RefundQuery, RefundRef, RefundStatus, TradeState,
+};
+use wxpay_protocol::{Error, Fen, OutRefundNo, OutTradeNo};
+
+use crate::support::{Env, eventually, spawn, spawn_with};
+
+fn refund(env: &Env, no: &str, refund_no: &str, total: u64, fee: u64) -> Refund {
+    let mut r = Refund::new(
+        OrderRef::OutTradeNo(OutTradeNo::new(no).unwrap()),
+        OutRefundNo::new(refund_no).unwrap(),
+        Fen::new(total).unwrap(),
+        Fen::new(fee).unwrap(),
+    );
+    r.notify_url = Some(env.notify_url.clone());
+    r
+}
+
+async fn paid(env: &Env, no: &str, fee: u64) {
+    env.create(no, fee).await;
+    assert_eq!(env.pay(no, "success").await.0, 200);
+}
+
+async fn query(env: &Env, refund_no: &str) -> wxpay_protocol::v2::RefundRecord {
+    env.call(&RefundQuery::by_out_refund_no(OutRefundNo::new(refund_no).unwrap()))
+        .await
+        .unwrap()
+        .refunds
+        .remove(0)
+}
+
+#[tokio::test]
+async fn a_partial_refund_is_accepted_then_completes_and_notifies() {
+    let env = spawn().await;
+    paid(&env, "r-1", 1000).await;
+    let accepted = env.call(&refund(&env, "r-1", "rf-1", 1000, 300)).await.unwrap();
+    assert_eq!(accepted.refund_fee.get(), 300);
+    assert_eq!(accepted.refund_id.len(), 29);
+    // Five seconds at a thousand times: five milliseconds.
+    eventually("the refund completes", || async {
+        query(&env, "rf-1").await.refund_status == RefundStatus::Success
+    })
+    .await;
+    let r = query(&env, "rf-1").await;
+    assert!(r.refund_success_time.is_some());
+    assert_eq!(r.refund_recv_accout.as_deref(), Some("支付用户的零钱"));
+    // The order now says REFUND.
+    let q = env
+        .call(&OrderQuery::by_out_trade_no(OutTradeNo::new("r-1").unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(q.trade_state, TradeState::Refund);
+    // The refund notification decrypts with the merchant's key.
+    eventually("the refund notification", || async {
+        env.receiver.received().iter().any(|b| b.contains("req_info"))
+    })
+    .await;
+    let body = env
+        .receiver
+        .received()
+        .into_iter()
+        .find(|b| b.contains("req_info"))
+        .unwrap();
+    let n = RefundNotification::parse(body.as_bytes(), &env.merchant).unwrap();
+    assert_eq!(n.out_refund_no, "rf-1");
+    assert_eq!(n.refund_fee.get(), 300);
+    assert_eq!(n.total_fee.get(), 1000);
+    assert_eq!(n.refund_status, RefundStatus::Success);
+}
+
+#[tokio::test]
+async fn refunds_never_exceed_the_order_and_a_full_refund_ends_it() {
+    let env = spawn().await;
+    paid(&env, "r-2", 100).await;
+    env.call(&refund(&env, "r-2", "a", 100, 60)).await.unwrap();
+    let err = env.call(&refund(&env, "r-2", "b", 100, 41)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Business {
+                code: ErrCode::RefundFeeInvalid,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    env.call(&refund(&env, "r-2", "c", 100, 40)).await.unwrap();
+    let err = env.call(&refund(&env, "r-2", "d", 100, 1)).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Business { code: ErrCode::Error, description } if description.contains("全额")),
+        "{err}"
+    );
+    // The order's amount must be the order's.
+    paid(&env, "r-3", 100).await;
+    let err = env.call(&refund(&env, "r-3", "e", 99, 1)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Business {
+                code: ErrCode::ParamError,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_same_out_refund_no_is_one_refund_and_other_parameters_are_refused() {
+    let env = spawn().await;
+    paid(&env, "r-4", 100).await;
+    let first = env.call(&refund(&env, "r-4", "same", 100, 10)).await.unwrap();
+    let again = env.call(&refund(&env, "r-4", "same", 100, 10)).await.unwrap();
+    assert_eq!(first.refund_id, again.refund_id);
+    let view = env.get_json("/simulator/orders/r-4").await;
+    assert_eq!(view["refunds"].as_array().unwrap().len(), 1);
+    assert_eq!(view["refunded_fee"], 10);
+    let err = env.call(&refund(&env, "r-4", "same", 100, 20)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Business {
+                code: ErrCode::ParamError,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Nor can another order take it.
+    paid(&env, "r-5", 100).await;
+    let err = env.call(&refund(&env, "r-5", "same", 100, 10)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Business {
+                code: ErrCode::ParamError,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_order_takes_at_most_fifty_refunds() {
+    let env = spawn().await;
+    paid(&env, "r-6", 100).await;
+    for i in 0..50 {
+        env.call(&refund(&env, "r-6", &format!("p{i}"), 100, 1)).await.unwrap();
+    }
+    let err = env.call(&refund(&env, "r-6", "p50", 100, 1)).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Business { code: ErrCode::Error, description } if description.contains("50")),
+        "{err}"
+    );
+    // Ten a page; offset pages and gives the total.
+    let q = RefundQuery {
+        by: RefundRef::OutTradeNo(OutTradeNo::new("r-6").unwrap()),
+        offset: None,
+        extra: Default::default(),
+    };
+    let page = env.call(&q).await.unwrap();
+    assert_eq!(page.refunds.len(), 10);
+    assert_eq!(page.total_refund_count, None);
+    let q = RefundQuery { offset: Some(45), ..q };
+    let page = env.call(&q).await.unwrap();
+    assert_eq!(page.refunds.len(), 5);
+    assert_eq!(page.total_refund_count, Some(50));
+    assert_eq!(page.refunds[0].out_refund_no, "p45");
+}
+
+#[tokio::test]
+async fn an_unpaid_or_unknown_order_cannot_be_refunded() {
+    let env = spawn().await;
+    env.create("r-7", 100).await;
+    let err = env.call(&refund(&env, "r-7", "x", 100, 1)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Business {
+                code: ErrCode::Error,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = env.call(&refund(&env, "r-none", "y", 100, 1)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Business {
+                code: ErrCode::OrderNotExist,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = env
+        .call(&RefundQuery::by_out_refund_no(OutRefundNo::new("zzz").unwrap()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Business {
+                code: ErrCode::RefundNotExist,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_refund_can_be_found_by_each_of_its_numbers() {
+    let env = spawn().await;
+    paid(&env, "r-8", 100).await;
+    let r = env.call(&refund(&env, "r-8", "find-me", 100, 7)).await.unwrap();
+    for by in [
+        RefundRef::RefundId(r.refund_id.clone()),
+        RefundRef::OutRefundNo(OutRefundNo::new("find-me").unwrap()),
+        RefundRef::TransactionId(r.transaction_id.clone()),
+        RefundRef::OutTradeNo(OutTradeNo::new("r-8").unwrap()),
+    ] {
+        let q = env
+            .call(&RefundQuery {
+                by: by.clone(),
+                offset: None,
+                extra: Default::default(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(q.refunds[0].out_refund_no, "find-me", "{by:?}");
+        assert_eq!(q.refunds[0].refund_fee.get(), 7);
+        assert_eq!(q.refund_fee.unwrap().get(), 7);
+    }
+}
+
+#[tokio::test]
+async fn a_refund_can_be_settled_as_failed_by_the_control_endpoint() {
+    let env = spawn_with(|c| c.refund_delay = std::time::Duration::from_secs(3600)).await;
+    paid(&env, "r-9", 100).await;
+    env.call(&refund(&env, "r-9", "closed", 100, 100)).await.unwrap();
+    assert_eq!(query(&env, "closed").await.refund_status, RefundStatus::Processing);
+    let (status, _) = env
+        .post_json(
+            "/simulator/refunds/closed/complete",
+            serde_json::json!({"status": "REFUNDCLOSE"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(query(&env, "closed").await.refund_status, RefundStatus::RefundClose);
+    // A closed refund gives its amount back to the order.
+    env.call(&refund(&env, "r-9", "again", 100, 100)).await.unwrap();
+    let (status, _) = env
+        .post_json("/simulator/refunds/closed/complete", serde_json::json!({}))
+        .await;
+    assert_eq!(status, 409);
+}

@@ -36,7 +36,7 @@ pub(crate) enum PayError {
     PrepayExpired,
 }
 
-/// Pays (or fails) the order at `loc` and starts its notification.
+/// Pays (or fails) the order at `loc`; the caller starts its notification.
 pub(crate) fn pay(sim: &Simulator, loc: Loc, success: bool, prepay_id: Option<&str>) -> Result<(), PayError> {
     let now = ids::now_unix();
     let mut g = sim.inner.store.lock(loc.shard);
@@ -63,7 +63,17 @@ pub(crate) fn pay(sim: &Simulator, loc: Loc, success: bool, prepay_id: Option<&s
         OrderState::PayError
     };
     g.set_state(loc.slot, to);
-    drop(g);
+    Ok(())
+}
+
+/// Pays (or fails) the order at `loc` and starts its notification.
+pub(crate) fn pay_and_notify(
+    sim: &Simulator,
+    loc: Loc,
+    success: bool,
+    prepay_id: Option<&str>,
+) -> Result<(), PayError> {
+    pay(sim, loc, success, prepay_id)?;
     sim.inner.notifier.payment(loc);
     Ok(())
 }
@@ -258,7 +268,7 @@ async fn pay_endpoint(State(sim): State<Simulator>, Json(req): Json<PayRequest>)
         Ok(l) => l,
         Err(r) => return *r,
     };
-    match pay(&sim, loc, success, None) {
+    match pay_and_notify(&sim, loc, success, None) {
         Ok(()) => Json(view_at(&sim, loc)).into_response(),
         Err(e @ PayError::NotFound) => error(StatusCode::NOT_FOUND, "order_not_found", e.to_string()),
         Err(e) => error(StatusCode::CONFLICT, "not_payable", e.to_string()),
@@ -442,7 +452,7 @@ async fn checkout_pay(
         return (StatusCode::NOT_FOUND, checkout_page("微信支付", "<h1>订单不存在</h1>")).into_response();
     };
     let success = form.outcome.as_deref() != Some("fail");
-    let (status, message) = match pay(&sim, loc, success, Some(&prepay_id)) {
+    let (status, message) = match pay_and_notify(&sim, loc, success, Some(&prepay_id)) {
         Ok(()) if success => (
             StatusCode::OK,
             "<h1>支付成功</h1><p>Paid. The merchant is being notified.</p>".to_owned(),

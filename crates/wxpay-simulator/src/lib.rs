@@ -21,6 +21,7 @@ mod bill;
 mod config;
 mod control;
 mod faults;
+mod http_client;
 mod ids;
 mod metrics;
 mod notifier;

@@ -20,6 +20,7 @@ use wxpay_protocol::v2::{ErrCode, PaymentNotification, PaymentOutcome, RefundNot
 use wxpay_protocol::{ApiKey, BeijingTime, Fen};
 
 use crate::faults::FaultKind;
+use crate::http_client::NotifyClient;
 use crate::store::{Loc, OrderState};
 use crate::{SimConfig, Simulator, StartError, ids};
 
@@ -55,6 +56,10 @@ impl Job {
     }
 }
 
+fn as_str<S: serde::Serializer>(s: &Arc<str>, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s)
+}
+
 /// One notification attempt, as `GET /simulator/notifications` shows it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Attempt {
@@ -67,13 +72,15 @@ pub struct Attempt {
     /// The refund, for refund notifications.
     pub out_refund_no: Option<String>,
     /// Where it was posted.
-    pub url: String,
+    #[serde(serialize_with = "as_str")]
+    pub url: Arc<str>,
     /// 1 for the first delivery, 2 for the first retry, …
     pub attempt: u32,
     /// When, in Unix milliseconds.
     pub at_ms: u64,
     /// The body posted.
-    pub body: String,
+    #[serde(serialize_with = "as_str")]
+    pub body: Arc<str>,
     /// The HTTP status of the answer, if one came.
     pub status: Option<u16>,
     /// The answer (at most 2 KiB of it).
@@ -94,20 +101,15 @@ pub(crate) struct Notifier {
     log: Mutex<VecDeque<Attempt>>,
     log_seq: AtomicU64,
     log_cap: usize,
-    client: reqwest::Client,
+    client: NotifyClient,
     concurrency: usize,
 }
 
 impl Notifier {
     pub(crate) fn new(config: &SimConfig) -> Result<Notifier, StartError> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let client = reqwest::Client::builder()
-            .timeout(config.notify_timeout)
-            .connect_timeout(config.notify_timeout)
-            .pool_max_idle_per_host(config.notify_concurrency)
-            .user_agent("Mozilla/4.0 (wxpay-simulator)")
-            .build()
-            .map_err(|e| StartError::Io(std::io::Error::other(format!("notification client: {e}"))))?;
+        let client = NotifyClient::new(config.notify_timeout, config.notify_concurrency)
+            .map_err(|e| StartError::Io(std::io::Error::other(e)))?;
         Ok(Notifier {
             tx,
             rx: Mutex::new(Some(rx)),
@@ -212,7 +214,14 @@ pub(crate) fn start(sim: Simulator, mut stop: watch::Receiver<bool>) {
                 }
                 () = sleep_until_opt(next_due) => {
                     let now = Instant::now();
+                    let mut batch = 0;
                     while heap.peek().is_some_and(|Reverse(j)| j.due <= now) {
+                        // Requests share these threads: hand them back now and then, so that a
+                        // burst of due work does not stretch the latency of calls.
+                        batch += 1;
+                        if batch % 32 == 0 {
+                            tokio::task::yield_now().await;
+                        }
                         let Some(Reverse(job)) = heap.pop() else { break };
                         if is_notification(job.what) && hold_for_reorder(&sim, &job) {
                             if held.is_empty() {
@@ -279,12 +288,21 @@ fn hold_for_reorder(sim: &Simulator, job: &Job) -> bool {
 async fn run(sim: &Simulator, job: Job, semaphore: &Arc<Semaphore>) {
     let notifier = &sim.inner.notifier;
     match job.what {
-        What::AutoPay => {
-            notifier.pending.fetch_sub(1, Ordering::Relaxed);
-            if let Err(e) = crate::control::pay(sim, job.loc(), true, None) {
+        What::AutoPay => match crate::control::pay(sim, job.loc(), true, None) {
+            // The first delivery starts right here; the job's pending count carries over to it.
+            Ok(()) => {
+                let first = Job {
+                    what: What::Payment,
+                    attempt: 0,
+                    ..job
+                };
+                Box::pin(run(sim, first, semaphore)).await;
+            }
+            Err(e) => {
+                notifier.pending.fetch_sub(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "automatic payment skipped");
             }
-        }
+        },
         What::RefundComplete(idx) => {
             notifier.pending.fetch_sub(1, Ordering::Relaxed);
             crate::control::complete_refund(sim, job.loc(), idx, RefundStatus::Success);
@@ -305,8 +323,8 @@ async fn run(sim: &Simulator, job: Job, semaphore: &Arc<Semaphore>) {
 
 /// A notification ready to post.
 struct Outgoing {
-    url: String,
-    body: String,
+    url: Arc<str>,
+    body: Arc<str>,
     out_trade_no: String,
     out_refund_no: Option<String>,
     fault: Option<&'static str>,
@@ -383,11 +401,11 @@ fn build(sim: &Simulator, job: &Job) -> Option<Outgoing> {
                 device_info: o.device_info.as_deref().map(str::to_owned),
                 extra: Default::default(),
             };
-            (o.notify_url.to_string(), n.encode(key, o.sign_type, &nonce).ok()?, None)
+            (o.notify_url.clone(), n.encode(key, o.sign_type, &nonce).ok()?, None)
         }
         What::RefundNotify(idx) => {
             let r = o.refunds.get(idx)?;
-            let url = r.notify_url.as_deref()?.to_owned();
+            let url = r.notify_url.clone()?;
             let n = RefundNotification {
                 appid: o.appid.to_string(),
                 mch_id: merchant.mch_id.as_str().to_owned(),
@@ -415,7 +433,7 @@ fn build(sim: &Simulator, job: &Job) -> Option<Outgoing> {
     };
     Some(Outgoing {
         url,
-        body,
+        body: Arc::from(body),
         out_trade_no: o.out_trade_no.to_string(),
         out_refund_no,
         fault: kind.map(FaultKind::name),
@@ -441,20 +459,11 @@ async fn post_once(sim: &Simulator, out: &Outgoing, refund: bool, attempt: u32) 
         .unwrap_or(0);
     let result = notifier
         .client
-        .post(&out.url)
-        .header("Content-Type", "text/xml; charset=utf-8")
-        .body(out.body.clone())
-        .send()
+        .post(&out.url, bytes::Bytes::copy_from_slice(out.body.as_bytes()))
         .await;
     let (status, answer, error) = match result {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            match resp.bytes().await {
-                Ok(b) => (Some(status), Some(b), None),
-                Err(e) => (Some(status), None, Some(e.to_string())),
-            }
-        }
-        Err(e) => (None, None, Some(e.to_string())),
+        Ok(a) => (Some(a.status), Some(a.body), None),
+        Err(e) => (None, None, Some(e)),
     };
     let acknowledged = match (status, &answer) {
         (Some(s), Some(b)) => acknowledges(s, b),

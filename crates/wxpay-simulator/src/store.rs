@@ -14,8 +14,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use wxpay_protocol::v2::RefundStatus;
 use wxpay_protocol::{Fen, SignType};
 
-/// How many shards; a power of two.
-pub(crate) const SHARDS: usize = 16;
+/// How many shards; a power of two, at most 64 (identifiers carry it in two digits). Many
+/// small shards also keep each growth of a shard's map short: a rehash holds that shard's
+/// lock, and calls on it wait.
+pub(crate) const SHARDS: usize = 64;
 
 /// Where an order sits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -135,8 +137,46 @@ impl Order {
     }
 }
 
+/// Slots are kept in chunks of this many, so that growing never moves the orders already
+/// held: one big `Vec` would copy megabytes under the shard's lock at each doubling, and every
+/// call waiting on that shard would see it in its latency.
+const CHUNK: usize = 4096;
+
+/// The orders of a shard, in fixed-size chunks.
+#[derive(Default)]
+struct Slots {
+    chunks: Vec<Vec<Option<Order>>>,
+    len: usize,
+}
+
+impl Slots {
+    fn get(&self, slot: usize) -> Option<&Option<Order>> {
+        self.chunks.get(slot / CHUNK)?.get(slot % CHUNK)
+    }
+
+    fn get_mut(&mut self, slot: usize) -> Option<&mut Option<Order>> {
+        self.chunks.get_mut(slot / CHUNK)?.get_mut(slot % CHUNK)
+    }
+
+    /// Adds an empty slot and returns its number.
+    fn push(&mut self) -> usize {
+        if self.len % CHUNK == 0 {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        if let Some(last) = self.chunks.last_mut() {
+            last.push(None);
+        }
+        self.len += 1;
+        self.len - 1
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Option<Order>> {
+        self.chunks.iter().flatten()
+    }
+}
+
 struct Shard {
-    slots: Vec<Option<Order>>,
+    slots: Slots,
     free: Vec<u32>,
     by_no: HashMap<(u16, Box<str>), u32>,
     /// Slots whose order finished, oldest first; eviction candidates.
@@ -171,7 +211,7 @@ impl Store {
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
-                        slots: Vec::new(),
+                        slots: Slots::default(),
                         free: Vec::new(),
                         by_no: HashMap::new(),
                         finished: VecDeque::new(),
@@ -297,10 +337,7 @@ impl ShardGuard<'_> {
     pub(crate) fn insert(&mut self, mut order: Order, make_prepay: impl FnOnce(Loc) -> String) -> u32 {
         let slot = match self.guard.free.pop() {
             Some(s) => s,
-            None => {
-                self.guard.slots.push(None);
-                (self.guard.slots.len() - 1) as u32
-            }
+            None => self.guard.slots.push() as u32,
         };
         order.prepay_id = make_prepay(Loc {
             shard: self.shard,
@@ -309,7 +346,9 @@ impl ShardGuard<'_> {
         .into_boxed_str();
         let key = (order.mch, order.out_trade_no.clone());
         self.store.count_state(None, Some(order.state));
-        self.guard.slots[slot as usize] = Some(order);
+        if let Some(s) = self.guard.slots.get_mut(slot as usize) {
+            *s = Some(order);
+        }
         self.guard.by_no.insert(key, slot);
         self.store.count.fetch_add(1, Ordering::Relaxed);
         slot
@@ -352,7 +391,7 @@ impl ShardGuard<'_> {
             if !still_finished {
                 continue;
             }
-            if let Some(order) = self.guard.slots[victim as usize].take() {
+            if let Some(order) = self.guard.slots.get_mut(victim as usize).and_then(Option::take) {
                 self.guard.by_no.remove(&(order.mch, order.out_trade_no.clone()));
                 self.store.unindex_refunds(&order);
                 self.store.count_state(Some(order.state), None);

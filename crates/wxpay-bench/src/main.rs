@@ -22,6 +22,16 @@ use hyper_util::rt::TokioIo;
 use wxpay_protocol::v2::{self, UnifiedOrder};
 use wxpay_protocol::{ApiKey, AppId, Fen, MchId, Merchant, Nonce, OutTradeNo, SignType};
 
+/// Prints a line, and stops quietly when the reader went away (`… | head`).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "wxpay-bench", about = "Load runs for the wxpay simulator and gateway")]
 struct Cli {
@@ -102,6 +112,10 @@ struct Shared {
     interval: Option<Duration>,
     errors: AtomicU64,
     sent: AtomicU64,
+    epoch: Instant,
+    /// Answers slower than 5 ms: (ms since start, µs), to tell one stall of everything from
+    /// slowness spread over the run.
+    slow: std::sync::Mutex<Vec<(u64, u32)>>,
 }
 
 fn rss_kib(pid: u32) -> Option<(u64, u64)> {
@@ -114,6 +128,16 @@ fn rss_kib(pid: u32) -> Option<(u64, u64)> {
             .and_then(|v| v.parse::<u64>().ok())
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Major page faults of a process so far (`/proc/<pid>/stat`, field 12): pages read back from
+/// disk. On these machines the host reclaims cold file pages (the binary's own code among
+/// them), and every fault on one stalls a request for milliseconds: worth reporting beside
+/// the latencies it explains.
+fn major_faults(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    after_comm.split_whitespace().nth(9)?.parse().ok()
 }
 
 async fn simulator(args: SimArgs) -> Result<(), String> {
@@ -155,8 +179,11 @@ async fn simulator(args: SimArgs) -> Result<(), String> {
             .map(|r| Duration::from_secs_f64(args.connections as f64 / r)),
         errors: AtomicU64::new(0),
         sent: AtomicU64::new(0),
+        epoch: Instant::now(),
+        slow: std::sync::Mutex::new(Vec::new()),
     });
     let rss_before = args.pid.and_then(rss_kib);
+    let faults_before = args.pid.and_then(major_faults);
     let mut tasks = Vec::new();
     for conn in 0..args.connections {
         let shared = shared.clone();
@@ -192,14 +219,41 @@ async fn simulator(args: SimArgs) -> Result<(), String> {
     };
     let rate = n as f64 / elapsed;
     let errors = shared.errors.load(Ordering::Relaxed);
+    let mut slow = std::mem::take(&mut *shared.slow.lock().unwrap_or_else(|e| e.into_inner()));
+    if !slow.is_empty() {
+        // Group slow answers by the 100 ms window they started in.
+        slow.sort_unstable();
+        let mut windows: Vec<(u64, usize, u32)> = Vec::new();
+        for (at, us) in slow {
+            match windows.last_mut() {
+                Some((w, n, worst)) if *w == at / 100 => {
+                    *n += 1;
+                    *worst = (*worst).max(us);
+                }
+                _ => windows.push((at / 100, 1, us)),
+            }
+        }
+        let list: Vec<String> = windows
+            .iter()
+            .map(|(w, n, worst)| format!("{:.1}s:{}x<={:.0}ms", *w as f64 / 10.0, n, f64::from(*worst) / 1000.0))
+            .collect();
+        say!(
+            "answers over 5 ms, by 100 ms window (start: count, worst): {}",
+            list.join(" ")
+        );
+    }
     let mode = args
         .rate
         .map_or_else(|| "closed loop".to_owned(), |r| format!("open loop at {r:.0}/s"));
-    println!(
+    say!(
         "unifiedorder x{} connections, {mode}, {:.1} s: {} requests, {:.0} req/s, errors {}",
-        args.connections, elapsed, n, rate, errors
+        args.connections,
+        elapsed,
+        n,
+        rate,
+        errors
     );
-    println!(
+    say!(
         "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
         pct(50.0),
         pct(90.0),
@@ -220,17 +274,21 @@ async fn simulator(args: SimArgs) -> Result<(), String> {
     });
     if let Some(pid) = args.pid {
         if let Some((rss, hwm)) = rss_kib(pid) {
-            println!(
+            say!(
                 "simulator memory: RSS {:.1} MiB (peak {:.1} MiB; {:.1} MiB before the run)",
                 rss as f64 / 1024.0,
                 hwm as f64 / 1024.0,
                 rss_before.map_or(0.0, |r| r.0 as f64 / 1024.0)
             );
             json["rss_mib"] = serde_json::json!(rss as f64 / 1024.0);
+            if let (Some(a), Some(b)) = (faults_before, major_faults(pid)) {
+                say!("simulator major page faults during the run: {}", b - a);
+                json["major_faults"] = serde_json::json!(b - a);
+            }
             json["peak_rss_mib"] = serde_json::json!(hwm as f64 / 1024.0);
         }
     }
-    println!("{json}");
+    say!("{json}");
     if errors > 0 {
         return Err(format!("{errors} requests failed"));
     }
@@ -254,6 +312,7 @@ async fn connect(shared: &Shared) -> Result<http1::SendRequest<Full<Bytes>>, Str
 async fn connection(conn: usize, shared: Arc<Shared>) -> Result<Vec<u32>, String> {
     let mut sender = connect(&shared).await?;
     let mut latencies = Vec::with_capacity(1 << 16);
+    let mut slow: Vec<(u64, u32)> = Vec::new();
     let mut seq: u64 = 0;
     // Open loop: request k of this connection is due at start + k × interval, staggered
     // across connections.
@@ -327,11 +386,15 @@ async fn connection(conn: usize, shared: Arc<Shared>) -> Result<Vec<u32>, String
             shared.sent.fetch_add(1, Ordering::Relaxed);
             if shared.recording.load(Ordering::Relaxed) {
                 latencies.push(micros);
+                if micros > 5_000 {
+                    slow.push((t0.duration_since(shared.epoch).as_millis() as u64, micros));
+                }
             }
         } else {
             shared.errors.fetch_add(1, Ordering::Relaxed);
         }
     }
+    shared.slow.lock().unwrap_or_else(|e| e.into_inner()).extend(slow);
     Ok(latencies)
 }
 

@@ -27,9 +27,13 @@ start() {
   for _ in $(seq 1 50); do curl -sf "http://127.0.0.1:$PORT/simulator/health" >/dev/null && return; sleep 0.1; done
   echo "the simulator did not start" >&2; exit 1
 }
-echo "== open loop, ${RATE}/s offered, 64 connections, ${SECS}s"
-start
-"$BENCH" simulator --target "http://127.0.0.1:$PORT" --duration "$SECS" --rate "$RATE" --pid "$SIM_PID"
+# Shared machines stall now and then (the bench prints where answers over 5 ms cluster);
+# three runs show whether a bad figure is the run or the code.
+for run in 1 2 3; do
+  echo "== open loop, ${RATE}/s offered, 64 connections, ${SECS}s (run $run of 3)"
+  start
+  "$BENCH" simulator --target "http://127.0.0.1:$PORT" --duration "$SECS" --rate "$RATE" --pid "$SIM_PID"
+done
 echo "== closed loop (as fast as answers come), 64 connections, ${SECS}s"
 start
 "$BENCH" simulator --target "http://127.0.0.1:$PORT" --duration "$SECS" --pid "$SIM_PID"

@@ -5,8 +5,6 @@
 //! refund rows. A day without rows is `No Bill Exist`; today's bill, and yesterday's before
 //! 10:00, is `Bill Creating` (unless `bills_immediately`).
 
-use std::collections::BTreeMap;
-
 use wxpay_protocol::v2::{Bill, BillFee, BillRow, BillType, RefundStatus};
 use wxpay_protocol::{BeijingTime, Fen, Fields};
 
@@ -78,24 +76,12 @@ fn base_row(ctx: &Ctx<'_>, o: &Order, trade_time: i64) -> BillRow {
         trade_state: "SUCCESS".into(),
         bank_type: "OTHERS".into(),
         currency: "CNY".into(),
-        settlement_total_fee: Fen::ZERO,
-        coupon_fee: Fen::ZERO,
-        refund_apply_time: None,
-        refund_success_time: None,
-        refund_id: None,
-        out_refund_no: None,
-        refund_fee: Fen::ZERO,
-        coupon_refund_fee: Fen::ZERO,
-        refund_type: None,
-        refund_status: None,
         body: o.body.to_string(),
         attach: o.attach.as_deref().unwrap_or("").to_owned(),
-        fee: BillFee::default(),
         rate: "0.60%".into(),
         total_fee: Some(Fen::ZERO),
         refund_apply_fee: Some(Fen::ZERO),
-        rate_remark: None,
-        extra: BTreeMap::new(),
+        ..BillRow::default()
     }
 }
 

@@ -165,6 +165,44 @@ pub struct BillRow {
     pub extra: BTreeMap<String, String>,
 }
 
+impl Default for BillRow {
+    /// An empty row: zero amounts, empty texts, the Unix epoch as its time.
+    fn default() -> BillRow {
+        BillRow {
+            trade_time: BeijingTime::from_unix(0),
+            appid: String::new(),
+            mch_id: String::new(),
+            sub_mch_id: String::new(),
+            device_info: String::new(),
+            transaction_id: String::new(),
+            out_trade_no: String::new(),
+            openid: String::new(),
+            trade_type: String::new(),
+            trade_state: String::new(),
+            bank_type: String::new(),
+            currency: String::new(),
+            settlement_total_fee: Fen::ZERO,
+            coupon_fee: Fen::ZERO,
+            refund_apply_time: None,
+            refund_success_time: None,
+            refund_id: None,
+            out_refund_no: None,
+            refund_fee: Fen::ZERO,
+            coupon_refund_fee: Fen::ZERO,
+            refund_type: None,
+            refund_status: None,
+            body: String::new(),
+            attach: String::new(),
+            fee: BillFee::default(),
+            rate: String::new(),
+            total_fee: None,
+            refund_apply_fee: None,
+            rate_remark: None,
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
 /// The summary line of a bill.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BillSummary {
@@ -356,38 +394,7 @@ impl Bill {
     }
 
     fn row(headers: &[String], cols: &[Col], values: &[&str]) -> Result<BillRow, String> {
-        let mut row = BillRow {
-            trade_time: BeijingTime::from_unix(0),
-            appid: String::new(),
-            mch_id: String::new(),
-            sub_mch_id: String::new(),
-            device_info: String::new(),
-            transaction_id: String::new(),
-            out_trade_no: String::new(),
-            openid: String::new(),
-            trade_type: String::new(),
-            trade_state: String::new(),
-            bank_type: String::new(),
-            currency: String::new(),
-            settlement_total_fee: Fen::ZERO,
-            coupon_fee: Fen::ZERO,
-            refund_apply_time: None,
-            refund_success_time: None,
-            refund_id: None,
-            out_refund_no: None,
-            refund_fee: Fen::ZERO,
-            coupon_refund_fee: Fen::ZERO,
-            refund_type: None,
-            refund_status: None,
-            body: String::new(),
-            attach: String::new(),
-            fee: BillFee::default(),
-            rate: String::new(),
-            total_fee: None,
-            refund_apply_fee: None,
-            rate_remark: None,
-            extra: BTreeMap::new(),
-        };
+        let mut row = BillRow::default();
         for ((header, col), v) in headers.iter().zip(cols).zip(values) {
             let v = *v;
             match col {

@@ -6,7 +6,9 @@
 //! verify), 2 for input that cannot be used.
 
 mod config;
+mod demo;
 mod doctor;
+mod serve;
 mod simulator;
 
 use std::io::Read;
@@ -58,6 +60,26 @@ enum Command {
     /// Without --config it serves the built-in test merchant (see the README).
     #[command(after_help = "Example:\n  wxpay simulator --mode auto --time-scale 60")]
     Simulator(simulator::SimulatorArgs),
+    /// Run the embedded demo: gateway + simulator + SQLite in one process, no account needed.
+    ///
+    /// Open the printed /demo address: it plays a mini program that logs in, orders, pays
+    /// on the simulator's checkout page and sees the order paid, with every call shown. The
+    /// database, the demo API token and the webhook secret are kept in --data-dir.
+    #[command(after_help = "Example:\n  wxpay demo --listen 127.0.0.1:8080 --data-dir ./wxpay-demo")]
+    Demo(demo::DemoArgs),
+    /// Run the gateway from a configuration file.
+    ///
+    /// Serves the /v1 API for the business backend, WeChat Pay's notifications at
+    /// /notify/v2/pay, /healthz, /readyz, /metrics and /openapi.json, and runs the background
+    /// work (queries of unconfirmed orders, closing expired ones, webhook delivery). The
+    /// schema is brought up to date at start.
+    #[command(
+        after_help = "Example:\n  wxpay serve --config wxpay.toml\n  WXPAY_DATABASE_URL=postgres://wxpay@db/wxpay wxpay serve --config wxpay.toml"
+    )]
+    Serve(serve::ServeArgs),
+    /// Create or upgrade the database schema, and exit.
+    #[command(after_help = "Example:\n  wxpay migrate --config wxpay.toml")]
+    Migrate(serve::MigrateArgs),
 }
 
 /// How logs are written.
@@ -205,6 +227,9 @@ fn main() -> ExitCode {
         Command::Verify(a) => ("verify", doctor::verify(a)),
         Command::Decrypt(a) => ("decrypt", doctor::decrypt(a)),
         Command::Simulator(a) => ("simulator", simulator::run(a)),
+        Command::Demo(a) => ("demo", demo::run(a)),
+        Command::Serve(a) => ("serve", serve::serve(a)),
+        Command::Migrate(a) => ("migrate", serve::migrate(a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

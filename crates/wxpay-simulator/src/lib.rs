@@ -171,13 +171,18 @@ impl Simulator {
     }
 
     /// The routes of the simulator: the WeChat Pay paths, `/simulator/…` and `/metrics`.
-    /// The demo mounts them beside the gateway's.
     pub fn router(&self) -> Router {
+        self.api_router().merge(metrics::router().with_state(self.clone()))
+    }
+
+    /// The WeChat Pay paths and `/simulator/…`, with the metrics at `/simulator/metrics`:
+    /// for mounting beside another service that has its own `/metrics` (the demo).
+    pub fn api_router(&self) -> Router {
         Router::new()
             .merge(v2::router())
             .merge(sns::router())
             .merge(control::router())
-            .merge(metrics::router())
+            .merge(metrics::router_at("/simulator/metrics"))
             .with_state(self.clone())
     }
 

@@ -112,5 +112,9 @@ async fn metrics(State(sim): State<Simulator>) -> impl IntoResponse {
 }
 
 pub(crate) fn router() -> Router<Simulator> {
-    Router::new().route("/metrics", get(metrics))
+    router_at("/metrics")
+}
+
+pub(crate) fn router_at(path: &str) -> Router<Simulator> {
+    Router::new().route(path, get(metrics))
 }

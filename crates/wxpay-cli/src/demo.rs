@@ -1,0 +1,401 @@
+//! `wxpay demo`: the embedded default. The gateway and the simulator in one process on one
+//! port, SQLite under the data directory, the built-in test merchant, and a page at `/demo`
+//! that plays both the mini program and the business backend.
+//!
+//! The page never sees the API token: like a real mini program it talks to "the business
+//! backend" (the `/demo/backend/…` routes here), which calls the gateway's `/v1` API over
+//! HTTP with the token, decides the amount itself, and receives the signed events on its
+//! webhook (`/demo/webhook`). Every step therefore goes through the same paths a real
+//! deployment uses.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use clap::Args;
+use serde_json::{Value, json};
+use wxpay_gateway::{App, Config, JobsConfig, MerchantConfig, Secret, UpstreamConfig, WebhookConfig};
+use wxpay_protocol::{ApiKey, AppId, AppSecret, MchId, SignType};
+use wxpay_simulator::{SimConfig, Simulator, TEST_API_KEY, TEST_APP_SECRET, TEST_APPID, TEST_MCH_ID};
+
+use crate::CliError;
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Address to listen on (gateway, simulator and demo page share it).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    listen: String,
+    /// Where the SQLite database, the demo API token and the webhook secret are kept.
+    #[arg(long, default_value = "wxpay-demo", value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = crate::LogFormat::Pretty)]
+    log_format: crate::LogFormat,
+}
+
+/// What the demo sells. The business backend decides amounts; the page only names an item.
+const ITEMS: &[(&str, &str, u64)] = &[
+    ("latte", "拿铁咖啡 Latte", 2800),
+    ("tea", "龙井茶 Longjing tea", 1500),
+    ("cake", "芝士蛋糕 Cheesecake", 3990),
+    ("cent", "测试 One fen test", 1),
+];
+
+/// How many webhook events the demo backend remembers.
+const EVENTS_KEPT: usize = 500;
+
+pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
+    crate::init_logging(args.log_format);
+    let dir = &args.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| CliError::Usage(format!("cannot create {}: {e}", dir.display())))?;
+    let token = load_or_create_secret(&dir.join("api-token"), "demo_")?;
+    let webhook_secret = load_or_create_secret(&dir.join("webhook-secret"), "whsec_")?;
+    let db_path = dir.join("wxpay.db");
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| CliError::Usage(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| {
+            CliError::Usage(format!(
+                "cannot listen on {}: {e} (choose another address with --listen)",
+                args.listen
+            ))
+        })?;
+        let addr = listener.local_addr().map_err(|e| CliError::Usage(e.to_string()))?;
+        // The gateway calls the simulator, and the simulator notifies the gateway, through
+        // this process's own port; an unspecified listen address is reached over loopback.
+        let own = if addr.ip().is_unspecified() {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+        } else {
+            addr
+        };
+        let base = format!("http://{own}");
+
+        let mut sim_config = SimConfig::new();
+        sim_config.bills_immediately = true;
+        let sim = Simulator::new(sim_config).map_err(|e| CliError::Usage(e.to_string()))?;
+        let stop_simulator = sim.start_background();
+
+        let config = demo_config(&base, &token, &webhook_secret);
+        let url = format!("sqlite://{}", db_path.display());
+        let store = wxpay_gateway::open_store(&url, 4)
+            .await
+            .map_err(|e| CliError::Usage(format!("database {}: {e}", db_path.display())))?;
+        let app = App::new(config, store).map_err(CliError::Usage)?;
+        let demo = Demo {
+            gateway: base.clone(),
+            token: token.clone(),
+            webhook_secret,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .map_err(|e| CliError::Usage(e.to_string()))?,
+            events: Mutex::new(VecDeque::new()),
+        };
+        let router = app.router().merge(sim.api_router()).merge(demo_router(Arc::new(demo)));
+        let jobs = app.start_jobs();
+
+        eprintln!("wxpay demo: gateway + WeChat Pay simulator + SQLite, one process");
+        eprintln!();
+        eprintln!("  open the demo      {base}/demo");
+        eprintln!("  gateway API        {base}/v1/orders   (Authorization: Bearer {token})");
+        eprintln!("  API description    {base}/openapi.json");
+        eprintln!("  simulator          {base}/pay/unifiedorder, {base}/simulator/notifications");
+        eprintln!("  metrics            {base}/metrics");
+        eprintln!("  database           {}", db_path.display());
+        eprintln!();
+        eprintln!("  test merchant      appid {TEST_APPID}, mch_id {TEST_MCH_ID} (test-only keys, see the README)");
+        eprintln!("  stop with Ctrl-C");
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(crate::shutdown_signal())
+            .await;
+        eprintln!("shutting down");
+        jobs.stop().await;
+        let _ = stop_simulator.send(true);
+        served.map_err(|e| CliError::Usage(format!("the server stopped: {e}")))
+    })
+}
+
+/// The gateway configuration of the demo: the built-in test merchant served by the
+/// simulator on the same port, the demo backend's webhook, and quick background checks so
+/// that an order left unpaid on the page is seen to be queried.
+fn demo_config(base: &str, token: &str, webhook_secret: &str) -> Config {
+    let merchant = MerchantConfig {
+        name: "default".to_owned(),
+        appid: AppId::new(TEST_APPID).expect("the test appid is valid"),
+        app_secret: Some(AppSecret::new(TEST_APP_SECRET).expect("the test app secret is valid")),
+        mch_id: MchId::new(TEST_MCH_ID).expect("the test mch_id is valid"),
+        api_key: ApiKey::new(TEST_API_KEY).expect("the test key is valid"),
+        sign_type: SignType::Md5,
+        base_url: base.to_owned(),
+        backup_url: None,
+        sns_base_url: base.to_owned(),
+    };
+    let jobs = JobsConfig {
+        first_check_after: Duration::from_secs(30),
+        max_check_interval: Duration::from_secs(60),
+        poll_every: Duration::from_millis(500),
+        ..JobsConfig::default()
+    };
+    Config {
+        public_url: base.to_owned(),
+        api_tokens: vec![Secret::new(token)],
+        merchants: vec![merchant],
+        webhook: Some(WebhookConfig {
+            url: format!("{base}/demo/webhook"),
+            secret: Secret::new(webhook_secret),
+        }),
+        upstream: UpstreamConfig::default(),
+        jobs,
+        default_order_ttl: Duration::from_secs(15 * 60),
+    }
+}
+
+/// Reads a secret kept in the data directory, or makes one (owner-only on Unix), so that a
+/// restarted demo keeps its token.
+fn load_or_create_secret(path: &Path, prefix: &str) -> Result<String, CliError> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        let s = s.trim();
+        if s.len() >= 24 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Ok(s.to_owned());
+        }
+    }
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 20];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| CliError::Usage("the system random source failed".into()))?;
+    let s: String = std::iter::once(prefix.to_owned())
+        .chain(b.iter().map(|x| format!("{x:02x}")))
+        .collect();
+    write_private(path, &s).map_err(|e| CliError::Usage(format!("cannot write {}: {e}", path.display())))?;
+    Ok(s)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    std::fs::write(path, format!("{text}\n"))
+}
+
+/// The demo's business backend.
+struct Demo {
+    gateway: String,
+    token: String,
+    webhook_secret: String,
+    http: reqwest::Client,
+    /// Events received on the webhook, newest last.
+    events: Mutex<VecDeque<Value>>,
+}
+
+fn demo_router(demo: Arc<Demo>) -> Router {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/demo") }))
+        .route("/demo", get(page))
+        .route("/demo/backend/items", get(items))
+        .route("/demo/backend/login", post(login))
+        .route("/demo/backend/orders", post(create_order))
+        .route("/demo/backend/orders/{out_trade_no}", get(get_order))
+        .route("/demo/webhook", post(webhook))
+        .with_state(demo)
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("demo.html"))
+}
+
+async fn items() -> Json<Value> {
+    Json(Value::Array(
+        ITEMS
+            .iter()
+            .map(|(id, name, fen)| json!({"id": id, "name": name, "amount_fen": fen}))
+            .collect(),
+    ))
+}
+
+/// An answer passed through from the gateway (or a 502 naming what failed).
+fn relay(status: u16, body: Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    (status, Json(body)).into_response()
+}
+
+impl Demo {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        body: Option<Value>,
+        auth: bool,
+        idem: Option<String>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, url);
+        if auth {
+            req = req.header(header::AUTHORIZATION.as_str(), format!("Bearer {}", self.token));
+        }
+        if let Some(k) = idem {
+            req = req.header("idempotency-key", k);
+        }
+        if let Some(b) = body {
+            req = req
+                .header(header::CONTENT_TYPE.as_str(), "application/json")
+                .body(b.to_string());
+        }
+        match req.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let text = r.text().await.unwrap_or_default();
+                (
+                    status,
+                    serde_json::from_str(&text).unwrap_or_else(|_| json!({"text": text})),
+                )
+            }
+            Err(e) => (
+                502,
+                json!({"error": {"code": "demo_backend", "message": format!("calling the gateway: {e}")}}),
+            ),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct LoginRequest {
+    user: String,
+}
+
+/// `wx.login` (the simulator's login helper gives the code) and the backend's
+/// `POST /v1/openid`.
+async fn login(State(demo): State<Arc<Demo>>, Json(req): Json<LoginRequest>) -> Response {
+    let user = req.user.trim();
+    if user.is_empty() || user.len() > 32 {
+        return relay(
+            400,
+            json!({"error": {"code": "invalid", "message": "user: 1 to 32 characters"}}),
+        );
+    }
+    let (status, login) = demo
+        .call(
+            reqwest::Method::POST,
+            format!("{}/simulator/login", demo.gateway),
+            Some(json!({"appid": TEST_APPID, "user": user})),
+            false,
+            None,
+        )
+        .await;
+    let Some(code) = login.get("code").and_then(Value::as_str).map(str::to_owned) else {
+        return relay(status, login);
+    };
+    let (status, openid) = demo
+        .call(
+            reqwest::Method::POST,
+            format!("{}/v1/openid", demo.gateway),
+            Some(json!({"code": code})),
+            true,
+            None,
+        )
+        .await;
+    if status != 200 {
+        return relay(status, openid);
+    }
+    relay(200, json!({"code": code, "openid": openid.get("openid")}))
+}
+
+#[derive(serde::Deserialize)]
+struct OrderRequest {
+    item: String,
+    openid: String,
+    key: Option<String>,
+}
+
+/// The backend prices the item and asks the gateway for the order and its pay parameters.
+async fn create_order(State(demo): State<Arc<Demo>>, Json(req): Json<OrderRequest>) -> Response {
+    let Some((_, name, fen)) = ITEMS.iter().find(|(id, _, _)| *id == req.item) else {
+        return relay(400, json!({"error": {"code": "invalid", "message": "no such item"}}));
+    };
+    let body =
+        json!({"description": name, "amount_fen": fen, "openid": req.openid, "attach": format!("demo:{}", req.item)});
+    let (status, answer) = demo
+        .call(
+            reqwest::Method::POST,
+            format!("{}/v1/orders", demo.gateway),
+            Some(body),
+            true,
+            req.key,
+        )
+        .await;
+    relay(status, answer)
+}
+
+/// The order as the gateway has it, with the events the backend's webhook received for it.
+async fn get_order(State(demo): State<Arc<Demo>>, UrlPath(out_trade_no): UrlPath<String>) -> Response {
+    if !out_trade_no
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_-|*".contains(&b))
+    {
+        return relay(400, json!({"error": {"code": "invalid", "message": "out_trade_no"}}));
+    }
+    let (status, order) = demo
+        .call(
+            reqwest::Method::GET,
+            format!("{}/v1/orders/{out_trade_no}", demo.gateway),
+            None,
+            true,
+            None,
+        )
+        .await;
+    let events: Vec<Value> = demo
+        .events
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|e| e["data"]["out_trade_no"].as_str() == Some(out_trade_no.as_str()))
+        .cloned()
+        .collect();
+    relay(status, json!({"order": order, "webhook_events": events}))
+}
+
+/// The backend's webhook: it checks `Wxpay-Signature` before it believes anything, and
+/// keeps each event id once (deliveries are at least once).
+async fn webhook(State(demo): State<Arc<Demo>>, headers: HeaderMap, body: Bytes) -> Response {
+    let signature = headers
+        .get("wxpay-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let text = String::from_utf8_lossy(&body);
+    let now = wxpay_gateway::time::now_ms() / 1000;
+    if !wxpay_gateway::verify_webhook_signature(&demo.webhook_secret, signature, &text, now, 300) {
+        tracing::warn!("demo webhook: an event with a bad signature was refused");
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let Ok(mut event) = serde_json::from_str::<Value>(&text) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    event["verified_signature"] = Value::String(signature.to_owned());
+    let mut events = demo.events.lock().unwrap_or_else(|e| e.into_inner());
+    if !events.iter().any(|e| e["id"] == event["id"]) {
+        if events.len() == EVENTS_KEPT {
+            events.pop_front();
+        }
+        events.push_back(event);
+    }
+    StatusCode::NO_CONTENT.into_response()
+}

@@ -1,0 +1,77 @@
+//! `wxpay serve` and `wxpay migrate`: the production gateway from a configuration file.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use wxpay_gateway::App;
+
+use crate::{CliError, config};
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The configuration file (TOML); every key can be overridden by a WXPAY_… variable.
+    #[arg(long, value_name = "FILE", env = "WXPAY_CONFIG")]
+    config: PathBuf,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = crate::LogFormat::Pretty)]
+    log_format: crate::LogFormat,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MigrateArgs {
+    /// The configuration file (TOML); only [database] is used.
+    #[arg(long, value_name = "FILE", env = "WXPAY_CONFIG")]
+    config: PathBuf,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Runtime::new().map_err(|e| CliError::Usage(format!("cannot start the runtime: {e}")))
+}
+
+/// Runs the gateway until SIGTERM or Ctrl-C, then lets requests in flight and the current
+/// round of background work finish.
+pub(crate) fn serve(args: ServeArgs) -> Result<(), CliError> {
+    crate::init_logging(args.log_format);
+    let file = config::load(&args.config)?;
+    let (cfg, settings) =
+        config::gateway_config(&file).map_err(|e| CliError::Usage(format!("{}: {e}", args.config.display())))?;
+    let merchants: Vec<String> = cfg
+        .merchants
+        .iter()
+        .map(|m| format!("{} (mch_id {}, {})", m.name, m.mch_id, m.base_url))
+        .collect();
+    runtime()?.block_on(async move {
+        let store = wxpay_gateway::open_store(&settings.database_url, settings.pool_size)
+            .await
+            .map_err(|e| CliError::Usage(format!("database: {e}")))?;
+        let app = App::new(cfg, store).map_err(|e| CliError::Usage(format!("{}: {e}", args.config.display())))?;
+        let listener = tokio::net::TcpListener::bind(&settings.listen)
+            .await
+            .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", settings.listen)))?;
+        let addr = listener.local_addr().map_err(|e| CliError::Usage(e.to_string()))?;
+        let jobs = app.start_jobs();
+        tracing::info!(%addr, engine = app.store().engine(), merchants = %merchants.join(", "), "wxpay gateway listening");
+        let served = wxpay_gateway::serve(&app, listener, crate::shutdown_signal()).await;
+        tracing::info!("shutting down: finishing background work");
+        jobs.stop().await;
+        served.map_err(|e| CliError::Usage(format!("the server stopped: {e}")))
+    })
+}
+
+/// Creates or upgrades the schema and exits.
+pub(crate) fn migrate(args: MigrateArgs) -> Result<(), CliError> {
+    crate::init_logging(crate::LogFormat::Pretty);
+    let file = config::load(&args.config)?;
+    let url = file
+        .database
+        .as_ref()
+        .and_then(|d| d.url.clone())
+        .ok_or_else(|| CliError::Usage(format!("{}: database.url is missing", args.config.display())))?;
+    runtime()?.block_on(async {
+        wxpay_gateway::migrate(&url)
+            .await
+            .map_err(|e| CliError::Usage(format!("database: {e}")))?;
+        eprintln!("the database is up to date");
+        Ok(())
+    })
+}

@@ -1,0 +1,638 @@
+//! `/v1/…`: the API of the business backend.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `POST /v1/openid` `{code, merchant?}` | `jscode2session`; returns `{openid}` (never the session key) |
+//! | `POST /v1/orders` + `Idempotency-Key` | stores the order, then calls `unifiedorder`; returns the pay parameters |
+//! | `GET /v1/orders/{out_trade_no}` (`?sync=true`, `?merchant=`) | the order and its history |
+//! | `GET /v1/orders?status=&limit=&cursor=` | orders, newest first |
+//! | `POST /v1/orders/{out_trade_no}/close` | closes an unpaid order (never a paid one) |
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use wxpay_protocol::v2::{CloseOrder, ErrCode, OrderQuery, PayParams, TradeState, UnifiedOrder};
+use wxpay_protocol::{BeijingTime, Fen, OutTradeNo};
+
+use crate::app::{App, TokenScope};
+use crate::error::ApiError;
+use crate::store::{Created, IdemClaim, NewOrder, Order, OrderStatus, Payment, PaymentOutcome, Source, Upstream};
+use crate::time::rfc3339;
+use crate::upstream::{MerchantLink, UpstreamError};
+
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let msg = e.to_string();
+        match e.classify() {
+            // Well-formed JSON with a wrong field: the request is understood but invalid.
+            serde_json::error::Category::Data => {
+                // Integers here are only amounts; a yuan amount ("1.50", 1.5) is the classic
+                // mistake, so the message says what is expected.
+                let hint = if msg.contains("amount_fen") || msg.contains("u64") || msg.contains("floating point") {
+                    ": amount_fen is a positive integer number of fen (1 yuan = 100 fen)"
+                } else {
+                    ""
+                };
+                ApiError::Invalid(format!("{msg}{hint}"))
+            }
+            _ => ApiError::BadRequest(format!("the JSON body cannot be read: {msg}")),
+        }
+    })
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `POST /v1/openid`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenidRequest {
+    code: String,
+    merchant: Option<String>,
+}
+
+pub(crate) async fn openid(State(app): State<App>, body: Bytes) -> Result<Response, ApiError> {
+    let req: OpenidRequest = parse_json(&body)?;
+    let (_, link) = app.merchant(req.merchant.as_deref())?;
+    if link.config.app_secret.is_none() {
+        return Err(ApiError::Invalid(format!(
+            "merchant {:?} has no app_secret configured",
+            link.config.name
+        )));
+    }
+    match app.inner.upstream.code2session(link, &req.code).await {
+        Ok(s) => Ok(Json(serde_json::json!({ "openid": s.openid, "unionid": s.unionid })).into_response()),
+        Err(wxpay_protocol::Error::Sns { errcode, errmsg }) if matches!(errcode, 40029 | 40163 | 40226) => {
+            Err(ApiError::Invalid(format!(
+                "WeChat refused the login code (errcode {errcode}: {}); get a fresh one with wx.login",
+                errmsg.split(", rid").next().unwrap_or("")
+            )))
+        }
+        Err(wxpay_protocol::Error::Sns { errcode, .. }) => Err(ApiError::Rejected(format!(
+            "jscode2session failed with errcode {errcode}"
+        ))),
+        Err(wxpay_protocol::Error::Invalid { reason, .. }) => Err(ApiError::Invalid(format!("code: {reason}"))),
+        Err(e) => Err(ApiError::Unavailable(format!("jscode2session: {e}"))),
+    }
+}
+
+/// `POST /v1/orders`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateOrderRequest {
+    description: String,
+    amount_fen: u64,
+    openid: String,
+    out_trade_no: Option<String>,
+    attach: Option<String>,
+    expires_in_secs: Option<u64>,
+    client_ip: Option<String>,
+    merchant: Option<String>,
+}
+
+/// An order as the API shows it.
+#[derive(Serialize)]
+struct OrderView {
+    out_trade_no: String,
+    merchant: String,
+    status: OrderStatus,
+    amount_fen: i64,
+    refunded_fen: i64,
+    description: String,
+    openid: String,
+    attach: Option<String>,
+    prepay_id: Option<String>,
+    transaction_id: Option<String>,
+    created_at: String,
+    expires_at: String,
+    paid_at: Option<String>,
+    closed_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<Vec<EventView>>,
+}
+
+#[derive(Serialize)]
+struct EventView {
+    at: String,
+    kind: String,
+    detail: serde_json::Value,
+}
+
+fn view(o: &Order) -> OrderView {
+    OrderView {
+        out_trade_no: o.out_trade_no.clone(),
+        merchant: o.merchant.clone(),
+        status: o.status,
+        amount_fen: o.amount_fen,
+        refunded_fen: o.refunded_fen,
+        description: o.description.clone(),
+        openid: o.openid.clone(),
+        attach: o.attach.clone(),
+        prepay_id: o.prepay_id.clone(),
+        transaction_id: o.transaction_id.clone(),
+        created_at: rfc3339(o.created_at),
+        expires_at: rfc3339(o.expires_at),
+        paid_at: o.paid_at.map(rfc3339),
+        closed_at: o.closed_at.map(rfc3339),
+        upstream_error: o.upstream_error.clone(),
+        events: None,
+    }
+}
+
+/// A new order number: `W`, the Beijing time to the second, and 12 random letters and digits.
+fn new_out_trade_no(now: i64) -> String {
+    const SET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut b = [0u8; 12];
+    crate::random_bytes(&mut b);
+    let tail: String = b.iter().map(|x| char::from(SET[usize::from(*x) % SET.len()])).collect();
+    format!("W{}{tail}", BeijingTime::from_unix(now / 1000).to_compact())
+}
+
+/// What `unifiedorder` is sent for an order.
+fn unified_order(app: &App, o: &Order) -> Result<UnifiedOrder, ApiError> {
+    let mut call = UnifiedOrder::jsapi(
+        o.description.clone(),
+        OutTradeNo::new(o.out_trade_no.clone()).map_err(|e| ApiError::Internal(e.to_string()))?,
+        Fen::new(o.amount_fen as u64).map_err(|e| ApiError::Internal(e.to_string()))?,
+        o.client_ip.clone(),
+        format!("{}/notify/v2/pay", app.inner.config.public_url.trim_end_matches('/')),
+        o.openid.clone(),
+    );
+    call.attach = o.attach.clone();
+    call.time_expire = Some(BeijingTime::from_unix(o.expires_at / 1000));
+    Ok(call)
+}
+
+fn pay_params(link: &MerchantLink, prepay_id: &str) -> Result<PayParams, ApiError> {
+    PayParams::sign(
+        &link.credentials,
+        prepay_id,
+        (crate::time::now_ms() / 1000) as u64,
+        &crate::upstream::nonce(),
+    )
+    .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Answers a create request with the order and its pay parameters.
+fn created_response(
+    link: &MerchantLink,
+    o: &Order,
+    status: StatusCode,
+) -> Result<(StatusCode, serde_json::Value), ApiError> {
+    let prepay = o
+        .prepay_id
+        .as_deref()
+        .ok_or_else(|| ApiError::Internal("an order without prepay_id".into()))?;
+    let params = pay_params(link, prepay)?;
+    Ok((
+        status,
+        serde_json::json!({
+            "out_trade_no": o.out_trade_no,
+            "merchant": o.merchant,
+            "status": o.status,
+            "amount_fen": o.amount_fen,
+            "prepay_id": prepay,
+            "expires_at": rfc3339(o.expires_at),
+            "pay_params": params,
+        }),
+    ))
+}
+
+pub(crate) async fn create_order(
+    State(app): State<App>,
+    Extension(scope): Extension<TokenScope>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let k = v
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("Idempotency-Key must be ASCII".into()))?;
+            if k.is_empty() || k.len() > 255 {
+                return Err(ApiError::BadRequest(
+                    "Idempotency-Key must have 1 to 255 characters".into(),
+                ));
+            }
+            Some(k.to_owned())
+        }
+    };
+    let Some(key) = key else {
+        let (status, body) = create(&app, &body).await?;
+        return Ok((status, Json(body)).into_response());
+    };
+    let store = &app.inner.store;
+    let hash = sha256_hex(&body);
+    match store
+        .idem_claim(scope.0.clone(), key.clone(), hash.clone(), app.now())
+        .await?
+    {
+        IdemClaim::Claimed => {}
+        IdemClaim::InProgress { .. } => {
+            return Err(ApiError::Conflict {
+                code: "idempotency_in_progress",
+                message: "a request with this Idempotency-Key is still running; retry later".into(),
+            });
+        }
+        IdemClaim::Done {
+            request_hash,
+            status,
+            response,
+        } => {
+            if request_hash != hash {
+                return Err(ApiError::Conflict {
+                    code: "idempotency_key_reused",
+                    message: "this Idempotency-Key was used with another request body".into(),
+                });
+            }
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            return Ok((
+                status,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                response,
+            )
+                .into_response());
+        }
+    }
+    let result = create(&app, &body).await;
+    match &result {
+        // A definite answer is kept for the key; an answer that depended on WeChat Pay not
+        // answering is not, so that the same request can be tried again.
+        Ok((status, body)) => {
+            store
+                .idem_finish(scope.0, key, status.as_u16(), body.to_string())
+                .await?
+        }
+        Err(ApiError::Unavailable(_) | ApiError::Internal(_)) => store.idem_release(scope.0, key).await?,
+        Err(e) => {
+            store
+                .idem_finish(scope.0, key, e.status().as_u16(), e.body().to_string())
+                .await?
+        }
+    }
+    let (status, body) = result?;
+    Ok((status, Json(body)).into_response())
+}
+
+async fn create(app: &App, body: &[u8]) -> Result<(StatusCode, serde_json::Value), ApiError> {
+    let req: CreateOrderRequest = parse_json(body)?;
+    let (_, link) = app.merchant(req.merchant.as_deref())?;
+    let now = app.now();
+    let amount = Fen::new(req.amount_fen).map_err(|e| ApiError::Invalid(e.to_string()))?;
+    if amount == Fen::ZERO {
+        return Err(ApiError::Invalid("amount_fen must be at least 1".into()));
+    }
+    let out_trade_no = match &req.out_trade_no {
+        Some(n) => OutTradeNo::new(n.clone())
+            .map_err(|e| ApiError::Invalid(e.to_string()))?
+            .to_string(),
+        None => new_out_trade_no(now),
+    };
+    let ttl = req
+        .expires_in_secs
+        .map_or(app.inner.config.default_order_ttl.as_secs(), |s| s);
+    if !(60..=7 * 24 * 3600).contains(&ttl) {
+        return Err(ApiError::Invalid(
+            "expires_in_secs must be between 60 and 604800".into(),
+        ));
+    }
+    let client_ip = req.client_ip.clone().unwrap_or_else(|| "127.0.0.1".to_owned());
+    // The parameters that make an order: the same number with others is a conflict.
+    let request_hash = sha256_hex(
+        serde_json::json!([
+            link.config.name,
+            out_trade_no,
+            req.description,
+            req.amount_fen,
+            req.openid,
+            req.attach,
+            client_ip,
+            ttl
+        ])
+        .to_string()
+        .as_bytes(),
+    );
+    let new = NewOrder {
+        merchant: link.config.name.clone(),
+        out_trade_no: out_trade_no.clone(),
+        appid: link.config.appid.to_string(),
+        mch_id: link.config.mch_id.to_string(),
+        description: req.description.clone(),
+        amount_fen: amount.get() as i64,
+        openid: req.openid.clone(),
+        attach: req.attach.clone(),
+        client_ip,
+        expires_at: now + ttl as i64 * 1000,
+        first_check_at: now + app.inner.config.jobs.first_check_after.as_millis() as i64,
+        request_hash: request_hash.clone(),
+        now,
+    };
+    // Check everything WeChat Pay would refuse before anything is stored.
+    let probe = Order {
+        id: 0,
+        merchant: new.merchant.clone(),
+        out_trade_no: new.out_trade_no.clone(),
+        appid: new.appid.clone(),
+        mch_id: new.mch_id.clone(),
+        description: new.description.clone(),
+        amount_fen: new.amount_fen,
+        refunded_fen: 0,
+        openid: new.openid.clone(),
+        attach: new.attach.clone(),
+        client_ip: new.client_ip.clone(),
+        status: OrderStatus::Pending,
+        upstream: Upstream::New,
+        upstream_error: None,
+        prepay_id: None,
+        prepay_at: None,
+        transaction_id: None,
+        created_at: now,
+        updated_at: now,
+        expires_at: new.expires_at,
+        paid_at: None,
+        closed_at: None,
+        request_hash: request_hash.clone(),
+    };
+    unified_order(app, &probe)?
+        .check()
+        .map_err(|e| ApiError::Invalid(e.to_string()))?;
+
+    let order = match app.inner.store.create_order(new).await? {
+        Created::New(o) => o,
+        Created::Existing(o) if o.request_hash != request_hash => {
+            return Err(ApiError::Conflict {
+                code: "out_trade_no_taken",
+                message: format!("order {} exists with other parameters", o.out_trade_no),
+            });
+        }
+        Created::Existing(o) => match o.status {
+            // The same order again (a retry): finish what the first request started.
+            OrderStatus::Pending
+                if o.upstream == Upstream::Created && o.prepay_at.is_some_and(|t| now - t < 7_000_000) =>
+            {
+                return created_response(link, &o, StatusCode::OK);
+            }
+            OrderStatus::Pending => o,
+            status => {
+                return Err(ApiError::Conflict {
+                    code: "order_not_pending",
+                    message: format!("order {} is {status}", o.out_trade_no),
+                });
+            }
+        },
+    };
+    let call = unified_order(app, &order)?;
+    match app.inner.upstream.call(link, &call).await {
+        Ok(answer) => {
+            let order = app
+                .inner
+                .store
+                .set_prepay(order.id, answer.prepay_id, app.now())
+                .await?;
+            created_response(link, &order, StatusCode::CREATED)
+        }
+        Err(UpstreamError::Rejected {
+            code: ErrCode::OrderPaid,
+            ..
+        }) => {
+            let order = sync(app, link, order).await?;
+            Err(ApiError::Conflict {
+                code: "order_paid",
+                message: format!("order {} is already paid", order.out_trade_no),
+            })
+        }
+        Err(UpstreamError::NoAnswer(e)) => {
+            app.inner
+                .store
+                .set_upstream_failure(order.id, false, e.clone(), app.now())
+                .await?;
+            Err(ApiError::Unavailable(format!(
+                "WeChat Pay did not answer ({e}); the order is recorded as pending, repeat the request to try again"
+            )))
+        }
+        Err(e) => {
+            app.inner
+                .store
+                .set_upstream_failure(order.id, true, e.to_string(), app.now())
+                .await?;
+            Err(ApiError::Rejected(e.to_string()))
+        }
+    }
+}
+
+/// Asks WeChat Pay about an order and applies what it says: paid, closed, failed. A paid
+/// order is never downgraded.
+pub(crate) async fn sync(app: &App, link: &MerchantLink, order: Order) -> Result<Order, ApiError> {
+    let no = OutTradeNo::new(order.out_trade_no.clone()).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let answer = match app.inner.upstream.call(link, &OrderQuery::by_out_trade_no(no)).await {
+        Ok(a) => a,
+        Err(UpstreamError::Rejected {
+            code: ErrCode::OrderNotExist,
+            ..
+        }) => return Ok(order),
+        Err(UpstreamError::NoAnswer(e)) => return Err(ApiError::Unavailable(format!("orderquery: {e}"))),
+        Err(e) => return Err(ApiError::Rejected(format!("orderquery: {e}"))),
+    };
+    apply_query(app, order, &answer).await
+}
+
+/// Applies a verified `orderquery` answer to an order.
+pub(crate) async fn apply_query(
+    app: &App,
+    order: Order,
+    answer: &wxpay_protocol::v2::OrderQueryResponse,
+) -> Result<Order, ApiError> {
+    let store = &app.inner.store;
+    let now = app.now();
+    match &answer.trade_state {
+        TradeState::Success | TradeState::Refund => {
+            let (Some(tid), Some(total)) = (&answer.transaction_id, answer.total_fee) else {
+                return Err(ApiError::Internal(
+                    "a paid orderquery answer without transaction_id".into(),
+                ));
+            };
+            let payment = Payment {
+                merchant: order.merchant.clone(),
+                out_trade_no: order.out_trade_no.clone(),
+                transaction_id: tid.clone(),
+                amount_fen: total.get() as i64,
+                paid_at: answer.time_end.map_or(now, |t| t.unix() * 1000),
+                source: Source::Query,
+                now,
+            };
+            match store.apply_payment(payment, None).await? {
+                PaymentOutcome::Applied(o) | PaymentOutcome::AlreadyPaid(o) => Ok(o),
+                other => {
+                    tracing::error!(out_trade_no = %order.out_trade_no, verdict = other.verdict(), "orderquery says paid, but it does not fit the order");
+                    Ok(order)
+                }
+            }
+        }
+        TradeState::Closed if order.status == OrderStatus::Pending => Ok(store
+            .close_order(order.id, "WeChat Pay reports the order closed".into(), now)
+            .await?
+            .unwrap_or(order)),
+        TradeState::PayError if order.status == OrderStatus::Pending => Ok(store
+            .fail_order(order.id, "WeChat Pay reports PAYERROR".into(), now)
+            .await?
+            .unwrap_or(order)),
+        // NOTPAY and the rest: nothing to change (and a paid order is never downgraded).
+        _ => Ok(order),
+    }
+}
+
+#[derive(Deserialize)]
+pub(crate) struct GetOrderQuery {
+    merchant: Option<String>,
+    sync: Option<bool>,
+}
+
+pub(crate) async fn get_order(
+    State(app): State<App>,
+    Path(out_trade_no): Path<String>,
+    Query(q): Query<GetOrderQuery>,
+) -> Result<Response, ApiError> {
+    let (_, link) = app.merchant(q.merchant.as_deref())?;
+    let store = &app.inner.store;
+    let mut order = store
+        .order(link.config.name.clone(), out_trade_no.clone())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no order {out_trade_no}")))?;
+    if q.sync == Some(true) && order.status == OrderStatus::Pending {
+        order = sync(&app, link, order).await?;
+    }
+    let events = store.events(order.id).await?;
+    let mut v = view(&order);
+    v.events = Some(
+        events
+            .into_iter()
+            .map(|e| EventView {
+                at: rfc3339(e.at),
+                kind: e.kind,
+                detail: e.detail,
+            })
+            .collect(),
+    );
+    Ok(Json(v).into_response())
+}
+
+#[derive(Deserialize)]
+pub(crate) struct ListQuery {
+    status: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<i64>,
+}
+
+pub(crate) async fn list_orders(State(app): State<App>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(OrderStatus::parse(s).ok_or_else(|| {
+            ApiError::Invalid(format!(
+                "status {s:?} is not one of pending, paid, closed, failed, refunded"
+            ))
+        })?),
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let orders = app.inner.store.list_orders(status, limit + 1, q.cursor).await?;
+    let more = orders.len() > limit as usize;
+    let page: Vec<&Order> = orders.iter().take(limit as usize).collect();
+    let next_cursor = if more { page.last().map(|o| o.id) } else { None };
+    let views: Vec<OrderView> = page.into_iter().map(view).collect();
+    Ok(Json(serde_json::json!({ "orders": views, "next_cursor": next_cursor })).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CloseRequest {
+    merchant: Option<String>,
+}
+
+pub(crate) async fn close_order(
+    State(app): State<App>,
+    Path(out_trade_no): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: CloseRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        CloseRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    let (_, link) = app.merchant(req.merchant.as_deref())?;
+    let store = &app.inner.store;
+    let order = store
+        .order(link.config.name.clone(), out_trade_no.clone())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no order {out_trade_no}")))?;
+    let order = close(&app, link, order).await?;
+    Ok(Json(view(&order)).into_response())
+}
+
+/// Closes an order with WeChat Pay and records it; `ORDERPAID` makes it paid, never closed.
+pub(crate) async fn close(app: &App, link: &MerchantLink, order: Order) -> Result<Order, ApiError> {
+    let store = &app.inner.store;
+    match order.status {
+        OrderStatus::Closed => return Ok(order),
+        OrderStatus::Pending => {}
+        status => {
+            return Err(ApiError::Conflict {
+                code: if status == OrderStatus::Paid {
+                    "order_paid"
+                } else {
+                    "order_not_pending"
+                },
+                message: format!("order {} is {status} and cannot be closed", order.out_trade_no),
+            });
+        }
+    }
+    let no = OutTradeNo::new(order.out_trade_no.clone()).map_err(|e| ApiError::Internal(e.to_string()))?;
+    match app.inner.upstream.call(link, &CloseOrder::new(no)).await {
+        Ok(_)
+        | Err(UpstreamError::Rejected {
+            code: ErrCode::OrderClosed,
+            ..
+        }) => Ok(store
+            .close_order(order.id, "closed with WeChat Pay".into(), app.now())
+            .await?
+            .unwrap_or(order)),
+        // Never reached WeChat Pay: nothing to close there.
+        Err(UpstreamError::Rejected {
+            code: ErrCode::OrderNotExist,
+            ..
+        }) if order.upstream != Upstream::Created => Ok(store
+            .close_order(order.id, "WeChat Pay never had the order".into(), app.now())
+            .await?
+            .unwrap_or(order)),
+        Err(UpstreamError::Rejected {
+            code: ErrCode::OrderPaid,
+            ..
+        }) => {
+            let order = sync(app, link, order).await?;
+            Err(ApiError::Conflict {
+                code: "order_paid",
+                message: format!("order {} was paid and cannot be closed", order.out_trade_no),
+            })
+        }
+        Err(UpstreamError::NoAnswer(e)) => Err(ApiError::Unavailable(format!("closeorder: {e}"))),
+        Err(e) => Err(ApiError::Rejected(format!("closeorder: {e}"))),
+    }
+}
+
+/// `GET /openapi.json`: the OpenAPI document of `/v1`.
+pub(crate) async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+/// The OpenAPI 3.1 document of `/v1`, kept beside the handlers it describes; a test checks
+/// that every route is in it.
+pub const OPENAPI: &str = include_str!("openapi.json");

@@ -1,0 +1,294 @@
+//! The application: shared state, the router, and the middleware every request goes through.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use subtle::ConstantTimeEq;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::error::{ApiError, REQUEST_ID};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::upstream::{MerchantLink, Upstream};
+
+pub(crate) struct Inner {
+    pub config: Config,
+    pub clock: Clock,
+    pub store: Arc<dyn Store>,
+    pub merchants: Vec<MerchantLink>,
+    /// `(mch_id, appid)` → merchant index, to find a notification's merchant.
+    pub by_mch_app: HashMap<(String, String), usize>,
+    pub upstream: Upstream,
+    pub webhook_http: reqwest::Client,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The gateway: cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("engine", &self.inner.store.engine())
+            .finish()
+    }
+}
+
+/// The gateway's clock: the system clock plus an offset that only ever grows. Production
+/// never moves it; tests move it forward to make orders expire or fall due for a check
+/// without waiting.
+#[derive(Debug, Default)]
+pub struct Clock {
+    offset: AtomicI64,
+}
+
+impl Clock {
+    /// Moves the clock forward.
+    pub fn advance(&self, by: std::time::Duration) {
+        self.offset.fetch_add(by.as_millis() as i64, Ordering::Relaxed);
+    }
+}
+
+/// Background work running for an [`App`]; stop it with [`Jobs::stop`].
+#[derive(Debug)]
+pub struct Jobs {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Jobs {
+    /// Stops the background work and waits for the current round to finish.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+impl App {
+    /// Builds the gateway over a store.
+    ///
+    /// # Errors
+    /// A message when the configuration is not usable (see [`Config::validate`]).
+    pub fn new(config: Config, store: Arc<dyn Store>) -> Result<App, String> {
+        config.validate()?;
+        // Calls to WeChat Pay and webhook deliveries go over rustls with ring, as everywhere in
+        // wxpay; installing the provider twice (the simulator in the same process) is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let metrics = Arc::new(Metrics::default());
+        let upstream = Upstream::new(config.upstream.clone(), metrics.clone())?;
+        let webhook_http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .user_agent(concat!("wxpay-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("webhook client: {e}"))?;
+        let merchants: Vec<MerchantLink> = config.merchants.iter().cloned().map(MerchantLink::new).collect();
+        let by_mch_app = merchants
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                (
+                    (m.config.mch_id.as_str().to_owned(), m.config.appid.as_str().to_owned()),
+                    i,
+                )
+            })
+            .collect();
+        Ok(App {
+            inner: Arc::new(Inner {
+                config,
+                clock: Clock::default(),
+                store,
+                merchants,
+                by_mch_app,
+                upstream,
+                webhook_http,
+                metrics,
+            }),
+        })
+    }
+
+    /// Now, in Unix milliseconds, as the gateway sees it.
+    pub fn now(&self) -> i64 {
+        crate::time::now_ms() + self.inner.clock.offset.load(Ordering::Relaxed)
+    }
+
+    /// The gateway's clock, which tests move forward to reach expiry and check times.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The routes: `/v1/…` (bearer token), `/notify/v2/pay`, `/healthz`, `/readyz`,
+    /// `/metrics`, `/openapi.json`.
+    pub fn router(&self) -> Router {
+        let v1 = Router::new()
+            .route("/v1/openid", post(crate::api::openid))
+            .route(
+                "/v1/orders",
+                post(crate::api::create_order).get(crate::api::list_orders),
+            )
+            .route("/v1/orders/{out_trade_no}", get(crate::api::get_order))
+            .route("/v1/orders/{out_trade_no}/close", post(crate::api::close_order))
+            .layer(middleware::from_fn_with_state(self.clone(), auth));
+        let notify = Router::new()
+            .route("/notify/v2/pay", post(crate::notify::payment))
+            .layer(DefaultBodyLimit::max(wxpay_protocol::xml::DEFAULT_MAX_LEN));
+        Router::new()
+            .merge(v1)
+            .merge(notify)
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .route("/openapi.json", get(crate::api::openapi))
+            .layer(DefaultBodyLimit::max(64 * 1024))
+            .layer(middleware::from_fn(request_id))
+            .with_state(self.clone())
+    }
+
+    /// Starts the background work (order checks, expiry, event delivery), unless the
+    /// configuration turned it off.
+    pub fn start_jobs(&self) -> Jobs {
+        let (stop, rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        if self.inner.config.jobs.enabled {
+            tasks.push(tokio::spawn(crate::jobs::checks(self.clone(), rx.clone())));
+            tasks.push(tokio::spawn(crate::jobs::outbox(self.clone(), rx)));
+        }
+        Jobs { stop, tasks }
+    }
+
+    pub(crate) fn merchant(&self, name: Option<&str>) -> Result<(usize, &MerchantLink), ApiError> {
+        match name {
+            None => Ok((0, &self.inner.merchants[0])),
+            Some(n) => self
+                .inner
+                .merchants
+                .iter()
+                .enumerate()
+                .find(|(_, m)| m.config.name == n)
+                .ok_or_else(|| ApiError::Invalid(format!("no merchant named {n:?}"))),
+        }
+    }
+}
+
+/// Serves the app on `listener` until `shutdown` completes, then lets requests in flight
+/// finish.
+///
+/// # Errors
+/// When serving fails.
+pub async fn serve(
+    app: &App,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        app.router()
+            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Gives every request an id (the client's `x-request-id` when it is sane), runs it in a
+/// span carrying the id, and returns the id in a header.
+async fn request_id(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            let mut b = [0u8; 8];
+            crate::random_bytes(&mut b);
+            b.iter().map(|x| format!("{x:02x}")).collect()
+        });
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let mut response = REQUEST_ID.scope(id.clone(), next.run(req)).instrument(span).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+/// The scope of a token for idempotency keys: a digest, never the token itself.
+#[derive(Clone, Debug)]
+pub(crate) struct TokenScope(pub String);
+
+async fn auth(State(app): State<App>, mut req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    // Every configured token is compared, in constant time, whatever matches first.
+    let mut matched: Option<usize> = None;
+    for (i, t) in app.inner.config.api_tokens.iter().enumerate() {
+        let eq: bool = t.expose().as_bytes().ct_eq(presented.as_bytes()).into();
+        if eq && matched.is_none() {
+            matched = Some(i);
+        }
+    }
+    let Some(i) = matched else {
+        return ApiError::Unauthorized.into_response();
+    };
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        app.inner.config.api_tokens[i].expose().as_bytes(),
+    );
+    let scope: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    req.extensions_mut().insert(TokenScope(scope));
+    next.run(req).await
+}
+
+async fn readyz(State(app): State<App>) -> Response {
+    match app.inner.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: the database does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "the database does not answer").into_response()
+        }
+    }
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    let stats = match app.inner.store.stats(app.now()).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics without database figures");
+            None
+        }
+    };
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        app.inner.metrics.render(stats.as_ref()),
+    )
+        .into_response()
+}

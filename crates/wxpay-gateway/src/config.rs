@@ -1,0 +1,276 @@
+//! The gateway's configuration, as typed values. The CLI builds it from the TOML file and
+//! `WXPAY_…` variables; tests build it directly.
+
+use std::fmt;
+use std::time::Duration;
+
+use wxpay_protocol::{ApiKey, AppId, AppSecret, MchId, Merchant, SignType};
+
+/// A secret compared in constant time and never shown (API tokens, the webhook secret).
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// One merchant and mini program the gateway serves.
+#[derive(Clone, Debug)]
+pub struct MerchantConfig {
+    /// Its name in the API (`merchant` in requests) and in the database.
+    pub name: String,
+    /// The mini program's AppID.
+    pub appid: AppId,
+    /// The AppSecret, for `jscode2session` (`POST /v1/openid`).
+    pub app_secret: Option<AppSecret>,
+    /// The merchant number.
+    pub mch_id: MchId,
+    /// The APIv2 key.
+    pub api_key: ApiKey,
+    /// The algorithm of every request, answer and notification of this merchant.
+    pub sign_type: SignType,
+    /// WeChat Pay (`https://api.mch.weixin.qq.com`) or the simulator.
+    pub base_url: String,
+    /// Used after repeated connection failures of `base_url` (`https://api2.mch.weixin.qq.com`).
+    pub backup_url: Option<String>,
+    /// The WeChat API host for `jscode2session` (`https://api.weixin.qq.com`).
+    pub sns_base_url: String,
+}
+
+impl MerchantConfig {
+    /// The protocol crate's view of the credentials.
+    pub fn credentials(&self) -> Merchant {
+        Merchant {
+            appid: self.appid.clone(),
+            mch_id: self.mch_id.clone(),
+            key: self.api_key.clone(),
+            sign_type: self.sign_type,
+        }
+    }
+}
+
+/// Where events go.
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    /// The business backend's endpoint.
+    pub url: String,
+    /// The HMAC-SHA256 secret of `Wxpay-Signature`.
+    pub secret: Secret,
+}
+
+/// How WeChat Pay is called.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    /// The whole call.
+    pub timeout: Duration,
+    /// Connecting.
+    pub connect_timeout: Duration,
+    /// Attempts of one call when it is safe to repeat it (`SYSTEMERROR`, no answer).
+    pub attempts: u32,
+    /// First pause between attempts; doubled each time.
+    pub retry_backoff: Duration,
+    /// Connection failures of the primary host in a row before the backup host is used.
+    pub backup_after_failures: u32,
+    /// How long the backup host is used before the primary is tried again.
+    pub backup_for: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            timeout: Duration::from_secs(8),
+            connect_timeout: Duration::from_secs(6),
+            attempts: 3,
+            retry_backoff: Duration::from_millis(200),
+            backup_after_failures: 3,
+            backup_for: Duration::from_secs(180),
+        }
+    }
+}
+
+/// Background work.
+#[derive(Clone, Debug)]
+pub struct JobsConfig {
+    /// Whether this instance runs background work at all.
+    pub enabled: bool,
+    /// How long after creation an order without notification is first queried.
+    pub first_check_after: Duration,
+    /// The longest pause between two queries of one order (they back off up to it).
+    pub max_check_interval: Duration,
+    /// How often due work is looked for.
+    pub poll_every: Duration,
+    /// Orders claimed per round.
+    pub batch: u32,
+    /// First pause before an event is delivered again; doubled each time.
+    pub outbox_backoff: Duration,
+    /// The longest pause between two deliveries of an event.
+    pub outbox_max_backoff: Duration,
+    /// How long a claim lasts before another instance may take the work over.
+    pub lease: Duration,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            enabled: true,
+            first_check_after: Duration::from_secs(60),
+            max_check_interval: Duration::from_secs(600),
+            poll_every: Duration::from_secs(1),
+            batch: 100,
+            outbox_backoff: Duration::from_secs(1),
+            outbox_max_backoff: Duration::from_secs(600),
+            lease: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The gateway's configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The gateway's public address: notifications go to `<public_url>/notify/v2/pay`.
+    pub public_url: String,
+    /// Bearer tokens of the business backend.
+    pub api_tokens: Vec<Secret>,
+    /// The merchants; the first is the default.
+    pub merchants: Vec<MerchantConfig>,
+    /// Where events go (none: they stay in the outbox).
+    pub webhook: Option<WebhookConfig>,
+    /// How WeChat Pay is called.
+    pub upstream: UpstreamConfig,
+    /// Background work.
+    pub jobs: JobsConfig,
+    /// How long an order can be paid when the request does not say.
+    pub default_order_ttl: Duration,
+}
+
+/// Whether a URL points at this machine (where plain http is acceptable).
+pub fn is_local_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = host.rsplit_once(':').map_or(
+        host,
+        |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host },
+    );
+    matches!(host, "localhost" | "[::1]" | "::1")
+        || host.ends_with(".localhost")
+        || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Config {
+    /// Checks what the types cannot: at least one merchant and token, unique merchant names,
+    /// one key per merchant number, https outside this machine.
+    ///
+    /// # Errors
+    /// A message naming the key at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.merchants.is_empty() {
+            return Err("merchants: at least one [[merchants]] entry is needed".into());
+        }
+        if self.api_tokens.is_empty() {
+            return Err("server.api_tokens: at least one token is needed for the business backend".into());
+        }
+        for (i, t) in self.api_tokens.iter().enumerate() {
+            if t.expose().len() < 16 {
+                return Err(format!(
+                    "server.api_tokens[{i}]: a token must have at least 16 characters"
+                ));
+            }
+        }
+        if !(self.public_url.starts_with("https://")
+            || (self.public_url.starts_with("http://") && is_local_url(&self.public_url)))
+        {
+            return Err(format!(
+                "server.public_url: {:?} must be https (WeChat Pay posts notifications to it); plain http is accepted only for localhost",
+                self.public_url
+            ));
+        }
+        if self.public_url.contains('?') || self.public_url.contains('#') {
+            return Err(
+                "server.public_url: no query string or fragment (WeChat Pay refuses notify URLs with parameters)"
+                    .into(),
+            );
+        }
+        for (i, m) in self.merchants.iter().enumerate() {
+            if self.merchants[..i].iter().any(|o| o.name == m.name) {
+                return Err(format!("merchants[{i}].name: {:?} is used twice", m.name));
+            }
+            if self.merchants[..i]
+                .iter()
+                .any(|o| o.mch_id == m.mch_id && o.api_key != m.api_key)
+            {
+                return Err(format!(
+                    "merchants[{i}].api_key: merchant {} has another API key in an earlier entry",
+                    m.mch_id
+                ));
+            }
+            if self.merchants[..i]
+                .iter()
+                .any(|o| o.mch_id == m.mch_id && o.appid == m.appid)
+            {
+                return Err(format!(
+                    "merchants[{i}]: mch_id {} with appid {} is listed twice",
+                    m.mch_id, m.appid
+                ));
+            }
+            for (key, url) in [
+                ("base_url", Some(&m.base_url)),
+                ("backup_url", m.backup_url.as_ref()),
+                ("sns_base_url", Some(&m.sns_base_url)),
+            ] {
+                if let Some(url) = url {
+                    if !(url.starts_with("https://") || (url.starts_with("http://") && is_local_url(url))) {
+                        return Err(format!(
+                            "merchants[{i}].{key}: {url:?} must be https (http only for localhost)"
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(w) = &self.webhook {
+            if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
+                return Err(format!("webhook.url: {:?} is not an http(s) URL", w.url));
+            }
+            if w.secret.expose().len() < 16 {
+                return Err("webhook.secret: at least 16 characters".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_urls_are_recognised() {
+        for u in [
+            "http://127.0.0.1:8080",
+            "http://localhost/x",
+            "http://[::1]:9/",
+            "http://app.localhost",
+        ] {
+            assert!(is_local_url(u), "{u}");
+        }
+        for u in ["http://pay.example.com", "http://10.0.0.1", "http://127.0.0.1.evil.com"] {
+            assert!(!is_local_url(u), "{u}");
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The API's errors and the one place they become HTTP.
+//!
+//! Every error body is `{"error": {"code", "message", "request_id"}}`. Internal details
+//! (database messages, upstream bodies) go to the log with the request id, never to the client.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+tokio::task_local! {
+    /// The id of the request being served, for error bodies and logs.
+    pub(crate) static REQUEST_ID: String;
+}
+
+/// The request id of the current request, when there is one.
+pub(crate) fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No or a wrong bearer token.
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    /// The request cannot be read.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request reads but a value breaks a rule.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such thing.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the state (a reused key, a paid order, …).
+    #[error("{message}")]
+    Conflict {
+        /// A stable code for programs.
+        code: &'static str,
+        /// For people.
+        message: String,
+    },
+    /// WeChat Pay refused, for good.
+    #[error("{0}")]
+    Rejected(String),
+    /// WeChat Pay did not answer (the record says so; the request may be repeated).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Something on our side; the details are in the log.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+            ApiError::Rejected(_) => (StatusCode::BAD_GATEWAY, "wechatpay_rejected"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "wechatpay_unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        let (_, code) = self.parts();
+        serde_json::json!({"error": {"code": code, "message": self.to_string(), "request_id": current_request_id()}})
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(error = %detail, "internal error");
+        }
+        (self.status(), Json(self.body())).into_response()
+    }
+}

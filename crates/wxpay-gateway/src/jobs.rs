@@ -1,0 +1,281 @@
+//! Background work: checking orders that got no notification, closing expired ones, and
+//! delivering events to the webhook. Work is claimed in the database (with
+//! `FOR UPDATE SKIP LOCKED` on PostgreSQL) with a lease, so several instances share it and a
+//! crashed instance's claims are taken over when their lease ends.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use wxpay_protocol::OutTradeNo;
+use wxpay_protocol::v2::{OrderQuery, TradeState};
+
+use crate::api::{apply_query, close};
+use crate::app::App;
+use crate::error::ApiError;
+use crate::store::{Order, OrderStatus};
+use crate::upstream::UpstreamError;
+
+/// The `Wxpay-Signature` header of an event: `t=<unix seconds>,v1=<hex HMAC-SHA256 of
+/// "<t>.<body>" with the webhook secret>`.
+pub fn webhook_signature(secret: &str, unix_seconds: i64, body: &str) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let tag = ring::hmac::sign(&key, format!("{unix_seconds}.{body}").as_bytes());
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("t={unix_seconds},v1={hex}")
+}
+
+/// Checks a `Wxpay-Signature` header, as a receiving backend should: the HMAC in constant
+/// time, and the timestamp within `tolerance_secs` of `now_secs`.
+pub fn verify_webhook_signature(secret: &str, header: &str, body: &str, now_secs: i64, tolerance_secs: i64) -> bool {
+    let mut t = None;
+    let mut v1 = None;
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", v)) => t = v.parse::<i64>().ok(),
+            Some(("v1", v)) => v1 = Some(v),
+            _ => {}
+        }
+    }
+    let (Some(t), Some(v1)) = (t, v1) else {
+        return false;
+    };
+    if (now_secs - t).abs() > tolerance_secs {
+        return false;
+    }
+    let expected = webhook_signature(secret, t, body);
+    let expected_v1 = expected.rsplit_once("v1=").map_or("", |(_, h)| h);
+    subtle::ConstantTimeEq::ct_eq(expected_v1.as_bytes(), v1.as_bytes()).into()
+}
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis() as i64
+}
+
+/// The check loop: pending orders due for a check are queried; expired ones are closed.
+pub(crate) async fn checks(app: App, mut stop: watch::Receiver<bool>) {
+    let cfg = app.inner.config.jobs.clone();
+    loop {
+        let now = app.now();
+        match app.inner.store.claim_checks(now, now + ms(cfg.lease), cfg.batch).await {
+            Ok(orders) => {
+                for order in orders {
+                    if *stop.borrow() {
+                        break;
+                    }
+                    check_one(&app, order).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot claim orders to check"),
+        }
+        tokio::select! {
+            _ = stop.changed() => {}
+            () = tokio::time::sleep(cfg.poll_every) => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
+/// The pause before the next check of an order: as long as the order is old (so checks
+/// thin out as it ages), at least the first delay, at most the longest interval.
+fn next_check_in(app: &App, age_ms: i64) -> i64 {
+    let cfg = &app.inner.config.jobs;
+    age_ms.clamp(
+        ms(cfg.first_check_after).max(1000),
+        ms(cfg.max_check_interval).max(1000),
+    )
+}
+
+async fn check_one(app: &App, order: Order) {
+    let Some(link) = app.inner.merchants.iter().find(|m| m.config.name == order.merchant) else {
+        tracing::warn!(merchant = %order.merchant, "an order of a merchant no longer configured; not checked");
+        let _ = app.inner.store.schedule_check(order.id, None).await;
+        return;
+    };
+    let store = &app.inner.store;
+    let now = app.now();
+    let Ok(no) = OutTradeNo::new(order.out_trade_no.clone()) else {
+        let _ = store.schedule_check(order.id, None).await;
+        return;
+    };
+    let result = app.inner.upstream.call(link, &OrderQuery::by_out_trade_no(no)).await;
+    let order = match result {
+        Ok(answer) => {
+            let paid = answer.trade_state.is_paid();
+            match apply_query(app, order.clone(), &answer).await {
+                Ok(o) if o.status != OrderStatus::Pending => {
+                    tracing::info!(out_trade_no = %o.out_trade_no, status = %o.status, "order settled by a check");
+                    return;
+                }
+                Ok(o) => {
+                    if paid {
+                        return;
+                    }
+                    if answer.trade_state == TradeState::NotPay && o.expires_at <= now {
+                        expire(app, link, o).await;
+                        return;
+                    }
+                    o
+                }
+                Err(e) => {
+                    tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "check failed");
+                    order
+                }
+            }
+        }
+        Err(UpstreamError::Rejected {
+            code: wxpay_protocol::v2::ErrCode::OrderNotExist,
+            ..
+        }) => {
+            // WeChat Pay never got the order (its unifiedorder had no answer, or none was made).
+            if order.expires_at <= now || order.upstream != crate::store::Upstream::Created {
+                if let Ok(Some(o)) = store
+                    .fail_order(order.id, "WeChat Pay has no such order".into(), now)
+                    .await
+                {
+                    tracing::info!(out_trade_no = %o.out_trade_no, "order failed: unknown to WeChat Pay");
+                    return;
+                }
+            }
+            order
+        }
+        Err(e) => {
+            tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "orderquery failed; will check again");
+            order
+        }
+    };
+    let next = now + next_check_in(app, now - order.created_at);
+    // An expired order is closed at its next check at the latest.
+    let next = if order.expires_at > now {
+        next.min(order.expires_at)
+    } else {
+        next
+    };
+    if let Err(e) = store.schedule_check(order.id, Some(next)).await {
+        tracing::warn!(error = %e, "cannot schedule the next check");
+    }
+}
+
+async fn expire(app: &App, link: &crate::upstream::MerchantLink, order: Order) {
+    let no = order.out_trade_no.clone();
+    match close(app, link, order.clone()).await {
+        Ok(o) if o.status == OrderStatus::Closed => tracing::info!(out_trade_no = %no, "expired order closed"),
+        Ok(_) => {}
+        Err(ApiError::Conflict { code: "order_paid", .. }) => {
+            tracing::info!(out_trade_no = %no, "expired order was paid")
+        }
+        Err(e) => {
+            tracing::warn!(out_trade_no = %no, error = %e, "cannot close an expired order; will try again");
+            let _ = app.inner.store.schedule_check(order.id, Some(app.now() + 30_000)).await;
+        }
+    }
+}
+
+/// The outbox loop: events are posted to the webhook until a 2xx, with the same id every
+/// time, backing off exponentially with jitter.
+pub(crate) async fn outbox(app: App, mut stop: watch::Receiver<bool>) {
+    let cfg = app.inner.config.jobs.clone();
+    let Some(webhook) = app.inner.config.webhook.clone() else {
+        tracing::info!("no webhook configured: events stay in the outbox");
+        return;
+    };
+    loop {
+        let now = app.now();
+        match app.inner.store.claim_outbox(now, now + ms(cfg.lease), cfg.batch).await {
+            Ok(events) => {
+                let deliveries = events.into_iter().map(|e| {
+                    let app = app.clone();
+                    let webhook = webhook.clone();
+                    async move {
+                        let t = app.now() / 1000;
+                        let signature = webhook_signature(webhook.secret.expose(), t, &e.payload);
+                        let result = app
+                            .inner
+                            .webhook_http
+                            .post(&webhook.url)
+                            .header("Content-Type", "application/json")
+                            .header("Wxpay-Signature", signature)
+                            .header("Wxpay-Event-Id", &e.id)
+                            .body(e.payload.clone())
+                            .send()
+                            .await;
+                        let error = match result {
+                            Ok(r) if r.status().is_success() => None,
+                            Ok(r) => Some(format!("HTTP {}", r.status())),
+                            Err(err) => Some(if err.is_timeout() { "timeout".to_owned() } else { "connection failed".to_owned() }),
+                        };
+                        let store = &app.inner.store;
+                        match error {
+                            None => {
+                                app.inner.metrics.webhook("delivered");
+                                if let Err(err) = store.outbox_delivered(e.id.clone(), app.now()).await {
+                                    tracing::warn!(error = %err, "cannot mark an event delivered; it will be sent again");
+                                }
+                            }
+                            Some(reason) => {
+                                app.inner.metrics.webhook("failed");
+                                let exp = 1i64 << e.attempts.clamp(0, 20);
+                                let mut jitter = [0u8; 2];
+                                crate::random_bytes(&mut jitter);
+                                let base = ms(cfg.outbox_backoff).saturating_mul(exp).min(ms(cfg.outbox_max_backoff));
+                                let delay = base + base * i64::from(u16::from_le_bytes(jitter) % 250) / 1000;
+                                tracing::warn!(event = %e.id, attempts = e.attempts, %reason, "webhook delivery failed; will retry");
+                                let _ = store.outbox_retry(e.id.clone(), app.now() + delay, reason).await;
+                            }
+                        }
+                    }
+                });
+                futures_util::future::join_all(deliveries).await;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot claim events to deliver"),
+        }
+        tokio::select! {
+            _ = stop.changed() => {}
+            () = tokio::time::sleep(cfg.poll_every) => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_signatures_verify_and_expire() {
+        let h = webhook_signature("s3cret-s3cret-s3cret", 1_700_000_000, "{\"a\":1}");
+        assert!(h.starts_with("t=1700000000,v1="));
+        assert!(verify_webhook_signature(
+            "s3cret-s3cret-s3cret",
+            &h,
+            "{\"a\":1}",
+            1_700_000_100,
+            300
+        ));
+        assert!(!verify_webhook_signature(
+            "s3cret-s3cret-s3cret",
+            &h,
+            "{\"a\":2}",
+            1_700_000_100,
+            300
+        ));
+        assert!(!verify_webhook_signature(
+            "other-secret-other",
+            &h,
+            "{\"a\":1}",
+            1_700_000_100,
+            300
+        ));
+        assert!(!verify_webhook_signature(
+            "s3cret-s3cret-s3cret",
+            &h,
+            "{\"a\":1}",
+            1_700_001_000,
+            300
+        ));
+        assert!(!verify_webhook_signature("s3cret-s3cret-s3cret", "v1=00", "{}", 0, 300));
+    }
+}

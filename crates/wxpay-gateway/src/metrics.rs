@@ -1,0 +1,130 @@
+//! Prometheus metrics, kept per instance (the demo runs the simulator in the same process,
+//! and each reports only its own figures).
+//!
+//! Counted here: notifications by verdict, WeChat Pay calls by API (latency histogram and
+//! errors by kind), webhook deliveries. Read from the database at each scrape: orders by
+//! status, the outbox backlog and the age of its oldest event.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Latency buckets, in seconds.
+const BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Default)]
+struct Inner {
+    notifications: BTreeMap<String, u64>,
+    upstream_latency: BTreeMap<String, Histogram>,
+    upstream_errors: BTreeMap<(String, String), u64>,
+    webhook: BTreeMap<String, u64>,
+}
+
+/// The counters.
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// A notification's verdict.
+    pub fn notification(&self, verdict: &str) {
+        self.with(|i| *i.notifications.entry(verdict.to_owned()).or_default() += 1);
+    }
+
+    /// A WeChat Pay call's duration.
+    pub fn upstream_latency(&self, api: &str, d: Duration) {
+        let secs = d.as_secs_f64();
+        self.with(|i| {
+            let h = i.upstream_latency.entry(api.to_owned()).or_default();
+            for (n, b) in BUCKETS.iter().enumerate() {
+                if secs <= *b {
+                    h.counts[n] += 1;
+                }
+            }
+            h.count += 1;
+            h.sum += secs;
+        });
+    }
+
+    /// A WeChat Pay call that failed, by kind (`connect`, `no_answer`, an `err_code`, …).
+    pub fn upstream_error(&self, api: &str, kind: &str) {
+        self.with(|i| *i.upstream_errors.entry((api.to_owned(), kind.to_owned())).or_default() += 1);
+    }
+
+    /// A webhook delivery attempt's outcome (`delivered`, `failed`).
+    pub fn webhook(&self, outcome: &str) {
+        self.with(|i| *i.webhook.entry(outcome.to_owned()).or_default() += 1);
+    }
+
+    /// The count of notifications with a verdict; for tests.
+    pub fn notifications_with(&self, verdict: &str) -> u64 {
+        self.with(|i| i.notifications.get(verdict).copied().unwrap_or(0))
+    }
+
+    /// Renders everything, with the figures read from the database.
+    pub fn render(&self, stats: Option<&crate::store::Stats>) -> String {
+        let mut out = String::with_capacity(4096);
+        if let Some(s) = stats {
+            out.push_str("# HELP wxpay_orders Orders by status.\n# TYPE wxpay_orders gauge\n");
+            for status in crate::store::OrderStatus::ALL {
+                let n = s
+                    .orders_by_status
+                    .iter()
+                    .find(|(k, _)| k == status.as_str())
+                    .map_or(0, |(_, n)| *n);
+                let _ = writeln!(out, "wxpay_orders{{status=\"{status}\"}} {n}");
+            }
+            out.push_str("# HELP wxpay_outbox_backlog Events not yet delivered to the webhook.\n# TYPE wxpay_outbox_backlog gauge\n");
+            let _ = writeln!(out, "wxpay_outbox_backlog {}", s.outbox_backlog);
+            out.push_str("# HELP wxpay_outbox_oldest_age_seconds Age of the oldest undelivered event.\n# TYPE wxpay_outbox_oldest_age_seconds gauge\n");
+            let _ = writeln!(
+                out,
+                "wxpay_outbox_oldest_age_seconds {}",
+                s.outbox_oldest_age_ms.unwrap_or(0) as f64 / 1000.0
+            );
+        }
+        self.with(|i| {
+            out.push_str("# HELP wxpay_notifications_total Payment notifications by verdict.\n# TYPE wxpay_notifications_total counter\n");
+            for (verdict, n) in &i.notifications {
+                let _ = writeln!(out, "wxpay_notifications_total{{verdict=\"{verdict}\"}} {n}");
+            }
+            out.push_str("# HELP wxpay_upstream_duration_seconds WeChat Pay calls by API.\n# TYPE wxpay_upstream_duration_seconds histogram\n");
+            for (api, h) in &i.upstream_latency {
+                for (n, b) in BUCKETS.iter().enumerate() {
+                    let _ = writeln!(out, "wxpay_upstream_duration_seconds_bucket{{api=\"{api}\",le=\"{b}\"}} {}", h.counts[n]);
+                }
+                let _ = writeln!(out, "wxpay_upstream_duration_seconds_bucket{{api=\"{api}\",le=\"+Inf\"}} {}", h.count);
+                let _ = writeln!(out, "wxpay_upstream_duration_seconds_sum{{api=\"{api}\"}} {}", h.sum);
+                let _ = writeln!(out, "wxpay_upstream_duration_seconds_count{{api=\"{api}\"}} {}", h.count);
+            }
+            out.push_str("# HELP wxpay_upstream_errors_total WeChat Pay calls that failed, by API and kind.\n# TYPE wxpay_upstream_errors_total counter\n");
+            for ((api, kind), n) in &i.upstream_errors {
+                let _ = writeln!(out, "wxpay_upstream_errors_total{{api=\"{api}\",kind=\"{kind}\"}} {n}");
+            }
+            out.push_str("# HELP wxpay_webhook_deliveries_total Webhook delivery attempts by outcome.\n# TYPE wxpay_webhook_deliveries_total counter\n");
+            for (outcome, n) in &i.webhook {
+                let _ = writeln!(out, "wxpay_webhook_deliveries_total{{outcome=\"{outcome}\"}} {n}");
+            }
+        });
+        out
+    }
+}

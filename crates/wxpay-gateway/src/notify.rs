@@ -1,0 +1,203 @@
+//! `POST /notify/v2/pay`: WeChat Pay's payment notifications.
+//!
+//! In this order: the body size limit (the router's), the hardened XML reader, the merchant
+//! found by `mch_id` and `appid`, the signature with that merchant's configured algorithm,
+//! then one transaction that checks the amount against the stored order and moves it
+//! `pending → paid` with its event and outbox row, or changes nothing. Only after the commit
+//! is the exact SUCCESS reply sent. Anything rejected changes nothing, is recorded with its
+//! reason, logged as a warning (never with a secret), and answered FAIL so that a genuine
+//! notification comes again.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use wxpay_protocol::v2::{NOTIFY_SUCCESS_REPLY, NotificationFields, notify_fail_reply};
+
+use crate::app::App;
+use crate::store::{self, NotificationRecord, Payment, PaymentOutcome, Source};
+
+fn reply(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
+}
+
+fn success() -> Response {
+    reply(StatusCode::OK, NOTIFY_SUCCESS_REPLY.to_owned())
+}
+
+struct Rejection<'a> {
+    status: StatusCode,
+    reason: String,
+    merchant: Option<String>,
+    fields: Option<&'a NotificationFields<'a>>,
+}
+
+async fn reject(app: &App, body: &[u8], r: Rejection<'_>) -> Response {
+    let out_trade_no = r.fields.and_then(|f| f.out_trade_no()).map(str::to_owned);
+    let transaction_id = r
+        .fields
+        .and_then(|f| f.fields().optional("transaction_id"))
+        .map(str::to_owned);
+    tracing::warn!(reason = %r.reason, out_trade_no = out_trade_no.as_deref().unwrap_or("-"), "payment notification rejected");
+    app.inner.metrics.notification("rejected");
+    let record = NotificationRecord {
+        received_at: app.now(),
+        kind: "payment".into(),
+        merchant: r.merchant,
+        out_trade_no,
+        transaction_id,
+        verdict: "rejected".into(),
+        reason: Some(r.reason.clone()),
+        body: store::stored_body(body),
+    };
+    if let Err(e) = app.inner.store.record_notification(record).await {
+        tracing::error!(error = %e, "cannot record a rejected notification");
+    }
+    reply(r.status, notify_fail_reply(&r.reason))
+}
+
+pub(crate) async fn payment(State(app): State<App>, body: Bytes) -> Response {
+    let fields = match NotificationFields::read(&body) {
+        Ok(f) => f,
+        Err(e) => {
+            let reason = format!("not a well-formed notification: {e}");
+            return reject(
+                &app,
+                &body,
+                Rejection {
+                    status: StatusCode::BAD_REQUEST,
+                    reason,
+                    merchant: None,
+                    fields: None,
+                },
+            )
+            .await;
+        }
+    };
+    let key = (
+        fields.mch_id().unwrap_or("").to_owned(),
+        fields.appid().unwrap_or("").to_owned(),
+    );
+    let Some(&idx) = app.inner.by_mch_app.get(&key) else {
+        let reason = format!("no merchant configured for mch_id {:?} and appid {:?}", key.0, key.1);
+        return reject(
+            &app,
+            &body,
+            Rejection {
+                status: StatusCode::BAD_REQUEST,
+                reason,
+                merchant: None,
+                fields: Some(&fields),
+            },
+        )
+        .await;
+    };
+    let link = &app.inner.merchants[idx];
+    let name = link.config.name.clone();
+    let notification = match fields.payment(&link.credentials) {
+        Ok(n) => n,
+        Err(e) => {
+            let reason = format!("verification failed: {e}");
+            return reject(
+                &app,
+                &body,
+                Rejection {
+                    status: StatusCode::BAD_REQUEST,
+                    reason,
+                    merchant: Some(name),
+                    fields: Some(&fields),
+                },
+            )
+            .await;
+        }
+    };
+    let now = app.now();
+    let (transaction_id, total_fee, time_end) = match &notification.outcome {
+        wxpay_protocol::v2::PaymentOutcome::Paid {
+            transaction_id,
+            total_fee,
+            time_end,
+        } => (transaction_id.clone(), *total_fee, *time_end),
+        wxpay_protocol::v2::PaymentOutcome::Failed { code, description } => {
+            // A verified report of a failed payment: the order stays as it is (the payer may
+            // try again); the report is kept and acknowledged.
+            app.inner.metrics.notification("payment_failed");
+            let record = NotificationRecord {
+                received_at: now,
+                kind: "payment".into(),
+                merchant: Some(name),
+                out_trade_no: Some(notification.out_trade_no.clone()),
+                transaction_id: None,
+                verdict: "payment_failed".into(),
+                reason: Some(format!("{code} {description}")),
+                body: store::stored_body(&body),
+            };
+            return match app.inner.store.record_notification(record).await {
+                Ok(()) => success(),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot record a notification");
+                    reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        notify_fail_reply("temporary failure"),
+                    )
+                }
+            };
+        }
+    };
+    let payment = Payment {
+        merchant: name.clone(),
+        out_trade_no: notification.out_trade_no.clone(),
+        transaction_id: transaction_id.clone(),
+        amount_fen: total_fee.get() as i64,
+        paid_at: time_end.unix() * 1000,
+        source: Source::Notification,
+        now,
+    };
+    let record = NotificationRecord {
+        received_at: now,
+        kind: "payment".into(),
+        merchant: Some(name),
+        out_trade_no: Some(notification.out_trade_no.clone()),
+        transaction_id: Some(transaction_id),
+        verdict: String::new(),
+        reason: None,
+        body: store::stored_body(&body),
+    };
+    let outcome = match app.inner.store.apply_payment(payment, Some(record)).await {
+        Ok(o) => o,
+        Err(e) => {
+            // Nothing was committed: FAIL makes WeChat Pay send it again.
+            tracing::error!(error = %e, out_trade_no = %notification.out_trade_no, "cannot apply a payment notification");
+            return reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                notify_fail_reply("temporary failure"),
+            );
+        }
+    };
+    app.inner.metrics.notification(outcome.verdict());
+    match outcome {
+        PaymentOutcome::Applied(o) => {
+            tracing::info!(out_trade_no = %o.out_trade_no, "order paid");
+            success()
+        }
+        PaymentOutcome::AlreadyPaid(_) => success(),
+        PaymentOutcome::UnknownOrder => {
+            tracing::warn!(out_trade_no = %notification.out_trade_no, "payment notification for an unknown order");
+            reply(StatusCode::NOT_FOUND, notify_fail_reply("unknown order"))
+        }
+        PaymentOutcome::AmountMismatch { expected, got } => {
+            tracing::warn!(out_trade_no = %notification.out_trade_no, expected, got, "payment notification with another amount");
+            reply(
+                StatusCode::BAD_REQUEST,
+                notify_fail_reply("amount does not match the order"),
+            )
+        }
+        PaymentOutcome::TransactionConflict(reason) => {
+            tracing::warn!(out_trade_no = %notification.out_trade_no, %reason, "payment notification conflicts with a recorded payment");
+            reply(
+                StatusCode::CONFLICT,
+                notify_fail_reply("conflicts with a recorded payment"),
+            )
+        }
+    }
+}

@@ -1,0 +1,691 @@
+//! The SQLite engine: WAL, `synchronous=FULL`, group commit on one writer thread.
+//!
+//! Every write is a closure sent to the writer thread. The thread takes all the writes
+//! waiting at that moment, runs them in one `BEGIN IMMEDIATE` transaction (each in its own
+//! savepoint, so that one failing write does not undo the others), commits once (one fsync
+//! for the lot), and only then answers each caller. An answer therefore always means the
+//! write is on disk, and a thousand concurrent notifications cost a handful of fsyncs.
+//! Reads run on a few reader connections beside it, which WAL lets proceed during writes.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{
+    Created, Event, Fut, IdemClaim, NewOrder, NotificationRecord, Order, OrderStatus, OutboxEvent, Payment,
+    PaymentOutcome, Stats, Store, StoreError, Upstream, event_id, event_payload,
+};
+
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+
+/// The most writes committed together.
+const MAX_BATCH: usize = 512;
+/// Reader connections kept open.
+const READERS: usize = 4;
+
+type Completion = Box<dyn FnOnce(Option<StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
+
+/// The SQLite store.
+pub struct SqliteStore {
+    writer: mpsc::Sender<Job>,
+    readers: Arc<Readers>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.readers.path).finish()
+    }
+}
+
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+fn open(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    // FULL: a commit is on disk before it returns; the gateway answers SUCCESS to WeChat Pay
+    // only after that, and WeChat Pay does not send again once answered.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA busy_timeout = 10000;",
+    )?;
+    Ok(conn)
+}
+
+/// Applies the migrations this program knows and the database lacks.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )?;
+    let newest: i64 = conn.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", [], |r| {
+        r.get(0)
+    })?;
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    if newest > known {
+        return Err(StoreError::Schema(format!(
+            "the database is at version {newest}, this program knows up to {known}: use a newer wxpay"
+        )));
+    }
+    for (version, sql) in MIGRATIONS {
+        if *version <= newest {
+            continue;
+        }
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute_batch(sql)
+            .map_err(|e| StoreError::Schema(format!("migration {version}: {e}")))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            params![version, crate::time::now_ms()],
+        )?;
+        tx.commit()?;
+        tracing::info!(version, "applied SQLite migration");
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating it if needed) the database at `path`, applies the migrations and
+    /// starts the writer thread.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or the schema cannot be brought up to date.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let mut conn = open(path)?;
+        migrate(&mut conn)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+        tracing::info!(path = %path.display(), journal_mode = %mode, synchronous = sync, "SQLite store open (synchronous 2 = FULL)");
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("wxpay-sqlite-writer".into())
+            .spawn(move || writer(conn, rx))
+            .map_err(|e| StoreError::Db(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore {
+            writer: tx,
+            readers: Arc::new(Readers {
+                path: path.to_owned(),
+                idle: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Applies the migrations and returns (for `wxpay migrate`).
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`].
+    pub fn migrate_only(path: &Path) -> Result<(), StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        migrate(&mut open(path)?)
+    }
+
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Fut<'_, T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let done: Completion = Box::new(move |commit_error| {
+                let _ = tx.send(match commit_error {
+                    None => result,
+                    Some(e) => Err(e),
+                });
+            });
+            (ok, done)
+        });
+        let sent = self.writer.send(job);
+        Box::pin(async move {
+            sent.map_err(|_| StoreError::Db("the SQLite writer stopped".into()))?;
+            rx.await
+                .map_err(|_| StoreError::Db("the SQLite writer stopped".into()))?
+        })
+    }
+
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Fut<'_, T> {
+        let readers = self.readers.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let conn = readers.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let conn = match conn {
+                    Some(c) => c,
+                    None => open(&readers.path)?,
+                };
+                let result = f(&conn);
+                let mut idle = readers.idle.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() < READERS {
+                    idle.push(conn);
+                }
+                result
+            })
+            .await
+            .map_err(|e| StoreError::Db(format!("reader task: {e}")))?
+        })
+    }
+}
+
+/// The writer thread: group commit.
+fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Another process holds the database past the busy timeout: fail this batch.
+            let e = StoreError::Db(e.to_string());
+            for job in jobs {
+                let (_, done) = job(&conn);
+                done(Some(e.clone()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        let mut completions = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let savepoint = conn.execute_batch("SAVEPOINT op");
+            let (ok, done) = job(&conn);
+            let closed = if ok {
+                conn.execute_batch("RELEASE op")
+            } else {
+                conn.execute_batch("ROLLBACK TO op; RELEASE op")
+            };
+            if let Err(e) = savepoint.and(closed) {
+                tracing::error!(error = %e, "SQLite savepoint failed");
+            }
+            completions.push(done);
+        }
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => completions.into_iter().for_each(|done| done(None)),
+            Err(e) => {
+                tracing::error!(error = %e, "SQLite commit failed; the batch is rolled back");
+                let _ = conn.execute_batch("ROLLBACK");
+                let e = StoreError::Db(e.to_string());
+                completions.into_iter().for_each(|done| done(Some(e.clone())));
+            }
+        }
+    }
+}
+
+const ORDER_COLUMNS: &str = "id, merchant, out_trade_no, appid, mch_id, description, amount_fen, refunded_fen, openid, attach, \
+client_ip, status, upstream, upstream_error, prepay_id, prepay_at, transaction_id, created_at, updated_at, expires_at, paid_at, \
+closed_at, request_hash";
+
+fn order_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Order> {
+    let status: String = r.get(11)?;
+    let upstream: String = r.get(12)?;
+    Ok(Order {
+        id: r.get(0)?,
+        merchant: r.get(1)?,
+        out_trade_no: r.get(2)?,
+        appid: r.get(3)?,
+        mch_id: r.get(4)?,
+        description: r.get(5)?,
+        amount_fen: r.get(6)?,
+        refunded_fen: r.get(7)?,
+        openid: r.get(8)?,
+        attach: r.get(9)?,
+        client_ip: r.get(10)?,
+        status: OrderStatus::parse(&status).unwrap_or(OrderStatus::Pending),
+        upstream: Upstream::parse(&upstream).unwrap_or(Upstream::Unknown),
+        upstream_error: r.get(13)?,
+        prepay_id: r.get(14)?,
+        prepay_at: r.get(15)?,
+        transaction_id: r.get(16)?,
+        created_at: r.get(17)?,
+        updated_at: r.get(18)?,
+        expires_at: r.get(19)?,
+        paid_at: r.get(20)?,
+        closed_at: r.get(21)?,
+        request_hash: r.get(22)?,
+    })
+}
+
+fn order_by_id(conn: &Connection, id: i64) -> Result<Order, StoreError> {
+    let mut st = conn.prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = ?1"))?;
+    Ok(st.query_row(params![id], order_row)?)
+}
+
+fn add_event(
+    conn: &Connection,
+    order_id: i64,
+    at: i64,
+    kind: &str,
+    detail: &serde_json::Value,
+) -> Result<(), StoreError> {
+    let mut st =
+        conn.prepare_cached("INSERT INTO order_events (order_id, at, kind, detail) VALUES (?1, ?2, ?3, ?4)")?;
+    st.execute(params![order_id, at, kind, detail.to_string()])?;
+    Ok(())
+}
+
+fn add_outbox(conn: &Connection, order: &Order, event_type: &str, now: i64) -> Result<(), StoreError> {
+    let id = event_id();
+    let payload = event_payload(&id, event_type, now, order);
+    let mut st = conn.prepare_cached(
+        "INSERT INTO outbox (id, order_id, type, payload, created_at, next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+    )?;
+    st.execute(params![id, order.id, event_type, payload, now])?;
+    Ok(())
+}
+
+fn insert_notification(conn: &Connection, n: &NotificationRecord) -> Result<(), StoreError> {
+    let mut st = conn.prepare_cached(
+        "INSERT INTO notifications (received_at, kind, merchant, out_trade_no, transaction_id, verdict, reason, body) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    st.execute(params![
+        n.received_at,
+        n.kind,
+        n.merchant,
+        n.out_trade_no,
+        n.transaction_id,
+        n.verdict,
+        n.reason,
+        n.body
+    ])?;
+    Ok(())
+}
+
+/// Moves a pending order to `to` if it is still pending; writes the event and, for
+/// `event_type`, the outbox row. Returns the order after the change, or `None`.
+fn transition(
+    conn: &Connection,
+    order_id: i64,
+    to: OrderStatus,
+    kind: &str,
+    detail: serde_json::Value,
+    event_type: Option<&str>,
+    now: i64,
+) -> Result<Option<Order>, StoreError> {
+    let column = if to == OrderStatus::Closed {
+        ", closed_at = ?3"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "UPDATE orders SET status = ?1, updated_at = ?3, next_check_at = NULL{column} WHERE id = ?2 AND status = ?4"
+    );
+    let changed =
+        conn.prepare_cached(&sql)?
+            .execute(params![to.as_str(), order_id, now, OrderStatus::Pending.as_str()])?;
+    if changed == 0 {
+        return Ok(None);
+    }
+    let order = order_by_id(conn, order_id)?;
+    add_event(conn, order_id, now, kind, &detail)?;
+    if let Some(t) = event_type {
+        add_outbox(conn, &order, t, now)?;
+    }
+    Ok(Some(order))
+}
+
+fn apply_payment(conn: &Connection, p: &Payment) -> Result<PaymentOutcome, StoreError> {
+    let found = conn
+        .prepare_cached(&format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = ?1 AND out_trade_no = ?2"
+        ))?
+        .query_row(params![p.merchant, p.out_trade_no], order_row)
+        .optional()?;
+    let Some(order) = found else {
+        return Ok(PaymentOutcome::UnknownOrder);
+    };
+    if order.amount_fen != p.amount_fen {
+        return Ok(PaymentOutcome::AmountMismatch {
+            expected: order.amount_fen,
+            got: p.amount_fen,
+        });
+    }
+    match order.status {
+        OrderStatus::Paid | OrderStatus::Refunded => {
+            return Ok(if order.transaction_id.as_deref() == Some(p.transaction_id.as_str()) {
+                PaymentOutcome::AlreadyPaid(order)
+            } else {
+                PaymentOutcome::TransactionConflict(format!(
+                    "the order is already paid with transaction {}",
+                    order.transaction_id.as_deref().unwrap_or("?")
+                ))
+            });
+        }
+        OrderStatus::Pending | OrderStatus::Closed | OrderStatus::Failed => {}
+    }
+    let taken: Option<i64> = conn
+        .prepare_cached("SELECT id FROM orders WHERE transaction_id = ?1")?
+        .query_row(params![p.transaction_id], |r| r.get(0))
+        .optional()?;
+    if taken.is_some() {
+        return Ok(PaymentOutcome::TransactionConflict(
+            "the transaction id belongs to another order".into(),
+        ));
+    }
+    let changed = conn
+        .prepare_cached(
+            "UPDATE orders SET status = 'paid', transaction_id = ?1, paid_at = ?2, updated_at = ?3, next_check_at = NULL \
+             WHERE id = ?4 AND status = ?5",
+        )?
+        .execute(params![p.transaction_id, p.paid_at, p.now, order.id, order.status.as_str()])?;
+    if changed == 0 {
+        // The writer is the only one changing rows, so this cannot race; say so if it does.
+        return Err(StoreError::Db(
+            "the order changed during the payment transaction".into(),
+        ));
+    }
+    let paid = order_by_id(conn, order.id)?;
+    let mut detail = serde_json::json!({ "source": p.source.as_str(), "transaction_id": p.transaction_id });
+    if order.status != OrderStatus::Pending {
+        // Money was taken for an order that was closed or failed: record it, never drop it.
+        detail["anomaly"] = serde_json::json!(format!("paid after being {}", order.status));
+        tracing::error!(out_trade_no = %order.out_trade_no, was = %order.status, "payment for an order that was not pending");
+    }
+    add_event(conn, order.id, p.now, "paid", &detail)?;
+    add_outbox(conn, &paid, "order.paid", p.now)?;
+    Ok(PaymentOutcome::Applied(paid))
+}
+
+impl Store for SqliteStore {
+    fn engine(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn ping(&self) -> Fut<'_, ()> {
+        self.read(|c| {
+            c.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+    }
+
+    fn create_order(&self, n: NewOrder) -> Fut<'_, Created> {
+        self.write(move |c| {
+            let inserted = c
+                .prepare_cached(
+                    "INSERT INTO orders (merchant, out_trade_no, appid, mch_id, description, amount_fen, openid, attach, client_ip, \
+                     status, upstream, created_at, updated_at, expires_at, next_check_at, request_hash) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'pending', 'new', ?10, ?10, ?11, ?12, ?13) \
+                     ON CONFLICT (merchant, out_trade_no) DO NOTHING",
+                )?
+                .execute(params![
+                    n.merchant,
+                    n.out_trade_no,
+                    n.appid,
+                    n.mch_id,
+                    n.description,
+                    n.amount_fen,
+                    n.openid,
+                    n.attach,
+                    n.client_ip,
+                    n.now,
+                    n.expires_at,
+                    n.first_check_at,
+                    n.request_hash
+                ])?;
+            let order = c
+                .prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = ?1 AND out_trade_no = ?2"))?
+                .query_row(params![n.merchant, n.out_trade_no], order_row)?;
+            if inserted == 0 {
+                return Ok(Created::Existing(order));
+            }
+            add_event(c, order.id, n.now, "created", &serde_json::json!({ "amount_fen": n.amount_fen }))?;
+            Ok(Created::New(order))
+        })
+    }
+
+    fn set_prepay(&self, order_id: i64, prepay_id: String, now: i64) -> Fut<'_, Order> {
+        self.write(move |c| {
+            c.prepare_cached(
+                "UPDATE orders SET prepay_id = ?1, prepay_at = ?2, upstream = 'created', upstream_error = NULL, updated_at = ?2 WHERE id = ?3",
+            )?
+            .execute(params![prepay_id, now, order_id])?;
+            add_event(c, order_id, now, "prepay", &serde_json::json!({ "prepay_id": prepay_id }))?;
+            order_by_id(c, order_id)
+        })
+    }
+
+    fn set_upstream_failure(&self, order_id: i64, rejected: bool, error: String, now: i64) -> Fut<'_, Order> {
+        self.write(move |c| {
+            let upstream = if rejected { "rejected" } else { "unknown" };
+            c.prepare_cached("UPDATE orders SET upstream = ?1, upstream_error = ?2, updated_at = ?3 WHERE id = ?4 AND upstream != 'created'")?
+                .execute(params![upstream, error, now, order_id])?;
+            if rejected {
+                let detail = serde_json::json!({ "reason": error });
+                if transition(c, order_id, OrderStatus::Failed, "failed", detail, None, now)?.is_none() {
+                    add_event(c, order_id, now, "upstream_rejected", &serde_json::json!({ "reason": error }))?;
+                }
+            } else {
+                add_event(c, order_id, now, "upstream_unknown", &serde_json::json!({ "reason": error }))?;
+            }
+            order_by_id(c, order_id)
+        })
+    }
+
+    fn order(&self, merchant: String, out_trade_no: String) -> Fut<'_, Option<Order>> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(&format!(
+                "SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = ?1 AND out_trade_no = ?2"
+            ))?
+            .query_row(params![merchant, out_trade_no], order_row)
+            .optional()?)
+        })
+    }
+
+    fn events(&self, order_id: i64) -> Fut<'_, Vec<Event>> {
+        self.read(move |c| {
+            let mut st =
+                c.prepare_cached("SELECT at, kind, detail FROM order_events WHERE order_id = ?1 ORDER BY id")?;
+            let rows = st.query_map(params![order_id], |r| {
+                let detail: String = r.get(2)?;
+                Ok(Event {
+                    at: r.get(0)?,
+                    kind: r.get(1)?,
+                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn list_orders(&self, status: Option<OrderStatus>, limit: u32, before: Option<i64>) -> Fut<'_, Vec<Order>> {
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {ORDER_COLUMNS} FROM orders WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3"
+            );
+            let mut st = c.prepare_cached(&sql)?;
+            let rows = st.query_map(params![status.map(OrderStatus::as_str), before, limit], order_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn apply_payment(&self, payment: Payment, notification: Option<NotificationRecord>) -> Fut<'_, PaymentOutcome> {
+        self.write(move |c| {
+            let outcome = apply_payment(c, &payment)?;
+            if let Some(mut n) = notification {
+                n.verdict = outcome.verdict().to_owned();
+                insert_notification(c, &n)?;
+            }
+            Ok(outcome)
+        })
+    }
+
+    fn close_order(&self, order_id: i64, reason: String, now: i64) -> Fut<'_, Option<Order>> {
+        self.write(move |c| {
+            let detail = serde_json::json!({ "reason": reason });
+            transition(
+                c,
+                order_id,
+                OrderStatus::Closed,
+                "closed",
+                detail,
+                Some("order.closed"),
+                now,
+            )
+        })
+    }
+
+    fn fail_order(&self, order_id: i64, reason: String, now: i64) -> Fut<'_, Option<Order>> {
+        self.write(move |c| {
+            let detail = serde_json::json!({ "reason": reason });
+            transition(c, order_id, OrderStatus::Failed, "failed", detail, None, now)
+        })
+    }
+
+    fn add_event(&self, order_id: i64, kind: String, detail: serde_json::Value, now: i64) -> Fut<'_, ()> {
+        self.write(move |c| add_event(c, order_id, now, &kind, &detail))
+    }
+
+    fn record_notification(&self, record: NotificationRecord) -> Fut<'_, ()> {
+        self.write(move |c| insert_notification(c, &record))
+    }
+
+    fn idem_claim(&self, scope: String, key: String, request_hash: String, now: i64) -> Fut<'_, IdemClaim> {
+        self.write(move |c| {
+            let inserted = c
+                .prepare_cached(
+                    "INSERT INTO idempotency_keys (scope, key, request_hash, created_at) VALUES (?1, ?2, ?3, ?4) \
+                     ON CONFLICT (scope, key) DO NOTHING",
+                )?
+                .execute(params![scope, key, request_hash, now])?;
+            if inserted == 1 {
+                return Ok(IdemClaim::Claimed);
+            }
+            let (hash, status, response): (String, Option<i64>, Option<String>) = c
+                .prepare_cached(
+                    "SELECT request_hash, status, response FROM idempotency_keys WHERE scope = ?1 AND key = ?2",
+                )?
+                .query_row(params![scope, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(match (status, response) {
+                (Some(s), Some(body)) => IdemClaim::Done {
+                    request_hash: hash,
+                    status: u16::try_from(s).unwrap_or(500),
+                    response: body,
+                },
+                _ => IdemClaim::InProgress { request_hash: hash },
+            })
+        })
+    }
+
+    fn idem_finish(&self, scope: String, key: String, status: u16, response: String) -> Fut<'_, ()> {
+        self.write(move |c| {
+            c.prepare_cached("UPDATE idempotency_keys SET status = ?1, response = ?2 WHERE scope = ?3 AND key = ?4")?
+                .execute(params![i64::from(status), response, scope, key])?;
+            Ok(())
+        })
+    }
+
+    fn idem_release(&self, scope: String, key: String) -> Fut<'_, ()> {
+        self.write(move |c| {
+            c.prepare_cached("DELETE FROM idempotency_keys WHERE scope = ?1 AND key = ?2 AND status IS NULL")?
+                .execute(params![scope, key])?;
+            Ok(())
+        })
+    }
+
+    fn claim_checks(&self, now: i64, lease_until: i64, limit: u32) -> Fut<'_, Vec<Order>> {
+        self.write(move |c| {
+            let ids: Vec<i64> = {
+                let mut st = c.prepare_cached(
+                    "SELECT id FROM orders WHERE status = 'pending' AND next_check_at IS NOT NULL AND next_check_at <= ?1 \
+                     ORDER BY next_check_at LIMIT ?2",
+                )?;
+                let rows = st.query_map(params![now, limit], |r| r.get(0))?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                c.prepare_cached("UPDATE orders SET next_check_at = ?1 WHERE id = ?2")?.execute(params![lease_until, id])?;
+                out.push(order_by_id(c, id)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn schedule_check(&self, order_id: i64, at: Option<i64>) -> Fut<'_, ()> {
+        self.write(move |c| {
+            c.prepare_cached(
+                "UPDATE orders SET next_check_at = ?1, checks = checks + 1 WHERE id = ?2 AND status = 'pending'",
+            )?
+            .execute(params![at, order_id])?;
+            Ok(())
+        })
+    }
+
+    fn claim_outbox(&self, now: i64, lease_until: i64, limit: u32) -> Fut<'_, Vec<OutboxEvent>> {
+        self.write(move |c| {
+            let events: Vec<OutboxEvent> = {
+                let mut st = c.prepare_cached(
+                    "SELECT id, type, payload, created_at, attempts FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= ?1 \
+                     ORDER BY next_attempt_at LIMIT ?2",
+                )?;
+                let rows = st.query_map(params![now, limit], |r| {
+                    Ok(OutboxEvent {
+                        id: r.get(0)?,
+                        event_type: r.get(1)?,
+                        payload: r.get(2)?,
+                        created_at: r.get(3)?,
+                        attempts: r.get(4)?,
+                    })
+                })?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            for e in &events {
+                c.prepare_cached("UPDATE outbox SET next_attempt_at = ?1, attempts = attempts + 1 WHERE id = ?2")?
+                    .execute(params![lease_until, e.id])?;
+            }
+            Ok(events)
+        })
+    }
+
+    fn outbox_delivered(&self, id: String, now: i64) -> Fut<'_, ()> {
+        self.write(move |c| {
+            c.prepare_cached("UPDATE outbox SET delivered_at = ?1, last_error = NULL WHERE id = ?2")?
+                .execute(params![now, id])?;
+            Ok(())
+        })
+    }
+
+    fn outbox_retry(&self, id: String, next_at: i64, error: String) -> Fut<'_, ()> {
+        self.write(move |c| {
+            c.prepare_cached(
+                "UPDATE outbox SET next_attempt_at = ?1, last_error = ?2 WHERE id = ?3 AND delivered_at IS NULL",
+            )?
+            .execute(params![next_at, error, id])?;
+            Ok(())
+        })
+    }
+
+    fn stats(&self, now: i64) -> Fut<'_, Stats> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached("SELECT status, COUNT(*) FROM orders GROUP BY status")?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            let orders_by_status = rows.collect::<Result<Vec<_>, _>>()?;
+            let (backlog, oldest): (i64, Option<i64>) = c.query_row(
+                "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE delivered_at IS NULL",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok(Stats {
+                orders_by_status,
+                outbox_backlog: backlog,
+                outbox_oldest_age_ms: oldest.map(|o| now - o),
+            })
+        })
+    }
+}

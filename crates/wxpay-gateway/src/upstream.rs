@@ -1,0 +1,227 @@
+//! Calls to WeChat Pay: signed, verified, retried only where it is safe, with the backup host.
+//!
+//! A call is repeated, with the same business parameters (a fresh nonce and signature), only
+//! when `protocol.md` says repeating is safe: `SYSTEMERROR`/`BIZERR_NEED_RETRY`, no answer
+//! (the request may or may not have been processed: the same `out_trade_no` with the same
+//! parameters is accepted again), an answer whose signature does not verify, or a 5xx
+//! without a WeChat Pay body. Connection failures count against the host; after
+//! `backup_after_failures` in a row the backup host is used for `backup_for`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::time::Instant;
+
+use wxpay_protocol::v2::{self, ErrCode, Retry, V2Call};
+use wxpay_protocol::{Error as ProtoError, Merchant, Nonce};
+
+use crate::config::{MerchantConfig, UpstreamConfig};
+use crate::metrics::Metrics;
+
+/// How a call to WeChat Pay ended badly.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    /// A business refusal that is final (`ORDERPAID`, `INVALID_REQUEST`, …).
+    #[error("WeChat Pay refused: {code} {description}")]
+    Rejected {
+        /// `err_code`.
+        code: ErrCode,
+        /// `err_code_des`.
+        description: String,
+    },
+    /// A protocol refusal (`return_code=FAIL`: a bad signature, a malformed request). It
+    /// points at the configuration or this program, never at the payer.
+    #[error("WeChat Pay refused the request: {0}")]
+    Refused(String),
+    /// No trustworthy answer after every allowed attempt: the call may or may not have
+    /// taken effect.
+    #[error("no answer from WeChat Pay: {0}")]
+    NoAnswer(String),
+    /// The request could not be built (a value WeChat Pay would refuse).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// A merchant's connection to WeChat Pay.
+pub(crate) struct MerchantLink {
+    pub config: MerchantConfig,
+    pub credentials: Merchant,
+    failures: AtomicU32,
+    backup_until: AtomicI64,
+}
+
+impl MerchantLink {
+    pub(crate) fn new(config: MerchantConfig) -> MerchantLink {
+        MerchantLink {
+            credentials: config.credentials(),
+            config,
+            failures: AtomicU32::new(0),
+            backup_until: AtomicI64::new(0),
+        }
+    }
+
+    /// The host to call now: the backup while it is switched to, else the primary.
+    fn host(&self) -> &str {
+        match &self.config.backup_url {
+            Some(b) if self.backup_until.load(Ordering::Relaxed) > crate::time::now_ms() => b,
+            _ => &self.config.base_url,
+        }
+    }
+
+    fn connection_failed(&self, cfg: &UpstreamConfig) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= cfg.backup_after_failures && self.config.backup_url.is_some() {
+            let until = crate::time::now_ms() + cfg.backup_for.as_millis() as i64;
+            if self.backup_until.swap(until, Ordering::Relaxed) <= crate::time::now_ms() {
+                tracing::warn!(merchant = %self.config.name, failures = n, "switching to the backup WeChat Pay host");
+            }
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn answered(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+    }
+}
+
+/// The client.
+pub(crate) struct Upstream {
+    http: reqwest::Client,
+    config: UpstreamConfig,
+    metrics: Arc<Metrics>,
+}
+
+/// A fresh 32-character nonce.
+pub(crate) fn nonce() -> Nonce {
+    let mut b = [0u8; 16];
+    crate::random_bytes(&mut b);
+    Nonce::from_random_bytes(b)
+}
+
+impl Upstream {
+    pub(crate) fn new(config: UpstreamConfig, metrics: Arc<Metrics>) -> Result<Upstream, String> {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.connect_timeout)
+            .user_agent(concat!("wxpay-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(Upstream { http, config, metrics })
+    }
+
+    /// Makes an APIv2 call for `link`'s merchant.
+    pub(crate) async fn call<C: V2Call>(&self, link: &MerchantLink, call: &C) -> Result<C::Response, UpstreamError> {
+        let api = C::PATH.rsplit('/').next().unwrap_or(C::PATH);
+        let mut last = UpstreamError::NoAnswer("no attempt made".into());
+        for attempt in 0..self.config.attempts.max(1) {
+            if attempt > 0 {
+                let pause = self.config.retry_backoff * 2u32.saturating_pow(attempt - 1);
+                tokio::time::sleep(pause).await;
+            }
+            let body =
+                v2::encode(call, &link.credentials, &nonce()).map_err(|e| UpstreamError::Invalid(e.to_string()))?;
+            let url = format!("{}{}", link.host().trim_end_matches('/'), C::PATH);
+            let started = Instant::now();
+            let sent = self
+                .http
+                .post(&url)
+                .header("Content-Type", "text/xml; charset=utf-8")
+                .body(body)
+                .send()
+                .await;
+            let answer = match sent {
+                Ok(resp) => {
+                    let status = resp.status();
+                    match resp.bytes().await {
+                        Ok(b) => Ok((status, b)),
+                        Err(e) => Err((false, format!("the answer broke off: {e}"))),
+                    }
+                }
+                Err(e) => Err((e.is_connect(), e.to_string())),
+            };
+            self.metrics.upstream_latency(api, started.elapsed());
+            let (status, bytes) = match answer {
+                Ok(a) => a,
+                Err((before_sending, message)) => {
+                    // Connecting failed: nothing was sent, the host may be down. Otherwise the
+                    // request may have been processed and its answer lost: both are repeated,
+                    // with the same parameters.
+                    if before_sending {
+                        link.connection_failed(&self.config);
+                    }
+                    self.metrics
+                        .upstream_error(api, if before_sending { "connect" } else { "no_answer" });
+                    tracing::warn!(api, attempt, error = %message, "WeChat Pay call without an answer");
+                    last = UpstreamError::NoAnswer(message);
+                    continue;
+                }
+            };
+            if status.is_server_error() && !bytes.starts_with(b"<") {
+                link.connection_failed(&self.config);
+                self.metrics.upstream_error(api, "http_5xx");
+                last = UpstreamError::NoAnswer(format!("HTTP {status}"));
+                continue;
+            }
+            link.answered();
+            match C::decode(&bytes, &link.credentials) {
+                Ok(r) => return Ok(r),
+                Err(ProtoError::Business { code, description }) => {
+                    self.metrics.upstream_error(api, code.as_str());
+                    if code.retry() == Retry::SameParameters {
+                        tracing::warn!(api, attempt, code = %code, "WeChat Pay asks to retry");
+                        last = UpstreamError::NoAnswer(format!("{code} {description}"));
+                        continue;
+                    }
+                    return Err(UpstreamError::Rejected { code, description });
+                }
+                Err(ProtoError::ReturnFail { return_msg, .. }) => {
+                    self.metrics.upstream_error(api, "return_fail");
+                    return Err(UpstreamError::Refused(return_msg));
+                }
+                Err(e) => {
+                    // An answer we cannot trust (bad signature, not XML): as if none came.
+                    self.metrics.upstream_error(api, "bad_answer");
+                    tracing::warn!(api, attempt, error = %e, "untrustworthy answer from WeChat Pay");
+                    last = UpstreamError::NoAnswer(format!("untrustworthy answer: {e}"));
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// `jscode2session` for `link`'s mini program.
+    pub(crate) async fn code2session(
+        &self,
+        link: &MerchantLink,
+        code: &str,
+    ) -> Result<wxpay_protocol::sns::Session, ProtoError> {
+        let secret = link
+            .config
+            .app_secret
+            .clone()
+            .ok_or_else(|| ProtoError::MissingField("app_secret".into()))?;
+        let call = wxpay_protocol::sns::Code2Session::new(link.config.appid.clone(), secret, code)?;
+        let url = format!(
+            "{}{}",
+            link.config.sns_base_url.trim_end_matches('/'),
+            call.path_and_query()
+        );
+        let started = Instant::now();
+        let resp = self.http.get(&url).send().await;
+        self.metrics.upstream_latency("jscode2session", started.elapsed());
+        let body = match resp {
+            Ok(r) => r
+                .bytes()
+                .await
+                .map_err(|e| ProtoError::Json(format!("reading the answer: {e}")))?,
+            Err(e) => {
+                self.metrics.upstream_error("jscode2session", "no_answer");
+                // The URL holds the secret: only say what failed.
+                return Err(ProtoError::Json(format!(
+                    "no answer from the WeChat API ({})",
+                    if e.is_timeout() { "timeout" } else { "connection" }
+                )));
+            }
+        };
+        wxpay_protocol::sns::Code2Session::decode(&body)
+    }
+}

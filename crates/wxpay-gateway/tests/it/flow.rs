@@ -1,0 +1,696 @@
+//! The API and the payment notification, end to end with the simulator in process.
+
+use reqwest::Method;
+use serde_json::json;
+use wxpay_protocol::SignType;
+use wxpay_simulator::{TEST_API_KEY, TEST_APPID};
+
+use crate::support::{
+    DEFAULT, HMAC, HMAC_APPID, HMAC_KEY, HMAC_MCH_ID, Options, Signer, TestDb, eventually, notification, order_body,
+    paid_notification, quick_jobs, spawn_app,
+};
+
+const SUCCESS: &str =
+    "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>";
+
+#[tokio::test]
+async fn the_whole_flow_from_login_to_the_signed_paid_event() {
+    for db in TestDb::all().await {
+        let t = spawn_app(
+            db,
+            Options {
+                jobs: quick_jobs(),
+                webhook: true,
+                ..Options::default()
+            },
+        )
+        .await;
+        let (_, login) = t
+            .sim_post("/simulator/login", json!({"appid": TEST_APPID, "user": "alice"}))
+            .await;
+        let (status, openid) = t
+            .api(Method::POST, "/v1/openid", Some(json!({"code": login["code"]})), None)
+            .await;
+        assert_eq!(status, 200, "{openid}");
+        let openid = openid["openid"].as_str().unwrap().to_owned();
+        assert!(!openid.is_empty());
+
+        let created = t
+            .create(json!({"description": "拿铁咖啡", "amount_fen": 2800, "openid": openid, "attach": "cart-7"}))
+            .await;
+        let no = created["out_trade_no"].as_str().unwrap().to_owned();
+        assert_eq!(created["status"], "pending");
+        assert_eq!(created["amount_fen"], 2800);
+        let params = &created["pay_params"];
+        assert_eq!(params["appId"], TEST_APPID);
+        assert_eq!(
+            params["package"],
+            format!("prepay_id={}", created["prepay_id"].as_str().unwrap())
+        );
+        assert_eq!(params["signType"], "MD5");
+        // paySign verifies with the merchant key over the five fields, as WeChat checks it.
+        let mut f = wxpay_protocol::Fields::new();
+        for k in ["appId", "timeStamp", "nonceStr", "package", "signType"] {
+            f.insert(k, params[k].as_str().unwrap().to_owned()).unwrap();
+        }
+        f.insert("sign", params["paySign"].as_str().unwrap().to_owned())
+            .unwrap();
+        f.verify(&wxpay_protocol::ApiKey::new(TEST_API_KEY).unwrap(), SignType::Md5)
+            .unwrap();
+
+        let sim_order = t.sim_get(&format!("/simulator/orders/{no}")).await;
+        assert_eq!(sim_order["total_fee"], 2800, "{sim_order}");
+        assert_eq!(sim_order["notify_url"], format!("{}/notify/v2/pay", t.url));
+
+        let (status, _) = t.sim_post("/simulator/pay", json!({"out_trade_no": no})).await;
+        assert_eq!(status, 200);
+        let paid = t.wait_status(&no, "paid").await;
+        assert!(paid["transaction_id"].as_str().unwrap().starts_with("42"));
+        assert!(paid["paid_at"].is_string());
+        assert_eq!(
+            t.event_kinds(&no).await,
+            ["created", "prepay", "paid"],
+            "{}",
+            t.engine()
+        );
+
+        let hook = t.webhook.clone();
+        eventually("the order.paid event reaches the webhook", async || {
+            !hook.delivered().is_empty()
+        })
+        .await;
+        let events = t.webhook.delivered();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0]["type"], "order.paid");
+        assert_eq!(events[0]["data"]["out_trade_no"], no.as_str());
+        assert_eq!(events[0]["data"]["amount_fen"], 2800);
+        assert_eq!(events[0]["data"]["attach"], "cart-7");
+        assert!(
+            t.webhook.events.lock().unwrap().iter().all(|(_, signed)| *signed),
+            "every delivery is signed"
+        );
+
+        let (_, list) = t.api(Method::GET, "/v1/orders?status=paid&limit=10", None, None).await;
+        assert_eq!(list["orders"][0]["out_trade_no"], no.as_str(), "{list}");
+        t.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_gives_the_same_answer_and_another_body_a_409() {
+    for db in TestDb::all().await {
+        let t = spawn_app(db, Options::default()).await;
+        let body = order_body(100);
+        let (s1, a) = t
+            .api(Method::POST, "/v1/orders", Some(body.clone()), Some("key-1"))
+            .await;
+        let (s2, b) = t
+            .api(Method::POST, "/v1/orders", Some(body.clone()), Some("key-1"))
+            .await;
+        assert_eq!((s1, s2), (201, 201), "{a} {b}");
+        assert_eq!(a, b, "{}: the very same answer", t.engine());
+        let mut other = body.clone();
+        other["amount_fen"] = json!(200);
+        let (s3, c) = t.api(Method::POST, "/v1/orders", Some(other), Some("key-1")).await;
+        assert_eq!(s3, 409, "{c}");
+        assert_eq!(c["error"]["code"], "idempotency_key_reused");
+        // Without a key, a new order each time.
+        let (_, d) = t.api(Method::POST, "/v1/orders", Some(body.clone()), None).await;
+        assert_ne!(d["out_trade_no"], a["out_trade_no"]);
+        // The same out_trade_no with the same parameters is a retry; with others, a conflict.
+        let mut fixed = body.clone();
+        fixed["out_trade_no"] = json!("FIXED-1");
+        let (s4, e) = t.api(Method::POST, "/v1/orders", Some(fixed.clone()), None).await;
+        let (s5, f) = t.api(Method::POST, "/v1/orders", Some(fixed.clone()), None).await;
+        assert_eq!((s4, s5), (201, 200), "{e} {f}");
+        assert_eq!(e["prepay_id"], f["prepay_id"]);
+        fixed["amount_fen"] = json!(101);
+        let (s6, g) = t.api(Method::POST, "/v1/orders", Some(fixed), None).await;
+        assert_eq!(
+            (s6, g["error"]["code"].as_str()),
+            (409, Some("out_trade_no_taken")),
+            "{g}"
+        );
+        t.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_and_store_nothing() {
+    let t = spawn_app(TestDb::sqlite(), Options::default()).await;
+    let cases = [
+        (
+            json!({"description": "x", "amount_fen": 0, "openid": "o"}),
+            422,
+            "amount_fen",
+        ),
+        (
+            json!({"description": "x", "amount_fen": 1.5, "openid": "o"}),
+            422,
+            "integer number of fen",
+        ),
+        (
+            json!({"description": "x", "amount_fen": "100", "openid": "o"}),
+            422,
+            "integer number of fen",
+        ),
+        (
+            json!({"description": "x", "amount_fen": -1, "openid": "o"}),
+            422,
+            "amount_fen",
+        ),
+        (json!({"description": "x", "openid": "o"}), 422, "amount_fen"),
+        (
+            json!({"description": "x", "amount_fen": 100, "openid": "o", "out_trade_no": "含中文"}),
+            422,
+            "out_trade_no",
+        ),
+        (
+            json!({"description": "x", "amount_fen": 100, "openid": "o", "merchant": "nobody"}),
+            422,
+            "nobody",
+        ),
+        (
+            json!({"description": "x", "amount_fen": 100, "openid": "o", "expires_in_secs": 5}),
+            422,
+            "expires_in_secs",
+        ),
+        (
+            json!({"description": "x", "amount_fen": 100, "openid": "o", "surprise": 1}),
+            422,
+            "surprise",
+        ),
+    ];
+    for (body, status, needle) in cases {
+        let (s, v) = t.api(Method::POST, "/v1/orders", Some(body.clone()), None).await;
+        assert_eq!(s, status, "{body} → {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{body} → {message}");
+        assert!(
+            v["error"]["request_id"].is_string() || v["request_id"].is_string(),
+            "{v}"
+        );
+    }
+    let r = t
+        .http
+        .post(format!("{}/v1/orders", t.url))
+        .bearer_auth(crate::support::TOKEN)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let (_, list) = t.api(Method::GET, "/v1/orders", None, None).await;
+    assert_eq!(list["orders"].as_array().unwrap().len(), 0, "{list}");
+    // No token, a wrong token.
+    let r = t.http.get(format!("{}/v1/orders", t.url)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = t
+        .http
+        .get(format!("{}/v1/orders", t.url))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let (s, v) = t.api(Method::GET, "/v1/orders/NOPE", None, None).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")));
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_duplicate_notifications_move_the_order_exactly_once() {
+    for db in TestDb::all().await {
+        let t = spawn_app(
+            db,
+            Options {
+                jobs: quick_jobs(),
+                webhook: true,
+                ..Options::default()
+            },
+        )
+        .await;
+        let o = t.create(order_body(1999)).await;
+        let no = o["out_trade_no"].as_str().unwrap().to_owned();
+        let body = paid_notification(&no, 1999, "4200000000000000000000000001");
+        let replies = futures_util::future::join_all((0..100).map(|_| t.notify(body.clone()))).await;
+        for (status, reply) in &replies {
+            assert_eq!((*status, reply.as_str()), (200, SUCCESS), "{}", t.engine());
+        }
+        let order = t.order(&no).await;
+        assert_eq!(order["status"], "paid");
+        let kinds = t.event_kinds(&no).await;
+        assert_eq!(
+            kinds.iter().filter(|k| *k == "paid").count(),
+            1,
+            "{}: {kinds:?}",
+            t.engine()
+        );
+        let hook = t.webhook.clone();
+        eventually("the event is delivered", async || !hook.delivered().is_empty()).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(t.webhook.delivered().len(), 1, "{}: one event", t.engine());
+        assert_eq!(t.app.metrics().notifications_with("applied"), 1);
+        assert_eq!(t.app.metrics().notifications_with("duplicate"), 99);
+        t.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_simulators_duplicated_notifications_move_the_order_once() {
+    for db in TestDb::all().await {
+        let t = spawn_app(db, Options::default()).await;
+        let o = t.create(order_body(100)).await;
+        let no = o["out_trade_no"].as_str().unwrap().to_owned();
+        t.sim_post(
+            "/simulator/faults",
+            json!({"kind": "notify_duplicate", "out_trade_no": no, "copies": 20}),
+        )
+        .await;
+        t.sim_post("/simulator/pay", json!({"out_trade_no": no})).await;
+        t.wait_status(&no, "paid").await;
+        let app = t.app.clone();
+        eventually("twenty copies arrive", async || {
+            app.metrics().notifications_with("applied") + app.metrics().notifications_with("duplicate") >= 20
+        })
+        .await;
+        assert_eq!(t.app.metrics().notifications_with("applied"), 1, "{}", t.engine());
+        assert_eq!(t.event_kinds(&no).await, ["created", "prepay", "paid"]);
+        t.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn forged_tampered_and_hostile_notifications_change_nothing() {
+    for db in TestDb::all().await {
+        let t = spawn_app(db, Options::default()).await;
+        let o = t.create(order_body(500)).await;
+        let no = o["out_trade_no"].as_str().unwrap().to_owned();
+        let hmac = t
+            .create(json!({"description": "x", "amount_fen": 500, "openid": "o", "merchant": "hmac"}))
+            .await;
+        let hmac_no = hmac["out_trade_no"].as_str().unwrap().to_owned();
+        let tx = "4200000000000000000000000002";
+        let signed = paid_notification(&no, 500, tx);
+        let without_sign = {
+            let start = signed.find("<sign>").unwrap();
+            let end = signed.find("</sign>").unwrap() + "</sign>".len();
+            format!("{}{}", &signed[..start], &signed[end..])
+        };
+        let md5_to_hmac = notification(
+            Signer {
+                sign_type: SignType::Md5,
+                ..HMAC
+            },
+            &hmac_no,
+            500,
+            tx,
+            |f| {
+                f.remove("sign_type");
+            },
+        );
+        let mut cases: Vec<(String, String)> = vec![
+            ("wrong amount".into(), paid_notification(&no, 499, tx)),
+            (
+                "wrong merchant".into(),
+                notification(
+                    Signer {
+                        mch_id: "1999999999",
+                        ..DEFAULT
+                    },
+                    &no,
+                    500,
+                    tx,
+                    |_| {},
+                ),
+            ),
+            (
+                "wrong app".into(),
+                notification(
+                    Signer {
+                        appid: "wx0000000000000000",
+                        ..DEFAULT
+                    },
+                    &no,
+                    500,
+                    tx,
+                    |_| {},
+                ),
+            ),
+            (
+                "another merchant's app".into(),
+                notification(
+                    Signer {
+                        appid: HMAC_APPID,
+                        ..DEFAULT
+                    },
+                    &no,
+                    500,
+                    tx,
+                    |_| {},
+                ),
+            ),
+            (
+                "bad signature".into(),
+                notification(DEFAULT, &no, 500, tx, |f| {
+                    f.set("sign", "0".repeat(32));
+                }),
+            ),
+            (
+                "signed with another key".into(),
+                notification(
+                    Signer {
+                        key: HMAC_KEY,
+                        ..DEFAULT
+                    },
+                    &no,
+                    500,
+                    tx,
+                    |_| {},
+                ),
+            ),
+            ("missing signature".into(), without_sign),
+            ("MD5 sent to an HMAC merchant".into(), md5_to_hmac),
+            (
+                "HMAC named but MD5 merchant".into(),
+                notification(
+                    Signer {
+                        sign_type: SignType::HmacSha256,
+                        ..DEFAULT
+                    },
+                    &no,
+                    500,
+                    tx,
+                    |_| {},
+                ),
+            ),
+            ("unknown order".into(), paid_notification("NO-SUCH-ORDER", 500, tx)),
+            (
+                "tampered after signing".into(),
+                signed.replace("<total_fee>500</total_fee>", "<total_fee>5</total_fee>"),
+            ),
+            ("empty".into(), String::new()),
+            ("not XML".into(), "{\"return_code\":\"SUCCESS\"}".into()),
+        ];
+        let xml_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/vectors/xml");
+        for entry in std::fs::read_dir(&xml_dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "xml") {
+                let bytes = std::fs::read(&path).unwrap();
+                cases.push((
+                    format!("hostile {}", path.display()),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                ));
+            }
+        }
+        let hostile_count = cases.iter().filter(|(n, _)| n.starts_with("hostile")).count();
+        assert!(hostile_count >= 8, "the hostile samples are in testdata");
+        for (name, body) in &cases {
+            let (status, reply) = t.notify(body.clone()).await;
+            assert_ne!(status, 200, "{}: {name} was accepted", t.engine());
+            assert!(
+                reply.contains("<return_code><![CDATA[FAIL]]></return_code>"),
+                "{name}: {reply}"
+            );
+            assert!(
+                !reply.contains(TEST_API_KEY) && !reply.contains(HMAC_KEY),
+                "{name}: a key in the reply"
+            );
+        }
+        for path in [
+            format!("/v1/orders/{no}"),
+            format!("/v1/orders/{hmac_no}?merchant=hmac"),
+        ] {
+            let (_, order) = t.api(Method::GET, &path, None, None).await;
+            assert_eq!(order["status"], "pending", "{}: {order}", t.engine());
+            let kinds: Vec<&str> = order["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["kind"].as_str().unwrap())
+                .collect();
+            assert_eq!(kinds, ["created", "prepay"]);
+        }
+        assert_eq!(t.app.metrics().notifications_with("applied"), 0);
+        // The genuine notification still works afterwards.
+        assert_eq!(t.notify(signed).await, (200, SUCCESS.to_owned()));
+        assert_eq!(t.order(&no).await["status"], "paid");
+        t.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_hmac_merchant_is_paid_through_its_own_notifications() {
+    let t = spawn_app(TestDb::sqlite(), Options::default()).await;
+    let o = t
+        .create(json!({"description": "x", "amount_fen": 321, "openid": "o", "merchant": "hmac"}))
+        .await;
+    assert_eq!(o["pay_params"]["signType"], "HMAC-SHA256");
+    let no = o["out_trade_no"].as_str().unwrap().to_owned();
+    t.sim_post("/simulator/pay", json!({"out_trade_no": no, "mch_id": HMAC_MCH_ID}))
+        .await;
+    let paid = t
+        .api(Method::GET, &format!("/v1/orders/{no}?merchant=hmac"), None, None)
+        .await;
+    assert_eq!(paid.0, 200);
+    let app = t.app.clone();
+    eventually("the HMAC notification applies", async || {
+        app.metrics().notifications_with("applied") == 1
+    })
+    .await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_systemerror_is_retried_with_identical_parameters_into_one_upstream_order() {
+    for db in TestDb::all().await {
+        let t = spawn_app(db, Options::default()).await;
+        t.sim_post(
+            "/simulator/faults",
+            json!({"kind": "system_error", "api": "unifiedorder", "count": 2}),
+        )
+        .await;
+        let mut body = order_body(700);
+        body["out_trade_no"] = json!("SYSERR-1");
+        let o = t.create(body).await;
+        assert_eq!(o["status"], "pending");
+        let sim = t.sim_get("/simulator/orders/SYSERR-1").await;
+        assert_eq!(sim["trade_state"], "NOTPAY", "{sim}");
+        assert_eq!(t.event_kinds("SYSERR-1").await, ["created", "prepay"], "{}", t.engine());
+        t.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_lost_answer_converges_on_the_order_wechat_pay_made() {
+    for db in TestDb::all().await {
+        let t = spawn_app(db, Options::default()).await;
+        t.sim_post(
+            "/simulator/faults",
+            json!({"kind": "lose_answer", "api": "unifiedorder", "count": 1}),
+        )
+        .await;
+        let mut body = order_body(800);
+        body["out_trade_no"] = json!("LOST-1");
+        let o = t.create(body.clone()).await;
+        let sim = t.sim_get("/simulator/orders/LOST-1").await;
+        assert_eq!(
+            o["prepay_id"],
+            sim["prepay_id"],
+            "{}: the prepay WeChat Pay kept",
+            t.engine()
+        );
+        t.sim_post("/simulator/pay", json!({"out_trade_no": "LOST-1"})).await;
+        t.wait_status("LOST-1", "paid").await;
+        t.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn when_wechat_pay_never_answers_the_order_is_kept_pending_and_a_retry_completes_it() {
+    let t = spawn_app(TestDb::sqlite(), Options::default()).await;
+    t.sim_post(
+        "/simulator/faults",
+        json!({"kind": "lose_answer", "api": "unifiedorder", "count": 3}),
+    )
+    .await;
+    let mut body = order_body(900);
+    body["out_trade_no"] = json!("NOANSWER-1");
+    let (s, v) = t
+        .api(Method::POST, "/v1/orders", Some(body.clone()), Some("k-noanswer"))
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["error"]["code"], "wechatpay_unavailable");
+    let stored = t.order("NOANSWER-1").await;
+    assert_eq!(stored["status"], "pending", "a truthful record: {stored}");
+    assert!(stored["upstream_error"].is_string(), "{stored}");
+    // The key was released: the same request runs again and completes.
+    let (s, v) = t.api(Method::POST, "/v1/orders", Some(body), Some("k-noanswer")).await;
+    assert_eq!(s, 201, "{v}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn an_answer_with_a_bad_signature_is_not_trusted() {
+    let t = spawn_app(TestDb::sqlite(), Options::default()).await;
+    t.sim_post(
+        "/simulator/faults",
+        json!({"kind": "bad_answer_signature", "api": "unifiedorder", "count": 3}),
+    )
+    .await;
+    let mut body = order_body(900);
+    body["out_trade_no"] = json!("BADSIG-1");
+    let (s, v) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
+    assert_eq!(s, 503, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("untrustworthy"), "{v}");
+    assert!(t.order("BADSIG-1").await["prepay_id"].is_null());
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_order_is_recorded_as_failed() {
+    let t = spawn_app(TestDb::sqlite(), Options::default()).await;
+    // The simulator has this number with another amount: INVALID_REQUEST, a final refusal.
+    let mut first = order_body(100);
+    first["out_trade_no"] = json!("REFUSED-1");
+    t.create(first).await;
+    let other = spawn_app(
+        TestDb::sqlite(),
+        Options {
+            shared_sim: Some(t.sim_url.clone()),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut second = order_body(200);
+    second["out_trade_no"] = json!("REFUSED-1");
+    let (s, v) = other.api(Method::POST, "/v1/orders", Some(second), None).await;
+    assert_eq!(s, 502, "{v}");
+    assert_eq!(v["error"]["code"], "wechatpay_rejected");
+    let o = other.order("REFUSED-1").await;
+    assert_eq!(o["status"], "failed", "{o}");
+    other.stop().await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn get_with_sync_asks_wechat_pay_and_close_never_closes_a_paid_order() {
+    for db in TestDb::all().await {
+        let t = spawn_app(db, Options::default()).await;
+        let o = t.create(order_body(600)).await;
+        let no = o["out_trade_no"].as_str().unwrap().to_owned();
+        // Paid upstream, but every notification is refused as forged: only asking tells.
+        t.sim_post(
+            "/simulator/faults",
+            json!({"kind": "notify_bad_signature", "out_trade_no": no, "for_ms": 60000}),
+        )
+        .await;
+        t.sim_post("/simulator/pay", json!({"out_trade_no": no})).await;
+        assert_eq!(t.order(&no).await["status"], "pending");
+        let (s, v) = t.api(Method::POST, &format!("/v1/orders/{no}/close"), None, None).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (409, Some("order_paid")),
+            "{}: {v}",
+            t.engine()
+        );
+        let synced = t.order(&no).await;
+        assert_eq!(synced["status"], "paid", "ORDERPAID made it paid: {synced}");
+        let kinds = t.event_kinds(&no).await;
+        assert!(!kinds.contains(&"closed".to_owned()), "{kinds:?}");
+
+        let o2 = t.create(order_body(601)).await;
+        let no2 = o2["out_trade_no"].as_str().unwrap().to_owned();
+        t.sim_post(
+            "/simulator/faults",
+            json!({"kind": "notify_bad_signature", "out_trade_no": no2, "for_ms": 60000}),
+        )
+        .await;
+        t.sim_post("/simulator/pay", json!({"out_trade_no": no2})).await;
+        let (_, v) = t
+            .api(Method::GET, &format!("/v1/orders/{no2}?sync=true"), None, None)
+            .await;
+        assert_eq!(v["status"], "paid", "{v}");
+        let paid_event = v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == "paid")
+            .unwrap()
+            .clone();
+        assert_eq!(paid_event["detail"]["source"], "query");
+
+        let o3 = t.create(order_body(602)).await;
+        let no3 = o3["out_trade_no"].as_str().unwrap().to_owned();
+        let (s, v) = t
+            .api(Method::POST, &format!("/v1/orders/{no3}/close"), None, None)
+            .await;
+        assert_eq!((s, v["status"].as_str()), (200, Some("closed")), "{v}");
+        let sim = t.sim_get(&format!("/simulator/orders/{no3}")).await;
+        assert_eq!(sim["trade_state"], "CLOSED");
+        t.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_payment_notification_is_acknowledged_and_leaves_the_order_payable() {
+    let t = spawn_app(TestDb::sqlite(), Options::default()).await;
+    let o = t.create(order_body(100)).await;
+    let no = o["out_trade_no"].as_str().unwrap().to_owned();
+    let body = notification(DEFAULT, &no, 100, "", |f| {
+        f.set("result_code", "FAIL");
+        f.set("err_code", "NOTENOUGH");
+        f.set("err_code_des", "余额不足");
+        f.remove("transaction_id");
+    });
+    assert_eq!(t.notify(body).await, (200, SUCCESS.to_owned()));
+    assert_eq!(t.order(&no).await["status"], "pending");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn health_readiness_metrics_and_the_openapi_document_are_served() {
+    let t = spawn_app(TestDb::sqlite(), Options::default()).await;
+    let o = t.create(order_body(100)).await;
+    t.notify(paid_notification(
+        o["out_trade_no"].as_str().unwrap(),
+        100,
+        "4200000000000000000000000003",
+    ))
+    .await;
+    for (path, needle) in [
+        ("/healthz", "ok"),
+        ("/readyz", "ready"),
+        ("/metrics", "wxpay_orders{status=\"paid\"} 1"),
+        ("/metrics", "wxpay_notifications_total{verdict=\"applied\"} 1"),
+        (
+            "/metrics",
+            "wxpay_upstream_duration_seconds_count{api=\"unifiedorder\"} 1",
+        ),
+        ("/metrics", "wxpay_outbox_backlog 1"),
+    ] {
+        let r = t.http.get(format!("{}{path}", t.url)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(r.headers().contains_key("x-request-id"));
+        let text = r.text().await.unwrap();
+        assert!(text.contains(needle), "{path} lacks {needle}:\n{text}");
+    }
+    let doc: serde_json::Value = t
+        .http
+        .get(format!("{}/openapi.json", t.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/v1/openid",
+        "/v1/orders",
+        "/v1/orders/{out_trade_no}",
+        "/v1/orders/{out_trade_no}/close",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is not in openapi.json");
+    }
+    t.stop().await;
+}

@@ -1,0 +1,7 @@
+//! The gateway's integration tests: the store contract on both engines, and the gateway
+//! end to end with the simulator in process, each test on its own database.
+
+mod flow;
+mod jobs;
+mod store;
+mod support;

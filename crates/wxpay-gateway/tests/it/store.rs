@@ -1,0 +1,501 @@
+//! The `Store` contract, run unchanged on SQLite and (with `DATABASE_URL`) PostgreSQL.
+
+use std::sync::Arc;
+
+use wxpay_gateway::store::{
+    Created, IdemClaim, NewOrder, NotificationRecord, OrderStatus, Payment, PaymentOutcome, Source, Store,
+};
+
+use crate::support::TestDb;
+
+const T0: i64 = 1_795_000_000_000;
+
+fn new_order(merchant: &str, no: &str, amount: i64) -> NewOrder {
+    NewOrder {
+        merchant: merchant.into(),
+        out_trade_no: no.into(),
+        appid: "wxd678efh567hg6787".into(),
+        mch_id: "1230000109".into(),
+        description: "test".into(),
+        amount_fen: amount,
+        openid: "openid".into(),
+        attach: None,
+        client_ip: "127.0.0.1".into(),
+        expires_at: T0 + 7_200_000,
+        first_check_at: T0 + 60_000,
+        request_hash: format!("hash-{no}-{amount}"),
+        now: T0,
+    }
+}
+
+fn payment(no: &str, tx: &str, amount: i64) -> Payment {
+    Payment {
+        merchant: "default".into(),
+        out_trade_no: no.into(),
+        transaction_id: tx.into(),
+        amount_fen: amount,
+        paid_at: T0 + 1000,
+        source: Source::Notification,
+        now: T0 + 1500,
+    }
+}
+
+fn record(no: &str) -> NotificationRecord {
+    NotificationRecord {
+        received_at: T0,
+        kind: "payment".into(),
+        merchant: Some("default".into()),
+        out_trade_no: Some(no.into()),
+        transaction_id: None,
+        verdict: String::new(),
+        reason: None,
+        body: "<xml/>".into(),
+    }
+}
+
+async fn created(store: &Arc<dyn Store>, merchant: &str, no: &str, amount: i64) -> wxpay_gateway::store::Order {
+    match store.create_order(new_order(merchant, no, amount)).await.unwrap() {
+        Created::New(o) => o,
+        Created::Existing(o) => panic!("{no} existed: {o:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_order_number_is_stored_once_per_merchant() {
+    for db in TestDb::all().await {
+        let store = db.store().await;
+        let first = created(&store, "default", "N1", 100).await;
+        assert_eq!(first.status, OrderStatus::Pending);
+        match store.create_order(new_order("default", "N1", 999)).await.unwrap() {
+            Created::Existing(o) => assert_eq!((o.id, o.amount_fen), (first.id, 100), "{}", db.engine),
+            Created::New(_) => panic!("{}: a second order with one number", db.engine),
+        }
+        // Another merchant may use the same number.
+        created(&store, "other", "N1", 5).await;
+        let events = store.events(first.id).await.unwrap();
+        assert_eq!(
+            events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+            ["created"],
+            "{}",
+            db.engine
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_payment_applies_once_and_a_repeat_changes_nothing() {
+    for db in TestDb::all().await {
+        let store = db.store().await;
+        let o = created(&store, "default", "P1", 100).await;
+        let first = store
+            .apply_payment(payment("P1", "4200000001", 100), Some(record("P1")))
+            .await
+            .unwrap();
+        let PaymentOutcome::Applied(paid) = first else {
+            panic!("{}: {first:?}", db.engine)
+        };
+        assert_eq!(paid.status, OrderStatus::Paid);
+        assert_eq!(paid.transaction_id.as_deref(), Some("4200000001"));
+        assert_eq!(paid.paid_at, Some(T0 + 1000));
+        let again = store
+            .apply_payment(payment("P1", "4200000001", 100), Some(record("P1")))
+            .await
+            .unwrap();
+        assert!(
+            matches!(again, PaymentOutcome::AlreadyPaid(_)),
+            "{}: {again:?}",
+            db.engine
+        );
+        let kinds: Vec<String> = store.events(o.id).await.unwrap().into_iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["created", "paid"], "{}", db.engine);
+        let events = store.claim_outbox(T0 + 2000, T0 + 60_000, 10).await.unwrap();
+        assert_eq!(events.len(), 1, "{}: one event for one payment", db.engine);
+        assert_eq!(events[0].event_type, "order.paid");
+        let payload: serde_json::Value = serde_json::from_str(&events[0].payload).unwrap();
+        assert_eq!(payload["id"], events[0].id.as_str());
+        assert_eq!(payload["data"]["amount_fen"], 100);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_payments_of_one_order_make_exactly_one_transition() {
+    for db in TestDb::all().await {
+        let store = db.store().await;
+        let o = created(&store, "default", "C1", 100).await;
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .apply_payment(payment("C1", "4200000002", 100), Some(record("C1")))
+                        .await
+                })
+            })
+            .collect();
+        let mut applied = 0;
+        for t in tasks {
+            match t.await.unwrap().unwrap() {
+                PaymentOutcome::Applied(_) => applied += 1,
+                PaymentOutcome::AlreadyPaid(_) => {}
+                other => panic!("{}: {other:?}", db.engine),
+            }
+        }
+        assert_eq!(applied, 1, "{}", db.engine);
+        let paid = store
+            .events(o.id)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == "paid")
+            .count();
+        assert_eq!(paid, 1, "{}", db.engine);
+        assert_eq!(
+            store.claim_outbox(T0 + 2000, T0 + 60_000, 100).await.unwrap().len(),
+            1,
+            "{}",
+            db.engine
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_amount_an_unknown_order_or_a_reused_transaction_change_nothing() {
+    for db in TestDb::all().await {
+        let store = db.store().await;
+        let a = created(&store, "default", "W1", 100).await;
+        created(&store, "default", "W2", 100).await;
+        let wrong = store
+            .apply_payment(payment("W1", "4200000003", 99), Some(record("W1")))
+            .await
+            .unwrap();
+        assert!(
+            matches!(wrong, PaymentOutcome::AmountMismatch { expected: 100, got: 99 }),
+            "{}: {wrong:?}",
+            db.engine
+        );
+        let unknown = store
+            .apply_payment(payment("NOPE", "4200000004", 100), None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(unknown, PaymentOutcome::UnknownOrder),
+            "{}: {unknown:?}",
+            db.engine
+        );
+        assert!(matches!(
+            store
+                .apply_payment(payment("W2", "4200000005", 100), None)
+                .await
+                .unwrap(),
+            PaymentOutcome::Applied(_)
+        ));
+        // The transaction of W2 cannot pay W1 as well.
+        let reused = store
+            .apply_payment(payment("W1", "4200000005", 100), None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(reused, PaymentOutcome::TransactionConflict(_)),
+            "{}: {reused:?}",
+            db.engine
+        );
+        // W2 paid again with another transaction: a conflict, not a second payment.
+        let other_tx = store
+            .apply_payment(payment("W2", "4200000006", 100), None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(other_tx, PaymentOutcome::TransactionConflict(_)),
+            "{}: {other_tx:?}",
+            db.engine
+        );
+        let w1 = store.order("default".into(), "W1".into()).await.unwrap().unwrap();
+        assert_eq!(
+            (w1.status, w1.transaction_id),
+            (OrderStatus::Pending, None),
+            "{}",
+            db.engine
+        );
+        assert_eq!(store.events(a.id).await.unwrap().len(), 1, "{}", db.engine);
+        assert_eq!(
+            store.claim_outbox(T0 + 2000, T0 + 60_000, 100).await.unwrap().len(),
+            1,
+            "{}",
+            db.engine
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_paid_order_is_never_closed_or_failed_and_a_closed_one_can_still_be_paid() {
+    for db in TestDb::all().await {
+        let store = db.store().await;
+        let paid = created(&store, "default", "S1", 100).await;
+        store
+            .apply_payment(payment("S1", "4200000007", 100), None)
+            .await
+            .unwrap();
+        assert!(
+            store
+                .close_order(paid.id, "test".into(), T0 + 3000)
+                .await
+                .unwrap()
+                .is_none(),
+            "{}",
+            db.engine
+        );
+        assert!(
+            store
+                .fail_order(paid.id, "test".into(), T0 + 3000)
+                .await
+                .unwrap()
+                .is_none(),
+            "{}",
+            db.engine
+        );
+        assert_eq!(
+            store
+                .order("default".into(), "S1".into())
+                .await
+                .unwrap()
+                .unwrap()
+                .status,
+            OrderStatus::Paid
+        );
+
+        let closed = created(&store, "default", "S2", 100).await;
+        let c = store
+            .close_order(closed.id, "expired".into(), T0 + 3000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.status, OrderStatus::Closed);
+        assert!(
+            store
+                .close_order(closed.id, "again".into(), T0 + 4000)
+                .await
+                .unwrap()
+                .is_none(),
+            "{}",
+            db.engine
+        );
+        // WeChat Pay is the truth about money: a verified payment of a closed order is recorded.
+        let late = store
+            .apply_payment(payment("S2", "4200000008", 100), None)
+            .await
+            .unwrap();
+        assert!(matches!(late, PaymentOutcome::Applied(_)), "{}: {late:?}", db.engine);
+        let types: Vec<String> = store
+            .claim_outbox(T0 + 9000, T0 + 60_000, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event_type)
+            .collect();
+        assert_eq!(
+            types.iter().filter(|t| *t == "order.closed").count(),
+            1,
+            "{}: {types:?}",
+            db.engine
+        );
+        assert_eq!(
+            types.iter().filter(|t| *t == "order.paid").count(),
+            2,
+            "{}: {types:?}",
+            db.engine
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_claimed_once_then_answers_from_the_stored_response() {
+    for db in TestDb::all().await {
+        let store = db.store().await;
+        let claim = || store.idem_claim("scope".into(), "key-1".into(), "h1".into(), T0);
+        assert_eq!(claim().await.unwrap(), IdemClaim::Claimed, "{}", db.engine);
+        assert_eq!(
+            claim().await.unwrap(),
+            IdemClaim::InProgress {
+                request_hash: "h1".into()
+            },
+            "{}",
+            db.engine
+        );
+        store.idem_release("scope".into(), "key-1".into()).await.unwrap();
+        assert_eq!(
+            claim().await.unwrap(),
+            IdemClaim::Claimed,
+            "{}: a released key is free",
+            db.engine
+        );
+        store
+            .idem_finish("scope".into(), "key-1".into(), 201, "{\"a\":1}".into())
+            .await
+            .unwrap();
+        assert_eq!(
+            claim().await.unwrap(),
+            IdemClaim::Done {
+                request_hash: "h1".into(),
+                status: 201,
+                response: "{\"a\":1}".into()
+            },
+            "{}",
+            db.engine
+        );
+        // Keys are scoped: another token's key of the same name is its own.
+        let other = store
+            .idem_claim("scope2".into(), "key-1".into(), "h2".into(), T0)
+            .await
+            .unwrap();
+        assert_eq!(other, IdemClaim::Claimed, "{}", db.engine);
+    }
+}
+
+#[tokio::test]
+async fn background_work_is_leased_so_a_second_claim_gets_nothing() {
+    for db in TestDb::all().await {
+        let store = db.store().await;
+        let o = created(&store, "default", "L1", 100).await;
+        // Not due before first_check_at.
+        assert!(
+            store.claim_checks(T0 + 1000, T0 + 2000, 10).await.unwrap().is_empty(),
+            "{}",
+            db.engine
+        );
+        let due = T0 + 60_000;
+        let claimed = store.claim_checks(due, due + 30_000, 10).await.unwrap();
+        assert_eq!(
+            claimed.iter().map(|o| o.id).collect::<Vec<_>>(),
+            [o.id],
+            "{}",
+            db.engine
+        );
+        assert!(
+            store.claim_checks(due + 1, due + 30_000, 10).await.unwrap().is_empty(),
+            "{}: leased",
+            db.engine
+        );
+        assert_eq!(
+            store.claim_checks(due + 30_000, due + 60_000, 10).await.unwrap().len(),
+            1,
+            "{}: lease over",
+            db.engine
+        );
+        store.schedule_check(o.id, None).await.unwrap();
+        assert!(
+            store
+                .claim_checks(due + 999_999, due + 2_000_000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{}",
+            db.engine
+        );
+
+        store
+            .apply_payment(payment("L1", "4200000009", 100), None)
+            .await
+            .unwrap();
+        let ev = store.claim_outbox(T0 + 2000, T0 + 10_000, 10).await.unwrap();
+        assert_eq!(ev.len(), 1);
+        assert!(
+            store.claim_outbox(T0 + 2001, T0 + 10_000, 10).await.unwrap().is_empty(),
+            "{}: leased",
+            db.engine
+        );
+        store
+            .outbox_retry(ev[0].id.clone(), T0 + 20_000, "HTTP 503".into())
+            .await
+            .unwrap();
+        assert!(
+            store
+                .claim_outbox(T0 + 19_999, T0 + 30_000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{}",
+            db.engine
+        );
+        let again = store.claim_outbox(T0 + 20_000, T0 + 30_000, 10).await.unwrap();
+        assert_eq!(
+            (again[0].id.as_str(), again[0].attempts),
+            (ev[0].id.as_str(), 1),
+            "{}: same id",
+            db.engine
+        );
+        let stats = store.stats(T0 + 21_000).await.unwrap();
+        assert_eq!(stats.outbox_backlog, 1, "{}", db.engine);
+        store.outbox_delivered(ev[0].id.clone(), T0 + 21_000).await.unwrap();
+        assert!(
+            store
+                .claim_outbox(T0 + 99_999, T0 + 199_999, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{}",
+            db.engine
+        );
+        assert_eq!(
+            store.stats(T0 + 21_000).await.unwrap().outbox_backlog,
+            0,
+            "{}",
+            db.engine
+        );
+    }
+}
+
+#[tokio::test]
+async fn orders_are_listed_newest_first_by_status_with_a_cursor() {
+    for db in TestDb::all().await {
+        let store = db.store().await;
+        for i in 0..5 {
+            created(&store, "default", &format!("LS{i}"), 100).await;
+        }
+        store
+            .apply_payment(payment("LS3", "4200000010", 100), None)
+            .await
+            .unwrap();
+        let all = store.list_orders(None, 3, None).await.unwrap();
+        assert_eq!(
+            all.iter().map(|o| o.out_trade_no.as_str()).collect::<Vec<_>>(),
+            ["LS4", "LS3", "LS2"],
+            "{}",
+            db.engine
+        );
+        let rest = store.list_orders(None, 3, Some(all[2].id)).await.unwrap();
+        assert_eq!(
+            rest.iter().map(|o| o.out_trade_no.as_str()).collect::<Vec<_>>(),
+            ["LS1", "LS0"],
+            "{}",
+            db.engine
+        );
+        let paid = store.list_orders(Some(OrderStatus::Paid), 10, None).await.unwrap();
+        assert_eq!(paid.len(), 1, "{}", db.engine);
+        let stats = store.stats(T0).await.unwrap();
+        let pending = stats
+            .orders_by_status
+            .iter()
+            .find(|(s, _)| s == "pending")
+            .map(|(_, n)| *n);
+        assert_eq!(pending, Some(4), "{}: {:?}", db.engine, stats.orders_by_status);
+    }
+}
+
+#[tokio::test]
+async fn a_second_store_on_the_same_database_sees_the_same_orders_and_migrations_are_idempotent() {
+    for db in TestDb::all().await {
+        let a = db.store().await;
+        created(&a, "default", "M1", 100).await;
+        wxpay_gateway::migrate(&db.url).await.unwrap();
+        let b = db.store().await;
+        assert!(
+            b.order("default".into(), "M1".into()).await.unwrap().is_some(),
+            "{}",
+            db.engine
+        );
+        assert!(matches!(
+            b.create_order(new_order("default", "M1", 100)).await.unwrap(),
+            Created::Existing(_)
+        ));
+    }
+}

@@ -1,0 +1,563 @@
+//! Test databases on both engines, a gateway with the simulator in process, a webhook
+//! receiver, and signed notifications made by hand.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::{Value, json};
+use sqlx::Connection;
+use wxpay_gateway::store::Store;
+use wxpay_gateway::{App, Config, Jobs, JobsConfig, MerchantConfig, Secret, UpstreamConfig, WebhookConfig};
+use wxpay_protocol::Fields;
+use wxpay_protocol::{ApiKey, AppId, AppSecret, MchId, SignType};
+use wxpay_simulator::{
+    SimConfig, SimHandle, SimMerchant, Simulator, TEST_API_KEY, TEST_APP_SECRET, TEST_APPID, TEST_MCH_ID,
+};
+
+/// The second merchant: HMAC-SHA256, another mch_id and app.
+pub(crate) const HMAC_APPID: &str = "wx8888888888888888";
+pub(crate) const HMAC_MCH_ID: &str = "1900000109";
+pub(crate) const HMAC_KEY: &str = "HmacMerchantTestKey0000000000000";
+pub(crate) const HMAC_SECRET: &str = "hmacmerchanttestappsecret0000000";
+
+pub(crate) const TOKEN: &str = "test-token-0123456789abcdef";
+pub(crate) const WEBHOOK_SECRET: &str = "whsec_test_0123456789";
+
+fn random_suffix() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{}_{}_{}", std::process::id(), nanos, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A database for one test: a SQLite file in its own directory, or a PostgreSQL database
+/// created for the test and dropped after it.
+pub(crate) struct TestDb {
+    pub url: String,
+    pub engine: &'static str,
+    dir: Option<PathBuf>,
+    pg: Option<(String, String)>,
+}
+
+impl TestDb {
+    pub(crate) fn sqlite() -> TestDb {
+        let dir = std::env::temp_dir().join(format!("wxpay-gw-test-{}", random_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TestDb {
+            url: format!("sqlite://{}", dir.join("wxpay.db").display()),
+            engine: "sqlite",
+            dir: Some(dir),
+            pg: None,
+        }
+    }
+
+    /// A fresh PostgreSQL database, when `DATABASE_URL` names a server.
+    pub(crate) async fn postgres() -> Option<TestDb> {
+        let admin = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|u| u.starts_with("postgres"))?;
+        let name = format!("wxpay_test_{}", random_suffix());
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .expect("DATABASE_URL connects");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("CREATE DATABASE");
+        let _ = conn.close().await;
+        Some(TestDb {
+            url: with_database(&admin, &name),
+            engine: "postgres",
+            dir: None,
+            pg: Some((admin, name)),
+        })
+    }
+
+    /// Every engine this run can test: SQLite always, PostgreSQL with `DATABASE_URL`.
+    pub(crate) async fn all() -> Vec<TestDb> {
+        let mut v = vec![TestDb::sqlite()];
+        if let Some(pg) = TestDb::postgres().await {
+            v.push(pg);
+        }
+        v
+    }
+
+    pub(crate) async fn store(&self) -> Arc<dyn Store> {
+        wxpay_gateway::open_store(&self.url, 8).await.unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        if let Some((admin, name)) = self.pg.take() {
+            // Drop runs inside the test's runtime; the drop is done on a thread of its own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .execute(&mut conn)
+                        .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// The admin URL with another database name.
+pub(crate) fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{name}", &base[..host_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// What the business backend's webhook received.
+#[derive(Clone, Default)]
+pub(crate) struct Webhook {
+    pub events: Arc<Mutex<Vec<(Value, bool)>>>,
+    /// While set, answer 503.
+    pub down: Arc<AtomicBool>,
+    pub attempts: Arc<AtomicUsize>,
+    /// Event ids refused while down.
+    pub refused: Arc<Mutex<Vec<String>>>,
+}
+
+impl Webhook {
+    /// Events that arrived with a valid signature while the webhook was up.
+    pub(crate) fn delivered(&self) -> Vec<Value> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, ok)| *ok)
+            .map(|(v, _)| v.clone())
+            .collect()
+    }
+
+    async fn spawn() -> (Webhook, String) {
+        let hook = Webhook::default();
+        let state = hook.clone();
+        let app = Router::new().route(
+            "/events",
+            post(move |headers: HeaderMap, body: Bytes| {
+                let state = state.clone();
+                async move {
+                    state.attempts.fetch_add(1, Ordering::SeqCst);
+                    let text = String::from_utf8(body.to_vec()).unwrap();
+                    if state.down.load(Ordering::SeqCst) {
+                        let v: Value = serde_json::from_str(&text).unwrap();
+                        state.refused.lock().unwrap().push(v["id"].as_str().unwrap().to_owned());
+                        return StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let sig = headers
+                        .get("wxpay-signature")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    let now = wxpay_gateway::time::now_ms() / 1000;
+                    let ok = wxpay_gateway::verify_webhook_signature(WEBHOOK_SECRET, sig, &text, now, 300);
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    state.events.lock().unwrap().push((v, ok));
+                    if ok {
+                        StatusCode::NO_CONTENT
+                    } else {
+                        StatusCode::UNAUTHORIZED
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (hook, format!("http://{addr}/events"))
+    }
+}
+
+/// How a test wants its gateway.
+pub(crate) struct Options {
+    pub jobs: JobsConfig,
+    pub webhook: bool,
+    pub upstream: UpstreamConfig,
+    pub sim: Box<dyn FnOnce(&mut SimConfig) + Send>,
+    /// Use this running simulator instead of starting one.
+    pub shared_sim: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            jobs: JobsConfig {
+                enabled: false,
+                ..JobsConfig::default()
+            },
+            webhook: false,
+            upstream: UpstreamConfig {
+                retry_backoff: Duration::from_millis(10),
+                timeout: Duration::from_secs(3),
+                ..UpstreamConfig::default()
+            },
+            sim: Box::new(|_| {}),
+            shared_sim: None,
+        }
+    }
+}
+
+/// Background work that reacts within tens of milliseconds.
+pub(crate) fn quick_jobs() -> JobsConfig {
+    JobsConfig {
+        enabled: true,
+        first_check_after: Duration::from_millis(300),
+        max_check_interval: Duration::from_secs(1),
+        poll_every: Duration::from_millis(50),
+        outbox_backoff: Duration::from_millis(50),
+        outbox_max_backoff: Duration::from_millis(400),
+        lease: Duration::from_secs(5),
+        ..JobsConfig::default()
+    }
+}
+
+/// A running gateway with its simulator.
+pub(crate) struct TestApp {
+    pub url: String,
+    pub app: App,
+    pub sim: Option<SimHandle>,
+    pub sim_url: String,
+    pub http: reqwest::Client,
+    pub webhook: Webhook,
+    jobs: Option<Jobs>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    pub db: TestDb,
+}
+
+pub(crate) fn merchants(sim_url: &str) -> Vec<MerchantConfig> {
+    vec![
+        MerchantConfig {
+            name: "default".into(),
+            appid: AppId::new(TEST_APPID).unwrap(),
+            app_secret: Some(AppSecret::new(TEST_APP_SECRET).unwrap()),
+            mch_id: MchId::new(TEST_MCH_ID).unwrap(),
+            api_key: ApiKey::new(TEST_API_KEY).unwrap(),
+            sign_type: SignType::Md5,
+            base_url: sim_url.to_owned(),
+            backup_url: None,
+            sns_base_url: sim_url.to_owned(),
+        },
+        MerchantConfig {
+            name: "hmac".into(),
+            appid: AppId::new(HMAC_APPID).unwrap(),
+            app_secret: Some(AppSecret::new(HMAC_SECRET).unwrap()),
+            mch_id: MchId::new(HMAC_MCH_ID).unwrap(),
+            api_key: ApiKey::new(HMAC_KEY).unwrap(),
+            sign_type: SignType::HmacSha256,
+            base_url: sim_url.to_owned(),
+            backup_url: None,
+            sns_base_url: sim_url.to_owned(),
+        },
+    ]
+}
+
+pub(crate) fn sim_merchants() -> Vec<SimMerchant> {
+    vec![
+        SimMerchant::test_merchant(),
+        SimMerchant {
+            appid: AppId::new(HMAC_APPID).unwrap(),
+            app_secret: AppSecret::new(HMAC_SECRET).unwrap(),
+            mch_id: MchId::new(HMAC_MCH_ID).unwrap(),
+            api_key: ApiKey::new(HMAC_KEY).unwrap(),
+        },
+    ]
+}
+
+/// Starts a simulator (explicit mode, a thousand times real speed) and a gateway on
+/// `127.0.0.1:0` over `db`.
+pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
+    let (sim, sim_url) = match opts.shared_sim {
+        Some(url) => (None, url),
+        None => {
+            let mut sim_config = SimConfig::new();
+            sim_config.time_scale = 1000.0;
+            sim_config.merchants = sim_merchants();
+            (opts.sim)(&mut sim_config);
+            let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let sim = Simulator::new(sim_config).unwrap().serve(sim_listener).await.unwrap();
+            let url = sim.base_url().to_owned();
+            (Some(sim), url)
+        }
+    };
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let url = format!("http://{addr}");
+    let (webhook, hook_url) = Webhook::spawn().await;
+    let config = Config {
+        public_url: url.clone(),
+        api_tokens: vec![Secret::new(TOKEN)],
+        merchants: merchants(&sim_url),
+        webhook: opts.webhook.then(|| WebhookConfig {
+            url: hook_url,
+            secret: Secret::new(WEBHOOK_SECRET),
+        }),
+        upstream: opts.upstream,
+        jobs: opts.jobs,
+        default_order_ttl: Duration::from_secs(7200),
+    };
+    let store = db.store().await;
+    let app = App::new(config, store).unwrap();
+    let jobs = app.start_jobs();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = app.clone();
+    let server = tokio::spawn(async move {
+        wxpay_gateway::serve(&served, listener, async {
+            let _ = stop_rx.await;
+        })
+        .await
+        .unwrap();
+    });
+    TestApp {
+        url,
+        app,
+        sim,
+        sim_url,
+        http: reqwest::Client::new(),
+        webhook,
+        jobs: Some(jobs),
+        stop: Some(stop),
+        server: Some(server),
+        db,
+    }
+}
+
+impl TestApp {
+    pub(crate) async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(j) = self.jobs.take() {
+            j.stop().await;
+        }
+        if let Some(s) = self.server.take() {
+            let _ = s.await;
+        }
+        if let Some(sim) = self.sim.take() {
+            sim.shutdown().await;
+        }
+    }
+
+    pub(crate) fn engine(&self) -> &'static str {
+        self.db.engine
+    }
+
+    /// A `/v1` call with the token: (status, JSON body).
+    pub(crate) async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        idem: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(TOKEN);
+        if let Some(k) = idem {
+            req = req.header("Idempotency-Key", k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub(crate) async fn create(&self, body: Value) -> Value {
+        let (status, v) = self.api(reqwest::Method::POST, "/v1/orders", Some(body), None).await;
+        assert_eq!(status, 201, "{v}");
+        v
+    }
+
+    pub(crate) async fn order(&self, no: &str) -> Value {
+        let (status, v) = self
+            .api(reqwest::Method::GET, &format!("/v1/orders/{no}"), None, None)
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v
+    }
+
+    /// Waits until the order has `status`, up to a few seconds.
+    pub(crate) async fn wait_status(&self, no: &str, status: &str) -> Value {
+        for _ in 0..200 {
+            let o = self.order(no).await;
+            if o["status"] == status {
+                return o;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("order {no} never became {status}: {}", self.order(no).await);
+    }
+
+    /// `POST /simulator/…` on the simulator.
+    pub(crate) async fn sim_post(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.sim_url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub(crate) async fn sim_get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.sim_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Posts a notification body to the gateway: (status, reply body).
+    pub(crate) async fn notify(&self, body: String) -> (u16, String) {
+        let r = self
+            .http
+            .post(format!("{}/notify/v2/pay", self.url))
+            .header("Content-Type", "text/xml")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// The kinds of an order's history.
+    pub(crate) async fn event_kinds(&self, no: &str) -> Vec<String> {
+        self.order(no).await["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// A new order's body for the default merchant.
+pub(crate) fn order_body(amount_fen: u64) -> Value {
+    json!({"description": "测试商品 test item", "amount_fen": amount_fen, "openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"})
+}
+
+/// A payment notification as WeChat Pay sends it, signed with `key` and `sign_type`; `edit`
+/// changes fields before signing.
+/// Who a notification claims to come from, and how it is signed.
+#[derive(Clone, Copy)]
+pub(crate) struct Signer<'a> {
+    pub appid: &'a str,
+    pub mch_id: &'a str,
+    pub key: &'a str,
+    pub sign_type: SignType,
+}
+
+/// The default merchant, signing correctly.
+pub(crate) const DEFAULT: Signer<'static> = Signer {
+    appid: TEST_APPID,
+    mch_id: TEST_MCH_ID,
+    key: TEST_API_KEY,
+    sign_type: SignType::Md5,
+};
+
+/// The HMAC merchant, signing correctly.
+pub(crate) const HMAC: Signer<'static> = Signer {
+    appid: HMAC_APPID,
+    mch_id: HMAC_MCH_ID,
+    key: HMAC_KEY,
+    sign_type: SignType::HmacSha256,
+};
+
+pub(crate) fn notification(
+    from: Signer<'_>,
+    out_trade_no: &str,
+    total_fee: u64,
+    transaction_id: &str,
+    edit: impl FnOnce(&mut Fields<'static>),
+) -> String {
+    let Signer {
+        appid,
+        mch_id,
+        key,
+        sign_type,
+    } = from;
+    let mut f = Fields::new();
+    let values: Vec<(&str, String)> = vec![
+        ("appid", appid.to_owned()),
+        ("bank_type", "CMC".to_owned()),
+        ("cash_fee", total_fee.to_string()),
+        ("fee_type", "CNY".to_owned()),
+        ("is_subscribe", "N".to_owned()),
+        ("mch_id", mch_id.to_owned()),
+        ("nonce_str", "5d2b6c2a8db53831f7eda20af46e531c".to_owned()),
+        ("openid", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o".to_owned()),
+        ("out_trade_no", out_trade_no.to_owned()),
+        ("result_code", "SUCCESS".to_owned()),
+        ("return_code", "SUCCESS".to_owned()),
+        ("time_end", "20261127101010".to_owned()),
+        ("total_fee", total_fee.to_string()),
+        ("trade_type", "JSAPI".to_owned()),
+        ("transaction_id", transaction_id.to_owned()),
+    ];
+    for (k, v) in values {
+        f.insert(k, v).unwrap();
+    }
+    if sign_type == SignType::HmacSha256 {
+        f.insert("sign_type", "HMAC-SHA256").unwrap();
+    }
+    edit(&mut f);
+    if f.get("sign").is_none() {
+        f.sign(&ApiKey::new(key).unwrap(), sign_type);
+    }
+    f.to_xml().unwrap()
+}
+
+/// A correctly signed payment notification for the default merchant.
+pub(crate) fn paid_notification(out_trade_no: &str, total_fee: u64, transaction_id: &str) -> String {
+    notification(DEFAULT, out_trade_no, total_fee, transaction_id, |_| {})
+}
+
+/// Polls `f` until it returns true, up to about five seconds.
+pub(crate) async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..250 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never: {what}");
+}

@@ -1,5 +1,7 @@
 //! Runs the built `wxpay` binary on the fixtures in `testdata/`, as a user would.
 
+mod serve;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -59,6 +61,10 @@ fn every_command_has_help() {
         &["sign", "--help"],
         &["verify", "--help"],
         &["decrypt", "--help"],
+        &["simulator", "--help"],
+        &["demo", "--help"],
+        &["serve", "--help"],
+        &["migrate", "--help"],
     ] {
         let r = wxpay(cmd, None, &[]);
         assert_eq!(r.code, 0, "{cmd:?}: {}", r.stderr);

@@ -1,0 +1,716 @@
+//! `wxpay serve`, `migrate` and `demo` as processes: killed with SIGKILL mid-burst and
+//! restarted, two instances on one PostgreSQL database, and the demo played through.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::Connection;
+use wxpay_protocol::{ApiKey, Fields, SignType};
+use wxpay_simulator::{SimConfig, SimHandle, Simulator, TEST_API_KEY, TEST_APPID, TEST_MCH_ID};
+
+const TOKEN: &str = "crash-test-token-0123456789";
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let dir = std::env::temp_dir().join(format!("wxpay-cli-{name}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// An HTTP client; reqwest is built without a default TLS provider, so the one wxpay uses is
+/// installed first.
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A PostgreSQL database for one test, dropped afterwards; `None` without `DATABASE_URL`.
+struct PgDb {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl PgDb {
+    async fn create() -> Option<PgDb> {
+        let admin = std::env::var("DATABASE_URL")
+            .ok()
+            .filter(|u| u.starts_with("postgres"))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("wxpay_cli_test_{}_{nanos}", std::process::id());
+        let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        let (base, query) = admin
+            .split_once('?')
+            .map_or((admin.as_str(), None), |(b, q)| (b, Some(q)));
+        let host_end = base[base.find("://").unwrap() + 3..]
+            .find('/')
+            .map_or(base.len(), |i| i + base.find("://").unwrap() + 3);
+        let url = format!(
+            "{}/{name}{}",
+            &base[..host_end],
+            query.map(|q| format!("?{q}")).unwrap_or_default()
+        );
+        Some(PgDb { admin, name, url })
+    }
+
+    async fn drop_db(self) {
+        let mut c = sqlx::PgConnection::connect(&self.admin).await.unwrap();
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut c)
+        .await;
+    }
+}
+
+/// The simulator, in this test process, at a thousand times real speed so that its
+/// notification retries come within milliseconds.
+async fn simulator() -> SimHandle {
+    let mut config = SimConfig::new();
+    config.time_scale = 1000.0;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    Simulator::new(config).unwrap().serve(listener).await.unwrap()
+}
+
+fn write_config(dir: &Path, port: u16, database_url: &str, sim_url: &str, webhook: Option<&str>) -> PathBuf {
+    let webhook = webhook
+        .map(|u| format!("[webhook]\nurl = \"{u}\"\nsecret = \"whsec_process_test\"\n"))
+        .unwrap_or_default();
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}"
+api_tokens = ["{TOKEN}"]
+
+[database]
+url = "{database_url}"
+pool_size = 8
+
+[[merchants]]
+name = "default"
+appid = "{TEST_APPID}"
+app_secret = "wxpaysimulatortestappsecret00000"
+mch_id = "{TEST_MCH_ID}"
+api_key = "{TEST_API_KEY}"
+base_url = "{sim_url}"
+sns_base_url = "{sim_url}"
+
+[jobs]
+first_check_after_secs = 1
+max_check_interval_secs = 1
+poll_every_ms = 50
+
+{webhook}"#
+    );
+    let path = dir.join(format!("wxpay-{port}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(config: &Path, port: u16, log: &Path) -> Server {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_wxpay"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("WXPAY_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Server {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    async fn ready(&mut self, http: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(r) = http.get(format!("{}/readyz", self.url)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("wxpay serve exited: {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("wxpay serve never became ready");
+    }
+
+    fn kill(&mut self) {
+        // SIGKILL: no shutdown handler runs, nothing is flushed by the program.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn paid_notification(out_trade_no: &str, total_fee: u64, transaction_id: &str) -> String {
+    let mut f = Fields::new();
+    for (k, v) in [
+        ("appid", TEST_APPID.to_owned()),
+        ("bank_type", "CMC".to_owned()),
+        ("cash_fee", total_fee.to_string()),
+        ("fee_type", "CNY".to_owned()),
+        ("is_subscribe", "N".to_owned()),
+        ("mch_id", TEST_MCH_ID.to_owned()),
+        ("nonce_str", "5d2b6c2a8db53831f7eda20af46e531c".to_owned()),
+        ("openid", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o".to_owned()),
+        ("out_trade_no", out_trade_no.to_owned()),
+        ("result_code", "SUCCESS".to_owned()),
+        ("return_code", "SUCCESS".to_owned()),
+        ("time_end", "20261127101010".to_owned()),
+        ("total_fee", total_fee.to_string()),
+        ("trade_type", "JSAPI".to_owned()),
+        ("transaction_id", transaction_id.to_owned()),
+    ] {
+        f.insert(k, v).unwrap();
+    }
+    f.sign(&ApiKey::new(TEST_API_KEY).unwrap(), SignType::Md5);
+    f.to_xml().unwrap()
+}
+
+async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
+    let r = http.get(url).bearer_auth(TOKEN).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Every order, through the paged list.
+async fn all_orders(http: &reqwest::Client, base: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = match &cursor {
+            Some(c) => format!("{base}/v1/orders?limit=100&cursor={c}"),
+            None => format!("{base}/v1/orders?limit=100"),
+        };
+        let (status, page) = get(http, &url).await;
+        assert_eq!(status, 200, "{page}");
+        out.extend(page["orders"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_i64() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return out,
+        }
+    }
+}
+
+/// What a burst got acknowledged.
+#[derive(Default)]
+struct Acks {
+    orders: HashSet<String>,
+    /// out_trade_no → transaction_id of each notification answered SUCCESS.
+    payments: HashMap<String, String>,
+}
+
+const SUCCESS: &str =
+    "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>";
+
+/// Clients creating orders and posting their payment notifications until `stop`.
+async fn burst(
+    http: reqwest::Client,
+    base: String,
+    worker: usize,
+    acks: Arc<Mutex<Acks>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut i = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        i += 1;
+        let no = format!("CRASH{worker:02}X{i:05}");
+        let amount = 100 + (i % 50) as u64;
+        let body = json!({"description": "crash test", "amount_fen": amount, "openid": "oCrash", "out_trade_no": no});
+        let created = http
+            .post(format!("{base}/v1/orders"))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await;
+        match created {
+            Ok(r) if r.status() == 201 => {
+                acks.lock().unwrap().orders.insert(no.clone());
+            }
+            _ => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        }
+        let tx = format!("42000{worker:02}{i:08}");
+        let sent = http
+            .post(format!("{base}/notify/v2/pay"))
+            .body(paid_notification(&no, amount, &tx))
+            .send()
+            .await;
+        if let Ok(r) = sent {
+            if r.status() == 200 && r.text().await.is_ok_and(|t| t == SUCCESS) {
+                acks.lock().unwrap().payments.insert(no, tx);
+            }
+        }
+    }
+}
+
+async fn crash_and_restart(database_url: &str, dir: &Path) {
+    let http = client();
+    let sim = simulator().await;
+    let port = free_port();
+    let config = write_config(dir, port, database_url, sim.base_url(), None);
+    let log = dir.join("serve.log");
+    let mut server = Server::start(&config, port, &log);
+    server.ready(&http).await;
+
+    let acks = Arc::new(Mutex::new(Acks::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..16)
+        .map(|w| tokio::spawn(burst(http.clone(), server.url.clone(), w, acks.clone(), stop.clone())))
+        .collect();
+    // Kill it once the burst is in full swing, without warning.
+    let started = Instant::now();
+    while acks.lock().unwrap().payments.len() < 200 && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let acks = std::mem::take(&mut *acks.lock().unwrap());
+    assert!(
+        acks.payments.len() >= 200,
+        "the burst ran: {} payments",
+        acks.payments.len()
+    );
+
+    let mut server = Server::start(&config, port, &log);
+    server.ready(&http).await;
+    let orders = all_orders(&http, &server.url).await;
+    let numbers: Vec<&str> = orders.iter().map(|o| o["out_trade_no"].as_str().unwrap()).collect();
+    let distinct: HashSet<&str> = numbers.iter().copied().collect();
+    assert_eq!(numbers.len(), distinct.len(), "an order stored twice");
+    for no in &acks.orders {
+        assert!(
+            distinct.contains(no.as_str()),
+            "acknowledged order {no} lost ({database_url})"
+        );
+    }
+    for (no, tx) in &acks.payments {
+        let (status, o) = get(&http, &format!("{}/v1/orders/{no}", server.url)).await;
+        assert_eq!(status, 200);
+        assert_eq!(o["status"], "paid", "acknowledged payment of {no} lost: {o}");
+        assert_eq!(o["transaction_id"], tx.as_str());
+        let paid = o["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "paid")
+            .count();
+        assert_eq!(paid, 1, "{no}: {o}");
+    }
+    // Unacknowledged work may or may not have landed, but never twice.
+    for o in &orders {
+        let (_, full) = get(
+            &http,
+            &format!("{}/v1/orders/{}", server.url, o["out_trade_no"].as_str().unwrap()),
+        )
+        .await;
+        let paid = full["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "paid")
+            .count();
+        assert!(paid <= 1, "{full}");
+    }
+    eprintln!(
+        "crash test ({}): {} orders and {} payments acknowledged before SIGKILL, all present once after restart",
+        if database_url.starts_with("postgres") {
+            "postgres"
+        } else {
+            "sqlite"
+        },
+        acks.orders.len(),
+        acks.payments.len()
+    );
+    server.terminate();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sigkill_mid_burst_every_acknowledged_order_and_payment_is_there_exactly_once() {
+    let dir = scratch_dir("crash");
+    crash_and_restart(&format!("sqlite://{}", dir.join("wxpay.db").display()), &dir).await;
+    if let Some(pg) = PgDb::create().await {
+        crash_and_restart(&pg.url, &dir).await;
+        pg.drop_db().await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A webhook receiver that records every delivery.
+async fn webhook_receiver() -> (Arc<Mutex<Vec<Value>>>, String) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let state = seen.clone();
+    let app = axum::Router::new().route(
+        "/events",
+        axum::routing::post(move |body: String| {
+            let state = state.clone();
+            async move {
+                state
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_str::<Value>(&body).unwrap());
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (seen, format!("http://{addr}/events"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_postgres_database_apply_each_payment_once_and_share_background_work() {
+    let Some(pg) = PgDb::create().await else {
+        eprintln!("DATABASE_URL is not set: the two-instance test needs PostgreSQL");
+        return;
+    };
+    let dir = scratch_dir("two");
+    let http = client();
+    let sim = simulator().await;
+    let (events, hook) = webhook_receiver().await;
+    let (pa, pb) = (free_port(), free_port());
+    // Migrations run at the start of each; starting both at once also exercises the lock.
+    let mut a = Server::start(
+        &write_config(&dir, pa, &pg.url, sim.base_url(), Some(&hook)),
+        pa,
+        &dir.join("a.log"),
+    );
+    let mut b = Server::start(
+        &write_config(&dir, pb, &pg.url, sim.base_url(), Some(&hook)),
+        pb,
+        &dir.join("b.log"),
+    );
+    a.ready(&http).await;
+    b.ready(&http).await;
+    let urls = [a.url.clone(), b.url.clone()];
+
+    // Forty orders paid by notifications sent to both instances, three times each, at once.
+    let mut notified = Vec::new();
+    for i in 0..40 {
+        let no = format!("TWO{i:04}");
+        let r = http
+            .post(format!("{}/v1/orders", urls[i % 2]))
+            .bearer_auth(TOKEN)
+            .json(&json!({"description": "two", "amount_fen": 500 + i, "openid": "oTwo", "out_trade_no": no}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        notified.push((no, 500 + i as u64));
+    }
+    let mut sends = tokio::task::JoinSet::new();
+    for (i, (no, amount)) in notified.iter().enumerate() {
+        let body = paid_notification(no, *amount, &format!("4200TWO{i:08}"));
+        for copy in 0..6 {
+            let (http, url, body) = (http.clone(), urls[copy % 2].clone(), body.clone());
+            sends.spawn(async move {
+                let r = http
+                    .post(format!("{url}/notify/v2/pay"))
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            });
+        }
+    }
+    while let Some(r) = sends.join_next().await {
+        assert_eq!(r.unwrap(), (200, SUCCESS.to_owned()));
+    }
+
+    // Twenty orders paid upstream whose notifications are all refused as forged: only the
+    // background checks of the two instances can find them.
+    let mut checked = Vec::new();
+    for i in 0..20 {
+        let no = format!("CHK{i:04}");
+        let r = http
+            .post(format!("{}/v1/orders", urls[i % 2]))
+            .bearer_auth(TOKEN)
+            .json(&json!({"description": "check", "amount_fen": 300, "openid": "oTwo", "out_trade_no": no}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let fault = json!({"kind": "notify_bad_signature", "out_trade_no": no, "for_ms": 120000});
+        http.post(format!("{}/simulator/faults", sim.base_url()))
+            .json(&fault)
+            .send()
+            .await
+            .unwrap();
+        http.post(format!("{}/simulator/pay", sim.base_url()))
+            .json(&json!({"out_trade_no": no}))
+            .send()
+            .await
+            .unwrap();
+        checked.push(no);
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let delivered = events.lock().unwrap().len();
+        if delivered >= 60 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Give a second delivery, if there were one, the time to arrive.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let delivered = events.lock().unwrap().clone();
+    let ids: HashSet<&str> = delivered.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 60, "one event per paid order: {} ids", ids.len());
+    assert_eq!(delivered.len(), 60, "each event delivered by one instance only");
+    for no in notified.iter().map(|(n, _)| n).chain(checked.iter()) {
+        let (_, o) = get(&http, &format!("{}/v1/orders/{no}", urls[0])).await;
+        assert_eq!(o["status"], "paid", "{o}");
+        let paid: Vec<&Value> = o["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "paid")
+            .collect();
+        assert_eq!(paid.len(), 1, "{o}");
+        if no.starts_with("CHK") {
+            assert_eq!(paid[0]["detail"]["source"], "query", "{o}");
+        }
+    }
+    a.terminate();
+    b.terminate();
+    sim.shutdown().await;
+    pg.drop_db().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn migrate_creates_the_schema_and_serve_refuses_a_bad_config_naming_the_key() {
+    let dir = scratch_dir("migrate");
+    let db = dir.join("m.db");
+    let config = write_config(
+        &dir,
+        1,
+        &format!("sqlite://{}", db.display()),
+        "http://127.0.0.1:9",
+        None,
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_wxpay"))
+        .args(["migrate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(db.exists());
+    let again = Command::new(env!("CARGO_BIN_EXE_wxpay"))
+        .args(["migrate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "migrating twice is harmless");
+
+    let text = std::fs::read_to_string(&config).unwrap();
+    for (bad, needle) in [
+        (text.replace(TEST_API_KEY, "too-short"), "merchants[0].api_key"),
+        (text.replace("api_key =", "apikey ="), "apikey"),
+        (
+            text.replace("http://127.0.0.1:1\"", "http://pay.example.com\""),
+            "server.public_url",
+        ),
+        (text.replace("[jobs]", "[jobs]\nsign_type = 1"), "sign_type"),
+        (
+            format!("{text}\n[webhook]\nurl = \"http://127.0.0.1:1/e\"\n"),
+            "webhook.secret",
+        ),
+    ] {
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, bad).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_wxpay"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{needle}: {stderr}");
+        assert!(stderr.contains(needle), "{needle}: {stderr}");
+        assert!(!stderr.contains(TEST_API_KEY), "a secret in an error: {stderr}");
+    }
+    let missing = Command::new(env!("CARGO_BIN_EXE_wxpay"))
+        .args(["serve", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent.toml"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_plays_a_payment_from_login_to_paid_with_a_verified_webhook() {
+    let dir = scratch_dir("demo");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wxpay"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .env("WXPAY_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut base = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while base.is_none() && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            if let Some(url) = line.trim().strip_prefix("open the demo").map(str::trim) {
+                base = Some(url.trim_end_matches("/demo").to_owned());
+            }
+        }
+    }
+    let base = base.expect("the demo prints its address");
+    let http = client();
+    let page = http
+        .get(format!("{base}/demo"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("wx.requestPayment"));
+    let login: Value = http
+        .post(format!("{base}/demo/backend/login"))
+        .json(&json!({"user": "alice"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let openid = login["openid"].as_str().expect("an openid").to_owned();
+    let order: Value = http
+        .post(format!("{base}/demo/backend/orders"))
+        .json(&json!({"item": "latte", "openid": openid, "key": "demo-test-1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(order["amount_fen"], 2800, "the backend priced it: {order}");
+    let prepay = order["prepay_id"].as_str().unwrap();
+    let checkout = http
+        .get(format!("{base}/simulator/checkout/{prepay}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(checkout.contains("28.00"), "{checkout}");
+    let paid = http
+        .post(format!("{base}/simulator/checkout/{prepay}"))
+        .form(&[("outcome", "success")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), 200);
+    let no = order["out_trade_no"].as_str().unwrap();
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        last = http
+            .get(format!("{base}/demo/backend/orders/{no}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if last["order"]["status"] == "paid" && !last["webhook_events"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["order"]["status"], "paid", "{last}");
+    assert_eq!(last["webhook_events"][0]["type"], "order.paid", "{last}");
+    let token = std::fs::read_to_string(dir.join("api-token")).unwrap();
+    let direct = http
+        .get(format!("{base}/v1/orders/{no}"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 200, "the printed token works on the API");
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "the demo stops cleanly on SIGTERM: {status}");
+    assert!(dir.join("wxpay.db").exists());
+    let _ = std::fs::remove_dir_all(dir);
+}

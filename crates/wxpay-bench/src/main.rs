@@ -1,4 +1,6 @@
-//! `wxpay-bench`: a closed-loop load generator for the simulator (and, later, the gateway).
+//! `wxpay-bench`: a closed-loop load generator for the simulator, the gateway, and the peer
+//! service a merchant would run instead (`../shared/bench`), with the same connections,
+//! requests and arithmetic for each, so that their figures compare.
 //!
 //! Each of `--connections` tasks keeps one HTTP/1.1 keep-alive connection and sends its next
 //! request as soon as the previous answer is in, like `wrk`. Every request is a freshly
@@ -43,6 +45,9 @@ struct Cli {
 enum Command {
     /// `unifiedorder` against a WeChat Pay simulator (the built-in test merchant).
     Simulator(SimArgs),
+    /// Order creation and first-delivery payment notifications against the wxpay gateway,
+    /// or against the peer service of `../shared/bench` with `--api peer`.
+    Gateway(GatewayArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,22 +89,44 @@ struct SimArgs {
 
 fn main() {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Simulator(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(args.threads.max(1))
-                .enable_all()
-                .build()
-                .expect("a tokio runtime");
-            if let Err(e) = runtime.block_on(simulator(args)) {
-                eprintln!("wxpay-bench: {e}");
-                std::process::exit(1);
-            }
-        }
+    let threads = match &cli.command {
+        Command::Simulator(a) => a.threads,
+        Command::Gateway(a) => a.threads,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let result = match cli.command {
+        Command::Simulator(args) => runtime.block_on(simulator(args)),
+        Command::Gateway(args) => runtime.block_on(gateway(args)),
+    };
+    if let Err(e) = result {
+        eprintln!("wxpay-bench: {e}");
+        std::process::exit(1);
     }
 }
 
+/// What each request is.
+enum Workload {
+    /// A freshly signed `unifiedorder` to a simulator.
+    SimUnifiedOrder,
+    /// `POST /v1/orders` to the wxpay gateway, a new order each time.
+    GatewayOrders { token: String },
+    /// `POST /orders` to the peer service (wechatpy + FastAPI), a new order each time.
+    PeerOrders,
+    /// Pre-signed payment notifications, each sent once: connection c sends bodies c, c + C,
+    /// c + 2C, … and stops when its share is sent.
+    Notify {
+        path: &'static str,
+        bodies: Arc<Vec<Bytes>>,
+        connections: usize,
+    },
+}
+
 struct Shared {
+    workload: Workload,
     merchant: Merchant,
     notify_url: String,
     host: String,
@@ -140,63 +167,90 @@ fn major_faults(pid: u32) -> Option<u64> {
     after_comm.split_whitespace().nth(9)?.parse().ok()
 }
 
-async fn simulator(args: SimArgs) -> Result<(), String> {
-    let authority = args
-        .target
+fn authority_of(target: &str) -> Result<String, String> {
+    Ok(target
         .strip_prefix("http://")
         .ok_or("the target must be http://host:port")?
         .trim_end_matches('/')
-        .to_owned();
-    let merchant = Merchant {
-        appid: AppId::new(wxpay_simulator::TEST_APPID).map_err(|e| e.to_string())?,
-        mch_id: MchId::new(wxpay_simulator::TEST_MCH_ID).map_err(|e| e.to_string())?,
-        key: ApiKey::new(wxpay_simulator::TEST_API_KEY).map_err(|e| e.to_string())?,
-        sign_type: if args.hmac { SignType::HmacSha256 } else { SignType::Md5 },
-    };
-    let run = format!(
+        .to_owned())
+}
+
+fn run_id() -> String {
+    format!(
         "{:x}",
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0)
             % 0xff_ffff
-    );
+    )
+}
+
+/// One load run.
+struct Spec {
+    label: String,
+    authority: String,
+    workload: Workload,
+    merchant: Merchant,
+    notify_url: String,
+    connections: usize,
+    /// Timed runs: warm-up and measured seconds. Budgeted runs: the number of requests.
+    warmup: u64,
+    duration: u64,
+    budget: Option<u64>,
+    rate: Option<f64>,
+    pid: Option<u32>,
+    /// Stop at the first failed request.
+    strict: bool,
+}
+
+/// What a run measured.
+struct Report {
+    rps: f64,
+    requests: usize,
+    p50: f64,
+    p99: f64,
+    rss_mib: Option<f64>,
+    json: serde_json::Value,
+}
+
+/// Runs the connections, prints the figures (with `label`), and returns them.
+async fn run_load(spec: Spec) -> Result<Report, String> {
+    let finite = spec.budget.is_some() || matches!(spec.workload, Workload::Notify { .. });
     let shared = Arc::new(Shared {
-        notify_url: args
-            .notify_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{authority}/simulator/sink")),
-        host: authority.clone(),
-        authority,
-        merchant,
-        run,
-        recording: AtomicBool::new(args.orders.is_some()),
+        workload: spec.workload,
+        notify_url: spec.notify_url,
+        host: spec.authority.clone(),
+        authority: spec.authority,
+        merchant: spec.merchant,
+        run: run_id(),
+        recording: AtomicBool::new(finite),
         stop: AtomicBool::new(false),
-        budget: args.orders.map(AtomicU64::new),
-        interval: args
+        budget: spec.budget.map(AtomicU64::new),
+        interval: spec
             .rate
             .filter(|r| *r > 0.0)
-            .map(|r| Duration::from_secs_f64(args.connections as f64 / r)),
+            .map(|r| Duration::from_secs_f64(spec.connections as f64 / r)),
         errors: AtomicU64::new(0),
         sent: AtomicU64::new(0),
         epoch: Instant::now(),
         slow: std::sync::Mutex::new(Vec::new()),
     });
-    let rss_before = args.pid.and_then(rss_kib);
-    let faults_before = args.pid.and_then(major_faults);
+    let rss_before = spec.pid.and_then(rss_kib);
+    let faults_before = spec.pid.and_then(major_faults);
     let mut tasks = Vec::new();
-    for conn in 0..args.connections {
+    for conn in 0..spec.connections {
         let shared = shared.clone();
         tasks.push(tokio::spawn(async move { connection(conn, shared).await }));
     }
     let started;
-    if args.orders.is_some() {
+    if finite {
         started = Instant::now();
     } else {
-        tokio::time::sleep(Duration::from_secs(args.warmup)).await;
+        tokio::time::sleep(Duration::from_secs(spec.warmup)).await;
         shared.recording.store(true, Ordering::SeqCst);
         started = Instant::now();
-        tokio::time::sleep(Duration::from_secs(args.duration)).await;
+        tokio::time::sleep(Duration::from_secs(spec.duration)).await;
         shared.stop.store(true, Ordering::SeqCst);
     }
     let mut latencies: Vec<u32> = Vec::new();
@@ -220,8 +274,9 @@ async fn simulator(args: SimArgs) -> Result<(), String> {
     let rate = n as f64 / elapsed;
     let errors = shared.errors.load(Ordering::Relaxed);
     let mut slow = std::mem::take(&mut *shared.slow.lock().unwrap_or_else(|e| e.into_inner()));
-    if !slow.is_empty() {
-        // Group slow answers by the 100 ms window they started in.
+    if !slow.is_empty() && slow.len() * 20 < n.max(1) {
+        // Group slow answers by the 100 ms window they started in (only when they are few:
+        // otherwise the run is simply slow, not stalled).
         slow.sort_unstable();
         let mut windows: Vec<(u64, usize, u32)> = Vec::new();
         for (at, us) in slow {
@@ -242,12 +297,13 @@ async fn simulator(args: SimArgs) -> Result<(), String> {
             list.join(" ")
         );
     }
-    let mode = args
+    let mode = spec
         .rate
         .map_or_else(|| "closed loop".to_owned(), |r| format!("open loop at {r:.0}/s"));
     say!(
-        "unifiedorder x{} connections, {mode}, {:.1} s: {} requests, {:.0} req/s, errors {}",
-        args.connections,
+        "{} x{} connections, {mode}, {:.1} s: {} requests, {:.0} req/s, errors {}",
+        spec.label,
+        spec.connections,
         elapsed,
         n,
         rate,
@@ -262,37 +318,356 @@ async fn simulator(args: SimArgs) -> Result<(), String> {
         latencies.last().map_or(0.0, |v| f64::from(*v) / 1000.0)
     );
     let mut json = serde_json::json!({
-        "bench": "simulator.unifiedorder",
-        "connections": args.connections,
-        "offered_rps": args.rate,
+        "bench": spec.label,
+        "connections": spec.connections,
+        "offered_rps": spec.rate,
         "seconds": elapsed,
         "requests": n,
         "rps": rate,
         "errors": errors,
         "p50_ms": pct(50.0), "p90_ms": pct(90.0), "p99_ms": pct(99.0), "p999_ms": pct(99.9),
-        "orders_created": shared.sent.load(Ordering::Relaxed),
     });
-    if let Some(pid) = args.pid {
+    let mut rss_mib = None;
+    if let Some(pid) = spec.pid {
         if let Some((rss, hwm)) = rss_kib(pid) {
             say!(
-                "simulator memory: RSS {:.1} MiB (peak {:.1} MiB; {:.1} MiB before the run)",
+                "server memory: RSS {:.1} MiB (peak {:.1} MiB; {:.1} MiB before the run)",
                 rss as f64 / 1024.0,
                 hwm as f64 / 1024.0,
                 rss_before.map_or(0.0, |r| r.0 as f64 / 1024.0)
             );
+            rss_mib = Some(hwm as f64 / 1024.0);
             json["rss_mib"] = serde_json::json!(rss as f64 / 1024.0);
+            json["peak_rss_mib"] = serde_json::json!(hwm as f64 / 1024.0);
             if let (Some(a), Some(b)) = (faults_before, major_faults(pid)) {
-                say!("simulator major page faults during the run: {}", b - a);
+                say!("server major page faults during the run: {}", b - a);
                 json["major_faults"] = serde_json::json!(b - a);
             }
-            json["peak_rss_mib"] = serde_json::json!(hwm as f64 / 1024.0);
         }
     }
     say!("{json}");
-    if errors > 0 {
+    if errors > 0 && spec.strict {
         return Err(format!("{errors} requests failed"));
     }
+    Ok(Report {
+        rps: rate,
+        requests: n,
+        p50: pct(50.0),
+        p99: pct(99.0),
+        rss_mib,
+        json,
+    })
+}
+
+fn test_merchant(hmac: bool) -> Result<Merchant, String> {
+    Ok(Merchant {
+        appid: AppId::new(wxpay_simulator::TEST_APPID).map_err(|e| e.to_string())?,
+        mch_id: MchId::new(wxpay_simulator::TEST_MCH_ID).map_err(|e| e.to_string())?,
+        key: ApiKey::new(wxpay_simulator::TEST_API_KEY).map_err(|e| e.to_string())?,
+        sign_type: if hmac { SignType::HmacSha256 } else { SignType::Md5 },
+    })
+}
+
+async fn simulator(args: SimArgs) -> Result<(), String> {
+    let authority = authority_of(&args.target)?;
+    run_load(Spec {
+        label: "unifiedorder".into(),
+        notify_url: args
+            .notify_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{authority}/simulator/sink")),
+        authority,
+        workload: Workload::SimUnifiedOrder,
+        merchant: test_merchant(args.hmac)?,
+        connections: args.connections,
+        warmup: args.warmup,
+        duration: args.duration,
+        budget: args.orders,
+        rate: args.rate,
+        pid: args.pid,
+        strict: true,
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Signed payment notifications for orders `prefix0 … prefix{count-1}` of `fee` fen, with
+/// the fields WeChat Pay sends (23 of them, as the peer's load scripts send).
+fn notifications(merchant: &Merchant, prefix: &str, count: usize, fee: u64) -> Result<Vec<Bytes>, String> {
+    let time_end = wxpay_protocol::BeijingTime::from_unix(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+    )
+    .to_compact();
+    let fee = fee.to_string();
+    (0..count)
+        .map(|i| {
+            let no = format!("{prefix}{i}");
+            let nonce = format!("{:032x}", (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let tx = format!("42000{i:023}");
+            let mut f = wxpay_protocol::Fields::new();
+            for (k, v) in [
+                ("appid", merchant.appid.as_str()),
+                ("attach", "门店: 深圳南山店"),
+                ("bank_type", "CMC"),
+                ("cash_fee", fee.as_str()),
+                ("coupon_count", "0"),
+                ("coupon_fee", "0"),
+                ("device_info", "WEB"),
+                ("fee_type", "CNY"),
+                ("is_subscribe", "N"),
+                ("mch_id", merchant.mch_id.as_str()),
+                ("nonce_str", nonce.as_str()),
+                ("openid", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"),
+                ("out_trade_no", no.as_str()),
+                ("result_code", "SUCCESS"),
+                ("return_code", "SUCCESS"),
+                ("return_msg", "OK"),
+                ("settlement_total_fee", fee.as_str()),
+                ("sign_type", "MD5"),
+                ("time_end", time_end.as_str()),
+                ("total_fee", fee.as_str()),
+                ("trade_type", "JSAPI"),
+                ("transaction_id", tx.as_str()),
+            ] {
+                f.insert(k, v.to_owned()).map_err(|e| e.to_string())?;
+            }
+            f.sign(&merchant.key, SignType::Md5);
+            f.to_xml().map(Bytes::from).map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// Which service is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Api {
+    /// The wxpay gateway: `POST /v1/orders` (bearer token), `POST /notify/v2/pay`.
+    Wxpay,
+    /// The peer service of `../shared/bench` (wechatpy + FastAPI): `POST /orders`, `POST /notify`.
+    Peer,
+}
+
+#[derive(Debug, clap::Args)]
+struct GatewayArgs {
+    /// The service's base URL (plain http).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    target: String,
+    /// Which API the service speaks.
+    #[arg(long, value_enum, default_value_t = Api::Wxpay)]
+    api: Api,
+    /// The bearer token (wxpay).
+    #[arg(long, default_value = "bench-token-0123456789abcdef")]
+    token: String,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Seconds of order creation measured (after the warm-up).
+    #[arg(long, default_value_t = 15)]
+    duration: u64,
+    /// Seconds of warm-up, not measured.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Orders created (not measured) to receive one first-delivery notification each.
+    #[arg(long, default_value_t = 60_000)]
+    pool: usize,
+    /// The service's pid, to report its resident memory.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Offered order creations per second (open loop, latency counted from when each
+    /// request was due); without it, as fast as answers come.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Offered notifications per second (open loop); without it, as fast as answers come.
+    #[arg(long)]
+    notify_rate: Option<f64>,
+    /// Only this part.
+    #[arg(long, value_enum)]
+    only: Option<Part>,
+    /// Worker threads of the load generator.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// The merchant the peer service is configured with (its appid, mch_id, API key).
+    #[arg(long, default_value = "wx2421b1c4370ec43b,10000100,192006250b4c09247ec02edce69f6a2d")]
+    peer_merchant: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// Order creation.
+    Orders,
+    /// First-delivery payment notifications.
+    Notify,
+}
+
+async fn gateway(args: GatewayArgs) -> Result<(), String> {
+    let authority = authority_of(&args.target)?;
+    let merchant = match args.api {
+        Api::Wxpay => test_merchant(false)?,
+        Api::Peer => {
+            let parts: Vec<&str> = args.peer_merchant.split(',').collect();
+            let [appid, mch_id, key] = parts[..] else {
+                return Err("--peer-merchant is APPID,MCH_ID,KEY".into());
+            };
+            Merchant {
+                appid: AppId::new(appid).map_err(|e| e.to_string())?,
+                mch_id: MchId::new(mch_id).map_err(|e| e.to_string())?,
+                key: ApiKey::new(key).map_err(|e| e.to_string())?,
+                sign_type: SignType::Md5,
+            }
+        }
+    };
+    let name = match args.api {
+        Api::Wxpay => "wxpay",
+        Api::Peer => "peer",
+    };
+    let orders_workload = || match args.api {
+        Api::Wxpay => Workload::GatewayOrders {
+            token: args.token.clone(),
+        },
+        Api::Peer => Workload::PeerOrders,
+    };
+    let spec = |label: String, workload: Workload, rate: Option<f64>, connections: usize| Spec {
+        label,
+        authority: authority.clone(),
+        workload,
+        merchant: merchant.clone(),
+        notify_url: String::new(),
+        connections,
+        warmup: args.warmup,
+        duration: args.duration,
+        budget: None,
+        rate,
+        pid: args.pid,
+        strict: false,
+    };
+    let mut summary = serde_json::json!({"service": name});
+    if args.only != Some(Part::Notify) {
+        let r = run_load(spec(
+            format!("{name} create order"),
+            orders_workload(),
+            args.rate,
+            args.connections,
+        ))
+        .await?;
+        summary["orders"] = r.json.clone();
+        say!(
+            "SUMMARY {name} orders: {:.0}/s p50 {:.2} ms p99 {:.2} ms peak RSS {}",
+            r.rps,
+            r.p50,
+            r.p99,
+            r.rss_mib.map_or("-".to_owned(), |m| format!("{m:.1} MiB"))
+        );
+    }
+    if args.only != Some(Part::Orders) {
+        // Seed the orders the notifications pay; their numbers are known: the seeding
+        // connections number them from a shared counter.
+        let prefix = format!("N{}x", run_id());
+        let seeded = seed(&authority, &args, &prefix, merchant.clone()).await?;
+        let bodies = Arc::new(notifications(&merchant, &prefix, seeded, ORDER_FEE)?);
+        let path = match args.api {
+            Api::Wxpay => "/notify/v2/pay",
+            Api::Peer => "/notify",
+        };
+        let workload = Workload::Notify {
+            path,
+            bodies,
+            connections: args.connections,
+        };
+        let r = run_load(spec(
+            format!("{name} payment notification"),
+            workload,
+            args.notify_rate,
+            args.connections,
+        ))
+        .await?;
+        summary["notify"] = r.json.clone();
+        say!(
+            "SUMMARY {name} notifications: {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} first deliveries) peak RSS {}",
+            r.rps,
+            r.p50,
+            r.p99,
+            r.requests,
+            r.rss_mib.map_or("-".to_owned(), |m| format!("{m:.1} MiB"))
+        );
+    }
+    say!("SUMMARY-JSON {summary}");
     Ok(())
+}
+
+/// Creates `args.pool` orders numbered `prefix0…`, as fast as the service allows (not
+/// measured), and returns how many were created.
+async fn seed(authority: &str, args: &GatewayArgs, prefix: &str, merchant: Merchant) -> Result<usize, String> {
+    let counter = Arc::new(AtomicU64::new(0));
+    let created = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.connections.min(32) {
+        let (counter, created) = (counter.clone(), created.clone());
+        let shared = Arc::new(Shared {
+            workload: match args.api {
+                Api::Wxpay => Workload::GatewayOrders {
+                    token: args.token.clone(),
+                },
+                Api::Peer => Workload::PeerOrders,
+            },
+            merchant: merchant.clone(),
+            notify_url: String::new(),
+            host: authority.to_owned(),
+            authority: authority.to_owned(),
+            run: String::new(),
+            recording: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            budget: None,
+            interval: None,
+            errors: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            epoch: Instant::now(),
+            slow: std::sync::Mutex::new(Vec::new()),
+        });
+        let (pool, prefix, token, api) = (args.pool as u64, prefix.to_owned(), args.token.clone(), args.api);
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(&shared).await?;
+            loop {
+                let i = counter.fetch_add(1, Ordering::Relaxed);
+                if i >= pool {
+                    return Ok::<(), String>(());
+                }
+                let no = format!("{prefix}{i}");
+                let (path, body, expect) = match api {
+                    Api::Wxpay => ("/v1/orders", order_json("amount_fen", &no, ORDER_FEE), 201),
+                    Api::Peer => ("/orders", order_json("total_fee", &no, ORDER_FEE), 200),
+                };
+                let req = hyper::Request::post(path)
+                    .header(hyper::header::HOST, shared.host.as_str())
+                    .header(hyper::header::CONTENT_TYPE, "application/json")
+                    .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
+                    .body(Full::new(Bytes::from(body)))
+                    .map_err(|e| e.to_string())?;
+                if sender.ready().await.is_err() {
+                    sender = connect(&shared).await?;
+                }
+                let resp = sender.send_request(req).await.map_err(|e| format!("seeding: {e}"))?;
+                let status = resp.status().as_u16();
+                let _ = resp.into_body().collect().await;
+                if status != expect {
+                    return Err(format!("seeding order {no}: HTTP {status}"));
+                }
+                created.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    let n = created.load(Ordering::Relaxed) as usize;
+    say!(
+        "seeded {n} orders in {:.1} s ({:.0}/s, not measured)",
+        started.elapsed().as_secs_f64(),
+        n as f64 / started.elapsed().as_secs_f64()
+    );
+    Ok(n)
 }
 
 async fn connect(shared: &Shared) -> Result<http1::SendRequest<Full<Bytes>>, String> {
@@ -335,22 +710,9 @@ async fn connection(conn: usize, shared: Arc<Shared>) -> Result<Vec<u32>, String
             }
         }
         seq += 1;
-        let no = format!("L{}{:03}x{}", shared.run, conn, seq);
-        let order = UnifiedOrder::jsapi(
-            "压测商品",
-            OutTradeNo::new(no).map_err(|e| e.to_string())?,
-            Fen::new(1 + seq % 9999).map_err(|e| e.to_string())?,
-            "127.0.0.1",
-            shared.notify_url.as_str(),
-            "oLoadTestUser000000000000000",
-        );
-        let nonce = Nonce::new(format!("{conn}n{seq}")).map_err(|e| e.to_string())?;
-        let body = v2::encode(&order, &shared.merchant, &nonce).map_err(|e| e.to_string())?;
-        let req = hyper::Request::post("/pay/unifiedorder")
-            .header(hyper::header::HOST, shared.host.as_str())
-            .header(hyper::header::CONTENT_TYPE, "text/xml")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
+        let Some(req) = build_request(&shared, conn, seq)? else {
+            break;
+        };
         if shared.interval.is_some() {
             tokio::time::sleep_until(due.into()).await;
         }
@@ -371,7 +733,7 @@ async fn connection(conn: usize, shared: Arc<Shared>) -> Result<Vec<u32>, String
             Ok(resp) => {
                 let status = resp.status();
                 match resp.into_body().collect().await {
-                    Ok(b) => status == 200 && memchr_ok(&b.to_bytes()),
+                    Ok(b) => answer_ok(&shared.workload, status.as_u16(), &b.to_bytes()),
                     Err(_) => false,
                 }
             }
@@ -396,6 +758,78 @@ async fn connection(conn: usize, shared: Arc<Shared>) -> Result<Vec<u32>, String
     }
     shared.slow.lock().unwrap_or_else(|e| e.into_inner()).extend(slow);
     Ok(latencies)
+}
+
+/// The `seq`-th request of connection `conn`, or `None` when its share is sent.
+fn build_request(shared: &Shared, conn: usize, seq: u64) -> Result<Option<hyper::Request<Full<Bytes>>>, String> {
+    let builder = |path: &str, content_type: &str| {
+        hyper::Request::post(path)
+            .header(hyper::header::HOST, shared.host.as_str())
+            .header(hyper::header::CONTENT_TYPE, content_type)
+    };
+    let req = match &shared.workload {
+        Workload::SimUnifiedOrder => {
+            let no = format!("L{}{:03}x{}", shared.run, conn, seq);
+            let order = UnifiedOrder::jsapi(
+                "压测商品",
+                OutTradeNo::new(no).map_err(|e| e.to_string())?,
+                Fen::new(1 + seq % 9999).map_err(|e| e.to_string())?,
+                "127.0.0.1",
+                shared.notify_url.as_str(),
+                "oLoadTestUser000000000000000",
+            );
+            let nonce = Nonce::new(format!("{conn}n{seq}")).map_err(|e| e.to_string())?;
+            let body = v2::encode(&order, &shared.merchant, &nonce).map_err(|e| e.to_string())?;
+            builder("/pay/unifiedorder", "text/xml").body(Full::new(Bytes::from(body)))
+        }
+        Workload::GatewayOrders { token } => {
+            let body = order_json("amount_fen", &format!("G{}{conn:03}x{seq}", shared.run), ORDER_FEE);
+            builder("/v1/orders", "application/json")
+                .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Full::new(Bytes::from(body)))
+        }
+        Workload::PeerOrders => {
+            let body = order_json("total_fee", &format!("P{}{conn:03}x{seq}", shared.run), ORDER_FEE);
+            builder("/orders", "application/json").body(Full::new(Bytes::from(body)))
+        }
+        Workload::Notify {
+            path,
+            bodies,
+            connections,
+        } => {
+            let i = conn + (seq as usize - 1) * connections;
+            let Some(body) = bodies.get(i) else {
+                return Ok(None);
+            };
+            builder(path, "text/xml").body(Full::new(body.clone()))
+        }
+    };
+    req.map(Some).map_err(|e| e.to_string())
+}
+
+/// The amount of every order of a gateway run: the peer's load scripts use 88.00 yuan.
+const ORDER_FEE: u64 = 8800;
+
+/// The body of a new order; the gateway calls the amount `amount_fen`, the peer `total_fee`.
+fn order_json(amount_field: &str, out_trade_no: &str, fee: u64) -> String {
+    serde_json::json!({
+        "out_trade_no": out_trade_no,
+        "openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o",
+        amount_field: fee,
+        "description": "微信小程序商城-精品咖啡豆 250g×2",
+    })
+    .to_string()
+}
+
+/// Whether an answer is the success of its workload.
+fn answer_ok(workload: &Workload, status: u16, body: &[u8]) -> bool {
+    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    match workload {
+        Workload::SimUnifiedOrder => status == 200 && memchr_ok(body),
+        Workload::GatewayOrders { .. } => status == 201 && has(b"\"paySign\""),
+        Workload::PeerOrders => status == 200 && has(b"\"paySign\""),
+        Workload::Notify { .. } => status == 200 && has(b"SUCCESS"),
+    }
 }
 
 /// Whether an answer says `result_code` SUCCESS (a byte search, to keep the generator light;

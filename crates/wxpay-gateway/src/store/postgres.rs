@@ -8,13 +8,18 @@
 
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, Postgres, Row, Transaction};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Created, Event, Fut, IdemClaim, NewOrder, NotificationRecord, Order, OrderStatus, OutboxEvent, Payment,
     PaymentOutcome, Stats, Store, StoreError, Upstream, event_id, event_payload,
 };
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (2, include_str!("../../migrations/postgres/0002_rfc3339.sql")),
+    (3, include_str!("../../migrations/postgres/0003_apply_payments.sql")),
+];
 /// The advisory lock that serialises migrations of several gateways starting together.
 const MIGRATION_LOCK: i64 = 0x7778_7061_7900;
 
@@ -22,7 +27,22 @@ const MIGRATION_LOCK: i64 = 0x7778_7061_7900;
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Payments waiting for a batch.
+    payments: mpsc::Sender<PaymentJob>,
 }
+
+/// A payment waiting for its batch, and where its outcome goes.
+#[derive(Debug)]
+struct PaymentJob {
+    payment: Payment,
+    notification: Option<NotificationRecord>,
+    reply: oneshot::Sender<Result<PaymentOutcome, StoreError>>,
+}
+
+/// Payments per batch at most.
+const BATCH_MAX: usize = 128;
+/// Batches in flight at once: while one waits for its commit, the next gathers.
+const BATCHERS: usize = 3;
 
 const ORDER_COLUMNS: &str = "id, merchant, out_trade_no, appid, mch_id, description, amount_fen, refunded_fen, openid, attach, \
 client_ip, status, upstream, upstream_error, prepay_id, prepay_at, transaction_id, created_at, updated_at, expires_at, paid_at, \
@@ -159,71 +179,270 @@ async fn transition(
     Ok(Some(order))
 }
 
-async fn apply_payment(tx: &mut Tx, p: &Payment) -> Result<PaymentOutcome, StoreError> {
-    // The row lock serialises concurrent notifications and queries for this order.
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = $1 AND out_trade_no = $2 FOR UPDATE"
-    )))
-    .bind(&p.merchant)
-    .bind(&p.out_trade_no)
-    .fetch_optional(&mut **tx)
-    .await?;
+/// The columns of `orders` prefixed with a table alias, for statements that join.
+fn order_columns_of(alias: &str) -> String {
+    ORDER_COLUMNS
+        .split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A payment in one statement (one round trip, one commit): the order's row lock, the
+/// verdict, the conditional update, its event, its outbox row and the notification record
+/// are data-modifying parts of a single `WITH`, which PostgreSQL runs atomically. A
+/// concurrent duplicate waits on the row lock and then sees the order paid; a transaction id
+/// taken meanwhile by another order trips the unique index and nothing is written.
+fn apply_payment_sql() -> String {
+    let o_cols = order_columns_of("o");
+    let u_cols = order_columns_of("u");
+    format!(
+        "WITH o AS ( \
+           SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = $1 AND out_trade_no = $2 FOR UPDATE \
+         ), v AS ( \
+           SELECT CASE \
+             WHEN NOT EXISTS (SELECT 1 FROM o) THEN 'unknown_order' \
+             WHEN (SELECT amount_fen FROM o) <> $3 THEN 'amount_mismatch' \
+             WHEN (SELECT status FROM o) IN ('paid', 'refunded') THEN \
+               CASE WHEN (SELECT transaction_id FROM o) = $4 THEN 'duplicate' ELSE 'transaction_conflict' END \
+             WHEN EXISTS (SELECT 1 FROM orders WHERE transaction_id = $4) THEN 'transaction_conflict' \
+             ELSE 'applied' END AS verdict \
+         ), u AS ( \
+           UPDATE orders SET status = 'paid', transaction_id = $4, paid_at = $5, updated_at = $6, next_check_at = NULL \
+           WHERE id = (SELECT id FROM o) AND (SELECT verdict FROM v) = 'applied' \
+           RETURNING orders.* \
+         ), ev AS ( \
+           INSERT INTO order_events (order_id, at, kind, detail) \
+           SELECT u.id, $6, 'paid', jsonb_strip_nulls(jsonb_build_object('source', $7::TEXT, 'transaction_id', $4::TEXT, \
+             'anomaly', CASE WHEN o.status <> 'pending' THEN 'paid after being ' || o.status END))::TEXT \
+           FROM u, o \
+         ), ob AS ( \
+           INSERT INTO outbox (id, order_id, type, payload, created_at, next_attempt_at) \
+           SELECT $8, u.id, 'order.paid', jsonb_build_object('id', $8::TEXT, 'type', 'order.paid', \
+             'created_at', wxpay_rfc3339($6), 'data', jsonb_build_object('merchant', u.merchant, \
+             'out_trade_no', u.out_trade_no, 'status', u.status, 'amount_fen', u.amount_fen, \
+             'refunded_fen', u.refunded_fen, 'transaction_id', u.transaction_id, 'paid_at', wxpay_rfc3339(u.paid_at), \
+             'attach', u.attach))::TEXT, $6, $6 \
+           FROM u \
+         ), nt AS ( \
+           INSERT INTO notifications (received_at, kind, merchant, out_trade_no, transaction_id, verdict, reason, body) \
+           SELECT $9, $10, $11, $12, $13, v.verdict, $14, $15 FROM v WHERE $16 \
+         ) \
+         SELECT v.verdict, o.status AS was, {u_cols} FROM v, u, o \
+         UNION ALL \
+         SELECT v.verdict, o.status AS was, {o_cols} FROM v, o WHERE NOT EXISTS (SELECT 1 FROM u)"
+    )
+}
+
+/// What a verdict of the payment statement or function means, with the order it returned.
+fn payment_outcome(
+    verdict: &str,
+    was: Option<&str>,
+    row: Option<&PgRow>,
+    got: i64,
+) -> Result<PaymentOutcome, StoreError> {
+    let order = || -> Result<Order, StoreError> {
+        order_row(row.ok_or_else(|| StoreError::Db(format!("a {verdict} payment without its order")))?)
+    };
+    Ok(match verdict {
+        "unknown_order" => PaymentOutcome::UnknownOrder,
+        "applied" => {
+            let order = order()?;
+            if was.is_some_and(|w| w != "pending") {
+                tracing::error!(out_trade_no = %order.out_trade_no, was = ?was, "payment for an order that was not pending");
+            }
+            PaymentOutcome::Applied(order)
+        }
+        "duplicate" => PaymentOutcome::AlreadyPaid(order()?),
+        "amount_mismatch" => PaymentOutcome::AmountMismatch {
+            expected: order()?.amount_fen,
+            got,
+        },
+        "transaction_conflict" => match order()?.transaction_id {
+            Some(t) => PaymentOutcome::TransactionConflict(format!("the order is already paid with transaction {t}")),
+            None => PaymentOutcome::TransactionConflict("the transaction id belongs to another order".into()),
+        },
+        other => return Err(StoreError::Db(format!("unexpected payment verdict {other:?}"))),
+    })
+}
+
+fn empty_record() -> NotificationRecord {
+    NotificationRecord {
+        received_at: 0,
+        kind: String::new(),
+        merchant: None,
+        out_trade_no: None,
+        transaction_id: None,
+        verdict: String::new(),
+        reason: None,
+        body: String::new(),
+    }
+}
+
+/// One payment in one statement.
+async fn apply_one(
+    pool: &PgPool,
+    p: Payment,
+    notification: Option<NotificationRecord>,
+) -> Result<PaymentOutcome, StoreError> {
+    let record = notification.is_some();
+    let n = notification.unwrap_or_else(empty_record);
+    let row = sqlx::query(sqlx::AssertSqlSafe(apply_payment_sql()))
+        .bind(&p.merchant)
+        .bind(&p.out_trade_no)
+        .bind(p.amount_fen)
+        .bind(&p.transaction_id)
+        .bind(p.paid_at)
+        .bind(p.now)
+        .bind(p.source.as_str())
+        .bind(event_id())
+        .bind(n.received_at)
+        .bind(&n.kind)
+        .bind(&n.merchant)
+        .bind(&n.out_trade_no)
+        .bind(&n.transaction_id)
+        .bind(&n.reason)
+        .bind(&n.body)
+        .bind(record)
+        .fetch_optional(pool)
+        .await?;
     let Some(row) = row else {
         return Ok(PaymentOutcome::UnknownOrder);
     };
-    let order = order_row(&row)?;
-    if order.amount_fen != p.amount_fen {
-        return Ok(PaymentOutcome::AmountMismatch {
-            expected: order.amount_fen,
-            got: p.amount_fen,
-        });
+    let verdict: String = row.try_get("verdict")?;
+    let was: Option<String> = row.try_get("was")?;
+    payment_outcome(&verdict, was.as_deref(), Some(&row), p.amount_fen)
+}
+
+/// Gathers waiting payments into batches and applies each batch in one call of
+/// `wxpay_apply_payments`: one transaction and one WAL flush for up to `BATCH_MAX`
+/// notifications, instead of one each. Every payment still gets its own verdict, and its
+/// caller answers WeChat Pay only after the batch committed.
+async fn batcher(pool: PgPool, rx: std::sync::Arc<tokio::sync::Mutex<mpsc::Receiver<PaymentJob>>>) {
+    loop {
+        let mut jobs = Vec::with_capacity(BATCH_MAX);
+        {
+            let mut rx = rx.lock().await;
+            match rx.recv().await {
+                Some(j) => jobs.push(j),
+                None => return,
+            }
+            while jobs.len() < BATCH_MAX {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+        }
+        run_batch(&pool, jobs).await;
     }
-    if matches!(order.status, OrderStatus::Paid | OrderStatus::Refunded) {
-        return Ok(if order.transaction_id.as_deref() == Some(p.transaction_id.as_str()) {
-            PaymentOutcome::AlreadyPaid(order)
-        } else {
-            PaymentOutcome::TransactionConflict(format!(
-                "the order is already paid with transaction {}",
-                order.transaction_id.as_deref().unwrap_or("?")
-            ))
-        });
+}
+
+async fn run_batch(pool: &PgPool, mut jobs: Vec<PaymentJob>) {
+    if jobs.len() == 1 {
+        if let Some(j) = jobs.pop() {
+            let _ = j.reply.send(apply_one(pool, j.payment, j.notification).await);
+        }
+        return;
     }
-    // The unique index on transaction_id is the guard; ON CONFLICT is not available for
-    // UPDATE, so a savepoint keeps a violation from aborting the whole transaction.
-    sqlx::query("SAVEPOINT pay").execute(&mut **tx).await?;
-    let updated = sqlx::query(
-        "UPDATE orders SET status = 'paid', transaction_id = $1, paid_at = $2, updated_at = $3, next_check_at = NULL \
-         WHERE id = $4 AND status = $5",
+    // One lock order for every batch: no two batches can wait on each other.
+    jobs.sort_by(|a, b| {
+        (&a.payment.merchant, &a.payment.out_trade_no).cmp(&(&b.payment.merchant, &b.payment.out_trade_no))
+    });
+    match call_batch(pool, &jobs).await {
+        Ok(outcomes) if outcomes.len() == jobs.len() => {
+            for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                let _ = job.reply.send(outcome);
+            }
+        }
+        result => {
+            // A batch fails as a whole (a transaction id taken by a concurrent batch, a
+            // lost connection): nothing of it was committed, so each payment is tried again
+            // on its own, where such a failure only touches itself.
+            if let Err(e) = &result {
+                tracing::warn!(error = %e, size = jobs.len(), "payment batch failed; applying its payments one by one");
+            }
+            for j in jobs {
+                let _ = j.reply.send(apply_one(pool, j.payment, j.notification).await);
+            }
+        }
+    }
+}
+
+async fn call_batch(pool: &PgPool, jobs: &[PaymentJob]) -> Result<Vec<Result<PaymentOutcome, StoreError>>, StoreError> {
+    let n = jobs.len();
+    let mut merchant = Vec::with_capacity(n);
+    let mut out_trade_no = Vec::with_capacity(n);
+    let mut amount = Vec::with_capacity(n);
+    let mut transaction_id = Vec::with_capacity(n);
+    let mut paid_at = Vec::with_capacity(n);
+    let mut now = Vec::with_capacity(n);
+    let mut source = Vec::with_capacity(n);
+    let mut event = Vec::with_capacity(n);
+    let mut record = Vec::with_capacity(n);
+    let mut received_at = Vec::with_capacity(n);
+    let mut kind = Vec::with_capacity(n);
+    let mut n_merchant: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut n_out_trade_no: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut n_transaction_id: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut reason: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut body = Vec::with_capacity(n);
+    for j in jobs {
+        let p = &j.payment;
+        merchant.push(p.merchant.clone());
+        out_trade_no.push(p.out_trade_no.clone());
+        amount.push(p.amount_fen);
+        transaction_id.push(p.transaction_id.clone());
+        paid_at.push(p.paid_at);
+        now.push(p.now);
+        source.push(p.source.as_str().to_owned());
+        event.push(event_id());
+        record.push(j.notification.is_some());
+        let r = j.notification.clone().unwrap_or_else(empty_record);
+        received_at.push(r.received_at);
+        kind.push(r.kind);
+        n_merchant.push(r.merchant);
+        n_out_trade_no.push(r.out_trade_no);
+        n_transaction_id.push(r.transaction_id);
+        reason.push(r.reason);
+        body.push(r.body);
+    }
+    let rows = sqlx::query(
+        "SELECT * FROM wxpay_apply_payments($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     )
-    .bind(&p.transaction_id)
-    .bind(p.paid_at)
-    .bind(p.now)
-    .bind(order.id)
-    .bind(order.status.as_str())
-    .execute(&mut **tx)
-    .await;
-    match updated {
-        Ok(r) if r.rows_affected() == 1 => {
-            sqlx::query("RELEASE SAVEPOINT pay").execute(&mut **tx).await?;
+    .bind(merchant)
+    .bind(out_trade_no)
+    .bind(amount)
+    .bind(transaction_id)
+    .bind(paid_at)
+    .bind(now)
+    .bind(source)
+    .bind(event)
+    .bind(record)
+    .bind(received_at)
+    .bind(kind)
+    .bind(n_merchant)
+    .bind(n_out_trade_no)
+    .bind(n_transaction_id)
+    .bind(reason)
+    .bind(body)
+    .fetch_all(pool)
+    .await?;
+    let mut out: Vec<Option<Result<PaymentOutcome, StoreError>>> = (0..n).map(|_| None).collect();
+    for row in &rows {
+        let idx: i32 = row.try_get("r_idx")?;
+        let verdict: String = row.try_get("r_verdict")?;
+        let was: Option<String> = row.try_get("r_was")?;
+        let i = usize::try_from(idx - 1).map_err(|_| StoreError::Db("bad batch index".into()))?;
+        let got = jobs.get(i).map_or(0, |j| j.payment.amount_fen);
+        let row = (verdict != "unknown_order").then_some(row);
+        if let Some(slot) = out.get_mut(i) {
+            *slot = Some(payment_outcome(&verdict, was.as_deref(), row, got));
         }
-        Ok(_) => return Err(StoreError::Db("the order changed under its row lock".into())),
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            sqlx::query("ROLLBACK TO SAVEPOINT pay").execute(&mut **tx).await?;
-            return Ok(PaymentOutcome::TransactionConflict(
-                "the transaction id belongs to another order".into(),
-            ));
-        }
-        Err(e) => return Err(e.into()),
     }
-    let paid = order_by_id(tx, order.id).await?;
-    let mut detail = serde_json::json!({ "source": p.source.as_str(), "transaction_id": p.transaction_id });
-    if order.status != OrderStatus::Pending {
-        detail["anomaly"] = serde_json::json!(format!("paid after being {}", order.status));
-        tracing::error!(out_trade_no = %order.out_trade_no, was = %order.status, "payment for an order that was not pending");
-    }
-    add_event(tx, order.id, p.now, "paid", &detail).await?;
-    add_outbox(tx, &paid, "order.paid", p.now).await?;
-    Ok(PaymentOutcome::Applied(paid))
+    out.into_iter()
+        .map(|o| o.ok_or_else(|| StoreError::Db("a payment missing from its batch".into())))
+        .collect()
 }
 
 impl PgStore {
@@ -235,10 +454,23 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(std::time::Duration::from_secs(10))
+            // The statements are few, prepared once per connection, and their plans do not
+            // depend on the values: planning each execution anew cost more than running it.
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("SET plan_cache_mode = force_generic_plan").await?;
+                    Ok(())
+                })
+            })
             .connect(url)
             .await?;
         migrate(&pool).await?;
-        Ok(PgStore { pool })
+        let (payments, rx) = mpsc::channel(4 * BATCH_MAX * BATCHERS);
+        let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..BATCHERS {
+            tokio::spawn(batcher(pool.clone(), rx.clone()));
+        }
+        Ok(PgStore { pool, payments })
     }
 
     /// Applies the migrations and returns (for `wxpay migrate`).
@@ -323,13 +555,21 @@ impl Store for PgStore {
 
     fn create_order(&self, n: NewOrder) -> Fut<'_, Created> {
         Box::pin(async move {
-            let mut tx = self.begin().await?;
-            let inserted = sqlx::query(
-                "INSERT INTO orders (merchant, out_trade_no, appid, mch_id, description, amount_fen, openid, attach, client_ip, \
-                 status, upstream, created_at, updated_at, expires_at, next_check_at, request_hash) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 'new', $10, $10, $11, $12, $13) \
-                 ON CONFLICT (merchant, out_trade_no) DO NOTHING",
-            )
+            // One statement: the insert (or nothing, when the number is taken) and its
+            // `created` event.
+            let i_cols = order_columns_of("i");
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "WITH i AS ( \
+                   INSERT INTO orders (merchant, out_trade_no, appid, mch_id, description, amount_fen, openid, attach, client_ip, \
+                   status, upstream, created_at, updated_at, expires_at, next_check_at, request_hash) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 'new', $10, $10, $11, $12, $13) \
+                   ON CONFLICT (merchant, out_trade_no) DO NOTHING RETURNING * \
+                 ), ev AS ( \
+                   INSERT INTO order_events (order_id, at, kind, detail) \
+                   SELECT i.id, $10, 'created', jsonb_build_object('amount_fen', i.amount_fen)::TEXT FROM i \
+                 ) \
+                 SELECT {i_cols} FROM i"
+            )))
             .bind(&n.merchant)
             .bind(&n.out_trade_no)
             .bind(&n.appid)
@@ -343,56 +583,42 @@ impl Store for PgStore {
             .bind(n.expires_at)
             .bind(n.first_check_at)
             .bind(&n.request_hash)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(row) = row {
+                return Ok(Created::New(order_row(&row)?));
+            }
+            // The number is taken: a fresh statement sees the order that has it.
             let row = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = $1 AND out_trade_no = $2"
             )))
             .bind(&n.merchant)
             .bind(&n.out_trade_no)
-            .fetch_one(&mut *tx)
+            .fetch_one(&self.pool)
             .await?;
-            let order = order_row(&row)?;
-            if inserted == 0 {
-                tx.commit().await?;
-                return Ok(Created::Existing(order));
-            }
-            add_event(
-                &mut tx,
-                order.id,
-                n.now,
-                "created",
-                &serde_json::json!({ "amount_fen": n.amount_fen }),
-            )
-            .await?;
-            tx.commit().await?;
-            Ok(Created::New(order))
+            Ok(Created::Existing(order_row(&row)?))
         })
     }
 
     fn set_prepay(&self, order_id: i64, prepay_id: String, now: i64) -> Fut<'_, Order> {
         Box::pin(async move {
-            let mut tx = self.begin().await?;
-            sqlx::query(
-                "UPDATE orders SET prepay_id = $1, prepay_at = $2, upstream = 'created', upstream_error = NULL, updated_at = $2 WHERE id = $3",
-            )
+            let u_cols = order_columns_of("u");
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "WITH u AS ( \
+                   UPDATE orders SET prepay_id = $1, prepay_at = $2, upstream = 'created', upstream_error = NULL, updated_at = $2 \
+                   WHERE id = $3 RETURNING * \
+                 ), ev AS ( \
+                   INSERT INTO order_events (order_id, at, kind, detail) \
+                   SELECT u.id, $2, 'prepay', jsonb_build_object('prepay_id', u.prepay_id)::TEXT FROM u \
+                 ) \
+                 SELECT {u_cols} FROM u"
+            )))
             .bind(&prepay_id)
             .bind(now)
             .bind(order_id)
-            .execute(&mut *tx)
+            .fetch_one(&self.pool)
             .await?;
-            add_event(
-                &mut tx,
-                order_id,
-                now,
-                "prepay",
-                &serde_json::json!({ "prepay_id": prepay_id }),
-            )
-            .await?;
-            let order = order_by_id(&mut tx, order_id).await?;
-            tx.commit().await?;
-            Ok(order)
+            order_row(&row)
         })
     }
 
@@ -479,16 +705,21 @@ impl Store for PgStore {
         })
     }
 
-    fn apply_payment(&self, payment: Payment, notification: Option<NotificationRecord>) -> Fut<'_, PaymentOutcome> {
+    fn apply_payment(&self, p: Payment, notification: Option<NotificationRecord>) -> Fut<'_, PaymentOutcome> {
         Box::pin(async move {
-            let mut tx = self.begin().await?;
-            let outcome = apply_payment(&mut tx, &payment).await?;
-            if let Some(mut n) = notification {
-                n.verdict = outcome.verdict().to_owned();
-                insert_notification(&mut tx, &n).await?;
+            let (reply, answer) = oneshot::channel();
+            let job = PaymentJob {
+                payment: p,
+                notification,
+                reply,
+            };
+            if let Err(mpsc::error::SendError(job)) = self.payments.send(job).await {
+                // The batchers are gone (the runtime is shutting down): apply it here.
+                return apply_one(&self.pool, job.payment, job.notification).await;
             }
-            tx.commit().await?;
-            Ok(outcome)
+            answer
+                .await
+                .map_err(|_| StoreError::Db("the payment batcher stopped".into()))?
         })
     }
 

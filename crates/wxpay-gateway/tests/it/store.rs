@@ -499,3 +499,70 @@ async fn a_second_store_on_the_same_database_sees_the_same_orders_and_migrations
         ));
     }
 }
+
+#[tokio::test]
+async fn a_mixed_burst_of_payments_gets_the_verdict_each_would_get_alone() {
+    for db in TestDb::all().await {
+        let store = db.store().await;
+        for i in 0..20 {
+            created(&store, "default", &format!("B{i}"), 100 + i).await;
+        }
+        // For each order: three copies of its payment, one with a wrong amount, one for an
+        // order that does not exist, all at once, so that PostgreSQL batches them together.
+        let mut tasks = Vec::new();
+        for i in 0..20i64 {
+            let mut jobs = vec![
+                (payment(&format!("B{i}"), &format!("TXB{i}"), 100 + i), "ok"),
+                (payment(&format!("B{i}"), &format!("TXB{i}"), 100 + i), "ok"),
+                (payment(&format!("B{i}"), &format!("TXB{i}"), 100 + i), "ok"),
+                (payment(&format!("B{i}"), &format!("TXB{i}"), 1), "amount"),
+                (payment(&format!("NOPE{i}"), &format!("TXN{i}"), 5), "unknown"),
+            ];
+            for (p, expect) in jobs.drain(..) {
+                let store = store.clone();
+                tasks.push(tokio::spawn(async move {
+                    (expect, store.apply_payment(p, Some(record("B"))).await.unwrap())
+                }));
+            }
+        }
+        let mut applied = 0;
+        for t in tasks {
+            let (expect, outcome) = t.await.unwrap();
+            match (expect, &outcome) {
+                ("ok", PaymentOutcome::Applied(o)) => {
+                    applied += 1;
+                    assert_eq!(o.status, OrderStatus::Paid);
+                }
+                ("ok", PaymentOutcome::AlreadyPaid(_)) => {}
+                ("amount", PaymentOutcome::AmountMismatch { got: 1, .. }) => {}
+                ("unknown", PaymentOutcome::UnknownOrder) => {}
+                _ => panic!("{}: {expect} got {outcome:?}", db.engine),
+            }
+        }
+        assert_eq!(applied, 20, "{}", db.engine);
+        // A transaction id of one order cannot pay another, also in a burst.
+        created(&store, "default", "B-OTHER", 100).await;
+        let conflict = store
+            .apply_payment(payment("B-OTHER", "TXB0", 100), None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(conflict, PaymentOutcome::TransactionConflict(_)),
+            "{}: {conflict:?}",
+            db.engine
+        );
+        let events = store.claim_outbox(T0 + 9000, T0 + 60_000, 1000).await.unwrap();
+        assert_eq!(events.len(), 20, "{}: one event per paid order", db.engine);
+        for e in &events {
+            let v: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
+            assert_eq!(v["type"], "order.paid");
+            assert!(v["data"]["paid_at"].as_str().unwrap().ends_with('Z'), "{}", e.payload);
+            assert_eq!(
+                v["created_at"].as_str().unwrap().len(),
+                "2026-11-27T03:04:05.678Z".len(),
+                "{}",
+                e.payload
+            );
+        }
+    }
+}

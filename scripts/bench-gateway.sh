@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The gateway's load figures, beside the peer a merchant would run instead, in one run.
+#
+#   scripts/bench-gateway.sh                      # wxpay on SQLite and PostgreSQL
+#   PEER_BENCH=/tmp/peer-bench scripts/bench-gateway.sh   # and the wechatpy + FastAPI peer
+#
+# For each engine: `wxpay serve` with the simulator in auto mode (every order paid after 2 s,
+# its notification sent to the gateway) takes `POST /v1/orders` from 64 connections for
+# SECONDS_PER_RUN seconds; then, with the simulator in explicit mode, POOL orders are created
+# (not measured) and one signed payment notification per order is sent from 64 connections
+# (first deliveries only: every one moves an order to paid in its own durable transaction).
+# The gateway runs with synchronous=FULL on SQLite and default (synchronous_commit=on)
+# PostgreSQL: every acknowledged write is durable.
+#
+# The peer (PEER_BENCH: a copy of ../shared/bench after its setup.sh) is the same load from
+# the same generator against its POST /orders and POST /notify, with its own mock upstream.
+# Each is measured twice: as fast as answers come (the ceiling; at 64 connections its
+# latency is mostly queueing) and open loop at the target rate (ORDER_RATE, NOTIFY_RATE:
+# latency counted from when each request was due, so a stall cannot hide).
+# Absolute figures drift on shared machines; compare within one run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS="${SECONDS_PER_RUN:-15}"
+POOL="${POOL:-60000}"
+ORDER_RATE="${ORDER_RATE:-3000}"
+NOTIFY_RATE="${NOTIFY_RATE:-10000}"
+PEER_POOL="${PEER_POOL:-10000}"
+PORT="${PORT:-18100}"
+SIM_PORT="${SIM_PORT:-18101}"
+PG_ADMIN="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+TOKEN=bench-token-0123456789abcdef
+WORK=target/bench-gateway
+mkdir -p "$WORK"
+rm -f "$WORK"/*.txt "$WORK"/gateway.log
+cargo build -q --release -p wxpay-cli -p wxpay-bench
+BIN=target/release/wxpay
+BENCH=target/release/wxpay-bench
+PIDS=()
+stop_all() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done; PIDS=(); }
+trap 'stop_all; [ -n "${PEER_BENCH:-}" ] && (cd "$PEER_BENCH" && service/run_peer.sh stop >/dev/null 2>&1) || true' EXIT
+wait_http() { for _ in $(seq 1 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "timeout waiting for $1" >&2; exit 1; }
+
+start_simulator() { # mode
+  WXPAY_LOG=warn "$BIN" simulator --listen "127.0.0.1:$SIM_PORT" --mode "$1" >"$WORK/simulator.log" 2>&1 &
+  PIDS+=($!)
+  wait_http "http://127.0.0.1:$SIM_PORT/simulator/health"
+}
+
+start_gateway() { # database url
+  cat >"$WORK/wxpay.toml" <<EOF
+[server]
+listen = "127.0.0.1:$PORT"
+public_url = "http://127.0.0.1:$PORT"
+api_tokens = ["$TOKEN"]
+
+[database]
+url = "$1"
+pool_size = 16
+
+[[merchants]]
+name = "default"
+appid = "wxd678efh567hg6787"
+app_secret = "wxpaysimulatortestappsecret00000"
+mch_id = "1230000109"
+api_key = "wxpaySimulatorTestKey0000000000A"
+base_url = "http://127.0.0.1:$SIM_PORT"
+sns_base_url = "http://127.0.0.1:$SIM_PORT"
+EOF
+  WXPAY_LOG=warn "$BIN" serve --config "$WORK/wxpay.toml" >>"$WORK/gateway.log" 2>&1 &
+  GW_PID=$!
+  PIDS+=($GW_PID)
+  wait_http "http://127.0.0.1:$PORT/readyz"
+}
+
+fresh_pg() {
+  psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS wxpay_bench WITH (FORCE)" >/dev/null
+  psql "$PG_ADMIN" -qc "CREATE DATABASE wxpay_bench" >/dev/null
+  echo "${PG_ADMIN%/*}/wxpay_bench"
+}
+
+run_engine() { # name, url-maker
+  local name="$1" url
+  for mode in closed open; do
+    local rate=() what="as fast as answers come"
+    if [ "$mode" = open ]; then rate=(--rate "$ORDER_RATE"); what="open loop at ${ORDER_RATE}/s offered"; fi
+    echo "== wxpay on $name: create order, ${SECS}s, 64 connections, $what, simulator in auto mode"
+    url="$($2)"
+    start_simulator auto
+    start_gateway "$url"
+    "$BENCH" gateway --target "http://127.0.0.1:$PORT" --token "$TOKEN" --only orders --duration "$SECS" "${rate[@]}" --pid "$GW_PID" | tee "$WORK/$name-$mode-orders.txt"
+    stop_all
+  done
+  for mode in closed open; do
+    local rate=() what="as fast as answers come"
+    if [ "$mode" = open ]; then rate=(--notify-rate "$NOTIFY_RATE"); what="open loop at ${NOTIFY_RATE}/s offered"; fi
+    echo "== wxpay on $name: $POOL first-delivery payment notifications, 64 connections, $what"
+    url="$($2)"
+    start_simulator explicit
+    start_gateway "$url"
+    "$BENCH" gateway --target "http://127.0.0.1:$PORT" --token "$TOKEN" --only notify --pool "$POOL" "${rate[@]}" --pid "$GW_PID" | tee "$WORK/$name-$mode-notify.txt"
+    stop_all
+  done
+}
+
+sqlite_url() { rm -f "$WORK"/bench.db*; echo "sqlite://$WORK/bench.db"; }
+
+run_engine sqlite sqlite_url
+if psql "$PG_ADMIN" -qc "SELECT 1" >/dev/null 2>&1; then
+  run_engine postgres fresh_pg
+  psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS wxpay_bench WITH (FORCE)" >/dev/null
+else
+  echo "== PostgreSQL not reachable at $PG_ADMIN: skipped"
+fi
+
+if [ -n "${PEER_BENCH:-}" ]; then
+  echo "== peer (wechatpy + FastAPI/uvicorn, 2 workers, SQLite synchronous=NORMAL): create order, ${SECS}s, 64 connections"
+  (cd "$PEER_BENCH" && service/run_peer.sh stop >/dev/null 2>&1 || true; service/run_peer.sh start >/dev/null)
+  "$BENCH" gateway --api peer --target http://127.0.0.1:8000 --only orders --duration "$SECS" | tee "$WORK/peer-closed-orders.txt"
+  echo "== peer: $PEER_POOL first-delivery payment notifications, 64 connections"
+  "$BENCH" gateway --api peer --target http://127.0.0.1:8000 --only notify --pool "$PEER_POOL" | tee "$WORK/peer-closed-notify.txt"
+  (cd "$PEER_BENCH" && service/run_peer.sh stop >/dev/null)
+fi
+
+echo
+echo "== summary (same machine, same run)"
+for f in "$WORK"/*-orders.txt "$WORK"/*-notify.txt; do
+  [ -f "$f" ] && printf '%-28s %s\n' "$(basename "$f" .txt)" "$(grep -h '^SUMMARY ' "$f" | sed 's/^SUMMARY //')"
+done

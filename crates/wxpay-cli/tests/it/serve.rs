@@ -609,7 +609,7 @@ fn migrate_creates_the_schema_and_serve_refuses_a_bad_config_naming_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_plays_a_payment_from_login_to_paid_with_a_verified_webhook() {
     let dir = scratch_dir("demo");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wxpay"))
+    let child = Command::new(env!("CARGO_BIN_EXE_wxpay"))
         .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&dir)
         .env("WXPAY_LOG", "warn")
@@ -617,7 +617,12 @@ async fn the_demo_plays_a_payment_from_login_to_paid_with_a_verified_webhook() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    // Killed on drop, so that a failing assertion leaves no demo running.
+    let mut demo = Server {
+        child,
+        url: String::new(),
+    };
+    let stderr = demo.child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
         use std::io::BufRead;
@@ -708,8 +713,11 @@ async fn the_demo_plays_a_payment_from_login_to_paid_with_a_verified_webhook() {
         .await
         .unwrap();
     assert_eq!(direct.status(), 200, "the printed token works on the API");
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    let status = child.wait().unwrap();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(demo.child.id().to_string())
+        .status();
+    let status = demo.child.wait().unwrap();
     assert!(status.success(), "the demo stops cleanly on SIGTERM: {status}");
     assert!(dir.join("wxpay.db").exists());
     let _ = std::fs::remove_dir_all(dir);

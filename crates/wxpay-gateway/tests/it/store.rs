@@ -566,3 +566,48 @@ async fn a_mixed_burst_of_payments_gets_the_verdict_each_would_get_alone() {
         }
     }
 }
+
+#[tokio::test]
+async fn concurrent_creations_store_each_number_once_and_record_every_prepay() {
+    for db in TestDb::all().await {
+        let store = db.store().await;
+        // Twenty distinct numbers and ten copies of one more, all at once, so that
+        // PostgreSQL gathers them into batches that hold one number several times.
+        let mut tasks = Vec::new();
+        for i in 0..30 {
+            let no = if i < 20 { format!("CC{i}") } else { "CC-SAME".to_owned() };
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store.create_order(new_order("default", &no, 100)).await.unwrap()
+            }));
+        }
+        let mut new_same = 0;
+        let mut ids = std::collections::HashSet::new();
+        for t in tasks {
+            match t.await.unwrap() {
+                Created::New(o) => {
+                    if o.out_trade_no == "CC-SAME" {
+                        new_same += 1;
+                    }
+                    assert!(ids.insert(o.id), "{}: one id twice", db.engine);
+                }
+                Created::Existing(o) => assert_eq!(o.out_trade_no, "CC-SAME", "{}", db.engine),
+            }
+        }
+        assert_eq!((new_same, ids.len()), (1, 21), "{}", db.engine);
+        let prepays: Vec<_> = ids
+            .iter()
+            .map(|&id| {
+                let store = store.clone();
+                tokio::spawn(async move { store.set_prepay(id, format!("wx-prepay-{id}"), T0 + 5).await.unwrap() })
+            })
+            .collect();
+        for p in prepays {
+            let o = p.await.unwrap();
+            assert_eq!(o.prepay_id, Some(format!("wx-prepay-{}", o.id)), "{}", db.engine);
+            assert_eq!(o.upstream, wxpay_gateway::store::Upstream::Created);
+            let kinds: Vec<String> = store.events(o.id).await.unwrap().into_iter().map(|e| e.kind).collect();
+            assert_eq!(kinds, ["created", "prepay"], "{}", db.engine);
+        }
+    }
+}

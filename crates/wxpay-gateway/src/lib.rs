@@ -37,11 +37,7 @@ pub async fn open_store(url: &str, pool_size: u32) -> Result<std::sync::Arc<dyn 
             store::postgres::PgStore::connect(url, pool_size).await?,
         ))
     } else {
-        let path = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-            .unwrap_or(url);
-        let path = std::path::PathBuf::from(path);
+        let path = sqlite_path(url);
         let store = tokio::task::spawn_blocking(move || store::sqlite::SqliteStore::open(&path))
             .await
             .map_err(|e| store::StoreError::Db(e.to_string()))??;
@@ -57,15 +53,20 @@ pub async fn migrate(url: &str) -> Result<(), store::StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         store::postgres::PgStore::migrate_only(url).await
     } else {
-        let path = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-            .unwrap_or(url);
-        let path = std::path::PathBuf::from(path);
+        let path = sqlite_path(url);
         tokio::task::spawn_blocking(move || store::sqlite::SqliteStore::migrate_only(&path))
             .await
             .map_err(|e| store::StoreError::Db(e.to_string()))?
     }
+}
+
+/// The file of a SQLite URL: `sqlite://path`, `sqlite:path` or a bare path.
+fn sqlite_path(url: &str) -> std::path::PathBuf {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    std::path::PathBuf::from(path)
 }
 
 /// Fills `buf` from the system's secure random source.

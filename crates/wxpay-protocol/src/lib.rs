@@ -42,6 +42,7 @@ pub use fields::Fields;
 pub use sign::Signature;
 pub use types::{
     ApiKey, AppId, AppSecret, BeijingTime, Fen, MchId, Merchant, Nonce, OutRefundNo, OutTradeNo, SignType, mask_secret,
+    rfc3339_utc_millis,
 };
 
 /// `Result` with this crate's [`Error`].

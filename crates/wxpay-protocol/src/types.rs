@@ -631,6 +631,21 @@ fn days_in_month(y: i64, m: i64) -> i64 {
     }
 }
 
+/// Unix milliseconds as RFC 3339 in UTC with milliseconds, `2026-11-27T03:04:05.678Z`: the
+/// form of the gateway's API and events.
+pub fn rfc3339_utc_millis(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 // Howard Hinnant's algorithms for the proleptic Gregorian calendar.
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };

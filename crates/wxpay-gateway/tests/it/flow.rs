@@ -694,3 +694,47 @@ async fn health_readiness_metrics_and_the_openapi_document_are_served() {
     }
     t.stop().await;
 }
+
+#[tokio::test]
+async fn after_repeated_connection_failures_the_backup_host_takes_over() {
+    let t = spawn_app(TestDb::sqlite(), Options::default()).await;
+    // A gateway whose primary host refuses connections and whose backup is the simulator.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut merchants = crate::support::merchants(&t.sim_url);
+    merchants[0].base_url = format!("http://{closed}");
+    merchants[0].backup_url = Some(t.sim_url.clone());
+    let config = wxpay_gateway::Config {
+        public_url: url.clone(),
+        api_tokens: vec![wxpay_gateway::Secret::new(crate::support::TOKEN)],
+        merchants,
+        webhook: None,
+        upstream: Options::default().upstream,
+        jobs: Options::default().jobs,
+        default_order_ttl: std::time::Duration::from_secs(7200),
+    };
+    let db = TestDb::sqlite();
+    let app = wxpay_gateway::App::new(config, db.store().await).unwrap();
+    tokio::spawn(async move { wxpay_gateway::serve(&app, listener, std::future::pending()).await });
+    let http = reqwest::Client::new();
+    let create = |no: &'static str| {
+        let mut body = order_body(100);
+        body["out_trade_no"] = json!(no);
+        http.post(format!("{url}/v1/orders"))
+            .bearer_auth(crate::support::TOKEN)
+            .json(&body)
+            .send()
+    };
+    // Three connection failures in a row (the attempts of the first call): no answer.
+    assert_eq!(create("BACKUP-1").await.unwrap().status(), 503);
+    // Then the backup host answers.
+    let r = create("BACKUP-2").await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let sim = t.sim_get("/simulator/orders/BACKUP-2").await;
+    assert_eq!(sim["trade_state"], "NOTPAY", "{sim}");
+    t.stop().await;
+}

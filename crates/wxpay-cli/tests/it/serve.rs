@@ -77,15 +77,28 @@ impl PgDb {
         );
         Some(PgDb { admin, name, url })
     }
+}
 
-    async fn drop_db(self) {
-        let mut c = sqlx::PgConnection::connect(&self.admin).await.unwrap();
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&mut c)
-        .await;
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        // Also when a test fails half-way: on a thread of its own, outside the test's runtime.
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut c)
+                    .await;
+                }
+            });
+        })
+        .join();
     }
 }
 
@@ -396,7 +409,7 @@ async fn after_a_sigkill_mid_burst_every_acknowledged_order_and_payment_is_there
     crash_and_restart(&format!("sqlite://{}", dir.join("wxpay.db").display()), &dir).await;
     if let Some(pg) = PgDb::create().await {
         crash_and_restart(&pg.url, &dir).await;
-        pg.drop_db().await;
+        drop(pg);
     }
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -542,7 +555,7 @@ async fn two_instances_on_one_postgres_database_apply_each_payment_once_and_shar
     a.terminate();
     b.terminate();
     sim.shutdown().await;
-    pg.drop_db().await;
+    drop(pg);
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -44,11 +44,7 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> 
 }
 
 fn sha256_hex(data: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, data)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
 }
 
 /// `POST /v1/openid`.
@@ -61,7 +57,7 @@ struct OpenidRequest {
 
 pub(crate) async fn openid(State(app): State<App>, body: Bytes) -> Result<Response, ApiError> {
     let req: OpenidRequest = parse_json(&body)?;
-    let (_, link) = app.merchant(req.merchant.as_deref())?;
+    let link = app.merchant(req.merchant.as_deref())?;
     if link.config.app_secret.is_none() {
         return Err(ApiError::Invalid(format!(
             "merchant {:?} has no app_secret configured",
@@ -158,17 +154,57 @@ fn new_out_trade_no(now: i64) -> String {
     format!("W{}{tail}", BeijingTime::from_unix(now / 1000).to_compact())
 }
 
+/// What makes an order for WeChat Pay: the same for an order about to be stored and for a
+/// stored one, so that a repeated `unifiedorder` has identical parameters.
+struct OrderTerms<'a> {
+    description: &'a str,
+    out_trade_no: &'a str,
+    amount_fen: i64,
+    client_ip: &'a str,
+    openid: &'a str,
+    attach: Option<&'a str>,
+    expires_at: i64,
+}
+
+impl<'a> From<&'a Order> for OrderTerms<'a> {
+    fn from(o: &'a Order) -> Self {
+        OrderTerms {
+            description: &o.description,
+            out_trade_no: &o.out_trade_no,
+            amount_fen: o.amount_fen,
+            client_ip: &o.client_ip,
+            openid: &o.openid,
+            attach: o.attach.as_deref(),
+            expires_at: o.expires_at,
+        }
+    }
+}
+
+impl<'a> From<&'a NewOrder> for OrderTerms<'a> {
+    fn from(o: &'a NewOrder) -> Self {
+        OrderTerms {
+            description: &o.description,
+            out_trade_no: &o.out_trade_no,
+            amount_fen: o.amount_fen,
+            client_ip: &o.client_ip,
+            openid: &o.openid,
+            attach: o.attach.as_deref(),
+            expires_at: o.expires_at,
+        }
+    }
+}
+
 /// What `unifiedorder` is sent for an order.
-fn unified_order(app: &App, o: &Order) -> Result<UnifiedOrder, ApiError> {
+fn unified_order(app: &App, o: OrderTerms<'_>) -> Result<UnifiedOrder, ApiError> {
     let mut call = UnifiedOrder::jsapi(
-        o.description.clone(),
-        OutTradeNo::new(o.out_trade_no.clone()).map_err(|e| ApiError::Internal(e.to_string()))?,
+        o.description,
+        OutTradeNo::new(o.out_trade_no).map_err(|e| ApiError::Internal(e.to_string()))?,
         Fen::new(o.amount_fen as u64).map_err(|e| ApiError::Internal(e.to_string()))?,
-        o.client_ip.clone(),
+        o.client_ip,
         format!("{}/notify/v2/pay", app.inner.config.public_url.trim_end_matches('/')),
-        o.openid.clone(),
+        o.openid,
     );
-    call.attach = o.attach.clone();
+    call.attach = o.attach.map(str::to_owned);
     call.time_expire = Some(BeijingTime::from_unix(o.expires_at / 1000));
     Ok(call)
 }
@@ -287,7 +323,7 @@ pub(crate) async fn create_order(
 
 async fn create(app: &App, body: &[u8]) -> Result<(StatusCode, serde_json::Value), ApiError> {
     let req: CreateOrderRequest = parse_json(body)?;
-    let (_, link) = app.merchant(req.merchant.as_deref())?;
+    let link = app.merchant(req.merchant.as_deref())?;
     let now = app.now();
     let amount = Fen::new(req.amount_fen).map_err(|e| ApiError::Invalid(e.to_string()))?;
     if amount == Fen::ZERO {
@@ -339,32 +375,7 @@ async fn create(app: &App, body: &[u8]) -> Result<(StatusCode, serde_json::Value
         now,
     };
     // Check everything WeChat Pay would refuse before anything is stored.
-    let probe = Order {
-        id: 0,
-        merchant: new.merchant.clone(),
-        out_trade_no: new.out_trade_no.clone(),
-        appid: new.appid.clone(),
-        mch_id: new.mch_id.clone(),
-        description: new.description.clone(),
-        amount_fen: new.amount_fen,
-        refunded_fen: 0,
-        openid: new.openid.clone(),
-        attach: new.attach.clone(),
-        client_ip: new.client_ip.clone(),
-        status: OrderStatus::Pending,
-        upstream: Upstream::New,
-        upstream_error: None,
-        prepay_id: None,
-        prepay_at: None,
-        transaction_id: None,
-        created_at: now,
-        updated_at: now,
-        expires_at: new.expires_at,
-        paid_at: None,
-        closed_at: None,
-        request_hash: request_hash.clone(),
-    };
-    unified_order(app, &probe)?
+    unified_order(app, OrderTerms::from(&new))?
         .check()
         .map_err(|e| ApiError::Invalid(e.to_string()))?;
 
@@ -392,7 +403,7 @@ async fn create(app: &App, body: &[u8]) -> Result<(StatusCode, serde_json::Value
             }
         },
     };
-    let call = unified_order(app, &order)?;
+    let call = unified_order(app, OrderTerms::from(&order))?;
     match app.inner.upstream.call(link, &call).await {
         Ok(answer) => {
             let order = app
@@ -503,12 +514,9 @@ pub(crate) async fn get_order(
     Path(out_trade_no): Path<String>,
     Query(q): Query<GetOrderQuery>,
 ) -> Result<Response, ApiError> {
-    let (_, link) = app.merchant(q.merchant.as_deref())?;
+    let link = app.merchant(q.merchant.as_deref())?;
     let store = &app.inner.store;
-    let mut order = store
-        .order(link.config.name.clone(), out_trade_no.clone())
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no order {out_trade_no}")))?;
+    let mut order = find_order(&app, link, out_trade_no).await?;
     if q.sync == Some(true) && order.status == OrderStatus::Pending {
         order = sync(&app, link, order).await?;
     }
@@ -568,14 +576,20 @@ pub(crate) async fn close_order(
     } else {
         parse_json(&body)?
     };
-    let (_, link) = app.merchant(req.merchant.as_deref())?;
-    let store = &app.inner.store;
-    let order = store
-        .order(link.config.name.clone(), out_trade_no.clone())
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no order {out_trade_no}")))?;
+    let link = app.merchant(req.merchant.as_deref())?;
+    let order = find_order(&app, link, out_trade_no).await?;
     let order = close(&app, link, order).await?;
     Ok(Json(view(&order)).into_response())
+}
+
+/// The order of `link`'s merchant with this number, or 404.
+async fn find_order(app: &App, link: &MerchantLink, out_trade_no: String) -> Result<Order, ApiError> {
+    let found = app
+        .inner
+        .store
+        .order(link.config.name.clone(), out_trade_no.clone())
+        .await?;
+    found.ok_or_else(|| ApiError::NotFound(format!("no order {out_trade_no}")))
 }
 
 /// Closes an order with WeChat Pay and records it; `ORDERPAID` makes it paid, never closed.

@@ -179,15 +179,14 @@ impl App {
         Jobs { stop, tasks }
     }
 
-    pub(crate) fn merchant(&self, name: Option<&str>) -> Result<(usize, &MerchantLink), ApiError> {
+    pub(crate) fn merchant(&self, name: Option<&str>) -> Result<&MerchantLink, ApiError> {
         match name {
-            None => Ok((0, &self.inner.merchants[0])),
+            None => Ok(&self.inner.merchants[0]),
             Some(n) => self
                 .inner
                 .merchants
                 .iter()
-                .enumerate()
-                .find(|(_, m)| m.config.name == n)
+                .find(|m| m.config.name == n)
                 .ok_or_else(|| ApiError::Invalid(format!("no merchant named {n:?}"))),
         }
     }
@@ -223,11 +222,7 @@ async fn request_id(req: Request, next: Next) -> Response {
             !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
         .map(str::to_owned)
-        .unwrap_or_else(|| {
-            let mut b = [0u8; 8];
-            crate::random_bytes(&mut b);
-            b.iter().map(|x| format!("{x:02x}")).collect()
-        });
+        .unwrap_or_else(crate::random_hex::<8>);
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
     let mut response = REQUEST_ID.scope(id.clone(), next.run(req)).instrument(span).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -263,7 +258,7 @@ async fn auth(State(app): State<App>, mut req: Request, next: Next) -> Response 
         &ring::digest::SHA256,
         app.inner.config.api_tokens[i].expose().as_bytes(),
     );
-    let scope: String = digest.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let scope = crate::hex(&digest.as_ref()[..8]);
     req.extensions_mut().insert(TokenScope(scope));
     next.run(req).await
 }

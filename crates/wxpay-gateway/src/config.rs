@@ -173,6 +173,12 @@ pub fn is_local_url(url: &str) -> bool {
         || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether WeChat Pay or the gateway may be reached at `url`: https, or plain http on this
+/// machine.
+fn secure_or_local(url: &str) -> bool {
+    url.starts_with("https://") || (url.starts_with("http://") && is_local_url(url))
+}
+
 impl Config {
     /// Checks what the types cannot: at least one merchant and token, unique merchant names,
     /// one key per merchant number, https outside this machine.
@@ -193,9 +199,7 @@ impl Config {
                 ));
             }
         }
-        if !(self.public_url.starts_with("https://")
-            || (self.public_url.starts_with("http://") && is_local_url(&self.public_url)))
-        {
+        if !secure_or_local(&self.public_url) {
             return Err(format!(
                 "server.public_url: {:?} must be https (WeChat Pay posts notifications to it); plain http is accepted only for localhost",
                 self.public_url
@@ -235,7 +239,7 @@ impl Config {
                 ("sns_base_url", Some(&m.sns_base_url)),
             ] {
                 if let Some(url) = url {
-                    if !(url.starts_with("https://") || (url.starts_with("http://") && is_local_url(url))) {
+                    if !secure_or_local(url) {
                         return Err(format!(
                             "merchants[{i}].{key}: {url:?} must be https (http only for localhost)"
                         ));

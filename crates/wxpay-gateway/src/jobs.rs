@@ -20,8 +20,7 @@ use crate::upstream::UpstreamError;
 pub fn webhook_signature(secret: &str, unix_seconds: i64, body: &str) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
     let tag = ring::hmac::sign(&key, format!("{unix_seconds}.{body}").as_bytes());
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("t={unix_seconds},v1={hex}")
+    format!("t={unix_seconds},v1={}", crate::hex(tag.as_ref()))
 }
 
 /// Checks a `Wxpay-Signature` header, as a receiving backend should: the HMAC in constant
@@ -51,6 +50,15 @@ fn ms(d: Duration) -> i64 {
     d.as_millis() as i64
 }
 
+/// Waits `pause`, or less when asked to stop; says whether to stop.
+async fn stopped_after(stop: &mut watch::Receiver<bool>, pause: Duration) -> bool {
+    tokio::select! {
+        _ = stop.changed() => {}
+        () = tokio::time::sleep(pause) => {}
+    }
+    *stop.borrow()
+}
+
 /// The check loop: pending orders due for a check are queried; expired ones are closed.
 pub(crate) async fn checks(app: App, mut stop: watch::Receiver<bool>) {
     let cfg = app.inner.config.jobs.clone();
@@ -67,11 +75,7 @@ pub(crate) async fn checks(app: App, mut stop: watch::Receiver<bool>) {
             }
             Err(e) => tracing::warn!(error = %e, "cannot claim orders to check"),
         }
-        tokio::select! {
-            _ = stop.changed() => {}
-            () = tokio::time::sleep(cfg.poll_every) => {}
-        }
-        if *stop.borrow() {
+        if stopped_after(&mut stop, cfg.poll_every).await {
             return;
         }
     }
@@ -230,11 +234,7 @@ pub(crate) async fn outbox(app: App, mut stop: watch::Receiver<bool>) {
             }
             Err(e) => tracing::warn!(error = %e, "cannot claim events to deliver"),
         }
-        tokio::select! {
-            _ = stop.changed() => {}
-            () = tokio::time::sleep(cfg.poll_every) => {}
-        }
-        if *stop.borrow() {
+        if stopped_after(&mut stop, cfg.poll_every).await {
             return;
         }
     }

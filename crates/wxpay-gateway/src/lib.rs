@@ -69,6 +69,24 @@ fn sqlite_path(url: &str) -> std::path::PathBuf {
     std::path::PathBuf::from(path)
 }
 
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
+}
+
+/// `N` random bytes from the system's secure source, in lowercase hex.
+pub(crate) fn random_hex<const N: usize>() -> String {
+    let mut b = [0u8; N];
+    random_bytes(&mut b);
+    hex(&b)
+}
+
 /// Fills `buf` from the system's secure random source.
 pub(crate) fn random_bytes(buf: &mut [u8]) {
     use ring::rand::SecureRandom;

@@ -28,6 +28,17 @@ struct Inner {
     webhook: BTreeMap<String, u64>,
 }
 
+/// Counts one more `key`, copying the key only the first time it is seen: counters are
+/// bumped on every notification.
+fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
+    match map.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            map.insert(key.to_owned(), 1);
+        }
+    }
+}
+
 /// The counters.
 #[derive(Default)]
 pub struct Metrics {
@@ -47,14 +58,20 @@ impl Metrics {
 
     /// A notification's verdict.
     pub fn notification(&self, verdict: &str) {
-        self.with(|i| *i.notifications.entry(verdict.to_owned()).or_default() += 1);
+        self.with(|i| bump(&mut i.notifications, verdict));
     }
 
     /// A WeChat Pay call's duration.
     pub fn upstream_latency(&self, api: &str, d: Duration) {
         let secs = d.as_secs_f64();
         self.with(|i| {
-            let h = i.upstream_latency.entry(api.to_owned()).or_default();
+            // The key is copied only the first time an API is seen: this runs on every call.
+            if !i.upstream_latency.contains_key(api) {
+                i.upstream_latency.insert(api.to_owned(), Histogram::default());
+            }
+            let Some(h) = i.upstream_latency.get_mut(api) else {
+                return;
+            };
             for (n, b) in BUCKETS.iter().enumerate() {
                 if secs <= *b {
                     h.counts[n] += 1;
@@ -72,7 +89,7 @@ impl Metrics {
 
     /// A webhook delivery attempt's outcome (`delivered`, `failed`).
     pub fn webhook(&self, outcome: &str) {
-        self.with(|i| *i.webhook.entry(outcome.to_owned()).or_default() += 1);
+        self.with(|i| bump(&mut i.webhook, outcome));
     }
 
     /// The count of notifications with a verdict; for tests.

@@ -448,13 +448,7 @@ pub trait Store: Send + Sync + 'static {
 
 /// An event id: `evt_` and 24 random hex digits.
 pub(crate) fn event_id() -> String {
-    let mut b = [0u8; 12];
-    crate::random_bytes(&mut b);
-    let mut s = String::from("evt_");
-    for x in b {
-        s.push_str(&format!("{x:02x}"));
-    }
-    s
+    format!("evt_{}", crate::random_hex::<12>())
 }
 
 /// The JSON body of an outbox event: `{id, type, created_at, data}`.

@@ -808,11 +808,6 @@ impl PgStore {
         Ok(())
     }
 
-    /// The pool, for tests.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(self.pool.begin().await?)
     }

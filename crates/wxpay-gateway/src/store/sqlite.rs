@@ -90,6 +90,16 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The write connection: the file (and its folder) created if needed, brought up to date.
+fn open_migrated(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let mut conn = open(path)?;
+    migrate(&mut conn)?;
+    Ok(conn)
+}
+
 impl SqliteStore {
     /// Opens (creating it if needed) the database at `path`, applies the migrations and
     /// starts the writer thread.
@@ -97,12 +107,7 @@ impl SqliteStore {
     /// # Errors
     /// When the file cannot be opened or the schema cannot be brought up to date.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        let mut conn = open(path)?;
-        migrate(&mut conn)?;
+        let conn = open_migrated(path)?;
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
         let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
         tracing::info!(path = %path.display(), journal_mode = %mode, synchronous = sync, "SQLite store open (synchronous 2 = FULL)");
@@ -125,11 +130,7 @@ impl SqliteStore {
     /// # Errors
     /// As [`SqliteStore::open`].
     pub fn migrate_only(path: &Path) -> Result<(), StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        migrate(&mut open(path)?)
+        open_migrated(path).map(drop)
     }
 
     fn write<T: Send + 'static>(

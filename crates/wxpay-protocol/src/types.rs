@@ -586,11 +586,7 @@ impl BeijingTime {
 
     /// `(year, month, day, hour, minute, second)` in Beijing.
     pub fn parts(self) -> (i64, i64, i64, i64, i64, i64) {
-        let local = self.unix + BEIJING_OFFSET;
-        let days = local.div_euclid(86_400);
-        let secs = local.rem_euclid(86_400);
-        let (y, m, d) = civil_from_days(days);
-        (y, m, d, secs / 3600, secs % 3600 / 60, secs % 60)
+        civil(self.unix + BEIJING_OFFSET)
     }
 
     /// `yyyyMMddHHmmss`.
@@ -634,16 +630,19 @@ fn days_in_month(y: i64, m: i64) -> i64 {
 /// Unix milliseconds as RFC 3339 in UTC with milliseconds, `2026-11-27T03:04:05.678Z`: the
 /// form of the gateway's API and events.
 pub fn rfc3339_utc_millis(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
+    let (y, m, d, h, mi, sec) = civil(ms.div_euclid(1000));
+    format!(
+        "{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{sec:02}.{:03}Z",
+        ms.rem_euclid(1000)
+    )
+}
+
+/// `(year, month, day, hour, minute, second)` of seconds since the epoch, in the zone they
+/// are counted in.
+fn civil(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 // Howard Hinnant's algorithms for the proleptic Gregorian calendar.

@@ -206,20 +206,38 @@ const ENVELOPE: &[&str] = &[
 
 /// The fields not in `known` (nor in the envelope, nor matching `prefix_<n>…` for one of
 /// `indexed`), so that answers keep what WeChat Pay adds after this crate was written.
-/// `known` must be sorted by bytes: it is searched, not scanned, as this runs on every
-/// notification.
+/// `known` must be sorted by bytes: it is searched, not scanned.
 pub(crate) fn extra_fields(fields: &Fields<'_>, known: &[&str], indexed: &[&str]) -> BTreeMap<String, String> {
+    unknown_fields(fields, ENVELOPE, known, indexed)
+}
+
+/// The fields in neither `envelope` nor `known` (both sorted by bytes) and not indexed
+/// under one of `indexed`: the `extra` of answers, notifications and requests.
+pub(crate) fn unknown_fields(
+    fields: &Fields<'_>,
+    envelope: &[&str],
+    known: &[&str],
+    indexed: &[&str],
+) -> BTreeMap<String, String> {
     debug_assert!(
         known.is_sorted_by(|a, b| a.as_bytes() < b.as_bytes()),
         "known names must be sorted: {known:?}"
     );
-    debug_assert!(ENVELOPE.is_sorted_by(|a, b| a.as_bytes() < b.as_bytes()));
+    debug_assert!(envelope.is_sorted_by(|a, b| a.as_bytes() < b.as_bytes()));
     let listed = |list: &[&str], k: &str| list.binary_search_by(|p| cmp_names(p.as_bytes(), k.as_bytes())).is_ok();
     fields
         .iter()
-        .filter(|(k, _)| !listed(ENVELOPE, k) && !listed(known, k) && !indexed.iter().any(|p| is_indexed(k, p)))
+        .filter(|(k, _)| !listed(envelope, k) && !listed(known, k) && !indexed.iter().any(|p| is_indexed(k, p)))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
+}
+
+/// `return_code=FAIL` with a message, unsigned; `fallback` when the message cannot be
+/// written (the writer refuses what XML cannot carry).
+pub(crate) fn fail_reply(return_msg: &str, fallback: &str) -> String {
+    crate::xml::write("xml", [("return_code", "FAIL"), ("return_msg", return_msg)])
+        .or_else(|_| crate::xml::write("xml", [("return_code", "FAIL"), ("return_msg", fallback)]))
+        .unwrap_or_else(|_| "<xml><return_code><![CDATA[FAIL]]></return_code></xml>".to_owned())
 }
 
 /// Whether `name` is `prefix_<digits>` or `prefix_<digits>_<digits>`.
@@ -248,19 +266,19 @@ pub(crate) fn opt_fen(fields: &Fields<'_>, name: &str) -> Result<Option<Fen>, Er
         .transpose()
 }
 
+/// A non-negative integer count: digits only (no sign, no space).
+pub(crate) fn parse_count(name: &str, v: &str) -> Result<u32, Error> {
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(n) = v.parse::<u32>() {
+            return Ok(n);
+        }
+    }
+    Err(Error::field(name, format!("{v:?} is not a count")))
+}
+
 /// Reads an optional non-negative integer count field.
 pub(crate) fn opt_count(fields: &Fields<'_>, name: &str) -> Result<Option<u32>, Error> {
-    fields
-        .optional(name)
-        .map(|v| {
-            if v.bytes().all(|b| b.is_ascii_digit()) {
-                v.parse::<u32>()
-                    .map_err(|_| Error::field(name, format!("{v:?} is not a count")))
-            } else {
-                Err(Error::field(name, format!("{v:?} is not a count")))
-            }
-        })
-        .transpose()
+    fields.optional(name).map(|v| parse_count(name, v)).transpose()
 }
 
 pub(crate) fn opt_string(fields: &Fields<'_>, name: &str) -> Option<String> {

@@ -24,9 +24,7 @@ pub const NOTIFY_SUCCESS_REPLY: &str =
 /// The reply that refuses a notification (WeChat Pay will retry it), with a reason.
 pub fn notify_fail_reply(reason: &str) -> String {
     // A reason is free text; the writer escapes it, and a reason it cannot carry is replaced.
-    xml::write("xml", [("return_code", "FAIL"), ("return_msg", reason)]).unwrap_or_else(|_| {
-        "<xml><return_code><![CDATA[FAIL]]></return_code><return_msg><![CDATA[refused]]></return_msg></xml>".to_owned()
-    })
+    super::fail_reply(reason, "refused")
 }
 
 /// A notification body that passed the hardened XML reader and nothing else yet.
@@ -253,7 +251,8 @@ impl PaymentNotification {
         let outcome = match need(s.result_code, "result_code")? {
             "SUCCESS" => PaymentOutcome::Paid {
                 transaction_id: need(s.transaction_id, "transaction_id")?.to_owned(),
-                total_fee: amount(Some(need(s.total_fee, "total_fee")?), "total_fee")?.unwrap_or_default(),
+                total_fee: Fen::parse(need(s.total_fee, "total_fee")?)
+                    .map_err(|e| Error::field("total_fee", e.to_string()))?,
                 time_end: BeijingTime::parse_compact(need(s.time_end, "time_end")?)
                     .map_err(|e| Error::field("time_end", e.to_string()))?,
             },
@@ -270,10 +269,7 @@ impl PaymentNotification {
         };
         let coupon_count = s
             .coupon_count
-            .map(|v| {
-                v.parse::<u32>()
-                    .map_err(|_| Error::field("coupon_count", format!("{v:?} is not a count")))
-            })
+            .map(|v| super::parse_count("coupon_count", v))
             .transpose()?;
         Ok(PaymentNotification {
             appid: need(s.appid, "appid")?.to_owned(),

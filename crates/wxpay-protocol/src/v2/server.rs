@@ -5,14 +5,14 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use super::bill::{Bill, BillFee, BillRow, BillSummary, BillType};
+use super::calls::opt_time;
 use super::calls::{
     CloseOrder, CloseOrderResponse, Coupon, DownloadBill, OrderQuery, OrderQueryResponse, OrderRef, Refund,
     RefundQuery, RefundQueryResponse, RefundRecord, RefundRef, RefundResponse, TradeType, UnifiedOrder,
     UnifiedOrderResponse, check_transaction_id,
 };
 use super::notify::{PaymentNotification, PaymentOutcome, RefundNotification, encrypt_req_info};
-use super::{ErrCode, FromFields, ToFields, num};
-use crate::fields::cmp_names;
+use super::{ErrCode, FromFields, ToFields, insert_extra, num, opt_count, opt_string};
 use crate::{ApiKey, BeijingTime, Error, Fen, Fields, Nonce, OutRefundNo, OutTradeNo, SignType};
 
 /// The fields every request carries besides its own; sorted.
@@ -20,29 +20,19 @@ const REQUEST_ENVELOPE: &[&str] = &["appid", "mch_id", "nonce_str", "sign", "sig
 
 /// The fields of a request not in `known` (sorted) nor in the envelope.
 fn request_extra(f: &Fields<'_>, known: &[&str]) -> BTreeMap<String, String> {
-    debug_assert!(known.is_sorted_by(|a, b| a.as_bytes() < b.as_bytes()), "{known:?}");
-    let listed = |list: &[&str], k: &str| list.binary_search_by(|p| cmp_names(p.as_bytes(), k.as_bytes())).is_ok();
-    f.iter()
-        .filter(|(k, _)| !listed(REQUEST_ENVELOPE, k) && !listed(known, k))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+    super::unknown_fields(f, REQUEST_ENVELOPE, known, &[])
 }
 
 fn parse_with<T>(f: &Fields<'_>, name: &str, parse: impl FnOnce(&str) -> Result<T, Error>) -> Result<T, Error> {
-    parse(f.require(name)?).map_err(|e| match e {
+    parse(f.require(name)?).map_err(|e| in_field(name, e))
+}
+
+/// A value's error as an error of the field it came from.
+fn in_field(name: &str, e: Error) -> Error {
+    match e {
         Error::Invalid { reason, .. } => Error::field(name, reason),
         other => other,
-    })
-}
-
-fn opt_owned(f: &Fields<'_>, name: &str) -> Option<String> {
-    f.optional(name).map(str::to_owned)
-}
-
-fn opt_beijing(f: &Fields<'_>, name: &str) -> Result<Option<BeijingTime>, Error> {
-    f.optional(name)
-        .map(|v| BeijingTime::parse_compact(v).map_err(|e| Error::field(name, e.to_string())))
-        .transpose()
+    }
 }
 
 fn order_ref(f: &Fields<'_>) -> Result<OrderRef, Error> {
@@ -65,18 +55,18 @@ impl FromFields for UnifiedOrder {
             spbill_create_ip: f.require("spbill_create_ip")?.to_owned(),
             notify_url: f.require("notify_url")?.to_owned(),
             trade_type: TradeType::parse(f.require("trade_type")?),
-            openid: opt_owned(f, "openid"),
-            attach: opt_owned(f, "attach"),
-            detail: opt_owned(f, "detail"),
-            device_info: opt_owned(f, "device_info"),
-            fee_type: opt_owned(f, "fee_type"),
-            time_start: opt_beijing(f, "time_start")?,
-            time_expire: opt_beijing(f, "time_expire")?,
-            goods_tag: opt_owned(f, "goods_tag"),
-            limit_pay: opt_owned(f, "limit_pay"),
-            receipt: opt_owned(f, "receipt"),
-            profit_sharing: opt_owned(f, "profit_sharing"),
-            scene_info: opt_owned(f, "scene_info"),
+            openid: opt_string(f, "openid"),
+            attach: opt_string(f, "attach"),
+            detail: opt_string(f, "detail"),
+            device_info: opt_string(f, "device_info"),
+            fee_type: opt_string(f, "fee_type"),
+            time_start: opt_time(f, "time_start")?,
+            time_expire: opt_time(f, "time_expire")?,
+            goods_tag: opt_string(f, "goods_tag"),
+            limit_pay: opt_string(f, "limit_pay"),
+            receipt: opt_string(f, "receipt"),
+            profit_sharing: opt_string(f, "profit_sharing"),
+            scene_info: opt_string(f, "scene_info"),
             extra: request_extra(
                 f,
                 &[
@@ -131,10 +121,10 @@ impl FromFields for Refund {
             out_refund_no: parse_with(f, "out_refund_no", |s| OutRefundNo::new(s))?,
             total_fee: parse_with(f, "total_fee", Fen::parse)?,
             refund_fee: parse_with(f, "refund_fee", Fen::parse)?,
-            refund_fee_type: opt_owned(f, "refund_fee_type"),
-            refund_desc: opt_owned(f, "refund_desc"),
-            refund_account: opt_owned(f, "refund_account"),
-            notify_url: opt_owned(f, "notify_url"),
+            refund_fee_type: opt_string(f, "refund_fee_type"),
+            refund_desc: opt_string(f, "refund_desc"),
+            refund_account: opt_string(f, "refund_account"),
+            notify_url: opt_string(f, "notify_url"),
             extra: request_extra(
                 f,
                 &[
@@ -160,23 +150,17 @@ impl FromFields for RefundQuery {
         // WeChat Pay's precedence: refund_id, out_refund_no, transaction_id, out_trade_no.
         let by = if let Some(id) = f.optional("refund_id") {
             RefundRef::RefundId(id.to_owned())
-        } else if f.optional("out_refund_no").is_some() {
-            RefundRef::OutRefundNo(parse_with(f, "out_refund_no", |s| OutRefundNo::new(s))?)
+        } else if let Some(no) = f.optional("out_refund_no") {
+            RefundRef::OutRefundNo(OutRefundNo::new(no).map_err(|e| in_field("out_refund_no", e))?)
         } else if let Some(t) = f.optional("transaction_id") {
             check_transaction_id(t)?;
             RefundRef::TransactionId(t.to_owned())
-        } else if f.optional("out_trade_no").is_some() {
-            RefundRef::OutTradeNo(parse_with(f, "out_trade_no", |s| OutTradeNo::new(s))?)
+        } else if let Some(no) = f.optional("out_trade_no") {
+            RefundRef::OutTradeNo(OutTradeNo::new(no).map_err(|e| in_field("out_trade_no", e))?)
         } else {
             return Err(Error::MissingField("out_refund_no".into()));
         };
-        let offset = f
-            .optional("offset")
-            .map(|v| {
-                v.parse::<u32>()
-                    .map_err(|_| Error::field("offset", format!("{v:?} is not a count")))
-            })
-            .transpose()?;
+        let offset = opt_count(f, "offset")?;
         Ok(RefundQuery {
             by,
             offset,
@@ -224,13 +208,6 @@ fn insert_coupons<'a>(out: &mut Fields<'a>, coupons: &'a [Coupon]) -> Result<(),
     Ok(())
 }
 
-fn insert_map<'a>(out: &mut Fields<'a>, extra: &'a BTreeMap<String, String>) -> Result<(), Error> {
-    for (k, v) in extra {
-        out.insert(k.as_str(), v.as_str())?;
-    }
-    Ok(())
-}
-
 impl ToFields for UnifiedOrderResponse {
     fn to_fields<'a>(&'a self, out: &mut Fields<'a>) -> Result<(), Error> {
         out.insert("prepay_id", self.prepay_id.as_str())?;
@@ -238,7 +215,7 @@ impl ToFields for UnifiedOrderResponse {
         out.insert_opt("code_url", self.code_url.as_deref())?;
         out.insert_opt("mweb_url", self.mweb_url.as_deref())?;
         out.insert_opt("device_info", self.device_info.as_deref())?;
-        insert_map(out, &self.extra)
+        insert_extra(out, &self.extra)
     }
 }
 
@@ -262,14 +239,14 @@ impl ToFields for OrderQueryResponse {
         out.insert_opt("time_end", self.time_end.map(BeijingTime::to_compact))?;
         out.insert_opt("attach", self.attach.as_deref())?;
         out.insert_opt("device_info", self.device_info.as_deref())?;
-        insert_map(out, &self.extra)
+        insert_extra(out, &self.extra)
     }
 }
 
 impl ToFields for CloseOrderResponse {
     fn to_fields<'a>(&'a self, out: &mut Fields<'a>) -> Result<(), Error> {
         out.insert_opt("result_msg", self.result_msg.as_deref())?;
-        insert_map(out, &self.extra)
+        insert_extra(out, &self.extra)
     }
 }
 
@@ -290,7 +267,7 @@ impl ToFields for RefundResponse {
         out.insert_opt("fee_type", self.fee_type.as_deref())?;
         // Live answers carry an empty refund_channel; empty fields take no part in the sign.
         out.insert("refund_channel", self.refund_channel.as_deref().unwrap_or(""))?;
-        insert_map(out, &self.extra)
+        insert_extra(out, &self.extra)
     }
 }
 
@@ -308,7 +285,7 @@ impl ToFields for RefundQueryResponse {
         for (n, r) in self.refunds.iter().enumerate() {
             refund_record_fields(out, n, r)?;
         }
-        insert_map(out, &self.extra)
+        insert_extra(out, &self.extra)
     }
 }
 
@@ -345,9 +322,7 @@ fn refund_record_fields<'a>(out: &mut Fields<'a>, n: usize, r: &'a RefundRecord)
 /// The protocol-level refusal WeChat Pay sends when it cannot even look at a request (bad
 /// XML, bad signature, not POST): `return_code=FAIL` with a message, and no signature.
 pub fn return_fail(return_msg: &str) -> String {
-    crate::xml::write("xml", [("return_code", "FAIL"), ("return_msg", return_msg)]).unwrap_or_else(|_| {
-        "<xml><return_code><![CDATA[FAIL]]></return_code><return_msg><![CDATA[FAIL]]></return_msg></xml>".to_owned()
-    })
+    super::fail_reply(return_msg, "FAIL")
 }
 
 /// Who signs an answer, and with what: the merchant's appid and key, the algorithm of the
@@ -447,7 +422,7 @@ impl PaymentNotification {
         f.insert_opt("is_subscribe", self.is_subscribe.as_deref())?;
         f.insert_opt("attach", self.attach.as_deref())?;
         f.insert_opt("device_info", self.device_info.as_deref())?;
-        insert_map(&mut f, &self.extra)?;
+        insert_extra(&mut f, &self.extra)?;
         f.sign(key, sign_type);
         f.to_xml()
     }
@@ -474,7 +449,7 @@ impl RefundNotification {
         inner.insert_opt("refund_recv_accout", self.refund_recv_accout.as_deref())?;
         inner.insert_opt("refund_account", self.refund_account.as_deref())?;
         inner.insert_opt("refund_request_source", self.refund_request_source.as_deref())?;
-        insert_map(&mut inner, &self.extra)?;
+        insert_extra(&mut inner, &self.extra)?;
         let plain = crate::xml::write("root", inner.iter())?;
         let req_info = encrypt_req_info(&plain, key);
         crate::xml::write(

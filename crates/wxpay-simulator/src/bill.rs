@@ -41,13 +41,17 @@ pub(crate) fn download(ctx: &Ctx<'_>, f: &Fields<'_>) -> Reply {
     if req.bill_type == BillType::RechargeRefund {
         return bill_error("No Bill Exist", "20002");
     }
+    // bill_date is midnight in Beijing: the day is the next 86,400 seconds, compared as
+    // numbers under the shard locks rather than formatted per order.
+    let start = req.bill_date.unix();
+    let span = start..start + 86_400;
     let mut rows = Vec::new();
     for shard in 0..SHARDS {
         // One shard locked at a time, so that calls go on while a large bill is built.
         let g = ctx.sim.inner.store.lock(shard);
         g.each(|o| {
             if o.mch == ctx.mch {
-                collect(ctx, o, &day, req.bill_type, &mut rows);
+                collect(ctx, o, &span, req.bill_type, &mut rows);
             }
         });
     }
@@ -85,14 +89,15 @@ fn base_row(ctx: &Ctx<'_>, o: &Order, trade_time: i64) -> BillRow {
     }
 }
 
-fn collect(ctx: &Ctx<'_>, o: &Order, day: &str, bill_type: BillType, rows: &mut Vec<BillRow>) {
+/// Adds the rows of `o` that fall in `span` (the bill's day, in Unix seconds).
+fn collect(ctx: &Ctx<'_>, o: &Order, span: &std::ops::Range<i64>, bill_type: BillType, rows: &mut Vec<BillRow>) {
     if o.state != OrderState::Success {
         return;
     }
     let Some(paid_at) = o.paid_at else {
         return;
     };
-    if bill_type != BillType::Refund && day_of(paid_at) == day {
+    if bill_type != BillType::Refund && span.contains(&paid_at) {
         let mut row = base_row(ctx, o, paid_at);
         row.settlement_total_fee = o.total_fee;
         row.total_fee = Some(o.total_fee);
@@ -103,7 +108,7 @@ fn collect(ctx: &Ctx<'_>, o: &Order, day: &str, bill_type: BillType, rows: &mut 
         return;
     }
     for r in &o.refunds {
-        if day_of(r.accepted_at) != day {
+        if !span.contains(&r.accepted_at) {
             continue;
         }
         let mut row = base_row(ctx, o, r.accepted_at);

@@ -83,7 +83,12 @@ pub(crate) fn parse_prepay_id(id: &str) -> Option<(usize, u32)> {
     }
     let shard = usize::from_str_radix(id.get(16..18)?, 16).ok()?;
     let slot = u32::from_str_radix(id.get(18..26)?, 16).ok()?;
-    Some((shard, slot))
+    Some((existing_shard(shard)?, slot))
+}
+
+/// The shard, when the store has it: an identifier that names another is not ours.
+fn existing_shard(shard: usize) -> Option<usize> {
+    (shard < crate::store::SHARDS).then_some(shard)
 }
 
 pub(crate) fn transaction_id(shard: usize, slot: u32, now: i64) -> String {
@@ -101,7 +106,10 @@ pub(crate) fn parse_transaction_id(id: &str) -> Option<(usize, u32)> {
     if id.len() != 28 || !id.starts_with("4200") || !id.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some((id.get(4..6)?.parse().ok()?, id.get(6..16)?.parse().ok()?))
+    Some((
+        existing_shard(id.get(4..6)?.parse().ok()?)?,
+        id.get(6..16)?.parse().ok()?,
+    ))
 }
 
 pub(crate) fn refund_id(shard: usize, slot: u32, index: usize, now: i64) -> String {
@@ -121,7 +129,7 @@ pub(crate) fn parse_refund_id(id: &str) -> Option<(usize, u32, usize)> {
         return None;
     }
     Some((
-        id.get(2..4)?.parse().ok()?,
+        existing_shard(id.get(2..4)?.parse().ok()?)?,
         id.get(4..14)?.parse().ok()?,
         id.get(14..16)?.parse().ok()?,
     ))

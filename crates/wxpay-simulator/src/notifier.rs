@@ -331,12 +331,17 @@ struct Outgoing {
     copies: u32,
 }
 
+/// A notification read from its order, signed after the shard lock is released.
+enum Unsigned {
+    Payment(PaymentNotification, wxpay_protocol::SignType),
+    Refund(RefundNotification),
+}
+
 fn build(sim: &Simulator, job: &Job) -> Option<Outgoing> {
     let loc = job.loc();
     let mut g = sim.inner.store.lock(loc.shard);
     let o = g.get(loc.slot)?;
     let merchant = &sim.inner.merchants[usize::from(o.mch)];
-    let nonce = ids::nonce();
     let hit = sim
         .inner
         .faults
@@ -345,15 +350,7 @@ fn build(sim: &Simulator, job: &Job) -> Option<Outgoing> {
         sim.inner.metrics.fault(h.kind);
     }
     let kind = hit.map(|h| h.kind);
-    // A wrong signature comes from a key that is not the merchant's.
-    let wrong_key;
-    let key: &ApiKey = if kind == Some(FaultKind::NotifyBadSignature) {
-        wrong_key = ApiKey::new("0000000000000000000000000000000A").ok()?;
-        &wrong_key
-    } else {
-        &merchant.key
-    };
-    let (url, body, out_refund_no) = match job.what {
+    let (url, unsigned, out_refund_no) = match job.what {
         What::Payment => {
             let outcome = match (o.state, kind) {
                 (OrderState::Success, Some(FaultKind::NotifyResultFail)) => PaymentOutcome::Failed {
@@ -401,7 +398,7 @@ fn build(sim: &Simulator, job: &Job) -> Option<Outgoing> {
                 device_info: o.device_info.as_deref().map(str::to_owned),
                 extra: Default::default(),
             };
-            (o.notify_url.clone(), n.encode(key, o.sign_type, &nonce).ok()?, None)
+            (o.notify_url.clone(), Unsigned::Payment(n, o.sign_type), None)
         }
         What::RefundNotify(idx) => {
             let r = o.refunds.get(idx)?;
@@ -427,14 +424,31 @@ fn build(sim: &Simulator, job: &Job) -> Option<Outgoing> {
                 refund_request_source: Some("API".into()),
                 extra: Default::default(),
             };
-            (url, n.encode(key, &nonce).ok()?, Some(r.out_refund_no.to_string()))
+            (url, Unsigned::Refund(n), Some(r.out_refund_no.to_string()))
         }
         _ => return None,
+    };
+    let out_trade_no = o.out_trade_no.to_string();
+    // Signing (and encrypting a refund's req_info) happens outside the lock: every call on
+    // this shard waits while it is held.
+    drop(g);
+    // A wrong signature comes from a key that is not the merchant's.
+    let wrong_key;
+    let key: &ApiKey = if kind == Some(FaultKind::NotifyBadSignature) {
+        wrong_key = ApiKey::new("0000000000000000000000000000000A").ok()?;
+        &wrong_key
+    } else {
+        &merchant.key
+    };
+    let nonce = ids::nonce();
+    let body = match unsigned {
+        Unsigned::Payment(n, sign_type) => n.encode(key, sign_type, &nonce).ok()?,
+        Unsigned::Refund(n) => n.encode(key, &nonce).ok()?,
     };
     Some(Outgoing {
         url,
         body: Arc::from(body),
-        out_trade_no: o.out_trade_no.to_string(),
+        out_trade_no,
         out_refund_no,
         fault: kind.map(FaultKind::name),
         copies: if kind == Some(FaultKind::NotifyDuplicate) {

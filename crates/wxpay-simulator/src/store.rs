@@ -27,8 +27,7 @@ pub(crate) struct Loc {
 }
 
 /// An order's state, as `orderquery` reports it (`REFUND` is derived from the refunds).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum OrderState {
     NotPay,
     Success,
@@ -37,13 +36,9 @@ pub(crate) enum OrderState {
 }
 
 impl OrderState {
+    /// The position in `ALL`, for per-state counters.
     fn index(self) -> usize {
-        match self {
-            OrderState::NotPay => 0,
-            OrderState::Success => 1,
-            OrderState::Closed => 2,
-            OrderState::PayError => 3,
-        }
+        self as usize
     }
 
     pub(crate) const ALL: [OrderState; 4] = [

@@ -129,7 +129,6 @@ struct Shared {
     workload: Workload,
     merchant: Merchant,
     notify_url: String,
-    host: String,
     authority: String,
     run: String,
     recording: AtomicBool,
@@ -138,7 +137,6 @@ struct Shared {
     /// Time between two requests of one connection, in an open-loop run.
     interval: Option<Duration>,
     errors: AtomicU64,
-    sent: AtomicU64,
     epoch: Instant,
     /// Answers slower than 5 ms: (ms since start, µs), to tell one stall of everything from
     /// slowness spread over the run.
@@ -220,7 +218,6 @@ async fn run_load(spec: Spec) -> Result<Report, String> {
     let shared = Arc::new(Shared {
         workload: spec.workload,
         notify_url: spec.notify_url,
-        host: spec.authority.clone(),
         authority: spec.authority,
         merchant: spec.merchant,
         run: run_id(),
@@ -232,7 +229,6 @@ async fn run_load(spec: Spec) -> Result<Report, String> {
             .filter(|r| *r > 0.0)
             .map(|r| Duration::from_secs_f64(spec.connections as f64 / r)),
         errors: AtomicU64::new(0),
-        sent: AtomicU64::new(0),
         epoch: Instant::now(),
         slow: std::sync::Mutex::new(Vec::new()),
     });
@@ -564,7 +560,7 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
         // Seed the orders the notifications pay; their numbers are known: the seeding
         // connections number them from a shared counter.
         let prefix = format!("N{}x", run_id());
-        let seeded = seed(&authority, &args, &prefix, merchant.clone()).await?;
+        let seeded = seed(&authority, &args, &prefix, orders_workload()).await?;
         let bodies = Arc::new(notifications(&merchant, &prefix, seeded, ORDER_FEE)?);
         let path = match args.api {
             Api::Wxpay => "/notify/v2/pay",
@@ -598,60 +594,36 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
 
 /// Creates `args.pool` orders numbered `prefix0…`, as fast as the service allows (not
 /// measured), and returns how many were created.
-async fn seed(authority: &str, args: &GatewayArgs, prefix: &str, merchant: Merchant) -> Result<usize, String> {
+async fn seed(authority: &str, args: &GatewayArgs, prefix: &str, workload: Workload) -> Result<usize, String> {
     let counter = Arc::new(AtomicU64::new(0));
     let created = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
+    let workload = Arc::new(workload);
     for _ in 0..args.connections.min(32) {
-        let (counter, created) = (counter.clone(), created.clone());
-        let shared = Arc::new(Shared {
-            workload: match args.api {
-                Api::Wxpay => Workload::GatewayOrders {
-                    token: args.token.clone(),
-                },
-                Api::Peer => Workload::PeerOrders,
-            },
-            merchant: merchant.clone(),
-            notify_url: String::new(),
-            host: authority.to_owned(),
-            authority: authority.to_owned(),
-            run: String::new(),
-            recording: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            budget: None,
-            interval: None,
-            errors: AtomicU64::new(0),
-            sent: AtomicU64::new(0),
-            epoch: Instant::now(),
-            slow: std::sync::Mutex::new(Vec::new()),
-        });
-        let (pool, prefix, token, api) = (args.pool as u64, prefix.to_owned(), args.token.clone(), args.api);
+        let (counter, created, workload) = (counter.clone(), created.clone(), workload.clone());
+        let (pool, prefix, authority) = (args.pool as u64, prefix.to_owned(), authority.to_owned());
         tasks.push(tokio::spawn(async move {
-            let mut sender = connect(&shared).await?;
+            let mut sender = connect(&authority).await?;
             loop {
                 let i = counter.fetch_add(1, Ordering::Relaxed);
                 if i >= pool {
                     return Ok::<(), String>(());
                 }
                 let no = format!("{prefix}{i}");
-                let (path, body, expect) = match api {
-                    Api::Wxpay => ("/v1/orders", order_json("amount_fen", &no, ORDER_FEE), 201),
-                    Api::Peer => ("/orders", order_json("total_fee", &no, ORDER_FEE), 200),
-                };
-                let req = hyper::Request::post(path)
-                    .header(hyper::header::HOST, shared.host.as_str())
-                    .header(hyper::header::CONTENT_TYPE, "application/json")
-                    .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
-                    .body(Full::new(Bytes::from(body)))
-                    .map_err(|e| e.to_string())?;
+                let req = order_request(&workload, &authority, &no)?;
                 if sender.ready().await.is_err() {
-                    sender = connect(&shared).await?;
+                    sender = connect(&authority).await?;
                 }
                 let resp = sender.send_request(req).await.map_err(|e| format!("seeding: {e}"))?;
                 let status = resp.status().as_u16();
-                let _ = resp.into_body().collect().await;
-                if status != expect {
+                let body = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                if !answer_ok(&workload, status, &body) {
                     return Err(format!("seeding order {no}: HTTP {status}"));
                 }
                 created.fetch_add(1, Ordering::Relaxed);
@@ -670,10 +642,10 @@ async fn seed(authority: &str, args: &GatewayArgs, prefix: &str, merchant: Merch
     Ok(n)
 }
 
-async fn connect(shared: &Shared) -> Result<http1::SendRequest<Full<Bytes>>, String> {
-    let stream = tokio::net::TcpStream::connect(&shared.authority)
+async fn connect(authority: &str) -> Result<http1::SendRequest<Full<Bytes>>, String> {
+    let stream = tokio::net::TcpStream::connect(authority)
         .await
-        .map_err(|e| format!("connect {}: {e}", shared.authority))?;
+        .map_err(|e| format!("connect {authority}: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let (sender, conn) = http1::handshake(TokioIo::new(stream))
         .await
@@ -685,7 +657,7 @@ async fn connect(shared: &Shared) -> Result<http1::SendRequest<Full<Bytes>>, Str
 }
 
 async fn connection(conn: usize, shared: Arc<Shared>) -> Result<Vec<u32>, String> {
-    let mut sender = connect(&shared).await?;
+    let mut sender = connect(&shared.authority).await?;
     let mut latencies = Vec::with_capacity(1 << 16);
     let mut slow: Vec<(u64, u32)> = Vec::new();
     let mut seq: u64 = 0;
@@ -727,7 +699,7 @@ async fn connection(conn: usize, shared: Arc<Shared>) -> Result<Vec<u32>, String
             due += interval;
         }
         if sender.ready().await.is_err() {
-            sender = connect(&shared).await?;
+            sender = connect(&shared.authority).await?;
         }
         let ok = match sender.send_request(req).await {
             Ok(resp) => {
@@ -738,14 +710,13 @@ async fn connection(conn: usize, shared: Arc<Shared>) -> Result<Vec<u32>, String
                 }
             }
             Err(_) => {
-                sender = connect(&shared).await?;
+                sender = connect(&shared.authority).await?;
                 false
             }
         };
         previous_done = Instant::now();
         let micros = previous_done.duration_since(t0).as_micros().min(u128::from(u32::MAX)) as u32;
         if ok {
-            shared.sent.fetch_add(1, Ordering::Relaxed);
             if shared.recording.load(Ordering::Relaxed) {
                 latencies.push(micros);
                 if micros > 5_000 {
@@ -764,7 +735,7 @@ async fn connection(conn: usize, shared: Arc<Shared>) -> Result<Vec<u32>, String
 fn build_request(shared: &Shared, conn: usize, seq: u64) -> Result<Option<hyper::Request<Full<Bytes>>>, String> {
     let builder = |path: &str, content_type: &str| {
         hyper::Request::post(path)
-            .header(hyper::header::HOST, shared.host.as_str())
+            .header(hyper::header::HOST, shared.authority.as_str())
             .header(hyper::header::CONTENT_TYPE, content_type)
     };
     let req = match &shared.workload {
@@ -782,15 +753,9 @@ fn build_request(shared: &Shared, conn: usize, seq: u64) -> Result<Option<hyper:
             let body = v2::encode(&order, &shared.merchant, &nonce).map_err(|e| e.to_string())?;
             builder("/pay/unifiedorder", "text/xml").body(Full::new(Bytes::from(body)))
         }
-        Workload::GatewayOrders { token } => {
-            let body = order_json("amount_fen", &format!("G{}{conn:03}x{seq}", shared.run), ORDER_FEE);
-            builder("/v1/orders", "application/json")
-                .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
-                .body(Full::new(Bytes::from(body)))
-        }
-        Workload::PeerOrders => {
-            let body = order_json("total_fee", &format!("P{}{conn:03}x{seq}", shared.run), ORDER_FEE);
-            builder("/orders", "application/json").body(Full::new(Bytes::from(body)))
+        Workload::GatewayOrders { .. } | Workload::PeerOrders => {
+            let no = format!("O{}{conn:03}x{seq}", shared.run);
+            return order_request(&shared.workload, &shared.authority, &no).map(Some);
         }
         Workload::Notify {
             path,
@@ -805,6 +770,23 @@ fn build_request(shared: &Shared, conn: usize, seq: u64) -> Result<Option<hyper:
         }
     };
     req.map(Some).map_err(|e| e.to_string())
+}
+
+/// A new order `no`, as the gateway (`POST /v1/orders`, bearer token) or the peer
+/// (`POST /orders`) takes it.
+fn order_request(workload: &Workload, authority: &str, no: &str) -> Result<hyper::Request<Full<Bytes>>, String> {
+    let (path, body, token) = match workload {
+        Workload::GatewayOrders { token } => ("/v1/orders", order_json("amount_fen", no, ORDER_FEE), Some(token)),
+        Workload::PeerOrders => ("/orders", order_json("total_fee", no, ORDER_FEE), None),
+        _ => return Err("not an order workload".into()),
+    };
+    let mut req = hyper::Request::post(path)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    if let Some(t) = token {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    req.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())
 }
 
 /// The amount of every order of a gateway run: the peer's load scripts use 88.00 yuan.
@@ -825,16 +807,10 @@ fn order_json(amount_field: &str, out_trade_no: &str, fee: u64) -> String {
 fn answer_ok(workload: &Workload, status: u16, body: &[u8]) -> bool {
     let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
     match workload {
-        Workload::SimUnifiedOrder => status == 200 && memchr_ok(body),
+        // A byte search keeps the generator light; the simulator's tests check answers properly.
+        Workload::SimUnifiedOrder => status == 200 && has(b"<result_code><![CDATA[SUCCESS]]></result_code>"),
         Workload::GatewayOrders { .. } => status == 201 && has(b"\"paySign\""),
         Workload::PeerOrders => status == 200 && has(b"\"paySign\""),
         Workload::Notify { .. } => status == 200 && has(b"SUCCESS"),
     }
-}
-
-/// Whether an answer says `result_code` SUCCESS (a byte search, to keep the generator light;
-/// the simulator's tests check answers properly).
-fn memchr_ok(body: &[u8]) -> bool {
-    const NEEDLE: &[u8] = b"<result_code><![CDATA[SUCCESS]]></result_code>";
-    body.windows(NEEDLE.len()).any(|w| w == NEEDLE)
 }

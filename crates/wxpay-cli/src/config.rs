@@ -11,7 +11,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
-use wxpay_gateway::{Config, JobsConfig, MerchantConfig, Secret, UpstreamConfig, WebhookConfig};
+use wxpay_gateway::{
+    ClientCert, Config, JobsConfig, MerchantConfig, ReconcileConfig, Secret, UpstreamConfig, WebhookConfig,
+};
 use wxpay_protocol::{ApiKey, AppId, AppSecret, MchId, SignType};
 use wxpay_simulator::SimMerchant;
 
@@ -29,9 +31,20 @@ pub(crate) struct FileConfig {
     pub database: Option<DatabaseFile>,
     pub webhook: Option<WebhookFile>,
     pub jobs: Option<JobsFile>,
-    /// Read by `wxpay reconcile` (refunds and reconciliation).
-    #[allow(dead_code)]
-    pub reconcile: Option<toml::Table>,
+    pub reconcile: Option<ReconcileFile>,
+}
+
+/// `[reconcile]`: the daily reconciliation of `wxpay serve`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReconcileFile {
+    /// Run it every day (default false).
+    pub daily: Option<bool>,
+    /// When, Beijing time, `HH:MM` (default `10:30`: WeChat Pay makes the bill from 09:00 and
+    /// advises fetching it after 10:00).
+    pub at: Option<String>,
+    /// Settle differences through `orderquery`/`refundquery` (default true).
+    pub repair: Option<bool>,
 }
 
 /// `[server]`.
@@ -87,6 +100,10 @@ pub(crate) struct MerchantFile {
     pub sns_base_url: Option<String>,
     pub cert_path: Option<String>,
     pub key_path: Option<String>,
+    /// The password of a `.p12` `cert_path` (WeChat Pay sets it to the merchant number).
+    pub cert_password: Option<String>,
+    /// Extra CA certificates (PEM) to trust for `base_url` (the simulator's `ca.pem`).
+    pub ca_path: Option<String>,
     // APIv3 keys: accepted in the file, refused with a message when used (v3 is not built yet).
     #[allow(dead_code)]
     pub apiv3_key: Option<String>,
@@ -277,11 +294,34 @@ pub(crate) fn gateway_config(file: &FileConfig) -> Result<(Config, ServeSettings
             None => SignType::Md5,
             Some(s) => s.parse::<SignType>().map_err(|e| format!("{}: {e}", at("sign_type")))?,
         };
-        for (key, path) in [("cert_path", &m.cert_path), ("key_path", &m.key_path)] {
-            if let Some(p) = path {
-                std::fs::read(p).map_err(|e| format!("{}: cannot read {p:?}: {e}", at(key)))?;
+        let read = |key: &str, p: &str| std::fs::read(p).map_err(|e| format!("{}: cannot read {p:?}: {e}", at(key)));
+        let client_cert = match (&m.cert_path, &m.key_path) {
+            (None, None) => None,
+            (Some(c), None) if c.ends_with(".p12") || c.ends_with(".pfx") => {
+                let password = m.cert_password.clone().unwrap_or_else(|| m.mch_id.clone());
+                Some(
+                    ClientCert::from_pkcs12(&read("cert_path", c)?, &password)
+                        .map_err(|e| format!("{}: {e}", at("cert_path")))?,
+                )
             }
-        }
+            (Some(c), Some(k)) => Some(
+                ClientCert::from_pem(&read("cert_path", c)?, &read("key_path", k)?)
+                    .map_err(|e| format!("{}: {e}", at("cert_path")))?,
+            ),
+            (Some(_), None) => {
+                return Err(format!(
+                    "{} is missing: a PEM cert_path needs its apiclient_key.pem (or give the apiclient_cert.p12 as cert_path)",
+                    at("key_path")
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(format!(
+                    "{} is missing: key_path is the key of cert_path",
+                    at("cert_path")
+                ));
+            }
+        };
+        let ca_pem = m.ca_path.as_deref().map(|p| read("ca_path", p)).transpose()?;
         let app_secret = match &m.app_secret {
             Some(s) => Some(AppSecret::new(s.as_str()).map_err(|e| format!("{}: {e}", at("app_secret")))?),
             None => None,
@@ -312,6 +352,8 @@ pub(crate) fn gateway_config(file: &FileConfig) -> Result<(Config, ServeSettings
                 .sns_base_url
                 .clone()
                 .unwrap_or_else(|| "https://api.weixin.qq.com".to_owned()),
+            client_cert,
+            ca_pem,
         });
     }
     if merchants.iter().any(|m| m.app_secret.is_none()) {
@@ -343,6 +385,25 @@ pub(crate) fn gateway_config(file: &FileConfig) -> Result<(Config, ServeSettings
             jobs.poll_every = Duration::from_millis(v.max(10));
         }
     }
+    let mut reconcile = ReconcileConfig::default();
+    if let Some(r) = &file.reconcile {
+        if r.daily == Some(true) {
+            let at = r.at.as_deref().unwrap_or("10:30");
+            let parsed = at
+                .split_once(':')
+                .and_then(|(h, m)| Some((h.parse::<u32>().ok()?, m.parse::<u32>().ok()?)))
+                .filter(|&(h, m)| h < 24 && m < 60);
+            let Some((h, m)) = parsed else {
+                return Err(format!(
+                    "reconcile.at: {at:?} is not a time of day HH:MM (Beijing time)"
+                ));
+            };
+            reconcile.daily_at_minute = Some(h * 60 + m);
+        }
+        if let Some(v) = r.repair {
+            reconcile.repair = v;
+        }
+    }
     let config = Config {
         public_url,
         api_tokens: server.api_tokens.iter().map(|t| Secret::new(t.as_str())).collect(),
@@ -351,6 +412,7 @@ pub(crate) fn gateway_config(file: &FileConfig) -> Result<(Config, ServeSettings
         upstream: UpstreamConfig::default(),
         jobs,
         default_order_ttl: Duration::from_secs(server.default_order_ttl_secs.unwrap_or(7200)),
+        reconcile,
     };
     config.validate()?;
     Ok((

@@ -137,6 +137,8 @@ fn demo_config(base: &str, token: &str, webhook_secret: &str) -> Config {
         base_url: base.to_owned(),
         backup_url: None,
         sns_base_url: base.to_owned(),
+        client_cert: None,
+        ca_pem: None,
     };
     let jobs = JobsConfig {
         first_check_after: Duration::from_secs(30),
@@ -155,6 +157,7 @@ fn demo_config(base: &str, token: &str, webhook_secret: &str) -> Config {
         upstream: UpstreamConfig::default(),
         jobs,
         default_order_ttl: Duration::from_secs(15 * 60),
+        reconcile: Default::default(),
     }
 }
 

@@ -23,7 +23,7 @@ use crate::store::{Created, IdemClaim, NewOrder, Order, OrderStatus, Payment, Pa
 use crate::time::rfc3339;
 use crate::upstream::{MerchantLink, UpstreamError};
 
-fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
         let msg = e.to_string();
         match e.classify() {
@@ -43,7 +43,7 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> 
     })
 }
 
-fn sha256_hex(data: &[u8]) -> String {
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
     crate::hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
 }
 
@@ -115,6 +115,8 @@ struct OrderView {
     upstream_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     events: Option<Vec<EventView>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refunds: Option<Vec<crate::refunds::RefundView>>,
 }
 
 #[derive(Serialize)]
@@ -142,6 +144,7 @@ fn view(o: &Order) -> OrderView {
         closed_at: o.closed_at.map(rfc3339),
         upstream_error: o.upstream_error.clone(),
         events: None,
+        refunds: None,
     }
 }
 
@@ -250,6 +253,21 @@ pub(crate) async fn create_order(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let hash = sha256_hex(&body);
+    idempotent(&app, scope.0, &headers, hash, create(&app, &body)).await
+}
+
+/// Runs a request that creates something under its `Idempotency-Key`, when it has one: the
+/// first request with a key runs `run`; a later one with the same key and the same request
+/// digest gets the first one's answer, with another digest a 409. `run` is not started when
+/// an earlier answer is given.
+pub(crate) async fn idempotent(
+    app: &App,
+    scope: String,
+    headers: &HeaderMap,
+    request_hash: String,
+    run: impl std::future::Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>,
+) -> Result<Response, ApiError> {
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
@@ -265,13 +283,13 @@ pub(crate) async fn create_order(
         }
     };
     let Some(key) = key else {
-        let (status, body) = create(&app, &body).await?;
+        let (status, body) = run.await?;
         return Ok((status, Json(body)).into_response());
     };
     let store = &app.inner.store;
-    let hash = sha256_hex(&body);
+    let hash = request_hash;
     match store
-        .idem_claim(scope.0.clone(), key.clone(), hash.clone(), app.now())
+        .idem_claim(scope.clone(), key.clone(), hash.clone(), app.now())
         .await?
     {
         IdemClaim::Claimed => {}
@@ -301,19 +319,15 @@ pub(crate) async fn create_order(
                 .into_response());
         }
     }
-    let result = create(&app, &body).await;
+    let result = run.await;
     match &result {
         // A definite answer is kept for the key; an answer that depended on WeChat Pay not
         // answering is not, so that the same request can be tried again.
-        Ok((status, body)) => {
-            store
-                .idem_finish(scope.0, key, status.as_u16(), body.to_string())
-                .await?
-        }
-        Err(ApiError::Unavailable(_) | ApiError::Internal(_)) => store.idem_release(scope.0, key).await?,
+        Ok((status, body)) => store.idem_finish(scope, key, status.as_u16(), body.to_string()).await?,
+        Err(ApiError::Unavailable(_) | ApiError::Internal(_)) => store.idem_release(scope, key).await?,
         Err(e) => {
             store
-                .idem_finish(scope.0, key, e.status().as_u16(), e.body().to_string())
+                .idem_finish(scope, key, e.status().as_u16(), e.body().to_string())
                 .await?
         }
     }
@@ -521,7 +535,9 @@ pub(crate) async fn get_order(
         order = sync(&app, link, order).await?;
     }
     let events = store.events(order.id).await?;
+    let refunds = store.refunds_of(order.id).await?;
     let mut v = view(&order);
+    v.refunds = Some(refunds.iter().map(crate::refunds::view).collect());
     v.events = Some(
         events
             .into_iter()
@@ -583,7 +599,7 @@ pub(crate) async fn close_order(
 }
 
 /// The order of `link`'s merchant with this number, or 404.
-async fn find_order(app: &App, link: &MerchantLink, out_trade_no: String) -> Result<Order, ApiError> {
+pub(crate) async fn find_order(app: &App, link: &MerchantLink, out_trade_no: String) -> Result<Order, ApiError> {
     let found = app
         .inner
         .store

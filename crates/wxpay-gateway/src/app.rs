@@ -95,7 +95,11 @@ impl App {
             .user_agent(concat!("wxpay-gateway/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("webhook client: {e}"))?;
-        let merchants: Vec<MerchantLink> = config.merchants.iter().cloned().map(MerchantLink::new).collect();
+        let merchants = config
+            .merchants
+            .iter()
+            .map(|m| MerchantLink::new(m.clone(), &config.upstream))
+            .collect::<Result<Vec<_>, _>>()?;
         let by_mch_app = merchants
             .iter()
             .enumerate()
@@ -151,9 +155,12 @@ impl App {
             )
             .route("/v1/orders/{out_trade_no}", get(crate::api::get_order))
             .route("/v1/orders/{out_trade_no}/close", post(crate::api::close_order))
+            .route("/v1/orders/{out_trade_no}/refunds", post(crate::refunds::create_refund))
+            .route("/v1/refunds/{out_refund_no}", get(crate::refunds::get_refund))
             .layer(middleware::from_fn_with_state(self.clone(), auth));
         let notify = Router::new()
             .route("/notify/v2/pay", post(crate::notify::payment))
+            .route("/notify/v2/refund", post(crate::notify::refund))
             .layer(DefaultBodyLimit::max(wxpay_protocol::xml::DEFAULT_MAX_LEN));
         Router::new()
             .merge(v1)
@@ -174,6 +181,7 @@ impl App {
         let mut tasks = Vec::new();
         if self.inner.config.jobs.enabled {
             tasks.push(tokio::spawn(crate::jobs::checks(self.clone(), rx.clone())));
+            tasks.push(tokio::spawn(crate::jobs::refund_checks(self.clone(), rx.clone())));
             tasks.push(tokio::spawn(crate::jobs::outbox(self.clone(), rx)));
         }
         Jobs { stop, tasks }

@@ -49,6 +49,86 @@ pub struct MerchantConfig {
     pub backup_url: Option<String>,
     /// The WeChat API host for `jscode2session` (`https://api.weixin.qq.com`).
     pub sns_base_url: String,
+    /// The merchant API certificate that `/secapi/pay/refund` requires (mutual TLS).
+    pub client_cert: Option<ClientCert>,
+    /// Extra certificate authorities (PEM) trusted for `base_url`, besides the system's: the
+    /// simulator's test CA, or a corporate proxy's.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// A merchant API certificate with its private key, as PEM, from the
+/// `apiclient_cert.pem` + `apiclient_key.pem` pair or the `apiclient_cert.p12` that WeChat
+/// Pay issues. Its `Debug` shows only the certificate's size: the key never appears.
+#[derive(Clone)]
+pub struct ClientCert {
+    pem: Vec<u8>,
+}
+
+impl fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientCert(<{} bytes, redacted>)", self.pem.len())
+    }
+}
+
+fn pem_block(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+impl ClientCert {
+    /// The certificate (chain) and the private key, both PEM.
+    ///
+    /// # Errors
+    /// When either holds no PEM block of its kind.
+    pub fn from_pem(cert: &[u8], key: &[u8]) -> Result<ClientCert, String> {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let cert = text(cert);
+        let key = text(key);
+        if !cert.contains("-----BEGIN CERTIFICATE-----") {
+            return Err("the certificate file holds no PEM certificate".into());
+        }
+        if !key.contains("PRIVATE KEY-----") {
+            return Err("the key file holds no PEM private key".into());
+        }
+        let pem = format!("{key}\n{cert}").into_bytes();
+        reqwest::Identity::from_pem(&pem).map_err(|e| format!("the certificate and key do not load: {e}"))?;
+        Ok(ClientCert { pem })
+    }
+
+    /// A PKCS#12 file (`apiclient_cert.p12`); WeChat Pay sets its password to the merchant
+    /// number.
+    ///
+    /// # Errors
+    /// A wrong password, a damaged file, or one without a private key and its certificate.
+    pub fn from_pkcs12(der: &[u8], password: &str) -> Result<ClientCert, String> {
+        let store = p12_keystore::KeyStore::from_pkcs12(der, password, p12_keystore::Pkcs12ImportPolicy::Relaxed)
+            .map_err(|e| format!("the PKCS#12 file cannot be opened (wrong password or damaged file): {e}"))?;
+        let (_, chain) = store
+            .private_key_chain()
+            .ok_or("the PKCS#12 file holds no private key with its certificate")?;
+        if chain.certs().is_empty() {
+            return Err("the PKCS#12 file holds a private key without its certificate".into());
+        }
+        let mut pem = pem_block("PRIVATE KEY", chain.key().as_der());
+        for c in chain.certs() {
+            pem.push_str(&pem_block("CERTIFICATE", c.as_der()));
+        }
+        let pem = pem.into_bytes();
+        reqwest::Identity::from_pem(&pem).map_err(|e| format!("the PKCS#12 key does not load: {e}"))?;
+        Ok(ClientCert { pem })
+    }
+
+    /// The identity for the HTTP client.
+    pub(crate) fn identity(&self) -> Result<reqwest::Identity, String> {
+        reqwest::Identity::from_pem(&self.pem).map_err(|e| format!("client certificate: {e}"))
+    }
 }
 
 impl MerchantConfig {
@@ -155,6 +235,27 @@ pub struct Config {
     pub jobs: JobsConfig,
     /// How long an order can be paid when the request does not say.
     pub default_order_ttl: Duration,
+    /// The daily reconciliation.
+    pub reconcile: ReconcileConfig,
+}
+
+/// The daily reconciliation of `wxpay serve`.
+#[derive(Clone, Debug)]
+pub struct ReconcileConfig {
+    /// When to reconcile the previous day, in minutes after midnight, Beijing time; `None`:
+    /// never (the `wxpay reconcile` command still works).
+    pub daily_at_minute: Option<u32>,
+    /// Settle differences through `orderquery`/`refundquery`.
+    pub repair: bool,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            daily_at_minute: None,
+            repair: true,
+        }
+    }
 }
 
 /// Whether a URL points at this machine (where plain http is acceptable).

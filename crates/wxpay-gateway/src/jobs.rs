@@ -81,9 +81,37 @@ pub(crate) async fn checks(app: App, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// The refund loop: refunds not yet accepted are sent again, accepted ones still pending
+/// are queried.
+pub(crate) async fn refund_checks(app: App, mut stop: watch::Receiver<bool>) {
+    let cfg = app.inner.config.jobs.clone();
+    loop {
+        let now = app.now();
+        match app
+            .inner
+            .store
+            .claim_refund_checks(now, now + ms(cfg.lease), cfg.batch)
+            .await
+        {
+            Ok(refunds) => {
+                for refund in refunds {
+                    if *stop.borrow() {
+                        break;
+                    }
+                    crate::refunds::check_one(&app, refund).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot claim refunds to check"),
+        }
+        if stopped_after(&mut stop, cfg.poll_every).await {
+            return;
+        }
+    }
+}
+
 /// The pause before the next check of an order: as long as the order is old (so checks
 /// thin out as it ages), at least the first delay, at most the longest interval.
-fn next_check_in(app: &App, age_ms: i64) -> i64 {
+pub(crate) fn next_check_in(app: &App, age_ms: i64) -> i64 {
     let cfg = &app.inner.config.jobs;
     age_ms.clamp(
         ms(cfg.first_check_after).max(1000),

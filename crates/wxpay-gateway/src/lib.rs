@@ -15,13 +15,16 @@ mod error;
 mod jobs;
 pub mod metrics;
 mod notify;
+mod refunds;
 pub mod store;
 pub mod time;
 mod upstream;
 
 pub use api::OPENAPI;
 pub use app::{App, Clock, Jobs, serve};
-pub use config::{Config, JobsConfig, MerchantConfig, Secret, UpstreamConfig, WebhookConfig};
+pub use config::{
+    ClientCert, Config, JobsConfig, MerchantConfig, ReconcileConfig, Secret, UpstreamConfig, WebhookConfig,
+};
 pub use error::ApiError;
 pub use jobs::{verify_webhook_signature, webhook_signature};
 pub use upstream::UpstreamError;

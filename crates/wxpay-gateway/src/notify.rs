@@ -1,4 +1,4 @@
-//! `POST /notify/v2/pay`: WeChat Pay's payment notifications.
+//! `POST /notify/v2/pay` and `POST /notify/v2/refund`: WeChat Pay's notifications.
 //!
 //! In this order: the body size limit (the router's), the hardened XML reader, the merchant
 //! found by `mch_id` and `appid`, the signature with that merchant's configured algorithm,
@@ -7,6 +7,11 @@
 //! is the exact SUCCESS reply sent. Anything rejected changes nothing, is recorded with its
 //! reason, logged as a warning (never with a secret), and answered FAIL so that a genuine
 //! notification comes again.
+//!
+//! A refund notification carries no signature: its `req_info` is AES-256-ECB encrypted with
+//! the MD5 of the merchant's key, and ECB authenticates nothing. It is therefore a hint that
+//! changes a refund only when it matches one that wxpay asked for: the number, the order and
+//! the amount; anything else changes nothing and is logged.
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -15,7 +20,7 @@ use bytes::Bytes;
 use wxpay_protocol::v2::{NOTIFY_SUCCESS_REPLY, NotificationFields, notify_fail_reply};
 
 use crate::app::App;
-use crate::store::{self, NotificationRecord, Payment, PaymentOutcome, Source};
+use crate::store::{self, NotificationRecord, Payment, PaymentOutcome, RefundOutcome, RefundResult, Source};
 
 fn reply(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
@@ -26,6 +31,7 @@ fn success() -> Response {
 }
 
 struct Rejection<'a> {
+    kind: &'static str,
     status: StatusCode,
     reason: String,
     merchant: Option<String>,
@@ -38,11 +44,11 @@ async fn reject(app: &App, body: &[u8], r: Rejection<'_>) -> Response {
         .fields
         .and_then(|f| f.fields().optional("transaction_id"))
         .map(str::to_owned);
-    tracing::warn!(reason = %r.reason, out_trade_no = out_trade_no.as_deref().unwrap_or("-"), "payment notification rejected");
+    tracing::warn!(kind = r.kind, reason = %r.reason, out_trade_no = out_trade_no.as_deref().unwrap_or("-"), "notification rejected");
     app.inner.metrics.notification("rejected");
     let record = NotificationRecord {
         received_at: app.now(),
-        kind: "payment".into(),
+        kind: r.kind.into(),
         merchant: r.merchant,
         out_trade_no,
         transaction_id,
@@ -65,6 +71,7 @@ pub(crate) async fn payment(State(app): State<App>, body: Bytes) -> Response {
                 &app,
                 &body,
                 Rejection {
+                    kind: "payment",
                     status: StatusCode::BAD_REQUEST,
                     reason,
                     merchant: None,
@@ -84,6 +91,7 @@ pub(crate) async fn payment(State(app): State<App>, body: Bytes) -> Response {
             &app,
             &body,
             Rejection {
+                kind: "payment",
                 status: StatusCode::BAD_REQUEST,
                 reason,
                 merchant: None,
@@ -102,6 +110,7 @@ pub(crate) async fn payment(State(app): State<App>, body: Bytes) -> Response {
                 &app,
                 &body,
                 Rejection {
+                    kind: "payment",
                     status: StatusCode::BAD_REQUEST,
                     reason,
                     merchant: Some(name),
@@ -197,6 +206,135 @@ pub(crate) async fn payment(State(app): State<App>, body: Bytes) -> Response {
             reply(
                 StatusCode::CONFLICT,
                 notify_fail_reply("conflicts with a recorded payment"),
+            )
+        }
+    }
+}
+
+pub(crate) async fn refund(State(app): State<App>, body: Bytes) -> Response {
+    let fields = match NotificationFields::read(&body) {
+        Ok(f) => f,
+        Err(e) => {
+            let r = Rejection {
+                kind: "refund",
+                status: StatusCode::BAD_REQUEST,
+                reason: format!("not a well-formed notification: {e}"),
+                merchant: None,
+                fields: None,
+            };
+            return reject(&app, &body, r).await;
+        }
+    };
+    let key = (
+        fields.mch_id().unwrap_or("").to_owned(),
+        fields.appid().unwrap_or("").to_owned(),
+    );
+    let Some(&idx) = app.inner.by_mch_app.get(&key) else {
+        let reason = format!("no merchant configured for mch_id {:?} and appid {:?}", key.0, key.1);
+        let r = Rejection {
+            kind: "refund",
+            status: StatusCode::BAD_REQUEST,
+            reason,
+            merchant: None,
+            fields: Some(&fields),
+        };
+        return reject(&app, &body, r).await;
+    };
+    let link = &app.inner.merchants[idx];
+    let name = link.config.name.clone();
+    let n = match fields.refund(&link.credentials) {
+        Ok(n) => n,
+        Err(e) => {
+            // A wrong key, a damaged or forged req_info: nothing readable, nothing changes.
+            let r = Rejection {
+                kind: "refund",
+                status: StatusCode::BAD_REQUEST,
+                reason: format!("req_info cannot be read with this merchant's key: {e}"),
+                merchant: Some(name),
+                fields: Some(&fields),
+            };
+            return reject(&app, &body, r).await;
+        }
+    };
+    let now = app.now();
+    let record = NotificationRecord {
+        received_at: now,
+        kind: "refund".into(),
+        merchant: Some(name.clone()),
+        out_trade_no: Some(n.out_trade_no.clone()),
+        transaction_id: Some(n.transaction_id.clone()),
+        verdict: String::new(),
+        reason: None,
+        body: store::stored_body(&body),
+    };
+    let Some(succeeded) = crate::refunds::settles(&n.refund_status) else {
+        // WeChat Pay notifies settled refunds only; anything else is kept and acknowledged.
+        let mut record = record;
+        record.verdict = "not_settled".into();
+        record.reason = Some(format!("refund_status {}", n.refund_status.as_str()));
+        return match app.inner.store.record_notification(record).await {
+            Ok(()) => success(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record a notification");
+                reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    notify_fail_reply("temporary failure"),
+                )
+            }
+        };
+    };
+    let result = RefundResult {
+        merchant: name,
+        out_refund_no: n.out_refund_no.clone(),
+        out_trade_no: n.out_trade_no.clone(),
+        refund_id: n.refund_id.clone(),
+        amount_fen: n.refund_fee.get() as i64,
+        succeeded,
+        upstream_status: n.refund_status.as_str().to_owned(),
+        settled_at: n.success_time.map_or(now, |t| t.unix() * 1000),
+        source: Source::Notification,
+        now,
+    };
+    let outcome = match app.inner.store.apply_refund(result, Some(record)).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, out_refund_no = %n.out_refund_no, "cannot apply a refund notification");
+            return reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                notify_fail_reply("temporary failure"),
+            );
+        }
+    };
+    app.inner.metrics.notification(outcome.verdict());
+    match outcome {
+        RefundOutcome::Applied(r) => {
+            tracing::info!(out_refund_no = %r.out_refund_no, status = %r.status, "refund settled");
+            success()
+        }
+        RefundOutcome::AlreadySettled(_) => success(),
+        RefundOutcome::UnknownRefund => {
+            tracing::warn!(out_refund_no = %n.out_refund_no, "refund notification for a refund wxpay did not ask for");
+            reply(StatusCode::NOT_FOUND, notify_fail_reply("unknown refund"))
+        }
+        RefundOutcome::WrongOrder => {
+            tracing::warn!(out_refund_no = %n.out_refund_no, out_trade_no = %n.out_trade_no, "refund notification names another order");
+            reply(
+                StatusCode::BAD_REQUEST,
+                notify_fail_reply("refund does not belong to this order"),
+            )
+        }
+        RefundOutcome::AmountMismatch { expected, got } => {
+            tracing::warn!(out_refund_no = %n.out_refund_no, expected, got, "refund notification with another amount");
+            reply(
+                StatusCode::BAD_REQUEST,
+                notify_fail_reply("amount does not match the refund"),
+            )
+        }
+        RefundOutcome::Conflict(r) => {
+            tracing::error!(out_refund_no = %r.out_refund_no, status = %r.status, reported = n.refund_status.as_str(), "refund notification contradicts a settled refund");
+            reply(
+                StatusCode::CONFLICT,
+                notify_fail_reply("conflicts with the recorded refund"),
             )
         }
     }

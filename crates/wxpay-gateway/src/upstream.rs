@@ -45,18 +45,39 @@ pub enum UpstreamError {
 pub(crate) struct MerchantLink {
     pub config: MerchantConfig,
     pub credentials: Merchant,
+    /// This merchant's HTTP client: its own because it presents the merchant's certificate
+    /// (refunds) and may trust an extra CA (the simulator's).
+    http: reqwest::Client,
     failures: AtomicU32,
     backup_until: AtomicI64,
 }
 
 impl MerchantLink {
-    pub(crate) fn new(config: MerchantConfig) -> MerchantLink {
-        MerchantLink {
+    pub(crate) fn new(config: MerchantConfig, upstream: &UpstreamConfig) -> Result<MerchantLink, String> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(upstream.timeout)
+            .connect_timeout(upstream.connect_timeout)
+            .user_agent(concat!("wxpay-gateway/", env!("CARGO_PKG_VERSION")));
+        if let Some(cert) = &config.client_cert {
+            builder = builder.identity(cert.identity().map_err(|e| format!("merchant {}: {e}", config.name))?);
+        }
+        if let Some(pem) = &config.ca_pem {
+            let cas = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("merchant {}: the CA file does not load: {e}", config.name))?;
+            for ca in cas {
+                builder = builder.add_root_certificate(ca);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| format!("merchant {}: HTTP client: {e}", config.name))?;
+        Ok(MerchantLink {
             credentials: config.credentials(),
             config,
+            http,
             failures: AtomicU32::new(0),
             backup_until: AtomicI64::new(0),
-        }
+        })
     }
 
     /// The host to call now: the backup while it is switched to, else the primary.
@@ -111,6 +132,13 @@ impl Upstream {
     /// Makes an APIv2 call for `link`'s merchant.
     pub(crate) async fn call<C: V2Call>(&self, link: &MerchantLink, call: &C) -> Result<C::Response, UpstreamError> {
         let api = C::PATH.rsplit('/').next().unwrap_or(C::PATH);
+        // Over plain HTTP (the simulator on this machine) there is no TLS to present it in.
+        if C::CLIENT_CERT && link.config.client_cert.is_none() && link.host().starts_with("https://") {
+            return Err(UpstreamError::Invalid(format!(
+                "{api} needs the merchant API certificate: set cert_path and key_path (or a .p12 cert_path) for merchant {}",
+                link.config.name
+            )));
+        }
         let mut last = UpstreamError::NoAnswer("no attempt made".into());
         for attempt in 0..self.config.attempts.max(1) {
             if attempt > 0 {
@@ -121,7 +149,7 @@ impl Upstream {
                 v2::encode(call, &link.credentials, &nonce()).map_err(|e| UpstreamError::Invalid(e.to_string()))?;
             let url = format!("{}{}", link.host().trim_end_matches('/'), C::PATH);
             let started = Instant::now();
-            let sent = self
+            let sent = link
                 .http
                 .post(&url)
                 .header("Content-Type", "text/xml; charset=utf-8")

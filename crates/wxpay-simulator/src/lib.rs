@@ -255,6 +255,9 @@ pub struct TlsFiles {
     pub ca_cert: std::path::PathBuf,
     /// Per `mch_id`: the client certificate and private key (PEM).
     pub client: HashMap<String, (std::path::PathBuf, std::path::PathBuf)>,
+    /// Per `mch_id`: the same certificate and key as `apiclient_cert.p12`, password the
+    /// merchant number.
+    pub client_p12: HashMap<String, std::path::PathBuf>,
 }
 
 /// A running simulator.

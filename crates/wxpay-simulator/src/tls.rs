@@ -65,7 +65,9 @@ impl TlsMaterial {
             })
             .collect();
         let complete = [&ca_path, &server_cert, &server_key].iter().all(|p| p.exists())
-            && client_paths.iter().all(|(_, c, k)| c.exists() && k.exists());
+            && client_paths
+                .iter()
+                .all(|(_, c, k)| c.exists() && k.exists() && c.with_extension("p12").exists());
         if !complete {
             create(dir, &ca_path, &server_cert, &server_key, &client_paths)?;
             tracing::info!(dir = %dir.display(), "made a test CA and certificates for the simulator");
@@ -78,16 +80,19 @@ impl TlsMaterial {
         let server_key_pem = fs::read(&server_key)?;
         let mut clients = HashMap::new();
         let mut client_files = HashMap::new();
+        let mut client_p12 = HashMap::new();
         for (mch, cert, key) in &client_paths {
             for c in read_pem_certs(cert)? {
                 clients.insert(c.as_ref().to_vec(), mch.clone());
             }
             client_files.insert(mch.clone(), (cert.clone(), key.clone()));
+            client_p12.insert(mch.clone(), cert.with_extension("p12"));
         }
         Ok(TlsMaterial {
             files: TlsFiles {
                 ca_cert: ca_path,
                 client: client_files,
+                client_p12,
             },
             ca,
             server_chain,
@@ -153,7 +158,7 @@ fn create(
 
     fs::write(ca_path, ca_cert.pem())?;
     fs::write(server_cert, server.pem())?;
-    write_private(server_key, &server_key_pair.serialize_pem())?;
+    write_private(server_key, server_key_pair.serialize_pem())?;
     for (mch, cert_path, key_path) in clients {
         let key = KeyPair::generate().map_err(io)?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(io)?;
@@ -167,14 +172,37 @@ fn create(
             fs::create_dir_all(parent)?;
         }
         fs::write(cert_path, cert.pem())?;
-        write_private(key_path, &key.serialize_pem())?;
+        write_private(key_path, key.serialize_pem())?;
+        let p12 = pkcs12(mch, &key.serialize_der(), cert.der())?;
+        write_private(&cert_path.with_extension("p12"), p12)?;
     }
     Ok(())
 }
 
+/// The `apiclient_cert.p12` WeChat Pay issues beside the PEM pair: the key and certificate
+/// under the friendly name "Tenpay Certificate", with the merchant number as its password,
+/// encrypted the legacy way (3DES, SHA-1 MAC) as the files merchants download are.
+fn pkcs12(mch_id: &str, key_der: &[u8], cert_der: &[u8]) -> std::io::Result<Vec<u8>> {
+    use p12_keystore::{
+        Certificate, EncryptionAlgorithm, KeyStore, KeyStoreEntry, MacAlgorithm, PrivateKey, PrivateKeyChain,
+    };
+    let key = PrivateKey::from_der(key_der).map_err(io)?;
+    let cert = Certificate::from_der(cert_der).map_err(io)?;
+    let local_key_id = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, cert_der);
+    let chain = PrivateKeyChain::new(local_key_id.as_ref().to_vec(), key, [cert]);
+    let mut store = KeyStore::new();
+    store.add_entry("Tenpay Certificate", KeyStoreEntry::PrivateKeyChain(chain));
+    store
+        .writer(mch_id)
+        .encryption_algorithm(EncryptionAlgorithm::PbeWithShaAnd3KeyTripleDesCbc)
+        .mac_algorithm(MacAlgorithm::HmacSha1)
+        .write()
+        .map_err(io)
+}
+
 /// Writes a private key readable by its owner only.
-fn write_private(path: &Path, pem: &str) -> std::io::Result<()> {
-    fs::write(path, pem)?;
+fn write_private(path: &Path, data: impl AsRef<[u8]>) -> std::io::Result<()> {
+    fs::write(path, data)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -304,12 +304,248 @@ impl PaymentOutcome {
     }
 }
 
+/// A refund's status, as the API shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefundStatus {
+    /// Stored; asked for or about to be; not settled yet.
+    Pending,
+    /// WeChat Pay paid the money back.
+    Succeeded,
+    /// WeChat Pay refused it or closed it (`REFUNDCLOSE`, `CHANGE`).
+    Failed,
+}
+
+impl RefundStatus {
+    /// The name in the database and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefundStatus::Pending => "pending",
+            RefundStatus::Succeeded => "succeeded",
+            RefundStatus::Failed => "failed",
+        }
+    }
+
+    /// Reads a name.
+    pub fn parse(s: &str) -> Option<RefundStatus> {
+        [RefundStatus::Pending, RefundStatus::Succeeded, RefundStatus::Failed]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
+
+impl fmt::Display for RefundStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refund to store.
+#[derive(Clone, Debug)]
+pub struct NewRefund {
+    /// The merchant's name.
+    pub merchant: String,
+    /// The order refunded.
+    pub out_trade_no: String,
+    /// The refund number (unique per merchant, for ever).
+    pub out_refund_no: String,
+    /// How much, in fen.
+    pub amount_fen: i64,
+    /// Shown to the payer (`refund_desc`).
+    pub reason: Option<String>,
+    /// A digest of the parameters: the same number with others is a conflict.
+    pub request_hash: String,
+    /// When to look at it if nothing happens (Unix ms).
+    pub first_check_at: i64,
+    /// Now (Unix ms).
+    pub now: i64,
+}
+
+/// A stored refund.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refund {
+    /// Row id.
+    pub id: i64,
+    /// The order's row id.
+    pub order_id: i64,
+    /// The merchant's name.
+    pub merchant: String,
+    /// The order refunded.
+    pub out_trade_no: String,
+    /// The refund number.
+    pub out_refund_no: String,
+    /// How much, in fen.
+    pub amount_fen: i64,
+    /// Shown to the payer.
+    pub reason: Option<String>,
+    /// Status.
+    pub status: RefundStatus,
+    /// Where the `refund` call stands (`created`: WeChat Pay accepted it).
+    pub upstream: Upstream,
+    /// Why WeChat Pay refused it or did not answer.
+    pub upstream_error: Option<String>,
+    /// WeChat Pay's refund number, once it accepted the refund.
+    pub refund_id: Option<String>,
+    /// Created (Unix ms).
+    pub created_at: i64,
+    /// Last changed (Unix ms).
+    pub updated_at: i64,
+    /// Accepted by WeChat Pay (Unix ms): the day of its bill row.
+    pub accepted_at: Option<i64>,
+    /// Succeeded or failed (Unix ms).
+    pub settled_at: Option<i64>,
+    /// The digest of the parameters.
+    pub request_hash: String,
+}
+
+/// The result of storing a refund.
+#[derive(Clone, Debug)]
+pub enum RefundCreated {
+    /// A new refund, with the order's amount now reserved for it.
+    New(Refund),
+    /// The number was taken: here is the refund that has it.
+    Existing(Refund),
+    /// No such order.
+    NoOrder,
+    /// The order is not paid.
+    NotPaid(OrderStatus),
+    /// The refunds of the order would add up to more than its amount.
+    Exceeds {
+        /// What can still be refunded, in fen.
+        available: i64,
+    },
+}
+
+/// A refund's settlement reported by WeChat Pay (a decrypted notification or a verified
+/// `refundquery` answer), checked against the stored refund before anything changes.
+#[derive(Clone, Debug)]
+pub struct RefundResult {
+    /// The merchant's name.
+    pub merchant: String,
+    /// The refund number.
+    pub out_refund_no: String,
+    /// The order it says it belongs to.
+    pub out_trade_no: String,
+    /// WeChat Pay's refund number.
+    pub refund_id: String,
+    /// The amount it says, in fen.
+    pub amount_fen: i64,
+    /// Succeeded (else failed).
+    pub succeeded: bool,
+    /// WeChat Pay's status word (`SUCCESS`, `REFUNDCLOSE`, `CHANGE`).
+    pub upstream_status: String,
+    /// When it settled (Unix ms).
+    pub settled_at: i64,
+    /// Where the fact comes from.
+    pub source: Source,
+    /// Now (Unix ms).
+    pub now: i64,
+}
+
+/// What a refund result did.
+#[derive(Clone, Debug)]
+pub enum RefundOutcome {
+    /// The refund was settled now (its event and outbox row were written).
+    Applied(Refund),
+    /// It was already settled this way: nothing changed.
+    AlreadySettled(Refund),
+    /// No refund with this number was asked for: nothing changed.
+    UnknownRefund,
+    /// The refund belongs to another order: nothing changed.
+    WrongOrder,
+    /// Another amount than the one asked for: nothing changed.
+    AmountMismatch {
+        /// The stored amount.
+        expected: i64,
+        /// The amount reported.
+        got: i64,
+    },
+    /// It was settled the other way already (a succeeded refund never fails later).
+    Conflict(Refund),
+}
+
+impl RefundOutcome {
+    /// The verdict recorded with a notification.
+    pub fn verdict(&self) -> &'static str {
+        match self {
+            RefundOutcome::Applied(_) => "applied",
+            RefundOutcome::AlreadySettled(_) => "duplicate",
+            RefundOutcome::UnknownRefund => "unknown_refund",
+            RefundOutcome::WrongOrder => "wrong_order",
+            RefundOutcome::AmountMismatch { .. } => "amount_mismatch",
+            RefundOutcome::Conflict(_) => "status_conflict",
+        }
+    }
+}
+
+/// A refund WeChat Pay has that wxpay did not ask for (made in the merchant platform, or
+/// lost locally), confirmed by `refundquery`, recorded by reconciliation.
+#[derive(Clone, Debug)]
+pub struct ImportedRefund {
+    /// The merchant's name.
+    pub merchant: String,
+    /// The order refunded.
+    pub out_trade_no: String,
+    /// The refund number.
+    pub out_refund_no: String,
+    /// WeChat Pay's refund number.
+    pub refund_id: String,
+    /// How much, in fen.
+    pub amount_fen: i64,
+    /// Its status per `refundquery`.
+    pub status: RefundStatus,
+    /// When WeChat Pay accepted it (Unix ms; the bill's row time).
+    pub accepted_at: i64,
+    /// Why it is recorded (for the order's history).
+    pub detail: serde_json::Value,
+    /// Now (Unix ms).
+    pub now: i64,
+}
+
+/// How a pending refund settles, for the engines.
+#[derive(Clone, Debug)]
+pub(crate) struct Settlement<'a> {
+    /// Succeeded (else failed).
+    pub succeeded: bool,
+    /// WeChat Pay's refund number, when known.
+    pub wechat_refund_id: Option<&'a str>,
+    /// When (Unix ms).
+    pub settled_at: i64,
+    /// The order's history entry.
+    pub detail: serde_json::Value,
+    /// Why it failed.
+    pub error: Option<&'a str>,
+}
+
+/// A reconciliation run, as kept for the console.
+#[derive(Clone, Debug)]
+pub struct ReconciliationRecord {
+    /// The merchant's name.
+    pub merchant: String,
+    /// The bill's day, `YYYY-MM-DD`.
+    pub bill_date: String,
+    /// `command` or `daily`.
+    pub kind: String,
+    /// Started (Unix ms).
+    pub started_at: i64,
+    /// Finished (Unix ms).
+    pub finished_at: i64,
+    /// Whether the books balanced (after repair, when asked).
+    pub balanced: bool,
+    /// Differences left.
+    pub differences: i64,
+    /// Differences repaired.
+    pub repaired: i64,
+    /// The whole report (JSON).
+    pub report: String,
+}
+
 /// A received notification, kept raw with its verdict.
 #[derive(Clone, Debug)]
 pub struct NotificationRecord {
     /// When (Unix ms).
     pub received_at: i64,
-    /// `payment` (refunds come later).
+    /// `payment` or `refund`.
     pub kind: String,
     /// The merchant, when found.
     pub merchant: Option<String>,
@@ -442,6 +678,83 @@ pub trait Store: Send + Sync + 'static {
     /// Schedules another attempt of an event.
     fn outbox_retry(&self, id: String, next_at: i64, error: String) -> Fut<'_, ()>;
 
+    /// Stores a refund of a paid order with its event, raising the order's reserved refund
+    /// sum in the same transaction (the database refuses a sum above the amount), or says
+    /// why not.
+    fn create_refund(&self, new: NewRefund) -> Fut<'_, RefundCreated>;
+
+    /// A refund by merchant and number.
+    fn refund(&self, merchant: String, out_refund_no: String) -> Fut<'_, Option<Refund>>;
+
+    /// An order's refunds, oldest first.
+    fn refunds_of(&self, order_id: i64) -> Fut<'_, Vec<Refund>>;
+
+    /// Records that WeChat Pay accepted a refund (`upstream = created`), and when to check it.
+    fn refund_accepted(
+        &self,
+        refund_id: i64,
+        wechat_refund_id: String,
+        now: i64,
+        next_check_at: i64,
+    ) -> Fut<'_, Refund>;
+
+    /// Records that the `refund` call failed: for good (`rejected`: the refund fails, its
+    /// reservation is released and `refund.failed` is queued) or without an answer
+    /// (`unknown`: it stays pending and is sent again, identical, at `next_check_at`).
+    fn refund_upstream_failure(
+        &self,
+        refund_id: i64,
+        rejected: bool,
+        error: String,
+        now: i64,
+        next_check_at: i64,
+    ) -> Fut<'_, Refund>;
+
+    /// Applies a refund's settlement in one transaction (refund, order sums and status,
+    /// event, outbox row), and records the notification (if it came from one) with its
+    /// verdict in the same transaction.
+    fn apply_refund(&self, result: RefundResult, notification: Option<NotificationRecord>) -> Fut<'_, RefundOutcome>;
+
+    /// Claims up to `limit` pending refunds due for a check, leasing them until `lease_until`.
+    fn claim_refund_checks(&self, now: i64, lease_until: i64, limit: u32) -> Fut<'_, Vec<Refund>>;
+
+    /// Sets when a pending refund is checked next (`None`: never), counting the check.
+    fn schedule_refund_check(&self, refund_id: i64, at: Option<i64>) -> Fut<'_, ()>;
+
+    /// Paid orders of a merchant whose payment time is in `[from, to)` (Unix ms).
+    fn orders_paid_between(&self, merchant: String, from: i64, to: i64) -> Fut<'_, Vec<Order>>;
+
+    /// Orders of a merchant by number (those that exist).
+    fn orders_by_numbers(&self, merchant: String, numbers: Vec<String>) -> Fut<'_, Vec<Order>>;
+
+    /// Refunds of a merchant accepted by WeChat Pay in `[from, to)` (Unix ms).
+    fn refunds_accepted_between(&self, merchant: String, from: i64, to: i64) -> Fut<'_, Vec<Refund>>;
+
+    /// Refunds of a merchant by number (those that exist).
+    fn refunds_by_numbers(&self, merchant: String, numbers: Vec<String>) -> Fut<'_, Vec<Refund>>;
+
+    /// Corrects a paid order's amount to what WeChat Pay charged (reconciliation, confirmed
+    /// by `orderquery`), with a history entry. `None` when the order is gone or its refunds
+    /// exceed the new amount.
+    fn correct_amount(
+        &self,
+        order_id: i64,
+        amount_fen: i64,
+        detail: serde_json::Value,
+        now: i64,
+    ) -> Fut<'_, Option<Order>>;
+
+    /// Records a refund WeChat Pay has and wxpay did not ask for, with its effect on the
+    /// order (sums, status), a history entry and, when settled, its outbox event.
+    fn import_refund(&self, refund: ImportedRefund) -> Fut<'_, RefundCreated>;
+
+    /// Claims the daily reconciliation of a merchant's day: `false` when another run (or
+    /// another gateway) has it already.
+    fn claim_daily_reconciliation(&self, merchant: String, bill_date: String, now: i64) -> Fut<'_, bool>;
+
+    /// Keeps the result of a reconciliation (a daily one updates its claim).
+    fn record_reconciliation(&self, record: ReconciliationRecord) -> Fut<'_, ()>;
+
     /// Figures for the metrics.
     fn stats(&self, now: i64) -> Fut<'_, Stats>;
 }
@@ -466,6 +779,33 @@ pub(crate) fn event_payload(id: &str, event_type: &str, now: i64, order: &Order)
             "transaction_id": order.transaction_id,
             "paid_at": order.paid_at.map(crate::time::rfc3339),
             "attach": order.attach,
+        }
+    })
+    .to_string()
+}
+
+/// The JSON body of a refund's outbox event: `{id, type, created_at, data}`.
+pub(crate) fn refund_event_payload(id: &str, event_type: &str, now: i64, refund: &Refund, order: &Order) -> String {
+    serde_json::json!({
+        "id": id,
+        "type": event_type,
+        "created_at": crate::time::rfc3339(now),
+        "data": {
+            "merchant": refund.merchant,
+            "out_refund_no": refund.out_refund_no,
+            "out_trade_no": refund.out_trade_no,
+            "refund_id": refund.refund_id,
+            "amount_fen": refund.amount_fen,
+            "status": refund.status,
+            "reason": refund.reason,
+            "settled_at": refund.settled_at.map(crate::time::rfc3339),
+            "upstream_error": refund.upstream_error,
+            "order": {
+                "status": order.status,
+                "amount_fen": order.amount_fen,
+                "refunded_fen": order.refunded_fen,
+                "transaction_id": order.transaction_id,
+            },
         }
     })
     .to_string()

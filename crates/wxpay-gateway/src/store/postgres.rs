@@ -11,13 +11,15 @@ use sqlx::{Executor, Postgres, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Created, Event, Fut, IdemClaim, NewOrder, NotificationRecord, Order, OrderStatus, OutboxEvent, Payment,
-    PaymentOutcome, Stats, Store, StoreError, Upstream, event_id, event_payload,
+    Created, Event, Fut, IdemClaim, ImportedRefund, NewOrder, NewRefund, NotificationRecord, Order, OrderStatus,
+    OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated, RefundOutcome, RefundResult,
+    RefundStatus, Settlement, Stats, Store, StoreError, Upstream, event_id, event_payload, refund_event_payload,
 };
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (2, include_str!("../../migrations/postgres/0002_rfc3339.sql")),
+    (3, include_str!("../../migrations/postgres/0003_refunds.sql")),
 ];
 /// The advisory lock that serialises migrations of several gateways starting together.
 const MIGRATION_LOCK: i64 = 0x7778_7061_7900;
@@ -196,6 +198,300 @@ async fn transition(
         add_outbox(tx, &order, t, now).await?;
     }
     Ok(Some(order))
+}
+
+const REFUND_COLUMNS: &str = "id, order_id, merchant, out_trade_no, out_refund_no, amount_fen, reason, status, upstream, \
+upstream_error, refund_id, created_at, updated_at, accepted_at, settled_at, request_hash";
+
+fn refund_row(r: &PgRow) -> Result<Refund, StoreError> {
+    let status: String = r.try_get("status")?;
+    let upstream: String = r.try_get("upstream")?;
+    Ok(Refund {
+        id: r.try_get("id")?,
+        order_id: r.try_get("order_id")?,
+        merchant: r.try_get("merchant")?,
+        out_trade_no: r.try_get("out_trade_no")?,
+        out_refund_no: r.try_get("out_refund_no")?,
+        amount_fen: r.try_get("amount_fen")?,
+        reason: r.try_get("reason")?,
+        status: RefundStatus::parse(&status).unwrap_or(RefundStatus::Pending),
+        upstream: Upstream::parse(&upstream).unwrap_or(Upstream::Unknown),
+        upstream_error: r.try_get("upstream_error")?,
+        refund_id: r.try_get("refund_id")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        accepted_at: r.try_get("accepted_at")?,
+        settled_at: r.try_get("settled_at")?,
+        request_hash: r.try_get("request_hash")?,
+    })
+}
+
+async fn refund_by_id(tx: &mut Tx, id: i64) -> Result<Refund, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {REFUND_COLUMNS} FROM refunds WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await?;
+    refund_row(&row)
+}
+
+/// A refund by number; `lock` takes its row lock (after its order's: see `lock_order`).
+async fn refund_by_number(
+    tx: &mut Tx,
+    merchant: &str,
+    out_refund_no: &str,
+    lock: bool,
+) -> Result<Option<Refund>, StoreError> {
+    let lock = if lock { " FOR UPDATE" } else { "" };
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {REFUND_COLUMNS} FROM refunds WHERE merchant = $1 AND out_refund_no = $2{lock}"
+    )))
+    .bind(merchant)
+    .bind(out_refund_no)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.as_ref().map(refund_row).transpose()
+}
+
+/// An order by number with its row lock. Every refund change takes the order's lock first and
+/// the refund's second, so two of them never wait on each other in opposite orders.
+async fn lock_order(tx: &mut Tx, merchant: &str, out_trade_no: &str) -> Result<Option<Order>, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = $1 AND out_trade_no = $2 FOR UPDATE"
+    )))
+    .bind(merchant)
+    .bind(out_trade_no)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.as_ref().map(order_row).transpose()
+}
+
+async fn add_refund_outbox(
+    tx: &mut Tx,
+    refund: &Refund,
+    order: &Order,
+    event_type: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let id = event_id();
+    let payload = refund_event_payload(&id, event_type, now, refund, order);
+    sqlx::query(
+        "INSERT INTO outbox (id, order_id, type, payload, created_at, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $5)",
+    )
+    .bind(&id)
+    .bind(order.id)
+    .bind(event_type)
+    .bind(payload)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Raises a locked, paid order's reserved refund sum by `amount` if it stays within the
+/// amount; otherwise says why not.
+async fn reserve(tx: &mut Tx, order: &Order, amount: i64, now: i64) -> Result<Option<RefundCreated>, StoreError> {
+    if !matches!(order.status, OrderStatus::Paid | OrderStatus::Refunded) {
+        return Ok(Some(RefundCreated::NotPaid(order.status)));
+    }
+    let changed = sqlx::query(
+        "UPDATE orders SET refund_reserved_fen = refund_reserved_fen + $1, updated_at = $2 \
+         WHERE id = $3 AND status IN ('paid', 'refunded') AND refund_reserved_fen + $1 <= amount_fen",
+    )
+    .bind(amount)
+    .bind(now)
+    .bind(order.id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if changed == 1 {
+        return Ok(None);
+    }
+    let available: i64 = sqlx::query("SELECT amount_fen - refund_reserved_fen AS a FROM orders WHERE id = $1")
+        .bind(order.id)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("a")?;
+    Ok(Some(RefundCreated::Exceeds { available }))
+}
+
+/// Settles a pending refund (see the SQLite engine's twin). The order's row must be locked.
+async fn settle_refund(
+    tx: &mut Tx,
+    refund_id: i64,
+    s: &Settlement<'_>,
+    now: i64,
+) -> Result<Option<Refund>, StoreError> {
+    let status = if s.succeeded {
+        RefundStatus::Succeeded
+    } else {
+        RefundStatus::Failed
+    };
+    let changed = sqlx::query(
+        "UPDATE refunds SET status = $1, refund_id = COALESCE(refund_id, $2), settled_at = $3, updated_at = $4, \
+         upstream_error = COALESCE($5, upstream_error), next_check_at = NULL WHERE id = $6 AND status = 'pending'",
+    )
+    .bind(status.as_str())
+    .bind(s.wechat_refund_id)
+    .bind(s.settled_at)
+    .bind(now)
+    .bind(s.error)
+    .bind(refund_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        return Ok(None);
+    }
+    let refund = refund_by_id(tx, refund_id).await?;
+    let sql = if s.succeeded {
+        "UPDATE orders SET refunded_fen = refunded_fen + $1, \
+         status = CASE WHEN refunded_fen + $1 = amount_fen THEN 'refunded' ELSE status END, updated_at = $2 WHERE id = $3"
+    } else {
+        "UPDATE orders SET refund_reserved_fen = refund_reserved_fen - $1, updated_at = $2 WHERE id = $3"
+    };
+    sqlx::query(sql)
+        .bind(refund.amount_fen)
+        .bind(now)
+        .bind(refund.order_id)
+        .execute(&mut **tx)
+        .await?;
+    let order = order_by_id(tx, refund.order_id).await?;
+    let (kind, event_type) = if s.succeeded {
+        ("refund_succeeded", "refund.succeeded")
+    } else {
+        ("refund_failed", "refund.failed")
+    };
+    add_event(tx, order.id, now, kind, &s.detail).await?;
+    add_refund_outbox(tx, &refund, &order, event_type, now).await?;
+    Ok(Some(refund))
+}
+
+async fn create_refund(tx: &mut Tx, n: &NewRefund) -> Result<RefundCreated, StoreError> {
+    let Some(order) = lock_order(tx, &n.merchant, &n.out_trade_no).await? else {
+        return Ok(RefundCreated::NoOrder);
+    };
+    if let Some(existing) = refund_by_number(tx, &n.merchant, &n.out_refund_no, false).await? {
+        return Ok(RefundCreated::Existing(existing));
+    }
+    if let Some(refused) = reserve(tx, &order, n.amount_fen, n.now).await? {
+        return Ok(refused);
+    }
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO refunds (order_id, merchant, out_trade_no, out_refund_no, amount_fen, reason, status, upstream, \
+         created_at, updated_at, next_check_at, request_hash) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 'new', $7, $7, $8, $9) \
+         RETURNING {REFUND_COLUMNS}"
+    )))
+    .bind(order.id)
+    .bind(&n.merchant)
+    .bind(&n.out_trade_no)
+    .bind(&n.out_refund_no)
+    .bind(n.amount_fen)
+    .bind(&n.reason)
+    .bind(n.now)
+    .bind(n.first_check_at)
+    .bind(&n.request_hash)
+    .fetch_one(&mut **tx)
+    .await?;
+    let refund = refund_row(&row)?;
+    let detail = serde_json::json!({ "out_refund_no": n.out_refund_no, "amount_fen": n.amount_fen });
+    add_event(tx, order.id, n.now, "refund_requested", &detail).await?;
+    Ok(RefundCreated::New(refund))
+}
+
+async fn apply_refund(tx: &mut Tx, r: &RefundResult) -> Result<RefundOutcome, StoreError> {
+    let Some(found) = refund_by_number(tx, &r.merchant, &r.out_refund_no, false).await? else {
+        return Ok(RefundOutcome::UnknownRefund);
+    };
+    if found.out_trade_no != r.out_trade_no {
+        return Ok(RefundOutcome::WrongOrder);
+    }
+    lock_order(tx, &found.merchant, &found.out_trade_no).await?;
+    let Some(refund) = refund_by_number(tx, &r.merchant, &r.out_refund_no, true).await? else {
+        return Ok(RefundOutcome::UnknownRefund);
+    };
+    if refund.amount_fen != r.amount_fen {
+        return Ok(RefundOutcome::AmountMismatch {
+            expected: refund.amount_fen,
+            got: r.amount_fen,
+        });
+    }
+    match (refund.status, r.succeeded) {
+        (RefundStatus::Succeeded, true) | (RefundStatus::Failed, false) => {
+            return Ok(RefundOutcome::AlreadySettled(refund));
+        }
+        (RefundStatus::Succeeded | RefundStatus::Failed, _) => return Ok(RefundOutcome::Conflict(refund)),
+        (RefundStatus::Pending, _) => {}
+    }
+    let wechat_id = (!r.refund_id.is_empty()).then_some(r.refund_id.as_str());
+    let error = (!r.succeeded).then(|| format!("WeChat Pay reports {}", r.upstream_status));
+    let settlement = Settlement {
+        succeeded: r.succeeded,
+        wechat_refund_id: wechat_id,
+        settled_at: r.settled_at,
+        detail: serde_json::json!({
+            "out_refund_no": r.out_refund_no,
+            "amount_fen": r.amount_fen,
+            "refund_id": wechat_id,
+            "status": r.upstream_status,
+            "source": r.source.as_str(),
+        }),
+        error: error.as_deref(),
+    };
+    match settle_refund(tx, refund.id, &settlement, r.now).await? {
+        Some(settled) => Ok(RefundOutcome::Applied(settled)),
+        None => Err(StoreError::Db("the refund changed during its settlement".into())),
+    }
+}
+
+async fn import_refund(tx: &mut Tx, i: &ImportedRefund) -> Result<RefundCreated, StoreError> {
+    let Some(order) = lock_order(tx, &i.merchant, &i.out_trade_no).await? else {
+        return Ok(RefundCreated::NoOrder);
+    };
+    if let Some(existing) = refund_by_number(tx, &i.merchant, &i.out_refund_no, false).await? {
+        return Ok(RefundCreated::Existing(existing));
+    }
+    if i.status != RefundStatus::Failed {
+        if let Some(refused) = reserve(tx, &order, i.amount_fen, i.now).await? {
+            return Ok(refused);
+        }
+    }
+    let id: i64 = sqlx::query(
+        "INSERT INTO refunds (order_id, merchant, out_trade_no, out_refund_no, amount_fen, status, upstream, refund_id, \
+         created_at, updated_at, accepted_at, next_check_at, request_hash) \
+         VALUES ($1, $2, $3, $4, $5, 'pending', 'created', $6, $7, $7, $8, $7, 'imported') RETURNING id",
+    )
+    .bind(order.id)
+    .bind(&i.merchant)
+    .bind(&i.out_trade_no)
+    .bind(&i.out_refund_no)
+    .bind(i.amount_fen)
+    .bind(&i.refund_id)
+    .bind(i.now)
+    .bind(i.accepted_at)
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get("id")?;
+    add_event(tx, order.id, i.now, "refund_imported", &i.detail).await?;
+    if i.status == RefundStatus::Failed {
+        // Nothing was reserved for it: mark it failed without releasing anything.
+        sqlx::query("UPDATE refunds SET status = 'failed', settled_at = $1, next_check_at = NULL WHERE id = $2")
+            .bind(i.now)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+    } else if i.status == RefundStatus::Succeeded {
+        let settlement = Settlement {
+            succeeded: true,
+            wechat_refund_id: Some(&i.refund_id),
+            settled_at: i.now,
+            detail: i.detail.clone(),
+            error: None,
+        };
+        settle_refund(tx, id, &settlement, i.now).await?;
+    }
+    Ok(RefundCreated::New(refund_by_id(tx, id).await?))
 }
 
 /// The columns of `orders` prefixed with a table alias, for statements that join.
@@ -1193,6 +1489,328 @@ impl Store for PgStore {
             .bind(id)
             .execute(&self.pool)
             .await?;
+            Ok(())
+        })
+    }
+
+    fn create_refund(&self, new: NewRefund) -> Fut<'_, RefundCreated> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            let out = create_refund(&mut tx, &new).await?;
+            tx.commit().await?;
+            Ok(out)
+        })
+    }
+
+    fn refund(&self, merchant: String, out_refund_no: String) -> Fut<'_, Option<Refund>> {
+        Box::pin(async move {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {REFUND_COLUMNS} FROM refunds WHERE merchant = $1 AND out_refund_no = $2"
+            )))
+            .bind(merchant)
+            .bind(out_refund_no)
+            .fetch_optional(&self.pool)
+            .await?;
+            row.as_ref().map(refund_row).transpose()
+        })
+    }
+
+    fn refunds_of(&self, order_id: i64) -> Fut<'_, Vec<Refund>> {
+        Box::pin(async move {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {REFUND_COLUMNS} FROM refunds WHERE order_id = $1 ORDER BY id"
+            )))
+            .bind(order_id)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(refund_row).collect()
+        })
+    }
+
+    fn refund_accepted(
+        &self,
+        refund_id: i64,
+        wechat_refund_id: String,
+        now: i64,
+        next_check_at: i64,
+    ) -> Fut<'_, Refund> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            let changed = sqlx::query(
+                "UPDATE refunds SET upstream = 'created', refund_id = COALESCE(refund_id, $1), \
+                 accepted_at = COALESCE(accepted_at, $2), upstream_error = NULL, updated_at = $2, \
+                 next_check_at = CASE WHEN status = 'pending' THEN $3 ELSE next_check_at END \
+                 WHERE id = $4 AND upstream != 'created'",
+            )
+            .bind(&wechat_refund_id)
+            .bind(now)
+            .bind(next_check_at)
+            .bind(refund_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            let refund = refund_by_id(&mut tx, refund_id).await?;
+            if changed == 1 {
+                let detail =
+                    serde_json::json!({ "out_refund_no": refund.out_refund_no, "refund_id": wechat_refund_id });
+                add_event(&mut tx, refund.order_id, now, "refund_accepted", &detail).await?;
+            }
+            tx.commit().await?;
+            Ok(refund)
+        })
+    }
+
+    fn refund_upstream_failure(
+        &self,
+        refund_id: i64,
+        rejected: bool,
+        error: String,
+        now: i64,
+        next_check_at: i64,
+    ) -> Fut<'_, Refund> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            let refund = refund_by_id(&mut tx, refund_id).await?;
+            lock_order(&mut tx, &refund.merchant, &refund.out_trade_no).await?;
+            let detail = serde_json::json!({ "out_refund_no": refund.out_refund_no, "reason": error });
+            if rejected {
+                sqlx::query("UPDATE refunds SET upstream = 'rejected' WHERE id = $1 AND upstream != 'created'")
+                    .bind(refund_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let settlement = Settlement {
+                    succeeded: false,
+                    wechat_refund_id: None,
+                    settled_at: now,
+                    detail,
+                    error: Some(&error),
+                };
+                settle_refund(&mut tx, refund_id, &settlement, now).await?;
+            } else {
+                sqlx::query(
+                    "UPDATE refunds SET upstream = 'unknown', upstream_error = $1, updated_at = $2, next_check_at = $3 \
+                     WHERE id = $4 AND upstream != 'created' AND status = 'pending'",
+                )
+                .bind(&error)
+                .bind(now)
+                .bind(next_check_at)
+                .bind(refund_id)
+                .execute(&mut *tx)
+                .await?;
+                add_event(&mut tx, refund.order_id, now, "refund_upstream_unknown", &detail).await?;
+            }
+            let refund = refund_by_id(&mut tx, refund_id).await?;
+            tx.commit().await?;
+            Ok(refund)
+        })
+    }
+
+    fn apply_refund(&self, result: RefundResult, notification: Option<NotificationRecord>) -> Fut<'_, RefundOutcome> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            let outcome = apply_refund(&mut tx, &result).await?;
+            if let Some(mut n) = notification {
+                n.verdict = outcome.verdict().to_owned();
+                insert_notification(&mut tx, &n).await?;
+            }
+            tx.commit().await?;
+            Ok(outcome)
+        })
+    }
+
+    fn claim_refund_checks(&self, now: i64, lease_until: i64, limit: u32) -> Fut<'_, Vec<Refund>> {
+        Box::pin(async move {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE refunds SET next_check_at = $2 WHERE id IN ( \
+                   SELECT id FROM refunds WHERE status = 'pending' AND next_check_at IS NOT NULL AND next_check_at <= $1 \
+                   ORDER BY next_check_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 RETURNING {REFUND_COLUMNS}"
+            )))
+            .bind(now)
+            .bind(lease_until)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(refund_row).collect()
+        })
+    }
+
+    fn schedule_refund_check(&self, refund_id: i64, at: Option<i64>) -> Fut<'_, ()> {
+        Box::pin(async move {
+            sqlx::query(
+                "UPDATE refunds SET next_check_at = $1, checks = checks + 1 WHERE id = $2 AND status = 'pending'",
+            )
+            .bind(at)
+            .bind(refund_id)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn orders_paid_between(&self, merchant: String, from: i64, to: i64) -> Fut<'_, Vec<Order>> {
+        Box::pin(async move {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = $1 AND paid_at >= $2 AND paid_at < $3 \
+                 AND status IN ('paid', 'refunded')"
+            )))
+            .bind(merchant)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(order_row).collect()
+        })
+    }
+
+    fn orders_by_numbers(&self, merchant: String, numbers: Vec<String>) -> Fut<'_, Vec<Order>> {
+        Box::pin(async move {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = $1 AND out_trade_no = ANY($2)"
+            )))
+            .bind(merchant)
+            .bind(numbers)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(order_row).collect()
+        })
+    }
+
+    fn refunds_accepted_between(&self, merchant: String, from: i64, to: i64) -> Fut<'_, Vec<Refund>> {
+        Box::pin(async move {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {REFUND_COLUMNS} FROM refunds WHERE merchant = $1 AND accepted_at >= $2 AND accepted_at < $3"
+            )))
+            .bind(merchant)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(refund_row).collect()
+        })
+    }
+
+    fn refunds_by_numbers(&self, merchant: String, numbers: Vec<String>) -> Fut<'_, Vec<Refund>> {
+        Box::pin(async move {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {REFUND_COLUMNS} FROM refunds WHERE merchant = $1 AND out_refund_no = ANY($2)"
+            )))
+            .bind(merchant)
+            .bind(numbers)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(refund_row).collect()
+        })
+    }
+
+    fn correct_amount(
+        &self,
+        order_id: i64,
+        amount_fen: i64,
+        detail: serde_json::Value,
+        now: i64,
+    ) -> Fut<'_, Option<Order>> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            let changed = sqlx::query(
+                "UPDATE orders SET amount_fen = $1, updated_at = $2, \
+                 status = CASE WHEN refunded_fen = $1 THEN 'refunded' ELSE 'paid' END \
+                 WHERE id = $3 AND status IN ('paid', 'refunded') AND refund_reserved_fen <= $1",
+            )
+            .bind(amount_fen)
+            .bind(now)
+            .bind(order_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if changed == 0 {
+                return Ok(None);
+            }
+            add_event(&mut tx, order_id, now, "reconciled", &detail).await?;
+            let order = order_by_id(&mut tx, order_id).await?;
+            tx.commit().await?;
+            Ok(Some(order))
+        })
+    }
+
+    fn import_refund(&self, refund: ImportedRefund) -> Fut<'_, RefundCreated> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            let out = import_refund(&mut tx, &refund).await?;
+            tx.commit().await?;
+            Ok(out)
+        })
+    }
+
+    fn claim_daily_reconciliation(&self, merchant: String, bill_date: String, now: i64) -> Fut<'_, bool> {
+        Box::pin(async move {
+            let inserted = sqlx::query(
+                "INSERT INTO reconciliations (merchant, bill_date, kind, started_at) VALUES ($1, $2, 'daily', $3) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&merchant)
+            .bind(&bill_date)
+            .bind(now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                return Ok(true);
+            }
+            // A run that started an hour ago and never finished died with its gateway.
+            let taken = sqlx::query(
+                "UPDATE reconciliations SET started_at = $3 WHERE merchant = $1 AND bill_date = $2 AND kind = 'daily' \
+                 AND finished_at IS NULL AND started_at < $3 - 3600000",
+            )
+            .bind(&merchant)
+            .bind(&bill_date)
+            .bind(now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            Ok(taken == 1)
+        })
+    }
+
+    fn record_reconciliation(&self, r: ReconciliationRecord) -> Fut<'_, ()> {
+        Box::pin(async move {
+            let balanced = i32::from(r.balanced);
+            let updated = if r.kind == "daily" {
+                sqlx::query(
+                    "UPDATE reconciliations SET started_at = $3, finished_at = $4, balanced = $5, differences = $6, \
+                     repaired = $7, report = $8 WHERE merchant = $1 AND bill_date = $2 AND kind = 'daily'",
+                )
+                .bind(&r.merchant)
+                .bind(&r.bill_date)
+                .bind(r.started_at)
+                .bind(r.finished_at)
+                .bind(balanced)
+                .bind(r.differences as i32)
+                .bind(r.repaired as i32)
+                .bind(&r.report)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+            } else {
+                0
+            };
+            if updated == 0 {
+                sqlx::query(
+                    "INSERT INTO reconciliations (merchant, bill_date, kind, started_at, finished_at, balanced, differences, \
+                     repaired, report) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(&r.merchant)
+                .bind(&r.bill_date)
+                .bind(&r.kind)
+                .bind(r.started_at)
+                .bind(r.finished_at)
+                .bind(balanced)
+                .bind(r.differences as i32)
+                .bind(r.repaired as i32)
+                .bind(&r.report)
+                .execute(&self.pool)
+                .await?;
+            }
             Ok(())
         })
     }

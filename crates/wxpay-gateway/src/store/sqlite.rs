@@ -15,11 +15,15 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Created, Event, Fut, IdemClaim, NewOrder, NotificationRecord, Order, OrderStatus, OutboxEvent, Payment,
-    PaymentOutcome, Stats, Store, StoreError, Upstream, event_id, event_payload,
+    Created, Event, Fut, IdemClaim, ImportedRefund, NewOrder, NewRefund, NotificationRecord, Order, OrderStatus,
+    OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated, RefundOutcome, RefundResult,
+    RefundStatus, Settlement, Stats, Store, StoreError, Upstream, event_id, event_payload, refund_event_payload,
 };
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_init.sql")),
+    (2, include_str!("../../migrations/sqlite/0002_refunds.sql")),
+];
 
 /// The most writes committed together.
 const MAX_BATCH: usize = 512;
@@ -339,6 +343,268 @@ fn transition(
         add_outbox(conn, &order, t, now)?;
     }
     Ok(Some(order))
+}
+
+const REFUND_COLUMNS: &str = "id, order_id, merchant, out_trade_no, out_refund_no, amount_fen, reason, status, upstream, \
+upstream_error, refund_id, created_at, updated_at, accepted_at, settled_at, request_hash";
+
+fn refund_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Refund> {
+    let status: String = r.get(7)?;
+    let upstream: String = r.get(8)?;
+    Ok(Refund {
+        id: r.get(0)?,
+        order_id: r.get(1)?,
+        merchant: r.get(2)?,
+        out_trade_no: r.get(3)?,
+        out_refund_no: r.get(4)?,
+        amount_fen: r.get(5)?,
+        reason: r.get(6)?,
+        status: RefundStatus::parse(&status).unwrap_or(RefundStatus::Pending),
+        upstream: Upstream::parse(&upstream).unwrap_or(Upstream::Unknown),
+        upstream_error: r.get(9)?,
+        refund_id: r.get(10)?,
+        created_at: r.get(11)?,
+        updated_at: r.get(12)?,
+        accepted_at: r.get(13)?,
+        settled_at: r.get(14)?,
+        request_hash: r.get(15)?,
+    })
+}
+
+fn refund_by_id(conn: &Connection, id: i64) -> Result<Refund, StoreError> {
+    let mut st = conn.prepare_cached(&format!("SELECT {REFUND_COLUMNS} FROM refunds WHERE id = ?1"))?;
+    Ok(st.query_row(params![id], refund_row)?)
+}
+
+fn refund_by_number(conn: &Connection, merchant: &str, out_refund_no: &str) -> Result<Option<Refund>, StoreError> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {REFUND_COLUMNS} FROM refunds WHERE merchant = ?1 AND out_refund_no = ?2"
+    ))?;
+    Ok(st.query_row(params![merchant, out_refund_no], refund_row).optional()?)
+}
+
+fn order_by_number(conn: &Connection, merchant: &str, out_trade_no: &str) -> Result<Option<Order>, StoreError> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = ?1 AND out_trade_no = ?2"
+    ))?;
+    Ok(st.query_row(params![merchant, out_trade_no], order_row).optional()?)
+}
+
+fn add_refund_outbox(
+    conn: &Connection,
+    refund: &Refund,
+    order: &Order,
+    event_type: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let id = event_id();
+    let payload = refund_event_payload(&id, event_type, now, refund, order);
+    let mut st = conn.prepare_cached(
+        "INSERT INTO outbox (id, order_id, type, payload, created_at, next_attempt_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+    )?;
+    st.execute(params![id, order.id, event_type, payload, now])?;
+    Ok(())
+}
+
+/// Raises an order's reserved refund sum by `amount` if it stays within the amount and the
+/// order is paid; otherwise says why not.
+fn reserve(conn: &Connection, order: &Order, amount: i64, now: i64) -> Result<Option<RefundCreated>, StoreError> {
+    if !matches!(order.status, OrderStatus::Paid | OrderStatus::Refunded) {
+        return Ok(Some(RefundCreated::NotPaid(order.status)));
+    }
+    let changed = conn
+        .prepare_cached(
+            "UPDATE orders SET refund_reserved_fen = refund_reserved_fen + ?1, updated_at = ?2 \
+             WHERE id = ?3 AND status IN ('paid', 'refunded') AND refund_reserved_fen + ?1 <= amount_fen",
+        )?
+        .execute(params![amount, now, order.id])?;
+    if changed == 1 {
+        return Ok(None);
+    }
+    let available: i64 = conn
+        .prepare_cached("SELECT amount_fen - refund_reserved_fen FROM orders WHERE id = ?1")?
+        .query_row(params![order.id], |r| r.get(0))?;
+    Ok(Some(RefundCreated::Exceeds { available }))
+}
+
+/// Settles a pending refund: succeeded (the order's refunded sum grows, and it becomes
+/// `refunded` when it reaches the amount) or failed (its reservation is released). Writes the
+/// order's event and the outbox row. `None` when the refund was not pending.
+fn settle_refund(
+    conn: &Connection,
+    refund_id: i64,
+    s: &Settlement<'_>,
+    now: i64,
+) -> Result<Option<Refund>, StoreError> {
+    let Settlement {
+        succeeded,
+        wechat_refund_id,
+        settled_at,
+        ref detail,
+        error,
+    } = *s;
+    let status = if succeeded {
+        RefundStatus::Succeeded
+    } else {
+        RefundStatus::Failed
+    };
+    let changed = conn
+        .prepare_cached(
+            "UPDATE refunds SET status = ?1, refund_id = COALESCE(refund_id, ?2), settled_at = ?3, updated_at = ?4, \
+             upstream_error = COALESCE(?5, upstream_error), next_check_at = NULL WHERE id = ?6 AND status = 'pending'",
+        )?
+        .execute(params![
+            status.as_str(),
+            wechat_refund_id,
+            settled_at,
+            now,
+            error,
+            refund_id
+        ])?;
+    if changed == 0 {
+        return Ok(None);
+    }
+    let refund = refund_by_id(conn, refund_id)?;
+    if succeeded {
+        conn.prepare_cached(
+            "UPDATE orders SET refunded_fen = refunded_fen + ?1, \
+             status = CASE WHEN refunded_fen + ?1 = amount_fen THEN 'refunded' ELSE status END, updated_at = ?2 WHERE id = ?3",
+        )?
+        .execute(params![refund.amount_fen, now, refund.order_id])?;
+    } else {
+        conn.prepare_cached(
+            "UPDATE orders SET refund_reserved_fen = refund_reserved_fen - ?1, updated_at = ?2 WHERE id = ?3",
+        )?
+        .execute(params![refund.amount_fen, now, refund.order_id])?;
+    }
+    let order = order_by_id(conn, refund.order_id)?;
+    let (kind, event_type) = if succeeded {
+        ("refund_succeeded", "refund.succeeded")
+    } else {
+        ("refund_failed", "refund.failed")
+    };
+    add_event(conn, order.id, now, kind, detail)?;
+    add_refund_outbox(conn, &refund, &order, event_type, now)?;
+    Ok(Some(refund))
+}
+
+fn create_refund(c: &Connection, n: &NewRefund) -> Result<RefundCreated, StoreError> {
+    let Some(order) = order_by_number(c, &n.merchant, &n.out_trade_no)? else {
+        return Ok(RefundCreated::NoOrder);
+    };
+    if let Some(existing) = refund_by_number(c, &n.merchant, &n.out_refund_no)? {
+        return Ok(RefundCreated::Existing(existing));
+    }
+    if let Some(refused) = reserve(c, &order, n.amount_fen, n.now)? {
+        return Ok(refused);
+    }
+    c.prepare_cached(
+        "INSERT INTO refunds (order_id, merchant, out_trade_no, out_refund_no, amount_fen, reason, status, upstream, \
+         created_at, updated_at, next_check_at, request_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 'new', ?7, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        order.id,
+        n.merchant,
+        n.out_trade_no,
+        n.out_refund_no,
+        n.amount_fen,
+        n.reason,
+        n.now,
+        n.first_check_at,
+        n.request_hash
+    ])?;
+    let refund = refund_by_id(c, c.last_insert_rowid())?;
+    let detail = serde_json::json!({ "out_refund_no": n.out_refund_no, "amount_fen": n.amount_fen });
+    add_event(c, order.id, n.now, "refund_requested", &detail)?;
+    Ok(RefundCreated::New(refund))
+}
+
+fn apply_refund(c: &Connection, r: &RefundResult) -> Result<RefundOutcome, StoreError> {
+    let Some(refund) = refund_by_number(c, &r.merchant, &r.out_refund_no)? else {
+        return Ok(RefundOutcome::UnknownRefund);
+    };
+    if refund.out_trade_no != r.out_trade_no {
+        return Ok(RefundOutcome::WrongOrder);
+    }
+    if refund.amount_fen != r.amount_fen {
+        return Ok(RefundOutcome::AmountMismatch {
+            expected: refund.amount_fen,
+            got: r.amount_fen,
+        });
+    }
+    match (refund.status, r.succeeded) {
+        (RefundStatus::Succeeded, true) | (RefundStatus::Failed, false) => {
+            return Ok(RefundOutcome::AlreadySettled(refund));
+        }
+        (RefundStatus::Succeeded | RefundStatus::Failed, _) => return Ok(RefundOutcome::Conflict(refund)),
+        (RefundStatus::Pending, _) => {}
+    }
+    let wechat_id = (!r.refund_id.is_empty()).then_some(r.refund_id.as_str());
+    let detail = serde_json::json!({
+        "out_refund_no": r.out_refund_no,
+        "amount_fen": r.amount_fen,
+        "refund_id": wechat_id,
+        "status": r.upstream_status,
+        "source": r.source.as_str(),
+    });
+    let error = (!r.succeeded).then(|| format!("WeChat Pay reports {}", r.upstream_status));
+    let settlement = Settlement {
+        succeeded: r.succeeded,
+        wechat_refund_id: wechat_id,
+        settled_at: r.settled_at,
+        detail,
+        error: error.as_deref(),
+    };
+    match settle_refund(c, refund.id, &settlement, r.now)? {
+        Some(settled) => Ok(RefundOutcome::Applied(settled)),
+        None => Err(StoreError::Db("the refund changed during its settlement".into())),
+    }
+}
+
+fn import_refund(c: &Connection, i: &ImportedRefund) -> Result<RefundCreated, StoreError> {
+    let Some(order) = order_by_number(c, &i.merchant, &i.out_trade_no)? else {
+        return Ok(RefundCreated::NoOrder);
+    };
+    if let Some(existing) = refund_by_number(c, &i.merchant, &i.out_refund_no)? {
+        return Ok(RefundCreated::Existing(existing));
+    }
+    if i.status != RefundStatus::Failed {
+        if let Some(refused) = reserve(c, &order, i.amount_fen, i.now)? {
+            return Ok(refused);
+        }
+    }
+    c.prepare_cached(
+        "INSERT INTO refunds (order_id, merchant, out_trade_no, out_refund_no, amount_fen, status, upstream, refund_id, \
+         created_at, updated_at, accepted_at, next_check_at, request_hash) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 'created', ?6, ?7, ?7, ?8, ?7, 'imported')",
+    )?
+    .execute(params![
+        order.id,
+        i.merchant,
+        i.out_trade_no,
+        i.out_refund_no,
+        i.amount_fen,
+        i.refund_id,
+        i.now,
+        i.accepted_at
+    ])?;
+    let id = c.last_insert_rowid();
+    add_event(c, order.id, i.now, "refund_imported", &i.detail)?;
+    if i.status == RefundStatus::Failed {
+        // Nothing was reserved for it: mark it failed without releasing anything.
+        c.prepare_cached("UPDATE refunds SET status = 'failed', settled_at = ?1, next_check_at = NULL WHERE id = ?2")?
+            .execute(params![i.now, id])?;
+    } else if i.status == RefundStatus::Succeeded {
+        let settlement = Settlement {
+            succeeded: true,
+            wechat_refund_id: Some(&i.refund_id),
+            settled_at: i.now,
+            detail: i.detail.clone(),
+            error: None,
+        };
+        settle_refund(c, id, &settlement, i.now)?;
+    }
+    Ok(RefundCreated::New(refund_by_id(c, id)?))
 }
 
 fn apply_payment(conn: &Connection, p: &Payment) -> Result<PaymentOutcome, StoreError> {
@@ -668,6 +934,260 @@ impl Store for SqliteStore {
                 "UPDATE outbox SET next_attempt_at = ?1, last_error = ?2 WHERE id = ?3 AND delivered_at IS NULL",
             )?
             .execute(params![next_at, error, id])?;
+            Ok(())
+        })
+    }
+
+    fn create_refund(&self, new: NewRefund) -> Fut<'_, RefundCreated> {
+        self.write(move |c| create_refund(c, &new))
+    }
+
+    fn refund(&self, merchant: String, out_refund_no: String) -> Fut<'_, Option<Refund>> {
+        self.read(move |c| refund_by_number(c, &merchant, &out_refund_no))
+    }
+
+    fn refunds_of(&self, order_id: i64) -> Fut<'_, Vec<Refund>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {REFUND_COLUMNS} FROM refunds WHERE order_id = ?1 ORDER BY id"
+            ))?;
+            let rows = st.query_map(params![order_id], refund_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn refund_accepted(
+        &self,
+        refund_id: i64,
+        wechat_refund_id: String,
+        now: i64,
+        next_check_at: i64,
+    ) -> Fut<'_, Refund> {
+        self.write(move |c| {
+            let changed = c
+                .prepare_cached(
+                    "UPDATE refunds SET upstream = 'created', refund_id = COALESCE(refund_id, ?1), \
+                     accepted_at = COALESCE(accepted_at, ?2), upstream_error = NULL, updated_at = ?2, \
+                     next_check_at = CASE WHEN status = 'pending' THEN ?3 ELSE next_check_at END \
+                     WHERE id = ?4 AND upstream != 'created'",
+                )?
+                .execute(params![wechat_refund_id, now, next_check_at, refund_id])?;
+            let refund = refund_by_id(c, refund_id)?;
+            if changed == 1 {
+                let detail =
+                    serde_json::json!({ "out_refund_no": refund.out_refund_no, "refund_id": wechat_refund_id });
+                add_event(c, refund.order_id, now, "refund_accepted", &detail)?;
+            }
+            Ok(refund)
+        })
+    }
+
+    fn refund_upstream_failure(
+        &self,
+        refund_id: i64,
+        rejected: bool,
+        error: String,
+        now: i64,
+        next_check_at: i64,
+    ) -> Fut<'_, Refund> {
+        self.write(move |c| {
+            let refund = refund_by_id(c, refund_id)?;
+            let detail = serde_json::json!({ "out_refund_no": refund.out_refund_no, "reason": error });
+            if rejected {
+                c.prepare_cached("UPDATE refunds SET upstream = 'rejected' WHERE id = ?1 AND upstream != 'created'")?
+                    .execute(params![refund_id])?;
+                let settlement = Settlement {
+                    succeeded: false,
+                    wechat_refund_id: None,
+                    settled_at: now,
+                    detail,
+                    error: Some(&error),
+                };
+                settle_refund(c, refund_id, &settlement, now)?;
+            } else {
+                c.prepare_cached(
+                    "UPDATE refunds SET upstream = 'unknown', upstream_error = ?1, updated_at = ?2, next_check_at = ?3 \
+                     WHERE id = ?4 AND upstream != 'created' AND status = 'pending'",
+                )?
+                .execute(params![error, now, next_check_at, refund_id])?;
+                add_event(c, refund.order_id, now, "refund_upstream_unknown", &detail)?;
+            }
+            refund_by_id(c, refund_id)
+        })
+    }
+
+    fn apply_refund(&self, result: RefundResult, notification: Option<NotificationRecord>) -> Fut<'_, RefundOutcome> {
+        self.write(move |c| {
+            let outcome = apply_refund(c, &result)?;
+            if let Some(mut n) = notification {
+                n.verdict = outcome.verdict().to_owned();
+                insert_notification(c, &n)?;
+            }
+            Ok(outcome)
+        })
+    }
+
+    fn claim_refund_checks(&self, now: i64, lease_until: i64, limit: u32) -> Fut<'_, Vec<Refund>> {
+        self.write(move |c| {
+            let ids: Vec<i64> = {
+                let mut st = c.prepare_cached(
+                    "SELECT id FROM refunds WHERE status = 'pending' AND next_check_at IS NOT NULL AND next_check_at <= ?1 \
+                     ORDER BY next_check_at LIMIT ?2",
+                )?;
+                let rows = st.query_map(params![now, limit], |r| r.get(0))?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                c.prepare_cached("UPDATE refunds SET next_check_at = ?1 WHERE id = ?2")?
+                    .execute(params![lease_until, id])?;
+                out.push(refund_by_id(c, id)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn schedule_refund_check(&self, refund_id: i64, at: Option<i64>) -> Fut<'_, ()> {
+        self.write(move |c| {
+            c.prepare_cached(
+                "UPDATE refunds SET next_check_at = ?1, checks = checks + 1 WHERE id = ?2 AND status = 'pending'",
+            )?
+            .execute(params![at, refund_id])?;
+            Ok(())
+        })
+    }
+
+    fn orders_paid_between(&self, merchant: String, from: i64, to: i64) -> Fut<'_, Vec<Order>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = ?1 AND paid_at >= ?2 AND paid_at < ?3 \
+                 AND status IN ('paid', 'refunded')"
+            ))?;
+            let rows = st.query_map(params![merchant, from, to], order_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn orders_by_numbers(&self, merchant: String, numbers: Vec<String>) -> Fut<'_, Vec<Order>> {
+        self.read(move |c| {
+            let mut out = Vec::with_capacity(numbers.len());
+            for n in &numbers {
+                if let Some(o) = order_by_number(c, &merchant, n)? {
+                    out.push(o);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn refunds_accepted_between(&self, merchant: String, from: i64, to: i64) -> Fut<'_, Vec<Refund>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {REFUND_COLUMNS} FROM refunds WHERE merchant = ?1 AND accepted_at >= ?2 AND accepted_at < ?3"
+            ))?;
+            let rows = st.query_map(params![merchant, from, to], refund_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn refunds_by_numbers(&self, merchant: String, numbers: Vec<String>) -> Fut<'_, Vec<Refund>> {
+        self.read(move |c| {
+            let mut out = Vec::with_capacity(numbers.len());
+            for n in &numbers {
+                if let Some(r) = refund_by_number(c, &merchant, n)? {
+                    out.push(r);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn correct_amount(
+        &self,
+        order_id: i64,
+        amount_fen: i64,
+        detail: serde_json::Value,
+        now: i64,
+    ) -> Fut<'_, Option<Order>> {
+        self.write(move |c| {
+            let changed = c
+                .prepare_cached(
+                    "UPDATE orders SET amount_fen = ?1, updated_at = ?2, \
+                     status = CASE WHEN refunded_fen = ?1 THEN 'refunded' ELSE 'paid' END \
+                     WHERE id = ?3 AND status IN ('paid', 'refunded') AND refund_reserved_fen <= ?1",
+                )?
+                .execute(params![amount_fen, now, order_id])?;
+            if changed == 0 {
+                return Ok(None);
+            }
+            add_event(c, order_id, now, "reconciled", &detail)?;
+            Ok(Some(order_by_id(c, order_id)?))
+        })
+    }
+
+    fn import_refund(&self, refund: ImportedRefund) -> Fut<'_, RefundCreated> {
+        self.write(move |c| import_refund(c, &refund))
+    }
+
+    fn claim_daily_reconciliation(&self, merchant: String, bill_date: String, now: i64) -> Fut<'_, bool> {
+        self.write(move |c| {
+            let inserted = c
+                .prepare_cached(
+                    "INSERT INTO reconciliations (merchant, bill_date, kind, started_at) VALUES (?1, ?2, 'daily', ?3) \
+                     ON CONFLICT DO NOTHING",
+                )?
+                .execute(params![merchant, bill_date, now])?;
+            if inserted == 1 {
+                return Ok(true);
+            }
+            // A run that started an hour ago and never finished died with its gateway.
+            let taken = c
+                .prepare_cached(
+                    "UPDATE reconciliations SET started_at = ?3 WHERE merchant = ?1 AND bill_date = ?2 AND kind = 'daily' \
+                     AND finished_at IS NULL AND started_at < ?3 - 3600000",
+                )?
+                .execute(params![merchant, bill_date, now])?;
+            Ok(taken == 1)
+        })
+    }
+
+    fn record_reconciliation(&self, r: ReconciliationRecord) -> Fut<'_, ()> {
+        self.write(move |c| {
+            let updated = if r.kind == "daily" {
+                c.prepare_cached(
+                    "UPDATE reconciliations SET started_at = ?3, finished_at = ?4, balanced = ?5, differences = ?6, \
+                     repaired = ?7, report = ?8 WHERE merchant = ?1 AND bill_date = ?2 AND kind = 'daily'",
+                )?
+                .execute(params![
+                    r.merchant,
+                    r.bill_date,
+                    r.started_at,
+                    r.finished_at,
+                    r.balanced,
+                    r.differences,
+                    r.repaired,
+                    r.report
+                ])?
+            } else {
+                0
+            };
+            if updated == 0 {
+                c.prepare_cached(
+                    "INSERT INTO reconciliations (merchant, bill_date, kind, started_at, finished_at, balanced, differences, \
+                     repaired, report) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?
+                .execute(params![
+                    r.merchant,
+                    r.bill_date,
+                    r.kind,
+                    r.started_at,
+                    r.finished_at,
+                    r.balanced,
+                    r.differences,
+                    r.repaired,
+                    r.report
+                ])?;
+            }
             Ok(())
         })
     }

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use wxpay_gateway::store::{
-    Created, IdemClaim, NewOrder, NotificationRecord, OrderStatus, Payment, PaymentOutcome, Source, Store,
+    Created, IdemClaim, ImportedRefund, NewOrder, NewRefund, NotificationRecord, OrderStatus, Payment, PaymentOutcome,
+    RefundCreated, RefundOutcome, RefundResult, RefundStatus, Source, Store,
 };
 
 use crate::support::TestDb;
@@ -609,5 +610,222 @@ async fn concurrent_creations_store_each_number_once_and_record_every_prepay() {
             let kinds: Vec<String> = store.events(o.id).await.unwrap().into_iter().map(|e| e.kind).collect();
             assert_eq!(kinds, ["created", "prepay"], "{}", db.engine);
         }
+    }
+}
+
+fn new_refund(order: &str, no: &str, amount: i64) -> NewRefund {
+    NewRefund {
+        merchant: "default".into(),
+        out_trade_no: order.into(),
+        out_refund_no: no.into(),
+        amount_fen: amount,
+        reason: None,
+        request_hash: format!("refund-{no}-{amount}"),
+        first_check_at: T0 + 60_000,
+        now: T0 + 2000,
+    }
+}
+
+fn refund_result(order: &str, no: &str, amount: i64, succeeded: bool) -> RefundResult {
+    RefundResult {
+        merchant: "default".into(),
+        out_refund_no: no.into(),
+        out_trade_no: order.into(),
+        refund_id: format!("50300{no}"),
+        amount_fen: amount,
+        succeeded,
+        upstream_status: if succeeded { "SUCCESS" } else { "REFUNDCLOSE" }.into(),
+        settled_at: T0 + 3000,
+        source: Source::Notification,
+        now: T0 + 3000,
+    }
+}
+
+async fn paid(store: &Arc<dyn Store>, no: &str, amount: i64) {
+    created(store, "default", no, amount).await;
+    let outcome = store
+        .apply_payment(payment(no, &format!("4200{no}"), amount), None)
+        .await
+        .unwrap();
+    assert!(matches!(outcome, PaymentOutcome::Applied(_)), "{outcome:?}");
+}
+
+#[tokio::test]
+async fn concurrent_refunds_never_add_up_to_more_than_the_order_amount() {
+    for db in TestDb::all().await {
+        let store = db.store().await;
+        paid(&store, "R-CONC", 100).await;
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move { store.create_refund(new_refund("R-CONC", &format!("RF{i}"), 30)).await })
+            })
+            .collect();
+        let mut new = 0;
+        let mut exceeded = 0;
+        for t in tasks {
+            match t.await.unwrap().unwrap() {
+                RefundCreated::New(_) => new += 1,
+                RefundCreated::Exceeds { available } => {
+                    assert_eq!(available, 10, "{}", db.engine);
+                    exceeded += 1;
+                }
+                other => panic!("{}: {other:?}", db.engine),
+            }
+        }
+        assert_eq!((new, exceeded), (3, 17), "{}", db.engine);
+        // A failed refund gives its amount back: 40 fit again, 41 do not.
+        let o = store.order("default".into(), "R-CONC".into()).await.unwrap().unwrap();
+        let first = store.refunds_of(o.id).await.unwrap().remove(0);
+        let failed = store
+            .apply_refund(refund_result("R-CONC", &first.out_refund_no, 30, false), None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(failed, RefundOutcome::Applied(ref r) if r.status == RefundStatus::Failed),
+            "{failed:?}"
+        );
+        assert!(matches!(
+            store.create_refund(new_refund("R-CONC", "RF-41", 41)).await.unwrap(),
+            RefundCreated::Exceeds { available: 40 }
+        ));
+        assert!(matches!(
+            store.create_refund(new_refund("R-CONC", "RF-40", 40)).await.unwrap(),
+            RefundCreated::New(_)
+        ));
+    }
+}
+
+#[tokio::test]
+async fn a_refund_settles_once_and_the_order_becomes_refunded_at_its_full_amount() {
+    for db in TestDb::all().await {
+        let store = db.store().await;
+        paid(&store, "R-FULL", 100).await;
+        created(&store, "default", "R-UNPAID", 100).await;
+        assert!(matches!(
+            store.create_refund(new_refund("R-UNPAID", "RU1", 10)).await.unwrap(),
+            RefundCreated::NotPaid(OrderStatus::Pending)
+        ));
+        assert!(matches!(
+            store.create_refund(new_refund("R-NONE", "RN1", 10)).await.unwrap(),
+            RefundCreated::NoOrder
+        ));
+        let RefundCreated::New(a) = store.create_refund(new_refund("R-FULL", "RA", 40)).await.unwrap() else {
+            panic!("not new");
+        };
+        assert_eq!((a.status, a.amount_fen), (RefundStatus::Pending, 40));
+        // The same number again is the same refund, whatever it asks now.
+        assert!(matches!(
+            store.create_refund(new_refund("R-FULL", "RA", 50)).await.unwrap(),
+            RefundCreated::Existing(r) if r.id == a.id && r.amount_fen == 40
+        ));
+        let RefundCreated::New(_) = store.create_refund(new_refund("R-FULL", "RB", 60)).await.unwrap() else {
+            panic!("not new");
+        };
+        // Wrong order, wrong amount, unknown number: nothing changes.
+        assert!(matches!(
+            store
+                .apply_refund(refund_result("R-OTHER", "RA", 40, true), None)
+                .await
+                .unwrap(),
+            RefundOutcome::WrongOrder
+        ));
+        assert!(matches!(
+            store
+                .apply_refund(refund_result("R-FULL", "RA", 41, true), None)
+                .await
+                .unwrap(),
+            RefundOutcome::AmountMismatch { expected: 40, got: 41 }
+        ));
+        assert!(matches!(
+            store
+                .apply_refund(refund_result("R-FULL", "RZ", 40, true), None)
+                .await
+                .unwrap(),
+            RefundOutcome::UnknownRefund
+        ));
+        let o = store.order("default".into(), "R-FULL".into()).await.unwrap().unwrap();
+        assert_eq!((o.status, o.refunded_fen), (OrderStatus::Paid, 0), "{}", db.engine);
+
+        // Ten concurrent copies of one success: one transition.
+        let tasks: Vec<_> = (0..10)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.apply_refund(refund_result("R-FULL", "RA", 40, true), None).await })
+            })
+            .collect();
+        let mut applied = 0;
+        for t in tasks {
+            match t.await.unwrap().unwrap() {
+                RefundOutcome::Applied(_) => applied += 1,
+                RefundOutcome::AlreadySettled(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(applied, 1, "{}", db.engine);
+        // A succeeded refund never fails afterwards.
+        assert!(matches!(
+            store
+                .apply_refund(refund_result("R-FULL", "RA", 40, false), None)
+                .await
+                .unwrap(),
+            RefundOutcome::Conflict(_)
+        ));
+        let o = store.order("default".into(), "R-FULL".into()).await.unwrap().unwrap();
+        assert_eq!((o.status, o.refunded_fen), (OrderStatus::Paid, 40));
+        let r = store
+            .apply_refund(refund_result("R-FULL", "RB", 60, true), None)
+            .await
+            .unwrap();
+        assert!(matches!(r, RefundOutcome::Applied(_)));
+        let o = store.order("default".into(), "R-FULL".into()).await.unwrap().unwrap();
+        assert_eq!(
+            (o.status, o.refunded_fen),
+            (OrderStatus::Refunded, 100),
+            "{}",
+            db.engine
+        );
+        // A late payment notification never moves a refunded order back to paid.
+        let again = store
+            .apply_payment(payment("R-FULL", "4200R-FULL", 100), None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(again, PaymentOutcome::AlreadyPaid(ref o) if o.status == OrderStatus::Refunded),
+            "{again:?}"
+        );
+        let events = store.events(o.id).await.unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds.iter().filter(|k| **k == "refund_succeeded").count(),
+            2,
+            "{kinds:?}"
+        );
+        // An imported refund (made outside wxpay) counts like any other.
+        paid(&store, "R-IMP", 50).await;
+        let imported = store
+            .import_refund(ImportedRefund {
+                merchant: "default".into(),
+                out_trade_no: "R-IMP".into(),
+                out_refund_no: "R-IMP-1".into(),
+                refund_id: "50300999".into(),
+                amount_fen: 20,
+                status: RefundStatus::Succeeded,
+                accepted_at: T0 + 5000,
+                detail: serde_json::json!({"source": "reconciliation"}),
+                now: T0 + 6000,
+            })
+            .await
+            .unwrap();
+        assert!(
+            matches!(imported, RefundCreated::New(ref r) if r.status == RefundStatus::Succeeded),
+            "{imported:?}"
+        );
+        let o = store.order("default".into(), "R-IMP".into()).await.unwrap().unwrap();
+        assert_eq!(o.refunded_fen, 20);
+        assert!(matches!(
+            store.create_refund(new_refund("R-IMP", "R-IMP-2", 31)).await.unwrap(),
+            RefundCreated::Exceeds { available: 30 }
+        ));
     }
 }

@@ -266,6 +266,8 @@ pub(crate) fn merchants(sim_url: &str) -> Vec<MerchantConfig> {
             base_url: sim_url.to_owned(),
             backup_url: None,
             sns_base_url: sim_url.to_owned(),
+            client_cert: None,
+            ca_pem: None,
         },
         MerchantConfig {
             name: "hmac".into(),
@@ -277,6 +279,8 @@ pub(crate) fn merchants(sim_url: &str) -> Vec<MerchantConfig> {
             base_url: sim_url.to_owned(),
             backup_url: None,
             sns_base_url: sim_url.to_owned(),
+            client_cert: None,
+            ca_pem: None,
         },
     ]
 }
@@ -325,6 +329,7 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
         upstream: opts.upstream,
         jobs: opts.jobs,
         default_order_ttl: Duration::from_secs(7200),
+        reconcile: Default::default(),
     };
     let store = db.store().await;
     let app = App::new(config, store).unwrap();

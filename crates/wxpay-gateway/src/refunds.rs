@@ -140,6 +140,15 @@ async fn create(app: &App, out_trade_no: String, body: &[u8]) -> Result<(StatusC
         None => new_out_refund_no(now),
     };
     let order = find_order(app, link, out_trade_no).await?;
+    if req.amount_fen as i64 > order.amount_fen {
+        return Err(ApiError::Conflict {
+            code: "refund_exceeds_amount",
+            message: format!(
+                "refunding {} fen would exceed order {}'s amount of {} fen",
+                req.amount_fen, order.out_trade_no, order.amount_fen
+            ),
+        });
+    }
     let request_hash = sha256_hex(
         serde_json::json!([
             link.config.name,

@@ -425,6 +425,14 @@ async fn apply_refund(tx: &mut Tx, r: &RefundResult) -> Result<RefundOutcome, St
         (RefundStatus::Pending, _) => {}
     }
     let wechat_id = (!r.refund_id.is_empty()).then_some(r.refund_id.as_str());
+    // WeChat Pay reports it, so WeChat Pay has it, whatever became of our call's answer.
+    sqlx::query(
+        "UPDATE refunds SET upstream = 'created', accepted_at = COALESCE(accepted_at, $1) WHERE id = $2 AND upstream != 'created'",
+    )
+    .bind(r.now)
+    .bind(refund.id)
+    .execute(&mut **tx)
+    .await?;
     let error = (!r.succeeded).then(|| format!("WeChat Pay reports {}", r.upstream_status));
     let settlement = Settlement {
         succeeded: r.succeeded,

@@ -540,6 +540,11 @@ fn apply_refund(c: &Connection, r: &RefundResult) -> Result<RefundOutcome, Store
         (RefundStatus::Pending, _) => {}
     }
     let wechat_id = (!r.refund_id.is_empty()).then_some(r.refund_id.as_str());
+    // WeChat Pay reports it, so WeChat Pay has it, whatever became of our call's answer.
+    c.prepare_cached(
+        "UPDATE refunds SET upstream = 'created', accepted_at = COALESCE(accepted_at, ?1) WHERE id = ?2 AND upstream != 'created'",
+    )?
+    .execute(params![r.now, refund.id])?;
     let detail = serde_json::json!({
         "out_refund_no": r.out_refund_no,
         "amount_fen": r.amount_fen,

@@ -3,5 +3,6 @@
 
 mod flow;
 mod jobs;
+mod refunds;
 mod store;
 mod support;

@@ -182,6 +182,10 @@ impl App {
         if self.inner.config.jobs.enabled {
             tasks.push(tokio::spawn(crate::jobs::checks(self.clone(), rx.clone())));
             tasks.push(tokio::spawn(crate::jobs::refund_checks(self.clone(), rx.clone())));
+            tasks.push(tokio::spawn(crate::jobs::daily_reconciliation(
+                self.clone(),
+                rx.clone(),
+            )));
             tasks.push(tokio::spawn(crate::jobs::outbox(self.clone(), rx)));
         }
         Jobs { stop, tasks }

@@ -81,6 +81,61 @@ pub(crate) async fn checks(app: App, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// The daily reconciliation: once the configured time of day (Beijing) has passed, the
+/// previous day of each merchant is reconciled, once across every gateway sharing the
+/// database (the run is claimed in it). A run that fails (the bill not made yet) is tried
+/// again an hour later.
+pub(crate) async fn daily_reconciliation(app: App, mut stop: watch::Receiver<bool>) {
+    let Some(at_minute) = app.inner.config.reconcile.daily_at_minute else {
+        return;
+    };
+    let pause = (app.inner.config.jobs.poll_every * 20).min(Duration::from_secs(30));
+    let mut done: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    loop {
+        let now = app.now();
+        let (.., h, m, _) = wxpay_protocol::BeijingTime::from_unix(now / 1000).parts();
+        if (h * 60 + m) as u32 >= at_minute {
+            let day = crate::reconcile::Day::before(now);
+            for link in &app.inner.merchants {
+                let name = &link.config.name;
+                if done.get(name) == Some(&day.date) {
+                    continue;
+                }
+                match app
+                    .inner
+                    .store
+                    .claim_daily_reconciliation(name.clone(), day.date.clone(), now)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot claim the daily reconciliation");
+                        continue;
+                    }
+                }
+                let repair = app.inner.config.reconcile.repair;
+                let quiet = crate::reconcile::Quiet;
+                match crate::reconcile::reconcile(&app, Some(name), &day, repair, &quiet).await {
+                    Ok(report) => {
+                        if let Err(e) = crate::reconcile::keep(&app, &report, "daily", now).await {
+                            tracing::error!(error = %e, "cannot keep a reconciliation");
+                        }
+                        done.insert(name.clone(), day.date.clone());
+                    }
+                    Err(e) => {
+                        app.inner.metrics.reconciliation(name, "error", 0, 0, now / 1000);
+                        tracing::error!(merchant = %name, date = %day.date, error = %e, "daily reconciliation failed; it is tried again in an hour");
+                    }
+                }
+            }
+        }
+        if stopped_after(&mut stop, pause).await {
+            return;
+        }
+    }
+}
+
 /// The refund loop: refunds not yet accepted are sent again, accepted ones still pending
 /// are queried.
 pub(crate) async fn refund_checks(app: App, mut stop: watch::Receiver<bool>) {

@@ -15,6 +15,7 @@ mod error;
 mod jobs;
 pub mod metrics;
 mod notify;
+pub mod reconcile;
 mod refunds;
 pub mod store;
 pub mod time;

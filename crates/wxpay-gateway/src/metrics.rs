@@ -26,6 +26,17 @@ struct Inner {
     upstream_latency: BTreeMap<String, Histogram>,
     upstream_errors: BTreeMap<(String, String), u64>,
     webhook: BTreeMap<String, u64>,
+    reconciliations: BTreeMap<String, Reconciled>,
+    reconcile_runs: BTreeMap<(String, &'static str), u64>,
+}
+
+/// The last reconciliation of a merchant.
+#[derive(Default)]
+struct Reconciled {
+    balanced: bool,
+    remaining: usize,
+    repaired: usize,
+    unix: i64,
 }
 
 /// Counts one more `key`, copying the key only the first time it is seen: counters are
@@ -93,6 +104,24 @@ impl Metrics {
     }
 
     /// The count of notifications with a verdict; for tests.
+    /// A reconciliation ended: `result` is `balanced`, `unbalanced` or `error`.
+    pub fn reconciliation(&self, merchant: &str, result: &'static str, remaining: usize, repaired: usize, unix: i64) {
+        self.with(|i| {
+            *i.reconcile_runs.entry((merchant.to_owned(), result)).or_default() += 1;
+            if result != "error" {
+                i.reconciliations.insert(
+                    merchant.to_owned(),
+                    Reconciled {
+                        balanced: result == "balanced",
+                        remaining,
+                        repaired,
+                        unix,
+                    },
+                );
+            }
+        });
+    }
+
     pub fn notifications_with(&self, verdict: &str) -> u64 {
         self.with(|i| i.notifications.get(verdict).copied().unwrap_or(0))
     }
@@ -136,6 +165,26 @@ impl Metrics {
             out.push_str("# HELP wxpay_upstream_errors_total WeChat Pay calls that failed, by API and kind.\n# TYPE wxpay_upstream_errors_total counter\n");
             for ((api, kind), n) in &i.upstream_errors {
                 let _ = writeln!(out, "wxpay_upstream_errors_total{{api=\"{api}\",kind=\"{kind}\"}} {n}");
+            }
+            out.push_str("# HELP wxpay_reconcile_runs_total Reconciliations by merchant and result.\n# TYPE wxpay_reconcile_runs_total counter\n");
+            for ((merchant, result), n) in &i.reconcile_runs {
+                let _ = writeln!(out, "wxpay_reconcile_runs_total{{merchant=\"{merchant}\",result=\"{result}\"}} {n}");
+            }
+            out.push_str("# HELP wxpay_reconcile_balanced Whether the last reconciliation balanced (1) or not (0).\n# TYPE wxpay_reconcile_balanced gauge\n");
+            for (merchant, r) in &i.reconciliations {
+                let _ = writeln!(out, "wxpay_reconcile_balanced{{merchant=\"{merchant}\"}} {}", u8::from(r.balanced));
+            }
+            out.push_str("# HELP wxpay_reconcile_differences Differences left by the last reconciliation.\n# TYPE wxpay_reconcile_differences gauge\n");
+            for (merchant, r) in &i.reconciliations {
+                let _ = writeln!(out, "wxpay_reconcile_differences{{merchant=\"{merchant}\"}} {}", r.remaining);
+            }
+            out.push_str("# HELP wxpay_reconcile_repaired Differences the last reconciliation repaired.\n# TYPE wxpay_reconcile_repaired gauge\n");
+            for (merchant, r) in &i.reconciliations {
+                let _ = writeln!(out, "wxpay_reconcile_repaired{{merchant=\"{merchant}\"}} {}", r.repaired);
+            }
+            out.push_str("# HELP wxpay_reconcile_last_run_timestamp_seconds When the last reconciliation ended.\n# TYPE wxpay_reconcile_last_run_timestamp_seconds gauge\n");
+            for (merchant, r) in &i.reconciliations {
+                let _ = writeln!(out, "wxpay_reconcile_last_run_timestamp_seconds{{merchant=\"{merchant}\"}} {}", r.unix);
             }
             out.push_str("# HELP wxpay_webhook_deliveries_total Webhook delivery attempts by outcome.\n# TYPE wxpay_webhook_deliveries_total counter\n");
             for (outcome, n) in &i.webhook {

@@ -3,6 +3,7 @@
 
 mod flow;
 mod jobs;
+mod reconcile;
 mod refunds;
 mod store;
 mod support;

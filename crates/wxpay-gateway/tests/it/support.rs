@@ -205,6 +205,8 @@ pub(crate) struct Options {
     pub sim: Box<dyn FnOnce(&mut SimConfig) + Send>,
     /// Use this running simulator instead of starting one.
     pub shared_sim: Option<String>,
+    /// The daily reconciliation.
+    pub reconcile: wxpay_gateway::ReconcileConfig,
 }
 
 impl Default for Options {
@@ -222,6 +224,7 @@ impl Default for Options {
             },
             sim: Box::new(|_| {}),
             shared_sim: None,
+            reconcile: wxpay_gateway::ReconcileConfig::default(),
         }
     }
 }
@@ -329,7 +332,7 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
         upstream: opts.upstream,
         jobs: opts.jobs,
         default_order_ttl: Duration::from_secs(7200),
-        reconcile: Default::default(),
+        reconcile: opts.reconcile,
     };
     let store = db.store().await;
     let app = App::new(config, store).unwrap();

@@ -1,0 +1,798 @@
+//! Reconciliation: one day's WeChat Pay bill against the database, order by order and refund
+//! by refund, and, when asked, each difference settled through `orderquery`/`refundquery`
+//! (never by trusting the bill alone), with what changed written into each order's history.
+//!
+//! The bill (`downloadbill`, `ALL`) lists a payment on the day it succeeded and a refund on
+//! the day WeChat Pay accepted it. The database is read the same way: orders paid that day,
+//! refunds accepted that day; a row of the bill that the day's records lack is looked up by
+//! its number before it is called missing. Amounts are exact fen on both sides (the bill's
+//! yuan are parsed without rounding). Refund statuses in the bill are a snapshot taken when it
+//! was made, so only contradictions count (`SUCCESS` there and not here, or the reverse).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use serde::Serialize;
+use wxpay_protocol::v2::{Bill, BillRow, BillType, DownloadBill, ErrCode, OrderQuery, RefundQuery};
+use wxpay_protocol::{BeijingTime, OutRefundNo, OutTradeNo};
+
+use crate::app::App;
+use crate::store::{ImportedRefund, Order, OrderStatus, Refund, RefundCreated, RefundStatus};
+use crate::upstream::{MerchantLink, UpstreamError};
+
+/// Why a reconciliation could not be carried out (a difference is not an error: it is in
+/// the report).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The date or merchant asked for is not usable.
+    #[error("{0}")]
+    Invalid(String),
+    /// WeChat Pay has not made the day's bill yet.
+    #[error(
+        "WeChat Pay has not made the bill of {0} yet: it makes it from 09:00 the next day (Beijing time); try after 10:00"
+    )]
+    NotReady(String),
+    /// The bill could not be had or read.
+    #[error("the bill: {0}")]
+    Bill(String),
+    /// The database failed.
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// What a reconciliation reports while it runs (a progress bar on a terminal, nothing in
+/// JSON mode or in `serve`).
+pub trait Progress: Send + Sync {
+    /// A new stage starts: `total` steps when known.
+    fn stage(&self, name: &str, total: Option<u64>);
+    /// `n` more steps of the current stage are done.
+    fn advance(&self, n: u64);
+    /// The current stage is done.
+    fn done(&self);
+}
+
+/// No progress shown.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn stage(&self, _: &str, _: Option<u64>) {}
+    fn advance(&self, _: u64) {}
+    fn done(&self) {}
+}
+
+/// What kind of difference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DifferenceKind {
+    /// In the bill, not in the database.
+    MissingLocally,
+    /// In the database, not in the bill.
+    MissingUpstream,
+    /// Both have it, with other amounts.
+    AmountDiffers,
+    /// Both have it, in contradicting states.
+    StatusDiffers,
+}
+
+/// One difference between the bill and the database.
+#[derive(Clone, Debug, Serialize)]
+pub struct Difference {
+    /// What kind.
+    pub kind: DifferenceKind,
+    /// `payment` or `refund`.
+    pub record: &'static str,
+    /// The order.
+    pub out_trade_no: String,
+    /// The refund, for a refund.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_refund_no: Option<String>,
+    /// What the bill says (amount in fen, status), when it has the record.
+    pub upstream: Option<String>,
+    /// What the database says, when it has the record.
+    pub local: Option<String>,
+    /// The bill row's time (Unix ms): for a refund, when WeChat Pay accepted it.
+    #[serde(skip)]
+    pub bill_time_ms: Option<i64>,
+}
+
+/// What `--repair` did about one difference.
+#[derive(Clone, Debug, Serialize)]
+pub struct Repair {
+    /// The difference.
+    pub difference: Difference,
+    /// How it was checked: `orderquery`, `refundquery`.
+    pub checked_with: &'static str,
+    /// `settled` (the database now agrees with WeChat Pay) or `unresolved`.
+    pub result: &'static str,
+    /// What was found and done.
+    pub detail: String,
+}
+
+/// Sums of one side.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// Payment rows.
+    pub payments: u64,
+    /// Their amount, in fen.
+    pub payments_fen: i64,
+    /// Refund rows.
+    pub refunds: u64,
+    /// Their amount, in fen.
+    pub refunds_fen: i64,
+}
+
+/// The result of reconciling one merchant's day.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The merchant's name.
+    pub merchant: String,
+    /// The day, `YYYY-MM-DD` (Beijing time).
+    pub date: String,
+    /// Whether the books balance: no difference left and equal totals.
+    pub balanced: bool,
+    /// The bill's totals (its summary line, checked against its rows).
+    pub bill: Totals,
+    /// The database's totals for the day.
+    pub local: Totals,
+    /// Differences found.
+    pub found: Vec<Difference>,
+    /// What `--repair` did, one entry per difference found.
+    pub repairs: Vec<Repair>,
+    /// Differences left (after repair, when asked).
+    pub remaining: Vec<Difference>,
+    /// Milliseconds spent downloading, comparing and repairing.
+    pub timings_ms: Timings,
+}
+
+/// Where the time went.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Timings {
+    /// Downloading and parsing the bill.
+    pub download: u64,
+    /// Reading the database and comparing.
+    pub compare: u64,
+    /// Repairing and comparing again.
+    pub repair: u64,
+}
+
+/// A day in Beijing time: its `YYYY-MM-DD` and its bounds in Unix milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Day {
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    start: BeijingTime,
+}
+
+impl Day {
+    /// Reads `YYYY-MM-DD`.
+    ///
+    /// # Errors
+    /// When it is not a real date in that form.
+    pub fn parse(date: &str) -> Result<Day, ReconcileError> {
+        let start = BeijingTime::parse_dashed(&format!("{date} 00:00:00"))
+            .map_err(|_| ReconcileError::Invalid(format!("--date {date:?} is not a date YYYY-MM-DD")))?;
+        Ok(Day {
+            date: date.to_owned(),
+            start,
+        })
+    }
+
+    /// The day before the one that holds `unix_ms` (the day a daily run reconciles).
+    pub fn before(unix_ms: i64) -> Day {
+        Day::containing(unix_ms - 86_400_000)
+    }
+
+    /// The day that holds `unix_ms`.
+    pub fn containing(unix_ms: i64) -> Day {
+        let t = BeijingTime::from_unix(unix_ms.div_euclid(1000));
+        let (y, m, d, ..) = t.parts();
+        let date = format!("{y:04}-{m:02}-{d:02}");
+        let start = BeijingTime::parse_dashed(&format!("{date} 00:00:00")).unwrap_or(t);
+        Day { date, start }
+    }
+
+    /// The first millisecond of the day.
+    pub fn start_ms(&self) -> i64 {
+        self.start.unix() * 1000
+    }
+
+    /// The first millisecond of the next day.
+    pub fn end_ms(&self) -> i64 {
+        self.start_ms() + 86_400_000
+    }
+}
+
+/// The bill's amount of a payment row: 订单金额 where the layout has it, else 应结订单金额.
+fn row_total(r: &BillRow) -> i64 {
+    r.total_fee.unwrap_or(r.settlement_total_fee).get() as i64
+}
+
+/// The bill's amount of a refund row: 申请退款金额 where the layout has it, else 退款金额.
+fn row_refund(r: &BillRow) -> i64 {
+    r.refund_apply_fee.unwrap_or(r.refund_fee).get() as i64
+}
+
+fn is_refund_row(r: &BillRow) -> bool {
+    r.trade_state == "REFUND" || r.out_refund_no.is_some()
+}
+
+fn bill_totals(bill: &Bill) -> Totals {
+    let mut t = Totals::default();
+    for r in &bill.rows {
+        if is_refund_row(r) {
+            t.refunds += 1;
+            t.refunds_fen += row_refund(r);
+        } else {
+            t.payments += 1;
+            t.payments_fen += row_total(r);
+        }
+    }
+    t
+}
+
+/// The records of the database that the day's bill should list, and those it names that
+/// belong to another day.
+struct Local {
+    orders: HashMap<String, Order>,
+    refunds: HashMap<String, Refund>,
+    day_orders: HashSet<String>,
+    day_refunds: HashSet<String>,
+}
+
+async fn load_local(app: &App, merchant: &str, day: &Day, bill: &Bill) -> Result<Local, ReconcileError> {
+    let store = &app.inner.store;
+    let paid = store
+        .orders_paid_between(merchant.to_owned(), day.start_ms(), day.end_ms())
+        .await?;
+    let accepted = store
+        .refunds_accepted_between(merchant.to_owned(), day.start_ms(), day.end_ms())
+        .await?;
+    let mut local = Local {
+        day_orders: paid.iter().map(|o| o.out_trade_no.clone()).collect(),
+        day_refunds: accepted.iter().map(|r| r.out_refund_no.clone()).collect(),
+        orders: paid.into_iter().map(|o| (o.out_trade_no.clone(), o)).collect(),
+        refunds: accepted.into_iter().map(|r| (r.out_refund_no.clone(), r)).collect(),
+    };
+    let mut orders_elsewhere = Vec::new();
+    let mut refunds_elsewhere = Vec::new();
+    for r in &bill.rows {
+        match (&r.out_refund_no, is_refund_row(r)) {
+            (Some(no), true) if !local.refunds.contains_key(no) => refunds_elsewhere.push(no.clone()),
+            (_, false) if !local.orders.contains_key(&r.out_trade_no) => orders_elsewhere.push(r.out_trade_no.clone()),
+            _ => {}
+        }
+    }
+    if !orders_elsewhere.is_empty() {
+        for o in store.orders_by_numbers(merchant.to_owned(), orders_elsewhere).await? {
+            local.orders.insert(o.out_trade_no.clone(), o);
+        }
+    }
+    if !refunds_elsewhere.is_empty() {
+        for r in store.refunds_by_numbers(merchant.to_owned(), refunds_elsewhere).await? {
+            local.refunds.insert(r.out_refund_no.clone(), r);
+        }
+    }
+    Ok(local)
+}
+
+fn local_totals(local: &Local) -> Totals {
+    let mut t = Totals::default();
+    for no in &local.day_orders {
+        if let Some(o) = local.orders.get(no) {
+            t.payments += 1;
+            t.payments_fen += o.amount_fen;
+        }
+    }
+    for no in &local.day_refunds {
+        if let Some(r) = local.refunds.get(no) {
+            t.refunds += 1;
+            t.refunds_fen += r.amount_fen;
+        }
+    }
+    t
+}
+
+fn compare(bill: &Bill, local: &Local, progress: &dyn Progress) -> Vec<Difference> {
+    let mut out = Vec::new();
+    let mut seen_orders: HashSet<&str> = HashSet::with_capacity(local.day_orders.len());
+    let mut seen_refunds: HashSet<&str> = HashSet::with_capacity(local.day_refunds.len());
+    let step = (bill.rows.len() as u64 / 100).max(1);
+    for (i, row) in bill.rows.iter().enumerate() {
+        if i as u64 % step == 0 && i > 0 {
+            progress.advance(step);
+        }
+        if is_refund_row(row) {
+            let no = row.out_refund_no.clone().unwrap_or_default();
+            seen_refunds.insert(row.out_refund_no.as_deref().unwrap_or(""));
+            let upstream_status = row.refund_status.as_deref().unwrap_or("");
+            let upstream = Some(format!("{} fen, {}", row_refund(row), upstream_status));
+            let diff = |kind, local: Option<String>| Difference {
+                kind,
+                record: "refund",
+                out_trade_no: row.out_trade_no.clone(),
+                out_refund_no: Some(no.clone()),
+                upstream: upstream.clone(),
+                local,
+                bill_time_ms: Some(row.trade_time.unix() * 1000),
+            };
+            let Some(r) = local.refunds.get(&no) else {
+                out.push(diff(DifferenceKind::MissingLocally, None));
+                continue;
+            };
+            let mine = Some(format!("{} fen, {}", r.amount_fen, r.status));
+            if r.amount_fen != row_refund(row) {
+                out.push(diff(DifferenceKind::AmountDiffers, mine));
+                continue;
+            }
+            let contradicts = match upstream_status {
+                "SUCCESS" => r.status != RefundStatus::Succeeded,
+                "REFUNDCLOSE" | "CHANGE" | "FAIL" => r.status == RefundStatus::Succeeded,
+                // PROCESSING (or empty): a snapshot that any later state may follow.
+                _ => false,
+            };
+            if contradicts || r.upstream == crate::store::Upstream::Rejected {
+                out.push(diff(DifferenceKind::StatusDiffers, mine));
+            }
+        } else {
+            seen_orders.insert(row.out_trade_no.as_str());
+            let upstream = Some(format!(
+                "{} fen, paid, transaction {}",
+                row_total(row),
+                row.transaction_id
+            ));
+            let diff = |kind, local: Option<String>| Difference {
+                kind,
+                record: "payment",
+                out_trade_no: row.out_trade_no.clone(),
+                out_refund_no: None,
+                upstream: upstream.clone(),
+                local,
+                bill_time_ms: Some(row.trade_time.unix() * 1000),
+            };
+            let Some(o) = local.orders.get(&row.out_trade_no) else {
+                out.push(diff(DifferenceKind::MissingLocally, None));
+                continue;
+            };
+            let mine = Some(format!(
+                "{} fen, {}, transaction {}",
+                o.amount_fen,
+                o.status,
+                o.transaction_id.as_deref().unwrap_or("none")
+            ));
+            if !matches!(o.status, OrderStatus::Paid | OrderStatus::Refunded)
+                || o.transaction_id.as_deref() != Some(row.transaction_id.as_str())
+            {
+                out.push(diff(DifferenceKind::StatusDiffers, mine));
+            } else if o.amount_fen != row_total(row) {
+                out.push(diff(DifferenceKind::AmountDiffers, mine));
+            }
+        }
+    }
+    let mut missing_orders: Vec<&String> = local
+        .day_orders
+        .iter()
+        .filter(|no| !seen_orders.contains(no.as_str()))
+        .collect();
+    missing_orders.sort();
+    for no in missing_orders {
+        let o = &local.orders[no];
+        out.push(Difference {
+            kind: DifferenceKind::MissingUpstream,
+            record: "payment",
+            out_trade_no: no.clone(),
+            out_refund_no: None,
+            upstream: None,
+            local: Some(format!("{} fen, {}", o.amount_fen, o.status)),
+            bill_time_ms: None,
+        });
+    }
+    let mut missing_refunds: Vec<&String> = local
+        .day_refunds
+        .iter()
+        .filter(|no| !seen_refunds.contains(no.as_str()))
+        .collect();
+    missing_refunds.sort();
+    for no in missing_refunds {
+        let r = &local.refunds[no];
+        out.push(Difference {
+            kind: DifferenceKind::MissingUpstream,
+            record: "refund",
+            out_trade_no: r.out_trade_no.clone(),
+            out_refund_no: Some(no.clone()),
+            upstream: None,
+            local: Some(format!("{} fen, {}", r.amount_fen, r.status)),
+            bill_time_ms: None,
+        });
+    }
+    out
+}
+
+/// Downloads the day's bill; a day without transactions is an empty bill.
+async fn download(app: &App, link: &MerchantLink, day: &Day) -> Result<Bill, ReconcileError> {
+    let call = DownloadBill {
+        bill_date: BeijingTime::from_unix(day.start_ms() / 1000),
+        bill_type: BillType::All,
+        extra: Default::default(),
+    };
+    match app.inner.upstream.call(link, &call).await {
+        Ok(bill) => Ok(bill),
+        Err(UpstreamError::Refused(msg)) if msg.to_ascii_lowercase().contains("no bill exist") => {
+            Ok(Bill::from_rows(BillType::All, Vec::new()))
+        }
+        Err(UpstreamError::Refused(msg)) if msg.to_ascii_lowercase().contains("bill creating") => {
+            Err(ReconcileError::NotReady(day.date.clone()))
+        }
+        Err(e) => Err(ReconcileError::Bill(e.to_string())),
+    }
+}
+
+/// Reconciles `merchant`'s `day`: downloads the bill, compares, and with `repair` settles
+/// each difference through `orderquery`/`refundquery`, then compares again.
+///
+/// # Errors
+/// When the merchant is unknown, the bill cannot be had (not made yet, refused, unreadable),
+/// or the database fails.
+pub async fn reconcile(
+    app: &App,
+    merchant: Option<&str>,
+    day: &Day,
+    repair: bool,
+    progress: &dyn Progress,
+) -> Result<Report, ReconcileError> {
+    let link = app
+        .merchant(merchant)
+        .map_err(|e| ReconcileError::Invalid(e.to_string()))?;
+    let name = link.config.name.clone();
+    let started = Instant::now();
+    progress.stage(&format!("downloading the bill of {} ({name})", day.date), None);
+    let bill = download(app, link, day).await?;
+    progress.done();
+    let download_ms = started.elapsed().as_millis() as u64;
+
+    let started = Instant::now();
+    progress.stage(
+        &format!("comparing {} bill rows", bill.rows.len()),
+        Some(bill.rows.len() as u64),
+    );
+    let local = load_local(app, &name, day, &bill).await?;
+    let found = compare(&bill, &local, progress);
+    progress.done();
+    let bill_totals = bill_totals(&bill);
+    let mut local_totals = local_totals(&local);
+    let compare_ms = started.elapsed().as_millis() as u64;
+
+    let started = Instant::now();
+    let mut repairs = Vec::new();
+    let mut remaining = found.clone();
+    if repair && !found.is_empty() {
+        progress.stage(
+            &format!("repairing {} differences", found.len()),
+            Some(found.len() as u64),
+        );
+        for d in &found {
+            repairs.push(repair_one(app, link, day, d, &local).await);
+            progress.advance(1);
+        }
+        progress.done();
+        let local = load_local(app, &name, day, &bill).await?;
+        remaining = compare(&bill, &local, &Quiet);
+        local_totals = self::local_totals(&local);
+    }
+    let repair_ms = started.elapsed().as_millis() as u64;
+    Ok(Report {
+        merchant: name,
+        date: day.date.clone(),
+        balanced: remaining.is_empty() && bill_totals == local_totals,
+        bill: bill_totals,
+        local: local_totals,
+        found,
+        repairs,
+        remaining,
+        timings_ms: Timings {
+            download: download_ms,
+            compare: compare_ms,
+            repair: repair_ms,
+        },
+    })
+}
+
+fn unresolved(d: &Difference, checked_with: &'static str, detail: String) -> Repair {
+    Repair {
+        difference: d.clone(),
+        checked_with,
+        result: "unresolved",
+        detail,
+    }
+}
+
+fn settled(d: &Difference, checked_with: &'static str, detail: String) -> Repair {
+    Repair {
+        difference: d.clone(),
+        checked_with,
+        result: "settled",
+        detail,
+    }
+}
+
+/// Settles one difference by asking WeChat Pay, and records what changed in the order's
+/// history.
+async fn repair_one(app: &App, link: &MerchantLink, day: &Day, d: &Difference, local: &Local) -> Repair {
+    match d.record {
+        "payment" => repair_payment(app, link, day, d, local.orders.get(&d.out_trade_no)).await,
+        _ => {
+            let no = d.out_refund_no.clone().unwrap_or_default();
+            repair_refund(app, link, day, d, local.refunds.get(&no)).await
+        }
+    }
+}
+
+async fn note(app: &App, order_id: i64, day: &Day, d: &Difference, action: &str) {
+    let detail = serde_json::json!({
+        "bill_date": day.date,
+        "difference": d.kind,
+        "record": d.record,
+        "out_refund_no": d.out_refund_no,
+        "bill": d.upstream,
+        "was": d.local,
+        "action": action,
+    });
+    if let Err(e) = app
+        .inner
+        .store
+        .add_event(order_id, "reconciled".into(), detail, app.now())
+        .await
+    {
+        tracing::error!(error = %e, "cannot record a reconciliation in an order's history");
+    }
+}
+
+async fn repair_payment(app: &App, link: &MerchantLink, day: &Day, d: &Difference, order: Option<&Order>) -> Repair {
+    const Q: &str = "orderquery";
+    let Ok(no) = OutTradeNo::new(d.out_trade_no.clone()) else {
+        return unresolved(d, Q, "the bill's order number is not a valid out_trade_no".into());
+    };
+    let answer = match app.inner.upstream.call(link, &OrderQuery::by_out_trade_no(no)).await {
+        Ok(a) => a,
+        Err(e) => return unresolved(d, Q, format!("orderquery failed: {e}")),
+    };
+    let paid = answer.trade_state.is_paid();
+    let Some(order) = order else {
+        return unresolved(
+            d,
+            Q,
+            format!(
+                "WeChat Pay reports it {} but the database has no such order (created outside wxpay, or lost): fulfil or refund it by hand",
+                answer.trade_state.as_str()
+            ),
+        );
+    };
+    match d.kind {
+        DifferenceKind::StatusDiffers if paid => match crate::api::apply_query(app, order.clone(), &answer).await {
+            Ok(o) if matches!(o.status, OrderStatus::Paid | OrderStatus::Refunded) => {
+                note(app, o.id, day, d, "paid per orderquery").await;
+                settled(
+                    d,
+                    Q,
+                    format!(
+                        "WeChat Pay reports {}: the order is now {}",
+                        answer.trade_state.as_str(),
+                        o.status
+                    ),
+                )
+            }
+            Ok(o) => unresolved(
+                d,
+                Q,
+                format!(
+                    "WeChat Pay reports {} with transaction {:?}, which does not fit the order (still {})",
+                    answer.trade_state.as_str(),
+                    answer.transaction_id,
+                    o.status
+                ),
+            ),
+            Err(e) => unresolved(d, Q, format!("applying the answer failed: {e}")),
+        },
+        DifferenceKind::AmountDiffers if paid => {
+            let Some(total) = answer.total_fee.map(|f| f.get() as i64) else {
+                return unresolved(d, Q, "orderquery gave no total_fee".into());
+            };
+            if total == order.amount_fen {
+                return unresolved(
+                    d,
+                    Q,
+                    format!(
+                        "orderquery confirms the database's {total} fen; the bill disagrees with WeChat Pay's own answer"
+                    ),
+                );
+            }
+            let detail = serde_json::json!({
+                "bill_date": day.date,
+                "difference": d.kind,
+                "field": "amount_fen",
+                "from": order.amount_fen,
+                "to": total,
+                "source": Q,
+            });
+            match app.inner.store.correct_amount(order.id, total, detail, app.now()).await {
+                Ok(Some(_)) => settled(
+                    d,
+                    Q,
+                    format!(
+                        "WeChat Pay charged {total} fen: the order's amount was corrected from {} fen",
+                        order.amount_fen
+                    ),
+                ),
+                Ok(None) => unresolved(
+                    d,
+                    Q,
+                    format!("WeChat Pay charged {total} fen, less than the order's refunds: settle it by hand"),
+                ),
+                Err(e) => unresolved(d, Q, format!("correcting the amount failed: {e}")),
+            }
+        }
+        DifferenceKind::MissingUpstream if paid => {
+            let paid_day = answer.time_end.map(|t| {
+                let (y, m, dd, ..) = t.parts();
+                format!("{y:04}-{m:02}-{dd:02}")
+            });
+            unresolved(
+                d,
+                Q,
+                format!(
+                    "WeChat Pay reports it paid at {:?}, not in this day's bill; check the bill of that day",
+                    paid_day
+                ),
+            )
+        }
+        _ => {
+            // Paid here, not paid per WeChat Pay: never downgraded; money may be at stake.
+            tracing::error!(out_trade_no = %d.out_trade_no, trade_state = answer.trade_state.as_str(), local = %order.status, "reconciliation: WeChat Pay contradicts a paid order");
+            unresolved(
+                d,
+                Q,
+                format!(
+                    "WeChat Pay reports {} while the database says {}: a paid order is never downgraded; check it by hand",
+                    answer.trade_state.as_str(),
+                    order.status
+                ),
+            )
+        }
+    }
+}
+
+async fn repair_refund(app: &App, link: &MerchantLink, day: &Day, d: &Difference, refund: Option<&Refund>) -> Repair {
+    const Q: &str = "refundquery";
+    let no = d.out_refund_no.clone().unwrap_or_default();
+    let Ok(number) = OutRefundNo::new(no.clone()) else {
+        return unresolved(d, Q, "the bill's refund number is not a valid out_refund_no".into());
+    };
+    if let Some(r) = refund {
+        if d.kind == DifferenceKind::StatusDiffers || d.kind == DifferenceKind::MissingUpstream {
+            return match crate::refunds::sync(app, link, r.clone()).await {
+                Ok((after, true)) if after.status != r.status => {
+                    note(app, r.order_id, day, d, "settled per refundquery").await;
+                    settled(d, Q, format!("refundquery: the refund is now {}", after.status))
+                }
+                Ok((after, known)) => unresolved(
+                    d,
+                    Q,
+                    if known {
+                        format!(
+                            "refundquery agrees with the database ({}); the bill's snapshot is older",
+                            after.status
+                        )
+                    } else {
+                        "WeChat Pay does not know this refund".into()
+                    },
+                ),
+                Err(e) => unresolved(d, Q, format!("refundquery failed: {e}")),
+            };
+        }
+        return unresolved(
+            d,
+            Q,
+            "a refund's amount is fixed when it is asked for: check it in the merchant platform".into(),
+        );
+    }
+    // In the bill only: a refund made outside wxpay (the merchant platform), or lost here.
+    let answer = match app
+        .inner
+        .upstream
+        .call(link, &RefundQuery::by_out_refund_no(number))
+        .await
+    {
+        Ok(a) => a,
+        Err(UpstreamError::Rejected {
+            code: ErrCode::RefundNotExist,
+            ..
+        }) => return unresolved(d, Q, "refundquery: WeChat Pay does not know this refund".into()),
+        Err(e) => return unresolved(d, Q, format!("refundquery failed: {e}")),
+    };
+    let Some(record) = answer.refunds.iter().find(|r| r.out_refund_no == no) else {
+        return unresolved(d, Q, "refundquery does not list this refund".into());
+    };
+    let status = match crate::refunds::settles(&record.refund_status) {
+        Some(true) => RefundStatus::Succeeded,
+        Some(false) => RefundStatus::Failed,
+        None => RefundStatus::Pending,
+    };
+    let accepted_at = d.bill_time_ms.unwrap_or(day.start_ms());
+    let imported = ImportedRefund {
+        merchant: link.config.name.clone(),
+        out_trade_no: answer.out_trade_no.clone(),
+        out_refund_no: no.clone(),
+        refund_id: record.refund_id.clone(),
+        amount_fen: record.refund_fee.get() as i64,
+        status,
+        accepted_at,
+        detail: serde_json::json!({
+            "bill_date": day.date,
+            "difference": d.kind,
+            "out_refund_no": no,
+            "refund_id": record.refund_id,
+            "amount_fen": record.refund_fee.get(),
+            "status": record.refund_status.as_str(),
+            "source": Q,
+            "note": "a refund WeChat Pay made that wxpay did not ask for",
+        }),
+        now: app.now(),
+    };
+    match app.inner.store.import_refund(imported).await {
+        Ok(RefundCreated::New(r)) => settled(
+            d,
+            Q,
+            format!(
+                "refundquery confirms it ({}): recorded as a {} refund of {} fen",
+                record.refund_status.as_str(),
+                r.status,
+                r.amount_fen
+            ),
+        ),
+        Ok(RefundCreated::NoOrder) => unresolved(d, Q, format!("the database has no order {}", answer.out_trade_no)),
+        Ok(RefundCreated::NotPaid(s)) => {
+            unresolved(d, Q, format!("order {} is {s} in the database", answer.out_trade_no))
+        }
+        Ok(RefundCreated::Exceeds { available }) => unresolved(
+            d,
+            Q,
+            format!("recording it would exceed the order's amount ({available} fen left): check the order by hand"),
+        ),
+        Ok(RefundCreated::Existing(_)) => settled(d, Q, "recorded meanwhile".into()),
+        Err(e) => unresolved(d, Q, format!("recording it failed: {e}")),
+    }
+}
+
+/// Keeps a report in the database (for the console) and in the metrics, and logs it.
+///
+/// # Errors
+/// When the database fails.
+pub async fn keep(app: &App, report: &Report, kind: &str, started_at: i64) -> Result<(), ReconcileError> {
+    let now = app.now();
+    let repaired = report.repairs.iter().filter(|r| r.result == "settled").count();
+    app.inner.metrics.reconciliation(
+        &report.merchant,
+        if report.balanced { "balanced" } else { "unbalanced" },
+        report.remaining.len(),
+        repaired,
+        now / 1000,
+    );
+    if report.balanced {
+        tracing::info!(merchant = %report.merchant, date = %report.date, payments = report.bill.payments, refunds = report.bill.refunds, repaired, "reconciliation: the books balance");
+    } else {
+        tracing::warn!(merchant = %report.merchant, date = %report.date, differences = report.remaining.len(), repaired, "reconciliation: the books do not balance");
+    }
+    let record = crate::store::ReconciliationRecord {
+        merchant: report.merchant.clone(),
+        bill_date: report.date.clone(),
+        kind: kind.to_owned(),
+        started_at,
+        finished_at: now,
+        balanced: report.balanced,
+        differences: report.remaining.len() as i64,
+        repaired: repaired as i64,
+        report: serde_json::to_string(report).unwrap_or_default(),
+    };
+    app.inner.store.record_reconciliation(record).await?;
+    Ok(())
+}

@@ -1,0 +1,268 @@
+//! Reconciliation against the simulator's bill, on both engines.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+use wxpay_gateway::ReconcileConfig;
+use wxpay_gateway::reconcile::{Day, DifferenceKind, Quiet, Report, reconcile};
+use wxpay_protocol::v2::{OrderRef, Refund};
+use wxpay_protocol::{ApiKey, AppId, Fen, MchId, Merchant, Nonce, OutRefundNo, OutTradeNo, SignType};
+use wxpay_simulator::{TEST_API_KEY, TEST_APPID, TEST_MCH_ID};
+
+use crate::support::{Options, TestApp, TestDb, eventually, order_body, quick_jobs, spawn_app};
+
+fn with_bills(jobs: bool) -> Options {
+    Options {
+        jobs: if jobs { quick_jobs() } else { Options::default().jobs },
+        sim: Box::new(|c| c.bills_immediately = true),
+        ..Options::default()
+    }
+}
+
+async fn paid_order(t: &TestApp, no: &str, amount: u64) {
+    let mut body = order_body(amount);
+    body["out_trade_no"] = json!(no);
+    t.create(body).await;
+    let (status, v) = t.sim_post("/simulator/pay", json!({"out_trade_no": no})).await;
+    assert_eq!(status, 200, "{v}");
+    t.wait_status(no, "paid").await;
+}
+
+async fn run(t: &TestApp, repair: bool) -> Report {
+    let day = Day::containing(t.app.now());
+    reconcile(&t.app, None, &day, repair, &Quiet).await.unwrap()
+}
+
+/// A refund asked for directly at WeChat Pay (as the merchant platform does), not through
+/// wxpay.
+async fn refund_upstream_only(t: &TestApp, order: &str, out_refund_no: &str, total: u64, fee: u64) {
+    let merchant = Merchant {
+        appid: AppId::new(TEST_APPID).unwrap(),
+        mch_id: MchId::new(TEST_MCH_ID).unwrap(),
+        key: ApiKey::new(TEST_API_KEY).unwrap(),
+        sign_type: SignType::Md5,
+    };
+    let call = Refund::new(
+        OrderRef::OutTradeNo(OutTradeNo::new(order).unwrap()),
+        OutRefundNo::new(out_refund_no).unwrap(),
+        Fen::new(total).unwrap(),
+        Fen::new(fee).unwrap(),
+    );
+    let body = wxpay_protocol::v2::encode(&call, &merchant, &Nonce::from_random_bytes([3; 16])).unwrap();
+    let answer = t
+        .http
+        .post(format!("{}/secapi/pay/refund", t.sim_url))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        answer.contains("<result_code><![CDATA[SUCCESS]]></result_code>"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_clean_day_balances_and_yuan_amounts_in_the_bill_become_exact_fen() {
+    for db in TestDb::all().await {
+        let t = spawn_app(
+            db,
+            Options {
+                webhook: true,
+                ..with_bills(true)
+            },
+        )
+        .await;
+        // 0.07, 19.99 and 1000.10 yuan in the bill.
+        for (no, fen) in [("RC-7", 7), ("RC-1999", 1999), ("RC-100010", 100_010)] {
+            paid_order(&t, no, fen).await;
+        }
+        let (status, r) = t
+            .api(
+                Method::POST,
+                "/v1/orders/RC-1999/refunds",
+                Some(json!({"amount_fen": 999})),
+                None,
+            )
+            .await;
+        assert_eq!(status, 201, "{r}");
+        eventually("the refund succeeds", async || {
+            t.order("RC-1999").await["refunded_fen"] == 999
+        })
+        .await;
+
+        let report = run(&t, false).await;
+        assert!(report.balanced, "{}: {report:#?}", t.engine());
+        assert!(report.found.is_empty());
+        assert_eq!(
+            (
+                report.bill.payments,
+                report.bill.payments_fen,
+                report.bill.refunds,
+                report.bill.refunds_fen
+            ),
+            (3, 7 + 1999 + 100_010, 1, 999)
+        );
+        assert_eq!(report.bill, report.local);
+        t.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn seeded_differences_are_each_reported_and_settled_by_repair() {
+    for db in TestDb::all().await {
+        let t = spawn_app(db, with_bills(false)).await;
+        // A clean order, for contrast.
+        paid_order(&t, "RD-CLEAN", 100).await;
+        // 1. Paid upstream, pending here: every notification for it fails verification.
+        t.sim_post(
+            "/simulator/faults",
+            json!({"kind": "notify_bad_signature", "out_trade_no": "RD-PENDING", "for_ms": 600_000}),
+        )
+        .await;
+        let mut body = order_body(300);
+        body["out_trade_no"] = json!("RD-PENDING");
+        t.create(body).await;
+        t.sim_post("/simulator/pay", json!({"out_trade_no": "RD-PENDING"}))
+            .await;
+        eventually("WeChat Pay has it paid", async || {
+            t.sim_get("/simulator/orders/RD-PENDING").await["trade_state"] == "SUCCESS"
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(t.order("RD-PENDING").await["status"], "pending");
+        // 2. An amount mismatch: the database says 400 fen for a 500 fen payment.
+        paid_order(&t, "RD-AMOUNT", 500).await;
+        let store = t.app.store();
+        let o = store
+            .order("default".into(), "RD-AMOUNT".into())
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .correct_amount(o.id, 400, json!({"seeded": "by the test"}), t.app.now())
+            .await
+            .unwrap()
+            .unwrap();
+        // 3. A refund only upstream.
+        paid_order(&t, "RD-REFUND", 1000).await;
+        refund_upstream_only(&t, "RD-REFUND", "RD-UP-ONLY", 1000, 300).await;
+        eventually("WeChat Pay settles the refund", async || {
+            t.sim_get("/simulator/orders/RD-REFUND").await["refunds"][0]["status"] == "SUCCESS"
+        })
+        .await;
+
+        let report = run(&t, false).await;
+        assert!(!report.balanced, "{report:#?}");
+        let mut found: Vec<(DifferenceKind, &str, &str)> = report
+            .found
+            .iter()
+            .map(|d| {
+                (
+                    d.kind,
+                    d.record,
+                    d.out_refund_no.as_deref().unwrap_or(d.out_trade_no.as_str()),
+                )
+            })
+            .collect();
+        found.sort_by_key(|f| f.2.to_owned());
+        assert_eq!(
+            found,
+            [
+                (DifferenceKind::AmountDiffers, "payment", "RD-AMOUNT"),
+                (DifferenceKind::StatusDiffers, "payment", "RD-PENDING"),
+                (DifferenceKind::MissingLocally, "refund", "RD-UP-ONLY"),
+            ],
+            "{}",
+            t.engine()
+        );
+        assert!(report.repairs.is_empty());
+        assert_ne!(report.bill, report.local);
+
+        let repaired = run(&t, true).await;
+        assert!(repaired.balanced, "{}: {repaired:#?}", t.engine());
+        assert_eq!(repaired.repairs.len(), 3);
+        assert!(repaired.repairs.iter().all(|r| r.result == "settled"), "{repaired:#?}");
+        assert!(repaired.remaining.is_empty());
+        assert_eq!(repaired.bill, repaired.local);
+
+        let pending = t.order("RD-PENDING").await;
+        assert_eq!(pending["status"], "paid");
+        let amount = t.order("RD-AMOUNT").await;
+        assert_eq!(amount["amount_fen"], 500);
+        let kinds: Vec<&str> = amount["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds.last(), Some(&"reconciled"), "{kinds:?}");
+        let refunded = t.order("RD-REFUND").await;
+        assert_eq!(refunded["refunded_fen"], 300, "{refunded}");
+        assert_eq!(refunded["refunds"][0]["out_refund_no"], "RD-UP-ONLY");
+        assert_eq!(refunded["refunds"][0]["status"], "succeeded");
+
+        // The next run finds nothing.
+        let again = run(&t, false).await;
+        assert!(again.balanced && again.found.is_empty(), "{again:#?}");
+        t.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_day_without_transactions_balances_when_the_database_has_none_either() {
+    let t = spawn_app(TestDb::sqlite(), with_bills(false)).await;
+    let day = Day::before(t.app.now());
+    let report = reconcile(&t.app, Some("hmac"), &day, true, &Quiet).await.unwrap();
+    assert!(report.balanced && report.found.is_empty(), "{report:#?}");
+    assert_eq!(report.merchant, "hmac");
+    assert!(reconcile(&t.app, Some("nobody"), &day, false, &Quiet).await.is_err());
+    assert!(Day::parse("2026-02-30").is_err());
+    assert!(Day::parse("yesterday").is_err());
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn the_daily_reconciliation_runs_once_and_reports_in_the_metrics() {
+    for db in TestDb::all().await {
+        let t = spawn_app(
+            db,
+            Options {
+                reconcile: ReconcileConfig {
+                    daily_at_minute: Some(0),
+                    repair: true,
+                },
+                ..with_bills(true)
+            },
+        )
+        .await;
+        let metrics = async || {
+            t.http
+                .get(format!("{}/metrics", t.url))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        };
+        eventually("both merchants reconciled", async || {
+            let m = metrics().await;
+            m.contains("wxpay_reconcile_balanced{merchant=\"default\"} 1")
+                && m.contains("wxpay_reconcile_balanced{merchant=\"hmac\"} 1")
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let m = metrics().await;
+        assert!(
+            m.contains("wxpay_reconcile_runs_total{merchant=\"default\",result=\"balanced\"} 1"),
+            "{}: one run a day\n{m}",
+            t.engine()
+        );
+        t.stop().await;
+    }
+}

@@ -8,6 +8,7 @@
 mod config;
 mod demo;
 mod doctor;
+mod reconcile;
 mod serve;
 mod simulator;
 
@@ -80,6 +81,18 @@ enum Command {
     /// Create or upgrade the database schema, and exit.
     #[command(after_help = "Example:\n  wxpay migrate --config wxpay.toml")]
     Migrate(serve::MigrateArgs),
+    /// Reconcile a day's WeChat Pay bill against the database.
+    ///
+    /// Downloads the day's bill (downloadbill, ALL), parses it with exact fen, and compares
+    /// it with the database order by order and refund by refund: missing here, missing at
+    /// WeChat Pay, amount differs, status differs, and the totals. With --repair each
+    /// difference is settled through orderquery/refundquery (never on the bill's word alone)
+    /// and recorded in the order's history. Exits 0 only when the books balance (after
+    /// repair, if asked), 1 when differences remain, 2 when it could not run.
+    #[command(
+        after_help = "Examples:\n  wxpay reconcile --config wxpay.toml --date 2026-11-26\n  wxpay reconcile --config wxpay.toml --date 2026-11-26 --repair --format json"
+    )]
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 /// How logs are written.
@@ -93,12 +106,18 @@ pub(crate) enum LogFormat {
 
 /// Installs the log subscriber: `WXPAY_LOG` (or `RUST_LOG`) filters, `info` by default.
 pub(crate) fn init_logging(format: LogFormat) {
+    init_logging_at(format, "info");
+}
+
+/// Installs the log subscriber with another default level (`warn` for commands whose output
+/// is their report).
+pub(crate) fn init_logging_at(format: LogFormat, default: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("WXPAY_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .unwrap_or_else(|| EnvFilter::new(default));
     // Colours only for a terminal: a log file or collector gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
@@ -233,6 +252,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => ("demo", demo::run(a)),
         Command::Serve(a) => ("serve", serve::serve(a)),
         Command::Migrate(a) => ("migrate", serve::migrate(a)),
+        Command::Reconcile(a) => ("reconcile", reconcile::run(a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -483,3 +483,116 @@ async fn a_refund_wechat_pay_closes_fails_and_gives_its_amount_back() {
         t.stop().await;
     }
 }
+
+#[tokio::test]
+async fn refunds_go_over_mutual_tls_with_the_p12_or_the_pem_pair_and_never_without_a_certificate() {
+    let t = spawn_app(
+        TestDb::sqlite(),
+        Options {
+            tls: true,
+            ..with_jobs_and_webhook()
+        },
+    )
+    .await;
+    assert!(t.sim_url.starts_with("https://"), "{}", t.sim_url);
+    // The default merchant presents its apiclient_cert.p12.
+    paid_order(&t, "RF-TLS", 100).await;
+    let (status, r) = refund(&t, "RF-TLS", json!({"amount_fen": 10, "out_refund_no": "RF-TLS-1"})).await;
+    assert_eq!(status, 201, "{r}");
+    wait_refund(&t, "RF-TLS-1", "succeeded").await;
+    // The HMAC merchant presents its PEM pair.
+    let mut body = order_body(100);
+    body["out_trade_no"] = json!("RF-TLS-H");
+    body["merchant"] = json!("hmac");
+    let (status, v) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
+    assert_eq!(status, 201, "{v}");
+    t.sim_post(
+        "/simulator/pay",
+        json!({"out_trade_no": "RF-TLS-H", "mch_id": crate::support::HMAC_MCH_ID}),
+    )
+    .await;
+    eventually("the hmac order is paid", async || {
+        t.api(Method::GET, "/v1/orders/RF-TLS-H?merchant=hmac", None, None)
+            .await
+            .1["status"]
+            == "paid"
+    })
+    .await;
+    let (status, r) = refund(
+        &t,
+        "RF-TLS-H",
+        json!({"amount_fen": 100, "merchant": "hmac", "out_refund_no": "RF-TLS-H1"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{r}");
+    t.stop().await;
+
+    let t = spawn_app(
+        TestDb::sqlite(),
+        Options {
+            tls: true,
+            hmac_without_cert: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut body = order_body(100);
+    body["out_trade_no"] = json!("RF-NOCERT");
+    body["merchant"] = json!("hmac");
+    t.api(Method::POST, "/v1/orders", Some(body), None).await;
+    t.sim_post(
+        "/simulator/pay",
+        json!({"out_trade_no": "RF-NOCERT", "mch_id": crate::support::HMAC_MCH_ID}),
+    )
+    .await;
+    eventually("the order is paid", async || {
+        t.api(Method::GET, "/v1/orders/RF-NOCERT?merchant=hmac", None, None)
+            .await
+            .1["status"]
+            == "paid"
+    })
+    .await;
+    let (status, e) = refund(
+        &t,
+        "RF-NOCERT",
+        json!({"amount_fen": 10, "merchant": "hmac", "out_refund_no": "RF-NOCERT-1"}),
+    )
+    .await;
+    assert_eq!(status, 502, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("certificate"), "{e}");
+    let (_, r) = t
+        .api(Method::GET, "/v1/refunds/RF-NOCERT-1?merchant=hmac", None, None)
+        .await;
+    assert_eq!(r["status"], "failed", "{r}");
+    // Its amount is free again.
+    let o = t
+        .api(Method::GET, "/v1/orders/RF-NOCERT?merchant=hmac", None, None)
+        .await
+        .1;
+    assert_eq!(o["refunded_fen"], 0);
+    t.stop().await;
+}
+
+#[test]
+fn a_client_certificate_loads_from_the_pem_pair_or_the_p12_and_a_wrong_password_is_named() {
+    let dir = std::env::temp_dir().join(format!("wxpay-cert-test-{}", std::process::id()));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let files = rt.block_on(async {
+        let mut c = wxpay_simulator::SimConfig::new();
+        c.tls = Some(wxpay_simulator::TlsConfig { dir: dir.clone() });
+        wxpay_simulator::Simulator::new(c).unwrap().tls_files().unwrap()
+    });
+    let (cert, key) = &files.client[TEST_MCH_ID];
+    let (cert, key) = (std::fs::read(cert).unwrap(), std::fs::read(key).unwrap());
+    let p12 = std::fs::read(&files.client_p12[TEST_MCH_ID]).unwrap();
+    assert!(wxpay_gateway::ClientCert::from_pem(&cert, &key).is_ok());
+    assert!(wxpay_gateway::ClientCert::from_pkcs12(&p12, TEST_MCH_ID).is_ok());
+    let e = wxpay_gateway::ClientCert::from_pkcs12(&p12, "wrong").unwrap_err();
+    assert!(e.contains("password"), "{e}");
+    let e = wxpay_gateway::ClientCert::from_pem(&key, &cert).unwrap_err();
+    assert!(e.contains("certificate"), "{e}");
+    // Debug never shows the key.
+    let c = wxpay_gateway::ClientCert::from_pem(&cert, &key).unwrap();
+    assert!(!format!("{c:?}").contains("PRIVATE"));
+    let _ = std::fs::remove_dir_all(dir);
+}

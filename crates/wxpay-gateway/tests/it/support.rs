@@ -207,6 +207,11 @@ pub(crate) struct Options {
     pub shared_sim: Option<String>,
     /// The daily reconciliation.
     pub reconcile: wxpay_gateway::ReconcileConfig,
+    /// The simulator over TLS, requiring the merchant certificate for refunds: the default
+    /// merchant presents its `apiclient_cert.p12`, the HMAC merchant its PEM pair (or nothing,
+    /// with `hmac_without_cert`).
+    pub tls: bool,
+    pub hmac_without_cert: bool,
 }
 
 impl Default for Options {
@@ -225,6 +230,8 @@ impl Default for Options {
             sim: Box::new(|_| {}),
             shared_sim: None,
             reconcile: wxpay_gateway::ReconcileConfig::default(),
+            tls: false,
+            hmac_without_cert: false,
         }
     }
 }
@@ -309,6 +316,10 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
             let mut sim_config = SimConfig::new();
             sim_config.time_scale = 1000.0;
             sim_config.merchants = sim_merchants();
+            if opts.tls {
+                let dir = std::env::temp_dir().join(format!("wxpay-gw-tls-{}", random_suffix()));
+                sim_config.tls = Some(wxpay_simulator::TlsConfig { dir });
+            }
             (opts.sim)(&mut sim_config);
             let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let sim = Simulator::new(sim_config).unwrap().serve(sim_listener).await.unwrap();
@@ -324,7 +335,28 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
     let config = Config {
         public_url: url.clone(),
         api_tokens: vec![Secret::new(TOKEN)],
-        merchants: merchants(&sim_url),
+        merchants: {
+            let mut list = merchants(&sim_url);
+            if let Some(files) = sim.as_ref().and_then(|s| s.simulator().tls_files()) {
+                let ca = std::fs::read(&files.ca_cert).unwrap();
+                let p12 = std::fs::read(&files.client_p12[TEST_MCH_ID]).unwrap();
+                list[0].client_cert = Some(wxpay_gateway::ClientCert::from_pkcs12(&p12, TEST_MCH_ID).unwrap());
+                let (cert, key) = &files.client[HMAC_MCH_ID];
+                if !opts.hmac_without_cert {
+                    list[1].client_cert = Some(
+                        wxpay_gateway::ClientCert::from_pem(
+                            &std::fs::read(cert).unwrap(),
+                            &std::fs::read(key).unwrap(),
+                        )
+                        .unwrap(),
+                    );
+                }
+                for m in &mut list {
+                    m.ca_pem = Some(ca.clone());
+                }
+            }
+            list
+        },
         webhook: opts.webhook.then(|| WebhookConfig {
             url: hook_url,
             secret: Secret::new(WEBHOOK_SECRET),
@@ -346,12 +378,20 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
         .await
         .unwrap();
     });
+    let http = match sim.as_ref().and_then(|s| s.simulator().tls_files()) {
+        // The test talks to the simulator's control endpoints over its TLS too.
+        Some(files) => {
+            let ca = reqwest::Certificate::from_pem(&std::fs::read(files.ca_cert).unwrap()).unwrap();
+            reqwest::Client::builder().add_root_certificate(ca).build().unwrap()
+        }
+        None => reqwest::Client::new(),
+    };
     TestApp {
         url,
         app,
         sim,
         sim_url,
-        http: reqwest::Client::new(),
+        http,
         webhook,
         jobs: Some(jobs),
         stop: Some(stop),

@@ -640,8 +640,8 @@ async fn repair_payment(app: &App, link: &MerchantLink, day: &Day, d: &Differenc
                 d,
                 Q,
                 format!(
-                    "WeChat Pay reports it paid at {:?}, not in this day's bill; check the bill of that day",
-                    paid_day
+                    "WeChat Pay reports it paid on {}, not in this day's bill; check the bill of that day",
+                    paid_day.as_deref().unwrap_or("an unknown day")
                 ),
             )
         }

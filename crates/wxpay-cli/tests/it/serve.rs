@@ -12,9 +12,9 @@ use sqlx::Connection;
 use wxpay_protocol::{ApiKey, Fields, SignType};
 use wxpay_simulator::{SimConfig, SimHandle, Simulator, TEST_API_KEY, TEST_APPID, TEST_MCH_ID};
 
-const TOKEN: &str = "crash-test-token-0123456789";
+pub(crate) const TOKEN: &str = "crash-test-token-0123456789";
 
-fn scratch_dir(name: &str) -> PathBuf {
+pub(crate) fn scratch_dir(name: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -26,7 +26,7 @@ fn scratch_dir(name: &str) -> PathBuf {
 
 /// An HTTP client; reqwest is built without a default TLS provider, so the one wxpay uses is
 /// installed first.
-fn client() -> reqwest::Client {
+pub(crate) fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -34,7 +34,7 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -43,14 +43,14 @@ fn free_port() -> u16 {
 }
 
 /// A PostgreSQL database for one test, dropped afterwards; `None` without `DATABASE_URL`.
-struct PgDb {
+pub(crate) struct PgDb {
     admin: String,
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl PgDb {
-    async fn create() -> Option<PgDb> {
+    pub(crate) async fn create() -> Option<PgDb> {
         let admin = std::env::var("DATABASE_URL")
             .ok()
             .filter(|u| u.starts_with("postgres"))?;
@@ -147,13 +147,13 @@ poll_every_ms = 50
     path
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Server {
-    fn start(config: &Path, port: u16, log: &Path) -> Server {
+    pub(crate) fn start(config: &Path, port: u16, log: &Path) -> Server {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_wxpay"))
             .args(["serve", "--config"])
@@ -169,7 +169,7 @@ impl Server {
         }
     }
 
-    async fn ready(&mut self, http: &reqwest::Client) {
+    pub(crate) async fn ready(&mut self, http: &reqwest::Client) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(r) = http.get(format!("{}/readyz", self.url)).send().await {
@@ -191,7 +191,7 @@ impl Server {
         self.child.wait().unwrap();
     }
 
-    fn terminate(&mut self) {
+    pub(crate) fn terminate(&mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())

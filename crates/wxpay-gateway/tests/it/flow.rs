@@ -689,6 +689,8 @@ async fn health_readiness_metrics_and_the_openapi_document_are_served() {
         "/v1/orders",
         "/v1/orders/{out_trade_no}",
         "/v1/orders/{out_trade_no}/close",
+        "/v1/orders/{out_trade_no}/refunds",
+        "/v1/refunds/{out_refund_no}",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is not in openapi.json");
     }

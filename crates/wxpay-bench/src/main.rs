@@ -12,6 +12,8 @@
 //! cargo run --release -p wxpay-bench -- simulator --target http://127.0.0.1:8090 --pid $(pgrep -f 'wxpay simulator')
 //! ```
 
+mod reconcile;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -48,6 +50,8 @@ enum Command {
     /// Order creation and first-delivery payment notifications against the wxpay gateway,
     /// or against the peer service of `../shared/bench` with `--api peer`.
     Gateway(GatewayArgs),
+    /// Reconciling a generated day of 100,000 bill rows against a seeded database.
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,6 +96,7 @@ fn main() {
     let threads = match &cli.command {
         Command::Simulator(a) => a.threads,
         Command::Gateway(a) => a.threads,
+        Command::Reconcile(a) => a.threads,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
@@ -101,6 +106,7 @@ fn main() {
     let result = match cli.command {
         Command::Simulator(args) => runtime.block_on(simulator(args)),
         Command::Gateway(args) => runtime.block_on(gateway(args)),
+        Command::Reconcile(args) => runtime.block_on(reconcile::run(args)),
     };
     if let Err(e) = result {
         eprintln!("wxpay-bench: {e}");

@@ -267,6 +267,15 @@ async fn lock_order(tx: &mut Tx, merchant: &str, out_trade_no: &str) -> Result<O
     row.as_ref().map(order_row).transpose()
 }
 
+/// Locks the order of a refund (see `lock_order`).
+async fn lock_order_of_refund(tx: &mut Tx, refund_id: i64) -> Result<(), StoreError> {
+    sqlx::query("SELECT o.id FROM orders o JOIN refunds r ON r.order_id = o.id WHERE r.id = $1 FOR UPDATE OF o")
+        .bind(refund_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 async fn add_refund_outbox(
     tx: &mut Tx,
     refund: &Refund,
@@ -1544,6 +1553,10 @@ impl Store for PgStore {
     ) -> Fut<'_, Refund> {
         Box::pin(async move {
             let mut tx = self.begin().await?;
+            // The order's lock first, as every refund change takes it: the history row below
+            // takes a key-share lock on the order (its foreign key), and a notification
+            // settling this refund holds the order while it waits for the refund's row.
+            lock_order_of_refund(&mut tx, refund_id).await?;
             let changed = sqlx::query(
                 "UPDATE refunds SET upstream = 'created', refund_id = COALESCE(refund_id, $1), \
                  accepted_at = COALESCE(accepted_at, $2), upstream_error = NULL, updated_at = $2, \
@@ -1578,8 +1591,8 @@ impl Store for PgStore {
     ) -> Fut<'_, Refund> {
         Box::pin(async move {
             let mut tx = self.begin().await?;
+            lock_order_of_refund(&mut tx, refund_id).await?;
             let refund = refund_by_id(&mut tx, refund_id).await?;
-            lock_order(&mut tx, &refund.merchant, &refund.out_trade_no).await?;
             let detail = serde_json::json!({ "out_refund_no": refund.out_refund_no, "reason": error });
             if rejected {
                 sqlx::query("UPDATE refunds SET upstream = 'rejected' WHERE id = $1 AND upstream != 'created'")

@@ -829,3 +829,30 @@ async fn a_refund_settles_once_and_the_order_becomes_refunded_at_its_full_amount
         ));
     }
 }
+
+#[tokio::test]
+async fn a_refund_accepted_while_its_notification_settles_it_never_deadlocks() {
+    for db in TestDb::all().await {
+        let store = db.store().await;
+        for i in 0..40 {
+            let order = format!("R-RACE-{i}");
+            paid(&store, &order, 100).await;
+            let RefundCreated::New(r) = store
+                .create_refund(new_refund(&order, &format!("RR{i}"), 60))
+                .await
+                .unwrap()
+            else {
+                panic!("not new");
+            };
+            // The call's answer and the notification arrive together, as they do when WeChat
+            // Pay settles a refund at once.
+            let (a, b) = tokio::join!(
+                store.refund_accepted(r.id, format!("50300RR{i}"), T0 + 2500, T0 + 60_000),
+                store.apply_refund(refund_result(&order, &format!("RR{i}"), 60, true), None),
+            );
+            a.unwrap_or_else(|e| panic!("{}: accepted: {e}", db.engine));
+            let b = b.unwrap_or_else(|e| panic!("{}: settled: {e}", db.engine));
+            assert!(matches!(b, RefundOutcome::Applied(_)), "{b:?}");
+        }
+    }
+}

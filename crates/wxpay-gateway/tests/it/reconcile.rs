@@ -266,3 +266,88 @@ async fn the_daily_reconciliation_runs_once_and_reports_in_the_metrics() {
         t.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_refund_settled_upstream_but_pending_here_is_settled_by_refundquery() {
+    for db in TestDb::all().await {
+        let t = spawn_app(db, with_bills(false)).await;
+        paid_order(&t, "RS-1", 800).await;
+        // Its refund notifications never verify, and no background check runs.
+        t.sim_post(
+            "/simulator/faults",
+            json!({"kind": "notify_bad_signature", "out_trade_no": "RS-1", "for_ms": 600_000}),
+        )
+        .await;
+        let (status, r) = t
+            .api(
+                Method::POST,
+                "/v1/orders/RS-1/refunds",
+                Some(json!({"amount_fen": 800, "out_refund_no": "RS-1-R"})),
+                None,
+            )
+            .await;
+        assert_eq!(status, 201, "{r}");
+        eventually("WeChat Pay settles it", async || {
+            t.sim_get("/simulator/orders/RS-1").await["refunds"][0]["status"] == "SUCCESS"
+        })
+        .await;
+        let report = run(&t, false).await;
+        let kinds: Vec<_> = report.found.iter().map(|d| (d.kind, d.record)).collect();
+        assert_eq!(
+            kinds,
+            [(DifferenceKind::StatusDiffers, "refund")],
+            "{}: {report:#?}",
+            t.engine()
+        );
+        let repaired = run(&t, true).await;
+        assert!(repaired.balanced, "{repaired:#?}");
+        let o = t.order("RS-1").await;
+        assert_eq!(
+            (o["status"].as_str(), o["refunded_fen"].as_i64()),
+            (Some("refunded"), Some(800)),
+            "{o}"
+        );
+        t.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_payment_wechat_pay_does_not_have_is_reported_and_never_downgraded() {
+    for db in TestDb::all().await {
+        let t = spawn_app(db, with_bills(false)).await;
+        paid_order(&t, "RM-REAL", 100).await;
+        // Paid here by a correctly signed notification, while WeChat Pay has the order unpaid
+        // (a leaked key, or a notification from a test system): the bill does not list it.
+        let mut body = order_body(500);
+        body["out_trade_no"] = json!("RM-GHOST");
+        t.create(body).await;
+        let now = wxpay_protocol::BeijingTime::from_unix(t.app.now() / 1000).to_compact();
+        let forged = crate::support::notification(
+            crate::support::DEFAULT,
+            "RM-GHOST",
+            500,
+            "4200000000202611279999999999",
+            |f| f.set("time_end", now),
+        );
+        let (status, reply) = t.notify(forged).await;
+        assert_eq!(status, 200, "{reply}");
+        let report = run(&t, true).await;
+        let ghost: Vec<_> = report
+            .remaining
+            .iter()
+            .filter(|d| d.out_trade_no == "RM-GHOST")
+            .collect();
+        assert_eq!(ghost.len(), 1, "{}: {report:#?}", t.engine());
+        assert_eq!(ghost[0].kind, DifferenceKind::MissingUpstream);
+        assert!(!report.balanced);
+        let repair = report
+            .repairs
+            .iter()
+            .find(|r| r.difference.out_trade_no == "RM-GHOST")
+            .unwrap();
+        assert_eq!(repair.result, "unresolved");
+        assert!(repair.detail.contains("never downgraded"), "{}", repair.detail);
+        assert_eq!(t.order("RM-GHOST").await["status"], "paid");
+        t.stop().await;
+    }
+}

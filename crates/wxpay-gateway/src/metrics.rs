@@ -139,6 +139,15 @@ impl Metrics {
                     .map_or(0, |(_, n)| *n);
                 let _ = writeln!(out, "wxpay_orders{{status=\"{status}\"}} {n}");
             }
+            out.push_str("# HELP wxpay_refunds Refunds by status.\n# TYPE wxpay_refunds gauge\n");
+            for status in ["pending", "succeeded", "failed"] {
+                let n = s
+                    .refunds_by_status
+                    .iter()
+                    .find(|(k, _)| k == status)
+                    .map_or(0, |(_, n)| *n);
+                let _ = writeln!(out, "wxpay_refunds{{status=\"{status}\"}} {n}");
+            }
             out.push_str("# HELP wxpay_outbox_backlog Events not yet delivered to the webhook.\n# TYPE wxpay_outbox_backlog gauge\n");
             let _ = writeln!(out, "wxpay_outbox_backlog {}", s.outbox_backlog);
             out.push_str("# HELP wxpay_outbox_oldest_age_seconds Age of the oldest undelivered event.\n# TYPE wxpay_outbox_oldest_age_seconds gauge\n");
@@ -149,7 +158,7 @@ impl Metrics {
             );
         }
         self.with(|i| {
-            out.push_str("# HELP wxpay_notifications_total Payment notifications by verdict.\n# TYPE wxpay_notifications_total counter\n");
+            out.push_str("# HELP wxpay_notifications_total Payment and refund notifications by verdict.\n# TYPE wxpay_notifications_total counter\n");
             for (verdict, n) in &i.notifications {
                 let _ = writeln!(out, "wxpay_notifications_total{{verdict=\"{verdict}\"}} {n}");
             }

@@ -602,6 +602,8 @@ pub struct OutboxEvent {
 pub struct Stats {
     /// Orders per status.
     pub orders_by_status: Vec<(String, i64)>,
+    /// Refunds per status.
+    pub refunds_by_status: Vec<(String, i64)>,
     /// Events not yet delivered.
     pub outbox_backlog: i64,
     /// The age of the oldest undelivered event, in ms.

@@ -1850,8 +1850,16 @@ impl Store for PgStore {
                     .fetch_one(&self.pool)
                     .await?;
             let oldest: Option<i64> = row.try_get("oldest")?;
+            let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM refunds GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+            let refunds_by_status = rows
+                .iter()
+                .map(|r| Ok((r.try_get::<String, _>("status")?, r.try_get::<i64, _>("n")?)))
+                .collect::<Result<Vec<_>, StoreError>>()?;
             Ok(Stats {
                 orders_by_status,
+                refunds_by_status,
                 outbox_backlog: row.try_get("n")?,
                 outbox_oldest_age_ms: oldest.map(|o| now - o),
             })

@@ -1207,8 +1207,12 @@ impl Store for SqliteStore {
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
+            let mut st = c.prepare_cached("SELECT status, COUNT(*) FROM refunds GROUP BY status")?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            let refunds_by_status = rows.collect::<Result<Vec<_>, _>>()?;
             Ok(Stats {
                 orders_by_status,
+                refunds_by_status,
                 outbox_backlog: backlog,
                 outbox_oldest_age_ms: oldest.map(|o| now - o),
             })

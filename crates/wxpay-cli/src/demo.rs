@@ -80,6 +80,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
 
         let mut sim_config = SimConfig::new();
         sim_config.bills_immediately = true;
+        // A refund settles two seconds after it is asked for: long enough to watch it pending.
+        sim_config.refund_delay = Duration::from_secs(2);
         let sim = Simulator::new(sim_config).map_err(|e| CliError::Usage(e.to_string()))?;
         let stop_simulator = sim.start_background();
 
@@ -219,6 +221,7 @@ fn demo_router(demo: Arc<Demo>) -> Router {
         .route("/demo/backend/login", post(login))
         .route("/demo/backend/orders", post(create_order))
         .route("/demo/backend/orders/{out_trade_no}", get(get_order))
+        .route("/demo/backend/orders/{out_trade_no}/refund", post(refund_order))
         .route("/demo/webhook", post(webhook))
         .with_state(demo)
 }
@@ -348,12 +351,40 @@ async fn create_order(State(demo): State<Arc<Demo>>, Json(req): Json<OrderReques
     relay(status, answer)
 }
 
+#[derive(serde::Deserialize)]
+struct RefundRequest {
+    amount_fen: u64,
+    key: Option<String>,
+}
+
+/// The backend refunds (part of) an order through the gateway.
+async fn refund_order(
+    State(demo): State<Arc<Demo>>,
+    UrlPath(out_trade_no): UrlPath<String>,
+    Json(req): Json<RefundRequest>,
+) -> Response {
+    if !valid_number(&out_trade_no) {
+        return relay(400, json!({"error": {"code": "invalid", "message": "out_trade_no"}}));
+    }
+    let (status, answer) = demo
+        .call(
+            reqwest::Method::POST,
+            format!("{}/v1/orders/{out_trade_no}/refunds", demo.gateway),
+            Some(json!({"amount_fen": req.amount_fen, "reason": "demo refund"})),
+            true,
+            req.key,
+        )
+        .await;
+    relay(status, answer)
+}
+
+fn valid_number(n: &str) -> bool {
+    !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-|*".contains(&b))
+}
+
 /// The order as the gateway has it, with the events the backend's webhook received for it.
 async fn get_order(State(demo): State<Arc<Demo>>, UrlPath(out_trade_no): UrlPath<String>) -> Response {
-    if !out_trade_no
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"_-|*".contains(&b))
-    {
+    if !valid_number(&out_trade_no) {
         return relay(400, json!({"error": {"code": "invalid", "message": "out_trade_no"}}));
     }
     let (status, order) = demo

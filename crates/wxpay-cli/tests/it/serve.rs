@@ -726,6 +726,32 @@ async fn the_demo_plays_a_payment_from_login_to_paid_with_a_verified_webhook() {
         .await
         .unwrap();
     assert_eq!(direct.status(), 200, "the printed token works on the API");
+    // The page's "Refund half": the backend refunds through the gateway and hears of it.
+    let refund = http
+        .post(format!("{base}/demo/backend/orders/{no}/refund"))
+        .json(&json!({"amount_fen": 1400, "key": "demo-refund-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refund.status(), 201);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        last = http
+            .get(format!("{base}/demo/backend/orders/{no}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let events = last["webhook_events"].as_array().unwrap();
+        if events.iter().any(|e| e["type"] == "refund.succeeded") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no refund.succeeded: {last}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last["order"]["refunded_fen"], 1400, "{last}");
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(demo.child.id().to_string())

@@ -476,6 +476,19 @@ auto_pay_delay_ms = 500
     }
 
     #[test]
+    fn the_daily_reconciliation_is_read_in_beijing_minutes() {
+        let (config, _) = gateway_config(&parse(EXAMPLE).unwrap()).unwrap();
+        assert_eq!(config.reconcile.daily_at_minute, None, "off unless asked for");
+        let text = format!("{EXAMPLE}\n[reconcile]\ndaily = true\nat = \"09:45\"\nrepair = false\n");
+        let (config, _) = gateway_config(&parse(&text).unwrap()).unwrap();
+        assert_eq!(config.reconcile.daily_at_minute, Some(9 * 60 + 45));
+        assert!(!config.reconcile.repair);
+        let text = format!("{EXAMPLE}\n[reconcile]\ndaily = true\n");
+        let (config, _) = gateway_config(&parse(&text).unwrap()).unwrap();
+        assert_eq!(config.reconcile.daily_at_minute, Some(10 * 60 + 30), "10:30 by default");
+    }
+
+    #[test]
     fn mistakes_name_the_key() {
         let cases = [
             (
@@ -497,8 +510,31 @@ auto_pay_delay_ms = 500
                 "webhook.secret",
             ),
             (
-                EXAMPLE.replace("sign_type = \"MD5\"", "cert_path = \"/nonexistent/apiclient_cert.pem\""),
+                EXAMPLE.replace(
+                    "sign_type = \"MD5\"",
+                    "cert_path = \"/nonexistent/apiclient_cert.pem\"\nkey_path = \"/nonexistent/apiclient_key.pem\"",
+                ),
                 "merchants[0].cert_path",
+            ),
+            (
+                EXAMPLE.replace("sign_type = \"MD5\"", "cert_path = \"/nonexistent/apiclient_cert.pem\""),
+                "merchants[0].key_path",
+            ),
+            (
+                EXAMPLE.replace("sign_type = \"MD5\"", "cert_path = \"/nonexistent/apiclient_cert.p12\""),
+                "merchants[0].cert_path",
+            ),
+            (
+                EXAMPLE.replace("sign_type = \"MD5\"", "key_path = \"/nonexistent/apiclient_key.pem\""),
+                "merchants[0].cert_path",
+            ),
+            (
+                format!("{EXAMPLE}\n[reconcile]\ndaily = true\nat = \"25:00\"\n"),
+                "reconcile.at",
+            ),
+            (
+                format!("{EXAMPLE}\n[reconcile]\ndaily = true\nwhen = \"10:30\"\n"),
+                "when",
             ),
         ];
         for (text, needle) in cases {

@@ -35,7 +35,8 @@ pub(crate) struct SimulatorArgs {
     #[arg(long)]
     tls: bool,
     /// Where the test CA and certificates are made (or read): the CA to trust, and
-    /// <mch_id>/apiclient_cert.pem and apiclient_key.pem for each merchant.
+    /// <mch_id>/apiclient_cert.pem, apiclient_key.pem and apiclient_cert.p12 (password: the
+    /// mch_id) for each merchant.
     #[arg(long, default_value = "wxpay-simulator-tls", value_name = "DIR")]
     tls_dir: PathBuf,
     /// Serve today's bill at once instead of "Bill Creating" until 10:00 the next day.

@@ -7,6 +7,7 @@
 //! | `GET /v1/orders/{out_trade_no}` (`?sync=true`, `?merchant=`) | the order and its history |
 //! | `GET /v1/orders?status=&limit=&cursor=` | orders, newest first |
 //! | `POST /v1/orders/{out_trade_no}/close` | closes an unpaid order (never a paid one) |
+//! | `POST /v1/orders/{out_trade_no}/refunds`, `GET /v1/refunds/{out_refund_no}` | refunds (`refunds.rs`) |
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};

@@ -144,8 +144,8 @@ impl App {
         &self.inner.metrics
     }
 
-    /// The routes: `/v1/…` (bearer token), `/notify/v2/pay`, `/healthz`, `/readyz`,
-    /// `/metrics`, `/openapi.json`.
+    /// The routes: `/v1/…` (bearer token), `/notify/v2/pay`, `/notify/v2/refund`,
+    /// `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
     pub fn router(&self) -> Router {
         let v1 = Router::new()
             .route("/v1/openid", post(crate::api::openid))
@@ -174,8 +174,8 @@ impl App {
             .with_state(self.clone())
     }
 
-    /// Starts the background work (order checks, expiry, event delivery), unless the
-    /// configuration turned it off.
+    /// Starts the background work (order and refund checks, expiry, event delivery, the
+    /// daily reconciliation when configured), unless the configuration turned it off.
     pub fn start_jobs(&self) -> Jobs {
         let (stop, rx) = watch::channel(false);
         let mut tasks = Vec::new();

@@ -446,7 +446,11 @@ pub async fn reconcile(
     let name = link.config.name.clone();
     let started = Instant::now();
     progress.stage(&format!("downloading the bill of {} ({name})", day.date), None);
-    let bill = download(app, link, day).await?;
+    let mut bill = download(app, link, day).await?;
+    // The bill is per merchant number; with several mini programs on one number, each
+    // configured merchant reconciles its own app's rows.
+    let appid = link.config.appid.as_str();
+    bill.rows.retain(|r| r.appid.is_empty() || r.appid == appid);
     progress.done();
     let download_ms = started.elapsed().as_millis() as u64;
 

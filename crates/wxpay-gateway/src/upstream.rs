@@ -111,6 +111,9 @@ pub(crate) struct Upstream {
     metrics: Arc<Metrics>,
 }
 
+/// The least time allowed for a call with a large answer (`downloadbill`).
+const LARGE_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// A fresh 32-character nonce.
 pub(crate) fn nonce() -> Nonce {
     let mut b = [0u8; 16];
@@ -149,9 +152,12 @@ impl Upstream {
                 v2::encode(call, &link.credentials, &nonce()).map_err(|e| UpstreamError::Invalid(e.to_string()))?;
             let url = format!("{}{}", link.host().trim_end_matches('/'), C::PATH);
             let started = Instant::now();
-            let sent = link
-                .http
-                .post(&url)
+            let mut request = link.http.post(&url);
+            if C::LARGE_ANSWER {
+                // A day's bill of a busy merchant is tens of megabytes.
+                request = request.timeout(self.config.timeout.max(LARGE_ANSWER_TIMEOUT));
+            }
+            let sent = request
                 .header("Content-Type", "text/xml; charset=utf-8")
                 .body(body)
                 .send()

@@ -351,3 +351,36 @@ async fn a_payment_wechat_pay_does_not_have_is_reported_and_never_downgraded() {
         t.stop().await;
     }
 }
+
+#[tokio::test]
+async fn two_mini_programs_on_one_merchant_number_each_reconcile_their_own_rows() {
+    let t = spawn_app(
+        TestDb::sqlite(),
+        Options {
+            second_app: true,
+            ..with_bills(false)
+        },
+    )
+    .await;
+    paid_order(&t, "RA-DEFAULT", 100).await;
+    let mut body = order_body(250);
+    body["out_trade_no"] = json!("RA-APP2");
+    body["merchant"] = json!("app2");
+    let (status, v) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
+    assert_eq!(status, 201, "{v}");
+    t.sim_post("/simulator/pay", json!({"out_trade_no": "RA-APP2"})).await;
+    eventually("app2's order is paid", async || {
+        t.api(Method::GET, "/v1/orders/RA-APP2?merchant=app2", None, None)
+            .await
+            .1["status"]
+            == "paid"
+    })
+    .await;
+    let day = Day::containing(t.app.now());
+    for (merchant, fen) in [("default", 100), ("app2", 250)] {
+        let report = reconcile(&t.app, Some(merchant), &day, false, &Quiet).await.unwrap();
+        assert!(report.balanced, "{merchant}: {report:#?}");
+        assert_eq!((report.bill.payments, report.bill.payments_fen), (1, fen), "{merchant}");
+    }
+    t.stop().await;
+}

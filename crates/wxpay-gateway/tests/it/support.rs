@@ -212,7 +212,13 @@ pub(crate) struct Options {
     /// with `hmac_without_cert`).
     pub tls: bool,
     pub hmac_without_cert: bool,
+    /// A third merchant, `app2`: a second mini program (`APP2_APPID`) on the default
+    /// merchant number.
+    pub second_app: bool,
 }
+
+/// The second mini program of the default merchant number (`Options::second_app`).
+pub(crate) const APP2_APPID: &str = "wx2222222222222222";
 
 impl Default for Options {
     fn default() -> Self {
@@ -232,6 +238,7 @@ impl Default for Options {
             reconcile: wxpay_gateway::ReconcileConfig::default(),
             tls: false,
             hmac_without_cert: false,
+            second_app: false,
         }
     }
 }
@@ -316,6 +323,11 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
             let mut sim_config = SimConfig::new();
             sim_config.time_scale = 1000.0;
             sim_config.merchants = sim_merchants();
+            if opts.second_app {
+                let mut app2 = SimMerchant::test_merchant();
+                app2.appid = AppId::new(APP2_APPID).unwrap();
+                sim_config.merchants.push(app2);
+            }
             if opts.tls {
                 let dir = std::env::temp_dir().join(format!("wxpay-gw-tls-{}", random_suffix()));
                 sim_config.tls = Some(wxpay_simulator::TlsConfig { dir });
@@ -337,6 +349,12 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
         api_tokens: vec![Secret::new(TOKEN)],
         merchants: {
             let mut list = merchants(&sim_url);
+            if opts.second_app {
+                let mut app2 = list[0].clone();
+                app2.name = "app2".into();
+                app2.appid = AppId::new(APP2_APPID).unwrap();
+                list.push(app2);
+            }
             if let Some(files) = sim.as_ref().and_then(|s| s.simulator().tls_files()) {
                 let ca = std::fs::read(&files.ca_cert).unwrap();
                 let p12 = std::fs::read(&files.client_p12[TEST_MCH_ID]).unwrap();

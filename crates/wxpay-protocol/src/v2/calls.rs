@@ -1016,6 +1016,7 @@ impl ToFields for DownloadBill {
 impl V2Call for DownloadBill {
     type Response = Bill;
     const PATH: &'static str = "/pay/downloadbill";
+    const LARGE_ANSWER: bool = true;
 
     /// Reads the bill, or the XML error that replaces it. The bill itself is not signed:
     /// WeChat Pay sends it unsigned over TLS.

@@ -79,6 +79,9 @@ pub trait V2Call: ToFields {
     const PATH: &'static str;
     /// Whether the call needs the merchant's client certificate (mutual TLS).
     const CLIENT_CERT: bool = false;
+    /// Whether the answer may be large (a day's bill: tens of megabytes), so that a client
+    /// allows it more time than an ordinary call.
+    const LARGE_ANSWER: bool = false;
 
     /// Reads WeChat Pay's answer to this call.
     ///

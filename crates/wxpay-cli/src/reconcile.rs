@@ -60,6 +60,10 @@ impl Progress for Bars {
             }
             None => {
                 let b = ProgressBar::new_spinner();
+                b.set_style(
+                    ProgressStyle::with_template("{spinner} {msg:<40} {bytes} {elapsed}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
                 b.enable_steady_tick(Duration::from_millis(100));
                 b
             }
@@ -71,6 +75,22 @@ impl Progress for Bars {
     fn advance(&self, n: u64) {
         if let Some(b) = &*self.bar.lock().unwrap_or_else(|e| e.into_inner()) {
             b.inc(n);
+        }
+    }
+
+    fn downloaded(&self, bytes: u64, total: Option<u64>) {
+        if let Some(b) = &*self.bar.lock().unwrap_or_else(|e| e.into_inner()) {
+            if let Some(t) = total {
+                if b.length() != Some(t) {
+                    b.set_length(t);
+                    b.set_style(
+                        ProgressStyle::with_template("{msg:<40} [{bar:30}] {bytes}/{total_bytes} {elapsed}")
+                            .unwrap_or_else(|_| ProgressStyle::default_bar())
+                            .progress_chars("=> "),
+                    );
+                }
+            }
+            b.set_position(bytes);
         }
     }
 
@@ -182,30 +202,39 @@ pub(crate) fn run(args: ReconcileArgs) -> Result<(), CliError> {
     let show_bars = args.format == Format::Table && std::io::stderr().is_terminal();
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| CliError::Usage(format!("cannot start the runtime: {e}")))?;
-    let reports = runtime.block_on(async {
+    // Every merchant is reconciled even when one fails (its bill not made yet, say); the
+    // failures are reported after the reports.
+    let (reports, errors) = runtime.block_on(async {
         let store = wxpay_gateway::open_store(&settings.database_url, settings.pool_size.min(4))
             .await
             .map_err(|e| CliError::Usage(format!("database: {e}")))?;
         let app = App::new(cfg, store).map_err(|e| CliError::Usage(format!("{}: {e}", args.config.display())))?;
         let mut reports = Vec::new();
+        let mut errors = Vec::new();
         for name in &names {
             let started = app.now();
             let bars = Bars { bar: Mutex::new(None) };
             let progress: &dyn Progress = if show_bars { &bars } else { &Quiet };
-            let report = reconcile(&app, Some(name), &day, args.repair, progress)
-                .await
-                .map_err(|e| CliError::Usage(format!("merchant {name}: {e}")))?;
-            keep(&app, &report, "command", started)
-                .await
-                .map_err(|e| CliError::Usage(format!("database: {e}")))?;
-            reports.push(report);
+            match reconcile(&app, Some(name), &day, args.repair, progress).await {
+                Ok(report) => {
+                    keep(&app, &report, "command", started)
+                        .await
+                        .map_err(|e| CliError::Usage(format!("database: {e}")))?;
+                    reports.push(report);
+                }
+                Err(e) => {
+                    bars.done();
+                    errors.push(format!("merchant {name}: {e}"));
+                }
+            }
         }
-        Ok::<_, CliError>(reports)
+        Ok::<_, CliError>((reports, errors))
     })?;
-    let balanced = reports.iter().all(|r| r.balanced);
+    let balanced = errors.is_empty() && reports.iter().all(|r| r.balanced);
     match args.format {
         Format::Json => {
-            let doc = serde_json::json!({ "date": day.date, "balanced": balanced, "reports": reports });
+            let doc =
+                serde_json::json!({ "date": day.date, "balanced": balanced, "reports": reports, "errors": errors });
             println!("{doc}");
         }
         Format::Table => {
@@ -213,6 +242,9 @@ pub(crate) fn run(args: ReconcileArgs) -> Result<(), CliError> {
                 print!("{}", table(r, args.repair));
             }
         }
+    }
+    if !errors.is_empty() {
+        return Err(CliError::Usage(errors.join("; ")));
     }
     if balanced { Ok(()) } else { Err(CliError::Failed) }
 }

@@ -46,6 +46,9 @@ pub enum ApiError {
     /// WeChat Pay did not answer (the record says so; the request may be repeated).
     #[error("{0}")]
     Unavailable(String),
+    /// This function needs configuration the gateway lacks (a merchant certificate).
+    #[error("{0}")]
+    NotConfigured(String),
     /// Something on our side; the details are in the log.
     #[error("internal error")]
     Internal(String),
@@ -61,6 +64,7 @@ impl ApiError {
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::Rejected(_) => (StatusCode::BAD_GATEWAY, "wechatpay_rejected"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "wechatpay_unavailable"),
+            ApiError::NotConfigured(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_configured"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

@@ -17,6 +17,7 @@ use wxpay_protocol::v2::{Bill, BillRow, BillType, DownloadBill, ErrCode, OrderQu
 use wxpay_protocol::{BeijingTime, OutRefundNo, OutTradeNo};
 
 use crate::app::App;
+use crate::refunds::Synced;
 use crate::store::{ImportedRefund, Order, OrderStatus, Refund, RefundCreated, RefundStatus};
 use crate::upstream::{MerchantLink, UpstreamError};
 
@@ -49,6 +50,10 @@ pub trait Progress: Send + Sync {
     fn advance(&self, n: u64);
     /// The current stage is done.
     fn done(&self);
+    /// Bytes of the bill received so far, of `total` when WeChat Pay said.
+    fn downloaded(&self, bytes: u64, total: Option<u64>) {
+        let _ = (bytes, total);
+    }
 }
 
 /// No progress shown.
@@ -141,6 +146,9 @@ pub struct Report {
     pub repairs: Vec<Repair>,
     /// Differences left (after repair, when asked).
     pub remaining: Vec<Difference>,
+    /// Refunds the database dated to another day that WeChat Pay's bill puts on this one;
+    /// with repair their acceptance time becomes the bill's.
+    pub moved_to_this_day: Vec<String>,
     /// Milliseconds spent downloading, comparing and repairing.
     pub timings_ms: Timings,
 }
@@ -276,16 +284,20 @@ async fn load_local(app: &App, merchant: &str, day: &Day, bill: &Bill) -> Result
     Ok(local)
 }
 
+/// The database's side of the totals: the day's paid orders and accepted refunds, and the
+/// records of other days that the bill lists for this one (a refund accepted by WeChat Pay
+/// at 23:59:59.9 and answered at 00:00:00.1 is stored under the next day), so that both sides
+/// count the same records.
 fn local_totals(local: &Local) -> Totals {
     let mut t = Totals::default();
-    for no in &local.day_orders {
-        if let Some(o) = local.orders.get(no) {
+    for o in local.orders.values() {
+        if matches!(o.status, OrderStatus::Paid | OrderStatus::Refunded) {
             t.payments += 1;
             t.payments_fen += o.amount_fen;
         }
     }
-    for no in &local.day_refunds {
-        if let Some(r) = local.refunds.get(no) {
+    for r in local.refunds.values() {
+        if r.accepted_at.is_some() {
             t.refunds += 1;
             t.refunds_fen += r.amount_fen;
         }
@@ -409,13 +421,14 @@ fn compare(bill: &Bill, local: &Local, progress: &dyn Progress) -> Vec<Differenc
 }
 
 /// Downloads the day's bill; a day without transactions is an empty bill.
-async fn download(app: &App, link: &MerchantLink, day: &Day) -> Result<Bill, ReconcileError> {
+async fn download(app: &App, link: &MerchantLink, day: &Day, progress: &dyn Progress) -> Result<Bill, ReconcileError> {
     let call = DownloadBill {
         bill_date: BeijingTime::from_unix(day.start_ms() / 1000),
         bill_type: BillType::All,
         extra: Default::default(),
     };
-    match app.inner.upstream.call(link, &call).await {
+    let received = |bytes, total| progress.downloaded(bytes, total);
+    match app.inner.upstream.call_observed(link, &call, &received).await {
         Ok(bill) => Ok(bill),
         Err(UpstreamError::Refused(msg)) if msg.to_ascii_lowercase().contains("no bill exist") => {
             Ok(Bill::from_rows(BillType::All, Vec::new()))
@@ -446,7 +459,7 @@ pub async fn reconcile(
     let name = link.config.name.clone();
     let started = Instant::now();
     progress.stage(&format!("downloading the bill of {} ({name})", day.date), None);
-    let mut bill = download(app, link, day).await?;
+    let mut bill = download(app, link, day, progress).await?;
     // The bill is per merchant number; with several mini programs on one number, each
     // configured merchant reconciles its own app's rows.
     let appid = link.config.appid.as_str();
@@ -469,7 +482,11 @@ pub async fn reconcile(
     let started = Instant::now();
     let mut repairs = Vec::new();
     let mut remaining = found.clone();
-    if repair && !found.is_empty() {
+    let mut moved = Vec::new();
+    if repair {
+        moved = move_to_bill_day(app, day, &bill, &local).await;
+    }
+    if repair && (!found.is_empty() || !moved.is_empty()) {
         progress.stage(
             &format!("repairing {} differences", found.len()),
             Some(found.len() as u64),
@@ -493,6 +510,7 @@ pub async fn reconcile(
         found,
         repairs,
         remaining,
+        moved_to_this_day: moved,
         timings_ms: Timings {
             download: download_ms,
             compare: compare_ms,
@@ -517,6 +535,41 @@ fn settled(d: &Difference, checked_with: &'static str, detail: String) -> Repair
         result: "settled",
         detail,
     }
+}
+
+/// With repair: a refund this day's bill lists but the database dates to another day
+/// (WeChat Pay accepted it just before midnight and the gateway heard after it, or the answer
+/// was lost and the notification came later) takes the bill's time, so that no day reports
+/// it missing.
+async fn move_to_bill_day(app: &App, day: &Day, bill: &Bill, local: &Local) -> Vec<String> {
+    let mut moved = Vec::new();
+    for row in bill.rows.iter().filter(|r| is_refund_row(r)) {
+        let Some(no) = &row.out_refund_no else { continue };
+        let Some(r) = local.refunds.get(no) else { continue };
+        let Some(at) = r.accepted_at else { continue };
+        let bill_at = row.trade_time.unix() * 1000;
+        // The bill is WeChat Pay's record of when it accepted the refund; the gateway's is when
+        // it heard (the answer, or days later a notification when the answer was lost).
+        if local.day_refunds.contains(no) {
+            continue;
+        }
+        let detail = serde_json::json!({
+            "bill_date": day.date,
+            "out_refund_no": no,
+            "accepted_at": {"from": at, "to": bill_at},
+            "note": "WeChat Pay's bill dates the refund's acceptance to this day",
+        });
+        match app
+            .inner
+            .store
+            .move_refund_accepted_at(r.id, bill_at, detail, app.now())
+            .await
+        {
+            Ok(()) => moved.push(no.clone()),
+            Err(e) => tracing::error!(error = %e, out_refund_no = %no, "cannot move a refund's acceptance time"),
+        }
+    }
+    moved
 }
 
 /// Settles one difference by asking WeChat Pay, and records what changed in the order's
@@ -573,7 +626,12 @@ async fn repair_payment(app: &App, link: &MerchantLink, day: &Day, d: &Differenc
     };
     match d.kind {
         DifferenceKind::StatusDiffers if paid => match crate::api::apply_query(app, order.clone(), &answer).await {
-            Ok(o) if matches!(o.status, OrderStatus::Paid | OrderStatus::Refunded) => {
+            // Settled only when the order now carries WeChat Pay's payment.
+            Ok(o)
+                if matches!(o.status, OrderStatus::Paid | OrderStatus::Refunded)
+                    && o.transaction_id.is_some()
+                    && o.transaction_id == answer.transaction_id =>
+            {
                 note(app, o.id, day, d, "paid per orderquery").await;
                 settled(
                     d,
@@ -674,22 +732,20 @@ async fn repair_refund(app: &App, link: &MerchantLink, day: &Day, d: &Difference
     if let Some(r) = refund {
         if d.kind == DifferenceKind::StatusDiffers || d.kind == DifferenceKind::MissingUpstream {
             return match crate::refunds::sync(app, link, r.clone()).await {
-                Ok((after, true)) if after.status != r.status => {
+                Ok((after, Synced::Settled)) if after.status != r.status => {
                     note(app, r.order_id, day, d, "settled per refundquery").await;
                     settled(d, Q, format!("refundquery: the refund is now {}", after.status))
                 }
-                Ok((after, known)) => unresolved(
+                Ok((after, Synced::Settled | Synced::Processing)) => unresolved(
                     d,
                     Q,
-                    if known {
-                        format!(
-                            "refundquery agrees with the database ({}); the bill's snapshot is older",
-                            after.status
-                        )
-                    } else {
-                        "WeChat Pay does not know this refund".into()
-                    },
+                    format!(
+                        "refundquery agrees with the database ({}); the bill's snapshot is older",
+                        after.status
+                    ),
                 ),
+                Ok((_, Synced::NotFound)) => unresolved(d, Q, "WeChat Pay does not know this refund".into()),
+                Ok((_, Synced::Contradicts(why))) => unresolved(d, Q, format!("{why}: check it by hand")),
                 Err(e) => unresolved(d, Q, format!("refundquery failed: {e}")),
             };
         }

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use wxpay_protocol::v2::{ErrCode, OrderRef, Refund as RefundCall, RefundQuery, RefundStatus as WxRefundStatus};
+use wxpay_protocol::v2::{ErrCode, OrderRef, Refund as RefundCall, RefundQuery, RefundStatus as WxRefundStatus, Retry};
 use wxpay_protocol::{BeijingTime, Fen, OutRefundNo, OutTradeNo};
 
 use crate::api::{find_order, idempotent, parse_json, sha256_hex};
@@ -139,6 +139,12 @@ async fn create(app: &App, out_trade_no: String, body: &[u8]) -> Result<(StatusC
             .to_string(),
         None => new_out_refund_no(now),
     };
+    if link.config.client_cert.is_none() && link.config.base_url.starts_with("https://") {
+        return Err(ApiError::NotConfigured(format!(
+            "refunds need the merchant API certificate of merchant {:?}: set cert_path and key_path (or a .p12 cert_path) in its configuration",
+            link.config.name
+        )));
+    }
     let order = find_order(app, link, out_trade_no).await?;
     if req.amount_fen as i64 > order.amount_fen {
         return Err(ApiError::Conflict {
@@ -240,8 +246,11 @@ async fn create(app: &App, out_trade_no: String, body: &[u8]) -> Result<(StatusC
     }
 }
 
-/// Sends a stored refund to WeChat Pay and records the answer: accepted, refused (the refund
-/// fails), or none (it stays pending and is sent again, identical, by the checks).
+/// Sends a stored refund to WeChat Pay and records the answer: accepted; refused for good
+/// (the refund fails, unless an earlier attempt without an answer turns out to have been
+/// accepted); or anything else (no answer, "slow down", a refusal of the request itself such
+/// as a signature or certificate problem): it stays pending and is sent again, identical, by
+/// the checks.
 pub(crate) async fn submit(
     app: &App,
     link: &MerchantLink,
@@ -250,41 +259,45 @@ pub(crate) async fn submit(
 ) -> Result<Refund, ApiError> {
     let call = refund_call(app, &refund, order_amount)?;
     let store = &app.inner.store;
-    let jobs = &app.inner.config.jobs;
+    let later = |now: i64| now + app.inner.config.jobs.first_check_after.as_millis() as i64;
     let result = app.inner.upstream.call(link, &call).await;
     let now = app.now();
+    let retry_later = async |error: String| {
+        tracing::warn!(out_refund_no = %refund.out_refund_no, %error, "refund not accepted yet; it will be sent again");
+        store
+            .refund_upstream_failure(refund.id, false, error, now, later(now))
+            .await
+    };
     let refund = match result {
         Ok(answer) => {
             if answer.refund_fee.get() as i64 != refund.amount_fen {
                 tracing::error!(out_refund_no = %refund.out_refund_no, accepted = %answer.refund_fee, asked = refund.amount_fen, "WeChat Pay accepted a refund of another amount");
             }
             store
-                .refund_accepted(
-                    refund.id,
-                    answer.refund_id,
-                    now,
-                    now + jobs.first_check_after.as_millis() as i64,
-                )
+                .refund_accepted(refund.id, answer.refund_id, now, later(now))
                 .await?
         }
-        Err(UpstreamError::NoAnswer(e)) => {
-            tracing::warn!(out_refund_no = %refund.out_refund_no, error = %e, "refund without an answer; it will be sent again");
-            store
-                .refund_upstream_failure(
-                    refund.id,
-                    false,
-                    e,
-                    now,
-                    now + jobs.first_check_after.as_millis() as i64,
-                )
-                .await?
+        Err(UpstreamError::Rejected { code, description }) if code.retry() == Retry::Final => {
+            if refund.upstream == Upstream::Unknown {
+                // An earlier attempt had no answer and may have been accepted: a refusal now
+                // (a changed balance, a rate limit) proves nothing about it. Ask.
+                match sync(app, link, refund.clone()).await {
+                    Ok((r, Synced::NotFound)) => {
+                        store
+                            .refund_upstream_failure(r.id, true, format!("{code} {description}"), now, now)
+                            .await?
+                    }
+                    Ok((r, _)) => r,
+                    Err(e) => retry_later(format!("{code} {description}; refundquery: {e}")).await?,
+                }
+            } else {
+                tracing::warn!(out_refund_no = %refund.out_refund_no, %code, "WeChat Pay refused a refund");
+                store
+                    .refund_upstream_failure(refund.id, true, format!("{code} {description}"), now, now)
+                    .await?
+            }
         }
-        Err(e) => {
-            tracing::warn!(out_refund_no = %refund.out_refund_no, error = %e, "WeChat Pay refused a refund");
-            store
-                .refund_upstream_failure(refund.id, true, e.to_string(), now, now)
-                .await?
-        }
+        Err(e) => retry_later(e.to_string()).await?,
     };
     Ok(refund)
 }
@@ -321,26 +334,49 @@ pub(crate) fn settles(status: &WxRefundStatus) -> Option<bool> {
     }
 }
 
-/// Asks WeChat Pay about a pending refund (`refundquery`) and applies what it says. Returns
-/// the refund as it is now, and whether WeChat Pay knows it at all.
-pub(crate) async fn sync(app: &App, link: &MerchantLink, refund: Refund) -> Result<(Refund, bool), ApiError> {
+/// What `refundquery` said about a refund.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Synced {
+    /// WeChat Pay does not know it.
+    NotFound,
+    /// WeChat Pay has it, still processing.
+    Processing,
+    /// WeChat Pay's settlement is recorded (now or before).
+    Settled,
+    /// WeChat Pay says something the stored refund contradicts (a settled refund the other
+    /// way, another order or amount): nothing was changed.
+    Contradicts(String),
+}
+
+/// Asks WeChat Pay about a refund (`refundquery`) and applies what it says: that it was
+/// accepted (its `refund_id`), and how it settled.
+pub(crate) async fn sync(app: &App, link: &MerchantLink, refund: Refund) -> Result<(Refund, Synced), ApiError> {
     let no = OutRefundNo::new(refund.out_refund_no.clone()).map_err(|e| ApiError::Internal(e.to_string()))?;
     let answer = match app.inner.upstream.call(link, &RefundQuery::by_out_refund_no(no)).await {
         Ok(a) => a,
         Err(UpstreamError::Rejected {
             code: ErrCode::RefundNotExist,
             ..
-        }) => return Ok((refund, false)),
+        }) => return Ok((refund, Synced::NotFound)),
         Err(UpstreamError::NoAnswer(e)) => return Err(ApiError::Unavailable(format!("refundquery: {e}"))),
         Err(e) => return Err(ApiError::Rejected(format!("refundquery: {e}"))),
     };
     let Some(record) = answer.refunds.iter().find(|r| r.out_refund_no == refund.out_refund_no) else {
-        return Ok((refund, false));
+        return Ok((refund, Synced::NotFound));
     };
-    let Some(succeeded) = settles(&record.refund_status) else {
-        return Ok((refund, true));
-    };
+    let store = &app.inner.store;
     let now = app.now();
+    let Some(succeeded) = settles(&record.refund_status) else {
+        let next = now + app.inner.config.jobs.first_check_after.as_millis() as i64;
+        let refund = if refund.upstream == Upstream::Created || refund.status != RefundStatus::Pending {
+            refund
+        } else {
+            store
+                .refund_accepted(refund.id, record.refund_id.clone(), now, next)
+                .await?
+        };
+        return Ok((refund, Synced::Processing));
+    };
     let result = RefundResult {
         merchant: refund.merchant.clone(),
         out_refund_no: refund.out_refund_no.clone(),
@@ -353,15 +389,23 @@ pub(crate) async fn sync(app: &App, link: &MerchantLink, refund: Refund) -> Resu
         source: Source::Query,
         now,
     };
-    match app.inner.store.apply_refund(result, None).await? {
-        RefundOutcome::Applied(r) | RefundOutcome::AlreadySettled(r) => Ok((r, true)),
+    let said = format!(
+        "refundquery says {} for {} fen of order {}",
+        record.refund_status.as_str(),
+        record.refund_fee,
+        answer.out_trade_no
+    );
+    match store.apply_refund(result, None).await? {
+        RefundOutcome::Applied(r) | RefundOutcome::AlreadySettled(r) => Ok((r, Synced::Settled)),
         RefundOutcome::Conflict(r) => {
             tracing::error!(out_refund_no = %r.out_refund_no, status = %r.status, upstream = record.refund_status.as_str(), "refundquery contradicts a settled refund");
-            Ok((r, true))
+            let why = format!("{said}, but the refund is recorded as {}", r.status);
+            Ok((r, Synced::Contradicts(why)))
         }
         other => {
             tracing::error!(out_refund_no = %refund.out_refund_no, verdict = other.verdict(), "refundquery does not fit the stored refund");
-            Ok((refund, true))
+            let why = format!("{said}, which does not fit the stored refund ({})", other.verdict());
+            Ok((refund, Synced::Contradicts(why)))
         }
     }
 }

@@ -134,6 +134,17 @@ impl Upstream {
 
     /// Makes an APIv2 call for `link`'s merchant.
     pub(crate) async fn call<C: V2Call>(&self, link: &MerchantLink, call: &C) -> Result<C::Response, UpstreamError> {
+        self.call_observed(link, call, &|_, _| {}).await
+    }
+
+    /// [`Upstream::call`], telling `received(bytes so far, Content-Length)` as the answer
+    /// arrives (the progress of a large download).
+    pub(crate) async fn call_observed<C: V2Call>(
+        &self,
+        link: &MerchantLink,
+        call: &C,
+        received: &(dyn Fn(u64, Option<u64>) + Send + Sync),
+    ) -> Result<C::Response, UpstreamError> {
         let api = C::PATH.rsplit('/').next().unwrap_or(C::PATH);
         // Over plain HTTP (the simulator on this machine) there is no TLS to present it in.
         if C::CLIENT_CERT && link.config.client_cert.is_none() && link.host().starts_with("https://") {
@@ -163,11 +174,19 @@ impl Upstream {
                 .send()
                 .await;
             let answer = match sent {
-                Ok(resp) => {
+                Ok(mut resp) => {
                     let status = resp.status();
-                    match resp.bytes().await {
-                        Ok(b) => Ok((status, b)),
-                        Err(e) => Err((false, format!("the answer broke off: {e}"))),
+                    let total = resp.content_length();
+                    let mut body = bytes::BytesMut::with_capacity(total.unwrap_or(0).min(1 << 26) as usize);
+                    loop {
+                        match resp.chunk().await {
+                            Ok(Some(chunk)) => {
+                                body.extend_from_slice(&chunk);
+                                received(body.len() as u64, total);
+                            }
+                            Ok(None) => break Ok((status, body.freeze())),
+                            Err(e) => break Err((false, format!("the answer broke off: {e}"))),
+                        }
                     }
                 }
                 Err(e) => Err((e.is_connect(), e.to_string())),

@@ -736,8 +736,9 @@ pub trait Store: Send + Sync + 'static {
     fn refunds_by_numbers(&self, merchant: String, numbers: Vec<String>) -> Fut<'_, Vec<Refund>>;
 
     /// Corrects a paid order's amount to what WeChat Pay charged (reconciliation, confirmed
-    /// by `orderquery`), with a history entry. `None` when the order is gone or its refunds
-    /// exceed the new amount.
+    /// by `orderquery`), with a history entry. `None` when the order is gone, its refunds
+    /// exceed the new amount, or one of its refunds is still being sent (a repeated `refund`
+    /// must carry the same `total_fee`).
     fn correct_amount(
         &self,
         order_id: i64,
@@ -745,6 +746,16 @@ pub trait Store: Send + Sync + 'static {
         detail: serde_json::Value,
         now: i64,
     ) -> Fut<'_, Option<Order>>;
+
+    /// Sets when WeChat Pay accepted a refund to the time its bill says (reconciliation),
+    /// with a history entry on its order.
+    fn move_refund_accepted_at(
+        &self,
+        refund_id: i64,
+        accepted_at: i64,
+        detail: serde_json::Value,
+        now: i64,
+    ) -> Fut<'_, ()>;
 
     /// Records a refund WeChat Pay has and wxpay did not ask for, with its effect on the
     /// order (sums, status), a history entry and, when settled, its outbox event.

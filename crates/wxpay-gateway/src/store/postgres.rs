@@ -1571,6 +1571,9 @@ impl Store for PgStore {
             .await?
             .rows_affected();
             let refund = refund_by_id(&mut tx, refund_id).await?;
+            if changed == 1 && refund.status == RefundStatus::Failed {
+                tracing::error!(out_refund_no = %refund.out_refund_no, "WeChat Pay accepted a refund recorded as failed: reconcile it");
+            }
             if changed == 1 {
                 let detail =
                     serde_json::json!({ "out_refund_no": refund.out_refund_no, "refund_id": wechat_refund_id });
@@ -1595,10 +1598,18 @@ impl Store for PgStore {
             let refund = refund_by_id(&mut tx, refund_id).await?;
             let detail = serde_json::json!({ "out_refund_no": refund.out_refund_no, "reason": error });
             if rejected {
-                sqlx::query("UPDATE refunds SET upstream = 'rejected' WHERE id = $1 AND upstream != 'created'")
-                    .bind(refund_id)
-                    .execute(&mut *tx)
-                    .await?;
+                // Only a refund WeChat Pay never accepted can fail by a refusal.
+                let changed = sqlx::query(
+                    "UPDATE refunds SET upstream = 'rejected' WHERE id = $1 AND upstream != 'created' AND status = 'pending'",
+                )
+                .bind(refund_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if changed == 0 {
+                    tx.commit().await?;
+                    return Ok(refund);
+                }
                 let settlement = Settlement {
                     succeeded: false,
                     wechat_refund_id: None,
@@ -1608,7 +1619,7 @@ impl Store for PgStore {
                 };
                 settle_refund(&mut tx, refund_id, &settlement, now).await?;
             } else {
-                sqlx::query(
+                let changed = sqlx::query(
                     "UPDATE refunds SET upstream = 'unknown', upstream_error = $1, updated_at = $2, next_check_at = $3 \
                      WHERE id = $4 AND upstream != 'created' AND status = 'pending'",
                 )
@@ -1617,8 +1628,11 @@ impl Store for PgStore {
                 .bind(next_check_at)
                 .bind(refund_id)
                 .execute(&mut *tx)
-                .await?;
-                add_event(&mut tx, refund.order_id, now, "refund_upstream_unknown", &detail).await?;
+                .await?
+                .rows_affected();
+                if changed == 1 {
+                    add_event(&mut tx, refund.order_id, now, "refund_upstream_unknown", &detail).await?;
+                }
             }
             let refund = refund_by_id(&mut tx, refund_id).await?;
             tx.commit().await?;
@@ -1736,7 +1750,8 @@ impl Store for PgStore {
             let changed = sqlx::query(
                 "UPDATE orders SET amount_fen = $1, updated_at = $2, \
                  status = CASE WHEN refunded_fen = $1 THEN 'refunded' ELSE 'paid' END \
-                 WHERE id = $3 AND status IN ('paid', 'refunded') AND refund_reserved_fen <= $1",
+                 WHERE id = $3 AND status IN ('paid', 'refunded') AND refund_reserved_fen <= $1 \
+                 AND NOT EXISTS (SELECT 1 FROM refunds WHERE order_id = $3 AND status = 'pending' AND upstream != 'created')",
             )
             .bind(amount_fen)
             .bind(now)
@@ -1751,6 +1766,29 @@ impl Store for PgStore {
             let order = order_by_id(&mut tx, order_id).await?;
             tx.commit().await?;
             Ok(Some(order))
+        })
+    }
+
+    fn move_refund_accepted_at(
+        &self,
+        refund_id: i64,
+        accepted_at: i64,
+        detail: serde_json::Value,
+        now: i64,
+    ) -> Fut<'_, ()> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            lock_order_of_refund(&mut tx, refund_id).await?;
+            let refund = refund_by_id(&mut tx, refund_id).await?;
+            sqlx::query("UPDATE refunds SET accepted_at = $1, updated_at = $2 WHERE id = $3")
+                .bind(accepted_at)
+                .bind(now)
+                .bind(refund_id)
+                .execute(&mut *tx)
+                .await?;
+            add_event(&mut tx, refund.order_id, now, "reconciled", &detail).await?;
+            tx.commit().await?;
+            Ok(())
         })
     }
 

@@ -978,6 +978,9 @@ impl Store for SqliteStore {
                 )?
                 .execute(params![wechat_refund_id, now, next_check_at, refund_id])?;
             let refund = refund_by_id(c, refund_id)?;
+            if changed == 1 && refund.status == RefundStatus::Failed {
+                tracing::error!(out_refund_no = %refund.out_refund_no, "WeChat Pay accepted a refund recorded as failed: reconcile it");
+            }
             if changed == 1 {
                 let detail =
                     serde_json::json!({ "out_refund_no": refund.out_refund_no, "refund_id": wechat_refund_id });
@@ -999,8 +1002,15 @@ impl Store for SqliteStore {
             let refund = refund_by_id(c, refund_id)?;
             let detail = serde_json::json!({ "out_refund_no": refund.out_refund_no, "reason": error });
             if rejected {
-                c.prepare_cached("UPDATE refunds SET upstream = 'rejected' WHERE id = ?1 AND upstream != 'created'")?
+                // Only a refund WeChat Pay never accepted can fail by a refusal.
+                let changed = c
+                    .prepare_cached(
+                        "UPDATE refunds SET upstream = 'rejected' WHERE id = ?1 AND upstream != 'created' AND status = 'pending'",
+                    )?
                     .execute(params![refund_id])?;
+                if changed == 0 {
+                    return refund_by_id(c, refund_id);
+                }
                 let settlement = Settlement {
                     succeeded: false,
                     wechat_refund_id: None,
@@ -1010,12 +1020,15 @@ impl Store for SqliteStore {
                 };
                 settle_refund(c, refund_id, &settlement, now)?;
             } else {
-                c.prepare_cached(
-                    "UPDATE refunds SET upstream = 'unknown', upstream_error = ?1, updated_at = ?2, next_check_at = ?3 \
-                     WHERE id = ?4 AND upstream != 'created' AND status = 'pending'",
-                )?
-                .execute(params![error, now, next_check_at, refund_id])?;
-                add_event(c, refund.order_id, now, "refund_upstream_unknown", &detail)?;
+                let changed = c
+                    .prepare_cached(
+                        "UPDATE refunds SET upstream = 'unknown', upstream_error = ?1, updated_at = ?2, next_check_at = ?3 \
+                         WHERE id = ?4 AND upstream != 'created' AND status = 'pending'",
+                    )?
+                    .execute(params![error, now, next_check_at, refund_id])?;
+                if changed == 1 {
+                    add_event(c, refund.order_id, now, "refund_upstream_unknown", &detail)?;
+                }
             }
             refund_by_id(c, refund_id)
         })
@@ -1119,7 +1132,8 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "UPDATE orders SET amount_fen = ?1, updated_at = ?2, \
                      status = CASE WHEN refunded_fen = ?1 THEN 'refunded' ELSE 'paid' END \
-                     WHERE id = ?3 AND status IN ('paid', 'refunded') AND refund_reserved_fen <= ?1",
+                     WHERE id = ?3 AND status IN ('paid', 'refunded') AND refund_reserved_fen <= ?1 \
+                     AND NOT EXISTS (SELECT 1 FROM refunds WHERE order_id = ?3 AND status = 'pending' AND upstream != 'created')",
                 )?
                 .execute(params![amount_fen, now, order_id])?;
             if changed == 0 {
@@ -1127,6 +1141,21 @@ impl Store for SqliteStore {
             }
             add_event(c, order_id, now, "reconciled", &detail)?;
             Ok(Some(order_by_id(c, order_id)?))
+        })
+    }
+
+    fn move_refund_accepted_at(
+        &self,
+        refund_id: i64,
+        accepted_at: i64,
+        detail: serde_json::Value,
+        now: i64,
+    ) -> Fut<'_, ()> {
+        self.write(move |c| {
+            let refund = refund_by_id(c, refund_id)?;
+            c.prepare_cached("UPDATE refunds SET accepted_at = ?1, updated_at = ?2 WHERE id = ?3")?
+                .execute(params![accepted_at, now, refund_id])?;
+            add_event(c, refund.order_id, now, "reconciled", &detail)
         })
     }
 

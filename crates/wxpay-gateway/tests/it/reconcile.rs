@@ -384,3 +384,54 @@ async fn two_mini_programs_on_one_merchant_number_each_reconcile_their_own_rows(
     }
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_refund_accepted_across_midnight_balances_both_days_after_repair() {
+    for db in TestDb::all().await {
+        let t = spawn_app(db, with_bills(true)).await;
+        paid_order(&t, "RN-1", 600).await;
+        let (status, r) = t
+            .api(
+                Method::POST,
+                "/v1/orders/RN-1/refunds",
+                Some(json!({"amount_fen": 200, "out_refund_no": "RN-1-R"})),
+                None,
+            )
+            .await;
+        assert_eq!(status, 201, "{r}");
+        eventually("the refund succeeds", async || {
+            t.order("RN-1").await["refunded_fen"] == 200
+        })
+        .await;
+        // The gateway heard WeChat Pay's answer on the other side of midnight: its record
+        // dates the acceptance to the day before the bill's.
+        let today = Day::containing(t.app.now());
+        let yesterday = Day::before(t.app.now());
+        let store = t.app.store();
+        let refund = store.refund("default".into(), "RN-1-R".into()).await.unwrap().unwrap();
+        store
+            .move_refund_accepted_at(
+                refund.id,
+                today.start_ms() - 100,
+                json!({"seeded": "by the test"}),
+                t.app.now(),
+            )
+            .await
+            .unwrap();
+        // Today balances: the bill's refund is found by its number and counted on both sides.
+        let report = reconcile(&t.app, None, &today, false, &Quiet).await.unwrap();
+        assert!(report.balanced, "{}: {report:#?}", t.engine());
+        // Yesterday has it but the bill of yesterday does not.
+        let report = reconcile(&t.app, None, &yesterday, false, &Quiet).await.unwrap();
+        assert_eq!(report.found.len(), 1, "{report:#?}");
+        assert_eq!(report.found[0].kind, DifferenceKind::MissingUpstream);
+        // Repairing today moves it to the bill's day; then both days balance.
+        let report = reconcile(&t.app, None, &today, true, &Quiet).await.unwrap();
+        assert_eq!(report.moved_to_this_day, ["RN-1-R"], "{report:#?}");
+        let report = reconcile(&t.app, None, &yesterday, false, &Quiet).await.unwrap();
+        assert!(report.balanced, "{report:#?}");
+        let report = reconcile(&t.app, None, &today, false, &Quiet).await.unwrap();
+        assert!(report.balanced && report.found.is_empty(), "{report:#?}");
+        t.stop().await;
+    }
+}

@@ -856,3 +856,42 @@ async fn a_refund_accepted_while_its_notification_settles_it_never_deadlocks() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_refund_wechat_pay_accepted_never_fails_by_a_later_refusal() {
+    for db in TestDb::all().await {
+        let store = db.store().await;
+        paid(&store, "R-ACC", 100).await;
+        let RefundCreated::New(r) = store.create_refund(new_refund("R-ACC", "RACC", 70)).await.unwrap() else {
+            panic!("not new");
+        };
+        store
+            .refund_accepted(r.id, "50300RACC".into(), T0 + 2500, T0 + 60_000)
+            .await
+            .unwrap();
+        // A repeated call refused (say, rate limited) says nothing about the accepted refund.
+        let after = store
+            .refund_upstream_failure(r.id, true, "FREQUENCY_LIMITED".into(), T0 + 3000, T0 + 3000)
+            .await
+            .unwrap();
+        assert_eq!(after.status, RefundStatus::Pending, "{}", db.engine);
+        // Its 70 fen stay reserved.
+        assert!(matches!(
+            store.create_refund(new_refund("R-ACC", "RACC-2", 31)).await.unwrap(),
+            RefundCreated::Exceeds { available: 30 }
+        ));
+        // A refusal of one never accepted fails it and frees its amount.
+        let RefundCreated::New(b) = store.create_refund(new_refund("R-ACC", "RACC-3", 30)).await.unwrap() else {
+            panic!("not new");
+        };
+        let failed = store
+            .refund_upstream_failure(b.id, true, "NOTENOUGH".into(), T0 + 3000, T0 + 3000)
+            .await
+            .unwrap();
+        assert_eq!(failed.status, RefundStatus::Failed);
+        assert!(matches!(
+            store.create_refund(new_refund("R-ACC", "RACC-4", 30)).await.unwrap(),
+            RefundCreated::New(_)
+        ));
+    }
+}

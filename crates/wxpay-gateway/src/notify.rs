@@ -62,43 +62,68 @@ async fn reject(app: &App, body: &[u8], r: Rejection<'_>) -> Response {
     reply(r.status, notify_fail_reply(&r.reason))
 }
 
-pub(crate) async fn payment(State(app): State<App>, body: Bytes) -> Response {
-    let fields = match NotificationFields::read(&body) {
+/// The steps both notifications share: the hardened read, then the merchant by `mch_id` and
+/// `appid` (its index); anything else is rejected, recorded and answered here.
+async fn read_for_merchant<'a>(
+    app: &App,
+    body: &'a Bytes,
+    kind: &'static str,
+) -> Result<(NotificationFields<'a>, usize), Response> {
+    let fields = match NotificationFields::read(body) {
         Ok(f) => f,
         Err(e) => {
-            let reason = format!("not a well-formed notification: {e}");
-            return reject(
-                &app,
-                &body,
-                Rejection {
-                    kind: "payment",
-                    status: StatusCode::BAD_REQUEST,
-                    reason,
-                    merchant: None,
-                    fields: None,
-                },
-            )
-            .await;
+            let r = Rejection {
+                kind,
+                status: StatusCode::BAD_REQUEST,
+                reason: format!("not a well-formed notification: {e}"),
+                merchant: None,
+                fields: None,
+            };
+            return Err(reject(app, body, r).await);
         }
     };
     let key = (
         fields.mch_id().unwrap_or("").to_owned(),
         fields.appid().unwrap_or("").to_owned(),
     );
-    let Some(&idx) = app.inner.by_mch_app.get(&key) else {
-        let reason = format!("no merchant configured for mch_id {:?} and appid {:?}", key.0, key.1);
-        return reject(
-            &app,
-            &body,
-            Rejection {
-                kind: "payment",
+    match app.inner.by_mch_app.get(&key) {
+        Some(&idx) => Ok((fields, idx)),
+        None => {
+            let r = Rejection {
+                kind,
                 status: StatusCode::BAD_REQUEST,
-                reason,
+                reason: format!("no merchant configured for mch_id {:?} and appid {:?}", key.0, key.1),
                 merchant: None,
                 fields: Some(&fields),
-            },
-        )
-        .await;
+            };
+            Err(reject(app, body, r).await)
+        }
+    }
+}
+
+/// Keeps a verified notification that changes no order, and acknowledges it.
+async fn acknowledge(app: &App, record: NotificationRecord) -> Response {
+    match app.inner.store.record_notification(record).await {
+        Ok(()) => success(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record a notification");
+            temporary_failure()
+        }
+    }
+}
+
+/// Nothing was committed: FAIL makes WeChat Pay send the notification again.
+fn temporary_failure() -> Response {
+    reply(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        notify_fail_reply("temporary failure"),
+    )
+}
+
+pub(crate) async fn payment(State(app): State<App>, body: Bytes) -> Response {
+    let (fields, idx) = match read_for_merchant(&app, &body, "payment").await {
+        Ok(found) => found,
+        Err(rejected) => return rejected,
     };
     let link = &app.inner.merchants[idx];
     let name = link.config.name.clone();
@@ -141,16 +166,7 @@ pub(crate) async fn payment(State(app): State<App>, body: Bytes) -> Response {
                 reason: Some(format!("{code} {description}")),
                 body: store::stored_body(&body),
             };
-            return match app.inner.store.record_notification(record).await {
-                Ok(()) => success(),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot record a notification");
-                    reply(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        notify_fail_reply("temporary failure"),
-                    )
-                }
-            };
+            return acknowledge(&app, record).await;
         }
     };
     let payment = Payment {
@@ -175,12 +191,8 @@ pub(crate) async fn payment(State(app): State<App>, body: Bytes) -> Response {
     let outcome = match app.inner.store.apply_payment(payment, Some(record)).await {
         Ok(o) => o,
         Err(e) => {
-            // Nothing was committed: FAIL makes WeChat Pay send it again.
             tracing::error!(error = %e, out_trade_no = %notification.out_trade_no, "cannot apply a payment notification");
-            return reply(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                notify_fail_reply("temporary failure"),
-            );
+            return temporary_failure();
         }
     };
     app.inner.metrics.notification(outcome.verdict());
@@ -212,33 +224,9 @@ pub(crate) async fn payment(State(app): State<App>, body: Bytes) -> Response {
 }
 
 pub(crate) async fn refund(State(app): State<App>, body: Bytes) -> Response {
-    let fields = match NotificationFields::read(&body) {
-        Ok(f) => f,
-        Err(e) => {
-            let r = Rejection {
-                kind: "refund",
-                status: StatusCode::BAD_REQUEST,
-                reason: format!("not a well-formed notification: {e}"),
-                merchant: None,
-                fields: None,
-            };
-            return reject(&app, &body, r).await;
-        }
-    };
-    let key = (
-        fields.mch_id().unwrap_or("").to_owned(),
-        fields.appid().unwrap_or("").to_owned(),
-    );
-    let Some(&idx) = app.inner.by_mch_app.get(&key) else {
-        let reason = format!("no merchant configured for mch_id {:?} and appid {:?}", key.0, key.1);
-        let r = Rejection {
-            kind: "refund",
-            status: StatusCode::BAD_REQUEST,
-            reason,
-            merchant: None,
-            fields: Some(&fields),
-        };
-        return reject(&app, &body, r).await;
+    let (fields, idx) = match read_for_merchant(&app, &body, "refund").await {
+        Ok(found) => found,
+        Err(rejected) => return rejected,
     };
     let link = &app.inner.merchants[idx];
     let name = link.config.name.clone();
@@ -272,16 +260,7 @@ pub(crate) async fn refund(State(app): State<App>, body: Bytes) -> Response {
         let mut record = record;
         record.verdict = "not_settled".into();
         record.reason = Some(format!("refund_status {}", n.refund_status.as_str()));
-        return match app.inner.store.record_notification(record).await {
-            Ok(()) => success(),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot record a notification");
-                reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    notify_fail_reply("temporary failure"),
-                )
-            }
-        };
+        return acknowledge(&app, record).await;
     };
     let result = RefundResult {
         merchant: name,
@@ -299,10 +278,7 @@ pub(crate) async fn refund(State(app): State<App>, body: Bytes) -> Response {
         Ok(o) => o,
         Err(e) => {
             tracing::error!(error = %e, out_refund_no = %n.out_refund_no, "cannot apply a refund notification");
-            return reply(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                notify_fail_reply("temporary failure"),
-            );
+            return temporary_failure();
         }
     };
     app.inner.metrics.notification(outcome.verdict());

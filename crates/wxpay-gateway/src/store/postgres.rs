@@ -511,6 +511,42 @@ async fn import_refund(tx: &mut Tx, i: &ImportedRefund) -> Result<RefundCreated,
     Ok(RefundCreated::New(refund_by_id(tx, id).await?))
 }
 
+/// Claims up to `limit` pending rows of `table` (`orders` or `refunds`: the same
+/// `status`/`next_check_at` columns) due for a check, leasing them until `lease_until`.
+/// SKIP LOCKED: rows another gateway is claiming right now are left to it.
+async fn claim_due(
+    pool: &PgPool,
+    table: &str,
+    columns: &str,
+    now: i64,
+    lease_until: i64,
+    limit: u32,
+) -> Result<Vec<PgRow>, StoreError> {
+    Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {table} SET next_check_at = $2 WHERE id IN ( \
+           SELECT id FROM {table} WHERE status = 'pending' AND next_check_at IS NOT NULL AND next_check_at <= $1 \
+           ORDER BY next_check_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+         RETURNING {columns}"
+    )))
+    .bind(now)
+    .bind(lease_until)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Sets when a pending row of `table` is checked next (`None`: never), counting the check.
+async fn schedule(pool: &PgPool, table: &str, id: i64, at: Option<i64>) -> Result<(), StoreError> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {table} SET next_check_at = $1, checks = checks + 1 WHERE id = $2 AND status = 'pending'"
+    )))
+    .bind(at)
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// The columns of `orders` prefixed with a table alias, for statements that join.
 fn order_columns_of(alias: &str) -> String {
     ORDER_COLUMNS
@@ -1426,33 +1462,13 @@ impl Store for PgStore {
 
     fn claim_checks(&self, now: i64, lease_until: i64, limit: u32) -> Fut<'_, Vec<Order>> {
         Box::pin(async move {
-            // SKIP LOCKED: rows another gateway is claiming right now are left to it.
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE orders SET next_check_at = $2 WHERE id IN ( \
-                   SELECT id FROM orders WHERE status = 'pending' AND next_check_at IS NOT NULL AND next_check_at <= $1 \
-                   ORDER BY next_check_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
-                 RETURNING {ORDER_COLUMNS}"
-            )))
-            .bind(now)
-            .bind(lease_until)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
+            let rows = claim_due(&self.pool, "orders", ORDER_COLUMNS, now, lease_until, limit).await?;
             rows.iter().map(order_row).collect()
         })
     }
 
     fn schedule_check(&self, order_id: i64, at: Option<i64>) -> Fut<'_, ()> {
-        Box::pin(async move {
-            sqlx::query(
-                "UPDATE orders SET next_check_at = $1, checks = checks + 1 WHERE id = $2 AND status = 'pending'",
-            )
-            .bind(at)
-            .bind(order_id)
-            .execute(&self.pool)
-            .await?;
-            Ok(())
-        })
+        Box::pin(schedule(&self.pool, "orders", order_id, at))
     }
 
     fn claim_outbox(&self, now: i64, lease_until: i64, limit: u32) -> Fut<'_, Vec<OutboxEvent>> {
@@ -1655,32 +1671,13 @@ impl Store for PgStore {
 
     fn claim_refund_checks(&self, now: i64, lease_until: i64, limit: u32) -> Fut<'_, Vec<Refund>> {
         Box::pin(async move {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE refunds SET next_check_at = $2 WHERE id IN ( \
-                   SELECT id FROM refunds WHERE status = 'pending' AND next_check_at IS NOT NULL AND next_check_at <= $1 \
-                   ORDER BY next_check_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
-                 RETURNING {REFUND_COLUMNS}"
-            )))
-            .bind(now)
-            .bind(lease_until)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
+            let rows = claim_due(&self.pool, "refunds", REFUND_COLUMNS, now, lease_until, limit).await?;
             rows.iter().map(refund_row).collect()
         })
     }
 
     fn schedule_refund_check(&self, refund_id: i64, at: Option<i64>) -> Fut<'_, ()> {
-        Box::pin(async move {
-            sqlx::query(
-                "UPDATE refunds SET next_check_at = $1, checks = checks + 1 WHERE id = $2 AND status = 'pending'",
-            )
-            .bind(at)
-            .bind(refund_id)
-            .execute(&self.pool)
-            .await?;
-            Ok(())
-        })
+        Box::pin(schedule(&self.pool, "refunds", refund_id, at))
     }
 
     fn orders_paid_between(&self, merchant: String, from: i64, to: i64) -> Fut<'_, Vec<Order>> {

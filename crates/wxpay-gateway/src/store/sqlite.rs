@@ -612,6 +612,43 @@ fn import_refund(c: &Connection, i: &ImportedRefund) -> Result<RefundCreated, St
     Ok(RefundCreated::New(refund_by_id(c, id)?))
 }
 
+/// Claims up to `limit` pending rows of `table` (`orders` or `refunds`: the same
+/// `status`/`next_check_at` columns) due for a check, moving their next check to
+/// `lease_until` so that no one else takes them meanwhile.
+fn claim_due<T>(
+    c: &Connection,
+    table: &str,
+    now: i64,
+    lease_until: i64,
+    limit: u32,
+    by_id: fn(&Connection, i64) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let ids: Vec<i64> = {
+        let mut st = c.prepare_cached(&format!(
+            "SELECT id FROM {table} WHERE status = 'pending' AND next_check_at IS NOT NULL AND next_check_at <= ?1 \
+             ORDER BY next_check_at LIMIT ?2"
+        ))?;
+        let rows = st.query_map(params![now, limit], |r| r.get(0))?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    };
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        c.prepare_cached(&format!("UPDATE {table} SET next_check_at = ?1 WHERE id = ?2"))?
+            .execute(params![lease_until, id])?;
+        out.push(by_id(c, id)?);
+    }
+    Ok(out)
+}
+
+/// Sets when a pending row of `table` is checked next (`None`: never), counting the check.
+fn schedule(c: &Connection, table: &str, id: i64, at: Option<i64>) -> Result<(), StoreError> {
+    c.prepare_cached(&format!(
+        "UPDATE {table} SET next_check_at = ?1, checks = checks + 1 WHERE id = ?2 AND status = 'pending'"
+    ))?
+    .execute(params![at, id])?;
+    Ok(())
+}
+
 fn apply_payment(conn: &Connection, p: &Payment) -> Result<PaymentOutcome, StoreError> {
     let found = conn
         .prepare_cached(&format!(
@@ -871,32 +908,11 @@ impl Store for SqliteStore {
     }
 
     fn claim_checks(&self, now: i64, lease_until: i64, limit: u32) -> Fut<'_, Vec<Order>> {
-        self.write(move |c| {
-            let ids: Vec<i64> = {
-                let mut st = c.prepare_cached(
-                    "SELECT id FROM orders WHERE status = 'pending' AND next_check_at IS NOT NULL AND next_check_at <= ?1 \
-                     ORDER BY next_check_at LIMIT ?2",
-                )?;
-                let rows = st.query_map(params![now, limit], |r| r.get(0))?;
-                rows.collect::<Result<Vec<_>, _>>()?
-            };
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                c.prepare_cached("UPDATE orders SET next_check_at = ?1 WHERE id = ?2")?.execute(params![lease_until, id])?;
-                out.push(order_by_id(c, id)?);
-            }
-            Ok(out)
-        })
+        self.write(move |c| claim_due(c, "orders", now, lease_until, limit, order_by_id))
     }
 
     fn schedule_check(&self, order_id: i64, at: Option<i64>) -> Fut<'_, ()> {
-        self.write(move |c| {
-            c.prepare_cached(
-                "UPDATE orders SET next_check_at = ?1, checks = checks + 1 WHERE id = ?2 AND status = 'pending'",
-            )?
-            .execute(params![at, order_id])?;
-            Ok(())
-        })
+        self.write(move |c| schedule(c, "orders", order_id, at))
     }
 
     fn claim_outbox(&self, now: i64, lease_until: i64, limit: u32) -> Fut<'_, Vec<OutboxEvent>> {
@@ -1046,33 +1062,11 @@ impl Store for SqliteStore {
     }
 
     fn claim_refund_checks(&self, now: i64, lease_until: i64, limit: u32) -> Fut<'_, Vec<Refund>> {
-        self.write(move |c| {
-            let ids: Vec<i64> = {
-                let mut st = c.prepare_cached(
-                    "SELECT id FROM refunds WHERE status = 'pending' AND next_check_at IS NOT NULL AND next_check_at <= ?1 \
-                     ORDER BY next_check_at LIMIT ?2",
-                )?;
-                let rows = st.query_map(params![now, limit], |r| r.get(0))?;
-                rows.collect::<Result<Vec<_>, _>>()?
-            };
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                c.prepare_cached("UPDATE refunds SET next_check_at = ?1 WHERE id = ?2")?
-                    .execute(params![lease_until, id])?;
-                out.push(refund_by_id(c, id)?);
-            }
-            Ok(out)
-        })
+        self.write(move |c| claim_due(c, "refunds", now, lease_until, limit, refund_by_id))
     }
 
     fn schedule_refund_check(&self, refund_id: i64, at: Option<i64>) -> Fut<'_, ()> {
-        self.write(move |c| {
-            c.prepare_cached(
-                "UPDATE refunds SET next_check_at = ?1, checks = checks + 1 WHERE id = ?2 AND status = 'pending'",
-            )?
-            .execute(params![at, refund_id])?;
-            Ok(())
-        })
+        self.write(move |c| schedule(c, "refunds", refund_id, at))
     }
 
     fn orders_paid_between(&self, merchant: String, from: i64, to: i64) -> Fut<'_, Vec<Order>> {

@@ -42,6 +42,15 @@ async fn wait_refund(t: &TestApp, no: &str, status: &str) -> Value {
     panic!("refund {no} never became {status}: {}", get_refund(t, no).await);
 }
 
+/// Like `with_jobs_and_webhook`, but WeChat Pay takes its time: a refund stays processing
+/// until the test settles it.
+fn slow_refunds() -> Options {
+    Options {
+        sim: Box::new(|c| c.refund_delay = Duration::from_secs(100_000_000)),
+        ..with_jobs_and_webhook()
+    }
+}
+
 fn with_jobs_and_webhook() -> Options {
     Options {
         jobs: quick_jobs(),
@@ -266,16 +275,7 @@ async fn a_systemerror_on_refund_is_retried_with_the_same_out_refund_no() {
 #[tokio::test]
 async fn lost_refund_answers_leave_it_pending_and_it_is_sent_again_into_one_refund() {
     for db in TestDb::all().await {
-        let t = spawn_app(
-            db,
-            Options {
-                webhook: true,
-                jobs: quick_jobs(),
-                sim: Box::new(|c| c.refund_delay = Duration::from_secs(100_000_000)),
-                ..Options::default()
-            },
-        )
-        .await;
+        let t = spawn_app(db, slow_refunds()).await;
         paid_order(&t, "RF-LOST", 100).await;
         // Every attempt of the first request is carried out and its answer lost.
         t.sim_post(
@@ -334,31 +334,13 @@ fn refund_notification(key: &str, order: &str, refund_no: &str, fee: u64, status
 }
 
 async fn post_refund_notification(t: &TestApp, body: String) -> (u16, String) {
-    let r = t
-        .http
-        .post(format!("{}/notify/v2/refund", t.url))
-        .header("Content-Type", "text/xml")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
+    t.notify_to("/notify/v2/refund", body).await
 }
 
 #[tokio::test]
 async fn refund_notifications_with_a_wrong_key_an_unknown_refund_or_another_amount_change_nothing() {
     for db in TestDb::all().await {
-        let t = spawn_app(
-            db,
-            Options {
-                webhook: true,
-                jobs: quick_jobs(),
-                // WeChat Pay takes its time: the refund stays processing during the test.
-                sim: Box::new(|c| c.refund_delay = Duration::from_secs(100_000_000)),
-                ..Options::default()
-            },
-        )
-        .await;
+        let t = spawn_app(db, slow_refunds()).await;
         paid_order(&t, "RF-NOTE", 100).await;
         let (status, r) = refund(&t, "RF-NOTE", json!({"amount_fen": 40, "out_refund_no": "RF-NOTE-1"})).await;
         assert_eq!(status, 201, "{r}");
@@ -448,16 +430,7 @@ async fn a_refund_whose_notifications_never_verify_completes_through_refundquery
 #[tokio::test]
 async fn a_refund_wechat_pay_closes_fails_and_gives_its_amount_back() {
     for db in TestDb::all().await {
-        let t = spawn_app(
-            db,
-            Options {
-                webhook: true,
-                jobs: quick_jobs(),
-                sim: Box::new(|c| c.refund_delay = Duration::from_secs(100_000_000)),
-                ..Options::default()
-            },
-        )
-        .await;
+        let t = spawn_app(db, slow_refunds()).await;
         paid_order(&t, "RF-CLOSE", 100).await;
         let (status, _) = refund(
             &t,

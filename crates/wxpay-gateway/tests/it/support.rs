@@ -512,11 +512,16 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Posts a notification body to the gateway: (status, reply body).
+    /// Posts a payment notification body to the gateway: (status, reply body).
     pub(crate) async fn notify(&self, body: String) -> (u16, String) {
+        self.notify_to("/notify/v2/pay", body).await
+    }
+
+    /// Posts a notification body to one of the gateway's notify paths: (status, reply body).
+    pub(crate) async fn notify_to(&self, path: &str, body: String) -> (u16, String) {
         let r = self
             .http
-            .post(format!("{}/notify/v2/pay", self.url))
+            .post(format!("{}{path}", self.url))
             .header("Content-Type", "text/xml")
             .body(body)
             .send()

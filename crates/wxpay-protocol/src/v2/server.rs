@@ -465,95 +465,57 @@ impl RefundNotification {
     }
 }
 
-/// The current (2018+) bill layouts, by bill type.
-fn layout(bill_type: BillType) -> &'static [&'static str] {
-    const ALL: &[&str] = &[
-        "交易时间",
-        "公众账号ID",
-        "商户号",
-        "特约商户号",
-        "设备号",
-        "微信订单号",
-        "商户订单号",
-        "用户标识",
-        "交易类型",
-        "交易状态",
-        "付款银行",
-        "货币种类",
-        "应结订单金额",
-        "代金券金额",
-        "微信退款单号",
-        "商户退款单号",
-        "退款金额",
-        "充值券退款金额",
-        "退款类型",
-        "退款状态",
-        "商品名称",
-        "商户数据包",
-        "手续费",
-        "费率",
-        "订单金额",
-        "申请退款金额",
-        "费率备注",
-    ];
-    const SUCCESS: &[&str] = &[
-        "交易时间",
-        "公众账号ID",
-        "商户号",
-        "特约商户号",
-        "设备号",
-        "微信订单号",
-        "商户订单号",
-        "用户标识",
-        "交易类型",
-        "交易状态",
-        "付款银行",
-        "货币种类",
-        "应结订单金额",
-        "代金券金额",
-        "商品名称",
-        "商户数据包",
-        "手续费",
-        "费率",
-        "订单金额",
-        "费率备注",
-    ];
-    const REFUND: &[&str] = &[
-        "交易时间",
-        "公众账号ID",
-        "商户号",
-        "特约商户号",
-        "设备号",
-        "微信订单号",
-        "商户订单号",
-        "用户标识",
-        "交易类型",
-        "交易状态",
-        "付款银行",
-        "货币种类",
-        "应结订单金额",
-        "代金券金额",
-        "退款申请时间",
-        "退款成功时间",
-        "微信退款单号",
-        "商户退款单号",
-        "退款金额",
-        "充值券退款金额",
-        "退款类型",
-        "退款状态",
-        "商品名称",
-        "商户数据包",
-        "手续费",
-        "费率",
-        "订单金额",
-        "申请退款金额",
-        "费率备注",
-    ];
-    match bill_type {
-        BillType::All | BillType::RechargeRefund => ALL,
-        BillType::Success => SUCCESS,
-        BillType::Refund => REFUND,
-    }
+/// The columns of the current (2018+) bill layouts, in order, with the layouts that have
+/// them: `ALL` (27 columns), `SUCCESS` (20), `REFUND` (29).
+const COLUMNS: &[(&str, u8)] = {
+    const A: u8 = 1;
+    const S: u8 = 2;
+    const R: u8 = 4;
+    &[
+        ("交易时间", A | S | R),
+        ("公众账号ID", A | S | R),
+        ("商户号", A | S | R),
+        ("特约商户号", A | S | R),
+        ("设备号", A | S | R),
+        ("微信订单号", A | S | R),
+        ("商户订单号", A | S | R),
+        ("用户标识", A | S | R),
+        ("交易类型", A | S | R),
+        ("交易状态", A | S | R),
+        ("付款银行", A | S | R),
+        ("货币种类", A | S | R),
+        ("应结订单金额", A | S | R),
+        ("代金券金额", A | S | R),
+        ("退款申请时间", R),
+        ("退款成功时间", R),
+        ("微信退款单号", A | R),
+        ("商户退款单号", A | R),
+        ("退款金额", A | R),
+        ("充值券退款金额", A | R),
+        ("退款类型", A | R),
+        ("退款状态", A | R),
+        ("商品名称", A | S | R),
+        ("商户数据包", A | S | R),
+        ("手续费", A | S | R),
+        ("费率", A | S | R),
+        ("订单金额", A | S | R),
+        ("申请退款金额", A | R),
+        ("费率备注", A | S | R),
+    ]
+};
+
+/// The header of a bill type's layout.
+fn layout(bill_type: BillType) -> Vec<String> {
+    let mask = match bill_type {
+        BillType::All | BillType::RechargeRefund => 1,
+        BillType::Success => 2,
+        BillType::Refund => 4,
+    };
+    COLUMNS
+        .iter()
+        .filter(|(_, layouts)| layouts & mask != 0)
+        .map(|(name, _)| (*name).to_owned())
+        .collect()
 }
 
 impl Bill {
@@ -570,7 +532,7 @@ impl Bill {
             refund_apply_fee: Some(sum(|r| r.refund_apply_fee.map_or(0, Fen::get))),
         };
         Bill {
-            columns: layout(bill_type).iter().map(|c| (*c).to_owned()).collect(),
+            columns: layout(bill_type),
             rows,
             summary,
         }

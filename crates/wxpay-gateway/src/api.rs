@@ -149,13 +149,14 @@ fn view(o: &Order) -> OrderView {
     }
 }
 
-/// A new order number: `W`, the Beijing time to the second, and 12 random letters and digits.
-fn new_out_trade_no(now: i64) -> String {
+/// A new order (`W`) or refund (`R`) number: the prefix, the Beijing time to the second, and
+/// 12 random letters and digits.
+pub(crate) fn new_number(prefix: char, now: i64) -> String {
     const SET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut b = [0u8; 12];
     crate::random_bytes(&mut b);
     let tail: String = b.iter().map(|x| char::from(SET[usize::from(*x) % SET.len()])).collect();
-    format!("W{}{tail}", BeijingTime::from_unix(now / 1000).to_compact())
+    format!("{prefix}{}{tail}", BeijingTime::from_unix(now / 1000).to_compact())
 }
 
 /// What makes an order for WeChat Pay: the same for an order about to be stored and for a
@@ -348,7 +349,7 @@ async fn create(app: &App, body: &[u8]) -> Result<(StatusCode, serde_json::Value
         Some(n) => OutTradeNo::new(n.clone())
             .map_err(|e| ApiError::Invalid(e.to_string()))?
             .to_string(),
-        None => new_out_trade_no(now),
+        None => new_number('W', now),
     };
     let ttl = req
         .expires_in_secs
@@ -385,7 +386,7 @@ async fn create(app: &App, body: &[u8]) -> Result<(StatusCode, serde_json::Value
         attach: req.attach.clone(),
         client_ip,
         expires_at: now + ttl as i64 * 1000,
-        first_check_at: now + app.inner.config.jobs.first_check_after.as_millis() as i64,
+        first_check_at: app.first_check_at(now),
         request_hash: request_hash.clone(),
         now,
     };
@@ -535,8 +536,7 @@ pub(crate) async fn get_order(
     if q.sync == Some(true) && order.status == OrderStatus::Pending {
         order = sync(&app, link, order).await?;
     }
-    let events = store.events(order.id).await?;
-    let refunds = store.refunds_of(order.id).await?;
+    let (events, refunds) = tokio::try_join!(store.events(order.id), store.refunds_of(order.id))?;
     let mut v = view(&order);
     v.refunds = Some(refunds.iter().map(crate::refunds::view).collect());
     v.events = Some(

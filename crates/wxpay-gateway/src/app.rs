@@ -129,6 +129,12 @@ impl App {
         crate::time::now_ms() + self.inner.clock.offset.load(Ordering::Relaxed)
     }
 
+    /// When something started at `now` (an order, a refund) is first looked at if WeChat Pay
+    /// says nothing.
+    pub(crate) fn first_check_at(&self, now: i64) -> i64 {
+        now + self.inner.config.jobs.first_check_after.as_millis() as i64
+    }
+
     /// The gateway's clock, which tests move forward to reach expiry and check times.
     pub fn clock(&self) -> &Clock {
         &self.inner.clock
@@ -181,7 +187,6 @@ impl App {
         let mut tasks = Vec::new();
         if self.inner.config.jobs.enabled {
             tasks.push(tokio::spawn(crate::jobs::checks(self.clone(), rx.clone())));
-            tasks.push(tokio::spawn(crate::jobs::refund_checks(self.clone(), rx.clone())));
             tasks.push(tokio::spawn(crate::jobs::daily_reconciliation(
                 self.clone(),
                 rx.clone(),
@@ -191,14 +196,16 @@ impl App {
         Jobs { stop, tasks }
     }
 
+    /// A configured merchant by the name stored with its orders.
+    pub(crate) fn merchant_named(&self, name: &str) -> Option<&MerchantLink> {
+        self.inner.merchants.iter().find(|m| m.config.name == name)
+    }
+
     pub(crate) fn merchant(&self, name: Option<&str>) -> Result<&MerchantLink, ApiError> {
         match name {
             None => Ok(&self.inner.merchants[0]),
             Some(n) => self
-                .inner
-                .merchants
-                .iter()
-                .find(|m| m.config.name == n)
+                .merchant_named(n)
                 .ok_or_else(|| ApiError::Invalid(format!("no merchant named {n:?}"))),
         }
     }

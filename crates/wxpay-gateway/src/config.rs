@@ -56,17 +56,17 @@ pub struct MerchantConfig {
     pub ca_pem: Option<Vec<u8>>,
 }
 
-/// A merchant API certificate with its private key, as PEM, from the
-/// `apiclient_cert.pem` + `apiclient_key.pem` pair or the `apiclient_cert.p12` that WeChat
-/// Pay issues. Its `Debug` shows only the certificate's size: the key never appears.
+/// A merchant API certificate with its private key, loaded from the `apiclient_cert.pem` +
+/// `apiclient_key.pem` pair or the `apiclient_cert.p12` that WeChat Pay issues. Its `Debug`
+/// shows nothing of it.
 #[derive(Clone)]
 pub struct ClientCert {
-    pem: Vec<u8>,
+    identity: reqwest::Identity,
 }
 
 impl fmt::Debug for ClientCert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ClientCert(<{} bytes, redacted>)", self.pem.len())
+        f.write_str("ClientCert(<redacted>)")
     }
 }
 
@@ -97,9 +97,9 @@ impl ClientCert {
         if !key.contains("PRIVATE KEY-----") {
             return Err("the key file holds no PEM private key".into());
         }
-        let pem = format!("{key}\n{cert}").into_bytes();
-        reqwest::Identity::from_pem(&pem).map_err(|e| format!("the certificate and key do not load: {e}"))?;
-        Ok(ClientCert { pem })
+        let identity = reqwest::Identity::from_pem(format!("{key}\n{cert}").as_bytes())
+            .map_err(|e| format!("the certificate and key do not load: {e}"))?;
+        Ok(ClientCert { identity })
     }
 
     /// A PKCS#12 file (`apiclient_cert.p12`); WeChat Pay sets its password to the merchant
@@ -120,14 +120,14 @@ impl ClientCert {
         for c in chain.certs() {
             pem.push_str(&pem_block("CERTIFICATE", c.as_der()));
         }
-        let pem = pem.into_bytes();
-        reqwest::Identity::from_pem(&pem).map_err(|e| format!("the PKCS#12 key does not load: {e}"))?;
-        Ok(ClientCert { pem })
+        let identity =
+            reqwest::Identity::from_pem(pem.as_bytes()).map_err(|e| format!("the PKCS#12 key does not load: {e}"))?;
+        Ok(ClientCert { identity })
     }
 
     /// The identity for the HTTP client.
-    pub(crate) fn identity(&self) -> Result<reqwest::Identity, String> {
-        reqwest::Identity::from_pem(&self.pem).map_err(|e| format!("client certificate: {e}"))
+    pub(crate) fn identity(&self) -> reqwest::Identity {
+        self.identity.clone()
     }
 }
 

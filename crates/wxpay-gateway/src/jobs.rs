@@ -12,7 +12,7 @@ use wxpay_protocol::v2::{OrderQuery, TradeState};
 use crate::api::{apply_query, close};
 use crate::app::App;
 use crate::error::ApiError;
-use crate::store::{Order, OrderStatus};
+use crate::store::{DailyClaim, Order, OrderStatus};
 use crate::upstream::UpstreamError;
 
 /// The `Wxpay-Signature` header of an event: `t=<unix seconds>,v1=<hex HMAC-SHA256 of
@@ -59,7 +59,8 @@ async fn stopped_after(stop: &mut watch::Receiver<bool>, pause: Duration) -> boo
     *stop.borrow()
 }
 
-/// The check loop: pending orders due for a check are queried; expired ones are closed.
+/// The check loop: pending orders due for a check are queried, expired ones closed; pending
+/// refunds due are sent again or queried.
 pub(crate) async fn checks(app: App, mut stop: watch::Receiver<bool>) {
     let cfg = app.inner.config.jobs.clone();
     loop {
@@ -74,6 +75,25 @@ pub(crate) async fn checks(app: App, mut stop: watch::Receiver<bool>) {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot claim orders to check"),
+        }
+        // Refunds in the same round: those WeChat Pay never acknowledged are sent again,
+        // accepted ones still pending are queried.
+        let now = app.now();
+        match app
+            .inner
+            .store
+            .claim_refund_checks(now, now + ms(cfg.lease), cfg.batch)
+            .await
+        {
+            Ok(refunds) => {
+                for refund in refunds {
+                    if *stop.borrow() {
+                        break;
+                    }
+                    crate::refunds::check_one(&app, refund).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot claim refunds to check"),
         }
         if stopped_after(&mut stop, cfg.poll_every).await {
             return;
@@ -107,8 +127,13 @@ pub(crate) async fn daily_reconciliation(app: App, mut stop: watch::Receiver<boo
                     .claim_daily_reconciliation(name.clone(), day.date.clone(), now)
                     .await
                 {
-                    Ok(true) => {}
-                    Ok(false) => continue,
+                    Ok(DailyClaim::Claimed) => {}
+                    Ok(DailyClaim::Running) => continue,
+                    Ok(DailyClaim::Done) => {
+                        // Another gateway (or an earlier start) did it: nothing to ask again today.
+                        done.insert(name.clone(), day.date.clone());
+                        continue;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot claim the daily reconciliation");
                         continue;
@@ -136,34 +161,6 @@ pub(crate) async fn daily_reconciliation(app: App, mut stop: watch::Receiver<boo
     }
 }
 
-/// The refund loop: refunds not yet accepted are sent again, accepted ones still pending
-/// are queried.
-pub(crate) async fn refund_checks(app: App, mut stop: watch::Receiver<bool>) {
-    let cfg = app.inner.config.jobs.clone();
-    loop {
-        let now = app.now();
-        match app
-            .inner
-            .store
-            .claim_refund_checks(now, now + ms(cfg.lease), cfg.batch)
-            .await
-        {
-            Ok(refunds) => {
-                for refund in refunds {
-                    if *stop.borrow() {
-                        break;
-                    }
-                    crate::refunds::check_one(&app, refund).await;
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot claim refunds to check"),
-        }
-        if stopped_after(&mut stop, cfg.poll_every).await {
-            return;
-        }
-    }
-}
-
 /// The pause before the next check of an order: as long as the order is old (so checks
 /// thin out as it ages), at least the first delay, at most the longest interval.
 pub(crate) fn next_check_in(app: &App, age_ms: i64) -> i64 {
@@ -175,7 +172,7 @@ pub(crate) fn next_check_in(app: &App, age_ms: i64) -> i64 {
 }
 
 async fn check_one(app: &App, order: Order) {
-    let Some(link) = app.inner.merchants.iter().find(|m| m.config.name == order.merchant) else {
+    let Some(link) = app.merchant_named(&order.merchant) else {
         tracing::warn!(merchant = %order.merchant, "an order of a merchant no longer configured; not checked");
         let _ = app.inner.store.schedule_check(order.id, None).await;
         return;

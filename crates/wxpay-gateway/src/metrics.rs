@@ -103,7 +103,6 @@ impl Metrics {
         self.with(|i| bump(&mut i.webhook, outcome));
     }
 
-    /// The count of notifications with a verdict; for tests.
     /// A reconciliation ended: `result` is `balanced`, `unbalanced` or `error`.
     pub fn reconciliation(&self, merchant: &str, result: &'static str, remaining: usize, repaired: usize, unix: i64) {
         self.with(|i| {
@@ -122,6 +121,7 @@ impl Metrics {
         });
     }
 
+    /// The count of notifications with a verdict; for tests.
     pub fn notifications_with(&self, verdict: &str) -> u64 {
         self.with(|i| i.notifications.get(verdict).copied().unwrap_or(0))
     }

@@ -193,11 +193,13 @@ impl Day {
 
     /// The day that holds `unix_ms`.
     pub fn containing(unix_ms: i64) -> Day {
-        let t = BeijingTime::from_unix(unix_ms.div_euclid(1000));
-        let (y, m, d, ..) = t.parts();
-        let date = format!("{y:04}-{m:02}-{d:02}");
-        let start = BeijingTime::parse_dashed(&format!("{date} 00:00:00")).unwrap_or(t);
-        Day { date, start }
+        // Beijing is UTC+8 all year: its midnight is a fixed offset from UTC's.
+        let unix = unix_ms.div_euclid(1000);
+        let start = BeijingTime::from_unix(unix - (unix + 8 * 3600).rem_euclid(86_400));
+        Day {
+            date: date_of(start),
+            start,
+        }
     }
 
     /// The first millisecond of the day.
@@ -209,6 +211,11 @@ impl Day {
     pub fn end_ms(&self) -> i64 {
         self.start_ms() + 86_400_000
     }
+}
+
+/// `YYYY-MM-DD` of a time, in Beijing.
+fn date_of(t: BeijingTime) -> String {
+    t.to_dashed()[..10].to_owned()
 }
 
 /// The bill's amount of a payment row: 订单金额 where the layout has it, else 应结订单金额.
@@ -423,7 +430,7 @@ fn compare(bill: &Bill, local: &Local, progress: &dyn Progress) -> Vec<Differenc
 /// Downloads the day's bill; a day without transactions is an empty bill.
 async fn download(app: &App, link: &MerchantLink, day: &Day, progress: &dyn Progress) -> Result<Bill, ReconcileError> {
     let call = DownloadBill {
-        bill_date: BeijingTime::from_unix(day.start_ms() / 1000),
+        bill_date: day.start,
         bill_type: BillType::All,
         extra: Default::default(),
     };
@@ -694,10 +701,7 @@ async fn repair_payment(app: &App, link: &MerchantLink, day: &Day, d: &Differenc
             }
         }
         DifferenceKind::MissingUpstream if paid => {
-            let paid_day = answer.time_end.map(|t| {
-                let (y, m, dd, ..) = t.parts();
-                format!("{y:04}-{m:02}-{dd:02}")
-            });
+            let paid_day = answer.time_end.map(date_of);
             unresolved(
                 d,
                 Q,

@@ -16,9 +16,9 @@ use axum::{Extension, Json};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use wxpay_protocol::v2::{ErrCode, OrderRef, Refund as RefundCall, RefundQuery, RefundStatus as WxRefundStatus, Retry};
-use wxpay_protocol::{BeijingTime, Fen, OutRefundNo, OutTradeNo};
+use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 
-use crate::api::{find_order, idempotent, parse_json, sha256_hex};
+use crate::api::{find_order, idempotent, new_number, parse_json, sha256_hex};
 use crate::app::{App, TokenScope};
 use crate::error::ApiError;
 use crate::store::{
@@ -78,27 +78,48 @@ fn json(r: &Refund) -> serde_json::Value {
     serde_json::to_value(view(r)).unwrap_or(serde_json::Value::Null)
 }
 
-/// A new refund number: `R`, the Beijing time to the second, and 12 random letters and digits.
-fn new_out_refund_no(now: i64) -> String {
-    const SET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut b = [0u8; 12];
-    crate::random_bytes(&mut b);
-    let tail: String = b.iter().map(|x| char::from(SET[usize::from(*x) % SET.len()])).collect();
-    format!("R{}{tail}", BeijingTime::from_unix(now / 1000).to_compact())
+/// What makes a refund for WeChat Pay: the same for a refund about to be stored and for a
+/// stored one, so that every repetition of `refund` has identical parameters.
+struct RefundTerms<'a> {
+    out_trade_no: &'a str,
+    out_refund_no: &'a str,
+    amount_fen: i64,
+    reason: Option<&'a str>,
 }
 
-/// What `refund` is sent for a refund of an order: built the same way for the first call
-/// and every repetition, so that WeChat Pay sees identical parameters.
-fn refund_call(app: &App, refund: &Refund, order_amount: i64) -> Result<RefundCall, ApiError> {
+impl<'a> From<&'a Refund> for RefundTerms<'a> {
+    fn from(r: &'a Refund) -> Self {
+        RefundTerms {
+            out_trade_no: &r.out_trade_no,
+            out_refund_no: &r.out_refund_no,
+            amount_fen: r.amount_fen,
+            reason: r.reason.as_deref(),
+        }
+    }
+}
+
+impl<'a> From<&'a NewRefund> for RefundTerms<'a> {
+    fn from(r: &'a NewRefund) -> Self {
+        RefundTerms {
+            out_trade_no: &r.out_trade_no,
+            out_refund_no: &r.out_refund_no,
+            amount_fen: r.amount_fen,
+            reason: r.reason.as_deref(),
+        }
+    }
+}
+
+/// What `refund` is sent for a refund of an order of `order_amount` fen.
+fn refund_call(app: &App, r: RefundTerms<'_>, order_amount: i64) -> Result<RefundCall, ApiError> {
     let internal = |e: wxpay_protocol::Error| ApiError::Internal(e.to_string());
-    let order = OrderRef::OutTradeNo(OutTradeNo::new(refund.out_trade_no.clone()).map_err(internal)?);
+    let order = OrderRef::OutTradeNo(OutTradeNo::new(r.out_trade_no).map_err(internal)?);
     let mut call = RefundCall::new(
         order,
-        OutRefundNo::new(refund.out_refund_no.clone()).map_err(internal)?,
+        OutRefundNo::new(r.out_refund_no).map_err(internal)?,
         Fen::new(order_amount as u64).map_err(internal)?,
-        Fen::new(refund.amount_fen as u64).map_err(internal)?,
+        Fen::new(r.amount_fen as u64).map_err(internal)?,
     );
-    call.refund_desc = refund.reason.clone();
+    call.refund_desc = r.reason.map(str::to_owned);
     call.notify_url = Some(format!(
         "{}/notify/v2/refund",
         app.inner.config.public_url.trim_end_matches('/')
@@ -137,9 +158,9 @@ async fn create(app: &App, out_trade_no: String, body: &[u8]) -> Result<(StatusC
         Some(n) => OutRefundNo::new(n.clone())
             .map_err(|e| ApiError::Invalid(e.to_string()))?
             .to_string(),
-        None => new_out_refund_no(now),
+        None => new_number('R', now),
     };
-    if link.config.client_cert.is_none() && link.config.base_url.starts_with("https://") {
+    if link.lacks_client_cert() {
         return Err(ApiError::NotConfigured(format!(
             "refunds need the merchant API certificate of merchant {:?}: set cert_path and key_path (or a .p12 cert_path) in its configuration",
             link.config.name
@@ -173,30 +194,12 @@ async fn create(app: &App, out_trade_no: String, body: &[u8]) -> Result<(StatusC
         amount_fen: req.amount_fen as i64,
         reason: req.reason.clone(),
         request_hash: request_hash.clone(),
-        first_check_at: now + app.inner.config.jobs.first_check_after.as_millis() as i64,
+        first_check_at: app.first_check_at(now),
         now,
     };
-    // Check everything WeChat Pay would refuse (the reason's length, the amount against the
-    // order's) before anything is stored.
-    let probe = Refund {
-        id: 0,
-        order_id: order.id,
-        merchant: new.merchant.clone(),
-        out_trade_no: new.out_trade_no.clone(),
-        out_refund_no: new.out_refund_no.clone(),
-        amount_fen: new.amount_fen,
-        reason: new.reason.clone(),
-        status: RefundStatus::Pending,
-        upstream: Upstream::New,
-        upstream_error: None,
-        refund_id: None,
-        created_at: now,
-        updated_at: now,
-        accepted_at: None,
-        settled_at: None,
-        request_hash: request_hash.clone(),
-    };
-    refund_call(app, &probe, order.amount_fen)?
+    // Check everything else WeChat Pay would refuse (the amount, the reason's length) before
+    // anything is stored.
+    refund_call(app, RefundTerms::from(&new), order.amount_fen)?
         .check()
         .map_err(|e| ApiError::Invalid(e.to_string()))?;
 
@@ -257,15 +260,14 @@ pub(crate) async fn submit(
     refund: Refund,
     order_amount: i64,
 ) -> Result<Refund, ApiError> {
-    let call = refund_call(app, &refund, order_amount)?;
+    let call = refund_call(app, RefundTerms::from(&refund), order_amount)?;
     let store = &app.inner.store;
-    let later = |now: i64| now + app.inner.config.jobs.first_check_after.as_millis() as i64;
     let result = app.inner.upstream.call(link, &call).await;
     let now = app.now();
     let retry_later = async |error: String| {
         tracing::warn!(out_refund_no = %refund.out_refund_no, %error, "refund not accepted yet; it will be sent again");
         store
-            .refund_upstream_failure(refund.id, false, error, now, later(now))
+            .refund_upstream_failure(refund.id, false, error, now, app.first_check_at(now))
             .await
     };
     let refund = match result {
@@ -274,7 +276,7 @@ pub(crate) async fn submit(
                 tracing::error!(out_refund_no = %refund.out_refund_no, accepted = %answer.refund_fee, asked = refund.amount_fen, "WeChat Pay accepted a refund of another amount");
             }
             store
-                .refund_accepted(refund.id, answer.refund_id, now, later(now))
+                .refund_accepted(refund.id, answer.refund_id, now, app.first_check_at(now))
                 .await?
         }
         Err(UpstreamError::Rejected { code, description }) if code.retry() == Retry::Final => {
@@ -367,7 +369,7 @@ pub(crate) async fn sync(app: &App, link: &MerchantLink, refund: Refund) -> Resu
     let store = &app.inner.store;
     let now = app.now();
     let Some(succeeded) = settles(&record.refund_status) else {
-        let next = now + app.inner.config.jobs.first_check_after.as_millis() as i64;
+        let next = app.first_check_at(now);
         let refund = if refund.upstream == Upstream::Created || refund.status != RefundStatus::Pending {
             refund
         } else {
@@ -414,7 +416,7 @@ pub(crate) async fn sync(app: &App, link: &MerchantLink, refund: Refund) -> Resu
 /// accepted one still pending is queried.
 pub(crate) async fn check_one(app: &App, refund: Refund) {
     let store = &app.inner.store;
-    let Some(link) = app.inner.merchants.iter().find(|m| m.config.name == refund.merchant) else {
+    let Some(link) = app.merchant_named(&refund.merchant) else {
         tracing::warn!(merchant = %refund.merchant, "a refund of a merchant no longer configured; not checked");
         let _ = store.schedule_refund_check(refund.id, None).await;
         return;

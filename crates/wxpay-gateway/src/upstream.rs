@@ -54,12 +54,9 @@ pub(crate) struct MerchantLink {
 
 impl MerchantLink {
     pub(crate) fn new(config: MerchantConfig, upstream: &UpstreamConfig) -> Result<MerchantLink, String> {
-        let mut builder = reqwest::Client::builder()
-            .timeout(upstream.timeout)
-            .connect_timeout(upstream.connect_timeout)
-            .user_agent(concat!("wxpay-gateway/", env!("CARGO_PKG_VERSION")));
+        let mut builder = client_builder(upstream);
         if let Some(cert) = &config.client_cert {
-            builder = builder.identity(cert.identity().map_err(|e| format!("merchant {}: {e}", config.name))?);
+            builder = builder.identity(cert.identity());
         }
         if let Some(pem) = &config.ca_pem {
             let cas = reqwest::Certificate::from_pem_bundle(pem)
@@ -78,6 +75,13 @@ impl MerchantLink {
             failures: AtomicU32::new(0),
             backup_until: AtomicI64::new(0),
         })
+    }
+
+    /// Whether calls that need the merchant certificate (`/secapi/…`) cannot be made: no
+    /// certificate is configured and the host speaks TLS. Over plain HTTP (the simulator on
+    /// this machine) there is no TLS to present it in.
+    pub(crate) fn lacks_client_cert(&self) -> bool {
+        self.config.client_cert.is_none() && self.host().starts_with("https://")
     }
 
     /// The host to call now: the backup while it is switched to, else the primary.
@@ -114,6 +118,28 @@ pub(crate) struct Upstream {
 /// The least time allowed for a call with a large answer (`downloadbill`).
 const LARGE_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// Reads an answer chunk by chunk, telling `received(bytes so far, Content-Length)`.
+async fn read_observed(
+    mut resp: reqwest::Response,
+    received: &(dyn Fn(u64, Option<u64>) + Send + Sync),
+) -> Result<bytes::Bytes, reqwest::Error> {
+    let total = resp.content_length();
+    let mut body = bytes::BytesMut::with_capacity(total.unwrap_or(0).min(1 << 26) as usize);
+    while let Some(chunk) = resp.chunk().await? {
+        body.extend_from_slice(&chunk);
+        received(body.len() as u64, total);
+    }
+    Ok(body.freeze())
+}
+
+/// An HTTP client for WeChat's hosts, with the configured timeouts.
+fn client_builder(config: &UpstreamConfig) -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .timeout(config.timeout)
+        .connect_timeout(config.connect_timeout)
+        .user_agent(concat!("wxpay-gateway/", env!("CARGO_PKG_VERSION")))
+}
+
 /// A fresh 32-character nonce.
 pub(crate) fn nonce() -> Nonce {
     let mut b = [0u8; 16];
@@ -123,10 +149,7 @@ pub(crate) fn nonce() -> Nonce {
 
 impl Upstream {
     pub(crate) fn new(config: UpstreamConfig, metrics: Arc<Metrics>) -> Result<Upstream, String> {
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.connect_timeout)
-            .user_agent(concat!("wxpay-gateway/", env!("CARGO_PKG_VERSION")))
+        let http = client_builder(&config)
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Upstream { http, config, metrics })
@@ -137,8 +160,8 @@ impl Upstream {
         self.call_observed(link, call, &|_, _| {}).await
     }
 
-    /// [`Upstream::call`], telling `received(bytes so far, Content-Length)` as the answer
-    /// arrives (the progress of a large download).
+    /// [`Upstream::call`], telling `received(bytes so far, Content-Length)` as the answer of
+    /// a call with a large answer arrives (the progress of a download).
     pub(crate) async fn call_observed<C: V2Call>(
         &self,
         link: &MerchantLink,
@@ -146,8 +169,7 @@ impl Upstream {
         received: &(dyn Fn(u64, Option<u64>) + Send + Sync),
     ) -> Result<C::Response, UpstreamError> {
         let api = C::PATH.rsplit('/').next().unwrap_or(C::PATH);
-        // Over plain HTTP (the simulator on this machine) there is no TLS to present it in.
-        if C::CLIENT_CERT && link.config.client_cert.is_none() && link.host().starts_with("https://") {
+        if C::CLIENT_CERT && link.lacks_client_cert() {
             return Err(UpstreamError::Invalid(format!(
                 "{api} needs the merchant API certificate: set cert_path and key_path (or a .p12 cert_path) for merchant {}",
                 link.config.name
@@ -174,20 +196,15 @@ impl Upstream {
                 .send()
                 .await;
             let answer = match sent {
-                Ok(mut resp) => {
+                Ok(resp) => {
                     let status = resp.status();
-                    let total = resp.content_length();
-                    let mut body = bytes::BytesMut::with_capacity(total.unwrap_or(0).min(1 << 26) as usize);
-                    loop {
-                        match resp.chunk().await {
-                            Ok(Some(chunk)) => {
-                                body.extend_from_slice(&chunk);
-                                received(body.len() as u64, total);
-                            }
-                            Ok(None) => break Ok((status, body.freeze())),
-                            Err(e) => break Err((false, format!("the answer broke off: {e}"))),
-                        }
-                    }
+                    let body = if C::LARGE_ANSWER {
+                        read_observed(resp, received).await
+                    } else {
+                        resp.bytes().await
+                    };
+                    body.map(|b| (status, b))
+                        .map_err(|e| (false, format!("the answer broke off: {e}")))
                 }
                 Err(e) => Err((e.is_connect(), e.to_string())),
             };

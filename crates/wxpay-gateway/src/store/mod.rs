@@ -517,6 +517,17 @@ pub(crate) struct Settlement<'a> {
     pub error: Option<&'a str>,
 }
 
+/// Whose a day's daily reconciliation is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DailyClaim {
+    /// This caller's: run it.
+    Claimed,
+    /// Another run (or gateway) is at it.
+    Running,
+    /// It ran already.
+    Done,
+}
+
 /// A reconciliation run, as kept for the console.
 #[derive(Clone, Debug)]
 pub struct ReconciliationRecord {
@@ -761,9 +772,8 @@ pub trait Store: Send + Sync + 'static {
     /// order (sums, status), a history entry and, when settled, its outbox event.
     fn import_refund(&self, refund: ImportedRefund) -> Fut<'_, RefundCreated>;
 
-    /// Claims the daily reconciliation of a merchant's day: `false` when another run (or
-    /// another gateway) has it already.
-    fn claim_daily_reconciliation(&self, merchant: String, bill_date: String, now: i64) -> Fut<'_, bool>;
+    /// Claims the daily reconciliation of a merchant's day, or says who has it.
+    fn claim_daily_reconciliation(&self, merchant: String, bill_date: String, now: i64) -> Fut<'_, DailyClaim>;
 
     /// Keeps the result of a reconciliation (a daily one updates its claim).
     fn record_reconciliation(&self, record: ReconciliationRecord) -> Fut<'_, ()>;

@@ -11,9 +11,10 @@ use sqlx::{Executor, Postgres, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Created, Event, Fut, IdemClaim, ImportedRefund, NewOrder, NewRefund, NotificationRecord, Order, OrderStatus,
-    OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated, RefundOutcome, RefundResult,
-    RefundStatus, Settlement, Stats, Store, StoreError, Upstream, event_id, event_payload, refund_event_payload,
+    Created, DailyClaim, Event, Fut, IdemClaim, ImportedRefund, NewOrder, NewRefund, NotificationRecord, Order,
+    OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated, RefundOutcome,
+    RefundResult, RefundStatus, Settlement, Stats, Store, StoreError, Upstream, event_id, event_payload,
+    refund_event_payload,
 };
 
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -1798,7 +1799,7 @@ impl Store for PgStore {
         })
     }
 
-    fn claim_daily_reconciliation(&self, merchant: String, bill_date: String, now: i64) -> Fut<'_, bool> {
+    fn claim_daily_reconciliation(&self, merchant: String, bill_date: String, now: i64) -> Fut<'_, DailyClaim> {
         Box::pin(async move {
             let inserted = sqlx::query(
                 "INSERT INTO reconciliations (merchant, bill_date, kind, started_at) VALUES ($1, $2, 'daily', $3) \
@@ -1811,7 +1812,7 @@ impl Store for PgStore {
             .await?
             .rows_affected();
             if inserted == 1 {
-                return Ok(true);
+                return Ok(DailyClaim::Claimed);
             }
             // A run that started an hour ago and never finished died with its gateway.
             let taken = sqlx::query(
@@ -1824,7 +1825,22 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?
             .rows_affected();
-            Ok(taken == 1)
+            if taken == 1 {
+                return Ok(DailyClaim::Claimed);
+            }
+            let finished: bool = sqlx::query(
+                "SELECT finished_at IS NOT NULL AS f FROM reconciliations WHERE merchant = $1 AND bill_date = $2 AND kind = 'daily'",
+            )
+            .bind(&merchant)
+            .bind(&bill_date)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("f")?;
+            Ok(if finished {
+                DailyClaim::Done
+            } else {
+                DailyClaim::Running
+            })
         })
     }
 

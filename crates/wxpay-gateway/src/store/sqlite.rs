@@ -15,9 +15,10 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Created, Event, Fut, IdemClaim, ImportedRefund, NewOrder, NewRefund, NotificationRecord, Order, OrderStatus,
-    OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated, RefundOutcome, RefundResult,
-    RefundStatus, Settlement, Stats, Store, StoreError, Upstream, event_id, event_payload, refund_event_payload,
+    Created, DailyClaim, Event, Fut, IdemClaim, ImportedRefund, NewOrder, NewRefund, NotificationRecord, Order,
+    OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated, RefundOutcome,
+    RefundResult, RefundStatus, Settlement, Stats, Store, StoreError, Upstream, event_id, event_payload,
+    refund_event_payload,
 };
 
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -650,12 +651,7 @@ fn schedule(c: &Connection, table: &str, id: i64, at: Option<i64>) -> Result<(),
 }
 
 fn apply_payment(conn: &Connection, p: &Payment) -> Result<PaymentOutcome, StoreError> {
-    let found = conn
-        .prepare_cached(&format!(
-            "SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = ?1 AND out_trade_no = ?2"
-        ))?
-        .query_row(params![p.merchant, p.out_trade_no], order_row)
-        .optional()?;
+    let found = order_by_number(conn, &p.merchant, &p.out_trade_no)?;
     let Some(order) = found else {
         return Ok(PaymentOutcome::UnknownOrder);
     };
@@ -747,9 +743,8 @@ impl Store for SqliteStore {
                     n.first_check_at,
                     n.request_hash
                 ])?;
-            let order = c
-                .prepare_cached(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = ?1 AND out_trade_no = ?2"))?
-                .query_row(params![n.merchant, n.out_trade_no], order_row)?;
+            let order = order_by_number(c, &n.merchant, &n.out_trade_no)?
+                .ok_or_else(|| StoreError::Db("an order vanished after its insert".into()))?;
             if inserted == 0 {
                 return Ok(Created::Existing(order));
             }
@@ -787,13 +782,7 @@ impl Store for SqliteStore {
     }
 
     fn order(&self, merchant: String, out_trade_no: String) -> Fut<'_, Option<Order>> {
-        self.read(move |c| {
-            Ok(c.prepare_cached(&format!(
-                "SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = ?1 AND out_trade_no = ?2"
-            ))?
-            .query_row(params![merchant, out_trade_no], order_row)
-            .optional()?)
-        })
+        self.read(move |c| order_by_number(c, &merchant, &out_trade_no))
     }
 
     fn events(&self, order_id: i64) -> Fut<'_, Vec<Event>> {
@@ -1157,7 +1146,7 @@ impl Store for SqliteStore {
         self.write(move |c| import_refund(c, &refund))
     }
 
-    fn claim_daily_reconciliation(&self, merchant: String, bill_date: String, now: i64) -> Fut<'_, bool> {
+    fn claim_daily_reconciliation(&self, merchant: String, bill_date: String, now: i64) -> Fut<'_, DailyClaim> {
         self.write(move |c| {
             let inserted = c
                 .prepare_cached(
@@ -1166,7 +1155,7 @@ impl Store for SqliteStore {
                 )?
                 .execute(params![merchant, bill_date, now])?;
             if inserted == 1 {
-                return Ok(true);
+                return Ok(DailyClaim::Claimed);
             }
             // A run that started an hour ago and never finished died with its gateway.
             let taken = c
@@ -1175,7 +1164,15 @@ impl Store for SqliteStore {
                      AND finished_at IS NULL AND started_at < ?3 - 3600000",
                 )?
                 .execute(params![merchant, bill_date, now])?;
-            Ok(taken == 1)
+            if taken == 1 {
+                return Ok(DailyClaim::Claimed);
+            }
+            let finished: bool = c
+                .prepare_cached(
+                    "SELECT finished_at IS NOT NULL FROM reconciliations WHERE merchant = ?1 AND bill_date = ?2 AND kind = 'daily'",
+                )?
+                .query_row(params![merchant, bill_date], |r| r.get(0))?;
+            Ok(if finished { DailyClaim::Done } else { DailyClaim::Running })
         })
     }
 

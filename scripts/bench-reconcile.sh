@@ -5,9 +5,10 @@
 #   scripts/bench-reconcile.sh                 # both engines (PostgreSQL at DATABASE_URL)
 #   TRANSACTIONS=200000 scripts/bench-reconcile.sh
 #
-# The database is seeded through the gateway's own store (not timed), the bill is generated
-# with the simulator's bill writer and served from the benchmark process. No open-source
-# peer reconciles against the bill, so there is no ratio to report; the target is <= 10 s.
+# The database is seeded through the gateway's own store (not timed); the bill is written by
+# the protocol crate's bill writer (the simulator's) and served from the benchmark process.
+# No open-source peer reconciles against the bill, so there is no ratio to report; the
+# target is <= 10 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${TRANSACTIONS:-100000}"

@@ -2,7 +2,7 @@
 //!
 //! Seeds a database (SQLite or PostgreSQL) through the gateway's own store with a day of
 //! paid orders and succeeded refunds, generates the matching WeChat Pay bill text (the
-//! simulator's bill writer), serves it at `/pay/downloadbill` from this process, and times
+//! protocol crate's bill writer, which the simulator uses too), serves it at `/pay/downloadbill` from this process, and times
 //! `wxpay_gateway::reconcile::reconcile` on it: download, parse (exact fen), read the
 //! database, compare. The books balance, so every row is compared and none is repaired.
 
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use wxpay_gateway::reconcile::{Day, Quiet, reconcile};
 use wxpay_gateway::store::{NewOrder, NewRefund, Payment, RefundCreated, RefundResult, Source, Store};
 use wxpay_gateway::{App, Config, JobsConfig, MerchantConfig, ReconcileConfig, Secret, UpstreamConfig};
-use wxpay_protocol::v2::{Bill, BillFee, BillRow, BillType};
+use wxpay_protocol::v2::{Bill, BillRow, BillType};
 use wxpay_protocol::{ApiKey, AppId, BeijingTime, Fen, MchId, SignType};
 use wxpay_simulator::{TEST_API_KEY, TEST_APPID, TEST_MCH_ID};
 
@@ -53,17 +53,6 @@ fn merchant(base_url: &str) -> MerchantConfig {
     }
 }
 
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// One seeded payment and, maybe, its refund: what the bill row and the store both get.
 struct Seeded {
     out_trade_no: String,
@@ -72,7 +61,12 @@ struct Seeded {
     refund: Option<(String, String, i64)>,
 }
 
-async fn seed(store: Arc<dyn Store>, n_payments: usize, refund_every: usize, now: i64) -> Result<Vec<Seeded>, String> {
+async fn seed(
+    store: Arc<dyn Store>,
+    n_payments: usize,
+    refund_every: usize,
+    now: i64,
+) -> Result<Arc<Vec<Seeded>>, String> {
     let seeded: Vec<Seeded> = (0..n_payments)
         .map(|i| {
             let amount = 1 + (i as i64 * 7919) % 200_000;
@@ -176,7 +170,7 @@ async fn seed(store: Arc<dyn Store>, n_payments: usize, refund_every: usize, now
     for t in tasks {
         t.await.map_err(|e| e.to_string())??;
     }
-    Arc::try_unwrap(seeded).map_err(|_| "seeding tasks still hold the rows".to_owned())
+    Ok(seeded)
 }
 
 fn bill_text(seeded: &[Seeded], now: i64) -> String {
@@ -195,7 +189,6 @@ fn bill_text(seeded: &[Seeded], now: i64) -> String {
         bank_type: "OTHERS".into(),
         currency: "CNY".into(),
         body: "bench".into(),
-        rate: "0.60%".into(),
         total_fee: Some(Fen::ZERO),
         refund_apply_fee: Some(Fen::ZERO),
         ..BillRow::default()
@@ -205,7 +198,6 @@ fn bill_text(seeded: &[Seeded], now: i64) -> String {
         let amount = Fen::new(s.amount as u64).unwrap_or(Fen::ZERO);
         row.settlement_total_fee = amount;
         row.total_fee = Some(amount);
-        row.fee = BillFee::from_hundred_thousandths((s.amount * 60 + 5_000) / 10_000 * 1000);
         rows.push(row);
         if let Some((no, id, fee)) = &s.refund {
             let mut row = base(s);
@@ -311,7 +303,7 @@ pub(crate) async fn run(args: ReconcileArgs) -> Result<(), String> {
             total.as_secs_f64(),
             report.timings_ms.download,
             report.timings_ms.compare,
-            rss_mib()
+            crate::rss_kib(std::process::id()).map_or(0.0, |(_, peak)| peak as f64 / 1024.0)
         );
     }
     if args.database.is_none() {

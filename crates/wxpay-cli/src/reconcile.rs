@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use wxpay_gateway::App;
+use wxpay_protocol::Fen;
 use wxpay_gateway::reconcile::{Day, Progress, Quiet, Report, keep, reconcile};
 
-use crate::{CliError, config};
+use crate::CliError;
 
 #[derive(Debug, Args)]
 pub(crate) struct ReconcileArgs {
@@ -104,10 +104,9 @@ impl Progress for Bars {
     }
 }
 
+/// Yuan of a total in fen (totals are sums of amounts: never negative).
 fn fen(v: i64) -> String {
-    let sign = if v < 0 { "-" } else { "" };
-    let a = v.unsigned_abs();
-    format!("{sign}{}.{:02}", a / 100, a % 100)
+    Fen::new(v.unsigned_abs()).map_or_else(|_| v.to_string(), Fen::to_yuan)
 }
 
 /// The report as a table.
@@ -183,9 +182,7 @@ fn table(r: &Report, repair: bool) -> String {
 
 pub(crate) fn run(args: ReconcileArgs) -> Result<(), CliError> {
     crate::init_logging_at(crate::LogFormat::Pretty, "warn");
-    let file = config::load(&args.config)?;
-    let (cfg, settings) =
-        config::gateway_config(&file).map_err(|e| CliError::Usage(format!("{}: {e}", args.config.display())))?;
+    let (cfg, settings) = crate::serve::load_gateway(&args.config)?;
     let day = Day::parse(&args.date).map_err(|e| CliError::Usage(e.to_string()))?;
     let names: Vec<String> = match &args.merchant {
         Some(m) => {
@@ -200,15 +197,11 @@ pub(crate) fn run(args: ReconcileArgs) -> Result<(), CliError> {
         None => cfg.merchants.iter().map(|m| m.name.clone()).collect(),
     };
     let show_bars = args.format == Format::Table && std::io::stderr().is_terminal();
-    let runtime =
-        tokio::runtime::Runtime::new().map_err(|e| CliError::Usage(format!("cannot start the runtime: {e}")))?;
+    let runtime = crate::serve::runtime()?;
     // Every merchant is reconciled even when one fails (its bill not made yet, say); the
     // failures are reported after the reports.
     let (reports, errors) = runtime.block_on(async {
-        let store = wxpay_gateway::open_store(&settings.database_url, settings.pool_size.min(4))
-            .await
-            .map_err(|e| CliError::Usage(format!("database: {e}")))?;
-        let app = App::new(cfg, store).map_err(|e| CliError::Usage(format!("{}: {e}", args.config.display())))?;
+        let app = crate::serve::open_app(&args.config, cfg, &settings.database_url, settings.pool_size.min(4)).await?;
         let mut reports = Vec::new();
         let mut errors = Vec::new();
         for name in &names {

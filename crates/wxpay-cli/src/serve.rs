@@ -1,9 +1,9 @@
 //! `wxpay serve` and `wxpay migrate`: the production gateway from a configuration file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
-use wxpay_gateway::App;
+use wxpay_gateway::{App, Config};
 
 use crate::{CliError, config};
 
@@ -24,27 +24,36 @@ pub(crate) struct MigrateArgs {
     config: PathBuf,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Runtime::new().map_err(|e| CliError::Usage(format!("cannot start the runtime: {e}")))
+}
+
+/// The gateway's configuration from a file, every value checked, errors naming the file.
+pub(crate) fn load_gateway(path: &Path) -> Result<(Config, config::ServeSettings), CliError> {
+    let file = config::load(path)?;
+    config::gateway_config(&file).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
+}
+
+/// Opens the database (migrating it) and builds the gateway over it.
+pub(crate) async fn open_app(path: &Path, cfg: Config, database_url: &str, pool_size: u32) -> Result<App, CliError> {
+    let store = wxpay_gateway::open_store(database_url, pool_size)
+        .await
+        .map_err(|e| CliError::Usage(format!("database: {e}")))?;
+    App::new(cfg, store).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
 }
 
 /// Runs the gateway until SIGTERM or Ctrl-C, then lets requests in flight and the current
 /// round of background work finish.
 pub(crate) fn serve(args: ServeArgs) -> Result<(), CliError> {
     crate::init_logging(args.log_format);
-    let file = config::load(&args.config)?;
-    let (cfg, settings) =
-        config::gateway_config(&file).map_err(|e| CliError::Usage(format!("{}: {e}", args.config.display())))?;
+    let (cfg, settings) = load_gateway(&args.config)?;
     let merchants: Vec<String> = cfg
         .merchants
         .iter()
         .map(|m| format!("{} (mch_id {}, {})", m.name, m.mch_id, m.base_url))
         .collect();
     runtime()?.block_on(async move {
-        let store = wxpay_gateway::open_store(&settings.database_url, settings.pool_size)
-            .await
-            .map_err(|e| CliError::Usage(format!("database: {e}")))?;
-        let app = App::new(cfg, store).map_err(|e| CliError::Usage(format!("{}: {e}", args.config.display())))?;
+        let app = open_app(&args.config, cfg, &settings.database_url, settings.pool_size).await?;
         let listener = tokio::net::TcpListener::bind(&settings.listen)
             .await
             .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", settings.listen)))?;

@@ -39,6 +39,14 @@ pub(crate) struct TlsMaterial {
     clients: HashMap<Vec<u8>, String>,
 }
 
+/// Where one merchant's client certificate, key and PKCS#12 file are.
+struct ClientFiles {
+    mch: String,
+    cert: PathBuf,
+    key: PathBuf,
+    p12: PathBuf,
+}
+
 fn io(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
@@ -53,21 +61,22 @@ impl TlsMaterial {
         let ca_path = dir.join("ca.pem");
         let server_cert = dir.join("server.pem");
         let server_key = dir.join("server.key");
-        let client_paths: Vec<(String, PathBuf, PathBuf)> = merchants
+        let client_paths: Vec<ClientFiles> = merchants
             .iter()
             .map(|m| {
                 let d = dir.join(m.mch_id.as_str());
-                (
-                    m.mch_id.as_str().to_owned(),
-                    d.join("apiclient_cert.pem"),
-                    d.join("apiclient_key.pem"),
-                )
+                ClientFiles {
+                    mch: m.mch_id.as_str().to_owned(),
+                    cert: d.join("apiclient_cert.pem"),
+                    key: d.join("apiclient_key.pem"),
+                    p12: d.join("apiclient_cert.p12"),
+                }
             })
             .collect();
         let complete = [&ca_path, &server_cert, &server_key].iter().all(|p| p.exists())
             && client_paths
                 .iter()
-                .all(|(_, c, k)| c.exists() && k.exists() && c.with_extension("p12").exists());
+                .all(|f| f.cert.exists() && f.key.exists() && f.p12.exists());
         if !complete {
             create(dir, &ca_path, &server_cert, &server_key, &client_paths)?;
             tracing::info!(dir = %dir.display(), "made a test CA and certificates for the simulator");
@@ -81,12 +90,12 @@ impl TlsMaterial {
         let mut clients = HashMap::new();
         let mut client_files = HashMap::new();
         let mut client_p12 = HashMap::new();
-        for (mch, cert, key) in &client_paths {
-            for c in read_pem_certs(cert)? {
-                clients.insert(c.as_ref().to_vec(), mch.clone());
+        for f in client_paths {
+            for c in read_pem_certs(&f.cert)? {
+                clients.insert(c.as_ref().to_vec(), f.mch.clone());
             }
-            client_files.insert(mch.clone(), (cert.clone(), key.clone()));
-            client_p12.insert(mch.clone(), cert.with_extension("p12"));
+            client_files.insert(f.mch.clone(), (f.cert, f.key));
+            client_p12.insert(f.mch, f.p12);
         }
         Ok(TlsMaterial {
             files: TlsFiles {
@@ -131,7 +140,7 @@ fn create(
     ca_path: &Path,
     server_cert: &Path,
     server_key: &Path,
-    clients: &[(String, PathBuf, PathBuf)],
+    clients: &[ClientFiles],
 ) -> std::io::Result<()> {
     fs::create_dir_all(dir)?;
     let ca_key = KeyPair::generate().map_err(io)?;
@@ -159,7 +168,13 @@ fn create(
     fs::write(ca_path, ca_cert.pem())?;
     fs::write(server_cert, server.pem())?;
     write_private(server_key, server_key_pair.serialize_pem())?;
-    for (mch, cert_path, key_path) in clients {
+    for ClientFiles {
+        mch,
+        cert: cert_path,
+        key: key_path,
+        p12: p12_path,
+    } in clients
+    {
         let key = KeyPair::generate().map_err(io)?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(io)?;
         // WeChat Pay's merchant certificates name the merchant number as their CN.
@@ -174,7 +189,7 @@ fn create(
         fs::write(cert_path, cert.pem())?;
         write_private(key_path, key.serialize_pem())?;
         let p12 = pkcs12(mch, &key.serialize_der(), cert.der())?;
-        write_private(&cert_path.with_extension("p12"), p12)?;
+        write_private(p12_path, p12)?;
     }
     Ok(())
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use wxpay_protocol::Fen;
 use wxpay_gateway::reconcile::{Day, Progress, Quiet, Report, keep, reconcile};
+use wxpay_protocol::Fen;
 
 use crate::CliError;
 

@@ -15,13 +15,13 @@ fn testdata(rel: &str) -> PathBuf {
         .join(rel)
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
-fn wxpay(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Run {
+pub(crate) fn wxpay(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxpay"));
     cmd.args(args)
         .env_remove("WXPAY_API_KEY")

@@ -27,11 +27,17 @@ pub(crate) fn scratch_dir(name: &str) -> PathBuf {
 /// An HTTP client; reqwest is built without a default TLS provider, so the one wxpay uses is
 /// installed first.
 pub(crate) fn client() -> reqwest::Client {
+    client_trusting(None)
+}
+
+/// An HTTP client that also trusts `ca` (the TLS simulator's test CA).
+pub(crate) fn client_trusting(ca: Option<&Path>) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    if let Some(ca) = ca {
+        builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap());
+    }
+    builder.build().unwrap()
 }
 
 pub(crate) fn free_port() -> u16 {
@@ -105,13 +111,33 @@ impl Drop for PgDb {
 /// The simulator, in this test process, at a thousand times real speed so that its
 /// notification retries come within milliseconds.
 async fn simulator() -> SimHandle {
+    simulator_with(|_| {}).await
+}
+
+/// The simulator as `simulator()` makes it, with `edit` applied to its configuration.
+pub(crate) async fn simulator_with(edit: impl FnOnce(&mut SimConfig)) -> SimHandle {
     let mut config = SimConfig::new();
     config.time_scale = 1000.0;
+    edit(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     Simulator::new(config).unwrap().serve(listener).await.unwrap()
 }
 
 fn write_config(dir: &Path, port: u16, database_url: &str, sim_url: &str, webhook: Option<&str>) -> PathBuf {
+    let jobs = "first_check_after_secs = 1\nmax_check_interval_secs = 1\npoll_every_ms = 50";
+    write_config_with(dir, port, database_url, sim_url, webhook, "", jobs)
+}
+
+/// `write_config` with more keys for the merchant and another `[jobs]` section.
+pub(crate) fn write_config_with(
+    dir: &Path,
+    port: u16,
+    database_url: &str,
+    sim_url: &str,
+    webhook: Option<&str>,
+    merchant_extra: &str,
+    jobs: &str,
+) -> PathBuf {
     let webhook = webhook
         .map(|u| format!("[webhook]\nurl = \"{u}\"\nsecret = \"whsec_process_test\"\n"))
         .unwrap_or_default();
@@ -134,11 +160,10 @@ mch_id = "{TEST_MCH_ID}"
 api_key = "{TEST_API_KEY}"
 base_url = "{sim_url}"
 sns_base_url = "{sim_url}"
+{merchant_extra}
 
 [jobs]
-first_check_after_secs = 1
-max_check_interval_secs = 1
-poll_every_ms = 50
+{jobs}
 
 {webhook}"#
     );
@@ -240,8 +265,34 @@ fn paid_notification(out_trade_no: &str, total_fee: u64, transaction_id: &str) -
 }
 
 async fn get(http: &reqwest::Client, url: &str) -> (u16, Value) {
-    let r = http.get(url).bearer_auth(TOKEN).send().await.unwrap();
+    call(http, reqwest::Method::GET, url, None).await
+}
+
+/// A `/v1` call with the token: (status, JSON body).
+pub(crate) async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = http.request(method, url).bearer_auth(TOKEN);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `f` until it holds, up to 15 s.
+pub(crate) async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never: {what}");
 }
 
 /// Every order, through the paged list.
@@ -734,23 +785,24 @@ async fn the_demo_plays_a_payment_from_login_to_paid_with_a_verified_webhook() {
         .await
         .unwrap();
     assert_eq!(refund.status(), 201);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        last = http
-            .get(format!("{base}/demo/backend/orders/{no}"))
+    let order_view = async || -> Value {
+        http.get(format!("{base}/demo/backend/orders/{no}"))
             .send()
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
-        let events = last["webhook_events"].as_array().unwrap();
-        if events.iter().any(|e| e["type"] == "refund.succeeded") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no refund.succeeded: {last}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            .unwrap()
+    };
+    wait_for("refund.succeeded reaches the demo backend", async || {
+        order_view().await["webhook_events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "refund.succeeded")
+    })
+    .await;
+    last = order_view().await;
     assert_eq!(last["order"]["refunded_fen"], 1400, "{last}");
     let _ = Command::new("kill")
         .arg("-TERM")

@@ -7,8 +7,7 @@ use serde_json::json;
 use wxpay_gateway::ReconcileConfig;
 use wxpay_gateway::reconcile::{Day, DifferenceKind, Quiet, Report, reconcile};
 use wxpay_protocol::v2::{OrderRef, Refund};
-use wxpay_protocol::{ApiKey, AppId, Fen, MchId, Merchant, Nonce, OutRefundNo, OutTradeNo, SignType};
-use wxpay_simulator::{TEST_API_KEY, TEST_APPID, TEST_MCH_ID};
+use wxpay_protocol::{Fen, Nonce, OutRefundNo, OutTradeNo};
 
 use crate::support::{Options, TestApp, TestDb, eventually, order_body, quick_jobs, spawn_app};
 
@@ -20,15 +19,6 @@ fn with_bills(jobs: bool) -> Options {
     }
 }
 
-async fn paid_order(t: &TestApp, no: &str, amount: u64) {
-    let mut body = order_body(amount);
-    body["out_trade_no"] = json!(no);
-    t.create(body).await;
-    let (status, v) = t.sim_post("/simulator/pay", json!({"out_trade_no": no})).await;
-    assert_eq!(status, 200, "{v}");
-    t.wait_status(no, "paid").await;
-}
-
 async fn run(t: &TestApp, repair: bool) -> Report {
     let day = Day::containing(t.app.now());
     reconcile(&t.app, None, &day, repair, &Quiet).await.unwrap()
@@ -37,12 +27,7 @@ async fn run(t: &TestApp, repair: bool) -> Report {
 /// A refund asked for directly at WeChat Pay (as the merchant platform does), not through
 /// wxpay.
 async fn refund_upstream_only(t: &TestApp, order: &str, out_refund_no: &str, total: u64, fee: u64) {
-    let merchant = Merchant {
-        appid: AppId::new(TEST_APPID).unwrap(),
-        mch_id: MchId::new(TEST_MCH_ID).unwrap(),
-        key: ApiKey::new(TEST_API_KEY).unwrap(),
-        sign_type: SignType::Md5,
-    };
+    let merchant = crate::support::merchants(&t.sim_url)[0].credentials();
     let call = Refund::new(
         OrderRef::OutTradeNo(OutTradeNo::new(order).unwrap()),
         OutRefundNo::new(out_refund_no).unwrap(),
@@ -79,7 +64,7 @@ async fn a_clean_day_balances_and_yuan_amounts_in_the_bill_become_exact_fen() {
         .await;
         // 0.07, 19.99 and 1000.10 yuan in the bill.
         for (no, fen) in [("RC-7", 7), ("RC-1999", 1999), ("RC-100010", 100_010)] {
-            paid_order(&t, no, fen).await;
+            t.paid_order(no, fen).await;
         }
         let (status, r) = t
             .api(
@@ -117,7 +102,7 @@ async fn seeded_differences_are_each_reported_and_settled_by_repair() {
     for db in TestDb::all().await {
         let t = spawn_app(db, with_bills(false)).await;
         // A clean order, for contrast.
-        paid_order(&t, "RD-CLEAN", 100).await;
+        t.paid_order("RD-CLEAN", 100).await;
         // 1. Paid upstream, pending here: every notification for it fails verification.
         t.sim_post(
             "/simulator/faults",
@@ -136,7 +121,7 @@ async fn seeded_differences_are_each_reported_and_settled_by_repair() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(t.order("RD-PENDING").await["status"], "pending");
         // 2. An amount mismatch: the database says 400 fen for a 500 fen payment.
-        paid_order(&t, "RD-AMOUNT", 500).await;
+        t.paid_order("RD-AMOUNT", 500).await;
         let store = t.app.store();
         let o = store
             .order("default".into(), "RD-AMOUNT".into())
@@ -149,7 +134,7 @@ async fn seeded_differences_are_each_reported_and_settled_by_repair() {
             .unwrap()
             .unwrap();
         // 3. A refund only upstream.
-        paid_order(&t, "RD-REFUND", 1000).await;
+        t.paid_order("RD-REFUND", 1000).await;
         refund_upstream_only(&t, "RD-REFUND", "RD-UP-ONLY", 1000, 300).await;
         eventually("WeChat Pay settles the refund", async || {
             t.sim_get("/simulator/orders/RD-REFUND").await["refunds"][0]["status"] == "SUCCESS"
@@ -271,7 +256,7 @@ async fn the_daily_reconciliation_runs_once_and_reports_in_the_metrics() {
 async fn a_refund_settled_upstream_but_pending_here_is_settled_by_refundquery() {
     for db in TestDb::all().await {
         let t = spawn_app(db, with_bills(false)).await;
-        paid_order(&t, "RS-1", 800).await;
+        t.paid_order("RS-1", 800).await;
         // Its refund notifications never verify, and no background check runs.
         t.sim_post(
             "/simulator/faults",
@@ -315,7 +300,7 @@ async fn a_refund_settled_upstream_but_pending_here_is_settled_by_refundquery() 
 async fn a_payment_wechat_pay_does_not_have_is_reported_and_never_downgraded() {
     for db in TestDb::all().await {
         let t = spawn_app(db, with_bills(false)).await;
-        paid_order(&t, "RM-REAL", 100).await;
+        t.paid_order("RM-REAL", 100).await;
         // Paid here by a correctly signed notification, while WeChat Pay has the order unpaid
         // (a leaked key, or a notification from a test system): the bill does not list it.
         let mut body = order_body(500);
@@ -362,20 +347,8 @@ async fn two_mini_programs_on_one_merchant_number_each_reconcile_their_own_rows(
         },
     )
     .await;
-    paid_order(&t, "RA-DEFAULT", 100).await;
-    let mut body = order_body(250);
-    body["out_trade_no"] = json!("RA-APP2");
-    body["merchant"] = json!("app2");
-    let (status, v) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
-    assert_eq!(status, 201, "{v}");
-    t.sim_post("/simulator/pay", json!({"out_trade_no": "RA-APP2"})).await;
-    eventually("app2's order is paid", async || {
-        t.api(Method::GET, "/v1/orders/RA-APP2?merchant=app2", None, None)
-            .await
-            .1["status"]
-            == "paid"
-    })
-    .await;
+    t.paid_order("RA-DEFAULT", 100).await;
+    t.paid_order_of("app2", "RA-APP2", 250).await;
     let day = Day::containing(t.app.now());
     for (merchant, fen) in [("default", 100), ("app2", 250)] {
         let report = reconcile(&t.app, Some(merchant), &day, false, &Quiet).await.unwrap();
@@ -389,7 +362,7 @@ async fn two_mini_programs_on_one_merchant_number_each_reconcile_their_own_rows(
 async fn a_refund_accepted_across_midnight_balances_both_days_after_repair() {
     for db in TestDb::all().await {
         let t = spawn_app(db, with_bills(true)).await;
-        paid_order(&t, "RN-1", 600).await;
+        t.paid_order("RN-1", 600).await;
         let (status, r) = t
             .api(
                 Method::POST,

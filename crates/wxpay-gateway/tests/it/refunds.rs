@@ -10,16 +10,6 @@ use wxpay_simulator::{TEST_API_KEY, TEST_APPID, TEST_MCH_ID};
 
 use crate::support::{Options, TestApp, TestDb, eventually, order_body, quick_jobs, spawn_app};
 
-/// An order of `amount` fen, paid through the simulator.
-async fn paid_order(t: &TestApp, no: &str, amount: u64) {
-    let mut body = order_body(amount);
-    body["out_trade_no"] = json!(no);
-    t.create(body).await;
-    let (status, v) = t.sim_post("/simulator/pay", json!({"out_trade_no": no})).await;
-    assert_eq!(status, 200, "{v}");
-    t.wait_status(no, "paid").await;
-}
-
 async fn refund(t: &TestApp, order: &str, body: Value) -> (u16, Value) {
     t.api(Method::POST, &format!("/v1/orders/{order}/refunds"), Some(body), None)
         .await
@@ -32,14 +22,11 @@ async fn get_refund(t: &TestApp, no: &str) -> Value {
 }
 
 async fn wait_refund(t: &TestApp, no: &str, status: &str) -> Value {
-    for _ in 0..250 {
-        let r = get_refund(t, no).await;
-        if r["status"] == status {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("refund {no} never became {status}: {}", get_refund(t, no).await);
+    eventually(&format!("refund {no} becomes {status}"), async || {
+        get_refund(t, no).await["status"] == status
+    })
+    .await;
+    get_refund(t, no).await
 }
 
 /// Like `with_jobs_and_webhook`, but WeChat Pay takes its time: a refund stays processing
@@ -63,7 +50,7 @@ fn with_jobs_and_webhook() -> Options {
 async fn a_partial_then_a_full_refund_succeed_with_events_and_the_order_ends_refunded() {
     for db in TestDb::all().await {
         let t = spawn_app(db, with_jobs_and_webhook()).await;
-        paid_order(&t, "RF-PART", 100).await;
+        t.paid_order("RF-PART", 100).await;
         let (status, r) = refund(
             &t,
             "RF-PART",
@@ -149,7 +136,7 @@ async fn refunds_of_unpaid_or_unknown_orders_and_bad_amounts_get_clear_errors() 
     );
     let (status, e) = refund(&t, "RF-NOPE", json!({"amount_fen": 10})).await;
     assert_eq!(status, 404, "{e}");
-    paid_order(&t, "RF-BAD", 100).await;
+    t.paid_order("RF-BAD", 100).await;
     for (body, code) in [
         (json!({"amount_fen": 0}), 422),
         (json!({"amount_fen": 1.5}), 422),
@@ -175,7 +162,7 @@ async fn refunds_of_unpaid_or_unknown_orders_and_bad_amounts_get_clear_errors() 
 async fn concurrent_refunds_that_would_exceed_the_amount_only_the_allowed_ones_succeed() {
     for db in TestDb::all().await {
         let t = spawn_app(db, with_jobs_and_webhook()).await;
-        paid_order(&t, "RF-RACE", 100).await;
+        t.paid_order("RF-RACE", 100).await;
         let tasks: Vec<_> = (0..12)
             .map(|i| {
                 let http = t.http.clone();
@@ -221,7 +208,7 @@ async fn concurrent_refunds_that_would_exceed_the_amount_only_the_allowed_ones_s
 async fn the_same_idempotency_key_returns_the_same_refund_and_one_refund_upstream() {
     for db in TestDb::all().await {
         let t = spawn_app(db, with_jobs_and_webhook()).await;
-        paid_order(&t, "RF-IDEM", 100).await;
+        t.paid_order("RF-IDEM", 100).await;
         let path = "/v1/orders/RF-IDEM/refunds";
         let (s1, a) = t
             .api(Method::POST, path, Some(json!({"amount_fen": 25})), Some("k-refund-1"))
@@ -256,7 +243,7 @@ async fn the_same_idempotency_key_returns_the_same_refund_and_one_refund_upstrea
 async fn a_systemerror_on_refund_is_retried_with_the_same_out_refund_no() {
     for db in TestDb::all().await {
         let t = spawn_app(db, with_jobs_and_webhook()).await;
-        paid_order(&t, "RF-SYS", 100).await;
+        t.paid_order("RF-SYS", 100).await;
         t.sim_post(
             "/simulator/faults",
             json!({"kind": "system_error", "api": "refund", "count": 2}),
@@ -276,7 +263,7 @@ async fn a_systemerror_on_refund_is_retried_with_the_same_out_refund_no() {
 async fn lost_refund_answers_leave_it_pending_and_it_is_sent_again_into_one_refund() {
     for db in TestDb::all().await {
         let t = spawn_app(db, slow_refunds()).await;
-        paid_order(&t, "RF-LOST", 100).await;
+        t.paid_order("RF-LOST", 100).await;
         // Every attempt of the first request is carried out and its answer lost.
         t.sim_post(
             "/simulator/faults",
@@ -341,7 +328,7 @@ async fn post_refund_notification(t: &TestApp, body: String) -> (u16, String) {
 async fn refund_notifications_with_a_wrong_key_an_unknown_refund_or_another_amount_change_nothing() {
     for db in TestDb::all().await {
         let t = spawn_app(db, slow_refunds()).await;
-        paid_order(&t, "RF-NOTE", 100).await;
+        t.paid_order("RF-NOTE", 100).await;
         let (status, r) = refund(&t, "RF-NOTE", json!({"amount_fen": 40, "out_refund_no": "RF-NOTE-1"})).await;
         assert_eq!(status, 201, "{r}");
         let wrong_key = "0000000000000000000000000000000A";
@@ -398,7 +385,7 @@ async fn refund_notifications_with_a_wrong_key_an_unknown_refund_or_another_amou
 async fn a_refund_whose_notifications_never_verify_completes_through_refundquery() {
     for db in TestDb::all().await {
         let t = spawn_app(db, with_jobs_and_webhook()).await;
-        paid_order(&t, "RF-QUERY", 100).await;
+        t.paid_order("RF-QUERY", 100).await;
         // Every refund notification for a while comes encrypted with a wrong key.
         t.sim_post(
             "/simulator/faults",
@@ -431,7 +418,7 @@ async fn a_refund_whose_notifications_never_verify_completes_through_refundquery
 async fn a_refund_wechat_pay_closes_fails_and_gives_its_amount_back() {
     for db in TestDb::all().await {
         let t = spawn_app(db, slow_refunds()).await;
-        paid_order(&t, "RF-CLOSE", 100).await;
+        t.paid_order("RF-CLOSE", 100).await;
         let (status, _) = refund(
             &t,
             "RF-CLOSE",
@@ -480,28 +467,12 @@ async fn refunds_go_over_mutual_tls_with_the_p12_or_the_pem_pair_and_never_witho
     .await;
     assert!(t.sim_url.starts_with("https://"), "{}", t.sim_url);
     // The default merchant presents its apiclient_cert.p12.
-    paid_order(&t, "RF-TLS", 100).await;
+    t.paid_order("RF-TLS", 100).await;
     let (status, r) = refund(&t, "RF-TLS", json!({"amount_fen": 10, "out_refund_no": "RF-TLS-1"})).await;
     assert_eq!(status, 201, "{r}");
     wait_refund(&t, "RF-TLS-1", "succeeded").await;
     // The HMAC merchant presents its PEM pair.
-    let mut body = order_body(100);
-    body["out_trade_no"] = json!("RF-TLS-H");
-    body["merchant"] = json!("hmac");
-    let (status, v) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
-    assert_eq!(status, 201, "{v}");
-    t.sim_post(
-        "/simulator/pay",
-        json!({"out_trade_no": "RF-TLS-H", "mch_id": crate::support::HMAC_MCH_ID}),
-    )
-    .await;
-    eventually("the hmac order is paid", async || {
-        t.api(Method::GET, "/v1/orders/RF-TLS-H?merchant=hmac", None, None)
-            .await
-            .1["status"]
-            == "paid"
-    })
-    .await;
+    t.paid_order_of("hmac", "RF-TLS-H", 100).await;
     let (status, r) = refund(
         &t,
         "RF-TLS-H",
@@ -520,22 +491,7 @@ async fn refunds_go_over_mutual_tls_with_the_p12_or_the_pem_pair_and_never_witho
         },
     )
     .await;
-    let mut body = order_body(100);
-    body["out_trade_no"] = json!("RF-NOCERT");
-    body["merchant"] = json!("hmac");
-    t.api(Method::POST, "/v1/orders", Some(body), None).await;
-    t.sim_post(
-        "/simulator/pay",
-        json!({"out_trade_no": "RF-NOCERT", "mch_id": crate::support::HMAC_MCH_ID}),
-    )
-    .await;
-    eventually("the order is paid", async || {
-        t.api(Method::GET, "/v1/orders/RF-NOCERT?merchant=hmac", None, None)
-            .await
-            .1["status"]
-            == "paid"
-    })
-    .await;
+    t.paid_order_of("hmac", "RF-NOCERT", 100).await;
     let (status, e) = refund(
         &t,
         "RF-NOCERT",

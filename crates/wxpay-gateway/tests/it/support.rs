@@ -340,6 +340,7 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
         }
     };
 
+    let tls_files = sim.as_ref().and_then(|s| s.simulator().tls_files());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let url = format!("http://{addr}");
@@ -355,7 +356,7 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
                 app2.appid = AppId::new(APP2_APPID).unwrap();
                 list.push(app2);
             }
-            if let Some(files) = sim.as_ref().and_then(|s| s.simulator().tls_files()) {
+            if let Some(files) = &tls_files {
                 let ca = std::fs::read(&files.ca_cert).unwrap();
                 let p12 = std::fs::read(&files.client_p12[TEST_MCH_ID]).unwrap();
                 list[0].client_cert = Some(wxpay_gateway::ClientCert::from_pkcs12(&p12, TEST_MCH_ID).unwrap());
@@ -396,10 +397,10 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
         .await
         .unwrap();
     });
-    let http = match sim.as_ref().and_then(|s| s.simulator().tls_files()) {
+    let http = match &tls_files {
         // The test talks to the simulator's control endpoints over its TLS too.
         Some(files) => {
-            let ca = reqwest::Certificate::from_pem(&std::fs::read(files.ca_cert).unwrap()).unwrap();
+            let ca = reqwest::Certificate::from_pem(&std::fs::read(&files.ca_cert).unwrap()).unwrap();
             reqwest::Client::builder().add_root_certificate(ca).build().unwrap()
         }
         None => reqwest::Client::new(),
@@ -486,6 +487,32 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("order {no} never became {status}: {}", self.order(no).await);
+    }
+
+    /// An order of `amount` fen for `merchant` (`default`, `hmac` or `app2`), paid through the
+    /// simulator, once the gateway has it paid.
+    pub(crate) async fn paid_order_of(&self, merchant: &str, no: &str, amount: u64) {
+        let mut body = order_body(amount);
+        body["out_trade_no"] = json!(no);
+        body["merchant"] = json!(merchant);
+        let (status, v) = self.api(reqwest::Method::POST, "/v1/orders", Some(body), None).await;
+        assert_eq!(status, 201, "{v}");
+        let mut pay = json!({"out_trade_no": no});
+        if merchant == "hmac" {
+            pay["mch_id"] = json!(HMAC_MCH_ID);
+        }
+        let (status, v) = self.sim_post("/simulator/pay", pay).await;
+        assert_eq!(status, 200, "{v}");
+        let path = format!("/v1/orders/{no}?merchant={merchant}");
+        eventually(&format!("order {no} is paid"), async || {
+            self.api(reqwest::Method::GET, &path, None, None).await.1["status"] == "paid"
+        })
+        .await;
+    }
+
+    /// An order of the default merchant, paid.
+    pub(crate) async fn paid_order(&self, no: &str, amount: u64) {
+        self.paid_order_of("default", no, amount).await;
     }
 
     /// `POST /simulator/…` on the simulator.

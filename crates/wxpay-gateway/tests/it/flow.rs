@@ -7,7 +7,7 @@ use wxpay_simulator::{TEST_API_KEY, TEST_APPID};
 
 use crate::support::{
     DEFAULT, HMAC, HMAC_APPID, HMAC_KEY, HMAC_MCH_ID, Options, Signer, TestDb, eventually, notification, order_body,
-    paid_notification, quick_jobs, spawn_app,
+    paid_notification, quick_jobs, spawn_app, with_jobs_and_webhook,
 };
 
 const SUCCESS: &str =
@@ -16,15 +16,7 @@ const SUCCESS: &str =
 #[tokio::test]
 async fn the_whole_flow_from_login_to_the_signed_paid_event() {
     for db in TestDb::all().await {
-        let t = spawn_app(
-            db,
-            Options {
-                jobs: quick_jobs(),
-                webhook: true,
-                ..Options::default()
-            },
-        )
-        .await;
+        let t = spawn_app(db, with_jobs_and_webhook()).await;
         let (_, login) = t
             .sim_post("/simulator/login", json!({"appid": TEST_APPID, "user": "alice"}))
             .await;
@@ -221,15 +213,7 @@ async fn bad_requests_get_clear_errors_and_store_nothing() {
 #[tokio::test]
 async fn a_hundred_concurrent_duplicate_notifications_move_the_order_exactly_once() {
     for db in TestDb::all().await {
-        let t = spawn_app(
-            db,
-            Options {
-                jobs: quick_jobs(),
-                webhook: true,
-                ..Options::default()
-            },
-        )
-        .await;
+        let t = spawn_app(db, with_jobs_and_webhook()).await;
         let o = t.create(order_body(1999)).await;
         let no = o["out_trade_no"].as_str().unwrap().to_owned();
         let body = paid_notification(&no, 1999, "4200000000000000000000000001");

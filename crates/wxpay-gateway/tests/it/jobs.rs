@@ -6,20 +6,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{Options, TestDb, eventually, order_body, quick_jobs, spawn_app};
+use crate::support::{Options, TestDb, eventually, order_body, quick_jobs, spawn_app, with_jobs_and_webhook};
 
 #[tokio::test]
 async fn without_a_notification_the_query_path_marks_the_order_paid() {
     for db in TestDb::all().await {
-        let t = spawn_app(
-            db,
-            Options {
-                jobs: quick_jobs(),
-                webhook: true,
-                ..Options::default()
-            },
-        )
-        .await;
+        let t = spawn_app(db, with_jobs_and_webhook()).await;
         let o = t.create(order_body(300)).await;
         let no = o["out_trade_no"].as_str().unwrap().to_owned();
         t.sim_post(
@@ -49,15 +41,7 @@ async fn without_a_notification_the_query_path_marks_the_order_paid() {
 #[tokio::test]
 async fn an_expired_unpaid_order_is_closed_with_wechat_pay_and_announced() {
     for db in TestDb::all().await {
-        let t = spawn_app(
-            db,
-            Options {
-                jobs: quick_jobs(),
-                webhook: true,
-                ..Options::default()
-            },
-        )
-        .await;
+        let t = spawn_app(db, with_jobs_and_webhook()).await;
         let mut body = order_body(400);
         body["expires_in_secs"] = json!(60);
         let o = t.create(body).await;
@@ -171,15 +155,7 @@ async fn an_order_wechat_pay_never_received_fails_once_it_has_expired() {
 #[tokio::test]
 async fn events_wait_while_the_webhook_is_down_and_arrive_once_each_signed_with_the_same_id() {
     for db in TestDb::all().await {
-        let t = spawn_app(
-            db,
-            Options {
-                jobs: quick_jobs(),
-                webhook: true,
-                ..Options::default()
-            },
-        )
-        .await;
+        let t = spawn_app(db, with_jobs_and_webhook()).await;
         t.webhook.down.store(true, Ordering::SeqCst);
         let mut numbers = Vec::new();
         for amount in [101, 102, 103] {

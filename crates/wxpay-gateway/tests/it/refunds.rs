@@ -8,7 +8,7 @@ use wxpay_protocol::v2::{RefundNotification, RefundStatus};
 use wxpay_protocol::{ApiKey, BeijingTime, Fen, Nonce};
 use wxpay_simulator::{TEST_API_KEY, TEST_APPID, TEST_MCH_ID};
 
-use crate::support::{Options, TestApp, TestDb, eventually, order_body, quick_jobs, spawn_app};
+use crate::support::{Options, TestApp, TestDb, eventually, order_body, spawn_app, with_jobs_and_webhook};
 
 async fn refund(t: &TestApp, order: &str, body: Value) -> (u16, Value) {
     t.api(Method::POST, &format!("/v1/orders/{order}/refunds"), Some(body), None)
@@ -35,14 +35,6 @@ fn slow_refunds() -> Options {
     Options {
         sim: Box::new(|c| c.refund_delay = Duration::from_secs(100_000_000)),
         ..with_jobs_and_webhook()
-    }
-}
-
-fn with_jobs_and_webhook() -> Options {
-    Options {
-        jobs: quick_jobs(),
-        webhook: true,
-        ..Options::default()
     }
 }
 

@@ -257,6 +257,15 @@ pub(crate) fn quick_jobs() -> JobsConfig {
     }
 }
 
+/// Quick background work and a webhook receiver.
+pub(crate) fn with_jobs_and_webhook() -> Options {
+    Options {
+        jobs: quick_jobs(),
+        webhook: true,
+        ..Options::default()
+    }
+}
+
 /// A running gateway with its simulator.
 pub(crate) struct TestApp {
     pub url: String,

@@ -7,7 +7,7 @@ use wxpay_simulator::{TEST_API_KEY, TEST_APPID};
 
 use crate::support::{
     DEFAULT, HMAC, HMAC_APPID, HMAC_KEY, HMAC_MCH_ID, Options, Signer, TestDb, eventually, notification, order_body,
-    paid_notification, quick_jobs, spawn_app, with_jobs_and_webhook,
+    paid_notification, spawn_app, with_jobs_and_webhook,
 };
 
 const SUCCESS: &str =

@@ -752,21 +752,21 @@ async fn the_demo_plays_a_payment_from_login_to_paid_with_a_verified_webhook() {
         .unwrap();
     assert_eq!(paid.status(), 200);
     let no = order["out_trade_no"].as_str().unwrap();
-    let mut last = Value::Null;
-    for _ in 0..100 {
-        last = http
-            .get(format!("{base}/demo/backend/orders/{no}"))
+    let order_view = async || -> Value {
+        http.get(format!("{base}/demo/backend/orders/{no}"))
             .send()
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
-        if last["order"]["status"] == "paid" && !last["webhook_events"].as_array().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .unwrap()
+    };
+    wait_for("the order is paid and announced to the demo backend", async || {
+        let v = order_view().await;
+        v["order"]["status"] == "paid" && !v["webhook_events"].as_array().unwrap().is_empty()
+    })
+    .await;
+    let mut last = order_view().await;
     assert_eq!(last["order"]["status"], "paid", "{last}");
     assert_eq!(last["webhook_events"][0]["type"], "order.paid", "{last}");
     let token = std::fs::read_to_string(dir.join("api-token")).unwrap();
@@ -785,15 +785,6 @@ async fn the_demo_plays_a_payment_from_login_to_paid_with_a_verified_webhook() {
         .await
         .unwrap();
     assert_eq!(refund.status(), 201);
-    let order_view = async || -> Value {
-        http.get(format!("{base}/demo/backend/orders/{no}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    };
     wait_for("refund.succeeded reaches the demo backend", async || {
         order_view().await["webhook_events"]
             .as_array()

@@ -32,7 +32,48 @@ const MAX_BATCH: usize = 512;
 const READERS: usize = 4;
 
 type Completion = Box<dyn FnOnce(Option<StoreError>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Completion) + Send>;
+
+/// A write waiting for the writer thread. It can be run, or failed without running: when the
+/// transaction cannot begin, no job of the batch may touch the database, since outside a
+/// transaction each statement would commit on its own while its caller is told it failed.
+trait WriteJob: Send {
+    /// Runs the write on the connection, inside the batch's transaction: whether it
+    /// succeeded, and how to tell its caller once the batch commits (or does not).
+    fn run(self: Box<Self>, conn: &Connection) -> (bool, Completion);
+    /// Tells the caller the write failed, without running it.
+    fn fail(self: Box<Self>, error: StoreError);
+}
+
+type Job = Box<dyn WriteJob>;
+
+/// A write and the channel its result goes back on.
+struct Write<F, T> {
+    f: F,
+    tx: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<F, T> WriteJob for Write<F, T>
+where
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> (bool, Completion) {
+        let Write { f, tx } = *self;
+        let result = f(conn);
+        let ok = result.is_ok();
+        let done: Completion = Box::new(move |commit_error| {
+            let _ = tx.send(match commit_error {
+                None => result,
+                Some(e) => Err(e),
+            });
+        });
+        (ok, done)
+    }
+
+    fn fail(self: Box<Self>, error: StoreError) {
+        let _ = self.tx.send(Err(error));
+    }
+}
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -48,19 +89,36 @@ impl std::fmt::Debug for SqliteStore {
 
 struct Readers {
     path: PathBuf,
+    options: SqliteOptions,
     idle: Mutex<Vec<Connection>>,
 }
 
-fn open(path: &Path) -> Result<Connection, StoreError> {
+/// How the SQLite store opens its connections.
+#[derive(Clone, Copy, Debug)]
+pub struct SqliteOptions {
+    /// How long a write waits for another connection (another process, an operator's shell,
+    /// `wxpay reconcile`) to release the database before it fails.
+    pub busy_timeout: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            busy_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn open(path: &Path, options: SqliteOptions) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     // FULL: a commit is on disk before it returns; the gateway answers SUCCESS to WeChat Pay
     // only after that, and WeChat Pay does not send again once answered.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;
-         PRAGMA foreign_keys = ON;
-         PRAGMA busy_timeout = 10000;",
+         PRAGMA foreign_keys = ON;",
     )?;
+    conn.busy_timeout(options.busy_timeout)?;
     Ok(conn)
 }
 
@@ -96,11 +154,11 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 }
 
 /// The write connection: the file (and its folder) created if needed, brought up to date.
-fn open_migrated(path: &Path) -> Result<Connection, StoreError> {
+fn open_migrated(path: &Path, options: SqliteOptions) -> Result<Connection, StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
     }
-    let mut conn = open(path)?;
+    let mut conn = open(path, options)?;
     migrate(&mut conn)?;
     Ok(conn)
 }
@@ -112,7 +170,15 @@ impl SqliteStore {
     /// # Errors
     /// When the file cannot be opened or the schema cannot be brought up to date.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        let conn = open_migrated(path)?;
+        SqliteStore::open_with(path, SqliteOptions::default())
+    }
+
+    /// [`SqliteStore::open`] with other options.
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`].
+    pub fn open_with(path: &Path, options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        let conn = open_migrated(path, options)?;
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
         let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
         tracing::info!(path = %path.display(), journal_mode = %mode, synchronous = sync, "SQLite store open (synchronous 2 = FULL)");
@@ -125,6 +191,7 @@ impl SqliteStore {
             writer: tx,
             readers: Arc::new(Readers {
                 path: path.to_owned(),
+                options,
                 idle: Mutex::new(Vec::new()),
             }),
         })
@@ -135,7 +202,7 @@ impl SqliteStore {
     /// # Errors
     /// As [`SqliteStore::open`].
     pub fn migrate_only(path: &Path) -> Result<(), StoreError> {
-        open_migrated(path).map(drop)
+        open_migrated(path, SqliteOptions::default()).map(drop)
     }
 
     fn write<T: Send + 'static>(
@@ -143,17 +210,7 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Fut<'_, T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let result = f(conn);
-            let ok = result.is_ok();
-            let done: Completion = Box::new(move |commit_error| {
-                let _ = tx.send(match commit_error {
-                    None => result,
-                    Some(e) => Err(e),
-                });
-            });
-            (ok, done)
-        });
+        let job: Job = Box::new(Write { f, tx });
         let sent = self.writer.send(job);
         Box::pin(async move {
             sent.map_err(|_| StoreError::Db("the SQLite writer stopped".into()))?;
@@ -172,7 +229,7 @@ impl SqliteStore {
                 let conn = readers.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
                 let conn = match conn {
                     Some(c) => c,
-                    None => open(&readers.path)?,
+                    None => open(&readers.path, readers.options)?,
                 };
                 let result = f(&conn);
                 let mut idle = readers.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -198,11 +255,12 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
             }
         }
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            // Another process holds the database past the busy timeout: fail this batch.
-            let e = StoreError::Db(e.to_string());
+            // Another process holds the database past the busy timeout: fail this batch
+            // without running any of it.
+            tracing::error!(error = %e, jobs = jobs.len(), "SQLite write lock not obtained; the waiting writes fail");
+            let e = StoreError::Db(format!("the database is locked by another connection: {e}"));
             for job in jobs {
-                let (_, done) = job(&conn);
-                done(Some(e.clone()));
+                job.fail(e.clone());
             }
             std::thread::sleep(Duration::from_millis(10));
             continue;
@@ -210,7 +268,7 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
         let mut completions = Vec::with_capacity(jobs.len());
         for job in jobs {
             let savepoint = conn.execute_batch("SAVEPOINT op");
-            let (ok, done) = job(&conn);
+            let (ok, done) = job.run(&conn);
             let closed = if ok {
                 conn.execute_batch("RELEASE op")
             } else {

@@ -91,6 +91,11 @@ impl TestDb {
     pub(crate) async fn store(&self) -> Arc<dyn Store> {
         wxpay_gateway::open_store(&self.url, 8).await.unwrap()
     }
+
+    /// The SQLite file, for a second connection of the test's own.
+    pub(crate) fn sqlite_file(&self) -> PathBuf {
+        PathBuf::from(self.url.strip_prefix("sqlite://").expect("a SQLite database"))
+    }
 }
 
 impl Drop for TestDb {
@@ -215,6 +220,8 @@ pub(crate) struct Options {
     /// A third merchant, `app2`: a second mini program (`APP2_APPID`) on the default
     /// merchant number.
     pub second_app: bool,
+    /// On SQLite: how long a write waits for a lock held by another connection.
+    pub sqlite_busy_timeout: Option<Duration>,
 }
 
 /// The second mini program of the default merchant number (`Options::second_app`).
@@ -239,6 +246,7 @@ impl Default for Options {
             tls: false,
             hmac_without_cert: false,
             second_app: false,
+            sqlite_busy_timeout: None,
         }
     }
 }
@@ -394,7 +402,16 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
         default_order_ttl: Duration::from_secs(7200),
         reconcile: opts.reconcile,
     };
-    let store = db.store().await;
+    let store: Arc<dyn Store> = match opts.sqlite_busy_timeout {
+        Some(busy_timeout) if db.engine == "sqlite" => Arc::new(
+            wxpay_gateway::store::sqlite::SqliteStore::open_with(
+                &db.sqlite_file(),
+                wxpay_gateway::store::sqlite::SqliteOptions { busy_timeout },
+            )
+            .unwrap(),
+        ),
+        _ => db.store().await,
+    };
     let app = App::new(config, store).unwrap();
     let jobs = app.start_jobs();
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();

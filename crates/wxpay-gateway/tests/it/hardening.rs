@@ -1,0 +1,84 @@
+//! What an attack and a first-time user found (issue 9): each test failed before its fix.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::support::{Options, TestDb, order_body, paid_notification, spawn_app};
+
+const SUCCESS: &str =
+    "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>";
+
+/// Counts rows of a table straight from the SQLite file.
+fn sqlite_count(path: &std::path::Path, sql: &str) -> i64 {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_refused_for_a_lock_held_elsewhere_commit_nothing_and_the_retry_applies_once() {
+    let t = spawn_app(
+        TestDb::sqlite(),
+        Options {
+            sqlite_busy_timeout: Some(Duration::from_secs(2)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let o = t.create(order_body(100)).await;
+    let no = o["out_trade_no"].as_str().unwrap().to_owned();
+    let file = t.db.sqlite_file();
+
+    // Another connection (an operator's shell, `wxpay migrate`, a second process) takes the
+    // write lock and keeps it a little past the gateway's busy timeout: long enough for the
+    // gateway's transaction not to begin, short enough for statements run after that failure
+    // to get the lock.
+    let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+    let holder_file = file.clone();
+    let holder = std::thread::spawn(move || {
+        let c = rusqlite::Connection::open(holder_file).unwrap();
+        c.execute_batch("BEGIN IMMEDIATE").unwrap();
+        locked.send(()).unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        c.execute_batch("ROLLBACK").unwrap();
+    });
+    is_locked.recv().unwrap();
+
+    let notification = paid_notification(&no, 100, "4200000000000000000000000901");
+    let mut body = order_body(200);
+    body["out_trade_no"] = json!("LOCKED00000001");
+    let (notified, created) = tokio::join!(
+        t.notify(notification.clone()),
+        t.api(Method::POST, "/v1/orders", Some(body.clone()), None)
+    );
+    holder.join().unwrap();
+
+    // The notification could not be applied while the lock was held, and was answered so.
+    assert_eq!(notified.0, 500, "{notified:?}");
+    assert!(notified.1.contains("FAIL"), "{notified:?}");
+    // What was answered as failed left no trace.
+    assert_eq!(t.order(&no).await["status"], "pending");
+    assert_eq!(sqlite_count(&file, "SELECT COUNT(*) FROM outbox"), 0);
+    assert_eq!(
+        sqlite_count(&file, "SELECT COUNT(*) FROM order_events WHERE kind = 'paid'"),
+        0
+    );
+    // The order creation queued behind it: stored exactly when it was answered as created.
+    let stored = sqlite_count(
+        &file,
+        "SELECT COUNT(*) FROM orders WHERE out_trade_no = 'LOCKED00000001'",
+    );
+    assert_eq!(stored, i64::from(created.0 == 201), "{created:?}");
+
+    // WeChat Pay sends the notification again: it is applied, once.
+    assert_eq!(t.notify(notification.clone()).await, (200, SUCCESS.to_owned()));
+    assert_eq!(t.notify(notification).await, (200, SUCCESS.to_owned()));
+    assert_eq!(t.order(&no).await["status"], "paid");
+    assert_eq!(sqlite_count(&file, "SELECT COUNT(*) FROM outbox"), 1);
+    assert_eq!(
+        sqlite_count(&file, "SELECT COUNT(*) FROM order_events WHERE kind = 'paid'"),
+        1
+    );
+    t.stop().await;
+}

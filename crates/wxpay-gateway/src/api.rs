@@ -9,12 +9,16 @@
 //! | `POST /v1/orders/{out_trade_no}/close` | closes an unpaid order (never a paid one) |
 //! | `POST /v1/orders/{out_trade_no}/refunds`, `GET /v1/refunds/{out_refund_no}` | refunds (`refunds.rs`) |
 
+use std::future::Future;
+use std::time::Duration;
+
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use wxpay_protocol::v2::{CloseOrder, ErrCode, OrderQuery, PayParams, TradeState, UnifiedOrder};
 use wxpay_protocol::{BeijingTime, Fen, OutTradeNo};
 
@@ -256,19 +260,50 @@ pub(crate) async fn create_order(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let hash = sha256_hex(&body);
-    idempotent(&app, scope.0, &headers, hash, create(&app, &body)).await
+    let run = {
+        let app = app.clone();
+        async move { create(&app, &body).await }
+    };
+    idempotent(&app, scope.0, &headers, hash, run).await
+}
+
+/// How long a request may hold its `Idempotency-Key` without an answer before a retry with
+/// the same body may take the key over (its first request died, or could not record its
+/// answer). Longer than any creating request can take: WeChat Pay's calls give up well before.
+pub(crate) const IDEMPOTENCY_LEASE: Duration = Duration::from_secs(60);
+
+/// How long an `Idempotency-Key` and its answer are kept, as Stripe does.
+pub(crate) const IDEMPOTENCY_KEPT: Duration = Duration::from_secs(24 * 3600);
+
+/// Runs `fut` on a task of its own, in the request's span and with its request id, and waits
+/// for it: when the client goes away and the handler is dropped, the work (an order stored and
+/// sent to WeChat Pay, its answer recorded for the key) still runs to its end.
+async fn detached<T: Send + 'static>(
+    fut: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    let request_id = crate::error::current_request_id();
+    let task = async move {
+        match request_id {
+            Some(id) => crate::error::REQUEST_ID.scope(id, fut).await,
+            None => fut.await,
+        }
+    };
+    tokio::spawn(task.instrument(tracing::Span::current()))
+        .await
+        .map_err(|e| ApiError::Internal(format!("the request's task ended abnormally: {e}")))?
 }
 
 /// Runs a request that creates something under its `Idempotency-Key`, when it has one: the
 /// first request with a key runs `run`; a later one with the same key and the same request
 /// digest gets the first one's answer, with another digest a 409. `run` is not started when
-/// an earlier answer is given.
+/// an earlier answer is given. Once started, `run` and the recording of its answer finish
+/// even if the client goes away.
 pub(crate) async fn idempotent(
     app: &App,
     scope: String,
     headers: &HeaderMap,
     request_hash: String,
-    run: impl std::future::Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>,
+    run: impl Future<Output = Result<(StatusCode, serde_json::Value), ApiError>> + Send + 'static,
 ) -> Result<Response, ApiError> {
     let key = match headers.get("idempotency-key") {
         None => None,
@@ -285,20 +320,27 @@ pub(crate) async fn idempotent(
         }
     };
     let Some(key) = key else {
-        let (status, body) = run.await?;
+        let (status, body) = detached(run).await?;
         return Ok((status, Json(body)).into_response());
     };
     let store = &app.inner.store;
     let hash = request_hash;
+    let lease = IDEMPOTENCY_LEASE.as_millis() as i64;
     match store
-        .idem_claim(scope.clone(), key.clone(), hash.clone(), app.now())
+        .idem_claim(scope.clone(), key.clone(), hash.clone(), app.now(), lease)
         .await?
     {
         IdemClaim::Claimed => {}
-        IdemClaim::InProgress { .. } => {
+        IdemClaim::InProgress { request_hash } if request_hash == hash => {
             return Err(ApiError::Conflict {
                 code: "idempotency_in_progress",
                 message: "a request with this Idempotency-Key is still running; retry later".into(),
+            });
+        }
+        IdemClaim::InProgress { .. } => {
+            return Err(ApiError::Conflict {
+                code: "idempotency_key_reused",
+                message: "this Idempotency-Key was used with another request body".into(),
             });
         }
         IdemClaim::Done {
@@ -321,19 +363,23 @@ pub(crate) async fn idempotent(
                 .into_response());
         }
     }
-    let result = run.await;
-    match &result {
-        // A definite answer is kept for the key; an answer that depended on WeChat Pay not
-        // answering is not, so that the same request can be tried again.
-        Ok((status, body)) => store.idem_finish(scope, key, status.as_u16(), body.to_string()).await?,
-        Err(ApiError::Unavailable(_) | ApiError::Internal(_)) => store.idem_release(scope, key).await?,
-        Err(e) => {
-            store
-                .idem_finish(scope, key, e.status().as_u16(), e.body().to_string())
-                .await?
+    let store = store.clone();
+    let (status, body) = detached(async move {
+        let result = run.await;
+        match &result {
+            // A definite answer is kept for the key; an answer that depended on WeChat Pay not
+            // answering is not, so that the same request can be tried again.
+            Ok((status, body)) => store.idem_finish(scope, key, status.as_u16(), body.to_string()).await?,
+            Err(ApiError::Unavailable(_) | ApiError::Internal(_)) => store.idem_release(scope, key).await?,
+            Err(e) => {
+                store
+                    .idem_finish(scope, key, e.status().as_u16(), e.body().to_string())
+                    .await?
+            }
         }
-    }
-    let (status, body) = result?;
+        result
+    })
+    .await?;
     Ok((status, Json(body)).into_response())
 }
 

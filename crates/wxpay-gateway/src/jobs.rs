@@ -63,8 +63,13 @@ async fn stopped_after(stop: &mut watch::Receiver<bool>, pause: Duration) -> boo
 /// refunds due are sent again or queried.
 pub(crate) async fn checks(app: App, mut stop: watch::Receiver<bool>) {
     let cfg = app.inner.config.jobs.clone();
+    let mut next_purge = 0;
     loop {
         let now = app.now();
+        if now >= next_purge {
+            forget_idempotency_keys(&app, now).await;
+            next_purge = now + ms(PURGE_EVERY);
+        }
         match app.inner.store.claim_checks(now, now + ms(cfg.lease), cfg.batch).await {
             Ok(orders) => {
                 for order in orders {
@@ -98,6 +103,33 @@ pub(crate) async fn checks(app: App, mut stop: watch::Receiver<bool>) {
         if stopped_after(&mut stop, cfg.poll_every).await {
             return;
         }
+    }
+}
+
+/// How often idempotency keys past their keeping time are forgotten.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// Forgets the idempotency keys older than a day, a bounded number per statement so that no
+/// transaction runs long, until none is left.
+async fn forget_idempotency_keys(app: &App, now: i64) {
+    let before = now - ms(crate::api::IDEMPOTENCY_KEPT);
+    let mut forgotten = 0;
+    loop {
+        match app.inner.store.idem_purge(before, 5000).await {
+            Ok(n) => {
+                forgotten += n;
+                if n < 5000 {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot forget old idempotency keys");
+                break;
+            }
+        }
+    }
+    if forgotten > 0 {
+        tracing::info!(forgotten, "idempotency keys older than a day forgotten");
     }
 }
 

@@ -136,14 +136,11 @@ pub(crate) async fn create_refund(
 ) -> Result<Response, ApiError> {
     // The same key and body on another order is another request.
     let hash = sha256_hex(format!("{out_trade_no}\n{}", String::from_utf8_lossy(&body)).as_bytes());
-    idempotent(
-        &app,
-        format!("{}/refunds", scope.0),
-        &headers,
-        hash,
-        create(&app, out_trade_no, &body),
-    )
-    .await
+    let run = {
+        let app = app.clone();
+        async move { create(&app, out_trade_no, &body).await }
+    };
+    idempotent(&app, format!("{}/refunds", scope.0), &headers, hash, run).await
 }
 
 async fn create(app: &App, out_trade_no: String, body: &[u8]) -> Result<(StatusCode, serde_json::Value), ApiError> {

@@ -593,6 +593,18 @@ pub enum IdemClaim {
     },
 }
 
+/// A key's state from its row: answered when both the status and the body are there.
+pub(crate) fn idem_state(request_hash: String, status: Option<i64>, response: Option<String>) -> IdemClaim {
+    match (status, response) {
+        (Some(s), Some(body)) => IdemClaim::Done {
+            request_hash,
+            status: u16::try_from(s).unwrap_or(500),
+            response: body,
+        },
+        _ => IdemClaim::InProgress { request_hash },
+    }
+}
+
 /// An event waiting to go to the business backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxEvent {
@@ -666,14 +678,27 @@ pub trait Store: Send + Sync + 'static {
     /// Records a notification that changed nothing (rejected before it reached an order).
     fn record_notification(&self, record: NotificationRecord) -> Fut<'_, ()>;
 
-    /// Claims an idempotency key for a request, or tells what happened to it.
-    fn idem_claim(&self, scope: String, key: String, request_hash: String, now: i64) -> Fut<'_, IdemClaim>;
+    /// Claims an idempotency key for a request, or tells what happened to it. A key whose
+    /// request has held it unanswered for `lease_ms` is taken over by a request with the same
+    /// digest (its first owner died or could not record its answer).
+    fn idem_claim(
+        &self,
+        scope: String,
+        key: String,
+        request_hash: String,
+        now: i64,
+        lease_ms: i64,
+    ) -> Fut<'_, IdemClaim>;
 
     /// Stores the answer given to the request that owns a key.
     fn idem_finish(&self, scope: String, key: String, status: u16, response: String) -> Fut<'_, ()>;
 
     /// Releases a key whose request ended without a definite answer, so a retry runs again.
     fn idem_release(&self, scope: String, key: String) -> Fut<'_, ()>;
+
+    /// Forgets up to `limit` idempotency keys made before `created_before` (Unix ms); returns
+    /// how many.
+    fn idem_purge(&self, created_before: i64, limit: u32) -> Fut<'_, u64>;
 
     /// Claims up to `limit` pending orders due for a check (`next_check_at <= now`), moving
     /// their next check to `lease_until` so that no one else takes them meanwhile.

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/postgres/0001_init.sql")),
     (2, include_str!("../../migrations/postgres/0002_rfc3339.sql")),
     (3, include_str!("../../migrations/postgres/0003_refunds.sql")),
+    (4, include_str!("../../migrations/postgres/0004_idempotency_lease.sql")),
 ];
 /// The advisory lock that serialises migrations of several gateways starting together.
 const MIGRATION_LOCK: i64 = 0x7778_7061_7900;
@@ -1400,11 +1401,18 @@ impl Store for PgStore {
         })
     }
 
-    fn idem_claim(&self, scope: String, key: String, request_hash: String, now: i64) -> Fut<'_, IdemClaim> {
+    fn idem_claim(
+        &self,
+        scope: String,
+        key: String,
+        request_hash: String,
+        now: i64,
+        lease_ms: i64,
+    ) -> Fut<'_, IdemClaim> {
         Box::pin(async move {
             let inserted = sqlx::query(
-                "INSERT INTO idempotency_keys (scope, key, request_hash, created_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (scope, key) DO NOTHING",
+                "INSERT INTO idempotency_keys (scope, key, request_hash, created_at, claimed_at) \
+                 VALUES ($1, $2, $3, $4, $4) ON CONFLICT (scope, key) DO NOTHING",
             )
             .bind(&scope)
             .bind(&key)
@@ -1416,6 +1424,23 @@ impl Store for PgStore {
             if inserted == 1 {
                 return Ok(IdemClaim::Claimed);
             }
+            // The request that holds the key ran past its lease without an answer: this one,
+            // identical, takes it over. The row lock makes one of several takers win.
+            let taken = sqlx::query(
+                "UPDATE idempotency_keys SET claimed_at = $4 WHERE scope = $1 AND key = $2 AND request_hash = $3 \
+                 AND status IS NULL AND COALESCE(claimed_at, created_at) <= $5",
+            )
+            .bind(&scope)
+            .bind(&key)
+            .bind(&request_hash)
+            .bind(now)
+            .bind(now - lease_ms)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            if taken == 1 {
+                return Ok(IdemClaim::Claimed);
+            }
             let row = sqlx::query(
                 "SELECT request_hash, status, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
             )
@@ -1423,17 +1448,12 @@ impl Store for PgStore {
             .bind(&key)
             .fetch_one(&self.pool)
             .await?;
-            let hash: String = row.try_get("request_hash")?;
             let status: Option<i32> = row.try_get("status")?;
-            let response: Option<String> = row.try_get("response")?;
-            Ok(match (status, response) {
-                (Some(s), Some(body)) => IdemClaim::Done {
-                    request_hash: hash,
-                    status: u16::try_from(s).unwrap_or(500),
-                    response: body,
-                },
-                _ => IdemClaim::InProgress { request_hash: hash },
-            })
+            Ok(super::idem_state(
+                row.try_get("request_hash")?,
+                status.map(i64::from),
+                row.try_get("response")?,
+            ))
         })
     }
 
@@ -1458,6 +1478,21 @@ impl Store for PgStore {
                 .execute(&self.pool)
                 .await?;
             Ok(())
+        })
+    }
+
+    fn idem_purge(&self, created_before: i64, limit: u32) -> Fut<'_, u64> {
+        Box::pin(async move {
+            let n = sqlx::query(
+                "DELETE FROM idempotency_keys WHERE ctid IN \
+                 (SELECT ctid FROM idempotency_keys WHERE created_at < $1 LIMIT $2)",
+            )
+            .bind(created_before)
+            .bind(i64::from(limit))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            Ok(n)
         })
     }
 

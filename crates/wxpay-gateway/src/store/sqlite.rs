@@ -24,6 +24,7 @@ use super::{
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../migrations/sqlite/0002_refunds.sql")),
+    (3, include_str!("../../migrations/sqlite/0003_idempotency_lease.sql")),
 ];
 
 /// The most writes committed together.
@@ -911,15 +912,33 @@ impl Store for SqliteStore {
         self.write(move |c| insert_notification(c, &record))
     }
 
-    fn idem_claim(&self, scope: String, key: String, request_hash: String, now: i64) -> Fut<'_, IdemClaim> {
+    fn idem_claim(
+        &self,
+        scope: String,
+        key: String,
+        request_hash: String,
+        now: i64,
+        lease_ms: i64,
+    ) -> Fut<'_, IdemClaim> {
         self.write(move |c| {
             let inserted = c
                 .prepare_cached(
-                    "INSERT INTO idempotency_keys (scope, key, request_hash, created_at) VALUES (?1, ?2, ?3, ?4) \
-                     ON CONFLICT (scope, key) DO NOTHING",
+                    "INSERT INTO idempotency_keys (scope, key, request_hash, created_at, claimed_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (scope, key) DO NOTHING",
                 )?
                 .execute(params![scope, key, request_hash, now])?;
             if inserted == 1 {
+                return Ok(IdemClaim::Claimed);
+            }
+            // The request that holds the key ran past its lease without an answer: this one,
+            // identical, takes it over.
+            let taken = c
+                .prepare_cached(
+                    "UPDATE idempotency_keys SET claimed_at = ?4 WHERE scope = ?1 AND key = ?2 AND request_hash = ?3 \
+                     AND status IS NULL AND COALESCE(claimed_at, created_at) <= ?5",
+                )?
+                .execute(params![scope, key, request_hash, now, now - lease_ms])?;
+            if taken == 1 {
                 return Ok(IdemClaim::Claimed);
             }
             let (hash, status, response): (String, Option<i64>, Option<String>) = c
@@ -927,14 +946,7 @@ impl Store for SqliteStore {
                     "SELECT request_hash, status, response FROM idempotency_keys WHERE scope = ?1 AND key = ?2",
                 )?
                 .query_row(params![scope, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            Ok(match (status, response) {
-                (Some(s), Some(body)) => IdemClaim::Done {
-                    request_hash: hash,
-                    status: u16::try_from(s).unwrap_or(500),
-                    response: body,
-                },
-                _ => IdemClaim::InProgress { request_hash: hash },
-            })
+            Ok(super::idem_state(hash, status, response))
         })
     }
 
@@ -951,6 +963,18 @@ impl Store for SqliteStore {
             c.prepare_cached("DELETE FROM idempotency_keys WHERE scope = ?1 AND key = ?2 AND status IS NULL")?
                 .execute(params![scope, key])?;
             Ok(())
+        })
+    }
+
+    fn idem_purge(&self, created_before: i64, limit: u32) -> Fut<'_, u64> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "DELETE FROM idempotency_keys WHERE rowid IN \
+                     (SELECT rowid FROM idempotency_keys WHERE created_at < ?1 LIMIT ?2)",
+                )?
+                .execute(params![created_before, limit])?;
+            Ok(n as u64)
         })
     }
 

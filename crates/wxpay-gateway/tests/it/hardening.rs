@@ -5,7 +5,9 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::support::{Options, TestDb, order_body, paid_notification, spawn_app};
+use wxpay_gateway::UpstreamConfig;
+
+use crate::support::{Options, TOKEN, TestDb, eventually, order_body, paid_notification, quick_jobs, spawn_app};
 
 const SUCCESS: &str =
     "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>";
@@ -81,4 +83,90 @@ async fn writes_refused_for_a_lock_held_elsewhere_commit_nothing_and_the_retry_a
         1
     );
     t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_creating_request_whose_client_went_away_finishes_and_its_key_answers_the_retry() {
+    for db in TestDb::all().await {
+        let t = spawn_app(
+            db,
+            Options {
+                upstream: UpstreamConfig {
+                    timeout: Duration::from_secs(10),
+                    retry_backoff: Duration::from_millis(10),
+                    ..UpstreamConfig::default()
+                },
+                ..Options::default()
+            },
+        )
+        .await;
+        t.fault(json!({"kind": "delay", "api": "unifiedorder", "count": 1, "delay_ms": 5000}))
+            .await;
+        let mut body = order_body(100);
+        let no = format!("DROP{}", t.engine().to_uppercase());
+        body["out_trade_no"] = json!(no);
+        let impatient = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let gone = impatient
+            .post(format!("{}/v1/orders", t.url))
+            .bearer_auth(TOKEN)
+            .header("Idempotency-Key", "went-away")
+            .json(&body)
+            .send()
+            .await;
+        assert!(
+            gone.is_err_and(|e| e.is_timeout()),
+            "{}: the client gives up",
+            t.engine()
+        );
+
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let (status, answer) = t.api(Method::POST, "/v1/orders", Some(body), Some("went-away")).await;
+        assert_eq!(status, 201, "{}: {answer}", t.engine());
+        assert_eq!(answer["out_trade_no"], no.as_str());
+        assert!(answer["pay_params"]["paySign"].is_string(), "{answer}");
+        let prepay = answer["prepay_id"].as_str().unwrap();
+        let order = t.order(&no).await;
+        assert_eq!(
+            order["prepay_id"],
+            prepay,
+            "{}: the one order the first request made",
+            t.engine()
+        );
+        assert_eq!(t.sim_calls("unifiedorder").await, 1, "{}", t.engine());
+        t.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotency_keys_are_forgotten_after_a_day_by_the_background_work() {
+    for db in TestDb::all().await {
+        let t = spawn_app(
+            db,
+            Options {
+                jobs: quick_jobs(),
+                ..Options::default()
+            },
+        )
+        .await;
+        let (status, _) = t
+            .api(Method::POST, "/v1/orders", Some(order_body(100)), Some("day-old"))
+            .await;
+        assert_eq!(status, 201);
+        let (status, _) = t
+            .api(Method::POST, "/v1/orders", Some(order_body(200)), Some("day-old"))
+            .await;
+        assert_eq!(status, 409, "{}: the key is kept", t.engine());
+        t.app.clock().advance(Duration::from_secs(25 * 3600));
+        eventually("the key is forgotten", async || {
+            t.api(Method::POST, "/v1/orders", Some(order_body(200)), Some("day-old"))
+                .await
+                .0
+                == 201
+        })
+        .await;
+        t.stop().await;
+    }
 }

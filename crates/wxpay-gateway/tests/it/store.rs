@@ -312,7 +312,7 @@ async fn a_paid_order_is_never_closed_or_failed_and_a_closed_one_can_still_be_pa
 async fn an_idempotency_key_is_claimed_once_then_answers_from_the_stored_response() {
     for db in TestDb::all().await {
         let store = db.store().await;
-        let claim = || store.idem_claim("scope".into(), "key-1".into(), "h1".into(), T0);
+        let claim = || store.idem_claim("scope".into(), "key-1".into(), "h1".into(), T0, LEASE);
         assert_eq!(claim().await.unwrap(), IdemClaim::Claimed, "{}", db.engine);
         assert_eq!(
             claim().await.unwrap(),
@@ -345,10 +345,107 @@ async fn an_idempotency_key_is_claimed_once_then_answers_from_the_stored_respons
         );
         // Keys are scoped: another token's key of the same name is its own.
         let other = store
-            .idem_claim("scope2".into(), "key-1".into(), "h2".into(), T0)
+            .idem_claim("scope2".into(), "key-1".into(), "h2".into(), T0, LEASE)
             .await
             .unwrap();
         assert_eq!(other, IdemClaim::Claimed, "{}", db.engine);
+    }
+}
+
+const LEASE: i64 = 60_000;
+
+#[tokio::test]
+async fn a_key_held_past_its_lease_is_taken_over_only_by_the_same_request() {
+    for db in TestDb::all().await {
+        let store = db.store().await;
+        let claim = |hash: &'static str, at: i64| store.idem_claim("s".into(), "k".into(), hash.into(), at, LEASE);
+        assert_eq!(claim("h1", T0).await.unwrap(), IdemClaim::Claimed, "{}", db.engine);
+        // Within the lease the first request still owns it.
+        assert_eq!(
+            claim("h1", T0 + LEASE - 1).await.unwrap(),
+            IdemClaim::InProgress {
+                request_hash: "h1".into()
+            },
+            "{}",
+            db.engine
+        );
+        // Past it, another body still does not get it; the same body does, once.
+        assert_eq!(
+            claim("h2", T0 + LEASE).await.unwrap(),
+            IdemClaim::InProgress {
+                request_hash: "h1".into()
+            },
+            "{}",
+            db.engine
+        );
+        assert_eq!(
+            claim("h1", T0 + LEASE).await.unwrap(),
+            IdemClaim::Claimed,
+            "{}",
+            db.engine
+        );
+        assert_eq!(
+            claim("h1", T0 + LEASE + 1).await.unwrap(),
+            IdemClaim::InProgress {
+                request_hash: "h1".into()
+            },
+            "{}: the lease starts again for the new owner",
+            db.engine
+        );
+        // A key with an answer is never taken over, however old.
+        store
+            .idem_finish("s".into(), "k".into(), 201, "{}".into())
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                claim("h1", T0 + 10 * LEASE).await.unwrap(),
+                IdemClaim::Done { status: 201, .. }
+            ),
+            "{}",
+            db.engine
+        );
+    }
+}
+
+#[tokio::test]
+async fn keys_older_than_the_cut_are_forgotten_in_bounded_steps() {
+    for db in TestDb::all().await {
+        let store = db.store().await;
+        for i in 0..7 {
+            let at = if i < 5 { T0 } else { T0 + 1000 };
+            let claimed = store
+                .idem_claim("s".into(), format!("k{i}"), "h".into(), at, LEASE)
+                .await
+                .unwrap();
+            assert_eq!(claimed, IdemClaim::Claimed);
+        }
+        assert_eq!(store.idem_purge(T0 + 1, 3).await.unwrap(), 3, "{}", db.engine);
+        assert_eq!(store.idem_purge(T0 + 1, 3).await.unwrap(), 2, "{}", db.engine);
+        assert_eq!(store.idem_purge(T0 + 1, 3).await.unwrap(), 0, "{}", db.engine);
+        // The two newer keys are still there, still owned.
+        let kept = store
+            .idem_claim("s".into(), "k6".into(), "h".into(), T0 + 1001, LEASE)
+            .await
+            .unwrap();
+        assert_eq!(
+            kept,
+            IdemClaim::InProgress {
+                request_hash: "h".into()
+            },
+            "{}",
+            db.engine
+        );
+        let forgotten = store
+            .idem_claim("s".into(), "k0".into(), "other".into(), T0 + 1001, LEASE)
+            .await
+            .unwrap();
+        assert_eq!(
+            forgotten,
+            IdemClaim::Claimed,
+            "{}: a forgotten key is new again",
+            db.engine
+        );
     }
 }
 

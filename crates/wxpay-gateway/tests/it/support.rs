@@ -554,6 +554,30 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Installs a simulator fault, and checks that it was installed.
+    pub(crate) async fn fault(&self, fault: Value) {
+        let (status, v) = self.sim_post("/simulator/faults", fault.clone()).await;
+        assert_eq!(status, 201, "the fault {fault} was not installed: {v}");
+    }
+
+    /// How many calls of `api` the simulator received, whatever their result.
+    pub(crate) async fn sim_calls(&self, api: &str) -> u64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.sim_url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let prefix = format!("wxpay_sim_requests_total{{api=\"{api}\",");
+        text.lines()
+            .filter(|l| l.starts_with(&prefix))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    }
+
     pub(crate) async fn sim_get(&self, path: &str) -> Value {
         self.http
             .get(format!("{}{path}", self.sim_url))

@@ -9,9 +9,11 @@
 //! notification comes again.
 //!
 //! A refund notification carries no signature: its `req_info` is AES-256-ECB encrypted with
-//! the MD5 of the merchant's key, and ECB authenticates nothing. It is therefore a hint that
-//! changes a refund only when it matches one that wxpay asked for: the number, the order and
-//! the amount; anything else changes nothing and is logged.
+//! the MD5 of the merchant's key, and ECB authenticates nothing. It is therefore a hint: a
+//! `SUCCESS` settles a refund only when it matches one that wxpay asked for (the number, the
+//! order and the amount); a failure (`REFUNDCLOSE`, `CHANGE`), which would give the reserved
+//! amount back, is only a reason to ask WeChat Pay (`refundquery`), whose signed answer
+//! decides; anything else changes nothing and is logged.
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -262,6 +264,9 @@ pub(crate) async fn refund(State(app): State<App>, body: Bytes) -> Response {
         record.reason = Some(format!("refund_status {}", n.refund_status.as_str()));
         return acknowledge(&app, record).await;
     };
+    if !succeeded {
+        return refund_failure_reported(&app, idx, &n, record).await;
+    }
     let result = RefundResult {
         merchant: name,
         out_refund_no: n.out_refund_no.clone(),
@@ -312,6 +317,83 @@ pub(crate) async fn refund(State(app): State<App>, body: Bytes) -> Response {
                 StatusCode::CONFLICT,
                 notify_fail_reply("conflicts with the recorded refund"),
             )
+        }
+    }
+}
+
+/// A refund notification that says the refund failed (`REFUNDCLOSE`, `CHANGE`). The
+/// notification authenticates nothing (AES-ECB: blocks of genuine notifications can be cut and
+/// spliced), and failing a refund gives its reserved amount back to be refunded again, so the
+/// notification alone never fails a refund: it makes the gateway ask WeChat Pay
+/// (`refundquery`, whose answer is signed), and the answer decides.
+async fn refund_failure_reported(
+    app: &App,
+    idx: usize,
+    n: &wxpay_protocol::v2::RefundNotification,
+    mut record: NotificationRecord,
+) -> Response {
+    let link = &app.inner.merchants[idx];
+    let found = match app
+        .inner
+        .store
+        .refund(link.config.name.clone(), n.out_refund_no.clone())
+        .await
+    {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read a refund for its notification");
+            return temporary_failure();
+        }
+    };
+    let (verdict, reply) = match found {
+        None => (
+            "unknown_refund",
+            reply(StatusCode::NOT_FOUND, notify_fail_reply("unknown refund")),
+        ),
+        Some(r) if r.out_trade_no != n.out_trade_no => (
+            "wrong_order",
+            reply(
+                StatusCode::BAD_REQUEST,
+                notify_fail_reply("refund does not belong to this order"),
+            ),
+        ),
+        Some(r) if r.status == crate::store::RefundStatus::Succeeded => {
+            tracing::error!(out_refund_no = ?r.out_refund_no, reported = ?n.refund_status.as_str(), "refund notification contradicts a succeeded refund");
+            (
+                "status_conflict",
+                reply(
+                    StatusCode::CONFLICT,
+                    notify_fail_reply("conflicts with the recorded refund"),
+                ),
+            )
+        }
+        Some(r) if r.status == crate::store::RefundStatus::Failed => ("duplicate", success()),
+        Some(r) => {
+            // Asked on a task of its own: WeChat Pay waits for this reply only a few seconds.
+            // Should the query get no answer, the refund stays pending and the check loop asks.
+            let app = app.clone();
+            tokio::spawn(async move {
+                let link = &app.inner.merchants[idx];
+                match crate::refunds::sync(&app, link, r).await {
+                    Ok((r, synced)) => {
+                        tracing::info!(out_refund_no = ?r.out_refund_no, status = %r.status, ?synced, "refund failure reported by a notification, asked of WeChat Pay")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "refundquery after a refund failure notification failed; the check loop asks again")
+                    }
+                }
+            });
+            ("to_confirm", success())
+        }
+    };
+    app.inner.metrics.notification(verdict);
+    record.verdict = verdict.into();
+    record.reason = Some(format!("refund_status {}", n.refund_status.as_str()));
+    match app.inner.store.record_notification(record).await {
+        Ok(()) => reply,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record a notification");
+            temporary_failure()
         }
     }
 }

@@ -448,6 +448,74 @@ async fn a_refund_wechat_pay_closes_fails_and_gives_its_amount_back() {
 }
 
 #[tokio::test]
+async fn a_refund_failure_from_a_notification_alone_frees_nothing_until_refundquery_confirms_it() {
+    for db in TestDb::all().await {
+        // No background work: whatever settles the refund here is the notification's doing.
+        let t = spawn_app(
+            db,
+            Options {
+                sim: Box::new(|c| c.refund_delay = Duration::from_secs(100_000_000)),
+                webhook: true,
+                ..Options::default()
+            },
+        )
+        .await;
+        t.paid_order("RF-SPLICE", 100).await;
+        let (status, r) = refund(
+            &t,
+            "RF-SPLICE",
+            json!({"amount_fen": 100, "out_refund_no": "RF-SPLICE-1"}),
+        )
+        .await;
+        assert_eq!(status, 201, "{r}");
+        let queries = t.sim_calls("refundquery").await;
+
+        // A correctly encrypted REFUNDCLOSE that WeChat Pay never sent (spliced from genuine
+        // blocks, or replayed): WeChat Pay still says PROCESSING.
+        let forged = refund_notification(TEST_API_KEY, "RF-SPLICE", "RF-SPLICE-1", 100, RefundStatus::RefundClose);
+        let (status, reply) = post_refund_notification(&t, forged).await;
+        assert_eq!(status, 200, "{reply}");
+        eventually("the gateway asks WeChat Pay", async || {
+            t.sim_calls("refundquery").await > queries
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            get_refund(&t, "RF-SPLICE-1").await["status"],
+            "pending",
+            "{}",
+            t.engine()
+        );
+        // The amount stays reserved: nothing more can be refunded.
+        let (status, v) = refund(&t, "RF-SPLICE", json!({"amount_fen": 1})).await;
+        assert_eq!(status, 409, "{}: {v}", t.engine());
+        assert_eq!(v["error"]["code"], "refund_exceeds_amount");
+
+        // WeChat Pay really closes it: its notification makes the gateway ask, and the signed
+        // answer fails the refund.
+        let (status, v) = t
+            .sim_post(
+                "/simulator/refunds/RF-SPLICE-1/complete",
+                json!({"status": "REFUNDCLOSE"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        let failed = wait_refund(&t, "RF-SPLICE-1", "failed").await;
+        let settled = t.order("RF-SPLICE").await["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["kind"] == "refund_failed")
+            .cloned()
+            .unwrap();
+        assert_eq!(settled["detail"]["source"], "query", "{failed} {settled}");
+        let (status, v) = refund(&t, "RF-SPLICE", json!({"amount_fen": 100})).await;
+        assert_eq!(status, 201, "{}: the amount is free again: {v}", t.engine());
+        t.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn refunds_go_over_mutual_tls_with_the_p12_or_the_pem_pair_and_never_without_a_certificate() {
     let t = spawn_app(
         TestDb::sqlite(),

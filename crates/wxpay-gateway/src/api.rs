@@ -520,6 +520,16 @@ pub(crate) async fn sync(app: &App, link: &MerchantLink, order: Order) -> Result
     apply_query(app, order, &answer).await
 }
 
+/// The currency of every order: the gateway sends no `fee_type`, and WeChat Pay's default is
+/// CNY. (When orders carry a currency, this becomes a column compared in the payment verdict.)
+pub(crate) const ORDER_CURRENCY: &str = "CNY";
+
+/// The currency WeChat Pay reports for a payment (`fee_type`, CNY when absent) when it is not
+/// the order's: such a payment is refused like one of another amount.
+pub(crate) fn foreign_currency(fee_type: Option<&str>) -> Option<&str> {
+    fee_type.filter(|c| *c != ORDER_CURRENCY)
+}
+
 /// Applies a verified `orderquery` answer to an order.
 pub(crate) async fn apply_query(
     app: &App,
@@ -535,6 +545,10 @@ pub(crate) async fn apply_query(
                     "a paid orderquery answer without transaction_id".into(),
                 ));
             };
+            if let Some(reported) = foreign_currency(answer.fee_type.as_deref()) {
+                tracing::error!(out_trade_no = ?order.out_trade_no, fee_type = ?reported, "orderquery says paid in another currency; the order is left as it is");
+                return Ok(order);
+            }
             let payment = Payment {
                 merchant: order.merchant.clone(),
                 out_trade_no: order.out_trade_no.clone(),

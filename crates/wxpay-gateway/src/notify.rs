@@ -171,6 +171,32 @@ pub(crate) async fn payment(State(app): State<App>, body: Bytes) -> Response {
             return acknowledge(&app, record).await;
         }
     };
+    if let Some(reported) = crate::api::foreign_currency(notification.fee_type.as_deref()) {
+        // Rejected like a wrong amount: the same number in another currency is another sum.
+        tracing::warn!(out_trade_no = ?notification.out_trade_no, fee_type = ?reported, "payment notification in another currency");
+        app.inner.metrics.notification("currency_mismatch");
+        let record = NotificationRecord {
+            received_at: now,
+            kind: "payment".into(),
+            merchant: Some(name),
+            out_trade_no: Some(notification.out_trade_no.clone()),
+            transaction_id: Some(transaction_id),
+            verdict: "currency_mismatch".into(),
+            reason: Some(format!(
+                "fee_type {reported:?}, the order is in {}",
+                crate::api::ORDER_CURRENCY
+            )),
+            body: store::stored_body(&body),
+        };
+        if let Err(e) = app.inner.store.record_notification(record).await {
+            tracing::error!(error = %e, "cannot record a notification");
+            return temporary_failure();
+        }
+        return reply(
+            StatusCode::BAD_REQUEST,
+            notify_fail_reply("currency does not match the order"),
+        );
+    }
     let payment = Payment {
         merchant: name.clone(),
         out_trade_no: notification.out_trade_no.clone(),

@@ -7,7 +7,9 @@ use serde_json::json;
 
 use wxpay_gateway::UpstreamConfig;
 
-use crate::support::{Options, TOKEN, TestDb, eventually, order_body, paid_notification, quick_jobs, spawn_app};
+use crate::support::{
+    DEFAULT, Options, TOKEN, TestDb, eventually, notification, order_body, paid_notification, quick_jobs, spawn_app,
+};
 
 const SUCCESS: &str =
     "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>";
@@ -167,6 +169,30 @@ async fn idempotency_keys_are_forgotten_after_a_day_by_the_background_work() {
                 == 201
         })
         .await;
+        t.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_correctly_signed_payment_in_another_currency_is_refused_like_a_wrong_amount() {
+    for db in TestDb::all().await {
+        let t = spawn_app(db, Options::default()).await;
+        let o = t.create(order_body(100)).await;
+        let no = o["out_trade_no"].as_str().unwrap().to_owned();
+        let usd = notification(DEFAULT, &no, 100, "4200000000000000000000000904", |f| {
+            f.set("fee_type", "USD");
+        });
+        let (status, reply) = t.notify(usd).await;
+        assert_eq!(status, 400, "{}: {reply}", t.engine());
+        assert!(reply.contains("FAIL"), "{reply}");
+        assert_eq!(t.order(&no).await["status"], "pending", "{}", t.engine());
+        assert_eq!(t.app.metrics().notifications_with("currency_mismatch"), 1);
+        // Without fee_type the payment is in CNY, WeChat Pay's default.
+        let cny = notification(DEFAULT, &no, 100, "4200000000000000000000000904", |f| {
+            f.remove("fee_type");
+        });
+        assert_eq!(t.notify(cny).await, (200, SUCCESS.to_owned()));
+        assert_eq!(t.order(&no).await["status"], "paid");
         t.stop().await;
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use wxpay_gateway::{
-    ClientCert, Config, JobsConfig, MerchantConfig, ReconcileConfig, Secret, UpstreamConfig, WebhookConfig,
+    ClientCert, Config, JobsConfig, Limits, MerchantConfig, ReconcileConfig, Secret, UpstreamConfig, WebhookConfig,
 };
 use wxpay_protocol::{ApiKey, AppId, AppSecret, MchId, SignType};
 use wxpay_simulator::SimMerchant;
@@ -56,6 +56,15 @@ pub(crate) struct ServerFile {
     #[serde(default)]
     pub api_tokens: Vec<String>,
     pub default_order_ttl_secs: Option<u64>,
+    /// From a request's first byte to the end of its header (default 10).
+    pub header_read_timeout_secs: Option<u64>,
+    /// From the end of a request's header to the end of its body (default 30).
+    pub body_read_timeout_secs: Option<u64>,
+    /// A connection without a request in progress and without traffic is closed after this
+    /// (default 60).
+    pub idle_timeout_secs: Option<u64>,
+    /// Connections served at once (default 10,000).
+    pub max_connections: Option<usize>,
 }
 
 /// `[database]`.
@@ -404,6 +413,7 @@ pub(crate) fn gateway_config(file: &FileConfig) -> Result<(Config, ServeSettings
             reconcile.repair = v;
         }
     }
+    let limits = server_limits(server)?;
     let config = Config {
         public_url,
         api_tokens: server.api_tokens.iter().map(|t| Secret::new(t.as_str())).collect(),
@@ -413,6 +423,7 @@ pub(crate) fn gateway_config(file: &FileConfig) -> Result<(Config, ServeSettings
         jobs,
         default_order_ttl: Duration::from_secs(server.default_order_ttl_secs.unwrap_or(7200)),
         reconcile,
+        limits,
     };
     config.validate()?;
     Ok((
@@ -423,6 +434,36 @@ pub(crate) fn gateway_config(file: &FileConfig) -> Result<(Config, ServeSettings
             pool_size: database.pool_size.unwrap_or(16),
         },
     ))
+}
+
+/// The limits of `[server]`, each at least a second (or one connection).
+fn server_limits(server: &ServerFile) -> Result<Limits, String> {
+    let mut limits = Limits::default();
+    for (key, value, slot) in [
+        (
+            "header_read_timeout_secs",
+            server.header_read_timeout_secs,
+            &mut limits.header_read_timeout,
+        ),
+        (
+            "body_read_timeout_secs",
+            server.body_read_timeout_secs,
+            &mut limits.body_read_timeout,
+        ),
+        ("idle_timeout_secs", server.idle_timeout_secs, &mut limits.idle_timeout),
+    ] {
+        match value {
+            None => {}
+            Some(0) => return Err(format!("server.{key}: at least 1 second")),
+            Some(v) => *slot = Duration::from_secs(v),
+        }
+    }
+    match server.max_connections {
+        None => {}
+        Some(0) => return Err("server.max_connections: at least 1".into()),
+        Some(n) => limits.max_connections = n,
+    }
+    Ok(limits)
 }
 
 fn tracing_missing_secret(merchants: &[MerchantConfig]) {
@@ -473,6 +514,33 @@ auto_pay_delay_ms = 500
             Some("https://api2.mch.weixin.qq.com")
         );
         assert_eq!(settings.database_url, "sqlite://wxpay.db");
+    }
+
+    #[test]
+    fn server_limits_default_to_10_30_60_seconds_and_10000_connections_and_can_be_set() {
+        let (config, _) = gateway_config(&parse(EXAMPLE).unwrap()).unwrap();
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(config.limits.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(config.limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.limits.max_connections, 10_000);
+        let text = EXAMPLE.replace(
+            "[database]",
+            "header_read_timeout_secs = 2\nbody_read_timeout_secs = 3\nidle_timeout_secs = 4\nmax_connections = 5\n\n[database]",
+        );
+        let (config, _) = gateway_config(&parse(&text).unwrap()).unwrap();
+        assert_eq!(
+            config.limits,
+            Limits {
+                header_read_timeout: Duration::from_secs(2),
+                body_read_timeout: Duration::from_secs(3),
+                idle_timeout: Duration::from_secs(4),
+                max_connections: 5,
+            }
+        );
+        let text = EXAMPLE.replace("[database]", "idle_timeout_secs = 0\n\n[database]");
+        let err = gateway_config(&parse(&text).unwrap()).map(|_| ()).unwrap_err();
+        assert!(err.contains("server.idle_timeout_secs"), "{err}");
     }
 
     #[test]

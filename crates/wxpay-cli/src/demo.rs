@@ -115,9 +115,13 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
         eprintln!();
         eprintln!("  test merchant      appid {TEST_APPID}, mch_id {TEST_MCH_ID} (test-only keys, see the README)");
         eprintln!("  stop with Ctrl-C");
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(crate::shutdown_signal())
-            .await;
+        let served = wxpay_gateway::serve_router(
+            router,
+            wxpay_gateway::Limits::default(),
+            listener,
+            crate::shutdown_signal(),
+        )
+        .await;
         eprintln!("shutting down");
         jobs.stop().await;
         let _ = stop_simulator.send(true);
@@ -160,6 +164,7 @@ fn demo_config(base: &str, token: &str, webhook_secret: &str) -> Config {
         jobs,
         default_order_ttl: Duration::from_secs(15 * 60),
         reconcile: Default::default(),
+        limits: wxpay_gateway::Limits::default(),
     }
 }
 

@@ -211,8 +211,8 @@ impl App {
     }
 }
 
-/// Serves the app on `listener` until `shutdown` completes, then lets requests in flight
-/// finish.
+/// Serves the app on `listener`, within the configured [`Limits`](wxpay_http::Limits), until
+/// `shutdown` completes, then lets requests in flight finish.
 ///
 /// # Errors
 /// When serving fails.
@@ -221,13 +221,21 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.router()
-            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    serve_router(app.router(), app.inner.config.limits, listener, shutdown).await
+}
+
+/// Serves `router` (the gateway's, perhaps with more routes merged, as the demo does) within
+/// `limits` until `shutdown` completes.
+///
+/// # Errors
+/// When serving fails.
+pub async fn serve_router(
+    router: Router,
+    limits: wxpay_http::Limits,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    wxpay_http::serve(listener, router, limits, shutdown).await
 }
 
 /// Gives every request an id (the client's `x-request-id` when it is sane), runs it in a

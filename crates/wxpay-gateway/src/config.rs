@@ -237,6 +237,8 @@ pub struct Config {
     pub default_order_ttl: Duration,
     /// The daily reconciliation.
     pub reconcile: ReconcileConfig,
+    /// What clients may take of the server: header, body and idle timeouts, connections.
+    pub limits: wxpay_http::Limits,
 }
 
 /// The daily reconciliation of `wxpay serve`.

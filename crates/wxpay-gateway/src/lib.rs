@@ -22,13 +22,14 @@ pub mod time;
 mod upstream;
 
 pub use api::OPENAPI;
-pub use app::{App, Clock, Jobs, serve};
+pub use app::{App, Clock, Jobs, serve, serve_router};
 pub use config::{
     ClientCert, Config, JobsConfig, MerchantConfig, ReconcileConfig, Secret, UpstreamConfig, WebhookConfig,
 };
 pub use error::ApiError;
 pub use jobs::{verify_webhook_signature, webhook_signature};
 pub use upstream::UpstreamError;
+pub use wxpay_http::Limits;
 
 /// Opens the store a database URL names: `sqlite://path` (or a bare path) or
 /// `postgres://…`, applying migrations.

@@ -88,6 +88,8 @@ pub struct SimConfig {
     pub bills_immediately: bool,
     /// TLS with client certificates, or plain HTTP.
     pub tls: Option<TlsConfig>,
+    /// What clients may take of the server: header, body and idle timeouts, connections.
+    pub limits: wxpay_http::Limits,
 }
 
 impl SimConfig {
@@ -105,6 +107,7 @@ impl SimConfig {
             notify_timeout: Duration::from_secs(5),
             bills_immediately: false,
             tls: None,
+            limits: wxpay_http::Limits::default(),
         }
     }
 

@@ -42,6 +42,7 @@ use wxpay_protocol::{ApiKey, AppId, AppSecret, MchId};
 pub use config::{Mode, SimConfig, SimMerchant, TEST_API_KEY, TEST_APP_SECRET, TEST_APPID, TEST_MCH_ID, TlsConfig};
 pub use faults::{Fault, FaultKind, FaultRequest};
 pub use notifier::Attempt;
+pub use wxpay_http::Limits;
 
 use crate::faults::Faults;
 use crate::metrics::Metrics;
@@ -204,14 +205,14 @@ impl Simulator {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let app = self.router();
         let scheme = if self.inner.tls.is_some() { "https" } else { "http" };
+        let limits = self.inner.config.limits;
+        let shutdown = async {
+            let _ = stop_rx.await;
+        };
         let task = match &self.inner.tls {
-            Some(material) => tokio::spawn(tls::serve(listener, app, material.server_config()?, stop_rx)),
+            Some(material) => tokio::spawn(tls::serve(listener, app, material.server_config()?, limits, shutdown)),
             None => tokio::spawn(async move {
-                let service = app.into_make_service_with_connect_info::<SocketAddr>();
-                let shutdown = async {
-                    let _ = stop_rx.await;
-                };
-                if let Err(e) = axum::serve(listener, service).with_graceful_shutdown(shutdown).await {
+                if let Err(e) = wxpay_http::serve(listener, app, limits, shutdown).await {
                     tracing::error!(error = %e, "simulator server stopped");
                 }
             }),

@@ -13,14 +13,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::{Extension, Router};
-use hyper_util::rt::TokioIo;
+use axum::Router;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tower::ServiceExt;
 
 use crate::{MerchantEntry, TlsFiles};
 
@@ -226,42 +223,34 @@ fn write_private(path: &Path, data: impl AsRef<[u8]>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Serves `app` over TLS until `stop` fires.
+/// Serves `app` over TLS, within `limits`, until `shutdown` completes. The handshake counts
+/// against the header timeout.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     config: Arc<rustls::ServerConfig>,
-    mut stop: oneshot::Receiver<()>,
+    limits: wxpay_http::Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    loop {
-        let accepted = tokio::select! {
-            _ = &mut stop => break,
-            a = listener.accept() => a,
-        };
-        let Ok((stream, _)) = accepted else { continue };
+    let handshake = move |stream: tokio::net::TcpStream| {
         let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(stream).await else {
-                return;
-            };
+        async move {
+            let tls = acceptor.accept(stream).await?;
             // The certificate was checked against the test CA during the handshake; which
-            // merchant it belongs to is looked up here, for the refund path to check.
+            // merchant it belongs to is looked up per request, for the refund path to check.
             let peer = {
                 let (_, conn) = tls.get_ref();
                 conn.peer_certificates()
                     .map(|c| c.iter().map(|c| c.clone().into_owned()).collect::<Vec<_>>())
             };
-            let app = app.layer(Extension(PeerCertSource(peer)));
-            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let app = app.clone();
-                async move { app.oneshot(req.map(axum::body::Body::new)).await }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-        });
+            let mut extensions = axum::http::Extensions::new();
+            extensions.insert(PeerCertSource(peer));
+            Ok((tls, extensions))
+        }
+    };
+    if let Err(e) = wxpay_http::serve_with(listener, app, limits, shutdown, handshake).await {
+        tracing::error!(error = %e, "simulator server stopped");
     }
 }
 

@@ -703,6 +703,7 @@ async fn after_repeated_connection_failures_the_backup_host_takes_over() {
         jobs: Options::default().jobs,
         default_order_ttl: std::time::Duration::from_secs(7200),
         reconcile: Default::default(),
+        limits: wxpay_gateway::Limits::default(),
     };
     let db = TestDb::sqlite();
     let app = wxpay_gateway::App::new(config, db.store().await).unwrap();

@@ -196,3 +196,72 @@ async fn a_correctly_signed_payment_in_another_currency_is_refused_like_a_wrong_
         t.stop().await;
     }
 }
+
+/// Reads from `s` until the server closes it; how long that took.
+async fn until_closed(s: &mut tokio::net::TcpStream, within: Duration) -> Option<std::time::Instant> {
+    use tokio::io::AsyncReadExt;
+    let mut sink = Vec::new();
+    tokio::time::timeout(within, s.read_to_end(&mut sink))
+        .await
+        .ok()
+        .map(|_| std::time::Instant::now())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_loris_clients_are_cut_off_while_genuine_notifications_are_applied() {
+    use tokio::io::AsyncWriteExt;
+    let limits = wxpay_gateway::Limits {
+        header_read_timeout: Duration::from_secs(1),
+        body_read_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(2),
+        max_connections: 64,
+    };
+    let t = spawn_app(
+        TestDb::sqlite(),
+        Options {
+            limits,
+            ..Options::default()
+        },
+    )
+    .await;
+    let addr = t.url.trim_start_matches("http://").to_owned();
+    // Clients that send half a header, half a body, or nothing.
+    let mut slow = Vec::new();
+    for i in 0..30 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        match i % 3 {
+            0 => s
+                .write_all(b"POST /notify/v2/pay HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .await
+                .unwrap(),
+            1 => s
+                .write_all(b"POST /notify/v2/pay HTTP/1.1\r\nHost: x\r\nContent-Length: 900\r\n\r\n<xml>")
+                .await
+                .unwrap(),
+            _ => {}
+        }
+        slow.push(s);
+    }
+    let opened = std::time::Instant::now();
+    // Genuine notifications go on being applied meanwhile.
+    for i in 0..10 {
+        let o = t.create(order_body(100)).await;
+        let no = o["out_trade_no"].as_str().unwrap().to_owned();
+        let tx = format!("42000000000000000000000{i:05}");
+        assert_eq!(
+            t.notify(paid_notification(&no, 100, &tx)).await,
+            (200, SUCCESS.to_owned())
+        );
+        assert_eq!(t.order(&no).await["status"], "paid");
+    }
+    for (i, s) in slow.iter_mut().enumerate() {
+        let closed = until_closed(s, Duration::from_secs(10)).await;
+        let after = closed.map(|c| c.duration_since(opened));
+        // Half a header and half a body: about a second; nothing at all: the idle two.
+        assert!(
+            after.is_some_and(|a| a < Duration::from_secs(5)),
+            "slow client {i} still open: {after:?}"
+        );
+    }
+    t.stop().await;
+}

@@ -222,6 +222,8 @@ pub(crate) struct Options {
     pub second_app: bool,
     /// On SQLite: how long a write waits for a lock held by another connection.
     pub sqlite_busy_timeout: Option<Duration>,
+    /// The gateway's limits on its clients.
+    pub limits: wxpay_gateway::Limits,
 }
 
 /// The second mini program of the default merchant number (`Options::second_app`).
@@ -247,6 +249,7 @@ impl Default for Options {
             hmac_without_cert: false,
             second_app: false,
             sqlite_busy_timeout: None,
+            limits: wxpay_gateway::Limits::default(),
         }
     }
 }
@@ -401,6 +404,7 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
         jobs: opts.jobs,
         default_order_ttl: Duration::from_secs(7200),
         reconcile: opts.reconcile,
+        limits: opts.limits,
     };
     let store: Arc<dyn Store> = match opts.sqlite_busy_timeout {
         Some(busy_timeout) if db.engine == "sqlite" => Arc::new(

@@ -3,6 +3,7 @@
 #
 #   scripts/bench-gateway.sh                      # wxpay on SQLite and PostgreSQL
 #   PEER_BENCH=/tmp/peer-bench scripts/bench-gateway.sh   # and the wechatpy + FastAPI peer
+#   ONLY_JUNK=1 scripts/bench-gateway.sh          # only genuine notifications beside junk
 #
 # For each engine: `wxpay serve` with the simulator in auto mode (every order paid after 2 s,
 # its notification sent to the gateway) takes `POST /v1/orders` from 64 connections for
@@ -25,6 +26,9 @@ POOL="${POOL:-60000}"
 ORDER_RATE="${ORDER_RATE:-3000}"
 NOTIFY_RATE="${NOTIFY_RATE:-10000}"
 PEER_POOL="${PEER_POOL:-10000}"
+JUNK_POOL="${JUNK_POOL:-20000}"
+JUNK_NOTIFY_RATE="${JUNK_NOTIFY_RATE:-1000}"
+JUNK_CONNECTIONS="${JUNK_CONNECTIONS:-16}"
 PORT="${PORT:-18100}"
 SIM_PORT="${SIM_PORT:-18101}"
 PG_ADMIN="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
@@ -102,11 +106,37 @@ run_engine() { # name, url-maker
   done
 }
 
+# Genuine notifications at JUNK_NOTIFY_RATE/s (open loop) alone, then beside
+# JUNK_CONNECTIONS connections sending rejected notifications as fast as they are answered:
+# the p99 of the genuine ones should not move (rejections are recorded within a per-minute
+# budget, off the request's path).
+run_junk() { # name, url-maker
+  local name="$1" url
+  for junk in 0 "$JUNK_CONNECTIONS"; do
+    echo "== wxpay on $name: $JUNK_POOL notifications at ${JUNK_NOTIFY_RATE}/s offered, $junk junk connections beside them"
+    url="$($2)"
+    start_simulator explicit
+    start_gateway "$url"
+    "$BENCH" gateway --target "http://127.0.0.1:$PORT" --token "$TOKEN" --only notify --pool "$JUNK_POOL" \
+      --notify-rate "$JUNK_NOTIFY_RATE" --junk-connections "$junk" --pid "$GW_PID" | tee "$WORK/$name-junk$junk-notify.txt"
+    stop_all
+  done
+}
+
 sqlite_url() { rm -f "$WORK"/bench.db*; echo "sqlite://$WORK/bench.db"; }
 
+if [ -n "${ONLY_JUNK:-}" ]; then
+  run_junk sqlite sqlite_url
+  psql "$PG_ADMIN" -qc "SELECT 1" >/dev/null 2>&1 && run_junk postgres fresh_pg
+  grep -h "^SUMMARY \|^junk" "$WORK"/*junk*-notify.txt
+  exit 0
+fi
+
 run_engine sqlite sqlite_url
+run_junk sqlite sqlite_url
 if psql "$PG_ADMIN" -qc "SELECT 1" >/dev/null 2>&1; then
   run_engine postgres fresh_pg
+  run_junk postgres fresh_pg
   psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS wxpay_bench WITH (FORCE)" >/dev/null
 else
   echo "== PostgreSQL not reachable at $PG_ADMIN: skipped"

@@ -487,6 +487,11 @@ struct GatewayArgs {
     /// Only this part.
     #[arg(long, value_enum)]
     only: Option<Part>,
+    /// During the notifications, this many more connections send junk notifications (not
+    /// XML, an unknown merchant, a bad signature; 4 KB each) as fast as they are answered:
+    /// what rejected traffic does to the genuine notifications beside it.
+    #[arg(long, default_value_t = 0)]
+    junk_connections: usize,
     /// Worker threads of the load generator.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -577,6 +582,11 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
             bodies,
             connections: args.connections,
         };
+        let stop_junk = Arc::new(AtomicBool::new(false));
+        let junk: Vec<_> = (0..args.junk_connections)
+            .map(|_| tokio::spawn(junk_flood(authority.clone(), path, merchant.clone(), stop_junk.clone())))
+            .collect();
+        let junk_started = Instant::now();
         let r = run_load(spec(
             format!("{name} payment notification"),
             workload,
@@ -584,6 +594,20 @@ async fn gateway(args: GatewayArgs) -> Result<(), String> {
             args.connections,
         ))
         .await?;
+        stop_junk.store(true, Ordering::Relaxed);
+        let mut junk_sent = 0;
+        for j in junk {
+            junk_sent += j.await.map_err(|e| e.to_string())??;
+        }
+        if args.junk_connections > 0 {
+            let secs = junk_started.elapsed().as_secs_f64();
+            say!(
+                "junk beside it: {junk_sent} rejected notifications from {} connections ({:.0}/s)",
+                args.junk_connections,
+                junk_sent as f64 / secs
+            );
+            summary["junk"] = serde_json::json!({"sent": junk_sent, "per_second": junk_sent as f64 / secs});
+        }
         summary["notify"] = r.json.clone();
         say!(
             "SUMMARY {name} notifications: {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} first deliveries) peak RSS {}",
@@ -646,6 +670,56 @@ async fn seed(authority: &str, args: &GatewayArgs, prefix: &str, workload: Workl
         n as f64 / started.elapsed().as_secs_f64()
     );
     Ok(n)
+}
+
+/// Sends junk notifications on one connection until `stop`; how many were answered.
+async fn junk_flood(
+    authority: String,
+    path: &'static str,
+    merchant: Merchant,
+    stop: Arc<AtomicBool>,
+) -> Result<u64, String> {
+    let filler = "x".repeat(4000);
+    let mut forged = wxpay_protocol::Fields::new();
+    for (k, v) in [
+        ("appid", merchant.appid.as_str()),
+        ("mch_id", merchant.mch_id.as_str()),
+        ("out_trade_no", "JUNK0001"),
+        ("result_code", "SUCCESS"),
+        ("return_code", "SUCCESS"),
+        ("total_fee", "1"),
+        ("attach", filler.as_str()),
+        ("sign", "00000000000000000000000000000000"),
+    ] {
+        forged.insert(k, v.to_owned()).map_err(|e| e.to_string())?;
+    }
+    let bodies = [
+        Bytes::from(format!("not xml at all {filler}")),
+        Bytes::from(format!(
+            "<xml><mch_id>1</mch_id><appid>wx0000000000000000</appid><pad>{filler}</pad></xml>"
+        )),
+        Bytes::from(forged.to_xml().map_err(|e| e.to_string())?),
+    ];
+    let mut sender = connect(&authority).await?;
+    let mut sent = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let req = hyper::Request::post(path)
+            .header(hyper::header::HOST, authority.as_str())
+            .header(hyper::header::CONTENT_TYPE, "text/xml")
+            .body(Full::new(bodies[(sent % 3) as usize].clone()))
+            .map_err(|e| e.to_string())?;
+        if sender.ready().await.is_err() {
+            sender = connect(&authority).await?;
+        }
+        match sender.send_request(req).await {
+            Ok(resp) => {
+                let _ = resp.into_body().collect().await;
+                sent += 1;
+            }
+            Err(_) => sender = connect(&authority).await?,
+        }
+    }
+    Ok(sent)
 }
 
 async fn connect(authority: &str) -> Result<http1::SendRequest<Full<Bytes>>, String> {

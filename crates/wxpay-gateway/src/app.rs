@@ -30,6 +30,8 @@ pub(crate) struct Inner {
     pub upstream: Upstream,
     pub webhook_http: reqwest::Client,
     pub metrics: Arc<Metrics>,
+    /// Rejected notifications waiting to be recorded, within their budget.
+    pub rejections: crate::rejections::Rejections,
 }
 
 /// The gateway: cheap to clone.
@@ -120,6 +122,7 @@ impl App {
                 upstream,
                 webhook_http,
                 metrics,
+                rejections: Default::default(),
             }),
         })
     }

@@ -17,6 +17,7 @@ pub mod metrics;
 mod notify;
 pub mod reconcile;
 mod refunds;
+mod rejections;
 pub mod store;
 pub mod time;
 mod upstream;

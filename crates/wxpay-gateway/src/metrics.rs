@@ -28,6 +28,7 @@ struct Inner {
     webhook: BTreeMap<String, u64>,
     reconciliations: BTreeMap<String, Reconciled>,
     reconcile_runs: BTreeMap<(String, &'static str), u64>,
+    rejections_unrecorded: u64,
 }
 
 /// The last reconciliation of a merchant.
@@ -70,6 +71,16 @@ impl Metrics {
     /// A notification's verdict.
     pub fn notification(&self, verdict: &str) {
         self.with(|i| bump(&mut i.notifications, verdict));
+    }
+
+    /// A rejected notification that was counted but not recorded (over the budget).
+    pub fn rejection_unrecorded(&self) {
+        self.with(|i| i.rejections_unrecorded += 1);
+    }
+
+    /// Rejected notifications not recorded; for tests.
+    pub fn rejections_unrecorded(&self) -> u64 {
+        self.with(|i| i.rejections_unrecorded)
     }
 
     /// A WeChat Pay call's duration.
@@ -162,6 +173,8 @@ impl Metrics {
             for (verdict, n) in &i.notifications {
                 let _ = writeln!(out, "wxpay_notifications_total{{verdict=\"{verdict}\"}} {n}");
             }
+            out.push_str("# HELP wxpay_rejected_notifications_unrecorded_total Rejected notifications beyond the per-minute budget: counted, not recorded.\n# TYPE wxpay_rejected_notifications_unrecorded_total counter\n");
+            let _ = writeln!(out, "wxpay_rejected_notifications_unrecorded_total {}", i.rejections_unrecorded);
             out.push_str("# HELP wxpay_upstream_duration_seconds WeChat Pay calls by API.\n# TYPE wxpay_upstream_duration_seconds histogram\n");
             for (api, h) in &i.upstream_latency {
                 for (n, b) in BUCKETS.iter().enumerate() {

@@ -15,7 +15,10 @@
 //! amount back, is only a reason to ask WeChat Pay (`refundquery`), whose signed answer
 //! decides; anything else changes nothing and is logged.
 
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::Extension;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -40,7 +43,10 @@ struct Rejection<'a> {
     fields: Option<&'a NotificationFields<'a>>,
 }
 
-async fn reject(app: &App, body: &[u8], r: Rejection<'_>) -> Response {
+/// Answers a rejected notification. It is counted, logged and handed to the bounded record
+/// of rejections ([`crate::rejections`]), never written on this request's path: rejected
+/// traffic must not take turns from the writes of verified notifications.
+fn reject(app: &App, peer: Option<SocketAddr>, body: &[u8], r: Rejection<'_>) -> Response {
     let out_trade_no = r.fields.and_then(|f| f.out_trade_no()).map(str::to_owned);
     let transaction_id = r
         .fields
@@ -56,11 +62,11 @@ async fn reject(app: &App, body: &[u8], r: Rejection<'_>) -> Response {
         transaction_id,
         verdict: "rejected".into(),
         reason: Some(r.reason.clone()),
-        body: store::stored_body(body),
+        body: store::truncated_body(body, store::REJECTED_BODY_KEPT),
+        peer: peer.map(|p| p.to_string()),
+        body_sha256: Some(crate::api::sha256_hex(body)),
     };
-    if let Err(e) = app.inner.store.record_notification(record).await {
-        tracing::error!(error = %e, "cannot record a rejected notification");
-    }
+    app.inner.rejections.keep(app, record);
     reply(r.status, notify_fail_reply(&r.reason))
 }
 
@@ -68,6 +74,7 @@ async fn reject(app: &App, body: &[u8], r: Rejection<'_>) -> Response {
 /// `appid` (its index); anything else is rejected, recorded and answered here.
 async fn read_for_merchant<'a>(
     app: &App,
+    peer: Option<SocketAddr>,
     body: &'a Bytes,
     kind: &'static str,
 ) -> Result<(NotificationFields<'a>, usize), Response> {
@@ -81,7 +88,7 @@ async fn read_for_merchant<'a>(
                 merchant: None,
                 fields: None,
             };
-            return Err(reject(app, body, r).await);
+            return Err(reject(app, peer, body, r));
         }
     };
     let key = (
@@ -98,7 +105,7 @@ async fn read_for_merchant<'a>(
                 merchant: None,
                 fields: Some(&fields),
             };
-            Err(reject(app, body, r).await)
+            Err(reject(app, peer, body, r))
         }
     }
 }
@@ -122,8 +129,16 @@ fn temporary_failure() -> Response {
     )
 }
 
-pub(crate) async fn payment(State(app): State<App>, body: Bytes) -> Response {
-    let (fields, idx) = match read_for_merchant(&app, &body, "payment").await {
+/// The peer's address, which the server (`wxpay-http`) gives every request.
+type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+
+fn peer_of(peer: Peer) -> Option<SocketAddr> {
+    peer.map(|Extension(ConnectInfo(p))| p)
+}
+
+pub(crate) async fn payment(State(app): State<App>, peer: Peer, body: Bytes) -> Response {
+    let peer = peer_of(peer);
+    let (fields, idx) = match read_for_merchant(&app, peer, &body, "payment").await {
         Ok(found) => found,
         Err(rejected) => return rejected,
     };
@@ -135,6 +150,7 @@ pub(crate) async fn payment(State(app): State<App>, body: Bytes) -> Response {
             let reason = format!("verification failed: {e}");
             return reject(
                 &app,
+                peer,
                 &body,
                 Rejection {
                     kind: "payment",
@@ -143,8 +159,7 @@ pub(crate) async fn payment(State(app): State<App>, body: Bytes) -> Response {
                     merchant: Some(name),
                     fields: Some(&fields),
                 },
-            )
-            .await;
+            );
         }
     };
     let now = app.now();
@@ -167,6 +182,8 @@ pub(crate) async fn payment(State(app): State<App>, body: Bytes) -> Response {
                 verdict: "payment_failed".into(),
                 reason: Some(format!("{code} {description}")),
                 body: store::stored_body(&body),
+                peer: None,
+                body_sha256: None,
             };
             return acknowledge(&app, record).await;
         }
@@ -187,6 +204,8 @@ pub(crate) async fn payment(State(app): State<App>, body: Bytes) -> Response {
                 crate::api::ORDER_CURRENCY
             )),
             body: store::stored_body(&body),
+            peer: None,
+            body_sha256: None,
         };
         if let Err(e) = app.inner.store.record_notification(record).await {
             tracing::error!(error = %e, "cannot record a notification");
@@ -215,6 +234,8 @@ pub(crate) async fn payment(State(app): State<App>, body: Bytes) -> Response {
         verdict: String::new(),
         reason: None,
         body: store::stored_body(&body),
+        peer: None,
+        body_sha256: None,
     };
     let outcome = match app.inner.store.apply_payment(payment, Some(record)).await {
         Ok(o) => o,
@@ -251,8 +272,9 @@ pub(crate) async fn payment(State(app): State<App>, body: Bytes) -> Response {
     }
 }
 
-pub(crate) async fn refund(State(app): State<App>, body: Bytes) -> Response {
-    let (fields, idx) = match read_for_merchant(&app, &body, "refund").await {
+pub(crate) async fn refund(State(app): State<App>, peer: Peer, body: Bytes) -> Response {
+    let peer = peer_of(peer);
+    let (fields, idx) = match read_for_merchant(&app, peer, &body, "refund").await {
         Ok(found) => found,
         Err(rejected) => return rejected,
     };
@@ -269,7 +291,7 @@ pub(crate) async fn refund(State(app): State<App>, body: Bytes) -> Response {
                 merchant: Some(name),
                 fields: Some(&fields),
             };
-            return reject(&app, &body, r).await;
+            return reject(&app, peer, &body, r);
         }
     };
     let now = app.now();
@@ -282,6 +304,8 @@ pub(crate) async fn refund(State(app): State<App>, body: Bytes) -> Response {
         verdict: String::new(),
         reason: None,
         body: store::stored_body(&body),
+        peer: None,
+        body_sha256: None,
     };
     let Some(succeeded) = crate::refunds::settles(&n.refund_status) else {
         // WeChat Pay notifies settled refunds only; anything else is kept and acknowledged.

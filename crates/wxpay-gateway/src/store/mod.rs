@@ -568,9 +568,17 @@ pub struct NotificationRecord {
     pub verdict: String,
     /// Why it was rejected.
     pub reason: Option<String>,
-    /// The body as received (lossily decoded, truncated to 16 KiB).
+    /// The body as received (lossily decoded, truncated: 16 KiB for verified notifications,
+    /// [`REJECTED_BODY_KEPT`] for rejected ones).
     pub body: String,
+    /// The address it came from (kept for rejected notifications).
+    pub peer: Option<String>,
+    /// The SHA-256 of the whole body, hex (kept for rejected notifications).
+    pub body_sha256: Option<String>,
 }
+
+/// How much of a rejected notification's body is kept: enough to see what it was.
+pub const REJECTED_BODY_KEPT: usize = 1024;
 
 /// An idempotency key's state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -677,6 +685,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records a notification that changed nothing (rejected before it reached an order).
     fn record_notification(&self, record: NotificationRecord) -> Fut<'_, ()>;
+
+    /// Records several notifications that changed nothing, in one transaction.
+    fn record_notifications(&self, records: Vec<NotificationRecord>) -> Fut<'_, ()>;
 
     /// Claims an idempotency key for a request, or tells what happened to it. A key whose
     /// request has held it unanswered for `lease_ms` is taken over by a request with the same
@@ -861,6 +872,10 @@ pub(crate) fn refund_event_payload(id: &str, event_type: &str, now: i64, refund:
 
 /// A notification body as stored: lossy UTF-8, at most 16 KiB.
 pub fn stored_body(body: &[u8]) -> String {
-    let cut = &body[..body.len().min(16 * 1024)];
-    String::from_utf8_lossy(cut).into_owned()
+    truncated_body(body, 16 * 1024)
+}
+
+/// At most `max` bytes of a body, lossy UTF-8.
+pub fn truncated_body(body: &[u8], max: usize) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(max)]).into_owned()
 }

@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/postgres/0002_rfc3339.sql")),
     (3, include_str!("../../migrations/postgres/0003_refunds.sql")),
     (4, include_str!("../../migrations/postgres/0004_idempotency_lease.sql")),
+    (5, include_str!("../../migrations/postgres/0005_rejections.sql")),
 ];
 /// The advisory lock that serialises migrations of several gateways starting together.
 const MIGRATION_LOCK: i64 = 0x7778_7061_7900;
@@ -148,8 +149,8 @@ async fn add_outbox(tx: &mut Tx, order: &Order, event_type: &str, now: i64) -> R
 
 async fn insert_notification(tx: &mut Tx, n: &NotificationRecord) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO notifications (received_at, kind, merchant, out_trade_no, transaction_id, verdict, reason, body) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO notifications (received_at, kind, merchant, out_trade_no, transaction_id, verdict, reason, body, \
+         peer, body_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(n.received_at)
     .bind(&n.kind)
@@ -159,6 +160,8 @@ async fn insert_notification(tx: &mut Tx, n: &NotificationRecord) -> Result<(), 
     .bind(&n.verdict)
     .bind(&n.reason)
     .bind(&n.body)
+    .bind(&n.peer)
+    .bind(&n.body_sha256)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -646,6 +649,8 @@ fn empty_record() -> NotificationRecord {
         verdict: String::new(),
         reason: None,
         body: String::new(),
+        peer: None,
+        body_sha256: None,
     }
 }
 
@@ -1396,6 +1401,17 @@ impl Store for PgStore {
         Box::pin(async move {
             let mut tx = self.begin().await?;
             insert_notification(&mut tx, &record).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    fn record_notifications(&self, records: Vec<NotificationRecord>) -> Fut<'_, ()> {
+        Box::pin(async move {
+            let mut tx = self.begin().await?;
+            for r in &records {
+                insert_notification(&mut tx, r).await?;
+            }
             tx.commit().await?;
             Ok(())
         })

@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
     (2, include_str!("../../migrations/sqlite/0002_refunds.sql")),
     (3, include_str!("../../migrations/sqlite/0003_idempotency_lease.sql")),
+    (4, include_str!("../../migrations/sqlite/0004_rejections.sql")),
 ];
 
 /// The most writes committed together.
@@ -356,8 +357,8 @@ fn add_outbox(conn: &Connection, order: &Order, event_type: &str, now: i64) -> R
 
 fn insert_notification(conn: &Connection, n: &NotificationRecord) -> Result<(), StoreError> {
     let mut st = conn.prepare_cached(
-        "INSERT INTO notifications (received_at, kind, merchant, out_trade_no, transaction_id, verdict, reason, body) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO notifications (received_at, kind, merchant, out_trade_no, transaction_id, verdict, reason, body, \
+         peer, body_sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     st.execute(params![
         n.received_at,
@@ -367,7 +368,9 @@ fn insert_notification(conn: &Connection, n: &NotificationRecord) -> Result<(), 
         n.transaction_id,
         n.verdict,
         n.reason,
-        n.body
+        n.body,
+        n.peer,
+        n.body_sha256
     ])?;
     Ok(())
 }
@@ -910,6 +913,10 @@ impl Store for SqliteStore {
 
     fn record_notification(&self, record: NotificationRecord) -> Fut<'_, ()> {
         self.write(move |c| insert_notification(c, &record))
+    }
+
+    fn record_notifications(&self, records: Vec<NotificationRecord>) -> Fut<'_, ()> {
+        self.write(move |c| records.iter().try_for_each(|r| insert_notification(c, r)))
     }
 
     fn idem_claim(

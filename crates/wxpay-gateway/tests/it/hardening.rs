@@ -265,3 +265,107 @@ async fn slow_loris_clients_are_cut_off_while_genuine_notifications_are_applied(
     }
     t.stop().await;
 }
+
+/// The bytes the test's database takes: the SQLite files, or the PostgreSQL database.
+async fn database_bytes(t: &crate::support::TestApp) -> u64 {
+    if t.engine() == "sqlite" {
+        let file = t.db.sqlite_file();
+        ["", "-wal", "-shm"]
+            .iter()
+            .map(|suffix| {
+                let mut name = file.clone().into_os_string();
+                name.push(suffix);
+                std::fs::metadata(name).map_or(0, |m| m.len())
+            })
+            .sum()
+    } else {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&t.db.url)
+            .await
+            .unwrap();
+        let size: i64 = sqlx::query_scalar("SELECT pg_database_size(current_database())")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        size as u64
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_junk_notifications_grow_the_database_by_less_than_5_mb_and_genuine_ones_still_apply() {
+    use futures_util::StreamExt;
+    for db in TestDb::all().await {
+        let t = spawn_app(db, Options::default()).await;
+        let mut orders = Vec::new();
+        for _ in 0..100 {
+            let o = t.create(order_body(100)).await;
+            orders.push(o["out_trade_no"].as_str().unwrap().to_owned());
+        }
+        let before = database_bytes(&t).await;
+        let filler = "x".repeat(4000);
+        let junk: Vec<String> = vec![
+            format!("not xml at all {filler}"),
+            format!("<xml><mch_id>1</mch_id><appid>wx0000000000000000</appid><pad>{filler}</pad></xml>"),
+            notification(DEFAULT, &orders[0], 100, "4200000000000000000000000999", |f| {
+                f.set("attach", filler.clone());
+                f.set("sign", "0".repeat(32));
+            }),
+        ];
+        let flood = futures_util::stream::iter(0..10_000)
+            .map(|i| t.notify(junk[i % junk.len()].clone()))
+            .buffer_unordered(32)
+            .collect::<Vec<_>>();
+        let genuine = async {
+            let mut replies = Vec::new();
+            for (i, no) in orders.iter().enumerate().skip(1) {
+                let tx = format!("42000000000000000000001{i:05}");
+                replies.push(t.notify(paid_notification(no, 100, &tx)).await);
+            }
+            replies
+        };
+        let (junk_replies, genuine_replies) = tokio::join!(flood, genuine);
+        assert!(junk_replies.iter().all(|(s, _)| *s == 400), "{}", t.engine());
+        assert!(
+            genuine_replies.iter().all(|r| *r == (200, SUCCESS.to_owned())),
+            "{}",
+            t.engine()
+        );
+        for no in &orders[1..] {
+            assert_eq!(t.order(no).await["status"], "paid", "{}", t.engine());
+        }
+        // The budget's records are written within a moment; the rest only counted.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let grown = database_bytes(&t).await.saturating_sub(before);
+        assert!(grown < 5_000_000, "{}: the database grew by {grown} bytes", t.engine());
+        let unrecorded = t.app.metrics().rejections_unrecorded();
+        assert!(
+            unrecorded >= 10_000 - 2 * 120,
+            "{}: {unrecorded} counted only",
+            t.engine()
+        );
+        // What is kept is what an operator needs: from where, a digest, the first KiB.
+        let sql = "SELECT COUNT(*), MIN(peer), MIN(LENGTH(body_sha256)), MAX(LENGTH(body)) FROM notifications \
+                   WHERE verdict = 'rejected'";
+        let (kept, peer, digest, longest): (i64, String, i64, i64) = if t.engine() == "sqlite" {
+            let c = rusqlite::Connection::open(t.db.sqlite_file()).unwrap();
+            c.query_row(sql, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .unwrap()
+        } else {
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&t.db.url)
+                .await
+                .unwrap();
+            let sql = sql.replace("COUNT(*)", "COUNT(*)::BIGINT").replace(
+                "MIN(LENGTH(body_sha256)), MAX(LENGTH(body))",
+                "MIN(LENGTH(body_sha256))::BIGINT, MAX(LENGTH(body))::BIGINT",
+            );
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        };
+        assert!((1..=2 * 120).contains(&kept), "{}: {kept} kept", t.engine());
+        assert!(peer.starts_with("127.0.0.1:"), "{peer}");
+        assert_eq!(digest, 64);
+        assert!(longest <= 1024, "{longest}");
+        t.stop().await;
+    }
+}

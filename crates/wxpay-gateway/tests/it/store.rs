@@ -51,6 +51,8 @@ fn record(no: &str) -> NotificationRecord {
         verdict: String::new(),
         reason: None,
         body: "<xml/>".into(),
+        peer: None,
+        body_sha256: None,
     }
 }
 

@@ -1,0 +1,83 @@
+//! The record of rejected notifications, kept within a budget.
+//!
+//! A rejected notification (unreadable, an unknown merchant, a bad signature, an undecryptable
+//! refund) is what an operator looks at to see an attack or a misconfigured key, so it is kept:
+//! when, from where, why, the merchant and order if known, the SHA-256 of the body and its
+//! first KiB. But anybody can send them, as fast as they like, so keeping them must cost the
+//! gateway a bounded amount: at most [`PER_MINUTE`] a minute are kept (the rest only counted
+//! in `wxpay_rejected_notifications_unrecorded_total`), and they are written in batches by a
+//! task of their own, never on the request's path, so that a flood of junk takes no turns on
+//! the database from the writes of verified notifications.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::app::App;
+use crate::store::NotificationRecord;
+
+/// Rejected notifications kept per minute; the rest are counted only.
+pub(crate) const PER_MINUTE: u32 = 120;
+
+/// How long records wait to be written together.
+const GATHER: Duration = Duration::from_millis(250);
+
+/// The rejections waiting to be written, and this minute's budget.
+#[derive(Default)]
+pub(crate) struct Rejections {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The minute (Unix ms / 60,000) the budget counts.
+    minute: i64,
+    /// Kept this minute.
+    kept: u32,
+    /// Waiting for the writer task.
+    pending: Vec<NotificationRecord>,
+    /// A writer task is on its way.
+    writing: bool,
+}
+
+impl std::fmt::Debug for Rejections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rejections")
+    }
+}
+
+impl Rejections {
+    /// Keeps a record if this minute's budget allows, else counts it; returns at once.
+    pub(crate) fn keep(&self, app: &App, record: NotificationRecord) {
+        let start_writer = {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let minute = record.received_at.div_euclid(60_000);
+            if st.minute != minute {
+                st.minute = minute;
+                st.kept = 0;
+            }
+            if st.kept >= PER_MINUTE {
+                drop(st);
+                app.inner.metrics.rejection_unrecorded();
+                return;
+            }
+            st.kept += 1;
+            st.pending.push(record);
+            !std::mem::replace(&mut st.writing, true)
+        };
+        if start_writer {
+            let app = app.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(GATHER).await;
+                let batch = {
+                    let mut st = app.inner.rejections.state.lock().unwrap_or_else(|e| e.into_inner());
+                    st.writing = false;
+                    std::mem::take(&mut st.pending)
+                };
+                let n = batch.len();
+                if let Err(e) = app.inner.store.record_notifications(batch).await {
+                    tracing::error!(error = %e, records = n, "cannot record rejected notifications");
+                }
+            });
+        }
+    }
+}

@@ -561,7 +561,7 @@ pub(crate) async fn apply_query(
             match store.apply_payment(payment, None).await? {
                 PaymentOutcome::Applied(o) | PaymentOutcome::AlreadyPaid(o) => Ok(o),
                 other => {
-                    tracing::error!(out_trade_no = %order.out_trade_no, verdict = other.verdict(), "orderquery says paid, but it does not fit the order");
+                    tracing::error!(out_trade_no = ?order.out_trade_no, verdict = other.verdict(), "orderquery says paid, but it does not fit the order");
                     Ok(order)
                 }
             }

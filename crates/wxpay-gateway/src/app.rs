@@ -253,7 +253,7 @@ async fn request_id(req: Request, next: Next) -> Response {
         })
         .map(str::to_owned)
         .unwrap_or_else(crate::random_hex::<8>);
-    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = ?req.uri().path());
     let mut response = REQUEST_ID.scope(id.clone(), next.run(req)).instrument(span).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
@@ -297,7 +297,7 @@ async fn readyz(State(app): State<App>) -> Response {
     match app.inner.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(e) => {
-            tracing::warn!(error = %e, "not ready: the database does not answer");
+            tracing::warn!(error = ?e, "not ready: the database does not answer");
             (StatusCode::SERVICE_UNAVAILABLE, "the database does not answer").into_response()
         }
     }
@@ -307,7 +307,7 @@ async fn metrics(State(app): State<App>) -> Response {
     let stats = match app.inner.store.stats(app.now()).await {
         Ok(s) => Some(s),
         Err(e) => {
-            tracing::warn!(error = %e, "metrics without database figures");
+            tracing::warn!(error = ?e, "metrics without database figures");
             None
         }
     };

@@ -90,7 +90,7 @@ impl From<crate::store::StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::Internal(detail) = &self {
-            tracing::error!(error = %detail, "internal error");
+            tracing::error!(error = ?detail, "internal error");
         }
         (self.status(), Json(self.body())).into_response()
     }

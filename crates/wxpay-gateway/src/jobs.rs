@@ -79,7 +79,7 @@ pub(crate) async fn checks(app: App, mut stop: watch::Receiver<bool>) {
                     check_one(&app, order).await;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot claim orders to check"),
+            Err(e) => tracing::warn!(error = ?e, "cannot claim orders to check"),
         }
         // Refunds in the same round: those WeChat Pay never acknowledged are sent again,
         // accepted ones still pending are queried.
@@ -98,7 +98,7 @@ pub(crate) async fn checks(app: App, mut stop: watch::Receiver<bool>) {
                     crate::refunds::check_one(&app, refund).await;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot claim refunds to check"),
+            Err(e) => tracing::warn!(error = ?e, "cannot claim refunds to check"),
         }
         if stopped_after(&mut stop, cfg.poll_every).await {
             return;
@@ -123,7 +123,7 @@ async fn forget_idempotency_keys(app: &App, now: i64) {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot forget old idempotency keys");
+                tracing::warn!(error = ?e, "cannot forget old idempotency keys");
                 break;
             }
         }
@@ -167,7 +167,7 @@ pub(crate) async fn daily_reconciliation(app: App, mut stop: watch::Receiver<boo
                         continue;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot claim the daily reconciliation");
+                        tracing::warn!(error = ?e, "cannot claim the daily reconciliation");
                         continue;
                     }
                 }
@@ -176,13 +176,13 @@ pub(crate) async fn daily_reconciliation(app: App, mut stop: watch::Receiver<boo
                 match crate::reconcile::reconcile(&app, Some(name), &day, repair, &quiet).await {
                     Ok(report) => {
                         if let Err(e) = crate::reconcile::keep(&app, &report, "daily", now).await {
-                            tracing::error!(error = %e, "cannot keep a reconciliation");
+                            tracing::error!(error = ?e, "cannot keep a reconciliation");
                         }
                         done.insert(name.clone(), day.date.clone());
                     }
                     Err(e) => {
                         app.inner.metrics.reconciliation(name, "error", 0, 0, now / 1000);
-                        tracing::error!(merchant = %name, date = %day.date, error = %e, "daily reconciliation failed; it is tried again in an hour");
+                        tracing::error!(merchant = ?name, date = ?day.date, error = ?e, "daily reconciliation failed; it is tried again in an hour");
                     }
                 }
             }
@@ -205,7 +205,7 @@ pub(crate) fn next_check_in(app: &App, age_ms: i64) -> i64 {
 
 async fn check_one(app: &App, order: Order) {
     let Some(link) = app.merchant_named(&order.merchant) else {
-        tracing::warn!(merchant = %order.merchant, "an order of a merchant no longer configured; not checked");
+        tracing::warn!(merchant = ?order.merchant, "an order of a merchant no longer configured; not checked");
         let _ = app.inner.store.schedule_check(order.id, None).await;
         return;
     };
@@ -221,7 +221,7 @@ async fn check_one(app: &App, order: Order) {
             let paid = answer.trade_state.is_paid();
             match apply_query(app, order.clone(), &answer).await {
                 Ok(o) if o.status != OrderStatus::Pending => {
-                    tracing::info!(out_trade_no = %o.out_trade_no, status = %o.status, "order settled by a check");
+                    tracing::info!(out_trade_no = ?o.out_trade_no, status = %o.status, "order settled by a check");
                     return;
                 }
                 Ok(o) => {
@@ -235,7 +235,7 @@ async fn check_one(app: &App, order: Order) {
                     o
                 }
                 Err(e) => {
-                    tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "check failed");
+                    tracing::warn!(out_trade_no = ?order.out_trade_no, error = ?e, "check failed");
                     order
                 }
             }
@@ -250,14 +250,14 @@ async fn check_one(app: &App, order: Order) {
                     .fail_order(order.id, "WeChat Pay has no such order".into(), now)
                     .await
                 {
-                    tracing::info!(out_trade_no = %o.out_trade_no, "order failed: unknown to WeChat Pay");
+                    tracing::info!(out_trade_no = ?o.out_trade_no, "order failed: unknown to WeChat Pay");
                     return;
                 }
             }
             order
         }
         Err(e) => {
-            tracing::warn!(out_trade_no = %order.out_trade_no, error = %e, "orderquery failed; will check again");
+            tracing::warn!(out_trade_no = ?order.out_trade_no, error = ?e, "orderquery failed; will check again");
             order
         }
     };
@@ -269,20 +269,20 @@ async fn check_one(app: &App, order: Order) {
         next
     };
     if let Err(e) = store.schedule_check(order.id, Some(next)).await {
-        tracing::warn!(error = %e, "cannot schedule the next check");
+        tracing::warn!(error = ?e, "cannot schedule the next check");
     }
 }
 
 async fn expire(app: &App, link: &crate::upstream::MerchantLink, order: Order) {
     let no = order.out_trade_no.clone();
     match close(app, link, order.clone()).await {
-        Ok(o) if o.status == OrderStatus::Closed => tracing::info!(out_trade_no = %no, "expired order closed"),
+        Ok(o) if o.status == OrderStatus::Closed => tracing::info!(out_trade_no = ?no, "expired order closed"),
         Ok(_) => {}
         Err(ApiError::Conflict { code: "order_paid", .. }) => {
-            tracing::info!(out_trade_no = %no, "expired order was paid")
+            tracing::info!(out_trade_no = ?no, "expired order was paid")
         }
         Err(e) => {
-            tracing::warn!(out_trade_no = %no, error = %e, "cannot close an expired order; will try again");
+            tracing::warn!(out_trade_no = ?no, error = ?e, "cannot close an expired order; will try again");
             let _ = app.inner.store.schedule_check(order.id, Some(app.now() + 30_000)).await;
         }
     }
@@ -326,7 +326,7 @@ pub(crate) async fn outbox(app: App, mut stop: watch::Receiver<bool>) {
                             None => {
                                 app.inner.metrics.webhook("delivered");
                                 if let Err(err) = store.outbox_delivered(e.id.clone(), app.now()).await {
-                                    tracing::warn!(error = %err, "cannot mark an event delivered; it will be sent again");
+                                    tracing::warn!(error = ?err, "cannot mark an event delivered; it will be sent again");
                                 }
                             }
                             Some(reason) => {
@@ -336,7 +336,7 @@ pub(crate) async fn outbox(app: App, mut stop: watch::Receiver<bool>) {
                                 crate::random_bytes(&mut jitter);
                                 let base = ms(cfg.outbox_backoff).saturating_mul(exp).min(ms(cfg.outbox_max_backoff));
                                 let delay = base + base * i64::from(u16::from_le_bytes(jitter) % 250) / 1000;
-                                tracing::warn!(event = %e.id, attempts = e.attempts, %reason, "webhook delivery failed; will retry");
+                                tracing::warn!(event = ?e.id, attempts = e.attempts, ?reason, "webhook delivery failed; will retry");
                                 let _ = store.outbox_retry(e.id.clone(), app.now() + delay, reason).await;
                             }
                         }
@@ -344,7 +344,7 @@ pub(crate) async fn outbox(app: App, mut stop: watch::Receiver<bool>) {
                 });
                 futures_util::future::join_all(deliveries).await;
             }
-            Err(e) => tracing::warn!(error = %e, "cannot claim events to deliver"),
+            Err(e) => tracing::warn!(error = ?e, "cannot claim events to deliver"),
         }
         if stopped_after(&mut stop, cfg.poll_every).await {
             return;

@@ -52,7 +52,7 @@ fn reject(app: &App, peer: Option<SocketAddr>, body: &[u8], r: Rejection<'_>) ->
         .fields
         .and_then(|f| f.fields().optional("transaction_id"))
         .map(str::to_owned);
-    tracing::warn!(kind = r.kind, reason = %r.reason, out_trade_no = out_trade_no.as_deref().unwrap_or("-"), "notification rejected");
+    tracing::warn!(kind = r.kind, reason = ?r.reason, out_trade_no = out_trade_no.as_deref().unwrap_or("-"), "notification rejected");
     app.inner.metrics.notification("rejected");
     let record = NotificationRecord {
         received_at: app.now(),
@@ -115,7 +115,7 @@ async fn acknowledge(app: &App, record: NotificationRecord) -> Response {
     match app.inner.store.record_notification(record).await {
         Ok(()) => success(),
         Err(e) => {
-            tracing::error!(error = %e, "cannot record a notification");
+            tracing::error!(error = ?e, "cannot record a notification");
             temporary_failure()
         }
     }
@@ -208,7 +208,7 @@ pub(crate) async fn payment(State(app): State<App>, peer: Peer, body: Bytes) -> 
             body_sha256: None,
         };
         if let Err(e) = app.inner.store.record_notification(record).await {
-            tracing::error!(error = %e, "cannot record a notification");
+            tracing::error!(error = ?e, "cannot record a notification");
             return temporary_failure();
         }
         return reply(
@@ -240,30 +240,30 @@ pub(crate) async fn payment(State(app): State<App>, peer: Peer, body: Bytes) -> 
     let outcome = match app.inner.store.apply_payment(payment, Some(record)).await {
         Ok(o) => o,
         Err(e) => {
-            tracing::error!(error = %e, out_trade_no = %notification.out_trade_no, "cannot apply a payment notification");
+            tracing::error!(error = ?e, out_trade_no = ?notification.out_trade_no, "cannot apply a payment notification");
             return temporary_failure();
         }
     };
     app.inner.metrics.notification(outcome.verdict());
     match outcome {
         PaymentOutcome::Applied(o) => {
-            tracing::info!(out_trade_no = %o.out_trade_no, "order paid");
+            tracing::info!(out_trade_no = ?o.out_trade_no, "order paid");
             success()
         }
         PaymentOutcome::AlreadyPaid(_) => success(),
         PaymentOutcome::UnknownOrder => {
-            tracing::warn!(out_trade_no = %notification.out_trade_no, "payment notification for an unknown order");
+            tracing::warn!(out_trade_no = ?notification.out_trade_no, "payment notification for an unknown order");
             reply(StatusCode::NOT_FOUND, notify_fail_reply("unknown order"))
         }
         PaymentOutcome::AmountMismatch { expected, got } => {
-            tracing::warn!(out_trade_no = %notification.out_trade_no, expected, got, "payment notification with another amount");
+            tracing::warn!(out_trade_no = ?notification.out_trade_no, expected, got, "payment notification with another amount");
             reply(
                 StatusCode::BAD_REQUEST,
                 notify_fail_reply("amount does not match the order"),
             )
         }
         PaymentOutcome::TransactionConflict(reason) => {
-            tracing::warn!(out_trade_no = %notification.out_trade_no, %reason, "payment notification conflicts with a recorded payment");
+            tracing::warn!(out_trade_no = ?notification.out_trade_no, ?reason, "payment notification conflicts with a recorded payment");
             reply(
                 StatusCode::CONFLICT,
                 notify_fail_reply("conflicts with a recorded payment"),
@@ -332,37 +332,37 @@ pub(crate) async fn refund(State(app): State<App>, peer: Peer, body: Bytes) -> R
     let outcome = match app.inner.store.apply_refund(result, Some(record)).await {
         Ok(o) => o,
         Err(e) => {
-            tracing::error!(error = %e, out_refund_no = %n.out_refund_no, "cannot apply a refund notification");
+            tracing::error!(error = ?e, out_refund_no = ?n.out_refund_no, "cannot apply a refund notification");
             return temporary_failure();
         }
     };
     app.inner.metrics.notification(outcome.verdict());
     match outcome {
         RefundOutcome::Applied(r) => {
-            tracing::info!(out_refund_no = %r.out_refund_no, status = %r.status, "refund settled");
+            tracing::info!(out_refund_no = ?r.out_refund_no, status = %r.status, "refund settled");
             success()
         }
         RefundOutcome::AlreadySettled(_) => success(),
         RefundOutcome::UnknownRefund => {
-            tracing::warn!(out_refund_no = %n.out_refund_no, "refund notification for a refund wxpay did not ask for");
+            tracing::warn!(out_refund_no = ?n.out_refund_no, "refund notification for a refund wxpay did not ask for");
             reply(StatusCode::NOT_FOUND, notify_fail_reply("unknown refund"))
         }
         RefundOutcome::WrongOrder => {
-            tracing::warn!(out_refund_no = %n.out_refund_no, out_trade_no = %n.out_trade_no, "refund notification names another order");
+            tracing::warn!(out_refund_no = ?n.out_refund_no, out_trade_no = ?n.out_trade_no, "refund notification names another order");
             reply(
                 StatusCode::BAD_REQUEST,
                 notify_fail_reply("refund does not belong to this order"),
             )
         }
         RefundOutcome::AmountMismatch { expected, got } => {
-            tracing::warn!(out_refund_no = %n.out_refund_no, expected, got, "refund notification with another amount");
+            tracing::warn!(out_refund_no = ?n.out_refund_no, expected, got, "refund notification with another amount");
             reply(
                 StatusCode::BAD_REQUEST,
                 notify_fail_reply("amount does not match the refund"),
             )
         }
         RefundOutcome::Conflict(r) => {
-            tracing::error!(out_refund_no = %r.out_refund_no, status = %r.status, reported = n.refund_status.as_str(), "refund notification contradicts a settled refund");
+            tracing::error!(out_refund_no = ?r.out_refund_no, status = %r.status, reported = n.refund_status.as_str(), "refund notification contradicts a settled refund");
             reply(
                 StatusCode::CONFLICT,
                 notify_fail_reply("conflicts with the recorded refund"),
@@ -391,7 +391,7 @@ async fn refund_failure_reported(
     {
         Ok(found) => found,
         Err(e) => {
-            tracing::error!(error = %e, "cannot read a refund for its notification");
+            tracing::error!(error = ?e, "cannot read a refund for its notification");
             return temporary_failure();
         }
     };
@@ -429,7 +429,7 @@ async fn refund_failure_reported(
                         tracing::info!(out_refund_no = ?r.out_refund_no, status = %r.status, ?synced, "refund failure reported by a notification, asked of WeChat Pay")
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "refundquery after a refund failure notification failed; the check loop asks again")
+                        tracing::warn!(error = ?e, "refundquery after a refund failure notification failed; the check loop asks again")
                     }
                 }
             });
@@ -442,7 +442,7 @@ async fn refund_failure_reported(
     match app.inner.store.record_notification(record).await {
         Ok(()) => reply,
         Err(e) => {
-            tracing::error!(error = %e, "cannot record a notification");
+            tracing::error!(error = ?e, "cannot record a notification");
             temporary_failure()
         }
     }

@@ -573,7 +573,7 @@ async fn move_to_bill_day(app: &App, day: &Day, bill: &Bill, local: &Local) -> V
             .await
         {
             Ok(()) => moved.push(no.clone()),
-            Err(e) => tracing::error!(error = %e, out_refund_no = %no, "cannot move a refund's acceptance time"),
+            Err(e) => tracing::error!(error = ?e, out_refund_no = ?no, "cannot move a refund's acceptance time"),
         }
     }
     moved
@@ -607,7 +607,7 @@ async fn note(app: &App, order_id: i64, day: &Day, d: &Difference, action: &str)
         .add_event(order_id, "reconciled".into(), detail, app.now())
         .await
     {
-        tracing::error!(error = %e, "cannot record a reconciliation in an order's history");
+        tracing::error!(error = ?e, "cannot record a reconciliation in an order's history");
     }
 }
 
@@ -713,7 +713,7 @@ async fn repair_payment(app: &App, link: &MerchantLink, day: &Day, d: &Differenc
         }
         _ => {
             // Paid here, not paid per WeChat Pay: never downgraded; money may be at stake.
-            tracing::error!(out_trade_no = %d.out_trade_no, trade_state = answer.trade_state.as_str(), local = %order.status, "reconciliation: WeChat Pay contradicts a paid order");
+            tracing::error!(out_trade_no = ?d.out_trade_no, trade_state = answer.trade_state.as_str(), local = %order.status, "reconciliation: WeChat Pay contradicts a paid order");
             unresolved(
                 d,
                 Q,
@@ -842,9 +842,9 @@ pub async fn keep(app: &App, report: &Report, kind: &str, started_at: i64) -> Re
         now / 1000,
     );
     if report.balanced {
-        tracing::info!(merchant = %report.merchant, date = %report.date, payments = report.bill.payments, refunds = report.bill.refunds, repaired, "reconciliation: the books balance");
+        tracing::info!(merchant = ?report.merchant, date = ?report.date, payments = report.bill.payments, refunds = report.bill.refunds, repaired, "reconciliation: the books balance");
     } else {
-        tracing::warn!(merchant = %report.merchant, date = %report.date, differences = report.remaining.len(), repaired, "reconciliation: the books do not balance");
+        tracing::warn!(merchant = ?report.merchant, date = ?report.date, differences = report.remaining.len(), repaired, "reconciliation: the books do not balance");
     }
     let record = crate::store::ReconciliationRecord {
         merchant: report.merchant.clone(),

@@ -262,7 +262,7 @@ pub(crate) async fn submit(
     let result = app.inner.upstream.call(link, &call).await;
     let now = app.now();
     let retry_later = async |error: String| {
-        tracing::warn!(out_refund_no = %refund.out_refund_no, %error, "refund not accepted yet; it will be sent again");
+        tracing::warn!(out_refund_no = ?refund.out_refund_no, ?error, "refund not accepted yet; it will be sent again");
         store
             .refund_upstream_failure(refund.id, false, error, now, app.first_check_at(now))
             .await
@@ -270,7 +270,7 @@ pub(crate) async fn submit(
     let refund = match result {
         Ok(answer) => {
             if answer.refund_fee.get() as i64 != refund.amount_fen {
-                tracing::error!(out_refund_no = %refund.out_refund_no, accepted = %answer.refund_fee, asked = refund.amount_fen, "WeChat Pay accepted a refund of another amount");
+                tracing::error!(out_refund_no = ?refund.out_refund_no, accepted = ?answer.refund_fee, asked = refund.amount_fen, "WeChat Pay accepted a refund of another amount");
             }
             store
                 .refund_accepted(refund.id, answer.refund_id, now, app.first_check_at(now))
@@ -290,7 +290,7 @@ pub(crate) async fn submit(
                     Err(e) => retry_later(format!("{code} {description}; refundquery: {e}")).await?,
                 }
             } else {
-                tracing::warn!(out_refund_no = %refund.out_refund_no, %code, "WeChat Pay refused a refund");
+                tracing::warn!(out_refund_no = ?refund.out_refund_no, ?code, "WeChat Pay refused a refund");
                 store
                     .refund_upstream_failure(refund.id, true, format!("{code} {description}"), now, now)
                     .await?
@@ -397,12 +397,12 @@ pub(crate) async fn sync(app: &App, link: &MerchantLink, refund: Refund) -> Resu
     match store.apply_refund(result, None).await? {
         RefundOutcome::Applied(r) | RefundOutcome::AlreadySettled(r) => Ok((r, Synced::Settled)),
         RefundOutcome::Conflict(r) => {
-            tracing::error!(out_refund_no = %r.out_refund_no, status = %r.status, upstream = record.refund_status.as_str(), "refundquery contradicts a settled refund");
+            tracing::error!(out_refund_no = ?r.out_refund_no, status = %r.status, upstream = record.refund_status.as_str(), "refundquery contradicts a settled refund");
             let why = format!("{said}, but the refund is recorded as {}", r.status);
             Ok((r, Synced::Contradicts(why)))
         }
         other => {
-            tracing::error!(out_refund_no = %refund.out_refund_no, verdict = other.verdict(), "refundquery does not fit the stored refund");
+            tracing::error!(out_refund_no = ?refund.out_refund_no, verdict = other.verdict(), "refundquery does not fit the stored refund");
             let why = format!("{said}, which does not fit the stored refund ({})", other.verdict());
             Ok((refund, Synced::Contradicts(why)))
         }
@@ -414,7 +414,7 @@ pub(crate) async fn sync(app: &App, link: &MerchantLink, refund: Refund) -> Resu
 pub(crate) async fn check_one(app: &App, refund: Refund) {
     let store = &app.inner.store;
     let Some(link) = app.merchant_named(&refund.merchant) else {
-        tracing::warn!(merchant = %refund.merchant, "a refund of a merchant no longer configured; not checked");
+        tracing::warn!(merchant = ?refund.merchant, "a refund of a merchant no longer configured; not checked");
         let _ = store.schedule_refund_check(refund.id, None).await;
         return;
     };
@@ -436,7 +436,7 @@ pub(crate) async fn check_one(app: &App, refund: Refund) {
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(out_refund_no = %refund.out_refund_no, error = %e, "sending a refund again failed");
+                tracing::warn!(out_refund_no = ?refund.out_refund_no, error = ?e, "sending a refund again failed");
                 let _ = store.schedule_refund_check(refund.id, Some(next)).await;
             }
         }
@@ -444,13 +444,13 @@ pub(crate) async fn check_one(app: &App, refund: Refund) {
     }
     match sync(app, link, refund.clone()).await {
         Ok((r, _)) if r.status != RefundStatus::Pending => {
-            tracing::info!(out_refund_no = %r.out_refund_no, status = %r.status, "refund settled by a check");
+            tracing::info!(out_refund_no = ?r.out_refund_no, status = %r.status, "refund settled by a check");
         }
         Ok((r, _)) => {
             let _ = store.schedule_refund_check(r.id, Some(next)).await;
         }
         Err(e) => {
-            tracing::warn!(out_refund_no = %refund.out_refund_no, error = %e, "refund check failed");
+            tracing::warn!(out_refund_no = ?refund.out_refund_no, error = ?e, "refund check failed");
             let _ = store.schedule_refund_check(refund.id, Some(next)).await;
         }
     }

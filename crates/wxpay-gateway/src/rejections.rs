@@ -75,7 +75,7 @@ impl Rejections {
                 };
                 let n = batch.len();
                 if let Err(e) = app.inner.store.record_notifications(batch).await {
-                    tracing::error!(error = %e, records = n, "cannot record rejected notifications");
+                    tracing::error!(error = ?e, records = n, "cannot record rejected notifications");
                 }
             });
         }

@@ -97,7 +97,7 @@ impl MerchantLink {
         if n >= cfg.backup_after_failures && self.config.backup_url.is_some() {
             let until = crate::time::now_ms() + cfg.backup_for.as_millis() as i64;
             if self.backup_until.swap(until, Ordering::Relaxed) <= crate::time::now_ms() {
-                tracing::warn!(merchant = %self.config.name, failures = n, "switching to the backup WeChat Pay host");
+                tracing::warn!(merchant = ?self.config.name, failures = n, "switching to the backup WeChat Pay host");
             }
             self.failures.store(0, Ordering::Relaxed);
         }
@@ -220,7 +220,7 @@ impl Upstream {
                     }
                     self.metrics
                         .upstream_error(api, if before_sending { "connect" } else { "no_answer" });
-                    tracing::warn!(api, attempt, error = %message, "WeChat Pay call without an answer");
+                    tracing::warn!(api, attempt, error = ?message, "WeChat Pay call without an answer");
                     last = UpstreamError::NoAnswer(message);
                     continue;
                 }
@@ -237,7 +237,7 @@ impl Upstream {
                 Err(ProtoError::Business { code, description }) => {
                     self.metrics.upstream_error(api, code.as_str());
                     if code.retry() == Retry::SameParameters {
-                        tracing::warn!(api, attempt, code = %code, "WeChat Pay asks to retry");
+                        tracing::warn!(api, attempt, code = ?code, "WeChat Pay asks to retry");
                         last = UpstreamError::NoAnswer(format!("{code} {description}"));
                         continue;
                     }
@@ -250,7 +250,7 @@ impl Upstream {
                 Err(e) => {
                     // An answer we cannot trust (bad signature, not XML): as if none came.
                     self.metrics.upstream_error(api, "bad_answer");
-                    tracing::warn!(api, attempt, error = %e, "untrustworthy answer from WeChat Pay");
+                    tracing::warn!(api, attempt, error = ?e, "untrustworthy answer from WeChat Pay");
                     last = UpstreamError::NoAnswer(format!("untrustworthy answer: {e}"));
                 }
             }

@@ -300,7 +300,7 @@ async fn run(sim: &Simulator, job: Job, semaphore: &Arc<Semaphore>) {
             }
             Err(e) => {
                 notifier.pending.fetch_sub(1, Ordering::Relaxed);
-                tracing::debug!(error = %e, "automatic payment skipped");
+                tracing::debug!(error = ?e, "automatic payment skipped");
             }
         },
         What::RefundComplete(idx) => {
@@ -529,7 +529,7 @@ async fn deliver(sim: &Simulator, job: Job) {
             let after = sim.inner.config.scaled(Duration::from_secs(*secs));
             notifier.push(job.loc(), job.what, job.attempt + 1, after);
         }
-        None => tracing::info!(out_trade_no = %out.out_trade_no, "notification given up after the last retry"),
+        None => tracing::info!(out_trade_no = ?out.out_trade_no, "notification given up after the last retry"),
     }
 }
 

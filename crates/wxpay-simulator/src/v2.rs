@@ -97,7 +97,7 @@ impl Ctx<'_> {
                 text: false,
             },
             Err(e) => {
-                tracing::error!(error = %e, "cannot encode an answer");
+                tracing::error!(error = ?e, "cannot encode an answer");
                 Reply::fail("系统错误")
             }
         }
@@ -183,7 +183,7 @@ fn gate<'b>(
         return Err(fail("post数据为空", "20001"));
     }
     let fields = wxpay_protocol::xml::read(body).map_err(|e| {
-        tracing::info!(api = api.name(), error = %e, "refused a request body");
+        tracing::info!(api = api.name(), error = ?e, "refused a request body");
         fail("XML格式错误", "20001")
     })?;
     let Some(mch_id) = fields.optional("mch_id") else {

@@ -110,7 +110,7 @@ impl Drop for PgDb {
 
 /// The simulator, in this test process, at a thousand times real speed so that its
 /// notification retries come within milliseconds.
-async fn simulator() -> SimHandle {
+pub(crate) async fn simulator() -> SimHandle {
     simulator_with(|_| {}).await
 }
 
@@ -123,7 +123,7 @@ pub(crate) async fn simulator_with(edit: impl FnOnce(&mut SimConfig)) -> SimHand
     Simulator::new(config).unwrap().serve(listener).await.unwrap()
 }
 
-fn write_config(dir: &Path, port: u16, database_url: &str, sim_url: &str, webhook: Option<&str>) -> PathBuf {
+pub(crate) fn write_config(dir: &Path, port: u16, database_url: &str, sim_url: &str, webhook: Option<&str>) -> PathBuf {
     let jobs = "first_check_after_secs = 1\nmax_check_interval_secs = 1\npoll_every_ms = 50";
     write_config_with(dir, port, database_url, sim_url, webhook, "", jobs)
 }

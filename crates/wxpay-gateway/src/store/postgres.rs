@@ -622,7 +622,7 @@ fn payment_outcome(
         "applied" => {
             let order = order()?;
             if was.is_some_and(|w| w != "pending") {
-                tracing::error!(out_trade_no = %order.out_trade_no, was = ?was, "payment for an order that was not pending");
+                tracing::error!(out_trade_no = ?order.out_trade_no, was = ?was, "payment for an order that was not pending");
             }
             PaymentOutcome::Applied(order)
         }
@@ -749,7 +749,7 @@ async fn run_batch(pool: PgPool, mut jobs: Vec<PaymentJob>) {
             // lost connection): nothing of it was committed, so each payment is tried again
             // on its own, where such a failure only touches itself.
             if let Err(e) = &result {
-                tracing::warn!(error = %e, size = jobs.len(), "payment batch failed; applying its payments one by one");
+                tracing::warn!(error = ?e, size = jobs.len(), "payment batch failed; applying its payments one by one");
             }
             for j in jobs {
                 let _ = j.reply.send(apply_one(pool, j.payment, j.notification).await);
@@ -998,7 +998,7 @@ async fn run_create_batch(pool: PgPool, jobs: Vec<CreateJob>) {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "order batch failed; storing its orders one by one");
+                tracing::warn!(error = ?e, "order batch failed; storing its orders one by one");
                 for j in batch {
                     let _ = j.reply.send(create_one(&pool, j.order).await);
                 }
@@ -1082,7 +1082,7 @@ async fn run_prepay_batch(pool: PgPool, jobs: Vec<PrepayJob>) {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "prepay batch failed; recording its prepay ids one by one");
+                tracing::warn!(error = ?e, "prepay batch failed; recording its prepay ids one by one");
                 for j in batch {
                     let _ = j.reply.send(prepay_one(&pool, j.order_id, j.prepay_id, j.now).await);
                 }
@@ -1640,7 +1640,7 @@ impl Store for PgStore {
             .rows_affected();
             let refund = refund_by_id(&mut tx, refund_id).await?;
             if changed == 1 && refund.status == RefundStatus::Failed {
-                tracing::error!(out_refund_no = %refund.out_refund_no, "WeChat Pay accepted a refund recorded as failed: reconcile it");
+                tracing::error!(out_refund_no = ?refund.out_refund_no, "WeChat Pay accepted a refund recorded as failed: reconcile it");
             }
             if changed == 1 {
                 let detail =

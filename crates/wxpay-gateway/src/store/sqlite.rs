@@ -183,7 +183,7 @@ impl SqliteStore {
         let conn = open_migrated(path, options)?;
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
         let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
-        tracing::info!(path = %path.display(), journal_mode = %mode, synchronous = sync, "SQLite store open (synchronous 2 = FULL)");
+        tracing::info!(path = ?path.display(), journal_mode = %mode, synchronous = sync, "SQLite store open (synchronous 2 = FULL)");
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("wxpay-sqlite-writer".into())
@@ -259,7 +259,7 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             // Another process holds the database past the busy timeout: fail this batch
             // without running any of it.
-            tracing::error!(error = %e, jobs = jobs.len(), "SQLite write lock not obtained; the waiting writes fail");
+            tracing::error!(error = ?e, jobs = jobs.len(), "SQLite write lock not obtained; the waiting writes fail");
             let e = StoreError::Db(format!("the database is locked by another connection: {e}"));
             for job in jobs {
                 job.fail(e.clone());
@@ -277,14 +277,14 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
                 conn.execute_batch("ROLLBACK TO op; RELEASE op")
             };
             if let Err(e) = savepoint.and(closed) {
-                tracing::error!(error = %e, "SQLite savepoint failed");
+                tracing::error!(error = ?e, "SQLite savepoint failed");
             }
             completions.push(done);
         }
         match conn.execute_batch("COMMIT") {
             Ok(()) => completions.into_iter().for_each(|done| done(None)),
             Err(e) => {
-                tracing::error!(error = %e, "SQLite commit failed; the batch is rolled back");
+                tracing::error!(error = ?e, "SQLite commit failed; the batch is rolled back");
                 let _ = conn.execute_batch("ROLLBACK");
                 let e = StoreError::Db(e.to_string());
                 completions.into_iter().for_each(|done| done(Some(e.clone())));
@@ -762,7 +762,7 @@ fn apply_payment(conn: &Connection, p: &Payment) -> Result<PaymentOutcome, Store
     if order.status != OrderStatus::Pending {
         // Money was taken for an order that was closed or failed: record it, never drop it.
         detail["anomaly"] = serde_json::json!(format!("paid after being {}", order.status));
-        tracing::error!(out_trade_no = %order.out_trade_no, was = %order.status, "payment for an order that was not pending");
+        tracing::error!(out_trade_no = ?order.out_trade_no, was = %order.status, "payment for an order that was not pending");
     }
     add_event(conn, order.id, p.now, "paid", &detail)?;
     add_outbox(conn, &paid, "order.paid", p.now)?;
@@ -1073,7 +1073,7 @@ impl Store for SqliteStore {
                 .execute(params![wechat_refund_id, now, next_check_at, refund_id])?;
             let refund = refund_by_id(c, refund_id)?;
             if changed == 1 && refund.status == RefundStatus::Failed {
-                tracing::error!(out_refund_no = %refund.out_refund_no, "WeChat Pay accepted a refund recorded as failed: reconcile it");
+                tracing::error!(out_refund_no = ?refund.out_refund_no, "WeChat Pay accepted a refund recorded as failed: reconcile it");
             }
             if changed == 1 {
                 let detail =

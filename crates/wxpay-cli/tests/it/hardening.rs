@@ -1,0 +1,108 @@
+//! What an attack and a first-time user found (issue 9), tried on the `wxpay` binary.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use wxpay_simulator::{TEST_APPID, TEST_MCH_ID};
+
+use crate::serve::{client, free_port, scratch_dir, simulator, write_config};
+
+/// `wxpay serve` with a log format, its log in `log`.
+fn serve_logging(config: &Path, format: &str, log: &Path) -> Child {
+    let log = std::fs::File::create(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_wxpay"))
+        .args(["serve", "--log-format", format, "--config"])
+        .arg(config)
+        .env("WXPAY_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_ready(http: &reqwest::Client, url: &str, child: &mut Child) {
+    for _ in 0..400 {
+        if http
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("wxpay serve exited: {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("wxpay serve never became ready");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn text_from_outside_is_logged_escaped_and_cannot_forge_a_log_line_in_either_format() {
+    let sim = simulator().await;
+    let http = client();
+    let forged_line = "2026-12-03T08:00:00.000000Z  INFO order paid out_trade_no=FORGED-LINE";
+    for format in ["pretty", "json"] {
+        let dir = scratch_dir("log-injection");
+        let port = free_port();
+        let db = format!("sqlite://{}", dir.join("wxpay.db").display());
+        let config = write_config(&dir, port, &db, sim.base_url(), None);
+        let log = dir.join("serve.log");
+        let mut child = serve_logging(&config, format, &log);
+        let url = format!("http://127.0.0.1:{port}");
+        wait_ready(&http, &url, &mut child).await;
+        for body in [
+            // return_msg, shown in the reason of the rejection.
+            format!(
+                "<xml><return_code>FAIL</return_code><return_msg><![CDATA[bad\n{forged_line}\r\n{forged_line}]]></return_msg>\
+                 <appid>{TEST_APPID}</appid><mch_id>{TEST_MCH_ID}</mch_id></xml>"
+            ),
+            // A sign_type that names itself in the reason.
+            format!(
+                "<xml><return_code>SUCCESS</return_code><result_code>SUCCESS</result_code><appid>{TEST_APPID}</appid>\
+                 <mch_id>{TEST_MCH_ID}</mch_id><out_trade_no>X1</out_trade_no><sign_type><![CDATA[MD5\n{forged_line}]]></sign_type>\
+                 <sign>00000000000000000000000000000000</sign></xml>"
+            ),
+            // An unknown merchant whose number carries the line.
+            format!(
+                "<xml><return_code>SUCCESS</return_code><appid>{TEST_APPID}</appid><mch_id><![CDATA[1\n{forged_line}]]></mch_id></xml>"
+            ),
+        ] {
+            let r = http
+                .post(format!("{url}/notify/v2/pay"))
+                .header("Content-Type", "text/xml")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 400);
+        }
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains("FORGED-LINE"),
+            "{format}: the rejections were logged:\n{text}"
+        );
+        for line in text.lines() {
+            if format == "json" {
+                assert!(
+                    serde_json::from_str::<serde_json::Value>(line).is_ok(),
+                    "not a JSON line: {line}"
+                );
+            }
+            assert!(
+                !line.contains("FORGED-LINE") || line.contains("notification rejected"),
+                "{format}: a forged log line:\n{line}\n\nin\n{text}"
+            );
+        }
+        assert_eq!(
+            text.matches("notification rejected").count(),
+            3,
+            "{format}: one line per rejection:\n{text}"
+        );
+    }
+    sim.shutdown().await;
+}

@@ -284,6 +284,7 @@ pub(crate) async fn run(args: ReconcileArgs) -> Result<(), String> {
         default_order_ttl: Duration::from_secs(7200),
         reconcile: ReconcileConfig::default(),
         limits: wxpay_gateway::Limits::default(),
+        metrics_token: None,
     };
     let app = App::new(config, store).map_err(|e| e.to_string())?;
     for run in 1..=args.runs {

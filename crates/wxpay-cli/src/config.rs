@@ -65,6 +65,8 @@ pub(crate) struct ServerFile {
     pub idle_timeout_secs: Option<u64>,
     /// Connections served at once (default 10,000).
     pub max_connections: Option<usize>,
+    /// When set, `/metrics` needs `Authorization: Bearer <this>`.
+    pub metrics_token: Option<String>,
 }
 
 /// `[database]`.
@@ -424,6 +426,7 @@ pub(crate) fn gateway_config(file: &FileConfig) -> Result<(Config, ServeSettings
         default_order_ttl: Duration::from_secs(server.default_order_ttl_secs.unwrap_or(7200)),
         reconcile,
         limits,
+        metrics_token: server.metrics_token.as_deref().map(Secret::new),
     };
     config.validate()?;
     Ok((

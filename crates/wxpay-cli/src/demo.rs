@@ -165,6 +165,7 @@ fn demo_config(base: &str, token: &str, webhook_secret: &str) -> Config {
         default_order_ttl: Duration::from_secs(15 * 60),
         reconcile: Default::default(),
         limits: wxpay_gateway::Limits::default(),
+        metrics_token: None,
     }
 }
 

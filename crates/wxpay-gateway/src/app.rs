@@ -32,6 +32,8 @@ pub(crate) struct Inner {
     pub metrics: Arc<Metrics>,
     /// Rejected notifications waiting to be recorded, within their budget.
     pub rejections: crate::rejections::Rejections,
+    /// Whether the task refreshing the metrics' database figures was started.
+    pub gauges_refreshed: std::sync::atomic::AtomicBool,
 }
 
 /// The gateway: cheap to clone.
@@ -123,6 +125,7 @@ impl App {
                 webhook_http,
                 metrics,
                 rejections: Default::default(),
+                gauges_refreshed: Default::default(),
             }),
         })
     }
@@ -154,8 +157,12 @@ impl App {
     }
 
     /// The routes: `/v1/…` (bearer token), `/notify/v2/pay`, `/notify/v2/refund`,
-    /// `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
+    /// `/healthz`, `/readyz`, `/metrics`, `/openapi.json`. The first call starts the task that
+    /// keeps the metrics' database figures fresh, so it must be made within a Tokio runtime.
     pub fn router(&self) -> Router {
+        if !self.inner.gauges_refreshed.swap(true, Ordering::Relaxed) {
+            tokio::spawn(refresh_gauges(Arc::downgrade(&self.inner)));
+        }
         let v1 = Router::new()
             .route("/v1/openid", post(crate::api::openid))
             .route(
@@ -179,7 +186,7 @@ impl App {
             .route("/metrics", get(metrics))
             .route("/openapi.json", get(crate::api::openapi))
             .layer(DefaultBodyLimit::max(64 * 1024))
-            .layer(middleware::from_fn(request_id))
+            .layer(middleware::from_fn_with_state(self.clone(), request_id))
             .with_state(self.clone())
     }
 
@@ -242,8 +249,9 @@ pub async fn serve_router(
 }
 
 /// Gives every request an id (the client's `x-request-id` when it is sane), runs it in a
-/// span carrying the id, and returns the id in a header.
-async fn request_id(req: Request, next: Next) -> Response {
+/// span carrying the id, and returns the id in a header; after a request that may have
+/// changed something, tells the metrics.
+async fn request_id(State(app): State<App>, req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get("x-request-id")
@@ -254,7 +262,12 @@ async fn request_id(req: Request, next: Next) -> Response {
         .map(str::to_owned)
         .unwrap_or_else(crate::random_hex::<8>);
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = ?req.uri().path());
+    // A request that is not a read may have changed what the metrics' gauges count.
+    let changes = !matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
     let mut response = REQUEST_ID.scope(id.clone(), next.run(req)).instrument(span).await;
+    if changes {
+        app.inner.metrics.changed();
+    }
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }
@@ -303,17 +316,42 @@ async fn readyz(State(app): State<App>) -> Response {
     }
 }
 
-async fn metrics(State(app): State<App>) -> Response {
-    let stats = match app.inner.store.stats(app.now()).await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = ?e, "metrics without database figures");
-            None
+async fn metrics(State(app): State<App>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(token) = &app.inner.config.metrics_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let eq: bool = token.expose().as_bytes().ct_eq(presented.as_bytes()).into();
+        if !eq {
+            return ApiError::Unauthorized.into_response();
         }
-    };
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        app.inner.metrics.render(stats.as_ref()),
+        app.inner.metrics.render(app.now()),
     )
         .into_response()
+}
+
+/// Keeps the database gauges of the metrics fresh: read at start, within a second after a
+/// change is reported, and every 30 s in any case, never more than once a second. It stops
+/// when the app is gone.
+async fn refresh_gauges(app: std::sync::Weak<Inner>) {
+    loop {
+        let Some(inner) = app.upgrade() else {
+            return;
+        };
+        let now = App { inner: inner.clone() }.now();
+        match inner.store.stats(now).await {
+            Ok(stats) => inner.metrics.set_gauges(stats, now),
+            Err(e) => tracing::warn!(error = ?e, "cannot read the metrics' figures from the database"),
+        }
+        let metrics = inner.metrics.clone();
+        drop(inner);
+        let read = tokio::time::Instant::now();
+        metrics.wait_for_change(std::time::Duration::from_secs(30)).await;
+        tokio::time::sleep_until(read + std::time::Duration::from_secs(1)).await;
+    }
 }

@@ -239,6 +239,8 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     /// What clients may take of the server: header, body and idle timeouts, connections.
     pub limits: wxpay_http::Limits,
+    /// When set, `/metrics` needs `Authorization: Bearer <this>`.
+    pub metrics_token: Option<Secret>,
 }
 
 /// The daily reconciliation of `wxpay serve`.
@@ -349,6 +351,9 @@ impl Config {
                     }
                 }
             }
+        }
+        if self.metrics_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+            return Err("server.metrics_token: at least 16 characters".into());
         }
         if let Some(w) = &self.webhook {
             if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {

@@ -72,6 +72,9 @@ pub(crate) async fn checks(app: App, mut stop: watch::Receiver<bool>) {
         }
         match app.inner.store.claim_checks(now, now + ms(cfg.lease), cfg.batch).await {
             Ok(orders) => {
+                if !orders.is_empty() {
+                    app.inner.metrics.changed();
+                }
                 for order in orders {
                     if *stop.borrow() {
                         break;
@@ -91,6 +94,9 @@ pub(crate) async fn checks(app: App, mut stop: watch::Receiver<bool>) {
             .await
         {
             Ok(refunds) => {
+                if !refunds.is_empty() {
+                    app.inner.metrics.changed();
+                }
                 for refund in refunds {
                     if *stop.borrow() {
                         break;
@@ -300,6 +306,7 @@ pub(crate) async fn outbox(app: App, mut stop: watch::Receiver<bool>) {
         let now = app.now();
         match app.inner.store.claim_outbox(now, now + ms(cfg.lease), cfg.batch).await {
             Ok(events) => {
+                let delivering = !events.is_empty();
                 let deliveries = events.into_iter().map(|e| {
                     let app = app.clone();
                     let webhook = webhook.clone();
@@ -343,6 +350,9 @@ pub(crate) async fn outbox(app: App, mut stop: watch::Receiver<bool>) {
                     }
                 });
                 futures_util::future::join_all(deliveries).await;
+                if delivering {
+                    app.inner.metrics.changed();
+                }
             }
             Err(e) => tracing::warn!(error = ?e, "cannot claim events to deliver"),
         }

@@ -2,12 +2,16 @@
 //! and each reports only its own figures).
 //!
 //! Counted here: notifications by verdict, WeChat Pay calls by API (latency histogram and
-//! errors by kind), webhook deliveries. Read from the database at each scrape: orders by
-//! status, the outbox backlog and the age of its oldest event.
+//! errors by kind), webhook deliveries. The gauges read from the database (orders and refunds
+//! by status, the outbox backlog and its oldest event) are kept here too: a background task
+//! reads them at start, within a second of a change, and every 30 s (other instances sharing
+//! the database change them too). A scrape never queries the database: anyone who can reach
+//! `/metrics` could otherwise make it count tables as fast as they like.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Latency buckets, in seconds.
@@ -55,6 +59,12 @@ fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// The gauges read from the database, and when (Unix ms).
+    gauges: Mutex<Option<(crate::store::Stats, i64)>>,
+    /// Set by a change the gauges should show; the refresher takes it.
+    changed: AtomicBool,
+    /// Wakes the refresher.
+    wake: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -71,6 +81,27 @@ impl Metrics {
     /// A notification's verdict.
     pub fn notification(&self, verdict: &str) {
         self.with(|i| bump(&mut i.notifications, verdict));
+        self.changed();
+    }
+
+    /// Something the gauges count may have changed: they are read again within a second.
+    pub fn changed(&self) {
+        if !self.changed.swap(true, Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Keeps the gauges read from the database at `at` (Unix ms).
+    pub fn set_gauges(&self, stats: crate::store::Stats, at: i64) {
+        *self.gauges.lock().unwrap_or_else(|e| e.into_inner()) = Some((stats, at));
+    }
+
+    /// Waits until a change is reported or `at_most` passes.
+    pub(crate) async fn wait_for_change(&self, at_most: Duration) {
+        if !self.changed.swap(false, Ordering::Relaxed) {
+            let _ = tokio::time::timeout(at_most, self.wake.notified()).await;
+            self.changed.store(false, Ordering::Relaxed);
+        }
     }
 
     /// A rejected notification that was counted but not recorded (over the budget).
@@ -137,10 +168,11 @@ impl Metrics {
         self.with(|i| i.notifications.get(verdict).copied().unwrap_or(0))
     }
 
-    /// Renders everything, with the figures read from the database.
-    pub fn render(&self, stats: Option<&crate::store::Stats>) -> String {
+    /// Renders everything, the gauges as last read from the database, at `now` (Unix ms).
+    pub fn render(&self, now: i64) -> String {
         let mut out = String::with_capacity(4096);
-        if let Some(s) = stats {
+        let gauges = self.gauges.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some((s, at)) = &gauges {
             out.push_str("# HELP wxpay_orders Orders by status.\n# TYPE wxpay_orders gauge\n");
             for status in crate::store::OrderStatus::ALL {
                 let n = s
@@ -165,7 +197,7 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "wxpay_outbox_oldest_age_seconds {}",
-                s.outbox_oldest_age_ms.unwrap_or(0) as f64 / 1000.0
+                s.outbox_oldest_age_ms.map_or(0, |age| age + (now - at).max(0)) as f64 / 1000.0
             );
         }
         self.with(|i| {

@@ -642,6 +642,8 @@ async fn health_readiness_metrics_and_the_openapi_document_are_served() {
         "4200000000000000000000000003",
     ))
     .await;
+    // The gauges read from the database follow within a second.
+    t.wait_metric("wxpay_orders{status=\"paid\"} 1").await;
     for (path, needle) in [
         ("/healthz", "ok"),
         ("/readyz", "ready"),
@@ -704,6 +706,7 @@ async fn after_repeated_connection_failures_the_backup_host_takes_over() {
         default_order_ttl: std::time::Duration::from_secs(7200),
         reconcile: Default::default(),
         limits: wxpay_gateway::Limits::default(),
+        metrics_token: None,
     };
     let db = TestDb::sqlite();
     let app = wxpay_gateway::App::new(config, db.store().await).unwrap();

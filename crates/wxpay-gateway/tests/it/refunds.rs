@@ -99,17 +99,8 @@ async fn a_partial_then_a_full_refund_succeed_with_events_and_the_order_ends_ref
             .unwrap();
         assert_eq!(first["data"]["amount_fen"], 30);
         assert_eq!(first["data"]["reason"], "尺码不合适");
-        let metrics = t
-            .http
-            .get(format!("{}/metrics", t.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        assert!(metrics.contains("wxpay_refunds{status=\"succeeded\"} 2"), "{metrics}");
-        assert!(metrics.contains("wxpay_orders{status=\"refunded\"} 1"), "{metrics}");
+        t.wait_metric("wxpay_refunds{status=\"succeeded\"} 2").await;
+        t.wait_metric("wxpay_orders{status=\"refunded\"} 1").await;
         t.stop().await;
     }
 }

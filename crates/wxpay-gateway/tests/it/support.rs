@@ -224,6 +224,8 @@ pub(crate) struct Options {
     pub sqlite_busy_timeout: Option<Duration>,
     /// The gateway's limits on its clients.
     pub limits: wxpay_gateway::Limits,
+    /// The token `/metrics` asks for.
+    pub metrics_token: Option<&'static str>,
 }
 
 /// The second mini program of the default merchant number (`Options::second_app`).
@@ -250,6 +252,7 @@ impl Default for Options {
             second_app: false,
             sqlite_busy_timeout: None,
             limits: wxpay_gateway::Limits::default(),
+            metrics_token: None,
         }
     }
 }
@@ -405,6 +408,7 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
         default_order_ttl: Duration::from_secs(7200),
         reconcile: opts.reconcile,
         limits: opts.limits,
+        metrics_token: opts.metrics_token.map(Secret::new),
     };
     let store: Arc<dyn Store> = match opts.sqlite_busy_timeout {
         Some(busy_timeout) if db.engine == "sqlite" => Arc::new(
@@ -609,6 +613,26 @@ impl TestApp {
             .await
             .unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// The text of `/metrics`.
+    pub(crate) async fn metrics_text(&self) -> String {
+        let r = self.http.get(format!("{}/metrics", self.url)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    }
+
+    /// Waits until `/metrics` has a line; its gauges are refreshed within a second of a change.
+    pub(crate) async fn wait_metric(&self, line: &str) {
+        let mut last = String::new();
+        for _ in 0..150 {
+            last = self.metrics_text().await;
+            if last.lines().any(|l| l == line) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("/metrics never had {line:?}:\n{last}");
     }
 
     /// The kinds of an order's history.

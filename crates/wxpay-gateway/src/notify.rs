@@ -67,8 +67,13 @@ fn reject(app: &App, peer: Option<SocketAddr>, body: &[u8], r: Rejection<'_>) ->
         body_sha256: Some(crate::api::sha256_hex(body)),
     };
     app.inner.rejections.keep(app, record);
-    reply(r.status, notify_fail_reply(&r.reason))
+    // The caller is not known to be WeChat Pay: the reply says nothing of why (whether a
+    // merchant exists, which check failed); the reason is in the log and the record.
+    reply(r.status, notify_fail_reply(REJECTED))
 }
+
+/// The `return_msg` of every rejection.
+const REJECTED: &str = "invalid notification";
 
 /// The steps both notifications share: the hardened read, then the merchant by `mch_id` and
 /// `appid` (its index); anything else is rejected, recorded and answered here.

@@ -426,3 +426,39 @@ async fn metrics_answer_from_memory_and_follow_changes_and_a_token_can_protect_t
     c.execute_batch("ALTER TABLE orders_away RENAME TO orders").unwrap();
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_rejected_notification_is_answered_alike_whatever_failed() {
+    let t = spawn_app(TestDb::sqlite(), Options::default()).await;
+    let o = t.create(order_body(100)).await;
+    let no = o["out_trade_no"].as_str().unwrap().to_owned();
+    let replies = [
+        // Not a notification at all.
+        "not xml".to_owned(),
+        // A merchant number nobody configured.
+        notification(DEFAULT, &no, 100, "4200000000000000000000000910", |f| {
+            f.set("mch_id", "1999999999");
+            f.remove("sign");
+        }),
+        // The configured merchant, a wrong signature.
+        notification(DEFAULT, &no, 100, "4200000000000000000000000910", |f| {
+            f.set("sign", "0".repeat(32));
+        }),
+    ];
+    let mut answers = Vec::new();
+    for body in replies {
+        answers.push(t.notify(body).await);
+    }
+    for a in &answers {
+        assert_eq!(
+            a,
+            &(
+                400,
+                "<xml><return_code><![CDATA[FAIL]]></return_code><return_msg><![CDATA[invalid notification]]></return_msg></xml>"
+                    .to_owned()
+            )
+        );
+    }
+    assert_eq!(t.order(&no).await["status"], "pending");
+    t.stop().await;
+}

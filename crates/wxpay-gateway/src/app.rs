@@ -94,9 +94,8 @@ impl App {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let metrics = Arc::new(Metrics::default());
         let upstream = Upstream::new(config.upstream.clone(), metrics.clone())?;
-        let webhook_http = reqwest::Client::builder()
+        let webhook_http = crate::upstream::strict_client()
             .timeout(std::time::Duration::from_secs(10))
-            .user_agent(concat!("wxpay-gateway/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("webhook client: {e}"))?;
         let merchants = config

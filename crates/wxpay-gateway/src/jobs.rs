@@ -325,6 +325,9 @@ pub(crate) async fn outbox(app: App, mut stop: watch::Receiver<bool>) {
                             .await;
                         let error = match result {
                             Ok(r) if r.status().is_success() => None,
+                            Ok(r) if r.status().is_redirection() => {
+                                Some(format!("HTTP {} (a redirect is not followed)", r.status()))
+                            }
                             Ok(r) => Some(format!("HTTP {}", r.status())),
                             Err(err) => Some(if err.is_timeout() { "timeout".to_owned() } else { "connection failed".to_owned() }),
                         };

@@ -134,9 +134,18 @@ async fn read_observed(
 
 /// An HTTP client for WeChat's hosts, with the configured timeouts.
 fn client_builder(config: &UpstreamConfig) -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
+    strict_client()
         .timeout(config.timeout)
         .connect_timeout(config.connect_timeout)
+}
+
+/// Every HTTP client of the gateway starts here: it follows no redirect (a redirected
+/// `jscode2session` would carry `secret=` to another host; a redirected call to WeChat Pay or
+/// to the webhook is not an answer from it) and sends no `Referer`.
+pub(crate) fn strict_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false)
         .user_agent(concat!("wxpay-gateway/", env!("CARGO_PKG_VERSION")))
 }
 

@@ -462,3 +462,90 @@ async fn a_rejected_notification_is_answered_alike_whatever_failed() {
     assert_eq!(t.order(&no).await["status"], "pending");
     t.stop().await;
 }
+
+/// A server that redirects every request (307, which keeps the method and body) to a second
+/// one, which counts what reaches it: (the redirecting URL, the count).
+async fn redirector() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let caught = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = caught.clone();
+    let catcher = axum::Router::new().fallback(move || {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            "caught"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let catcher_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, catcher).await.unwrap() });
+    let redirect = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let to = format!("{catcher_url}{uri}");
+        async move {
+            (
+                axum::http::StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, to)],
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, redirect).await.unwrap() });
+    (url, caught)
+}
+
+#[tokio::test]
+async fn redirects_from_wechat_hosts_are_not_followed_and_carry_no_secret_elsewhere() {
+    let (url, caught) = redirector().await;
+    let t = spawn_app(
+        TestDb::sqlite(),
+        Options {
+            shared_sim: Some(url),
+            ..Options::default()
+        },
+    )
+    .await;
+    let (status, v) = t
+        .api(
+            Method::POST,
+            "/v1/openid",
+            Some(json!({"code": "081aBcDe2abcDe0Fgh3"})),
+            None,
+        )
+        .await;
+    assert!(status >= 500, "{status} {v}");
+    let (status, v) = t.api(Method::POST, "/v1/orders", Some(order_body(100)), None).await;
+    assert!(status >= 500, "{status} {v}");
+    assert_eq!(
+        caught.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a redirect was followed: jscode2session's secret went to another host"
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_webhook_answered_with_a_redirect_is_a_failed_delivery() {
+    let (url, caught) = redirector().await;
+    let t = spawn_app(
+        TestDb::sqlite(),
+        Options {
+            webhook_url: Some(format!("{url}/events")),
+            ..crate::support::with_jobs_and_webhook()
+        },
+    )
+    .await;
+    let o = t.create(order_body(100)).await;
+    let no = o["out_trade_no"].as_str().unwrap();
+    t.notify(paid_notification(no, 100, "4200000000000000000000000911"))
+        .await;
+    eventually("the delivery is tried and fails", async || {
+        t.metrics_text()
+            .await
+            .contains("wxpay_webhook_deliveries_total{outcome=\"failed\"}")
+    })
+    .await;
+    assert!(!t.metrics_text().await.contains("outcome=\"delivered\""));
+    assert_eq!(caught.load(std::sync::atomic::Ordering::SeqCst), 0);
+    t.stop().await;
+}

@@ -226,6 +226,8 @@ pub(crate) struct Options {
     pub limits: wxpay_gateway::Limits,
     /// The token `/metrics` asks for.
     pub metrics_token: Option<&'static str>,
+    /// Events go here instead of the test's receiver (with `webhook`).
+    pub webhook_url: Option<String>,
 }
 
 /// The second mini program of the default merchant number (`Options::second_app`).
@@ -253,6 +255,7 @@ impl Default for Options {
             sqlite_busy_timeout: None,
             limits: wxpay_gateway::Limits::default(),
             metrics_token: None,
+            webhook_url: None,
         }
     }
 }
@@ -400,7 +403,7 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
             list
         },
         webhook: opts.webhook.then(|| WebhookConfig {
-            url: hook_url,
+            url: opts.webhook_url.unwrap_or(hook_url),
             secret: Secret::new(WEBHOOK_SECRET),
         }),
         upstream: opts.upstream,

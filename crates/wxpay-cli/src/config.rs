@@ -83,6 +83,8 @@ pub(crate) struct DatabaseFile {
 pub(crate) struct WebhookFile {
     pub url: Option<String>,
     pub secret: Option<String>,
+    /// Allow a plain `http://` URL outside this machine (default false).
+    pub allow_http: Option<bool>,
 }
 
 /// `[jobs]`.
@@ -378,6 +380,7 @@ pub(crate) fn gateway_config(file: &FileConfig) -> Result<(Config, ServeSettings
                     .clone()
                     .ok_or("webhook.secret is missing: events are signed with it")?,
             ),
+            allow_http: w.allow_http.unwrap_or(false),
         }),
         None => None,
     };
@@ -607,11 +610,24 @@ auto_pay_delay_ms = 500
                 format!("{EXAMPLE}\n[reconcile]\ndaily = true\nwhen = \"10:30\"\n"),
                 "when",
             ),
+            (
+                EXAMPLE.replace("https://backend.example.com", "http://backend.example.com"),
+                "webhook.url",
+            ),
         ];
         for (text, needle) in cases {
             let err = parse(&text).and_then(|f| gateway_config(&f).map(|_| ())).unwrap_err();
             assert!(err.contains(needle), "{needle}: {err}");
         }
+    }
+
+    #[test]
+    fn a_plain_http_webhook_elsewhere_needs_allow_http() {
+        let text = EXAMPLE.replace("https://backend.example.com", "http://backend.example.com");
+        assert!(gateway_config(&parse(&text).unwrap()).is_err());
+        let text = text.replace("[webhook]", "[webhook]\nallow_http = true");
+        let (config, _) = gateway_config(&parse(&text).unwrap()).unwrap();
+        assert!(config.webhook.unwrap().allow_http);
     }
 
     #[test]

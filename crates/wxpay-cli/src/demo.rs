@@ -159,6 +159,8 @@ fn demo_config(base: &str, token: &str, webhook_secret: &str) -> Config {
         webhook: Some(WebhookConfig {
             url: format!("{base}/demo/webhook"),
             secret: Secret::new(webhook_secret),
+            // The demo's backend is in this very process, on the demo's own address.
+            allow_http: true,
         }),
         upstream: UpstreamConfig::default(),
         jobs,

@@ -150,6 +150,9 @@ pub struct WebhookConfig {
     pub url: String,
     /// The HMAC-SHA256 secret of `Wxpay-Signature`.
     pub secret: Secret,
+    /// Allow a plain `http://` URL on another host: events (and their signatures) then cross
+    /// the network unencrypted. Loopback is always allowed.
+    pub allow_http: bool,
 }
 
 /// How WeChat Pay is called.
@@ -359,6 +362,12 @@ impl Config {
             if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
                 return Err(format!("webhook.url: {:?} is not an http(s) URL", w.url));
             }
+            if !w.allow_http && !secure_or_local(&w.url) {
+                return Err(format!(
+                    "webhook.url: {:?} must be https (events carry order data; http only for localhost, or set webhook.allow_http = true)",
+                    w.url
+                ));
+            }
             if w.secret.expose().len() < 16 {
                 return Err("webhook.secret: at least 16 characters".into());
             }
@@ -370,6 +379,53 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config_with_webhook(url: &str, allow_http: bool) -> Config {
+        Config {
+            public_url: "https://pay.example.com".into(),
+            api_tokens: vec![Secret::new("token-0123456789abcdef")],
+            merchants: vec![MerchantConfig {
+                name: "default".into(),
+                appid: AppId::new("wxd678efh567hg6787").unwrap(),
+                app_secret: None,
+                mch_id: MchId::new("1230000109").unwrap(),
+                api_key: ApiKey::new("wxpaySimulatorTestKey0000000000A").unwrap(),
+                sign_type: SignType::Md5,
+                base_url: "https://api.mch.weixin.qq.com".into(),
+                backup_url: None,
+                sns_base_url: "https://api.weixin.qq.com".into(),
+                client_cert: None,
+                ca_pem: None,
+            }],
+            webhook: Some(WebhookConfig {
+                url: url.into(),
+                secret: Secret::new("whsec-0123456789abcdef"),
+                allow_http,
+            }),
+            upstream: UpstreamConfig::default(),
+            jobs: JobsConfig::default(),
+            default_order_ttl: Duration::from_secs(7200),
+            reconcile: ReconcileConfig::default(),
+            limits: wxpay_http::Limits::default(),
+            metrics_token: None,
+        }
+    }
+
+    #[test]
+    fn a_plain_http_webhook_is_refused_outside_this_machine_unless_allowed() {
+        let err = config_with_webhook("http://backend.example.com/events", false)
+            .validate()
+            .unwrap_err();
+        assert!(err.contains("webhook.url") && err.contains("allow_http"), "{err}");
+        for (url, allow) in [
+            ("https://backend.example.com/events", false),
+            ("http://127.0.0.1:9000/events", false),
+            ("http://localhost/events", false),
+            ("http://backend.internal/events", true),
+        ] {
+            assert_eq!(config_with_webhook(url, allow).validate(), Ok(()), "{url}");
+        }
+    }
 
     #[test]
     fn local_urls_are_recognised() {

@@ -405,6 +405,7 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
         webhook: opts.webhook.then(|| WebhookConfig {
             url: opts.webhook_url.unwrap_or(hook_url),
             secret: Secret::new(WEBHOOK_SECRET),
+            allow_http: false,
         }),
         upstream: opts.upstream,
         jobs: opts.jobs,

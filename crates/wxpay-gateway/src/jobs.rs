@@ -38,7 +38,8 @@ pub fn verify_webhook_signature(secret: &str, header: &str, body: &str, now_secs
     let (Some(t), Some(v1)) = (t, v1) else {
         return false;
     };
-    if (now_secs - t).abs() > tolerance_secs {
+    // abs_diff: a hostile `t` (i64::MIN) must not overflow the subtraction.
+    if now_secs.abs_diff(t) > tolerance_secs.unsigned_abs() {
         return false;
     }
     let expected = webhook_signature(secret, t, body);
@@ -402,5 +403,21 @@ mod tests {
             300
         ));
         assert!(!verify_webhook_signature("s3cret-s3cret-s3cret", "v1=00", "{}", 0, 300));
+    }
+
+    #[test]
+    fn a_hostile_timestamp_is_refused_without_overflowing() {
+        for t in [i64::MIN, i64::MAX, i64::MIN + 1] {
+            let header = format!("t={t},v1=00");
+            for now in [0, 1_700_000_000, i64::MAX, i64::MIN] {
+                assert!(!verify_webhook_signature(
+                    "s3cret-s3cret-s3cret",
+                    &header,
+                    "{}",
+                    now,
+                    300
+                ));
+            }
+        }
     }
 }

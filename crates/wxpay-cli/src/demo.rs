@@ -55,7 +55,7 @@ const EVENTS_KEPT: usize = 500;
 pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
     crate::init_logging(args.log_format);
     let dir = &args.data_dir;
-    std::fs::create_dir_all(dir).map_err(|e| CliError::Usage(format!("cannot create {}: {e}", dir.display())))?;
+    create_private_dir(dir).map_err(|e| CliError::Usage(format!("cannot create {}: {e}", dir.display())))?;
     let token = load_or_create_secret(&dir.join("api-token"), "demo_")?;
     let webhook_secret = load_or_create_secret(&dir.join("webhook-secret"), "whsec_")?;
     let db_path = dir.join("wxpay.db");
@@ -169,6 +169,16 @@ fn demo_config(base: &str, token: &str, webhook_secret: &str) -> Config {
         limits: wxpay_gateway::Limits::default(),
         metrics_token: None,
     }
+}
+
+/// Creates the data directory (and its missing parents) for its owner only (0700): it holds
+/// the database, the API token and the webhook secret.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }
 
 /// Reads a secret kept in the data directory, or makes one (owner-only on Unix), so that a

@@ -672,7 +672,9 @@ fn migrate_creates_the_schema_and_serve_refuses_a_bad_config_naming_the_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_plays_a_payment_from_login_to_paid_with_a_verified_webhook() {
-    let dir = scratch_dir("demo");
+    let scratch = scratch_dir("demo");
+    // A data directory the demo makes itself.
+    let dir = scratch.join("data");
     let child = Command::new(env!("CARGO_BIN_EXE_wxpay"))
         .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&dir)
@@ -802,5 +804,12 @@ async fn the_demo_plays_a_payment_from_login_to_paid_with_a_verified_webhook() {
     let status = demo.child.wait().unwrap();
     assert!(status.success(), "the demo stops cleanly on SIGTERM: {status}");
     assert!(dir.join("wxpay.db").exists());
-    let _ = std::fs::remove_dir_all(dir);
+    // Nobody but its owner can read what the demo keeps.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "the data directory");
+    for file in ["wxpay.db", "api-token", "webhook-secret"] {
+        assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+    }
+    let _ = std::fs::remove_dir_all(scratch);
 }

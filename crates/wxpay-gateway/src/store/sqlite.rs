@@ -160,9 +160,25 @@ fn open_migrated(path: &Path, options: SqliteOptions) -> Result<Connection, Stor
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
     }
+    create_private(path).map_err(|e| StoreError::Db(format!("cannot create {}: {e}", path.display())))?;
     let mut conn = open(path, options)?;
     migrate(&mut conn)?;
     Ok(conn)
+}
+
+/// Creates the database file readable by its owner only (0600) when it does not exist yet: it
+/// holds every order, openid and notification. SQLite gives the `-wal` and `-shm` files it
+/// makes beside it the same permissions.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 impl SqliteStore {

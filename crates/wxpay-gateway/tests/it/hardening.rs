@@ -549,3 +549,22 @@ async fn a_webhook_answered_with_a_redirect_is_a_failed_delivery() {
     assert_eq!(caught.load(std::sync::atomic::Ordering::SeqCst), 0);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn the_sqlite_database_and_its_journal_files_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::sqlite();
+    let store = db.store().await;
+    // A write, so that the -wal and -shm files exist.
+    store
+        .idem_claim("s".into(), "k".into(), "h".into(), 0, 60_000)
+        .await
+        .unwrap();
+    let file = db.sqlite_file();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = file.clone().into_os_string();
+        name.push(suffix);
+        let mode = std::fs::metadata(&name).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name:?} is {mode:o}");
+    }
+}

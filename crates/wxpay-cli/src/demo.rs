@@ -30,9 +30,15 @@ use crate::CliError;
 
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
-    /// Address to listen on (gateway, simulator and demo page share it).
+    /// Address to listen on (gateway, simulator and demo page share it). Only this machine's
+    /// addresses unless --public is given.
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     listen: String,
+    /// Allow --listen on an address other machines can reach. The demo page then gives
+    /// anybody who can reach it the demo's API token (it can refund any demo order) and the
+    /// simulator's controls.
+    #[arg(long)]
+    public: bool,
     /// Where the SQLite database, the demo API token and the webhook secret are kept.
     #[arg(long, default_value = "wxpay-demo", value_name = "DIR")]
     data_dir: PathBuf,
@@ -54,6 +60,15 @@ const EVENTS_KEPT: usize = 500;
 
 pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
     crate::init_logging(args.log_format);
+    let exposed = reachable_from_elsewhere(&args.listen)?;
+    if exposed && !args.public {
+        return Err(CliError::Usage(format!(
+            "--listen {} can be reached from other machines, and the demo has no sign-in: its page uses the demo API token \
+             (which can refund any demo order) and the simulator's controls. Listen on 127.0.0.1 (the default), or add \
+             --public if that is what you want",
+            args.listen
+        )));
+    }
     let dir = &args.data_dir;
     create_private_dir(dir).map_err(|e| CliError::Usage(format!("cannot create {}: {e}", dir.display())))?;
     let token = load_or_create_secret(&dir.join("api-token"), "demo_")?;
@@ -106,6 +121,12 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
 
         eprintln!("wxpay demo: gateway + WeChat Pay simulator + SQLite, one process");
         eprintln!();
+        if exposed {
+            eprintln!("  WARNING: --public: anybody who can reach {addr} can use the demo page, which holds the");
+            eprintln!("  demo API token (it can create, close and refund any demo order), read the orders, and");
+            eprintln!("  pay or fail them through the simulator's controls. The demo has no sign-in.");
+            eprintln!();
+        }
         eprintln!("  open the demo      {base}/demo");
         eprintln!("  gateway API        {base}/v1/orders   (Authorization: Bearer {token})");
         eprintln!("  API description    {base}/openapi.json");
@@ -169,6 +190,20 @@ fn demo_config(base: &str, token: &str, webhook_secret: &str) -> Config {
         limits: wxpay_gateway::Limits::default(),
         metrics_token: None,
     }
+}
+
+/// Whether `listen` names an address other machines can reach: anything but loopback (the
+/// unspecified 0.0.0.0 and :: listen on every interface).
+fn reachable_from_elsewhere(listen: &str) -> Result<bool, CliError> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = listen
+        .to_socket_addrs()
+        .map_err(|e| CliError::Usage(format!("--listen {listen}: not an address to listen on ({e})")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(CliError::Usage(format!("--listen {listen}: names no address")));
+    }
+    Ok(addrs.iter().any(|a| !a.ip().is_loopback()))
 }
 
 /// Creates the data directory (and its missing parents) for its owner only (0700): it holds

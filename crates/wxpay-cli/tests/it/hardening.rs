@@ -106,3 +106,49 @@ async fn text_from_outside_is_logged_escaped_and_cannot_forge_a_log_line_in_eith
     }
     sim.shutdown().await;
 }
+
+#[test]
+fn the_demo_refuses_an_address_other_machines_reach_unless_told_public() {
+    let dir = scratch_dir("demo-public");
+    for listen in ["0.0.0.0:0", "[::]:0"] {
+        let run = crate::wxpay(
+            &["demo", "--listen", listen, "--data-dir", dir.to_str().unwrap()],
+            None,
+            &[],
+        );
+        assert_eq!(run.code, 2, "{listen}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("--public") && run.stderr.contains("API token"),
+            "{}",
+            run.stderr
+        );
+    }
+    // With --public it starts, and says what that exposes.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wxpay"))
+        .args(["demo", "--public", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.join("public"))
+        .env("WXPAY_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut said = String::new();
+    {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            said.push_str(&line);
+            said.push('\n');
+            if line.contains("open the demo") {
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        said.contains("WARNING: --public") && said.contains("API token"),
+        "{said}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

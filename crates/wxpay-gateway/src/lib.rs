@@ -32,22 +32,66 @@ pub use jobs::{verify_webhook_signature, webhook_signature};
 pub use upstream::UpstreamError;
 pub use wxpay_http::Limits;
 
+/// The database a URL names.
+#[derive(Debug, PartialEq, Eq)]
+enum Database {
+    /// `postgres://…` or `postgresql://…`.
+    Postgres,
+    /// `sqlite://path`, `sqlite:path` or a bare path.
+    Sqlite(std::path::PathBuf),
+}
+
+/// Reads a database URL: PostgreSQL, or a SQLite file whose folder exists. Any other scheme
+/// (`mysql://…`) is refused by name rather than taken for a file name.
+fn database(url: &str) -> Result<Database, store::StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Database::Postgres);
+    }
+    let path = match url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        Some(p) => p,
+        None => {
+            if let Some((scheme, _)) = url.split_once("://") {
+                return Err(store::StoreError::Url(format!(
+                    "{scheme:?} is not a database wxpay speaks: use sqlite://PATH or postgres://USER@HOST/DB"
+                )));
+            }
+            url
+        }
+    };
+    if path.is_empty() {
+        return Err(store::StoreError::Url(
+            "no file named: use sqlite://PATH, e.g. sqlite://wxpay.db".into(),
+        ));
+    }
+    let path = std::path::PathBuf::from(path);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(store::StoreError::Url(format!(
+                "the folder {} of the SQLite file does not exist: create it first",
+                dir.display()
+            )));
+        }
+    }
+    Ok(Database::Sqlite(path))
+}
+
 /// Opens the store a database URL names: `sqlite://path` (or a bare path) or
 /// `postgres://…`, applying migrations.
 ///
 /// # Errors
-/// When the database cannot be opened or brought up to date.
+/// When the URL names no database wxpay speaks, or the database cannot be opened or brought
+/// up to date.
 pub async fn open_store(url: &str, pool_size: u32) -> Result<std::sync::Arc<dyn store::Store>, store::StoreError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(std::sync::Arc::new(
+    match database(url)? {
+        Database::Postgres => Ok(std::sync::Arc::new(
             store::postgres::PgStore::connect(url, pool_size).await?,
-        ))
-    } else {
-        let path = sqlite_path(url);
-        let store = tokio::task::spawn_blocking(move || store::sqlite::SqliteStore::open(&path))
-            .await
-            .map_err(|e| store::StoreError::Db(e.to_string()))??;
-        Ok(std::sync::Arc::new(store))
+        )),
+        Database::Sqlite(path) => {
+            let store = tokio::task::spawn_blocking(move || store::sqlite::SqliteStore::open(&path))
+                .await
+                .map_err(|e| store::StoreError::Db(e.to_string()))??;
+            Ok(std::sync::Arc::new(store))
+        }
     }
 }
 
@@ -56,23 +100,12 @@ pub async fn open_store(url: &str, pool_size: u32) -> Result<std::sync::Arc<dyn 
 /// # Errors
 /// As [`open_store`].
 pub async fn migrate(url: &str) -> Result<(), store::StoreError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        store::postgres::PgStore::migrate_only(url).await
-    } else {
-        let path = sqlite_path(url);
-        tokio::task::spawn_blocking(move || store::sqlite::SqliteStore::migrate_only(&path))
+    match database(url)? {
+        Database::Postgres => store::postgres::PgStore::migrate_only(url).await,
+        Database::Sqlite(path) => tokio::task::spawn_blocking(move || store::sqlite::SqliteStore::migrate_only(&path))
             .await
-            .map_err(|e| store::StoreError::Db(e.to_string()))?
+            .map_err(|e| store::StoreError::Db(e.to_string()))?,
     }
-}
-
-/// The file of a SQLite URL: `sqlite://path`, `sqlite:path` or a bare path.
-fn sqlite_path(url: &str) -> std::path::PathBuf {
-    let path = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url);
-    std::path::PathBuf::from(path)
 }
 
 /// Lowercase hex of `bytes`.
@@ -100,4 +133,29 @@ pub(crate) fn random_bytes(buf: &mut [u8]) {
     ring::rand::SystemRandom::new()
         .fill(buf)
         .expect("the system random source works");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls_name_postgres_or_a_sqlite_file_in_an_existing_folder() {
+        assert_eq!(database("postgres://u@h/db").unwrap(), Database::Postgres);
+        assert_eq!(database("postgresql://u@h/db").unwrap(), Database::Postgres);
+        let here = |p: &str| Database::Sqlite(std::path::PathBuf::from(p));
+        assert_eq!(database("sqlite://wxpay.db").unwrap(), here("wxpay.db"));
+        assert_eq!(database("sqlite:wxpay.db").unwrap(), here("wxpay.db"));
+        assert_eq!(database("wxpay.db").unwrap(), here("wxpay.db"));
+        assert_eq!(database("sqlite:///tmp/wxpay.db").unwrap(), here("/tmp/wxpay.db"));
+        for (url, needle) in [
+            ("mysql://root@localhost/x", "\"mysql\" is not a database"),
+            ("redis://127.0.0.1", "\"redis\""),
+            ("sqlite:///nonexistent/dir/x.db", "/nonexistent/dir"),
+            ("sqlite://", "no file"),
+        ] {
+            let e = database(url).unwrap_err().to_string();
+            assert!(e.contains(needle), "{url}: {e}");
+        }
+    }
 }

@@ -152,3 +152,33 @@ fn the_demo_refuses_an_address_other_machines_reach_unless_told_public() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A configuration with only what `wxpay migrate` reads.
+fn database_only(dir: &Path, url: &str) -> std::path::PathBuf {
+    let path = dir.join("wxpay.toml");
+    std::fs::write(&path, format!("[database]\nurl = \"{url}\"\n")).unwrap();
+    path
+}
+
+#[test]
+fn a_database_url_of_an_unknown_kind_or_a_missing_folder_is_refused_by_name() {
+    let dir = scratch_dir("db-url");
+    let config = database_only(&dir, "mysql://root@localhost/x");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_wxpay"))
+        .args(["migrate", "--config"])
+        .arg(&config)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("\"mysql\" is not a database"), "{stderr}");
+    assert!(!dir.join("mysql:").exists(), "a SQLite file was made of the URL");
+
+    let config = database_only(&dir, "sqlite:///nonexistent/dir/x.db");
+    let run = crate::wxpay(&["migrate", "--config", config.to_str().unwrap()], None, &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("/nonexistent/dir"), "{}", run.stderr);
+    assert!(!Path::new("/nonexistent").exists(), "the folder was made");
+    let _ = std::fs::remove_dir_all(dir);
+}

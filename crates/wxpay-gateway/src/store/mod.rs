@@ -32,6 +32,9 @@ pub enum StoreError {
     /// The schema is newer than this program, or a migration failed.
     #[error("database schema: {0}")]
     Schema(String),
+    /// The database URL names nothing wxpay can open.
+    #[error("database URL: {0}")]
+    Url(String),
 }
 
 impl From<rusqlite::Error> for StoreError {

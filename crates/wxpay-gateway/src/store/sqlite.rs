@@ -155,11 +155,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The write connection: the file (and its folder) created if needed, brought up to date.
+/// The write connection: the file created if needed (its folder must exist: a mistyped path
+/// should not quietly make folders), brought up to date.
 fn open_migrated(path: &Path, options: SqliteOptions) -> Result<Connection, StoreError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(format!("cannot create {}: {e}", dir.display())))?;
-    }
     create_private(path).map_err(|e| StoreError::Db(format!("cannot create {}: {e}", path.display())))?;
     let mut conn = open(path, options)?;
     migrate(&mut conn)?;

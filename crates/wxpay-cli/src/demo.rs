@@ -104,7 +104,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
         let url = format!("sqlite://{}", db_path.display());
         let store = wxpay_gateway::open_store(&url, 4)
             .await
-            .map_err(|e| CliError::Usage(format!("database {}: {e}", db_path.display())))?;
+            .map_err(|e| CliError::Usage(format!("{e} ({})", db_path.display())))?;
         let app = App::new(config, store).map_err(CliError::Usage)?;
         let demo = Demo {
             gateway: base.clone(),

@@ -212,7 +212,7 @@ pub(crate) fn run(args: ReconcileArgs) -> Result<(), CliError> {
                 Ok(report) => {
                     keep(&app, &report, "command", started)
                         .await
-                        .map_err(|e| CliError::Usage(format!("database: {e}")))?;
+                        .map_err(|e| CliError::Usage(e.to_string()))?;
                     reports.push(report);
                 }
                 Err(e) => {

@@ -38,7 +38,7 @@ pub(crate) fn load_gateway(path: &Path) -> Result<(Config, config::ServeSettings
 pub(crate) async fn open_app(path: &Path, cfg: Config, database_url: &str, pool_size: u32) -> Result<App, CliError> {
     let store = wxpay_gateway::open_store(database_url, pool_size)
         .await
-        .map_err(|e| CliError::Usage(format!("database: {e}")))?;
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     App::new(cfg, store).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
 }
 
@@ -79,7 +79,7 @@ pub(crate) fn migrate(args: MigrateArgs) -> Result<(), CliError> {
     runtime()?.block_on(async {
         wxpay_gateway::migrate(&url)
             .await
-            .map_err(|e| CliError::Usage(format!("database: {e}")))?;
+            .map_err(|e| CliError::Usage(e.to_string()))?;
         eprintln!("the database is up to date");
         Ok(())
     })

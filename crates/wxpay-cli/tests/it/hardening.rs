@@ -182,3 +182,39 @@ fn a_database_url_of_an_unknown_kind_or_a_missing_folder_is_refused_by_name() {
     assert!(!Path::new("/nonexistent").exists(), "the folder was made");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn postgres_that_cannot_be_reached_is_named_with_its_host_port_and_cause_within_seconds() {
+    let dir = scratch_dir("pg-url");
+    let port = free_port();
+    let config = database_only(&dir, &format!("postgres://postgres@127.0.0.1:{port}/wxpay"));
+    let started = std::time::Instant::now();
+    let run = crate::wxpay(&["migrate", "--config", config.to_str().unwrap()], None, &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    assert!(
+        run.stderr.contains(&format!(
+            "cannot connect to PostgreSQL at 127.0.0.1:{port}: connection refused"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("database: database"), "{}", run.stderr);
+
+    // A database that does not exist, on a server that does.
+    if let Some(admin) = crate::serve::postgres_admin_url() {
+        let url = crate::serve::with_database(&admin, "wxpay_no_such_database");
+        let config = database_only(&dir, &url);
+        let run = crate::wxpay(&["migrate", "--config", config.to_str().unwrap()], None, &[]);
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        assert!(
+            run.stderr
+                .contains("database \"wxpay_no_such_database\" does not exist"),
+            "{}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains(" at line "), "{}", run.stderr);
+        assert!(!run.stderr.contains("database: database"), "{}", run.stderr);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -55,11 +55,26 @@ pub(crate) struct PgDb {
     pub(crate) url: String,
 }
 
+/// The PostgreSQL server's URL from `DATABASE_URL`, when the run has one.
+pub(crate) fn postgres_admin_url() -> Option<String> {
+    std::env::var("DATABASE_URL").ok().filter(|u| u.starts_with("postgres"))
+}
+
+/// `url` with another database name.
+pub(crate) fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    format!(
+        "{}/{name}{}",
+        &base[..host_end],
+        query.map(|q| format!("?{q}")).unwrap_or_default()
+    )
+}
+
 impl PgDb {
     pub(crate) async fn create() -> Option<PgDb> {
-        let admin = std::env::var("DATABASE_URL")
-            .ok()
-            .filter(|u| u.starts_with("postgres"))?;
+        let admin = postgres_admin_url()?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -70,17 +85,7 @@ impl PgDb {
             .execute(&mut c)
             .await
             .unwrap();
-        let (base, query) = admin
-            .split_once('?')
-            .map_or((admin.as_str(), None), |(b, q)| (b, Some(q)));
-        let host_end = base[base.find("://").unwrap() + 3..]
-            .find('/')
-            .map_or(base.len(), |i| i + base.find("://").unwrap() + 3);
-        let url = format!(
-            "{}/{name}{}",
-            &base[..host_end],
-            query.map(|q| format!("?{q}")).unwrap_or_default()
-        );
+        let url = with_database(&admin, &name);
         Some(PgDb { admin, name, url })
     }
 }

@@ -35,6 +35,10 @@ pub enum StoreError {
     /// The database URL names nothing wxpay can open.
     #[error("database URL: {0}")]
     Url(String),
+    /// The database server cannot be reached or refuses the connection; the message names
+    /// where and why.
+    #[error("database: {0}")]
+    Connect(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -45,7 +49,20 @@ impl From<rusqlite::Error> for StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        StoreError::Db(e.to_string())
+        StoreError::Db(describe_sqlx(&e))
+    }
+}
+
+/// A sqlx error for people: PostgreSQL's own message without the server's source line
+/// (`… at line 948`), an I/O error as the system says it ("Connection refused").
+pub(crate) fn describe_sqlx(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => db.message().to_owned(),
+        sqlx::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused (is PostgreSQL running on that port?)".into(),
+            _ => io.to_string(),
+        },
+        other => other.to_string(),
     }
 }
 

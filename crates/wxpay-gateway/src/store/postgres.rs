@@ -6,8 +6,8 @@
 //! 'pending'`) that PostgreSQL re-evaluates on the latest row version when two transactions
 //! race, and a payment takes the order's row lock (`FOR UPDATE`) before it decides.
 
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
-use sqlx::{Executor, Postgres, Row, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Connection, Executor, Postgres, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -1128,6 +1128,7 @@ impl PgStore {
     /// # Errors
     /// When the database cannot be reached or the schema cannot be brought up to date.
     pub async fn connect(url: &str, max_connections: u32) -> Result<PgStore, StoreError> {
+        let options = first_connection(url).await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(std::time::Duration::from_secs(10))
@@ -1139,7 +1140,7 @@ impl PgStore {
                     Ok(())
                 })
             })
-            .connect(url)
+            .connect_with(options)
             .await?;
         migrate(&pool).await?;
         let payments = spawn_batchers(&pool, run_batch);
@@ -1158,7 +1159,8 @@ impl PgStore {
     /// # Errors
     /// As [`PgStore::connect`].
     pub async fn migrate_only(url: &str) -> Result<(), StoreError> {
-        let pool = PgPoolOptions::new().max_connections(1).connect(url).await?;
+        let options = first_connection(url).await?;
+        let pool = PgPoolOptions::new().max_connections(1).connect_with(options).await?;
         migrate(&pool).await?;
         pool.close().await;
         Ok(())
@@ -1167,6 +1169,34 @@ impl PgStore {
     async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(self.pool.begin().await?)
     }
+}
+
+/// How long the first connection may take before the server is declared unreachable.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads the URL and makes one connection, so that a wrong host, port, password or database
+/// is named at once ("cannot connect to PostgreSQL at 127.0.0.1:5433: connection refused"),
+/// rather than after the pool's acquire timeout as "pool timed out".
+async fn first_connection(url: &str) -> Result<PgConnectOptions, StoreError> {
+    let options: PgConnectOptions = url
+        .parse()
+        .map_err(|e| StoreError::Url(format!("not a PostgreSQL URL: {}", super::describe_sqlx(&e))))?;
+    let at = match options.get_socket() {
+        Some(socket) => socket.display().to_string(),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    };
+    let connect = options.connect();
+    let cause = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            return Ok(options);
+        }
+        Ok(Err(e)) => super::describe_sqlx(&e),
+        Err(_) => format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+    };
+    Err(StoreError::Connect(format!(
+        "cannot connect to PostgreSQL at {at}: {cause}"
+    )))
 }
 
 async fn migrate(pool: &PgPool) -> Result<(), StoreError> {

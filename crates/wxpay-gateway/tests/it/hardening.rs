@@ -568,3 +568,15 @@ async fn the_sqlite_database_and_its_journal_files_are_readable_by_their_owner_o
         assert_eq!(mode, 0o600, "{name:?} is {mode:o}");
     }
 }
+
+#[test]
+fn without_database_url_postgres_tests_are_skipped_unless_postgres_is_required() {
+    use crate::support::postgres_url;
+    let pg = || Some("postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    assert_eq!(postgres_url(pg(), None), pg());
+    assert_eq!(postgres_url(pg(), Some("1".into())), pg());
+    assert_eq!(postgres_url(None, None), None, "skipped");
+    assert_eq!(postgres_url(Some("sqlite://x.db".into()), Some("0".into())), None);
+    let required = std::panic::catch_unwind(|| postgres_url(None, Some("1".into())));
+    assert!(required.is_err(), "a run that must test PostgreSQL fails without it");
+}

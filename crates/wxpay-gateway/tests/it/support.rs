@@ -59,9 +59,10 @@ impl TestDb {
 
     /// A fresh PostgreSQL database, when `DATABASE_URL` names a server.
     pub(crate) async fn postgres() -> Option<TestDb> {
-        let admin = std::env::var("DATABASE_URL")
-            .ok()
-            .filter(|u| u.starts_with("postgres"))?;
+        let admin = postgres_url(
+            std::env::var("DATABASE_URL").ok(),
+            std::env::var("WXPAY_REQUIRE_POSTGRES").ok(),
+        )?;
         let name = format!("wxpay_test_{}", random_suffix());
         let mut conn = sqlx::PgConnection::connect(&admin)
             .await
@@ -123,6 +124,17 @@ impl Drop for TestDb {
             .join();
         }
     }
+}
+
+/// The PostgreSQL server to test against: `DATABASE_URL` when it names one. Without it the
+/// PostgreSQL half of the tests is skipped, unless `WXPAY_REQUIRE_POSTGRES=1` (CI) makes
+/// that a failure, so that a run cannot pass without having tested PostgreSQL.
+pub(crate) fn postgres_url(database_url: Option<String>, require: Option<String>) -> Option<String> {
+    let url = database_url.filter(|u| u.starts_with("postgres"));
+    if url.is_none() && require.as_deref() == Some("1") {
+        panic!("WXPAY_REQUIRE_POSTGRES=1 but DATABASE_URL names no PostgreSQL server (postgres://…)");
+    }
+    url
 }
 
 /// The admin URL with another database name.

@@ -23,7 +23,7 @@ use axum::{Json, Router};
 use clap::Args;
 use serde_json::{Value, json};
 use wxpay_gateway::{App, Config, JobsConfig, MerchantConfig, Secret, UpstreamConfig, WebhookConfig};
-use wxpay_protocol::{ApiKey, AppId, AppSecret, MchId, SignType};
+use wxpay_protocol::{ApiKey, AppId, AppSecret, BeijingTime, MchId, SignType};
 use wxpay_simulator::{SimConfig, Simulator, TEST_API_KEY, TEST_APP_SECRET, TEST_APPID, TEST_MCH_ID};
 
 use crate::CliError;
@@ -431,6 +431,18 @@ async fn refund_order(
     relay(status, answer)
 }
 
+/// `2026-12-03 16:04:05 UTC+8` for the gateway's `2026-12-03T08:04:05.123Z`.
+fn beijing(at: &str) -> Option<String> {
+    let (date, time) = at.strip_suffix('Z')?.split_once('T')?;
+    let seconds = time.split('.').next()?;
+    // Read as if it were Beijing time, then moved by the eight hours it is not.
+    let as_if = BeijingTime::parse_dashed(&format!("{date} {seconds}")).ok()?;
+    Some(format!(
+        "{} UTC+8",
+        BeijingTime::from_unix(as_if.unix() + 8 * 3600).to_dashed()
+    ))
+}
+
 fn valid_number(n: &str) -> bool {
     !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-|*".contains(&b))
 }
@@ -440,7 +452,7 @@ async fn get_order(State(demo): State<Arc<Demo>>, UrlPath(out_trade_no): UrlPath
     if !valid_number(&out_trade_no) {
         return relay(400, json!({"error": {"code": "invalid", "message": "out_trade_no"}}));
     }
-    let (status, order) = demo
+    let (status, mut order) = demo
         .call(
             reqwest::Method::GET,
             format!("{}/v1/orders/{out_trade_no}", demo.gateway),
@@ -449,6 +461,14 @@ async fn get_order(State(demo): State<Arc<Demo>>, UrlPath(out_trade_no): UrlPath
             None,
         )
         .await;
+    // The page shows Beijing time, as WeChat Pay and the order numbers do, with its zone.
+    if let Some(events) = order.get_mut("events").and_then(Value::as_array_mut) {
+        for e in events {
+            if let Some(at) = e["at"].as_str().and_then(beijing) {
+                e["at_beijing"] = Value::String(at);
+            }
+        }
+    }
     let events: Vec<Value> = demo
         .events
         .lock()
@@ -485,4 +505,22 @@ async fn webhook(State(demo): State<Arc<Demo>>, headers: HeaderMap, body: Bytes)
         events.push_back(event);
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_shows_beijing_time_with_its_zone() {
+        assert_eq!(
+            beijing("2026-12-03T08:04:05.123Z").as_deref(),
+            Some("2026-12-03 16:04:05 UTC+8")
+        );
+        assert_eq!(
+            beijing("2026-12-03T20:00:00.000Z").as_deref(),
+            Some("2026-12-04 04:00:00 UTC+8")
+        );
+        assert_eq!(beijing("not a time"), None);
+    }
 }

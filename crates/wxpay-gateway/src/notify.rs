@@ -175,9 +175,12 @@ pub(crate) async fn payment(State(app): State<App>, peer: Peer, body: Bytes) -> 
             time_end,
         } => (transaction_id.clone(), *total_fee, *time_end),
         wxpay_protocol::v2::PaymentOutcome::Failed { code, description } => {
-            // A verified report of a failed payment: the order stays as it is (the payer may
-            // try again); the report is kept and acknowledged.
+            // A verified report of a failed payment. It is not the order's state (the payer
+            // may try again): WeChat Pay is asked at once, on a task of its own, and its
+            // answer applied (PAYERROR fails the order), so the payer sees the result now
+            // rather than at the next check. The report is kept and acknowledged.
             app.inner.metrics.notification("payment_failed");
+            query_after_failed_payment(&app, idx, notification.out_trade_no.clone());
             let record = NotificationRecord {
                 received_at: now,
                 kind: "payment".into(),
@@ -374,6 +377,29 @@ pub(crate) async fn refund(State(app): State<App>, peer: Peer, body: Bytes) -> R
             )
         }
     }
+}
+
+/// Asks WeChat Pay about an order whose payment a notification says failed, and applies the
+/// answer; errors are left to the check loop.
+fn query_after_failed_payment(app: &App, idx: usize, out_trade_no: String) {
+    let app = app.clone();
+    tokio::spawn(async move {
+        let link = &app.inner.merchants[idx];
+        let order = match app.inner.store.order(link.config.name.clone(), out_trade_no).await {
+            Ok(Some(o)) if o.status == store::OrderStatus::Pending => o,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = ?e, "cannot read an order after a failed payment");
+                return;
+            }
+        };
+        match crate::api::sync(&app, link, order).await {
+            Ok(o) => {
+                tracing::info!(out_trade_no = ?o.out_trade_no, status = %o.status, "order asked of WeChat Pay after a failed payment")
+            }
+            Err(e) => tracing::warn!(error = ?e, "orderquery after a failed payment failed; the check loop asks again"),
+        }
+    });
 }
 
 /// A refund notification that says the refund failed (`REFUNDCLOSE`, `CHANGE`). The

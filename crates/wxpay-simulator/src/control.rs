@@ -388,9 +388,9 @@ fn escape(s: &str) -> String {
 fn checkout_page(title: &str, body: &str) -> Html<String> {
     Html(format!(
         "<!doctype html><html lang=\"zh\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-<title>{title}</title><style>body{{font-family:system-ui,sans-serif;max-width:26rem;margin:2rem auto;padding:0 1rem;color:#222}}\
-.amount{{font-size:2.4rem;margin:.4rem 0}}button{{font-size:1.1rem;padding:.7rem 1.4rem;margin:.3rem .3rem 0 0;border:0;border-radius:.4rem;cursor:pointer}}\
-.pay{{background:#07c160;color:#fff}}.fail{{background:#eee}}.note{{color:#777;font-size:.85rem}}</style></head><body>{body}</body></html>"
+<title>{title}</title><style>body{{font-family:system-ui,sans-serif;max-width:26rem;margin:1rem auto;padding:0 1rem;color:#222}}\
+h1{{font-size:1.5rem;margin:.4rem 0}}.amount{{font-size:2.4rem;margin:.4rem 0}}button{{font-size:1.1rem;padding:.7rem 1.4rem;margin:.3rem .3rem 0 0;border:0;border-radius:.4rem;cursor:pointer}}\
+.pay{{background:#07c160;color:#fff}}.fail{{background:#eee}}.note{{color:#777;font-size:.85rem;word-break:break-all}}</style></head><body>{body}</body></html>"
     ))
 }
 

@@ -218,3 +218,64 @@ fn postgres_that_cannot_be_reached_is_named_with_its_host_port_and_cause_within_
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_shows_a_failed_payment_at_once_with_beijing_times() {
+    let scratch = scratch_dir("demo-fail");
+    let (_demo, base) = crate::serve::start_demo(&scratch.join("data"));
+    let http = client();
+    let post = async |path: &str, body: serde_json::Value| -> serde_json::Value {
+        http.post(format!("{base}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    let login = post("/demo/backend/login", serde_json::json!({"user": "bob"})).await;
+    let openid = login["openid"].as_str().unwrap().to_owned();
+    let order = post(
+        "/demo/backend/orders",
+        serde_json::json!({"item": "tea", "openid": openid, "key": "demo-fail-1"}),
+    )
+    .await;
+    let prepay = order["prepay_id"].as_str().unwrap();
+    let no = order["out_trade_no"].as_str().unwrap();
+    // The checkout's Fail button.
+    let failed = http
+        .post(format!("{base}/simulator/checkout/{prepay}"))
+        .form(&[("outcome", "fail")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 200);
+    // The demo checks unconfirmed orders after 30 s: failed sooner means the failure
+    // notification's own query did it.
+    let started = std::time::Instant::now();
+    let mut view = serde_json::Value::Null;
+    while started.elapsed() < Duration::from_secs(5) {
+        view = http
+            .get(format!("{base}/demo/backend/orders/{no}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if view["order"]["status"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(view["order"]["status"], "failed", "{view}");
+    // Every history entry carries its Beijing time, with the zone said.
+    let events = view["order"]["events"].as_array().unwrap();
+    assert!(events.len() >= 2, "{view}");
+    for e in events {
+        let at = e["at_beijing"].as_str().unwrap_or_default();
+        assert!(at.len() == 25 && at.ends_with(" UTC+8"), "{e}");
+    }
+    let _ = std::fs::remove_dir_all(scratch);
+}

@@ -682,14 +682,12 @@ fn migrate_creates_the_schema_and_serve_refuses_a_bad_config_naming_the_key() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_plays_a_payment_from_login_to_paid_with_a_verified_webhook() {
-    let scratch = scratch_dir("demo");
-    // A data directory the demo makes itself.
-    let dir = scratch.join("data");
+/// Starts `wxpay demo` on a free port with `dir` as its data directory: the running demo
+/// (killed on drop) and its base URL.
+pub(crate) fn start_demo(dir: &Path) -> (Server, String) {
     let child = Command::new(env!("CARGO_BIN_EXE_wxpay"))
         .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&dir)
+        .arg(dir)
         .env("WXPAY_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -718,6 +716,15 @@ async fn the_demo_plays_a_payment_from_login_to_paid_with_a_verified_webhook() {
         }
     }
     let base = base.expect("the demo prints its address");
+    (demo, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_plays_a_payment_from_login_to_paid_with_a_verified_webhook() {
+    let scratch = scratch_dir("demo");
+    // A data directory the demo makes itself.
+    let dir = scratch.join("data");
+    let (mut demo, base) = start_demo(&dir);
     let http = client();
     let page = http
         .get(format!("{base}/demo"))

@@ -580,3 +580,28 @@ fn without_database_url_postgres_tests_are_skipped_unless_postgres_is_required()
     let required = std::panic::catch_unwind(|| postgres_url(None, Some("1".into())));
     assert!(required.is_err(), "a run that must test PostgreSQL fails without it");
 }
+
+#[tokio::test]
+async fn a_failed_payment_shows_as_failed_at_once_through_orderquery() {
+    for db in TestDb::all().await {
+        // No background work: nothing but the notification's own query can fail the order.
+        let t = spawn_app(db, Options::default()).await;
+        let o = t.create(order_body(100)).await;
+        let no = o["out_trade_no"].as_str().unwrap().to_owned();
+        let (status, v) = t
+            .sim_post("/simulator/pay", json!({"out_trade_no": no, "outcome": "fail"}))
+            .await;
+        assert_eq!(status, 200, "{v}");
+        let order = t.wait_status(&no, "failed").await;
+        assert!(
+            order["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["kind"] == "failed"),
+            "{order}"
+        );
+        assert!(t.sim_calls("orderquery").await >= 1);
+        t.stop().await;
+    }
+}

@@ -137,6 +137,14 @@ pub(crate) fn verify(args: VerifyArgs) -> Result<(), CliError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(CliError::Usage("the body is empty".into()));
     }
+    // A body that is not even trying to be a message is unusable input (exit 2), not a
+    // signature that fails (exit 1): the doctor explains mistakes in messages.
+    let start = body.strip_prefix("\u{FEFF}".as_bytes()).unwrap_or(&body);
+    if !matches!(start.iter().find(|b| !b.is_ascii_whitespace()), Some(b'<' | b'{')) {
+        return Err(CliError::Usage(
+            "the body is neither an APIv2 XML message (<xml>…</xml>) nor the JSON parameters of wx.requestPayment: there is nothing signed to check".into(),
+        ));
+    }
     let key = raw_key(&args.key)?;
     let report = doctor::diagnose(&body, &key, args.sign_type);
     emit(&report.to_string());

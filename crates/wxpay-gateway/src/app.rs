@@ -184,6 +184,9 @@ impl App {
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .route("/openapi.json", get(crate::api::openapi))
+            // Every answer, a wrong path or method included, has the JSON error body.
+            .fallback(|| async { ApiError::NotFound("no such path".into()) })
+            .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
             .layer(DefaultBodyLimit::max(64 * 1024))
             .layer(middleware::from_fn_with_state(self.clone(), request_id))
             .with_state(self.clone())

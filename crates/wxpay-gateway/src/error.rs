@@ -32,6 +32,9 @@ pub enum ApiError {
     /// No such thing.
     #[error("{0}")]
     NotFound(String),
+    /// The path exists, not with this method.
+    #[error("this method is not allowed on this path")]
+    MethodNotAllowed,
     /// The request conflicts with the state (a reused key, a paid order, …).
     #[error("{message}")]
     Conflict {
@@ -61,6 +64,7 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::Rejected(_) => (StatusCode::BAD_GATEWAY, "wechatpay_rejected"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "wechatpay_unavailable"),

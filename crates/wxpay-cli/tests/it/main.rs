@@ -275,6 +275,15 @@ fn verify_refuses_an_empty_body() {
 }
 
 #[test]
+fn verify_refuses_a_body_that_is_no_message_as_unusable_input() {
+    for body in [&b"hello\n"[..], b"sign=ABC&appid=wx1", b"\xEF\xBB\xBFplain text"] {
+        let r = wxpay(&["verify", "--key", KEY], Some(body), &[]);
+        assert_eq!(r.code, 2, "{:?}: {}", String::from_utf8_lossy(body), r.stdout);
+        assert!(r.stderr.contains("nothing signed to check"), "{}", r.stderr);
+    }
+}
+
+#[test]
 fn decrypt_reads_req_info_alone_or_inside_the_notification() {
     let doc: serde_json::Value = serde_json::from_slice(&fixture("vectors/v2_refund_notify.json")).unwrap();
     let case = &doc["cases"][0];

@@ -605,3 +605,27 @@ async fn a_failed_payment_shows_as_failed_at_once_through_orderquery() {
         t.stop().await;
     }
 }
+
+#[tokio::test]
+async fn unknown_paths_and_methods_answer_with_the_json_error_body() {
+    let t = spawn_app(TestDb::sqlite(), Options::default()).await;
+    for (method, path, status, code) in [
+        (Method::GET, "/nothing/here", 404, "not_found"),
+        (Method::POST, "/v2/orders", 404, "not_found"),
+        (Method::DELETE, "/healthz", 405, "method_not_allowed"),
+        (Method::GET, "/notify/v2/pay", 405, "method_not_allowed"),
+    ] {
+        let r = t
+            .http
+            .request(method.clone(), format!("{}{path}", t.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{method} {path}");
+        assert!(r.headers().contains_key("x-request-id"));
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{method} {path}: {body}");
+        assert!(body["error"]["request_id"].is_string(), "{body}");
+    }
+    t.stop().await;
+}

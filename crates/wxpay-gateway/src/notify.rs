@@ -115,15 +115,45 @@ async fn read_for_merchant<'a>(
     }
 }
 
-/// Keeps a verified notification that changes no order, and acknowledges it.
-async fn acknowledge(app: &App, record: NotificationRecord) -> Response {
+/// The record of a verified notification; its verdict and reason are set where they are
+/// decided.
+fn verified(
+    now: i64,
+    kind: &str,
+    merchant: &str,
+    out_trade_no: &str,
+    transaction_id: Option<&str>,
+    body: &[u8],
+) -> NotificationRecord {
+    NotificationRecord {
+        received_at: now,
+        kind: kind.into(),
+        merchant: Some(merchant.to_owned()),
+        out_trade_no: Some(out_trade_no.to_owned()),
+        transaction_id: transaction_id.map(str::to_owned),
+        verdict: String::new(),
+        reason: None,
+        body: store::stored_body(body),
+        peer: None,
+        body_sha256: None,
+    }
+}
+
+/// Keeps a verified notification that changes no order, then gives `answer` (FAIL, so that
+/// it comes again, when it could not be kept).
+async fn keep_then(app: &App, record: NotificationRecord, answer: Response) -> Response {
     match app.inner.store.record_notification(record).await {
-        Ok(()) => success(),
+        Ok(()) => answer,
         Err(e) => {
             tracing::error!(error = ?e, "cannot record a notification");
             temporary_failure()
         }
     }
+}
+
+/// Keeps a verified notification that changes no order, and acknowledges it.
+async fn acknowledge(app: &App, record: NotificationRecord) -> Response {
+    keep_then(app, record, success()).await
 }
 
 /// Nothing was committed: FAIL makes WeChat Pay send the notification again.
@@ -182,16 +212,9 @@ pub(crate) async fn payment(State(app): State<App>, peer: Peer, body: Bytes) -> 
             app.inner.metrics.notification("payment_failed");
             query_after_failed_payment(&app, idx, notification.out_trade_no.clone());
             let record = NotificationRecord {
-                received_at: now,
-                kind: "payment".into(),
-                merchant: Some(name),
-                out_trade_no: Some(notification.out_trade_no.clone()),
-                transaction_id: None,
                 verdict: "payment_failed".into(),
                 reason: Some(format!("{code} {description}")),
-                body: store::stored_body(&body),
-                peer: None,
-                body_sha256: None,
+                ..verified(now, "payment", &name, &notification.out_trade_no, None, &body)
             };
             return acknowledge(&app, record).await;
         }
@@ -201,28 +224,25 @@ pub(crate) async fn payment(State(app): State<App>, peer: Peer, body: Bytes) -> 
         tracing::warn!(out_trade_no = ?notification.out_trade_no, fee_type = ?reported, "payment notification in another currency");
         app.inner.metrics.notification("currency_mismatch");
         let record = NotificationRecord {
-            received_at: now,
-            kind: "payment".into(),
-            merchant: Some(name),
-            out_trade_no: Some(notification.out_trade_no.clone()),
-            transaction_id: Some(transaction_id),
             verdict: "currency_mismatch".into(),
             reason: Some(format!(
                 "fee_type {reported:?}, the order is in {}",
                 crate::api::ORDER_CURRENCY
             )),
-            body: store::stored_body(&body),
-            peer: None,
-            body_sha256: None,
+            ..verified(
+                now,
+                "payment",
+                &name,
+                &notification.out_trade_no,
+                Some(&transaction_id),
+                &body,
+            )
         };
-        if let Err(e) = app.inner.store.record_notification(record).await {
-            tracing::error!(error = ?e, "cannot record a notification");
-            return temporary_failure();
-        }
-        return reply(
+        let refused = reply(
             StatusCode::BAD_REQUEST,
             notify_fail_reply("currency does not match the order"),
         );
+        return keep_then(&app, record, refused).await;
     }
     let payment = Payment {
         merchant: name.clone(),
@@ -233,18 +253,14 @@ pub(crate) async fn payment(State(app): State<App>, peer: Peer, body: Bytes) -> 
         source: Source::Notification,
         now,
     };
-    let record = NotificationRecord {
-        received_at: now,
-        kind: "payment".into(),
-        merchant: Some(name),
-        out_trade_no: Some(notification.out_trade_no.clone()),
-        transaction_id: Some(transaction_id),
-        verdict: String::new(),
-        reason: None,
-        body: store::stored_body(&body),
-        peer: None,
-        body_sha256: None,
-    };
+    let record = verified(
+        now,
+        "payment",
+        &name,
+        &notification.out_trade_no,
+        Some(&transaction_id),
+        &body,
+    );
     let outcome = match app.inner.store.apply_payment(payment, Some(record)).await {
         Ok(o) => o,
         Err(e) => {
@@ -303,18 +319,7 @@ pub(crate) async fn refund(State(app): State<App>, peer: Peer, body: Bytes) -> R
         }
     };
     let now = app.now();
-    let record = NotificationRecord {
-        received_at: now,
-        kind: "refund".into(),
-        merchant: Some(name.clone()),
-        out_trade_no: Some(n.out_trade_no.clone()),
-        transaction_id: Some(n.transaction_id.clone()),
-        verdict: String::new(),
-        reason: None,
-        body: store::stored_body(&body),
-        peer: None,
-        body_sha256: None,
-    };
+    let record = verified(now, "refund", &name, &n.out_trade_no, Some(&n.transaction_id), &body);
     let Some(succeeded) = crate::refunds::settles(&n.refund_status) else {
         // WeChat Pay notifies settled refunds only; anything else is kept and acknowledged.
         let mut record = record;
@@ -470,11 +475,5 @@ async fn refund_failure_reported(
     app.inner.metrics.notification(verdict);
     record.verdict = verdict.into();
     record.reason = Some(format!("refund_status {}", n.refund_status.as_str()));
-    match app.inner.store.record_notification(record).await {
-        Ok(()) => reply,
-        Err(e) => {
-            tracing::error!(error = ?e, "cannot record a notification");
-            temporary_failure()
-        }
-    }
+    keep_then(app, record, reply).await
 }

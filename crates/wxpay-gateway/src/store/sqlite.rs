@@ -282,18 +282,32 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
             continue;
         }
         let mut completions = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let savepoint = conn.execute_batch("SAVEPOINT op");
-            let (ok, done) = job.run(&conn);
-            let closed = if ok {
-                conn.execute_batch("RELEASE op")
-            } else {
-                conn.execute_batch("ROLLBACK TO op; RELEASE op")
-            };
-            if let Err(e) = savepoint.and(closed) {
-                tracing::error!(error = ?e, "SQLite savepoint failed");
+        let mut jobs = jobs.into_iter();
+        let mut broken = None;
+        while let Some(job) = jobs.next() {
+            if let Err(e) = conn.execute_batch("SAVEPOINT op") {
+                // Without its savepoint a failing job could not be undone alone: it does not
+                // run at all.
+                tracing::error!(error = ?e, "SQLite savepoint failed; the write fails unrun");
+                job.fail(StoreError::Db(format!("savepoint: {e}")));
+                continue;
             }
+            let (ok, done) = job.run(&conn);
             completions.push(done);
+            let close = if ok { "RELEASE op" } else { "ROLLBACK TO op; RELEASE op" };
+            if let Err(e) = conn.execute_batch(close) {
+                // The job's writes can be neither kept nor undone alone: the whole batch is
+                // rolled back, and every job of it fails, those not run yet unrun.
+                tracing::error!(error = ?e, "SQLite savepoint could not be closed; the batch is rolled back");
+                let e = StoreError::Db(format!("savepoint: {e}"));
+                jobs.by_ref().for_each(|rest| rest.fail(e.clone()));
+                broken = Some(e);
+            }
+        }
+        if let Some(e) = broken {
+            let _ = conn.execute_batch("ROLLBACK");
+            completions.into_iter().for_each(|done| done(Some(e.clone())));
+            continue;
         }
         match conn.execute_batch("COMMIT") {
             Ok(()) => completions.into_iter().for_each(|done| done(None)),

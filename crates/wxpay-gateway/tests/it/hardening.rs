@@ -52,10 +52,14 @@ async fn writes_refused_for_a_lock_held_elsewhere_commit_nothing_and_the_retry_a
     let notification = paid_notification(&no, 100, "4200000000000000000000000901");
     let mut body = order_body(200);
     body["out_trade_no"] = json!("LOCKED00000001");
-    let (notified, created) = tokio::join!(
-        t.notify(notification.clone()),
-        t.api(Method::POST, "/v1/orders", Some(body.clone()), None)
-    );
+    // The notification reaches the writer first, the order a moment later (in the same batch
+    // or the next, which may get the lock once it is released: either way the answer and the
+    // database must agree).
+    let later_order = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        t.api(Method::POST, "/v1/orders", Some(body.clone()), None).await
+    };
+    let (notified, created) = tokio::join!(t.notify(notification.clone()), later_order);
     holder.join().unwrap();
 
     // The notification could not be applied while the lock was held, and was answered so.

@@ -10,7 +10,8 @@
 //! - the **body**: from the end of the header to the end of the body (a timed-out body is
 //!   answered `408 Request Timeout` and the connection closed);
 //! - **idle**: a connection with no request in progress and nothing read or written for this
-//!   long is closed (keep-alive between requests, or a client that never reads its answer);
+//!   long is closed (keep-alive between requests, or a client that never reads its answer); a
+//!   new connection's first header is due within the header timeout;
 //! - **connections**: at most this many at once; the next one waits in the listen backlog
 //!   until one ends.
 //!
@@ -141,6 +142,8 @@ where
             connection(io, extensions, peer, router, limits, stopping).await;
         });
     }
+    // New connections are refused at once rather than left waiting in the backlog.
+    drop(listener);
     let _ = stop.send(true);
     // Every connection holds a slot until it ends: having them all back means all ended.
     let _ = slots.acquire_many(max as u32).await;
@@ -169,9 +172,12 @@ struct Conn {
 }
 
 impl Conn {
+    /// A connection just accepted: its first request's header is due within the header
+    /// timeout, so that a client connecting and sending nothing holds a slot for that long
+    /// only, not for the idle timeout.
     fn new() -> Conn {
         Conn {
-            phase: Mutex::new(Phase::Idle(Instant::now())),
+            phase: Mutex::new(Phase::Header(Instant::now())),
             sooner: Notify::new(),
             body_timed_out: AtomicBool::new(false),
         }
@@ -583,6 +589,21 @@ mod tests {
             .expect("serve returns once every connection ended")
             .unwrap();
         assert!(TcpStream::connect(addr).await.is_err(), "no longer accepting");
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
+        let (addr, _stop, _) = start(Limits {
+            idle_timeout: Duration::from_secs(30),
+            ..QUICK
+        })
+        .await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(5), read_to_close(&mut s)).await;
+        assert!(
+            closed.is_ok(),
+            "a silent connection held its slot past the header timeout"
+        );
     }
 
     #[tokio::test]

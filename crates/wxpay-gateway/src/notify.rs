@@ -206,11 +206,12 @@ pub(crate) async fn payment(State(app): State<App>, peer: Peer, body: Bytes) -> 
         } => (transaction_id.clone(), *total_fee, *time_end),
         wxpay_protocol::v2::PaymentOutcome::Failed { code, description } => {
             // A verified report of a failed payment. It is not the order's state (the payer
-            // may try again): WeChat Pay is asked at once, on a task of its own, and its
-            // answer applied (PAYERROR fails the order), so the payer sees the result now
-            // rather than at the next check. The report is kept and acknowledged.
+            // may try again): WeChat Pay is asked at the check loop's next round, and its
+            // answer applied (PAYERROR fails the order), so the payer sees the result within
+            // a second rather than at the order's next check. The report is kept and
+            // acknowledged.
             app.inner.metrics.notification("payment_failed");
-            query_after_failed_payment(&app, idx, notification.out_trade_no.clone());
+            check_soon_after_failed_payment(&app, idx, &notification.out_trade_no).await;
             let record = NotificationRecord {
                 verdict: "payment_failed".into(),
                 reason: Some(format!("{code} {description}")),
@@ -384,34 +385,29 @@ pub(crate) async fn refund(State(app): State<App>, peer: Peer, body: Bytes) -> R
     }
 }
 
-/// Asks WeChat Pay about an order whose payment a notification says failed, and applies the
-/// answer; errors are left to the check loop.
-fn query_after_failed_payment(app: &App, idx: usize, out_trade_no: String) {
-    let app = app.clone();
-    tokio::spawn(async move {
-        let link = &app.inner.merchants[idx];
-        let order = match app.inner.store.order(link.config.name.clone(), out_trade_no).await {
-            Ok(Some(o)) if o.status == store::OrderStatus::Pending => o,
-            Ok(_) => return,
-            Err(e) => {
-                tracing::warn!(error = ?e, "cannot read an order after a failed payment");
-                return;
+/// Brings forward the check of an order whose payment a notification says failed: the check
+/// loop asks WeChat Pay (`orderquery`) at its next round and applies the signed answer. A
+/// check, rather than a query of its own, so that replayed notifications cannot multiply
+/// calls to WeChat Pay: however many arrive, the order is asked about once a round.
+async fn check_soon_after_failed_payment(app: &App, idx: usize, out_trade_no: &str) {
+    let link = &app.inner.merchants[idx];
+    let store = &app.inner.store;
+    match store.order(link.config.name.clone(), out_trade_no.to_owned()).await {
+        Ok(Some(o)) if o.status == store::OrderStatus::Pending => {
+            if let Err(e) = store.schedule_check(o.id, Some(app.now())).await {
+                tracing::warn!(error = ?e, "cannot bring an order's check forward after a failed payment");
             }
-        };
-        match crate::api::sync(&app, link, order).await {
-            Ok(o) => {
-                tracing::info!(out_trade_no = ?o.out_trade_no, status = %o.status, "order asked of WeChat Pay after a failed payment")
-            }
-            Err(e) => tracing::warn!(error = ?e, "orderquery after a failed payment failed; the check loop asks again"),
         }
-    });
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = ?e, "cannot read an order after a failed payment"),
+    }
 }
 
 /// A refund notification that says the refund failed (`REFUNDCLOSE`, `CHANGE`). The
 /// notification authenticates nothing (AES-ECB: blocks of genuine notifications can be cut and
 /// spliced), and failing a refund gives its reserved amount back to be refunded again, so the
-/// notification alone never fails a refund: it makes the gateway ask WeChat Pay
-/// (`refundquery`, whose answer is signed), and the answer decides.
+/// notification alone never fails a refund: it brings the refund's check forward, so that the
+/// check loop asks WeChat Pay (`refundquery`, whose answer is signed), and the answer decides.
 async fn refund_failure_reported(
     app: &App,
     idx: usize,
@@ -455,20 +451,12 @@ async fn refund_failure_reported(
         }
         Some(r) if r.status == crate::store::RefundStatus::Failed => ("duplicate", success()),
         Some(r) => {
-            // Asked on a task of its own: WeChat Pay waits for this reply only a few seconds.
-            // Should the query get no answer, the refund stays pending and the check loop asks.
-            let app = app.clone();
-            tokio::spawn(async move {
-                let link = &app.inner.merchants[idx];
-                match crate::refunds::sync(&app, link, r).await {
-                    Ok((r, synced)) => {
-                        tracing::info!(out_refund_no = ?r.out_refund_no, status = %r.status, ?synced, "refund failure reported by a notification, asked of WeChat Pay")
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = ?e, "refundquery after a refund failure notification failed; the check loop asks again")
-                    }
-                }
-            });
+            // The check loop asks WeChat Pay at its next round (a check, not a query of its
+            // own, so that replayed notifications cannot multiply calls to WeChat Pay).
+            if let Err(e) = app.inner.store.schedule_refund_check(r.id, Some(app.now())).await {
+                tracing::error!(error = ?e, "cannot bring a refund's check forward");
+                return temporary_failure();
+            }
             ("to_confirm", success())
         }
     };

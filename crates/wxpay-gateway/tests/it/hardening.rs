@@ -588,8 +588,16 @@ fn without_database_url_postgres_tests_are_skipped_unless_postgres_is_required()
 #[tokio::test]
 async fn a_failed_payment_shows_as_failed_at_once_through_orderquery() {
     for db in TestDb::all().await {
-        // No background work: nothing but the notification's own query can fail the order.
-        let t = spawn_app(db, Options::default()).await;
+        // Orders fall due for a check a minute after creation: only a check the failure
+        // notification brought forward can fail the order within seconds.
+        let t = spawn_app(
+            db,
+            Options {
+                jobs: crate::support::prompt_but_patient_jobs(),
+                ..Options::default()
+            },
+        )
+        .await;
         let o = t.create(order_body(100)).await;
         let no = o["out_trade_no"].as_str().unwrap().to_owned();
         let (status, v) = t

@@ -441,12 +441,14 @@ async fn a_refund_wechat_pay_closes_fails_and_gives_its_amount_back() {
 #[tokio::test]
 async fn a_refund_failure_from_a_notification_alone_frees_nothing_until_refundquery_confirms_it() {
     for db in TestDb::all().await {
-        // No background work: whatever settles the refund here is the notification's doing.
+        // Refunds fall due for a check a minute after they are made: whatever settles the
+        // refund here is a check the notification brought forward.
         let t = spawn_app(
             db,
             Options {
                 sim: Box::new(|c| c.refund_delay = Duration::from_secs(100_000_000)),
                 webhook: true,
+                jobs: crate::support::prompt_but_patient_jobs(),
                 ..Options::default()
             },
         )

@@ -264,10 +264,11 @@ async fn request_id(State(app): State<App>, req: Request, next: Next) -> Respons
         .map(str::to_owned)
         .unwrap_or_else(crate::random_hex::<8>);
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = ?req.uri().path());
-    // A request that is not a read may have changed what the metrics' gauges count.
+    // A request that is not a read, and succeeded, may have changed what the metrics'
+    // gauges count (refused and anonymous junk did not, and must not make them read again).
     let changes = !matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
     let mut response = REQUEST_ID.scope(id.clone(), next.run(req)).instrument(span).await;
-    if changes {
+    if changes && response.status().is_success() {
         app.inner.metrics.changed();
     }
     if let Ok(v) = HeaderValue::from_str(&id) {

@@ -73,14 +73,15 @@ pub(crate) async fn checks(app: App, mut stop: watch::Receiver<bool>) {
         }
         match app.inner.store.claim_checks(now, now + ms(cfg.lease), cfg.batch).await {
             Ok(orders) => {
-                if !orders.is_empty() {
-                    app.inner.metrics.changed();
-                }
+                let checked = !orders.is_empty();
                 for order in orders {
                     if *stop.borrow() {
                         break;
                     }
                     check_one(&app, order).await;
+                }
+                if checked {
+                    app.inner.metrics.changed();
                 }
             }
             Err(e) => tracing::warn!(error = ?e, "cannot claim orders to check"),
@@ -95,14 +96,15 @@ pub(crate) async fn checks(app: App, mut stop: watch::Receiver<bool>) {
             .await
         {
             Ok(refunds) => {
-                if !refunds.is_empty() {
-                    app.inner.metrics.changed();
-                }
+                let checked = !refunds.is_empty();
                 for refund in refunds {
                     if *stop.borrow() {
                         break;
                     }
                     crate::refunds::check_one(&app, refund).await;
+                }
+                if checked {
+                    app.inner.metrics.changed();
                 }
             }
             Err(e) => tracing::warn!(error = ?e, "cannot claim refunds to check"),

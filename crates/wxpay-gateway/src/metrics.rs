@@ -81,7 +81,6 @@ impl Metrics {
     /// A notification's verdict.
     pub fn notification(&self, verdict: &str) {
         self.with(|i| bump(&mut i.notifications, verdict));
-        self.changed();
     }
 
     /// Something the gauges count may have changed: they are read again within a second.

@@ -374,61 +374,84 @@ async fn ten_thousand_junk_notifications_grow_the_database_by_less_than_5_mb_and
     }
 }
 
+/// Runs a statement on the test's database from a connection of the test's own.
+async fn execute(t: &crate::support::TestApp, sql: &str) {
+    if t.engine() == "sqlite" {
+        rusqlite::Connection::open(t.db.sqlite_file())
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+    } else {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&t.db.url)
+            .await
+            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn metrics_answer_from_memory_and_follow_changes_and_a_token_can_protect_them() {
-    let t = spawn_app(
-        TestDb::sqlite(),
-        Options {
-            metrics_token: Some("metrics-token-0123456789"),
-            ..Options::default()
-        },
-    )
-    .await;
-    let url = format!("{}/metrics", t.url);
-    let r = t.http.get(&url).send().await.unwrap();
-    assert_eq!(r.status(), 401, "no token");
-    let r = t
-        .http
-        .get(&url)
-        .bearer_auth("wrong-token-0123456789")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401, "a wrong token");
-    let scrape = async || {
+    for db in TestDb::all().await {
+        let t = spawn_app(
+            db,
+            Options {
+                metrics_token: Some("metrics-token-0123456789"),
+                ..Options::default()
+            },
+        )
+        .await;
+        let url = format!("{}/metrics", t.url);
+        let r = t.http.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 401, "no token");
         let r = t
             .http
             .get(&url)
-            .bearer_auth("metrics-token-0123456789")
+            .bearer_auth("wrong-token-0123456789")
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 200);
-        r.text().await.unwrap()
-    };
-    // The gauges follow a change within a second.
-    let o = t.create(order_body(100)).await;
-    eventually("the new order is counted", async || {
-        scrape().await.contains("wxpay_orders{status=\"pending\"} 1")
-    })
-    .await;
-    let no = o["out_trade_no"].as_str().unwrap();
-    t.notify(paid_notification(no, 100, "4200000000000000000000000908"))
+        assert_eq!(r.status(), 401, "a wrong token");
+        let scrape = async || {
+            let r = t
+                .http
+                .get(&url)
+                .bearer_auth("metrics-token-0123456789")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        };
+        // The gauges follow a change within a second.
+        let o = t.create(order_body(100)).await;
+        eventually("the new order is counted", async || {
+            scrape().await.contains("wxpay_orders{status=\"pending\"} 1")
+        })
         .await;
-    eventually("the payment is counted", async || {
-        scrape().await.contains("wxpay_orders{status=\"paid\"} 1")
-    })
-    .await;
-    // A scrape reads no table: with the orders table gone from under it, it still answers
-    // with the last figures.
-    let c = rusqlite::Connection::open(t.db.sqlite_file()).unwrap();
-    c.execute_batch("ALTER TABLE orders RENAME TO orders_away").unwrap();
-    for _ in 0..20 {
-        let text = scrape().await;
-        assert!(text.contains("wxpay_orders{status=\"paid\"} 1"), "{text}");
+        let no = o["out_trade_no"].as_str().unwrap();
+        t.notify(paid_notification(no, 100, "4200000000000000000000000908"))
+            .await;
+        eventually("the payment is counted", async || {
+            scrape().await.contains("wxpay_orders{status=\"paid\"} 1")
+        })
+        .await;
+        // A scrape reads no table: with the orders table gone from under it, it still answers
+        // with the last figures.
+        execute(&t, "ALTER TABLE orders RENAME TO orders_away").await;
+        for _ in 0..20 {
+            let text = scrape().await;
+            assert!(
+                text.contains("wxpay_orders{status=\"paid\"} 1"),
+                "{}: {text}",
+                t.engine()
+            );
+        }
+        execute(&t, "ALTER TABLE orders_away RENAME TO orders").await;
+        t.stop().await;
     }
-    c.execute_batch("ALTER TABLE orders_away RENAME TO orders").unwrap();
-    t.stop().await;
 }
 
 #[tokio::test]

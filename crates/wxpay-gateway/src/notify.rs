@@ -43,30 +43,42 @@ struct Rejection<'a> {
     fields: Option<&'a NotificationFields<'a>>,
 }
 
-/// Answers a rejected notification. It is counted, logged and handed to the bounded record
-/// of rejections ([`crate::rejections`]), never written on this request's path: rejected
-/// traffic must not take turns from the writes of verified notifications.
+/// At most this many characters of a value from a rejected notification are kept or logged:
+/// the sender chooses them, up to the whole body.
+const CLIPPED: usize = 128;
+
+/// The first `max` characters of `s`.
+fn clip(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// Answers a rejected notification. It is counted, and within the budget of
+/// [`crate::rejections`] logged and recorded, never written on this request's path:
+/// rejected traffic must not take turns from the writes of verified notifications, nor fill
+/// the log.
 fn reject(app: &App, peer: Option<SocketAddr>, body: &[u8], r: Rejection<'_>) -> Response {
-    let out_trade_no = r.fields.and_then(|f| f.out_trade_no()).map(str::to_owned);
-    let transaction_id = r
-        .fields
-        .and_then(|f| f.fields().optional("transaction_id"))
-        .map(str::to_owned);
-    tracing::warn!(kind = r.kind, reason = ?r.reason, out_trade_no = out_trade_no.as_deref().unwrap_or("-"), "notification rejected");
+    let field = |name: &str| {
+        r.fields
+            .and_then(|f| f.fields().optional(name))
+            .map(|v| clip(v, CLIPPED))
+    };
     app.inner.metrics.notification("rejected");
     let record = NotificationRecord {
         received_at: app.now(),
         kind: r.kind.into(),
         merchant: r.merchant,
-        out_trade_no,
-        transaction_id,
+        out_trade_no: field("out_trade_no"),
+        transaction_id: field("transaction_id"),
         verdict: "rejected".into(),
-        reason: Some(r.reason.clone()),
+        reason: Some(clip(&r.reason, 2 * CLIPPED)),
         body: store::truncated_body(body, store::REJECTED_BODY_KEPT),
         peer: peer.map(|p| p.to_string()),
         body_sha256: Some(crate::api::sha256_hex(body)),
     };
-    app.inner.rejections.keep(app, record);
+    if app.inner.rejections.within_budget(app, record.received_at) {
+        tracing::warn!(kind = r.kind, reason = ?record.reason.as_deref().unwrap_or_default(), out_trade_no = ?record.out_trade_no.as_deref().unwrap_or("-"), peer = ?record.peer.as_deref().unwrap_or("-"), "notification rejected");
+        app.inner.rejections.keep(app, record);
+    }
     // The caller is not known to be WeChat Pay: the reply says nothing of why (whether a
     // merchant exists, which check failed); the reason is in the log and the record.
     reply(r.status, notify_fail_reply(REJECTED))

@@ -3,11 +3,12 @@
 //! A rejected notification (unreadable, an unknown merchant, a bad signature, an undecryptable
 //! refund) is what an operator looks at to see an attack or a misconfigured key, so it is kept:
 //! when, from where, why, the merchant and order if known, the SHA-256 of the body and its
-//! first KiB. But anybody can send them, as fast as they like, so keeping them must cost the
-//! gateway a bounded amount: at most [`PER_MINUTE`] a minute are kept (the rest only counted
-//! in `wxpay_rejected_notifications_unrecorded_total`), and they are written in batches by a
-//! task of their own, never on the request's path, so that a flood of junk takes no turns on
-//! the database from the writes of verified notifications.
+//! first KiB (values the sender chose are clipped to 128 characters). But anybody can send
+//! them, as fast as they like, so keeping them must cost the gateway a bounded amount: at most
+//! [`PER_MINUTE`] a minute are logged and kept (the rest only counted in
+//! `wxpay_rejected_notifications_unrecorded_total`, and summed up in one log line), and they
+//! are written in batches by a task of their own, never on the request's path, so that a
+//! flood of junk takes no turns on the database from the writes of verified notifications.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -33,6 +34,8 @@ struct State {
     minute: i64,
     /// Kept this minute.
     kept: u32,
+    /// Counted only this minute.
+    over: u64,
     /// Waiting for the writer task.
     pending: Vec<NotificationRecord>,
     /// A writer task is on its way.
@@ -46,21 +49,38 @@ impl std::fmt::Debug for Rejections {
 }
 
 impl Rejections {
-    /// Keeps a record if this minute's budget allows, else counts it; returns at once.
+    /// Whether a rejection received at `received_at` (Unix ms) is within this minute's
+    /// budget, to be logged and kept; if not, it is counted only. The first rejection of a
+    /// minute says how many of the one before were counted only.
+    pub(crate) fn within_budget(&self, app: &App, received_at: i64) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let minute = received_at.div_euclid(60_000);
+        if st.minute != minute {
+            if st.over > 0 {
+                tracing::warn!(
+                    counted_only = st.over,
+                    "rejected notifications beyond the budget of {PER_MINUTE} a minute were counted, not logged or recorded"
+                );
+            }
+            st.minute = minute;
+            st.kept = 0;
+            st.over = 0;
+        }
+        if st.kept >= PER_MINUTE {
+            st.over += 1;
+            drop(st);
+            app.inner.metrics.rejection_unrecorded();
+            return false;
+        }
+        st.kept += 1;
+        true
+    }
+
+    /// Keeps a record that [`Rejections::within_budget`] allowed; returns at once, the record
+    /// is written with the others gathered meanwhile.
     pub(crate) fn keep(&self, app: &App, record: NotificationRecord) {
         let start_writer = {
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let minute = record.received_at.div_euclid(60_000);
-            if st.minute != minute {
-                st.minute = minute;
-                st.kept = 0;
-            }
-            if st.kept >= PER_MINUTE {
-                drop(st);
-                app.inner.metrics.rejection_unrecorded();
-                return;
-            }
-            st.kept += 1;
             st.pending.push(record);
             !std::mem::replace(&mut st.writing, true)
         };

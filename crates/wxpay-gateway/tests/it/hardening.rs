@@ -308,7 +308,11 @@ async fn ten_thousand_junk_notifications_grow_the_database_by_less_than_5_mb_and
         let filler = "x".repeat(4000);
         let junk: Vec<String> = vec![
             format!("not xml at all {filler}"),
-            format!("<xml><mch_id>1</mch_id><appid>wx0000000000000000</appid><pad>{filler}</pad></xml>"),
+            // A merchant number of 50 KB: what the sender chose is clipped before it is kept.
+            format!(
+                "<xml><mch_id>{}</mch_id><appid>wx0000000000000000</appid></xml>",
+                "1".repeat(50_000)
+            ),
             notification(DEFAULT, &orders[0], 100, "4200000000000000000000000999", |f| {
                 f.set("attach", filler.clone());
                 f.set("sign", "0".repeat(32));

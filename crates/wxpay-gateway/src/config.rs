@@ -265,20 +265,18 @@ impl Default for ReconcileConfig {
     }
 }
 
-/// Whether a URL points at this machine (where plain http is acceptable).
+/// Whether a URL points at this machine (where plain http is acceptable): its host, as an
+/// HTTP client reads it, is `localhost` or a loopback address. Other names ending in
+/// `.localhost` are not trusted to resolve to this machine.
 pub fn is_local_url(url: &str) -> bool {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .unwrap_or(url);
-    let host = rest.split(['/', '?']).next().unwrap_or("");
-    let host = host.rsplit_once(':').map_or(
-        host,
-        |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host },
-    );
-    matches!(host, "localhost" | "[::1]" | "::1")
-        || host.ends_with(".localhost")
-        || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let Some(host) = parsed.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Whether WeChat Pay or the gateway may be reached at `url`: https, or plain http on this
@@ -433,11 +431,22 @@ mod tests {
             "http://127.0.0.1:8080",
             "http://localhost/x",
             "http://[::1]:9/",
-            "http://app.localhost",
+            "http://127.8.9.10",
         ] {
             assert!(is_local_url(u), "{u}");
         }
-        for u in ["http://pay.example.com", "http://10.0.0.1", "http://127.0.0.1.evil.com"] {
+        for u in [
+            "http://pay.example.com",
+            "http://10.0.0.1",
+            "http://127.0.0.1.evil.com",
+            // Tricks a hand-made splitter took for localhost while the client went elsewhere.
+            "http://evil.com\\.localhost/",
+            "http://evil.com#.localhost",
+            "http://evil.com?.localhost",
+            "http://localhost@evil.com/",
+            "http://app.localhost",
+            "not a url",
+        ] {
             assert!(!is_local_url(u), "{u}");
         }
     }

@@ -39,7 +39,7 @@ pub fn verify_webhook_signature(secret: &str, header: &str, body: &str, now_secs
         return false;
     };
     // abs_diff: a hostile `t` (i64::MIN) must not overflow the subtraction.
-    if now_secs.abs_diff(t) > tolerance_secs.unsigned_abs() {
+    if now_secs.abs_diff(t) > u64::try_from(tolerance_secs).unwrap_or(0) {
         return false;
     }
     let expected = webhook_signature(secret, t, body);
@@ -421,5 +421,14 @@ mod tests {
                 ));
             }
         }
+        // A negative tolerance accepts nothing, however close the timestamp.
+        let h = webhook_signature("s3cret-s3cret-s3cret", 1_700_000_000, "{}");
+        assert!(!verify_webhook_signature(
+            "s3cret-s3cret-s3cret",
+            &h,
+            "{}",
+            1_700_000_001,
+            -300
+        ));
     }
 }

@@ -144,6 +144,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
         )
         .await;
         eprintln!("shutting down");
+        app.finish_requests().await;
         jobs.stop().await;
         let _ = stop_simulator.send(true);
         served.map_err(|e| CliError::Usage(format!("the server stopped: {e}")))

@@ -61,7 +61,8 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), CliError> {
         let jobs = app.start_jobs();
         tracing::info!(%addr, engine = app.store().engine(), merchants = %merchants.join(", "), "wxpay gateway listening");
         let served = wxpay_gateway::serve(&app, listener, crate::shutdown_signal()).await;
-        tracing::info!("shutting down: finishing background work");
+        tracing::info!("shutting down: finishing requests whose clients went away, then background work");
+        app.finish_requests().await;
         jobs.stop().await;
         served.map_err(|e| CliError::Usage(format!("the server stopped: {e}")))
     })

@@ -24,7 +24,9 @@ use wxpay_protocol::{BeijingTime, Fen, OutTradeNo};
 
 use crate::app::{App, TokenScope};
 use crate::error::ApiError;
-use crate::store::{Created, IdemClaim, NewOrder, Order, OrderStatus, Payment, PaymentOutcome, Source, Upstream};
+use crate::store::{
+    Created, IdemClaim, IdemKey, NewOrder, Order, OrderStatus, Payment, PaymentOutcome, Source, Upstream,
+};
 use crate::time::rfc3339;
 use crate::upstream::{MerchantLink, UpstreamError};
 
@@ -155,12 +157,20 @@ fn view(o: &Order) -> OrderView {
 
 /// A new order (`W`) or refund (`R`) number: the prefix, the Beijing time to the second, and
 /// 12 random letters and digits.
-pub(crate) fn new_number(prefix: char, now: i64) -> String {
-    const SET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+fn new_number(prefix: char, now: i64) -> String {
     let mut b = [0u8; 12];
     crate::random_bytes(&mut b);
-    let tail: String = b.iter().map(|x| char::from(SET[usize::from(*x) % SET.len()])).collect();
-    format!("{prefix}{}{tail}", BeijingTime::from_unix(now / 1000).to_compact())
+    number_with(prefix, now, b)
+}
+
+/// `prefix`, the Beijing time of `at` to the second, and 12 letters and digits from `tail`.
+fn number_with(prefix: char, at: i64, tail: [u8; 12]) -> String {
+    const SET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let tail: String = tail
+        .iter()
+        .map(|x| char::from(SET[usize::from(*x) % SET.len()]))
+        .collect();
+    format!("{prefix}{}{tail}", BeijingTime::from_unix(at / 1000).to_compact())
 }
 
 /// What makes an order for WeChat Pay: the same for an order about to be stored and for a
@@ -262,49 +272,96 @@ pub(crate) async fn create_order(
     let hash = sha256_hex(&body);
     let run = {
         let app = app.clone();
-        async move { create(&app, &body).await }
+        move |numbers: Numbers| async move { create(&app, &body, numbers).await }
     };
     idempotent(&app, scope.0, &headers, hash, run).await
 }
 
-/// How long a request may hold its `Idempotency-Key` without an answer before a retry with
-/// the same body may take the key over (its first request died, or could not record its
-/// answer). Longer than any creating request can take: WeChat Pay's calls give up well before.
+/// How long a request's hold on its `Idempotency-Key` lasts without being renewed. The
+/// request renews it every third of this while it runs, so only a request whose process died
+/// (or that could not record its answer) loses its key, to a retry with the same body.
 pub(crate) const IDEMPOTENCY_LEASE: Duration = Duration::from_secs(60);
 
 /// How long an `Idempotency-Key` and its answer are kept, as Stripe does.
 pub(crate) const IDEMPOTENCY_KEPT: Duration = Duration::from_secs(24 * 3600);
 
+/// The numbers a creating request gives what it creates when the caller names none. Under an
+/// `Idempotency-Key` they follow from the key, so that a retry that takes the key over finds
+/// the order or refund the first attempt made instead of making a second one.
+pub(crate) struct Numbers {
+    /// The key's scope, the key, and when it was first claimed (Unix ms).
+    key: Option<(String, String, i64)>,
+}
+
+impl Numbers {
+    /// A number for something created at `now`: `prefix`, the Beijing time to the second, and
+    /// 12 letters and digits (random, or from the key).
+    pub(crate) fn number(&self, prefix: char, now: i64) -> String {
+        match &self.key {
+            None => new_number(prefix, now),
+            Some((scope, key, created_at)) => {
+                let digest = ring::digest::digest(&ring::digest::SHA256, format!("{scope}\n{key}").as_bytes());
+                let mut tail = [0u8; 12];
+                tail.copy_from_slice(&digest.as_ref()[..12]);
+                number_with(prefix, *created_at, tail)
+            }
+        }
+    }
+}
+
+/// Waits for every creating request still running on its own task (those whose client went
+/// away included), so that a shutdown lets them finish.
+pub(crate) async fn finish_detached(app: &App) {
+    app.inner.detached.wait_idle().await;
+}
+
 /// Runs `fut` on a task of its own, in the request's span and with its request id, and waits
 /// for it: when the client goes away and the handler is dropped, the work (an order stored and
-/// sent to WeChat Pay, its answer recorded for the key) still runs to its end.
+/// sent to WeChat Pay, its answer recorded for the key) still runs to its end, and shutdown
+/// waits for it ([`finish_detached`]).
 async fn detached<T: Send + 'static>(
+    app: &App,
     fut: impl Future<Output = Result<T, ApiError>> + Send + 'static,
 ) -> Result<T, ApiError> {
     let request_id = crate::error::current_request_id();
+    let running = app.inner.detached.start();
     let task = async move {
-        match request_id {
+        let result = match request_id {
             Some(id) => crate::error::REQUEST_ID.scope(id, fut).await,
             None => fut.await,
-        }
+        };
+        drop(running);
+        result
     };
     tokio::spawn(task.instrument(tracing::Span::current()))
         .await
         .map_err(|e| ApiError::Internal(format!("the request's task ended abnormally: {e}")))?
 }
 
+/// An answer under an `Idempotency-Key`: made now, or the one kept for the key.
+enum Answer {
+    Made(StatusCode, serde_json::Value),
+    Kept(u16, String),
+}
+
 /// Runs a request that creates something under its `Idempotency-Key`, when it has one: the
 /// first request with a key runs `run`; a later one with the same key and the same request
 /// digest gets the first one's answer, with another digest a 409. `run` is not started when
-/// an earlier answer is given. Once started, `run` and the recording of its answer finish
-/// even if the client goes away.
-pub(crate) async fn idempotent(
+/// an earlier answer is given. The claim, `run` and the recording of its answer happen on a
+/// task of their own, so they finish even if the client goes away; while `run` runs, its hold
+/// on the key is renewed, and an answer it can no longer record (the key was taken over) is
+/// not recorded.
+pub(crate) async fn idempotent<F, R>(
     app: &App,
     scope: String,
     headers: &HeaderMap,
     request_hash: String,
-    run: impl Future<Output = Result<(StatusCode, serde_json::Value), ApiError>> + Send + 'static,
-) -> Result<Response, ApiError> {
+    run: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce(Numbers) -> R + Send + 'static,
+    R: Future<Output = Result<(StatusCode, serde_json::Value), ApiError>> + Send + 'static,
+{
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
@@ -320,70 +377,93 @@ pub(crate) async fn idempotent(
         }
     };
     let Some(key) = key else {
-        let (status, body) = detached(run).await?;
+        let (status, body) = detached(app, run(Numbers { key: None })).await?;
         return Ok((status, Json(body)).into_response());
     };
-    let store = &app.inner.store;
-    let hash = request_hash;
-    let lease = IDEMPOTENCY_LEASE.as_millis() as i64;
-    match store
-        .idem_claim(scope.clone(), key.clone(), hash.clone(), app.now(), lease)
-        .await?
-    {
-        IdemClaim::Claimed => {}
-        IdemClaim::InProgress { request_hash } if request_hash == hash => {
-            return Err(ApiError::Conflict {
-                code: "idempotency_in_progress",
-                message: "a request with this Idempotency-Key is still running; retry later".into(),
-            });
-        }
-        IdemClaim::InProgress { .. } => {
-            return Err(ApiError::Conflict {
-                code: "idempotency_key_reused",
-                message: "this Idempotency-Key was used with another request body".into(),
-            });
-        }
-        IdemClaim::Done {
-            request_hash,
-            status,
-            response,
-        } => {
-            if request_hash != hash {
+    let owned = app.clone();
+    let answer = detached(app, async move {
+        let app = owned;
+        let store = app.inner.store.clone();
+        let hash = request_hash;
+        let k = IdemKey {
+            scope,
+            key,
+            owner: crate::random_hex::<16>(),
+        };
+        let lease = IDEMPOTENCY_LEASE.as_millis() as i64;
+        let created_at = match store.idem_claim(k.clone(), hash.clone(), app.now(), lease).await? {
+            IdemClaim::Claimed { created_at } => created_at,
+            IdemClaim::InProgress { request_hash } if request_hash == hash => {
+                return Err(ApiError::Conflict {
+                    code: "idempotency_in_progress",
+                    message: "a request with this Idempotency-Key is still running; retry later".into(),
+                });
+            }
+            IdemClaim::InProgress { .. } => {
                 return Err(ApiError::Conflict {
                     code: "idempotency_key_reused",
                     message: "this Idempotency-Key was used with another request body".into(),
                 });
             }
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            return Ok((
+            IdemClaim::Done {
+                request_hash,
                 status,
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
                 response,
-            )
-                .into_response());
-        }
-    }
-    let store = store.clone();
-    let (status, body) = detached(async move {
-        let result = run.await;
-        match &result {
+            } => {
+                if request_hash != hash {
+                    return Err(ApiError::Conflict {
+                        code: "idempotency_key_reused",
+                        message: "this Idempotency-Key was used with another request body".into(),
+                    });
+                }
+                return Ok(Answer::Kept(status, response));
+            }
+        };
+        let numbers = Numbers {
+            key: Some((k.scope.clone(), k.key.clone(), created_at)),
+        };
+        let mut running = std::pin::pin!(run(numbers));
+        let result = loop {
+            tokio::select! {
+                result = &mut running => break result,
+                () = tokio::time::sleep(IDEMPOTENCY_LEASE / 3) => {
+                    match store.idem_renew(k.clone(), app.now()).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::error!("this request's Idempotency-Key was taken over; its answer will not be kept"),
+                        Err(e) => tracing::warn!(error = ?e, "cannot renew an Idempotency-Key"),
+                    }
+                }
+            }
+        };
+        let kept = match &result {
             // A definite answer is kept for the key; an answer that depended on WeChat Pay not
             // answering is not, so that the same request can be tried again.
-            Ok((status, body)) => store.idem_finish(scope, key, status.as_u16(), body.to_string()).await?,
-            Err(ApiError::Unavailable(_) | ApiError::Internal(_)) => store.idem_release(scope, key).await?,
-            Err(e) => {
-                store
-                    .idem_finish(scope, key, e.status().as_u16(), e.body().to_string())
-                    .await?
+            Ok((status, body)) => store.idem_finish(k, status.as_u16(), body.to_string()).await?,
+            Err(ApiError::Unavailable(_) | ApiError::Internal(_)) => {
+                store.idem_release(k).await?;
+                true
             }
+            Err(e) => store.idem_finish(k, e.status().as_u16(), e.body().to_string()).await?,
+        };
+        if !kept {
+            tracing::error!("an answer was not kept for its Idempotency-Key: a retry took the key over");
         }
-        result
+        let (status, body) = result?;
+        Ok(Answer::Made(status, body))
     })
     .await?;
-    Ok((status, Json(body)).into_response())
+    Ok(match answer {
+        Answer::Made(status, body) => (status, Json(body)).into_response(),
+        Answer::Kept(status, response) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            response,
+        )
+            .into_response(),
+    })
 }
 
-async fn create(app: &App, body: &[u8]) -> Result<(StatusCode, serde_json::Value), ApiError> {
+async fn create(app: &App, body: &[u8], numbers: Numbers) -> Result<(StatusCode, serde_json::Value), ApiError> {
     let req: CreateOrderRequest = parse_json(body)?;
     let link = app.merchant(req.merchant.as_deref())?;
     let now = app.now();
@@ -395,7 +475,7 @@ async fn create(app: &App, body: &[u8]) -> Result<(StatusCode, serde_json::Value
         Some(n) => OutTradeNo::new(n.clone())
             .map_err(|e| ApiError::Invalid(e.to_string()))?
             .to_string(),
-        None => new_number('W', now),
+        None => numbers.number('W', now),
     };
     let ttl = req
         .expires_in_secs

@@ -34,6 +34,47 @@ pub(crate) struct Inner {
     pub rejections: crate::rejections::Rejections,
     /// Whether the task refreshing the metrics' database figures was started.
     pub gauges_refreshed: std::sync::atomic::AtomicBool,
+    /// Creating requests running on tasks of their own.
+    pub detached: Arc<InFlight>,
+}
+
+/// Counts work running on tasks of its own, so that a shutdown can wait for it.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One piece of work counted by [`InFlight`] while it lives.
+pub(crate) struct Running(Arc<InFlight>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl InFlight {
+    /// Counts one more until the returned value is dropped.
+    pub(crate) fn start(self: &Arc<Self>) -> Running {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        Running(self.clone())
+    }
+
+    /// Waits until nothing is counted.
+    pub(crate) async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            let mut idle = std::pin::pin!(idle);
+            idle.as_mut().enable();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
 }
 
 /// The gateway: cheap to clone.
@@ -125,6 +166,7 @@ impl App {
                 metrics,
                 rejections: Default::default(),
                 gauges_refreshed: Default::default(),
+                detached: Default::default(),
             }),
         })
     }
@@ -138,6 +180,13 @@ impl App {
     /// says nothing.
     pub(crate) fn first_check_at(&self, now: i64) -> i64 {
         now + self.inner.config.jobs.first_check_after.as_millis() as i64
+    }
+
+    /// Waits for the creating requests still running on tasks of their own (a client that
+    /// went away leaves its request running): call it after [`serve`] returns, before the
+    /// runtime ends.
+    pub async fn finish_requests(&self) {
+        crate::api::finish_detached(self).await;
     }
 
     /// The gateway's clock, which tests move forward to reach expiry and check times.

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use wxpay_protocol::v2::{ErrCode, OrderRef, Refund as RefundCall, RefundQuery, RefundStatus as WxRefundStatus, Retry};
 use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 
-use crate::api::{find_order, idempotent, new_number, parse_json, sha256_hex};
+use crate::api::{Numbers, find_order, idempotent, parse_json, sha256_hex};
 use crate::app::{App, TokenScope};
 use crate::error::ApiError;
 use crate::store::{
@@ -138,12 +138,17 @@ pub(crate) async fn create_refund(
     let hash = sha256_hex(format!("{out_trade_no}\n{}", String::from_utf8_lossy(&body)).as_bytes());
     let run = {
         let app = app.clone();
-        async move { create(&app, out_trade_no, &body).await }
+        move |numbers: Numbers| async move { create(&app, out_trade_no, &body, numbers).await }
     };
     idempotent(&app, format!("{}/refunds", scope.0), &headers, hash, run).await
 }
 
-async fn create(app: &App, out_trade_no: String, body: &[u8]) -> Result<(StatusCode, serde_json::Value), ApiError> {
+async fn create(
+    app: &App,
+    out_trade_no: String,
+    body: &[u8],
+    numbers: Numbers,
+) -> Result<(StatusCode, serde_json::Value), ApiError> {
     let req: RefundRequest = parse_json(body)?;
     let link = app.merchant(req.merchant.as_deref())?;
     let now = app.now();
@@ -155,7 +160,7 @@ async fn create(app: &App, out_trade_no: String, body: &[u8]) -> Result<(StatusC
         Some(n) => OutRefundNo::new(n.clone())
             .map_err(|e| ApiError::Invalid(e.to_string()))?
             .to_string(),
-        None => new_number('R', now),
+        None => numbers.number('R', now),
     };
     if link.lacks_client_cert() {
         return Err(ApiError::NotConfigured(format!(

@@ -600,11 +600,25 @@ pub struct NotificationRecord {
 /// How much of a rejected notification's body is kept: enough to see what it was.
 pub const REJECTED_BODY_KEPT: usize = 1024;
 
+/// An idempotency key, with the request that claims or owns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdemKey {
+    /// Whose keys (a digest of the bearer token, and the route).
+    pub scope: String,
+    /// The `Idempotency-Key`.
+    pub key: String,
+    /// The request's own random token.
+    pub owner: String,
+}
+
 /// An idempotency key's state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IdemClaim {
-    /// The key is new: this request owns it now.
-    Claimed,
+    /// The key is new, or taken over: this request owns it now.
+    Claimed {
+        /// When the key was first made (Unix ms): the same for every owner.
+        created_at: i64,
+    },
     /// Another request with this key is running.
     InProgress {
         /// The digest of that request.
@@ -709,23 +723,22 @@ pub trait Store: Send + Sync + 'static {
     /// Records several notifications that changed nothing, in one transaction.
     fn record_notifications(&self, records: Vec<NotificationRecord>) -> Fut<'_, ()>;
 
-    /// Claims an idempotency key for a request, or tells what happened to it. A key whose
-    /// request has held it unanswered for `lease_ms` is taken over by a request with the same
-    /// digest (its first owner died or could not record its answer).
-    fn idem_claim(
-        &self,
-        scope: String,
-        key: String,
-        request_hash: String,
-        now: i64,
-        lease_ms: i64,
-    ) -> Fut<'_, IdemClaim>;
+    /// Claims an idempotency key for a request (`owner`, a token of its own), or tells what
+    /// happened to it. A key whose owner has not renewed it for `lease_ms` is taken over by a
+    /// request with the same digest (its first owner died or could not record its answer).
+    fn idem_claim(&self, key: IdemKey, request_hash: String, now: i64, lease_ms: i64) -> Fut<'_, IdemClaim>;
 
-    /// Stores the answer given to the request that owns a key.
-    fn idem_finish(&self, scope: String, key: String, status: u16, response: String) -> Fut<'_, ()>;
+    /// Renews the owner's hold on a key still in progress; false when it is no longer the
+    /// owner's.
+    fn idem_renew(&self, key: IdemKey, now: i64) -> Fut<'_, bool>;
 
-    /// Releases a key whose request ended without a definite answer, so a retry runs again.
-    fn idem_release(&self, scope: String, key: String) -> Fut<'_, ()>;
+    /// Stores the answer given to the request that owns a key; false (and nothing stored)
+    /// when the key is no longer the owner's.
+    fn idem_finish(&self, key: IdemKey, status: u16, response: String) -> Fut<'_, bool>;
+
+    /// Releases a key whose request ended without a definite answer, so a retry runs again;
+    /// nothing when the key is no longer the owner's.
+    fn idem_release(&self, key: IdemKey) -> Fut<'_, ()>;
 
     /// Forgets up to `limit` idempotency keys made before `created_before` (Unix ms); returns
     /// how many.

@@ -11,9 +11,9 @@ use sqlx::{ConnectOptions, Connection, Executor, Postgres, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Created, DailyClaim, Event, Fut, IdemClaim, ImportedRefund, NewOrder, NewRefund, NotificationRecord, Order,
-    OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated, RefundOutcome,
-    RefundResult, RefundStatus, Settlement, Stats, Store, StoreError, Upstream, event_id, event_payload,
+    Created, DailyClaim, Event, Fut, IdemClaim, IdemKey, ImportedRefund, NewOrder, NewRefund, NotificationRecord,
+    Order, OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated,
+    RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store, StoreError, Upstream, event_id, event_payload,
     refund_event_payload,
 };
 
@@ -1447,51 +1447,46 @@ impl Store for PgStore {
         })
     }
 
-    fn idem_claim(
-        &self,
-        scope: String,
-        key: String,
-        request_hash: String,
-        now: i64,
-        lease_ms: i64,
-    ) -> Fut<'_, IdemClaim> {
+    fn idem_claim(&self, k: IdemKey, request_hash: String, now: i64, lease_ms: i64) -> Fut<'_, IdemClaim> {
         Box::pin(async move {
             let inserted = sqlx::query(
-                "INSERT INTO idempotency_keys (scope, key, request_hash, created_at, claimed_at) \
-                 VALUES ($1, $2, $3, $4, $4) ON CONFLICT (scope, key) DO NOTHING",
+                "INSERT INTO idempotency_keys (scope, key, request_hash, created_at, claimed_at, owner) \
+                 VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (scope, key) DO NOTHING",
             )
-            .bind(&scope)
-            .bind(&key)
+            .bind(&k.scope)
+            .bind(&k.key)
             .bind(&request_hash)
             .bind(now)
+            .bind(&k.owner)
             .execute(&self.pool)
             .await?
             .rows_affected();
             if inserted == 1 {
-                return Ok(IdemClaim::Claimed);
+                return Ok(IdemClaim::Claimed { created_at: now });
             }
-            // The request that holds the key ran past its lease without an answer: this one,
-            // identical, takes it over. The row lock makes one of several takers win.
-            let taken = sqlx::query(
-                "UPDATE idempotency_keys SET claimed_at = $4 WHERE scope = $1 AND key = $2 AND request_hash = $3 \
-                 AND status IS NULL AND COALESCE(claimed_at, created_at) <= $5",
+            // The request that holds the key stopped renewing it: this one, identical, takes
+            // it over. The row lock makes one of several takers win.
+            let taken: Option<i64> = sqlx::query_scalar(
+                "UPDATE idempotency_keys SET claimed_at = $4, owner = $5 WHERE scope = $1 AND key = $2 \
+                 AND request_hash = $3 AND status IS NULL AND COALESCE(claimed_at, created_at) <= $6 \
+                 RETURNING created_at",
             )
-            .bind(&scope)
-            .bind(&key)
+            .bind(&k.scope)
+            .bind(&k.key)
             .bind(&request_hash)
             .bind(now)
+            .bind(&k.owner)
             .bind(now - lease_ms)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            if taken == 1 {
-                return Ok(IdemClaim::Claimed);
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(created_at) = taken {
+                return Ok(IdemClaim::Claimed { created_at });
             }
             let row = sqlx::query(
                 "SELECT request_hash, status, response FROM idempotency_keys WHERE scope = $1 AND key = $2",
             )
-            .bind(&scope)
-            .bind(&key)
+            .bind(&k.scope)
+            .bind(&k.key)
             .fetch_one(&self.pool)
             .await?;
             let status: Option<i32> = row.try_get("status")?;
@@ -1503,24 +1498,47 @@ impl Store for PgStore {
         })
     }
 
-    fn idem_finish(&self, scope: String, key: String, status: u16, response: String) -> Fut<'_, ()> {
+    fn idem_renew(&self, k: IdemKey, now: i64) -> Fut<'_, bool> {
         Box::pin(async move {
-            sqlx::query("UPDATE idempotency_keys SET status = $1, response = $2 WHERE scope = $3 AND key = $4")
-                .bind(i32::from(status))
-                .bind(response)
-                .bind(scope)
-                .bind(key)
-                .execute(&self.pool)
-                .await?;
-            Ok(())
+            let n = sqlx::query(
+                "UPDATE idempotency_keys SET claimed_at = $1 WHERE scope = $2 AND key = $3 AND owner = $4 \
+                 AND status IS NULL",
+            )
+            .bind(now)
+            .bind(k.scope)
+            .bind(k.key)
+            .bind(k.owner)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            Ok(n == 1)
         })
     }
 
-    fn idem_release(&self, scope: String, key: String) -> Fut<'_, ()> {
+    fn idem_finish(&self, k: IdemKey, status: u16, response: String) -> Fut<'_, bool> {
         Box::pin(async move {
-            sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND status IS NULL")
-                .bind(scope)
-                .bind(key)
+            let n = sqlx::query(
+                "UPDATE idempotency_keys SET status = $1, response = $2 WHERE scope = $3 AND key = $4 \
+                 AND owner = $5 AND status IS NULL",
+            )
+            .bind(i32::from(status))
+            .bind(response)
+            .bind(k.scope)
+            .bind(k.key)
+            .bind(k.owner)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            Ok(n == 1)
+        })
+    }
+
+    fn idem_release(&self, k: IdemKey) -> Fut<'_, ()> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM idempotency_keys WHERE scope = $1 AND key = $2 AND owner = $3 AND status IS NULL")
+                .bind(k.scope)
+                .bind(k.key)
+                .bind(k.owner)
                 .execute(&self.pool)
                 .await?;
             Ok(())

@@ -15,9 +15,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Created, DailyClaim, Event, Fut, IdemClaim, ImportedRefund, NewOrder, NewRefund, NotificationRecord, Order,
-    OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated, RefundOutcome,
-    RefundResult, RefundStatus, Settlement, Stats, Store, StoreError, Upstream, event_id, event_payload,
+    Created, DailyClaim, Event, Fut, IdemClaim, IdemKey, ImportedRefund, NewOrder, NewRefund, NotificationRecord,
+    Order, OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated,
+    RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store, StoreError, Upstream, event_id, event_payload,
     refund_event_payload,
 };
 
@@ -947,56 +947,72 @@ impl Store for SqliteStore {
         self.write(move |c| records.iter().try_for_each(|r| insert_notification(c, r)))
     }
 
-    fn idem_claim(
-        &self,
-        scope: String,
-        key: String,
-        request_hash: String,
-        now: i64,
-        lease_ms: i64,
-    ) -> Fut<'_, IdemClaim> {
+    fn idem_claim(&self, k: IdemKey, request_hash: String, now: i64, lease_ms: i64) -> Fut<'_, IdemClaim> {
         self.write(move |c| {
             let inserted = c
                 .prepare_cached(
-                    "INSERT INTO idempotency_keys (scope, key, request_hash, created_at, claimed_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT (scope, key) DO NOTHING",
+                    "INSERT INTO idempotency_keys (scope, key, request_hash, created_at, claimed_at, owner) \
+                     VALUES (?1, ?2, ?3, ?4, ?4, ?5) ON CONFLICT (scope, key) DO NOTHING",
                 )?
-                .execute(params![scope, key, request_hash, now])?;
+                .execute(params![k.scope, k.key, request_hash, now, k.owner])?;
             if inserted == 1 {
-                return Ok(IdemClaim::Claimed);
+                return Ok(IdemClaim::Claimed { created_at: now });
             }
-            // The request that holds the key ran past its lease without an answer: this one,
-            // identical, takes it over.
-            let taken = c
+            // The request that holds the key stopped renewing it: this one, identical, takes
+            // it over.
+            let taken: Option<i64> = c
                 .prepare_cached(
-                    "UPDATE idempotency_keys SET claimed_at = ?4 WHERE scope = ?1 AND key = ?2 AND request_hash = ?3 \
-                     AND status IS NULL AND COALESCE(claimed_at, created_at) <= ?5",
+                    "UPDATE idempotency_keys SET claimed_at = ?4, owner = ?5 WHERE scope = ?1 AND key = ?2 \
+                     AND request_hash = ?3 AND status IS NULL AND COALESCE(claimed_at, created_at) <= ?6 \
+                     RETURNING created_at",
                 )?
-                .execute(params![scope, key, request_hash, now, now - lease_ms])?;
-            if taken == 1 {
-                return Ok(IdemClaim::Claimed);
+                .query_row(
+                    params![k.scope, k.key, request_hash, now, k.owner, now - lease_ms],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(created_at) = taken {
+                return Ok(IdemClaim::Claimed { created_at });
             }
             let (hash, status, response): (String, Option<i64>, Option<String>) = c
                 .prepare_cached(
                     "SELECT request_hash, status, response FROM idempotency_keys WHERE scope = ?1 AND key = ?2",
                 )?
-                .query_row(params![scope, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                .query_row(params![k.scope, k.key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             Ok(super::idem_state(hash, status, response))
         })
     }
 
-    fn idem_finish(&self, scope: String, key: String, status: u16, response: String) -> Fut<'_, ()> {
+    fn idem_renew(&self, k: IdemKey, now: i64) -> Fut<'_, bool> {
         self.write(move |c| {
-            c.prepare_cached("UPDATE idempotency_keys SET status = ?1, response = ?2 WHERE scope = ?3 AND key = ?4")?
-                .execute(params![i64::from(status), response, scope, key])?;
-            Ok(())
+            let n = c
+                .prepare_cached(
+                    "UPDATE idempotency_keys SET claimed_at = ?1 WHERE scope = ?2 AND key = ?3 AND owner = ?4 \
+                     AND status IS NULL",
+                )?
+                .execute(params![now, k.scope, k.key, k.owner])?;
+            Ok(n == 1)
         })
     }
 
-    fn idem_release(&self, scope: String, key: String) -> Fut<'_, ()> {
+    fn idem_finish(&self, k: IdemKey, status: u16, response: String) -> Fut<'_, bool> {
         self.write(move |c| {
-            c.prepare_cached("DELETE FROM idempotency_keys WHERE scope = ?1 AND key = ?2 AND status IS NULL")?
-                .execute(params![scope, key])?;
+            let n = c
+                .prepare_cached(
+                    "UPDATE idempotency_keys SET status = ?1, response = ?2 WHERE scope = ?3 AND key = ?4 \
+                     AND owner = ?5 AND status IS NULL",
+                )?
+                .execute(params![i64::from(status), response, k.scope, k.key, k.owner])?;
+            Ok(n == 1)
+        })
+    }
+
+    fn idem_release(&self, k: IdemKey) -> Fut<'_, ()> {
+        self.write(move |c| {
+            c.prepare_cached(
+                "DELETE FROM idempotency_keys WHERE scope = ?1 AND key = ?2 AND owner = ?3 AND status IS NULL",
+            )?
+            .execute(params![k.scope, k.key, k.owner])?;
             Ok(())
         })
     }

@@ -587,10 +587,12 @@ async fn the_sqlite_database_and_its_journal_files_are_readable_by_their_owner_o
     let db = TestDb::sqlite();
     let store = db.store().await;
     // A write, so that the -wal and -shm files exist.
-    store
-        .idem_claim("s".into(), "k".into(), "h".into(), 0, 60_000)
-        .await
-        .unwrap();
+    let key = wxpay_gateway::store::IdemKey {
+        scope: "s".into(),
+        key: "k".into(),
+        owner: "o".into(),
+    };
+    store.idem_claim(key, "h".into(), 0, 60_000).await.unwrap();
     let file = db.sqlite_file();
     for suffix in ["", "-wal", "-shm"] {
         let mut name = file.clone().into_os_string();
@@ -667,4 +669,53 @@ async fn unknown_paths_and_methods_answer_with_the_json_error_body() {
         assert!(body["error"]["request_id"].is_string(), "{body}");
     }
     t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_that_takes_over_a_refunds_key_finds_the_same_refund_and_makes_no_second() {
+    for db in TestDb::all().await {
+        let t = spawn_app(
+            db,
+            Options {
+                upstream: UpstreamConfig {
+                    timeout: Duration::from_secs(10),
+                    retry_backoff: Duration::from_millis(10),
+                    ..UpstreamConfig::default()
+                },
+                sim: Box::new(|c| c.refund_delay = Duration::from_secs(100_000_000)),
+                ..Options::default()
+            },
+        )
+        .await;
+        let no = format!("TAKEOVER{}", t.engine().to_uppercase());
+        t.paid_order(&no, 100).await;
+        t.fault(json!({"kind": "delay", "api": "refund", "count": 1, "delay_ms": 3000}))
+            .await;
+        let path = format!("/v1/orders/{no}/refunds");
+        let body = json!({"amount_fen": 30});
+        let first = t.api(Method::POST, &path, Some(body.clone()), Some("refund-once"));
+        // While the first is still waiting for WeChat Pay, its hold on the key is past the
+        // lease as far as the gateway's clock goes (it has not renewed yet): a retry takes
+        // the key over.
+        let second = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            t.app.clock().advance(Duration::from_secs(61));
+            t.api(Method::POST, &path, Some(body.clone()), Some("refund-once"))
+                .await
+        };
+        let ((s1, r1), (s2, r2)) = tokio::join!(first, second);
+        assert_eq!((s1, s2), (201, 201), "{}: {r1} {r2}", t.engine());
+        assert_eq!(
+            r1["out_refund_no"],
+            r2["out_refund_no"],
+            "{}: one refund number",
+            t.engine()
+        );
+        let refunds = t.order(&no).await["refunds"].as_array().unwrap().len();
+        assert_eq!(refunds, 1, "{}: one refund, not two", t.engine());
+        // The key now answers with the refund.
+        let (_, r3) = t.api(Method::POST, &path, Some(body), Some("refund-once")).await;
+        assert_eq!(r3["out_refund_no"], r1["out_refund_no"]);
+        t.stop().await;
+    }
 }

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use wxpay_gateway::store::{
-    Created, IdemClaim, ImportedRefund, NewOrder, NewRefund, NotificationRecord, OrderStatus, Payment, PaymentOutcome,
-    RefundCreated, RefundOutcome, RefundResult, RefundStatus, Source, Store,
+    Created, IdemClaim, IdemKey, ImportedRefund, NewOrder, NewRefund, NotificationRecord, OrderStatus, Payment,
+    PaymentOutcome, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Source, Store,
 };
 
 use crate::support::TestDb;
@@ -310,33 +310,48 @@ async fn a_paid_order_is_never_closed_or_failed_and_a_closed_one_can_still_be_pa
     }
 }
 
+/// A key of `owner`.
+fn idem(scope: &str, key: &str, owner: &str) -> IdemKey {
+    IdemKey {
+        scope: scope.into(),
+        key: key.into(),
+        owner: owner.into(),
+    }
+}
+
+fn in_progress(hash: &str) -> IdemClaim {
+    IdemClaim::InProgress {
+        request_hash: hash.into(),
+    }
+}
+
 #[tokio::test]
 async fn an_idempotency_key_is_claimed_once_then_answers_from_the_stored_response() {
     for db in TestDb::all().await {
         let store = db.store().await;
-        let claim = || store.idem_claim("scope".into(), "key-1".into(), "h1".into(), T0, LEASE);
-        assert_eq!(claim().await.unwrap(), IdemClaim::Claimed, "{}", db.engine);
+        let claim = |owner: &str| store.idem_claim(idem("scope", "key-1", owner), "h1".into(), T0, LEASE);
         assert_eq!(
-            claim().await.unwrap(),
-            IdemClaim::InProgress {
-                request_hash: "h1".into()
-            },
+            claim("a").await.unwrap(),
+            IdemClaim::Claimed { created_at: T0 },
             "{}",
             db.engine
         );
-        store.idem_release("scope".into(), "key-1".into()).await.unwrap();
+        assert_eq!(claim("b").await.unwrap(), in_progress("h1"), "{}", db.engine);
+        store.idem_release(idem("scope", "key-1", "a")).await.unwrap();
         assert_eq!(
-            claim().await.unwrap(),
-            IdemClaim::Claimed,
+            claim("b").await.unwrap(),
+            IdemClaim::Claimed { created_at: T0 },
             "{}: a released key is free",
             db.engine
         );
-        store
-            .idem_finish("scope".into(), "key-1".into(), 201, "{\"a\":1}".into())
-            .await
-            .unwrap();
+        assert!(
+            store
+                .idem_finish(idem("scope", "key-1", "b"), 201, "{\"a\":1}".into())
+                .await
+                .unwrap()
+        );
         assert_eq!(
-            claim().await.unwrap(),
+            claim("c").await.unwrap(),
             IdemClaim::Done {
                 request_hash: "h1".into(),
                 status: 201,
@@ -347,61 +362,82 @@ async fn an_idempotency_key_is_claimed_once_then_answers_from_the_stored_respons
         );
         // Keys are scoped: another token's key of the same name is its own.
         let other = store
-            .idem_claim("scope2".into(), "key-1".into(), "h2".into(), T0, LEASE)
+            .idem_claim(idem("scope2", "key-1", "d"), "h2".into(), T0, LEASE)
             .await
             .unwrap();
-        assert_eq!(other, IdemClaim::Claimed, "{}", db.engine);
+        assert_eq!(other, IdemClaim::Claimed { created_at: T0 }, "{}", db.engine);
     }
 }
 
 const LEASE: i64 = 60_000;
 
 #[tokio::test]
-async fn a_key_held_past_its_lease_is_taken_over_only_by_the_same_request() {
+async fn a_key_left_unrenewed_past_its_lease_is_taken_over_only_by_the_same_request() {
     for db in TestDb::all().await {
         let store = db.store().await;
-        let claim = |hash: &'static str, at: i64| store.idem_claim("s".into(), "k".into(), hash.into(), at, LEASE);
-        assert_eq!(claim("h1", T0).await.unwrap(), IdemClaim::Claimed, "{}", db.engine);
+        let claim = |owner: &'static str, hash: &'static str, at: i64| {
+            store.idem_claim(idem("s", "k", owner), hash.into(), at, LEASE)
+        };
+        assert_eq!(
+            claim("a", "h1", T0).await.unwrap(),
+            IdemClaim::Claimed { created_at: T0 },
+            "{}",
+            db.engine
+        );
         // Within the lease the first request still owns it.
         assert_eq!(
-            claim("h1", T0 + LEASE - 1).await.unwrap(),
-            IdemClaim::InProgress {
-                request_hash: "h1".into()
-            },
+            claim("b", "h1", T0 + LEASE - 1).await.unwrap(),
+            in_progress("h1"),
+            "{}",
+            db.engine
+        );
+        // Its owner renews it: the lease runs from then.
+        assert!(store.idem_renew(idem("s", "k", "a"), T0 + 30_000).await.unwrap());
+        assert!(
+            !store.idem_renew(idem("s", "k", "x"), T0 + 30_000).await.unwrap(),
+            "not x's"
+        );
+        assert_eq!(
+            claim("b", "h1", T0 + LEASE).await.unwrap(),
+            in_progress("h1"),
             "{}",
             db.engine
         );
         // Past it, another body still does not get it; the same body does, once.
+        let late = T0 + 30_000 + LEASE;
         assert_eq!(
-            claim("h2", T0 + LEASE).await.unwrap(),
-            IdemClaim::InProgress {
-                request_hash: "h1".into()
-            },
+            claim("c", "h2", late).await.unwrap(),
+            in_progress("h1"),
             "{}",
             db.engine
         );
         assert_eq!(
-            claim("h1", T0 + LEASE).await.unwrap(),
-            IdemClaim::Claimed,
-            "{}",
+            claim("b", "h1", late).await.unwrap(),
+            IdemClaim::Claimed { created_at: T0 },
+            "{}: the key keeps its first time",
             db.engine
         );
         assert_eq!(
-            claim("h1", T0 + LEASE + 1).await.unwrap(),
-            IdemClaim::InProgress {
-                request_hash: "h1".into()
-            },
+            claim("d", "h1", late + 1).await.unwrap(),
+            in_progress("h1"),
             "{}: the lease starts again for the new owner",
             db.engine
         );
-        // A key with an answer is never taken over, however old.
-        store
-            .idem_finish("s".into(), "k".into(), 201, "{}".into())
-            .await
-            .unwrap();
+        // The first owner, still running, can neither renew, answer nor release it any more.
+        assert!(!store.idem_renew(idem("s", "k", "a"), late + 2).await.unwrap());
+        assert!(!store.idem_finish(idem("s", "k", "a"), 500, "{}".into()).await.unwrap());
+        store.idem_release(idem("s", "k", "a")).await.unwrap();
+        assert_eq!(
+            claim("e", "h1", late + 3).await.unwrap(),
+            in_progress("h1"),
+            "{}",
+            db.engine
+        );
+        // The new owner's answer is kept, and a key with an answer is never taken over.
+        assert!(store.idem_finish(idem("s", "k", "b"), 201, "{}".into()).await.unwrap());
         assert!(
             matches!(
-                claim("h1", T0 + 10 * LEASE).await.unwrap(),
+                claim("f", "h1", T0 + 10 * LEASE).await.unwrap(),
                 IdemClaim::Done { status: 201, .. }
             ),
             "{}",
@@ -417,34 +453,27 @@ async fn keys_older_than_the_cut_are_forgotten_in_bounded_steps() {
         for i in 0..7 {
             let at = if i < 5 { T0 } else { T0 + 1000 };
             let claimed = store
-                .idem_claim("s".into(), format!("k{i}"), "h".into(), at, LEASE)
+                .idem_claim(idem("s", &format!("k{i}"), "a"), "h".into(), at, LEASE)
                 .await
                 .unwrap();
-            assert_eq!(claimed, IdemClaim::Claimed);
+            assert_eq!(claimed, IdemClaim::Claimed { created_at: at });
         }
         assert_eq!(store.idem_purge(T0 + 1, 3).await.unwrap(), 3, "{}", db.engine);
         assert_eq!(store.idem_purge(T0 + 1, 3).await.unwrap(), 2, "{}", db.engine);
         assert_eq!(store.idem_purge(T0 + 1, 3).await.unwrap(), 0, "{}", db.engine);
         // The two newer keys are still there, still owned.
         let kept = store
-            .idem_claim("s".into(), "k6".into(), "h".into(), T0 + 1001, LEASE)
+            .idem_claim(idem("s", "k6", "b"), "h".into(), T0 + 1001, LEASE)
             .await
             .unwrap();
-        assert_eq!(
-            kept,
-            IdemClaim::InProgress {
-                request_hash: "h".into()
-            },
-            "{}",
-            db.engine
-        );
+        assert_eq!(kept, in_progress("h"), "{}", db.engine);
         let forgotten = store
-            .idem_claim("s".into(), "k0".into(), "other".into(), T0 + 1001, LEASE)
+            .idem_claim(idem("s", "k0", "b"), "other".into(), T0 + 1001, LEASE)
             .await
             .unwrap();
         assert_eq!(
             forgotten,
-            IdemClaim::Claimed,
+            IdemClaim::Claimed { created_at: T0 + 1001 },
             "{}: a forgotten key is new again",
             db.engine
         );

@@ -490,6 +490,7 @@ impl TestApp {
         if let Some(s) = self.server.take() {
             let _ = s.await;
         }
+        self.app.finish_requests().await;
         if let Some(sim) = self.sim.take() {
             sim.shutdown().await;
         }

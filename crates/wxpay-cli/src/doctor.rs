@@ -140,7 +140,10 @@ pub(crate) fn verify(args: VerifyArgs) -> Result<(), CliError> {
     // A body that is not even trying to be a message is unusable input (exit 2), not a
     // signature that fails (exit 1): the doctor explains mistakes in messages.
     let start = body.strip_prefix("\u{FEFF}".as_bytes()).unwrap_or(&body);
-    if !matches!(start.iter().find(|b| !b.is_ascii_whitespace()), Some(b'<' | b'{')) {
+    // A UTF-16 body (its byte order mark) is a message in the wrong encoding: the doctor
+    // explains that one.
+    let utf16 = body.starts_with(&[0xFF, 0xFE]) || body.starts_with(&[0xFE, 0xFF]);
+    if !utf16 && !matches!(start.iter().find(|b| !b.is_ascii_whitespace()), Some(b'<' | b'{')) {
         return Err(CliError::Usage(
             "the body is neither an APIv2 XML message (<xml>…</xml>) nor the JSON parameters of wx.requestPayment: there is nothing signed to check".into(),
         ));

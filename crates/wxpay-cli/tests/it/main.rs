@@ -282,6 +282,14 @@ fn verify_refuses_a_body_that_is_no_message_as_unusable_input() {
         assert_eq!(r.code, 2, "{:?}: {}", String::from_utf8_lossy(body), r.stdout);
         assert!(r.stderr.contains("nothing signed to check"), "{}", r.stderr);
     }
+    // A message in UTF-16 is a message in the wrong encoding, which the doctor explains.
+    let utf16: Vec<u8> = [0xFF, 0xFE]
+        .into_iter()
+        .chain("<xml><sign>AB</sign></xml>".encode_utf16().flat_map(u16::to_le_bytes))
+        .collect();
+    let r = wxpay(&["verify", "--key", KEY], Some(&utf16), &[]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.starts_with("FAILED"), "{}", r.stdout);
 }
 
 #[test]

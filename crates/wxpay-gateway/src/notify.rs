@@ -57,25 +57,27 @@ fn clip(s: &str, max: usize) -> String {
 /// rejected traffic must not take turns from the writes of verified notifications, nor fill
 /// the log.
 fn reject(app: &App, peer: Option<SocketAddr>, body: &[u8], r: Rejection<'_>) -> Response {
-    let field = |name: &str| {
-        r.fields
-            .and_then(|f| f.fields().optional(name))
-            .map(|v| clip(v, CLIPPED))
-    };
     app.inner.metrics.notification("rejected");
-    let record = NotificationRecord {
-        received_at: app.now(),
-        kind: r.kind.into(),
-        merchant: r.merchant,
-        out_trade_no: field("out_trade_no"),
-        transaction_id: field("transaction_id"),
-        verdict: "rejected".into(),
-        reason: Some(clip(&r.reason, 2 * CLIPPED)),
-        body: store::truncated_body(body, store::REJECTED_BODY_KEPT),
-        peer: peer.map(|p| p.to_string()),
-        body_sha256: Some(crate::api::sha256_hex(body)),
-    };
-    if app.inner.rejections.within_budget(app, record.received_at) {
+    let received_at = app.now();
+    // Beyond the budget nothing more is done: no digest, no copy, no log line.
+    if app.inner.rejections.within_budget(app, received_at) {
+        let field = |name: &str| {
+            r.fields
+                .and_then(|f| f.fields().optional(name))
+                .map(|v| clip(v, CLIPPED))
+        };
+        let record = NotificationRecord {
+            received_at,
+            kind: r.kind.into(),
+            merchant: r.merchant,
+            out_trade_no: field("out_trade_no"),
+            transaction_id: field("transaction_id"),
+            verdict: "rejected".into(),
+            reason: Some(clip(&r.reason, 2 * CLIPPED)),
+            body: store::truncated_body(body, store::REJECTED_BODY_KEPT),
+            peer: peer.map(|p| p.to_string()),
+            body_sha256: Some(crate::api::sha256_hex(body)),
+        };
         tracing::warn!(kind = r.kind, reason = ?record.reason.as_deref().unwrap_or_default(), out_trade_no = ?record.out_trade_no.as_deref().unwrap_or("-"), peer = ?record.peer.as_deref().unwrap_or("-"), "notification rejected");
         app.inner.rejections.keep(app, record);
     }

@@ -309,16 +309,10 @@ impl Numbers {
     }
 }
 
-/// Waits for every creating request still running on its own task (those whose client went
-/// away included), so that a shutdown lets them finish.
-pub(crate) async fn finish_detached(app: &App) {
-    app.inner.detached.wait_idle().await;
-}
-
 /// Runs `fut` on a task of its own, in the request's span and with its request id, and waits
 /// for it: when the client goes away and the handler is dropped, the work (an order stored and
 /// sent to WeChat Pay, its answer recorded for the key) still runs to its end, and shutdown
-/// waits for it ([`finish_detached`]).
+/// waits for it ([`App::finish_requests`]).
 async fn detached<T: Send + 'static>(
     app: &App,
     fut: impl Future<Output = Result<T, ApiError>> + Send + 'static,
@@ -342,6 +336,25 @@ async fn detached<T: Send + 'static>(
 enum Answer {
     Made(StatusCode, serde_json::Value),
     Kept(u16, String),
+}
+
+/// What a request gets when another request holds its key (`theirs`, the digest of that
+/// request's body; `kept`, its answer if it has one): that answer for the same body, a 409 for
+/// another body or while the first one still runs.
+fn held_by_another(theirs: &str, ours: &str, kept: Option<(u16, String)>) -> Result<Answer, ApiError> {
+    if theirs != ours {
+        return Err(ApiError::Conflict {
+            code: "idempotency_key_reused",
+            message: "this Idempotency-Key was used with another request body".into(),
+        });
+    }
+    match kept {
+        Some((status, response)) => Ok(Answer::Kept(status, response)),
+        None => Err(ApiError::Conflict {
+            code: "idempotency_in_progress",
+            message: "a request with this Idempotency-Key is still running; retry later".into(),
+        }),
+    }
 }
 
 /// Runs a request that creates something under its `Idempotency-Key`, when it has one: the
@@ -393,31 +406,12 @@ where
         let lease = IDEMPOTENCY_LEASE.as_millis() as i64;
         let created_at = match store.idem_claim(k.clone(), hash.clone(), app.now(), lease).await? {
             IdemClaim::Claimed { created_at } => created_at,
-            IdemClaim::InProgress { request_hash } if request_hash == hash => {
-                return Err(ApiError::Conflict {
-                    code: "idempotency_in_progress",
-                    message: "a request with this Idempotency-Key is still running; retry later".into(),
-                });
-            }
-            IdemClaim::InProgress { .. } => {
-                return Err(ApiError::Conflict {
-                    code: "idempotency_key_reused",
-                    message: "this Idempotency-Key was used with another request body".into(),
-                });
-            }
+            IdemClaim::InProgress { request_hash } => return held_by_another(&request_hash, &hash, None),
             IdemClaim::Done {
                 request_hash,
                 status,
                 response,
-            } => {
-                if request_hash != hash {
-                    return Err(ApiError::Conflict {
-                        code: "idempotency_key_reused",
-                        message: "this Idempotency-Key was used with another request body".into(),
-                    });
-                }
-                return Ok(Answer::Kept(status, response));
-            }
+            } => return held_by_another(&request_hash, &hash, Some((status, response))),
         };
         let numbers = Numbers {
             key: Some((k.scope.clone(), k.key.clone(), created_at)),

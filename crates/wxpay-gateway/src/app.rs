@@ -186,7 +186,7 @@ impl App {
     /// went away leaves its request running): call it after [`serve`] returns, before the
     /// runtime ends.
     pub async fn finish_requests(&self) {
-        crate::api::finish_detached(self).await;
+        self.inner.detached.wait_idle().await;
     }
 
     /// The gateway's clock, which tests move forward to reach expiry and check times.

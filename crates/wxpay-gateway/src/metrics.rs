@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// Latency buckets, in seconds.
@@ -61,9 +60,7 @@ pub struct Metrics {
     inner: Mutex<Inner>,
     /// The gauges read from the database, and when (Unix ms).
     gauges: Mutex<Option<(crate::store::Stats, i64)>>,
-    /// Set by a change the gauges should show; the refresher takes it.
-    changed: AtomicBool,
-    /// Wakes the refresher.
+    /// Wakes the refresher (a change made while it was not waiting is kept as a permit).
     wake: tokio::sync::Notify,
 }
 
@@ -85,9 +82,7 @@ impl Metrics {
 
     /// Something the gauges count may have changed: they are read again within a second.
     pub fn changed(&self) {
-        if !self.changed.swap(true, Ordering::Relaxed) {
-            self.wake.notify_one();
-        }
+        self.wake.notify_one();
     }
 
     /// Keeps the gauges read from the database at `at` (Unix ms).
@@ -97,10 +92,7 @@ impl Metrics {
 
     /// Waits until a change is reported or `at_most` passes.
     pub(crate) async fn wait_for_change(&self, at_most: Duration) {
-        if !self.changed.swap(false, Ordering::Relaxed) {
-            let _ = tokio::time::timeout(at_most, self.wake.notified()).await;
-            self.changed.store(false, Ordering::Relaxed);
-        }
+        let _ = tokio::time::timeout(at_most, self.wake.notified()).await;
     }
 
     /// A rejected notification that was counted but not recorded (over the budget).

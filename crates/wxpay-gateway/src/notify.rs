@@ -91,12 +91,12 @@ const REJECTED: &str = "invalid notification";
 
 /// The steps both notifications share: the hardened read, then the merchant by `mch_id` and
 /// `appid` (its index); anything else is rejected, recorded and answered here.
-async fn read_for_merchant<'a>(
+fn read_for_merchant<'a>(
     app: &App,
     peer: Option<SocketAddr>,
     body: &'a Bytes,
     kind: &'static str,
-) -> Result<(NotificationFields<'a>, usize), Response> {
+) -> Result<(NotificationFields<'a>, usize), Box<Response>> {
     let fields = match NotificationFields::read(body) {
         Ok(f) => f,
         Err(e) => {
@@ -107,7 +107,7 @@ async fn read_for_merchant<'a>(
                 merchant: None,
                 fields: None,
             };
-            return Err(reject(app, peer, body, r));
+            return Err(Box::new(reject(app, peer, body, r)));
         }
     };
     let key = (
@@ -124,7 +124,7 @@ async fn read_for_merchant<'a>(
                 merchant: None,
                 fields: Some(&fields),
             };
-            Err(reject(app, peer, body, r))
+            Err(Box::new(reject(app, peer, body, r)))
         }
     }
 }
@@ -187,9 +187,9 @@ fn peer_of(peer: Peer) -> Option<SocketAddr> {
 
 pub(crate) async fn payment(State(app): State<App>, peer: Peer, body: Bytes) -> Response {
     let peer = peer_of(peer);
-    let (fields, idx) = match read_for_merchant(&app, peer, &body, "payment").await {
+    let (fields, idx) = match read_for_merchant(&app, peer, &body, "payment") {
         Ok(found) => found,
-        Err(rejected) => return rejected,
+        Err(rejected) => return *rejected,
     };
     let link = &app.inner.merchants[idx];
     let name = link.config.name.clone();
@@ -313,9 +313,9 @@ pub(crate) async fn payment(State(app): State<App>, peer: Peer, body: Bytes) -> 
 
 pub(crate) async fn refund(State(app): State<App>, peer: Peer, body: Bytes) -> Response {
     let peer = peer_of(peer);
-    let (fields, idx) = match read_for_merchant(&app, peer, &body, "refund").await {
+    let (fields, idx) = match read_for_merchant(&app, peer, &body, "refund") {
         Ok(found) => found,
-        Err(rejected) => return rejected,
+        Err(rejected) => return *rejected,
     };
     let link = &app.inner.merchants[idx];
     let name = link.config.name.clone();

@@ -6,11 +6,10 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -330,19 +329,22 @@ async fn request_id(State(app): State<App>, req: Request, next: Next) -> Respons
 #[derive(Clone, Debug)]
 pub(crate) struct TokenScope(pub String);
 
-async fn auth(State(app): State<App>, mut req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
+/// The bearer token a request presents (empty when it presents none).
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-        .unwrap_or("");
+        .unwrap_or("")
+}
+
+async fn auth(State(app): State<App>, mut req: Request, next: Next) -> Response {
+    let presented = bearer(req.headers());
     // Every configured token is compared, in constant time, whatever matches first.
     let mut matched: Option<usize> = None;
     for (i, t) in app.inner.config.api_tokens.iter().enumerate() {
-        let eq: bool = t.expose().as_bytes().ct_eq(presented.as_bytes()).into();
-        if eq && matched.is_none() {
+        if t.matches(presented) && matched.is_none() {
             matched = Some(i);
         }
     }
@@ -368,15 +370,9 @@ async fn readyz(State(app): State<App>) -> Response {
     }
 }
 
-async fn metrics(State(app): State<App>, headers: axum::http::HeaderMap) -> Response {
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     if let Some(token) = &app.inner.config.metrics_token {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        let eq: bool = token.expose().as_bytes().ct_eq(presented.as_bytes()).into();
-        if !eq {
+        if !token.matches(bearer(&headers)) {
             return ApiError::Unauthorized.into_response();
         }
     }

@@ -20,6 +20,11 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether `presented` is this secret, compared in constant time.
+    pub fn matches(&self, presented: &str) -> bool {
+        subtle::ConstantTimeEq::ct_eq(self.0.as_bytes(), presented.as_bytes()).into()
+    }
 }
 
 impl fmt::Debug for Secret {

@@ -156,7 +156,7 @@ fn verified(
 /// Keeps a verified notification that changes no order, then gives `answer` (FAIL, so that
 /// it comes again, when it could not be kept).
 async fn keep_then(app: &App, record: NotificationRecord, answer: Response) -> Response {
-    match app.inner.store.record_notification(record).await {
+    match app.inner.store.record_notifications(vec![record]).await {
         Ok(()) => answer,
         Err(e) => {
             tracing::error!(error = ?e, "cannot record a notification");

@@ -717,10 +717,8 @@ pub trait Store: Send + Sync + 'static {
     /// Adds an entry to an order's history.
     fn add_event(&self, order_id: i64, kind: String, detail: serde_json::Value, now: i64) -> Fut<'_, ()>;
 
-    /// Records a notification that changed nothing (rejected before it reached an order).
-    fn record_notification(&self, record: NotificationRecord) -> Fut<'_, ()>;
-
-    /// Records several notifications that changed nothing, in one transaction.
+    /// Records notifications that changed nothing (rejected before they reached an order, or
+    /// verified but settling nothing), in one transaction.
     fn record_notifications(&self, records: Vec<NotificationRecord>) -> Fut<'_, ()>;
 
     /// Claims an idempotency key for a request (`owner`, a token of its own), or tells what

@@ -1427,15 +1427,6 @@ impl Store for PgStore {
         })
     }
 
-    fn record_notification(&self, record: NotificationRecord) -> Fut<'_, ()> {
-        Box::pin(async move {
-            let mut tx = self.begin().await?;
-            insert_notification(&mut tx, &record).await?;
-            tx.commit().await?;
-            Ok(())
-        })
-    }
-
     fn record_notifications(&self, records: Vec<NotificationRecord>) -> Fut<'_, ()> {
         Box::pin(async move {
             let mut tx = self.begin().await?;

@@ -939,10 +939,6 @@ impl Store for SqliteStore {
         self.write(move |c| add_event(c, order_id, now, &kind, &detail))
     }
 
-    fn record_notification(&self, record: NotificationRecord) -> Fut<'_, ()> {
-        self.write(move |c| insert_notification(c, &record))
-    }
-
     fn record_notifications(&self, records: Vec<NotificationRecord>) -> Fut<'_, ()> {
         self.write(move |c| records.iter().try_for_each(|r| insert_notification(c, r)))
     }

@@ -364,39 +364,40 @@ pub(crate) async fn refund(State(app): State<App>, peer: Peer, body: Bytes) -> R
             return temporary_failure();
         }
     };
-    app.inner.metrics.notification(outcome.verdict());
+    let verdict = outcome.verdict();
+    app.inner.metrics.notification(verdict);
     match outcome {
         RefundOutcome::Applied(r) => {
-            tracing::info!(out_refund_no = ?r.out_refund_no, status = %r.status, "refund settled");
-            success()
+            tracing::info!(out_refund_no = ?r.out_refund_no, status = %r.status, "refund settled")
         }
-        RefundOutcome::AlreadySettled(_) => success(),
+        RefundOutcome::AlreadySettled(_) => {}
         RefundOutcome::UnknownRefund => {
-            tracing::warn!(out_refund_no = ?n.out_refund_no, "refund notification for a refund wxpay did not ask for");
-            reply(StatusCode::NOT_FOUND, notify_fail_reply("unknown refund"))
+            tracing::warn!(out_refund_no = ?n.out_refund_no, "refund notification for a refund wxpay did not ask for")
         }
         RefundOutcome::WrongOrder => {
-            tracing::warn!(out_refund_no = ?n.out_refund_no, out_trade_no = ?n.out_trade_no, "refund notification names another order");
-            reply(
-                StatusCode::BAD_REQUEST,
-                notify_fail_reply("refund does not belong to this order"),
-            )
+            tracing::warn!(out_refund_no = ?n.out_refund_no, out_trade_no = ?n.out_trade_no, "refund notification names another order")
         }
         RefundOutcome::AmountMismatch { expected, got } => {
-            tracing::warn!(out_refund_no = ?n.out_refund_no, expected, got, "refund notification with another amount");
-            reply(
-                StatusCode::BAD_REQUEST,
-                notify_fail_reply("amount does not match the refund"),
-            )
+            tracing::warn!(out_refund_no = ?n.out_refund_no, expected, got, "refund notification with another amount")
         }
         RefundOutcome::Conflict(r) => {
-            tracing::error!(out_refund_no = ?r.out_refund_no, status = %r.status, reported = n.refund_status.as_str(), "refund notification contradicts a settled refund");
-            reply(
-                StatusCode::CONFLICT,
-                notify_fail_reply("conflicts with the recorded refund"),
-            )
+            tracing::error!(out_refund_no = ?r.out_refund_no, status = %r.status, reported = n.refund_status.as_str(), "refund notification contradicts a settled refund")
         }
     }
+    refund_answer(verdict)
+}
+
+/// The reply to a verified refund notification, by its verdict: `SUCCESS` when it is settled,
+/// was already, or is being confirmed; `FAIL` (so that WeChat Pay sends it again) otherwise.
+fn refund_answer(verdict: &str) -> Response {
+    let (status, why) = match verdict {
+        "unknown_refund" => (StatusCode::NOT_FOUND, "unknown refund"),
+        "wrong_order" => (StatusCode::BAD_REQUEST, "refund does not belong to this order"),
+        "amount_mismatch" => (StatusCode::BAD_REQUEST, "amount does not match the refund"),
+        "status_conflict" => (StatusCode::CONFLICT, "conflicts with the recorded refund"),
+        _ => return success(),
+    };
+    reply(status, notify_fail_reply(why))
 }
 
 /// Brings forward the check of an order whose payment a notification says failed: the check
@@ -441,29 +442,14 @@ async fn refund_failure_reported(
             return temporary_failure();
         }
     };
-    let (verdict, reply) = match found {
-        None => (
-            "unknown_refund",
-            reply(StatusCode::NOT_FOUND, notify_fail_reply("unknown refund")),
-        ),
-        Some(r) if r.out_trade_no != n.out_trade_no => (
-            "wrong_order",
-            reply(
-                StatusCode::BAD_REQUEST,
-                notify_fail_reply("refund does not belong to this order"),
-            ),
-        ),
+    let verdict = match found {
+        None => "unknown_refund",
+        Some(r) if r.out_trade_no != n.out_trade_no => "wrong_order",
         Some(r) if r.status == crate::store::RefundStatus::Succeeded => {
             tracing::error!(out_refund_no = ?r.out_refund_no, reported = ?n.refund_status.as_str(), "refund notification contradicts a succeeded refund");
-            (
-                "status_conflict",
-                reply(
-                    StatusCode::CONFLICT,
-                    notify_fail_reply("conflicts with the recorded refund"),
-                ),
-            )
+            "status_conflict"
         }
-        Some(r) if r.status == crate::store::RefundStatus::Failed => ("duplicate", success()),
+        Some(r) if r.status == crate::store::RefundStatus::Failed => "duplicate",
         Some(r) => {
             // The check loop asks WeChat Pay at its next round (a check, not a query of its
             // own, so that replayed notifications cannot multiply calls to WeChat Pay).
@@ -471,11 +457,11 @@ async fn refund_failure_reported(
                 tracing::error!(error = ?e, "cannot bring a refund's check forward");
                 return temporary_failure();
             }
-            ("to_confirm", success())
+            "to_confirm"
         }
     };
     app.inner.metrics.notification(verdict);
     record.verdict = verdict.into();
     record.reason = Some(format!("refund_status {}", n.refund_status.as_str()));
-    keep_then(app, record, reply).await
+    keep_then(app, record, refund_answer(verdict)).await
 }

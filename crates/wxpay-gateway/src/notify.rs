@@ -234,6 +234,14 @@ pub(crate) async fn payment(State(app): State<App>, peer: Peer, body: Bytes) -> 
             return acknowledge(&app, record).await;
         }
     };
+    let record = verified(
+        now,
+        "payment",
+        &name,
+        &notification.out_trade_no,
+        Some(&transaction_id),
+        &body,
+    );
     if let Some(reported) = crate::api::foreign_currency(notification.fee_type.as_deref()) {
         // Rejected like a wrong amount: the same number in another currency is another sum.
         tracing::warn!(out_trade_no = ?notification.out_trade_no, fee_type = ?reported, "payment notification in another currency");
@@ -244,14 +252,7 @@ pub(crate) async fn payment(State(app): State<App>, peer: Peer, body: Bytes) -> 
                 "fee_type {reported:?}, the order is in {}",
                 crate::api::ORDER_CURRENCY
             )),
-            ..verified(
-                now,
-                "payment",
-                &name,
-                &notification.out_trade_no,
-                Some(&transaction_id),
-                &body,
-            )
+            ..record
         };
         let refused = reply(
             StatusCode::BAD_REQUEST,
@@ -268,14 +269,6 @@ pub(crate) async fn payment(State(app): State<App>, peer: Peer, body: Bytes) -> 
         source: Source::Notification,
         now,
     };
-    let record = verified(
-        now,
-        "payment",
-        &name,
-        &notification.out_trade_no,
-        Some(&transaction_id),
-        &body,
-    );
     let outcome = match app.inner.store.apply_payment(payment, Some(record)).await {
         Ok(o) => o,
         Err(e) => {

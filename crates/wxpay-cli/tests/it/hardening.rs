@@ -224,46 +224,17 @@ async fn the_demo_shows_a_failed_payment_at_once_with_beijing_times() {
     let scratch = scratch_dir("demo-fail");
     let (_demo, base) = crate::serve::start_demo(&scratch.join("data"));
     let http = client();
-    let post = async |path: &str, body: serde_json::Value| -> serde_json::Value {
-        http.post(format!("{base}{path}"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    };
-    let login = post("/demo/backend/login", serde_json::json!({"user": "bob"})).await;
-    let openid = login["openid"].as_str().unwrap().to_owned();
-    let order = post(
-        "/demo/backend/orders",
-        serde_json::json!({"item": "tea", "openid": openid, "key": "demo-fail-1"}),
-    )
-    .await;
+    let order = crate::serve::demo_order(&http, &base, "bob", "tea", "demo-fail-1").await;
     let prepay = order["prepay_id"].as_str().unwrap();
     let no = order["out_trade_no"].as_str().unwrap();
     // The checkout's Fail button.
-    let failed = http
-        .post(format!("{base}/simulator/checkout/{prepay}"))
-        .form(&[("outcome", "fail")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(failed.status(), 200);
+    crate::serve::demo_checkout(&http, &base, prepay, "fail").await;
     // The demo checks unconfirmed orders after 30 s: failed sooner means the failure
     // notification's own query did it.
     let started = std::time::Instant::now();
     let mut view = serde_json::Value::Null;
     while started.elapsed() < Duration::from_secs(5) {
-        view = http
-            .get(format!("{base}/demo/backend/orders/{no}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        view = crate::serve::demo_view(&http, &base, no).await;
         if view["order"]["status"] == "failed" {
             break;
         }

@@ -719,6 +719,50 @@ pub(crate) fn start_demo(dir: &Path) -> (Server, String) {
     (demo, base)
 }
 
+/// What the demo page does through the demo's backend: `wx.login` as `user`, then an order
+/// of `item` under the idempotency key `key`; the order as the backend answered it.
+pub(crate) async fn demo_order(http: &reqwest::Client, base: &str, user: &str, item: &str, key: &str) -> Value {
+    let post = async |path: &str, body: Value| -> Value {
+        http.post(format!("{base}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    let login = post("/demo/backend/login", json!({"user": user})).await;
+    let openid = login["openid"].as_str().expect("an openid").to_owned();
+    post(
+        "/demo/backend/orders",
+        json!({"item": item, "openid": openid, "key": key}),
+    )
+    .await
+}
+
+/// The demo backend's view of an order: the order and the webhook events it received.
+pub(crate) async fn demo_view(http: &reqwest::Client, base: &str, no: &str) -> Value {
+    http.get(format!("{base}/demo/backend/orders/{no}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A button of the simulator's checkout page: `success` or `fail`.
+pub(crate) async fn demo_checkout(http: &reqwest::Client, base: &str, prepay: &str, outcome: &str) {
+    let r = http
+        .post(format!("{base}/simulator/checkout/{prepay}"))
+        .form(&[("outcome", outcome)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_plays_a_payment_from_login_to_paid_with_a_verified_webhook() {
     let scratch = scratch_dir("demo");
@@ -735,25 +779,7 @@ async fn the_demo_plays_a_payment_from_login_to_paid_with_a_verified_webhook() {
         .await
         .unwrap();
     assert!(page.contains("wx.requestPayment"));
-    let login: Value = http
-        .post(format!("{base}/demo/backend/login"))
-        .json(&json!({"user": "alice"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let openid = login["openid"].as_str().expect("an openid").to_owned();
-    let order: Value = http
-        .post(format!("{base}/demo/backend/orders"))
-        .json(&json!({"item": "latte", "openid": openid, "key": "demo-test-1"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let order = demo_order(&http, &base, "alice", "latte", "demo-test-1").await;
     assert_eq!(order["amount_fen"], 2800, "the backend priced it: {order}");
     let prepay = order["prepay_id"].as_str().unwrap();
     let checkout = http
@@ -765,23 +791,9 @@ async fn the_demo_plays_a_payment_from_login_to_paid_with_a_verified_webhook() {
         .await
         .unwrap();
     assert!(checkout.contains("28.00"), "{checkout}");
-    let paid = http
-        .post(format!("{base}/simulator/checkout/{prepay}"))
-        .form(&[("outcome", "success")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(paid.status(), 200);
+    demo_checkout(&http, &base, prepay, "success").await;
     let no = order["out_trade_no"].as_str().unwrap();
-    let order_view = async || -> Value {
-        http.get(format!("{base}/demo/backend/orders/{no}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    };
+    let order_view = async || demo_view(&http, &base, no).await;
     wait_for("the order is paid and announced to the demo backend", async || {
         let v = order_view().await;
         v["order"]["status"] == "paid" && !v["webhook_events"].as_array().unwrap().is_empty()

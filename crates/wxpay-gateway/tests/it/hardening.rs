@@ -91,17 +91,22 @@ async fn writes_refused_for_a_lock_held_elsewhere_commit_nothing_and_the_retry_a
     t.stop().await;
 }
 
+/// WeChat Pay calls patient enough for the delays these tests inject (up to 5 s).
+fn patient_upstream() -> UpstreamConfig {
+    UpstreamConfig {
+        timeout: Duration::from_secs(10),
+        retry_backoff: Duration::from_millis(10),
+        ..UpstreamConfig::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_creating_request_whose_client_went_away_finishes_and_its_key_answers_the_retry() {
     for db in TestDb::all().await {
         let t = spawn_app(
             db,
             Options {
-                upstream: UpstreamConfig {
-                    timeout: Duration::from_secs(10),
-                    retry_backoff: Duration::from_millis(10),
-                    ..UpstreamConfig::default()
-                },
+                upstream: patient_upstream(),
                 ..Options::default()
             },
         )
@@ -677,11 +682,7 @@ async fn a_retry_that_takes_over_a_refunds_key_finds_the_same_refund_and_makes_n
         let t = spawn_app(
             db,
             Options {
-                upstream: UpstreamConfig {
-                    timeout: Duration::from_secs(10),
-                    retry_backoff: Duration::from_millis(10),
-                    ..UpstreamConfig::default()
-                },
+                upstream: patient_upstream(),
                 sim: Box::new(|c| c.refund_delay = Duration::from_secs(100_000_000)),
                 ..Options::default()
             },

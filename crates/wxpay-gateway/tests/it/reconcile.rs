@@ -225,16 +225,7 @@ async fn the_daily_reconciliation_runs_once_and_reports_in_the_metrics() {
             },
         )
         .await;
-        let metrics = async || {
-            t.http
-                .get(format!("{}/metrics", t.url))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        };
+        let metrics = async || t.metrics_text().await;
         eventually("both merchants reconciled", async || {
             let m = metrics().await;
             m.contains("wxpay_reconcile_balanced{merchant=\"default\"} 1")

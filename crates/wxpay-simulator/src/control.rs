@@ -304,6 +304,17 @@ async fn notifications_endpoint(State(sim): State<Simulator>, Query(q): Query<No
     Json(serde_json::json!({ "attempts": attempts, "pending": sim.inner.notifier.pending() })).into_response()
 }
 
+#[derive(Deserialize)]
+struct RequestsQuery {
+    api: Option<String>,
+    out_trade_no: Option<String>,
+}
+
+async fn requests_endpoint(State(sim): State<Simulator>, Query(q): Query<RequestsQuery>) -> Response {
+    let calls = sim.inner.requests.list(q.api.as_deref(), q.out_trade_no.as_deref());
+    Json(serde_json::json!({ "requests": calls })).into_response()
+}
+
 async fn add_fault(State(sim): State<Simulator>, Json(req): Json<FaultRequest>) -> Response {
     match sim.inner.faults.add(req) {
         Ok(f) => (StatusCode::CREATED, Json(f)).into_response(),
@@ -481,6 +492,7 @@ pub(crate) fn router() -> Router<Simulator> {
         .route("/simulator/pay", post(pay_endpoint))
         .route("/simulator/orders/{out_trade_no}", get(order_endpoint))
         .route("/simulator/notifications", get(notifications_endpoint))
+        .route("/simulator/requests", get(requests_endpoint))
         .route(
             "/simulator/faults",
             post(add_fault).get(list_faults).delete(clear_faults),

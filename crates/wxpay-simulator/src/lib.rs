@@ -25,6 +25,7 @@ mod http_client;
 mod ids;
 mod metrics;
 mod notifier;
+mod requests;
 mod sns;
 mod store;
 mod tls;
@@ -42,6 +43,7 @@ use wxpay_protocol::{ApiKey, AppId, AppSecret, MchId};
 pub use config::{Mode, SimConfig, SimMerchant, TEST_API_KEY, TEST_APP_SECRET, TEST_APPID, TEST_MCH_ID, TlsConfig};
 pub use faults::{Fault, FaultKind, FaultRequest};
 pub use notifier::Attempt;
+pub use requests::ReceivedCall;
 pub use wxpay_http::Limits;
 
 use crate::faults::Faults;
@@ -81,6 +83,7 @@ pub(crate) struct Inner {
     pub faults: Faults,
     pub metrics: Metrics,
     pub notifier: Notifier,
+    pub requests: requests::RequestLog,
     pub logins: sns::Logins,
     urls: Mutex<HashMap<Box<str>, Arc<str>>>,
     pub tls: Option<tls::TlsMaterial>,
@@ -161,6 +164,7 @@ impl Simulator {
                 faults: Faults::default(),
                 metrics: Metrics::default(),
                 notifier,
+                requests: requests::RequestLog::default(),
                 logins: sns::Logins::default(),
                 urls: Mutex::new(HashMap::new()),
                 tls,

@@ -219,6 +219,7 @@ fn gate<'b>(
 }
 
 async fn call(sim: Simulator, api: Api, method: Method, cert: Option<PeerCert>, body: Bytes) -> Response {
+    sim.inner.requests.record(api.name(), ids::now_unix(), &body);
     let gate = match gate(&sim, api, &method, cert.as_ref(), &body) {
         Ok(g) => g,
         Err(reply) => return finish(&sim, api, reply, None),

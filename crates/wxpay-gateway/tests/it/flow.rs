@@ -5,6 +5,7 @@ use serde_json::json;
 use wxpay_protocol::SignType;
 use wxpay_simulator::{TEST_API_KEY, TEST_APPID};
 
+use crate::support::engines;
 use crate::support::{
     DEFAULT, HMAC, HMAC_APPID, HMAC_KEY, HMAC_MCH_ID, Options, Signer, TestDb, eventually, notification, order_body,
     paid_notification, spawn_app, with_jobs_and_webhook,
@@ -13,119 +14,115 @@ use crate::support::{
 const SUCCESS: &str =
     "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>";
 
-#[tokio::test]
-async fn the_whole_flow_from_login_to_the_signed_paid_event() {
-    for db in TestDb::all().await {
-        let t = spawn_app(db, with_jobs_and_webhook()).await;
-        let (_, login) = t
-            .sim_post("/simulator/login", json!({"appid": TEST_APPID, "user": "alice"}))
-            .await;
-        let (status, openid) = t
-            .api(Method::POST, "/v1/openid", Some(json!({"code": login["code"]})), None)
-            .await;
-        assert_eq!(status, 200, "{openid}");
-        let openid = openid["openid"].as_str().unwrap().to_owned();
-        assert!(!openid.is_empty());
-
-        let created = t
-            .create(json!({"description": "拿铁咖啡", "amount_fen": 2800, "openid": openid, "attach": "cart-7"}))
-            .await;
-        let no = created["out_trade_no"].as_str().unwrap().to_owned();
-        assert_eq!(created["status"], "pending");
-        assert_eq!(created["amount_fen"], 2800);
-        let params = &created["pay_params"];
-        assert_eq!(params["appId"], TEST_APPID);
-        assert_eq!(
-            params["package"],
-            format!("prepay_id={}", created["prepay_id"].as_str().unwrap())
-        );
-        assert_eq!(params["signType"], "MD5");
-        // paySign verifies with the merchant key over the five fields, as WeChat checks it.
-        let mut f = wxpay_protocol::Fields::new();
-        for k in ["appId", "timeStamp", "nonceStr", "package", "signType"] {
-            f.insert(k, params[k].as_str().unwrap().to_owned()).unwrap();
-        }
-        f.insert("sign", params["paySign"].as_str().unwrap().to_owned())
-            .unwrap();
-        f.verify(&wxpay_protocol::ApiKey::new(TEST_API_KEY).unwrap(), SignType::Md5)
-            .unwrap();
-
-        let sim_order = t.sim_get(&format!("/simulator/orders/{no}")).await;
-        assert_eq!(sim_order["total_fee"], 2800, "{sim_order}");
-        assert_eq!(sim_order["notify_url"], format!("{}/notify/v2/pay", t.url));
-
-        let (status, _) = t.sim_post("/simulator/pay", json!({"out_trade_no": no})).await;
-        assert_eq!(status, 200);
-        let paid = t.wait_status(&no, "paid").await;
-        assert!(paid["transaction_id"].as_str().unwrap().starts_with("42"));
-        assert!(paid["paid_at"].is_string());
-        assert_eq!(
-            t.event_kinds(&no).await,
-            ["created", "prepay", "paid"],
-            "{}",
-            t.engine()
-        );
-
-        let hook = t.webhook.clone();
-        eventually("the order.paid event reaches the webhook", async || {
-            !hook.delivered().is_empty()
-        })
+async fn the_whole_flow_from_login_to_the_signed_paid_event(db: TestDb) {
+    let t = spawn_app(db, with_jobs_and_webhook()).await;
+    let (_, login) = t
+        .sim_post("/simulator/login", json!({"appid": TEST_APPID, "user": "alice"}))
         .await;
-        let events = t.webhook.delivered();
-        assert_eq!(events.len(), 1, "{events:?}");
-        assert_eq!(events[0]["type"], "order.paid");
-        assert_eq!(events[0]["data"]["out_trade_no"], no.as_str());
-        assert_eq!(events[0]["data"]["amount_fen"], 2800);
-        assert_eq!(events[0]["data"]["attach"], "cart-7");
-        assert!(
-            t.webhook.events.lock().unwrap().iter().all(|(_, signed)| *signed),
-            "every delivery is signed"
-        );
+    let (status, openid) = t
+        .api(Method::POST, "/v1/openid", Some(json!({"code": login["code"]})), None)
+        .await;
+    assert_eq!(status, 200, "{openid}");
+    let openid = openid["openid"].as_str().unwrap().to_owned();
+    assert!(!openid.is_empty());
 
-        let (_, list) = t.api(Method::GET, "/v1/orders?status=paid&limit=10", None, None).await;
-        assert_eq!(list["orders"][0]["out_trade_no"], no.as_str(), "{list}");
-        t.stop().await;
+    let created = t
+        .create(json!({"description": "拿铁咖啡", "amount_fen": 2800, "openid": openid, "attach": "cart-7"}))
+        .await;
+    let no = created["out_trade_no"].as_str().unwrap().to_owned();
+    assert_eq!(created["status"], "pending");
+    assert_eq!(created["amount_fen"], 2800);
+    let params = &created["pay_params"];
+    assert_eq!(params["appId"], TEST_APPID);
+    assert_eq!(
+        params["package"],
+        format!("prepay_id={}", created["prepay_id"].as_str().unwrap())
+    );
+    assert_eq!(params["signType"], "MD5");
+    // paySign verifies with the merchant key over the five fields, as WeChat checks it.
+    let mut f = wxpay_protocol::Fields::new();
+    for k in ["appId", "timeStamp", "nonceStr", "package", "signType"] {
+        f.insert(k, params[k].as_str().unwrap().to_owned()).unwrap();
     }
-}
+    f.insert("sign", params["paySign"].as_str().unwrap().to_owned())
+        .unwrap();
+    f.verify(&wxpay_protocol::ApiKey::new(TEST_API_KEY).unwrap(), SignType::Md5)
+        .unwrap();
 
-#[tokio::test]
-async fn the_same_idempotency_key_gives_the_same_answer_and_another_body_a_409() {
-    for db in TestDb::all().await {
-        let t = spawn_app(db, Options::default()).await;
-        let body = order_body(100);
-        let (s1, a) = t
-            .api(Method::POST, "/v1/orders", Some(body.clone()), Some("key-1"))
-            .await;
-        let (s2, b) = t
-            .api(Method::POST, "/v1/orders", Some(body.clone()), Some("key-1"))
-            .await;
-        assert_eq!((s1, s2), (201, 201), "{a} {b}");
-        assert_eq!(a, b, "{}: the very same answer", t.engine());
-        let mut other = body.clone();
-        other["amount_fen"] = json!(200);
-        let (s3, c) = t.api(Method::POST, "/v1/orders", Some(other), Some("key-1")).await;
-        assert_eq!(s3, 409, "{c}");
-        assert_eq!(c["error"]["code"], "idempotency_key_reused");
-        // Without a key, a new order each time.
-        let (_, d) = t.api(Method::POST, "/v1/orders", Some(body.clone()), None).await;
-        assert_ne!(d["out_trade_no"], a["out_trade_no"]);
-        // The same out_trade_no with the same parameters is a retry; with others, a conflict.
-        let mut fixed = body.clone();
-        fixed["out_trade_no"] = json!("FIXED-1");
-        let (s4, e) = t.api(Method::POST, "/v1/orders", Some(fixed.clone()), None).await;
-        let (s5, f) = t.api(Method::POST, "/v1/orders", Some(fixed.clone()), None).await;
-        assert_eq!((s4, s5), (201, 200), "{e} {f}");
-        assert_eq!(e["prepay_id"], f["prepay_id"]);
-        fixed["amount_fen"] = json!(101);
-        let (s6, g) = t.api(Method::POST, "/v1/orders", Some(fixed), None).await;
-        assert_eq!(
-            (s6, g["error"]["code"].as_str()),
-            (409, Some("out_trade_no_taken")),
-            "{g}"
-        );
-        t.stop().await;
-    }
+    let sim_order = t.sim_get(&format!("/simulator/orders/{no}")).await;
+    assert_eq!(sim_order["total_fee"], 2800, "{sim_order}");
+    assert_eq!(sim_order["notify_url"], format!("{}/notify/v2/pay", t.url));
+
+    let (status, _) = t.sim_post("/simulator/pay", json!({"out_trade_no": no})).await;
+    assert_eq!(status, 200);
+    let paid = t.wait_status(&no, "paid").await;
+    assert!(paid["transaction_id"].as_str().unwrap().starts_with("42"));
+    assert!(paid["paid_at"].is_string());
+    assert_eq!(
+        t.event_kinds(&no).await,
+        ["created", "prepay", "paid"],
+        "{}",
+        t.engine()
+    );
+
+    let hook = t.webhook.clone();
+    eventually("the order.paid event reaches the webhook", async || {
+        !hook.delivered().is_empty()
+    })
+    .await;
+    let events = t.webhook.delivered();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "order.paid");
+    assert_eq!(events[0]["data"]["out_trade_no"], no.as_str());
+    assert_eq!(events[0]["data"]["amount_fen"], 2800);
+    assert_eq!(events[0]["data"]["attach"], "cart-7");
+    assert!(
+        t.webhook.events.lock().unwrap().iter().all(|(_, signed)| *signed),
+        "every delivery is signed"
+    );
+
+    let (_, list) = t.api(Method::GET, "/v1/orders?status=paid&limit=10", None, None).await;
+    assert_eq!(list["orders"][0]["out_trade_no"], no.as_str(), "{list}");
+    t.stop().await;
 }
+engines!(the_whole_flow_from_login_to_the_signed_paid_event);
+
+async fn the_same_idempotency_key_gives_the_same_answer_and_another_body_a_409(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    let body = order_body(100);
+    let (s1, a) = t
+        .api(Method::POST, "/v1/orders", Some(body.clone()), Some("key-1"))
+        .await;
+    let (s2, b) = t
+        .api(Method::POST, "/v1/orders", Some(body.clone()), Some("key-1"))
+        .await;
+    assert_eq!((s1, s2), (201, 201), "{a} {b}");
+    assert_eq!(a, b, "{}: the very same answer", t.engine());
+    let mut other = body.clone();
+    other["amount_fen"] = json!(200);
+    let (s3, c) = t.api(Method::POST, "/v1/orders", Some(other), Some("key-1")).await;
+    assert_eq!(s3, 409, "{c}");
+    assert_eq!(c["error"]["code"], "idempotency_key_reused");
+    // Without a key, a new order each time.
+    let (_, d) = t.api(Method::POST, "/v1/orders", Some(body.clone()), None).await;
+    assert_ne!(d["out_trade_no"], a["out_trade_no"]);
+    // The same out_trade_no with the same parameters is a retry; with others, a conflict.
+    let mut fixed = body.clone();
+    fixed["out_trade_no"] = json!("FIXED-1");
+    let (s4, e) = t.api(Method::POST, "/v1/orders", Some(fixed.clone()), None).await;
+    let (s5, f) = t.api(Method::POST, "/v1/orders", Some(fixed.clone()), None).await;
+    assert_eq!((s4, s5), (201, 200), "{e} {f}");
+    assert_eq!(e["prepay_id"], f["prepay_id"]);
+    fixed["amount_fen"] = json!(101);
+    let (s6, g) = t.api(Method::POST, "/v1/orders", Some(fixed), None).await;
+    assert_eq!(
+        (s6, g["error"]["code"].as_str()),
+        (409, Some("out_trade_no_taken")),
+        "{g}"
+    );
+    t.stop().await;
+}
+engines!(the_same_idempotency_key_gives_the_same_answer_and_another_body_a_409);
 
 #[tokio::test]
 async fn bad_requests_get_clear_errors_and_store_nothing() {
@@ -210,218 +207,209 @@ async fn bad_requests_get_clear_errors_and_store_nothing() {
     t.stop().await;
 }
 
-#[tokio::test]
-async fn a_hundred_concurrent_duplicate_notifications_move_the_order_exactly_once() {
-    for db in TestDb::all().await {
-        let t = spawn_app(db, with_jobs_and_webhook()).await;
-        let o = t.create(order_body(1999)).await;
-        let no = o["out_trade_no"].as_str().unwrap().to_owned();
-        let body = paid_notification(&no, 1999, "4200000000000000000000000001");
-        let replies = futures_util::future::join_all((0..100).map(|_| t.notify(body.clone()))).await;
-        for (status, reply) in &replies {
-            assert_eq!((*status, reply.as_str()), (200, SUCCESS), "{}", t.engine());
-        }
-        let order = t.order(&no).await;
-        assert_eq!(order["status"], "paid");
-        let kinds = t.event_kinds(&no).await;
-        assert_eq!(
-            kinds.iter().filter(|k| *k == "paid").count(),
-            1,
-            "{}: {kinds:?}",
-            t.engine()
-        );
-        let hook = t.webhook.clone();
-        eventually("the event is delivered", async || !hook.delivered().is_empty()).await;
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        assert_eq!(t.webhook.delivered().len(), 1, "{}: one event", t.engine());
-        assert_eq!(t.app.metrics().notifications_with("applied"), 1);
-        assert_eq!(t.app.metrics().notifications_with("duplicate"), 99);
-        t.stop().await;
+async fn a_hundred_concurrent_duplicate_notifications_move_the_order_exactly_once(db: TestDb) {
+    let t = spawn_app(db, with_jobs_and_webhook()).await;
+    let o = t.create(order_body(1999)).await;
+    let no = o["out_trade_no"].as_str().unwrap().to_owned();
+    let body = paid_notification(&no, 1999, "4200000000000000000000000001");
+    let replies = futures_util::future::join_all((0..100).map(|_| t.notify(body.clone()))).await;
+    for (status, reply) in &replies {
+        assert_eq!((*status, reply.as_str()), (200, SUCCESS), "{}", t.engine());
     }
+    let order = t.order(&no).await;
+    assert_eq!(order["status"], "paid");
+    let kinds = t.event_kinds(&no).await;
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "paid").count(),
+        1,
+        "{}: {kinds:?}",
+        t.engine()
+    );
+    let hook = t.webhook.clone();
+    eventually("the event is delivered", async || !hook.delivered().is_empty()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(t.webhook.delivered().len(), 1, "{}: one event", t.engine());
+    assert_eq!(t.app.metrics().notifications_with("applied"), 1);
+    assert_eq!(t.app.metrics().notifications_with("duplicate"), 99);
+    t.stop().await;
 }
+engines!(a_hundred_concurrent_duplicate_notifications_move_the_order_exactly_once);
 
-#[tokio::test]
-async fn the_simulators_duplicated_notifications_move_the_order_once() {
-    for db in TestDb::all().await {
-        let t = spawn_app(db, Options::default()).await;
-        let o = t.create(order_body(100)).await;
-        let no = o["out_trade_no"].as_str().unwrap().to_owned();
-        t.sim_post(
-            "/simulator/faults",
-            json!({"kind": "notify_duplicate", "out_trade_no": no, "copies": 20}),
-        )
+async fn the_simulators_duplicated_notifications_move_the_order_once(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    let o = t.create(order_body(100)).await;
+    let no = o["out_trade_no"].as_str().unwrap().to_owned();
+    t.fault(json!({"kind": "notify_duplicate", "out_trade_no": no, "copies": 20}))
         .await;
-        t.sim_post("/simulator/pay", json!({"out_trade_no": no})).await;
-        t.wait_status(&no, "paid").await;
-        let app = t.app.clone();
-        eventually("twenty copies arrive", async || {
-            app.metrics().notifications_with("applied") + app.metrics().notifications_with("duplicate") >= 20
-        })
-        .await;
-        assert_eq!(t.app.metrics().notifications_with("applied"), 1, "{}", t.engine());
-        assert_eq!(t.event_kinds(&no).await, ["created", "prepay", "paid"]);
-        t.stop().await;
-    }
+    t.sim_pay(json!({"out_trade_no": no})).await;
+    t.wait_status(&no, "paid").await;
+    let app = t.app.clone();
+    eventually("twenty copies arrive", async || {
+        app.metrics().notifications_with("applied") + app.metrics().notifications_with("duplicate") >= 20
+    })
+    .await;
+    assert_eq!(t.app.metrics().notifications_with("applied"), 1, "{}", t.engine());
+    assert_eq!(t.event_kinds(&no).await, ["created", "prepay", "paid"]);
+    t.stop().await;
 }
+engines!(the_simulators_duplicated_notifications_move_the_order_once);
 
-#[tokio::test]
-async fn forged_tampered_and_hostile_notifications_change_nothing() {
-    for db in TestDb::all().await {
-        let t = spawn_app(db, Options::default()).await;
-        let o = t.create(order_body(500)).await;
-        let no = o["out_trade_no"].as_str().unwrap().to_owned();
-        let hmac = t
-            .create(json!({"description": "x", "amount_fen": 500, "openid": "o", "merchant": "hmac"}))
-            .await;
-        let hmac_no = hmac["out_trade_no"].as_str().unwrap().to_owned();
-        let tx = "4200000000000000000000000002";
-        let signed = paid_notification(&no, 500, tx);
-        let without_sign = {
-            let start = signed.find("<sign>").unwrap();
-            let end = signed.find("</sign>").unwrap() + "</sign>".len();
-            format!("{}{}", &signed[..start], &signed[end..])
-        };
-        let md5_to_hmac = notification(
-            Signer {
-                sign_type: SignType::Md5,
-                ..HMAC
-            },
-            &hmac_no,
-            500,
-            tx,
-            |f| {
-                f.remove("sign_type");
-            },
-        );
-        let mut cases: Vec<(String, String)> = vec![
-            ("wrong amount".into(), paid_notification(&no, 499, tx)),
-            (
-                "wrong merchant".into(),
-                notification(
-                    Signer {
-                        mch_id: "1999999999",
-                        ..DEFAULT
-                    },
-                    &no,
-                    500,
-                    tx,
-                    |_| {},
-                ),
+async fn forged_tampered_and_hostile_notifications_change_nothing(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    let o = t.create(order_body(500)).await;
+    let no = o["out_trade_no"].as_str().unwrap().to_owned();
+    let hmac = t
+        .create(json!({"description": "x", "amount_fen": 500, "openid": "o", "merchant": "hmac"}))
+        .await;
+    let hmac_no = hmac["out_trade_no"].as_str().unwrap().to_owned();
+    let tx = "4200000000000000000000000002";
+    let signed = paid_notification(&no, 500, tx);
+    let without_sign = {
+        let start = signed.find("<sign>").unwrap();
+        let end = signed.find("</sign>").unwrap() + "</sign>".len();
+        format!("{}{}", &signed[..start], &signed[end..])
+    };
+    let md5_to_hmac = notification(
+        Signer {
+            sign_type: SignType::Md5,
+            ..HMAC
+        },
+        &hmac_no,
+        500,
+        tx,
+        |f| {
+            f.remove("sign_type");
+        },
+    );
+    let mut cases: Vec<(String, String)> = vec![
+        ("wrong amount".into(), paid_notification(&no, 499, tx)),
+        (
+            "wrong merchant".into(),
+            notification(
+                Signer {
+                    mch_id: "1999999999",
+                    ..DEFAULT
+                },
+                &no,
+                500,
+                tx,
+                |_| {},
             ),
-            (
-                "wrong app".into(),
-                notification(
-                    Signer {
-                        appid: "wx0000000000000000",
-                        ..DEFAULT
-                    },
-                    &no,
-                    500,
-                    tx,
-                    |_| {},
-                ),
+        ),
+        (
+            "wrong app".into(),
+            notification(
+                Signer {
+                    appid: "wx0000000000000000",
+                    ..DEFAULT
+                },
+                &no,
+                500,
+                tx,
+                |_| {},
             ),
-            (
-                "another merchant's app".into(),
-                notification(
-                    Signer {
-                        appid: HMAC_APPID,
-                        ..DEFAULT
-                    },
-                    &no,
-                    500,
-                    tx,
-                    |_| {},
-                ),
+        ),
+        (
+            "another merchant's app".into(),
+            notification(
+                Signer {
+                    appid: HMAC_APPID,
+                    ..DEFAULT
+                },
+                &no,
+                500,
+                tx,
+                |_| {},
             ),
-            (
-                "bad signature".into(),
-                notification(DEFAULT, &no, 500, tx, |f| {
-                    f.set("sign", "0".repeat(32));
-                }),
+        ),
+        (
+            "bad signature".into(),
+            notification(DEFAULT, &no, 500, tx, |f| {
+                f.set("sign", "0".repeat(32));
+            }),
+        ),
+        (
+            "signed with another key".into(),
+            notification(
+                Signer {
+                    key: HMAC_KEY,
+                    ..DEFAULT
+                },
+                &no,
+                500,
+                tx,
+                |_| {},
             ),
-            (
-                "signed with another key".into(),
-                notification(
-                    Signer {
-                        key: HMAC_KEY,
-                        ..DEFAULT
-                    },
-                    &no,
-                    500,
-                    tx,
-                    |_| {},
-                ),
+        ),
+        ("missing signature".into(), without_sign),
+        ("MD5 sent to an HMAC merchant".into(), md5_to_hmac),
+        (
+            "HMAC named but MD5 merchant".into(),
+            notification(
+                Signer {
+                    sign_type: SignType::HmacSha256,
+                    ..DEFAULT
+                },
+                &no,
+                500,
+                tx,
+                |_| {},
             ),
-            ("missing signature".into(), without_sign),
-            ("MD5 sent to an HMAC merchant".into(), md5_to_hmac),
-            (
-                "HMAC named but MD5 merchant".into(),
-                notification(
-                    Signer {
-                        sign_type: SignType::HmacSha256,
-                        ..DEFAULT
-                    },
-                    &no,
-                    500,
-                    tx,
-                    |_| {},
-                ),
-            ),
-            ("unknown order".into(), paid_notification("NO-SUCH-ORDER", 500, tx)),
-            (
-                "tampered after signing".into(),
-                signed.replace("<total_fee>500</total_fee>", "<total_fee>5</total_fee>"),
-            ),
-            ("empty".into(), String::new()),
-            ("not XML".into(), "{\"return_code\":\"SUCCESS\"}".into()),
-        ];
-        let xml_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/vectors/xml");
-        for entry in std::fs::read_dir(&xml_dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "xml") {
-                let bytes = std::fs::read(&path).unwrap();
-                cases.push((
-                    format!("hostile {}", path.display()),
-                    String::from_utf8_lossy(&bytes).into_owned(),
-                ));
-            }
+        ),
+        ("unknown order".into(), paid_notification("NO-SUCH-ORDER", 500, tx)),
+        (
+            "tampered after signing".into(),
+            signed.replace("<total_fee>500</total_fee>", "<total_fee>5</total_fee>"),
+        ),
+        ("empty".into(), String::new()),
+        ("not XML".into(), "{\"return_code\":\"SUCCESS\"}".into()),
+    ];
+    let xml_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/vectors/xml");
+    for entry in std::fs::read_dir(&xml_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "xml") {
+            let bytes = std::fs::read(&path).unwrap();
+            cases.push((
+                format!("hostile {}", path.display()),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ));
         }
-        let hostile_count = cases.iter().filter(|(n, _)| n.starts_with("hostile")).count();
-        assert!(hostile_count >= 8, "the hostile samples are in testdata");
-        for (name, body) in &cases {
-            let (status, reply) = t.notify(body.clone()).await;
-            assert_ne!(status, 200, "{}: {name} was accepted", t.engine());
-            assert!(
-                reply.contains("<return_code><![CDATA[FAIL]]></return_code>"),
-                "{name}: {reply}"
-            );
-            assert!(
-                !reply.contains(TEST_API_KEY) && !reply.contains(HMAC_KEY),
-                "{name}: a key in the reply"
-            );
-        }
-        for path in [
-            format!("/v1/orders/{no}"),
-            format!("/v1/orders/{hmac_no}?merchant=hmac"),
-        ] {
-            let (_, order) = t.api(Method::GET, &path, None, None).await;
-            assert_eq!(order["status"], "pending", "{}: {order}", t.engine());
-            let kinds: Vec<&str> = order["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["kind"].as_str().unwrap())
-                .collect();
-            assert_eq!(kinds, ["created", "prepay"]);
-        }
-        assert_eq!(t.app.metrics().notifications_with("applied"), 0);
-        // The genuine notification still works afterwards.
-        assert_eq!(t.notify(signed).await, (200, SUCCESS.to_owned()));
-        assert_eq!(t.order(&no).await["status"], "paid");
-        t.stop().await;
     }
+    let hostile_count = cases.iter().filter(|(n, _)| n.starts_with("hostile")).count();
+    assert!(hostile_count >= 8, "the hostile samples are in testdata");
+    for (name, body) in &cases {
+        let (status, reply) = t.notify(body.clone()).await;
+        assert_ne!(status, 200, "{}: {name} was accepted", t.engine());
+        assert!(
+            reply.contains("<return_code><![CDATA[FAIL]]></return_code>"),
+            "{name}: {reply}"
+        );
+        assert!(
+            !reply.contains(TEST_API_KEY) && !reply.contains(HMAC_KEY),
+            "{name}: a key in the reply"
+        );
+    }
+    for path in [
+        format!("/v1/orders/{no}"),
+        format!("/v1/orders/{hmac_no}?merchant=hmac"),
+    ] {
+        let (_, order) = t.api(Method::GET, &path, None, None).await;
+        assert_eq!(order["status"], "pending", "{}: {order}", t.engine());
+        let kinds: Vec<&str> = order["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["created", "prepay"]);
+    }
+    assert_eq!(t.app.metrics().notifications_with("applied"), 0);
+    // The genuine notification still works afterwards.
+    assert_eq!(t.notify(signed).await, (200, SUCCESS.to_owned()));
+    assert_eq!(t.order(&no).await["status"], "paid");
+    t.stop().await;
 }
+engines!(forged_tampered_and_hostile_notifications_change_nothing);
 
 #[tokio::test]
 async fn an_hmac_merchant_is_paid_through_its_own_notifications() {
@@ -431,8 +419,7 @@ async fn an_hmac_merchant_is_paid_through_its_own_notifications() {
         .await;
     assert_eq!(o["pay_params"]["signType"], "HMAC-SHA256");
     let no = o["out_trade_no"].as_str().unwrap().to_owned();
-    t.sim_post("/simulator/pay", json!({"out_trade_no": no, "mch_id": HMAC_MCH_ID}))
-        .await;
+    t.sim_pay(json!({"out_trade_no": no, "mch_id": HMAC_MCH_ID})).await;
     let paid = t
         .api(Method::GET, &format!("/v1/orders/{no}?merchant=hmac"), None, None)
         .await;
@@ -445,59 +432,54 @@ async fn an_hmac_merchant_is_paid_through_its_own_notifications() {
     t.stop().await;
 }
 
-#[tokio::test]
-async fn a_systemerror_is_retried_with_identical_parameters_into_one_upstream_order() {
-    for db in TestDb::all().await {
-        let t = spawn_app(db, Options::default()).await;
-        t.sim_post(
-            "/simulator/faults",
-            json!({"kind": "system_error", "api": "unifiedorder", "count": 2}),
-        )
+async fn a_systemerror_is_retried_with_identical_parameters_into_one_upstream_order(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    t.fault(json!({"kind": "system_error", "api": "unifiedorder", "count": 2}))
         .await;
-        let mut body = order_body(700);
-        body["out_trade_no"] = json!("SYSERR-1");
-        let o = t.create(body).await;
-        assert_eq!(o["status"], "pending");
-        let sim = t.sim_get("/simulator/orders/SYSERR-1").await;
-        assert_eq!(sim["trade_state"], "NOTPAY", "{sim}");
-        assert_eq!(t.event_kinds("SYSERR-1").await, ["created", "prepay"], "{}", t.engine());
-        t.stop().await;
-    }
+    let mut body = order_body(700);
+    body["out_trade_no"] = json!("SYSERR-1");
+    let o = t.create(body).await;
+    assert_eq!(o["status"], "pending");
+    let sim = t.sim_get("/simulator/orders/SYSERR-1").await;
+    assert_eq!(sim["trade_state"], "NOTPAY", "{sim}");
+    assert_eq!(t.event_kinds("SYSERR-1").await, ["created", "prepay"], "{}", t.engine());
+    // The faults really fired, and the third call repeated the first two exactly.
+    assert_eq!(t.sim_faults_fired("system_error").await, 2);
+    assert_eq!(t.sim_calls_with("unifiedorder", "business_error").await, 2);
+    assert_eq!(t.sim_calls_with("unifiedorder", "success").await, 1);
+    assert_eq!(t.assert_retries_repeat_the_first("unifiedorder", "SYSERR-1").await, 3);
+    t.stop().await;
 }
+engines!(a_systemerror_is_retried_with_identical_parameters_into_one_upstream_order);
 
-#[tokio::test]
-async fn a_lost_answer_converges_on_the_order_wechat_pay_made() {
-    for db in TestDb::all().await {
-        let t = spawn_app(db, Options::default()).await;
-        t.sim_post(
-            "/simulator/faults",
-            json!({"kind": "lose_answer", "api": "unifiedorder", "count": 1}),
-        )
+async fn a_lost_answer_converges_on_the_order_wechat_pay_made(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    t.fault(json!({"kind": "lose_answer", "api": "unifiedorder", "count": 1}))
         .await;
-        let mut body = order_body(800);
-        body["out_trade_no"] = json!("LOST-1");
-        let o = t.create(body.clone()).await;
-        let sim = t.sim_get("/simulator/orders/LOST-1").await;
-        assert_eq!(
-            o["prepay_id"],
-            sim["prepay_id"],
-            "{}: the prepay WeChat Pay kept",
-            t.engine()
-        );
-        t.sim_post("/simulator/pay", json!({"out_trade_no": "LOST-1"})).await;
-        t.wait_status("LOST-1", "paid").await;
-        t.stop().await;
-    }
+    let mut body = order_body(800);
+    body["out_trade_no"] = json!("LOST-1");
+    let o = t.create(body.clone()).await;
+    let sim = t.sim_get("/simulator/orders/LOST-1").await;
+    assert_eq!(
+        o["prepay_id"],
+        sim["prepay_id"],
+        "{}: the prepay WeChat Pay kept",
+        t.engine()
+    );
+    // The answer really was lost once, and the retry asked for the very same order.
+    assert_eq!(t.sim_faults_fired("lose_answer").await, 1);
+    assert!(t.assert_retries_repeat_the_first("unifiedorder", "LOST-1").await >= 2);
+    t.sim_pay(json!({"out_trade_no": "LOST-1"})).await;
+    t.wait_status("LOST-1", "paid").await;
+    t.stop().await;
 }
+engines!(a_lost_answer_converges_on_the_order_wechat_pay_made);
 
 #[tokio::test]
 async fn when_wechat_pay_never_answers_the_order_is_kept_pending_and_a_retry_completes_it() {
     let t = spawn_app(TestDb::sqlite(), Options::default()).await;
-    t.sim_post(
-        "/simulator/faults",
-        json!({"kind": "lose_answer", "api": "unifiedorder", "count": 3}),
-    )
-    .await;
+    t.fault(json!({"kind": "lose_answer", "api": "unifiedorder", "count": 3}))
+        .await;
     let mut body = order_body(900);
     body["out_trade_no"] = json!("NOANSWER-1");
     let (s, v) = t
@@ -517,11 +499,8 @@ async fn when_wechat_pay_never_answers_the_order_is_kept_pending_and_a_retry_com
 #[tokio::test]
 async fn an_answer_with_a_bad_signature_is_not_trusted() {
     let t = spawn_app(TestDb::sqlite(), Options::default()).await;
-    t.sim_post(
-        "/simulator/faults",
-        json!({"kind": "bad_answer_signature", "api": "unifiedorder", "count": 3}),
-    )
-    .await;
+    t.fault(json!({"kind": "bad_answer_signature", "api": "unifiedorder", "count": 3}))
+        .await;
     let mut body = order_body(900);
     body["out_trade_no"] = json!("BADSIG-1");
     let (s, v) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
@@ -557,64 +536,56 @@ async fn a_refused_order_is_recorded_as_failed() {
     t.stop().await;
 }
 
-#[tokio::test]
-async fn get_with_sync_asks_wechat_pay_and_close_never_closes_a_paid_order() {
-    for db in TestDb::all().await {
-        let t = spawn_app(db, Options::default()).await;
-        let o = t.create(order_body(600)).await;
-        let no = o["out_trade_no"].as_str().unwrap().to_owned();
-        // Paid upstream, but every notification is refused as forged: only asking tells.
-        t.sim_post(
-            "/simulator/faults",
-            json!({"kind": "notify_bad_signature", "out_trade_no": no, "for_ms": 60000}),
-        )
+async fn get_with_sync_asks_wechat_pay_and_close_never_closes_a_paid_order(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    let o = t.create(order_body(600)).await;
+    let no = o["out_trade_no"].as_str().unwrap().to_owned();
+    // Paid upstream, but every notification is refused as forged: only asking tells.
+    t.fault(json!({"kind": "notify_bad_signature", "out_trade_no": no, "for_ms": 60000}))
         .await;
-        t.sim_post("/simulator/pay", json!({"out_trade_no": no})).await;
-        assert_eq!(t.order(&no).await["status"], "pending");
-        let (s, v) = t.api(Method::POST, &format!("/v1/orders/{no}/close"), None, None).await;
-        assert_eq!(
-            (s, v["error"]["code"].as_str()),
-            (409, Some("order_paid")),
-            "{}: {v}",
-            t.engine()
-        );
-        let synced = t.order(&no).await;
-        assert_eq!(synced["status"], "paid", "ORDERPAID made it paid: {synced}");
-        let kinds = t.event_kinds(&no).await;
-        assert!(!kinds.contains(&"closed".to_owned()), "{kinds:?}");
+    t.sim_pay(json!({"out_trade_no": no})).await;
+    assert_eq!(t.order(&no).await["status"], "pending");
+    let (s, v) = t.api(Method::POST, &format!("/v1/orders/{no}/close"), None, None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("order_paid")),
+        "{}: {v}",
+        t.engine()
+    );
+    let synced = t.order(&no).await;
+    assert_eq!(synced["status"], "paid", "ORDERPAID made it paid: {synced}");
+    let kinds = t.event_kinds(&no).await;
+    assert!(!kinds.contains(&"closed".to_owned()), "{kinds:?}");
 
-        let o2 = t.create(order_body(601)).await;
-        let no2 = o2["out_trade_no"].as_str().unwrap().to_owned();
-        t.sim_post(
-            "/simulator/faults",
-            json!({"kind": "notify_bad_signature", "out_trade_no": no2, "for_ms": 60000}),
-        )
+    let o2 = t.create(order_body(601)).await;
+    let no2 = o2["out_trade_no"].as_str().unwrap().to_owned();
+    t.fault(json!({"kind": "notify_bad_signature", "out_trade_no": no2, "for_ms": 60000}))
         .await;
-        t.sim_post("/simulator/pay", json!({"out_trade_no": no2})).await;
-        let (_, v) = t
-            .api(Method::GET, &format!("/v1/orders/{no2}?sync=true"), None, None)
-            .await;
-        assert_eq!(v["status"], "paid", "{v}");
-        let paid_event = v["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["kind"] == "paid")
-            .unwrap()
-            .clone();
-        assert_eq!(paid_event["detail"]["source"], "query");
+    t.sim_pay(json!({"out_trade_no": no2})).await;
+    let (_, v) = t
+        .api(Method::GET, &format!("/v1/orders/{no2}?sync=true"), None, None)
+        .await;
+    assert_eq!(v["status"], "paid", "{v}");
+    let paid_event = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "paid")
+        .unwrap()
+        .clone();
+    assert_eq!(paid_event["detail"]["source"], "query");
 
-        let o3 = t.create(order_body(602)).await;
-        let no3 = o3["out_trade_no"].as_str().unwrap().to_owned();
-        let (s, v) = t
-            .api(Method::POST, &format!("/v1/orders/{no3}/close"), None, None)
-            .await;
-        assert_eq!((s, v["status"].as_str()), (200, Some("closed")), "{v}");
-        let sim = t.sim_get(&format!("/simulator/orders/{no3}")).await;
-        assert_eq!(sim["trade_state"], "CLOSED");
-        t.stop().await;
-    }
+    let o3 = t.create(order_body(602)).await;
+    let no3 = o3["out_trade_no"].as_str().unwrap().to_owned();
+    let (s, v) = t
+        .api(Method::POST, &format!("/v1/orders/{no3}/close"), None, None)
+        .await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("closed")), "{v}");
+    let sim = t.sim_get(&format!("/simulator/orders/{no3}")).await;
+    assert_eq!(sim["trade_state"], "CLOSED");
+    t.stop().await;
 }
+engines!(get_with_sync_asks_wechat_pay_and_close_never_closes_a_paid_order);
 
 #[tokio::test]
 async fn a_failed_payment_notification_is_acknowledged_and_leaves_the_order_payable() {

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use wxpay_gateway::UpstreamConfig;
 
+use crate::support::engines;
 use crate::support::{
     DEFAULT, Options, TOKEN, TestDb, eventually, notification, order_body, paid_notification, quick_jobs, spawn_app,
 };
@@ -100,111 +101,105 @@ fn patient_upstream() -> UpstreamConfig {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_creating_request_whose_client_went_away_finishes_and_its_key_answers_the_retry() {
-    for db in TestDb::all().await {
-        let t = spawn_app(
-            db,
-            Options {
-                upstream: patient_upstream(),
-                ..Options::default()
-            },
-        )
+async fn a_creating_request_whose_client_went_away_finishes_and_its_key_answers_the_retry(db: TestDb) {
+    let t = spawn_app(
+        db,
+        Options {
+            upstream: patient_upstream(),
+            ..Options::default()
+        },
+    )
+    .await;
+    t.fault(json!({"kind": "delay", "api": "unifiedorder", "count": 1, "delay_ms": 5000}))
         .await;
-        t.fault(json!({"kind": "delay", "api": "unifiedorder", "count": 1, "delay_ms": 5000}))
-            .await;
-        let mut body = order_body(100);
-        let no = format!("DROP{}", t.engine().to_uppercase());
-        body["out_trade_no"] = json!(no);
-        let impatient = reqwest::Client::builder()
-            .timeout(Duration::from_secs(1))
-            .build()
-            .unwrap();
-        let gone = impatient
-            .post(format!("{}/v1/orders", t.url))
-            .bearer_auth(TOKEN)
-            .header("Idempotency-Key", "went-away")
-            .json(&body)
-            .send()
-            .await;
-        assert!(
-            gone.is_err_and(|e| e.is_timeout()),
-            "{}: the client gives up",
-            t.engine()
-        );
-
-        tokio::time::sleep(Duration::from_secs(6)).await;
-        let (status, answer) = t.api(Method::POST, "/v1/orders", Some(body), Some("went-away")).await;
-        assert_eq!(status, 201, "{}: {answer}", t.engine());
-        assert_eq!(answer["out_trade_no"], no.as_str());
-        assert!(answer["pay_params"]["paySign"].is_string(), "{answer}");
-        let prepay = answer["prepay_id"].as_str().unwrap();
-        let order = t.order(&no).await;
-        assert_eq!(
-            order["prepay_id"],
-            prepay,
-            "{}: the one order the first request made",
-            t.engine()
-        );
-        assert_eq!(t.sim_calls("unifiedorder").await, 1, "{}", t.engine());
-        t.stop().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn idempotency_keys_are_forgotten_after_a_day_by_the_background_work() {
-    for db in TestDb::all().await {
-        let t = spawn_app(
-            db,
-            Options {
-                jobs: quick_jobs(),
-                ..Options::default()
-            },
-        )
+    let mut body = order_body(100);
+    let no = format!("DROP{}", t.engine().to_uppercase());
+    body["out_trade_no"] = json!(no);
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .post(format!("{}/v1/orders", t.url))
+        .bearer_auth(TOKEN)
+        .header("Idempotency-Key", "went-away")
+        .json(&body)
+        .send()
         .await;
-        let (status, _) = t
-            .api(Method::POST, "/v1/orders", Some(order_body(100)), Some("day-old"))
-            .await;
-        assert_eq!(status, 201);
-        let (status, _) = t
-            .api(Method::POST, "/v1/orders", Some(order_body(200)), Some("day-old"))
-            .await;
-        assert_eq!(status, 409, "{}: the key is kept", t.engine());
-        t.app.clock().advance(Duration::from_secs(25 * 3600));
-        eventually("the key is forgotten", async || {
-            t.api(Method::POST, "/v1/orders", Some(order_body(200)), Some("day-old"))
-                .await
-                .0
-                == 201
-        })
-        .await;
-        t.stop().await;
-    }
-}
+    assert!(
+        gone.is_err_and(|e| e.is_timeout()),
+        "{}: the client gives up",
+        t.engine()
+    );
 
-#[tokio::test]
-async fn a_correctly_signed_payment_in_another_currency_is_refused_like_a_wrong_amount() {
-    for db in TestDb::all().await {
-        let t = spawn_app(db, Options::default()).await;
-        let o = t.create(order_body(100)).await;
-        let no = o["out_trade_no"].as_str().unwrap().to_owned();
-        let usd = notification(DEFAULT, &no, 100, "4200000000000000000000000904", |f| {
-            f.set("fee_type", "USD");
-        });
-        let (status, reply) = t.notify(usd).await;
-        assert_eq!(status, 400, "{}: {reply}", t.engine());
-        assert!(reply.contains("FAIL"), "{reply}");
-        assert_eq!(t.order(&no).await["status"], "pending", "{}", t.engine());
-        assert_eq!(t.app.metrics().notifications_with("currency_mismatch"), 1);
-        // Without fee_type the payment is in CNY, WeChat Pay's default.
-        let cny = notification(DEFAULT, &no, 100, "4200000000000000000000000904", |f| {
-            f.remove("fee_type");
-        });
-        assert_eq!(t.notify(cny).await, (200, SUCCESS.to_owned()));
-        assert_eq!(t.order(&no).await["status"], "paid");
-        t.stop().await;
-    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (status, answer) = t.api(Method::POST, "/v1/orders", Some(body), Some("went-away")).await;
+    assert_eq!(status, 201, "{}: {answer}", t.engine());
+    assert_eq!(answer["out_trade_no"], no.as_str());
+    assert!(answer["pay_params"]["paySign"].is_string(), "{answer}");
+    let prepay = answer["prepay_id"].as_str().unwrap();
+    let order = t.order(&no).await;
+    assert_eq!(
+        order["prepay_id"],
+        prepay,
+        "{}: the one order the first request made",
+        t.engine()
+    );
+    assert_eq!(t.sim_calls("unifiedorder").await, 1, "{}", t.engine());
+    t.stop().await;
 }
+engines!(multi_thread a_creating_request_whose_client_went_away_finishes_and_its_key_answers_the_retry);
+
+async fn idempotency_keys_are_forgotten_after_a_day_by_the_background_work(db: TestDb) {
+    let t = spawn_app(
+        db,
+        Options {
+            jobs: quick_jobs(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let (status, _) = t
+        .api(Method::POST, "/v1/orders", Some(order_body(100)), Some("day-old"))
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = t
+        .api(Method::POST, "/v1/orders", Some(order_body(200)), Some("day-old"))
+        .await;
+    assert_eq!(status, 409, "{}: the key is kept", t.engine());
+    t.app.clock().advance(Duration::from_secs(25 * 3600));
+    eventually("the key is forgotten", async || {
+        t.api(Method::POST, "/v1/orders", Some(order_body(200)), Some("day-old"))
+            .await
+            .0
+            == 201
+    })
+    .await;
+    t.stop().await;
+}
+engines!(multi_thread idempotency_keys_are_forgotten_after_a_day_by_the_background_work);
+
+async fn a_correctly_signed_payment_in_another_currency_is_refused_like_a_wrong_amount(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    let o = t.create(order_body(100)).await;
+    let no = o["out_trade_no"].as_str().unwrap().to_owned();
+    let usd = notification(DEFAULT, &no, 100, "4200000000000000000000000904", |f| {
+        f.set("fee_type", "USD");
+    });
+    let (status, reply) = t.notify(usd).await;
+    assert_eq!(status, 400, "{}: {reply}", t.engine());
+    assert!(reply.contains("FAIL"), "{reply}");
+    assert_eq!(t.order(&no).await["status"], "pending", "{}", t.engine());
+    assert_eq!(t.app.metrics().notifications_with("currency_mismatch"), 1);
+    // Without fee_type the payment is in CNY, WeChat Pay's default.
+    let cny = notification(DEFAULT, &no, 100, "4200000000000000000000000904", |f| {
+        f.remove("fee_type");
+    });
+    assert_eq!(t.notify(cny).await, (200, SUCCESS.to_owned()));
+    assert_eq!(t.order(&no).await["status"], "paid");
+    t.stop().await;
+}
+engines!(a_correctly_signed_payment_in_another_currency_is_refused_like_a_wrong_amount);
 
 /// Reads from `s` until the server closes it; how long that took.
 async fn until_closed(s: &mut tokio::net::TcpStream, within: Duration) -> Option<std::time::Instant> {
@@ -299,89 +294,87 @@ async fn database_bytes(t: &crate::support::TestApp) -> u64 {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn ten_thousand_junk_notifications_grow_the_database_by_less_than_5_mb_and_genuine_ones_still_apply() {
+async fn ten_thousand_junk_notifications_grow_the_database_by_less_than_5_mb_and_genuine_ones_still_apply(db: TestDb) {
     use futures_util::StreamExt;
-    for db in TestDb::all().await {
-        let t = spawn_app(db, Options::default()).await;
-        let mut orders = Vec::new();
-        for _ in 0..100 {
-            let o = t.create(order_body(100)).await;
-            orders.push(o["out_trade_no"].as_str().unwrap().to_owned());
-        }
-        let before = database_bytes(&t).await;
-        let filler = "x".repeat(4000);
-        let junk: Vec<String> = vec![
-            format!("not xml at all {filler}"),
-            // A merchant number of 50 KB: what the sender chose is clipped before it is kept.
-            format!(
-                "<xml><mch_id>{}</mch_id><appid>wx0000000000000000</appid></xml>",
-                "1".repeat(50_000)
-            ),
-            notification(DEFAULT, &orders[0], 100, "4200000000000000000000000999", |f| {
-                f.set("attach", filler.clone());
-                f.set("sign", "0".repeat(32));
-            }),
-        ];
-        let flood = futures_util::stream::iter(0..10_000)
-            .map(|i| t.notify(junk[i % junk.len()].clone()))
-            .buffer_unordered(32)
-            .collect::<Vec<_>>();
-        let genuine = async {
-            let mut replies = Vec::new();
-            for (i, no) in orders.iter().enumerate().skip(1) {
-                let tx = format!("42000000000000000000001{i:05}");
-                replies.push(t.notify(paid_notification(no, 100, &tx)).await);
-            }
-            replies
-        };
-        let (junk_replies, genuine_replies) = tokio::join!(flood, genuine);
-        assert!(junk_replies.iter().all(|(s, _)| *s == 400), "{}", t.engine());
-        assert!(
-            genuine_replies.iter().all(|r| *r == (200, SUCCESS.to_owned())),
-            "{}",
-            t.engine()
-        );
-        for no in &orders[1..] {
-            assert_eq!(t.order(no).await["status"], "paid", "{}", t.engine());
-        }
-        // The budget's records are written within a moment; the rest only counted.
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        let grown = database_bytes(&t).await.saturating_sub(before);
-        assert!(grown < 5_000_000, "{}: the database grew by {grown} bytes", t.engine());
-        let unrecorded = t.app.metrics().rejections_unrecorded();
-        assert!(
-            unrecorded >= 10_000 - 2 * 120,
-            "{}: {unrecorded} counted only",
-            t.engine()
-        );
-        // What is kept is what an operator needs: from where, a digest, the first KiB.
-        let sql = "SELECT COUNT(*), MIN(peer), MIN(LENGTH(body_sha256)), MAX(LENGTH(body)) FROM notifications \
-                   WHERE verdict = 'rejected'";
-        let (kept, peer, digest, longest): (i64, String, i64, i64) = if t.engine() == "sqlite" {
-            let c = rusqlite::Connection::open(t.db.sqlite_file()).unwrap();
-            c.query_row(sql, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-                .unwrap()
-        } else {
-            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&t.db.url)
-                .await
-                .unwrap();
-            let sql = sql.replace("COUNT(*)", "COUNT(*)::BIGINT").replace(
-                "MIN(LENGTH(body_sha256)), MAX(LENGTH(body))",
-                "MIN(LENGTH(body_sha256))::BIGINT, MAX(LENGTH(body))::BIGINT",
-            );
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                .fetch_one(&mut conn)
-                .await
-                .unwrap()
-        };
-        assert!((1..=2 * 120).contains(&kept), "{}: {kept} kept", t.engine());
-        assert!(peer.starts_with("127.0.0.1:"), "{peer}");
-        assert_eq!(digest, 64);
-        assert!(longest <= 1024, "{longest}");
-        t.stop().await;
+    let t = spawn_app(db, Options::default()).await;
+    let mut orders = Vec::new();
+    for _ in 0..100 {
+        let o = t.create(order_body(100)).await;
+        orders.push(o["out_trade_no"].as_str().unwrap().to_owned());
     }
+    let before = database_bytes(&t).await;
+    let filler = "x".repeat(4000);
+    let junk: Vec<String> = vec![
+        format!("not xml at all {filler}"),
+        // A merchant number of 50 KB: what the sender chose is clipped before it is kept.
+        format!(
+            "<xml><mch_id>{}</mch_id><appid>wx0000000000000000</appid></xml>",
+            "1".repeat(50_000)
+        ),
+        notification(DEFAULT, &orders[0], 100, "4200000000000000000000000999", |f| {
+            f.set("attach", filler.clone());
+            f.set("sign", "0".repeat(32));
+        }),
+    ];
+    let flood = futures_util::stream::iter(0..10_000)
+        .map(|i| t.notify(junk[i % junk.len()].clone()))
+        .buffer_unordered(32)
+        .collect::<Vec<_>>();
+    let genuine = async {
+        let mut replies = Vec::new();
+        for (i, no) in orders.iter().enumerate().skip(1) {
+            let tx = format!("42000000000000000000001{i:05}");
+            replies.push(t.notify(paid_notification(no, 100, &tx)).await);
+        }
+        replies
+    };
+    let (junk_replies, genuine_replies) = tokio::join!(flood, genuine);
+    assert!(junk_replies.iter().all(|(s, _)| *s == 400), "{}", t.engine());
+    assert!(
+        genuine_replies.iter().all(|r| *r == (200, SUCCESS.to_owned())),
+        "{}",
+        t.engine()
+    );
+    for no in &orders[1..] {
+        assert_eq!(t.order(no).await["status"], "paid", "{}", t.engine());
+    }
+    // The budget's records are written within a moment; the rest only counted.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let grown = database_bytes(&t).await.saturating_sub(before);
+    assert!(grown < 5_000_000, "{}: the database grew by {grown} bytes", t.engine());
+    let unrecorded = t.app.metrics().rejections_unrecorded();
+    assert!(
+        unrecorded >= 10_000 - 2 * 120,
+        "{}: {unrecorded} counted only",
+        t.engine()
+    );
+    // What is kept is what an operator needs: from where, a digest, the first KiB.
+    let sql = "SELECT COUNT(*), MIN(peer), MIN(LENGTH(body_sha256)), MAX(LENGTH(body)) FROM notifications \
+               WHERE verdict = 'rejected'";
+    let (kept, peer, digest, longest): (i64, String, i64, i64) = if t.engine() == "sqlite" {
+        let c = rusqlite::Connection::open(t.db.sqlite_file()).unwrap();
+        c.query_row(sql, [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+    } else {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&t.db.url)
+            .await
+            .unwrap();
+        let sql = sql.replace("COUNT(*)", "COUNT(*)::BIGINT").replace(
+            "MIN(LENGTH(body_sha256)), MAX(LENGTH(body))",
+            "MIN(LENGTH(body_sha256))::BIGINT, MAX(LENGTH(body))::BIGINT",
+        );
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+    assert!((1..=2 * 120).contains(&kept), "{}: {kept} kept", t.engine());
+    assert!(peer.starts_with("127.0.0.1:"), "{peer}");
+    assert_eq!(digest, 64);
+    assert!(longest <= 1024, "{longest}");
+    t.stop().await;
 }
+engines!(multi_thread ten_thousand_junk_notifications_grow_the_database_by_less_than_5_mb_and_genuine_ones_still_apply);
 
 /// Runs a statement on the test's database from a connection of the test's own.
 async fn execute(t: &crate::support::TestApp, sql: &str) {
@@ -401,67 +394,65 @@ async fn execute(t: &crate::support::TestApp, sql: &str) {
     }
 }
 
-#[tokio::test]
-async fn metrics_answer_from_memory_and_follow_changes_and_a_token_can_protect_them() {
-    for db in TestDb::all().await {
-        let t = spawn_app(
-            db,
-            Options {
-                metrics_token: Some("metrics-token-0123456789"),
-                ..Options::default()
-            },
-        )
-        .await;
-        let url = format!("{}/metrics", t.url);
-        let r = t.http.get(&url).send().await.unwrap();
-        assert_eq!(r.status(), 401, "no token");
+async fn metrics_answer_from_memory_and_follow_changes_and_a_token_can_protect_them(db: TestDb) {
+    let t = spawn_app(
+        db,
+        Options {
+            metrics_token: Some("metrics-token-0123456789"),
+            ..Options::default()
+        },
+    )
+    .await;
+    let url = format!("{}/metrics", t.url);
+    let r = t.http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401, "no token");
+    let r = t
+        .http
+        .get(&url)
+        .bearer_auth("wrong-token-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a wrong token");
+    let scrape = async || {
         let r = t
             .http
             .get(&url)
-            .bearer_auth("wrong-token-0123456789")
+            .bearer_auth("metrics-token-0123456789")
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 401, "a wrong token");
-        let scrape = async || {
-            let r = t
-                .http
-                .get(&url)
-                .bearer_auth("metrics-token-0123456789")
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            r.text().await.unwrap()
-        };
-        // The gauges follow a change within a second.
-        let o = t.create(order_body(100)).await;
-        eventually("the new order is counted", async || {
-            scrape().await.contains("wxpay_orders{status=\"pending\"} 1")
-        })
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    };
+    // The gauges follow a change within a second.
+    let o = t.create(order_body(100)).await;
+    eventually("the new order is counted", async || {
+        scrape().await.contains("wxpay_orders{status=\"pending\"} 1")
+    })
+    .await;
+    let no = o["out_trade_no"].as_str().unwrap();
+    t.notify(paid_notification(no, 100, "4200000000000000000000000908"))
         .await;
-        let no = o["out_trade_no"].as_str().unwrap();
-        t.notify(paid_notification(no, 100, "4200000000000000000000000908"))
-            .await;
-        eventually("the payment is counted", async || {
-            scrape().await.contains("wxpay_orders{status=\"paid\"} 1")
-        })
-        .await;
-        // A scrape reads no table: with the orders table gone from under it, it still answers
-        // with the last figures.
-        execute(&t, "ALTER TABLE orders RENAME TO orders_away").await;
-        for _ in 0..20 {
-            let text = scrape().await;
-            assert!(
-                text.contains("wxpay_orders{status=\"paid\"} 1"),
-                "{}: {text}",
-                t.engine()
-            );
-        }
-        execute(&t, "ALTER TABLE orders_away RENAME TO orders").await;
-        t.stop().await;
+    eventually("the payment is counted", async || {
+        scrape().await.contains("wxpay_orders{status=\"paid\"} 1")
+    })
+    .await;
+    // A scrape reads no table: with the orders table gone from under it, it still answers
+    // with the last figures.
+    execute(&t, "ALTER TABLE orders RENAME TO orders_away").await;
+    for _ in 0..20 {
+        let text = scrape().await;
+        assert!(
+            text.contains("wxpay_orders{status=\"paid\"} 1"),
+            "{}: {text}",
+            t.engine()
+        );
     }
+    execute(&t, "ALTER TABLE orders_away RENAME TO orders").await;
+    t.stop().await;
 }
+engines!(metrics_answer_from_memory_and_follow_changes_and_a_token_can_protect_them);
 
 #[tokio::test]
 async fn a_rejected_notification_is_answered_alike_whatever_failed() {
@@ -619,38 +610,36 @@ fn without_database_url_postgres_tests_are_skipped_unless_postgres_is_required()
     assert!(required.is_err(), "a run that must test PostgreSQL fails without it");
 }
 
-#[tokio::test]
-async fn a_failed_payment_shows_as_failed_at_once_through_orderquery() {
-    for db in TestDb::all().await {
-        // Orders fall due for a check a minute after creation: only a check the failure
-        // notification brought forward can fail the order within seconds.
-        let t = spawn_app(
-            db,
-            Options {
-                jobs: crate::support::prompt_but_patient_jobs(),
-                ..Options::default()
-            },
-        )
+async fn a_failed_payment_shows_as_failed_at_once_through_orderquery(db: TestDb) {
+    // Orders fall due for a check a minute after creation: only a check the failure
+    // notification brought forward can fail the order within seconds.
+    let t = spawn_app(
+        db,
+        Options {
+            jobs: crate::support::prompt_but_patient_jobs(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let o = t.create(order_body(100)).await;
+    let no = o["out_trade_no"].as_str().unwrap().to_owned();
+    let (status, v) = t
+        .sim_post("/simulator/pay", json!({"out_trade_no": no, "outcome": "fail"}))
         .await;
-        let o = t.create(order_body(100)).await;
-        let no = o["out_trade_no"].as_str().unwrap().to_owned();
-        let (status, v) = t
-            .sim_post("/simulator/pay", json!({"out_trade_no": no, "outcome": "fail"}))
-            .await;
-        assert_eq!(status, 200, "{v}");
-        let order = t.wait_status(&no, "failed").await;
-        assert!(
-            order["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e["kind"] == "failed"),
-            "{order}"
-        );
-        assert!(t.sim_calls("orderquery").await >= 1);
-        t.stop().await;
-    }
+    assert_eq!(status, 200, "{v}");
+    let order = t.wait_status(&no, "failed").await;
+    assert!(
+        order["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "failed"),
+        "{order}"
+    );
+    assert!(t.sim_calls("orderquery").await >= 1);
+    t.stop().await;
 }
+engines!(a_failed_payment_shows_as_failed_at_once_through_orderquery);
 
 #[tokio::test]
 async fn unknown_paths_and_methods_answer_with_the_json_error_body() {
@@ -676,47 +665,45 @@ async fn unknown_paths_and_methods_answer_with_the_json_error_body() {
     t.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_retry_that_takes_over_a_refunds_key_finds_the_same_refund_and_makes_no_second() {
-    for db in TestDb::all().await {
-        let t = spawn_app(
-            db,
-            Options {
-                upstream: patient_upstream(),
-                sim: Box::new(|c| c.refund_delay = Duration::from_secs(100_000_000)),
-                ..Options::default()
-            },
-        )
+async fn a_retry_that_takes_over_a_refunds_key_finds_the_same_refund_and_makes_no_second(db: TestDb) {
+    let t = spawn_app(
+        db,
+        Options {
+            upstream: patient_upstream(),
+            sim: Box::new(|c| c.refund_delay = Duration::from_secs(100_000_000)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let no = format!("TAKEOVER{}", t.engine().to_uppercase());
+    t.paid_order(&no, 100).await;
+    t.fault(json!({"kind": "delay", "api": "refund", "count": 1, "delay_ms": 3000}))
         .await;
-        let no = format!("TAKEOVER{}", t.engine().to_uppercase());
-        t.paid_order(&no, 100).await;
-        t.fault(json!({"kind": "delay", "api": "refund", "count": 1, "delay_ms": 3000}))
-            .await;
-        let path = format!("/v1/orders/{no}/refunds");
-        let body = json!({"amount_fen": 30});
-        let first = t.api(Method::POST, &path, Some(body.clone()), Some("refund-once"));
-        // While the first is still waiting for WeChat Pay, its hold on the key is past the
-        // lease as far as the gateway's clock goes (it has not renewed yet): a retry takes
-        // the key over.
-        let second = async {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            t.app.clock().advance(Duration::from_secs(61));
-            t.api(Method::POST, &path, Some(body.clone()), Some("refund-once"))
-                .await
-        };
-        let ((s1, r1), (s2, r2)) = tokio::join!(first, second);
-        assert_eq!((s1, s2), (201, 201), "{}: {r1} {r2}", t.engine());
-        assert_eq!(
-            r1["out_refund_no"],
-            r2["out_refund_no"],
-            "{}: one refund number",
-            t.engine()
-        );
-        let refunds = t.order(&no).await["refunds"].as_array().unwrap().len();
-        assert_eq!(refunds, 1, "{}: one refund, not two", t.engine());
-        // The key now answers with the refund.
-        let (_, r3) = t.api(Method::POST, &path, Some(body), Some("refund-once")).await;
-        assert_eq!(r3["out_refund_no"], r1["out_refund_no"]);
-        t.stop().await;
-    }
+    let path = format!("/v1/orders/{no}/refunds");
+    let body = json!({"amount_fen": 30});
+    let first = t.api(Method::POST, &path, Some(body.clone()), Some("refund-once"));
+    // While the first is still waiting for WeChat Pay, its hold on the key is past the
+    // lease as far as the gateway's clock goes (it has not renewed yet): a retry takes
+    // the key over.
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        t.app.clock().advance(Duration::from_secs(61));
+        t.api(Method::POST, &path, Some(body.clone()), Some("refund-once"))
+            .await
+    };
+    let ((s1, r1), (s2, r2)) = tokio::join!(first, second);
+    assert_eq!((s1, s2), (201, 201), "{}: {r1} {r2}", t.engine());
+    assert_eq!(
+        r1["out_refund_no"],
+        r2["out_refund_no"],
+        "{}: one refund number",
+        t.engine()
+    );
+    let refunds = t.order(&no).await["refunds"].as_array().unwrap().len();
+    assert_eq!(refunds, 1, "{}: one refund, not two", t.engine());
+    // The key now answers with the refund.
+    let (_, r3) = t.api(Method::POST, &path, Some(body), Some("refund-once")).await;
+    assert_eq!(r3["out_refund_no"], r1["out_refund_no"]);
+    t.stop().await;
 }
+engines!(multi_thread a_retry_that_takes_over_a_refunds_key_finds_the_same_refund_and_makes_no_second);

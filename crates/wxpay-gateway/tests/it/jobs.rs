@@ -4,127 +4,108 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
+use crate::support::engines;
 use crate::support::{Options, TestDb, eventually, order_body, quick_jobs, spawn_app, with_jobs_and_webhook};
 
-#[tokio::test]
-async fn without_a_notification_the_query_path_marks_the_order_paid() {
-    for db in TestDb::all().await {
-        let t = spawn_app(db, with_jobs_and_webhook()).await;
-        let o = t.create(order_body(300)).await;
-        let no = o["out_trade_no"].as_str().unwrap().to_owned();
-        t.sim_post(
-            "/simulator/faults",
-            json!({"kind": "notify_bad_signature", "out_trade_no": no, "for_ms": 60000}),
-        )
+async fn without_a_notification_the_query_path_marks_the_order_paid(db: TestDb) {
+    let t = spawn_app(db, with_jobs_and_webhook()).await;
+    let o = t.create(order_body(300)).await;
+    let no = o["out_trade_no"].as_str().unwrap().to_owned();
+    t.fault(json!({"kind": "notify_bad_signature", "out_trade_no": no, "for_ms": 60000}))
         .await;
-        t.sim_post("/simulator/pay", json!({"out_trade_no": no})).await;
-        let paid = t.wait_status(&no, "paid").await;
-        let event = paid["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["kind"] == "paid")
-            .unwrap()
-            .clone();
-        assert_eq!(event["detail"]["source"], "query", "{}: {paid}", t.engine());
-        let hook = t.webhook.clone();
-        eventually("order.paid is delivered", async || {
-            hook.delivered().iter().any(|e| e["type"] == "order.paid")
-        })
-        .await;
-        t.stop().await;
-    }
+    t.sim_pay(json!({"out_trade_no": no})).await;
+    let paid = t.wait_status(&no, "paid").await;
+    let event = paid["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "paid")
+        .unwrap()
+        .clone();
+    assert_eq!(event["detail"]["source"], "query", "{}: {paid}", t.engine());
+    let hook = t.webhook.clone();
+    eventually("order.paid is delivered", async || {
+        hook.delivered().iter().any(|e| e["type"] == "order.paid")
+    })
+    .await;
+    t.stop().await;
 }
+engines!(without_a_notification_the_query_path_marks_the_order_paid);
 
-#[tokio::test]
-async fn an_expired_unpaid_order_is_closed_with_wechat_pay_and_announced() {
-    for db in TestDb::all().await {
-        let t = spawn_app(db, with_jobs_and_webhook()).await;
-        let mut body = order_body(400);
-        body["expires_in_secs"] = json!(60);
-        let o = t.create(body).await;
-        let no = o["out_trade_no"].as_str().unwrap().to_owned();
-        t.app.clock().advance(Duration::from_secs(61));
-        let closed = t.wait_status(&no, "closed").await;
-        assert!(closed["closed_at"].is_string());
-        assert_eq!(
-            t.sim_get(&format!("/simulator/orders/{no}")).await["trade_state"],
-            "CLOSED",
-            "{}",
-            t.engine()
-        );
-        let hook = t.webhook.clone();
-        eventually("order.closed is delivered", async || {
-            hook.delivered().iter().any(|e| e["type"] == "order.closed")
-        })
-        .await;
-        t.stop().await;
-    }
+async fn an_expired_unpaid_order_is_closed_with_wechat_pay_and_announced(db: TestDb) {
+    let t = spawn_app(db, with_jobs_and_webhook()).await;
+    let mut body = order_body(400);
+    body["expires_in_secs"] = json!(60);
+    let o = t.create(body).await;
+    let no = o["out_trade_no"].as_str().unwrap().to_owned();
+    t.app.clock().advance(Duration::from_secs(61));
+    let closed = t.wait_status(&no, "closed").await;
+    assert!(closed["closed_at"].is_string());
+    assert_eq!(
+        t.sim_get(&format!("/simulator/orders/{no}")).await["trade_state"],
+        "CLOSED",
+        "{}",
+        t.engine()
+    );
+    let hook = t.webhook.clone();
+    eventually("order.closed is delivered", async || {
+        hook.delivered().iter().any(|e| e["type"] == "order.closed")
+    })
+    .await;
+    t.stop().await;
 }
+engines!(an_expired_unpaid_order_is_closed_with_wechat_pay_and_announced);
 
-#[tokio::test]
-async fn an_expired_order_paid_at_the_last_moment_becomes_paid_and_never_closed() {
-    for db in TestDb::all().await {
-        let t = spawn_app(
-            db,
-            Options {
-                jobs: quick_jobs(),
-                ..Options::default()
-            },
-        )
+async fn an_expired_order_paid_at_the_last_moment_becomes_paid_and_never_closed(db: TestDb) {
+    let t = spawn_app(
+        db,
+        Options {
+            jobs: quick_jobs(),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut body = order_body(450);
+    body["expires_in_secs"] = json!(60);
+    let o = t.create(body).await;
+    let no = o["out_trade_no"].as_str().unwrap().to_owned();
+    // The payer pays while the gateway's closeorder is on its way: WeChat Pay answers
+    // ORDERPAID. Notifications are refused as forged, so only the gateway's own query
+    // can find the payment.
+    t.fault(json!({"kind": "notify_bad_signature", "out_trade_no": no, "for_ms": 60000}))
         .await;
-        let mut body = order_body(450);
-        body["expires_in_secs"] = json!(60);
-        let o = t.create(body).await;
-        let no = o["out_trade_no"].as_str().unwrap().to_owned();
-        // The payer pays while the gateway's closeorder is on its way: WeChat Pay answers
-        // ORDERPAID. Notifications are refused as forged, so only the gateway's own query
-        // can find the payment.
-        t.sim_post(
-            "/simulator/faults",
-            json!({"kind": "notify_bad_signature", "out_trade_no": no, "for_ms": 60000}),
-        )
+    t.fault(json!({"kind": "delay", "api": "closeorder", "out_trade_no": no, "count": 1, "delay_ms": 1500}))
         .await;
-        t.sim_post(
-            "/simulator/faults",
-            json!({"kind": "delay", "api": "closeorder", "out_trade_no": no, "count": 1, "delay_ms": 1500}),
-        )
-        .await;
-        t.app.clock().advance(Duration::from_secs(61));
-        let sim_url = t.sim_url.clone();
-        let http = t.http.clone();
-        eventually("closeorder is in flight", async || {
-            let faults: Value = http
-                .get(format!("{sim_url}/simulator/faults"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            !faults.to_string().contains("\"delay\"")
-                || faults
-                    .as_array()
-                    .is_some_and(|a| a.iter().all(|f| f["kind"] != "delay" || f["remaining"] == 0))
-        })
-        .await;
-        let (status, v) = t.sim_post("/simulator/pay", json!({"out_trade_no": no})).await;
-        assert_eq!(status, 200, "{v}");
-        let paid = t.wait_status(&no, "paid").await;
-        let kinds: Vec<&str> = paid["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["kind"].as_str().unwrap())
-            .collect();
-        assert!(!kinds.contains(&"closed"), "{}: {kinds:?}", t.engine());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(t.order(&no).await["status"], "paid", "and it stays paid");
-        t.stop().await;
-    }
+    t.app.clock().advance(Duration::from_secs(61));
+    // The simulator counts the delay when it takes it, before the wait: from then on the
+    // gateway's closeorder is in flight and not yet carried out.
+    eventually("closeorder is in flight", async || {
+        t.sim_faults_fired("delay").await == 1
+    })
+    .await;
+    let (status, v) = t.sim_post("/simulator/pay", json!({"out_trade_no": no})).await;
+    assert_eq!(status, 200, "{v}");
+    let paid = t.wait_status(&no, "paid").await;
+    let kinds: Vec<&str> = paid["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(!kinds.contains(&"closed"), "{}: {kinds:?}", t.engine());
+    // The race happened: the one closeorder arrived after the payment and was refused
+    // (ORDERPAID, a business error), and no notification was accepted.
+    assert_eq!(t.sim_calls("closeorder").await, 1);
+    assert_eq!(t.sim_calls_with("closeorder", "business_error").await, 1);
+    let close = t.sim_requests("closeorder", &no).await;
+    assert_eq!(close.len(), 1, "{close:?}");
+    assert_eq!(t.app.metrics().notifications_with("applied"), 0);
+    assert_eq!(t.order(&no).await["status"], "paid", "and it stays paid");
+    t.stop().await;
 }
+engines!(an_expired_order_paid_at_the_last_moment_becomes_paid_and_never_closed);
 
 #[tokio::test]
 async fn an_order_wechat_pay_never_received_fails_once_it_has_expired() {
@@ -136,60 +117,56 @@ async fn an_order_wechat_pay_never_received_fails_once_it_has_expired() {
         },
     )
     .await;
-    t.sim_post(
-        "/simulator/faults",
-        json!({"kind": "system_error", "api": "unifiedorder", "count": 3}),
-    )
-    .await;
+    t.fault(json!({"kind": "system_error", "api": "unifiedorder", "count": 3}))
+        .await;
     let mut body = order_body(500);
     body["expires_in_secs"] = json!(60);
     body["out_trade_no"] = json!("NEVER-1");
     let (s, _) = t.api(reqwest::Method::POST, "/v1/orders", Some(body), None).await;
     assert_eq!(s, 503);
+    assert_eq!(t.sim_faults_fired("system_error").await, 3);
     t.app.clock().advance(Duration::from_secs(61));
     let failed = t.wait_status("NEVER-1", "failed").await;
     assert!(failed["events"].to_string().contains("no such order"), "{failed}");
     t.stop().await;
 }
 
-#[tokio::test]
-async fn events_wait_while_the_webhook_is_down_and_arrive_once_each_signed_with_the_same_id() {
-    for db in TestDb::all().await {
-        let t = spawn_app(db, with_jobs_and_webhook()).await;
-        t.webhook.down.store(true, Ordering::SeqCst);
-        let mut numbers = Vec::new();
-        for amount in [101, 102, 103] {
-            let o = t.create(order_body(amount)).await;
-            let no = o["out_trade_no"].as_str().unwrap().to_owned();
-            t.sim_post("/simulator/pay", json!({"out_trade_no": no})).await;
-            numbers.push(no);
-        }
-        let hook = t.webhook.clone();
-        eventually("several refused attempts", async || {
-            hook.attempts.load(Ordering::SeqCst) >= 6
-        })
-        .await;
-        assert!(t.webhook.delivered().is_empty());
-        t.webhook.down.store(false, Ordering::SeqCst);
-        eventually("three events delivered", async || hook.delivered().len() >= 3).await;
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        let delivered = t.webhook.delivered();
-        let ids: HashSet<String> = delivered.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
-        assert_eq!(
-            (delivered.len(), ids.len()),
-            (3, 3),
-            "{}: once per event: {delivered:?}",
-            t.engine()
-        );
-        let refused: HashSet<String> = t.webhook.refused.lock().unwrap().iter().cloned().collect();
-        assert!(
-            refused.is_subset(&ids),
-            "retries carry the same ids: {refused:?} vs {ids:?}"
-        );
-        for no in &numbers {
-            assert!(delivered.iter().any(|e| e["data"]["out_trade_no"] == no.as_str()));
-        }
-        assert!(t.webhook.events.lock().unwrap().iter().all(|(_, signed)| *signed));
-        t.stop().await;
+async fn events_wait_while_the_webhook_is_down_and_arrive_once_each_signed_with_the_same_id(db: TestDb) {
+    let t = spawn_app(db, with_jobs_and_webhook()).await;
+    t.webhook.down.store(true, Ordering::SeqCst);
+    let mut numbers = Vec::new();
+    for amount in [101, 102, 103] {
+        let o = t.create(order_body(amount)).await;
+        let no = o["out_trade_no"].as_str().unwrap().to_owned();
+        t.sim_pay(json!({"out_trade_no": no})).await;
+        numbers.push(no);
     }
+    let hook = t.webhook.clone();
+    eventually("several refused attempts", async || {
+        hook.attempts.load(Ordering::SeqCst) >= 6
+    })
+    .await;
+    assert!(t.webhook.delivered().is_empty());
+    t.webhook.down.store(false, Ordering::SeqCst);
+    eventually("three events delivered", async || hook.delivered().len() >= 3).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let delivered = t.webhook.delivered();
+    let ids: HashSet<String> = delivered.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(
+        (delivered.len(), ids.len()),
+        (3, 3),
+        "{}: once per event: {delivered:?}",
+        t.engine()
+    );
+    let refused: HashSet<String> = t.webhook.refused.lock().unwrap().iter().cloned().collect();
+    assert!(
+        refused.is_subset(&ids),
+        "retries carry the same ids: {refused:?} vs {ids:?}"
+    );
+    for no in &numbers {
+        assert!(delivered.iter().any(|e| e["data"]["out_trade_no"] == no.as_str()));
+    }
+    assert!(t.webhook.events.lock().unwrap().iter().all(|(_, signed)| *signed));
+    t.stop().await;
 }
+engines!(events_wait_while_the_webhook_is_down_and_arrive_once_each_signed_with_the_same_id);

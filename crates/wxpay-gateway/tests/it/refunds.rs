@@ -8,6 +8,7 @@ use wxpay_protocol::v2::{RefundNotification, RefundStatus};
 use wxpay_protocol::{ApiKey, BeijingTime, Fen, Nonce};
 use wxpay_simulator::{TEST_API_KEY, TEST_APPID, TEST_MCH_ID};
 
+use crate::support::engines;
 use crate::support::{Options, TestApp, TestDb, eventually, order_body, spawn_app, with_jobs_and_webhook};
 
 async fn refund(t: &TestApp, order: &str, body: Value) -> (u16, Value) {
@@ -38,72 +39,70 @@ fn slow_refunds() -> Options {
     }
 }
 
-#[tokio::test]
-async fn a_partial_then_a_full_refund_succeed_with_events_and_the_order_ends_refunded() {
-    for db in TestDb::all().await {
-        let t = spawn_app(db, with_jobs_and_webhook()).await;
-        t.paid_order("RF-PART", 100).await;
-        let (status, r) = refund(
-            &t,
-            "RF-PART",
-            json!({"amount_fen": 30, "out_refund_no": "RF-PART-1", "reason": "尺码不合适"}),
-        )
-        .await;
-        assert_eq!(status, 201, "{r}");
-        assert_eq!(
-            (r["out_refund_no"].as_str(), r["amount_fen"].as_i64()),
-            (Some("RF-PART-1"), Some(30))
-        );
-        assert_eq!(r["status"], "pending");
-        let r = wait_refund(&t, "RF-PART-1", "succeeded").await;
-        assert!(r["refund_id"].as_str().is_some_and(|id| !id.is_empty()), "{r}");
-        let o = t.order("RF-PART").await;
-        assert_eq!(
-            (o["status"].as_str(), o["refunded_fen"].as_i64()),
-            (Some("paid"), Some(30)),
-            "{}",
-            t.engine()
-        );
+async fn a_partial_then_a_full_refund_succeed_with_events_and_the_order_ends_refunded(db: TestDb) {
+    let t = spawn_app(db, with_jobs_and_webhook()).await;
+    t.paid_order("RF-PART", 100).await;
+    let (status, r) = refund(
+        &t,
+        "RF-PART",
+        json!({"amount_fen": 30, "out_refund_no": "RF-PART-1", "reason": "尺码不合适"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{r}");
+    assert_eq!(
+        (r["out_refund_no"].as_str(), r["amount_fen"].as_i64()),
+        (Some("RF-PART-1"), Some(30))
+    );
+    assert_eq!(r["status"], "pending");
+    let r = wait_refund(&t, "RF-PART-1", "succeeded").await;
+    assert!(r["refund_id"].as_str().is_some_and(|id| !id.is_empty()), "{r}");
+    let o = t.order("RF-PART").await;
+    assert_eq!(
+        (o["status"].as_str(), o["refunded_fen"].as_i64()),
+        (Some("paid"), Some(30)),
+        "{}",
+        t.engine()
+    );
 
-        // The rest, with a generated number.
-        let (status, r) = refund(&t, "RF-PART", json!({"amount_fen": 70})).await;
-        assert_eq!(status, 201, "{r}");
-        let no = r["out_refund_no"].as_str().unwrap().to_owned();
-        wait_refund(&t, &no, "succeeded").await;
-        let o = t.wait_status("RF-PART", "refunded").await;
-        assert_eq!(o["refunded_fen"], 100);
-        assert_eq!(o["refunds"].as_array().unwrap().len(), 2);
-        // Nothing is left to refund.
-        let (status, e) = refund(&t, "RF-PART", json!({"amount_fen": 1})).await;
-        assert_eq!(
-            (status, e["error"]["code"].as_str()),
-            (409, Some("refund_exceeds_amount")),
-            "{e}"
-        );
+    // The rest, with a generated number.
+    let (status, r) = refund(&t, "RF-PART", json!({"amount_fen": 70})).await;
+    assert_eq!(status, 201, "{r}");
+    let no = r["out_refund_no"].as_str().unwrap().to_owned();
+    wait_refund(&t, &no, "succeeded").await;
+    let o = t.wait_status("RF-PART", "refunded").await;
+    assert_eq!(o["refunded_fen"], 100);
+    assert_eq!(o["refunds"].as_array().unwrap().len(), 2);
+    // Nothing is left to refund.
+    let (status, e) = refund(&t, "RF-PART", json!({"amount_fen": 1})).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (409, Some("refund_exceeds_amount")),
+        "{e}"
+    );
 
-        let sim = t.sim_get("/simulator/orders/RF-PART").await;
-        assert_eq!(sim["refunded_fee"], 100, "{sim}");
-        eventually("two refund.succeeded events", async || {
-            t.webhook
-                .delivered()
-                .iter()
-                .filter(|e| e["type"] == "refund.succeeded" && e["data"]["out_trade_no"] == "RF-PART")
-                .count()
-                == 2
-        })
-        .await;
-        let events = t.webhook.delivered();
-        let first = events
+    let sim = t.sim_get("/simulator/orders/RF-PART").await;
+    assert_eq!(sim["refunded_fee"], 100, "{sim}");
+    eventually("two refund.succeeded events", async || {
+        t.webhook
+            .delivered()
             .iter()
-            .find(|e| e["type"] == "refund.succeeded" && e["data"]["out_refund_no"] == "RF-PART-1")
-            .unwrap();
-        assert_eq!(first["data"]["amount_fen"], 30);
-        assert_eq!(first["data"]["reason"], "尺码不合适");
-        t.wait_metric("wxpay_refunds{status=\"succeeded\"} 2").await;
-        t.wait_metric("wxpay_orders{status=\"refunded\"} 1").await;
-        t.stop().await;
-    }
+            .filter(|e| e["type"] == "refund.succeeded" && e["data"]["out_trade_no"] == "RF-PART")
+            .count()
+            == 2
+    })
+    .await;
+    let events = t.webhook.delivered();
+    let first = events
+        .iter()
+        .find(|e| e["type"] == "refund.succeeded" && e["data"]["out_refund_no"] == "RF-PART-1")
+        .unwrap();
+    assert_eq!(first["data"]["amount_fen"], 30);
+    assert_eq!(first["data"]["reason"], "尺码不合适");
+    t.wait_metric("wxpay_refunds{status=\"succeeded\"} 2").await;
+    t.wait_metric("wxpay_orders{status=\"refunded\"} 1").await;
+    t.stop().await;
 }
+engines!(a_partial_then_a_full_refund_succeed_with_events_and_the_order_ends_refunded);
 
 #[tokio::test]
 async fn refunds_of_unpaid_or_unknown_orders_and_bad_amounts_get_clear_errors() {
@@ -141,144 +140,136 @@ async fn refunds_of_unpaid_or_unknown_orders_and_bad_amounts_get_clear_errors() 
     t.stop().await;
 }
 
-#[tokio::test]
-async fn concurrent_refunds_that_would_exceed_the_amount_only_the_allowed_ones_succeed() {
-    for db in TestDb::all().await {
-        let t = spawn_app(db, with_jobs_and_webhook()).await;
-        t.paid_order("RF-RACE", 100).await;
-        let tasks: Vec<_> = (0..12)
-            .map(|i| {
-                let http = t.http.clone();
-                let url = format!("{}/v1/orders/RF-RACE/refunds", t.url);
-                tokio::spawn(async move {
-                    http.post(url)
-                        .bearer_auth(crate::support::TOKEN)
-                        .json(&json!({"amount_fen": 30, "out_refund_no": format!("RF-RACE-{i}")}))
-                        .send()
-                        .await
-                        .unwrap()
-                        .status()
-                        .as_u16()
-                })
+async fn concurrent_refunds_that_would_exceed_the_amount_only_the_allowed_ones_succeed(db: TestDb) {
+    let t = spawn_app(db, with_jobs_and_webhook()).await;
+    t.paid_order("RF-RACE", 100).await;
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let http = t.http.clone();
+            let url = format!("{}/v1/orders/RF-RACE/refunds", t.url);
+            tokio::spawn(async move {
+                http.post(url)
+                    .bearer_auth(crate::support::TOKEN)
+                    .json(&json!({"amount_fen": 30, "out_refund_no": format!("RF-RACE-{i}")}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
             })
-            .collect();
-        let mut statuses = Vec::new();
-        for task in tasks {
-            statuses.push(task.await.unwrap());
-        }
-        assert_eq!(
-            statuses.iter().filter(|s| **s == 201).count(),
-            3,
-            "{statuses:?} on {}",
-            t.engine()
-        );
-        assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 9, "{statuses:?}");
-        eventually("three refunds succeed", async || {
-            t.order("RF-RACE").await["refunded_fen"] == 90
         })
-        .await;
-        let sim = t.sim_get("/simulator/orders/RF-RACE").await;
-        assert_eq!(
-            (sim["refunded_fee"].as_i64(), sim["refunds"].as_array().unwrap().len()),
-            (Some(90), 3),
-            "{sim}"
-        );
-        t.stop().await;
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
     }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        3,
+        "{statuses:?} on {}",
+        t.engine()
+    );
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 9, "{statuses:?}");
+    eventually("three refunds succeed", async || {
+        t.order("RF-RACE").await["refunded_fen"] == 90
+    })
+    .await;
+    let sim = t.sim_get("/simulator/orders/RF-RACE").await;
+    assert_eq!(
+        (sim["refunded_fee"].as_i64(), sim["refunds"].as_array().unwrap().len()),
+        (Some(90), 3),
+        "{sim}"
+    );
+    t.stop().await;
 }
+engines!(concurrent_refunds_that_would_exceed_the_amount_only_the_allowed_ones_succeed);
 
-#[tokio::test]
-async fn the_same_idempotency_key_returns_the_same_refund_and_one_refund_upstream() {
-    for db in TestDb::all().await {
-        let t = spawn_app(db, with_jobs_and_webhook()).await;
-        t.paid_order("RF-IDEM", 100).await;
-        let path = "/v1/orders/RF-IDEM/refunds";
-        let (s1, a) = t
-            .api(Method::POST, path, Some(json!({"amount_fen": 25})), Some("k-refund-1"))
-            .await;
-        let (s2, b) = t
-            .api(Method::POST, path, Some(json!({"amount_fen": 25})), Some("k-refund-1"))
-            .await;
-        assert_eq!((s1, s2), (201, 201), "{a} {b}");
-        assert_eq!(a["out_refund_no"], b["out_refund_no"]);
-        let (s3, e) = t
-            .api(Method::POST, path, Some(json!({"amount_fen": 26})), Some("k-refund-1"))
-            .await;
-        assert_eq!(s3, 409, "{e}");
-        // The same out_refund_no with other parameters is another refund: refused.
-        let no = a["out_refund_no"].as_str().unwrap();
-        let (s4, e) = refund(&t, "RF-IDEM", json!({"amount_fen": 26, "out_refund_no": no})).await;
-        assert_eq!(
-            (s4, e["error"]["code"].as_str()),
-            (409, Some("out_refund_no_taken")),
-            "{e}"
-        );
-        // And with the same ones, the same refund.
-        let (s5, c) = refund(&t, "RF-IDEM", json!({"amount_fen": 25, "out_refund_no": no})).await;
-        assert!(s5 == 200 || s5 == 201, "{s5} {c}");
-        let sim = t.sim_get("/simulator/orders/RF-IDEM").await;
-        assert_eq!(sim["refunds"].as_array().unwrap().len(), 1, "{sim}");
-        t.stop().await;
-    }
+async fn the_same_idempotency_key_returns_the_same_refund_and_one_refund_upstream(db: TestDb) {
+    let t = spawn_app(db, with_jobs_and_webhook()).await;
+    t.paid_order("RF-IDEM", 100).await;
+    let path = "/v1/orders/RF-IDEM/refunds";
+    let (s1, a) = t
+        .api(Method::POST, path, Some(json!({"amount_fen": 25})), Some("k-refund-1"))
+        .await;
+    let (s2, b) = t
+        .api(Method::POST, path, Some(json!({"amount_fen": 25})), Some("k-refund-1"))
+        .await;
+    assert_eq!((s1, s2), (201, 201), "{a} {b}");
+    assert_eq!(a["out_refund_no"], b["out_refund_no"]);
+    let (s3, e) = t
+        .api(Method::POST, path, Some(json!({"amount_fen": 26})), Some("k-refund-1"))
+        .await;
+    assert_eq!(s3, 409, "{e}");
+    // The same out_refund_no with other parameters is another refund: refused.
+    let no = a["out_refund_no"].as_str().unwrap();
+    let (s4, e) = refund(&t, "RF-IDEM", json!({"amount_fen": 26, "out_refund_no": no})).await;
+    assert_eq!(
+        (s4, e["error"]["code"].as_str()),
+        (409, Some("out_refund_no_taken")),
+        "{e}"
+    );
+    // And with the same ones, the same refund.
+    let (s5, c) = refund(&t, "RF-IDEM", json!({"amount_fen": 25, "out_refund_no": no})).await;
+    assert!(s5 == 200 || s5 == 201, "{s5} {c}");
+    let sim = t.sim_get("/simulator/orders/RF-IDEM").await;
+    assert_eq!(sim["refunds"].as_array().unwrap().len(), 1, "{sim}");
+    t.stop().await;
 }
+engines!(the_same_idempotency_key_returns_the_same_refund_and_one_refund_upstream);
 
-#[tokio::test]
-async fn a_systemerror_on_refund_is_retried_with_the_same_out_refund_no() {
-    for db in TestDb::all().await {
-        let t = spawn_app(db, with_jobs_and_webhook()).await;
-        t.paid_order("RF-SYS", 100).await;
-        t.sim_post(
-            "/simulator/faults",
-            json!({"kind": "system_error", "api": "refund", "count": 2}),
-        )
+async fn a_systemerror_on_refund_is_retried_with_the_same_out_refund_no(db: TestDb) {
+    let t = spawn_app(db, with_jobs_and_webhook()).await;
+    t.paid_order("RF-SYS", 100).await;
+    t.fault(json!({"kind": "system_error", "api": "refund", "count": 2}))
         .await;
-        let (status, r) = refund(&t, "RF-SYS", json!({"amount_fen": 40, "out_refund_no": "RF-SYS-1"})).await;
-        assert_eq!(status, 201, "{r}");
-        assert_eq!(r["upstream"], "created", "{r}");
-        wait_refund(&t, "RF-SYS-1", "succeeded").await;
-        let sim = t.sim_get("/simulator/orders/RF-SYS").await;
-        assert_eq!(sim["refunds"].as_array().unwrap().len(), 1, "{sim}");
-        t.stop().await;
-    }
+    let (status, r) = refund(&t, "RF-SYS", json!({"amount_fen": 40, "out_refund_no": "RF-SYS-1"})).await;
+    assert_eq!(status, 201, "{r}");
+    assert_eq!(r["upstream"], "created", "{r}");
+    wait_refund(&t, "RF-SYS-1", "succeeded").await;
+    assert_eq!(t.sim_faults_fired("system_error").await, 2);
+    assert_eq!(t.sim_calls_with("refund", "business_error").await, 2);
+    assert_eq!(t.assert_retries_repeat_the_first("refund", "RF-SYS").await, 3);
+    let sim = t.sim_get("/simulator/orders/RF-SYS").await;
+    assert_eq!(sim["refunds"].as_array().unwrap().len(), 1, "{sim}");
+    t.stop().await;
 }
+engines!(a_systemerror_on_refund_is_retried_with_the_same_out_refund_no);
 
-#[tokio::test]
-async fn lost_refund_answers_leave_it_pending_and_it_is_sent_again_into_one_refund() {
-    for db in TestDb::all().await {
-        let t = spawn_app(db, slow_refunds()).await;
-        t.paid_order("RF-LOST", 100).await;
-        // Every attempt of the first request is carried out and its answer lost.
-        t.sim_post(
-            "/simulator/faults",
-            json!({"kind": "lose_answer", "api": "refund", "count": 3}),
-        )
+async fn lost_refund_answers_leave_it_pending_and_it_is_sent_again_into_one_refund(db: TestDb) {
+    let t = spawn_app(db, slow_refunds()).await;
+    t.paid_order("RF-LOST", 100).await;
+    // Every attempt of the first request is carried out and its answer lost.
+    t.fault(json!({"kind": "lose_answer", "api": "refund", "count": 3}))
         .await;
-        let (status, r) = refund(&t, "RF-LOST", json!({"amount_fen": 50, "out_refund_no": "RF-LOST-1"})).await;
-        assert_eq!(status, 201, "{r}");
-        assert_eq!(
-            (r["status"].as_str(), r["upstream"].as_str()),
-            (Some("pending"), Some("unknown")),
-            "{r}"
-        );
-        // The checks send it again with the same number: WeChat Pay answers with the refund it
-        // made the first time.
-        eventually("the refund is sent again and accepted", async || {
-            get_refund(&t, "RF-LOST-1").await["upstream"] == "created"
-        })
-        .await;
-        let (status, v) = t.sim_post("/simulator/refunds/RF-LOST-1/complete", json!({})).await;
-        assert_eq!(status, 200, "{v}");
-        wait_refund(&t, "RF-LOST-1", "succeeded").await;
-        let sim = t.sim_get("/simulator/orders/RF-LOST").await;
-        assert_eq!(
-            (sim["refunds"].as_array().unwrap().len(), sim["refunded_fee"].as_i64()),
-            (1, Some(50)),
-            "{sim}"
-        );
-        assert_eq!(t.order("RF-LOST").await["refunded_fen"], 50);
-        t.stop().await;
-    }
+    let (status, r) = refund(&t, "RF-LOST", json!({"amount_fen": 50, "out_refund_no": "RF-LOST-1"})).await;
+    assert_eq!(status, 201, "{r}");
+    assert_eq!(
+        (r["status"].as_str(), r["upstream"].as_str()),
+        (Some("pending"), Some("unknown")),
+        "{r}"
+    );
+    // The checks send it again with the same number: WeChat Pay answers with the refund it
+    // made the first time.
+    eventually("the refund is sent again and accepted", async || {
+        get_refund(&t, "RF-LOST-1").await["upstream"] == "created"
+    })
+    .await;
+    let (status, v) = t.sim_post("/simulator/refunds/RF-LOST-1/complete", json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    wait_refund(&t, "RF-LOST-1", "succeeded").await;
+    let sim = t.sim_get("/simulator/orders/RF-LOST").await;
+    assert_eq!(
+        (sim["refunds"].as_array().unwrap().len(), sim["refunded_fee"].as_i64()),
+        (1, Some(50)),
+        "{sim}"
+    );
+    assert_eq!(t.order("RF-LOST").await["refunded_fen"], 50);
+    // Three answers were lost, and every call was the same refund.
+    assert_eq!(t.sim_faults_fired("lose_answer").await, 3);
+    assert!(t.assert_retries_repeat_the_first("refund", "RF-LOST").await >= 4);
+    t.stop().await;
 }
+engines!(lost_refund_answers_leave_it_pending_and_it_is_sent_again_into_one_refund);
 
 fn refund_notification(key: &str, order: &str, refund_no: &str, fee: u64, status: RefundStatus) -> String {
     let n = RefundNotification {
@@ -307,206 +298,194 @@ async fn post_refund_notification(t: &TestApp, body: String) -> (u16, String) {
     t.notify_to("/notify/v2/refund", body).await
 }
 
-#[tokio::test]
-async fn refund_notifications_with_a_wrong_key_an_unknown_refund_or_another_amount_change_nothing() {
-    for db in TestDb::all().await {
-        let t = spawn_app(db, slow_refunds()).await;
-        t.paid_order("RF-NOTE", 100).await;
-        let (status, r) = refund(&t, "RF-NOTE", json!({"amount_fen": 40, "out_refund_no": "RF-NOTE-1"})).await;
-        assert_eq!(status, 201, "{r}");
-        let wrong_key = "0000000000000000000000000000000A";
-        for (body, code) in [
-            (
-                refund_notification(wrong_key, "RF-NOTE", "RF-NOTE-1", 40, RefundStatus::Success),
-                400,
-            ),
-            (
-                refund_notification(TEST_API_KEY, "RF-NOTE", "RF-NOTE-9", 40, RefundStatus::Success),
-                404,
-            ),
-            (
-                refund_notification(TEST_API_KEY, "RF-NOTE", "RF-NOTE-1", 41, RefundStatus::Success),
-                400,
-            ),
-            (
-                refund_notification(TEST_API_KEY, "RF-OTHER", "RF-NOTE-1", 40, RefundStatus::Success),
-                400,
-            ),
-            ("<xml><return_code>SUCCESS</return_code></xml>".to_owned(), 400),
-        ] {
-            let (status, reply) = post_refund_notification(&t, body).await;
-            assert_eq!(status, code, "{reply}");
-            assert!(reply.contains("<return_code><![CDATA[FAIL]]></return_code>"), "{reply}");
-        }
-        let r = get_refund(&t, "RF-NOTE-1").await;
-        assert_eq!(r["status"], "pending", "{} on {}", r, t.engine());
-        assert_eq!(t.order("RF-NOTE").await["refunded_fen"], 0);
-
-        // The genuine one settles it; its repeats change nothing.
-        let genuine = refund_notification(TEST_API_KEY, "RF-NOTE", "RF-NOTE-1", 40, RefundStatus::Success);
-        for _ in 0..3 {
-            let (status, reply) = post_refund_notification(&t, genuine.clone()).await;
-            assert_eq!(status, 200, "{reply}");
-            assert!(reply.contains("SUCCESS"), "{reply}");
-        }
-        assert_eq!(get_refund(&t, "RF-NOTE-1").await["status"], "succeeded");
-        let kinds = t.event_kinds("RF-NOTE").await;
-        assert_eq!(
-            kinds.iter().filter(|k| *k == "refund_succeeded").count(),
-            1,
-            "{kinds:?}"
-        );
-        // A later REFUNDCLOSE for it is a contradiction: refused, nothing changes.
-        let close = refund_notification(TEST_API_KEY, "RF-NOTE", "RF-NOTE-1", 40, RefundStatus::RefundClose);
-        assert_eq!(post_refund_notification(&t, close).await.0, 409);
-        assert_eq!(t.order("RF-NOTE").await["refunded_fen"], 40);
-        t.stop().await;
+async fn refund_notifications_with_a_wrong_key_an_unknown_refund_or_another_amount_change_nothing(db: TestDb) {
+    let t = spawn_app(db, slow_refunds()).await;
+    t.paid_order("RF-NOTE", 100).await;
+    let (status, r) = refund(&t, "RF-NOTE", json!({"amount_fen": 40, "out_refund_no": "RF-NOTE-1"})).await;
+    assert_eq!(status, 201, "{r}");
+    let wrong_key = "0000000000000000000000000000000A";
+    for (body, code) in [
+        (
+            refund_notification(wrong_key, "RF-NOTE", "RF-NOTE-1", 40, RefundStatus::Success),
+            400,
+        ),
+        (
+            refund_notification(TEST_API_KEY, "RF-NOTE", "RF-NOTE-9", 40, RefundStatus::Success),
+            404,
+        ),
+        (
+            refund_notification(TEST_API_KEY, "RF-NOTE", "RF-NOTE-1", 41, RefundStatus::Success),
+            400,
+        ),
+        (
+            refund_notification(TEST_API_KEY, "RF-OTHER", "RF-NOTE-1", 40, RefundStatus::Success),
+            400,
+        ),
+        ("<xml><return_code>SUCCESS</return_code></xml>".to_owned(), 400),
+    ] {
+        let (status, reply) = post_refund_notification(&t, body).await;
+        assert_eq!(status, code, "{reply}");
+        assert!(reply.contains("<return_code><![CDATA[FAIL]]></return_code>"), "{reply}");
     }
-}
+    let r = get_refund(&t, "RF-NOTE-1").await;
+    assert_eq!(r["status"], "pending", "{} on {}", r, t.engine());
+    assert_eq!(t.order("RF-NOTE").await["refunded_fen"], 0);
 
-#[tokio::test]
-async fn a_refund_whose_notifications_never_verify_completes_through_refundquery() {
-    for db in TestDb::all().await {
-        let t = spawn_app(db, with_jobs_and_webhook()).await;
-        t.paid_order("RF-QUERY", 100).await;
-        // Every refund notification for a while comes encrypted with a wrong key.
-        t.sim_post(
-            "/simulator/faults",
-            json!({"kind": "notify_bad_signature", "for_ms": 60_000}),
-        )
-        .await;
-        let (status, r) = refund(
-            &t,
-            "RF-QUERY",
-            json!({"amount_fen": 100, "out_refund_no": "RF-QUERY-1"}),
-        )
-        .await;
-        assert_eq!(status, 201, "{r}");
-        wait_refund(&t, "RF-QUERY-1", "succeeded").await;
-        t.wait_status("RF-QUERY", "refunded").await;
-        let events = t.order("RF-QUERY").await["events"].clone();
-        let settled = events
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["kind"] == "refund_succeeded")
-            .unwrap()
-            .clone();
-        assert_eq!(settled["detail"]["source"], "query", "{settled}");
-        t.stop().await;
-    }
-}
-
-#[tokio::test]
-async fn a_refund_wechat_pay_closes_fails_and_gives_its_amount_back() {
-    for db in TestDb::all().await {
-        let t = spawn_app(db, slow_refunds()).await;
-        t.paid_order("RF-CLOSE", 100).await;
-        let (status, _) = refund(
-            &t,
-            "RF-CLOSE",
-            json!({"amount_fen": 100, "out_refund_no": "RF-CLOSE-1"}),
-        )
-        .await;
-        assert_eq!(status, 201);
-        let (status, v) = t
-            .sim_post(
-                "/simulator/refunds/RF-CLOSE-1/complete",
-                json!({"status": "REFUNDCLOSE"}),
-            )
-            .await;
-        assert_eq!(status, 200, "{v}");
-        wait_refund(&t, "RF-CLOSE-1", "failed").await;
-        eventually("a refund.failed event", async || {
-            t.webhook.delivered().iter().any(|e| e["type"] == "refund.failed")
-        })
-        .await;
-        let o = t.order("RF-CLOSE").await;
-        assert_eq!(
-            (o["status"].as_str(), o["refunded_fen"].as_i64()),
-            (Some("paid"), Some(0))
-        );
-        // The whole amount can be refunded again.
-        let (status, r) = refund(
-            &t,
-            "RF-CLOSE",
-            json!({"amount_fen": 100, "out_refund_no": "RF-CLOSE-2"}),
-        )
-        .await;
-        assert_eq!(status, 201, "{r} on {}", t.engine());
-        t.stop().await;
-    }
-}
-
-#[tokio::test]
-async fn a_refund_failure_from_a_notification_alone_frees_nothing_until_refundquery_confirms_it() {
-    for db in TestDb::all().await {
-        // Refunds fall due for a check a minute after they are made: whatever settles the
-        // refund here is a check the notification brought forward.
-        let t = spawn_app(
-            db,
-            Options {
-                sim: Box::new(|c| c.refund_delay = Duration::from_secs(100_000_000)),
-                webhook: true,
-                jobs: crate::support::prompt_but_patient_jobs(),
-                ..Options::default()
-            },
-        )
-        .await;
-        t.paid_order("RF-SPLICE", 100).await;
-        let (status, r) = refund(
-            &t,
-            "RF-SPLICE",
-            json!({"amount_fen": 100, "out_refund_no": "RF-SPLICE-1"}),
-        )
-        .await;
-        assert_eq!(status, 201, "{r}");
-        let queries = t.sim_calls("refundquery").await;
-
-        // A correctly encrypted REFUNDCLOSE that WeChat Pay never sent (spliced from genuine
-        // blocks, or replayed): WeChat Pay still says PROCESSING.
-        let forged = refund_notification(TEST_API_KEY, "RF-SPLICE", "RF-SPLICE-1", 100, RefundStatus::RefundClose);
-        let (status, reply) = post_refund_notification(&t, forged).await;
+    // The genuine one settles it; its repeats change nothing.
+    let genuine = refund_notification(TEST_API_KEY, "RF-NOTE", "RF-NOTE-1", 40, RefundStatus::Success);
+    for _ in 0..3 {
+        let (status, reply) = post_refund_notification(&t, genuine.clone()).await;
         assert_eq!(status, 200, "{reply}");
-        eventually("the gateway asks WeChat Pay", async || {
-            t.sim_calls("refundquery").await > queries
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(
-            get_refund(&t, "RF-SPLICE-1").await["status"],
-            "pending",
-            "{}",
-            t.engine()
-        );
-        // The amount stays reserved: nothing more can be refunded.
-        let (status, v) = refund(&t, "RF-SPLICE", json!({"amount_fen": 1})).await;
-        assert_eq!(status, 409, "{}: {v}", t.engine());
-        assert_eq!(v["error"]["code"], "refund_exceeds_amount");
-
-        // WeChat Pay really closes it: its notification makes the gateway ask, and the signed
-        // answer fails the refund.
-        let (status, v) = t
-            .sim_post(
-                "/simulator/refunds/RF-SPLICE-1/complete",
-                json!({"status": "REFUNDCLOSE"}),
-            )
-            .await;
-        assert_eq!(status, 200, "{v}");
-        let failed = wait_refund(&t, "RF-SPLICE-1", "failed").await;
-        let settled = t.order("RF-SPLICE").await["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["kind"] == "refund_failed")
-            .cloned()
-            .unwrap();
-        assert_eq!(settled["detail"]["source"], "query", "{failed} {settled}");
-        let (status, v) = refund(&t, "RF-SPLICE", json!({"amount_fen": 100})).await;
-        assert_eq!(status, 201, "{}: the amount is free again: {v}", t.engine());
-        t.stop().await;
+        assert!(reply.contains("SUCCESS"), "{reply}");
     }
+    assert_eq!(get_refund(&t, "RF-NOTE-1").await["status"], "succeeded");
+    let kinds = t.event_kinds("RF-NOTE").await;
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "refund_succeeded").count(),
+        1,
+        "{kinds:?}"
+    );
+    // A later REFUNDCLOSE for it is a contradiction: refused, nothing changes.
+    let close = refund_notification(TEST_API_KEY, "RF-NOTE", "RF-NOTE-1", 40, RefundStatus::RefundClose);
+    assert_eq!(post_refund_notification(&t, close).await.0, 409);
+    assert_eq!(t.order("RF-NOTE").await["refunded_fen"], 40);
+    t.stop().await;
 }
+engines!(refund_notifications_with_a_wrong_key_an_unknown_refund_or_another_amount_change_nothing);
+
+async fn a_refund_whose_notifications_never_verify_completes_through_refundquery(db: TestDb) {
+    let t = spawn_app(db, with_jobs_and_webhook()).await;
+    t.paid_order("RF-QUERY", 100).await;
+    // Every refund notification for a while comes encrypted with a wrong key.
+    t.fault(json!({"kind": "notify_bad_signature", "for_ms": 60_000})).await;
+    let (status, r) = refund(
+        &t,
+        "RF-QUERY",
+        json!({"amount_fen": 100, "out_refund_no": "RF-QUERY-1"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{r}");
+    wait_refund(&t, "RF-QUERY-1", "succeeded").await;
+    t.wait_status("RF-QUERY", "refunded").await;
+    let events = t.order("RF-QUERY").await["events"].clone();
+    let settled = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "refund_succeeded")
+        .unwrap()
+        .clone();
+    assert_eq!(settled["detail"]["source"], "query", "{settled}");
+    t.stop().await;
+}
+engines!(a_refund_whose_notifications_never_verify_completes_through_refundquery);
+
+async fn a_refund_wechat_pay_closes_fails_and_gives_its_amount_back(db: TestDb) {
+    let t = spawn_app(db, slow_refunds()).await;
+    t.paid_order("RF-CLOSE", 100).await;
+    let (status, _) = refund(
+        &t,
+        "RF-CLOSE",
+        json!({"amount_fen": 100, "out_refund_no": "RF-CLOSE-1"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, v) = t
+        .sim_post(
+            "/simulator/refunds/RF-CLOSE-1/complete",
+            json!({"status": "REFUNDCLOSE"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    wait_refund(&t, "RF-CLOSE-1", "failed").await;
+    eventually("a refund.failed event", async || {
+        t.webhook.delivered().iter().any(|e| e["type"] == "refund.failed")
+    })
+    .await;
+    let o = t.order("RF-CLOSE").await;
+    assert_eq!(
+        (o["status"].as_str(), o["refunded_fen"].as_i64()),
+        (Some("paid"), Some(0))
+    );
+    // The whole amount can be refunded again.
+    let (status, r) = refund(
+        &t,
+        "RF-CLOSE",
+        json!({"amount_fen": 100, "out_refund_no": "RF-CLOSE-2"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{r} on {}", t.engine());
+    t.stop().await;
+}
+engines!(a_refund_wechat_pay_closes_fails_and_gives_its_amount_back);
+
+async fn a_refund_failure_from_a_notification_alone_frees_nothing_until_refundquery_confirms_it(db: TestDb) {
+    // Refunds fall due for a check a minute after they are made: whatever settles the
+    // refund here is a check the notification brought forward.
+    let t = spawn_app(
+        db,
+        Options {
+            sim: Box::new(|c| c.refund_delay = Duration::from_secs(100_000_000)),
+            webhook: true,
+            jobs: crate::support::prompt_but_patient_jobs(),
+            ..Options::default()
+        },
+    )
+    .await;
+    t.paid_order("RF-SPLICE", 100).await;
+    let (status, r) = refund(
+        &t,
+        "RF-SPLICE",
+        json!({"amount_fen": 100, "out_refund_no": "RF-SPLICE-1"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{r}");
+    let queries = t.sim_calls("refundquery").await;
+
+    // A correctly encrypted REFUNDCLOSE that WeChat Pay never sent (spliced from genuine
+    // blocks, or replayed): WeChat Pay still says PROCESSING.
+    let forged = refund_notification(TEST_API_KEY, "RF-SPLICE", "RF-SPLICE-1", 100, RefundStatus::RefundClose);
+    let (status, reply) = post_refund_notification(&t, forged).await;
+    assert_eq!(status, 200, "{reply}");
+    eventually("the gateway asks WeChat Pay", async || {
+        t.sim_calls("refundquery").await > queries
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        get_refund(&t, "RF-SPLICE-1").await["status"],
+        "pending",
+        "{}",
+        t.engine()
+    );
+    // The amount stays reserved: nothing more can be refunded.
+    let (status, v) = refund(&t, "RF-SPLICE", json!({"amount_fen": 1})).await;
+    assert_eq!(status, 409, "{}: {v}", t.engine());
+    assert_eq!(v["error"]["code"], "refund_exceeds_amount");
+
+    // WeChat Pay really closes it: its notification makes the gateway ask, and the signed
+    // answer fails the refund.
+    let (status, v) = t
+        .sim_post(
+            "/simulator/refunds/RF-SPLICE-1/complete",
+            json!({"status": "REFUNDCLOSE"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let failed = wait_refund(&t, "RF-SPLICE-1", "failed").await;
+    let settled = t.order("RF-SPLICE").await["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "refund_failed")
+        .cloned()
+        .unwrap();
+    assert_eq!(settled["detail"]["source"], "query", "{failed} {settled}");
+    let (status, v) = refund(&t, "RF-SPLICE", json!({"amount_fen": 100})).await;
+    assert_eq!(status, 201, "{}: the amount is free again: {v}", t.engine());
+    t.stop().await;
+}
+engines!(a_refund_failure_from_a_notification_alone_frees_nothing_until_refundquery_confirms_it);
 
 #[tokio::test]
 async fn refunds_go_over_mutual_tls_with_the_p12_or_the_pem_pair_and_never_without_a_certificate() {

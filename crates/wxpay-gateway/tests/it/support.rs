@@ -45,6 +45,44 @@ pub(crate) struct TestDb {
     pg: Option<(String, String)>,
 }
 
+/// Runs `async fn name(db: TestDb)` once per engine, as two tests with the engine in their
+/// names (`name::sqlite`, `name::postgres`), so that a failure on one engine never hides the
+/// other's result. The PostgreSQL test is skipped without `DATABASE_URL`, and fails instead
+/// when `WXPAY_REQUIRE_POSTGRES=1` (as in CI).
+macro_rules! engines {
+    (multi_thread $name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn sqlite() {
+                super::$name(crate::support::TestDb::sqlite()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread")]
+            async fn postgres() {
+                if let Some(db) = crate::support::TestDb::postgres().await {
+                    super::$name(db).await
+                }
+            }
+        }
+    };
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name(crate::support::TestDb::sqlite()).await
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if let Some(db) = crate::support::TestDb::postgres().await {
+                    super::$name(db).await
+                }
+            }
+        }
+    };
+}
+pub(crate) use engines;
+
 impl TestDb {
     pub(crate) fn sqlite() -> TestDb {
         let dir = std::env::temp_dir().join(format!("wxpay-gw-test-{}", random_suffix()));
@@ -81,14 +119,6 @@ impl TestDb {
     }
 
     /// Every engine this run can test: SQLite always, PostgreSQL with `DATABASE_URL`.
-    pub(crate) async fn all() -> Vec<TestDb> {
-        let mut v = vec![TestDb::sqlite()];
-        if let Some(pg) = TestDb::postgres().await {
-            v.push(pg);
-        }
-        v
-    }
-
     pub(crate) async fn store(&self) -> Arc<dyn Store> {
         wxpay_gateway::open_store(&self.url, 8).await.unwrap()
     }
@@ -595,8 +625,79 @@ impl TestApp {
         assert_eq!(status, 201, "the fault {fault} was not installed: {v}");
     }
 
+    /// The user pays in the simulator (`POST /simulator/pay`), and the simulator took it.
+    pub(crate) async fn sim_pay(&self, pay: Value) {
+        let (status, v) = self.sim_post("/simulator/pay", pay.clone()).await;
+        assert_eq!(status, 200, "the simulator refused the payment {pay}: {v}");
+    }
+
+    /// The fields of every `api` call the simulator received for `out_trade_no`, oldest first.
+    pub(crate) async fn sim_requests(&self, api: &str, out_trade_no: &str) -> Vec<serde_json::Map<String, Value>> {
+        let v = self
+            .sim_get(&format!("/simulator/requests?api={api}&out_trade_no={out_trade_no}"))
+            .await;
+        v["requests"]
+            .as_array()
+            .unwrap_or_else(|| panic!("GET /simulator/requests answered {v}"))
+            .iter()
+            .map(|c| {
+                c["fields"]
+                    .as_object()
+                    .expect("a request the simulator could read")
+                    .clone()
+            })
+            .collect()
+    }
+
+    /// Checks that each call of `api` for `out_trade_no` after the first carries the first
+    /// one's fields, value for value, apart from the fresh nonce and the signature over it;
+    /// returns how many calls there were.
+    pub(crate) async fn assert_retries_repeat_the_first(&self, api: &str, out_trade_no: &str) -> usize {
+        let calls = self.sim_requests(api, out_trade_no).await;
+        let Some(first) = calls.first() else {
+            panic!("the simulator received no {api} call for {out_trade_no}");
+        };
+        let significant = |c: &serde_json::Map<String, Value>| {
+            let mut c = c.clone();
+            c.remove("nonce_str");
+            c.remove("sign");
+            c
+        };
+        for (i, retry) in calls.iter().enumerate().skip(1) {
+            assert_eq!(
+                significant(retry),
+                significant(first),
+                "{api} call {} for {out_trade_no} differs from the first",
+                i + 1
+            );
+        }
+        calls.len()
+    }
+
     /// How many calls of `api` the simulator received, whatever their result.
     pub(crate) async fn sim_calls(&self, api: &str) -> u64 {
+        self.sim_counter(&format!("wxpay_sim_requests_total{{api=\"{api}\","))
+            .await
+    }
+
+    /// How many calls of `api` the simulator answered with `result` (`success`,
+    /// `business_error`, `protocol_error`).
+    pub(crate) async fn sim_calls_with(&self, api: &str, result: &str) -> u64 {
+        self.sim_counter(&format!(
+            "wxpay_sim_requests_total{{api=\"{api}\",result=\"{result}\"}}"
+        ))
+        .await
+    }
+
+    /// How many times the simulator's faults of `kind` fired.
+    pub(crate) async fn sim_faults_fired(&self, kind: &str) -> u64 {
+        self.sim_counter(&format!("wxpay_sim_faults_injected_total{{kind=\"{kind}\"}}"))
+            .await
+    }
+
+    /// The sum of the simulator's metric lines that start with `prefix`; a prefix that
+    /// matches no line is a mistake in the test, not a zero.
+    async fn sim_counter(&self, prefix: &str) -> u64 {
         let text = self
             .http
             .get(format!("{}/metrics", self.sim_url))
@@ -606,11 +707,13 @@ impl TestApp {
             .text()
             .await
             .unwrap();
-        let prefix = format!("wxpay_sim_requests_total{{api=\"{api}\",");
-        text.lines()
-            .filter(|l| l.starts_with(&prefix))
+        let values: Vec<u64> = text
+            .lines()
+            .filter(|l| l.starts_with(prefix))
             .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-            .sum()
+            .collect();
+        assert!(!values.is_empty(), "no simulator metric starts with {prefix}");
+        values.iter().sum()
     }
 
     pub(crate) async fn sim_get(&self, path: &str) -> Value {

@@ -60,6 +60,9 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), CliError> {
         let addr = listener.local_addr().map_err(|e| CliError::Usage(e.to_string()))?;
         let jobs = app.start_jobs();
         tracing::info!(%addr, engine = app.store().engine(), merchants = %merchants.join(", "), "wxpay gateway listening");
+        // One line in a fixed form on stderr, whatever the log format, so that scripts and
+        // tests can listen on port 0 and read the address the system chose.
+        eprintln!("wxpay gateway at http://{addr}");
         let served = wxpay_gateway::serve(&app, listener, crate::shutdown_signal()).await;
         tracing::info!("shutting down: finishing requests whose clients went away, then background work");
         app.finish_requests().await;

@@ -38,7 +38,7 @@ pub(crate) enum PayError {
 
 /// Pays (or fails) the order at `loc`; the caller starts its notification.
 pub(crate) fn pay(sim: &Simulator, loc: Loc, success: bool, prepay_id: Option<&str>) -> Result<(), PayError> {
-    let now = ids::now_unix();
+    let now = sim.now();
     let mut g = sim.inner.store.lock(loc.shard);
     expire_if_due(&mut g, loc.slot, now);
     let shard = g.shard();
@@ -89,7 +89,7 @@ pub(crate) fn complete_refund(sim: &Simulator, loc: Loc, idx: usize, status: Ref
         return false;
     }
     r.status = status;
-    r.settled_at = Some(ids::now_unix());
+    r.settled_at = Some(sim.now());
     let notify = r.notify_url.is_some();
     g.note_if_finished(loc.slot);
     drop(g);
@@ -239,7 +239,7 @@ fn view(sim: &Simulator, o: &Order) -> OrderView {
 }
 
 fn view_at(sim: &Simulator, loc: Loc) -> Option<OrderView> {
-    let now = ids::now_unix();
+    let now = sim.now();
     let mut g = sim.inner.store.lock(loc.shard);
     expire_if_due(&mut g, loc.slot, now);
     g.get(loc.slot).map(|o| view(sim, o))
@@ -313,6 +313,17 @@ struct RequestsQuery {
 async fn requests_endpoint(State(sim): State<Simulator>, Query(q): Query<RequestsQuery>) -> Response {
     let calls = sim.inner.requests.list(q.api.as_deref(), q.out_trade_no.as_deref());
     Json(serde_json::json!({ "requests": calls })).into_response()
+}
+
+#[derive(Deserialize)]
+struct ClockRequest {
+    advance_secs: u32,
+}
+
+/// Moves the simulator's time on (never back: WeChat Pay's time only goes forward).
+async fn clock_endpoint(State(sim): State<Simulator>, Json(req): Json<ClockRequest>) -> Response {
+    let now = sim.advance_clock(i64::from(req.advance_secs));
+    Json(serde_json::json!({ "now": now })).into_response()
 }
 
 async fn add_fault(State(sim): State<Simulator>, Json(req): Json<FaultRequest>) -> Response {
@@ -493,6 +504,7 @@ pub(crate) fn router() -> Router<Simulator> {
         .route("/simulator/orders/{out_trade_no}", get(order_endpoint))
         .route("/simulator/notifications", get(notifications_endpoint))
         .route("/simulator/requests", get(requests_endpoint))
+        .route("/simulator/clock", post(clock_endpoint))
         .route(
             "/simulator/faults",
             post(add_fault).get(list_faults).delete(clear_faults),

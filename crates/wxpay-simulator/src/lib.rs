@@ -84,6 +84,9 @@ pub(crate) struct Inner {
     pub metrics: Metrics,
     pub notifier: Notifier,
     pub requests: requests::RequestLog,
+    /// Seconds added to the wall clock by `POST /simulator/clock`, so that tests can reach an
+    /// order's `time_expire` or a prepay's two hours without waiting.
+    pub clock_offset: std::sync::atomic::AtomicI64,
     pub logins: sns::Logins,
     urls: Mutex<HashMap<Box<str>, Arc<str>>>,
     pub tls: Option<tls::TlsMaterial>,
@@ -106,6 +109,19 @@ impl std::fmt::Debug for Simulator {
 }
 
 impl Simulator {
+    /// The simulator's time (unix seconds): the wall clock, moved on by `POST /simulator/clock`.
+    pub fn now(&self) -> i64 {
+        ids::now_unix() + self.inner.clock_offset.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Moves the simulator's time on by `secs`; returns the new time.
+    pub fn advance_clock(&self, secs: i64) -> i64 {
+        self.inner
+            .clock_offset
+            .fetch_add(secs, std::sync::atomic::Ordering::Relaxed);
+        self.now()
+    }
+
     /// Checks the configuration and builds the simulator (no task runs until
     /// [`Simulator::serve`] or [`Simulator::start_background`]).
     ///
@@ -165,6 +181,7 @@ impl Simulator {
                 metrics: Metrics::default(),
                 notifier,
                 requests: requests::RequestLog::default(),
+                clock_offset: std::sync::atomic::AtomicI64::new(0),
                 logins: sns::Logins::default(),
                 urls: Mutex::new(HashMap::new()),
                 tls,

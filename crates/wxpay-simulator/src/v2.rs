@@ -219,7 +219,7 @@ fn gate<'b>(
 }
 
 async fn call(sim: Simulator, api: Api, method: Method, cert: Option<PeerCert>, body: Bytes) -> Response {
-    sim.inner.requests.record(api.name(), ids::now_unix(), &body);
+    sim.inner.requests.record(api.name(), sim.now(), &body);
     let gate = match gate(&sim, api, &method, cert.as_ref(), &body) {
         Ok(g) => g,
         Err(reply) => return finish(&sim, api, reply, None),
@@ -233,7 +233,7 @@ async fn call(sim: Simulator, api: Api, method: Method, cert: Option<PeerCert>, 
         appid,
         sign_type: gate.sign_type,
         nonce: ids::nonce(),
-        now: ids::now_unix(),
+        now: sim.now(),
     };
     if appid.is_empty() {
         return finish(&sim, api, biz_or_fail(&ctx, api, "缺少参数appid"), None);

@@ -3,7 +3,9 @@
 use wxpay_protocol::v2::{self, CloseOrder, ErrCode, OrderQuery, TradeState, UnifiedOrder, V2Call};
 use wxpay_protocol::{Error, Fields, OutTradeNo, SignType};
 
-use crate::support::{merchant, nonce, spawn, spawn_with};
+use serde_json::json;
+
+use crate::support::{Env, merchant, nonce, spawn, spawn_with};
 
 #[tokio::test]
 async fn unifiedorder_answers_a_signed_prepay_id_in_either_algorithm() {
@@ -304,21 +306,35 @@ async fn an_unknown_order_does_not_exist() {
 async fn an_order_past_its_time_expire_is_closed() {
     let env = spawn().await;
     let mut order = env.order("expiring", 10);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = env.sim.simulator().now();
     order.time_expire = Some(wxpay_protocol::BeijingTime::from_unix(now + 30));
     let err = env.call(&order).await.unwrap_err();
     assert!(
         matches!(&err, Error::Business { code: ErrCode::InvalidRequest, description } if description.contains("time_expire")),
         "{err}"
     );
-    order.time_expire = Some(wxpay_protocol::BeijingTime::from_unix(now + 61));
+    // Five minutes of margin: a second boundary passing during the call must not matter.
+    order.time_expire = Some(wxpay_protocol::BeijingTime::from_unix(now + 300));
     env.call(&order).await.unwrap();
     let view = env.get_json("/simulator/orders/expiring").await;
     assert_eq!(view["trade_state"], "NOTPAY");
     assert!(view["time_expire"].is_string());
+
+    // A second before time_expire it is still payable; once it has passed it is closed.
+    let (status, v) = env.post_json("/simulator/clock", json!({"advance_secs": 298})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        env.get_json("/simulator/orders/expiring").await["trade_state"],
+        "NOTPAY"
+    );
+    let (status, _) = env.post_json("/simulator/clock", json!({"advance_secs": 3})).await;
+    assert_eq!(status, 200);
+    let view = env.get_json("/simulator/orders/expiring").await;
+    assert_eq!(view["trade_state"], "CLOSED", "{view}");
+    let query = OrderQuery::by_out_trade_no(OutTradeNo::new("expiring").unwrap());
+    assert_eq!(env.call(&query).await.unwrap().trade_state, TradeState::Closed);
+    let (status, v) = env.pay("expiring", "success").await;
+    assert_ne!(status, 200, "a closed order cannot be paid: {v}");
 }
 
 #[tokio::test]
@@ -424,7 +440,30 @@ async fn metrics_count_calls_by_api_and_result() {
 async fn shutdown_is_graceful() {
     let env = spawn().await;
     env.create("s-1", 1).await;
-    let addr = env.sim.addr();
-    env.sim.shutdown().await;
+    // A call in flight when the shutdown begins still gets its answer.
+    env.fault(json!({"kind": "delay", "api": "unifiedorder", "count": 1, "delay_ms": 1000}))
+        .await;
+    let body = v2::encode(&env.order("s-2", 1), &env.merchant, &nonce()).unwrap();
+    let request = env.http.post(env.url(UnifiedOrder::PATH)).body(body);
+    let in_flight = tokio::spawn(async move { request.send().await?.text().await });
+    crate::support::eventually("the call is in flight", async || {
+        let text = env
+            .http
+            .get(env.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.contains("wxpay_sim_faults_injected_total{kind=\"delay\"} 1")
+    })
+    .await;
+    let Env { sim, merchant, .. } = env;
+    let addr = sim.addr();
+    sim.shutdown().await;
+    let answer = in_flight.await.unwrap().expect("the call in flight was answered");
+    let prepay = UnifiedOrder::decode(answer.as_bytes(), &merchant).expect("a signed prepay");
+    assert!(prepay.prepay_id.starts_with("wx"));
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }

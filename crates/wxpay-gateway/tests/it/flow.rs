@@ -420,15 +420,28 @@ async fn an_hmac_merchant_is_paid_through_its_own_notifications() {
     assert_eq!(o["pay_params"]["signType"], "HMAC-SHA256");
     let no = o["out_trade_no"].as_str().unwrap().to_owned();
     t.sim_pay(json!({"out_trade_no": no, "mch_id": HMAC_MCH_ID})).await;
-    let paid = t
-        .api(Method::GET, &format!("/v1/orders/{no}?merchant=hmac"), None, None)
-        .await;
-    assert_eq!(paid.0, 200);
     let app = t.app.clone();
     eventually("the HMAC notification applies", async || {
         app.metrics().notifications_with("applied") == 1
     })
     .await;
+    let (status, paid) = t
+        .api(Method::GET, &format!("/v1/orders/{no}?merchant=hmac"), None, None)
+        .await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["status"], "paid", "{paid}");
+    assert_eq!(paid["amount_fen"], 321);
+    let event = paid["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "paid")
+        .cloned();
+    assert_eq!(event.unwrap()["detail"]["source"], "notification", "{paid}");
+    // The notification the simulator signed was HMAC-SHA256, so that is what was verified.
+    let attempts = t.sim_get(&format!("/simulator/notifications?out_trade_no={no}")).await;
+    let body = attempts["attempts"][0]["body"].as_str().unwrap().to_owned();
+    assert!(body.contains("HMAC-SHA256"), "{body}");
     t.stop().await;
 }
 
@@ -600,6 +613,10 @@ async fn a_failed_payment_notification_is_acknowledged_and_leaves_the_order_paya
     });
     assert_eq!(t.notify(body).await, (200, SUCCESS.to_owned()));
     assert_eq!(t.order(&no).await["status"], "pending");
+    // Payable: the payer tries again and succeeds, and the order is paid.
+    t.sim_pay(json!({"out_trade_no": no})).await;
+    let paid = t.wait_status(&no, "paid").await;
+    assert_eq!(paid["amount_fen"], 100, "{paid}");
     t.stop().await;
 }
 

@@ -49,21 +49,75 @@ pub(crate) fn check_notification(data: &[u8]) {
     }
 }
 
+/// What each input in the seed folders is, so that the invariants are applied to inputs that
+/// reach the code they guard: a seed that stops parsing, or a hostile file that starts to, is
+/// a failure here and not a silent loss of coverage.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Seed {
+    /// A payment notification signed with the documentation key (MD5).
+    Notification,
+    /// Well-formed fields the reader accepts.
+    Fields,
+    /// Refused by the reader.
+    Refused,
+    /// Not XML at all (the CLI's JSON fixtures).
+    Json,
+}
+
+const SEEDS: &[(&str, Seed)] = &[
+    ("fuzz/notify-md5.xml", Seed::Notification),
+    ("vectors/xml/billion-laughs.xml", Seed::Refused),
+    ("vectors/xml/duplicate-field.xml", Seed::Refused),
+    ("vectors/xml/nested.xml", Seed::Refused),
+    ("vectors/xml/non-utf8.xml", Seed::Refused),
+    ("vectors/xml/truncated.xml", Seed::Refused),
+    ("vectors/xml/wrong-root.xml", Seed::Refused),
+    ("vectors/xml/xxe-file.xml", Seed::Refused),
+    ("vectors/xml/xxe-http.xml", Seed::Refused),
+    ("cli/empty-field-signed.xml", Seed::Fields),
+    ("cli/gbk-body.xml", Seed::Refused),
+    ("cli/lowercase-sign.xml", Seed::Fields),
+    ("cli/official-hmac.xml", Seed::Fields),
+    ("cli/official-md5.xml", Seed::Fields),
+    ("cli/paysign-lowercase-names.json", Seed::Json),
+    ("cli/paysign-official.json", Seed::Json),
+];
+
 #[test]
 fn fuzz_inputs_keep_their_invariants() {
     let root = crate::support::vectors_dir().join("..");
-    let mut n = 0;
+    let mut found = Vec::new();
     for dir in ["fuzz", "vectors/xml", "cli"] {
         for entry in std::fs::read_dir(root.join(dir)).unwrap() {
             let path = entry.unwrap().path();
-            if !matches!(path.extension().and_then(|e| e.to_str()), Some("xml" | "json")) {
-                continue;
+            if matches!(path.extension().and_then(|e| e.to_str()), Some("xml" | "json")) {
+                found.push(format!("{dir}/{}", path.file_name().unwrap().to_str().unwrap()));
             }
-            let data = std::fs::read(&path).unwrap();
-            check_xml_reader(&data);
-            check_notification(&data);
-            n += 1;
         }
     }
-    assert!(n >= 16, "only {n} inputs found");
+    found.sort();
+    let mut listed: Vec<String> = SEEDS.iter().map(|(f, _)| (*f).to_owned()).collect();
+    listed.sort();
+    assert_eq!(
+        found, listed,
+        "every seed has an expectation in SEEDS, and every expectation a file"
+    );
+    for &(file, seed) in SEEDS {
+        let data = std::fs::read(root.join(file)).unwrap();
+        check_xml_reader(&data);
+        check_notification(&data);
+        let read = xml::read(&data);
+        match seed {
+            Seed::Notification => {
+                let n = PaymentNotification::parse(&data, &merchant(SignType::Md5));
+                assert!(n.is_ok(), "{file} no longer reads as a verified notification: {n:?}");
+            }
+            Seed::Fields => assert!(read.is_ok(), "{file} no longer reads: {read:?}"),
+            Seed::Refused => assert!(read.is_err(), "{file} is read: {read:?}"),
+            Seed::Json => assert!(
+                serde_json::from_slice::<serde_json::Value>(&data).is_ok() && read.is_err(),
+                "{file}"
+            ),
+        }
+    }
 }

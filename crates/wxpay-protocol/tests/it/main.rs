@@ -3,6 +3,7 @@
 
 mod calls;
 mod fuzz_checks;
+mod golden;
 mod hostile_xml;
 mod notifications;
 mod properties;

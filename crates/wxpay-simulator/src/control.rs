@@ -316,14 +316,30 @@ async fn requests_endpoint(State(sim): State<Simulator>, Query(q): Query<Request
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ClockRequest {
-    advance_secs: u32,
+    advance_secs: Option<u32>,
+    until_beijing_hour: Option<u8>,
 }
 
-/// Moves the simulator's time on (never back: WeChat Pay's time only goes forward).
+/// Moves the simulator's time on (never back: WeChat Pay's time only goes forward), by a
+/// number of seconds or to the next time it is a given hour in Beijing.
 async fn clock_endpoint(State(sim): State<Simulator>, Json(req): Json<ClockRequest>) -> Response {
-    let now = sim.advance_clock(i64::from(req.advance_secs));
-    Json(serde_json::json!({ "now": now })).into_response()
+    let moved = match (req.advance_secs, req.until_beijing_hour) {
+        (Some(secs), None) => {
+            sim.advance_clock(i64::from(secs));
+            i64::from(secs)
+        }
+        (None, Some(hour)) if hour < 24 => sim.advance_clock_to_beijing_hour(hour),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_clock",
+                "give either advance_secs or until_beijing_hour (0-23)",
+            );
+        }
+    };
+    Json(serde_json::json!({ "now": sim.now(), "moved_secs": moved })).into_response()
 }
 
 async fn add_fault(State(sim): State<Simulator>, Json(req): Json<FaultRequest>) -> Response {

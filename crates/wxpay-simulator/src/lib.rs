@@ -122,6 +122,15 @@ impl Simulator {
         self.now()
     }
 
+    /// Moves the simulator's time on to the next moment (now included) when it is `hour`:00
+    /// in Beijing; returns how many seconds it moved. A test that pins its day at noon has
+    /// twelve hours before the bill's day changes under it.
+    pub fn advance_clock_to_beijing_hour(&self, hour: u8) -> i64 {
+        let secs = seconds_until_beijing_hour(self.now(), hour);
+        self.advance_clock(secs);
+        secs
+    }
+
     /// Checks the configuration and builds the simulator (no task runs until
     /// [`Simulator::serve`] or [`Simulator::start_background`]).
     ///
@@ -319,5 +328,28 @@ impl SimHandle {
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
+    }
+}
+
+/// Seconds from `now` (unix) to the next `hour`:00:00 in Beijing (UTC+8), 0 when `now` is one.
+pub fn seconds_until_beijing_hour(now: i64, hour: u8) -> i64 {
+    let since_midnight = (now + 8 * 3600).rem_euclid(86_400);
+    (i64::from(hour % 24) * 3600 - since_midnight).rem_euclid(86_400)
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::seconds_until_beijing_hour;
+
+    #[test]
+    fn the_next_beijing_noon_is_found_from_either_side_of_midnight() {
+        // 2026-12-03 04:00:00 UTC is 12:00 in Beijing.
+        let noon = 1_796_270_400;
+        assert_eq!(seconds_until_beijing_hour(noon, 12), 0);
+        assert_eq!(seconds_until_beijing_hour(noon - 1, 12), 1);
+        assert_eq!(seconds_until_beijing_hour(noon + 1, 12), 86_399);
+        // 23:59:59 Beijing, the second before the day changes, is 12 h 1 s before noon.
+        assert_eq!(seconds_until_beijing_hour(noon + 12 * 3600 - 1, 12), 12 * 3600 + 1);
+        assert_eq!(seconds_until_beijing_hour(noon, 0), 12 * 3600);
     }
 }

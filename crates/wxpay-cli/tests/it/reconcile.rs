@@ -42,6 +42,17 @@ fn config(dir: &Path, port: u16, database_url: &str, sim: &SimHandle) -> std::pa
     )
 }
 
+/// Waits, if the Beijing day has less than `needed` left, until the next one begins; returns
+/// the day (YYYY-MM-DD) the caller then has `needed` of.
+async fn one_beijing_day_ahead(needed: Duration) -> String {
+    let now = || wxpay_gateway::time::now_ms().div_euclid(1000);
+    let left = wxpay_simulator::seconds_until_beijing_hour(now(), 0);
+    if left < needed.as_secs() as i64 {
+        tokio::time::sleep(Duration::from_secs(left as u64 + 1)).await;
+    }
+    Day::containing(now() * 1000).date
+}
+
 fn reconcile(config: &Path, date: &str, extra: &[&str]) -> Run {
     let mut args = vec!["reconcile", "--config", config.to_str().unwrap(), "--date", date];
     args.extend_from_slice(extra);
@@ -49,6 +60,10 @@ fn reconcile(config: &Path, date: &str, extra: &[&str]) -> Run {
 }
 
 async fn refund_then_reconcile(database_url: &str, dir: &Path) {
+    // The gateway here is another process on the wall clock, which the test cannot move as
+    // it moves an in-process one; so it starts only when a Beijing day has at least two
+    // minutes left, and the payment, the refund and the bill all fall on that day.
+    let day = one_beijing_day_ahead(Duration::from_secs(120)).await;
     let sim = tls_simulator(dir).await;
     let port = free_port();
     let cfg = config(dir, port, database_url, &sim);
@@ -101,7 +116,7 @@ async fn refund_then_reconcile(database_url: &str, dir: &Path) {
     })
     .await;
 
-    let today = Day::containing(wxpay_gateway::time::now_ms()).date;
+    let today = day;
     let Run { code, stdout, stderr } = reconcile(&cfg, &today, &["--format", "json"]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let doc: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));

@@ -16,6 +16,7 @@ fn with_bills(jobs: bool) -> Options {
     Options {
         jobs: if jobs { quick_jobs() } else { Options::default().jobs },
         sim: Box::new(|c| c.bills_immediately = true),
+        pin_beijing_noon: true,
         ..Options::default()
     }
 }

@@ -2,7 +2,7 @@
 //! receiver, and signed notifications made by hand.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -192,6 +192,9 @@ pub(crate) struct Webhook {
     pub attempts: Arc<AtomicUsize>,
     /// Event ids refused while down.
     pub refused: Arc<Mutex<Vec<String>>>,
+    /// Seconds the receiver's clock is ahead of the wall clock: as far as the test moved the
+    /// gateway's, so that a signature's timestamp is judged by the time the test lives in.
+    pub clock_offset_secs: Arc<AtomicI64>,
 }
 
 impl Webhook {
@@ -225,7 +228,7 @@ impl Webhook {
                         .get("wxpay-signature")
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
-                    let now = wxpay_gateway::time::now_ms() / 1000;
+                    let now = wxpay_gateway::time::now_ms() / 1000 + state.clock_offset_secs.load(Ordering::SeqCst);
                     let ok = wxpay_gateway::verify_webhook_signature(WEBHOOK_SECRET, sig, &text, now, 300);
                     let v: Value = serde_json::from_str(&text).unwrap();
                     state.events.lock().unwrap().push((v, ok));
@@ -252,6 +255,10 @@ pub(crate) struct Options {
     pub sim: Box<dyn FnOnce(&mut SimConfig) + Send>,
     /// Use this running simulator instead of starting one.
     pub shared_sim: Option<String>,
+    /// Moves the gateway's, the simulator's and the webhook receiver's clocks to the next
+    /// noon in Beijing before anything happens: a test about a day's bill then has twelve
+    /// hours before its day changes, whenever it runs.
+    pub pin_beijing_noon: bool,
     /// The daily reconciliation.
     pub reconcile: wxpay_gateway::ReconcileConfig,
     /// The simulator over TLS, requiring the merchant certificate for refunds: the default
@@ -290,6 +297,7 @@ impl Default for Options {
             },
             sim: Box::new(|_| {}),
             shared_sim: None,
+            pin_beijing_noon: false,
             reconcile: wxpay_gateway::ReconcileConfig::default(),
             tls: false,
             hmac_without_cert: false,
@@ -477,6 +485,14 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
         _ => db.store().await,
     };
     let app = App::new(config, store).unwrap();
+    if opts.pin_beijing_noon {
+        // Before the jobs start, so that the daily work sees one day only.
+        let secs = wxpay_simulator::seconds_until_beijing_hour(app.now().div_euclid(1000), 12);
+        app.clock().advance(Duration::from_secs(secs as u64));
+        webhook.clock_offset_secs.fetch_add(secs, Ordering::SeqCst);
+        let sim = sim.as_ref().expect("a pinned day needs the test's own simulator");
+        sim.simulator().advance_clock(secs);
+    }
     let jobs = app.start_jobs();
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let served = app.clone();

@@ -5,19 +5,19 @@ use std::collections::BTreeMap;
 use wxpay_protocol::v2::{self, BillType, DownloadBill, OrderRef, Refund, V2Call};
 use wxpay_protocol::{BeijingTime, Error, Fen, OutRefundNo, OutTradeNo};
 
-use crate::support::{nonce, spawn, spawn_with};
+use crate::support::{Env, nonce, spawn, spawn_with};
 
-fn today() -> BeijingTime {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    BeijingTime::from_unix(now)
+/// Moves the simulator's clock to the next noon in Beijing and returns that moment: the
+/// bill's day then stays the same for twelve hours, whenever the test runs.
+fn pin_noon(env: &Env) -> BeijingTime {
+    let sim = env.sim.simulator();
+    sim.advance_clock_to_beijing_hour(12);
+    BeijingTime::from_unix(sim.now())
 }
 
-fn bill(t: BillType) -> DownloadBill {
+fn bill(t: BillType, day: BeijingTime) -> DownloadBill {
     DownloadBill {
-        bill_date: today(),
+        bill_date: day,
         bill_type: t,
         extra: BTreeMap::new(),
     }
@@ -26,6 +26,7 @@ fn bill(t: BillType) -> DownloadBill {
 #[tokio::test]
 async fn the_day_bill_lists_payments_and_refunds_with_exact_amounts() {
     let env = spawn().await;
+    let day = pin_noon(&env);
     for (no, fee) in [("b-7", 7), ("b-1999", 1999), ("b-100010", 100_010)] {
         env.create(no, fee).await;
         env.pay(no, "success").await;
@@ -40,13 +41,13 @@ async fn the_day_bill_lists_payments_and_refunds_with_exact_amounts() {
     env.call(&refund).await.unwrap();
 
     // The raw bytes have WeChat Pay's shape.
-    let body = v2::encode(&bill(BillType::All), &env.merchant, &nonce()).unwrap();
+    let body = v2::encode(&bill(BillType::All, day), &env.merchant, &nonce()).unwrap();
     let (_, text) = env.post_raw(DownloadBill::PATH, body).await;
     assert!(text.starts_with('\u{FEFF}'), "a byte order mark first");
     assert!(text.contains("\r\n`"), "CRLF lines and backtick values");
     assert!(text.contains("`19.99,"), "{text}");
 
-    let all = env.call(&bill(BillType::All)).await.unwrap();
+    let all = env.call(&bill(BillType::All, day)).await.unwrap();
     assert_eq!(
         all.rows.len(),
         4,
@@ -68,8 +69,8 @@ async fn the_day_bill_lists_payments_and_refunds_with_exact_amounts() {
     let big = all.rows.iter().find(|r| r.out_trade_no == "b-100010").unwrap();
     assert_eq!(big.fee.to_fen_exact(), Some(600));
 
-    assert_eq!(env.call(&bill(BillType::Success)).await.unwrap().rows.len(), 3);
-    let refunds = env.call(&bill(BillType::Refund)).await.unwrap();
+    assert_eq!(env.call(&bill(BillType::Success, day)).await.unwrap().rows.len(), 3);
+    let refunds = env.call(&bill(BillType::Refund, day)).await.unwrap();
     assert_eq!(refunds.rows.len(), 1);
     assert!(refunds.rows[0].refund_apply_time.is_some());
 }
@@ -77,7 +78,8 @@ async fn the_day_bill_lists_payments_and_refunds_with_exact_amounts() {
 #[tokio::test]
 async fn a_day_without_transactions_has_no_bill() {
     let env = spawn().await;
-    let err = env.call(&bill(BillType::All)).await.unwrap_err();
+    let day = pin_noon(&env);
+    let err = env.call(&bill(BillType::All, day)).await.unwrap_err();
     assert_eq!(
         err,
         Error::ReturnFail {
@@ -85,7 +87,7 @@ async fn a_day_without_transactions_has_no_bill() {
             error_code: Some("20002".into())
         }
     );
-    let mut future = bill(BillType::All);
+    let mut future = bill(BillType::All, day);
     future.bill_date = BeijingTime::from_unix(future.bill_date.unix() + 3 * 86_400);
     let err = env.call(&future).await.unwrap_err();
     assert!(matches!(err, Error::ReturnFail { return_msg, .. } if return_msg == "invalid bill_date"));
@@ -94,17 +96,19 @@ async fn a_day_without_transactions_has_no_bill() {
 #[tokio::test]
 async fn today_bill_is_still_being_made_unless_asked_for_at_once() {
     let env = spawn_with(|c| c.bills_immediately = false).await;
+    let day = pin_noon(&env);
     env.create("t-1", 1).await;
     env.pay("t-1", "success").await;
-    let err = env.call(&bill(BillType::All)).await.unwrap_err();
+    let err = env.call(&bill(BillType::All, day)).await.unwrap_err();
     assert!(matches!(err, Error::ReturnFail { return_msg, .. } if return_msg == "Bill Creating"));
 }
 
 #[tokio::test]
 async fn a_bad_signature_on_downloadbill_says_sign_error() {
     let env = spawn().await;
+    let day = pin_noon(&env);
     let mut wrong = env.merchant.clone();
     wrong.key = wxpay_protocol::ApiKey::new("0123456789abcdef0123456789abcdef").unwrap();
-    let err = env.call_as(&wrong, &bill(BillType::All)).await.unwrap_err();
+    let err = env.call_as(&wrong, &bill(BillType::All, day)).await.unwrap_err();
     assert!(matches!(err, Error::ReturnFail { return_msg, error_code: Some(_) } if return_msg == "SIGN ERROR"));
 }

@@ -1,31 +1,47 @@
 #!/usr/bin/env bash
-# Conformance: the unchanged WeChat Pay SDK `wechatpy` (pinned from PyPI) against the simulator.
+# Conformance: the unchanged WeChat Pay SDK `wechatpy` (pinned from PyPI) against
+# `wxpay simulator` and against the gateway, `wxpay serve`.
 #
 #   ./scripts/conformance.sh
 #
 # Makes (or reuses) a venv in target/conformance-venv with scripts/conformance/requirements.txt,
-# starts `wxpay simulator --mode explicit` on a free loopback port, waits for
-# GET /simulator/health, runs scripts/conformance/wechatpy_conformance.py against it, and
-# always stops the simulator. Exits with the Python script's status.
+# then runs scripts/conformance/run.py, which
+#   1. starts `wxpay simulator --tls --bills-immediately` and drives it with wechatpy
+#      (wechatpy_conformance.py): orders, the payment notification, refunds over mutual TLS
+#      with the merchant certificate, the refund notification, an HMAC-SHA256 merchant,
+#      downloadbill, wrong keys;
+#   2. starts a second simulator (an MD5 and an HMAC-SHA256 merchant) and `wxpay serve` in
+#      front of it on SQLite, creates orders and refunds through the gateway's API and posts
+#      payment and refund notifications made with the SDK to the gateway's notify URLs
+#      (gateway_conformance.py).
+# Every server listens on 127.0.0.1:0 and is found by the address it prints; none inherits a
+# WXPAY_* variable of the caller (cleared here, and again by conformance/servers.py, which
+# starts them); all are stopped at the end. One line per check; exits non-zero at the first
+# failure, after the end of the server logs (kept in target/conformance-logs/).
 #
 # Environment:
 #   WXPAY_BIN  the wxpay binary (default target/debug/wxpay; a relative path is taken from the
-#              repository root). This script never builds it:
-#              run `cargo build` yourself first.
+#              repository root). This script never builds it: run
+#              `cargo build -q -p wxpay-cli` yourself first.
 #   PYTHON     the interpreter the venv is made from (default python3).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-WXPAY_BIN=${WXPAY_BIN:-target/debug/wxpay}
+BIN=${WXPAY_BIN:-target/debug/wxpay}
 PYTHON=${PYTHON:-python3}
 VENV=target/conformance-venv
 REQUIREMENTS=scripts/conformance/requirements.txt
-SCRIPT=scripts/conformance/wechatpy_conformance.py
-SIM_LOG=target/conformance-simulator.log
+LOGS=target/conformance-logs
 
-if [[ ! -x "$WXPAY_BIN" ]]; then
-    echo "conformance: $WXPAY_BIN is not an executable; build it first (cargo build) or set WXPAY_BIN" >&2
+# Nothing named WXPAY_* reaches the servers (a developer's WXPAY_DATABASE_URL or WXPAY_CONFIG
+# would point the test gateway at a real database or another configuration).
+for name in "${!WXPAY_@}"; do
+    unset "$name"
+done
+
+if [[ ! -x "$BIN" ]]; then
+    echo "conformance: $BIN is not an executable; build it first (cargo build -q -p wxpay-cli) or set WXPAY_BIN" >&2
     exit 2
 fi
 
@@ -43,51 +59,20 @@ else
     echo "$stamp" > "$VENV/.requirements-stamp"
 fi
 
-# --- the simulator ------------------------------------------------------------------------
-PORT=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-BASE="http://127.0.0.1:$PORT"
-
-SIM_PID=""
+# --- the run: databases, configurations and TLS material in a fresh temporary folder -------
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/wxpay-conformance.XXXXXX")
+status=0
 cleanup() {
-    if [[ -n "$SIM_PID" ]] && kill -0 "$SIM_PID" 2>/dev/null; then
-        kill "$SIM_PID" 2>/dev/null || true
-        wait "$SIM_PID" 2>/dev/null || true
+    if [[ $status == 0 ]]; then
+        rm -rf "$WORK"
+    else
+        echo "conformance: FAILED (exit $status); configurations and databases kept in $WORK, logs in $LOGS" >&2
     fi
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'status=130; exit 130' INT
+trap 'status=143; exit 143' TERM
 
-mkdir -p "$(dirname "$SIM_LOG")"
-"$WXPAY_BIN" simulator --listen "127.0.0.1:$PORT" --mode explicit >"$SIM_LOG" 2>&1 &
-SIM_PID=$!
-echo "conformance: simulator (pid $SIM_PID) at $BASE, log in $SIM_LOG"
-
-ready=0
-for _ in $(seq 1 100); do
-    if ! kill -0 "$SIM_PID" 2>/dev/null; then
-        echo "conformance: the simulator exited before it answered; its log:" >&2
-        cat "$SIM_LOG" >&2
-        exit 1
-    fi
-    if "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1).read()' \
-        "$BASE/simulator/health" 2>/dev/null; then
-        ready=1
-        break
-    fi
-    sleep 0.1
-done
-if [[ $ready != 1 ]]; then
-    echo "conformance: GET $BASE/simulator/health did not answer within about 10 s; the simulator's log:" >&2
-    cat "$SIM_LOG" >&2
-    exit 1
-fi
-
-# --- the SDK against it ---------------------------------------------------------------------
-status=0
-"$VENV/bin/python" "$SCRIPT" "$BASE" || status=$?
-if [[ $status != 0 ]]; then
-    echo "conformance: FAILED (exit $status); the simulator's log ($SIM_LOG) ends with:" >&2
-    tail -n 40 "$SIM_LOG" >&2
-fi
+mkdir -p "$LOGS"
+"$VENV/bin/python" -B -u scripts/conformance/run.py "$BIN" "$WORK" "$LOGS" || status=$?
 exit "$status"

@@ -93,15 +93,22 @@ impl std::fmt::Debug for App {
 /// The gateway's clock: the system clock plus an offset that only ever grows. Production
 /// never moves it; tests move it forward to make orders expire or fall due for a check
 /// without waiting.
-#[derive(Debug, Default)]
+/// Cloning gives another handle on the same clock: the calls to WeChat Pay read the time
+/// the rest of the gateway reads.
+#[derive(Clone, Debug, Default)]
 pub struct Clock {
-    offset: AtomicI64,
+    offset: Arc<AtomicI64>,
 }
 
 impl Clock {
     /// Moves the clock forward.
     pub fn advance(&self, by: std::time::Duration) {
         self.offset.fetch_add(by.as_millis() as i64, Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the Unix epoch, by this clock.
+    pub fn now_ms(&self) -> i64 {
+        crate::time::now_ms() + self.offset.load(Ordering::Relaxed)
     }
 }
 
@@ -133,7 +140,8 @@ impl App {
         // wxpay; installing the provider twice (the simulator in the same process) is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let metrics = Arc::new(Metrics::default());
-        let upstream = Upstream::new(config.upstream.clone(), metrics.clone())?;
+        let clock = Clock::default();
+        let upstream = Upstream::new(config.upstream.clone(), metrics.clone(), clock.clone())?;
         let webhook_http = crate::upstream::strict_client()
             .timeout(std::time::Duration::from_secs(10))
             .build()
@@ -156,7 +164,7 @@ impl App {
         Ok(App {
             inner: Arc::new(Inner {
                 config,
-                clock: Clock::default(),
+                clock,
                 store,
                 merchants,
                 by_mch_app,
@@ -172,7 +180,7 @@ impl App {
 
     /// Now, in Unix milliseconds, as the gateway sees it.
     pub fn now(&self) -> i64 {
-        crate::time::now_ms() + self.inner.clock.offset.load(Ordering::Relaxed)
+        self.inner.clock.now_ms()
     }
 
     /// When something started at `now` (an order, a refund) is first looked at if WeChat Pay

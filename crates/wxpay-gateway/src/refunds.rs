@@ -162,7 +162,7 @@ async fn create(
             .to_string(),
         None => numbers.number('R', now),
     };
-    if link.lacks_client_cert() {
+    if link.lacks_client_cert(now) {
         return Err(ApiError::NotConfigured(format!(
             "refunds need the merchant API certificate of merchant {:?}: set cert_path and key_path (or a .p12 cert_path) in its configuration",
             link.config.name

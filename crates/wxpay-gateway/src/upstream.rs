@@ -77,26 +77,27 @@ impl MerchantLink {
         })
     }
 
-    /// Whether calls that need the merchant certificate (`/secapi/…`) cannot be made: no
-    /// certificate is configured and the host speaks TLS. Over plain HTTP (the simulator on
-    /// this machine) there is no TLS to present it in.
-    pub(crate) fn lacks_client_cert(&self) -> bool {
-        self.config.client_cert.is_none() && self.host().starts_with("https://")
+    /// Whether calls that need the merchant certificate (`/secapi/…`) cannot be made at
+    /// `now`: no certificate is configured and the host speaks TLS. Over plain HTTP (the
+    /// simulator on this machine) there is no TLS to present it in.
+    pub(crate) fn lacks_client_cert(&self, now: i64) -> bool {
+        self.config.client_cert.is_none() && self.host(now).starts_with("https://")
     }
 
-    /// The host to call now: the backup while it is switched to, else the primary.
-    fn host(&self) -> &str {
+    /// The host to call at `now` (the gateway's clock): the backup while it is switched to,
+    /// else the primary.
+    fn host(&self, now: i64) -> &str {
         match &self.config.backup_url {
-            Some(b) if self.backup_until.load(Ordering::Relaxed) > crate::time::now_ms() => b,
+            Some(b) if self.backup_until.load(Ordering::Relaxed) > now => b,
             _ => &self.config.base_url,
         }
     }
 
-    fn connection_failed(&self, cfg: &UpstreamConfig) {
+    fn connection_failed(&self, cfg: &UpstreamConfig, now: i64) {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= cfg.backup_after_failures && self.config.backup_url.is_some() {
-            let until = crate::time::now_ms() + cfg.backup_for.as_millis() as i64;
-            if self.backup_until.swap(until, Ordering::Relaxed) <= crate::time::now_ms() {
+            let until = now + cfg.backup_for.as_millis() as i64;
+            if self.backup_until.swap(until, Ordering::Relaxed) <= now {
                 tracing::warn!(merchant = ?self.config.name, failures = n, "switching to the backup WeChat Pay host");
             }
             self.failures.store(0, Ordering::Relaxed);
@@ -113,6 +114,8 @@ pub(crate) struct Upstream {
     http: reqwest::Client,
     config: UpstreamConfig,
     metrics: Arc<Metrics>,
+    /// The gateway's clock, for how long the backup host is used.
+    clock: crate::app::Clock,
 }
 
 /// The least time allowed for a call with a large answer (`downloadbill`).
@@ -157,11 +160,20 @@ pub(crate) fn nonce() -> Nonce {
 }
 
 impl Upstream {
-    pub(crate) fn new(config: UpstreamConfig, metrics: Arc<Metrics>) -> Result<Upstream, String> {
+    pub(crate) fn new(
+        config: UpstreamConfig,
+        metrics: Arc<Metrics>,
+        clock: crate::app::Clock,
+    ) -> Result<Upstream, String> {
         let http = client_builder(&config)
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
-        Ok(Upstream { http, config, metrics })
+        Ok(Upstream {
+            http,
+            config,
+            metrics,
+            clock,
+        })
     }
 
     /// Makes an APIv2 call for `link`'s merchant.
@@ -178,7 +190,7 @@ impl Upstream {
         received: &(dyn Fn(u64, Option<u64>) + Send + Sync),
     ) -> Result<C::Response, UpstreamError> {
         let api = C::PATH.rsplit('/').next().unwrap_or(C::PATH);
-        if C::CLIENT_CERT && link.lacks_client_cert() {
+        if C::CLIENT_CERT && link.lacks_client_cert(self.clock.now_ms()) {
             return Err(UpstreamError::Invalid(format!(
                 "{api} needs the merchant API certificate: set cert_path and key_path (or a .p12 cert_path) for merchant {}",
                 link.config.name
@@ -192,7 +204,7 @@ impl Upstream {
             }
             let body =
                 v2::encode(call, &link.credentials, &nonce()).map_err(|e| UpstreamError::Invalid(e.to_string()))?;
-            let url = format!("{}{}", link.host().trim_end_matches('/'), C::PATH);
+            let url = format!("{}{}", link.host(self.clock.now_ms()).trim_end_matches('/'), C::PATH);
             let started = Instant::now();
             let mut request = link.http.post(&url);
             if C::LARGE_ANSWER {
@@ -225,7 +237,7 @@ impl Upstream {
                     // request may have been processed and its answer lost: both are repeated,
                     // with the same parameters.
                     if before_sending {
-                        link.connection_failed(&self.config);
+                        link.connection_failed(&self.config, self.clock.now_ms());
                     }
                     self.metrics
                         .upstream_error(api, if before_sending { "connect" } else { "no_answer" });
@@ -235,7 +247,7 @@ impl Upstream {
                 }
             };
             if status.is_server_error() && !bytes.starts_with(b"<") {
-                link.connection_failed(&self.config);
+                link.connection_failed(&self.config, self.clock.now_ms());
                 self.metrics.upstream_error(api, "http_5xx");
                 last = UpstreamError::NoAnswer(format!("HTTP {status}"));
                 continue;

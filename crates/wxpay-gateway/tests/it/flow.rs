@@ -1,5 +1,7 @@
 //! The API and the payment notification, end to end with the simulator in process.
 
+use std::time::Duration;
+
 use reqwest::Method;
 use serde_json::json;
 use wxpay_protocol::SignType;
@@ -672,24 +674,38 @@ async fn health_readiness_metrics_and_the_openapi_document_are_served() {
 }
 
 #[tokio::test]
-async fn after_repeated_connection_failures_the_backup_host_takes_over() {
+async fn after_repeated_failures_the_backup_host_takes_over_until_its_time_is_up() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     let t = spawn_app(TestDb::sqlite(), Options::default()).await;
-    // A gateway whose primary host refuses connections and whose backup is the simulator.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // The primary host is the test's own: it answers every call 502 with a plain body, as a
+    // broken load balancer does, and counts them. The backup is the simulator.
+    let primary_calls = Arc::new(AtomicUsize::new(0));
+    let counted = primary_calls.clone();
+    let primary = axum::Router::new().fallback(move || {
+        let counted = counted.clone();
+        async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            (axum::http::StatusCode::BAD_GATEWAY, "bad gateway")
+        }
+    });
+    let primary_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let primary_url = format!("http://{}", primary_listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(primary_listener, primary).await });
+
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let mut merchants = crate::support::merchants(&t.sim_url);
-    merchants[0].base_url = format!("http://{closed}");
+    merchants[0].base_url = primary_url;
     merchants[0].backup_url = Some(t.sim_url.clone());
+    let upstream = Options::default().upstream;
     let config = wxpay_gateway::Config {
         public_url: url.clone(),
         api_tokens: vec![wxpay_gateway::Secret::new(crate::support::TOKEN)],
         merchants,
         webhook: None,
-        upstream: Options::default().upstream,
+        upstream: upstream.clone(),
         jobs: Options::default().jobs,
         default_order_ttl: std::time::Duration::from_secs(7200),
         reconcile: Default::default(),
@@ -698,22 +714,37 @@ async fn after_repeated_connection_failures_the_backup_host_takes_over() {
     };
     let db = TestDb::sqlite();
     let app = wxpay_gateway::App::new(config, db.store().await).unwrap();
-    tokio::spawn(async move { wxpay_gateway::serve(&app, listener, std::future::pending()).await });
+    let served = app.clone();
+    tokio::spawn(async move { wxpay_gateway::serve(&served, listener, std::future::pending()).await });
     let http = reqwest::Client::new();
-    let create = |no: &'static str| {
+    let create = async |no: &str| {
         let mut body = order_body(100);
         body["out_trade_no"] = json!(no);
-        http.post(format!("{url}/v1/orders"))
+        let r = http
+            .post(format!("{url}/v1/orders"))
             .bearer_auth(crate::support::TOKEN)
             .json(&body)
             .send()
+            .await
+            .unwrap();
+        r.status().as_u16()
     };
-    // Three connection failures in a row (the attempts of the first call): no answer.
-    assert_eq!(create("BACKUP-1").await.unwrap().status(), 503);
-    // Then the backup host answers.
-    let r = create("BACKUP-2").await.unwrap();
-    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
-    let sim = t.sim_get("/simulator/orders/BACKUP-2").await;
-    assert_eq!(sim["trade_state"], "NOTPAY", "{sim}");
+    let failures = upstream.backup_after_failures as usize;
+    // The failures in a row (the attempts of the first call) switch to the backup.
+    assert_eq!(create("BACKUP-1").await, 503);
+    assert_eq!(primary_calls.load(Ordering::SeqCst), failures);
+    // The backup host answers, and the primary is left alone for `backup_for`.
+    assert_eq!(create("BACKUP-2").await, 201);
+    assert_eq!(t.sim_get("/simulator/orders/BACKUP-2").await["trade_state"], "NOTPAY");
+    app.clock().advance(upstream.backup_for - Duration::from_secs(1));
+    assert_eq!(create("BACKUP-3").await, 201);
+    assert_eq!(primary_calls.load(Ordering::SeqCst), failures, "still on the backup");
+    // Once the gateway's clock has passed it, calls go to the primary again.
+    app.clock().advance(Duration::from_secs(2));
+    create("BACKUP-4").await;
+    assert!(
+        primary_calls.load(Ordering::SeqCst) > failures,
+        "the primary is tried again after backup_for"
+    );
     t.stop().await;
 }

@@ -79,6 +79,7 @@ pub(crate) async fn checks(app: App, mut stop: watch::Receiver<bool>) {
                         break;
                     }
                     check_one(&app, order).await;
+                    app.inner.metrics.check_done("order");
                 }
                 if checked {
                     app.inner.metrics.changed();
@@ -102,6 +103,7 @@ pub(crate) async fn checks(app: App, mut stop: watch::Receiver<bool>) {
                         break;
                     }
                     crate::refunds::check_one(&app, refund).await;
+                    app.inner.metrics.check_done("refund");
                 }
                 if checked {
                     app.inner.metrics.changed();

@@ -29,6 +29,7 @@ struct Inner {
     upstream_latency: BTreeMap<String, Histogram>,
     upstream_errors: BTreeMap<(String, String), u64>,
     webhook: BTreeMap<String, u64>,
+    checks: BTreeMap<String, u64>,
     reconciliations: BTreeMap<String, Reconciled>,
     reconcile_runs: BTreeMap<(String, &'static str), u64>,
     rejections_unrecorded: u64,
@@ -131,6 +132,17 @@ impl Metrics {
         self.with(|i| *i.upstream_errors.entry((api.to_owned(), kind.to_owned())).or_default() += 1);
     }
 
+    /// A background check of a pending order or refund (`kind`: `order`, `refund`) ended:
+    /// its answer, if any, is applied and its next check scheduled.
+    pub fn check_done(&self, kind: &str) {
+        self.with(|i| bump(&mut i.checks, kind));
+    }
+
+    /// How many checks of `kind` have ended; tests wait on it instead of sleeping.
+    pub fn checks_done(&self, kind: &str) -> u64 {
+        self.with(|i| i.checks.get(kind).copied().unwrap_or(0))
+    }
+
     /// A webhook delivery attempt's outcome (`delivered`, `failed`).
     pub fn webhook(&self, outcome: &str) {
         self.with(|i| bump(&mut i.webhook, outcome));
@@ -230,6 +242,11 @@ impl Metrics {
             out.push_str("# HELP wxpay_reconcile_last_run_timestamp_seconds When the last reconciliation ended.\n# TYPE wxpay_reconcile_last_run_timestamp_seconds gauge\n");
             for (merchant, r) in &i.reconciliations {
                 let _ = writeln!(out, "wxpay_reconcile_last_run_timestamp_seconds{{merchant=\"{merchant}\"}} {}", r.unix);
+            }
+            out.push_str("# HELP wxpay_checks_total Background checks of pending orders and refunds, ended.\n# TYPE wxpay_checks_total counter\n");
+            for kind in ["order", "refund"] {
+                let n = i.checks.get(kind).copied().unwrap_or(0);
+                let _ = writeln!(out, "wxpay_checks_total{{kind=\"{kind}\"}} {n}");
             }
             out.push_str("# HELP wxpay_webhook_deliveries_total Webhook delivery attempts by outcome.\n# TYPE wxpay_webhook_deliveries_total counter\n");
             for (outcome, n) in &i.webhook {

@@ -229,7 +229,7 @@ async fn a_hundred_concurrent_duplicate_notifications_move_the_order_exactly_onc
     );
     let hook = t.webhook.clone();
     eventually("the event is delivered", async || !hook.delivered().is_empty()).await;
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    t.outbox_drained().await;
     assert_eq!(t.webhook.delivered().len(), 1, "{}: one event", t.engine());
     assert_eq!(t.app.metrics().notifications_with("applied"), 1);
     assert_eq!(t.app.metrics().notifications_with("duplicate"), 99);

@@ -153,7 +153,7 @@ async fn events_wait_while_the_webhook_is_down_and_arrive_once_each_signed_with_
     assert!(t.webhook.delivered().is_empty());
     t.webhook.down.store(false, Ordering::SeqCst);
     eventually("three events delivered", async || hook.delivered().len() >= 3).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    t.outbox_drained().await;
     let delivered = t.webhook.delivered();
     let ids: HashSet<String> = delivered.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(

@@ -108,11 +108,12 @@ async fn seeded_differences_are_each_reported_and_settled_by_repair(db: TestDb) 
     body["out_trade_no"] = json!("RD-PENDING");
     t.create(body).await;
     t.sim_pay(json!({"out_trade_no": "RD-PENDING"})).await;
-    eventually("WeChat Pay has it paid", async || {
-        t.sim_get("/simulator/orders/RD-PENDING").await["trade_state"] == "SUCCESS"
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Its forged notification has been answered, so the gateway has decided on it.
+    t.notification_answered("RD-PENDING").await;
+    assert_eq!(
+        t.sim_get("/simulator/orders/RD-PENDING").await["trade_state"],
+        "SUCCESS"
+    );
     assert_eq!(t.order("RD-PENDING").await["status"], "pending");
     // 2. An amount mismatch: the database says 400 fen for a 500 fen payment.
     t.paid_order("RD-AMOUNT", 500).await;

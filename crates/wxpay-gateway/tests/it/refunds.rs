@@ -441,6 +441,7 @@ async fn a_refund_failure_from_a_notification_alone_frees_nothing_until_refundqu
     .await;
     assert_eq!(status, 201, "{r}");
     let queries = t.sim_calls("refundquery").await;
+    let checks = t.app.metrics().checks_done("refund");
 
     // A correctly encrypted REFUNDCLOSE that WeChat Pay never sent (spliced from genuine
     // blocks, or replayed): WeChat Pay still says PROCESSING.
@@ -451,7 +452,13 @@ async fn a_refund_failure_from_a_notification_alone_frees_nothing_until_refundqu
         t.sim_calls("refundquery").await > queries
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Each check asks once and applies the answer before it ends: once as many checks have
+    // ended as queries were made, every answer has been applied.
+    eventually("the checks that asked have ended", async || {
+        let asked = t.sim_calls("refundquery").await - queries;
+        t.app.metrics().checks_done("refund") - checks >= asked
+    })
+    .await;
     assert_eq!(
         get_refund(&t, "RF-SPLICE-1").await["status"],
         "pending",

@@ -762,6 +762,34 @@ impl TestApp {
     }
 
     /// The text of `/metrics`.
+    /// Waits until every event has been delivered (the outbox is empty), read from the
+    /// database itself rather than from a gauge that may lag.
+    pub(crate) async fn outbox_drained(&self) {
+        let store = self.app.store().clone();
+        let now = self.app.now();
+        eventually("the outbox is empty", async || {
+            store.stats(now).await.unwrap().outbox_backlog == 0
+        })
+        .await;
+    }
+
+    /// Waits until the simulator has had an answer from the gateway to a notification about
+    /// `out_trade_no`: the gateway has then decided on it.
+    pub(crate) async fn notification_answered(&self, out_trade_no: &str) {
+        eventually(
+            &format!("a notification about {out_trade_no} is answered"),
+            async || {
+                let v = self
+                    .sim_get(&format!("/simulator/notifications?out_trade_no={out_trade_no}"))
+                    .await;
+                v["attempts"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x["status"].is_u64()))
+            },
+        )
+        .await;
+    }
+
     pub(crate) async fn metrics_text(&self) -> String {
         let r = self.http.get(format!("{}/metrics", self.url)).send().await.unwrap();
         assert_eq!(r.status(), 200);

@@ -1,43 +1,12 @@
 //! What an attack and a first-time user found (issue 9), tried on the `wxpay` binary.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use wxpay_simulator::{TEST_APPID, TEST_MCH_ID};
 
-use crate::serve::{client, free_port, scratch_dir, simulator, write_config};
-
-/// `wxpay serve` with a log format, its log in `log`.
-fn serve_logging(config: &Path, format: &str, log: &Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_wxpay"))
-        .args(["serve", "--log-format", format, "--config"])
-        .arg(config)
-        .env("WXPAY_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap()
-}
-
-async fn wait_ready(http: &reqwest::Client, url: &str, child: &mut Child) {
-    for _ in 0..400 {
-        if http
-            .get(format!("{url}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return;
-        }
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("wxpay serve exited: {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("wxpay serve never became ready");
-}
+use crate::serve::{Front, Server, client, closed_port, scratch_dir, simulator, write_config};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn text_from_outside_is_logged_escaped_and_cannot_forge_a_log_line_in_either_format() {
@@ -46,13 +15,14 @@ async fn text_from_outside_is_logged_escaped_and_cannot_forge_a_log_line_in_eith
     let forged_line = "2026-12-03T08:00:00.000000Z  INFO order paid out_trade_no=FORGED-LINE";
     for format in ["pretty", "json"] {
         let dir = scratch_dir("log-injection");
-        let port = free_port();
+        let front = Front::bind().await;
         let db = format!("sqlite://{}", dir.join("wxpay.db").display());
-        let config = write_config(&dir, port, &db, sim.base_url(), None);
+        let config = write_config(&dir, &front.url, &db, sim.base_url(), None);
         let log = dir.join("serve.log");
-        let mut child = serve_logging(&config, format, &log);
-        let url = format!("http://127.0.0.1:{port}");
-        wait_ready(&http, &url, &mut child).await;
+        let mut server = Server::start_with(&config, &log, &["--log-format", format], "info");
+        front.forward_to(&server);
+        server.ready(&http).await;
+        let url = server.url.clone();
         for body in [
             // return_msg, shown in the reason of the rejection.
             format!(
@@ -79,8 +49,7 @@ async fn text_from_outside_is_logged_escaped_and_cannot_forge_a_log_line_in_eith
                 .unwrap();
             assert_eq!(r.status(), 400);
         }
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-        let _ = child.wait();
+        server.terminate();
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(
             text.contains("FORGED-LINE"),
@@ -124,7 +93,7 @@ fn the_demo_refuses_an_address_other_machines_reach_unless_told_public() {
         );
     }
     // With --public it starts, and says what that exposes.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wxpay"))
+    let mut child = crate::wxpay_command()
         .args(["demo", "--public", "--listen", "0.0.0.0:0", "--data-dir"])
         .arg(dir.join("public"))
         .env("WXPAY_LOG", "warn")
@@ -164,7 +133,7 @@ fn database_only(dir: &Path, url: &str) -> std::path::PathBuf {
 fn a_database_url_of_an_unknown_kind_or_a_missing_folder_is_refused_by_name() {
     let dir = scratch_dir("db-url");
     let config = database_only(&dir, "mysql://root@localhost/x");
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_wxpay"))
+    let run = crate::wxpay_command()
         .args(["migrate", "--config"])
         .arg(&config)
         .current_dir(&dir)
@@ -186,7 +155,7 @@ fn a_database_url_of_an_unknown_kind_or_a_missing_folder_is_refused_by_name() {
 #[test]
 fn postgres_that_cannot_be_reached_is_named_with_its_host_port_and_cause_within_seconds() {
     let dir = scratch_dir("pg-url");
-    let port = free_port();
+    let port = closed_port();
     let config = database_only(&dir, &format!("postgres://postgres@127.0.0.1:{port}/wxpay"));
     let started = std::time::Instant::now();
     let run = crate::wxpay(&["migrate", "--config", config.to_str().unwrap()], None, &[]);

@@ -23,12 +23,49 @@ pub(crate) struct Run {
     pub(crate) stderr: String,
 }
 
-pub(crate) fn wxpay(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Run {
+/// The built `wxpay` binary as a command that inherits no `WXPAY_*` variable: a developer's
+/// `WXPAY_DATABASE_URL` or `WXPAY_CONFIG` must never point a test at a real database or
+/// another configuration. Tests set the ones they mean with `.env`.
+pub(crate) fn wxpay_command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxpay"));
-    cmd.args(args)
-        .env_remove("WXPAY_API_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    without_wxpay_vars(&mut cmd, std::env::vars_os().map(|(k, _)| k));
+    cmd
+}
+
+/// Removes from `cmd`'s environment every name in `names` that starts with `WXPAY_`.
+fn without_wxpay_vars(cmd: &mut Command, names: impl IntoIterator<Item = std::ffi::OsString>) {
+    for name in names {
+        if name.as_encoded_bytes().starts_with(b"WXPAY_") {
+            cmd.env_remove(name);
+        }
+    }
+}
+
+#[test]
+fn spawned_binaries_lose_every_wxpay_variable_and_keep_the_rest() {
+    let mut cmd = Command::new("true");
+    let shell = [
+        "WXPAY_DATABASE_URL",
+        "WXPAY_CONFIG",
+        "WXPAY_MERCHANTS_0_API_KEY",
+        "PATH",
+        "XWXPAY_NOT",
+    ];
+    without_wxpay_vars(&mut cmd, shell.iter().map(std::ffi::OsString::from));
+    let removed: Vec<String> = cmd
+        .get_envs()
+        .filter(|(_, v)| v.is_none())
+        .map(|(k, _)| k.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        removed,
+        ["WXPAY_CONFIG", "WXPAY_DATABASE_URL", "WXPAY_MERCHANTS_0_API_KEY"]
+    );
+}
+
+pub(crate) fn wxpay(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Run {
+    let mut cmd = wxpay_command();
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }

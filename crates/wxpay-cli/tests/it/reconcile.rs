@@ -9,7 +9,7 @@ use wxpay_gateway::reconcile::Day;
 use wxpay_simulator::{SimHandle, TEST_MCH_ID, TlsConfig};
 
 use crate::serve::{
-    PgDb, Server, call, client_trusting, free_port, scratch_dir, simulator_with, wait_for, write_config_with,
+    Front, PgDb, Server, call, client_trusting, scratch_dir, simulator_with, wait_for, write_config_with,
 };
 use crate::{Run, wxpay};
 
@@ -24,7 +24,7 @@ async fn tls_simulator(dir: &Path) -> SimHandle {
 
 /// The process tests' configuration, with the merchant's `.p12` and the simulator's CA, and
 /// no background work (so that only `--repair` settles what it finds).
-fn config(dir: &Path, port: u16, database_url: &str, sim: &SimHandle) -> std::path::PathBuf {
+fn config(dir: &Path, public_url: &str, database_url: &str, sim: &SimHandle) -> std::path::PathBuf {
     let files = sim.simulator().tls_files().unwrap();
     let merchant_extra = format!(
         "cert_path = \"{}\"\nca_path = \"{}\"",
@@ -33,7 +33,7 @@ fn config(dir: &Path, port: u16, database_url: &str, sim: &SimHandle) -> std::pa
     );
     write_config_with(
         dir,
-        port,
+        public_url,
         database_url,
         sim.base_url(),
         None,
@@ -65,10 +65,11 @@ async fn refund_then_reconcile(database_url: &str, dir: &Path) {
     // minutes left, and the payment, the refund and the bill all fall on that day.
     let day = one_beijing_day_ahead(Duration::from_secs(120)).await;
     let sim = tls_simulator(dir).await;
-    let port = free_port();
-    let cfg = config(dir, port, database_url, &sim);
+    let front = Front::bind().await;
+    let cfg = config(dir, &front.url, database_url, &sim);
     let http = client_trusting(Some(&sim.simulator().tls_files().unwrap().ca_cert));
-    let mut server = Server::start(&cfg, port, &dir.join("serve.log"));
+    let mut server = Server::start(&cfg, &dir.join("serve.log"));
+    front.forward_to(&server);
     server.ready(&http).await;
     let base = server.url.clone();
 
@@ -132,11 +133,13 @@ async fn refund_then_reconcile(database_url: &str, dir: &Path) {
     );
 
     // Paid at WeChat Pay, pending here: every notification for it fails verification.
-    http.post(format!("{}/simulator/faults", sim.base_url()))
+    let fault = http
+        .post(format!("{}/simulator/faults", sim.base_url()))
         .json(&json!({"kind": "notify_bad_signature", "out_trade_no": "CLI-RC-2", "for_ms": 600_000}))
         .send()
         .await
         .unwrap();
+    assert_eq!(fault.status(), 201, "the fault was installed");
     let (status, _) = call(
         &http,
         reqwest::Method::POST,
@@ -147,12 +150,31 @@ async fn refund_then_reconcile(database_url: &str, dir: &Path) {
     )
     .await;
     assert_eq!(status, 201);
-    http.post(format!("{}/simulator/pay", sim.base_url()))
+    let paid = http
+        .post(format!("{}/simulator/pay", sim.base_url()))
         .json(&json!({"out_trade_no": "CLI-RC-2"}))
         .send()
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(paid.status(), 200);
+    // The gateway has refused the forged notification once the simulator has its answer.
+    wait_for("the notification is answered", async || {
+        let v: Value = http
+            .get(format!(
+                "{}/simulator/notifications?out_trade_no=CLI-RC-2",
+                sim.base_url()
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["attempts"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["status"].is_u64()))
+    })
+    .await;
     let Run { code, stdout, stderr } = reconcile(&cfg, &today, &["--format", "json"]);
     assert_eq!(code, 1, "differences exit 1: {stdout}\n{stderr}");
     let doc: Value = serde_json::from_str(&stdout).unwrap();

@@ -40,12 +40,48 @@ pub(crate) fn client_trusting(ca: Option<&Path>) -> reqwest::Client {
     builder.build().unwrap()
 }
 
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback port on which the test itself listened and then closed its listener: a
+/// connection to it is refused. (Not a port to start a server on: servers bind port 0.)
+pub(crate) fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    port
+}
+
+/// The address a test gives a gateway as its `public_url`: a listener the test holds for
+/// its whole run, forwarding each connection to wherever the gateway listens now. Gateways
+/// listen on port 0 (a restarted one gets another port), so no port is ever picked,
+/// released, and hoped to be still free.
+pub(crate) struct Front {
+    pub(crate) url: String,
+    target: Arc<Mutex<Option<std::net::SocketAddr>>>,
+}
+
+impl Front {
+    pub(crate) async fn bind() -> Front {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let target: Arc<Mutex<Option<std::net::SocketAddr>>> = Arc::new(Mutex::new(None));
+        let to = target.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                // Without a gateway behind it, a connection is closed at once, like a refusal.
+                let Some(addr) = *to.lock().unwrap() else { continue };
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(addr).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Front { url, target }
+    }
+
+    /// Forwards connections from now on to `server`.
+    pub(crate) fn forward_to(&self, server: &Server) {
+        *self.target.lock().unwrap() = Some(server.addr);
+    }
 }
 
 /// A PostgreSQL database for one test, dropped afterwards; `None` without `DATABASE_URL`.
@@ -135,15 +171,22 @@ pub(crate) async fn simulator_with(edit: impl FnOnce(&mut SimConfig)) -> SimHand
     Simulator::new(config).unwrap().serve(listener).await.unwrap()
 }
 
-pub(crate) fn write_config(dir: &Path, port: u16, database_url: &str, sim_url: &str, webhook: Option<&str>) -> PathBuf {
+/// A configuration listening on port 0 with `public_url` as its public address.
+pub(crate) fn write_config(
+    dir: &Path,
+    public_url: &str,
+    database_url: &str,
+    sim_url: &str,
+    webhook: Option<&str>,
+) -> PathBuf {
     let jobs = "first_check_after_secs = 1\nmax_check_interval_secs = 1\npoll_every_ms = 50";
-    write_config_with(dir, port, database_url, sim_url, webhook, "", jobs)
+    write_config_with(dir, public_url, database_url, sim_url, webhook, "", jobs)
 }
 
 /// `write_config` with more keys for the merchant and another `[jobs]` section.
 pub(crate) fn write_config_with(
     dir: &Path,
-    port: u16,
+    public_url: &str,
     database_url: &str,
     sim_url: &str,
     webhook: Option<&str>,
@@ -156,8 +199,8 @@ pub(crate) fn write_config_with(
     let text = format!(
         r#"
 [server]
-listen = "127.0.0.1:{port}"
-public_url = "http://127.0.0.1:{port}"
+listen = "127.0.0.1:0"
+public_url = "{public_url}"
 api_tokens = ["{TOKEN}"]
 
 [database]
@@ -179,7 +222,9 @@ sns_base_url = "{sim_url}"
 
 {webhook}"#
     );
-    let path = dir.join(format!("wxpay-{port}.toml"));
+    static WRITTEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = WRITTEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("wxpay-{n}.toml"));
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -187,22 +232,64 @@ sns_base_url = "{sim_url}"
 pub(crate) struct Server {
     child: Child,
     pub(crate) url: String,
+    addr: std::net::SocketAddr,
+    /// Copies the server's stderr into its log file; joined once the server has exited, so
+    /// that the log is complete when a test reads it.
+    log_copier: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
-    pub(crate) fn start(config: &Path, port: u16, log: &Path) -> Server {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_wxpay"))
-            .args(["serve", "--config"])
+    /// `wxpay serve --config config` (listening on port 0), its stderr appended to `log`.
+    pub(crate) fn start(config: &Path, log: &Path) -> Server {
+        Server::start_with(config, log, &[], "warn")
+    }
+
+    /// `start` with more arguments and a log level; returns once the server has said where
+    /// it listens.
+    pub(crate) fn start_with(config: &Path, log: &Path, args: &[&str], level: &str) -> Server {
+        use std::io::{BufRead, Write};
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let mut child = crate::wxpay_command()
+            .arg("serve")
+            .args(args)
+            .arg("--config")
             .arg(config)
-            .env("WXPAY_LOG", "warn")
+            .env("WXPAY_LOG", level)
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let log_copier = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                // The address line is for the test; the log keeps only what the server logs.
+                match line.strip_prefix("wxpay gateway at http://") {
+                    Some(addr) => {
+                        let _ = tx.send(addr.to_owned());
+                    }
+                    None => {
+                        let _ = writeln!(file, "{line}");
+                    }
+                }
+            }
+        });
+        // The channel closes at once if the server exits without saying it.
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(20)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = log_copier.join();
+            panic!(
+                "wxpay serve never said where it listens; its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        };
+        let addr: std::net::SocketAddr = addr.trim().parse().unwrap();
         Server {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://{addr}"),
+            addr,
+            log_copier: Some(log_copier),
         }
     }
 
@@ -226,6 +313,13 @@ impl Server {
         // SIGKILL: no shutdown handler runs, nothing is flushed by the program.
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+        self.join_log();
+    }
+
+    fn join_log(&mut self) {
+        if let Some(copier) = self.log_copier.take() {
+            let _ = copier.join();
+        }
     }
 
     pub(crate) fn terminate(&mut self) {
@@ -236,6 +330,7 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if self.child.try_wait().unwrap().is_some() {
+                self.join_log();
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -248,6 +343,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.join_log();
     }
 }
 
@@ -332,6 +428,11 @@ struct Acks {
     orders: HashSet<String>,
     /// out_trade_no → transaction_id of each notification answered SUCCESS.
     payments: HashMap<String, String>,
+    /// Every HTTP answer that was neither: a 5xx or "database is locked" before the kill is
+    /// a defect, not a retry.
+    unexpected: Vec<String>,
+    /// Requests that got no HTTP answer (the server was killed under them).
+    unanswered: usize,
 }
 
 const SUCCESS: &str =
@@ -361,7 +462,17 @@ async fn burst(
             Ok(r) if r.status() == 201 => {
                 acks.lock().unwrap().orders.insert(no.clone());
             }
-            _ => {
+            Ok(r) => {
+                let status = r.status();
+                let body = r.text().await.unwrap_or_default();
+                acks.lock()
+                    .unwrap()
+                    .unexpected
+                    .push(format!("order {no}: {status} {body}"));
+                continue;
+            }
+            Err(_) => {
+                acks.lock().unwrap().unanswered += 1;
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 continue;
             }
@@ -372,10 +483,23 @@ async fn burst(
             .body(paid_notification(&no, amount, &tx))
             .send()
             .await;
-        if let Ok(r) = sent {
-            if r.status() == 200 && r.text().await.is_ok_and(|t| t == SUCCESS) {
-                acks.lock().unwrap().payments.insert(no, tx);
+        match sent {
+            Ok(r) => {
+                let status = r.status();
+                match r.text().await {
+                    Ok(t) if status == 200 && t == SUCCESS => {
+                        acks.lock().unwrap().payments.insert(no, tx);
+                    }
+                    Ok(t) => acks
+                        .lock()
+                        .unwrap()
+                        .unexpected
+                        .push(format!("notification {no}: {status} {t}")),
+                    // The answer broke off: the server died while sending it.
+                    Err(_) => acks.lock().unwrap().unanswered += 1,
+                }
             }
+            Err(_) => acks.lock().unwrap().unanswered += 1,
         }
     }
 }
@@ -383,10 +507,11 @@ async fn burst(
 async fn crash_and_restart(database_url: &str, dir: &Path) {
     let http = client();
     let sim = simulator().await;
-    let port = free_port();
-    let config = write_config(dir, port, database_url, sim.base_url(), None);
+    let front = Front::bind().await;
+    let config = write_config(dir, &front.url, database_url, sim.base_url(), None);
     let log = dir.join("serve.log");
-    let mut server = Server::start(&config, port, &log);
+    let mut server = Server::start(&config, &log);
+    front.forward_to(&server);
     server.ready(&http).await;
 
     let acks = Arc::new(Mutex::new(Acks::default()));
@@ -400,7 +525,6 @@ async fn crash_and_restart(database_url: &str, dir: &Path) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     server.kill();
-    tokio::time::sleep(Duration::from_millis(100)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();
@@ -411,8 +535,15 @@ async fn crash_and_restart(database_url: &str, dir: &Path) {
         "the burst ran: {} payments",
         acks.payments.len()
     );
+    assert!(
+        acks.unexpected.is_empty(),
+        "every answer before the kill was a success: {} were not, first {:?}",
+        acks.unexpected.len(),
+        acks.unexpected.first()
+    );
 
-    let mut server = Server::start(&config, port, &log);
+    let mut server = Server::start(&config, &log);
+    front.forward_to(&server);
     server.ready(&http).await;
     let orders = all_orders(&http, &server.url).await;
     let numbers: Vec<&str> = orders.iter().map(|o| o["out_trade_no"].as_str().unwrap()).collect();
@@ -453,14 +584,15 @@ async fn crash_and_restart(database_url: &str, dir: &Path) {
         assert!(paid <= 1, "{full}");
     }
     eprintln!(
-        "crash test ({}): {} orders and {} payments acknowledged before SIGKILL, all present once after restart",
+        "crash test ({}): {} orders and {} payments acknowledged before SIGKILL ({} requests cut off by it), all present once after restart",
         if database_url.starts_with("postgres") {
             "postgres"
         } else {
             "sqlite"
         },
         acks.orders.len(),
-        acks.payments.len()
+        acks.payments.len(),
+        acks.unanswered
     );
     server.terminate();
     sim.shutdown().await;
@@ -510,18 +642,18 @@ async fn two_instances_on_one_postgres_database_apply_each_payment_once_and_shar
     let http = client();
     let sim = simulator().await;
     let (events, hook) = webhook_receiver().await;
-    let (pa, pb) = (free_port(), free_port());
+    let (fa, fb) = (Front::bind().await, Front::bind().await);
     // Migrations run at the start of each; starting both at once also exercises the lock.
     let mut a = Server::start(
-        &write_config(&dir, pa, &pg.url, sim.base_url(), Some(&hook)),
-        pa,
+        &write_config(&dir, &fa.url, &pg.url, sim.base_url(), Some(&hook)),
         &dir.join("a.log"),
     );
     let mut b = Server::start(
-        &write_config(&dir, pb, &pg.url, sim.base_url(), Some(&hook)),
-        pb,
+        &write_config(&dir, &fb.url, &pg.url, sim.base_url(), Some(&hook)),
         &dir.join("b.log"),
     );
+    fa.forward_to(&a);
+    fb.forward_to(&b);
     a.ready(&http).await;
     b.ready(&http).await;
     let urls = [a.url.clone(), b.url.clone()];
@@ -574,16 +706,20 @@ async fn two_instances_on_one_postgres_database_apply_each_payment_once_and_shar
             .unwrap();
         assert_eq!(r.status(), 201);
         let fault = json!({"kind": "notify_bad_signature", "out_trade_no": no, "for_ms": 120000});
-        http.post(format!("{}/simulator/faults", sim.base_url()))
+        let installed = http
+            .post(format!("{}/simulator/faults", sim.base_url()))
             .json(&fault)
             .send()
             .await
             .unwrap();
-        http.post(format!("{}/simulator/pay", sim.base_url()))
+        assert_eq!(installed.status(), 201, "the fault was installed");
+        let paid = http
+            .post(format!("{}/simulator/pay", sim.base_url()))
             .json(&json!({"out_trade_no": no}))
             .send()
             .await
             .unwrap();
+        assert_eq!(paid.status(), 200);
         checked.push(no);
     }
 
@@ -595,8 +731,18 @@ async fn two_instances_on_one_postgres_database_apply_each_payment_once_and_shar
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Give a second delivery, if there were one, the time to arrive.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Every event the database holds is marked delivered: a second delivery could only come
+    // from an instance that claimed an event not yet marked, and none is left.
+    let mut db = sqlx::PgConnection::connect(&pg.url).await.unwrap();
+    wait_for("every event is marked delivered", async || {
+        let (total, undelivered): (i64, i64) =
+            sqlx::query_as("SELECT COUNT(*), COUNT(*) FILTER (WHERE delivered_at IS NULL) FROM outbox")
+                .fetch_one(&mut db)
+                .await
+                .unwrap();
+        total >= 60 && undelivered == 0
+    })
+    .await;
     let delivered = events.lock().unwrap().clone();
     let ids: HashSet<&str> = delivered.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 60, "one event per paid order: {} ids", ids.len());
@@ -626,21 +772,23 @@ async fn two_instances_on_one_postgres_database_apply_each_payment_once_and_shar
 fn migrate_creates_the_schema_and_serve_refuses_a_bad_config_naming_the_key() {
     let dir = scratch_dir("migrate");
     let db = dir.join("m.db");
+    // Neither address is ever contacted: migrate talks to the database only, and serve
+    // refuses each configuration before it starts.
     let config = write_config(
         &dir,
-        1,
+        "http://127.0.0.1:1",
         &format!("sqlite://{}", db.display()),
         "http://127.0.0.1:9",
         None,
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_wxpay"))
+    let out = crate::wxpay_command()
         .args(["migrate", "--config"])
         .arg(&config)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(db.exists());
-    let again = Command::new(env!("CARGO_BIN_EXE_wxpay"))
+    let again = crate::wxpay_command()
         .args(["migrate", "--config"])
         .arg(&config)
         .output()
@@ -663,7 +811,7 @@ fn migrate_creates_the_schema_and_serve_refuses_a_bad_config_naming_the_key() {
     ] {
         let path = dir.join("bad.toml");
         std::fs::write(&path, bad).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_wxpay"))
+        let out = crate::wxpay_command()
             .args(["serve", "--config"])
             .arg(&path)
             .output()
@@ -673,7 +821,7 @@ fn migrate_creates_the_schema_and_serve_refuses_a_bad_config_naming_the_key() {
         assert!(stderr.contains(needle), "{needle}: {stderr}");
         assert!(!stderr.contains(TEST_API_KEY), "a secret in an error: {stderr}");
     }
-    let missing = Command::new(env!("CARGO_BIN_EXE_wxpay"))
+    let missing = crate::wxpay_command()
         .args(["serve", "--config", "/nonexistent.toml"])
         .output()
         .unwrap();
@@ -685,7 +833,7 @@ fn migrate_creates_the_schema_and_serve_refuses_a_bad_config_naming_the_key() {
 /// Starts `wxpay demo` on a free port with `dir` as its data directory: the running demo
 /// (killed on drop) and its base URL.
 pub(crate) fn start_demo(dir: &Path) -> (Server, String) {
-    let child = Command::new(env!("CARGO_BIN_EXE_wxpay"))
+    let child = crate::wxpay_command()
         .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         .env("WXPAY_LOG", "warn")
@@ -697,6 +845,8 @@ pub(crate) fn start_demo(dir: &Path) -> (Server, String) {
     let mut demo = Server {
         child,
         url: String::new(),
+        addr: ([127, 0, 0, 1], 0).into(),
+        log_copier: None,
     };
     let stderr = demo.child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<String>();

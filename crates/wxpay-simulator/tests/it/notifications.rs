@@ -84,9 +84,13 @@ async fn only_the_exact_success_reply_counts_and_an_unreachable_url_is_retried()
             .iter()
             .all(|a| a["acknowledged"] == false && a["status"] == 200)
     );
-    // Nobody listening: an error is recorded and the schedule goes on.
+    // Nobody listening (the test listened there and closed its listener): an error is
+    // recorded and the schedule goes on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
     let mut order: UnifiedOrder = env.order("n-4", 1);
-    order.notify_url = "http://127.0.0.1:9/nothing".into();
+    order.notify_url = format!("http://{addr}/nothing");
     env.call(&order).await.unwrap();
     env.pay("n-4", "success").await;
     eventually("two unreachable attempts", || async {

@@ -36,13 +36,17 @@ async fn a_refund_over_tls_needs_the_merchant_certificate() {
         let req = client.post(format!("{}{path}", handle.base_url())).body(body);
         async move { req.send().await.unwrap().bytes().await.unwrap() }
     };
-    // Ordering and paying need no certificate.
+    // Ordering and paying need no certificate. The notification goes where the test listened
+    // and closed its listener: it is not what this test is about.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let notify_url = format!("http://{}/n", closed.local_addr().unwrap());
+    drop(closed);
     let order = v2::UnifiedOrder::jsapi(
         "t",
         OutTradeNo::new("tls-1").unwrap(),
         Fen::new(10).unwrap(),
         "127.0.0.1",
-        "http://127.0.0.1:9/n",
+        &notify_url,
         "o",
     );
     let answer = post(

@@ -246,6 +246,51 @@ mod tests {
     }
 
     #[test]
+    fn streaming_and_whole_string_signing_agree_across_every_buffer_boundary() {
+        // The stack buffer is 1,024 bytes: values around it, and pieces that cross it at
+        // every offset, take each of the buffer's paths (fits, flush then copy, flush then
+        // hash directly).
+        let key = ApiKey::new("192006250b4c09247ec02edce69f6a2d").unwrap();
+        let lens = [
+            0, 1, 7, 1000, 1010, 1017, 1018, 1019, 1020, 1021, 1022, 1023, 1024, 1025, 1500, 2047, 2048, 2049, 5000,
+        ];
+        for t in [SignType::Md5, SignType::HmacSha256] {
+            for &first in &lens {
+                for &second in &[1, 600, 1022, 1024, 3000] {
+                    let a = "a".repeat(first);
+                    let b = "b".repeat(second);
+                    // Also with the long value first, when the buffer is still empty.
+                    for pairs in [
+                        vec![
+                            ("appid", "wx1"),
+                            ("body", a.as_str()),
+                            ("detail", b.as_str()),
+                            ("z", "1"),
+                        ],
+                        vec![("body", a.as_str()), ("detail", b.as_str())],
+                    ] {
+                        let s = format!("{}&key={}", string_a(pairs.iter().copied(), "sign"), key.expose());
+                        let whole = sign_string(s.as_bytes(), key.expose().as_bytes(), t);
+                        assert_eq!(
+                            sign_sorted(pairs.iter().copied(), "sign", &key, t).as_str(),
+                            whole.as_str(),
+                            "{t:?} {first} {second}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_signature_shows_itself_in_debug_and_display() {
+        let sig = sign_string(b"x", b"k", SignType::Md5);
+        assert_eq!(format!("{sig:?}"), format!("Signature({})", sig.as_str()));
+        assert_eq!(sig.to_string(), sig.as_str());
+        assert_eq!(sig.as_str().len(), 32);
+    }
+
+    #[test]
     fn matches_is_exact_and_case_sensitive() {
         let sig = sign_string(b"x", b"k", SignType::Md5);
         assert!(sig.matches(sig.as_str()));

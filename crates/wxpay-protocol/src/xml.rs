@@ -997,4 +997,162 @@ mod tests {
         assert!(write("xml", [("v", "\u{1}")]).is_err());
         assert!(write("xml", [("1v", "x")]).is_err());
     }
+
+    /// The error's kind and where it points.
+    fn error(body: &[u8]) -> (XmlErrorKind, usize) {
+        let e = read(body).unwrap_err();
+        (e.kind, e.offset)
+    }
+
+    // The tests below were written for mutants that `scripts/mutants.sh` found surviving:
+    // each pins a path of the reader no other test reached.
+
+    #[test]
+    fn a_body_of_exactly_the_limit_is_read_and_one_byte_more_is_refused() {
+        let body = b"<xml><a>1</a></xml>";
+        let at = |max_len| ReadOptions {
+            max_len,
+            ..ReadOptions::default()
+        };
+        assert!(read_with(body, &at(body.len())).is_ok());
+        let e = read_with(body, &at(body.len() - 1)).unwrap_err();
+        assert_eq!(
+            e.kind,
+            XmlErrorKind::TooLarge {
+                len: body.len(),
+                max: body.len() - 1
+            }
+        );
+    }
+
+    #[test]
+    fn every_spelling_of_a_declaration_is_refused_as_a_doctype_wherever_it_stands() {
+        for body in [
+            "<!doctype xml><xml/>",
+            "<!ENTITY a \"b\"><xml/>",
+            "<xml/><!ENTITY a \"b\">",
+            "<xml/><!doctype xml>",
+            "<xml><!ENTITY a \"b\"></xml>",
+            "<xml><a><!DOCTYPE x></a></xml>",
+        ] {
+            assert_eq!(kind(body), XmlErrorKind::Doctype, "{body}");
+        }
+        assert!(matches!(kind("<xml/><!FOO>"), XmlErrorKind::Malformed { .. }));
+    }
+
+    #[test]
+    fn a_declaration_after_a_byte_order_mark_is_still_checked_for_its_encoding() {
+        assert_eq!(
+            kind("\u{FEFF}<?xml version=\"1.0\" encoding=\"GBK\"?><xml/>"),
+            XmlErrorKind::EncodingNotUtf8 { declared: "GBK".into() }
+        );
+        assert!(read("\u{FEFF}<?xml version=\"1.0\" encoding=\"UTF-8\"?><xml><a>1</a></xml>".as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn element_names_must_start_with_a_letter_or_underscore_and_errors_point_at_the_tag() {
+        assert!(matches!(kind("<xml><1a>x</1a></xml>"), XmlErrorKind::Malformed { .. }));
+        assert!(matches!(kind("<xml><-a>x</-a></xml>"), XmlErrorKind::Malformed { .. }));
+        assert_eq!(read(b"<xml><_a>x</_a></xml>").unwrap().get("_a"), Some("x"));
+        // A DOCTYPE or processing instruction where a name should be: the error points at `<`.
+        assert_eq!(error(b"<!DOCTYPE"), (XmlErrorKind::Doctype, 0));
+        assert_eq!(error(b"<xml><!DOCTYPE x></xml>"), (XmlErrorKind::Doctype, 5));
+        assert_eq!(error(b"<xml><?pi?></xml>"), (XmlErrorKind::ProcessingInstruction, 5));
+    }
+
+    #[test]
+    fn start_tags_end_in_gt_or_slash_gt_and_attributes_are_named_as_such() {
+        assert_eq!(error(b"<xml><a/"), (XmlErrorKind::UnexpectedEof, 8));
+        assert!(matches!(kind("<xml><a/x></xml>"), XmlErrorKind::Malformed { .. }));
+        assert!(matches!(kind("<xml><a %>1</a></xml>"), XmlErrorKind::Malformed { .. }));
+        assert_eq!(
+            kind("<xml><a _x=\"1\">1</a></xml>"),
+            XmlErrorKind::Attribute { element: "a".into() }
+        );
+        let f = read(b"<xml><a />\n<b\t>2</b ></xml >").unwrap();
+        assert_eq!((f.get("a"), f.get("b")), (Some(""), Some("2")));
+    }
+
+    #[test]
+    fn end_tags_with_whitespace_close_their_element_and_the_document_ends_there() {
+        let f = read(b"<xml><a>1</a  ><b>2</b\n></xml\t>  ").unwrap();
+        assert_eq!((f.get("a"), f.get("b")), (Some("1"), Some("2")));
+        assert_eq!(kind("<xml><a>1</a ></xml >x"), XmlErrorKind::TrailingContent);
+        assert_eq!(
+            error(b"<xml><a>1</a x>").0,
+            XmlErrorKind::Malformed {
+                what: "unexpected character in an end tag"
+            }
+        );
+        assert_eq!(error(b"<xml><a>1</a "), (XmlErrorKind::UnexpectedEof, 13));
+    }
+
+    #[test]
+    fn brackets_and_three_byte_characters_in_text_are_kept_as_they_are() {
+        let f = read("<xml><a>x]y]</a><b>全角ｘ￮</b><c>]]</c></xml>".as_bytes()).unwrap();
+        assert_eq!(f.get("a"), Some("x]y]"));
+        assert_eq!(f.get("b"), Some("全角ｘ￮"));
+        assert_eq!(f.get("c"), Some("]]"));
+    }
+
+    #[test]
+    fn cdata_refuses_control_characters_and_noncharacters_and_keeps_the_rest() {
+        assert_eq!(
+            error(b"<xml><a><![CDATA[x\x01]]></a></xml>"),
+            (XmlErrorKind::InvalidChar { code_point: 1 }, 18)
+        );
+        assert_eq!(
+            error("<xml><a><![CDATA[x\u{FFFE}]]></a></xml>".as_bytes()),
+            (XmlErrorKind::InvalidChar { code_point: 0xFFFE }, 18)
+        );
+        let f = read("<xml><a><![CDATA[ｘ]y]]></a></xml>".as_bytes()).unwrap();
+        assert_eq!(f.get("a"), Some("ｘ]y"));
+    }
+
+    #[test]
+    fn comments_may_not_hide_characters_xml_forbids() {
+        assert_eq!(
+            error(b"<xml><!-- ok \x02 --><a>1</a></xml>"),
+            (XmlErrorKind::InvalidChar { code_point: 2 }, 13)
+        );
+        assert_eq!(
+            error(b"<!-- \x03 --><xml/>"),
+            (XmlErrorKind::InvalidChar { code_point: 3 }, 5)
+        );
+        assert_eq!(
+            read(b"<xml><!-- \xe4\xb8\xad --><a>1</a></xml>").unwrap().get("a"),
+            Some("1")
+        );
+    }
+
+    #[test]
+    fn the_five_predefined_entities_decode_and_every_other_ampersand_is_refused() {
+        let f = read(b"<xml><a>&lt;&gt;&amp;&apos;&quot;</a></xml>").unwrap();
+        assert_eq!(f.get("a"), Some("<>&'\""));
+        // A reference cut off by the end of the body: more was to come.
+        assert_eq!(error(b"<xml><a>x&am"), (XmlErrorKind::UnexpectedEof, 12));
+        // An `&` that starts no reference: a space or a tag follows, or no `;` within 40.
+        for body in [
+            "<xml><a>x & y</a></xml>".to_owned(),
+            "<xml><a>&am</a></xml>".to_owned(),
+            format!("<xml><a>&{}", "a".repeat(40)),
+            format!("<xml><a>&{};</a></xml>", "a".repeat(45)),
+        ] {
+            assert!(matches!(kind(&body), XmlErrorKind::Malformed { .. }), "{body}");
+        }
+    }
+
+    #[test]
+    fn character_references_take_at_most_eight_digits() {
+        let f = read(b"<xml><a>&#x00000041;&#00000066;</a></xml>").unwrap();
+        assert_eq!(f.get("a"), Some("AB"));
+        for body in [
+            "<xml><a>&#x000000041;</a></xml>",
+            "<xml><a>&#000000066;</a></xml>",
+            "<xml><a>&#x;</a></xml>",
+            "<xml><a>&#;</a></xml>",
+        ] {
+            assert!(matches!(kind(body), XmlErrorKind::Malformed { .. }), "{body}");
+        }
+    }
 }

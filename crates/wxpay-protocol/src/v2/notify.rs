@@ -466,4 +466,70 @@ mod tests {
         assert!(matches!(decrypt_req_info("not base64!", &key), Err(Error::Decrypt(_))));
         assert!(matches!(decrypt_req_info("AAAA", &key), Err(Error::Decrypt(_))));
     }
+
+    // The tests below were written for mutants that `scripts/mutants.sh` found surviving.
+
+    #[test]
+    fn req_info_that_is_empty_or_not_whole_blocks_is_refused_as_such() {
+        let key = ApiKey::new("OF4Ne3znh8KqL0V4NqmALQa0uXMYKcEk").unwrap();
+        let whole = encrypt_req_info("<root><a>1</a></root>", &key);
+        let mut bytes = base64::engine::general_purpose::STANDARD.decode(&whole).unwrap();
+        bytes.push(0);
+        let ragged = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        for (req_info, len) in [("", 0), (ragged.as_str(), bytes.len())] {
+            match decrypt_req_info(req_info, &key) {
+                Err(Error::Decrypt(m)) => assert!(
+                    m.starts_with(&format!("{len} bytes is not a whole number of 16-byte")),
+                    "{m}"
+                ),
+                other => panic!("{len} bytes: {other:?}"),
+            }
+        }
+    }
+
+    fn signed(extra: &[(&str, &str)]) -> (Vec<u8>, Merchant) {
+        let m = Merchant {
+            appid: crate::AppId::new("wxd678efh567hg6787").unwrap(),
+            mch_id: crate::MchId::new("1230000109").unwrap(),
+            key: ApiKey::new("192006250b4c09247ec02edce69f6a2d").unwrap(),
+            sign_type: crate::SignType::Md5,
+        };
+        let mut f = Fields::new();
+        for (k, v) in [
+            ("appid", "wxd678efh567hg6787"),
+            ("mch_id", "1230000109"),
+            ("nonce_str", "n1"),
+            ("return_code", "SUCCESS"),
+            ("result_code", "SUCCESS"),
+            ("out_trade_no", "T1"),
+            ("transaction_id", "4200000000202612030000000001"),
+            ("total_fee", "100"),
+            ("time_end", "20261203120000"),
+        ]
+        .iter()
+        .chain(extra)
+        {
+            f.set(*k, *v);
+        }
+        f.sign(&m.key, crate::SignType::Md5);
+        (f.to_xml().unwrap().into_bytes(), m)
+    }
+
+    #[test]
+    fn settlement_amounts_are_read_and_unknown_fields_are_kept_but_coupon_rows_are_not() {
+        let (body, m) = signed(&[
+            ("settlement_total_fee", "90"),
+            ("coupon_fee", "10"),
+            ("coupon_count", "1"),
+            ("coupon_id_0", "C1"),
+            ("coupon_fee_0", "10"),
+            ("promotion_detail", "{}"),
+            ("coupon_idx", "kept: not an indexed coupon row"),
+        ]);
+        let n = PaymentNotification::parse(&body, &m).unwrap();
+        assert_eq!(n.settlement_total_fee, Some(Fen::new(90).unwrap()));
+        assert_eq!(n.coupon_fee, Some(Fen::new(10).unwrap()));
+        let extra: Vec<&str> = n.extra.keys().map(String::as_str).collect();
+        assert_eq!(extra, ["coupon_idx", "promotion_detail"]);
+    }
 }

@@ -603,6 +603,33 @@ async fn get_with_sync_asks_wechat_pay_and_close_never_closes_a_paid_order(db: T
 engines!(get_with_sync_asks_wechat_pay_and_close_never_closes_a_paid_order);
 
 #[tokio::test]
+async fn a_rejection_is_kept_with_the_senders_values_clipped() {
+    let t = spawn_app(TestDb::sqlite(), Options::default()).await;
+    let long = "9".repeat(1000);
+    let no = format!("REJ-{}", "x".repeat(300));
+    let body = format!("<xml><mch_id>{long}</mch_id><appid>wx0</appid><out_trade_no>{no}</out_trade_no></xml>");
+    let (status, _) = t.notify(body).await;
+    assert_eq!(status, 400);
+    // The order number is clipped to 128 characters, the reason (which quotes the merchant
+    // number) to 256; the records are written a moment later, in a batch.
+    let clipped_no: String = no.chars().take(128).collect();
+    eventually("the rejection is kept", async || {
+        !t.notification_records(&clipped_no).await.is_empty()
+    })
+    .await;
+    let records = t.notification_records(&clipped_no).await;
+    let (verdict, reason) = &records[0];
+    assert_eq!(verdict, "rejected");
+    let reason = reason.as_deref().unwrap();
+    assert!(
+        reason.starts_with("no merchant configured for mch_id \"999"),
+        "{reason}"
+    );
+    assert_eq!(reason.chars().count(), 256, "{reason}");
+    t.stop().await;
+}
+
+#[tokio::test]
 async fn a_failed_payment_notification_is_acknowledged_and_leaves_the_order_payable() {
     let t = spawn_app(TestDb::sqlite(), Options::default()).await;
     let o = t.create(order_body(100)).await;
@@ -615,6 +642,11 @@ async fn a_failed_payment_notification_is_acknowledged_and_leaves_the_order_paya
     });
     assert_eq!(t.notify(body).await, (200, SUCCESS.to_owned()));
     assert_eq!(t.order(&no).await["status"], "pending");
+    // The report is kept as what it is, with WeChat Pay's reason.
+    assert_eq!(
+        t.notification_records(&no).await,
+        [("payment_failed".to_owned(), Some("NOTENOUGH 余额不足".to_owned()))]
+    );
     // Payable: the payer tries again and succeeds, and the order is paid.
     t.sim_pay(json!({"out_trade_no": no})).await;
     let paid = t.wait_status(&no, "paid").await;

@@ -191,6 +191,13 @@ async fn a_correctly_signed_payment_in_another_currency_is_refused_like_a_wrong_
     assert!(reply.contains("FAIL"), "{reply}");
     assert_eq!(t.order(&no).await["status"], "pending", "{}", t.engine());
     assert_eq!(t.app.metrics().notifications_with("currency_mismatch"), 1);
+    assert_eq!(
+        t.notification_records(&no).await,
+        [(
+            "currency_mismatch".to_owned(),
+            Some("fee_type \"USD\", the order is in CNY".to_owned())
+        )]
+    );
     // Without fee_type the payment is in CNY, WeChat Pay's default.
     let cny = notification(DEFAULT, &no, 100, "4200000000000000000000000904", |f| {
         f.remove("fee_type");

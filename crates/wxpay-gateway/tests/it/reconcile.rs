@@ -1,7 +1,5 @@
 //! Reconciliation against the simulator's bill, on both engines.
 
-use std::time::Duration;
-
 use reqwest::Method;
 use serde_json::json;
 use wxpay_gateway::ReconcileConfig;
@@ -225,7 +223,9 @@ async fn the_daily_reconciliation_runs_once_and_reports_in_the_metrics(db: TestD
             && m.contains("wxpay_reconcile_balanced{merchant=\"hmac\"} 1")
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // That a second run does not happen can only be seen over a window: three rounds of the
+    // daily loop, which pauses 20 × poll_every between rounds.
+    tokio::time::sleep(quick_jobs().poll_every * 20 * 3).await;
     let m = metrics().await;
     assert!(
         m.contains("wxpay_reconcile_runs_total{merchant=\"default\",result=\"balanced\"} 1"),

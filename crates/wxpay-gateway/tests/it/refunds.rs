@@ -321,12 +321,18 @@ async fn refund_notifications_with_a_wrong_key_an_unknown_refund_or_another_amou
             refund_notification(TEST_API_KEY, "RF-OTHER", "RF-NOTE-1", 40, RefundStatus::Success),
             400,
         ),
+        // A failure report naming another order does not even bring the check forward.
+        (
+            refund_notification(TEST_API_KEY, "RF-OTHER", "RF-NOTE-1", 40, RefundStatus::RefundClose),
+            400,
+        ),
         ("<xml><return_code>SUCCESS</return_code></xml>".to_owned(), 400),
     ] {
         let (status, reply) = post_refund_notification(&t, body).await;
         assert_eq!(status, code, "{reply}");
         assert!(reply.contains("<return_code><![CDATA[FAIL]]></return_code>"), "{reply}");
     }
+    assert_eq!(t.app.metrics().notifications_with("wrong_order"), 2);
     let r = get_refund(&t, "RF-NOTE-1").await;
     assert_eq!(r["status"], "pending", "{} on {}", r, t.engine());
     assert_eq!(t.order("RF-NOTE").await["refunded_fen"], 0);
@@ -338,7 +344,15 @@ async fn refund_notifications_with_a_wrong_key_an_unknown_refund_or_another_amou
         assert_eq!(status, 200, "{reply}");
         assert!(reply.contains("SUCCESS"), "{reply}");
     }
-    assert_eq!(get_refund(&t, "RF-NOTE-1").await["status"], "succeeded");
+    let settled = get_refund(&t, "RF-NOTE-1").await;
+    assert_eq!(settled["status"], "succeeded");
+    // Settled when WeChat Pay says the money moved (the notification's success_time,
+    // 1,795,000,000 s), not when the notification arrived.
+    assert_eq!(
+        settled["settled_at"],
+        wxpay_gateway::time::rfc3339(1_795_000_000_000),
+        "{settled}"
+    );
     let kinds = t.event_kinds("RF-NOTE").await;
     assert_eq!(
         kinds.iter().filter(|k| *k == "refund_succeeded").count(),

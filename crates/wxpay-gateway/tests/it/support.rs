@@ -762,6 +762,25 @@ impl TestApp {
     }
 
     /// The text of `/metrics`.
+    /// The verdict and reason of every notification record kept about `out_trade_no`, oldest
+    /// first, read from the database (no API shows them).
+    pub(crate) async fn notification_records(&self, out_trade_no: &str) -> Vec<(String, Option<String>)> {
+        let sql = "SELECT verdict, reason FROM notifications WHERE out_trade_no = $1 ORDER BY id";
+        if self.db.engine == "sqlite" {
+            let c = rusqlite::Connection::open(self.db.sqlite_file()).unwrap();
+            let mut stmt = c.prepare(sql).unwrap();
+            stmt.query_map([out_trade_no], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        } else {
+            let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&self.db.url)
+                .await
+                .unwrap();
+            sqlx::query_as(sql).bind(out_trade_no).fetch_all(&mut c).await.unwrap()
+        }
+    }
+
     /// Waits until every event has been delivered (the outbox is empty), read from the
     /// database itself rather than from a gauge that may lag.
     pub(crate) async fn outbox_drained(&self) {

@@ -304,14 +304,18 @@ async fn notifications_endpoint(State(sim): State<Simulator>, Query(q): Query<No
     Json(serde_json::json!({ "attempts": attempts, "pending": sim.inner.notifier.pending() })).into_response()
 }
 
-#[derive(Deserialize)]
-struct RequestsQuery {
-    api: Option<String>,
-    out_trade_no: Option<String>,
-}
-
-async fn requests_endpoint(State(sim): State<Simulator>, Query(q): Query<RequestsQuery>) -> Response {
-    let calls = sim.inner.requests.list(q.api.as_deref(), q.out_trade_no.as_deref());
+/// `?api=refund&out_refund_no=R1`: the calls of an API whose fields have the other
+/// parameters' values.
+async fn requests_endpoint(
+    State(sim): State<Simulator>,
+    Query(q): Query<std::collections::BTreeMap<String, String>>,
+) -> Response {
+    let having: Vec<(&str, &str)> = q
+        .iter()
+        .filter(|(k, _)| k.as_str() != "api")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let calls = sim.inner.requests.list(q.get("api").map(String::as_str), &having);
     Json(serde_json::json!({ "requests": calls })).into_response()
 }
 

@@ -15,6 +15,8 @@ use crate::metrics::APIS;
 pub enum FaultKind {
     /// The call answers `SYSTEMERROR` and changes nothing.
     SystemError,
+    /// The call answers `FREQUENCY_LIMITED` (slow down, try later) and changes nothing.
+    FrequencyLimited,
     /// The call is answered after `delay_ms`.
     Delay,
     /// The call is carried out, then its connection is dropped before the answer.
@@ -51,6 +53,7 @@ impl FaultKind {
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::SystemError => "system_error",
+            FaultKind::FrequencyLimited => "frequency_limited",
             FaultKind::Delay => "delay",
             FaultKind::LoseAnswer => "lose_answer",
             FaultKind::BadAnswerSignature => "bad_answer_signature",

@@ -1,6 +1,7 @@
 //! The last API calls the simulator received, as they came, so that a test can check what a
 //! client sent: that a retried call repeats the first field by field, or that a call it
-//! expected was made at all. Bounded: the oldest entries are forgotten first.
+//! expected was made at all. Bounded: the oldest entries are forgotten first. Times are the
+//! simulator's clock (the wall clock moved on by `POST /simulator/clock`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
@@ -36,7 +37,7 @@ struct Log {
 pub struct ReceivedCall {
     /// The order in which calls arrived, from 1.
     pub seq: u64,
-    /// When it arrived (unix seconds).
+    /// When it arrived (unix seconds, by the simulator's clock).
     pub at: i64,
     /// The API, as in the metrics (`unifiedorder`, `refund`, …).
     pub api: &'static str,
@@ -47,25 +48,22 @@ pub struct ReceivedCall {
 }
 
 impl RequestLog {
-    /// Keeps a call. The body is reference-counted, not copied.
-    pub(crate) fn record(&self, api: &'static str, at: i64, body: &Bytes) {
+    /// Keeps a copy of a call's body: a copy, not a reference, so that the server's receive
+    /// buffers the body came in are not held alive by the log.
+    pub(crate) fn record(&self, api: &'static str, at: i64, body: &[u8]) {
+        let body = Bytes::copy_from_slice(body);
         let mut log = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         log.next += 1;
         let seq = log.next;
         if log.entries.len() == KEPT {
             log.entries.pop_front();
         }
-        log.entries.push_back(Entry {
-            seq,
-            at,
-            api,
-            body: body.clone(),
-        });
+        log.entries.push_back(Entry { seq, at, api, body });
     }
 
-    /// The kept calls, oldest first, of `api` (all APIs when `None`) and, when given, naming
-    /// `out_trade_no`.
-    pub(crate) fn list(&self, api: Option<&str>, out_trade_no: Option<&str>) -> Vec<ReceivedCall> {
+    /// The kept calls, oldest first, of `api` (all APIs when `None`) whose fields hold every
+    /// `(name, value)` of `having`.
+    pub(crate) fn list(&self, api: Option<&str>, having: &[(&str, &str)]) -> Vec<ReceivedCall> {
         let picked: Vec<(u64, i64, &'static str, Bytes)> = {
             let log = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             log.entries
@@ -83,9 +81,10 @@ impl RequestLog {
                         .map(|(k, v)| (k.to_owned(), v.to_owned()))
                         .collect::<BTreeMap<_, _>>()
                 });
-                if let Some(no) = out_trade_no
-                    && fields.as_ref().and_then(|f| f.get("out_trade_no")).map(String::as_str) != Some(no)
-                {
+                let holds = |(name, value): &(&str, &str)| {
+                    fields.as_ref().and_then(|f| f.get(*name)).map(String::as_str) == Some(*value)
+                };
+                if !having.iter().all(holds) {
                     return None;
                 }
                 Some(ReceivedCall {
@@ -108,14 +107,18 @@ mod tests {
     fn the_log_keeps_the_newest_calls_and_filters_by_api_and_order() {
         let log = RequestLog::default();
         for i in 0..(KEPT + 5) {
-            let body = Bytes::from(format!("<xml><out_trade_no>T{}</out_trade_no></xml>", i % 3));
-            log.record(if i % 2 == 0 { "unifiedorder" } else { "orderquery" }, 7, &body);
+            let body = format!("<xml><out_trade_no>T{}</out_trade_no></xml>", i % 3);
+            log.record(
+                if i % 2 == 0 { "unifiedorder" } else { "orderquery" },
+                7,
+                body.as_bytes(),
+            );
         }
-        let all = log.list(None, None);
+        let all = log.list(None, &[]);
         assert_eq!(all.len(), KEPT);
         assert_eq!(all[0].seq, 6, "the five oldest calls are forgotten");
         assert_eq!(all.last().unwrap().seq, (KEPT + 5) as u64);
-        let uo = log.list(Some("unifiedorder"), Some("T1"));
+        let uo = log.list(Some("unifiedorder"), &[("out_trade_no", "T1")]);
         assert!(!uo.is_empty());
         assert!(
             uo.iter()
@@ -126,13 +129,13 @@ mod tests {
     #[test]
     fn a_body_that_is_not_xml_is_kept_without_fields() {
         let log = RequestLog::default();
-        log.record("refund", 1, &Bytes::from_static(b"not xml"));
-        let calls = log.list(Some("refund"), None);
+        log.record("refund", 1, b"not xml");
+        let calls = log.list(Some("refund"), &[]);
         assert_eq!(calls.len(), 1);
         assert!(calls[0].fields.is_none());
         assert_eq!(calls[0].body, "not xml");
         assert!(
-            log.list(Some("refund"), Some("X")).is_empty(),
+            log.list(Some("refund"), &[("out_trade_no", "X")]).is_empty(),
             "no out_trade_no, no match"
         );
     }

@@ -120,6 +120,10 @@ async fn jscode2session(State(sim): State<Simulator>, Query(q): Query<Code2Sessi
                 metrics.request(API, 1);
                 return errcode(-1, "system error");
             }
+            FaultKind::FrequencyLimited => {
+                metrics.request(API, 1);
+                return errcode(45011, "api minute-quota reach limit");
+            }
             FaultKind::Delay => tokio::time::sleep(hit.delay).await,
             _ => {}
         }

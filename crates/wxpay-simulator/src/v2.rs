@@ -219,7 +219,8 @@ fn gate<'b>(
 }
 
 async fn call(sim: Simulator, api: Api, method: Method, cert: Option<PeerCert>, body: Bytes) -> Response {
-    sim.inner.requests.record(api.name(), sim.now(), &body);
+    let now = sim.now();
+    sim.inner.requests.record(api.name(), now, &body);
     let gate = match gate(&sim, api, &method, cert.as_ref(), &body) {
         Ok(g) => g,
         Err(reply) => return finish(&sim, api, reply, None),
@@ -233,7 +234,7 @@ async fn call(sim: Simulator, api: Api, method: Method, cert: Option<PeerCert>, 
         appid,
         sign_type: gate.sign_type,
         nonce: ids::nonce(),
-        now: sim.now(),
+        now,
     };
     if appid.is_empty() {
         return finish(&sim, api, biz_or_fail(&ctx, api, "缺少参数appid"), None);
@@ -256,6 +257,9 @@ async fn call(sim: Simulator, api: Api, method: Method, cert: Option<PeerCert>, 
         match hit.kind {
             FaultKind::SystemError => {
                 return finish(&sim, api, ctx.biz(ErrCode::SystemError, "系统繁忙,请稍后再试"), None);
+            }
+            FaultKind::FrequencyLimited => {
+                return finish(&sim, api, ctx.biz(ErrCode::FrequencyLimited, "频率限制"), None);
             }
             FaultKind::Delay => tokio::time::sleep(hit.delay).await,
             other => after = Some(other),

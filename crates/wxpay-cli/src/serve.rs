@@ -1,5 +1,6 @@
 //! `wxpay serve` and `wxpay migrate`: the production gateway from a configuration file.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -62,7 +63,8 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), CliError> {
         tracing::info!(%addr, engine = app.store().engine(), merchants = %merchants.join(", "), "wxpay gateway listening");
         // One line in a fixed form on stderr, whatever the log format, so that scripts and
         // tests can listen on port 0 and read the address the system chose.
-        eprintln!("wxpay gateway at http://{addr}");
+        // A closed stderr (`wxpay serve 2>&1 | head -1`) must not stop the gateway.
+        let _ = writeln!(std::io::stderr(), "wxpay gateway at http://{addr}");
         let served = wxpay_gateway::serve(&app, listener, crate::shutdown_signal()).await;
         tracing::info!("shutting down: finishing requests whose clients went away, then background work");
         app.finish_requests().await;

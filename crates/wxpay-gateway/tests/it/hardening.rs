@@ -132,7 +132,17 @@ async fn a_creating_request_whose_client_went_away_finishes_and_its_key_answers_
         t.engine()
     );
 
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The first request goes on without its client: it finishes when the order has its
+    // prepay (the simulator's 5 s delay), and only then does the retry come.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while t.order(&no).await["prepay_id"].is_null() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}: the first request never finished",
+            t.engine()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (status, answer) = t.api(Method::POST, "/v1/orders", Some(body), Some("went-away")).await;
     assert_eq!(status, 201, "{}: {answer}", t.engine());
     assert_eq!(answer["out_trade_no"], no.as_str());
@@ -693,7 +703,11 @@ async fn a_retry_that_takes_over_a_refunds_key_finds_the_same_refund_and_makes_n
     // lease as far as the gateway's clock goes (it has not renewed yet): a retry takes
     // the key over.
     let second = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Once the first call is held by the delay (the simulator counts it when it starts).
+        eventually("the first refund call is in flight", async || {
+            t.sim_faults_fired("delay").await == 1
+        })
+        .await;
         t.app.clock().advance(Duration::from_secs(61));
         t.api(Method::POST, &path, Some(body.clone()), Some("refund-once"))
             .await

@@ -26,7 +26,7 @@ async fn run(t: &TestApp, repair: bool) -> Report {
 
 /// A refund asked for directly at WeChat Pay (as the merchant platform does), not through
 /// wxpay.
-async fn refund_upstream_only(t: &TestApp, order: &str, out_refund_no: &str, total: u64, fee: u64) {
+pub(crate) async fn refund_upstream_only(t: &TestApp, order: &str, out_refund_no: &str, total: u64, fee: u64) {
     let merchant = crate::support::merchants(&t.sim_url)[0].credentials();
     let call = Refund::new(
         OrderRef::OutTradeNo(OutTradeNo::new(order).unwrap()),

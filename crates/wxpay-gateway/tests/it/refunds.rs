@@ -271,6 +271,92 @@ async fn lost_refund_answers_leave_it_pending_and_it_is_sent_again_into_one_refu
 }
 engines!(lost_refund_answers_leave_it_pending_and_it_is_sent_again_into_one_refund);
 
+async fn repeating_a_refund_request_answers_the_refund_and_resends_it_only_while_unacknowledged(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    t.paid_order("RF-REP", 100).await;
+    // Accepted: a repeat answers 200 with the same refund, and WeChat Pay is not called again.
+    let body = json!({"amount_fen": 40, "out_refund_no": "RF-REP-1"});
+    let (status, first) = refund(&t, "RF-REP", body.clone()).await;
+    assert_eq!((status, first["upstream"].as_str()), (201, Some("created")), "{first}");
+    let calls = t.sim_calls("refund").await;
+    let (status, again) = refund(&t, "RF-REP", body).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["refund_id"], first["refund_id"]);
+    assert_eq!(t.sim_calls("refund").await, calls, "{}: no second call", t.engine());
+    // Other terms under the same number are refused.
+    let (status, v) = refund(&t, "RF-REP", json!({"amount_fen": 41, "out_refund_no": "RF-REP-1"})).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("out_refund_no_taken")),
+        "{v}"
+    );
+    // Unacknowledged (WeChat Pay busy on every attempt of the first request): the repeat
+    // sends it again, identical, and it is accepted.
+    t.fault(json!({"kind": "system_error", "api": "refund", "count": 100}))
+        .await;
+    let body = json!({"amount_fen": 30, "out_refund_no": "RF-REP-2"});
+    let (status, r) = refund(&t, "RF-REP", body.clone()).await;
+    assert_eq!((status, r["status"].as_str()), (201, Some("pending")), "{r}");
+    assert_ne!(r["upstream"], "created", "{r}");
+    let busy = t.sim_faults_fired("system_error").await;
+    let cleared = t
+        .http
+        .delete(format!("{}/simulator/faults", t.sim_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cleared.status(), 200);
+    let (status, r) = refund(&t, "RF-REP", body).await;
+    assert_eq!((status, r["upstream"].as_str()), (201, Some("created")), "{r}");
+    assert_eq!(
+        t.assert_calls_repeat_the_first("refund", "out_refund_no", "RF-REP-2")
+            .await as u64,
+        busy + 1
+    );
+    t.stop().await;
+}
+engines!(repeating_a_refund_request_answers_the_refund_and_resends_it_only_while_unacknowledged);
+
+async fn a_refund_wechat_pay_refuses_for_good_fails_and_frees_nothing_it_did_not_take(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    t.paid_order("RF-FINAL", 100).await;
+    // Refunded in full at WeChat Pay directly (as the merchant platform can): WeChat Pay
+    // refuses any further refund, for good.
+    crate::reconcile::refund_upstream_only(&t, "RF-FINAL", "RF-ELSEWHERE", 100, 100).await;
+    let (status, v) = refund(&t, "RF-FINAL", json!({"amount_fen": 40, "out_refund_no": "RF-FINAL-1"})).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (502, Some("wechatpay_rejected")),
+        "{v}"
+    );
+    let r = get_refund(&t, "RF-FINAL-1").await;
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(t.order("RF-FINAL").await["refunded_fen"], 0);
+    assert_eq!(t.sim_calls_with("refund", "business_error").await, 1);
+    t.stop().await;
+}
+engines!(a_refund_wechat_pay_refuses_for_good_fails_and_frees_nothing_it_did_not_take);
+
+async fn a_rate_limited_refund_stays_pending_and_is_sent_again_later(db: TestDb) {
+    let t = spawn_app(db, with_jobs_and_webhook()).await;
+    t.paid_order("RF-SLOW", 100).await;
+    t.fault(json!({"kind": "frequency_limited", "api": "refund", "count": 1}))
+        .await;
+    let (status, r) = refund(&t, "RF-SLOW", json!({"amount_fen": 50, "out_refund_no": "RF-SLOW-1"})).await;
+    assert_eq!(status, 201, "{r}");
+    assert_eq!(r["status"], "pending", "FREQUENCY_LIMITED is not a refusal: {r}");
+    assert_eq!(t.sim_faults_fired("frequency_limited").await, 1);
+    // The checks send it again, identical, and WeChat Pay accepts it.
+    wait_refund(&t, "RF-SLOW-1", "succeeded").await;
+    assert_eq!(
+        t.assert_calls_repeat_the_first("refund", "out_refund_no", "RF-SLOW-1")
+            .await,
+        2
+    );
+    t.stop().await;
+}
+engines!(a_rate_limited_refund_stays_pending_and_is_sent_again_later);
+
 fn refund_notification(key: &str, order: &str, refund_no: &str, fee: u64, status: RefundStatus) -> String {
     let n = RefundNotification {
         appid: TEST_APPID.into(),
@@ -455,6 +541,7 @@ async fn a_refund_failure_from_a_notification_alone_frees_nothing_until_refundqu
     .await;
     assert_eq!(status, 201, "{r}");
     let queries = t.sim_calls("refundquery").await;
+    let answered = t.sim_calls_with("refundquery", "success").await;
     let checks = t.app.metrics().checks_done("refund");
 
     // A correctly encrypted REFUNDCLOSE that WeChat Pay never sent (spliced from genuine
@@ -462,8 +549,10 @@ async fn a_refund_failure_from_a_notification_alone_frees_nothing_until_refundqu
     let forged = refund_notification(TEST_API_KEY, "RF-SPLICE", "RF-SPLICE-1", 100, RefundStatus::RefundClose);
     let (status, reply) = post_refund_notification(&t, forged).await;
     assert_eq!(status, 200, "{reply}");
-    eventually("the gateway asks WeChat Pay", async || {
-        t.sim_calls("refundquery").await > queries
+    // Asked, and answered (PROCESSING): a check whose query failed would leave the refund
+    // pending without deciding anything.
+    eventually("the gateway asks WeChat Pay and is answered", async || {
+        t.sim_calls_with("refundquery", "success").await > answered
     })
     .await;
     // Each check asks once and applies the answer before it ends: once as many checks have

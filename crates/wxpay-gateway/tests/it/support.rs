@@ -649,8 +649,18 @@ impl TestApp {
 
     /// The fields of every `api` call the simulator received for `out_trade_no`, oldest first.
     pub(crate) async fn sim_requests(&self, api: &str, out_trade_no: &str) -> Vec<serde_json::Map<String, Value>> {
+        self.sim_requests_having(api, "out_trade_no", out_trade_no).await
+    }
+
+    /// The fields of every `api` call the simulator received whose `field` is `value`.
+    pub(crate) async fn sim_requests_having(
+        &self,
+        api: &str,
+        field: &str,
+        value: &str,
+    ) -> Vec<serde_json::Map<String, Value>> {
         let v = self
-            .sim_get(&format!("/simulator/requests?api={api}&out_trade_no={out_trade_no}"))
+            .sim_get(&format!("/simulator/requests?api={api}&{field}={value}"))
             .await;
         v["requests"]
             .as_array()
@@ -669,9 +679,16 @@ impl TestApp {
     /// one's fields, value for value, apart from the fresh nonce and the signature over it;
     /// returns how many calls there were.
     pub(crate) async fn assert_retries_repeat_the_first(&self, api: &str, out_trade_no: &str) -> usize {
-        let calls = self.sim_requests(api, out_trade_no).await;
+        self.assert_calls_repeat_the_first(api, "out_trade_no", out_trade_no)
+            .await
+    }
+
+    /// `assert_retries_repeat_the_first` for the calls whose `field` is `value`.
+    pub(crate) async fn assert_calls_repeat_the_first(&self, api: &str, field: &str, value: &str) -> usize {
+        let out_trade_no = value;
+        let calls = self.sim_requests_having(api, field, value).await;
         let Some(first) = calls.first() else {
-            panic!("the simulator received no {api} call for {out_trade_no}");
+            panic!("the simulator received no {api} call with {field}={value}");
         };
         let significant = |c: &serde_json::Map<String, Value>| {
             let mut c = c.clone();

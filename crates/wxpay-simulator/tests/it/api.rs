@@ -320,14 +320,14 @@ async fn an_order_past_its_time_expire_is_closed() {
     assert_eq!(view["trade_state"], "NOTPAY");
     assert!(view["time_expire"].is_string());
 
-    // A second before time_expire it is still payable; once it has passed it is closed.
-    let (status, v) = env.post_json("/simulator/clock", json!({"advance_secs": 298})).await;
+    // Ten seconds before time_expire it is still payable; once it has passed it is closed.
+    let (status, v) = env.post_json("/simulator/clock", json!({"advance_secs": 290})).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(
         env.get_json("/simulator/orders/expiring").await["trade_state"],
         "NOTPAY"
     );
-    let (status, _) = env.post_json("/simulator/clock", json!({"advance_secs": 3})).await;
+    let (status, _) = env.post_json("/simulator/clock", json!({"advance_secs": 11})).await;
     assert_eq!(status, 200);
     let view = env.get_json("/simulator/orders/expiring").await;
     assert_eq!(view["trade_state"], "CLOSED", "{view}");
@@ -441,7 +441,7 @@ async fn shutdown_is_graceful() {
     let env = spawn().await;
     env.create("s-1", 1).await;
     // A call in flight when the shutdown begins still gets its answer.
-    env.fault(json!({"kind": "delay", "api": "unifiedorder", "count": 1, "delay_ms": 1000}))
+    env.fault(json!({"kind": "delay", "api": "unifiedorder", "count": 1, "delay_ms": 3000}))
         .await;
     let body = v2::encode(&env.order("s-2", 1), &env.merchant, &nonce()).unwrap();
     let request = env.http.post(env.url(UnifiedOrder::PATH)).body(body);
@@ -461,6 +461,10 @@ async fn shutdown_is_graceful() {
     .await;
     let Env { sim, merchant, .. } = env;
     let addr = sim.addr();
+    assert!(
+        !in_flight.is_finished(),
+        "the call is still in flight when the shutdown begins"
+    );
     sim.shutdown().await;
     let answer = in_flight.await.unwrap().expect("the call in flight was answered");
     let prepay = UnifiedOrder::decode(answer.as_bytes(), &merchant).expect("a signed prepay");

@@ -229,6 +229,43 @@ sns_base_url = "{sim_url}"
     path
 }
 
+/// A `wxpay serve` started but not yet known to listen.
+pub(crate) struct Starting {
+    child: Child,
+    rx: std::sync::mpsc::Receiver<String>,
+    log: PathBuf,
+    log_copier: std::thread::JoinHandle<()>,
+}
+
+impl Starting {
+    /// Waits until the server says where it listens.
+    pub(crate) fn listening(self) -> Server {
+        let Starting {
+            mut child,
+            rx,
+            log,
+            log_copier,
+        } = self;
+        // The channel closes at once if the server exits without saying it.
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(20)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = log_copier.join();
+            panic!(
+                "wxpay serve never said where it listens; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        let addr: std::net::SocketAddr = addr.trim().parse().unwrap();
+        Server {
+            child,
+            url: format!("http://{addr}"),
+            addr,
+            log_copier: Some(log_copier),
+        }
+    }
+}
+
 pub(crate) struct Server {
     child: Child,
     pub(crate) url: String,
@@ -247,6 +284,12 @@ impl Server {
     /// `start` with more arguments and a log level; returns once the server has said where
     /// it listens.
     pub(crate) fn start_with(config: &Path, log: &Path, args: &[&str], level: &str) -> Server {
+        Server::spawn(config, log, args, level).listening()
+    }
+
+    /// Starts `wxpay serve` without waiting for it: several can start at once (and race for
+    /// the migration lock); [`Starting::listening`] waits for each.
+    pub(crate) fn spawn(config: &Path, log: &Path, args: &[&str], level: &str) -> Starting {
         use std::io::{BufRead, Write};
         let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let mut child = crate::wxpay_command()
@@ -274,22 +317,11 @@ impl Server {
                 }
             }
         });
-        // The channel closes at once if the server exits without saying it.
-        let Ok(addr) = rx.recv_timeout(Duration::from_secs(20)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = log_copier.join();
-            panic!(
-                "wxpay serve never said where it listens; its log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        };
-        let addr: std::net::SocketAddr = addr.trim().parse().unwrap();
-        Server {
+        Starting {
             child,
-            url: format!("http://{addr}"),
-            addr,
-            log_copier: Some(log_copier),
+            rx,
+            log: log.to_owned(),
+            log_copier,
         }
     }
 
@@ -599,13 +631,18 @@ async fn crash_and_restart(database_url: &str, dir: &Path) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_sigkill_mid_burst_every_acknowledged_order_and_payment_is_there_exactly_once() {
+async fn after_a_sigkill_mid_burst_every_acknowledged_order_and_payment_is_there_exactly_once_on_sqlite() {
     let dir = scratch_dir("crash");
     crash_and_restart(&format!("sqlite://{}", dir.join("wxpay.db").display()), &dir).await;
-    if let Some(pg) = PgDb::create().await {
-        crash_and_restart(&pg.url, &dir).await;
-        drop(pg);
-    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sigkill_mid_burst_every_acknowledged_order_and_payment_is_there_exactly_once_on_postgres() {
+    let Some(pg) = PgDb::create().await else { return };
+    let dir = scratch_dir("crash-pg");
+    crash_and_restart(&pg.url, &dir).await;
+    drop(pg);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -644,14 +681,19 @@ async fn two_instances_on_one_postgres_database_apply_each_payment_once_and_shar
     let (events, hook) = webhook_receiver().await;
     let (fa, fb) = (Front::bind().await, Front::bind().await);
     // Migrations run at the start of each; starting both at once also exercises the lock.
-    let mut a = Server::start(
+    let a = Server::spawn(
         &write_config(&dir, &fa.url, &pg.url, sim.base_url(), Some(&hook)),
         &dir.join("a.log"),
+        &[],
+        "warn",
     );
-    let mut b = Server::start(
+    let b = Server::spawn(
         &write_config(&dir, &fb.url, &pg.url, sim.base_url(), Some(&hook)),
         &dir.join("b.log"),
+        &[],
+        "warn",
     );
+    let (mut a, mut b) = (a.listening(), b.listening());
     fa.forward_to(&a);
     fb.forward_to(&b);
     a.ready(&http).await;

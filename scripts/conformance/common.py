@@ -110,6 +110,19 @@ def beijing_today():
     return datetime.now(BEIJING).strftime("%Y%m%d")
 
 
+def beijing_day_with(seconds_left):
+    """The Beijing day (YYYYMMDD) that still has `seconds_left` to run: waits for the next
+    one when it has less. The simulator's bill is of the day its payments fall on; a run that
+    crossed midnight (16:00 UTC) would ask for the wrong day. (wechatpy sets time_expire from
+    the wall clock, so the simulator's clock cannot be moved instead.)"""
+    now = datetime.now(BEIJING)
+    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    left = (midnight - now).total_seconds()
+    if left < seconds_left:
+        time.sleep(left + 1)
+    return beijing_today()
+
+
 # --- the merchant's notify_url -------------------------------------------------------------
 
 

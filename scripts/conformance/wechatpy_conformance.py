@@ -70,7 +70,7 @@ from common import (
     CheckFailed,
     JsonHttp,
     NotifySink,
-    beijing_today,
+    beijing_day_with,
     check,
     decrypt_req_info_strict,
     expect_fields,
@@ -112,6 +112,9 @@ def expect_pay_error(what, call, check_exc):
 
 
 def run(base, tls_dir=None):
+    # Everything below happens on one Beijing day, so that the bill asked for is the one the
+    # payments are on.
+    day = beijing_day_with(120)
     ca = os.path.join(tls_dir, "ca.pem") if tls_dir else None
     ctl = JsonHttp(base, cafile=ca)
     status, health = ctl.get("/simulator/health")
@@ -294,7 +297,7 @@ def run(base, tls_dir=None):
         refunds = run_refunds(ctl, client, sink, tls_dir, no1, total_fee, transaction_id)
         hmac_order = run_hmac(ctl, client, sink, openid)
 
-    run_bill(client, no1, no2, transaction_id, total_fee, refunds, hmac_order)
+    run_bill(client, day, no1, no2, transaction_id, total_fee, refunds, hmac_order)
 
     # -- a client with the wrong API key ----------------------------------------------------
     bad = WeChatPay(appid=APPID, api_key=WRONG_KEY, mch_id=MCH_ID, timeout=HTTP_TIMEOUT)
@@ -471,9 +474,8 @@ def run_hmac(ctl, client, sink, openid):
             "out_refund_no": rno, "refund_id": r.get("refund_id")}
 
 
-def run_bill(client, no1, no2, transaction_id, total_fee, refunds, hmac_order):
+def run_bill(client, today, no1, no2, transaction_id, total_fee, refunds, hmac_order):
     """downloadbill: the text wechatpy returns, parsed and checked against what was done."""
-    today = beijing_today()
     text = sdk_call("tools.download_bill", client.tools.download_bill, today)
     check(isinstance(text, str), "tools.download_bill({}) returns the bill as text (not XML)".format(today),
           repr(text)[:300])

@@ -4,7 +4,8 @@
 Why: the protocol crate's tests otherwise check its wire formats only against its own code
 (a notification is built with the same signer that verifies it, a req_info is encrypted by
 the same crate that decrypts it). These fixtures are made here, from the protocol as
-documented (../../../shared/docs/protocol.md, sections A.1 to A.6 and G.1), without importing
+documented (WeChat Pay's APIv2 documentation: signing, the notification and refund
+notification formats, the bill), without importing
 or running any wxpay code, so that a mistake shared by both halves of the crate shows up.
 
 Needs: Python 3.8 or later with its standard library (hashlib, hmac, base64, json, datetime)

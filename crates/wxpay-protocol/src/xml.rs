@@ -1047,6 +1047,11 @@ mod tests {
             XmlErrorKind::EncodingNotUtf8 { declared: "GBK".into() }
         );
         assert!(read("\u{FEFF}<?xml version=\"1.0\" encoding=\"UTF-8\"?><xml><a>1</a></xml>".as_bytes()).is_ok());
+        // The encoding first, right after `<?xml`: it is read from there.
+        assert_eq!(
+            kind("\u{FEFF}<?xml encoding=\"GBK\"?><xml/>"),
+            XmlErrorKind::EncodingNotUtf8 { declared: "GBK".into() }
+        );
     }
 
     #[test]
@@ -1058,6 +1063,11 @@ mod tests {
         assert_eq!(error(b"<!DOCTYPE"), (XmlErrorKind::Doctype, 0));
         assert_eq!(error(b"<xml><!DOCTYPE x></xml>"), (XmlErrorKind::Doctype, 5));
         assert_eq!(error(b"<xml><?pi?></xml>"), (XmlErrorKind::ProcessingInstruction, 5));
+        // The same inside an end tag, where only the name reader sees them: the error points
+        // at the character before.
+        assert_eq!(error(b"<xml><a>1</?a>"), (XmlErrorKind::ProcessingInstruction, 10));
+        assert_eq!(error(b"<xml><a>1</!DOCTYPE a>"), (XmlErrorKind::Doctype, 10));
+        assert!(matches!(kind("<xml><a>1</!a>"), XmlErrorKind::Malformed { .. }));
     }
 
     #[test]

@@ -204,11 +204,12 @@ pub(crate) async fn daily_reconciliation(app: App, mut stop: watch::Receiver<boo
     }
 }
 
-/// The pause before the next check of an order: as long as the order is old (so checks
-/// thin out as it ages), at least the first delay, at most the longest interval.
-pub(crate) fn next_check_in(app: &App, age_ms: i64) -> i64 {
-    let cfg = &app.inner.config.jobs;
-    age_ms.clamp(
+/// When something made at `created_at` (an order, a refund) and checked at `now` is checked
+/// next: after a pause as long as it is old (so checks thin out as it ages), at least the
+/// first delay, at most the longest interval.
+pub(crate) fn next_check_at(cfg: &crate::config::JobsConfig, created_at: i64, now: i64) -> i64 {
+    let age = now - created_at;
+    now + age.clamp(
         ms(cfg.first_check_after).max(1000),
         ms(cfg.max_check_interval).max(1000),
     )
@@ -272,7 +273,7 @@ async fn check_one(app: &App, order: Order) {
             order
         }
     };
-    let next = now + next_check_in(app, now - order.created_at);
+    let next = next_check_at(&app.inner.config.jobs, order.created_at, now);
     // An expired order is closed at its next check at the latest.
     let next = if order.expires_at > now {
         next.min(order.expires_at)
@@ -373,6 +374,27 @@ pub(crate) async fn outbox(app: App, mut stop: watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checks_thin_out_with_age_between_the_first_delay_and_the_longest_interval() {
+        let cfg = crate::config::JobsConfig {
+            first_check_after: Duration::from_secs(5),
+            max_check_interval: Duration::from_secs(600),
+            ..crate::config::JobsConfig::default()
+        };
+        let now = 1_800_000_000_000;
+        // Young: the first delay. Middle-aged: as long as its age. Old: the longest interval.
+        assert_eq!(next_check_at(&cfg, now - 1_000, now), now + 5_000);
+        assert_eq!(next_check_at(&cfg, now - 60_000, now), now + 60_000);
+        assert_eq!(next_check_at(&cfg, now - 86_400_000, now), now + 600_000);
+        // Never sooner than a second, whatever the configuration.
+        let eager = crate::config::JobsConfig {
+            first_check_after: Duration::from_millis(50),
+            max_check_interval: Duration::from_millis(100),
+            ..crate::config::JobsConfig::default()
+        };
+        assert_eq!(next_check_at(&eager, now, now), now + 1_000);
+    }
 
     #[test]
     fn webhook_signatures_verify_and_expire() {

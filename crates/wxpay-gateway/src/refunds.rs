@@ -423,8 +423,7 @@ pub(crate) async fn check_one(app: &App, refund: Refund) {
         let _ = store.schedule_refund_check(refund.id, None).await;
         return;
     };
-    let age = app.now() - refund.created_at;
-    let next = app.now() + crate::jobs::next_check_in(app, age);
+    let next = crate::jobs::next_check_at(&app.inner.config.jobs, refund.created_at, app.now());
     if refund.upstream != Upstream::Created {
         let order: Option<Order> = store
             .order(refund.merchant.clone(), refund.out_trade_no.clone())

@@ -333,6 +333,8 @@ async fn a_refund_wechat_pay_refuses_for_good_fails_and_frees_nothing_it_did_not
     assert_eq!(r["status"], "failed", "{r}");
     assert_eq!(t.order("RF-FINAL").await["refunded_fen"], 0);
     assert_eq!(t.sim_calls_with("refund", "business_error").await, 1);
+    // Its one attempt was answered, so the refusal is taken as it is: nothing to ask.
+    assert_eq!(t.sim_calls("refundquery").await, 0);
     t.stop().await;
 }
 engines!(a_refund_wechat_pay_refuses_for_good_fails_and_frees_nothing_it_did_not_take);
@@ -340,18 +342,21 @@ engines!(a_refund_wechat_pay_refuses_for_good_fails_and_frees_nothing_it_did_not
 async fn a_rate_limited_refund_stays_pending_and_is_sent_again_later(db: TestDb) {
     let t = spawn_app(db, with_jobs_and_webhook()).await;
     t.paid_order("RF-SLOW", 100).await;
-    t.fault(json!({"kind": "frequency_limited", "api": "refund", "count": 1}))
+    // Limited twice: the request, then the first check's attempt.
+    t.fault(json!({"kind": "frequency_limited", "api": "refund", "count": 2}))
         .await;
     let (status, r) = refund(&t, "RF-SLOW", json!({"amount_fen": 50, "out_refund_no": "RF-SLOW-1"})).await;
     assert_eq!(status, 201, "{r}");
     assert_eq!(r["status"], "pending", "FREQUENCY_LIMITED is not a refusal: {r}");
-    assert_eq!(t.sim_faults_fired("frequency_limited").await, 1);
-    // The checks send it again, identical, and WeChat Pay accepts it.
+    // The checks send it again, identical, and WeChat Pay accepts it. A check whose attempt
+    // was limited schedules the next at the check interval (a second here), not at the end
+    // of its five-second lease: `wait_refund` gives up after five seconds.
     wait_refund(&t, "RF-SLOW-1", "succeeded").await;
+    assert_eq!(t.sim_faults_fired("frequency_limited").await, 2);
     assert_eq!(
         t.assert_calls_repeat_the_first("refund", "out_refund_no", "RF-SLOW-1")
             .await,
-        2
+        3
     );
     t.stop().await;
 }
@@ -476,6 +481,15 @@ async fn a_refund_whose_notifications_never_verify_completes_through_refundquery
         .unwrap()
         .clone();
     assert_eq!(settled["detail"]["source"], "query", "{settled}");
+    // Settled when WeChat Pay's refundquery says the money moved, not when it was asked.
+    let sim = t.sim_get("/simulator/orders/RF-QUERY").await;
+    let upstream = sim["refunds"][0]["settled_at"].as_str().unwrap().to_owned();
+    let at = wxpay_protocol::BeijingTime::parse_dashed(&upstream).unwrap().unix() * 1000;
+    assert_eq!(
+        get_refund(&t, "RF-QUERY-1").await["settled_at"],
+        wxpay_gateway::time::rfc3339(at),
+        "{sim}"
+    );
     t.stop().await;
 }
 engines!(a_refund_whose_notifications_never_verify_completes_through_refundquery);
@@ -591,6 +605,12 @@ async fn a_refund_failure_from_a_notification_alone_frees_nothing_until_refundqu
         .cloned()
         .unwrap();
     assert_eq!(settled["detail"]["source"], "query", "{failed} {settled}");
+    // The same failure reported again about the failed refund: acknowledged as a duplicate.
+    let again = refund_notification(TEST_API_KEY, "RF-SPLICE", "RF-SPLICE-1", 100, RefundStatus::RefundClose);
+    let duplicates = t.app.metrics().notifications_with("duplicate");
+    let (status, reply) = post_refund_notification(&t, again).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(t.app.metrics().notifications_with("duplicate"), duplicates + 1);
     let (status, v) = refund(&t, "RF-SPLICE", json!({"amount_fen": 100})).await;
     assert_eq!(status, 201, "{}: the amount is free again: {v}", t.engine());
     t.stop().await;

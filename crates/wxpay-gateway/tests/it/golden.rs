@@ -3,44 +3,18 @@
 //! script's HMAC, and the script's payment notifications, which are signed with this test
 //! configuration's merchant keys, are posted to a running gateway.
 
-use std::path::PathBuf;
-
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 use wxpay_protocol::v2::NOTIFY_SUCCESS_REPLY;
 use wxpay_simulator::{TEST_API_KEY, TEST_APPID, TEST_MCH_ID};
 
+#[path = "../../../wxpay-protocol/tests/it/golden_index.rs"]
+mod golden_index;
+
 use crate::support::engines;
+use golden_index::{cases, golden_dir, index, text};
+
 use crate::support::{HMAC_APPID, HMAC_KEY, HMAC_MCH_ID, Options, TestDb, WEBHOOK_SECRET, spawn_app};
-
-fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/golden")
-}
-
-fn index() -> Value {
-    let path = golden_dir().join("golden.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
-}
-
-/// The cases of one list in the index. The count is fixed so that an empty or truncated
-/// index cannot pass by having nothing to check.
-fn cases<'a>(doc: &'a Value, list: &str, expected: usize) -> &'a [Value] {
-    let cases = doc[list]
-        .as_array()
-        .unwrap_or_else(|| panic!("golden.json has no list {list:?}"));
-    assert_eq!(
-        cases.len(),
-        expected,
-        "golden.json: {list} should hold {expected} cases"
-    );
-    cases
-}
-
-fn text<'a>(v: &'a Value, k: &str) -> &'a str {
-    v[k].as_str()
-        .unwrap_or_else(|| panic!("golden.json: {k} missing in {v}"))
-}
 
 #[test]
 fn wxpay_signature_is_what_the_independent_script_computed() {

@@ -19,37 +19,12 @@ use wxpay_protocol::v2::{
 };
 use wxpay_protocol::{ApiKey, AppId, BeijingTime, Error, Fen, MchId, Merchant, Nonce, OutRefundNo, OutTradeNo};
 
-use crate::support::{load_json, vectors_dir};
-
-/// The index the script writes. `load_json` reads from the vectors folder, and the golden
-/// folder is its sibling, so a relative name reaches it.
-fn index() -> Value {
-    load_json("../golden/golden.json")
-}
+use crate::golden_index::{cases, golden_dir, index, text};
 
 /// The exact bytes of one fixture file.
 fn fixture(name: &str) -> Vec<u8> {
-    let path = vectors_dir().join("../golden").join(name);
+    let path = golden_dir().join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
-/// The cases of one list in the index. The count is fixed so that an empty or truncated
-/// index cannot pass by having nothing to check.
-fn cases<'a>(doc: &'a Value, list: &str, expected: usize) -> &'a [Value] {
-    let cases = doc[list]
-        .as_array()
-        .unwrap_or_else(|| panic!("golden.json has no list {list:?}"));
-    assert_eq!(
-        cases.len(),
-        expected,
-        "golden.json: {list} should hold {expected} cases"
-    );
-    cases
-}
-
-fn text<'a>(v: &'a Value, k: &str) -> &'a str {
-    v[k].as_str()
-        .unwrap_or_else(|| panic!("golden.json: {k} missing in {v}"))
 }
 
 /// A string that the index writes as `null` when the crate should see nothing.

@@ -4,6 +4,7 @@
 mod calls;
 mod fuzz_checks;
 mod golden;
+mod golden_index;
 mod hostile_xml;
 mod notifications;
 mod properties;

@@ -383,15 +383,7 @@ async fn finished_orders_are_forgotten_past_the_bound_and_live_ones_kept() {
     }
     env.create("live-1", 1).await;
     env.create("live-2", 1).await;
-    let metrics = env
-        .http
-        .get(env.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics_text().await;
     assert!(metrics.contains("wxpay_sim_orders_evicted_total 2"), "{metrics}");
     assert_eq!(env.get_json("/simulator/orders/live-1").await["trade_state"], "NOTPAY");
     assert_eq!(env.get_json("/simulator/orders/live-2").await["trade_state"], "NOTPAY");
@@ -416,15 +408,7 @@ async fn metrics_count_calls_by_api_and_result() {
     let _ = env
         .call(&OrderQuery::by_out_trade_no(OutTradeNo::new("m-9").unwrap()))
         .await;
-    let text = env
-        .http
-        .get(env.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = env.metrics_text().await;
     assert!(
         text.contains("wxpay_sim_requests_total{api=\"unifiedorder\",result=\"success\"} 1"),
         "{text}"
@@ -447,15 +431,7 @@ async fn shutdown_is_graceful() {
     let request = env.http.post(env.url(UnifiedOrder::PATH)).body(body);
     let in_flight = tokio::spawn(async move { request.send().await?.text().await });
     crate::support::eventually("the call is in flight", async || {
-        let text = env
-            .http
-            .get(env.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = env.metrics_text().await;
         text.contains("wxpay_sim_faults_injected_total{kind=\"delay\"} 1")
     })
     .await;

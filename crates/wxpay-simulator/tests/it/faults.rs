@@ -183,15 +183,7 @@ async fn faults_are_listed_counted_and_removed() {
         .unwrap();
     assert_eq!(removed["removed"], 1);
     env.create("f-10", 1).await;
-    let metrics = env
-        .http
-        .get(env.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics_text().await;
     assert!(
         metrics.contains("wxpay_sim_faults_injected_total{kind=\"system_error\"} 1"),
         "{metrics}"

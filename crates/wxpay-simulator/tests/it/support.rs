@@ -169,6 +169,18 @@ impl Env {
         (r.status().as_u16(), r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// The simulator's Prometheus text.
+    pub(crate) async fn metrics_text(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Adds a fault.
     pub(crate) async fn fault(&self, body: serde_json::Value) {
         let (status, answer) = self.post_json("/simulator/faults", body).await;

@@ -17,6 +17,9 @@ pub enum FaultKind {
     SystemError,
     /// The call answers `FREQUENCY_LIMITED` (slow down, try later) and changes nothing.
     FrequencyLimited,
+    /// The call answers the signed business error `err_code` and changes nothing: any of
+    /// WeChat Pay's refusals (`NOTENOUGH`, `ORDERCLOSED`, …), whatever the call's state.
+    ErrorCode,
     /// The call is answered after `delay_ms`.
     Delay,
     /// The call is carried out, then its connection is dropped before the answer.
@@ -54,6 +57,7 @@ impl FaultKind {
         match self {
             FaultKind::SystemError => "system_error",
             FaultKind::FrequencyLimited => "frequency_limited",
+            FaultKind::ErrorCode => "error_code",
             FaultKind::Delay => "delay",
             FaultKind::LoseAnswer => "lose_answer",
             FaultKind::BadAnswerSignature => "bad_answer_signature",
@@ -83,6 +87,8 @@ pub struct FaultRequest {
     pub delay_ms: Option<u64>,
     /// For `notify_duplicate`: how many copies (default 2).
     pub copies: Option<u32>,
+    /// For `error_code`: the `err_code` to answer (upper-case letters, digits and `_`).
+    pub err_code: Option<String>,
 }
 
 /// A fault rule in force.
@@ -104,6 +110,9 @@ pub struct Fault {
     pub delay_ms: u64,
     /// The copies, for `notify_duplicate`.
     pub copies: u32,
+    /// The `err_code`, for `error_code`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub err_code: Option<String>,
     #[serde(skip)]
     until: Option<Instant>,
 }
@@ -118,11 +127,12 @@ pub(crate) struct Faults {
 }
 
 /// What a matching rule says to do.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Hit {
     pub kind: FaultKind,
     pub delay: Duration,
     pub copies: u32,
+    pub err_code: Option<String>,
 }
 
 impl Faults {
@@ -145,6 +155,23 @@ impl Faults {
         if req.kind == FaultKind::Delay && req.delay_ms.is_none() {
             return Err("a delay fault needs delay_ms".into());
         }
+        match (&req.kind, &req.err_code) {
+            (FaultKind::ErrorCode, None) => return Err("an error_code fault needs err_code".into()),
+            (FaultKind::ErrorCode, Some(code))
+                if code.is_empty()
+                    || code.len() > 32
+                    || !code
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_') =>
+            {
+                return Err(format!(
+                    "err_code {code:?} is not an err_code (A-Z, 0-9, _; at most 32)"
+                ));
+            }
+            (FaultKind::ErrorCode, Some(_)) => {}
+            (_, Some(_)) => return Err("err_code is only for an error_code fault".into()),
+            (_, None) => {}
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let until = req.for_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
         let remaining = match (req.count, req.for_ms) {
@@ -161,6 +188,7 @@ impl Faults {
             expires_in_ms: req.for_ms,
             delay_ms: req.delay_ms.unwrap_or(0),
             copies: req.copies.unwrap_or(2).clamp(2, 50),
+            err_code: req.err_code,
             until,
         };
         let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
@@ -239,6 +267,7 @@ impl Faults {
             kind: rule.kind,
             delay: Duration::from_millis(rule.delay_ms),
             copies: rule.copies,
+            err_code: rule.err_code.clone(),
         };
         if let Some(n) = rule.remaining.as_mut() {
             *n -= 1;
@@ -266,7 +295,30 @@ mod tests {
             for_ms: None,
             delay_ms: None,
             copies: None,
+            err_code: None,
         }
+    }
+
+    #[test]
+    fn an_error_code_fault_needs_a_well_formed_err_code_and_answers_with_it() {
+        let f = Faults::default();
+        let with = |code: Option<&str>, kind| FaultRequest {
+            err_code: code.map(str::to_owned),
+            api: Some("refund".into()),
+            ..req(kind)
+        };
+        assert!(f.add(with(None, FaultKind::ErrorCode)).is_err());
+        assert!(f.add(with(Some("notenough"), FaultKind::ErrorCode)).is_err());
+        assert!(f.add(with(Some(""), FaultKind::ErrorCode)).is_err());
+        assert!(f.add(with(Some("NOTENOUGH"), FaultKind::SystemError)).is_err());
+        f.add(with(Some("NOTENOUGH"), FaultKind::ErrorCode)).unwrap();
+        assert!(f.take_call("unifiedorder", None).is_none());
+        let hit = f.take_call("refund", None).unwrap();
+        assert_eq!(
+            (hit.kind, hit.err_code.as_deref()),
+            (FaultKind::ErrorCode, Some("NOTENOUGH"))
+        );
+        assert!(f.take_call("refund", None).is_none(), "counted once by default");
     }
 
     #[test]

@@ -28,9 +28,10 @@ pub(crate) const APIS: [&str; 7] = [
 pub(crate) const RESULTS: [&str; 3] = ["success", "business_error", "protocol_error"];
 const NOTIFY_KINDS: [&str; 2] = ["payment", "refund"];
 const NOTIFY_OUTCOMES: [&str; 3] = ["acknowledged", "refused", "unreachable"];
-const FAULTS: [FaultKind; 10] = [
+const FAULTS: [FaultKind; 11] = [
     FaultKind::SystemError,
     FaultKind::FrequencyLimited,
+    FaultKind::ErrorCode,
     FaultKind::Delay,
     FaultKind::LoseAnswer,
     FaultKind::BadAnswerSignature,
@@ -45,7 +46,7 @@ const FAULTS: [FaultKind; 10] = [
 pub(crate) struct Metrics {
     requests: [[AtomicU64; 3]; 7],
     notifications: [[AtomicU64; 3]; 2],
-    faults: [AtomicU64; 10],
+    faults: [AtomicU64; 11],
 }
 
 impl Metrics {

@@ -346,10 +346,10 @@ fn build(sim: &Simulator, job: &Job) -> Option<Outgoing> {
         .inner
         .faults
         .take_notification(&o.out_trade_no, |k| k != FaultKind::NotifyReorder);
-    if let Some(h) = hit {
+    if let Some(h) = &hit {
         sim.inner.metrics.fault(h.kind);
     }
-    let kind = hit.map(|h| h.kind);
+    let kind = hit.as_ref().map(|h| h.kind);
     let (url, unsigned, out_refund_no) = match job.what {
         What::Payment => {
             let outcome = match (o.state, kind) {

@@ -261,6 +261,10 @@ async fn call(sim: Simulator, api: Api, method: Method, cert: Option<PeerCert>, 
             FaultKind::FrequencyLimited => {
                 return finish(&sim, api, ctx.biz(ErrCode::FrequencyLimited, "频率限制"), None);
             }
+            FaultKind::ErrorCode => {
+                let code = ErrCode::parse(hit.err_code.as_deref().unwrap_or_default());
+                return finish(&sim, api, ctx.biz(code, "simulated error (fault)"), None);
+            }
             FaultKind::Delay => tokio::time::sleep(hit.delay).await,
             other => after = Some(other),
         }

@@ -362,6 +362,52 @@ async fn a_rate_limited_refund_stays_pending_and_is_sent_again_later(db: TestDb)
 }
 engines!(a_rate_limited_refund_stays_pending_and_is_sent_again_later);
 
+async fn a_resend_refused_for_good_is_not_believed_when_wechat_pay_has_the_refund(db: TestDb) {
+    let t = spawn_app(db, slow_refunds()).await;
+    t.paid_order("RF-SYNC", 100).await;
+    // The first request's answers are all lost (WeChat Pay made the refund), then the check's
+    // resend is refused for good. The refusal proves nothing about the lost attempt: the
+    // gateway asks refundquery, which says PROCESSING, and records the refund as accepted.
+    t.fault(json!({"kind": "lose_answer", "api": "refund", "count": 3}))
+        .await;
+    t.fault(json!({"kind": "error_code", "api": "refund", "count": 1, "err_code": "NOTENOUGH"}))
+        .await;
+    let (status, r) = refund(&t, "RF-SYNC", json!({"amount_fen": 60, "out_refund_no": "RF-SYNC-1"})).await;
+    assert_eq!((status, r["upstream"].as_str()), (201, Some("unknown")), "{r}");
+    eventually("the refund is recorded as accepted", async || {
+        get_refund(&t, "RF-SYNC-1").await["upstream"] == "created"
+    })
+    .await;
+    let accepted = get_refund(&t, "RF-SYNC-1").await;
+    assert_eq!(accepted["status"], "pending", "{accepted}");
+    assert_eq!(t.sim_faults_fired("error_code").await, 1);
+    // Accepted by the query, not by yet another resend.
+    assert_eq!(t.sim_calls("refund").await, 4, "{}", t.engine());
+    assert_eq!(
+        t.assert_calls_repeat_the_first("refund", "out_refund_no", "RF-SYNC-1")
+            .await,
+        4
+    );
+    // Later queries that still say PROCESSING leave the acceptance as it was.
+    let queries = t.sim_calls_with("refundquery", "success").await;
+    eventually("another query", async || {
+        t.sim_calls_with("refundquery", "success").await > queries
+    })
+    .await;
+    let checks = t.app.metrics().checks_done("refund");
+    eventually("its check ends", async || {
+        t.app.metrics().checks_done("refund") > checks
+    })
+    .await;
+    assert_eq!(
+        get_refund(&t, "RF-SYNC-1").await["accepted_at"],
+        accepted["accepted_at"]
+    );
+    assert_eq!(t.order("RF-SYNC").await["refunded_fen"], 0, "still pending");
+    t.stop().await;
+}
+engines!(a_resend_refused_for_good_is_not_believed_when_wechat_pay_has_the_refund);
+
 fn refund_notification(key: &str, order: &str, refund_no: &str, fee: u64, status: RefundStatus) -> String {
     let n = RefundNotification {
         appid: TEST_APPID.into(),

@@ -9,8 +9,8 @@ use wxpay_simulator::{TEST_API_KEY, TEST_APPID};
 
 use crate::support::engines;
 use crate::support::{
-    DEFAULT, HMAC, HMAC_APPID, HMAC_KEY, HMAC_MCH_ID, Options, Signer, TestDb, eventually, notification, order_body,
-    paid_notification, spawn_app, with_jobs_and_webhook,
+    DEFAULT, HMAC, HMAC_APPID, HMAC_KEY, HMAC_MCH_ID, Options, Signer, TestDb, event, eventually, notification,
+    order_body, paid_notification, spawn_app, with_jobs_and_webhook,
 };
 
 const SUCCESS: &str =
@@ -433,13 +433,7 @@ async fn an_hmac_merchant_is_paid_through_its_own_notifications() {
     assert_eq!(status, 200, "{paid}");
     assert_eq!(paid["status"], "paid", "{paid}");
     assert_eq!(paid["amount_fen"], 321);
-    let event = paid["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "paid")
-        .cloned();
-    assert_eq!(event.unwrap()["detail"]["source"], "notification", "{paid}");
+    assert_eq!(event(&paid, "paid")["detail"]["source"], "notification", "{paid}");
     // The notification the simulator signed was HMAC-SHA256, so that is what was verified.
     let attempts = t.sim_get(&format!("/simulator/notifications?out_trade_no={no}")).await;
     let body = attempts["attempts"][0]["body"].as_str().unwrap().to_owned();
@@ -581,14 +575,7 @@ async fn get_with_sync_asks_wechat_pay_and_close_never_closes_a_paid_order(db: T
         .api(Method::GET, &format!("/v1/orders/{no2}?sync=true"), None, None)
         .await;
     assert_eq!(v["status"], "paid", "{v}");
-    let paid_event = v["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "paid")
-        .unwrap()
-        .clone();
-    assert_eq!(paid_event["detail"]["source"], "query");
+    assert_eq!(event(&v, "paid")["detail"]["source"], "query");
 
     let o3 = t.create(order_body(602)).await;
     let no3 = o3["out_trade_no"].as_str().unwrap().to_owned();

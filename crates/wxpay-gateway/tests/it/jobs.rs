@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::engines;
-use crate::support::{Options, TestDb, eventually, order_body, quick_jobs, spawn_app, with_jobs_and_webhook};
+use crate::support::{Options, TestDb, event, eventually, order_body, quick_jobs, spawn_app, with_jobs_and_webhook};
 
 async fn without_a_notification_the_query_path_marks_the_order_paid(db: TestDb) {
     let t = spawn_app(db, with_jobs_and_webhook()).await;
@@ -17,14 +17,12 @@ async fn without_a_notification_the_query_path_marks_the_order_paid(db: TestDb) 
         .await;
     t.sim_pay(json!({"out_trade_no": no})).await;
     let paid = t.wait_status(&no, "paid").await;
-    let event = paid["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "paid")
-        .unwrap()
-        .clone();
-    assert_eq!(event["detail"]["source"], "query", "{}: {paid}", t.engine());
+    assert_eq!(
+        event(&paid, "paid")["detail"]["source"],
+        "query",
+        "{}: {paid}",
+        t.engine()
+    );
     let hook = t.webhook.clone();
     eventually("order.paid is delivered", async || {
         hook.delivered().iter().any(|e| e["type"] == "order.paid")

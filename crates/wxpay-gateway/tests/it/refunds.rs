@@ -9,7 +9,7 @@ use wxpay_protocol::{ApiKey, BeijingTime, Fen, Nonce};
 use wxpay_simulator::{TEST_API_KEY, TEST_APPID, TEST_MCH_ID};
 
 use crate::support::engines;
-use crate::support::{Options, TestApp, TestDb, eventually, order_body, spawn_app, with_jobs_and_webhook};
+use crate::support::{Options, TestApp, TestDb, event, eventually, order_body, spawn_app, with_jobs_and_webhook};
 
 async fn refund(t: &TestApp, order: &str, body: Value) -> (u16, Value) {
     t.api(Method::POST, &format!("/v1/orders/{order}/refunds"), Some(body), None)
@@ -518,14 +518,7 @@ async fn a_refund_whose_notifications_never_verify_completes_through_refundquery
     assert_eq!(status, 201, "{r}");
     wait_refund(&t, "RF-QUERY-1", "succeeded").await;
     t.wait_status("RF-QUERY", "refunded").await;
-    let events = t.order("RF-QUERY").await["events"].clone();
-    let settled = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "refund_succeeded")
-        .unwrap()
-        .clone();
+    let settled = event(&t.order("RF-QUERY").await, "refund_succeeded");
     assert_eq!(settled["detail"]["source"], "query", "{settled}");
     // Settled when WeChat Pay's refundquery says the money moved, not when it was asked.
     let sim = t.sim_get("/simulator/orders/RF-QUERY").await;
@@ -643,13 +636,7 @@ async fn a_refund_failure_from_a_notification_alone_frees_nothing_until_refundqu
         .await;
     assert_eq!(status, 200, "{v}");
     let failed = wait_refund(&t, "RF-SPLICE-1", "failed").await;
-    let settled = t.order("RF-SPLICE").await["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "refund_failed")
-        .cloned()
-        .unwrap();
+    let settled = event(&t.order("RF-SPLICE").await, "refund_failed");
     assert_eq!(settled["detail"]["source"], "query", "{failed} {settled}");
     // The same failure reported again about the failed refund: acknowledged as a duplicate.
     let again = refund_notification(TEST_API_KEY, "RF-SPLICE", "RF-SPLICE-1", 100, RefundStatus::RefundClose);

@@ -685,7 +685,6 @@ impl TestApp {
 
     /// `assert_retries_repeat_the_first` for the calls whose `field` is `value`.
     pub(crate) async fn assert_calls_repeat_the_first(&self, api: &str, field: &str, value: &str) -> usize {
-        let out_trade_no = value;
         let calls = self.sim_requests_having(api, field, value).await;
         let Some(first) = calls.first() else {
             panic!("the simulator received no {api} call with {field}={value}");
@@ -700,7 +699,7 @@ impl TestApp {
             assert_eq!(
                 significant(retry),
                 significant(first),
-                "{api} call {} for {out_trade_no} differs from the first",
+                "{api} call {} with {field}={value} differs from the first",
                 i + 1
             );
         }
@@ -854,6 +853,17 @@ impl TestApp {
             .map(|e| e["kind"].as_str().unwrap().to_owned())
             .collect()
     }
+}
+
+/// The first event of `kind` in an order view's history; a missing one fails the test.
+pub(crate) fn event(order: &Value, kind: &str) -> Value {
+    order["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no events in {order}"))
+        .iter()
+        .find(|e| e["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} event in {order}"))
+        .clone()
 }
 
 /// A new order's body for the default merchant.

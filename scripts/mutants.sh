@@ -5,7 +5,8 @@
 #
 # Runs cargo-mutants (installed from crates.io on first use) on the code where a silent
 # mistake costs money or trust: the protocol crate's signing, XML reader and notification
-# modules, and the gateway's payment and refund decisions (notify.rs, refunds.rs). Each
+# modules, and the gateway's payment and refund decisions (service/notifications.rs,
+# service/refunds.rs, provider/v2/mod.rs). Each
 # mutant is built and the package's own tests run against it; a mutant the tests do not
 # catch is a test that is missing, or a change that makes no difference (then it is listed,
 # with the reason, in scripts/mutants-equivalent.md).
@@ -49,8 +50,9 @@ protocol=(-p wxpay-protocol
     --file crates/wxpay-protocol/src/xml.rs
     --file crates/wxpay-protocol/src/v2/notify.rs)
 gateway=(-p wxpay-gateway
-    --file crates/wxpay-gateway/src/notify.rs
-    --file crates/wxpay-gateway/src/refunds.rs
+    --file crates/wxpay-gateway/src/service/notifications.rs
+    --file crates/wxpay-gateway/src/service/refunds.rs
+    --file crates/wxpay-gateway/src/provider/v2/mod.rs
     # Log formatting only: what is clipped for a log line or how a peer is named.
     --exclude-re 'peer_of|clip')
 

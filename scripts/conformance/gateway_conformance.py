@@ -11,7 +11,7 @@ Called by run.py: run(WXPAY_BIN, WORK_DIR, LOG_DIR). It starts, on 127.0.0.1:0 (
     simulator, SQLite in WORK_DIR, `[jobs] enabled = false`, and `public_url` = the sink.
 
 Why the notifications are made this way. The gateway checks a payment notification by itself
-(crates/wxpay-gateway/src/notify.rs): the hardened XML reader, the merchant by mch_id and
+(crates/wxpay-gateway/src/provider/v2/mod.rs, then service/notifications.rs): the hardened XML reader, the merchant by mch_id and
 appid, the signature with that merchant's *configured* sign type, then, in one transaction,
 the order (which must exist, pending, with that total_fee) and the transaction_id (unique).
 It does not ask WeChat Pay (orderquery) before believing a verified notification; only its

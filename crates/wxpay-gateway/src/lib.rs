@@ -8,28 +8,23 @@
 //! This crate reads no environment, arguments or files but the database it is given: the CLI
 //! builds a [`Config`], opens a store with [`open_store`], and serves [`App::router`].
 
-mod api;
-mod app;
 pub mod config;
-mod error;
-mod jobs;
+mod edge;
 pub mod metrics;
-mod notify;
-pub mod reconcile;
-mod refunds;
-mod rejections;
+mod provider;
+pub mod service;
 pub mod store;
 pub mod time;
-mod upstream;
+mod util;
 
-pub use api::OPENAPI;
-pub use app::{App, Clock, Jobs, serve, serve_router};
 pub use config::{
     ClientCert, Config, JobsConfig, MerchantConfig, ReconcileConfig, Secret, UpstreamConfig, WebhookConfig,
 };
-pub use error::ApiError;
-pub use jobs::{verify_webhook_signature, webhook_signature};
-pub use upstream::UpstreamError;
+pub use edge::{ApiError, App, OPENAPI, serve, serve_router};
+pub use service::jobs::{verify_webhook_signature, webhook_signature};
+pub use service::reconcile;
+pub use service::{Jobs, Service, ServiceError};
+pub use time::Clock;
 pub use wxpay_http::Limits;
 
 /// The database a URL names.
@@ -106,33 +101,6 @@ pub async fn migrate(url: &str) -> Result<(), store::StoreError> {
             .await
             .map_err(|e| store::StoreError::Db(e.to_string()))?,
     }
-}
-
-/// Lowercase hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
-    s
-}
-
-/// `N` random bytes from the system's secure source, in lowercase hex.
-pub(crate) fn random_hex<const N: usize>() -> String {
-    let mut b = [0u8; N];
-    random_bytes(&mut b);
-    hex(&b)
-}
-
-/// Fills `buf` from the system's secure random source.
-pub(crate) fn random_bytes(buf: &mut [u8]) {
-    use ring::rand::SecureRandom;
-    // The system source failing is not recoverable in a payment service.
-    ring::rand::SystemRandom::new()
-        .fill(buf)
-        .expect("the system random source works");
 }
 
 #[cfg(test)]

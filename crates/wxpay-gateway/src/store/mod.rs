@@ -851,7 +851,7 @@ pub trait Store: Send + Sync + 'static {
 
 /// An event id: `evt_` and 24 random hex digits.
 pub(crate) fn event_id() -> String {
-    format!("evt_{}", crate::random_hex::<12>())
+    format!("evt_{}", crate::util::random_hex::<12>())
 }
 
 /// The JSON body of an outbox event: `{id, type, created_at, data}`.

@@ -1,6 +1,7 @@
 //! The gateway's integration tests: the store contract on both engines, and the gateway
 //! end to end with the simulator in process, each test on its own database.
 
+mod architecture;
 mod flow;
 mod golden;
 mod hardening;

@@ -13,13 +13,15 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use serde::Serialize;
-use wxpay_protocol::v2::{Bill, BillRow, BillType, DownloadBill, ErrCode, OrderQuery, RefundQuery};
 use wxpay_protocol::{BeijingTime, OutRefundNo, OutTradeNo};
 
-use crate::app::App;
-use crate::refunds::Synced;
+use crate::provider::{BillEntry, BillKind, PaymentState, Provider, ProviderError, Refusal};
+use crate::service::refunds::Synced;
+use crate::service::state::Service;
 use crate::store::{ImportedRefund, Order, OrderStatus, Refund, RefundCreated, RefundStatus};
-use crate::upstream::{MerchantLink, UpstreamError};
+
+/// A day's bill: its rows.
+type Bill = [BillEntry];
 
 /// Why a reconciliation could not be carried out (a difference is not an error: it is in
 /// the report).
@@ -218,29 +220,18 @@ fn date_of(t: BeijingTime) -> String {
     t.to_dashed()[..10].to_owned()
 }
 
-/// The bill's amount of a payment row: 订单金额 where the layout has it, else 应结订单金额.
-fn row_total(r: &BillRow) -> i64 {
-    r.total_fee.unwrap_or(r.settlement_total_fee).get() as i64
-}
-
-/// The bill's amount of a refund row: 申请退款金额 where the layout has it, else 退款金额.
-fn row_refund(r: &BillRow) -> i64 {
-    r.refund_apply_fee.unwrap_or(r.refund_fee).get() as i64
-}
-
-fn is_refund_row(r: &BillRow) -> bool {
-    r.trade_state == "REFUND" || r.out_refund_no.is_some()
-}
-
 fn bill_totals(bill: &Bill) -> Totals {
     let mut t = Totals::default();
-    for r in &bill.rows {
-        if is_refund_row(r) {
-            t.refunds += 1;
-            t.refunds_fen += row_refund(r);
-        } else {
-            t.payments += 1;
-            t.payments_fen += row_total(r);
+    for r in bill {
+        match &r.kind {
+            BillKind::Refund { amount, .. } => {
+                t.refunds += 1;
+                t.refunds_fen += amount.get() as i64;
+            }
+            BillKind::Payment { amount } => {
+                t.payments += 1;
+                t.payments_fen += amount.get() as i64;
+            }
         }
     }
     t
@@ -255,7 +246,7 @@ struct Local {
     day_refunds: HashSet<String>,
 }
 
-async fn load_local(app: &App, merchant: &str, day: &Day, bill: &Bill) -> Result<Local, ReconcileError> {
+async fn load_local(app: &Service, merchant: &str, day: &Day, bill: &Bill) -> Result<Local, ReconcileError> {
     let store = &app.inner.store;
     let paid = store
         .orders_paid_between(merchant.to_owned(), day.start_ms(), day.end_ms())
@@ -271,10 +262,15 @@ async fn load_local(app: &App, merchant: &str, day: &Day, bill: &Bill) -> Result
     };
     let mut orders_elsewhere = Vec::new();
     let mut refunds_elsewhere = Vec::new();
-    for r in &bill.rows {
-        match (&r.out_refund_no, is_refund_row(r)) {
-            (Some(no), true) if !local.refunds.contains_key(no) => refunds_elsewhere.push(no.clone()),
-            (_, false) if !local.orders.contains_key(&r.out_trade_no) => orders_elsewhere.push(r.out_trade_no.clone()),
+    for r in bill {
+        match &r.kind {
+            BillKind::Refund {
+                out_refund_no: Some(no),
+                ..
+            } if !local.refunds.contains_key(no) => refunds_elsewhere.push(no.clone()),
+            BillKind::Payment { .. } if !local.orders.contains_key(&r.out_trade_no) => {
+                orders_elsewhere.push(r.out_trade_no.clone())
+            }
             _ => {}
         }
     }
@@ -316,16 +312,21 @@ fn compare(bill: &Bill, local: &Local, progress: &dyn Progress) -> Vec<Differenc
     let mut out = Vec::new();
     let mut seen_orders: HashSet<&str> = HashSet::with_capacity(local.day_orders.len());
     let mut seen_refunds: HashSet<&str> = HashSet::with_capacity(local.day_refunds.len());
-    let step = (bill.rows.len() as u64 / 100).max(1);
-    for (i, row) in bill.rows.iter().enumerate() {
+    let step = (bill.len() as u64 / 100).max(1);
+    for (i, row) in bill.iter().enumerate() {
         if i as u64 % step == 0 && i > 0 {
             progress.advance(step);
         }
-        if is_refund_row(row) {
-            let no = row.out_refund_no.clone().unwrap_or_default();
-            seen_refunds.insert(row.out_refund_no.as_deref().unwrap_or(""));
-            let upstream_status = row.refund_status.as_deref().unwrap_or("");
-            let upstream = Some(format!("{} fen, {}", row_refund(row), upstream_status));
+        if let BillKind::Refund {
+            out_refund_no,
+            amount,
+            status: upstream_status,
+        } = &row.kind
+        {
+            let amount = amount.get() as i64;
+            let no = out_refund_no.clone().unwrap_or_default();
+            seen_refunds.insert(out_refund_no.as_deref().unwrap_or(""));
+            let upstream = Some(format!("{amount} fen, {upstream_status}"));
             let diff = |kind, local: Option<String>| Difference {
                 kind,
                 record: "refund",
@@ -333,18 +334,18 @@ fn compare(bill: &Bill, local: &Local, progress: &dyn Progress) -> Vec<Differenc
                 out_refund_no: Some(no.clone()),
                 upstream: upstream.clone(),
                 local,
-                bill_time_ms: Some(row.trade_time.unix() * 1000),
+                bill_time_ms: Some(row.at),
             };
             let Some(r) = local.refunds.get(&no) else {
                 out.push(diff(DifferenceKind::MissingLocally, None));
                 continue;
             };
             let mine = Some(format!("{} fen, {}", r.amount_fen, r.status));
-            if r.amount_fen != row_refund(row) {
+            if r.amount_fen != amount {
                 out.push(diff(DifferenceKind::AmountDiffers, mine));
                 continue;
             }
-            let contradicts = match upstream_status {
+            let contradicts = match upstream_status.as_str() {
                 "SUCCESS" => r.status != RefundStatus::Succeeded,
                 "REFUNDCLOSE" | "CHANGE" | "FAIL" => r.status == RefundStatus::Succeeded,
                 // PROCESSING (or empty): a snapshot that any later state may follow.
@@ -353,13 +354,10 @@ fn compare(bill: &Bill, local: &Local, progress: &dyn Progress) -> Vec<Differenc
             if contradicts || r.upstream == crate::store::Upstream::Rejected {
                 out.push(diff(DifferenceKind::StatusDiffers, mine));
             }
-        } else {
+        } else if let BillKind::Payment { amount } = &row.kind {
+            let amount = amount.get() as i64;
             seen_orders.insert(row.out_trade_no.as_str());
-            let upstream = Some(format!(
-                "{} fen, paid, transaction {}",
-                row_total(row),
-                row.transaction_id
-            ));
+            let upstream = Some(format!("{amount} fen, paid, transaction {}", row.transaction_id));
             let diff = |kind, local: Option<String>| Difference {
                 kind,
                 record: "payment",
@@ -367,7 +365,7 @@ fn compare(bill: &Bill, local: &Local, progress: &dyn Progress) -> Vec<Differenc
                 out_refund_no: None,
                 upstream: upstream.clone(),
                 local,
-                bill_time_ms: Some(row.trade_time.unix() * 1000),
+                bill_time_ms: Some(row.at),
             };
             let Some(o) = local.orders.get(&row.out_trade_no) else {
                 out.push(diff(DifferenceKind::MissingLocally, None));
@@ -383,7 +381,7 @@ fn compare(bill: &Bill, local: &Local, progress: &dyn Progress) -> Vec<Differenc
                 || o.transaction_id.as_deref() != Some(row.transaction_id.as_str())
             {
                 out.push(diff(DifferenceKind::StatusDiffers, mine));
-            } else if o.amount_fen != row_total(row) {
+            } else if o.amount_fen != amount {
                 out.push(diff(DifferenceKind::AmountDiffers, mine));
             }
         }
@@ -428,21 +426,15 @@ fn compare(bill: &Bill, local: &Local, progress: &dyn Progress) -> Vec<Differenc
 }
 
 /// Downloads the day's bill; a day without transactions is an empty bill.
-async fn download(app: &App, link: &MerchantLink, day: &Day, progress: &dyn Progress) -> Result<Bill, ReconcileError> {
-    let call = DownloadBill {
-        bill_date: day.start,
-        bill_type: BillType::All,
-        extra: Default::default(),
-    };
+async fn download(
+    provider: &dyn Provider,
+    day: &Day,
+    progress: &dyn Progress,
+) -> Result<Vec<BillEntry>, ReconcileError> {
     let received = |bytes, total| progress.downloaded(bytes, total);
-    match app.inner.upstream.call_observed(link, &call, &received).await {
+    match provider.download_bill(day.start, &received).await {
         Ok(bill) => Ok(bill),
-        Err(UpstreamError::Refused(msg)) if msg.to_ascii_lowercase().contains("no bill exist") => {
-            Ok(Bill::from_rows(BillType::All, Vec::new()))
-        }
-        Err(UpstreamError::Refused(msg)) if msg.to_ascii_lowercase().contains("bill creating") => {
-            Err(ReconcileError::NotReady(day.date.clone()))
-        }
+        Err(ProviderError::BillNotReady) => Err(ReconcileError::NotReady(day.date.clone())),
         Err(e) => Err(ReconcileError::Bill(e.to_string())),
     }
 }
@@ -454,31 +446,28 @@ async fn download(app: &App, link: &MerchantLink, day: &Day, progress: &dyn Prog
 /// When the merchant is unknown, the bill cannot be had (not made yet, refused, unreadable),
 /// or the database fails.
 pub async fn reconcile(
-    app: &App,
+    app: &Service,
     merchant: Option<&str>,
     day: &Day,
     repair: bool,
     progress: &dyn Progress,
 ) -> Result<Report, ReconcileError> {
-    let link = app
+    let provider = app
         .merchant(merchant)
         .map_err(|e| ReconcileError::Invalid(e.to_string()))?;
-    let name = link.config.name.clone();
+    let name = provider.merchant().name.clone();
     let started = Instant::now();
     progress.stage(&format!("downloading the bill of {} ({name})", day.date), None);
-    let mut bill = download(app, link, day, progress).await?;
+    let mut bill = download(provider, day, progress).await?;
     // The bill is per merchant number; with several mini programs on one number, each
     // configured merchant reconciles its own app's rows.
-    let appid = link.config.appid.as_str();
-    bill.rows.retain(|r| r.appid.is_empty() || r.appid == appid);
+    let appid = provider.merchant().appid.as_str();
+    bill.retain(|r| r.appid.is_empty() || r.appid == appid);
     progress.done();
     let download_ms = started.elapsed().as_millis() as u64;
 
     let started = Instant::now();
-    progress.stage(
-        &format!("comparing {} bill rows", bill.rows.len()),
-        Some(bill.rows.len() as u64),
-    );
+    progress.stage(&format!("comparing {} bill rows", bill.len()), Some(bill.len() as u64));
     let local = load_local(app, &name, day, &bill).await?;
     let found = compare(&bill, &local, progress);
     progress.done();
@@ -499,7 +488,7 @@ pub async fn reconcile(
             Some(found.len() as u64),
         );
         for d in &found {
-            repairs.push(repair_one(app, link, day, d, &local).await);
+            repairs.push(repair_one(app, provider, day, d, &local).await);
             progress.advance(1);
         }
         progress.done();
@@ -548,13 +537,19 @@ fn settled(d: &Difference, checked_with: &'static str, detail: String) -> Repair
 /// (WeChat Pay accepted it just before midnight and the gateway heard after it, or the answer
 /// was lost and the notification came later) takes the bill's time, so that no day reports
 /// it missing.
-async fn move_to_bill_day(app: &App, day: &Day, bill: &Bill, local: &Local) -> Vec<String> {
+async fn move_to_bill_day(app: &Service, day: &Day, bill: &Bill, local: &Local) -> Vec<String> {
     let mut moved = Vec::new();
-    for row in bill.rows.iter().filter(|r| is_refund_row(r)) {
-        let Some(no) = &row.out_refund_no else { continue };
+    for row in bill {
+        let BillKind::Refund {
+            out_refund_no: Some(no),
+            ..
+        } = &row.kind
+        else {
+            continue;
+        };
         let Some(r) = local.refunds.get(no) else { continue };
         let Some(at) = r.accepted_at else { continue };
-        let bill_at = row.trade_time.unix() * 1000;
+        let bill_at = row.at;
         // The bill is WeChat Pay's record of when it accepted the refund; the gateway's is when
         // it heard (the answer, or days later a notification when the answer was lost).
         if local.day_refunds.contains(no) {
@@ -581,17 +576,17 @@ async fn move_to_bill_day(app: &App, day: &Day, bill: &Bill, local: &Local) -> V
 
 /// Settles one difference by asking WeChat Pay, and records what changed in the order's
 /// history.
-async fn repair_one(app: &App, link: &MerchantLink, day: &Day, d: &Difference, local: &Local) -> Repair {
+async fn repair_one(app: &Service, provider: &dyn Provider, day: &Day, d: &Difference, local: &Local) -> Repair {
     match d.record {
-        "payment" => repair_payment(app, link, day, d, local.orders.get(&d.out_trade_no)).await,
+        "payment" => repair_payment(app, provider, day, d, local.orders.get(&d.out_trade_no)).await,
         _ => {
             let no = d.out_refund_no.clone().unwrap_or_default();
-            repair_refund(app, link, day, d, local.refunds.get(&no)).await
+            repair_refund(app, provider, day, d, local.refunds.get(&no)).await
         }
     }
 }
 
-async fn note(app: &App, order_id: i64, day: &Day, d: &Difference, action: &str) {
+async fn note(app: &Service, order_id: i64, day: &Day, d: &Difference, action: &str) {
     let detail = serde_json::json!({
         "bill_date": day.date,
         "difference": d.kind,
@@ -611,43 +606,53 @@ async fn note(app: &App, order_id: i64, day: &Day, d: &Difference, action: &str)
     }
 }
 
-async fn repair_payment(app: &App, link: &MerchantLink, day: &Day, d: &Difference, order: Option<&Order>) -> Repair {
+async fn repair_payment(
+    app: &Service,
+    provider: &dyn Provider,
+    day: &Day,
+    d: &Difference,
+    order: Option<&Order>,
+) -> Repair {
     const Q: &str = "orderquery";
     let Ok(no) = OutTradeNo::new(d.out_trade_no.clone()) else {
         return unresolved(d, Q, "the bill's order number is not a valid out_trade_no".into());
     };
-    let answer = match app.inner.upstream.call(link, &OrderQuery::by_out_trade_no(no)).await {
+    let answer = match provider.query_payment(&no).await {
         Ok(a) => a,
         Err(e) => return unresolved(d, Q, format!("orderquery failed: {e}")),
     };
-    let paid = answer.trade_state.is_paid();
+    let (paid, transaction_id, total, paid_at) = match &answer {
+        PaymentState::Paid {
+            transaction_id,
+            amount,
+            paid_at,
+            ..
+        } => (true, Some(transaction_id.clone()), Some(amount.get() as i64), *paid_at),
+        _ => (false, None, None, None),
+    };
     let Some(order) = order else {
         return unresolved(
             d,
             Q,
             format!(
                 "WeChat Pay reports it {} but the database has no such order (created outside wxpay, or lost): fulfil or refund it by hand",
-                answer.trade_state.as_str()
+                answer.as_str()
             ),
         );
     };
     match d.kind {
-        DifferenceKind::StatusDiffers if paid => match crate::api::apply_query(app, order.clone(), &answer).await {
+        DifferenceKind::StatusDiffers if paid => match app.apply_state(order.clone(), &answer).await {
             // Settled only when the order now carries WeChat Pay's payment.
             Ok(o)
                 if matches!(o.status, OrderStatus::Paid | OrderStatus::Refunded)
                     && o.transaction_id.is_some()
-                    && o.transaction_id == answer.transaction_id =>
+                    && o.transaction_id == transaction_id =>
             {
                 note(app, o.id, day, d, "paid per orderquery").await;
                 settled(
                     d,
                     Q,
-                    format!(
-                        "WeChat Pay reports {}: the order is now {}",
-                        answer.trade_state.as_str(),
-                        o.status
-                    ),
+                    format!("WeChat Pay reports {}: the order is now {}", answer.as_str(), o.status),
                 )
             }
             Ok(o) => unresolved(
@@ -655,15 +660,15 @@ async fn repair_payment(app: &App, link: &MerchantLink, day: &Day, d: &Differenc
                 Q,
                 format!(
                     "WeChat Pay reports {} with transaction {:?}, which does not fit the order (still {})",
-                    answer.trade_state.as_str(),
-                    answer.transaction_id,
+                    answer.as_str(),
+                    transaction_id,
                     o.status
                 ),
             ),
             Err(e) => unresolved(d, Q, format!("applying the answer failed: {e}")),
         },
         DifferenceKind::AmountDiffers if paid => {
-            let Some(total) = answer.total_fee.map(|f| f.get() as i64) else {
+            let Some(total) = total else {
                 return unresolved(d, Q, "orderquery gave no total_fee".into());
             };
             if total == order.amount_fen {
@@ -701,7 +706,7 @@ async fn repair_payment(app: &App, link: &MerchantLink, day: &Day, d: &Differenc
             }
         }
         DifferenceKind::MissingUpstream if paid => {
-            let paid_day = answer.time_end.map(date_of);
+            let paid_day = paid_at.map(|t| Day::containing(t).date);
             unresolved(
                 d,
                 Q,
@@ -713,13 +718,13 @@ async fn repair_payment(app: &App, link: &MerchantLink, day: &Day, d: &Differenc
         }
         _ => {
             // Paid here, not paid per WeChat Pay: never downgraded; money may be at stake.
-            tracing::error!(out_trade_no = ?d.out_trade_no, trade_state = answer.trade_state.as_str(), local = %order.status, "reconciliation: WeChat Pay contradicts a paid order");
+            tracing::error!(out_trade_no = ?d.out_trade_no, trade_state = answer.as_str(), local = %order.status, "reconciliation: WeChat Pay contradicts a paid order");
             unresolved(
                 d,
                 Q,
                 format!(
                     "WeChat Pay reports {} while the database says {}: a paid order is never downgraded; check it by hand",
-                    answer.trade_state.as_str(),
+                    answer.as_str(),
                     order.status
                 ),
             )
@@ -727,7 +732,13 @@ async fn repair_payment(app: &App, link: &MerchantLink, day: &Day, d: &Differenc
     }
 }
 
-async fn repair_refund(app: &App, link: &MerchantLink, day: &Day, d: &Difference, refund: Option<&Refund>) -> Repair {
+async fn repair_refund(
+    app: &Service,
+    provider: &dyn Provider,
+    day: &Day,
+    d: &Difference,
+    refund: Option<&Refund>,
+) -> Repair {
     const Q: &str = "refundquery";
     let no = d.out_refund_no.clone().unwrap_or_default();
     let Ok(number) = OutRefundNo::new(no.clone()) else {
@@ -735,7 +746,7 @@ async fn repair_refund(app: &App, link: &MerchantLink, day: &Day, d: &Difference
     };
     if let Some(r) = refund {
         if d.kind == DifferenceKind::StatusDiffers || d.kind == DifferenceKind::MissingUpstream {
-            return match crate::refunds::sync(app, link, r.clone()).await {
+            return match app.sync_refund(provider, r.clone()).await {
                 Ok((after, Synced::Settled)) if after.status != r.status => {
                     note(app, r.order_id, day, d, "settled per refundquery").await;
                     settled(d, Q, format!("refundquery: the refund is now {}", after.status))
@@ -760,34 +771,28 @@ async fn repair_refund(app: &App, link: &MerchantLink, day: &Day, d: &Difference
         );
     }
     // In the bill only: a refund made outside wxpay (the merchant platform), or lost here.
-    let answer = match app
-        .inner
-        .upstream
-        .call(link, &RefundQuery::by_out_refund_no(number))
-        .await
-    {
+    let answer = match provider.query_refund(&number).await {
         Ok(a) => a,
-        Err(UpstreamError::Rejected {
-            code: ErrCode::RefundNotExist,
-            ..
-        }) => return unresolved(d, Q, "refundquery: WeChat Pay does not know this refund".into()),
+        Err(e) if e.refusal() == Some(Refusal::RefundNotExist) => {
+            return unresolved(d, Q, "refundquery: WeChat Pay does not know this refund".into());
+        }
         Err(e) => return unresolved(d, Q, format!("refundquery failed: {e}")),
     };
     let Some(record) = answer.refunds.iter().find(|r| r.out_refund_no == no) else {
         return unresolved(d, Q, "refundquery does not list this refund".into());
     };
-    let status = match crate::refunds::settles(&record.refund_status) {
+    let status = match record.state.settles() {
         Some(true) => RefundStatus::Succeeded,
         Some(false) => RefundStatus::Failed,
         None => RefundStatus::Pending,
     };
     let accepted_at = d.bill_time_ms.unwrap_or(day.start_ms());
     let imported = ImportedRefund {
-        merchant: link.config.name.clone(),
+        merchant: provider.merchant().name.clone(),
         out_trade_no: answer.out_trade_no.clone(),
         out_refund_no: no.clone(),
         refund_id: record.refund_id.clone(),
-        amount_fen: record.refund_fee.get() as i64,
+        amount_fen: record.amount.get() as i64,
         status,
         accepted_at,
         detail: serde_json::json!({
@@ -795,8 +800,8 @@ async fn repair_refund(app: &App, link: &MerchantLink, day: &Day, d: &Difference
             "difference": d.kind,
             "out_refund_no": no,
             "refund_id": record.refund_id,
-            "amount_fen": record.refund_fee.get(),
-            "status": record.refund_status.as_str(),
+            "amount_fen": record.amount.get(),
+            "status": record.state.as_str(),
             "source": Q,
             "note": "a refund WeChat Pay made that wxpay did not ask for",
         }),
@@ -808,7 +813,7 @@ async fn repair_refund(app: &App, link: &MerchantLink, day: &Day, d: &Difference
             Q,
             format!(
                 "refundquery confirms it ({}): recorded as a {} refund of {} fen",
-                record.refund_status.as_str(),
+                record.state.as_str(),
                 r.status,
                 r.amount_fen
             ),
@@ -831,7 +836,7 @@ async fn repair_refund(app: &App, link: &MerchantLink, day: &Day, d: &Difference
 ///
 /// # Errors
 /// When the database fails.
-pub async fn keep(app: &App, report: &Report, kind: &str, started_at: i64) -> Result<(), ReconcileError> {
+pub async fn keep(app: &Service, report: &Report, kind: &str, started_at: i64) -> Result<(), ReconcileError> {
     let now = app.now();
     let repaired = report.repairs.iter().filter(|r| r.result == "settled").count();
     app.inner.metrics.reconciliation(

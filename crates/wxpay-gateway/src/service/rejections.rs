@@ -10,11 +10,11 @@
 //! are written in batches by a task of their own, never on the request's path, so that a
 //! flood of junk takes no turns on the database from the writes of verified notifications.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::app::App;
-use crate::store::NotificationRecord;
+use crate::metrics::Metrics;
+use crate::store::{NotificationRecord, Store};
 
 /// Rejected notifications kept per minute; the rest are counted only.
 pub(crate) const PER_MINUTE: u32 = 120;
@@ -52,7 +52,7 @@ impl Rejections {
     /// Whether a rejection received at `received_at` (Unix ms) is within this minute's
     /// budget, to be logged and kept; if not, it is counted only. The first rejection of a
     /// minute says how many of the one before were counted only.
-    pub(crate) fn within_budget(&self, app: &App, received_at: i64) -> bool {
+    pub(crate) fn within_budget(&self, metrics: &Metrics, received_at: i64) -> bool {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let minute = received_at.div_euclid(60_000);
         if st.minute != minute {
@@ -69,7 +69,7 @@ impl Rejections {
         if st.kept >= PER_MINUTE {
             st.over += 1;
             drop(st);
-            app.inner.metrics.rejection_unrecorded();
+            metrics.rejection_unrecorded();
             return false;
         }
         st.kept += 1;
@@ -78,23 +78,24 @@ impl Rejections {
 
     /// Keeps a record that [`Rejections::within_budget`] allowed; returns at once, the record
     /// is written with the others gathered meanwhile.
-    pub(crate) fn keep(&self, app: &App, record: NotificationRecord) {
+    pub(crate) fn keep(self: &Arc<Self>, store: &Arc<dyn Store>, record: NotificationRecord) {
         let start_writer = {
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
             st.pending.push(record);
             !std::mem::replace(&mut st.writing, true)
         };
         if start_writer {
-            let app = app.clone();
+            let this = self.clone();
+            let store = store.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(GATHER).await;
                 let batch = {
-                    let mut st = app.inner.rejections.state.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut st = this.state.lock().unwrap_or_else(|e| e.into_inner());
                     st.writing = false;
                     std::mem::take(&mut st.pending)
                 };
                 let n = batch.len();
-                if let Err(e) = app.inner.store.record_notifications(batch).await {
+                if let Err(e) = store.record_notifications(batch).await {
                     tracing::error!(error = ?e, records = n, "cannot record rejected notifications");
                 }
             });

@@ -7,6 +7,8 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::service::error::ServiceError;
+
 tokio::task_local! {
     /// The id of the request being served, for error bodies and logs.
     pub(crate) static REQUEST_ID: String;
@@ -88,6 +90,24 @@ impl ApiError {
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Invalid(m) => ApiError::Invalid(m),
+            ServiceError::NotFound(m) => ApiError::NotFound(m),
+            ServiceError::Conflict { kind, message } => ApiError::Conflict {
+                code: kind.code(),
+                message,
+            },
+            ServiceError::Rejected(m) => ApiError::Rejected(m),
+            ServiceError::Unavailable(m) => ApiError::Unavailable(m),
+            ServiceError::NotConfigured(m) => ApiError::NotConfigured(m),
+            ServiceError::Store(e) => ApiError::Internal(e.to_string()),
+            ServiceError::Internal(m) => ApiError::Internal(m),
+        }
     }
 }
 

@@ -3,24 +3,88 @@
 //! `FOR UPDATE SKIP LOCKED` on PostgreSQL) with a lease, so several instances share it and a
 //! crashed instance's claims are taken over when their lease ends.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use wxpay_protocol::OutTradeNo;
-use wxpay_protocol::v2::{OrderQuery, TradeState};
 
-use crate::api::{apply_query, close};
-use crate::app::App;
-use crate::error::ApiError;
+use crate::provider::{PaymentState, Provider, Refusal};
+use crate::service::error::{Conflict, ServiceError};
+use crate::service::rules::next_check_at;
+use crate::service::state::{Inner, Service};
 use crate::store::{DailyClaim, Order, OrderStatus};
-use crate::upstream::UpstreamError;
+
+/// How long an `Idempotency-Key` and its answer are kept, as Stripe does.
+pub(crate) const IDEMPOTENCY_KEPT: Duration = Duration::from_secs(24 * 3600);
+
+/// Background work running for a [`Service`]; stop it with [`Jobs::stop`].
+#[derive(Debug)]
+pub struct Jobs {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Jobs {
+    /// Stops the background work and waits for the current round to finish.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Service {
+    /// Starts the background work (order and refund checks, expiry, event delivery, the
+    /// daily reconciliation when configured), unless the configuration turned it off.
+    pub fn start_jobs(&self) -> Jobs {
+        let (stop, rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        if self.inner.config.jobs.enabled {
+            tasks.push(tokio::spawn(checks(self.clone(), rx.clone())));
+            tasks.push(tokio::spawn(daily_reconciliation(self.clone(), rx.clone())));
+            tasks.push(tokio::spawn(outbox(self.clone(), rx)));
+        }
+        Jobs { stop, tasks }
+    }
+
+    /// Starts, once, the task that keeps the metrics' database figures fresh; it must be
+    /// called within a Tokio runtime.
+    pub(crate) fn start_gauges(&self) {
+        if !self.inner.gauges_refreshed.swap(true, Ordering::Relaxed) {
+            tokio::spawn(refresh_gauges(Arc::downgrade(&self.inner)));
+        }
+    }
+}
+
+/// Keeps the database gauges of the metrics fresh: read at start, within a second after a
+/// change is reported, and every 30 s in any case, never more than once a second. It stops
+/// when the service is gone.
+async fn refresh_gauges(service: std::sync::Weak<Inner>) {
+    loop {
+        let Some(inner) = service.upgrade() else {
+            return;
+        };
+        let now = inner.clock.now_ms();
+        match inner.store.stats(now).await {
+            Ok(stats) => inner.metrics.set_gauges(stats, now),
+            Err(e) => tracing::warn!(error = ?e, "cannot read the metrics' figures from the database"),
+        }
+        let metrics = inner.metrics.clone();
+        drop(inner);
+        let read = tokio::time::Instant::now();
+        metrics.wait_for_change(Duration::from_secs(30)).await;
+        tokio::time::sleep_until(read + Duration::from_secs(1)).await;
+    }
+}
 
 /// The `Wxpay-Signature` header of an event: `t=<unix seconds>,v1=<hex HMAC-SHA256 of
 /// "<t>.<body>" with the webhook secret>`.
 pub fn webhook_signature(secret: &str, unix_seconds: i64, body: &str) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
     let tag = ring::hmac::sign(&key, format!("{unix_seconds}.{body}").as_bytes());
-    format!("t={unix_seconds},v1={}", crate::hex(tag.as_ref()))
+    format!("t={unix_seconds},v1={}", crate::util::hex(tag.as_ref()))
 }
 
 /// Checks a `Wxpay-Signature` header, as a receiving backend should: the HMAC in constant
@@ -62,7 +126,7 @@ async fn stopped_after(stop: &mut watch::Receiver<bool>, pause: Duration) -> boo
 
 /// The check loop: pending orders due for a check are queried, expired ones closed; pending
 /// refunds due are sent again or queried.
-pub(crate) async fn checks(app: App, mut stop: watch::Receiver<bool>) {
+async fn checks(app: Service, mut stop: watch::Receiver<bool>) {
     let cfg = app.inner.config.jobs.clone();
     let mut next_purge = 0;
     loop {
@@ -102,7 +166,7 @@ pub(crate) async fn checks(app: App, mut stop: watch::Receiver<bool>) {
                     if *stop.borrow() {
                         break;
                     }
-                    crate::refunds::check_one(&app, refund).await;
+                    app.check_refund(refund).await;
                     app.inner.metrics.check_done("refund");
                 }
                 if checked {
@@ -122,8 +186,8 @@ const PURGE_EVERY: Duration = Duration::from_secs(600);
 
 /// Forgets the idempotency keys older than a day, a bounded number per statement so that no
 /// transaction runs long, until none is left.
-async fn forget_idempotency_keys(app: &App, now: i64) {
-    let before = now - ms(crate::api::IDEMPOTENCY_KEPT);
+async fn forget_idempotency_keys(app: &Service, now: i64) {
+    let before = now - ms(IDEMPOTENCY_KEPT);
     let mut forgotten = 0;
     loop {
         match app.inner.store.idem_purge(before, 5000).await {
@@ -148,7 +212,7 @@ async fn forget_idempotency_keys(app: &App, now: i64) {
 /// previous day of each merchant is reconciled, once across every gateway sharing the
 /// database (the run is claimed in it). A run that fails (the bill not made yet) is tried
 /// again an hour later.
-pub(crate) async fn daily_reconciliation(app: App, mut stop: watch::Receiver<bool>) {
+async fn daily_reconciliation(app: Service, mut stop: watch::Receiver<bool>) {
     let Some(at_minute) = app.inner.config.reconcile.daily_at_minute else {
         return;
     };
@@ -158,9 +222,9 @@ pub(crate) async fn daily_reconciliation(app: App, mut stop: watch::Receiver<boo
         let now = app.now();
         let (.., h, m, _) = wxpay_protocol::BeijingTime::from_unix(now / 1000).parts();
         if (h * 60 + m) as u32 >= at_minute {
-            let day = crate::reconcile::Day::before(now);
-            for link in &app.inner.merchants {
-                let name = &link.config.name;
+            let day = crate::service::reconcile::Day::before(now);
+            for provider in &app.inner.merchants {
+                let name = &provider.merchant().name;
                 if done.get(name) == Some(&day.date) {
                     continue;
                 }
@@ -183,10 +247,10 @@ pub(crate) async fn daily_reconciliation(app: App, mut stop: watch::Receiver<boo
                     }
                 }
                 let repair = app.inner.config.reconcile.repair;
-                let quiet = crate::reconcile::Quiet;
-                match crate::reconcile::reconcile(&app, Some(name), &day, repair, &quiet).await {
+                let quiet = crate::service::reconcile::Quiet;
+                match crate::service::reconcile::reconcile(&app, Some(name), &day, repair, &quiet).await {
                     Ok(report) => {
-                        if let Err(e) = crate::reconcile::keep(&app, &report, "daily", now).await {
+                        if let Err(e) = crate::service::reconcile::keep(&app, &report, "daily", now).await {
                             tracing::error!(error = ?e, "cannot keep a reconciliation");
                         }
                         done.insert(name.clone(), day.date.clone());
@@ -204,34 +268,23 @@ pub(crate) async fn daily_reconciliation(app: App, mut stop: watch::Receiver<boo
     }
 }
 
-/// When something made at `created_at` (an order, a refund) and checked at `now` is checked
-/// next: after a pause as long as it is old (so checks thin out as it ages), at least the
-/// first delay, at most the longest interval.
-pub(crate) fn next_check_at(cfg: &crate::config::JobsConfig, created_at: i64, now: i64) -> i64 {
-    let age = now - created_at;
-    now + age.clamp(
-        ms(cfg.first_check_after).max(1000),
-        ms(cfg.max_check_interval).max(1000),
-    )
-}
-
-async fn check_one(app: &App, order: Order) {
-    let Some(link) = app.merchant_named(&order.merchant) else {
+async fn check_one(app: &Service, order: Order) {
+    let Some(provider) = app.merchant_named(&order.merchant) else {
         tracing::warn!(merchant = ?order.merchant, "an order of a merchant no longer configured; not checked");
         let _ = app.inner.store.schedule_check(order.id, None).await;
         return;
     };
     let store = &app.inner.store;
     let now = app.now();
-    let Ok(no) = OutTradeNo::new(order.out_trade_no.clone()) else {
+    let Ok(no) = crate::service::orders::stored_number(&order) else {
         let _ = store.schedule_check(order.id, None).await;
         return;
     };
-    let result = app.inner.upstream.call(link, &OrderQuery::by_out_trade_no(no)).await;
+    let result = provider.query_payment(&no).await;
     let order = match result {
-        Ok(answer) => {
-            let paid = answer.trade_state.is_paid();
-            match apply_query(app, order.clone(), &answer).await {
+        Ok(state) => {
+            let paid = matches!(state, PaymentState::Paid { .. });
+            match app.apply_state(order.clone(), &state).await {
                 Ok(o) if o.status != OrderStatus::Pending => {
                     tracing::info!(out_trade_no = ?o.out_trade_no, status = %o.status, "order settled by a check");
                     return;
@@ -240,8 +293,8 @@ async fn check_one(app: &App, order: Order) {
                     if paid {
                         return;
                     }
-                    if answer.trade_state == TradeState::NotPay && o.expires_at <= now {
-                        expire(app, link, o).await;
+                    if state == PaymentState::NotPaid && o.expires_at <= now {
+                        expire(app, provider, o).await;
                         return;
                     }
                     o
@@ -252,10 +305,7 @@ async fn check_one(app: &App, order: Order) {
                 }
             }
         }
-        Err(UpstreamError::Rejected {
-            code: wxpay_protocol::v2::ErrCode::OrderNotExist,
-            ..
-        }) => {
+        Err(e) if e.refusal() == Some(Refusal::OrderNotExist) => {
             // WeChat Pay never got the order (its unifiedorder had no answer, or none was made).
             if order.expires_at <= now || order.upstream != crate::store::Upstream::Created {
                 if let Ok(Some(o)) = store
@@ -285,12 +335,15 @@ async fn check_one(app: &App, order: Order) {
     }
 }
 
-async fn expire(app: &App, link: &crate::upstream::MerchantLink, order: Order) {
+async fn expire(app: &Service, provider: &dyn Provider, order: Order) {
     let no = order.out_trade_no.clone();
-    match close(app, link, order.clone()).await {
+    match app.close(provider, order.clone()).await {
         Ok(o) if o.status == OrderStatus::Closed => tracing::info!(out_trade_no = ?no, "expired order closed"),
         Ok(_) => {}
-        Err(ApiError::Conflict { code: "order_paid", .. }) => {
+        Err(ServiceError::Conflict {
+            kind: Conflict::OrderPaid,
+            ..
+        }) => {
             tracing::info!(out_trade_no = ?no, "expired order was paid")
         }
         Err(e) => {
@@ -302,7 +355,7 @@ async fn expire(app: &App, link: &crate::upstream::MerchantLink, order: Order) {
 
 /// The outbox loop: events are posted to the webhook until a 2xx, with the same id every
 /// time, backing off exponentially with jitter.
-pub(crate) async fn outbox(app: App, mut stop: watch::Receiver<bool>) {
+async fn outbox(app: Service, mut stop: watch::Receiver<bool>) {
     let cfg = app.inner.config.jobs.clone();
     let Some(webhook) = app.inner.config.webhook.clone() else {
         tracing::info!("no webhook configured: events stay in the outbox");
@@ -349,7 +402,7 @@ pub(crate) async fn outbox(app: App, mut stop: watch::Receiver<bool>) {
                                 app.inner.metrics.webhook("failed");
                                 let exp = 1i64 << e.attempts.clamp(0, 20);
                                 let mut jitter = [0u8; 2];
-                                crate::random_bytes(&mut jitter);
+                                crate::util::random_bytes(&mut jitter);
                                 let base = ms(cfg.outbox_backoff).saturating_mul(exp).min(ms(cfg.outbox_max_backoff));
                                 let delay = base + base * i64::from(u16::from_le_bytes(jitter) % 250) / 1000;
                                 tracing::warn!(event = ?e.id, attempts = e.attempts, ?reason, "webhook delivery failed; will retry");
@@ -374,27 +427,6 @@ pub(crate) async fn outbox(app: App, mut stop: watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn checks_thin_out_with_age_between_the_first_delay_and_the_longest_interval() {
-        let cfg = crate::config::JobsConfig {
-            first_check_after: Duration::from_secs(5),
-            max_check_interval: Duration::from_secs(600),
-            ..crate::config::JobsConfig::default()
-        };
-        let now = 1_800_000_000_000;
-        // Young: the first delay. Middle-aged: as long as its age. Old: the longest interval.
-        assert_eq!(next_check_at(&cfg, now - 1_000, now), now + 5_000);
-        assert_eq!(next_check_at(&cfg, now - 60_000, now), now + 60_000);
-        assert_eq!(next_check_at(&cfg, now - 86_400_000, now), now + 600_000);
-        // Never sooner than a second, whatever the configuration.
-        let eager = crate::config::JobsConfig {
-            first_check_after: Duration::from_millis(50),
-            max_check_interval: Duration::from_millis(100),
-            ..crate::config::JobsConfig::default()
-        };
-        assert_eq!(next_check_at(&eager, now, now), now + 1_000);
-    }
 
     #[test]
     fn webhook_signatures_verify_and_expire() {

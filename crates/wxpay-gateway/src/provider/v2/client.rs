@@ -12,48 +12,77 @@ use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::Instant;
 
 use wxpay_protocol::v2::{self, ErrCode, Retry, V2Call};
-use wxpay_protocol::{Error as ProtoError, Merchant, Nonce};
+use wxpay_protocol::{Error as ProtoError, Merchant};
 
 use crate::config::{MerchantConfig, UpstreamConfig};
 use crate::metrics::Metrics;
+use crate::provider::{ProviderError, Refusal, nonce, strict_client};
+use crate::time::Clock;
 
-/// How a call to WeChat Pay ended badly.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum UpstreamError {
-    /// A business refusal that is final (`ORDERPAID`, `INVALID_REQUEST`, …).
-    #[error("WeChat Pay refused: {code} {description}")]
+/// How an APIv2 call ended badly; the provider turns it into a [`ProviderError`].
+#[derive(Debug, Clone)]
+pub(crate) enum CallError {
+    /// A business refusal that is not to be repeated now (`ORDERPAID`, `FREQUENCY_LIMITED`, …).
     Rejected {
         /// `err_code`.
         code: ErrCode,
         /// `err_code_des`.
         description: String,
     },
-    /// A protocol refusal (`return_code=FAIL`: a bad signature, a malformed request). It
-    /// points at the configuration or this program, never at the payer.
-    #[error("WeChat Pay refused the request: {0}")]
+    /// `return_code=FAIL`: a bad signature, a malformed request.
     Refused(String),
-    /// No trustworthy answer after every allowed attempt: the call may or may not have
-    /// taken effect.
-    #[error("no answer from WeChat Pay: {0}")]
+    /// No trustworthy answer after every allowed attempt.
     NoAnswer(String),
-    /// The request could not be built (a value WeChat Pay would refuse).
-    #[error("invalid request: {0}")]
+    /// The request could not be built.
     Invalid(String),
 }
 
-/// A merchant's connection to WeChat Pay.
-pub(crate) struct MerchantLink {
-    pub config: MerchantConfig,
-    pub credentials: Merchant,
+impl From<CallError> for ProviderError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Rejected { code, description } => ProviderError::Refused {
+                reason: match code {
+                    ErrCode::OrderPaid => Refusal::OrderPaid,
+                    ErrCode::OrderClosed => Refusal::OrderClosed,
+                    ErrCode::OrderNotExist => Refusal::OrderNotExist,
+                    ErrCode::RefundNotExist => Refusal::RefundNotExist,
+                    _ => Refusal::Other,
+                },
+                retry: match code.retry() {
+                    Retry::Final => crate::provider::Retry::Never,
+                    Retry::SameParameters | Retry::WaitAndRetry => crate::provider::Retry::Later,
+                },
+                message: format!("{code} {description}"),
+            },
+            CallError::Refused(m) => ProviderError::Protocol(m),
+            CallError::NoAnswer(m) => ProviderError::NoAnswer(m),
+            CallError::Invalid(m) => ProviderError::Invalid(m),
+        }
+    }
+}
+
+/// A merchant's connection to WeChat Pay's APIv2 hosts.
+pub(crate) struct V2Link {
+    pub(crate) config: MerchantConfig,
+    pub(crate) credentials: Merchant,
     /// This merchant's HTTP client: its own because it presents the merchant's certificate
     /// (refunds) and may trust an extra CA (the simulator's).
     http: reqwest::Client,
     failures: AtomicU32,
     backup_until: AtomicI64,
+    upstream: UpstreamConfig,
+    metrics: Arc<Metrics>,
+    /// The gateway's clock, for how long the backup host is used.
+    clock: Clock,
 }
 
-impl MerchantLink {
-    pub(crate) fn new(config: MerchantConfig, upstream: &UpstreamConfig) -> Result<MerchantLink, String> {
+impl V2Link {
+    pub(crate) fn new(
+        config: MerchantConfig,
+        upstream: &UpstreamConfig,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+    ) -> Result<V2Link, String> {
         let mut builder = client_builder(upstream);
         if let Some(cert) = &config.client_cert {
             builder = builder.identity(cert.identity());
@@ -68,12 +97,15 @@ impl MerchantLink {
         let http = builder
             .build()
             .map_err(|e| format!("merchant {}: HTTP client: {e}", config.name))?;
-        Ok(MerchantLink {
+        Ok(V2Link {
             credentials: config.credentials(),
             config,
             http,
             failures: AtomicU32::new(0),
             backup_until: AtomicI64::new(0),
+            upstream: upstream.clone(),
+            metrics,
+            clock,
         })
     }
 
@@ -109,15 +141,6 @@ impl MerchantLink {
     }
 }
 
-/// The client.
-pub(crate) struct Upstream {
-    http: reqwest::Client,
-    config: UpstreamConfig,
-    metrics: Arc<Metrics>,
-    /// The gateway's clock, for how long the backup host is used.
-    clock: crate::app::Clock,
-}
-
 /// The least time allowed for a call with a large answer (`downloadbill`).
 const LARGE_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -136,80 +159,45 @@ async fn read_observed(
 }
 
 /// An HTTP client for WeChat's hosts, with the configured timeouts.
-fn client_builder(config: &UpstreamConfig) -> reqwest::ClientBuilder {
+pub(crate) fn client_builder(config: &UpstreamConfig) -> reqwest::ClientBuilder {
     strict_client()
         .timeout(config.timeout)
         .connect_timeout(config.connect_timeout)
 }
 
-/// Every HTTP client of the gateway starts here: it follows no redirect (a redirected
-/// `jscode2session` would carry `secret=` to another host; a redirected call to WeChat Pay or
-/// to the webhook is not an answer from it) and sends no `Referer`.
-pub(crate) fn strict_client() -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .referer(false)
-        .user_agent(concat!("wxpay-gateway/", env!("CARGO_PKG_VERSION")))
-}
-
-/// A fresh 32-character nonce.
-pub(crate) fn nonce() -> Nonce {
-    let mut b = [0u8; 16];
-    crate::random_bytes(&mut b);
-    Nonce::from_random_bytes(b)
-}
-
-impl Upstream {
-    pub(crate) fn new(
-        config: UpstreamConfig,
-        metrics: Arc<Metrics>,
-        clock: crate::app::Clock,
-    ) -> Result<Upstream, String> {
-        let http = client_builder(&config)
-            .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
-        Ok(Upstream {
-            http,
-            config,
-            metrics,
-            clock,
-        })
+impl V2Link {
+    /// Makes an APIv2 call for this merchant.
+    pub(crate) async fn call<C: V2Call>(&self, call: &C) -> Result<C::Response, CallError> {
+        self.call_observed(call, &|_, _| {}).await
     }
 
-    /// Makes an APIv2 call for `link`'s merchant.
-    pub(crate) async fn call<C: V2Call>(&self, link: &MerchantLink, call: &C) -> Result<C::Response, UpstreamError> {
-        self.call_observed(link, call, &|_, _| {}).await
-    }
-
-    /// [`Upstream::call`], telling `received(bytes so far, Content-Length)` as the answer of
+    /// [`V2Link::call`], telling `received(bytes so far, Content-Length)` as the answer of
     /// a call with a large answer arrives (the progress of a download).
     pub(crate) async fn call_observed<C: V2Call>(
         &self,
-        link: &MerchantLink,
         call: &C,
         received: &(dyn Fn(u64, Option<u64>) + Send + Sync),
-    ) -> Result<C::Response, UpstreamError> {
+    ) -> Result<C::Response, CallError> {
         let api = C::PATH.rsplit('/').next().unwrap_or(C::PATH);
-        if C::CLIENT_CERT && link.lacks_client_cert(self.clock.now_ms()) {
-            return Err(UpstreamError::Invalid(format!(
+        if C::CLIENT_CERT && self.lacks_client_cert(self.clock.now_ms()) {
+            return Err(CallError::Invalid(format!(
                 "{api} needs the merchant API certificate: set cert_path and key_path (or a .p12 cert_path) for merchant {}",
-                link.config.name
+                self.config.name
             )));
         }
-        let mut last = UpstreamError::NoAnswer("no attempt made".into());
-        for attempt in 0..self.config.attempts.max(1) {
+        let mut last = CallError::NoAnswer("no attempt made".into());
+        for attempt in 0..self.upstream.attempts.max(1) {
             if attempt > 0 {
-                let pause = self.config.retry_backoff * 2u32.saturating_pow(attempt - 1);
+                let pause = self.upstream.retry_backoff * 2u32.saturating_pow(attempt - 1);
                 tokio::time::sleep(pause).await;
             }
-            let body =
-                v2::encode(call, &link.credentials, &nonce()).map_err(|e| UpstreamError::Invalid(e.to_string()))?;
-            let url = format!("{}{}", link.host(self.clock.now_ms()).trim_end_matches('/'), C::PATH);
+            let body = v2::encode(call, &self.credentials, &nonce()).map_err(|e| CallError::Invalid(e.to_string()))?;
+            let url = format!("{}{}", self.host(self.clock.now_ms()).trim_end_matches('/'), C::PATH);
             let started = Instant::now();
-            let mut request = link.http.post(&url);
+            let mut request = self.http.post(&url);
             if C::LARGE_ANSWER {
                 // A day's bill of a busy merchant is tens of megabytes.
-                request = request.timeout(self.config.timeout.max(LARGE_ANSWER_TIMEOUT));
+                request = request.timeout(self.upstream.timeout.max(LARGE_ANSWER_TIMEOUT));
             }
             let sent = request
                 .header("Content-Type", "text/xml; charset=utf-8")
@@ -237,82 +225,45 @@ impl Upstream {
                     // request may have been processed and its answer lost: both are repeated,
                     // with the same parameters.
                     if before_sending {
-                        link.connection_failed(&self.config, self.clock.now_ms());
+                        self.connection_failed(&self.upstream, self.clock.now_ms());
                     }
                     self.metrics
                         .upstream_error(api, if before_sending { "connect" } else { "no_answer" });
                     tracing::warn!(api, attempt, error = ?message, "WeChat Pay call without an answer");
-                    last = UpstreamError::NoAnswer(message);
+                    last = CallError::NoAnswer(message);
                     continue;
                 }
             };
             if status.is_server_error() && !bytes.starts_with(b"<") {
-                link.connection_failed(&self.config, self.clock.now_ms());
+                self.connection_failed(&self.upstream, self.clock.now_ms());
                 self.metrics.upstream_error(api, "http_5xx");
-                last = UpstreamError::NoAnswer(format!("HTTP {status}"));
+                last = CallError::NoAnswer(format!("HTTP {status}"));
                 continue;
             }
-            link.answered();
-            match C::decode(&bytes, &link.credentials) {
+            self.answered();
+            match C::decode(&bytes, &self.credentials) {
                 Ok(r) => return Ok(r),
                 Err(ProtoError::Business { code, description }) => {
                     self.metrics.upstream_error(api, code.as_str());
                     if code.retry() == Retry::SameParameters {
                         tracing::warn!(api, attempt, code = ?code, "WeChat Pay asks to retry");
-                        last = UpstreamError::NoAnswer(format!("{code} {description}"));
+                        last = CallError::NoAnswer(format!("{code} {description}"));
                         continue;
                     }
-                    return Err(UpstreamError::Rejected { code, description });
+                    return Err(CallError::Rejected { code, description });
                 }
                 Err(ProtoError::ReturnFail { return_msg, .. }) => {
                     self.metrics.upstream_error(api, "return_fail");
-                    return Err(UpstreamError::Refused(return_msg));
+                    return Err(CallError::Refused(return_msg));
                 }
                 Err(e) => {
                     // An answer we cannot trust (bad signature, not XML): as if none came.
                     self.metrics.upstream_error(api, "bad_answer");
                     tracing::warn!(api, attempt, error = ?e, "untrustworthy answer from WeChat Pay");
-                    last = UpstreamError::NoAnswer(format!("untrustworthy answer: {e}"));
+                    last = CallError::NoAnswer(format!("untrustworthy answer: {e}"));
                 }
             }
         }
         Err(last)
-    }
-
-    /// `jscode2session` for `link`'s mini program.
-    pub(crate) async fn code2session(
-        &self,
-        link: &MerchantLink,
-        code: &str,
-    ) -> Result<wxpay_protocol::sns::Session, ProtoError> {
-        let secret = link
-            .config
-            .app_secret
-            .clone()
-            .ok_or_else(|| ProtoError::MissingField("app_secret".into()))?;
-        let call = wxpay_protocol::sns::Code2Session::new(link.config.appid.clone(), secret, code)?;
-        let url = format!(
-            "{}{}",
-            link.config.sns_base_url.trim_end_matches('/'),
-            call.path_and_query()
-        );
-        let started = Instant::now();
-        let resp = self.http.get(&url).send().await;
-        self.metrics.upstream_latency("jscode2session", started.elapsed());
-        let body = match resp {
-            Ok(r) => r
-                .bytes()
-                .await
-                .map_err(|e| ProtoError::Json(format!("reading the answer: {e}")))?,
-            Err(e) => {
-                self.metrics.upstream_error("jscode2session", "no_answer");
-                // The URL holds the secret: only say what failed.
-                return Err(ProtoError::Json(format!(
-                    "no answer from the WeChat API ({})",
-                    if e.is_timeout() { "timeout" } else { "connection" }
-                )));
-            }
-        };
-        wxpay_protocol::sns::Code2Session::decode(&body)
     }
 }

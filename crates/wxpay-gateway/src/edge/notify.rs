@@ -1,0 +1,83 @@
+//! `POST /notify/v2/pay` and `POST /notify/v2/refund`: WeChat Pay's APIv2 notifications.
+//!
+//! In this order: the body size limit (the router's), the hardened XML reader, the merchant
+//! found by `mch_id` and `appid`, the signature with that merchant's configured algorithm
+//! (a refund's `req_info` decrypted with its key), all in the provider
+//! ([`crate::provider::v2::V2Inbox`]); then the core decides and commits
+//! ([`crate::service::notifications`]). Only after the commit is the exact SUCCESS reply
+//! sent. Anything rejected before verification is answered FAIL with the same reply, which
+//! says nothing of why, so that a genuine notification comes again and a forger learns
+//! nothing.
+
+use std::net::SocketAddr;
+
+use axum::Extension;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use wxpay_protocol::v2::{NOTIFY_SUCCESS_REPLY, notify_fail_reply};
+
+use crate::edge::app::App;
+use crate::service::notifications::{Misfit, NoticeAnswer, NoticeKind};
+
+fn reply(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
+}
+
+/// The `return_msg` of every rejection before verification: the caller is not known to be
+/// WeChat Pay, so the reply says nothing of why (whether a merchant exists, which check
+/// failed); the reason is in the log and the record.
+const REJECTED: &str = "invalid notification";
+
+/// The reply to a notification rejected before verification.
+fn rejected() -> Response {
+    reply(StatusCode::BAD_REQUEST, notify_fail_reply(REJECTED))
+}
+
+/// The reply to a verified notification: `SUCCESS` only when it needs not come again.
+fn answer(a: NoticeAnswer) -> Response {
+    let (status, why) = match a {
+        NoticeAnswer::Acknowledged => return reply(StatusCode::OK, NOTIFY_SUCCESS_REPLY.to_owned()),
+        // Nothing was committed: FAIL makes WeChat Pay send the notification again.
+        NoticeAnswer::NotKept => (StatusCode::INTERNAL_SERVER_ERROR, "temporary failure"),
+        NoticeAnswer::Refused(m) => match m {
+            Misfit::UnknownOrder => (StatusCode::NOT_FOUND, "unknown order"),
+            Misfit::AmountMismatch => (StatusCode::BAD_REQUEST, "amount does not match the order"),
+            Misfit::CurrencyMismatch => (StatusCode::BAD_REQUEST, "currency does not match the order"),
+            Misfit::PaymentConflict => (StatusCode::CONFLICT, "conflicts with a recorded payment"),
+            Misfit::UnknownRefund => (StatusCode::NOT_FOUND, "unknown refund"),
+            Misfit::WrongOrder => (StatusCode::BAD_REQUEST, "refund does not belong to this order"),
+            Misfit::RefundAmountMismatch => (StatusCode::BAD_REQUEST, "amount does not match the refund"),
+            Misfit::RefundConflict => (StatusCode::CONFLICT, "conflicts with the recorded refund"),
+        },
+    };
+    reply(status, notify_fail_reply(why))
+}
+
+/// The peer's address, which the server (`wxpay-http`) gives every request.
+type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+
+fn peer_of(peer: Peer) -> Option<SocketAddr> {
+    peer.map(|Extension(ConnectInfo(p))| p)
+}
+
+pub(crate) async fn payment(State(app): State<App>, peer: Peer, body: Bytes) -> Response {
+    match app.v2_inbox().payment(&body) {
+        Ok((merchant, notice)) => answer(app.payment_notified(merchant, notice, &body).await),
+        Err(r) => {
+            app.notice_rejected(NoticeKind::Payment, r, &body, peer_of(peer));
+            rejected()
+        }
+    }
+}
+
+pub(crate) async fn refund(State(app): State<App>, peer: Peer, body: Bytes) -> Response {
+    match app.v2_inbox().refund(&body) {
+        Ok((merchant, notice)) => answer(app.refund_notified(merchant, notice, &body).await),
+        Err(r) => {
+            app.notice_rejected(NoticeKind::Refund, r, &body, peer_of(peer));
+            rejected()
+        }
+    }
+}

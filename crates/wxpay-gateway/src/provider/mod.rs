@@ -1,0 +1,410 @@
+//! The one interface through which the gateway's core reaches WeChat Pay.
+//!
+//! A [`Provider`] speaks for one configured merchant: it creates a payment, queries and
+//! closes it, refunds, queries a refund, downloads a day's bill and signs the parameters of
+//! `wx.requestPayment`. The core sees typed outcomes ([`PaymentState`], [`RefundState`],
+//! [`ProviderError`] with its retry class), never XML, JSON or a protocol's field names.
+//! WeChat Pay APIv2 is the first implementation ([`v2`]); notifications of that protocol are
+//! read into typed events ([`PaymentNotice`], [`RefundNotice`]) by [`v2::V2Inbox`].
+//!
+//! The shape follows what payment platforms with several connectors do (a connector turns
+//! the platform's flows into one vendor's calls and back), kept to what wxpay needs: one
+//! trait, values in, typed outcomes out, retries and host switching inside the
+//! implementation.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use wxpay_protocol::{BeijingTime, Fen, Nonce, OutRefundNo, OutTradeNo};
+
+use crate::config::MerchantConfig;
+
+pub(crate) mod sns;
+pub(crate) mod v2;
+
+/// A boxed future of a provider result: providers are used as `Arc<dyn Provider>`.
+pub(crate) type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T, ProviderError>> + Send + 'a>>;
+
+/// How a call to WeChat Pay ended badly, by what the caller may do about it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum ProviderError {
+    /// A business refusal: final, or to be tried again later ([`Retry`]).
+    #[error("WeChat Pay refused: {message}")]
+    Refused {
+        /// What the refusal means to the core.
+        reason: Refusal,
+        /// Whether trying again later may succeed.
+        retry: Retry,
+        /// WeChat Pay's code and description, for people and records.
+        message: String,
+    },
+    /// The request itself was refused (a bad signature, a malformed request). It points at
+    /// the configuration or this program, never at the payer.
+    #[error("WeChat Pay refused the request: {0}")]
+    Protocol(String),
+    /// No trustworthy answer after every allowed attempt: the call may or may not have
+    /// taken effect.
+    #[error("no answer from WeChat Pay: {0}")]
+    NoAnswer(String),
+    /// The request could not be built (a value WeChat Pay would refuse), or needs
+    /// configuration the merchant lacks.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// A verified answer that lacks what it must carry.
+    #[error("an incomplete answer from WeChat Pay: {0}")]
+    Incomplete(String),
+    /// The day's bill is not made yet.
+    #[error("the bill is not made yet")]
+    BillNotReady,
+}
+
+/// The refusals the core acts on; every other one is [`Refusal::Other`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The order is paid.
+    OrderPaid,
+    /// The order is closed.
+    OrderClosed,
+    /// WeChat Pay does not know the order.
+    OrderNotExist,
+    /// WeChat Pay does not know the refund.
+    RefundNotExist,
+    /// Anything else.
+    Other,
+}
+
+/// Whether a refused call may succeed when made again later, unchanged. (Refusals that ask
+/// for an immediate repetition are repeated inside the provider.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Later, slower: a rate limit or a brief block.
+    Later,
+    /// Never: the answer is final, or needs a human or another call.
+    Never,
+}
+
+impl ProviderError {
+    /// The refusal's meaning, when this is a business refusal.
+    pub(crate) fn refusal(&self) -> Option<Refusal> {
+        match self {
+            ProviderError::Refused { reason, .. } => Some(*reason),
+            _ => None,
+        }
+    }
+}
+
+/// What makes a payment: the same for an order about to be stored and for a stored one, so
+/// that a repeated creation has identical parameters.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PaymentTerms<'a> {
+    /// What the payer sees.
+    pub description: &'a str,
+    /// The order's number.
+    pub out_trade_no: &'a OutTradeNo,
+    /// The amount.
+    pub amount: Fen,
+    /// The payer's IP address.
+    pub client_ip: &'a str,
+    /// The payer.
+    pub openid: &'a str,
+    /// Returned as given in notifications and queries.
+    pub attach: Option<&'a str>,
+    /// When the order expires, Unix ms.
+    pub expires_at: i64,
+}
+
+/// What makes a refund: the same for every repetition of the call.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RefundTerms<'a> {
+    /// The order refunded.
+    pub out_trade_no: &'a OutTradeNo,
+    /// The refund's number.
+    pub out_refund_no: &'a OutRefundNo,
+    /// The order's amount.
+    pub order_amount: Fen,
+    /// The amount refunded.
+    pub amount: Fen,
+    /// The reason the payer sees.
+    pub reason: Option<&'a str>,
+}
+
+/// What a query says of a payment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum PaymentState {
+    /// Paid (and perhaps refunded since).
+    Paid {
+        /// WeChat Pay's number of the payment.
+        transaction_id: String,
+        /// The amount paid.
+        amount: Fen,
+        /// When it was paid (Unix ms), when WeChat Pay says.
+        paid_at: Option<i64>,
+        /// The currency, when WeChat Pay names one.
+        currency: Option<String>,
+        /// Whether a refund was made.
+        refunded: bool,
+    },
+    /// Not paid; the payer can still pay.
+    NotPaid,
+    /// Closed.
+    Closed,
+    /// The payment failed.
+    Failed,
+    /// Anything else (paying, revoked, accepted, unknown), by WeChat Pay's name: nothing to
+    /// change.
+    Other(String),
+}
+
+impl PaymentState {
+    /// WeChat Pay's name of the state (`SUCCESS`, `REFUND`, `NOTPAY`, …), for people.
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            PaymentState::Paid { refunded: false, .. } => "SUCCESS",
+            PaymentState::Paid { refunded: true, .. } => "REFUND",
+            PaymentState::NotPaid => "NOTPAY",
+            PaymentState::Closed => "CLOSED",
+            PaymentState::Failed => "PAYERROR",
+            PaymentState::Other(s) => s,
+        }
+    }
+}
+
+/// Where a refund stands at WeChat Pay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum RefundState {
+    /// Still going.
+    Processing,
+    /// The money went back.
+    Succeeded,
+    /// Closed: it failed.
+    Closed,
+    /// The money could not reach the payer (a closed card); the merchant settles it by hand
+    /// in the merchant platform, so for the API the refund failed.
+    Abnormal,
+    /// A state by WeChat Pay's name that wxpay does not know.
+    Other(String),
+}
+
+impl RefundState {
+    /// WeChat Pay's name of the state (`SUCCESS`, `REFUNDCLOSE`, …), for people and records.
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            RefundState::Processing => "PROCESSING",
+            RefundState::Succeeded => "SUCCESS",
+            RefundState::Closed => "REFUNDCLOSE",
+            RefundState::Abnormal => "CHANGE",
+            RefundState::Other(s) => s,
+        }
+    }
+
+    /// The settlement it reports (`true` succeeded, `false` failed), or `None` while it is
+    /// processing or unknown.
+    pub(crate) fn settles(&self) -> Option<bool> {
+        match self {
+            RefundState::Succeeded => Some(true),
+            RefundState::Closed | RefundState::Abnormal => Some(false),
+            RefundState::Processing | RefundState::Other(_) => None,
+        }
+    }
+}
+
+/// A refund WeChat Pay accepted.
+#[derive(Clone, Debug)]
+pub(crate) struct RefundAccepted {
+    /// WeChat Pay's number of the refund.
+    pub refund_id: String,
+    /// The amount it accepted.
+    pub amount: Fen,
+}
+
+/// One refund as WeChat Pay reports it (a query or a notification).
+#[derive(Clone, Debug)]
+pub(crate) struct RefundReport {
+    /// The refund's number.
+    pub out_refund_no: String,
+    /// WeChat Pay's number of the refund.
+    pub refund_id: String,
+    /// The amount refunded.
+    pub amount: Fen,
+    /// Where it stands.
+    pub state: RefundState,
+    /// When it succeeded (Unix ms), when WeChat Pay says.
+    pub settled_at: Option<i64>,
+}
+
+/// What a refund query says.
+#[derive(Clone, Debug)]
+pub(crate) struct RefundsOfOrder {
+    /// The order the refunds belong to.
+    pub out_trade_no: String,
+    /// The refunds listed.
+    pub refunds: Vec<RefundReport>,
+}
+
+/// A verified payment notification.
+#[derive(Clone, Debug)]
+pub(crate) struct PaymentNotice {
+    /// The order.
+    pub out_trade_no: String,
+    /// What it reports.
+    pub outcome: NoticeOutcome,
+}
+
+/// What a payment notification reports.
+#[derive(Clone, Debug)]
+pub(crate) enum NoticeOutcome {
+    /// Paid.
+    Paid {
+        /// WeChat Pay's number of the payment.
+        transaction_id: String,
+        /// The amount paid.
+        amount: Fen,
+        /// When (Unix ms).
+        paid_at: i64,
+        /// The currency, when named.
+        currency: Option<String>,
+    },
+    /// The payment failed (the payer may try again).
+    Failed {
+        /// WeChat Pay's code and description.
+        reason: String,
+    },
+}
+
+/// A decrypted refund notification.
+#[derive(Clone, Debug)]
+pub(crate) struct RefundNotice {
+    /// The order refunded.
+    pub out_trade_no: String,
+    /// WeChat Pay's number of the payment.
+    pub transaction_id: String,
+    /// The refund.
+    pub refund: RefundReport,
+}
+
+/// A notification refused before it was verified: nothing in it is trusted.
+#[derive(Debug)]
+pub(crate) struct NoticeRejected {
+    /// Why, for the log and the record.
+    pub reason: String,
+    /// The merchant it names, when one is configured.
+    pub merchant: Option<usize>,
+    /// The order number it names (unverified).
+    pub out_trade_no: Option<String>,
+    /// The transaction number it names (unverified).
+    pub transaction_id: Option<String>,
+}
+
+/// One row of a day's bill.
+#[derive(Clone, Debug)]
+pub(crate) struct BillEntry {
+    /// The mini program (empty when the bill does not say).
+    pub appid: String,
+    /// The order.
+    pub out_trade_no: String,
+    /// WeChat Pay's number of the payment.
+    pub transaction_id: String,
+    /// When it happened (Unix ms): paid, or for a refund, accepted.
+    pub at: i64,
+    /// A payment or a refund.
+    pub kind: BillKind,
+}
+
+/// What a bill row records.
+#[derive(Clone, Debug)]
+pub(crate) enum BillKind {
+    /// A payment of this amount.
+    Payment {
+        /// The amount.
+        amount: Fen,
+    },
+    /// A refund.
+    Refund {
+        /// Its number, when the bill has it.
+        out_refund_no: Option<String>,
+        /// The amount asked for.
+        amount: Fen,
+        /// Its state when the bill was made, by WeChat Pay's name (empty when not given).
+        status: String,
+    },
+}
+
+/// The parameters of `wx.requestPayment`, with the names the mini program API wants.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct PayParams {
+    /// `appId`.
+    #[serde(rename = "appId")]
+    pub app_id: String,
+    /// `timeStamp`: Unix seconds as a string.
+    #[serde(rename = "timeStamp")]
+    pub time_stamp: String,
+    /// `nonceStr`.
+    #[serde(rename = "nonceStr")]
+    pub nonce_str: String,
+    /// `package`: `prepay_id=…`.
+    pub package: String,
+    /// `signType`.
+    #[serde(rename = "signType")]
+    pub sign_type: String,
+    /// `paySign`.
+    #[serde(rename = "paySign")]
+    pub pay_sign: String,
+}
+
+/// What a progress display is told as a large answer arrives: bytes so far, and the total
+/// when known.
+pub(crate) type Received<'a> = &'a (dyn Fn(u64, Option<u64>) + Send + Sync);
+
+/// WeChat Pay, for one merchant.
+pub(crate) trait Provider: Send + Sync + 'static {
+    /// The merchant's configuration.
+    fn merchant(&self) -> &MerchantConfig;
+
+    /// Whether calls that need the merchant certificate (refunds) cannot be made at `now`.
+    fn lacks_client_cert(&self, now: i64) -> bool;
+
+    /// Checks everything WeChat Pay would refuse in a payment, before anything is stored.
+    fn check_payment(&self, terms: &PaymentTerms<'_>) -> Result<(), ProviderError>;
+
+    /// Creates the payment; answers its prepay id.
+    fn create_payment<'a>(&'a self, terms: &'a PaymentTerms<'a>) -> Fut<'a, String>;
+
+    /// Signs the parameters of `wx.requestPayment` for a prepay id, at `now_secs` with
+    /// `nonce`.
+    fn pay_params(&self, prepay_id: &str, now_secs: u64, nonce: &Nonce) -> Result<PayParams, ProviderError>;
+
+    /// Asks where a payment stands.
+    fn query_payment<'a>(&'a self, out_trade_no: &'a OutTradeNo) -> Fut<'a, PaymentState>;
+
+    /// Closes an unpaid payment.
+    fn close_payment<'a>(&'a self, out_trade_no: &'a OutTradeNo) -> Fut<'a, ()>;
+
+    /// Checks everything WeChat Pay would refuse in a refund, before anything is stored.
+    fn check_refund(&self, terms: &RefundTerms<'_>) -> Result<(), ProviderError>;
+
+    /// Asks for a refund; accepted is not settled.
+    fn refund<'a>(&'a self, terms: &'a RefundTerms<'a>) -> Fut<'a, RefundAccepted>;
+
+    /// Asks where a refund stands.
+    fn query_refund<'a>(&'a self, out_refund_no: &'a OutRefundNo) -> Fut<'a, RefundsOfOrder>;
+
+    /// Downloads the day's bill of every payment and refund (empty when the day had none).
+    fn download_bill<'a>(&'a self, day: BeijingTime, received: Received<'a>) -> Fut<'a, Vec<BillEntry>>;
+}
+
+/// Every HTTP client of the gateway starts here: it follows no redirect (a redirected
+/// `jscode2session` would carry `secret=` to another host; a redirected call to WeChat Pay or
+/// to the webhook is not an answer from it) and sends no `Referer`.
+pub(crate) fn strict_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false)
+        .user_agent(concat!("wxpay-gateway/", env!("CARGO_PKG_VERSION")))
+}
+
+/// A fresh 32-character nonce.
+pub(crate) fn nonce() -> Nonce {
+    let mut b = [0u8; 16];
+    crate::util::random_bytes(&mut b);
+    Nonce::from_random_bytes(b)
+}

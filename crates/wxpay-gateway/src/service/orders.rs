@@ -1,0 +1,415 @@
+//! Orders: created (stored first, then sent to WeChat Pay), synced with WeChat Pay's answer
+//! (a paid order is never downgraded), closed (`ORDERPAID` makes an order paid, never closed),
+//! and the payer's openid from a login code.
+
+use wxpay_protocol::{Fen, OutTradeNo};
+
+use crate::provider::{PayParams, PaymentState, PaymentTerms, Provider, ProviderError, Refusal};
+use crate::service::error::{Conflict, ServiceError};
+use crate::service::numbers::Numbers;
+use crate::service::state::Service;
+use crate::store::{Created, Event, NewOrder, Order, OrderStatus, Payment, PaymentOutcome, Refund, Source, Upstream};
+
+/// What a backend asks for when it creates an order.
+#[derive(Debug)]
+pub(crate) struct OrderRequest {
+    pub(crate) merchant: Option<String>,
+    pub(crate) description: String,
+    pub(crate) amount_fen: u64,
+    pub(crate) openid: String,
+    pub(crate) out_trade_no: Option<String>,
+    pub(crate) attach: Option<String>,
+    pub(crate) expires_in_secs: Option<u64>,
+    pub(crate) client_ip: Option<String>,
+}
+
+/// An order WeChat Pay has, with the parameters the mini program pays it with.
+#[derive(Debug)]
+pub(crate) struct Placed {
+    pub(crate) order: Order,
+    pub(crate) pay_params: PayParams,
+    /// Whether this request placed it (else it repeats one that did).
+    pub(crate) new: bool,
+}
+
+/// The openid of a payer and, when the mini program has one, the unionid.
+#[derive(Debug)]
+pub(crate) struct Payer {
+    pub(crate) openid: String,
+    pub(crate) unionid: Option<String>,
+}
+
+/// An order with its history and refunds.
+#[derive(Debug)]
+pub(crate) struct OrderDetail {
+    pub(crate) order: Order,
+    pub(crate) events: Vec<Event>,
+    pub(crate) refunds: Vec<Refund>,
+}
+
+/// The currency of every order: the gateway sends none, and WeChat Pay's default is CNY.
+/// (When orders carry a currency, this becomes a column compared in the payment verdict.)
+pub(crate) const ORDER_CURRENCY: &str = "CNY";
+
+/// The currency WeChat Pay reports for a payment (CNY when absent) when it is not the
+/// order's: such a payment is refused like one of another amount.
+pub(crate) fn foreign_currency(currency: Option<&str>) -> Option<&str> {
+    currency.filter(|c| *c != ORDER_CURRENCY)
+}
+
+/// The stored order number, typed again (it was checked when stored).
+pub(crate) fn stored_number(o: &Order) -> Result<OutTradeNo, ServiceError> {
+    OutTradeNo::new(o.out_trade_no.clone()).map_err(|e| ServiceError::Internal(e.to_string()))
+}
+
+/// The stored amount, typed again.
+pub(crate) fn stored_fen(amount: i64) -> Result<Fen, ServiceError> {
+    u64::try_from(amount)
+        .ok()
+        .and_then(|a| Fen::new(a).ok())
+        .ok_or_else(|| ServiceError::Internal(format!("a stored amount of {amount} fen")))
+}
+
+/// What makes an order for WeChat Pay, from the stored order (or the one about to be).
+fn terms<'a>(
+    out_trade_no: &'a OutTradeNo,
+    amount: Fen,
+    description: &'a str,
+    client_ip: &'a str,
+    openid: &'a str,
+    attach: Option<&'a str>,
+    expires_at: i64,
+) -> PaymentTerms<'a> {
+    PaymentTerms {
+        description,
+        out_trade_no,
+        amount,
+        client_ip,
+        openid,
+        attach,
+        expires_at,
+    }
+}
+
+impl Service {
+    /// `jscode2session`: the payer's openid (never the session key).
+    pub(crate) async fn openid(&self, merchant: Option<&str>, code: &str) -> Result<Payer, ServiceError> {
+        let provider = self.merchant(merchant)?;
+        let config = provider.merchant();
+        if config.app_secret.is_none() {
+            return Err(ServiceError::Invalid(format!(
+                "merchant {:?} has no app_secret configured",
+                config.name
+            )));
+        }
+        use crate::provider::sns::LoginError;
+        match self.inner.sns.code2session(config, code).await {
+            Ok(s) => Ok(Payer {
+                openid: s.openid,
+                unionid: s.unionid,
+            }),
+            Err(e @ (LoginError::CodeRefused { .. } | LoginError::InvalidCode(_))) => {
+                Err(ServiceError::Invalid(e.to_string()))
+            }
+            Err(e @ LoginError::Refused(_)) => Err(ServiceError::Rejected(e.to_string())),
+            Err(e @ LoginError::Unavailable(_)) => Err(ServiceError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Creates an order: checked, stored, then sent to WeChat Pay. The same request again
+    /// (the same number and parameters) finishes what the first one started.
+    pub(crate) async fn create_order(&self, req: OrderRequest, numbers: &Numbers) -> Result<Placed, ServiceError> {
+        let provider = self.merchant(req.merchant.as_deref())?;
+        let config = provider.merchant();
+        let now = self.now();
+        let amount = Fen::new(req.amount_fen).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+        if amount == Fen::ZERO {
+            return Err(ServiceError::Invalid("amount_fen must be at least 1".into()));
+        }
+        let out_trade_no = match &req.out_trade_no {
+            Some(n) => OutTradeNo::new(n.clone()).map_err(|e| ServiceError::Invalid(e.to_string()))?,
+            None => OutTradeNo::new(numbers.number('W', now)).map_err(|e| ServiceError::Internal(e.to_string()))?,
+        };
+        let ttl = req
+            .expires_in_secs
+            .map_or(self.inner.config.default_order_ttl.as_secs(), |s| s);
+        if !(60..=7 * 24 * 3600).contains(&ttl) {
+            return Err(ServiceError::Invalid(
+                "expires_in_secs must be between 60 and 604800".into(),
+            ));
+        }
+        let client_ip = req.client_ip.clone().unwrap_or_else(|| "127.0.0.1".to_owned());
+        // The parameters that make an order: the same number with others is a conflict.
+        let request_hash = crate::util::sha256_hex(
+            serde_json::json!([
+                config.name,
+                out_trade_no.as_str(),
+                req.description,
+                req.amount_fen,
+                req.openid,
+                req.attach,
+                client_ip,
+                ttl
+            ])
+            .to_string()
+            .as_bytes(),
+        );
+        let expires_at = now + ttl as i64 * 1000;
+        // Check everything WeChat Pay would refuse before anything is stored.
+        provider
+            .check_payment(&terms(
+                &out_trade_no,
+                amount,
+                &req.description,
+                &client_ip,
+                &req.openid,
+                req.attach.as_deref(),
+                expires_at,
+            ))
+            .map_err(|e| match e {
+                ProviderError::Invalid(m) => ServiceError::Invalid(m),
+                other => ServiceError::Invalid(other.to_string()),
+            })?;
+        let new = NewOrder {
+            merchant: config.name.clone(),
+            out_trade_no: out_trade_no.to_string(),
+            appid: config.appid.to_string(),
+            mch_id: config.mch_id.to_string(),
+            description: req.description,
+            amount_fen: amount.get() as i64,
+            openid: req.openid,
+            attach: req.attach,
+            client_ip,
+            expires_at,
+            first_check_at: self.first_check_at(now),
+            request_hash: request_hash.clone(),
+            now,
+        };
+
+        let order = match self.inner.store.create_order(new).await? {
+            Created::New(o) => o,
+            Created::Existing(o) if o.request_hash != request_hash => {
+                return Err(ServiceError::conflict(
+                    Conflict::OutTradeNoTaken,
+                    format!("order {} exists with other parameters", o.out_trade_no),
+                ));
+            }
+            Created::Existing(o) => match o.status {
+                // The same order again (a retry): finish what the first request started.
+                OrderStatus::Pending
+                    if o.upstream == Upstream::Created && o.prepay_at.is_some_and(|t| now - t < 7_000_000) =>
+                {
+                    return self.placed(provider, o, false);
+                }
+                OrderStatus::Pending => o,
+                status => {
+                    return Err(ServiceError::conflict(
+                        Conflict::OrderNotPending,
+                        format!("order {} is {status}", o.out_trade_no),
+                    ));
+                }
+            },
+        };
+        let no = stored_number(&order)?;
+        let terms = terms(
+            &no,
+            stored_fen(order.amount_fen)?,
+            &order.description,
+            &order.client_ip,
+            &order.openid,
+            order.attach.as_deref(),
+            order.expires_at,
+        );
+        match provider.create_payment(&terms).await {
+            Ok(prepay_id) => {
+                let order = self.inner.store.set_prepay(order.id, prepay_id, self.now()).await?;
+                self.placed(provider, order, true)
+            }
+            Err(e) if e.refusal() == Some(Refusal::OrderPaid) => {
+                let order = self.sync(provider, order).await?;
+                Err(ServiceError::conflict(
+                    Conflict::OrderPaid,
+                    format!("order {} is already paid", order.out_trade_no),
+                ))
+            }
+            Err(ProviderError::NoAnswer(e)) => {
+                self.inner
+                    .store
+                    .set_upstream_failure(order.id, false, e.clone(), self.now())
+                    .await?;
+                Err(ServiceError::Unavailable(format!(
+                    "WeChat Pay did not answer ({e}); the order is recorded as pending, repeat the request to try again"
+                )))
+            }
+            Err(e) => {
+                self.inner
+                    .store
+                    .set_upstream_failure(order.id, true, e.to_string(), self.now())
+                    .await?;
+                Err(ServiceError::Rejected(e.to_string()))
+            }
+        }
+    }
+
+    /// A placed order with freshly signed pay parameters.
+    fn placed(&self, provider: &dyn Provider, order: Order, new: bool) -> Result<Placed, ServiceError> {
+        let prepay = order
+            .prepay_id
+            .as_deref()
+            .ok_or_else(|| ServiceError::Internal("an order without prepay_id".into()))?;
+        let pay_params = provider
+            .pay_params(prepay, (crate::time::now_ms() / 1000) as u64, &crate::provider::nonce())
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        Ok(Placed { order, pay_params, new })
+    }
+
+    /// Asks WeChat Pay about an order and applies what it says: paid, closed, failed. A paid
+    /// order is never downgraded.
+    pub(crate) async fn sync(&self, provider: &dyn Provider, order: Order) -> Result<Order, ServiceError> {
+        let no = stored_number(&order)?;
+        match provider.query_payment(&no).await {
+            Ok(state) => self.apply_state(order, &state).await,
+            Err(e) if e.refusal() == Some(Refusal::OrderNotExist) => Ok(order),
+            Err(e) => Err(ServiceError::upstream("orderquery", e)),
+        }
+    }
+
+    /// Applies what WeChat Pay verifiably says of an order.
+    pub(crate) async fn apply_state(&self, order: Order, state: &PaymentState) -> Result<Order, ServiceError> {
+        let store = &self.inner.store;
+        let now = self.now();
+        match state {
+            PaymentState::Paid {
+                transaction_id,
+                amount,
+                paid_at,
+                currency,
+                ..
+            } => {
+                if let Some(reported) = foreign_currency(currency.as_deref()) {
+                    tracing::error!(out_trade_no = ?order.out_trade_no, fee_type = ?reported, "orderquery says paid in another currency; the order is left as it is");
+                    return Ok(order);
+                }
+                let payment = Payment {
+                    merchant: order.merchant.clone(),
+                    out_trade_no: order.out_trade_no.clone(),
+                    transaction_id: transaction_id.clone(),
+                    amount_fen: amount.get() as i64,
+                    paid_at: paid_at.unwrap_or(now),
+                    source: Source::Query,
+                    now,
+                };
+                match store.apply_payment(payment, None).await? {
+                    PaymentOutcome::Applied(o) | PaymentOutcome::AlreadyPaid(o) => Ok(o),
+                    other => {
+                        tracing::error!(out_trade_no = ?order.out_trade_no, verdict = other.verdict(), "orderquery says paid, but it does not fit the order");
+                        Ok(order)
+                    }
+                }
+            }
+            PaymentState::Closed if order.status == OrderStatus::Pending => Ok(store
+                .close_order(order.id, "WeChat Pay reports the order closed".into(), now)
+                .await?
+                .unwrap_or(order)),
+            PaymentState::Failed if order.status == OrderStatus::Pending => Ok(store
+                .fail_order(order.id, "WeChat Pay reports PAYERROR".into(), now)
+                .await?
+                .unwrap_or(order)),
+            // NOTPAY and the rest: nothing to change (and a paid order is never downgraded).
+            _ => Ok(order),
+        }
+    }
+
+    /// The order of `provider`'s merchant with this number, or [`ServiceError::NotFound`].
+    pub(crate) async fn find_order(
+        &self,
+        provider: &dyn Provider,
+        out_trade_no: String,
+    ) -> Result<Order, ServiceError> {
+        let found = self
+            .inner
+            .store
+            .order(provider.merchant().name.clone(), out_trade_no.clone())
+            .await?;
+        found.ok_or_else(|| ServiceError::NotFound(format!("no order {out_trade_no}")))
+    }
+
+    /// An order with its history and refunds; with `sync`, a pending order is first synced
+    /// with WeChat Pay.
+    pub(crate) async fn order_detail(
+        &self,
+        merchant: Option<&str>,
+        out_trade_no: String,
+        sync: bool,
+    ) -> Result<OrderDetail, ServiceError> {
+        let provider = self.merchant(merchant)?;
+        let store = &self.inner.store;
+        let mut order = self.find_order(provider, out_trade_no).await?;
+        if sync && order.status == OrderStatus::Pending {
+            order = self.sync(provider, order).await?;
+        }
+        let (events, refunds) = tokio::try_join!(store.events(order.id), store.refunds_of(order.id))?;
+        Ok(OrderDetail { order, events, refunds })
+    }
+
+    /// Orders, newest first, `limit` of them before the cursor.
+    pub(crate) async fn list_orders(
+        &self,
+        status: Option<OrderStatus>,
+        limit: u32,
+        cursor: Option<i64>,
+    ) -> Result<Vec<Order>, ServiceError> {
+        Ok(self.inner.store.list_orders(status, limit, cursor).await?)
+    }
+
+    /// Closes the order a request names.
+    pub(crate) async fn close_order(
+        &self,
+        merchant: Option<&str>,
+        out_trade_no: String,
+    ) -> Result<Order, ServiceError> {
+        let provider = self.merchant(merchant)?;
+        let order = self.find_order(provider, out_trade_no).await?;
+        self.close(provider, order).await
+    }
+
+    /// Closes an order with WeChat Pay and records it; `ORDERPAID` makes it paid, never closed.
+    pub(crate) async fn close(&self, provider: &dyn Provider, order: Order) -> Result<Order, ServiceError> {
+        let store = &self.inner.store;
+        match order.status {
+            OrderStatus::Closed => return Ok(order),
+            OrderStatus::Pending => {}
+            status => {
+                return Err(ServiceError::conflict(
+                    if status == OrderStatus::Paid {
+                        Conflict::OrderPaid
+                    } else {
+                        Conflict::OrderNotPending
+                    },
+                    format!("order {} is {status} and cannot be closed", order.out_trade_no),
+                ));
+            }
+        }
+        let no = stored_number(&order)?;
+        let why = match provider.close_payment(&no).await {
+            Ok(()) => "closed with WeChat Pay",
+            Err(e) => match e.refusal() {
+                Some(Refusal::OrderClosed) => "closed with WeChat Pay",
+                // Never reached WeChat Pay: nothing to close there.
+                Some(Refusal::OrderNotExist) if order.upstream != Upstream::Created => "WeChat Pay never had the order",
+                Some(Refusal::OrderPaid) => {
+                    let order = self.sync(provider, order).await?;
+                    return Err(ServiceError::conflict(
+                        Conflict::OrderPaid,
+                        format!("order {} was paid and cannot be closed", order.out_trade_no),
+                    ));
+                }
+                _ => return Err(ServiceError::upstream("closeorder", e)),
+            },
+        };
+        Ok(store
+            .close_order(order.id, why.into(), self.now())
+            .await?
+            .unwrap_or(order))
+    }
+}

@@ -1,0 +1,156 @@
+//! The core's shared state: the configuration, the clock, the store, one provider per
+//! merchant, the metrics.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::provider::Provider;
+use crate::provider::sns::Sns;
+use crate::provider::v2::{V2Inbox, V2Provider};
+use crate::service::error::ServiceError;
+use crate::service::rejections::Rejections;
+use crate::store::Store;
+use crate::time::Clock;
+
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) clock: Clock,
+    pub(crate) store: Arc<dyn Store>,
+    /// One provider per configured merchant, in the configuration's order.
+    pub(crate) merchants: Vec<Box<dyn Provider>>,
+    /// Reads APIv2 notifications and finds their merchant.
+    pub(crate) v2_inbox: V2Inbox,
+    pub(crate) sns: Sns,
+    pub(crate) webhook_http: reqwest::Client,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Rejected notifications waiting to be recorded, within their budget.
+    pub(crate) rejections: Arc<Rejections>,
+    /// Whether the task refreshing the metrics' database figures was started.
+    pub(crate) gauges_refreshed: AtomicBool,
+}
+
+/// The gateway's core: orders, refunds, notifications, reconciliation and the background
+/// work, over a store and WeChat Pay. It knows no HTTP. Cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("engine", &self.inner.store.engine())
+            .finish()
+    }
+}
+
+impl Service {
+    /// Builds the core over a store.
+    ///
+    /// # Errors
+    /// A message when the configuration is not usable (see [`Config::validate`]).
+    pub fn new(config: Config, store: Arc<dyn Store>) -> Result<Service, String> {
+        config.validate()?;
+        // Calls to WeChat Pay and webhook deliveries go over rustls with ring, as everywhere in
+        // wxpay; installing the provider twice (the simulator in the same process) is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let metrics = Arc::new(Metrics::default());
+        let clock = Clock::default();
+        let webhook_http = crate::provider::strict_client()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("webhook client: {e}"))?;
+        let merchants = config
+            .merchants
+            .iter()
+            .map(|m| {
+                V2Provider::new(
+                    m.clone(),
+                    &config.upstream,
+                    &config.public_url,
+                    metrics.clone(),
+                    clock.clone(),
+                )
+                .map(|p| Box::new(p) as Box<dyn Provider>)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let v2_inbox = V2Inbox::new(&config.merchants);
+        let sns = Sns::new(&config.upstream, metrics.clone())?;
+        Ok(Service {
+            inner: Arc::new(Inner {
+                config,
+                clock,
+                store,
+                merchants,
+                v2_inbox,
+                sns,
+                webhook_http,
+                metrics,
+                rejections: Default::default(),
+                gauges_refreshed: Default::default(),
+            }),
+        })
+    }
+
+    /// Now, in Unix milliseconds, as the gateway sees it.
+    pub fn now(&self) -> i64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// The gateway's clock, which tests move forward to reach expiry and check times.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// When something started at `now` (an order, a refund) is first looked at if WeChat Pay
+    /// says nothing.
+    pub(crate) fn first_check_at(&self, now: i64) -> i64 {
+        now + self.inner.config.jobs.first_check_after.as_millis() as i64
+    }
+
+    /// A configured merchant by the name stored with its orders.
+    pub(crate) fn merchant_named(&self, name: &str) -> Option<&dyn Provider> {
+        self.inner
+            .merchants
+            .iter()
+            .find(|m| m.merchant().name == name)
+            .map(|m| &**m)
+    }
+
+    /// The merchant a request names, or the first configured one.
+    pub(crate) fn merchant(&self, name: Option<&str>) -> Result<&dyn Provider, ServiceError> {
+        match name {
+            None => Ok(&*self.inner.merchants[0]),
+            Some(n) => self
+                .merchant_named(n)
+                .ok_or_else(|| ServiceError::Invalid(format!("no merchant named {n:?}"))),
+        }
+    }
+
+    /// The reader of APIv2 notifications.
+    pub(crate) fn v2_inbox(&self) -> &V2Inbox {
+        &self.inner.v2_inbox
+    }
+
+    /// The merchant at an index of the configuration.
+    pub(crate) fn merchant_at(&self, index: usize) -> &dyn Provider {
+        &*self.inner.merchants[index]
+    }
+}

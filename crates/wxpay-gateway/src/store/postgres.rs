@@ -6,15 +6,18 @@
 //! 'pending'`) that PostgreSQL re-evaluates on the latest row version when two transactions
 //! race, and a payment takes the order's row lock (`FOR UPDATE`) before it decides.
 
+use std::collections::HashMap;
+
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Executor, Postgres, Row, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
+use super::rules::{self, RefundVerdict, Refunded};
 use super::{
     Created, DailyClaim, Event, Fut, IdemClaim, IdemKey, ImportedRefund, NewOrder, NewRefund, NotificationRecord,
     Order, OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated,
     RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store, StoreError, Upstream, event_id, event_payload,
-    refund_event_payload,
+    order_status, refund_event_payload, refund_facts, refund_refused,
 };
 
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -306,28 +309,57 @@ async fn add_refund_outbox(
 /// Raises a locked, paid order's reserved refund sum by `amount` if it stays within the
 /// amount; otherwise says why not.
 async fn reserve(tx: &mut Tx, order: &Order, amount: i64, now: i64) -> Result<Option<RefundCreated>, StoreError> {
-    if !matches!(order.status, OrderStatus::Paid | OrderStatus::Refunded) {
-        return Ok(Some(RefundCreated::NotPaid(order.status)));
+    let before = figures(tx, order.id).await?;
+    match rules::reserve(order.amount_fen, before, amount) {
+        Ok(after) => {
+            set_figures(tx, order.id, before, after, now).await?;
+            Ok(None)
+        }
+        Err(refused) => Ok(Some(refused.into())),
     }
+}
+
+/// An order's refund figures. Its row must be locked.
+async fn figures(tx: &mut Tx, order_id: i64) -> Result<Refunded, StoreError> {
+    let row = sqlx::query("SELECT status, refunded_fen, refund_reserved_fen FROM orders WHERE id = $1")
+        .bind(order_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(Refunded {
+        status: order_status(row.try_get("status")?)?,
+        refunded_fen: row.try_get("refunded_fen")?,
+        reserved_fen: row.try_get("refund_reserved_fen")?,
+    })
+}
+
+/// Writes an order's refund figures, if they are still `before` (its row is locked, so they
+/// are; say so if not).
+async fn set_figures(
+    tx: &mut Tx,
+    order_id: i64,
+    before: Refunded,
+    after: Refunded,
+    now: i64,
+) -> Result<(), StoreError> {
     let changed = sqlx::query(
-        "UPDATE orders SET refund_reserved_fen = refund_reserved_fen + $1, updated_at = $2 \
-         WHERE id = $3 AND status IN ('paid', 'refunded') AND refund_reserved_fen + $1 <= amount_fen",
+        "UPDATE orders SET status = $1, refunded_fen = $2, refund_reserved_fen = $3, updated_at = $4 \
+         WHERE id = $5 AND status = $6 AND refunded_fen = $7 AND refund_reserved_fen = $8",
     )
-    .bind(amount)
+    .bind(after.status.as_str())
+    .bind(after.refunded_fen)
+    .bind(after.reserved_fen)
     .bind(now)
-    .bind(order.id)
+    .bind(order_id)
+    .bind(before.status.as_str())
+    .bind(before.refunded_fen)
+    .bind(before.reserved_fen)
     .execute(&mut **tx)
     .await?
     .rows_affected();
-    if changed == 1 {
-        return Ok(None);
+    if changed == 0 {
+        return Err(StoreError::Db("the order changed during a refund's transaction".into()));
     }
-    let available: i64 = sqlx::query("SELECT amount_fen - refund_reserved_fen AS a FROM orders WHERE id = $1")
-        .bind(order.id)
-        .fetch_one(&mut **tx)
-        .await?
-        .try_get("a")?;
-    Ok(Some(RefundCreated::Exceeds { available }))
+    Ok(())
 }
 
 /// Settles a pending refund (see the SQLite engine's twin). The order's row must be locked.
@@ -359,18 +391,10 @@ async fn settle_refund(
         return Ok(None);
     }
     let refund = refund_by_id(tx, refund_id).await?;
-    let sql = if s.succeeded {
-        "UPDATE orders SET refunded_fen = refunded_fen + $1, \
-         status = CASE WHEN refunded_fen + $1 = amount_fen THEN 'refunded' ELSE status END, updated_at = $2 WHERE id = $3"
-    } else {
-        "UPDATE orders SET refund_reserved_fen = refund_reserved_fen - $1, updated_at = $2 WHERE id = $3"
-    };
-    sqlx::query(sql)
-        .bind(refund.amount_fen)
-        .bind(now)
-        .bind(refund.order_id)
-        .execute(&mut **tx)
-        .await?;
+    let order = order_by_id(tx, refund.order_id).await?;
+    let before = figures(tx, order.id).await?;
+    let after = rules::settle(order.amount_fen, before, refund.amount_fen, s.succeeded);
+    set_figures(tx, order.id, before, after, now).await?;
     let order = order_by_id(tx, refund.order_id).await?;
     let (kind, event_type) = if s.succeeded {
         ("refund_succeeded", "refund.succeeded")
@@ -415,29 +439,24 @@ async fn create_refund(tx: &mut Tx, n: &NewRefund) -> Result<RefundCreated, Stor
 }
 
 async fn apply_refund(tx: &mut Tx, r: &RefundResult) -> Result<RefundOutcome, StoreError> {
+    let verdict = |found: Option<&Refund>| {
+        rules::refund_verdict(found.map(refund_facts), &r.out_trade_no, r.amount_fen, r.succeeded)
+    };
+    // Read once to find the order whose row to lock (the order's first, then the refund's,
+    // as every refund change does), then again under the lock, where the verdict is made.
     let Some(found) = refund_by_number(tx, &r.merchant, &r.out_refund_no, false).await? else {
         return Ok(RefundOutcome::UnknownRefund);
     };
-    if found.out_trade_no != r.out_trade_no {
+    if verdict(Some(&found)) == RefundVerdict::WrongOrder {
         return Ok(RefundOutcome::WrongOrder);
     }
     lock_order(tx, &found.merchant, &found.out_trade_no).await?;
-    let Some(refund) = refund_by_number(tx, &r.merchant, &r.out_refund_no, true).await? else {
-        return Ok(RefundOutcome::UnknownRefund);
+    let locked = refund_by_number(tx, &r.merchant, &r.out_refund_no, true).await?;
+    let v = verdict(locked.as_ref());
+    let refund = match (locked, v) {
+        (Some(refund), RefundVerdict::Settle) => refund,
+        (locked, v) => return refund_refused(v, locked, r.amount_fen),
     };
-    if refund.amount_fen != r.amount_fen {
-        return Ok(RefundOutcome::AmountMismatch {
-            expected: refund.amount_fen,
-            got: r.amount_fen,
-        });
-    }
-    match (refund.status, r.succeeded) {
-        (RefundStatus::Succeeded, true) | (RefundStatus::Failed, false) => {
-            return Ok(RefundOutcome::AlreadySettled(refund));
-        }
-        (RefundStatus::Succeeded | RefundStatus::Failed, _) => return Ok(RefundOutcome::Conflict(refund)),
-        (RefundStatus::Pending, _) => {}
-    }
     let wechat_id = (!r.refund_id.is_empty()).then_some(r.refund_id.as_str());
     // WeChat Pay reports it, so WeChat Pay has it, whatever became of our call's answer.
     sqlx::query(
@@ -726,36 +745,58 @@ where
     tx
 }
 
-async fn run_batch(pool: PgPool, mut jobs: Vec<PaymentJob>) {
-    let pool = &pool;
-    if jobs.len() == 1 {
-        if let Some(j) = jobs.pop() {
-            let _ = j.reply.send(apply_one(pool, j.payment, j.notification).await);
-        }
-        return;
+async fn run_batch(pool: PgPool, jobs: Vec<PaymentJob>) {
+    let (jobs, outcomes) = apply_batch(&pool, jobs).await;
+    for (job, outcome) in jobs.into_iter().zip(outcomes) {
+        let _ = job.reply.send(outcome);
     }
+}
+
+/// Whether the set-based statement gives a batch the verdicts of its payments applied one
+/// by one. It does unless one transaction id is reported for two orders: then an order whose
+/// first fitting payment loses that transaction to another order may have a later payment
+/// that would apply, which the statement, picking one candidate per order first, does not
+/// see. Such a batch (a forgery, or a WeChat Pay fault) is applied payment by payment.
+fn set_based_fits(jobs: &[PaymentJob]) -> bool {
+    let mut orders_of: HashMap<&str, (&str, &str)> = HashMap::with_capacity(jobs.len());
+    jobs.iter().all(|j| {
+        let p = &j.payment;
+        let order = (p.merchant.as_str(), p.out_trade_no.as_str());
+        *orders_of.entry(p.transaction_id.as_str()).or_insert(order) == order
+    })
+}
+
+/// Applies a batch of payments: sorted by order number, in one set-based statement when it
+/// fits, else (or when the statement fails) one by one. The jobs come back in the order of
+/// their outcomes.
+async fn apply_batch(
+    pool: &PgPool,
+    mut jobs: Vec<PaymentJob>,
+) -> (Vec<PaymentJob>, Vec<Result<PaymentOutcome, StoreError>>) {
     // One lock order for every batch: no two batches can wait on each other.
     jobs.sort_by(|a, b| {
         (&a.payment.merchant, &a.payment.out_trade_no).cmp(&(&b.payment.merchant, &b.payment.out_trade_no))
     });
-    match call_batch(pool, &jobs).await {
-        Ok(outcomes) if outcomes.len() == jobs.len() => {
-            for (job, outcome) in jobs.into_iter().zip(outcomes) {
-                let _ = job.reply.send(outcome);
-            }
-        }
-        result => {
+    if jobs.len() > 1 && set_based_fits(&jobs) {
+        match call_batch(pool, &jobs).await {
+            Ok(outcomes) if outcomes.len() == jobs.len() => return (jobs, outcomes),
             // A batch fails as a whole (a transaction id taken by a concurrent batch, a
             // lost connection): nothing of it was committed, so each payment is tried again
             // on its own, where such a failure only touches itself.
-            if let Err(e) = &result {
-                tracing::warn!(error = ?e, size = jobs.len(), "payment batch failed; applying its payments one by one");
+            Err(e) => {
+                tracing::warn!(error = ?e, size = jobs.len(), "payment batch failed; applying its payments one by one")
             }
-            for j in jobs {
-                let _ = j.reply.send(apply_one(pool, j.payment, j.notification).await);
-            }
+            Ok(_) => tracing::error!(
+                size = jobs.len(),
+                "a payment batch answered for another number of payments"
+            ),
         }
     }
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    for j in &jobs {
+        outcomes.push(apply_one(pool, j.payment.clone(), j.notification.clone()).await);
+    }
+    (jobs, outcomes)
 }
 
 /// A batch of payments in one statement, set-based: a handful of statements' worth of work
@@ -2005,5 +2046,422 @@ impl Store for PgStore {
                 outbox_oldest_age_ms: oldest.map(|o| now - o),
             })
         })
+    }
+}
+
+/// The set-based payment statements against the rules: random stored orders and random
+/// batches of payments (duplicates, wrong amounts, unknown orders, transaction ids of other
+/// orders) must give, through the batch statement and through the single statement alike,
+/// the verdicts and the final rows of [`rules::payment_verdict`] applied payment by payment.
+/// Skipped without `DATABASE_URL` (a failure with `WXPAY_REQUIRE_POSTGRES=1`, as in CI).
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::store::rules::{OrderFacts, PaymentVerdict, payment_verdict};
+
+    const MERCHANT: &str = "m";
+
+    /// The server to test against, or `None` to skip.
+    fn admin_url() -> Option<String> {
+        match std::env::var("DATABASE_URL") {
+            Ok(url) if url.starts_with("postgres") => Some(url),
+            _ if std::env::var("WXPAY_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
+                panic!("WXPAY_REQUIRE_POSTGRES=1 but DATABASE_URL names no PostgreSQL server")
+            }
+            _ => None,
+        }
+    }
+
+    /// `url` naming the database `name` instead of its own.
+    fn with_database(url: &str, name: &str) -> String {
+        let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+        let (server, _) = base.rsplit_once('/').expect("a URL with a database");
+        match query {
+            Some(q) => format!("{server}/{name}?{q}"),
+            None => format!("{server}/{name}"),
+        }
+    }
+
+    /// A fresh database, dropped when the test ends.
+    struct Db {
+        admin: String,
+        name: String,
+        store: PgStore,
+    }
+
+    impl Db {
+        async fn create(admin: &str) -> Db {
+            let name = format!("wxpay_rules_{}", crate::util::random_hex::<6>());
+            let mut conn = sqlx::PgConnection::connect(admin).await.expect("DATABASE_URL connects");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut conn)
+                .await
+                .expect("CREATE DATABASE");
+            let _ = conn.close().await;
+            let store = PgStore::connect(&with_database(admin, &name), 4)
+                .await
+                .expect("the store opens");
+            Db {
+                admin: admin.to_owned(),
+                name,
+                store,
+            }
+        }
+
+        async fn drop_database(self) {
+            self.store.pool.close().await;
+            let mut conn = sqlx::PgConnection::connect(&self.admin)
+                .await
+                .expect("DATABASE_URL connects");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {} WITH (FORCE)", self.name)))
+                .execute(&mut conn)
+                .await
+                .expect("DROP DATABASE");
+        }
+    }
+
+    /// A stored order.
+    #[derive(Clone, Debug)]
+    struct Stored {
+        amount: i64,
+        status: OrderStatus,
+        txid: Option<String>,
+        paid_at: Option<i64>,
+    }
+
+    /// A reported payment: of order `order` (one past the last: an unknown order).
+    #[derive(Clone, Debug)]
+    struct Pay {
+        order: usize,
+        amount: i64,
+        txid: String,
+        record: bool,
+    }
+
+    fn number(order: usize) -> String {
+        format!("W{order:02}")
+    }
+
+    fn case() -> impl Strategy<Value = (Vec<Stored>, Vec<Pay>)> {
+        use OrderStatus::*;
+        let order = (
+            prop::sample::select(vec![100i64, 200]),
+            prop::sample::select(vec![Pending, Pending, Closed, Failed, Paid, Refunded]),
+        );
+        prop::collection::vec(order, 1..6)
+            .prop_flat_map(|orders| {
+                let n = orders.len();
+                // A payment's transaction id is mostly its order's own (one of two), sometimes
+                // one that others use too (and that paid orders may already carry).
+                let txid =
+                    prop_oneof![2 => (0..2usize).prop_map(|j| (false, j)), 1 => (0..3usize).prop_map(|k| (true, k))];
+                // Mostly the order's amount, sometimes not.
+                let right = prop::bool::weighted(0.75);
+                let pay = (0..=n, right, txid, any::<bool>());
+                (Just(orders), prop::collection::vec(pay, 1..16))
+            })
+            .prop_map(|(orders, pays)| {
+                let amounts: Vec<i64> = orders.iter().map(|(a, _)| *a).collect();
+                let stored = orders
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (amount, status))| {
+                        let paid = matches!(status, Paid | Refunded);
+                        Stored {
+                            amount,
+                            status,
+                            txid: paid.then(|| format!("T{i}")),
+                            paid_at: paid.then_some(500),
+                        }
+                    })
+                    .collect();
+                let pays = pays
+                    .into_iter()
+                    .map(|(order, right, (shared, k), record)| Pay {
+                        order,
+                        amount: match amounts.get(order) {
+                            Some(&a) if right => a,
+                            Some(&a) => 300 - a,
+                            None => 100,
+                        },
+                        txid: if shared {
+                            format!("T{k}")
+                        } else {
+                            format!("P{order}_{k}")
+                        },
+                        record,
+                    })
+                    .collect();
+                (stored, pays)
+            })
+    }
+
+    /// The payments in the order every engine applies a batch: by order number, stable.
+    fn sorted(pays: &[Pay]) -> Vec<(usize, Pay)> {
+        let mut v: Vec<(usize, Pay)> = pays.iter().cloned().enumerate().collect();
+        v.sort_by_key(|(_, p)| number(p.order));
+        v
+    }
+
+    /// The rules applied payment by payment: each payment's verdict, and the orders after.
+    fn model(stored: &[Stored], pays: &[(usize, Pay)]) -> (Vec<&'static str>, Vec<Stored>) {
+        let mut state = stored.to_vec();
+        let mut verdicts = Vec::new();
+        for (i, p) in pays {
+            let facts = state.get(p.order).map(|o| OrderFacts {
+                amount_fen: o.amount,
+                status: o.status,
+                transaction_id: o.txid.as_deref(),
+            });
+            let taken = state.iter().any(|o| o.txid.as_deref() == Some(p.txid.as_str()));
+            let v = payment_verdict::<()>(facts, p.amount, &p.txid, || Ok(taken)).unwrap();
+            if let PaymentVerdict::Apply { .. } = v {
+                let o = &mut state[p.order];
+                o.status = OrderStatus::Paid;
+                o.txid = Some(p.txid.clone());
+                o.paid_at = Some(paid_at(*i));
+            }
+            verdicts.push(v.as_str());
+        }
+        (verdicts, state)
+    }
+
+    fn paid_at(i: usize) -> i64 {
+        1_000 + i as i64
+    }
+
+    fn job(i: usize, p: &Pay) -> PaymentJob {
+        let (reply, _) = oneshot::channel();
+        PaymentJob {
+            payment: Payment {
+                merchant: MERCHANT.into(),
+                out_trade_no: number(p.order),
+                transaction_id: p.txid.clone(),
+                amount_fen: p.amount,
+                paid_at: paid_at(i),
+                source: super::super::Source::Notification,
+                now: 2_000,
+            },
+            notification: p.record.then(|| NotificationRecord {
+                received_at: 2_000,
+                kind: "payment".into(),
+                merchant: Some(MERCHANT.into()),
+                out_trade_no: Some(number(p.order)),
+                transaction_id: Some(p.txid.clone()),
+                verdict: String::new(),
+                reason: None,
+                body: "<xml/>".into(),
+                peer: None,
+                body_sha256: None,
+            }),
+            reply,
+        }
+    }
+
+    async fn seed(pool: &PgPool, stored: &[Stored]) {
+        sqlx::raw_sql("TRUNCATE orders, order_events, outbox, notifications RESTART IDENTITY CASCADE")
+            .execute(pool)
+            .await
+            .unwrap();
+        for (i, o) in stored.iter().enumerate() {
+            let refunded = if o.status == OrderStatus::Refunded { o.amount } else { 0 };
+            sqlx::query(
+                "INSERT INTO orders (merchant, out_trade_no, appid, mch_id, description, amount_fen, refunded_fen, \
+                 refund_reserved_fen, openid, client_ip, status, upstream, transaction_id, created_at, updated_at, \
+                 expires_at, paid_at, request_hash) \
+                 VALUES ($1, $2, 'wx1', '1900000109', 'd', $3, $4, $4, 'o', '127.0.0.1', $5, 'created', $6, 0, 0, \
+                 9999999999999, $7, 'h')",
+            )
+            .bind(MERCHANT)
+            .bind(number(i))
+            .bind(o.amount)
+            .bind(refunded)
+            .bind(o.status.as_str())
+            .bind(&o.txid)
+            .bind(o.paid_at)
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+    }
+
+    /// What the database holds after: the orders, and per order the `paid` events and outbox
+    /// rows; the notification records' verdicts in the order they were written.
+    async fn read_back(pool: &PgPool, n: usize) -> (Vec<Stored>, Vec<(i64, i64)>, Vec<String>) {
+        let mut orders = Vec::new();
+        let mut written = Vec::new();
+        for i in 0..n {
+            let row = sqlx::query(
+                "SELECT o.amount_fen, o.status, o.transaction_id, o.paid_at, \
+                 (SELECT count(*) FROM order_events e WHERE e.order_id = o.id AND e.kind = 'paid') AS events, \
+                 (SELECT count(*) FROM outbox b WHERE b.order_id = o.id AND b.type = 'order.paid') AS outbox \
+                 FROM orders o WHERE o.merchant = $1 AND o.out_trade_no = $2",
+            )
+            .bind(MERCHANT)
+            .bind(number(i))
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            orders.push(Stored {
+                amount: row.get("amount_fen"),
+                status: order_status(row.get("status")).unwrap(),
+                txid: row.get("transaction_id"),
+                paid_at: row.get("paid_at"),
+            });
+            written.push((row.get("events"), row.get("outbox")));
+        }
+        let records = sqlx::query("SELECT verdict FROM notifications ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get("verdict"))
+            .collect();
+        (orders, written, records)
+    }
+
+    fn verdict_of(o: &Result<PaymentOutcome, StoreError>) -> &'static str {
+        match o.as_ref().expect("the payment applies without an error") {
+            PaymentOutcome::Applied(_) => "applied",
+            PaymentOutcome::AlreadyPaid(_) => "duplicate",
+            PaymentOutcome::UnknownOrder => "unknown_order",
+            PaymentOutcome::AmountMismatch { .. } => "amount_mismatch",
+            PaymentOutcome::TransactionConflict(_) => "transaction_conflict",
+        }
+    }
+
+    /// Checks what the engine did against the model.
+    async fn check(pool: &PgPool, stored: &[Stored], pays: &[(usize, Pay)], got: Vec<&'static str>, how: &str) {
+        let (verdicts, after) = model(stored, pays);
+        assert_eq!(got, verdicts, "{how}: verdicts of {pays:?} on {stored:?}");
+        let (orders, written, records) = read_back(pool, stored.len()).await;
+        for (i, (o, want)) in orders.iter().zip(&after).enumerate() {
+            assert_eq!(
+                (o.status, &o.txid, o.paid_at),
+                (want.status, &want.txid, want.paid_at),
+                "{how}: order {i} of {pays:?} on {stored:?}"
+            );
+            let applied = pays
+                .iter()
+                .zip(&verdicts)
+                .filter(|((_, p), v)| p.order == i && **v == "applied")
+                .count() as i64;
+            assert_eq!(
+                written[i],
+                (applied, applied),
+                "{how}: events and outbox rows of order {i}"
+            );
+        }
+        let mut want_records: Vec<String> = pays
+            .iter()
+            .zip(&verdicts)
+            .filter(|((_, p), _)| p.record)
+            .map(|(_, v)| (*v).to_owned())
+            .collect();
+        let mut records = records;
+        // The batch statement writes its records in one insert, in no promised order.
+        want_records.sort();
+        records.sort();
+        assert_eq!(records, want_records, "{how}: notification records");
+    }
+
+    fn run<F: std::future::Future<Output = ()>>(f: F) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f);
+    }
+
+    static SET_BASED: AtomicUsize = AtomicUsize::new(0);
+    static CASES: AtomicUsize = AtomicUsize::new(0);
+
+    #[test]
+    fn payment_statements_give_the_verdicts_and_rows_of_the_rules() {
+        let Some(admin) = admin_url() else { return };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let db = rt.block_on(Db::create(&admin));
+        let config = ProptestConfig {
+            cases: 150,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        };
+        proptest!(config, |((stored, pays) in case())| {
+            let pays = sorted(&pays);
+            let pool = &db.store.pool;
+            rt.block_on(async {
+                // The batch, through the statement when it fits (else payment by payment).
+                seed(pool, &stored).await;
+                let jobs: Vec<PaymentJob> = pays.iter().map(|(i, p)| job(*i, p)).collect();
+                CASES.fetch_add(1, Ordering::Relaxed);
+                let outcomes = if jobs.len() > 1 && set_based_fits(&jobs) {
+                    SET_BASED.fetch_add(1, Ordering::Relaxed);
+                    call_batch(pool, &jobs).await.expect("the batch statement runs")
+                } else {
+                    apply_batch(pool, jobs).await.1
+                };
+                check(pool, &stored, &pays, outcomes.iter().map(verdict_of).collect(), "batch").await;
+
+                // The same payments through the single statement, one by one.
+                seed(pool, &stored).await;
+                let mut one_by_one = Vec::new();
+                for (i, p) in &pays {
+                    let j = job(*i, p);
+                    one_by_one.push(apply_one(pool, j.payment, j.notification).await);
+                }
+                check(pool, &stored, &pays, one_by_one.iter().map(verdict_of).collect(), "single").await;
+            });
+        });
+        rt.block_on(db.drop_database());
+        // Most batches went through the set-based statement, so that the test is of it.
+        let (set_based, cases) = (SET_BASED.load(Ordering::Relaxed), CASES.load(Ordering::Relaxed));
+        eprintln!("{set_based} of {cases} batches were set-based");
+        assert!(
+            set_based * 4 >= cases,
+            "only {set_based} of {cases} batches were set-based"
+        );
+    }
+
+    #[test]
+    fn a_transaction_reported_for_two_orders_makes_a_batch_go_one_by_one() {
+        let pay = |order, txid: &str| Pay {
+            order,
+            amount: 100,
+            txid: txid.into(),
+            record: false,
+        };
+        let jobs = |pays: &[Pay]| pays.iter().enumerate().map(|(i, p)| job(i, p)).collect::<Vec<_>>();
+        assert!(set_based_fits(&jobs(&[pay(0, "A"), pay(0, "A"), pay(1, "B")])));
+        assert!(!set_based_fits(&jobs(&[pay(0, "A"), pay(1, "A")])));
+        // The case the statement alone gets wrong: order 1's first payment loses its
+        // transaction to order 0, and its second, with another transaction, applies.
+        let Some(admin) = admin_url() else { return };
+        run(async {
+            let db = Db::create(&admin).await;
+            let stored = vec![
+                Stored {
+                    amount: 100,
+                    status: OrderStatus::Pending,
+                    txid: None,
+                    paid_at: None,
+                };
+                2
+            ];
+            let pays = sorted(&[pay(0, "A"), pay(1, "A"), pay(1, "C")]);
+            seed(&db.store.pool, &stored).await;
+            let jobs: Vec<PaymentJob> = pays.iter().map(|(i, p)| job(*i, p)).collect();
+            let (_, outcomes) = apply_batch(&db.store.pool, jobs).await;
+            let got: Vec<&str> = outcomes.iter().map(verdict_of).collect();
+            assert_eq!(got, ["applied", "transaction_conflict", "applied"]);
+            check(&db.store.pool, &stored, &pays, got, "batch").await;
+            db.drop_database().await;
+        });
     }
 }

@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::rules::{self, OrderFacts, PaymentVerdict, RefundVerdict, Refunded, payment_verdict, refund_verdict};
 use super::{
     Created, DailyClaim, Event, Fut, IdemClaim, IdemKey, ImportedRefund, NewOrder, NewRefund, NotificationRecord,
     Order, OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated,
     RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store, StoreError, Upstream, event_id, event_payload,
-    refund_event_payload,
+    order_status, payment_refused, refund_event_payload, refund_facts, refund_refused,
 };
 
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -500,22 +501,56 @@ fn add_refund_outbox(
 /// Raises an order's reserved refund sum by `amount` if it stays within the amount and the
 /// order is paid; otherwise says why not.
 fn reserve(conn: &Connection, order: &Order, amount: i64, now: i64) -> Result<Option<RefundCreated>, StoreError> {
-    if !matches!(order.status, OrderStatus::Paid | OrderStatus::Refunded) {
-        return Ok(Some(RefundCreated::NotPaid(order.status)));
+    let before = figures(conn, order.id)?;
+    match rules::reserve(order.amount_fen, before, amount) {
+        Ok(after) => {
+            set_figures(conn, order.id, before, after, now)?;
+            Ok(None)
+        }
+        Err(refused) => Ok(Some(refused.into())),
     }
+}
+
+/// An order's refund figures.
+fn figures(conn: &Connection, order_id: i64) -> Result<Refunded, StoreError> {
+    let (status, refunded_fen, reserved_fen): (String, i64, i64) = conn
+        .prepare_cached("SELECT status, refunded_fen, refund_reserved_fen FROM orders WHERE id = ?1")?
+        .query_row(params![order_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(Refunded {
+        status: order_status(&status)?,
+        refunded_fen,
+        reserved_fen,
+    })
+}
+
+/// Writes an order's refund figures, if they are still `before` (the writer is the only one
+/// changing rows, so they are; say so if not).
+fn set_figures(
+    conn: &Connection,
+    order_id: i64,
+    before: Refunded,
+    after: Refunded,
+    now: i64,
+) -> Result<(), StoreError> {
     let changed = conn
         .prepare_cached(
-            "UPDATE orders SET refund_reserved_fen = refund_reserved_fen + ?1, updated_at = ?2 \
-             WHERE id = ?3 AND status IN ('paid', 'refunded') AND refund_reserved_fen + ?1 <= amount_fen",
+            "UPDATE orders SET status = ?1, refunded_fen = ?2, refund_reserved_fen = ?3, updated_at = ?4 \
+             WHERE id = ?5 AND status = ?6 AND refunded_fen = ?7 AND refund_reserved_fen = ?8",
         )?
-        .execute(params![amount, now, order.id])?;
-    if changed == 1 {
-        return Ok(None);
+        .execute(params![
+            after.status.as_str(),
+            after.refunded_fen,
+            after.reserved_fen,
+            now,
+            order_id,
+            before.status.as_str(),
+            before.refunded_fen,
+            before.reserved_fen
+        ])?;
+    if changed == 0 {
+        return Err(StoreError::Db("the order changed during a refund's transaction".into()));
     }
-    let available: i64 = conn
-        .prepare_cached("SELECT amount_fen - refund_reserved_fen FROM orders WHERE id = ?1")?
-        .query_row(params![order.id], |r| r.get(0))?;
-    Ok(Some(RefundCreated::Exceeds { available }))
+    Ok(())
 }
 
 /// Settles a pending refund: succeeded (the order's refunded sum grows, and it becomes
@@ -556,18 +591,10 @@ fn settle_refund(
         return Ok(None);
     }
     let refund = refund_by_id(conn, refund_id)?;
-    if succeeded {
-        conn.prepare_cached(
-            "UPDATE orders SET refunded_fen = refunded_fen + ?1, \
-             status = CASE WHEN refunded_fen + ?1 = amount_fen THEN 'refunded' ELSE status END, updated_at = ?2 WHERE id = ?3",
-        )?
-        .execute(params![refund.amount_fen, now, refund.order_id])?;
-    } else {
-        conn.prepare_cached(
-            "UPDATE orders SET refund_reserved_fen = refund_reserved_fen - ?1, updated_at = ?2 WHERE id = ?3",
-        )?
-        .execute(params![refund.amount_fen, now, refund.order_id])?;
-    }
+    let order = order_by_id(conn, refund.order_id)?;
+    let before = figures(conn, order.id)?;
+    let after = rules::settle(order.amount_fen, before, refund.amount_fen, succeeded);
+    set_figures(conn, order.id, before, after, now)?;
     let order = order_by_id(conn, refund.order_id)?;
     let (kind, event_type) = if succeeded {
         ("refund_succeeded", "refund.succeeded")
@@ -611,25 +638,17 @@ fn create_refund(c: &Connection, n: &NewRefund) -> Result<RefundCreated, StoreEr
 }
 
 fn apply_refund(c: &Connection, r: &RefundResult) -> Result<RefundOutcome, StoreError> {
-    let Some(refund) = refund_by_number(c, &r.merchant, &r.out_refund_no)? else {
-        return Ok(RefundOutcome::UnknownRefund);
+    let found = refund_by_number(c, &r.merchant, &r.out_refund_no)?;
+    let verdict = refund_verdict(
+        found.as_ref().map(refund_facts),
+        &r.out_trade_no,
+        r.amount_fen,
+        r.succeeded,
+    );
+    let refund = match (found, verdict) {
+        (Some(refund), RefundVerdict::Settle) => refund,
+        (found, verdict) => return refund_refused(verdict, found, r.amount_fen),
     };
-    if refund.out_trade_no != r.out_trade_no {
-        return Ok(RefundOutcome::WrongOrder);
-    }
-    if refund.amount_fen != r.amount_fen {
-        return Ok(RefundOutcome::AmountMismatch {
-            expected: refund.amount_fen,
-            got: r.amount_fen,
-        });
-    }
-    match (refund.status, r.succeeded) {
-        (RefundStatus::Succeeded, true) | (RefundStatus::Failed, false) => {
-            return Ok(RefundOutcome::AlreadySettled(refund));
-        }
-        (RefundStatus::Succeeded | RefundStatus::Failed, _) => return Ok(RefundOutcome::Conflict(refund)),
-        (RefundStatus::Pending, _) => {}
-    }
     let wechat_id = (!r.refund_id.is_empty()).then_some(r.refund_id.as_str());
     // WeChat Pay reports it, so WeChat Pay has it, whatever became of our call's answer.
     c.prepare_cached(
@@ -742,43 +761,28 @@ fn schedule(c: &Connection, table: &str, id: i64, at: Option<i64>) -> Result<(),
 
 fn apply_payment(conn: &Connection, p: &Payment) -> Result<PaymentOutcome, StoreError> {
     let found = order_by_number(conn, &p.merchant, &p.out_trade_no)?;
-    let Some(order) = found else {
-        return Ok(PaymentOutcome::UnknownOrder);
+    let facts = found.as_ref().map(|o| OrderFacts {
+        amount_fen: o.amount_fen,
+        status: o.status,
+        transaction_id: o.transaction_id.as_deref(),
+    });
+    let verdict = payment_verdict(facts, p.amount_fen, &p.transaction_id, || {
+        let taken: Option<i64> = conn
+            .prepare_cached("SELECT id FROM orders WHERE transaction_id = ?1")?
+            .query_row(params![p.transaction_id], |r| r.get(0))
+            .optional()?;
+        Ok::<_, StoreError>(taken.is_some())
+    })?;
+    let (order, was) = match (found, verdict) {
+        (Some(order), PaymentVerdict::Apply { was }) => (order, was),
+        (found, verdict) => return payment_refused(verdict, found, p.amount_fen),
     };
-    if order.amount_fen != p.amount_fen {
-        return Ok(PaymentOutcome::AmountMismatch {
-            expected: order.amount_fen,
-            got: p.amount_fen,
-        });
-    }
-    match order.status {
-        OrderStatus::Paid | OrderStatus::Refunded => {
-            return Ok(if order.transaction_id.as_deref() == Some(p.transaction_id.as_str()) {
-                PaymentOutcome::AlreadyPaid(order)
-            } else {
-                PaymentOutcome::TransactionConflict(format!(
-                    "the order is already paid with transaction {}",
-                    order.transaction_id.as_deref().unwrap_or("?")
-                ))
-            });
-        }
-        OrderStatus::Pending | OrderStatus::Closed | OrderStatus::Failed => {}
-    }
-    let taken: Option<i64> = conn
-        .prepare_cached("SELECT id FROM orders WHERE transaction_id = ?1")?
-        .query_row(params![p.transaction_id], |r| r.get(0))
-        .optional()?;
-    if taken.is_some() {
-        return Ok(PaymentOutcome::TransactionConflict(
-            "the transaction id belongs to another order".into(),
-        ));
-    }
     let changed = conn
         .prepare_cached(
             "UPDATE orders SET status = 'paid', transaction_id = ?1, paid_at = ?2, updated_at = ?3, next_check_at = NULL \
              WHERE id = ?4 AND status = ?5",
         )?
-        .execute(params![p.transaction_id, p.paid_at, p.now, order.id, order.status.as_str()])?;
+        .execute(params![p.transaction_id, p.paid_at, p.now, order.id, was.as_str()])?;
     if changed == 0 {
         // The writer is the only one changing rows, so this cannot race; say so if it does.
         return Err(StoreError::Db(
@@ -787,10 +791,10 @@ fn apply_payment(conn: &Connection, p: &Payment) -> Result<PaymentOutcome, Store
     }
     let paid = order_by_id(conn, order.id)?;
     let mut detail = serde_json::json!({ "source": p.source.as_str(), "transaction_id": p.transaction_id });
-    if order.status != OrderStatus::Pending {
+    if was != OrderStatus::Pending {
         // Money was taken for an order that was closed or failed: record it, never drop it.
-        detail["anomaly"] = serde_json::json!(format!("paid after being {}", order.status));
-        tracing::error!(out_trade_no = ?order.out_trade_no, was = %order.status, "payment for an order that was not pending");
+        detail["anomaly"] = serde_json::json!(format!("paid after being {was}"));
+        tracing::error!(out_trade_no = ?order.out_trade_no, %was, "payment for an order that was not pending");
     }
     add_event(conn, order.id, p.now, "paid", &detail)?;
     add_outbox(conn, &paid, "order.paid", p.now)?;

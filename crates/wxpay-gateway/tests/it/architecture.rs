@@ -30,7 +30,10 @@ fn modules() -> BTreeMap<String, String> {
         if matches!(parts.last().map(String::as_str), Some("mod" | "lib")) {
             parts.pop();
         }
-        let name = std::iter::once("crate".to_owned()).chain(parts).collect::<Vec<_>>().join("::");
+        let name = std::iter::once("crate".to_owned())
+            .chain(parts)
+            .collect::<Vec<_>>()
+            .join("::");
         let text = std::fs::read_to_string(&file).unwrap();
         out.insert(name, code_of(&text));
     }

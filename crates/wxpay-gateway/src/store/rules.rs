@@ -1,0 +1,322 @@
+//! The business rules of the store, written once as pure functions of the stored state and
+//! the incoming fact. The SQLite engine calls them inside its transactions; PostgreSQL calls
+//! them in its row-by-row paths, and its set-based payment statements (one statement for a
+//! payment, one for a batch) are pinned to [`payment_verdict`] by a property test that
+//! compares their verdicts and final rows with a sequential fold of it.
+
+use crate::store::{OrderStatus, RefundStatus};
+
+/// An order, as a payment sees it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OrderFacts<'a> {
+    /// Its amount.
+    pub(crate) amount_fen: i64,
+    /// Its status.
+    pub(crate) status: OrderStatus,
+    /// The transaction that paid it.
+    pub(crate) transaction_id: Option<&'a str>,
+}
+
+/// What a reported payment does to its order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PaymentVerdict {
+    /// No such order: nothing changes.
+    UnknownOrder,
+    /// Another amount than the order's: nothing changes.
+    AmountMismatch,
+    /// The order is paid with this transaction already: nothing changes.
+    Duplicate,
+    /// The order is paid with another transaction: nothing changes.
+    PaidWithOther,
+    /// The transaction is recorded on another order: nothing changes.
+    TransactionTaken,
+    /// The order becomes paid. `was` is its status before: anything but pending (a closed or
+    /// failed order that was paid anyway) is recorded as an anomaly, never dropped.
+    Apply {
+        /// The status before.
+        was: OrderStatus,
+    },
+}
+
+impl PaymentVerdict {
+    /// The verdict's name in notification records, metrics and the payment statements.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            PaymentVerdict::UnknownOrder => "unknown_order",
+            PaymentVerdict::AmountMismatch => "amount_mismatch",
+            PaymentVerdict::Duplicate => "duplicate",
+            PaymentVerdict::PaidWithOther | PaymentVerdict::TransactionTaken => "transaction_conflict",
+            PaymentVerdict::Apply { .. } => "applied",
+        }
+    }
+}
+
+/// The verdict on a payment of `amount_fen` with `transaction_id` for `order` (`None`: no
+/// such order). `taken` says whether the transaction id is recorded on any order; it is only
+/// asked when the answer matters, so that a duplicate costs no lookup.
+///
+/// # Errors
+/// Only what `taken` returns.
+pub(crate) fn payment_verdict<E>(
+    order: Option<OrderFacts<'_>>,
+    amount_fen: i64,
+    transaction_id: &str,
+    taken: impl FnOnce() -> Result<bool, E>,
+) -> Result<PaymentVerdict, E> {
+    let Some(order) = order else {
+        return Ok(PaymentVerdict::UnknownOrder);
+    };
+    if order.amount_fen != amount_fen {
+        return Ok(PaymentVerdict::AmountMismatch);
+    }
+    match order.status {
+        OrderStatus::Paid | OrderStatus::Refunded => Ok(if order.transaction_id == Some(transaction_id) {
+            PaymentVerdict::Duplicate
+        } else {
+            PaymentVerdict::PaidWithOther
+        }),
+        OrderStatus::Pending | OrderStatus::Closed | OrderStatus::Failed => Ok(if taken()? {
+            PaymentVerdict::TransactionTaken
+        } else {
+            PaymentVerdict::Apply { was: order.status }
+        }),
+    }
+}
+
+/// A refund, as a reported settlement sees it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RefundFacts<'a> {
+    /// The order it belongs to.
+    pub(crate) out_trade_no: &'a str,
+    /// Its amount.
+    pub(crate) amount_fen: i64,
+    /// Its status.
+    pub(crate) status: RefundStatus,
+}
+
+/// What a reported settlement does to its refund.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RefundVerdict {
+    /// No such refund was asked for.
+    UnknownRefund,
+    /// The refund belongs to another order.
+    WrongOrder,
+    /// Another amount than the refund's.
+    AmountMismatch,
+    /// Settled this way already.
+    AlreadySettled,
+    /// Settled the other way already: a succeeded refund never fails later, nor the reverse.
+    Conflict,
+    /// The pending refund settles.
+    Settle,
+}
+
+/// The verdict on a report that the refund `refund` (`None`: no such refund) of order
+/// `out_trade_no`, of `amount_fen`, `succeeded` or failed.
+pub(crate) fn refund_verdict(
+    refund: Option<RefundFacts<'_>>,
+    out_trade_no: &str,
+    amount_fen: i64,
+    succeeded: bool,
+) -> RefundVerdict {
+    let Some(r) = refund else {
+        return RefundVerdict::UnknownRefund;
+    };
+    if r.out_trade_no != out_trade_no {
+        return RefundVerdict::WrongOrder;
+    }
+    if r.amount_fen != amount_fen {
+        return RefundVerdict::AmountMismatch;
+    }
+    match (r.status, succeeded) {
+        (RefundStatus::Succeeded, true) | (RefundStatus::Failed, false) => RefundVerdict::AlreadySettled,
+        (RefundStatus::Succeeded | RefundStatus::Failed, _) => RefundVerdict::Conflict,
+        (RefundStatus::Pending, _) => RefundVerdict::Settle,
+    }
+}
+
+/// An order's refund figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Refunded {
+    /// The status.
+    pub(crate) status: OrderStatus,
+    /// The sum of succeeded refunds.
+    pub(crate) refunded_fen: i64,
+    /// The sum of refunds not failed (pending or succeeded): what is spoken for.
+    pub(crate) reserved_fen: i64,
+}
+
+/// Why a refund of an order cannot be reserved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unreservable {
+    /// Only paid orders are refunded.
+    NotPaid(OrderStatus),
+    /// It would exceed the order's amount; this much can still be refunded.
+    Exceeds {
+        /// What is left.
+        available: i64,
+    },
+}
+
+/// Reserves `amount` of an order of `order_amount` for a new refund: the figures after, or
+/// why not. The refunds of an order never add up to more than its amount.
+pub(crate) fn reserve(order_amount: i64, now: Refunded, amount: i64) -> Result<Refunded, Unreservable> {
+    if !matches!(now.status, OrderStatus::Paid | OrderStatus::Refunded) {
+        return Err(Unreservable::NotPaid(now.status));
+    }
+    let available = order_amount - now.reserved_fen;
+    if amount > available {
+        return Err(Unreservable::Exceeds { available });
+    }
+    Ok(Refunded {
+        reserved_fen: now.reserved_fen + amount,
+        ..now
+    })
+}
+
+/// The order's figures after a pending refund of `amount` settles: a success adds to the
+/// refunded sum (the order is `refunded` when that reaches its amount); a failure gives the
+/// reservation back.
+pub(crate) fn settle(order_amount: i64, now: Refunded, amount: i64, succeeded: bool) -> Refunded {
+    if succeeded {
+        let refunded_fen = now.refunded_fen + amount;
+        Refunded {
+            refunded_fen,
+            status: if refunded_fen == order_amount {
+                OrderStatus::Refunded
+            } else {
+                now.status
+            },
+            ..now
+        }
+    } else {
+        Refunded {
+            reserved_fen: now.reserved_fen - amount,
+            ..now
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(status: OrderStatus, tx: Option<&str>) -> Option<OrderFacts<'_>> {
+        Some(OrderFacts {
+            amount_fen: 100,
+            status,
+            transaction_id: tx,
+        })
+    }
+
+    fn verdict(o: Option<OrderFacts<'_>>, amount: i64, tx: &str, taken: bool) -> PaymentVerdict {
+        payment_verdict::<()>(o, amount, tx, || Ok(taken)).unwrap()
+    }
+
+    #[test]
+    fn a_payment_applies_once_to_an_unpaid_order_of_its_amount_and_transaction() {
+        use OrderStatus::*;
+        assert_eq!(verdict(None, 100, "t", false), PaymentVerdict::UnknownOrder);
+        assert_eq!(
+            verdict(order(Pending, None), 99, "t", false),
+            PaymentVerdict::AmountMismatch
+        );
+        // The amount is checked before anything else, a paid order included.
+        assert_eq!(
+            verdict(order(Paid, Some("t")), 99, "t", false),
+            PaymentVerdict::AmountMismatch
+        );
+        for was in [Pending, Closed, Failed] {
+            assert_eq!(
+                verdict(order(was, None), 100, "t", false),
+                PaymentVerdict::Apply { was }
+            );
+            assert_eq!(
+                verdict(order(was, None), 100, "t", true),
+                PaymentVerdict::TransactionTaken
+            );
+        }
+        for paid in [Paid, Refunded] {
+            assert_eq!(
+                verdict(order(paid, Some("t")), 100, "t", true),
+                PaymentVerdict::Duplicate
+            );
+            assert_eq!(
+                verdict(order(paid, Some("t")), 100, "u", false),
+                PaymentVerdict::PaidWithOther
+            );
+        }
+    }
+
+    #[test]
+    fn a_duplicate_asks_nothing_of_the_database() {
+        let v = payment_verdict(order(OrderStatus::Paid, Some("t")), 100, "t", || -> Result<bool, ()> {
+            panic!("asked whether the transaction is taken")
+        });
+        assert_eq!(v, Ok(PaymentVerdict::Duplicate));
+    }
+
+    #[test]
+    fn a_refund_settles_once_and_only_when_number_order_and_amount_match() {
+        let r = |status| {
+            Some(RefundFacts {
+                out_trade_no: "W1",
+                amount_fen: 30,
+                status,
+            })
+        };
+        use RefundStatus::*;
+        assert_eq!(refund_verdict(None, "W1", 30, true), RefundVerdict::UnknownRefund);
+        assert_eq!(refund_verdict(r(Pending), "W2", 30, true), RefundVerdict::WrongOrder);
+        assert_eq!(
+            refund_verdict(r(Pending), "W1", 31, true),
+            RefundVerdict::AmountMismatch
+        );
+        assert_eq!(refund_verdict(r(Pending), "W1", 30, true), RefundVerdict::Settle);
+        assert_eq!(refund_verdict(r(Pending), "W1", 30, false), RefundVerdict::Settle);
+        assert_eq!(
+            refund_verdict(r(Succeeded), "W1", 30, true),
+            RefundVerdict::AlreadySettled
+        );
+        assert_eq!(
+            refund_verdict(r(Failed), "W1", 30, false),
+            RefundVerdict::AlreadySettled
+        );
+        assert_eq!(refund_verdict(r(Succeeded), "W1", 30, false), RefundVerdict::Conflict);
+        assert_eq!(refund_verdict(r(Failed), "W1", 30, true), RefundVerdict::Conflict);
+    }
+
+    #[test]
+    fn refunds_never_exceed_the_order_and_the_last_one_makes_it_refunded() {
+        let paid = Refunded {
+            status: OrderStatus::Paid,
+            refunded_fen: 0,
+            reserved_fen: 0,
+        };
+        let a = reserve(100, paid, 60).unwrap();
+        assert_eq!(reserve(100, a, 41), Err(Unreservable::Exceeds { available: 40 }));
+        let b = reserve(100, a, 40).unwrap();
+        assert_eq!(b.reserved_fen, 100);
+        // The first fails: its 60 can be asked for again.
+        let c = settle(100, b, 60, false);
+        assert_eq!((c.reserved_fen, c.refunded_fen, c.status), (40, 0, OrderStatus::Paid));
+        let d = settle(100, c, 40, true);
+        assert_eq!((d.refunded_fen, d.status), (40, OrderStatus::Paid));
+        let e = settle(100, reserve(100, d, 60).unwrap(), 60, true);
+        assert_eq!(
+            (e.refunded_fen, e.reserved_fen, e.status),
+            (100, 100, OrderStatus::Refunded)
+        );
+        assert_eq!(
+            reserve(
+                100,
+                Refunded {
+                    status: OrderStatus::Pending,
+                    ..paid
+                },
+                1
+            ),
+            Err(Unreservable::NotPaid(OrderStatus::Pending))
+        );
+    }
+}

@@ -1,0 +1,75 @@
+//! Row mapping: the columns read and the records built from them.
+
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+
+use crate::store::{Order, OrderStatus, Refund, RefundStatus, StoreError, Upstream};
+
+pub(super) const ORDER_COLUMNS: &str = "id, merchant, out_trade_no, appid, mch_id, description, amount_fen, refunded_fen, openid, attach, \
+client_ip, status, upstream, upstream_error, prepay_id, prepay_at, transaction_id, created_at, updated_at, expires_at, paid_at, \
+closed_at, request_hash";
+
+pub(super) fn order_row(r: &PgRow) -> Result<Order, StoreError> {
+    let status: String = r.try_get("status")?;
+    let upstream: String = r.try_get("upstream")?;
+    Ok(Order {
+        id: r.try_get("id")?,
+        merchant: r.try_get("merchant")?,
+        out_trade_no: r.try_get("out_trade_no")?,
+        appid: r.try_get("appid")?,
+        mch_id: r.try_get("mch_id")?,
+        description: r.try_get("description")?,
+        amount_fen: r.try_get("amount_fen")?,
+        refunded_fen: r.try_get("refunded_fen")?,
+        openid: r.try_get("openid")?,
+        attach: r.try_get("attach")?,
+        client_ip: r.try_get("client_ip")?,
+        status: OrderStatus::parse(&status).unwrap_or(OrderStatus::Pending),
+        upstream: Upstream::parse(&upstream).unwrap_or(Upstream::Unknown),
+        upstream_error: r.try_get("upstream_error")?,
+        prepay_id: r.try_get("prepay_id")?,
+        prepay_at: r.try_get("prepay_at")?,
+        transaction_id: r.try_get("transaction_id")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        expires_at: r.try_get("expires_at")?,
+        paid_at: r.try_get("paid_at")?,
+        closed_at: r.try_get("closed_at")?,
+        request_hash: r.try_get("request_hash")?,
+    })
+}
+
+pub(super) const REFUND_COLUMNS: &str = "id, order_id, merchant, out_trade_no, out_refund_no, amount_fen, reason, status, upstream, \
+upstream_error, refund_id, created_at, updated_at, accepted_at, settled_at, request_hash";
+
+pub(super) fn refund_row(r: &PgRow) -> Result<Refund, StoreError> {
+    let status: String = r.try_get("status")?;
+    let upstream: String = r.try_get("upstream")?;
+    Ok(Refund {
+        id: r.try_get("id")?,
+        order_id: r.try_get("order_id")?,
+        merchant: r.try_get("merchant")?,
+        out_trade_no: r.try_get("out_trade_no")?,
+        out_refund_no: r.try_get("out_refund_no")?,
+        amount_fen: r.try_get("amount_fen")?,
+        reason: r.try_get("reason")?,
+        status: RefundStatus::parse(&status).unwrap_or(RefundStatus::Pending),
+        upstream: Upstream::parse(&upstream).unwrap_or(Upstream::Unknown),
+        upstream_error: r.try_get("upstream_error")?,
+        refund_id: r.try_get("refund_id")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        accepted_at: r.try_get("accepted_at")?,
+        settled_at: r.try_get("settled_at")?,
+        request_hash: r.try_get("request_hash")?,
+    })
+}
+
+/// The columns of `orders` prefixed with a table alias, for statements that join.
+pub(super) fn order_columns_of(alias: &str) -> String {
+    ORDER_COLUMNS
+        .split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -305,7 +305,7 @@ pub(crate) async fn run(args: ReconcileArgs) -> Result<(), String> {
             total.as_secs_f64(),
             report.timings_ms.download,
             report.timings_ms.compare,
-            crate::rss_kib(std::process::id()).map_or(0.0, |(_, peak)| peak as f64 / 1024.0)
+            crate::process::rss_kib(std::process::id()).map_or(0.0, |(_, peak)| peak as f64 / 1024.0)
         );
     }
     if args.database.is_none() {

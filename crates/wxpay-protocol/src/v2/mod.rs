@@ -30,25 +30,27 @@ use crate::fields::cmp_names;
 use crate::{Error, Fen, Fields, Merchant, Nonce};
 
 mod bill;
-mod calls;
 pub mod doctor;
 mod errcode;
+mod fields_util;
 mod jsapi;
 mod notify;
+mod order;
+mod refund;
 pub mod server;
 
-pub use bill::{Bill, BillFee, BillRow, BillSummary, BillType};
-pub use calls::{
-    CloseOrder, CloseOrderResponse, Coupon, DownloadBill, OrderQuery, OrderQueryResponse, OrderRef, Refund,
-    RefundQuery, RefundQueryResponse, RefundRecord, RefundRef, RefundResponse, RefundStatus, TradeState, TradeType,
-    UnifiedOrder, UnifiedOrderResponse,
-};
+pub use bill::{Bill, BillFee, BillRow, BillSummary, BillType, DownloadBill};
 pub use errcode::{ErrCode, Retry};
 pub use jsapi::PayParams;
 pub use notify::{
     NOTIFY_SUCCESS_REPLY, NotificationFields, PaymentNotification, PaymentOutcome, RefundNotification,
     decrypt_req_info, encrypt_req_info, notify_fail_reply,
 };
+pub use order::{
+    CloseOrder, CloseOrderResponse, Coupon, OrderQuery, OrderQueryResponse, OrderRef, TradeState, TradeType,
+    UnifiedOrder, UnifiedOrderResponse,
+};
+pub use refund::{Refund, RefundQuery, RefundQueryResponse, RefundRecord, RefundRef, RefundResponse, RefundStatus};
 
 /// A value that becomes the business fields of an APIv2 message.
 pub trait ToFields {

@@ -11,10 +11,13 @@ use std::collections::BTreeMap;
 use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use base64::Engine;
 
-use super::calls::{Coupon, RefundStatus, TradeType, read_coupons};
-use super::{ErrCode, check_merchant, check_return_code, extra_fields, fen, is_indexed, opt_fen, opt_string};
+use super::order::{Coupon, TradeType, insert_coupons, read_coupons};
+use super::refund::RefundStatus;
+use super::{
+    ErrCode, check_merchant, check_return_code, extra_fields, fen, insert_extra, is_indexed, num, opt_fen, opt_string,
+};
 use crate::xml::{self, ReadOptions};
-use crate::{ApiKey, BeijingTime, Error, Fen, Fields, Merchant};
+use crate::{ApiKey, BeijingTime, Error, Fen, Fields, Merchant, Nonce, SignType};
 
 /// The reply that tells WeChat Pay a notification was received and handled. Anything else,
 /// or no answer in time, makes it send the notification again.
@@ -293,6 +296,57 @@ impl PaymentNotification {
     }
 }
 
+impl PaymentNotification {
+    /// The notification as WeChat Pay posts it, signed with `key` and `sign_type`. A
+    /// `sign_type` field is included for HMAC-SHA256, as WeChat Pay does.
+    ///
+    /// # Errors
+    /// When a field cannot be written as XML.
+    pub fn encode(&self, key: &ApiKey, sign_type: SignType, nonce: &Nonce) -> Result<String, Error> {
+        let mut f = Fields::with_capacity(32);
+        f.insert("return_code", "SUCCESS")?;
+        f.insert("appid", self.appid.as_str())?;
+        f.insert("mch_id", self.mch_id.as_str())?;
+        f.insert("nonce_str", nonce.as_str())?;
+        f.insert("out_trade_no", self.out_trade_no.as_str())?;
+        if sign_type == SignType::HmacSha256 {
+            f.insert("sign_type", sign_type.as_str())?;
+        }
+        match &self.outcome {
+            PaymentOutcome::Paid {
+                transaction_id,
+                total_fee,
+                time_end,
+            } => {
+                f.insert("result_code", "SUCCESS")?;
+                f.insert("transaction_id", transaction_id.as_str())?;
+                f.insert("total_fee", num(total_fee))?;
+                f.insert("time_end", time_end.to_compact())?;
+            }
+            PaymentOutcome::Failed { code, description } => {
+                f.insert("result_code", "FAIL")?;
+                f.insert("err_code", code.as_str())?;
+                f.insert("err_code_des", description.as_str())?;
+            }
+        }
+        f.insert_opt("openid", self.openid.as_deref())?;
+        f.insert_opt("cash_fee", self.cash_fee.map(num))?;
+        f.insert_opt("settlement_total_fee", self.settlement_total_fee.map(num))?;
+        f.insert_opt("coupon_fee", self.coupon_fee.map(num))?;
+        insert_coupons(&mut f, &self.coupons)?;
+        f.insert_opt("fee_type", self.fee_type.as_deref())?;
+        f.insert_opt("cash_fee_type", self.cash_fee_type.as_deref())?;
+        f.insert_opt("bank_type", self.bank_type.as_deref())?;
+        f.insert_opt("trade_type", self.trade_type.as_ref().map(TradeType::as_str))?;
+        f.insert_opt("is_subscribe", self.is_subscribe.as_deref())?;
+        f.insert_opt("attach", self.attach.as_deref())?;
+        f.insert_opt("device_info", self.device_info.as_deref())?;
+        insert_extra(&mut f, &self.extra)?;
+        f.sign(key, sign_type);
+        f.to_xml()
+    }
+}
+
 /// A refund notification, decrypted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RefundNotification {
@@ -381,6 +435,43 @@ impl RefundNotification {
                 &[],
             ),
         })
+    }
+}
+
+impl RefundNotification {
+    /// The notification as WeChat Pay posts it: the refund's fields in a `<root>` document,
+    /// encrypted into `req_info` with `key`; no signature.
+    ///
+    /// # Errors
+    /// When a field cannot be written as XML.
+    pub fn encode(&self, key: &ApiKey, nonce: &Nonce) -> Result<String, Error> {
+        let mut inner = Fields::with_capacity(16);
+        inner.insert("transaction_id", self.transaction_id.as_str())?;
+        inner.insert("out_trade_no", self.out_trade_no.as_str())?;
+        inner.insert("refund_id", self.refund_id.as_str())?;
+        inner.insert("out_refund_no", self.out_refund_no.as_str())?;
+        inner.insert("total_fee", num(self.total_fee))?;
+        inner.insert_opt("settlement_total_fee", self.settlement_total_fee.map(num))?;
+        inner.insert("refund_fee", num(self.refund_fee))?;
+        inner.insert_opt("settlement_refund_fee", self.settlement_refund_fee.map(num))?;
+        inner.insert("refund_status", self.refund_status.as_str())?;
+        inner.insert_opt("success_time", self.success_time.map(BeijingTime::to_dashed))?;
+        inner.insert_opt("refund_recv_accout", self.refund_recv_accout.as_deref())?;
+        inner.insert_opt("refund_account", self.refund_account.as_deref())?;
+        inner.insert_opt("refund_request_source", self.refund_request_source.as_deref())?;
+        insert_extra(&mut inner, &self.extra)?;
+        let plain = crate::xml::write("root", inner.iter())?;
+        let req_info = encrypt_req_info(&plain, key);
+        crate::xml::write(
+            "xml",
+            [
+                ("return_code", "SUCCESS"),
+                ("appid", self.appid.as_str()),
+                ("mch_id", self.mch_id.as_str()),
+                ("nonce_str", nonce.as_str()),
+                ("req_info", req_info.as_str()),
+            ],
+        )
     }
 }
 

@@ -1,14 +1,15 @@
-//! The APIv2 calls of a mini program merchant: order, query, close, refund, refund query and
-//! bill download.
+//! The order family of APIv2 calls: `pay/unifiedorder`, `pay/orderquery` and
+//! `pay/closeorder`, each with both directions (the merchant's request and WeChat Pay's reading
+//! of it; WeChat Pay's answer and the merchant's reading of it).
 
 use std::collections::BTreeMap;
 
+use super::fields_util::{parse_with, request_extra};
 use super::{
     FromFields, ToFields, V2Call, check_notify_url, check_text, decode_signed, extra_fields, fen, insert_extra, num,
     opt_count, opt_fen, opt_string,
 };
-use crate::v2::bill::{Bill, BillType};
-use crate::{BeijingTime, Error, Fen, Fields, Merchant, OutRefundNo, OutTradeNo};
+use crate::{BeijingTime, Error, Fen, Fields, Merchant, OutTradeNo};
 
 /// `trade_type`: how the payment is made. Mini programs use [`TradeType::Jsapi`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
@@ -206,6 +207,56 @@ impl ToFields for UnifiedOrder {
     }
 }
 
+impl FromFields for UnifiedOrder {
+    fn from_fields(f: &Fields<'_>) -> Result<Self, Error> {
+        let order = UnifiedOrder {
+            body: f.require("body")?.to_owned(),
+            out_trade_no: parse_with(f, "out_trade_no", |s| OutTradeNo::new(s))?,
+            total_fee: parse_with(f, "total_fee", Fen::parse)?,
+            spbill_create_ip: f.require("spbill_create_ip")?.to_owned(),
+            notify_url: f.require("notify_url")?.to_owned(),
+            trade_type: TradeType::parse(f.require("trade_type")?),
+            openid: opt_string(f, "openid"),
+            attach: opt_string(f, "attach"),
+            detail: opt_string(f, "detail"),
+            device_info: opt_string(f, "device_info"),
+            fee_type: opt_string(f, "fee_type"),
+            time_start: opt_time(f, "time_start")?,
+            time_expire: opt_time(f, "time_expire")?,
+            goods_tag: opt_string(f, "goods_tag"),
+            limit_pay: opt_string(f, "limit_pay"),
+            receipt: opt_string(f, "receipt"),
+            profit_sharing: opt_string(f, "profit_sharing"),
+            scene_info: opt_string(f, "scene_info"),
+            extra: request_extra(
+                f,
+                &[
+                    "attach",
+                    "body",
+                    "detail",
+                    "device_info",
+                    "fee_type",
+                    "goods_tag",
+                    "limit_pay",
+                    "notify_url",
+                    "openid",
+                    "out_trade_no",
+                    "profit_sharing",
+                    "receipt",
+                    "scene_info",
+                    "spbill_create_ip",
+                    "time_expire",
+                    "time_start",
+                    "total_fee",
+                    "trade_type",
+                ],
+            ),
+        };
+        order.check()?;
+        Ok(order)
+    }
+}
+
 /// The answer to [`UnifiedOrder`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnifiedOrderResponse {
@@ -240,6 +291,17 @@ impl FromFields for UnifiedOrderResponse {
     }
 }
 
+impl ToFields for UnifiedOrderResponse {
+    fn to_fields<'a>(&'a self, out: &mut Fields<'a>) -> Result<(), Error> {
+        out.insert("prepay_id", self.prepay_id.as_str())?;
+        out.insert("trade_type", self.trade_type.as_str())?;
+        out.insert_opt("code_url", self.code_url.as_deref())?;
+        out.insert_opt("mweb_url", self.mweb_url.as_deref())?;
+        out.insert_opt("device_info", self.device_info.as_deref())?;
+        insert_extra(out, &self.extra)
+    }
+}
+
 impl V2Call for UnifiedOrder {
     type Response = UnifiedOrderResponse;
     const PATH: &'static str = "/pay/unifiedorder";
@@ -259,7 +321,7 @@ pub enum OrderRef {
 }
 
 impl OrderRef {
-    fn to_fields<'a>(&'a self, out: &mut Fields<'a>) -> Result<(), Error> {
+    pub(super) fn to_fields<'a>(&'a self, out: &mut Fields<'a>) -> Result<(), Error> {
         match self {
             OrderRef::OutTradeNo(n) => out.insert("out_trade_no", n.as_str()),
             OrderRef::TransactionId(t) => {
@@ -278,6 +340,17 @@ pub(crate) fn check_transaction_id(t: &str) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+pub(super) fn order_ref(f: &Fields<'_>) -> Result<OrderRef, Error> {
+    // WeChat Pay prefers transaction_id when both are given.
+    if let Some(t) = f.optional("transaction_id") {
+        check_transaction_id(t)?;
+        return Ok(OrderRef::TransactionId(t.to_owned()));
+    }
+    Ok(OrderRef::OutTradeNo(parse_with(f, "out_trade_no", |s| {
+        OutTradeNo::new(s)
+    })?))
 }
 
 /// `pay/orderquery`: the state of an order.
@@ -311,6 +384,15 @@ impl ToFields for OrderQuery {
     fn to_fields<'a>(&'a self, out: &mut Fields<'a>) -> Result<(), Error> {
         self.order.to_fields(out)?;
         insert_extra(out, &self.extra)
+    }
+}
+
+impl FromFields for OrderQuery {
+    fn from_fields(f: &Fields<'_>) -> Result<Self, Error> {
+        Ok(OrderQuery {
+            order: order_ref(f)?,
+            extra: request_extra(f, &["out_trade_no", "transaction_id"]),
+        })
     }
 }
 
@@ -401,6 +483,21 @@ pub(crate) fn read_coupons(f: &Fields<'_>, count: Option<u32>) -> Result<Vec<Cou
     Ok(out)
 }
 
+pub(super) fn insert_coupons<'a>(out: &mut Fields<'a>, coupons: &'a [Coupon]) -> Result<(), Error> {
+    if coupons.is_empty() {
+        return Ok(());
+    }
+    out.insert("coupon_count", num(coupons.len()))?;
+    for (n, c) in coupons.iter().enumerate() {
+        out.insert(format!("coupon_id_{n}"), c.id.as_str())?;
+        out.insert(format!("coupon_fee_{n}"), num(c.fee))?;
+        if let Some(k) = &c.kind {
+            out.insert(format!("coupon_type_{n}"), k.as_str())?;
+        }
+    }
+    Ok(())
+}
+
 /// The answer to [`OrderQuery`]. For an unpaid or closed order WeChat Pay sends only a few
 /// fields, so the payment fields are optional; they are present when [`TradeState::is_paid`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -466,7 +563,7 @@ const ORDER_QUERY_KNOWN: &[&str] = &[
     "transaction_id",
 ];
 
-pub(crate) fn opt_time(f: &Fields<'_>, name: &str) -> Result<Option<BeijingTime>, Error> {
+fn opt_time(f: &Fields<'_>, name: &str) -> Result<Option<BeijingTime>, Error> {
     f.optional(name)
         .map(|v| BeijingTime::parse_compact(v).map_err(|e| Error::field(name, e.to_string())))
         .transpose()
@@ -512,6 +609,30 @@ impl FromFields for OrderQueryResponse {
     }
 }
 
+impl ToFields for OrderQueryResponse {
+    fn to_fields<'a>(&'a self, out: &mut Fields<'a>) -> Result<(), Error> {
+        out.insert("trade_state", self.trade_state.as_str())?;
+        out.insert_opt("trade_state_desc", self.trade_state_desc.as_deref())?;
+        out.insert("out_trade_no", self.out_trade_no.as_str())?;
+        out.insert_opt("transaction_id", self.transaction_id.as_deref())?;
+        out.insert_opt("total_fee", self.total_fee.map(num))?;
+        out.insert_opt("cash_fee", self.cash_fee.map(num))?;
+        out.insert_opt("settlement_total_fee", self.settlement_total_fee.map(num))?;
+        out.insert_opt("coupon_fee", self.coupon_fee.map(num))?;
+        insert_coupons(out, &self.coupons)?;
+        out.insert_opt("fee_type", self.fee_type.as_deref())?;
+        out.insert_opt("cash_fee_type", self.cash_fee_type.as_deref())?;
+        out.insert_opt("openid", self.openid.as_deref())?;
+        out.insert_opt("is_subscribe", self.is_subscribe.as_deref())?;
+        out.insert_opt("trade_type", self.trade_type.as_ref().map(TradeType::as_str))?;
+        out.insert_opt("bank_type", self.bank_type.as_deref())?;
+        out.insert_opt("time_end", self.time_end.map(BeijingTime::to_compact))?;
+        out.insert_opt("attach", self.attach.as_deref())?;
+        out.insert_opt("device_info", self.device_info.as_deref())?;
+        insert_extra(out, &self.extra)
+    }
+}
+
 impl V2Call for OrderQuery {
     type Response = OrderQueryResponse;
     const PATH: &'static str = "/pay/orderquery";
@@ -546,6 +667,15 @@ impl ToFields for CloseOrder {
     }
 }
 
+impl FromFields for CloseOrder {
+    fn from_fields(f: &Fields<'_>) -> Result<Self, Error> {
+        Ok(CloseOrder {
+            out_trade_no: parse_with(f, "out_trade_no", |s| OutTradeNo::new(s))?,
+            extra: request_extra(f, &["out_trade_no"]),
+        })
+    }
+}
+
 /// The answer to [`CloseOrder`]: success carries nothing but `result_msg`. `ORDERPAID`
 /// arrives as [`Error::Business`] and means the order must be treated as paid.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -565,6 +695,13 @@ impl FromFields for CloseOrderResponse {
     }
 }
 
+impl ToFields for CloseOrderResponse {
+    fn to_fields<'a>(&'a self, out: &mut Fields<'a>) -> Result<(), Error> {
+        out.insert_opt("result_msg", self.result_msg.as_deref())?;
+        insert_extra(out, &self.extra)
+    }
+}
+
 impl V2Call for CloseOrder {
     type Response = CloseOrderResponse;
     const PATH: &'static str = "/pay/closeorder";
@@ -573,462 +710,17 @@ impl V2Call for CloseOrder {
     }
 }
 
-/// `secapi/pay/refund`: asks for a refund of part or all of a paid order. Needs the
-/// merchant's client certificate. A success answer means the refund was *accepted*; its
-/// outcome comes from [`RefundQuery`] or the refund notification. To retry, send the same
-/// `out_refund_no` with the same amounts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Refund {
-    /// The order refunded.
-    pub order: OrderRef,
-    /// `out_refund_no`: the merchant's refund number; one number is refunded at most once.
-    pub out_refund_no: OutRefundNo,
-    /// `total_fee`: the order's amount.
-    pub total_fee: Fen,
-    /// `refund_fee`: the amount to refund, at least 1 and at most `total_fee`.
-    pub refund_fee: Fen,
-    /// `refund_fee_type`; default `CNY`.
-    pub refund_fee_type: Option<String>,
-    /// `refund_desc`: the reason shown to the payer (at most 80 characters).
-    pub refund_desc: Option<String>,
-    /// `refund_account`: `REFUND_SOURCE_UNSETTLED_FUNDS` or `REFUND_SOURCE_RECHARGE_FUNDS`.
-    pub refund_account: Option<String>,
-    /// `notify_url`: where the refund notification goes.
-    pub notify_url: Option<String>,
-    /// Any other field; signed and sent as is.
-    pub extra: BTreeMap<String, String>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Refund {
-    /// A refund of `refund_fee` out of an order of `total_fee`.
-    pub fn new(order: OrderRef, out_refund_no: OutRefundNo, total_fee: Fen, refund_fee: Fen) -> Refund {
-        Refund {
-            order,
-            out_refund_no,
-            total_fee,
-            refund_fee,
-            refund_fee_type: None,
-            refund_desc: None,
-            refund_account: None,
-            notify_url: None,
-            extra: BTreeMap::new(),
-        }
-    }
-}
-
-impl Refund {
-    /// Checks the rules WeChat Pay applies to a refund request: amounts of at least 1 fen,
-    /// a refund no larger than the order, the reason's length, the notification URL and the
-    /// funds account.
-    ///
-    /// # Errors
-    /// [`Error::InvalidField`] naming the field.
-    pub fn check(&self) -> Result<(), Error> {
-        if self.total_fee == Fen::ZERO {
-            return Err(Error::field("total_fee", "must be at least 1 fen"));
-        }
-        if self.refund_fee == Fen::ZERO {
-            return Err(Error::field("refund_fee", "must be at least 1 fen"));
-        }
-        if self.refund_fee > self.total_fee {
-            return Err(Error::field(
-                "refund_fee",
-                format!(
-                    "{} fen is more than the order's {} fen",
-                    self.refund_fee, self.total_fee
-                ),
-            ));
-        }
-        if let OrderRef::TransactionId(t) = &self.order {
-            check_transaction_id(t)?;
-        }
-        if let Some(d) = &self.refund_desc {
-            check_text("refund_desc", d, 80)?;
-        }
-        if let Some(u) = &self.notify_url {
-            check_notify_url("notify_url", u)?;
-        }
-        if let Some(a) = &self.refund_account {
-            if !matches!(
-                a.as_str(),
-                "REFUND_SOURCE_UNSETTLED_FUNDS" | "REFUND_SOURCE_RECHARGE_FUNDS"
-            ) {
-                return Err(Error::field(
-                    "refund_account",
-                    format!("{a:?} is not REFUND_SOURCE_UNSETTLED_FUNDS or REFUND_SOURCE_RECHARGE_FUNDS"),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-impl ToFields for Refund {
-    fn to_fields<'a>(&'a self, out: &mut Fields<'a>) -> Result<(), Error> {
-        self.check()?;
-        self.order.to_fields(out)?;
-        out.insert("out_refund_no", self.out_refund_no.as_str())?;
-        out.insert("total_fee", num(self.total_fee))?;
-        out.insert("refund_fee", num(self.refund_fee))?;
-        out.insert_opt("refund_fee_type", self.refund_fee_type.as_deref())?;
-        out.insert_opt("refund_desc", self.refund_desc.as_deref())?;
-        out.insert_opt("refund_account", self.refund_account.as_deref())?;
-        out.insert_opt("notify_url", self.notify_url.as_deref())?;
-        insert_extra(out, &self.extra)
-    }
-}
-
-/// The answer to [`Refund`]: the refund was accepted (not yet completed).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RefundResponse {
-    /// `transaction_id`.
-    pub transaction_id: String,
-    /// `out_trade_no`.
-    pub out_trade_no: String,
-    /// `out_refund_no`.
-    pub out_refund_no: String,
-    /// `refund_id`: WeChat Pay's refund number.
-    pub refund_id: String,
-    /// `refund_fee`.
-    pub refund_fee: Fen,
-    /// `settlement_refund_fee`.
-    pub settlement_refund_fee: Option<Fen>,
-    /// `total_fee`.
-    pub total_fee: Fen,
-    /// `settlement_total_fee`.
-    pub settlement_total_fee: Option<Fen>,
-    /// `cash_fee`.
-    pub cash_fee: Option<Fen>,
-    /// `cash_refund_fee`.
-    pub cash_refund_fee: Option<Fen>,
-    /// `coupon_refund_fee`.
-    pub coupon_refund_fee: Option<Fen>,
-    /// `coupon_refund_count`.
-    pub coupon_refund_count: Option<u32>,
-    /// `fee_type`.
-    pub fee_type: Option<String>,
-    /// `refund_channel` (usually empty).
-    pub refund_channel: Option<String>,
-    /// Fields this crate has no name for.
-    pub extra: BTreeMap<String, String>,
-}
-
-impl FromFields for RefundResponse {
-    fn from_fields(f: &Fields<'_>) -> Result<Self, Error> {
-        Ok(RefundResponse {
-            transaction_id: f.require("transaction_id")?.to_owned(),
-            out_trade_no: f.require("out_trade_no")?.to_owned(),
-            out_refund_no: f.require("out_refund_no")?.to_owned(),
-            refund_id: f.require("refund_id")?.to_owned(),
-            refund_fee: fen(f, "refund_fee")?,
-            settlement_refund_fee: opt_fen(f, "settlement_refund_fee")?,
-            total_fee: fen(f, "total_fee")?,
-            settlement_total_fee: opt_fen(f, "settlement_total_fee")?,
-            cash_fee: opt_fen(f, "cash_fee")?,
-            cash_refund_fee: opt_fen(f, "cash_refund_fee")?,
-            coupon_refund_fee: opt_fen(f, "coupon_refund_fee")?,
-            coupon_refund_count: opt_count(f, "coupon_refund_count")?,
-            fee_type: opt_string(f, "fee_type"),
-            refund_channel: opt_string(f, "refund_channel"),
-            extra: extra_fields(
-                f,
-                &[
-                    "cash_fee",
-                    "cash_refund_fee",
-                    "coupon_refund_count",
-                    "coupon_refund_fee",
-                    "fee_type",
-                    "out_refund_no",
-                    "out_trade_no",
-                    "refund_channel",
-                    "refund_fee",
-                    "refund_id",
-                    "settlement_refund_fee",
-                    "settlement_total_fee",
-                    "total_fee",
-                    "transaction_id",
-                ],
-                &[],
-            ),
-        })
-    }
-}
-
-impl V2Call for Refund {
-    type Response = RefundResponse;
-    const PATH: &'static str = "/secapi/pay/refund";
-    const CLIENT_CERT: bool = true;
-    fn decode(body: &[u8], merchant: &Merchant) -> Result<Self::Response, Error> {
-        decode_signed(body, merchant)
-    }
-}
-
-/// Which refunds a [`RefundQuery`] asks about, in WeChat Pay's order of precedence.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum RefundRef {
-    /// One refund by WeChat Pay's refund number.
-    RefundId(String),
-    /// One refund by the merchant's refund number.
-    OutRefundNo(OutRefundNo),
-    /// All refunds of an order by WeChat Pay's order number.
-    TransactionId(String),
-    /// All refunds of an order by the merchant's order number.
-    OutTradeNo(OutTradeNo),
-}
-
-/// `pay/refundquery`: the state of refunds.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RefundQuery {
-    /// What is asked about.
-    pub by: RefundRef,
-    /// `offset`: for orders with more than 10 refunds, the first refund to return.
-    pub offset: Option<u32>,
-    /// Any other field; signed and sent as is.
-    pub extra: BTreeMap<String, String>,
-}
-
-impl RefundQuery {
-    /// Asks about the refund `out_refund_no`.
-    pub fn by_out_refund_no(out_refund_no: OutRefundNo) -> RefundQuery {
-        RefundQuery {
-            by: RefundRef::OutRefundNo(out_refund_no),
-            offset: None,
-            extra: BTreeMap::new(),
-        }
-    }
-}
-
-impl ToFields for RefundQuery {
-    fn to_fields<'a>(&'a self, out: &mut Fields<'a>) -> Result<(), Error> {
-        match &self.by {
-            RefundRef::RefundId(id) => {
-                if id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                    return Err(Error::field(
-                        "refund_id",
-                        format!("{id:?} is not a WeChat Pay refund number"),
-                    ));
-                }
-                out.insert("refund_id", id.as_str())?;
-            }
-            RefundRef::OutRefundNo(n) => out.insert("out_refund_no", n.as_str())?,
-            RefundRef::TransactionId(t) => {
-                check_transaction_id(t)?;
-                out.insert("transaction_id", t.as_str())?;
-            }
-            RefundRef::OutTradeNo(n) => out.insert("out_trade_no", n.as_str())?,
-        }
-        out.insert_opt("offset", self.offset.map(num))?;
-        insert_extra(out, &self.extra)
-    }
-}
-
-/// `refund_status_$n`: where a refund is.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum RefundStatus {
-    /// `SUCCESS`: the money went back.
-    Success,
-    /// `REFUNDCLOSE`: the refund was closed; it failed.
-    RefundClose,
-    /// `PROCESSING`: still going.
-    Processing,
-    /// `CHANGE`: abnormal (the card was frozen or cancelled); needs a human.
-    Change,
-    /// A value this crate does not know.
-    Other(String),
-}
-
-impl RefundStatus {
-    /// Reads the wire value.
-    pub fn parse(s: &str) -> RefundStatus {
-        match s {
-            "SUCCESS" => RefundStatus::Success,
-            "REFUNDCLOSE" => RefundStatus::RefundClose,
-            "PROCESSING" => RefundStatus::Processing,
-            "CHANGE" => RefundStatus::Change,
-            other => RefundStatus::Other(other.to_owned()),
-        }
-    }
-
-    /// The wire value.
-    pub fn as_str(&self) -> &str {
-        match self {
-            RefundStatus::Success => "SUCCESS",
-            RefundStatus::RefundClose => "REFUNDCLOSE",
-            RefundStatus::Processing => "PROCESSING",
-            RefundStatus::Change => "CHANGE",
-            RefundStatus::Other(s) => s,
-        }
-    }
-}
-
-/// One refund in a [`RefundQueryResponse`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RefundRecord {
-    /// `out_refund_no_$n`.
-    pub out_refund_no: String,
-    /// `refund_id_$n`.
-    pub refund_id: String,
-    /// `refund_fee_$n`.
-    pub refund_fee: Fen,
-    /// `settlement_refund_fee_$n`.
-    pub settlement_refund_fee: Option<Fen>,
-    /// `refund_status_$n`.
-    pub refund_status: RefundStatus,
-    /// `refund_channel_$n`.
-    pub refund_channel: Option<String>,
-    /// `refund_account_$n`.
-    pub refund_account: Option<String>,
-    /// `refund_recv_accout_$n` (WeChat Pay's spelling).
-    pub refund_recv_accout: Option<String>,
-    /// `refund_success_time_$n` (`yyyy-MM-dd HH:mm:ss`).
-    pub refund_success_time: Option<BeijingTime>,
-    /// `coupon_refund_fee_$n`.
-    pub coupon_refund_fee: Option<Fen>,
-    /// `coupon_refund_count_$n`.
-    pub coupon_refund_count: Option<u32>,
-}
-
-/// The answer to [`RefundQuery`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RefundQueryResponse {
-    /// `transaction_id`.
-    pub transaction_id: String,
-    /// `out_trade_no`.
-    pub out_trade_no: String,
-    /// `total_fee`.
-    pub total_fee: Fen,
-    /// `settlement_total_fee`.
-    pub settlement_total_fee: Option<Fen>,
-    /// `cash_fee`.
-    pub cash_fee: Option<Fen>,
-    /// `fee_type`.
-    pub fee_type: Option<String>,
-    /// `refund_fee`: the sum of the refunds in this answer.
-    pub refund_fee: Option<Fen>,
-    /// `total_refund_count` (only when `offset` was sent).
-    pub total_refund_count: Option<u32>,
-    /// The refunds, from `_0` to `_{refund_count-1}`.
-    pub refunds: Vec<RefundRecord>,
-    /// Fields this crate has no name for.
-    pub extra: BTreeMap<String, String>,
-}
-
-impl FromFields for RefundQueryResponse {
-    fn from_fields(f: &Fields<'_>) -> Result<Self, Error> {
-        let count = opt_count(f, "refund_count")?.ok_or_else(|| Error::MissingField("refund_count".into()))?;
-        let mut refunds = Vec::with_capacity(count.min(50) as usize);
-        for n in 0..count.min(1000) {
-            let name = |p: &str| format!("{p}_{n}");
-            let status = f.require(&name("refund_status"))?;
-            let success_time = f
-                .optional(&name("refund_success_time"))
-                .map(|v| {
-                    BeijingTime::parse_dashed(v).map_err(|e| Error::field(&name("refund_success_time"), e.to_string()))
-                })
-                .transpose()?;
-            refunds.push(RefundRecord {
-                out_refund_no: f.require(&name("out_refund_no"))?.to_owned(),
-                refund_id: f.require(&name("refund_id"))?.to_owned(),
-                refund_fee: fen(f, &name("refund_fee"))?,
-                settlement_refund_fee: opt_fen(f, &name("settlement_refund_fee"))?,
-                refund_status: RefundStatus::parse(status),
-                refund_channel: opt_string(f, &name("refund_channel")),
-                refund_account: opt_string(f, &name("refund_account")),
-                refund_recv_accout: opt_string(f, &name("refund_recv_accout")),
-                refund_success_time: success_time,
-                coupon_refund_fee: opt_fen(f, &name("coupon_refund_fee"))?,
-                coupon_refund_count: opt_count(f, &name("coupon_refund_count"))?,
-            });
-        }
-        Ok(RefundQueryResponse {
-            transaction_id: f.require("transaction_id")?.to_owned(),
-            out_trade_no: f.require("out_trade_no")?.to_owned(),
-            total_fee: fen(f, "total_fee")?,
-            settlement_total_fee: opt_fen(f, "settlement_total_fee")?,
-            cash_fee: opt_fen(f, "cash_fee")?,
-            fee_type: opt_string(f, "fee_type"),
-            refund_fee: opt_fen(f, "refund_fee")?,
-            total_refund_count: opt_count(f, "total_refund_count")?,
-            refunds,
-            extra: extra_fields(
-                f,
-                &[
-                    "cash_fee",
-                    "cash_refund_fee",
-                    "coupon_refund_fee",
-                    "fee_type",
-                    "out_trade_no",
-                    "refund_count",
-                    "refund_fee",
-                    "settlement_total_fee",
-                    "total_fee",
-                    "total_refund_count",
-                    "transaction_id",
-                ],
-                &[
-                    "coupon_refund_count",
-                    "coupon_refund_fee",
-                    "coupon_refund_id",
-                    "coupon_type",
-                    "out_refund_no",
-                    "refund_account",
-                    "refund_channel",
-                    "refund_fee",
-                    "refund_id",
-                    "refund_recv_accout",
-                    "refund_status",
-                    "refund_success_time",
-                    "settlement_refund_fee",
-                ],
-            ),
-        })
-    }
-}
-
-impl V2Call for RefundQuery {
-    type Response = RefundQueryResponse;
-    const PATH: &'static str = "/pay/refundquery";
-    fn decode(body: &[u8], merchant: &Merchant) -> Result<Self::Response, Error> {
-        decode_signed(body, merchant)
-    }
-}
-
-/// `pay/downloadbill`: the day's transaction bill. The answer is not XML but the bill text;
-/// failures (`No Bill Exist`, `Bill Creating`, …) come as unsigned XML.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DownloadBill {
-    /// `bill_date`: the day, in Beijing time.
-    pub bill_date: BeijingTime,
-    /// `bill_type`.
-    pub bill_type: BillType,
-    /// Any other field; signed and sent as is.
-    pub extra: BTreeMap<String, String>,
-}
-
-impl ToFields for DownloadBill {
-    fn to_fields<'a>(&'a self, out: &mut Fields<'a>) -> Result<(), Error> {
-        out.insert("bill_date", self.bill_date.to_date_compact())?;
-        out.insert("bill_type", self.bill_type.as_str())?;
-        insert_extra(out, &self.extra)
-    }
-}
-
-impl V2Call for DownloadBill {
-    type Response = Bill;
-    const PATH: &'static str = "/pay/downloadbill";
-    const LARGE_ANSWER: bool = true;
-
-    /// Reads the bill, or the XML error that replaces it. The bill itself is not signed:
-    /// WeChat Pay sends it unsigned over TLS.
-    fn decode(body: &[u8], _merchant: &Merchant) -> Result<Bill, Error> {
-        let text = std::str::from_utf8(body)
-            .map_err(|e| Error::Bill(format!("the bill is not UTF-8 (byte {})", e.valid_up_to())))?;
-        let trimmed = text.trim_start_matches('\u{FEFF}').trim_start();
-        if trimmed.starts_with('<') {
-            let fields = crate::xml::read(body)?;
-            super::check_return_code(&fields)?;
-            return Err(Error::Bill("an XML answer that is not an error".into()));
-        }
-        Bill::parse(text)
+    #[test]
+    fn a_request_missing_a_field_says_which() {
+        let f: Fields<'_> = [("appid", "wx1"), ("body", "b")].into_iter().collect();
+        assert!(matches!(UnifiedOrder::from_fields(&f), Err(Error::MissingField(n)) if n == "out_trade_no"));
+        let f: Fields<'_> = [("out_trade_no", "bad no")].into_iter().collect();
+        assert!(
+            matches!(CloseOrder::from_fields(&f), Err(Error::InvalidField { field, .. }) if field == "out_trade_no")
+        );
     }
 }

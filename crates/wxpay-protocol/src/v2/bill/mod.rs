@@ -6,12 +6,19 @@
 //! the legacy ones (24/18/26) both read. Amounts are yuan with up to two decimals and become
 //! fen without any rounding; the summary is checked against the rows, so a truncated or
 //! altered bill is refused rather than half-read.
+//!
+//! The call that fetches it, [`DownloadBill`], lives here too, in both directions; writing a
+//! bill as WeChat Pay sends it is in `write`.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+use super::fields_util::request_extra;
+use super::{FromFields, ToFields, V2Call, insert_extra};
 use crate::types::parse_decimal_scaled;
-use crate::{BeijingTime, Error, Fen};
+use crate::{BeijingTime, Error, Fen, Fields, Merchant};
+
+mod write;
 
 /// `bill_type` of `downloadbill`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -539,6 +546,67 @@ impl Bill {
             }
         }
         Ok(())
+    }
+}
+
+/// `pay/downloadbill`: the day's transaction bill. The answer is not XML but the bill text;
+/// failures (`No Bill Exist`, `Bill Creating`, …) come as unsigned XML.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DownloadBill {
+    /// `bill_date`: the day, in Beijing time.
+    pub bill_date: BeijingTime,
+    /// `bill_type`.
+    pub bill_type: BillType,
+    /// Any other field; signed and sent as is.
+    pub extra: BTreeMap<String, String>,
+}
+
+impl ToFields for DownloadBill {
+    fn to_fields<'a>(&'a self, out: &mut Fields<'a>) -> Result<(), Error> {
+        out.insert("bill_date", self.bill_date.to_date_compact())?;
+        out.insert("bill_type", self.bill_type.as_str())?;
+        insert_extra(out, &self.extra)
+    }
+}
+
+impl FromFields for DownloadBill {
+    fn from_fields(f: &Fields<'_>) -> Result<Self, Error> {
+        let date = f.require("bill_date")?;
+        let bill_date = if date.len() == 8 {
+            BeijingTime::parse_compact(&format!("{date}000000")).ok()
+        } else {
+            None
+        }
+        .ok_or_else(|| Error::field("bill_date", format!("{date:?} is not a yyyyMMdd date")))?;
+        let bill_type = match f.optional("bill_type") {
+            None => BillType::All,
+            Some(t) => BillType::parse(t).map_err(|e| Error::field("bill_type", e.to_string()))?,
+        };
+        Ok(DownloadBill {
+            bill_date,
+            bill_type,
+            extra: request_extra(f, &["bill_date", "bill_type"]),
+        })
+    }
+}
+
+impl V2Call for DownloadBill {
+    type Response = Bill;
+    const PATH: &'static str = "/pay/downloadbill";
+    const LARGE_ANSWER: bool = true;
+
+    /// Reads the bill, or the XML error that replaces it. The bill itself is not signed:
+    /// WeChat Pay sends it unsigned over TLS.
+    fn decode(body: &[u8], _merchant: &Merchant) -> Result<Bill, Error> {
+        let text = std::str::from_utf8(body)
+            .map_err(|e| Error::Bill(format!("the bill is not UTF-8 (byte {})", e.valid_up_to())))?;
+        let trimmed = text.trim_start_matches('\u{FEFF}').trim_start();
+        if trimmed.starts_with('<') {
+            let fields = crate::xml::read(body)?;
+            super::check_return_code(&fields)?;
+            return Err(Error::Bill("an XML answer that is not an error".into()));
+        }
+        Bill::parse(text)
     }
 }
 

@@ -59,7 +59,7 @@ const ITEMS: &[(&str, &str, u64)] = &[
 const EVENTS_KEPT: usize = 500;
 
 pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
-    crate::init_logging(args.log_format);
+    let _log = crate::init_logging(args.log_format);
     let exposed = reachable_from_elsewhere(&args.listen)?;
     if exposed && !args.public {
         return Err(CliError::Usage(format!(

@@ -104,14 +104,25 @@ pub(crate) enum LogFormat {
     Json,
 }
 
+/// Keeps the log writer's thread running; dropping it writes out what is still queued. Hold
+/// it until the command ends.
+pub(crate) type LogGuard = Option<tracing_appender::non_blocking::WorkerGuard>;
+
 /// Installs the log subscriber: `WXPAY_LOG` (or `RUST_LOG`) filters, `info` by default.
-pub(crate) fn init_logging(format: LogFormat) {
-    init_logging_at(format, "info");
+#[must_use = "dropping the guard stops the log writer"]
+pub(crate) fn init_logging(format: LogFormat) -> LogGuard {
+    init_logging_at(format, "info")
 }
 
 /// Installs the log subscriber with another default level (`warn` for commands whose output
 /// is their report).
-pub(crate) fn init_logging_at(format: LogFormat, default: &str) {
+///
+/// Lines go to stderr through a writer thread of their own: a request that logs (every paid
+/// order does, at `info`) queues its line and goes on, instead of waiting for a `write` to
+/// stderr on its worker thread. The queue blocks rather than drops when it is full, so no
+/// line is lost to a burst; the writer thread batches what it finds queued into one write.
+#[must_use = "dropping the guard stops the log writer"]
+pub(crate) fn init_logging_at(format: LogFormat, default: &str) -> LogGuard {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("WXPAY_LOG")
         .ok()
@@ -120,14 +131,19 @@ pub(crate) fn init_logging_at(format: LogFormat, default: &str) {
         .unwrap_or_else(|| EnvFilter::new(default));
     // Colours only for a terminal: a log file or collector gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("wxpay-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    let _ = match format {
+        .with_writer(writer);
+    let installed = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+    installed.ok().map(|()| guard)
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -181,7 +181,7 @@ fn table(r: &Report, repair: bool) -> String {
 }
 
 pub(crate) fn run(args: ReconcileArgs) -> Result<(), CliError> {
-    crate::init_logging_at(crate::LogFormat::Pretty, "warn");
+    let _log = crate::init_logging_at(crate::LogFormat::Pretty, "warn");
     let (cfg, settings) = crate::serve::load_gateway(&args.config)?;
     let day = Day::parse(&args.date).map_err(|e| CliError::Usage(e.to_string()))?;
     let names: Vec<String> = match &args.merchant {

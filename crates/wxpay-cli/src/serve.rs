@@ -46,7 +46,7 @@ pub(crate) async fn open_app(path: &Path, cfg: Config, database_url: &str, pool_
 /// Runs the gateway until SIGTERM or Ctrl-C, then lets requests in flight and the current
 /// round of background work finish.
 pub(crate) fn serve(args: ServeArgs) -> Result<(), CliError> {
-    crate::init_logging(args.log_format);
+    let _log = crate::init_logging(args.log_format);
     let (cfg, settings) = load_gateway(&args.config)?;
     let merchants: Vec<String> = cfg
         .merchants
@@ -75,7 +75,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), CliError> {
 
 /// Creates or upgrades the schema and exits.
 pub(crate) fn migrate(args: MigrateArgs) -> Result<(), CliError> {
-    crate::init_logging(crate::LogFormat::Pretty);
+    let _log = crate::init_logging(crate::LogFormat::Pretty);
     let file = config::load(&args.config)?;
     let url = file
         .database

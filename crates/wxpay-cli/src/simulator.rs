@@ -48,7 +48,7 @@ pub(crate) struct SimulatorArgs {
 }
 
 pub(crate) fn run(args: SimulatorArgs) -> Result<(), CliError> {
-    crate::init_logging(args.log_format);
+    let _log = crate::init_logging(args.log_format);
     let mut config = SimConfig::new();
     if let Some(path) = &args.config {
         let file = config::load(path)?;

@@ -11,7 +11,8 @@
 # (not measured) and one signed payment notification per order is sent from 64 connections
 # (first deliveries only: every one moves an order to paid in its own durable transaction).
 # The gateway runs with synchronous=FULL on SQLite and default (synchronous_commit=on)
-# PostgreSQL: every acknowledged write is durable.
+# PostgreSQL: every acknowledged write is durable; it logs at its default level, info
+# (GATEWAY_LOG=warn to compare). wxpay-bench reports the gateway's CPU time per request.
 #
 # The peer (PEER_BENCH: a copy of ../shared/bench after its setup.sh) is the same load from
 # the same generator against its POST /orders and POST /notify, with its own mock upstream.
@@ -39,48 +40,9 @@ rm -f "$WORK"/*.txt "$WORK"/gateway.log
 cargo build -q --release -p wxpay-cli -p wxpay-bench
 BIN=target/release/wxpay
 BENCH=target/release/wxpay-bench
-PIDS=()
-stop_all() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done; PIDS=(); }
+# shellcheck source=scripts/bench-common.sh
+source scripts/bench-common.sh
 trap 'stop_all; [ -n "${PEER_BENCH:-}" ] && (cd "$PEER_BENCH" && service/run_peer.sh stop >/dev/null 2>&1) || true' EXIT
-wait_http() { for _ in $(seq 1 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "timeout waiting for $1" >&2; exit 1; }
-
-start_simulator() { # mode
-  WXPAY_LOG=warn "$BIN" simulator --listen "127.0.0.1:$SIM_PORT" --mode "$1" >"$WORK/simulator.log" 2>&1 &
-  PIDS+=($!)
-  wait_http "http://127.0.0.1:$SIM_PORT/simulator/health"
-}
-
-start_gateway() { # database url
-  cat >"$WORK/wxpay.toml" <<EOF
-[server]
-listen = "127.0.0.1:$PORT"
-public_url = "http://127.0.0.1:$PORT"
-api_tokens = ["$TOKEN"]
-
-[database]
-url = "$1"
-pool_size = 16
-
-[[merchants]]
-name = "default"
-appid = "wxd678efh567hg6787"
-app_secret = "wxpaysimulatortestappsecret00000"
-mch_id = "1230000109"
-api_key = "wxpaySimulatorTestKey0000000000A"
-base_url = "http://127.0.0.1:$SIM_PORT"
-sns_base_url = "http://127.0.0.1:$SIM_PORT"
-EOF
-  WXPAY_LOG=warn "$BIN" serve --config "$WORK/wxpay.toml" >>"$WORK/gateway.log" 2>&1 &
-  GW_PID=$!
-  PIDS+=($GW_PID)
-  wait_http "http://127.0.0.1:$PORT/readyz"
-}
-
-fresh_pg() {
-  psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS wxpay_bench WITH (FORCE)" >/dev/null
-  psql "$PG_ADMIN" -qc "CREATE DATABASE wxpay_bench" >/dev/null
-  echo "${PG_ADMIN%/*}/wxpay_bench"
-}
 
 run_engine() { # name, url-maker
   local name="$1" url

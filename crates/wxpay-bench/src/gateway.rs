@@ -117,6 +117,10 @@ pub(crate) struct GatewayArgs {
     /// Worker threads of the load generator.
     #[arg(long, default_value_t = 1)]
     pub(crate) threads: usize,
+    /// Instead of sending the notifications, write them to this file, one body per line, for
+    /// a third-party load tool (`wrk`); the orders they pay are created first, as for a run.
+    #[arg(long)]
+    write_notifications: Option<std::path::PathBuf>,
     /// The merchant the peer service is configured with (its appid, mch_id, API key).
     #[arg(long, default_value = "wx2421b1c4370ec43b,10000100,192006250b4c09247ec02edce69f6a2d")]
     peer_merchant: String,
@@ -184,10 +188,11 @@ pub(crate) async fn gateway(args: GatewayArgs) -> Result<(), String> {
         .await?;
         summary["orders"] = r.json.clone();
         say!(
-            "SUMMARY {name} orders: {:.0}/s p50 {:.2} ms p99 {:.2} ms peak RSS {}",
+            "SUMMARY {name} orders: {:.0}/s p50 {:.2} ms p99 {:.2} ms CPU {} peak RSS {}",
             r.rps,
             r.p50,
             r.p99,
+            r.cpu_us.map_or("-".to_owned(), |c| format!("{c:.0} µs/req")),
             r.rss_mib.map_or("-".to_owned(), |m| format!("{m:.1} MiB"))
         );
     }
@@ -197,6 +202,20 @@ pub(crate) async fn gateway(args: GatewayArgs) -> Result<(), String> {
         let prefix = format!("N{}x", run_id());
         let seeded = seed(&authority, &args, &prefix, orders_workload()).await?;
         let bodies = Arc::new(notifications(&merchant, &prefix, seeded, ORDER_FEE)?);
+        if let Some(file) = &args.write_notifications {
+            let mut out = Vec::with_capacity(bodies.iter().map(|b| b.len() + 1).sum());
+            for b in bodies.iter() {
+                // One body per line: the writer puts no line break inside a notification.
+                if b.contains(&b'\n') {
+                    return Err("a notification body holds a line break".into());
+                }
+                out.extend_from_slice(b);
+                out.push(b'\n');
+            }
+            std::fs::write(file, out).map_err(|e| format!("{}: {e}", file.display()))?;
+            say!("wrote {} notifications to {}", bodies.len(), file.display());
+            return Ok(());
+        }
         let path = match args.api {
             Api::Wxpay => "/notify/v2/pay",
             Api::Peer => "/notify",
@@ -234,11 +253,12 @@ pub(crate) async fn gateway(args: GatewayArgs) -> Result<(), String> {
         }
         summary["notify"] = r.json.clone();
         say!(
-            "SUMMARY {name} notifications: {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} first deliveries) peak RSS {}",
+            "SUMMARY {name} notifications: {:.0}/s p50 {:.2} ms p99 {:.2} ms ({} first deliveries) CPU {} peak RSS {}",
             r.rps,
             r.p50,
             r.p99,
             r.requests,
+            r.cpu_us.map_or("-".to_owned(), |c| format!("{c:.0} µs/req")),
             r.rss_mib.map_or("-".to_owned(), |m| format!("{m:.1} MiB"))
         );
     }

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use wxpay_protocol::v2::{self, UnifiedOrder};
 use wxpay_protocol::{Fen, Merchant, Nonce, OutTradeNo};
 
-use crate::process::{major_faults, rss_kib};
+use crate::process::{cpu_seconds, major_faults, rss_kib};
 use crate::workload::{Workload, answer_ok, order_request};
 
 struct Shared {
@@ -93,6 +93,9 @@ pub(crate) struct Report {
     pub(crate) p99: f64,
     /// The target's peak resident memory in MiB, when its pid was given.
     pub(crate) rss_mib: Option<f64>,
+    /// The target's CPU time (user + system) per successful request, in µs, when its pid
+    /// was given.
+    pub(crate) cpu_us: Option<f64>,
     /// The figures, as printed in JSON.
     pub(crate) json: serde_json::Value,
 }
@@ -125,10 +128,16 @@ pub(crate) async fn run_load(spec: Spec) -> Result<Report, String> {
         tasks.push(tokio::spawn(async move { connection(conn, shared).await }));
     }
     let started;
+    // The target's CPU time is read where the measured window starts and after the last
+    // answer: CPU per request is a figure that drifts far less than throughput on a shared
+    // machine, because other work slows the target without adding to its own CPU time.
+    let cpu_before;
     if finite {
+        cpu_before = spec.pid.and_then(cpu_seconds);
         started = Instant::now();
     } else {
         tokio::time::sleep(Duration::from_secs(spec.warmup)).await;
+        cpu_before = spec.pid.and_then(cpu_seconds);
         shared.recording.store(true, Ordering::SeqCst);
         started = Instant::now();
         tokio::time::sleep(Duration::from_secs(spec.duration)).await;
@@ -143,6 +152,7 @@ pub(crate) async fn run_load(spec: Spec) -> Result<Report, String> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = spec.pid.and_then(cpu_seconds);
     latencies.sort_unstable();
     let n = latencies.len();
     let pct = |p: f64| -> f64 {
@@ -208,6 +218,21 @@ pub(crate) async fn run_load(spec: Spec) -> Result<Report, String> {
         "errors": errors,
         "p50_ms": pct(50.0), "p90_ms": pct(90.0), "p99_ms": pct(99.0), "p999_ms": pct(99.9),
     });
+    let mut cpu_us = None;
+    if let (Some((u0, s0)), Some((u1, s1))) = (cpu_before, cpu_after) {
+        if n > 0 {
+            let per = (u1 - u0 + s1 - s0) * 1e6 / n as f64;
+            say!(
+                "server CPU: {per:.0} µs per request ({:.2} s user + {:.2} s system for {n} requests)",
+                u1 - u0,
+                s1 - s0
+            );
+            json["cpu_us_per_request"] = serde_json::json!(per);
+            json["cpu_user_s"] = serde_json::json!(u1 - u0);
+            json["cpu_system_s"] = serde_json::json!(s1 - s0);
+            cpu_us = Some(per);
+        }
+    }
     let mut rss_mib = None;
     if let Some(pid) = spec.pid {
         if let Some((rss, hwm)) = rss_kib(pid) {
@@ -236,6 +261,7 @@ pub(crate) async fn run_load(spec: Spec) -> Result<Report, String> {
         p50: pct(50.0),
         p99: pct(99.0),
         rss_mib,
+        cpu_us,
         json,
     })
 }

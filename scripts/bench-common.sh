@@ -1,0 +1,47 @@
+# Shared by the gateway's load scripts (sourced, not run): start and stop the simulator and
+# the gateway, wait for them, make a fresh PostgreSQL database. The caller sets BIN, WORK,
+# PORT, SIM_PORT, TOKEN and PG_ADMIN; GW_PID is the running gateway's pid.
+PIDS=()
+stop_all() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done; PIDS=(); }
+wait_http() { for _ in $(seq 1 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "timeout waiting for $1" >&2; exit 1; }
+
+start_simulator() { # mode
+  WXPAY_LOG=warn "$BIN" simulator --listen "127.0.0.1:$SIM_PORT" --mode "$1" >"$WORK/simulator.log" 2>&1 &
+  PIDS+=($!)
+  wait_http "http://127.0.0.1:$SIM_PORT/simulator/health"
+}
+
+start_gateway() { # database url
+  cat >"$WORK/wxpay.toml" <<EOF
+[server]
+listen = "127.0.0.1:$PORT"
+public_url = "http://127.0.0.1:$PORT"
+api_tokens = ["$TOKEN"]
+
+[database]
+url = "$1"
+pool_size = 16
+
+[[merchants]]
+name = "default"
+appid = "wxd678efh567hg6787"
+app_secret = "wxpaysimulatortestappsecret00000"
+mch_id = "1230000109"
+api_key = "wxpaySimulatorTestKey0000000000A"
+base_url = "http://127.0.0.1:$SIM_PORT"
+sns_base_url = "http://127.0.0.1:$SIM_PORT"
+EOF
+  # The gateway logs at its default level (every paid order at info) unless GATEWAY_LOG says
+  # otherwise: that is what a merchant runs.
+  WXPAY_LOG="${GATEWAY_LOG:-info}" "$BIN" serve --config "$WORK/wxpay.toml" >>"$WORK/gateway.log" 2>&1 &
+  GW_PID=$!
+  PIDS+=($GW_PID)
+  wait_http "http://127.0.0.1:$PORT/readyz"
+}
+
+fresh_pg() {
+  psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS wxpay_bench WITH (FORCE)" >/dev/null
+  psql "$PG_ADMIN" -qc "CREATE DATABASE wxpay_bench" >/dev/null
+  echo "${PG_ADMIN%/*}/wxpay_bench"
+}
+

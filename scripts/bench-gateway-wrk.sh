@@ -34,7 +34,7 @@ if ! command -v wrk >/dev/null; then
   echo "== installing wrk (Debian package)"
   if [ "$(id -u)" = 0 ]; then apt-get install -y -qq wrk >/dev/null; else sudo apt-get install -y -qq wrk >/dev/null; fi
 fi
-cargo build -q --release -p wxpay-cli -p wxpay-bench
+[ -n "${NO_BUILD:-}" ] || cargo build -q --release -p wxpay-cli -p wxpay-bench
 BIN=target/release/wxpay
 BENCH=target/release/wxpay-bench
 # shellcheck source=scripts/bench-common.sh

@@ -37,7 +37,7 @@ TOKEN=bench-token-0123456789abcdef
 WORK=target/bench-gateway
 mkdir -p "$WORK"
 rm -f "$WORK"/*.txt "$WORK"/gateway.log
-cargo build -q --release -p wxpay-cli -p wxpay-bench
+[ -n "${NO_BUILD:-}" ] || cargo build -q --release -p wxpay-cli -p wxpay-bench
 BIN=target/release/wxpay
 BENCH=target/release/wxpay-bench
 # shellcheck source=scripts/bench-common.sh

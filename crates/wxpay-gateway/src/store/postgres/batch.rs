@@ -8,7 +8,7 @@ use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
 use tokio::sync::{mpsc, oneshot};
 
-use super::rows::{ORDER_COLUMNS, order_columns_of, order_row};
+use super::rows::{ORDER_COLUMNS, order_by_number_sql, order_columns_of, order_row};
 use crate::store::{Created, NewOrder, NotificationRecord, Order, Payment, PaymentOutcome, StoreError, event_id};
 
 /// A new order waiting for its batch.
@@ -416,12 +416,10 @@ pub(super) async fn call_batch(
         .collect()
 }
 
-/// One new order in one statement.
-pub(super) async fn create_one(pool: &PgPool, n: NewOrder) -> Result<Created, StoreError> {
-    // One statement: the insert (or nothing, when the number is taken) and its
-    // `created` event.
+/// A new order and its `created` event in one statement; nothing when the number is taken.
+pub(super) fn create_one_sql() -> String {
     let i_cols = order_columns_of("i");
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    format!(
         "WITH i AS ( \
            INSERT INTO orders (merchant, out_trade_no, appid, mch_id, description, amount_fen, openid, attach, client_ip, \
            status, upstream, created_at, updated_at, expires_at, next_check_at, request_hash) \
@@ -432,40 +430,13 @@ pub(super) async fn create_one(pool: &PgPool, n: NewOrder) -> Result<Created, St
            SELECT i.id, $10, 'created', jsonb_build_object('amount_fen', i.amount_fen)::TEXT FROM i \
          ) \
          SELECT {i_cols} FROM i"
-    )))
-    .bind(&n.merchant)
-    .bind(&n.out_trade_no)
-    .bind(&n.appid)
-    .bind(&n.mch_id)
-    .bind(&n.description)
-    .bind(n.amount_fen)
-    .bind(&n.openid)
-    .bind(&n.attach)
-    .bind(&n.client_ip)
-    .bind(n.now)
-    .bind(n.expires_at)
-    .bind(n.first_check_at)
-    .bind(&n.request_hash)
-    .fetch_optional(pool)
-    .await?;
-    if let Some(row) = row {
-        return Ok(Created::New(order_row(&row)?));
-    }
-    // The number is taken: a fresh statement sees the order that has it.
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = $1 AND out_trade_no = $2"
-    )))
-    .bind(&n.merchant)
-    .bind(&n.out_trade_no)
-    .fetch_one(pool)
-    .await?;
-    Ok(Created::Existing(order_row(&row)?))
+    )
 }
 
-/// One prepay id in one statement.
-pub(super) async fn prepay_one(pool: &PgPool, order_id: i64, prepay_id: String, now: i64) -> Result<Order, StoreError> {
+/// A prepay id and its `prepay` event in one statement.
+pub(super) fn prepay_one_sql() -> String {
     let u_cols = order_columns_of("u");
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    format!(
         "WITH u AS ( \
            UPDATE orders SET prepay_id = $1, prepay_at = $2, upstream = 'created', upstream_error = NULL, updated_at = $2 \
            WHERE id = $3 RETURNING * \
@@ -474,12 +445,91 @@ pub(super) async fn prepay_one(pool: &PgPool, order_id: i64, prepay_id: String, 
            SELECT u.id, $2, 'prepay', jsonb_build_object('prepay_id', u.prepay_id)::TEXT FROM u \
          ) \
          SELECT {u_cols} FROM u"
-    )))
-    .bind(&prepay_id)
-    .bind(now)
-    .bind(order_id)
-    .fetch_one(pool)
-    .await?;
+    )
+}
+
+/// New orders and their `created` events in one statement, set-based.
+pub(super) fn create_batch_sql() -> String {
+    let out = order_columns_of("n");
+    format!(
+        "WITH input AS ( \
+           SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[], $7::TEXT[], \
+             $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::TEXT[]) WITH ORDINALITY \
+             AS t(merchant, out_trade_no, appid, mch_id, description, amount_fen, openid, attach, client_ip, now, expires_at, \
+             first_check_at, request_hash, idx) \
+         ), n AS ( \
+           INSERT INTO orders (merchant, out_trade_no, appid, mch_id, description, amount_fen, openid, attach, client_ip, \
+             status, upstream, created_at, updated_at, expires_at, next_check_at, request_hash) \
+           SELECT merchant, out_trade_no, appid, mch_id, description, amount_fen, openid, attach, client_ip, 'pending', 'new', \
+             now, now, expires_at, first_check_at, request_hash FROM input ORDER BY merchant, out_trade_no \
+           ON CONFLICT (merchant, out_trade_no) DO NOTHING RETURNING * \
+         ), ev AS ( \
+           INSERT INTO order_events (order_id, at, kind, detail) \
+           SELECT n.id, n.created_at, 'created', jsonb_build_object('amount_fen', n.amount_fen)::TEXT FROM n \
+         ) \
+         SELECT i.idx AS r_idx, {out} FROM input i LEFT JOIN n ON n.merchant = i.merchant AND n.out_trade_no = i.out_trade_no \
+         ORDER BY i.idx"
+    )
+}
+
+/// Prepay ids and their `prepay` events in one statement, set-based.
+pub(super) fn prepay_batch_sql() -> String {
+    let out = order_columns_of("u");
+    format!(
+        "WITH input AS ( \
+           SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[]) AS t(id, prepay_id, now) \
+         ), u AS ( \
+           UPDATE orders SET prepay_id = i.prepay_id, prepay_at = i.now, upstream = 'created', upstream_error = NULL, \
+             updated_at = i.now \
+           FROM input i WHERE orders.id = i.id RETURNING orders.* \
+         ), ev AS ( \
+           INSERT INTO order_events (order_id, at, kind, detail) \
+           SELECT u.id, u.prepay_at, 'prepay', jsonb_build_object('prepay_id', u.prepay_id)::TEXT FROM u \
+         ) \
+         SELECT {out} FROM u"
+    )
+}
+
+/// One new order in one statement.
+pub(super) async fn create_one(pool: &PgPool, n: NewOrder) -> Result<Created, StoreError> {
+    // One statement: the insert (or nothing, when the number is taken) and its
+    // `created` event.
+    let row = sqlx::query(sqlx::AssertSqlSafe(create_one_sql()))
+        .bind(&n.merchant)
+        .bind(&n.out_trade_no)
+        .bind(&n.appid)
+        .bind(&n.mch_id)
+        .bind(&n.description)
+        .bind(n.amount_fen)
+        .bind(&n.openid)
+        .bind(&n.attach)
+        .bind(&n.client_ip)
+        .bind(n.now)
+        .bind(n.expires_at)
+        .bind(n.first_check_at)
+        .bind(&n.request_hash)
+        .fetch_optional(pool)
+        .await?;
+    if let Some(row) = row {
+        return Ok(Created::New(order_row(&row)?));
+    }
+    // The number is taken: a fresh statement sees the order that has it.
+    let row = sqlx::query(sqlx::AssertSqlSafe(order_by_number_sql()))
+        .bind(&n.merchant)
+        .bind(&n.out_trade_no)
+        .fetch_one(pool)
+        .await?;
+    Ok(Created::Existing(order_row(&row)?))
+}
+
+/// One prepay id in one statement.
+pub(super) async fn prepay_one(pool: &PgPool, order_id: i64, prepay_id: String, now: i64) -> Result<Order, StoreError> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(prepay_one_sql()))
+        .bind(&prepay_id)
+        .bind(now)
+        .bind(order_id)
+        .fetch_one(pool)
+        .await?;
     order_row(&row)
 }
 
@@ -523,41 +573,22 @@ pub(super) async fn run_create_batch(pool: PgPool, jobs: Vec<CreateJob>) {
 pub(super) async fn create_batch(pool: &PgPool, jobs: &[CreateJob]) -> Result<Vec<Option<Order>>, StoreError> {
     let col = |f: fn(&NewOrder) -> String| jobs.iter().map(|j| f(&j.order)).collect::<Vec<_>>();
     let num = |f: fn(&NewOrder) -> i64| jobs.iter().map(|j| f(&j.order)).collect::<Vec<_>>();
-    let out = order_columns_of("n");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "WITH input AS ( \
-           SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[], $7::TEXT[], \
-             $8::TEXT[], $9::TEXT[], $10::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::TEXT[]) WITH ORDINALITY \
-             AS t(merchant, out_trade_no, appid, mch_id, description, amount_fen, openid, attach, client_ip, now, expires_at, \
-             first_check_at, request_hash, idx) \
-         ), n AS ( \
-           INSERT INTO orders (merchant, out_trade_no, appid, mch_id, description, amount_fen, openid, attach, client_ip, \
-             status, upstream, created_at, updated_at, expires_at, next_check_at, request_hash) \
-           SELECT merchant, out_trade_no, appid, mch_id, description, amount_fen, openid, attach, client_ip, 'pending', 'new', \
-             now, now, expires_at, first_check_at, request_hash FROM input ORDER BY merchant, out_trade_no \
-           ON CONFLICT (merchant, out_trade_no) DO NOTHING RETURNING * \
-         ), ev AS ( \
-           INSERT INTO order_events (order_id, at, kind, detail) \
-           SELECT n.id, n.created_at, 'created', jsonb_build_object('amount_fen', n.amount_fen)::TEXT FROM n \
-         ) \
-         SELECT i.idx AS r_idx, {out} FROM input i LEFT JOIN n ON n.merchant = i.merchant AND n.out_trade_no = i.out_trade_no \
-         ORDER BY i.idx"
-    )))
-    .bind(col(|o| o.merchant.clone()))
-    .bind(col(|o| o.out_trade_no.clone()))
-    .bind(col(|o| o.appid.clone()))
-    .bind(col(|o| o.mch_id.clone()))
-    .bind(col(|o| o.description.clone()))
-    .bind(num(|o| o.amount_fen))
-    .bind(col(|o| o.openid.clone()))
-    .bind(jobs.iter().map(|j| j.order.attach.clone()).collect::<Vec<_>>())
-    .bind(col(|o| o.client_ip.clone()))
-    .bind(num(|o| o.now))
-    .bind(num(|o| o.expires_at))
-    .bind(num(|o| o.first_check_at))
-    .bind(col(|o| o.request_hash.clone()))
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(create_batch_sql()))
+        .bind(col(|o| o.merchant.clone()))
+        .bind(col(|o| o.out_trade_no.clone()))
+        .bind(col(|o| o.appid.clone()))
+        .bind(col(|o| o.mch_id.clone()))
+        .bind(col(|o| o.description.clone()))
+        .bind(num(|o| o.amount_fen))
+        .bind(col(|o| o.openid.clone()))
+        .bind(jobs.iter().map(|j| j.order.attach.clone()).collect::<Vec<_>>())
+        .bind(col(|o| o.client_ip.clone()))
+        .bind(num(|o| o.now))
+        .bind(num(|o| o.expires_at))
+        .bind(num(|o| o.first_check_at))
+        .bind(col(|o| o.request_hash.clone()))
+        .fetch_all(pool)
+        .await?;
     if rows.len() != jobs.len() {
         return Err(StoreError::Db("an order batch answered for other orders".into()));
     }
@@ -604,24 +635,11 @@ pub(super) async fn run_prepay_batch(pool: PgPool, jobs: Vec<PrepayJob>) {
 
 /// Prepay ids in one statement, with their `prepay` events.
 pub(super) async fn prepay_batch(pool: &PgPool, jobs: &[PrepayJob]) -> Result<Vec<Order>, StoreError> {
-    let out = order_columns_of("u");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "WITH input AS ( \
-           SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::BIGINT[]) AS t(id, prepay_id, now) \
-         ), u AS ( \
-           UPDATE orders SET prepay_id = i.prepay_id, prepay_at = i.now, upstream = 'created', upstream_error = NULL, \
-             updated_at = i.now \
-           FROM input i WHERE orders.id = i.id RETURNING orders.* \
-         ), ev AS ( \
-           INSERT INTO order_events (order_id, at, kind, detail) \
-           SELECT u.id, u.prepay_at, 'prepay', jsonb_build_object('prepay_id', u.prepay_id)::TEXT FROM u \
-         ) \
-         SELECT {out} FROM u"
-    )))
-    .bind(jobs.iter().map(|j| j.order_id).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.prepay_id.clone()).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.now).collect::<Vec<_>>())
-    .fetch_all(pool)
-    .await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(prepay_batch_sql()))
+        .bind(jobs.iter().map(|j| j.order_id).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.prepay_id.clone()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.now).collect::<Vec<_>>())
+        .fetch_all(pool)
+        .await?;
     rows.iter().map(order_row).collect()
 }

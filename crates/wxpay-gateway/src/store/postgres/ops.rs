@@ -6,7 +6,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::PgStore;
 use super::batch::{CreateJob, PaymentJob, PrepayJob, apply_one, create_one, prepay_one};
 use super::refunds::{apply_refund, create_refund, import_refund, settle_refund};
-use super::rows::{ORDER_COLUMNS, REFUND_COLUMNS, order_row, refund_row};
+use super::rows::{ORDER_COLUMNS, REFUND_COLUMNS, order_by_number_sql, order_row, refund_row};
 use super::tx::{
     add_event, claim_due, insert_notification, lock_order_of_refund, order_by_id, refund_by_id, schedule, transition,
 };
@@ -96,13 +96,11 @@ impl Store for PgStore {
 
     fn order(&self, merchant: String, out_trade_no: String) -> Fut<'_, Option<Order>> {
         Box::pin(async move {
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = $1 AND out_trade_no = $2"
-            )))
-            .bind(merchant)
-            .bind(out_trade_no)
-            .fetch_optional(&self.pool)
-            .await?;
+            let row = sqlx::query(sqlx::AssertSqlSafe(order_by_number_sql()))
+                .bind(merchant)
+                .bind(out_trade_no)
+                .fetch_optional(&self.pool)
+                .await?;
             row.as_ref().map(order_row).transpose()
         })
     }

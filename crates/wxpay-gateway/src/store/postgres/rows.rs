@@ -73,3 +73,8 @@ pub(super) fn order_columns_of(alias: &str) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// An order by its merchant and number.
+pub(super) fn order_by_number_sql() -> String {
+    format!("SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = $1 AND out_trade_no = $2")
+}

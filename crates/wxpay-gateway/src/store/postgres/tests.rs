@@ -416,3 +416,125 @@ fn a_transaction_reported_for_two_orders_makes_a_batch_go_one_by_one() {
         db.drop_database().await;
     });
 }
+
+/// The statements on the hot paths (payments, new orders, prepay ids, lookups, the checks'
+/// claims), by name.
+fn hot_path_statements() -> Vec<(&'static str, String)> {
+    use super::batch::{
+        apply_payment_sql, apply_payments_sql, create_batch_sql, create_one_sql, prepay_batch_sql, prepay_one_sql,
+    };
+    use super::rows::{ORDER_COLUMNS, REFUND_COLUMNS, order_by_number_sql};
+    use super::tx::claim_due_sql;
+    vec![
+        ("payment", apply_payment_sql()),
+        ("payment batch", apply_payments_sql()),
+        ("new order", create_one_sql()),
+        ("new order batch", create_batch_sql()),
+        ("order by number", order_by_number_sql()),
+        ("prepay id", prepay_one_sql()),
+        ("prepay id batch", prepay_batch_sql()),
+        ("orders due for a check", claim_due_sql("orders", ORDER_COLUMNS)),
+        ("refunds due for a check", claim_due_sql("refunds", REFUND_COLUMNS)),
+    ]
+}
+
+/// The plan the store's own connections (the pool's settings: generic plans) make for `sql`:
+/// prepared, then explained with every parameter NULL (a generic plan does not look at them).
+async fn generic_plan(pool: &PgPool, sql: &str) -> String {
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PREPARE hot AS {sql}")))
+        .execute(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("PREPARE {sql}: {e}"));
+    let params: i32 = sqlx::query(
+        "SELECT coalesce(array_length(parameter_types, 1), 0) AS n FROM pg_prepared_statements WHERE name = 'hot'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap()
+    .get("n");
+    let nulls = vec!["NULL"; params as usize].join(", ");
+    let explain = if params == 0 {
+        "EXPLAIN EXECUTE hot".to_owned()
+    } else {
+        format!("EXPLAIN EXECUTE hot({nulls})")
+    };
+    let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(explain))
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql("DEALLOCATE hot").execute(&mut *conn).await.unwrap();
+    rows.iter()
+        .map(|r| r.get::<String, _>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Grows `orders` to `orders` rows and `refunds` to a tenth of that, without `ANALYZE`: the
+/// statistics stay those of a table that grew fast, as in a fresh deployment under load.
+async fn grow(pool: &PgPool, orders: i64) {
+    sqlx::query(
+        "INSERT INTO orders (merchant, out_trade_no, appid, mch_id, description, amount_fen, openid, client_ip, status, \
+         upstream, transaction_id, created_at, updated_at, expires_at, paid_at, next_check_at, request_hash) \
+         SELECT 'm', 'G' || g, 'wx1', '1900000109', 'd', 100, 'o', '127.0.0.1', \
+           CASE WHEN g % 3 = 0 THEN 'paid' ELSE 'pending' END, 'created', \
+           CASE WHEN g % 3 = 0 THEN 'T' || g END, g, g, g + 7200000, CASE WHEN g % 3 = 0 THEN g END, \
+           CASE WHEN g % 3 = 0 THEN NULL ELSE g END, 'h' \
+         FROM generate_series((SELECT count(*) FROM orders) + 1, $1) AS g",
+    )
+    .bind(orders)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO refunds (order_id, merchant, out_trade_no, out_refund_no, amount_fen, status, upstream, created_at, \
+         updated_at, next_check_at, request_hash) \
+         SELECT o.id, 'm', o.out_trade_no, 'R' || o.id, 1, 'pending', 'created', o.created_at, o.created_at, o.created_at, 'h' \
+         FROM orders o WHERE o.status = 'paid' AND o.id % 10 = 0 \
+           AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.order_id = o.id)",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[test]
+fn hot_path_statements_never_scan_orders_or_refunds_whole() {
+    let Some(admin) = admin_url() else { return };
+    run(async {
+        let db = Db::create(&admin).await;
+        let pool = &db.store.pool;
+        let mut checked = 0;
+        let mut whole = Vec::new();
+        for (rows, analyzed) in [(0, false), (10_000, false), (1_000_000, false), (1_000_000, true)] {
+            grow(pool, rows).await;
+            if analyzed {
+                sqlx::raw_sql("ANALYZE orders; ANALYZE refunds")
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+            for (name, sql) in hot_path_statements() {
+                let plan = generic_plan(pool, &sql).await;
+                for table in ["orders", "refunds"] {
+                    if plan.contains(&format!("Seq Scan on {table}")) {
+                        whole.push(format!(
+                            "{name} at {rows} orders (analyzed: {analyzed}) scans {table} whole:\n{plan}"
+                        ));
+                    }
+                }
+                // The plan is of the statement: it names the table the statement works on.
+                assert!(plan.contains("orders") || plan.contains("refunds"), "{name}: {plan}");
+                checked += 1;
+            }
+        }
+        db.drop_database().await;
+        assert_eq!(checked, 4 * hot_path_statements().len());
+        assert!(
+            whole.is_empty(),
+            "{} plans scan a table whole:\n{}",
+            whole.len(),
+            whole.join("\n\n")
+        );
+    });
+}

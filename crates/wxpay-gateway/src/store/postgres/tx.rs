@@ -188,6 +188,16 @@ pub(super) async fn add_refund_outbox(
 /// Claims up to `limit` pending rows of `table` (`orders` or `refunds`: the same
 /// `status`/`next_check_at` columns) due for a check, leasing them until `lease_until`.
 /// SKIP LOCKED: rows another gateway is claiming right now are left to it.
+/// Claims up to `$3` pending rows of `table` due at `$1` for a check, leasing them until `$2`.
+pub(super) fn claim_due_sql(table: &str, columns: &str) -> String {
+    format!(
+        "UPDATE {table} SET next_check_at = $2 WHERE id IN ( \
+           SELECT id FROM {table} WHERE status = 'pending' AND next_check_at IS NOT NULL AND next_check_at <= $1 \
+           ORDER BY next_check_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+         RETURNING {columns}"
+    )
+}
+
 pub(super) async fn claim_due(
     pool: &PgPool,
     table: &str,
@@ -196,17 +206,12 @@ pub(super) async fn claim_due(
     lease_until: i64,
     limit: u32,
 ) -> Result<Vec<PgRow>, StoreError> {
-    Ok(sqlx::query(sqlx::AssertSqlSafe(format!(
-        "UPDATE {table} SET next_check_at = $2 WHERE id IN ( \
-           SELECT id FROM {table} WHERE status = 'pending' AND next_check_at IS NOT NULL AND next_check_at <= $1 \
-           ORDER BY next_check_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
-         RETURNING {columns}"
-    )))
-    .bind(now)
-    .bind(lease_until)
-    .bind(i64::from(limit))
-    .fetch_all(pool)
-    .await?)
+    Ok(sqlx::query(sqlx::AssertSqlSafe(claim_due_sql(table, columns)))
+        .bind(now)
+        .bind(lease_until)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?)
 }
 
 /// Sets when a pending row of `table` is checked next (`None`: never), counting the check.

@@ -4,7 +4,9 @@
 //! payment, one for a batch) are pinned to [`payment_verdict`] by a property test that
 //! compares their verdicts and final rows with a sequential fold of it.
 
-use crate::store::{OrderStatus, RefundStatus};
+use crate::store::{
+    Order, OrderStatus, PaymentOutcome, Refund, RefundCreated, RefundOutcome, RefundStatus, StoreError,
+};
 
 /// An order, as a payment sees it.
 #[derive(Clone, Copy, Debug)]
@@ -193,6 +195,71 @@ pub(crate) fn settle(order_amount: i64, now: Refunded, amount: i64, succeeded: b
         Refunded {
             reserved_fen: now.reserved_fen - amount,
             ..now
+        }
+    }
+}
+
+/// What a refused payment verdict tells the caller, with the order it concerns.
+pub(crate) fn payment_refused(
+    verdict: PaymentVerdict,
+    order: Option<Order>,
+    got: i64,
+) -> Result<PaymentOutcome, StoreError> {
+    let order = || order.ok_or_else(|| StoreError::Db(format!("a {} payment without its order", verdict.as_str())));
+    Ok(match verdict {
+        PaymentVerdict::UnknownOrder => PaymentOutcome::UnknownOrder,
+        PaymentVerdict::AmountMismatch => PaymentOutcome::AmountMismatch {
+            expected: order()?.amount_fen,
+            got,
+        },
+        PaymentVerdict::Duplicate => PaymentOutcome::AlreadyPaid(order()?),
+        PaymentVerdict::PaidWithOther => PaymentOutcome::TransactionConflict(format!(
+            "the order is already paid with transaction {}",
+            order()?.transaction_id.as_deref().unwrap_or("?")
+        )),
+        PaymentVerdict::TransactionTaken => {
+            PaymentOutcome::TransactionConflict("the transaction id belongs to another order".into())
+        }
+        PaymentVerdict::Apply { .. } => {
+            return Err(StoreError::Db("an applied payment taken for a refused one".into()));
+        }
+    })
+}
+
+/// A refund as [`refund_verdict`] sees it.
+pub(crate) fn refund_facts(r: &Refund) -> RefundFacts<'_> {
+    RefundFacts {
+        out_trade_no: &r.out_trade_no,
+        amount_fen: r.amount_fen,
+        status: r.status,
+    }
+}
+
+/// What a refused refund verdict tells the caller, with the refund it concerns.
+pub(crate) fn refund_refused(
+    verdict: RefundVerdict,
+    refund: Option<Refund>,
+    got: i64,
+) -> Result<RefundOutcome, StoreError> {
+    let refund = || refund.ok_or_else(|| StoreError::Db(format!("a {verdict:?} refund verdict without its refund")));
+    Ok(match verdict {
+        RefundVerdict::UnknownRefund => RefundOutcome::UnknownRefund,
+        RefundVerdict::WrongOrder => RefundOutcome::WrongOrder,
+        RefundVerdict::AmountMismatch => RefundOutcome::AmountMismatch {
+            expected: refund()?.amount_fen,
+            got,
+        },
+        RefundVerdict::AlreadySettled => RefundOutcome::AlreadySettled(refund()?),
+        RefundVerdict::Conflict => RefundOutcome::Conflict(refund()?),
+        RefundVerdict::Settle => return Err(StoreError::Db("a settling refund taken for a refused one".into())),
+    })
+}
+
+impl From<Unreservable> for RefundCreated {
+    fn from(u: Unreservable) -> Self {
+        match u {
+            Unreservable::NotPaid(status) => RefundCreated::NotPaid(status),
+            Unreservable::Exceeds { available } => RefundCreated::Exceeds { available },
         }
     }
 }

@@ -14,12 +14,15 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::rules::{self, OrderFacts, PaymentVerdict, RefundVerdict, Refunded, payment_verdict, refund_verdict};
+use super::rules::{
+    self, OrderFacts, PaymentVerdict, RefundVerdict, Refunded, payment_refused, payment_verdict, refund_facts,
+    refund_refused, refund_verdict,
+};
 use super::{
     Created, DailyClaim, Event, Fut, IdemClaim, IdemKey, ImportedRefund, NewOrder, NewRefund, NotificationRecord,
     Order, OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated,
     RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store, StoreError, Upstream, event_id, event_payload,
-    order_status, payment_refused, refund_event_payload, refund_facts, refund_refused,
+    order_status, refund_event_payload,
 };
 
 const MIGRATIONS: &[(i64, &str)] = &[

@@ -747,8 +747,12 @@ impl Store for PgStore {
 
     fn stats(&self, now: i64) -> Fut<'_, Stats> {
         Box::pin(async move {
+            // These counts read whole tables by design; the pool prices sequential scans out
+            // (for the hot paths, see mod.rs), so they are allowed back for this transaction.
+            let mut tx = self.begin().await?;
+            sqlx::query("SET LOCAL enable_seqscan = on").execute(&mut *tx).await?;
             let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM orders GROUP BY status")
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *tx)
                 .await?;
             let orders_by_status = rows
                 .iter()
@@ -756,12 +760,13 @@ impl Store for PgStore {
                 .collect::<Result<Vec<_>, StoreError>>()?;
             let row =
                 sqlx::query("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE delivered_at IS NULL")
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *tx)
                     .await?;
             let oldest: Option<i64> = row.try_get("oldest")?;
             let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM refunds GROUP BY status")
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *tx)
                 .await?;
+            tx.commit().await?;
             let refunds_by_status = rows
                 .iter()
                 .map(|r| Ok((r.try_get::<String, _>("status")?, r.try_get::<i64, _>("n")?)))

@@ -5,10 +5,10 @@ use sqlx::Row;
 
 use super::rows::{REFUND_COLUMNS, refund_row};
 use super::tx::{Tx, add_event, add_refund_outbox, lock_order, order_by_id, refund_by_id, refund_by_number};
-use crate::store::rules::{self, RefundVerdict, Refunded};
+use crate::store::rules::{self, RefundVerdict, Refunded, refund_facts, refund_refused};
 use crate::store::{
     ImportedRefund, NewRefund, Order, Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement,
-    StoreError, order_status, refund_facts, refund_refused,
+    StoreError, order_status,
 };
 
 /// Raises a locked, paid order's reserved refund sum by `amount` if it stays within the

@@ -35,7 +35,7 @@ if ! command -v wrk >/dev/null; then
   if [ "$(id -u)" = 0 ]; then apt-get install -y -qq wrk >/dev/null; else sudo apt-get install -y -qq wrk >/dev/null; fi
 fi
 [ -n "${NO_BUILD:-}" ] || cargo build -q --release -p wxpay-cli -p wxpay-bench
-BIN=target/release/wxpay
+BIN="${BIN:-target/release/wxpay}"
 BENCH=target/release/wxpay-bench
 # shellcheck source=scripts/bench-common.sh
 source scripts/bench-common.sh

@@ -329,27 +329,10 @@ pub(crate) enum BillKind {
     },
 }
 
-/// The parameters of `wx.requestPayment`, with the names the mini program API wants.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub(crate) struct PayParams {
-    /// `appId`.
-    #[serde(rename = "appId")]
-    pub app_id: String,
-    /// `timeStamp`: Unix seconds as a string.
-    #[serde(rename = "timeStamp")]
-    pub time_stamp: String,
-    /// `nonceStr`.
-    #[serde(rename = "nonceStr")]
-    pub nonce_str: String,
-    /// `package`: `prepay_id=…`.
-    pub package: String,
-    /// `signType`.
-    #[serde(rename = "signType")]
-    pub sign_type: String,
-    /// `paySign`.
-    #[serde(rename = "paySign")]
-    pub pay_sign: String,
-}
+/// The parameters of `wx.requestPayment` (`appId`, `timeStamp`, `nonceStr`, `package`,
+/// `signType`, `paySign`): the mini program's API, the same whichever payment protocol
+/// signed them, so the protocol crate's one type serves every provider.
+pub(crate) use wxpay_protocol::v2::PayParams;
 
 /// What a progress display is told as a large answer arrives: bytes so far, and the total
 /// when known.

@@ -18,9 +18,10 @@ use std::net::SocketAddr;
 
 use crate::provider::{NoticeOutcome, NoticeRejected, PaymentNotice, RefundNotice};
 use crate::service::orders::{ORDER_CURRENCY, foreign_currency};
+use crate::service::refunds::settlement;
 use crate::service::state::Service;
 use crate::store::{
-    self, NotificationRecord, OrderStatus, Payment, PaymentOutcome, RefundOutcome, RefundResult, RefundStatus, Source,
+    self, NotificationRecord, OrderStatus, Payment, PaymentOutcome, RefundOutcome, RefundStatus, Source,
 };
 use crate::util::clip;
 
@@ -255,18 +256,7 @@ impl Service {
         if !succeeded {
             return self.refund_failure_reported(name, &notice, record).await;
         }
-        let result = RefundResult {
-            merchant: name.clone(),
-            out_refund_no: n.out_refund_no.clone(),
-            out_trade_no: notice.out_trade_no.clone(),
-            refund_id: n.refund_id.clone(),
-            amount_fen: n.amount.get() as i64,
-            succeeded,
-            upstream_status: n.state.as_str().to_owned(),
-            settled_at: n.settled_at.unwrap_or(now),
-            source: Source::Notification,
-            now,
-        };
+        let result = settlement(name, &notice.out_trade_no, n, succeeded, Source::Notification, now);
         let outcome = match self.inner.store.apply_refund(result, Some(record)).await {
             Ok(o) => o,
             Err(e) => {

@@ -9,7 +9,7 @@
 
 use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 
-use crate::provider::{Provider, ProviderError, RefundTerms, Refusal, Retry};
+use crate::provider::{Provider, ProviderError, RefundReport, RefundTerms, Refusal, Retry};
 use crate::service::error::{Conflict, ServiceError};
 use crate::service::numbers::Numbers;
 use crate::service::orders::stored_fen;
@@ -39,6 +39,30 @@ pub(crate) enum Synced {
     /// WeChat Pay says something the stored refund contradicts (a settled refund the other
     /// way, another order or amount): nothing was changed.
     Contradicts(String),
+}
+
+/// What the store is asked to apply for a settlement WeChat Pay reports (`succeeded` or
+/// failed) of a refund of `merchant`'s order `out_trade_no`, from a query or a notification.
+pub(crate) fn settlement(
+    merchant: &str,
+    out_trade_no: &str,
+    report: &RefundReport,
+    succeeded: bool,
+    source: Source,
+    now: i64,
+) -> RefundResult {
+    RefundResult {
+        merchant: merchant.to_owned(),
+        out_refund_no: report.out_refund_no.clone(),
+        out_trade_no: out_trade_no.to_owned(),
+        refund_id: report.refund_id.clone(),
+        amount_fen: report.amount.get() as i64,
+        succeeded,
+        upstream_status: report.state.as_str().to_owned(),
+        settled_at: report.settled_at.unwrap_or(now),
+        source,
+        now,
+    }
 }
 
 /// The stored numbers of a refund, typed again (they were checked when stored).
@@ -273,18 +297,14 @@ impl Service {
             };
             return Ok((refund, Synced::Processing));
         };
-        let result = RefundResult {
-            merchant: refund.merchant.clone(),
-            out_refund_no: refund.out_refund_no.clone(),
-            out_trade_no: answer.out_trade_no.clone(),
-            refund_id: record.refund_id.clone(),
-            amount_fen: record.amount.get() as i64,
+        let result = settlement(
+            &refund.merchant,
+            &answer.out_trade_no,
+            record,
             succeeded,
-            upstream_status: record.state.as_str().to_owned(),
-            settled_at: record.settled_at.unwrap_or(now),
-            source: Source::Query,
+            Source::Query,
             now,
-        };
+        );
         let said = format!(
             "refundquery says {} for {} fen of order {}",
             record.state.as_str(),

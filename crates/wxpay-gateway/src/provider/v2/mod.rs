@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use wxpay_protocol::v2::{
-    Bill, BillRow, BillType, CloseOrder, DownloadBill, NotificationFields, OrderQuery, OrderRef,
-    PayParams as V2PayParams, Refund, RefundQuery, RefundStatus, TradeState, UnifiedOrder,
+    Bill, BillRow, BillType, CloseOrder, DownloadBill, NotificationFields, OrderQuery, OrderRef, Refund, RefundQuery,
+    RefundStatus, TradeState, UnifiedOrder,
 };
 use wxpay_protocol::{BeijingTime, Merchant, Nonce, OutRefundNo, OutTradeNo};
 
@@ -135,16 +135,8 @@ impl Provider for V2Provider {
     }
 
     fn pay_params(&self, prepay_id: &str, now_secs: u64, nonce: &Nonce) -> Result<PayParams, ProviderError> {
-        let p = V2PayParams::sign(&self.link.credentials, prepay_id, now_secs, nonce)
-            .map_err(|e| ProviderError::Invalid(e.to_string()))?;
-        Ok(PayParams {
-            app_id: p.app_id,
-            time_stamp: p.time_stamp,
-            nonce_str: p.nonce_str,
-            package: p.package,
-            sign_type: p.sign_type,
-            pay_sign: p.pay_sign,
-        })
+        PayParams::sign(&self.link.credentials, prepay_id, now_secs, nonce)
+            .map_err(|e| ProviderError::Invalid(e.to_string()))
     }
 
     fn query_payment<'a>(&'a self, out_trade_no: &'a OutTradeNo) -> Fut<'a, PaymentState> {

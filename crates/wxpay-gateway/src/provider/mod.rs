@@ -282,6 +282,10 @@ pub(crate) struct RefundNotice {
     pub refund: RefundReport,
 }
 
+/// At most this many characters of a value a rejected notification's sender chose are kept
+/// or logged: the sender chooses them, up to the whole body.
+pub(crate) const CLIPPED: usize = 128;
+
 /// A notification refused before it was verified: nothing in it is trusted.
 #[derive(Debug)]
 pub(crate) struct NoticeRejected {
@@ -346,8 +350,9 @@ pub(crate) trait Provider: Send + Sync + 'static {
     /// Whether calls that need the merchant certificate (refunds) cannot be made at `now`.
     fn lacks_client_cert(&self, now: i64) -> bool;
 
-    /// Checks everything WeChat Pay would refuse in a payment, before anything is stored.
-    fn check_payment(&self, terms: &PaymentTerms<'_>) -> Result<(), ProviderError>;
+    /// Checks everything WeChat Pay would refuse in a payment, before anything is stored;
+    /// the error says what is wrong.
+    fn check_payment(&self, terms: &PaymentTerms<'_>) -> Result<(), String>;
 
     /// Creates the payment; answers its prepay id.
     fn create_payment<'a>(&'a self, terms: &'a PaymentTerms<'a>) -> Fut<'a, String>;
@@ -362,8 +367,9 @@ pub(crate) trait Provider: Send + Sync + 'static {
     /// Closes an unpaid payment.
     fn close_payment<'a>(&'a self, out_trade_no: &'a OutTradeNo) -> Fut<'a, ()>;
 
-    /// Checks everything WeChat Pay would refuse in a refund, before anything is stored.
-    fn check_refund(&self, terms: &RefundTerms<'_>) -> Result<(), ProviderError>;
+    /// Checks everything WeChat Pay would refuse in a refund, before anything is stored; the
+    /// error says what is wrong.
+    fn check_refund(&self, terms: &RefundTerms<'_>) -> Result<(), String>;
 
     /// Asks for a refund; accepted is not settled.
     fn refund<'a>(&'a self, terms: &'a RefundTerms<'a>) -> Fut<'a, RefundAccepted>;

@@ -16,7 +16,7 @@
 
 use std::net::SocketAddr;
 
-use crate::provider::{NoticeOutcome, NoticeRejected, PaymentNotice, RefundNotice};
+use crate::provider::{CLIPPED, NoticeOutcome, NoticeRejected, PaymentNotice, RefundNotice};
 use crate::service::orders::{ORDER_CURRENCY, foreign_currency};
 use crate::service::refunds::settlement;
 use crate::service::state::Service;
@@ -74,9 +74,6 @@ pub(crate) enum Misfit {
     /// It contradicts the refund's recorded settlement.
     RefundConflict,
 }
-
-/// At most this many characters of a value from a rejected notification are kept or logged.
-const CLIPPED: usize = 128;
 
 /// The record of a verified notification; its verdict and reason are set where they are
 /// decided.

@@ -166,10 +166,7 @@ impl Service {
                 req.attach.as_deref(),
                 expires_at,
             ))
-            .map_err(|e| match e {
-                ProviderError::Invalid(m) => ServiceError::Invalid(m),
-                other => ServiceError::Invalid(other.to_string()),
-            })?;
+            .map_err(ServiceError::Invalid)?;
         let new = NewOrder {
             merchant: config.name.clone(),
             out_trade_no: out_trade_no.to_string(),

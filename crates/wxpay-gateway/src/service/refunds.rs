@@ -132,10 +132,7 @@ impl Service {
                 amount,
                 reason: req.reason.as_deref(),
             })
-            .map_err(|e| match e {
-                ProviderError::Invalid(m) => ServiceError::Invalid(m),
-                other => ServiceError::Invalid(other.to_string()),
-            })?;
+            .map_err(ServiceError::Invalid)?;
         let new = NewRefund {
             merchant: config.name.clone(),
             out_trade_no: order.out_trade_no.clone(),

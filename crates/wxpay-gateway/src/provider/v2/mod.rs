@@ -14,9 +14,9 @@ use wxpay_protocol::{BeijingTime, Merchant, Nonce, OutRefundNo, OutTradeNo};
 use crate::config::{MerchantConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::provider::{
-    BillEntry, BillKind, Fut, NoticeOutcome, NoticeRejected, PayParams, PaymentNotice, PaymentState, PaymentTerms,
-    Provider, ProviderError, Received, RefundAccepted, RefundNotice, RefundReport, RefundState, RefundTerms,
-    RefundsOfOrder,
+    BillEntry, BillKind, CLIPPED, Fut, NoticeOutcome, NoticeRejected, PayParams, PaymentNotice, PaymentState,
+    PaymentTerms, Provider, ProviderError, Received, RefundAccepted, RefundNotice, RefundReport, RefundState,
+    RefundTerms, RefundsOfOrder,
 };
 use crate::time::Clock;
 use crate::util::clip;
@@ -121,10 +121,8 @@ impl Provider for V2Provider {
         self.link.lacks_client_cert(now)
     }
 
-    fn check_payment(&self, terms: &PaymentTerms<'_>) -> Result<(), ProviderError> {
-        self.unified_order(terms)
-            .check()
-            .map_err(|e| ProviderError::Invalid(e.to_string()))
+    fn check_payment(&self, terms: &PaymentTerms<'_>) -> Result<(), String> {
+        self.unified_order(terms).check().map_err(|e| e.to_string())
     }
 
     fn create_payment<'a>(&'a self, terms: &'a PaymentTerms<'a>) -> Fut<'a, String> {
@@ -175,10 +173,8 @@ impl Provider for V2Provider {
         })
     }
 
-    fn check_refund(&self, terms: &RefundTerms<'_>) -> Result<(), ProviderError> {
-        self.refund_call(terms)
-            .check()
-            .map_err(|e| ProviderError::Invalid(e.to_string()))
+    fn check_refund(&self, terms: &RefundTerms<'_>) -> Result<(), String> {
+        self.refund_call(terms).check().map_err(|e| e.to_string())
     }
 
     fn refund<'a>(&'a self, terms: &'a RefundTerms<'a>) -> Fut<'a, RefundAccepted> {
@@ -236,10 +232,6 @@ impl Provider for V2Provider {
         })
     }
 }
-
-/// At most this many characters of a value from a rejected notification are kept: the sender
-/// chooses them, up to the whole body.
-const CLIPPED: usize = 128;
 
 /// Reads APIv2 notifications: finds the merchant by `mch_id` and `appid`, then verifies the
 /// signature (payments) or decrypts `req_info` (refunds) with that merchant's key.

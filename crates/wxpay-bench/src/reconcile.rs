@@ -13,7 +13,7 @@ use wxpay_gateway::reconcile::{Day, Quiet, reconcile};
 use wxpay_gateway::store::{NewOrder, NewRefund, Payment, RefundCreated, RefundResult, Source, Store};
 use wxpay_gateway::{App, Config, JobsConfig, MerchantConfig, ReconcileConfig, Secret, UpstreamConfig};
 use wxpay_protocol::v2::{Bill, BillRow, BillType};
-use wxpay_protocol::{ApiKey, AppId, BeijingTime, Fen, MchId, SignType};
+use wxpay_protocol::{ApiKey, AppId, BeijingTime, Fen, MchId, OutRefundNo, OutTradeNo, SignType};
 use wxpay_simulator::{TEST_API_KEY, TEST_APPID, TEST_MCH_ID};
 
 /// Options.
@@ -55,10 +55,10 @@ fn merchant(base_url: &str) -> MerchantConfig {
 
 /// One seeded payment and, maybe, its refund: what the bill row and the store both get.
 struct Seeded {
-    out_trade_no: String,
+    out_trade_no: OutTradeNo,
     transaction_id: String,
-    amount: i64,
-    refund: Option<(String, String, i64)>,
+    amount: Fen,
+    refund: Option<(OutRefundNo, String, Fen)>,
 }
 
 async fn seed(
@@ -69,13 +69,16 @@ async fn seed(
 ) -> Result<Arc<Vec<Seeded>>, String> {
     let seeded: Vec<Seeded> = (0..n_payments)
         .map(|i| {
-            let amount = 1 + (i as i64 * 7919) % 200_000;
+            let amount = 1 + (i as u64 * 7919) % 200_000;
+            let fen = |f: u64| Fen::new(f).unwrap_or_else(|e| panic!("{e}"));
             Seeded {
-                out_trade_no: format!("BENCH{i:010}"),
+                out_trade_no: OutTradeNo::new(format!("BENCH{i:010}")).unwrap_or_else(|e| panic!("{e}")),
                 transaction_id: format!("4200{i:024}"),
-                amount,
-                refund: (refund_every > 0 && i % refund_every == 0)
-                    .then(|| (format!("BRF{i:010}"), format!("5030{i:025}"), (amount / 2).max(1))),
+                amount: fen(amount),
+                refund: (refund_every > 0 && i % refund_every == 0).then(|| {
+                    let no = OutRefundNo::new(format!("BRF{i:010}")).unwrap_or_else(|e| panic!("{e}"));
+                    (no, format!("5030{i:025}"), fen((amount / 2).max(1)))
+                }),
             }
         })
         .collect();
@@ -182,7 +185,7 @@ fn bill_text(seeded: &[Seeded], now: i64) -> String {
         mch_id: TEST_MCH_ID.into(),
         sub_mch_id: "0".into(),
         transaction_id: s.transaction_id.clone(),
-        out_trade_no: s.out_trade_no.clone(),
+        out_trade_no: s.out_trade_no.to_string(),
         openid: "o-bench".into(),
         trade_type: "JSAPI".into(),
         trade_state: "SUCCESS".into(),
@@ -195,16 +198,16 @@ fn bill_text(seeded: &[Seeded], now: i64) -> String {
     };
     for s in seeded {
         let mut row = base(s);
-        let amount = Fen::new(s.amount as u64).unwrap_or(Fen::ZERO);
+        let amount = s.amount;
         row.settlement_total_fee = amount;
         row.total_fee = Some(amount);
         rows.push(row);
         if let Some((no, id, fee)) = &s.refund {
             let mut row = base(s);
-            let fee = Fen::new(*fee as u64).unwrap_or(Fen::ZERO);
+            let fee = *fee;
             row.trade_state = "REFUND".into();
             row.refund_id = Some(id.clone());
-            row.out_refund_no = Some(no.clone());
+            row.out_refund_no = Some(no.to_string());
             row.refund_fee = fee;
             row.refund_apply_fee = Some(fee);
             row.refund_type = Some("ORIGINAL".into());

@@ -237,6 +237,12 @@ macro_rules! string_newtype {
             }
         }
 
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+
         impl AsRef<str> for $name {
             fn as_ref(&self) -> &str {
                 &self.0

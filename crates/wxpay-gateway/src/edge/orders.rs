@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use wxpay_protocol::{Fen, OutTradeNo};
 
 use crate::edge::app::App;
 use crate::edge::body::parse_json;
@@ -57,11 +58,11 @@ struct CreateOrderRequest {
 /// An order as the API shows it.
 #[derive(Serialize)]
 struct OrderView {
-    out_trade_no: String,
+    out_trade_no: OutTradeNo,
     merchant: String,
     status: OrderStatus,
-    amount_fen: i64,
-    refunded_fen: i64,
+    amount_fen: Fen,
+    refunded_fen: Fen,
     description: String,
     openid: String,
     attach: Option<String>,

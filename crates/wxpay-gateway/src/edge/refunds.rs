@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 
 use crate::edge::app::App;
 use crate::edge::body::parse_json;
@@ -29,10 +30,10 @@ struct RefundBody {
 /// A refund as the API shows it.
 #[derive(Serialize)]
 pub(crate) struct RefundView {
-    out_refund_no: String,
-    out_trade_no: String,
+    out_refund_no: OutRefundNo,
+    out_trade_no: OutTradeNo,
     merchant: String,
-    amount_fen: i64,
+    amount_fen: Fen,
     status: RefundStatus,
     reason: Option<String>,
     refund_id: Option<String>,

@@ -221,7 +221,7 @@ pub(crate) struct RefundAccepted {
 #[derive(Clone, Debug)]
 pub(crate) struct RefundReport {
     /// The refund's number.
-    pub out_refund_no: String,
+    pub out_refund_no: OutRefundNo,
     /// WeChat Pay's number of the refund.
     pub refund_id: String,
     /// The amount refunded.
@@ -236,7 +236,7 @@ pub(crate) struct RefundReport {
 #[derive(Clone, Debug)]
 pub(crate) struct RefundsOfOrder {
     /// The order the refunds belong to.
-    pub out_trade_no: String,
+    pub out_trade_no: OutTradeNo,
     /// The refunds listed.
     pub refunds: Vec<RefundReport>,
 }
@@ -245,7 +245,7 @@ pub(crate) struct RefundsOfOrder {
 #[derive(Clone, Debug)]
 pub(crate) struct PaymentNotice {
     /// The order.
-    pub out_trade_no: String,
+    pub out_trade_no: OutTradeNo,
     /// What it reports.
     pub outcome: NoticeOutcome,
 }
@@ -275,7 +275,7 @@ pub(crate) enum NoticeOutcome {
 #[derive(Clone, Debug)]
 pub(crate) struct RefundNotice {
     /// The order refunded.
-    pub out_trade_no: String,
+    pub out_trade_no: OutTradeNo,
     /// WeChat Pay's number of the payment.
     pub transaction_id: String,
     /// The refund.

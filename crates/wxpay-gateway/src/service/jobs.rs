@@ -276,11 +276,7 @@ async fn check_one(app: &Service, order: Order) {
     };
     let store = &app.inner.store;
     let now = app.now();
-    let Ok(no) = crate::service::orders::stored_number(&order) else {
-        let _ = store.schedule_check(order.id, None).await;
-        return;
-    };
-    let result = provider.query_payment(&no).await;
+    let result = provider.query_payment(&order.out_trade_no).await;
     let order = match result {
         Ok(state) => {
             let paid = matches!(state, PaymentState::Paid { .. });

@@ -16,6 +16,8 @@
 
 use std::net::SocketAddr;
 
+use wxpay_protocol::OutTradeNo;
+
 use crate::provider::{CLIPPED, NoticeOutcome, NoticeRejected, PaymentNotice, RefundNotice};
 use crate::service::orders::{ORDER_CURRENCY, foreign_currency};
 use crate::service::refunds::settlement;
@@ -81,7 +83,7 @@ fn verified(
     now: i64,
     kind: NoticeKind,
     merchant: &str,
-    out_trade_no: &str,
+    out_trade_no: &OutTradeNo,
     transaction_id: Option<&str>,
     body: &[u8],
 ) -> NotificationRecord {
@@ -89,7 +91,7 @@ fn verified(
         received_at: now,
         kind: kind.as_str().into(),
         merchant: Some(merchant.to_owned()),
-        out_trade_no: Some(out_trade_no.to_owned()),
+        out_trade_no: Some(out_trade_no.to_string()),
         transaction_id: transaction_id.map(str::to_owned),
         verdict: String::new(),
         reason: None,
@@ -197,7 +199,7 @@ impl Service {
             merchant: name.clone(),
             out_trade_no: notice.out_trade_no.clone(),
             transaction_id,
-            amount_fen: amount.get() as i64,
+            amount_fen: amount,
             paid_at,
             source: Source::Notification,
             now,
@@ -221,7 +223,7 @@ impl Service {
                 NoticeAnswer::Refused(Misfit::UnknownOrder)
             }
             PaymentOutcome::AmountMismatch { expected, got } => {
-                tracing::warn!(out_trade_no = ?notice.out_trade_no, expected, got, "payment notification with another amount");
+                tracing::warn!(out_trade_no = ?notice.out_trade_no, ?expected, ?got, "payment notification with another amount");
                 NoticeAnswer::Refused(Misfit::AmountMismatch)
             }
             PaymentOutcome::TransactionConflict(reason) => {
@@ -277,7 +279,7 @@ impl Service {
                 NoticeAnswer::Refused(Misfit::WrongOrder)
             }
             RefundOutcome::AmountMismatch { expected, got } => {
-                tracing::warn!(out_refund_no = ?n.out_refund_no, expected, got, "refund notification with another amount");
+                tracing::warn!(out_refund_no = ?n.out_refund_no, ?expected, ?got, "refund notification with another amount");
                 NoticeAnswer::Refused(Misfit::RefundAmountMismatch)
             }
             RefundOutcome::Conflict(r) => {
@@ -291,9 +293,9 @@ impl Service {
     /// check loop asks WeChat Pay at its next round and applies the signed answer. A check,
     /// rather than a query of its own, so that replayed notifications cannot multiply calls to
     /// WeChat Pay: however many arrive, the order is asked about once a round.
-    async fn check_soon_after_failed_payment(&self, merchant: &str, out_trade_no: &str) {
+    async fn check_soon_after_failed_payment(&self, merchant: &str, out_trade_no: &OutTradeNo) {
         let store = &self.inner.store;
-        match store.order(merchant.to_owned(), out_trade_no.to_owned()).await {
+        match store.order(merchant.to_owned(), out_trade_no.clone()).await {
             Ok(Some(o)) if o.status == OrderStatus::Pending => {
                 if let Err(e) = store.schedule_check(o.id, Some(self.now())).await {
                     tracing::warn!(error = ?e, "cannot bring an order's check forward after a failed payment");

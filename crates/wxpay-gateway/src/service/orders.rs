@@ -57,19 +57,6 @@ pub(crate) fn foreign_currency(currency: Option<&str>) -> Option<&str> {
     currency.filter(|c| *c != ORDER_CURRENCY)
 }
 
-/// The stored order number, typed again (it was checked when stored).
-pub(crate) fn stored_number(o: &Order) -> Result<OutTradeNo, ServiceError> {
-    OutTradeNo::new(o.out_trade_no.clone()).map_err(|e| ServiceError::Internal(e.to_string()))
-}
-
-/// The stored amount, typed again.
-pub(crate) fn stored_fen(amount: i64) -> Result<Fen, ServiceError> {
-    u64::try_from(amount)
-        .ok()
-        .and_then(|a| Fen::new(a).ok())
-        .ok_or_else(|| ServiceError::Internal(format!("a stored amount of {amount} fen")))
-}
-
 /// What makes an order for WeChat Pay, from the stored order (or the one about to be).
 fn terms<'a>(
     out_trade_no: &'a OutTradeNo,
@@ -169,11 +156,11 @@ impl Service {
             .map_err(ServiceError::Invalid)?;
         let new = NewOrder {
             merchant: config.name.clone(),
-            out_trade_no: out_trade_no.to_string(),
+            out_trade_no,
             appid: config.appid.to_string(),
             mch_id: config.mch_id.to_string(),
             description: req.description,
-            amount_fen: amount.get() as i64,
+            amount_fen: amount,
             openid: req.openid,
             attach: req.attach,
             client_ip,
@@ -207,10 +194,9 @@ impl Service {
                 }
             },
         };
-        let no = stored_number(&order)?;
         let terms = terms(
-            &no,
-            stored_fen(order.amount_fen)?,
+            &order.out_trade_no,
+            order.amount_fen,
             &order.description,
             &order.client_ip,
             &order.openid,
@@ -263,8 +249,7 @@ impl Service {
     /// Asks WeChat Pay about an order and applies what it says: paid, closed, failed. A paid
     /// order is never downgraded.
     pub(crate) async fn sync(&self, provider: &dyn Provider, order: Order) -> Result<Order, ServiceError> {
-        let no = stored_number(&order)?;
-        match provider.query_payment(&no).await {
+        match provider.query_payment(&order.out_trade_no).await {
             Ok(state) => self.apply_state(order, &state).await,
             Err(e) if e.refusal() == Some(Refusal::OrderNotExist) => Ok(order),
             Err(e) => Err(ServiceError::upstream("orderquery", e)),
@@ -291,7 +276,7 @@ impl Service {
                     merchant: order.merchant.clone(),
                     out_trade_no: order.out_trade_no.clone(),
                     transaction_id: transaction_id.clone(),
-                    amount_fen: amount.get() as i64,
+                    amount_fen: *amount,
                     paid_at: paid_at.unwrap_or(now),
                     source: Source::Query,
                     now,
@@ -323,12 +308,11 @@ impl Service {
         provider: &dyn Provider,
         out_trade_no: String,
     ) -> Result<Order, ServiceError> {
-        let found = self
-            .inner
-            .store
-            .order(provider.merchant().name.clone(), out_trade_no.clone())
-            .await?;
-        found.ok_or_else(|| ServiceError::NotFound(format!("no order {out_trade_no}")))
+        let not_found = || ServiceError::NotFound(format!("no order {out_trade_no}"));
+        // A number that breaks the rules of out_trade_no was never stored.
+        let number = OutTradeNo::new(out_trade_no.as_str()).map_err(|_| not_found())?;
+        let found = self.inner.store.order(provider.merchant().name.clone(), number).await?;
+        found.ok_or_else(not_found)
     }
 
     /// An order with its history and refunds; with `sync`, a pending order is first synced
@@ -387,8 +371,7 @@ impl Service {
                 ));
             }
         }
-        let no = stored_number(&order)?;
-        let why = match provider.close_payment(&no).await {
+        let why = match provider.close_payment(&order.out_trade_no).await {
             Ok(()) => "closed with WeChat Pay",
             Err(e) => match e.refusal() {
                 Some(Refusal::OrderClosed) => "closed with WeChat Pay",

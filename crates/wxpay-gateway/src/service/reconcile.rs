@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use serde::Serialize;
-use wxpay_protocol::{BeijingTime, OutRefundNo, OutTradeNo};
+use wxpay_protocol::{BeijingTime, Fen, OutRefundNo, OutTradeNo};
 
 use crate::provider::{BillEntry, BillKind, PaymentState, Provider, ProviderError, Refusal};
 use crate::service::refunds::Synced;
@@ -220,17 +220,22 @@ fn date_of(t: BeijingTime) -> String {
     t.to_dashed()[..10].to_owned()
 }
 
+/// An amount as a term of a sum: [`Fen::MAX`] is `i64::MAX`, so every amount fits.
+fn term(f: Fen) -> i64 {
+    i64::try_from(f.get()).unwrap_or(i64::MAX)
+}
+
 fn bill_totals(bill: &Bill) -> Totals {
     let mut t = Totals::default();
     for r in bill {
         match &r.kind {
             BillKind::Refund { amount, .. } => {
                 t.refunds += 1;
-                t.refunds_fen += amount.get() as i64;
+                t.refunds_fen += term(*amount);
             }
             BillKind::Payment { amount } => {
                 t.payments += 1;
-                t.payments_fen += amount.get() as i64;
+                t.payments_fen += term(*amount);
             }
         }
     }
@@ -255,11 +260,12 @@ async fn load_local(app: &Service, merchant: &str, day: &Day, bill: &Bill) -> Re
         .refunds_accepted_between(merchant.to_owned(), day.start_ms(), day.end_ms())
         .await?;
     let mut local = Local {
-        day_orders: paid.iter().map(|o| o.out_trade_no.clone()).collect(),
-        day_refunds: accepted.iter().map(|r| r.out_refund_no.clone()).collect(),
-        orders: paid.into_iter().map(|o| (o.out_trade_no.clone(), o)).collect(),
-        refunds: accepted.into_iter().map(|r| (r.out_refund_no.clone(), r)).collect(),
+        day_orders: paid.iter().map(|o| o.out_trade_no.to_string()).collect(),
+        day_refunds: accepted.iter().map(|r| r.out_refund_no.to_string()).collect(),
+        orders: paid.into_iter().map(|o| (o.out_trade_no.to_string(), o)).collect(),
+        refunds: accepted.into_iter().map(|r| (r.out_refund_no.to_string(), r)).collect(),
     };
+    // A number that breaks the rules was never stored: the comparison finds it missing.
     let mut orders_elsewhere = Vec::new();
     let mut refunds_elsewhere = Vec::new();
     for r in bill {
@@ -267,21 +273,21 @@ async fn load_local(app: &Service, merchant: &str, day: &Day, bill: &Bill) -> Re
             BillKind::Refund {
                 out_refund_no: Some(no),
                 ..
-            } if !local.refunds.contains_key(no) => refunds_elsewhere.push(no.clone()),
+            } if !local.refunds.contains_key(no) => refunds_elsewhere.extend(OutRefundNo::new(no.as_str()).ok()),
             BillKind::Payment { .. } if !local.orders.contains_key(&r.out_trade_no) => {
-                orders_elsewhere.push(r.out_trade_no.clone())
+                orders_elsewhere.extend(OutTradeNo::new(r.out_trade_no.as_str()).ok())
             }
             _ => {}
         }
     }
     if !orders_elsewhere.is_empty() {
         for o in store.orders_by_numbers(merchant.to_owned(), orders_elsewhere).await? {
-            local.orders.insert(o.out_trade_no.clone(), o);
+            local.orders.insert(o.out_trade_no.to_string(), o);
         }
     }
     if !refunds_elsewhere.is_empty() {
         for r in store.refunds_by_numbers(merchant.to_owned(), refunds_elsewhere).await? {
-            local.refunds.insert(r.out_refund_no.clone(), r);
+            local.refunds.insert(r.out_refund_no.to_string(), r);
         }
     }
     Ok(local)
@@ -296,13 +302,13 @@ fn local_totals(local: &Local) -> Totals {
     for o in local.orders.values() {
         if matches!(o.status, OrderStatus::Paid | OrderStatus::Refunded) {
             t.payments += 1;
-            t.payments_fen += o.amount_fen;
+            t.payments_fen += term(o.amount_fen);
         }
     }
     for r in local.refunds.values() {
         if r.accepted_at.is_some() {
             t.refunds += 1;
-            t.refunds_fen += r.amount_fen;
+            t.refunds_fen += term(r.amount_fen);
         }
     }
     t
@@ -323,7 +329,7 @@ fn compare(bill: &Bill, local: &Local, progress: &dyn Progress) -> Vec<Differenc
             status: upstream_status,
         } = &row.kind
         {
-            let amount = amount.get() as i64;
+            let amount = *amount;
             let no = out_refund_no.clone().unwrap_or_default();
             seen_refunds.insert(out_refund_no.as_deref().unwrap_or(""));
             let upstream = Some(format!("{amount} fen, {upstream_status}"));
@@ -355,7 +361,7 @@ fn compare(bill: &Bill, local: &Local, progress: &dyn Progress) -> Vec<Differenc
                 out.push(diff(DifferenceKind::StatusDiffers, mine));
             }
         } else if let BillKind::Payment { amount } = &row.kind {
-            let amount = amount.get() as i64;
+            let amount = *amount;
             seen_orders.insert(row.out_trade_no.as_str());
             let upstream = Some(format!("{amount} fen, paid, transaction {}", row.transaction_id));
             let diff = |kind, local: Option<String>| Difference {
@@ -415,7 +421,7 @@ fn compare(bill: &Bill, local: &Local, progress: &dyn Progress) -> Vec<Differenc
         out.push(Difference {
             kind: DifferenceKind::MissingUpstream,
             record: "refund",
-            out_trade_no: r.out_trade_no.clone(),
+            out_trade_no: r.out_trade_no.to_string(),
             out_refund_no: Some(no.clone()),
             upstream: None,
             local: Some(format!("{} fen, {}", r.amount_fen, r.status)),
@@ -627,7 +633,7 @@ async fn repair_payment(
             amount,
             paid_at,
             ..
-        } => (true, Some(transaction_id.clone()), Some(amount.get() as i64), *paid_at),
+        } => (true, Some(transaction_id.clone()), Some(*amount), *paid_at),
         _ => (false, None, None, None),
     };
     let Some(order) = order else {
@@ -778,7 +784,7 @@ async fn repair_refund(
         }
         Err(e) => return unresolved(d, Q, format!("refundquery failed: {e}")),
     };
-    let Some(record) = answer.refunds.iter().find(|r| r.out_refund_no == no) else {
+    let Some(record) = answer.refunds.iter().find(|r| r.out_refund_no == number) else {
         return unresolved(d, Q, "refundquery does not list this refund".into());
     };
     let status = match record.state.settles() {
@@ -790,9 +796,9 @@ async fn repair_refund(
     let imported = ImportedRefund {
         merchant: provider.merchant().name.clone(),
         out_trade_no: answer.out_trade_no.clone(),
-        out_refund_no: no.clone(),
+        out_refund_no: number.clone(),
         refund_id: record.refund_id.clone(),
-        amount_fen: record.amount.get() as i64,
+        amount_fen: record.amount,
         status,
         accepted_at,
         detail: serde_json::json!({

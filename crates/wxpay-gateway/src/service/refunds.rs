@@ -12,7 +12,6 @@ use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 use crate::provider::{Provider, ProviderError, RefundReport, RefundTerms, Refusal, Retry};
 use crate::service::error::{Conflict, ServiceError};
 use crate::service::numbers::Numbers;
-use crate::service::orders::stored_fen;
 use crate::service::state::Service;
 use crate::store::{
     NewRefund, Order, Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Source, Upstream,
@@ -45,7 +44,7 @@ pub(crate) enum Synced {
 /// failed) of a refund of `merchant`'s order `out_trade_no`, from a query or a notification.
 pub(crate) fn settlement(
     merchant: &str,
-    out_trade_no: &str,
+    out_trade_no: &OutTradeNo,
     report: &RefundReport,
     succeeded: bool,
     source: Source,
@@ -54,24 +53,15 @@ pub(crate) fn settlement(
     RefundResult {
         merchant: merchant.to_owned(),
         out_refund_no: report.out_refund_no.clone(),
-        out_trade_no: out_trade_no.to_owned(),
+        out_trade_no: out_trade_no.clone(),
         refund_id: report.refund_id.clone(),
-        amount_fen: report.amount.get() as i64,
+        amount_fen: report.amount,
         succeeded,
         upstream_status: report.state.as_str().to_owned(),
         settled_at: report.settled_at.unwrap_or(now),
         source,
         now,
     }
-}
-
-/// The stored numbers of a refund, typed again (they were checked when stored).
-fn stored_numbers(r: &Refund) -> Result<(OutTradeNo, OutRefundNo), ServiceError> {
-    let internal = |e: wxpay_protocol::Error| ServiceError::Internal(e.to_string());
-    Ok((
-        OutTradeNo::new(r.out_trade_no.clone()).map_err(internal)?,
-        OutRefundNo::new(r.out_refund_no.clone()).map_err(internal)?,
-    ))
 }
 
 impl Service {
@@ -101,7 +91,7 @@ impl Service {
             )));
         }
         let order = self.find_order(provider, out_trade_no).await?;
-        if req.amount_fen as i64 > order.amount_fen {
+        if amount > order.amount_fen {
             return Err(ServiceError::conflict(
                 Conflict::RefundExceedsAmount,
                 format!(
@@ -123,12 +113,11 @@ impl Service {
         );
         // Check everything else WeChat Pay would refuse (the amount, the reason's length)
         // before anything is stored.
-        let order_no = crate::service::orders::stored_number(&order)?;
         provider
             .check_refund(&RefundTerms {
-                out_trade_no: &order_no,
+                out_trade_no: &order.out_trade_no,
                 out_refund_no: &out_refund_no,
-                order_amount: stored_fen(order.amount_fen)?,
+                order_amount: order.amount_fen,
                 amount,
                 reason: req.reason.as_deref(),
             })
@@ -136,8 +125,8 @@ impl Service {
         let new = NewRefund {
             merchant: config.name.clone(),
             out_trade_no: order.out_trade_no.clone(),
-            out_refund_no: out_refund_no.to_string(),
-            amount_fen: req.amount_fen as i64,
+            out_refund_no,
+            amount_fen: amount,
             reason: req.reason.clone(),
             request_hash: request_hash.clone(),
             first_check_at: self.first_check_at(now),
@@ -194,11 +183,14 @@ impl Service {
     /// A refund of a merchant by its number.
     pub(crate) async fn refund(&self, merchant: Option<&str>, out_refund_no: String) -> Result<Refund, ServiceError> {
         let provider = self.merchant(merchant)?;
+        let not_found = || ServiceError::NotFound(format!("no refund {out_refund_no}"));
+        // A number that breaks the rules of out_refund_no was never stored.
+        let number = OutRefundNo::new(out_refund_no.as_str()).map_err(|_| not_found())?;
         self.inner
             .store
-            .refund(provider.merchant().name.clone(), out_refund_no.clone())
+            .refund(provider.merchant().name.clone(), number)
             .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("no refund {out_refund_no}")))
+            .ok_or_else(not_found)
     }
 
     /// Sends a stored refund to WeChat Pay and records the answer: accepted; refused for good
@@ -210,14 +202,13 @@ impl Service {
         &self,
         provider: &dyn Provider,
         refund: Refund,
-        order_amount: i64,
+        order_amount: Fen,
     ) -> Result<Refund, ServiceError> {
-        let (order_no, refund_no) = stored_numbers(&refund)?;
         let terms = RefundTerms {
-            out_trade_no: &order_no,
-            out_refund_no: &refund_no,
-            order_amount: stored_fen(order_amount)?,
-            amount: stored_fen(refund.amount_fen)?,
+            out_trade_no: &refund.out_trade_no,
+            out_refund_no: &refund.out_refund_no,
+            order_amount,
+            amount: refund.amount_fen,
             reason: refund.reason.as_deref(),
         };
         let store = &self.inner.store;
@@ -231,8 +222,8 @@ impl Service {
         };
         let refund = match result {
             Ok(accepted) => {
-                if accepted.amount.get() as i64 != refund.amount_fen {
-                    tracing::error!(out_refund_no = ?refund.out_refund_no, accepted = ?accepted.amount, asked = refund.amount_fen, "WeChat Pay accepted a refund of another amount");
+                if accepted.amount != refund.amount_fen {
+                    tracing::error!(out_refund_no = ?refund.out_refund_no, accepted = ?accepted.amount, asked = ?refund.amount_fen, "WeChat Pay accepted a refund of another amount");
                 }
                 store
                     .refund_accepted(refund.id, accepted.refund_id, now, self.first_check_at(now))
@@ -272,8 +263,7 @@ impl Service {
         provider: &dyn Provider,
         refund: Refund,
     ) -> Result<(Refund, Synced), ServiceError> {
-        let (_, no) = stored_numbers(&refund)?;
-        let answer = match provider.query_refund(&no).await {
+        let answer = match provider.query_refund(&refund.out_refund_no).await {
             Ok(a) => a,
             Err(e) if e.refusal() == Some(Refusal::RefundNotExist) => return Ok((refund, Synced::NotFound)),
             Err(e) => return Err(ServiceError::upstream("refundquery", e)),

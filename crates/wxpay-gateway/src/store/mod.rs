@@ -16,6 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use serde::Serialize;
+use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 
 pub mod postgres;
 pub(crate) mod rules;
@@ -40,6 +41,9 @@ pub enum StoreError {
     /// where and why.
     #[error("database: {0}")]
     Connect(String),
+    /// A row holds a value its type does not allow.
+    #[error("database: {0}")]
+    Damaged(#[from] Damaged),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -116,9 +120,68 @@ impl fmt::Display for OrderStatus {
     }
 }
 
-/// Reads a stored order status; anything else is a damaged row, said so rather than guessed.
-pub(crate) fn order_status(s: &str) -> Result<OrderStatus, StoreError> {
-    OrderStatus::parse(s).ok_or_else(|| StoreError::Db(format!("an order with the unknown status {s:?}")))
+/// A stored value that breaks the rules of its type: a damaged row (or a row written by
+/// something else than wxpay), said so rather than guessed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a stored {what} {value:?} is not valid")]
+pub struct Damaged {
+    /// What the column holds.
+    pub what: &'static str,
+    /// What it holds instead.
+    pub value: String,
+}
+
+/// Reading and writing typed values in columns, for both engines: an amount is a `BIGINT`
+/// of fen, numbers and statuses are text.
+pub(crate) mod col {
+    use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
+
+    use crate::store::{Damaged, OrderStatus, RefundStatus, Upstream};
+
+    fn damaged(what: &'static str, value: impl ToString) -> Damaged {
+        Damaged {
+            what,
+            value: value.to_string(),
+        }
+    }
+
+    /// An amount as stored. [`Fen::MAX`] is `i64::MAX`, so every amount fits.
+    pub(crate) fn fen_sql(f: Fen) -> i64 {
+        i64::try_from(f.get()).unwrap_or(i64::MAX)
+    }
+
+    /// A stored amount; a negative one is damaged.
+    pub(crate) fn fen(v: i64) -> Result<Fen, Damaged> {
+        u64::try_from(v)
+            .ok()
+            .and_then(|v| Fen::new(v).ok())
+            .ok_or_else(|| damaged("amount", v))
+    }
+
+    /// A stored order number.
+    pub(crate) fn trade_no(v: String) -> Result<OutTradeNo, Damaged> {
+        OutTradeNo::new(v).map_err(|e| damaged("out_trade_no", e))
+    }
+
+    /// A stored refund number.
+    pub(crate) fn refund_no(v: String) -> Result<OutRefundNo, Damaged> {
+        OutRefundNo::new(v).map_err(|e| damaged("out_refund_no", e))
+    }
+
+    /// A stored order status.
+    pub(crate) fn order_status(v: &str) -> Result<OrderStatus, Damaged> {
+        OrderStatus::parse(v).ok_or_else(|| damaged("order status", v))
+    }
+
+    /// A stored refund status.
+    pub(crate) fn refund_status(v: &str) -> Result<RefundStatus, Damaged> {
+        RefundStatus::parse(v).ok_or_else(|| damaged("refund status", v))
+    }
+
+    /// Where a stored call stands.
+    pub(crate) fn upstream(v: &str) -> Result<Upstream, Damaged> {
+        Upstream::parse(v).ok_or_else(|| damaged("upstream state", v))
+    }
 }
 
 /// Where the `unifiedorder` call of an order stands.
@@ -160,15 +223,15 @@ pub struct NewOrder {
     /// The merchant's name in the configuration.
     pub merchant: String,
     /// The order number.
-    pub out_trade_no: String,
+    pub out_trade_no: OutTradeNo,
     /// The mini program.
     pub appid: String,
     /// The merchant number.
     pub mch_id: String,
     /// What is bought.
     pub description: String,
-    /// The amount in fen.
-    pub amount_fen: i64,
+    /// The amount.
+    pub amount_fen: Fen,
     /// The payer.
     pub openid: String,
     /// Merchant data echoed by WeChat Pay.
@@ -194,17 +257,17 @@ pub struct Order {
     /// The merchant's name.
     pub merchant: String,
     /// The order number.
-    pub out_trade_no: String,
+    pub out_trade_no: OutTradeNo,
     /// The mini program.
     pub appid: String,
     /// The merchant number.
     pub mch_id: String,
     /// What is bought.
     pub description: String,
-    /// The amount in fen.
-    pub amount_fen: i64,
-    /// Refunded so far, in fen.
-    pub refunded_fen: i64,
+    /// The amount.
+    pub amount_fen: Fen,
+    /// Refunded so far.
+    pub refunded_fen: Fen,
     /// The payer.
     pub openid: String,
     /// Merchant data.
@@ -282,11 +345,11 @@ pub struct Payment {
     /// The merchant's name.
     pub merchant: String,
     /// The order number.
-    pub out_trade_no: String,
+    pub out_trade_no: OutTradeNo,
     /// WeChat Pay's order number.
     pub transaction_id: String,
     /// `total_fee`, compared with the stored amount in the transaction.
-    pub amount_fen: i64,
+    pub amount_fen: Fen,
     /// When it was paid (Unix ms).
     pub paid_at: i64,
     /// Where the fact comes from.
@@ -308,9 +371,9 @@ pub enum PaymentOutcome {
     /// `total_fee` is not the order's amount: nothing changed.
     AmountMismatch {
         /// The stored amount.
-        expected: i64,
+        expected: Fen,
         /// The amount reported.
-        got: i64,
+        got: Fen,
     },
     /// The transaction id belongs to another payment (another order, or this order was paid
     /// with another one): nothing changed.
@@ -372,11 +435,11 @@ pub struct NewRefund {
     /// The merchant's name.
     pub merchant: String,
     /// The order refunded.
-    pub out_trade_no: String,
+    pub out_trade_no: OutTradeNo,
     /// The refund number (unique per merchant, for ever).
-    pub out_refund_no: String,
-    /// How much, in fen.
-    pub amount_fen: i64,
+    pub out_refund_no: OutRefundNo,
+    /// How much.
+    pub amount_fen: Fen,
     /// Shown to the payer (`refund_desc`).
     pub reason: Option<String>,
     /// A digest of the parameters: the same number with others is a conflict.
@@ -397,11 +460,11 @@ pub struct Refund {
     /// The merchant's name.
     pub merchant: String,
     /// The order refunded.
-    pub out_trade_no: String,
+    pub out_trade_no: OutTradeNo,
     /// The refund number.
-    pub out_refund_no: String,
-    /// How much, in fen.
-    pub amount_fen: i64,
+    pub out_refund_no: OutRefundNo,
+    /// How much.
+    pub amount_fen: Fen,
     /// Shown to the payer.
     pub reason: Option<String>,
     /// Status.
@@ -437,8 +500,8 @@ pub enum RefundCreated {
     NotPaid(OrderStatus),
     /// The refunds of the order would add up to more than its amount.
     Exceeds {
-        /// What can still be refunded, in fen.
-        available: i64,
+        /// What can still be refunded.
+        available: Fen,
     },
 }
 
@@ -449,13 +512,13 @@ pub struct RefundResult {
     /// The merchant's name.
     pub merchant: String,
     /// The refund number.
-    pub out_refund_no: String,
+    pub out_refund_no: OutRefundNo,
     /// The order it says it belongs to.
-    pub out_trade_no: String,
+    pub out_trade_no: OutTradeNo,
     /// WeChat Pay's refund number.
     pub refund_id: String,
-    /// The amount it says, in fen.
-    pub amount_fen: i64,
+    /// The amount it says.
+    pub amount_fen: Fen,
     /// Succeeded (else failed).
     pub succeeded: bool,
     /// WeChat Pay's status word (`SUCCESS`, `REFUNDCLOSE`, `CHANGE`).
@@ -482,9 +545,9 @@ pub enum RefundOutcome {
     /// Another amount than the one asked for: nothing changed.
     AmountMismatch {
         /// The stored amount.
-        expected: i64,
+        expected: Fen,
         /// The amount reported.
-        got: i64,
+        got: Fen,
     },
     /// It was settled the other way already (a succeeded refund never fails later).
     Conflict(Refund),
@@ -511,13 +574,13 @@ pub struct ImportedRefund {
     /// The merchant's name.
     pub merchant: String,
     /// The order refunded.
-    pub out_trade_no: String,
+    pub out_trade_no: OutTradeNo,
     /// The refund number.
-    pub out_refund_no: String,
+    pub out_refund_no: OutRefundNo,
     /// WeChat Pay's refund number.
     pub refund_id: String,
-    /// How much, in fen.
-    pub amount_fen: i64,
+    /// How much.
+    pub amount_fen: Fen,
     /// Its status per `refundquery`.
     pub status: RefundStatus,
     /// When WeChat Pay accepted it (Unix ms; the bill's row time).
@@ -586,7 +649,8 @@ pub struct NotificationRecord {
     pub kind: String,
     /// The merchant, when found.
     pub merchant: Option<String>,
-    /// The order number, when readable.
+    /// The order number as the notification names it, when readable: the record of a
+    /// rejected notification keeps what its sender wrote, valid or not.
     pub out_trade_no: Option<String>,
     /// The transaction, when readable.
     pub transaction_id: Option<String>,
@@ -701,7 +765,7 @@ pub trait Store: Send + Sync + 'static {
     fn set_upstream_failure(&self, order_id: i64, rejected: bool, error: String, now: i64) -> Fut<'_, Order>;
 
     /// An order by merchant and number.
-    fn order(&self, merchant: String, out_trade_no: String) -> Fut<'_, Option<Order>>;
+    fn order(&self, merchant: String, out_trade_no: OutTradeNo) -> Fut<'_, Option<Order>>;
 
     /// An order's history, oldest first.
     fn events(&self, order_id: i64) -> Fut<'_, Vec<Event>>;
@@ -770,7 +834,7 @@ pub trait Store: Send + Sync + 'static {
     fn create_refund(&self, new: NewRefund) -> Fut<'_, RefundCreated>;
 
     /// A refund by merchant and number.
-    fn refund(&self, merchant: String, out_refund_no: String) -> Fut<'_, Option<Refund>>;
+    fn refund(&self, merchant: String, out_refund_no: OutRefundNo) -> Fut<'_, Option<Refund>>;
 
     /// An order's refunds, oldest first.
     fn refunds_of(&self, order_id: i64) -> Fut<'_, Vec<Refund>>;
@@ -811,13 +875,13 @@ pub trait Store: Send + Sync + 'static {
     fn orders_paid_between(&self, merchant: String, from: i64, to: i64) -> Fut<'_, Vec<Order>>;
 
     /// Orders of a merchant by number (those that exist).
-    fn orders_by_numbers(&self, merchant: String, numbers: Vec<String>) -> Fut<'_, Vec<Order>>;
+    fn orders_by_numbers(&self, merchant: String, numbers: Vec<OutTradeNo>) -> Fut<'_, Vec<Order>>;
 
     /// Refunds of a merchant accepted by WeChat Pay in `[from, to)` (Unix ms).
     fn refunds_accepted_between(&self, merchant: String, from: i64, to: i64) -> Fut<'_, Vec<Refund>>;
 
     /// Refunds of a merchant by number (those that exist).
-    fn refunds_by_numbers(&self, merchant: String, numbers: Vec<String>) -> Fut<'_, Vec<Refund>>;
+    fn refunds_by_numbers(&self, merchant: String, numbers: Vec<OutRefundNo>) -> Fut<'_, Vec<Refund>>;
 
     /// Corrects a paid order's amount to what WeChat Pay charged (reconciliation, confirmed
     /// by `orderquery`), with a history entry. `None` when the order is gone, its refunds
@@ -826,7 +890,7 @@ pub trait Store: Send + Sync + 'static {
     fn correct_amount(
         &self,
         order_id: i64,
-        amount_fen: i64,
+        amount_fen: Fen,
         detail: serde_json::Value,
         now: i64,
     ) -> Fut<'_, Option<Order>>;

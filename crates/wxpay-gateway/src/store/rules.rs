@@ -4,15 +4,17 @@
 //! payment, one for a batch) are pinned to [`payment_verdict`] by a property test that
 //! compares their verdicts and final rows with a sequential fold of it.
 
+use wxpay_protocol::{Fen, OutTradeNo};
+
 use crate::store::{
-    Order, OrderStatus, PaymentOutcome, Refund, RefundCreated, RefundOutcome, RefundStatus, StoreError,
+    Damaged, Order, OrderStatus, PaymentOutcome, Refund, RefundCreated, RefundOutcome, RefundStatus, StoreError,
 };
 
 /// An order, as a payment sees it.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct OrderFacts<'a> {
     /// Its amount.
-    pub(crate) amount_fen: i64,
+    pub(crate) amount_fen: Fen,
     /// Its status.
     pub(crate) status: OrderStatus,
     /// The transaction that paid it.
@@ -61,7 +63,7 @@ impl PaymentVerdict {
 /// Only what `taken` returns.
 pub(crate) fn payment_verdict<E>(
     order: Option<OrderFacts<'_>>,
-    amount_fen: i64,
+    amount_fen: Fen,
     transaction_id: &str,
     taken: impl FnOnce() -> Result<bool, E>,
 ) -> Result<PaymentVerdict, E> {
@@ -89,9 +91,9 @@ pub(crate) fn payment_verdict<E>(
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RefundFacts<'a> {
     /// The order it belongs to.
-    pub(crate) out_trade_no: &'a str,
+    pub(crate) out_trade_no: &'a OutTradeNo,
     /// Its amount.
-    pub(crate) amount_fen: i64,
+    pub(crate) amount_fen: Fen,
     /// Its status.
     pub(crate) status: RefundStatus,
 }
@@ -117,8 +119,8 @@ pub(crate) enum RefundVerdict {
 /// `out_trade_no`, of `amount_fen`, `succeeded` or failed.
 pub(crate) fn refund_verdict(
     refund: Option<RefundFacts<'_>>,
-    out_trade_no: &str,
-    amount_fen: i64,
+    out_trade_no: &OutTradeNo,
+    amount_fen: Fen,
     succeeded: bool,
 ) -> RefundVerdict {
     let Some(r) = refund else {
@@ -143,9 +145,9 @@ pub(crate) struct Refunded {
     /// The status.
     pub(crate) status: OrderStatus,
     /// The sum of succeeded refunds.
-    pub(crate) refunded_fen: i64,
+    pub(crate) refunded_fen: Fen,
     /// The sum of refunds not failed (pending or succeeded): what is spoken for.
-    pub(crate) reserved_fen: i64,
+    pub(crate) reserved_fen: Fen,
 }
 
 /// Why a refund of an order cannot be reserved.
@@ -156,32 +158,39 @@ pub(crate) enum Unreservable {
     /// It would exceed the order's amount; this much can still be refunded.
     Exceeds {
         /// What is left.
-        available: i64,
+        available: Fen,
     },
 }
 
 /// Reserves `amount` of an order of `order_amount` for a new refund: the figures after, or
 /// why not. The refunds of an order never add up to more than its amount.
-pub(crate) fn reserve(order_amount: i64, now: Refunded, amount: i64) -> Result<Refunded, Unreservable> {
+pub(crate) fn reserve(order_amount: Fen, now: Refunded, amount: Fen) -> Result<Refunded, Unreservable> {
     if !matches!(now.status, OrderStatus::Paid | OrderStatus::Refunded) {
         return Err(Unreservable::NotPaid(now.status));
     }
-    let available = order_amount - now.reserved_fen;
-    if amount > available {
-        return Err(Unreservable::Exceeds { available });
+    // The database keeps the reserved sum at most the amount; a row that breaks that has
+    // nothing left to refund.
+    let available = order_amount.checked_sub(now.reserved_fen).unwrap_or(Fen::ZERO);
+    match now.reserved_fen.checked_add(amount) {
+        Some(reserved_fen) if amount <= available => Ok(Refunded { reserved_fen, ..now }),
+        _ => Err(Unreservable::Exceeds { available }),
     }
-    Ok(Refunded {
-        reserved_fen: now.reserved_fen + amount,
-        ..now
-    })
 }
 
 /// The order's figures after a pending refund of `amount` settles: a success adds to the
 /// refunded sum (the order is `refunded` when that reaches its amount); a failure gives the
 /// reservation back.
-pub(crate) fn settle(order_amount: i64, now: Refunded, amount: i64, succeeded: bool) -> Refunded {
-    if succeeded {
-        let refunded_fen = now.refunded_fen + amount;
+///
+/// # Errors
+/// [`Damaged`] when the stored sums cannot hold the refund: a settling refund is always
+/// part of the reserved sum, and the refunded sum never passes it.
+pub(crate) fn settle(order_amount: Fen, now: Refunded, amount: Fen, succeeded: bool) -> Result<Refunded, Damaged> {
+    let damaged = || Damaged {
+        what: "refund sum",
+        value: format!("{amount} fen settling against {now:?}"),
+    };
+    Ok(if succeeded {
+        let refunded_fen = now.refunded_fen.checked_add(amount).ok_or_else(damaged)?;
         Refunded {
             refunded_fen,
             status: if refunded_fen == order_amount {
@@ -193,17 +202,17 @@ pub(crate) fn settle(order_amount: i64, now: Refunded, amount: i64, succeeded: b
         }
     } else {
         Refunded {
-            reserved_fen: now.reserved_fen - amount,
+            reserved_fen: now.reserved_fen.checked_sub(amount).ok_or_else(damaged)?,
             ..now
         }
-    }
+    })
 }
 
 /// What a refused payment verdict tells the caller, with the order it concerns.
 pub(crate) fn payment_refused(
     verdict: PaymentVerdict,
     order: Option<Order>,
-    got: i64,
+    got: Fen,
 ) -> Result<PaymentOutcome, StoreError> {
     let order = || order.ok_or_else(|| StoreError::Db(format!("a {} payment without its order", verdict.as_str())));
     Ok(match verdict {
@@ -239,7 +248,7 @@ pub(crate) fn refund_facts(r: &Refund) -> RefundFacts<'_> {
 pub(crate) fn refund_refused(
     verdict: RefundVerdict,
     refund: Option<Refund>,
-    got: i64,
+    got: Fen,
 ) -> Result<RefundOutcome, StoreError> {
     let refund = || refund.ok_or_else(|| StoreError::Db(format!("a {verdict:?} refund verdict without its refund")));
     Ok(match verdict {
@@ -268,16 +277,20 @@ impl From<Unreservable> for RefundCreated {
 mod tests {
     use super::*;
 
+    fn f(fen: u64) -> Fen {
+        Fen::new(fen).unwrap()
+    }
+
     fn order(status: OrderStatus, tx: Option<&str>) -> Option<OrderFacts<'_>> {
         Some(OrderFacts {
-            amount_fen: 100,
+            amount_fen: f(100),
             status,
             transaction_id: tx,
         })
     }
 
-    fn verdict(o: Option<OrderFacts<'_>>, amount: i64, tx: &str, taken: bool) -> PaymentVerdict {
-        payment_verdict::<()>(o, amount, tx, || Ok(taken)).unwrap()
+    fn verdict(o: Option<OrderFacts<'_>>, amount: u64, tx: &str, taken: bool) -> PaymentVerdict {
+        payment_verdict::<()>(o, f(amount), tx, || Ok(taken)).unwrap()
     }
 
     #[test]
@@ -317,21 +330,27 @@ mod tests {
 
     #[test]
     fn a_duplicate_asks_nothing_of_the_database() {
-        let v = payment_verdict(order(OrderStatus::Paid, Some("t")), 100, "t", || -> Result<bool, ()> {
-            panic!("asked whether the transaction is taken")
-        });
+        let v = payment_verdict(
+            order(OrderStatus::Paid, Some("t")),
+            f(100),
+            "t",
+            || -> Result<bool, ()> { panic!("asked whether the transaction is taken") },
+        );
         assert_eq!(v, Ok(PaymentVerdict::Duplicate));
     }
 
     #[test]
     fn a_refund_settles_once_and_only_when_number_order_and_amount_match() {
+        let (w1, w2) = (OutTradeNo::new("W1").unwrap(), OutTradeNo::new("W2").unwrap());
         let r = |status| {
             Some(RefundFacts {
-                out_trade_no: "W1",
-                amount_fen: 30,
+                out_trade_no: &w1,
+                amount_fen: f(30),
                 status,
             })
         };
+        let refund_verdict =
+            |r, no, amount, succeeded| refund_verdict(r, if no == "W1" { &w1 } else { &w2 }, f(amount), succeeded);
         use RefundStatus::*;
         assert_eq!(refund_verdict(None, "W1", 30, true), RefundVerdict::UnknownRefund);
         assert_eq!(refund_verdict(r(Pending), "W2", 30, true), RefundVerdict::WrongOrder);
@@ -357,22 +376,27 @@ mod tests {
     fn refunds_never_exceed_the_order_and_the_last_one_makes_it_refunded() {
         let paid = Refunded {
             status: OrderStatus::Paid,
-            refunded_fen: 0,
-            reserved_fen: 0,
+            refunded_fen: Fen::ZERO,
+            reserved_fen: Fen::ZERO,
         };
+        let reserve = |order, now, amount| reserve(f(order), now, f(amount));
+        let settle = |order, now, amount, ok| settle(f(order), now, f(amount), ok).unwrap();
         let a = reserve(100, paid, 60).unwrap();
-        assert_eq!(reserve(100, a, 41), Err(Unreservable::Exceeds { available: 40 }));
+        assert_eq!(reserve(100, a, 41), Err(Unreservable::Exceeds { available: f(40) }));
         let b = reserve(100, a, 40).unwrap();
-        assert_eq!(b.reserved_fen, 100);
+        assert_eq!(b.reserved_fen, f(100));
         // The first fails: its 60 can be asked for again.
         let c = settle(100, b, 60, false);
-        assert_eq!((c.reserved_fen, c.refunded_fen, c.status), (40, 0, OrderStatus::Paid));
+        assert_eq!(
+            (c.reserved_fen, c.refunded_fen, c.status),
+            (f(40), f(0), OrderStatus::Paid)
+        );
         let d = settle(100, c, 40, true);
-        assert_eq!((d.refunded_fen, d.status), (40, OrderStatus::Paid));
+        assert_eq!((d.refunded_fen, d.status), (f(40), OrderStatus::Paid));
         let e = settle(100, reserve(100, d, 60).unwrap(), 60, true);
         assert_eq!(
             (e.refunded_fen, e.reserved_fen, e.status),
-            (100, 100, OrderStatus::Refunded)
+            (f(100), f(100), OrderStatus::Refunded)
         );
         assert_eq!(
             reserve(

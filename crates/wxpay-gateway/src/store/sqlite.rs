@@ -21,9 +21,12 @@ use super::rules::{
 use super::{
     Created, DailyClaim, Event, Fut, IdemClaim, IdemKey, ImportedRefund, NewOrder, NewRefund, NotificationRecord,
     Order, OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated,
-    RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store, StoreError, Upstream, event_id, event_payload,
-    order_status, refund_event_payload,
+    RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store, StoreError, col, event_id, event_payload,
+    refund_event_payload,
 };
+use crate::store::Damaged;
+use col::fen_sql;
+use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
@@ -355,22 +358,20 @@ client_ip, status, upstream, upstream_error, prepay_id, prepay_at, transaction_i
 closed_at, request_hash";
 
 fn order_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Order> {
-    let status: String = r.get(11)?;
-    let upstream: String = r.get(12)?;
     Ok(Order {
         id: r.get(0)?,
         merchant: r.get(1)?,
-        out_trade_no: r.get(2)?,
+        out_trade_no: typed(2, col::trade_no(r.get(2)?))?,
         appid: r.get(3)?,
         mch_id: r.get(4)?,
         description: r.get(5)?,
-        amount_fen: r.get(6)?,
-        refunded_fen: r.get(7)?,
+        amount_fen: typed(6, col::fen(r.get(6)?))?,
+        refunded_fen: typed(7, col::fen(r.get(7)?))?,
         openid: r.get(8)?,
         attach: r.get(9)?,
         client_ip: r.get(10)?,
-        status: OrderStatus::parse(&status).unwrap_or(OrderStatus::Pending),
-        upstream: Upstream::parse(&upstream).unwrap_or(Upstream::Unknown),
+        status: typed(11, col::order_status(r.get_ref(11)?.as_str()?))?,
+        upstream: typed(12, col::upstream(r.get_ref(12)?.as_str()?))?,
         upstream_error: r.get(13)?,
         prepay_id: r.get(14)?,
         prepay_at: r.get(15)?,
@@ -382,6 +383,11 @@ fn order_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Order> {
         closed_at: r.get(21)?,
         request_hash: r.get(22)?,
     })
+}
+
+/// A column's typed value, or rusqlite's error for a value of the wrong kind.
+fn typed<T>(column: usize, v: Result<T, Damaged>) -> rusqlite::Result<T> {
+    v.map_err(|e| rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 fn order_by_id(conn: &Connection, id: i64) -> Result<Order, StoreError> {
@@ -469,18 +475,16 @@ const REFUND_COLUMNS: &str = "id, order_id, merchant, out_trade_no, out_refund_n
 upstream_error, refund_id, created_at, updated_at, accepted_at, settled_at, request_hash";
 
 fn refund_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Refund> {
-    let status: String = r.get(7)?;
-    let upstream: String = r.get(8)?;
     Ok(Refund {
         id: r.get(0)?,
         order_id: r.get(1)?,
         merchant: r.get(2)?,
-        out_trade_no: r.get(3)?,
-        out_refund_no: r.get(4)?,
-        amount_fen: r.get(5)?,
+        out_trade_no: typed(3, col::trade_no(r.get(3)?))?,
+        out_refund_no: typed(4, col::refund_no(r.get(4)?))?,
+        amount_fen: typed(5, col::fen(r.get(5)?))?,
         reason: r.get(6)?,
-        status: RefundStatus::parse(&status).unwrap_or(RefundStatus::Pending),
-        upstream: Upstream::parse(&upstream).unwrap_or(Upstream::Unknown),
+        status: typed(7, col::refund_status(r.get_ref(7)?.as_str()?))?,
+        upstream: typed(8, col::upstream(r.get_ref(8)?.as_str()?))?,
         upstream_error: r.get(9)?,
         refund_id: r.get(10)?,
         created_at: r.get(11)?,
@@ -528,7 +532,7 @@ fn add_refund_outbox(
 
 /// Raises an order's reserved refund sum by `amount` if it stays within the amount and the
 /// order is paid; otherwise says why not.
-fn reserve(conn: &Connection, order: &Order, amount: i64, now: i64) -> Result<Option<RefundCreated>, StoreError> {
+fn reserve(conn: &Connection, order: &Order, amount: Fen, now: i64) -> Result<Option<RefundCreated>, StoreError> {
     let before = figures(conn, order.id)?;
     match rules::reserve(order.amount_fen, before, amount) {
         Ok(after) => {
@@ -545,9 +549,9 @@ fn figures(conn: &Connection, order_id: i64) -> Result<Refunded, StoreError> {
         .prepare_cached("SELECT status, refunded_fen, refund_reserved_fen FROM orders WHERE id = ?1")?
         .query_row(params![order_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     Ok(Refunded {
-        status: order_status(&status)?,
-        refunded_fen,
-        reserved_fen,
+        status: col::order_status(&status)?,
+        refunded_fen: col::fen(refunded_fen)?,
+        reserved_fen: col::fen(reserved_fen)?,
     })
 }
 
@@ -567,13 +571,13 @@ fn set_figures(
         )?
         .execute(params![
             after.status.as_str(),
-            after.refunded_fen,
-            after.reserved_fen,
+            fen_sql(after.refunded_fen),
+            fen_sql(after.reserved_fen),
             now,
             order_id,
             before.status.as_str(),
-            before.refunded_fen,
-            before.reserved_fen
+            fen_sql(before.refunded_fen),
+            fen_sql(before.reserved_fen)
         ])?;
     if changed == 0 {
         return Err(StoreError::Db("the order changed during a refund's transaction".into()));
@@ -621,7 +625,7 @@ fn settle_refund(
     let refund = refund_by_id(conn, refund_id)?;
     let order = order_by_id(conn, refund.order_id)?;
     let before = figures(conn, order.id)?;
-    let after = rules::settle(order.amount_fen, before, refund.amount_fen, succeeded);
+    let after = rules::settle(order.amount_fen, before, refund.amount_fen, succeeded)?;
     set_figures(conn, order.id, before, after, now)?;
     let order = order_by_id(conn, refund.order_id)?;
     let (kind, event_type) = if succeeded {
@@ -635,10 +639,10 @@ fn settle_refund(
 }
 
 fn create_refund(c: &Connection, n: &NewRefund) -> Result<RefundCreated, StoreError> {
-    let Some(order) = order_by_number(c, &n.merchant, &n.out_trade_no)? else {
+    let Some(order) = order_by_number(c, &n.merchant, n.out_trade_no.as_str())? else {
         return Ok(RefundCreated::NoOrder);
     };
-    if let Some(existing) = refund_by_number(c, &n.merchant, &n.out_refund_no)? {
+    if let Some(existing) = refund_by_number(c, &n.merchant, n.out_refund_no.as_str())? {
         return Ok(RefundCreated::Existing(existing));
     }
     if let Some(refused) = reserve(c, &order, n.amount_fen, n.now)? {
@@ -651,9 +655,9 @@ fn create_refund(c: &Connection, n: &NewRefund) -> Result<RefundCreated, StoreEr
     .execute(params![
         order.id,
         n.merchant,
-        n.out_trade_no,
-        n.out_refund_no,
-        n.amount_fen,
+        n.out_trade_no.as_str(),
+        n.out_refund_no.as_str(),
+        fen_sql(n.amount_fen),
         n.reason,
         n.now,
         n.first_check_at,
@@ -666,7 +670,7 @@ fn create_refund(c: &Connection, n: &NewRefund) -> Result<RefundCreated, StoreEr
 }
 
 fn apply_refund(c: &Connection, r: &RefundResult) -> Result<RefundOutcome, StoreError> {
-    let found = refund_by_number(c, &r.merchant, &r.out_refund_no)?;
+    let found = refund_by_number(c, &r.merchant, r.out_refund_no.as_str())?;
     let verdict = refund_verdict(
         found.as_ref().map(refund_facts),
         &r.out_trade_no,
@@ -705,10 +709,10 @@ fn apply_refund(c: &Connection, r: &RefundResult) -> Result<RefundOutcome, Store
 }
 
 fn import_refund(c: &Connection, i: &ImportedRefund) -> Result<RefundCreated, StoreError> {
-    let Some(order) = order_by_number(c, &i.merchant, &i.out_trade_no)? else {
+    let Some(order) = order_by_number(c, &i.merchant, i.out_trade_no.as_str())? else {
         return Ok(RefundCreated::NoOrder);
     };
-    if let Some(existing) = refund_by_number(c, &i.merchant, &i.out_refund_no)? {
+    if let Some(existing) = refund_by_number(c, &i.merchant, i.out_refund_no.as_str())? {
         return Ok(RefundCreated::Existing(existing));
     }
     if i.status != RefundStatus::Failed {
@@ -724,9 +728,9 @@ fn import_refund(c: &Connection, i: &ImportedRefund) -> Result<RefundCreated, St
     .execute(params![
         order.id,
         i.merchant,
-        i.out_trade_no,
-        i.out_refund_no,
-        i.amount_fen,
+        i.out_trade_no.as_str(),
+        i.out_refund_no.as_str(),
+        fen_sql(i.amount_fen),
         i.refund_id,
         i.now,
         i.accepted_at
@@ -788,7 +792,7 @@ fn schedule(c: &Connection, table: &str, id: i64, at: Option<i64>) -> Result<(),
 }
 
 fn apply_payment(conn: &Connection, p: &Payment) -> Result<PaymentOutcome, StoreError> {
-    let found = order_by_number(conn, &p.merchant, &p.out_trade_no)?;
+    let found = order_by_number(conn, &p.merchant, p.out_trade_no.as_str())?;
     let facts = found.as_ref().map(|o| OrderFacts {
         amount_fen: o.amount_fen,
         status: o.status,
@@ -852,11 +856,11 @@ impl Store for SqliteStore {
                 )?
                 .execute(params![
                     n.merchant,
-                    n.out_trade_no,
+                    n.out_trade_no.as_str(),
                     n.appid,
                     n.mch_id,
                     n.description,
-                    n.amount_fen,
+                    fen_sql(n.amount_fen),
                     n.openid,
                     n.attach,
                     n.client_ip,
@@ -865,7 +869,7 @@ impl Store for SqliteStore {
                     n.first_check_at,
                     n.request_hash
                 ])?;
-            let order = order_by_number(c, &n.merchant, &n.out_trade_no)?
+            let order = order_by_number(c, &n.merchant, n.out_trade_no.as_str())?
                 .ok_or_else(|| StoreError::Db("an order vanished after its insert".into()))?;
             if inserted == 0 {
                 return Ok(Created::Existing(order));
@@ -903,8 +907,8 @@ impl Store for SqliteStore {
         })
     }
 
-    fn order(&self, merchant: String, out_trade_no: String) -> Fut<'_, Option<Order>> {
-        self.read(move |c| order_by_number(c, &merchant, &out_trade_no))
+    fn order(&self, merchant: String, out_trade_no: OutTradeNo) -> Fut<'_, Option<Order>> {
+        self.read(move |c| order_by_number(c, &merchant, out_trade_no.as_str()))
     }
 
     fn events(&self, order_id: i64) -> Fut<'_, Vec<Event>> {
@@ -1113,8 +1117,8 @@ impl Store for SqliteStore {
         self.write(move |c| create_refund(c, &new))
     }
 
-    fn refund(&self, merchant: String, out_refund_no: String) -> Fut<'_, Option<Refund>> {
-        self.read(move |c| refund_by_number(c, &merchant, &out_refund_no))
+    fn refund(&self, merchant: String, out_refund_no: OutRefundNo) -> Fut<'_, Option<Refund>> {
+        self.read(move |c| refund_by_number(c, &merchant, out_refund_no.as_str()))
     }
 
     fn refunds_of(&self, order_id: i64) -> Fut<'_, Vec<Refund>> {
@@ -1230,11 +1234,11 @@ impl Store for SqliteStore {
         })
     }
 
-    fn orders_by_numbers(&self, merchant: String, numbers: Vec<String>) -> Fut<'_, Vec<Order>> {
+    fn orders_by_numbers(&self, merchant: String, numbers: Vec<OutTradeNo>) -> Fut<'_, Vec<Order>> {
         self.read(move |c| {
             let mut out = Vec::with_capacity(numbers.len());
             for n in &numbers {
-                if let Some(o) = order_by_number(c, &merchant, n)? {
+                if let Some(o) = order_by_number(c, &merchant, n.as_str())? {
                     out.push(o);
                 }
             }
@@ -1252,11 +1256,11 @@ impl Store for SqliteStore {
         })
     }
 
-    fn refunds_by_numbers(&self, merchant: String, numbers: Vec<String>) -> Fut<'_, Vec<Refund>> {
+    fn refunds_by_numbers(&self, merchant: String, numbers: Vec<OutRefundNo>) -> Fut<'_, Vec<Refund>> {
         self.read(move |c| {
             let mut out = Vec::with_capacity(numbers.len());
             for n in &numbers {
-                if let Some(r) = refund_by_number(c, &merchant, n)? {
+                if let Some(r) = refund_by_number(c, &merchant, n.as_str())? {
                     out.push(r);
                 }
             }
@@ -1267,7 +1271,7 @@ impl Store for SqliteStore {
     fn correct_amount(
         &self,
         order_id: i64,
-        amount_fen: i64,
+        amount_fen: Fen,
         detail: serde_json::Value,
         now: i64,
     ) -> Fut<'_, Option<Order>> {
@@ -1279,7 +1283,7 @@ impl Store for SqliteStore {
                      WHERE id = ?3 AND status IN ('paid', 'refunded') AND refund_reserved_fen <= ?1 \
                      AND NOT EXISTS (SELECT 1 FROM refunds WHERE order_id = ?3 AND status = 'pending' AND upstream != 'created')",
                 )?
-                .execute(params![amount_fen, now, order_id])?;
+                .execute(params![fen_sql(amount_fen), now, order_id])?;
             if changed == 0 {
                 return Ok(None);
             }

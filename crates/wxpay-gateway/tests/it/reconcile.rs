@@ -117,12 +117,17 @@ async fn seeded_differences_are_each_reported_and_settled_by_repair(db: TestDb) 
     t.paid_order("RD-AMOUNT", 500).await;
     let store = t.app.store();
     let o = store
-        .order("default".into(), "RD-AMOUNT".into())
+        .order("default".into(), "RD-AMOUNT".parse().unwrap())
         .await
         .unwrap()
         .unwrap();
     store
-        .correct_amount(o.id, 400, json!({"seeded": "by the test"}), t.app.now())
+        .correct_amount(
+            o.id,
+            Fen::new(400).unwrap(),
+            json!({"seeded": "by the test"}),
+            t.app.now(),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -356,7 +361,11 @@ async fn a_refund_accepted_across_midnight_balances_both_days_after_repair(db: T
     let today = Day::containing(t.app.now());
     let yesterday = Day::before(t.app.now());
     let store = t.app.store();
-    let refund = store.refund("default".into(), "RN-1-R".into()).await.unwrap().unwrap();
+    let refund = store
+        .refund("default".into(), "RN-1-R".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
     store
         .move_refund_accepted_at(
             refund.id,

@@ -7,19 +7,29 @@ use wxpay_gateway::store::{
     PaymentOutcome, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Source, Store,
 };
 
+use wxpay_protocol::{Fen, OutTradeNo};
+
 use crate::support::TestDb;
 use crate::support::engines;
 
 const T0: i64 = 1_795_000_000_000;
 
+fn fen(amount: i64) -> Fen {
+    Fen::new(u64::try_from(amount).unwrap()).unwrap()
+}
+
+fn no(out_trade_no: &str) -> OutTradeNo {
+    OutTradeNo::new(out_trade_no).unwrap()
+}
+
 fn new_order(merchant: &str, no: &str, amount: i64) -> NewOrder {
     NewOrder {
         merchant: merchant.into(),
-        out_trade_no: no.into(),
+        out_trade_no: no.parse().unwrap(),
         appid: "wxd678efh567hg6787".into(),
         mch_id: "1230000109".into(),
         description: "test".into(),
-        amount_fen: amount,
+        amount_fen: fen(amount),
         openid: "openid".into(),
         attach: None,
         client_ip: "127.0.0.1".into(),
@@ -33,9 +43,9 @@ fn new_order(merchant: &str, no: &str, amount: i64) -> NewOrder {
 fn payment(no: &str, tx: &str, amount: i64) -> Payment {
     Payment {
         merchant: "default".into(),
-        out_trade_no: no.into(),
+        out_trade_no: no.parse().unwrap(),
         transaction_id: tx.into(),
-        amount_fen: amount,
+        amount_fen: fen(amount),
         paid_at: T0 + 1000,
         source: Source::Notification,
         now: T0 + 1500,
@@ -69,7 +79,7 @@ async fn an_order_number_is_stored_once_per_merchant(db: TestDb) {
     let first = created(&store, "default", "N1", 100).await;
     assert_eq!(first.status, OrderStatus::Pending);
     match store.create_order(new_order("default", "N1", 999)).await.unwrap() {
-        Created::Existing(o) => assert_eq!((o.id, o.amount_fen), (first.id, 100), "{}", db.engine),
+        Created::Existing(o) => assert_eq!((o.id, o.amount_fen), (first.id, fen(100)), "{}", db.engine),
         Created::New(_) => panic!("{}: a second order with one number", db.engine),
     }
     // Another merchant may use the same number.
@@ -165,7 +175,7 @@ async fn a_wrong_amount_an_unknown_order_or_a_reused_transaction_change_nothing(
         .await
         .unwrap();
     assert!(
-        matches!(wrong, PaymentOutcome::AmountMismatch { expected: 100, got: 99 }),
+        matches!(wrong, PaymentOutcome::AmountMismatch { expected, got } if (expected, got) == (fen(100), fen(99))),
         "{}: {wrong:?}",
         db.engine
     );
@@ -205,7 +215,7 @@ async fn a_wrong_amount_an_unknown_order_or_a_reused_transaction_change_nothing(
         "{}: {other_tx:?}",
         db.engine
     );
-    let w1 = store.order("default".into(), "W1".into()).await.unwrap().unwrap();
+    let w1 = store.order("default".into(), no("W1")).await.unwrap().unwrap();
     assert_eq!(
         (w1.status, w1.transaction_id),
         (OrderStatus::Pending, None),
@@ -248,12 +258,7 @@ async fn a_paid_order_is_never_closed_or_failed_and_a_closed_one_can_still_be_pa
         db.engine
     );
     assert_eq!(
-        store
-            .order("default".into(), "S1".into())
-            .await
-            .unwrap()
-            .unwrap()
-            .status,
+        store.order("default".into(), no("S1")).await.unwrap().unwrap().status,
         OrderStatus::Paid
     );
 
@@ -597,7 +602,7 @@ async fn a_second_store_on_the_same_database_sees_the_same_orders_and_migrations
     wxpay_gateway::migrate(&db.url).await.unwrap();
     let b = db.store().await;
     assert!(
-        b.order("default".into(), "M1".into()).await.unwrap().is_some(),
+        b.order("default".into(), no("M1")).await.unwrap().is_some(),
         "{}",
         db.engine
     );
@@ -640,7 +645,7 @@ async fn a_mixed_burst_of_payments_gets_the_verdict_each_would_get_alone(db: Tes
                 assert_eq!(o.status, OrderStatus::Paid);
             }
             ("ok", PaymentOutcome::AlreadyPaid(_)) => {}
-            ("amount", PaymentOutcome::AmountMismatch { got: 1, .. }) => {}
+            ("amount", PaymentOutcome::AmountMismatch { got, .. }) if *got == fen(1) => {}
             ("unknown", PaymentOutcome::UnknownOrder) => {}
             _ => panic!("{}: {expect} got {outcome:?}", db.engine),
         }
@@ -690,12 +695,12 @@ async fn concurrent_creations_store_each_number_once_and_record_every_prepay(db:
     for t in tasks {
         match t.await.unwrap() {
             Created::New(o) => {
-                if o.out_trade_no == "CC-SAME" {
+                if o.out_trade_no.as_str() == "CC-SAME" {
                     new_same += 1;
                 }
                 assert!(ids.insert(o.id), "{}: one id twice", db.engine);
             }
-            Created::Existing(o) => assert_eq!(o.out_trade_no, "CC-SAME", "{}", db.engine),
+            Created::Existing(o) => assert_eq!(o.out_trade_no.as_str(), "CC-SAME", "{}", db.engine),
         }
     }
     assert_eq!((new_same, ids.len()), (1, 21), "{}", db.engine);
@@ -719,9 +724,9 @@ engines!(concurrent_creations_store_each_number_once_and_record_every_prepay);
 fn new_refund(order: &str, no: &str, amount: i64) -> NewRefund {
     NewRefund {
         merchant: "default".into(),
-        out_trade_no: order.into(),
-        out_refund_no: no.into(),
-        amount_fen: amount,
+        out_trade_no: order.parse().unwrap(),
+        out_refund_no: no.parse().unwrap(),
+        amount_fen: fen(amount),
         reason: None,
         request_hash: format!("refund-{no}-{amount}"),
         first_check_at: T0 + 60_000,
@@ -732,10 +737,10 @@ fn new_refund(order: &str, no: &str, amount: i64) -> NewRefund {
 fn refund_result(order: &str, no: &str, amount: i64, succeeded: bool) -> RefundResult {
     RefundResult {
         merchant: "default".into(),
-        out_refund_no: no.into(),
-        out_trade_no: order.into(),
+        out_refund_no: no.parse().unwrap(),
+        out_trade_no: order.parse().unwrap(),
         refund_id: format!("50300{no}"),
-        amount_fen: amount,
+        amount_fen: fen(amount),
         succeeded,
         upstream_status: if succeeded { "SUCCESS" } else { "REFUNDCLOSE" }.into(),
         settled_at: T0 + 3000,
@@ -768,7 +773,7 @@ async fn concurrent_refunds_never_add_up_to_more_than_the_order_amount(db: TestD
         match t.await.unwrap().unwrap() {
             RefundCreated::New(_) => new += 1,
             RefundCreated::Exceeds { available } => {
-                assert_eq!(available, 10, "{}", db.engine);
+                assert_eq!(available, fen(10), "{}", db.engine);
                 exceeded += 1;
             }
             other => panic!("{}: {other:?}", db.engine),
@@ -776,10 +781,10 @@ async fn concurrent_refunds_never_add_up_to_more_than_the_order_amount(db: TestD
     }
     assert_eq!((new, exceeded), (3, 17), "{}", db.engine);
     // A failed refund gives its amount back: 40 fit again, 41 do not.
-    let o = store.order("default".into(), "R-CONC".into()).await.unwrap().unwrap();
+    let o = store.order("default".into(), no("R-CONC")).await.unwrap().unwrap();
     let first = store.refunds_of(o.id).await.unwrap().remove(0);
     let failed = store
-        .apply_refund(refund_result("R-CONC", &first.out_refund_no, 30, false), None)
+        .apply_refund(refund_result("R-CONC", first.out_refund_no.as_str(), 30, false), None)
         .await
         .unwrap();
     assert!(
@@ -788,7 +793,7 @@ async fn concurrent_refunds_never_add_up_to_more_than_the_order_amount(db: TestD
     );
     assert!(matches!(
         store.create_refund(new_refund("R-CONC", "RF-41", 41)).await.unwrap(),
-        RefundCreated::Exceeds { available: 40 }
+        RefundCreated::Exceeds { available } if available == fen(40)
     ));
     assert!(matches!(
         store.create_refund(new_refund("R-CONC", "RF-40", 40)).await.unwrap(),
@@ -812,11 +817,11 @@ async fn a_refund_settles_once_and_the_order_becomes_refunded_at_its_full_amount
     let RefundCreated::New(a) = store.create_refund(new_refund("R-FULL", "RA", 40)).await.unwrap() else {
         panic!("not new");
     };
-    assert_eq!((a.status, a.amount_fen), (RefundStatus::Pending, 40));
+    assert_eq!((a.status, a.amount_fen), (RefundStatus::Pending, fen(40)));
     // The same number again is the same refund, whatever it asks now.
     assert!(matches!(
         store.create_refund(new_refund("R-FULL", "RA", 50)).await.unwrap(),
-        RefundCreated::Existing(r) if r.id == a.id && r.amount_fen == 40
+        RefundCreated::Existing(r) if r.id == a.id && r.amount_fen == fen(40)
     ));
     let RefundCreated::New(_) = store.create_refund(new_refund("R-FULL", "RB", 60)).await.unwrap() else {
         panic!("not new");
@@ -834,7 +839,7 @@ async fn a_refund_settles_once_and_the_order_becomes_refunded_at_its_full_amount
             .apply_refund(refund_result("R-FULL", "RA", 41, true), None)
             .await
             .unwrap(),
-        RefundOutcome::AmountMismatch { expected: 40, got: 41 }
+        RefundOutcome::AmountMismatch { expected, got } if (expected, got) == (fen(40), fen(41))
     ));
     assert!(matches!(
         store
@@ -843,8 +848,8 @@ async fn a_refund_settles_once_and_the_order_becomes_refunded_at_its_full_amount
             .unwrap(),
         RefundOutcome::UnknownRefund
     ));
-    let o = store.order("default".into(), "R-FULL".into()).await.unwrap().unwrap();
-    assert_eq!((o.status, o.refunded_fen), (OrderStatus::Paid, 0), "{}", db.engine);
+    let o = store.order("default".into(), no("R-FULL")).await.unwrap().unwrap();
+    assert_eq!((o.status, o.refunded_fen), (OrderStatus::Paid, fen(0)), "{}", db.engine);
 
     // Ten concurrent copies of one success: one transition.
     let tasks: Vec<_> = (0..10)
@@ -870,17 +875,17 @@ async fn a_refund_settles_once_and_the_order_becomes_refunded_at_its_full_amount
             .unwrap(),
         RefundOutcome::Conflict(_)
     ));
-    let o = store.order("default".into(), "R-FULL".into()).await.unwrap().unwrap();
-    assert_eq!((o.status, o.refunded_fen), (OrderStatus::Paid, 40));
+    let o = store.order("default".into(), no("R-FULL")).await.unwrap().unwrap();
+    assert_eq!((o.status, o.refunded_fen), (OrderStatus::Paid, fen(40)));
     let r = store
         .apply_refund(refund_result("R-FULL", "RB", 60, true), None)
         .await
         .unwrap();
     assert!(matches!(r, RefundOutcome::Applied(_)));
-    let o = store.order("default".into(), "R-FULL".into()).await.unwrap().unwrap();
+    let o = store.order("default".into(), no("R-FULL")).await.unwrap().unwrap();
     assert_eq!(
         (o.status, o.refunded_fen),
-        (OrderStatus::Refunded, 100),
+        (OrderStatus::Refunded, fen(100)),
         "{}",
         db.engine
     );
@@ -905,10 +910,10 @@ async fn a_refund_settles_once_and_the_order_becomes_refunded_at_its_full_amount
     let imported = store
         .import_refund(ImportedRefund {
             merchant: "default".into(),
-            out_trade_no: "R-IMP".into(),
-            out_refund_no: "R-IMP-1".into(),
+            out_trade_no: no("R-IMP"),
+            out_refund_no: "R-IMP-1".parse().unwrap(),
             refund_id: "50300999".into(),
-            amount_fen: 20,
+            amount_fen: fen(20),
             status: RefundStatus::Succeeded,
             accepted_at: T0 + 5000,
             detail: serde_json::json!({"source": "reconciliation"}),
@@ -920,11 +925,11 @@ async fn a_refund_settles_once_and_the_order_becomes_refunded_at_its_full_amount
         matches!(imported, RefundCreated::New(ref r) if r.status == RefundStatus::Succeeded),
         "{imported:?}"
     );
-    let o = store.order("default".into(), "R-IMP".into()).await.unwrap().unwrap();
-    assert_eq!(o.refunded_fen, 20);
+    let o = store.order("default".into(), no("R-IMP")).await.unwrap().unwrap();
+    assert_eq!(o.refunded_fen, fen(20));
     assert!(matches!(
         store.create_refund(new_refund("R-IMP", "R-IMP-2", 31)).await.unwrap(),
-        RefundCreated::Exceeds { available: 30 }
+        RefundCreated::Exceeds { available } if available == fen(30)
     ));
 }
 engines!(a_refund_settles_once_and_the_order_becomes_refunded_at_its_full_amount);
@@ -973,7 +978,7 @@ async fn a_refund_wechat_pay_accepted_never_fails_by_a_later_refusal(db: TestDb)
     // Its 70 fen stay reserved.
     assert!(matches!(
         store.create_refund(new_refund("R-ACC", "RACC-2", 31)).await.unwrap(),
-        RefundCreated::Exceeds { available: 30 }
+        RefundCreated::Exceeds { available } if available == fen(30)
     ));
     // A refusal of one never accepted fails it and frees its amount.
     let RefundCreated::New(b) = store.create_refund(new_refund("R-ACC", "RACC-3", 30)).await.unwrap() else {

@@ -193,19 +193,22 @@ impl Provider for V2Provider {
                 .link
                 .call(&RefundQuery::by_out_refund_no(out_refund_no.clone()))
                 .await?;
+            let incomplete = |e: wxpay_protocol::Error| ProviderError::Incomplete(e.to_string());
             Ok(RefundsOfOrder {
-                out_trade_no: answer.out_trade_no,
+                out_trade_no: OutTradeNo::new(answer.out_trade_no).map_err(incomplete)?,
                 refunds: answer
                     .refunds
                     .into_iter()
-                    .map(|r| RefundReport {
-                        state: refund_state(&r.refund_status),
-                        out_refund_no: r.out_refund_no,
-                        refund_id: r.refund_id,
-                        amount: r.refund_fee,
-                        settled_at: r.refund_success_time.map(ms),
+                    .map(|r| {
+                        Ok(RefundReport {
+                            state: refund_state(&r.refund_status),
+                            out_refund_no: OutRefundNo::new(r.out_refund_no).map_err(incomplete)?,
+                            refund_id: r.refund_id,
+                            amount: r.refund_fee,
+                            settled_at: r.refund_success_time.map(ms),
+                        })
                     })
-                    .collect(),
+                    .collect::<Result<_, ProviderError>>()?,
             })
         })
     }
@@ -301,13 +304,9 @@ impl V2Inbox {
                 reason: format!("{code} {description}"),
             },
         };
-        Ok((
-            idx,
-            PaymentNotice {
-                out_trade_no: n.out_trade_no,
-                outcome,
-            },
-        ))
+        let out_trade_no =
+            OutTradeNo::new(n.out_trade_no).map_err(|e| rejected(&fields, Some(idx), format!("verified, but {e}")))?;
+        Ok((idx, PaymentNotice { out_trade_no, outcome }))
     }
 
     /// A refund notification, decrypted with its merchant's key: the merchant's index and
@@ -321,14 +320,15 @@ impl V2Inbox {
                 format!("req_info cannot be read with this merchant's key: {e}"),
             )
         })?;
+        let invalid = |e: wxpay_protocol::Error| rejected(&fields, Some(idx), format!("decrypted, but {e}"));
         Ok((
             idx,
             RefundNotice {
-                out_trade_no: n.out_trade_no,
+                out_trade_no: OutTradeNo::new(n.out_trade_no).map_err(invalid)?,
                 transaction_id: n.transaction_id,
                 refund: RefundReport {
                     state: refund_state(&n.refund_status),
-                    out_refund_no: n.out_refund_no,
+                    out_refund_no: OutRefundNo::new(n.out_refund_no).map_err(invalid)?,
                     refund_id: n.refund_id,
                     amount: n.refund_fee,
                     settled_at: n.success_time.map(ms),

@@ -9,6 +9,9 @@ use sqlx::postgres::{PgPool, PgRow};
 use tokio::sync::{mpsc, oneshot};
 
 use super::rows::{ORDER_COLUMNS, order_by_number_sql, order_columns_of, order_row};
+use wxpay_protocol::Fen;
+
+use crate::store::col::fen_sql;
 use crate::store::{Created, NewOrder, NotificationRecord, Order, Payment, PaymentOutcome, StoreError, event_id};
 
 /// A new order waiting for its batch.
@@ -91,7 +94,7 @@ pub(super) fn payment_outcome(
     verdict: &str,
     was: Option<&str>,
     row: Option<&PgRow>,
-    got: i64,
+    got: Fen,
 ) -> Result<PaymentOutcome, StoreError> {
     let order = || -> Result<Order, StoreError> {
         order_row(row.ok_or_else(|| StoreError::Db(format!("a {verdict} payment without its order")))?)
@@ -143,8 +146,8 @@ pub(super) async fn apply_one(
     let n = notification.unwrap_or_else(empty_record);
     let row = sqlx::query(sqlx::AssertSqlSafe(apply_payment_sql()))
         .bind(&p.merchant)
-        .bind(&p.out_trade_no)
-        .bind(p.amount_fen)
+        .bind(p.out_trade_no.as_str())
+        .bind(fen_sql(p.amount_fen))
         .bind(&p.transaction_id)
         .bind(p.paid_at)
         .bind(p.now)
@@ -363,8 +366,8 @@ pub(super) async fn call_batch(
     for j in jobs {
         let p = &j.payment;
         merchant.push(p.merchant.clone());
-        out_trade_no.push(p.out_trade_no.clone());
-        amount.push(p.amount_fen);
+        out_trade_no.push(p.out_trade_no.as_str().to_owned());
+        amount.push(fen_sql(p.amount_fen));
         transaction_id.push(p.transaction_id.clone());
         paid_at.push(p.paid_at);
         now.push(p.now);
@@ -405,7 +408,7 @@ pub(super) async fn call_batch(
         let verdict: String = row.try_get("r_verdict")?;
         let was: Option<String> = row.try_get("r_was")?;
         let i = usize::try_from(idx - 1).map_err(|_| StoreError::Db("bad batch index".into()))?;
-        let got = jobs.get(i).map_or(0, |j| j.payment.amount_fen);
+        let got = jobs.get(i).map_or(Fen::ZERO, |j| j.payment.amount_fen);
         let row = (verdict != "unknown_order").then_some(row);
         if let Some(slot) = out.get_mut(i) {
             *slot = Some(payment_outcome(&verdict, was.as_deref(), row, got));
@@ -496,11 +499,11 @@ pub(super) async fn create_one(pool: &PgPool, n: NewOrder) -> Result<Created, St
     // `created` event.
     let row = sqlx::query(sqlx::AssertSqlSafe(create_one_sql()))
         .bind(&n.merchant)
-        .bind(&n.out_trade_no)
+        .bind(n.out_trade_no.as_str())
         .bind(&n.appid)
         .bind(&n.mch_id)
         .bind(&n.description)
-        .bind(n.amount_fen)
+        .bind(fen_sql(n.amount_fen))
         .bind(&n.openid)
         .bind(&n.attach)
         .bind(&n.client_ip)
@@ -516,7 +519,7 @@ pub(super) async fn create_one(pool: &PgPool, n: NewOrder) -> Result<Created, St
     // The number is taken: a fresh statement sees the order that has it.
     let row = sqlx::query(sqlx::AssertSqlSafe(order_by_number_sql()))
         .bind(&n.merchant)
-        .bind(&n.out_trade_no)
+        .bind(n.out_trade_no.as_str())
         .fetch_one(pool)
         .await?;
     Ok(Created::Existing(order_row(&row)?))
@@ -575,11 +578,11 @@ pub(super) async fn create_batch(pool: &PgPool, jobs: &[CreateJob]) -> Result<Ve
     let num = |f: fn(&NewOrder) -> i64| jobs.iter().map(|j| f(&j.order)).collect::<Vec<_>>();
     let rows = sqlx::query(sqlx::AssertSqlSafe(create_batch_sql()))
         .bind(col(|o| o.merchant.clone()))
-        .bind(col(|o| o.out_trade_no.clone()))
+        .bind(col(|o| o.out_trade_no.as_str().to_owned()))
         .bind(col(|o| o.appid.clone()))
         .bind(col(|o| o.mch_id.clone()))
         .bind(col(|o| o.description.clone()))
-        .bind(num(|o| o.amount_fen))
+        .bind(num(|o| fen_sql(o.amount_fen)))
         .bind(col(|o| o.openid.clone()))
         .bind(jobs.iter().map(|j| j.order.attach.clone()).collect::<Vec<_>>())
         .bind(col(|o| o.client_ip.clone()))

@@ -10,6 +10,9 @@ use super::rows::{ORDER_COLUMNS, REFUND_COLUMNS, order_by_number_sql, order_row,
 use super::tx::{
     add_event, claim_due, insert_notification, lock_order_of_refund, order_by_id, refund_by_id, schedule, transition,
 };
+use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
+
+use crate::store::col::fen_sql;
 use crate::store::{
     Created, DailyClaim, Event, Fut, IdemClaim, IdemKey, ImportedRefund, NewOrder, NewRefund, NotificationRecord,
     Order, OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated,
@@ -94,11 +97,11 @@ impl Store for PgStore {
         })
     }
 
-    fn order(&self, merchant: String, out_trade_no: String) -> Fut<'_, Option<Order>> {
+    fn order(&self, merchant: String, out_trade_no: OutTradeNo) -> Fut<'_, Option<Order>> {
         Box::pin(async move {
             let row = sqlx::query(sqlx::AssertSqlSafe(order_by_number_sql()))
                 .bind(merchant)
-                .bind(out_trade_no)
+                .bind(out_trade_no.as_str())
                 .fetch_optional(&self.pool)
                 .await?;
             row.as_ref().map(order_row).transpose()
@@ -394,13 +397,13 @@ impl Store for PgStore {
         })
     }
 
-    fn refund(&self, merchant: String, out_refund_no: String) -> Fut<'_, Option<Refund>> {
+    fn refund(&self, merchant: String, out_refund_no: OutRefundNo) -> Fut<'_, Option<Refund>> {
         Box::pin(async move {
             let row = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {REFUND_COLUMNS} FROM refunds WHERE merchant = $1 AND out_refund_no = $2"
             )))
             .bind(merchant)
-            .bind(out_refund_no)
+            .bind(out_refund_no.as_str())
             .fetch_optional(&self.pool)
             .await?;
             row.as_ref().map(refund_row).transpose()
@@ -554,13 +557,13 @@ impl Store for PgStore {
         })
     }
 
-    fn orders_by_numbers(&self, merchant: String, numbers: Vec<String>) -> Fut<'_, Vec<Order>> {
+    fn orders_by_numbers(&self, merchant: String, numbers: Vec<OutTradeNo>) -> Fut<'_, Vec<Order>> {
         Box::pin(async move {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = $1 AND out_trade_no = ANY($2)"
             )))
             .bind(merchant)
-            .bind(numbers)
+            .bind(numbers.into_iter().map(String::from).collect::<Vec<_>>())
             .fetch_all(&self.pool)
             .await?;
             rows.iter().map(order_row).collect()
@@ -581,13 +584,13 @@ impl Store for PgStore {
         })
     }
 
-    fn refunds_by_numbers(&self, merchant: String, numbers: Vec<String>) -> Fut<'_, Vec<Refund>> {
+    fn refunds_by_numbers(&self, merchant: String, numbers: Vec<OutRefundNo>) -> Fut<'_, Vec<Refund>> {
         Box::pin(async move {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {REFUND_COLUMNS} FROM refunds WHERE merchant = $1 AND out_refund_no = ANY($2)"
             )))
             .bind(merchant)
-            .bind(numbers)
+            .bind(numbers.into_iter().map(String::from).collect::<Vec<_>>())
             .fetch_all(&self.pool)
             .await?;
             rows.iter().map(refund_row).collect()
@@ -597,7 +600,7 @@ impl Store for PgStore {
     fn correct_amount(
         &self,
         order_id: i64,
-        amount_fen: i64,
+        amount_fen: Fen,
         detail: serde_json::Value,
         now: i64,
     ) -> Fut<'_, Option<Order>> {
@@ -609,7 +612,7 @@ impl Store for PgStore {
                  WHERE id = $3 AND status IN ('paid', 'refunded') AND refund_reserved_fen <= $1 \
                  AND NOT EXISTS (SELECT 1 FROM refunds WHERE order_id = $3 AND status = 'pending' AND upstream != 'created')",
             )
-            .bind(amount_fen)
+            .bind(fen_sql(amount_fen))
             .bind(now)
             .bind(order_id)
             .execute(&mut *tx)

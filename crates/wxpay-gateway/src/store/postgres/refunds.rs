@@ -8,15 +8,17 @@ use super::tx::{Tx, add_event, add_refund_outbox, lock_order, order_by_id, refun
 use crate::store::rules::{self, RefundVerdict, Refunded, refund_facts, refund_refused};
 use crate::store::{
     ImportedRefund, NewRefund, Order, Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement,
-    StoreError, order_status,
+    StoreError, col,
 };
+use col::fen_sql;
+use wxpay_protocol::Fen;
 
 /// Raises a locked, paid order's reserved refund sum by `amount` if it stays within the
 /// amount; otherwise says why not.
 pub(super) async fn reserve(
     tx: &mut Tx,
     order: &Order,
-    amount: i64,
+    amount: Fen,
     now: i64,
 ) -> Result<Option<RefundCreated>, StoreError> {
     let before = figures(tx, order.id).await?;
@@ -36,9 +38,9 @@ pub(super) async fn figures(tx: &mut Tx, order_id: i64) -> Result<Refunded, Stor
         .fetch_one(&mut **tx)
         .await?;
     Ok(Refunded {
-        status: order_status(row.try_get("status")?)?,
-        refunded_fen: row.try_get("refunded_fen")?,
-        reserved_fen: row.try_get("refund_reserved_fen")?,
+        status: col::order_status(row.try_get("status")?)?,
+        refunded_fen: col::fen(row.try_get("refunded_fen")?)?,
+        reserved_fen: col::fen(row.try_get("refund_reserved_fen")?)?,
     })
 }
 
@@ -56,13 +58,13 @@ pub(super) async fn set_figures(
          WHERE id = $5 AND status = $6 AND refunded_fen = $7 AND refund_reserved_fen = $8",
     )
     .bind(after.status.as_str())
-    .bind(after.refunded_fen)
-    .bind(after.reserved_fen)
+    .bind(fen_sql(after.refunded_fen))
+    .bind(fen_sql(after.reserved_fen))
     .bind(now)
     .bind(order_id)
     .bind(before.status.as_str())
-    .bind(before.refunded_fen)
-    .bind(before.reserved_fen)
+    .bind(fen_sql(before.refunded_fen))
+    .bind(fen_sql(before.reserved_fen))
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -103,7 +105,7 @@ pub(super) async fn settle_refund(
     let refund = refund_by_id(tx, refund_id).await?;
     let order = order_by_id(tx, refund.order_id).await?;
     let before = figures(tx, order.id).await?;
-    let after = rules::settle(order.amount_fen, before, refund.amount_fen, s.succeeded);
+    let after = rules::settle(order.amount_fen, before, refund.amount_fen, s.succeeded)?;
     set_figures(tx, order.id, before, after, now).await?;
     let order = order_by_id(tx, refund.order_id).await?;
     let (kind, event_type) = if s.succeeded {
@@ -117,10 +119,10 @@ pub(super) async fn settle_refund(
 }
 
 pub(super) async fn create_refund(tx: &mut Tx, n: &NewRefund) -> Result<RefundCreated, StoreError> {
-    let Some(order) = lock_order(tx, &n.merchant, &n.out_trade_no).await? else {
+    let Some(order) = lock_order(tx, &n.merchant, n.out_trade_no.as_str()).await? else {
         return Ok(RefundCreated::NoOrder);
     };
-    if let Some(existing) = refund_by_number(tx, &n.merchant, &n.out_refund_no, false).await? {
+    if let Some(existing) = refund_by_number(tx, &n.merchant, n.out_refund_no.as_str(), false).await? {
         return Ok(RefundCreated::Existing(existing));
     }
     if let Some(refused) = reserve(tx, &order, n.amount_fen, n.now).await? {
@@ -133,9 +135,9 @@ pub(super) async fn create_refund(tx: &mut Tx, n: &NewRefund) -> Result<RefundCr
     )))
     .bind(order.id)
     .bind(&n.merchant)
-    .bind(&n.out_trade_no)
-    .bind(&n.out_refund_no)
-    .bind(n.amount_fen)
+    .bind(n.out_trade_no.as_str())
+    .bind(n.out_refund_no.as_str())
+    .bind(fen_sql(n.amount_fen))
     .bind(&n.reason)
     .bind(n.now)
     .bind(n.first_check_at)
@@ -154,14 +156,14 @@ pub(super) async fn apply_refund(tx: &mut Tx, r: &RefundResult) -> Result<Refund
     };
     // Read once to find the order whose row to lock (the order's first, then the refund's,
     // as every refund change does), then again under the lock, where the verdict is made.
-    let Some(found) = refund_by_number(tx, &r.merchant, &r.out_refund_no, false).await? else {
+    let Some(found) = refund_by_number(tx, &r.merchant, r.out_refund_no.as_str(), false).await? else {
         return Ok(RefundOutcome::UnknownRefund);
     };
     if verdict(Some(&found)) == RefundVerdict::WrongOrder {
         return Ok(RefundOutcome::WrongOrder);
     }
-    lock_order(tx, &found.merchant, &found.out_trade_no).await?;
-    let locked = refund_by_number(tx, &r.merchant, &r.out_refund_no, true).await?;
+    lock_order(tx, &found.merchant, found.out_trade_no.as_str()).await?;
+    let locked = refund_by_number(tx, &r.merchant, r.out_refund_no.as_str(), true).await?;
     let v = verdict(locked.as_ref());
     let refund = match (locked, v) {
         (Some(refund), RefundVerdict::Settle) => refund,
@@ -197,10 +199,10 @@ pub(super) async fn apply_refund(tx: &mut Tx, r: &RefundResult) -> Result<Refund
 }
 
 pub(super) async fn import_refund(tx: &mut Tx, i: &ImportedRefund) -> Result<RefundCreated, StoreError> {
-    let Some(order) = lock_order(tx, &i.merchant, &i.out_trade_no).await? else {
+    let Some(order) = lock_order(tx, &i.merchant, i.out_trade_no.as_str()).await? else {
         return Ok(RefundCreated::NoOrder);
     };
-    if let Some(existing) = refund_by_number(tx, &i.merchant, &i.out_refund_no, false).await? {
+    if let Some(existing) = refund_by_number(tx, &i.merchant, i.out_refund_no.as_str(), false).await? {
         return Ok(RefundCreated::Existing(existing));
     }
     if i.status != RefundStatus::Failed {
@@ -215,9 +217,9 @@ pub(super) async fn import_refund(tx: &mut Tx, i: &ImportedRefund) -> Result<Ref
     )
     .bind(order.id)
     .bind(&i.merchant)
-    .bind(&i.out_trade_no)
-    .bind(&i.out_refund_no)
-    .bind(i.amount_fen)
+    .bind(i.out_trade_no.as_str())
+    .bind(i.out_refund_no.as_str())
+    .bind(fen_sql(i.amount_fen))
     .bind(&i.refund_id)
     .bind(i.now)
     .bind(i.accepted_at)

@@ -3,29 +3,27 @@
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
-use crate::store::{Order, OrderStatus, Refund, RefundStatus, StoreError, Upstream};
+use crate::store::{Order, Refund, StoreError, col};
 
 pub(super) const ORDER_COLUMNS: &str = "id, merchant, out_trade_no, appid, mch_id, description, amount_fen, refunded_fen, openid, attach, \
 client_ip, status, upstream, upstream_error, prepay_id, prepay_at, transaction_id, created_at, updated_at, expires_at, paid_at, \
 closed_at, request_hash";
 
 pub(super) fn order_row(r: &PgRow) -> Result<Order, StoreError> {
-    let status: String = r.try_get("status")?;
-    let upstream: String = r.try_get("upstream")?;
     Ok(Order {
         id: r.try_get("id")?,
         merchant: r.try_get("merchant")?,
-        out_trade_no: r.try_get("out_trade_no")?,
+        out_trade_no: col::trade_no(r.try_get("out_trade_no")?)?,
         appid: r.try_get("appid")?,
         mch_id: r.try_get("mch_id")?,
         description: r.try_get("description")?,
-        amount_fen: r.try_get("amount_fen")?,
-        refunded_fen: r.try_get("refunded_fen")?,
+        amount_fen: col::fen(r.try_get("amount_fen")?)?,
+        refunded_fen: col::fen(r.try_get("refunded_fen")?)?,
         openid: r.try_get("openid")?,
         attach: r.try_get("attach")?,
         client_ip: r.try_get("client_ip")?,
-        status: OrderStatus::parse(&status).unwrap_or(OrderStatus::Pending),
-        upstream: Upstream::parse(&upstream).unwrap_or(Upstream::Unknown),
+        status: col::order_status(r.try_get("status")?)?,
+        upstream: col::upstream(r.try_get("upstream")?)?,
         upstream_error: r.try_get("upstream_error")?,
         prepay_id: r.try_get("prepay_id")?,
         prepay_at: r.try_get("prepay_at")?,
@@ -43,18 +41,16 @@ pub(super) const REFUND_COLUMNS: &str = "id, order_id, merchant, out_trade_no, o
 upstream_error, refund_id, created_at, updated_at, accepted_at, settled_at, request_hash";
 
 pub(super) fn refund_row(r: &PgRow) -> Result<Refund, StoreError> {
-    let status: String = r.try_get("status")?;
-    let upstream: String = r.try_get("upstream")?;
     Ok(Refund {
         id: r.try_get("id")?,
         order_id: r.try_get("order_id")?,
         merchant: r.try_get("merchant")?,
-        out_trade_no: r.try_get("out_trade_no")?,
-        out_refund_no: r.try_get("out_refund_no")?,
-        amount_fen: r.try_get("amount_fen")?,
+        out_trade_no: col::trade_no(r.try_get("out_trade_no")?)?,
+        out_refund_no: col::refund_no(r.try_get("out_refund_no")?)?,
+        amount_fen: col::fen(r.try_get("amount_fen")?)?,
         reason: r.try_get("reason")?,
-        status: RefundStatus::parse(&status).unwrap_or(RefundStatus::Pending),
-        upstream: Upstream::parse(&upstream).unwrap_or(Upstream::Unknown),
+        status: col::refund_status(r.try_get("status")?)?,
+        upstream: col::upstream(r.try_get("upstream")?)?,
         upstream_error: r.try_get("upstream_error")?,
         refund_id: r.try_get("refund_id")?,
         created_at: r.try_get("created_at")?,

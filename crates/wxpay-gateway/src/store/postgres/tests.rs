@@ -10,8 +10,9 @@ use proptest::prelude::*;
 
 use super::PgStore;
 use super::batch::{PaymentJob, apply_batch, apply_one, call_batch, set_based_fits};
+use crate::store::col::{self, fen_sql};
 use crate::store::rules::{OrderFacts, PaymentVerdict, payment_verdict};
-use crate::store::{NotificationRecord, OrderStatus, Payment, PaymentOutcome, Source, StoreError, order_status};
+use crate::store::{NotificationRecord, OrderStatus, Payment, PaymentOutcome, Source, StoreError};
 use sqlx::postgres::PgPool;
 use sqlx::{Connection, Row};
 use tokio::sync::oneshot;
@@ -196,12 +197,12 @@ fn model(stored: &[Stored], pays: &[(usize, Pay)]) -> (Vec<Expected>, Vec<Stored
     for (i, p) in pays {
         let found = if p.stray { None } else { state.get(p.order) };
         let facts = found.map(|o| OrderFacts {
-            amount_fen: o.amount,
+            amount_fen: col::fen(o.amount).unwrap(),
             status: o.status,
             transaction_id: o.txid.as_deref(),
         });
         let taken = state.iter().any(|o| o.txid.as_deref() == Some(p.txid.as_str()));
-        let v = payment_verdict::<()>(facts, p.amount, &p.txid, || Ok(taken)).unwrap();
+        let v = payment_verdict::<()>(facts, col::fen(p.amount).unwrap(), &p.txid, || Ok(taken)).unwrap();
         if let PaymentVerdict::Apply { .. } = v {
             let o = &mut state[p.order];
             o.status = OrderStatus::Paid;
@@ -229,9 +230,9 @@ fn job(i: usize, p: &Pay) -> PaymentJob {
     PaymentJob {
         payment: Payment {
             merchant: p.merchant().into(),
-            out_trade_no: number(p.order),
+            out_trade_no: number(p.order).parse().unwrap(),
             transaction_id: p.txid.clone(),
-            amount_fen: p.amount,
+            amount_fen: col::fen(p.amount).unwrap(),
             paid_at: paid_at(i),
             source: Source::Notification,
             now: now(i),
@@ -298,7 +299,7 @@ async fn read_back(pool: &PgPool, n: usize) -> (Vec<Stored>, Vec<(i64, i64)>, Ve
         .unwrap();
         orders.push(Stored {
             amount: row.get("amount_fen"),
-            status: order_status(row.get("status")).unwrap(),
+            status: col::order_status(row.get("status")).unwrap(),
             txid: row.get("transaction_id"),
             paid_at: row.get("paid_at"),
             updated_at: row.get("updated_at"),
@@ -322,7 +323,7 @@ async fn read_back(pool: &PgPool, n: usize) -> (Vec<Stored>, Vec<(i64, i64)>, Ve
 fn verdict_of(o: &Result<PaymentOutcome, StoreError>) -> Expected {
     let seen = |o: &crate::store::Order| {
         Some(Stored {
-            amount: o.amount_fen,
+            amount: fen_sql(o.amount_fen),
             status: o.status,
             txid: o.transaction_id.clone(),
             paid_at: o.paid_at,

@@ -84,7 +84,7 @@ pub async fn open_store(url: &str, pool_size: u32) -> Result<std::sync::Arc<dyn 
         Database::Sqlite(path) => {
             let store = tokio::task::spawn_blocking(move || store::sqlite::SqliteStore::open(&path))
                 .await
-                .map_err(|e| store::StoreError::Db(e.to_string()))??;
+                .map_err(store::StoreError::from)??;
             Ok(std::sync::Arc::new(store))
         }
     }
@@ -99,7 +99,7 @@ pub async fn migrate(url: &str) -> Result<(), store::StoreError> {
         Database::Postgres => store::postgres::PgStore::migrate_only(url).await,
         Database::Sqlite(path) => tokio::task::spawn_blocking(move || store::sqlite::SqliteStore::migrate_only(&path))
             .await
-            .map_err(|e| store::StoreError::Db(e.to_string()))?,
+            .map_err(store::StoreError::from)?,
     }
 }
 

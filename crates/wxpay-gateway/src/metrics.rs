@@ -77,8 +77,8 @@ impl Metrics {
     }
 
     /// A notification's verdict.
-    pub fn notification(&self, verdict: &str) {
-        self.with(|i| bump(&mut i.notifications, verdict));
+    pub fn notification(&self, verdict: crate::store::Verdict) {
+        self.with(|i| bump(&mut i.notifications, verdict.as_str()));
     }
 
     /// Something the gauges count may have changed: they are read again within a second.

@@ -106,6 +106,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Unavailable(m) => ApiError::Unavailable(m),
             ServiceError::NotConfigured(m) => ApiError::NotConfigured(m),
             ServiceError::Store(e) => ApiError::Internal(e.to_string()),
+            e @ (ServiceError::Upstream { .. } | ServiceError::Protocol(_)) => ApiError::Internal(e.to_string()),
             ServiceError::Internal(m) => ApiError::Internal(m),
         }
     }

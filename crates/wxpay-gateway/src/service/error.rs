@@ -64,6 +64,19 @@ pub enum ServiceError {
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A verified answer of WeChat Pay that lacks what it must carry.
+    #[error("{api}: {source}")]
+    Upstream {
+        /// The call.
+        api: &'static str,
+        /// What the provider found (a provider's error, which is internal to the gateway).
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A value this gateway made itself breaks a rule of the protocol (a generated number,
+    /// pay parameters): a bug, kept with the protocol's error.
+    #[error(transparent)]
+    Protocol(#[from] wxpay_protocol::Error),
     /// Something on our side that should not happen; the details are for the log.
     #[error("{0}")]
     Internal(String),
@@ -75,11 +88,14 @@ impl ServiceError {
     }
 
     /// A failed call named `api`: no answer is [`ServiceError::Unavailable`], a verified but
-    /// incomplete answer [`ServiceError::Internal`], anything else [`ServiceError::Rejected`].
-    pub(crate) fn upstream(api: &str, e: ProviderError) -> ServiceError {
+    /// incomplete answer [`ServiceError::Upstream`], anything else [`ServiceError::Rejected`].
+    pub(crate) fn upstream(api: &'static str, e: ProviderError) -> ServiceError {
         match e {
             ProviderError::NoAnswer(m) => ServiceError::Unavailable(format!("{api}: {m}")),
-            ProviderError::Incomplete(_) => ServiceError::Internal(format!("{api}: {e}")),
+            ProviderError::Incomplete(_) => ServiceError::Upstream {
+                api,
+                source: Box::new(e),
+            },
             _ => ServiceError::Rejected(format!("{api}: {e}")),
         }
     }

@@ -22,28 +22,11 @@ use crate::provider::{CLIPPED, NoticeOutcome, NoticeRejected, PaymentNotice, Ref
 use crate::service::orders::{ORDER_CURRENCY, foreign_currency};
 use crate::service::refunds::settlement;
 use crate::service::state::Service;
+pub(crate) use crate::store::NoticeKind;
 use crate::store::{
-    self, NotificationRecord, OrderStatus, Payment, PaymentOutcome, RefundOutcome, RefundStatus, Source,
+    self, NotificationRecord, OrderStatus, Payment, PaymentOutcome, RefundOutcome, RefundStatus, Source, Verdict,
 };
 use crate::util::clip;
-
-/// Which notification.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum NoticeKind {
-    /// A payment notification.
-    Payment,
-    /// A refund notification.
-    Refund,
-}
-
-impl NoticeKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            NoticeKind::Payment => "payment",
-            NoticeKind::Refund => "refund",
-        }
-    }
-}
 
 /// What WeChat Pay is to be told about a verified notification.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,11 +72,11 @@ fn verified(
 ) -> NotificationRecord {
     NotificationRecord {
         received_at: now,
-        kind: kind.as_str().into(),
+        kind,
         merchant: Some(merchant.to_owned()),
         out_trade_no: Some(out_trade_no.to_string()),
         transaction_id: transaction_id.map(str::to_owned),
-        verdict: String::new(),
+        verdict: None,
         reason: None,
         body: store::stored_body(body),
         peer: None,
@@ -114,17 +97,17 @@ impl Service {
         peer: Option<SocketAddr>,
     ) {
         let inner = &self.inner;
-        inner.metrics.notification("rejected");
+        inner.metrics.notification(Verdict::Rejected);
         let received_at = self.now();
         // Beyond the budget nothing more is done: no digest, no copy, no log line.
         if inner.rejections.within_budget(&inner.metrics, received_at) {
             let record = NotificationRecord {
                 received_at,
-                kind: kind.as_str().into(),
+                kind,
                 merchant: rejected.merchant.map(|i| self.merchant_at(i).merchant().name.clone()),
                 out_trade_no: rejected.out_trade_no,
                 transaction_id: rejected.transaction_id,
-                verdict: "rejected".into(),
+                verdict: Some(Verdict::Rejected),
                 reason: Some(clip(&rejected.reason, 2 * CLIPPED)),
                 body: store::truncated_body(body, store::REJECTED_BODY_KEPT),
                 peer: peer.map(|p| p.to_string()),
@@ -164,10 +147,10 @@ impl Service {
                 // and its answer applied (PAYERROR fails the order), so the payer sees the
                 // result within a second rather than at the order's next check. The report is
                 // kept and acknowledged.
-                self.inner.metrics.notification("payment_failed");
+                self.inner.metrics.notification(Verdict::PaymentFailed);
                 self.check_soon_after_failed_payment(name, &notice.out_trade_no).await;
                 let record = NotificationRecord {
-                    verdict: "payment_failed".into(),
+                    verdict: Some(Verdict::PaymentFailed),
                     reason: Some(reason),
                     ..verified(now, NoticeKind::Payment, name, &notice.out_trade_no, None, body)
                 };
@@ -185,9 +168,9 @@ impl Service {
         if let Some(reported) = foreign_currency(currency.as_deref()) {
             // Refused like a wrong amount: the same number in another currency is another sum.
             tracing::warn!(out_trade_no = ?notice.out_trade_no, fee_type = ?reported, "payment notification in another currency");
-            self.inner.metrics.notification("currency_mismatch");
+            self.inner.metrics.notification(Verdict::CurrencyMismatch);
             let record = NotificationRecord {
-                verdict: "currency_mismatch".into(),
+                verdict: Some(Verdict::CurrencyMismatch),
                 reason: Some(format!("fee_type {reported:?}, the order is in {ORDER_CURRENCY}")),
                 ..record
             };
@@ -248,7 +231,7 @@ impl Service {
         );
         let Some(succeeded) = n.state.settles() else {
             // WeChat Pay notifies settled refunds only; anything else is kept and acknowledged.
-            record.verdict = "not_settled".into();
+            record.verdict = Some(Verdict::NotSettled);
             record.reason = Some(format!("refund_status {}", n.state.as_str()));
             return self.keep_then(record, NoticeAnswer::Acknowledged).await;
         };
@@ -331,15 +314,15 @@ impl Service {
             }
         };
         let (verdict, answer) = match found {
-            None => ("unknown_refund", NoticeAnswer::Refused(Misfit::UnknownRefund)),
+            None => (Verdict::UnknownRefund, NoticeAnswer::Refused(Misfit::UnknownRefund)),
             Some(r) if r.out_trade_no != notice.out_trade_no => {
-                ("wrong_order", NoticeAnswer::Refused(Misfit::WrongOrder))
+                (Verdict::WrongOrder, NoticeAnswer::Refused(Misfit::WrongOrder))
             }
             Some(r) if r.status == RefundStatus::Succeeded => {
                 tracing::error!(out_refund_no = ?r.out_refund_no, reported = ?n.state.as_str(), "refund notification contradicts a succeeded refund");
-                ("status_conflict", NoticeAnswer::Refused(Misfit::RefundConflict))
+                (Verdict::StatusConflict, NoticeAnswer::Refused(Misfit::RefundConflict))
             }
-            Some(r) if r.status == RefundStatus::Failed => ("duplicate", NoticeAnswer::Acknowledged),
+            Some(r) if r.status == RefundStatus::Failed => (Verdict::Duplicate, NoticeAnswer::Acknowledged),
             Some(r) => {
                 // The check loop asks WeChat Pay at its next round (a check, not a query of its
                 // own, so that replayed notifications cannot multiply calls to WeChat Pay).
@@ -347,11 +330,11 @@ impl Service {
                     tracing::error!(error = ?e, "cannot bring a refund's check forward");
                     return NoticeAnswer::NotKept;
                 }
-                ("to_confirm", NoticeAnswer::Acknowledged)
+                (Verdict::ToConfirm, NoticeAnswer::Acknowledged)
             }
         };
         self.inner.metrics.notification(verdict);
-        record.verdict = verdict.into();
+        record.verdict = Some(verdict);
         record.reason = Some(format!("refund_status {}", n.state.as_str()));
         self.keep_then(record, answer).await
     }

@@ -115,7 +115,7 @@ impl Service {
         }
         let out_trade_no = match &req.out_trade_no {
             Some(n) => OutTradeNo::new(n.clone()).map_err(|e| ServiceError::Invalid(e.to_string()))?,
-            None => OutTradeNo::new(numbers.number('W', now)).map_err(|e| ServiceError::Internal(e.to_string()))?,
+            None => OutTradeNo::new(numbers.number('W', now))?,
         };
         let ttl = req
             .expires_in_secs
@@ -284,7 +284,7 @@ impl Service {
                 match store.apply_payment(payment, None).await? {
                     PaymentOutcome::Applied(o) | PaymentOutcome::AlreadyPaid(o) => Ok(o),
                     other => {
-                        tracing::error!(out_trade_no = ?order.out_trade_no, verdict = other.verdict(), "orderquery says paid, but it does not fit the order");
+                        tracing::error!(out_trade_no = ?order.out_trade_no, verdict = %other.verdict(), "orderquery says paid, but it does not fit the order");
                         Ok(order)
                     }
                 }

@@ -82,7 +82,7 @@ impl Service {
         let amount = Fen::new(req.amount_fen).map_err(|e| ServiceError::Invalid(e.to_string()))?;
         let out_refund_no = match &req.out_refund_no {
             Some(n) => OutRefundNo::new(n.clone()).map_err(|e| ServiceError::Invalid(e.to_string()))?,
-            None => OutRefundNo::new(numbers.number('R', now)).map_err(|e| ServiceError::Internal(e.to_string()))?,
+            None => OutRefundNo::new(numbers.number('R', now))?,
         };
         if provider.lacks_client_cert(now) {
             return Err(ServiceError::NotConfigured(format!(
@@ -306,7 +306,7 @@ impl Service {
                 Ok((r, Synced::Contradicts(why)))
             }
             other => {
-                tracing::error!(out_refund_no = ?refund.out_refund_no, verdict = other.verdict(), "refundquery does not fit the stored refund");
+                tracing::error!(out_refund_no = ?refund.out_refund_no, verdict = %other.verdict(), "refundquery does not fit the stored refund");
                 let why = format!("{said}, which does not fit the stored refund ({})", other.verdict());
                 Ok((refund, Synced::Contradicts(why)))
             }

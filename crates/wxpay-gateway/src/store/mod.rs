@@ -14,6 +14,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use serde::Serialize;
 use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
@@ -25,12 +26,52 @@ pub mod sqlite;
 /// A boxed future of a store result: the trait is used as `Arc<dyn Store>`.
 pub type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
-/// What went wrong in the database.
+/// What went wrong in the database. Every message is for the log, not for clients; the
+/// errors of the engines' libraries are kept as sources. Cloning shares them: one failed
+/// commit fails every write of its batch with the same error.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// The database refused or failed; the message is for the log, not for clients.
+    /// SQLite refused or failed.
     #[error("database: {0}")]
-    Db(String),
+    Sqlite(#[source] Arc<rusqlite::Error>),
+    /// SQLite refused or failed at a step of the writer's own.
+    #[error("database: {at}: {source}")]
+    SqliteAt {
+        /// The step.
+        at: &'static str,
+        /// SQLite's error.
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
+    /// PostgreSQL (or the connection to it) refused or failed.
+    #[error("database: {message}")]
+    Postgres {
+        /// PostgreSQL's own message (see [`describe_sqlx`]).
+        message: String,
+        /// sqlx's error.
+        #[source]
+        source: Arc<sqlx::Error>,
+    },
+    /// The operating system refused (creating the database file, starting the writer).
+    #[error("database: {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The system's error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// A task of the store ended abnormally (it panicked or was cancelled).
+    #[error("database: a store task ended abnormally: {0}")]
+    Task(#[source] Arc<tokio::task::JoinError>),
+    /// A worker of the store is gone (the SQLite writer, a PostgreSQL batcher): the process
+    /// is stopping.
+    #[error("database: {0} stopped")]
+    Stopped(&'static str),
+    /// The store found one of its own rules broken (a row that changed under a transaction
+    /// that holds it, a batch answered for other rows): a bug, said so rather than hidden.
+    #[error("database: {0}")]
+    Broken(String),
     /// The schema is newer than this program, or a migration failed.
     #[error("database schema: {0}")]
     Schema(String),
@@ -48,13 +89,28 @@ pub enum StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Db(e.to_string())
+        // A row mapper's refusal of a damaged value is the same error on both engines.
+        if let rusqlite::Error::FromSqlConversionFailure(_, _, inner) = &e {
+            if let Some(d) = inner.downcast_ref::<Damaged>() {
+                return StoreError::Damaged(d.clone());
+            }
+        }
+        StoreError::Sqlite(Arc::new(e))
     }
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        StoreError::Db(describe_sqlx(&e))
+        StoreError::Postgres {
+            message: describe_sqlx(&e),
+            source: Arc::new(e),
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for StoreError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        StoreError::Task(Arc::new(e))
     }
 }
 
@@ -382,13 +438,13 @@ pub enum PaymentOutcome {
 
 impl PaymentOutcome {
     /// The verdict recorded with a notification.
-    pub fn verdict(&self) -> &'static str {
+    pub fn verdict(&self) -> Verdict {
         match self {
-            PaymentOutcome::Applied(_) => "applied",
-            PaymentOutcome::AlreadyPaid(_) => "duplicate",
-            PaymentOutcome::UnknownOrder => "unknown_order",
-            PaymentOutcome::AmountMismatch { .. } => "amount_mismatch",
-            PaymentOutcome::TransactionConflict(_) => "transaction_conflict",
+            PaymentOutcome::Applied(_) => Verdict::Applied,
+            PaymentOutcome::AlreadyPaid(_) => Verdict::Duplicate,
+            PaymentOutcome::UnknownOrder => Verdict::UnknownOrder,
+            PaymentOutcome::AmountMismatch { .. } => Verdict::AmountMismatch,
+            PaymentOutcome::TransactionConflict(_) => Verdict::TransactionConflict,
         }
     }
 }
@@ -555,14 +611,14 @@ pub enum RefundOutcome {
 
 impl RefundOutcome {
     /// The verdict recorded with a notification.
-    pub fn verdict(&self) -> &'static str {
+    pub fn verdict(&self) -> Verdict {
         match self {
-            RefundOutcome::Applied(_) => "applied",
-            RefundOutcome::AlreadySettled(_) => "duplicate",
-            RefundOutcome::UnknownRefund => "unknown_refund",
-            RefundOutcome::WrongOrder => "wrong_order",
-            RefundOutcome::AmountMismatch { .. } => "amount_mismatch",
-            RefundOutcome::Conflict(_) => "status_conflict",
+            RefundOutcome::Applied(_) => Verdict::Applied,
+            RefundOutcome::AlreadySettled(_) => Verdict::Duplicate,
+            RefundOutcome::UnknownRefund => Verdict::UnknownRefund,
+            RefundOutcome::WrongOrder => Verdict::WrongOrder,
+            RefundOutcome::AmountMismatch { .. } => Verdict::AmountMismatch,
+            RefundOutcome::Conflict(_) => Verdict::StatusConflict,
         }
     }
 }
@@ -640,13 +696,112 @@ pub struct ReconciliationRecord {
     pub report: String,
 }
 
+/// Which notification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoticeKind {
+    /// A payment notification.
+    Payment,
+    /// A refund notification.
+    Refund,
+}
+
+impl NoticeKind {
+    /// The name in records and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::Payment => "payment",
+            NoticeKind::Refund => "refund",
+        }
+    }
+}
+
+/// What became of a received notification: its record's verdict and its metric's label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// It changed an order or a refund.
+    Applied,
+    /// It was applied before: nothing changed.
+    Duplicate,
+    /// No such order.
+    UnknownOrder,
+    /// Another amount than the order's or the refund's.
+    AmountMismatch,
+    /// The transaction belongs to another payment.
+    TransactionConflict,
+    /// Another currency than the order's.
+    CurrencyMismatch,
+    /// A verified report of a failed payment: kept, and the order checked.
+    PaymentFailed,
+    /// No such refund was asked for.
+    UnknownRefund,
+    /// The refund belongs to another order.
+    WrongOrder,
+    /// It contradicts the refund's recorded settlement.
+    StatusConflict,
+    /// A refund not settled yet: kept.
+    NotSettled,
+    /// A refund's failure, to be confirmed by a signed query.
+    ToConfirm,
+    /// Refused before verification: nothing in it is trusted.
+    Rejected,
+}
+
+impl Verdict {
+    /// Every verdict.
+    pub const ALL: [Verdict; 13] = [
+        Verdict::Applied,
+        Verdict::Duplicate,
+        Verdict::UnknownOrder,
+        Verdict::AmountMismatch,
+        Verdict::TransactionConflict,
+        Verdict::CurrencyMismatch,
+        Verdict::PaymentFailed,
+        Verdict::UnknownRefund,
+        Verdict::WrongOrder,
+        Verdict::StatusConflict,
+        Verdict::NotSettled,
+        Verdict::ToConfirm,
+        Verdict::Rejected,
+    ];
+
+    /// The name in records and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Applied => "applied",
+            Verdict::Duplicate => "duplicate",
+            Verdict::UnknownOrder => "unknown_order",
+            Verdict::AmountMismatch => "amount_mismatch",
+            Verdict::TransactionConflict => "transaction_conflict",
+            Verdict::CurrencyMismatch => "currency_mismatch",
+            Verdict::PaymentFailed => "payment_failed",
+            Verdict::UnknownRefund => "unknown_refund",
+            Verdict::WrongOrder => "wrong_order",
+            Verdict::StatusConflict => "status_conflict",
+            Verdict::NotSettled => "not_settled",
+            Verdict::ToConfirm => "to_confirm",
+            Verdict::Rejected => "rejected",
+        }
+    }
+
+    /// Reads a name.
+    pub fn parse(s: &str) -> Option<Verdict> {
+        Verdict::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A received notification, kept raw with its verdict.
 #[derive(Clone, Debug)]
 pub struct NotificationRecord {
     /// When (Unix ms).
     pub received_at: i64,
-    /// `payment` or `refund`.
-    pub kind: String,
+    /// Which notification.
+    pub kind: NoticeKind,
     /// The merchant, when found.
     pub merchant: Option<String>,
     /// The order number as the notification names it, when readable: the record of a
@@ -654,8 +809,9 @@ pub struct NotificationRecord {
     pub out_trade_no: Option<String>,
     /// The transaction, when readable.
     pub transaction_id: Option<String>,
-    /// `applied`, `duplicate`, `rejected`, …
-    pub verdict: String,
+    /// What became of it. `None` only on a record handed to [`Store::apply_payment`] or
+    /// [`Store::apply_refund`], which decide the verdict and set it in their transaction.
+    pub verdict: Option<Verdict>,
     /// Why it was rejected.
     pub reason: Option<String>,
     /// The body as received (lossily decoded, truncated: 16 KiB for verified notifications,

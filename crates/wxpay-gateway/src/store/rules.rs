@@ -214,7 +214,7 @@ pub(crate) fn payment_refused(
     order: Option<Order>,
     got: Fen,
 ) -> Result<PaymentOutcome, StoreError> {
-    let order = || order.ok_or_else(|| StoreError::Db(format!("a {} payment without its order", verdict.as_str())));
+    let order = || order.ok_or_else(|| StoreError::Broken(format!("a {} payment without its order", verdict.as_str())));
     Ok(match verdict {
         PaymentVerdict::UnknownOrder => PaymentOutcome::UnknownOrder,
         PaymentVerdict::AmountMismatch => PaymentOutcome::AmountMismatch {
@@ -230,7 +230,7 @@ pub(crate) fn payment_refused(
             PaymentOutcome::TransactionConflict("the transaction id belongs to another order".into())
         }
         PaymentVerdict::Apply { .. } => {
-            return Err(StoreError::Db("an applied payment taken for a refused one".into()));
+            return Err(StoreError::Broken("an applied payment taken for a refused one".into()));
         }
     })
 }
@@ -250,7 +250,8 @@ pub(crate) fn refund_refused(
     refund: Option<Refund>,
     got: Fen,
 ) -> Result<RefundOutcome, StoreError> {
-    let refund = || refund.ok_or_else(|| StoreError::Db(format!("a {verdict:?} refund verdict without its refund")));
+    let refund =
+        || refund.ok_or_else(|| StoreError::Broken(format!("a {verdict:?} refund verdict without its refund")));
     Ok(match verdict {
         RefundVerdict::UnknownRefund => RefundOutcome::UnknownRefund,
         RefundVerdict::WrongOrder => RefundOutcome::WrongOrder,
@@ -260,7 +261,7 @@ pub(crate) fn refund_refused(
         },
         RefundVerdict::AlreadySettled => RefundOutcome::AlreadySettled(refund()?),
         RefundVerdict::Conflict => RefundOutcome::Conflict(refund()?),
-        RefundVerdict::Settle => return Err(StoreError::Db("a settling refund taken for a refused one".into())),
+        RefundVerdict::Settle => return Err(StoreError::Broken("a settling refund taken for a refused one".into())),
     })
 }
 

@@ -21,8 +21,8 @@ use super::rules::{
 use super::{
     Created, DailyClaim, Event, Fut, IdemClaim, IdemKey, ImportedRefund, NewOrder, NewRefund, NotificationRecord,
     Order, OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated,
-    RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store, StoreError, col, event_id, event_payload,
-    refund_event_payload,
+    RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store, StoreError, Verdict, col, event_id,
+    event_payload, refund_event_payload,
 };
 use crate::store::Damaged;
 use col::fen_sql;
@@ -177,7 +177,10 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 /// The write connection: the file created if needed (its folder must exist: a mistyped path
 /// should not quietly make folders), brought up to date.
 fn open_migrated(path: &Path, options: SqliteOptions) -> Result<Connection, StoreError> {
-    create_private(path).map_err(|e| StoreError::Db(format!("cannot create {}: {e}", path.display())))?;
+    create_private(path).map_err(|e| StoreError::Io {
+        what: format!("cannot create {}", path.display()),
+        source: Arc::new(e),
+    })?;
     let mut conn = open(path, options)?;
     migrate(&mut conn)?;
     Ok(conn)
@@ -221,7 +224,10 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("wxpay-sqlite-writer".into())
             .spawn(move || writer(conn, rx))
-            .map_err(|e| StoreError::Db(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::Io {
+                what: "cannot start the writer thread".into(),
+                source: Arc::new(e),
+            })?;
         Ok(SqliteStore {
             writer: tx,
             readers: Arc::new(Readers {
@@ -248,9 +254,8 @@ impl SqliteStore {
         let job: Job = Box::new(Write { f, tx });
         let sent = self.writer.send(job);
         Box::pin(async move {
-            sent.map_err(|_| StoreError::Db("the SQLite writer stopped".into()))?;
-            rx.await
-                .map_err(|_| StoreError::Db("the SQLite writer stopped".into()))?
+            sent.map_err(|_| StoreError::Stopped("the SQLite writer"))?;
+            rx.await.map_err(|_| StoreError::Stopped("the SQLite writer"))?
         })
     }
 
@@ -274,7 +279,7 @@ impl SqliteStore {
                 result
             })
             .await
-            .map_err(|e| StoreError::Db(format!("reader task: {e}")))?
+            .map_err(StoreError::from)?
         })
     }
 }
@@ -302,7 +307,10 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
             // Another process holds the database past the busy timeout: fail this batch
             // without running any of it.
             tracing::error!(error = ?e, jobs = jobs.len(), "SQLite write lock not obtained; the waiting writes fail");
-            let e = StoreError::Db(format!("the database is locked by another connection: {e}"));
+            let e = StoreError::SqliteAt {
+                at: "the database is locked by another connection",
+                source: Arc::new(e),
+            };
             for job in jobs {
                 job.fail(e.clone());
             }
@@ -317,7 +325,10 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
                 // Without its savepoint a failing job could not be undone alone: it does not
                 // run at all.
                 tracing::error!(error = ?e, "SQLite savepoint failed; the write fails unrun");
-                job.fail(StoreError::Db(format!("savepoint: {e}")));
+                job.fail(StoreError::SqliteAt {
+                    at: "savepoint",
+                    source: Arc::new(e),
+                });
                 continue;
             }
             let (ok, done) = job.run(&conn);
@@ -331,7 +342,10 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
                 // The job's writes can be neither kept nor undone alone: the whole batch is
                 // rolled back, and every job of it fails, those not run yet unrun.
                 tracing::error!(error = ?e, "SQLite savepoint could not be closed; the batch is rolled back");
-                let e = StoreError::Db(format!("savepoint: {e}"));
+                let e = StoreError::SqliteAt {
+                    at: "savepoint",
+                    source: Arc::new(e),
+                };
                 jobs.by_ref().for_each(|rest| rest.fail(e.clone()));
                 broken = Some(e);
             }
@@ -346,7 +360,7 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
             Err(e) => {
                 tracing::error!(error = ?e, "SQLite commit failed; the batch is rolled back");
                 let _ = conn.execute_batch("ROLLBACK");
-                let e = StoreError::Db(e.to_string());
+                let e = StoreError::from(e);
                 completions.into_iter().for_each(|done| done(Some(e.clone())));
             }
         }
@@ -425,11 +439,11 @@ fn insert_notification(conn: &Connection, n: &NotificationRecord) -> Result<(), 
     )?;
     st.execute(params![
         n.received_at,
-        n.kind,
+        n.kind.as_str(),
         n.merchant,
         n.out_trade_no,
         n.transaction_id,
-        n.verdict,
+        n.verdict.map(Verdict::as_str),
         n.reason,
         n.body,
         n.peer,
@@ -580,7 +594,9 @@ fn set_figures(
             fen_sql(before.reserved_fen)
         ])?;
     if changed == 0 {
-        return Err(StoreError::Db("the order changed during a refund's transaction".into()));
+        return Err(StoreError::Broken(
+            "the order changed during a refund's transaction".into(),
+        ));
     }
     Ok(())
 }
@@ -704,7 +720,7 @@ fn apply_refund(c: &Connection, r: &RefundResult) -> Result<RefundOutcome, Store
     };
     match settle_refund(c, refund.id, &settlement, r.now)? {
         Some(settled) => Ok(RefundOutcome::Applied(settled)),
-        None => Err(StoreError::Db("the refund changed during its settlement".into())),
+        None => Err(StoreError::Broken("the refund changed during its settlement".into())),
     }
 }
 
@@ -817,7 +833,7 @@ fn apply_payment(conn: &Connection, p: &Payment) -> Result<PaymentOutcome, Store
         .execute(params![p.transaction_id, p.paid_at, p.now, order.id, was.as_str()])?;
     if changed == 0 {
         // The writer is the only one changing rows, so this cannot race; say so if it does.
-        return Err(StoreError::Db(
+        return Err(StoreError::Broken(
             "the order changed during the payment transaction".into(),
         ));
     }
@@ -870,7 +886,7 @@ impl Store for SqliteStore {
                     n.request_hash
                 ])?;
             let order = order_by_number(c, &n.merchant, n.out_trade_no.as_str())?
-                .ok_or_else(|| StoreError::Db("an order vanished after its insert".into()))?;
+                .ok_or_else(|| StoreError::Broken("an order vanished after its insert".into()))?;
             if inserted == 0 {
                 return Ok(Created::Existing(order));
             }
@@ -942,7 +958,7 @@ impl Store for SqliteStore {
         self.write(move |c| {
             let outcome = apply_payment(c, &payment)?;
             if let Some(mut n) = notification {
-                n.verdict = outcome.verdict().to_owned();
+                n.verdict = Some(outcome.verdict());
                 insert_notification(c, &n)?;
             }
             Ok(outcome)
@@ -1208,7 +1224,7 @@ impl Store for SqliteStore {
         self.write(move |c| {
             let outcome = apply_refund(c, &result)?;
             if let Some(mut n) = notification {
-                n.verdict = outcome.verdict().to_owned();
+                n.verdict = Some(outcome.verdict());
                 insert_notification(c, &n)?;
             }
             Ok(outcome)

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use wxpay_gateway::store::{
-    Created, IdemClaim, IdemKey, ImportedRefund, NewOrder, NewRefund, NotificationRecord, OrderStatus, Payment,
-    PaymentOutcome, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Source, Store,
+    Created, IdemClaim, IdemKey, ImportedRefund, NewOrder, NewRefund, NoticeKind, NotificationRecord, OrderStatus,
+    Payment, PaymentOutcome, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Source, Store, StoreError,
 };
 
 use wxpay_protocol::{Fen, OutTradeNo};
@@ -55,11 +55,11 @@ fn payment(no: &str, tx: &str, amount: i64) -> Payment {
 fn record(no: &str) -> NotificationRecord {
     NotificationRecord {
         received_at: T0,
-        kind: "payment".into(),
+        kind: NoticeKind::Payment,
         merchant: Some("default".into()),
         out_trade_no: Some(no.into()),
         transaction_id: None,
-        verdict: String::new(),
+        verdict: None,
         reason: None,
         body: "<xml/>".into(),
         peer: None,
@@ -560,6 +560,19 @@ async fn background_work_is_leased_so_a_second_claim_gets_nothing(db: TestDb) {
     );
 }
 engines!(background_work_is_leased_so_a_second_claim_gets_nothing);
+
+async fn a_stored_value_its_type_forbids_is_an_error_never_a_guess(db: TestDb) {
+    let store = db.store().await;
+    created(&store, "default", "D1", 100).await;
+    // Another program (a migration by hand, a restore) writes a number wxpay never accepts.
+    db.execute("UPDATE orders SET out_trade_no = 'D 1' WHERE out_trade_no = 'D1'")
+        .await;
+    match store.list_orders(None, 10, None).await {
+        Err(StoreError::Damaged(d)) => assert_eq!((d.what, d.value.contains("D 1")), ("out_trade_no", true)),
+        other => panic!("{}: a damaged row read as {other:?}", db.engine),
+    }
+}
+engines!(a_stored_value_its_type_forbids_is_an_error_never_a_guess);
 
 async fn orders_are_listed_newest_first_by_status_with_a_cursor(db: TestDb) {
     let store = db.store().await;

@@ -127,6 +127,25 @@ impl TestDb {
     pub(crate) fn sqlite_file(&self) -> PathBuf {
         PathBuf::from(self.url.strip_prefix("sqlite://").expect("a SQLite database"))
     }
+
+    /// Runs a statement on a connection of the test's own, beside the store: what another
+    /// program writing to the database could do.
+    pub(crate) async fn execute(&self, sql: &str) {
+        if self.engine == "sqlite" {
+            rusqlite::Connection::open(self.sqlite_file())
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap();
+        } else {
+            let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&self.url)
+                .await
+                .unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+    }
 }
 
 impl Drop for TestDb {

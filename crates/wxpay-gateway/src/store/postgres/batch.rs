@@ -12,7 +12,9 @@ use super::rows::{ORDER_COLUMNS, order_by_number_sql, order_columns_of, order_ro
 use wxpay_protocol::Fen;
 
 use crate::store::col::fen_sql;
-use crate::store::{Created, NewOrder, NotificationRecord, Order, Payment, PaymentOutcome, StoreError, event_id};
+use crate::store::{
+    Created, NewOrder, NoticeKind, NotificationRecord, Order, Payment, PaymentOutcome, StoreError, Verdict, event_id,
+};
 
 /// A new order waiting for its batch.
 #[derive(Debug)]
@@ -97,38 +99,38 @@ pub(super) fn payment_outcome(
     got: Fen,
 ) -> Result<PaymentOutcome, StoreError> {
     let order = || -> Result<Order, StoreError> {
-        order_row(row.ok_or_else(|| StoreError::Db(format!("a {verdict} payment without its order")))?)
+        order_row(row.ok_or_else(|| StoreError::Broken(format!("a {verdict} payment without its order")))?)
     };
-    Ok(match verdict {
-        "unknown_order" => PaymentOutcome::UnknownOrder,
-        "applied" => {
+    Ok(match Verdict::parse(verdict) {
+        Some(Verdict::UnknownOrder) => PaymentOutcome::UnknownOrder,
+        Some(Verdict::Applied) => {
             let order = order()?;
             if was.is_some_and(|w| w != "pending") {
                 tracing::error!(out_trade_no = ?order.out_trade_no, was = ?was, "payment for an order that was not pending");
             }
             PaymentOutcome::Applied(order)
         }
-        "duplicate" => PaymentOutcome::AlreadyPaid(order()?),
-        "amount_mismatch" => PaymentOutcome::AmountMismatch {
+        Some(Verdict::Duplicate) => PaymentOutcome::AlreadyPaid(order()?),
+        Some(Verdict::AmountMismatch) => PaymentOutcome::AmountMismatch {
             expected: order()?.amount_fen,
             got,
         },
-        "transaction_conflict" => match order()?.transaction_id {
+        Some(Verdict::TransactionConflict) => match order()?.transaction_id {
             Some(t) => PaymentOutcome::TransactionConflict(format!("the order is already paid with transaction {t}")),
             None => PaymentOutcome::TransactionConflict("the transaction id belongs to another order".into()),
         },
-        other => return Err(StoreError::Db(format!("unexpected payment verdict {other:?}"))),
+        _ => return Err(StoreError::Broken(format!("unexpected payment verdict {verdict:?}"))),
     })
 }
 
 pub(super) fn empty_record() -> NotificationRecord {
     NotificationRecord {
         received_at: 0,
-        kind: String::new(),
+        kind: NoticeKind::Payment,
         merchant: None,
         out_trade_no: None,
         transaction_id: None,
-        verdict: String::new(),
+        verdict: None,
         reason: None,
         body: String::new(),
         peer: None,
@@ -154,7 +156,7 @@ pub(super) async fn apply_one(
         .bind(p.source.as_str())
         .bind(event_id())
         .bind(n.received_at)
-        .bind(&n.kind)
+        .bind(n.kind.as_str())
         .bind(&n.merchant)
         .bind(&n.out_trade_no)
         .bind(&n.transaction_id)
@@ -376,7 +378,7 @@ pub(super) async fn call_batch(
         record.push(j.notification.is_some());
         let r = j.notification.clone().unwrap_or_else(empty_record);
         received_at.push(r.received_at);
-        kind.push(r.kind);
+        kind.push(r.kind.as_str());
         n_merchant.push(r.merchant);
         n_out_trade_no.push(r.out_trade_no);
         n_transaction_id.push(r.transaction_id);
@@ -407,7 +409,7 @@ pub(super) async fn call_batch(
         let idx: i64 = row.try_get("r_idx")?;
         let verdict: String = row.try_get("r_verdict")?;
         let was: Option<String> = row.try_get("r_was")?;
-        let i = usize::try_from(idx - 1).map_err(|_| StoreError::Db("bad batch index".into()))?;
+        let i = usize::try_from(idx - 1).map_err(|_| StoreError::Broken("bad batch index".into()))?;
         let got = jobs.get(i).map_or(Fen::ZERO, |j| j.payment.amount_fen);
         let row = (verdict != "unknown_order").then_some(row);
         if let Some(slot) = out.get_mut(i) {
@@ -415,7 +417,7 @@ pub(super) async fn call_batch(
         }
     }
     out.into_iter()
-        .map(|o| o.ok_or_else(|| StoreError::Db("a payment missing from its batch".into())))
+        .map(|o| o.ok_or_else(|| StoreError::Broken("a payment missing from its batch".into())))
         .collect()
 }
 
@@ -593,7 +595,7 @@ pub(super) async fn create_batch(pool: &PgPool, jobs: &[CreateJob]) -> Result<Ve
         .fetch_all(pool)
         .await?;
     if rows.len() != jobs.len() {
-        return Err(StoreError::Db("an order batch answered for other orders".into()));
+        return Err(StoreError::Broken("an order batch answered for other orders".into()));
     }
     rows.iter()
         .map(|r| {
@@ -613,9 +615,9 @@ pub(super) async fn run_prepay_batch(pool: PgPool, jobs: Vec<PrepayJob>) {
             Ok(orders) => {
                 let mut by_id: std::collections::HashMap<i64, Order> = orders.into_iter().map(|o| (o.id, o)).collect();
                 for j in batch {
-                    let result = by_id
-                        .remove(&j.order_id)
-                        .ok_or_else(|| StoreError::Db(format!("no order {} to record a prepay_id for", j.order_id)));
+                    let result = by_id.remove(&j.order_id).ok_or_else(|| {
+                        StoreError::Broken(format!("no order {} to record a prepay_id for", j.order_id))
+                    });
                     let _ = j.reply.send(result);
                 }
             }

@@ -37,9 +37,7 @@ impl Store for PgStore {
             if let Err(mpsc::error::SendError(job)) = self.creates.send(CreateJob { order: n, reply }).await {
                 return create_one(&self.pool, job.order).await;
             }
-            answer
-                .await
-                .map_err(|_| StoreError::Db("the order batcher stopped".into()))?
+            answer.await.map_err(|_| StoreError::Stopped("the order batcher"))?
         })
     }
 
@@ -55,9 +53,7 @@ impl Store for PgStore {
             if let Err(mpsc::error::SendError(job)) = self.prepays.send(job).await {
                 return prepay_one(&self.pool, job.order_id, job.prepay_id, job.now).await;
             }
-            answer
-                .await
-                .map_err(|_| StoreError::Db("the prepay batcher stopped".into()))?
+            answer.await.map_err(|_| StoreError::Stopped("the prepay batcher"))?
         })
     }
 
@@ -154,9 +150,7 @@ impl Store for PgStore {
                 // The batchers are gone (the runtime is shutting down): apply it here.
                 return apply_one(&self.pool, job.payment, job.notification).await;
             }
-            answer
-                .await
-                .map_err(|_| StoreError::Db("the payment batcher stopped".into()))?
+            answer.await.map_err(|_| StoreError::Stopped("the payment batcher"))?
         })
     }
 
@@ -523,7 +517,7 @@ impl Store for PgStore {
             let mut tx = self.begin().await?;
             let outcome = apply_refund(&mut tx, &result).await?;
             if let Some(mut n) = notification {
-                n.verdict = outcome.verdict().to_owned();
+                n.verdict = Some(outcome.verdict());
                 insert_notification(&mut tx, &n).await?;
             }
             tx.commit().await?;

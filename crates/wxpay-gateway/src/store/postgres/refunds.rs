@@ -69,7 +69,9 @@ pub(super) async fn set_figures(
     .await?
     .rows_affected();
     if changed == 0 {
-        return Err(StoreError::Db("the order changed during a refund's transaction".into()));
+        return Err(StoreError::Broken(
+            "the order changed during a refund's transaction".into(),
+        ));
     }
     Ok(())
 }
@@ -194,7 +196,7 @@ pub(super) async fn apply_refund(tx: &mut Tx, r: &RefundResult) -> Result<Refund
     };
     match settle_refund(tx, refund.id, &settlement, r.now).await? {
         Some(settled) => Ok(RefundOutcome::Applied(settled)),
-        None => Err(StoreError::Db("the refund changed during its settlement".into())),
+        None => Err(StoreError::Broken("the refund changed during its settlement".into())),
     }
 }
 

@@ -12,7 +12,7 @@ use super::PgStore;
 use super::batch::{PaymentJob, apply_batch, apply_one, call_batch, set_based_fits};
 use crate::store::col::{self, fen_sql};
 use crate::store::rules::{OrderFacts, PaymentVerdict, payment_verdict};
-use crate::store::{NotificationRecord, OrderStatus, Payment, PaymentOutcome, Source, StoreError};
+use crate::store::{NoticeKind, NotificationRecord, OrderStatus, Payment, PaymentOutcome, Source, StoreError};
 use sqlx::postgres::PgPool;
 use sqlx::{Connection, Row};
 use tokio::sync::oneshot;
@@ -239,11 +239,11 @@ fn job(i: usize, p: &Pay) -> PaymentJob {
         },
         notification: p.record.then(|| NotificationRecord {
             received_at: now(i),
-            kind: "payment".into(),
+            kind: NoticeKind::Payment,
             merchant: Some(p.merchant().into()),
             out_trade_no: Some(number(p.order)),
             transaction_id: Some(p.txid.clone()),
-            verdict: String::new(),
+            verdict: None,
             reason: None,
             body: "<xml/>".into(),
             peer: None,

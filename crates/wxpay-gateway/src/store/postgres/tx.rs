@@ -7,7 +7,7 @@ use sqlx::{Postgres, Transaction};
 
 use super::rows::{ORDER_COLUMNS, REFUND_COLUMNS, order_row, refund_row};
 use crate::store::{
-    NotificationRecord, Order, OrderStatus, Refund, StoreError, event_id, event_payload, refund_event_payload,
+    NotificationRecord, Order, OrderStatus, Refund, StoreError, Verdict, event_id, event_payload, refund_event_payload,
 };
 
 pub(super) type Tx = Transaction<'static, Postgres>;
@@ -61,11 +61,11 @@ pub(super) async fn insert_notification(tx: &mut Tx, n: &NotificationRecord) -> 
          peer, body_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(n.received_at)
-    .bind(&n.kind)
+    .bind(n.kind.as_str())
     .bind(&n.merchant)
     .bind(&n.out_trade_no)
     .bind(&n.transaction_id)
-    .bind(&n.verdict)
+    .bind(n.verdict.map(Verdict::as_str))
     .bind(&n.reason)
     .bind(&n.body)
     .bind(&n.peer)

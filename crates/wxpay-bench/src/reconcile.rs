@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use wxpay_gateway::reconcile::{Day, Quiet, reconcile};
 use wxpay_gateway::store::{NewOrder, NewRefund, Payment, RefundCreated, RefundResult, Source, Store};
+use wxpay_gateway::time::{Clock, Millis};
 use wxpay_gateway::{App, Config, JobsConfig, MerchantConfig, ReconcileConfig, Secret, UpstreamConfig};
 use wxpay_protocol::v2::{Bill, BillRow, BillType};
 use wxpay_protocol::{ApiKey, AppId, BeijingTime, Fen, MchId, OutRefundNo, OutTradeNo, SignType};
@@ -65,7 +66,7 @@ async fn seed(
     store: Arc<dyn Store>,
     n_payments: usize,
     refund_every: usize,
-    now: i64,
+    now: Millis,
 ) -> Result<Arc<Vec<Seeded>>, String> {
     let seeded: Vec<Seeded> = (0..n_payments)
         .map(|i| {
@@ -103,8 +104,8 @@ async fn seed(
                         openid: "o-bench".into(),
                         attach: None,
                         client_ip: "127.0.0.1".into(),
-                        expires_at: now + 7_200_000,
-                        first_check_at: now + 3_600_000,
+                        expires_at: now + Duration::from_secs(7_200),
+                        first_check_at: now + Duration::from_secs(3_600),
                         request_hash: String::new(),
                         now,
                     })
@@ -134,7 +135,7 @@ async fn seed(
                             amount_fen: *fee,
                             reason: None,
                             request_hash: String::new(),
-                            first_check_at: now + 3_600_000,
+                            first_check_at: now + Duration::from_secs(3_600),
                             now,
                         })
                         .await
@@ -143,7 +144,7 @@ async fn seed(
                         return Err(format!("refund {no} not created: {created:?}"));
                     };
                     store
-                        .refund_accepted(r.id, id.clone(), now, now + 3_600_000)
+                        .refund_accepted(r.id, id.clone(), now, now + Duration::from_secs(3_600))
                         .await
                         .map_err(|e| e.to_string())?;
                     store
@@ -176,8 +177,8 @@ async fn seed(
     Ok(seeded)
 }
 
-fn bill_text(seeded: &[Seeded], now: i64) -> String {
-    let time = BeijingTime::from_unix(now / 1000);
+fn bill_text(seeded: &[Seeded], now: Millis) -> String {
+    let time = BeijingTime::from_unix(now.unix_secs());
     let mut rows = Vec::with_capacity(seeded.len() + seeded.len() / 8);
     let base = |s: &Seeded| BillRow {
         trade_time: time,
@@ -232,9 +233,9 @@ pub(crate) async fn run(args: ReconcileArgs) -> Result<(), String> {
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", tmp.join("bench.db").display()));
     let store = wxpay_gateway::open_store(&url, 16).await.map_err(|e| e.to_string())?;
-    let now = wxpay_gateway::time::now_ms();
+    let now = Clock::default().now();
     let day = Day::containing(now);
-    if Day::containing(now + 600_000) != day {
+    if Day::containing(now + Duration::from_secs(600)) != day {
         return Err("too close to midnight (Beijing time): the seeded day would end during the run".into());
     }
 

@@ -60,7 +60,7 @@ fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
 pub struct Metrics {
     inner: Mutex<Inner>,
     /// The gauges read from the database, and when (Unix ms).
-    gauges: Mutex<Option<(crate::store::Stats, i64)>>,
+    gauges: Mutex<Option<(crate::store::Stats, crate::time::Millis)>>,
     /// Wakes the refresher (a change made while it was not waiting is kept as a permit).
     wake: tokio::sync::Notify,
 }
@@ -87,7 +87,7 @@ impl Metrics {
     }
 
     /// Keeps the gauges read from the database at `at` (Unix ms).
-    pub fn set_gauges(&self, stats: crate::store::Stats, at: i64) {
+    pub fn set_gauges(&self, stats: crate::store::Stats, at: crate::time::Millis) {
         *self.gauges.lock().unwrap_or_else(|e| e.into_inner()) = Some((stats, at));
     }
 
@@ -171,8 +171,8 @@ impl Metrics {
         self.with(|i| i.notifications.get(verdict).copied().unwrap_or(0))
     }
 
-    /// Renders everything, the gauges as last read from the database, at `now` (Unix ms).
-    pub fn render(&self, now: i64) -> String {
+    /// Renders everything, the gauges as last read from the database, at `now`.
+    pub fn render(&self, now: crate::time::Millis) -> String {
         let mut out = String::with_capacity(4096);
         let gauges = self.gauges.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some((s, at)) = &gauges {
@@ -200,7 +200,7 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "wxpay_outbox_oldest_age_seconds {}",
-                s.outbox_oldest_age_ms.map_or(0, |age| age + (now - at).max(0)) as f64 / 1000.0
+                s.outbox_oldest_age_ms.map_or(0, |age| age + now.ms_since(*at).max(0)) as f64 / 1000.0
             );
         }
         self.with(|i| {

@@ -50,7 +50,7 @@ async fn one_beijing_day_ahead(needed: Duration) -> String {
     if left < needed.as_secs() as i64 {
         tokio::time::sleep(Duration::from_secs(left as u64 + 1)).await;
     }
-    Day::containing(now() * 1000).date
+    Day::containing(wxpay_gateway::time::Millis::from_unix_ms(now() * 1000)).date
 }
 
 fn reconcile(config: &Path, date: &str, extra: &[&str]) -> Run {

@@ -122,8 +122,7 @@ where
             key,
             owner: crate::util::random_hex::<16>(),
         };
-        let lease = IDEMPOTENCY_LEASE.as_millis() as i64;
-        let created_at = match store.idem_claim(k.clone(), hash.clone(), app.now(), lease).await? {
+        let created_at = match store.idem_claim(k.clone(), hash.clone(), app.now(), IDEMPOTENCY_LEASE).await? {
             IdemClaim::Claimed { created_at } => created_at,
             IdemClaim::InProgress { request_hash } => return held_by_another(&request_hash, &hash, None),
             IdemClaim::Done {

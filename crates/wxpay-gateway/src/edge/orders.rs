@@ -25,7 +25,7 @@ use crate::edge::refunds::RefundView;
 use crate::service::numbers::Numbers;
 use crate::service::orders::{OrderRequest, Placed};
 use crate::store::{Order, OrderStatus};
-use crate::time::rfc3339;
+use crate::time::Millis;
 
 /// `POST /v1/openid`.
 #[derive(Deserialize)]
@@ -99,10 +99,10 @@ fn view(o: &Order) -> OrderView {
         attach: o.attach.clone(),
         prepay_id: o.prepay_id.clone(),
         transaction_id: o.transaction_id.clone(),
-        created_at: rfc3339(o.created_at),
-        expires_at: rfc3339(o.expires_at),
-        paid_at: o.paid_at.map(rfc3339),
-        closed_at: o.closed_at.map(rfc3339),
+        created_at: o.created_at.rfc3339(),
+        expires_at: o.expires_at.rfc3339(),
+        paid_at: o.paid_at.map(Millis::rfc3339),
+        closed_at: o.closed_at.map(Millis::rfc3339),
         upstream_error: o.upstream_error.clone(),
         events: None,
         refunds: None,
@@ -120,7 +120,7 @@ fn placed(p: &Placed) -> (StatusCode, serde_json::Value) {
             "status": o.status,
             "amount_fen": o.amount_fen,
             "prepay_id": o.prepay_id,
-            "expires_at": rfc3339(o.expires_at),
+            "expires_at": o.expires_at.rfc3339(),
             "pay_params": p.pay_params,
         }),
     )
@@ -174,7 +174,7 @@ pub(crate) async fn get_order(
             .events
             .into_iter()
             .map(|e| EventView {
-                at: rfc3339(e.at),
+                at: e.at.rfc3339(),
                 kind: e.kind,
                 detail: e.detail,
             })

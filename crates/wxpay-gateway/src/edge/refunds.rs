@@ -15,7 +15,7 @@ use crate::edge::idempotency::{TokenScope, idempotent};
 use crate::service::numbers::Numbers;
 use crate::service::refunds::RefundRequest;
 use crate::store::{Refund, RefundStatus, Upstream};
-use crate::time::rfc3339;
+use crate::time::Millis;
 
 /// `POST /v1/orders/{out_trade_no}/refunds`.
 #[derive(Deserialize)]
@@ -56,9 +56,9 @@ pub(crate) fn view(r: &Refund) -> RefundView {
         status: r.status,
         reason: r.reason.clone(),
         refund_id: r.refund_id.clone(),
-        created_at: rfc3339(r.created_at),
-        accepted_at: r.accepted_at.map(rfc3339),
-        settled_at: r.settled_at.map(rfc3339),
+        created_at: r.created_at.rfc3339(),
+        accepted_at: r.accepted_at.map(Millis::rfc3339),
+        settled_at: r.settled_at.map(Millis::rfc3339),
         upstream: r.upstream,
         upstream_error: r.upstream_error.clone(),
     }

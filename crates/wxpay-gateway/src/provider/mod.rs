@@ -18,6 +18,7 @@ use std::pin::Pin;
 use wxpay_protocol::{BeijingTime, Fen, Nonce, OutRefundNo, OutTradeNo};
 
 use crate::config::MerchantConfig;
+use crate::time::Millis;
 
 pub(crate) mod sns;
 pub(crate) mod v2;
@@ -110,7 +111,7 @@ pub(crate) struct PaymentTerms<'a> {
     /// Returned as given in notifications and queries.
     pub attach: Option<&'a str>,
     /// When the order expires, Unix ms.
-    pub expires_at: i64,
+    pub expires_at: Millis,
 }
 
 /// What makes a refund: the same for every repetition of the call.
@@ -138,7 +139,7 @@ pub(crate) enum PaymentState {
         /// The amount paid.
         amount: Fen,
         /// When it was paid (Unix ms), when WeChat Pay says.
-        paid_at: Option<i64>,
+        paid_at: Option<Millis>,
         /// The currency, when WeChat Pay names one.
         currency: Option<String>,
         /// Whether a refund was made.
@@ -229,7 +230,7 @@ pub(crate) struct RefundReport {
     /// Where it stands.
     pub state: RefundState,
     /// When it succeeded (Unix ms), when WeChat Pay says.
-    pub settled_at: Option<i64>,
+    pub settled_at: Option<Millis>,
 }
 
 /// What a refund query says.
@@ -260,7 +261,7 @@ pub(crate) enum NoticeOutcome {
         /// The amount paid.
         amount: Fen,
         /// When (Unix ms).
-        paid_at: i64,
+        paid_at: Millis,
         /// The currency, when named.
         currency: Option<String>,
     },
@@ -309,7 +310,7 @@ pub(crate) struct BillEntry {
     /// WeChat Pay's number of the payment.
     pub transaction_id: String,
     /// When it happened (Unix ms): paid, or for a refund, accepted.
-    pub at: i64,
+    pub at: Millis,
     /// A payment or a refund.
     pub kind: BillKind,
 }
@@ -348,7 +349,7 @@ pub(crate) trait Provider: Send + Sync + 'static {
     fn merchant(&self) -> &MerchantConfig;
 
     /// Whether calls that need the merchant certificate (refunds) cannot be made at `now`.
-    fn lacks_client_cert(&self, now: i64) -> bool;
+    fn lacks_client_cert(&self, now: Millis) -> bool;
 
     /// Checks everything WeChat Pay would refuse in a payment, before anything is stored;
     /// the error says what is wrong.

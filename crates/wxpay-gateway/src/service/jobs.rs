@@ -14,6 +14,7 @@ use crate::service::error::{Conflict, ServiceError};
 use crate::service::rules::next_check_at;
 use crate::service::state::{Inner, Service};
 use crate::store::{DailyClaim, Order, OrderStatus};
+use crate::time::Millis;
 
 /// How long an `Idempotency-Key` and its answer are kept, as Stripe does.
 pub(crate) const IDEMPOTENCY_KEPT: Duration = Duration::from_secs(24 * 3600);
@@ -66,7 +67,7 @@ async fn refresh_gauges(service: std::sync::Weak<Inner>) {
         let Some(inner) = service.upgrade() else {
             return;
         };
-        let now = inner.clock.now_ms();
+        let now = inner.clock.now();
         match inner.store.stats(now).await {
             Ok(stats) => inner.metrics.set_gauges(stats, now),
             Err(e) => tracing::warn!(error = ?e, "cannot read the metrics' figures from the database"),
@@ -111,10 +112,6 @@ pub fn verify_webhook_signature(secret: &str, header: &str, body: &str, now_secs
     subtle::ConstantTimeEq::ct_eq(expected_v1.as_bytes(), v1.as_bytes()).into()
 }
 
-fn ms(d: Duration) -> i64 {
-    d.as_millis() as i64
-}
-
 /// Waits `pause`, or less when asked to stop; says whether to stop.
 async fn stopped_after(stop: &mut watch::Receiver<bool>, pause: Duration) -> bool {
     tokio::select! {
@@ -128,14 +125,14 @@ async fn stopped_after(stop: &mut watch::Receiver<bool>, pause: Duration) -> boo
 /// refunds due are sent again or queried.
 async fn checks(app: Service, mut stop: watch::Receiver<bool>) {
     let cfg = app.inner.config.jobs.clone();
-    let mut next_purge = 0;
+    let mut next_purge = Millis::default();
     loop {
         let now = app.now();
         if now >= next_purge {
             forget_idempotency_keys(&app, now).await;
-            next_purge = now + ms(PURGE_EVERY);
+            next_purge = now + PURGE_EVERY;
         }
-        match app.inner.store.claim_checks(now, now + ms(cfg.lease), cfg.batch).await {
+        match app.inner.store.claim_checks(now, now + cfg.lease, cfg.batch).await {
             Ok(orders) => {
                 let checked = !orders.is_empty();
                 for order in orders {
@@ -157,7 +154,7 @@ async fn checks(app: Service, mut stop: watch::Receiver<bool>) {
         match app
             .inner
             .store
-            .claim_refund_checks(now, now + ms(cfg.lease), cfg.batch)
+            .claim_refund_checks(now, now + cfg.lease, cfg.batch)
             .await
         {
             Ok(refunds) => {
@@ -186,8 +183,8 @@ const PURGE_EVERY: Duration = Duration::from_secs(600);
 
 /// Forgets the idempotency keys older than a day, a bounded number per statement so that no
 /// transaction runs long, until none is left.
-async fn forget_idempotency_keys(app: &Service, now: i64) {
-    let before = now - ms(IDEMPOTENCY_KEPT);
+async fn forget_idempotency_keys(app: &Service, now: Millis) {
+    let before = now - IDEMPOTENCY_KEPT;
     let mut forgotten = 0;
     loop {
         match app.inner.store.idem_purge(before, 5000).await {
@@ -220,7 +217,7 @@ async fn daily_reconciliation(app: Service, mut stop: watch::Receiver<bool>) {
     let mut done: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     loop {
         let now = app.now();
-        let (.., h, m, _) = wxpay_protocol::BeijingTime::from_unix(now / 1000).parts();
+        let (.., h, m, _) = wxpay_protocol::BeijingTime::from_unix(now.unix_secs()).parts();
         if (h * 60 + m) as u32 >= at_minute {
             let day = crate::service::reconcile::Day::before(now);
             for provider in &app.inner.merchants {
@@ -256,7 +253,7 @@ async fn daily_reconciliation(app: Service, mut stop: watch::Receiver<bool>) {
                         done.insert(name.clone(), day.date.clone());
                     }
                     Err(e) => {
-                        app.inner.metrics.reconciliation(name, "error", 0, 0, now / 1000);
+                        app.inner.metrics.reconciliation(name, "error", 0, 0, now.unix_secs());
                         tracing::error!(merchant = ?name, date = ?day.date, error = ?e, "daily reconciliation failed; it is tried again in an hour");
                     }
                 }
@@ -344,7 +341,11 @@ async fn expire(app: &Service, provider: &dyn Provider, order: Order) {
         }
         Err(e) => {
             tracing::warn!(out_trade_no = ?no, error = ?e, "cannot close an expired order; will try again");
-            let _ = app.inner.store.schedule_check(order.id, Some(app.now() + 30_000)).await;
+            let _ = app
+                .inner
+                .store
+                .schedule_check(order.id, Some(app.now() + Duration::from_secs(30)))
+                .await;
         }
     }
 }
@@ -359,14 +360,14 @@ async fn outbox(app: Service, mut stop: watch::Receiver<bool>) {
     };
     loop {
         let now = app.now();
-        match app.inner.store.claim_outbox(now, now + ms(cfg.lease), cfg.batch).await {
+        match app.inner.store.claim_outbox(now, now + cfg.lease, cfg.batch).await {
             Ok(events) => {
                 let delivering = !events.is_empty();
                 let deliveries = events.into_iter().map(|e| {
                     let app = app.clone();
                     let webhook = webhook.clone();
                     async move {
-                        let t = app.now() / 1000;
+                        let t = app.now().unix_secs();
                         let signature = webhook_signature(webhook.secret.expose(), t, &e.payload);
                         let result = app
                             .inner
@@ -396,11 +397,11 @@ async fn outbox(app: Service, mut stop: watch::Receiver<bool>) {
                             }
                             Some(reason) => {
                                 app.inner.metrics.webhook("failed");
-                                let exp = 1i64 << e.attempts.clamp(0, 20);
+                                let exp = 1u32 << e.attempts.clamp(0, 20);
                                 let mut jitter = [0u8; 2];
                                 crate::util::random_bytes(&mut jitter);
-                                let base = ms(cfg.outbox_backoff).saturating_mul(exp).min(ms(cfg.outbox_max_backoff));
-                                let delay = base + base * i64::from(u16::from_le_bytes(jitter) % 250) / 1000;
+                                let base = cfg.outbox_backoff.saturating_mul(exp).min(cfg.outbox_max_backoff);
+                                let delay = base + base * u32::from(u16::from_le_bytes(jitter) % 250) / 1000;
                                 tracing::warn!(event = ?e.id, attempts = e.attempts, ?reason, "webhook delivery failed; will retry");
                                 let _ = store.outbox_retry(e.id.clone(), app.now() + delay, reason).await;
                             }

@@ -26,6 +26,7 @@ pub(crate) use crate::store::NoticeKind;
 use crate::store::{
     self, NotificationRecord, OrderStatus, Payment, PaymentOutcome, RefundOutcome, RefundStatus, Source, Verdict,
 };
+use crate::time::Millis;
 use crate::util::clip;
 
 /// What WeChat Pay is to be told about a verified notification.
@@ -63,7 +64,7 @@ pub(crate) enum Misfit {
 /// The record of a verified notification; its verdict and reason are set where they are
 /// decided.
 fn verified(
-    now: i64,
+    now: Millis,
     kind: NoticeKind,
     merchant: &str,
     out_trade_no: &OutTradeNo,

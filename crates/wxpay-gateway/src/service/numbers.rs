@@ -2,22 +2,24 @@
 
 use wxpay_protocol::BeijingTime;
 
+use crate::time::Millis;
+
 /// A new order (`W`) or refund (`R`) number: the prefix, the Beijing time to the second, and
 /// 12 random letters and digits.
-fn new_number(prefix: char, now: i64) -> String {
+fn new_number(prefix: char, now: Millis) -> String {
     let mut b = [0u8; 12];
     crate::util::random_bytes(&mut b);
     number_with(prefix, now, b)
 }
 
 /// `prefix`, the Beijing time of `at` to the second, and 12 letters and digits from `tail`.
-fn number_with(prefix: char, at: i64, tail: [u8; 12]) -> String {
+fn number_with(prefix: char, at: Millis, tail: [u8; 12]) -> String {
     const SET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let tail: String = tail
         .iter()
         .map(|x| char::from(SET[usize::from(*x) % SET.len()]))
         .collect();
-    format!("{prefix}{}{tail}", BeijingTime::from_unix(at / 1000).to_compact())
+    format!("{prefix}{}{tail}", BeijingTime::from_unix(at.unix_secs()).to_compact())
 }
 
 /// The numbers a creating request gives what it creates when the caller names none. Under an
@@ -25,8 +27,8 @@ fn number_with(prefix: char, at: i64, tail: [u8; 12]) -> String {
 /// the order or refund the first attempt made instead of making a second one.
 #[derive(Debug)]
 pub(crate) struct Numbers {
-    /// The key's scope, the key, and when it was first claimed (Unix ms).
-    key: Option<(String, String, i64)>,
+    /// The key's scope, the key, and when it was first claimed.
+    key: Option<(String, String, Millis)>,
 }
 
 impl Numbers {
@@ -36,7 +38,7 @@ impl Numbers {
     }
 
     /// Numbers that follow from a key in its scope, first claimed at `created_at`.
-    pub(crate) fn from_key(scope: String, key: String, created_at: i64) -> Numbers {
+    pub(crate) fn from_key(scope: String, key: String, created_at: Millis) -> Numbers {
         Numbers {
             key: Some((scope, key, created_at)),
         }
@@ -44,7 +46,7 @@ impl Numbers {
 
     /// A number for something created at `now`: `prefix`, the Beijing time to the second, and
     /// 12 letters and digits (random, or from the key).
-    pub(crate) fn number(&self, prefix: char, now: i64) -> String {
+    pub(crate) fn number(&self, prefix: char, now: Millis) -> String {
         match &self.key {
             None => new_number(prefix, now),
             Some((scope, key, created_at)) => {

@@ -9,6 +9,7 @@ use crate::service::error::{Conflict, ServiceError};
 use crate::service::numbers::Numbers;
 use crate::service::state::Service;
 use crate::store::{Created, Event, NewOrder, Order, OrderStatus, Payment, PaymentOutcome, Refund, Source, Upstream};
+use crate::time::Millis;
 
 /// What a backend asks for when it creates an order.
 #[derive(Debug)]
@@ -65,7 +66,7 @@ fn terms<'a>(
     client_ip: &'a str,
     openid: &'a str,
     attach: Option<&'a str>,
-    expires_at: i64,
+    expires_at: Millis,
 ) -> PaymentTerms<'a> {
     PaymentTerms {
         description,
@@ -141,7 +142,7 @@ impl Service {
             .to_string()
             .as_bytes(),
         );
-        let expires_at = now + ttl as i64 * 1000;
+        let expires_at = now + std::time::Duration::from_secs(ttl);
         // Check everything WeChat Pay would refuse before anything is stored.
         provider
             .check_payment(&terms(
@@ -181,7 +182,7 @@ impl Service {
             Created::Existing(o) => match o.status {
                 // The same order again (a retry): finish what the first request started.
                 OrderStatus::Pending
-                    if o.upstream == Upstream::Created && o.prepay_at.is_some_and(|t| now - t < 7_000_000) =>
+                    if o.upstream == Upstream::Created && o.prepay_at.is_some_and(|t| now.ms_since(t) < 7_000_000) =>
                 {
                     return self.placed(provider, o, false);
                 }
@@ -241,7 +242,7 @@ impl Service {
             .as_deref()
             .ok_or_else(|| ServiceError::Internal("an order without prepay_id".into()))?;
         let pay_params = provider
-            .pay_params(prepay, (crate::time::now_ms() / 1000) as u64, &crate::provider::nonce())
+            .pay_params(prepay, self.now().unix_secs().unsigned_abs(), &crate::provider::nonce())
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
         Ok(Placed { order, pay_params, new })
     }

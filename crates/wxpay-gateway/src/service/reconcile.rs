@@ -19,7 +19,10 @@ use crate::provider::{BillEntry, BillKind, PaymentState, Provider, ProviderError
 use crate::service::refunds::Synced;
 use crate::service::state::Service;
 use crate::store::{ImportedRefund, Order, OrderStatus, Refund, RefundCreated, RefundStatus};
+use crate::time::Millis;
 
+/// A day (Beijing has no daylight saving time).
+const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
 /// A day's bill: its rows.
 type Bill = [BillEntry];
 
@@ -188,15 +191,15 @@ impl Day {
         })
     }
 
-    /// The day before the one that holds `unix_ms` (the day a daily run reconciles).
-    pub fn before(unix_ms: i64) -> Day {
-        Day::containing(unix_ms - 86_400_000)
+    /// The day before the one that holds `at` (the day a daily run reconciles).
+    pub fn before(at: Millis) -> Day {
+        Day::containing(at - DAY)
     }
 
-    /// The day that holds `unix_ms`.
-    pub fn containing(unix_ms: i64) -> Day {
+    /// The day that holds `at`.
+    pub fn containing(at: Millis) -> Day {
         // Beijing is UTC+8 all year: its midnight is a fixed offset from UTC's.
-        let unix = unix_ms.div_euclid(1000);
+        let unix = at.unix_secs();
         let start = BeijingTime::from_unix(unix - (unix + 8 * 3600).rem_euclid(86_400));
         Day {
             date: date_of(start),
@@ -205,13 +208,13 @@ impl Day {
     }
 
     /// The first millisecond of the day.
-    pub fn start_ms(&self) -> i64 {
-        self.start.unix() * 1000
+    pub fn start_ms(&self) -> Millis {
+        Millis::from_unix_ms(self.start.unix().saturating_mul(1000))
     }
 
     /// The first millisecond of the next day.
-    pub fn end_ms(&self) -> i64 {
-        self.start_ms() + 86_400_000
+    pub fn end_ms(&self) -> Millis {
+        self.start_ms() + DAY
     }
 }
 
@@ -340,7 +343,7 @@ fn compare(bill: &Bill, local: &Local, progress: &dyn Progress) -> Vec<Differenc
                 out_refund_no: Some(no.clone()),
                 upstream: upstream.clone(),
                 local,
-                bill_time_ms: Some(row.at),
+                bill_time_ms: Some(row.at.unix_ms()),
             };
             let Some(r) = local.refunds.get(&no) else {
                 out.push(diff(DifferenceKind::MissingLocally, None));
@@ -371,7 +374,7 @@ fn compare(bill: &Bill, local: &Local, progress: &dyn Progress) -> Vec<Differenc
                 out_refund_no: None,
                 upstream: upstream.clone(),
                 local,
-                bill_time_ms: Some(row.at),
+                bill_time_ms: Some(row.at.unix_ms()),
             };
             let Some(o) = local.orders.get(&row.out_trade_no) else {
                 out.push(diff(DifferenceKind::MissingLocally, None));
@@ -792,7 +795,7 @@ async fn repair_refund(
         Some(false) => RefundStatus::Failed,
         None => RefundStatus::Pending,
     };
-    let accepted_at = d.bill_time_ms.unwrap_or(day.start_ms());
+    let accepted_at = d.bill_time_ms.map_or(day.start_ms(), Millis::from_unix_ms);
     let imported = ImportedRefund {
         merchant: provider.merchant().name.clone(),
         out_trade_no: answer.out_trade_no.clone(),
@@ -842,7 +845,7 @@ async fn repair_refund(
 ///
 /// # Errors
 /// When the database fails.
-pub async fn keep(app: &Service, report: &Report, kind: &str, started_at: i64) -> Result<(), ReconcileError> {
+pub async fn keep(app: &Service, report: &Report, kind: &str, started_at: Millis) -> Result<(), ReconcileError> {
     let now = app.now();
     let repaired = report.repairs.iter().filter(|r| r.result == "settled").count();
     app.inner.metrics.reconciliation(
@@ -850,7 +853,7 @@ pub async fn keep(app: &Service, report: &Report, kind: &str, started_at: i64) -
         if report.balanced { "balanced" } else { "unbalanced" },
         report.remaining.len(),
         repaired,
-        now / 1000,
+        now.unix_secs(),
     );
     if report.balanced {
         tracing::info!(merchant = ?report.merchant, date = ?report.date, payments = report.bill.payments, refunds = report.bill.refunds, repaired, "reconciliation: the books balance");

@@ -16,6 +16,7 @@ use crate::service::state::Service;
 use crate::store::{
     NewRefund, Order, Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Source, Upstream,
 };
+use crate::time::Millis;
 
 /// What a backend asks for when it refunds an order.
 #[derive(Debug)]
@@ -48,7 +49,7 @@ pub(crate) fn settlement(
     report: &RefundReport,
     succeeded: bool,
     source: Source,
-    now: i64,
+    now: Millis,
 ) -> RefundResult {
     RefundResult {
         merchant: merchant.to_owned(),

@@ -49,12 +49,12 @@ impl std::fmt::Debug for Rejections {
 }
 
 impl Rejections {
-    /// Whether a rejection received at `received_at` (Unix ms) is within this minute's
+    /// Whether a rejection received at `received_at` is within this minute's
     /// budget, to be logged and kept; if not, it is counted only. The first rejection of a
     /// minute says how many of the one before were counted only.
-    pub(crate) fn within_budget(&self, metrics: &Metrics, received_at: i64) -> bool {
+    pub(crate) fn within_budget(&self, metrics: &Metrics, received_at: crate::time::Millis) -> bool {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let minute = received_at.div_euclid(60_000);
+        let minute = received_at.unix_ms().div_euclid(60_000);
         if st.minute != minute {
             if st.over > 0 {
                 tracing::warn!(

@@ -4,20 +4,15 @@
 use std::time::Duration;
 
 use crate::config::JobsConfig;
-
-fn ms(d: Duration) -> i64 {
-    d.as_millis() as i64
-}
+use crate::time::Millis;
 
 /// When something made at `created_at` (an order, a refund) and checked at `now` is checked
 /// next: after a pause as long as it is old (so checks thin out as it ages), at least the
 /// first delay, at most the longest interval.
-pub(crate) fn next_check_at(cfg: &JobsConfig, created_at: i64, now: i64) -> i64 {
-    let age = now - created_at;
-    now + age.clamp(
-        ms(cfg.first_check_after).max(1000),
-        ms(cfg.max_check_interval).max(1000),
-    )
+pub(crate) fn next_check_at(cfg: &JobsConfig, created_at: Millis, now: Millis) -> Millis {
+    let age = Duration::from_millis(u64::try_from(now.ms_since(created_at)).unwrap_or(0));
+    let second = Duration::from_secs(1);
+    now + age.clamp(cfg.first_check_after.max(second), cfg.max_check_interval.max(second))
 }
 
 #[cfg(test)]
@@ -32,6 +27,9 @@ mod tests {
             ..JobsConfig::default()
         };
         let now = 1_800_000_000_000;
+        let next_check_at = |cfg, created: i64, now: i64| {
+            next_check_at(cfg, Millis::from_unix_ms(created), Millis::from_unix_ms(now)).unix_ms()
+        };
         // Young: the first delay. Middle-aged: as long as its age. Old: the longest interval.
         assert_eq!(next_check_at(&cfg, now - 1_000, now), now + 5_000);
         assert_eq!(next_check_at(&cfg, now - 60_000, now), now + 60_000);

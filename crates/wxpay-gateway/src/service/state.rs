@@ -95,8 +95,8 @@ impl Service {
     }
 
     /// Now, in Unix milliseconds, as the gateway sees it.
-    pub fn now(&self) -> i64 {
-        self.inner.clock.now_ms()
+    pub fn now(&self) -> crate::time::Millis {
+        self.inner.clock.now()
     }
 
     /// The gateway's clock, which tests move forward to reach expiry and check times.
@@ -121,8 +121,8 @@ impl Service {
 
     /// When something started at `now` (an order, a refund) is first looked at if WeChat Pay
     /// says nothing.
-    pub(crate) fn first_check_at(&self, now: i64) -> i64 {
-        now + self.inner.config.jobs.first_check_after.as_millis() as i64
+    pub(crate) fn first_check_at(&self, now: crate::time::Millis) -> crate::time::Millis {
+        now + self.inner.config.jobs.first_check_after
     }
 
     /// A configured merchant by the name stored with its orders.

@@ -19,6 +19,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 
+use crate::time::Millis;
+
 pub mod postgres;
 pub(crate) mod rules;
 pub mod sqlite;
@@ -295,14 +297,14 @@ pub struct NewOrder {
     /// The client's IP, sent as `spbill_create_ip`.
     pub client_ip: String,
     /// When it can no longer be paid (Unix ms).
-    pub expires_at: i64,
+    pub expires_at: Millis,
     /// When to ask WeChat Pay about it if no notification came (Unix ms).
-    pub first_check_at: i64,
+    pub first_check_at: Millis,
     /// A digest of the creation parameters: the same number with other parameters is a
     /// conflict, with the same ones a retry.
     pub request_hash: String,
     /// Now (Unix ms).
-    pub now: i64,
+    pub now: Millis,
 }
 
 /// A stored order.
@@ -339,19 +341,19 @@ pub struct Order {
     /// The prepay_id, once WeChat Pay gave one.
     pub prepay_id: Option<String>,
     /// When the prepay_id was given (Unix ms).
-    pub prepay_at: Option<i64>,
+    pub prepay_at: Option<Millis>,
     /// WeChat Pay's order number, once paid.
     pub transaction_id: Option<String>,
     /// Created (Unix ms).
-    pub created_at: i64,
+    pub created_at: Millis,
     /// Last changed (Unix ms).
-    pub updated_at: i64,
+    pub updated_at: Millis,
     /// Expires (Unix ms).
-    pub expires_at: i64,
+    pub expires_at: Millis,
     /// Paid (Unix ms).
-    pub paid_at: Option<i64>,
+    pub paid_at: Option<Millis>,
     /// Closed (Unix ms).
-    pub closed_at: Option<i64>,
+    pub closed_at: Option<Millis>,
     /// The digest of the creation parameters.
     pub request_hash: String,
 }
@@ -360,7 +362,7 @@ pub struct Order {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Event {
     /// When (Unix ms).
-    pub at: i64,
+    pub at: Millis,
     /// What: `created`, `prepay`, `paid`, `closed`, `failed`, …
     pub kind: String,
     /// Details (JSON).
@@ -407,11 +409,11 @@ pub struct Payment {
     /// `total_fee`, compared with the stored amount in the transaction.
     pub amount_fen: Fen,
     /// When it was paid (Unix ms).
-    pub paid_at: i64,
+    pub paid_at: Millis,
     /// Where the fact comes from.
     pub source: Source,
     /// Now (Unix ms).
-    pub now: i64,
+    pub now: Millis,
 }
 
 /// What a payment did.
@@ -501,9 +503,9 @@ pub struct NewRefund {
     /// A digest of the parameters: the same number with others is a conflict.
     pub request_hash: String,
     /// When to look at it if nothing happens (Unix ms).
-    pub first_check_at: i64,
+    pub first_check_at: Millis,
     /// Now (Unix ms).
-    pub now: i64,
+    pub now: Millis,
 }
 
 /// A stored refund.
@@ -532,13 +534,13 @@ pub struct Refund {
     /// WeChat Pay's refund number, once it accepted the refund.
     pub refund_id: Option<String>,
     /// Created (Unix ms).
-    pub created_at: i64,
+    pub created_at: Millis,
     /// Last changed (Unix ms).
-    pub updated_at: i64,
+    pub updated_at: Millis,
     /// Accepted by WeChat Pay (Unix ms): the day of its bill row.
-    pub accepted_at: Option<i64>,
+    pub accepted_at: Option<Millis>,
     /// Succeeded or failed (Unix ms).
-    pub settled_at: Option<i64>,
+    pub settled_at: Option<Millis>,
     /// The digest of the parameters.
     pub request_hash: String,
 }
@@ -580,11 +582,11 @@ pub struct RefundResult {
     /// WeChat Pay's status word (`SUCCESS`, `REFUNDCLOSE`, `CHANGE`).
     pub upstream_status: String,
     /// When it settled (Unix ms).
-    pub settled_at: i64,
+    pub settled_at: Millis,
     /// Where the fact comes from.
     pub source: Source,
     /// Now (Unix ms).
-    pub now: i64,
+    pub now: Millis,
 }
 
 /// What a refund result did.
@@ -640,11 +642,11 @@ pub struct ImportedRefund {
     /// Its status per `refundquery`.
     pub status: RefundStatus,
     /// When WeChat Pay accepted it (Unix ms; the bill's row time).
-    pub accepted_at: i64,
+    pub accepted_at: Millis,
     /// Why it is recorded (for the order's history).
     pub detail: serde_json::Value,
     /// Now (Unix ms).
-    pub now: i64,
+    pub now: Millis,
 }
 
 /// How a pending refund settles, for the engines.
@@ -655,7 +657,7 @@ pub(crate) struct Settlement<'a> {
     /// WeChat Pay's refund number, when known.
     pub wechat_refund_id: Option<&'a str>,
     /// When (Unix ms).
-    pub settled_at: i64,
+    pub settled_at: Millis,
     /// The order's history entry.
     pub detail: serde_json::Value,
     /// Why it failed.
@@ -683,9 +685,9 @@ pub struct ReconciliationRecord {
     /// `command` or `daily`.
     pub kind: String,
     /// Started (Unix ms).
-    pub started_at: i64,
+    pub started_at: Millis,
     /// Finished (Unix ms).
-    pub finished_at: i64,
+    pub finished_at: Millis,
     /// Whether the books balanced (after repair, when asked).
     pub balanced: bool,
     /// Differences left.
@@ -799,7 +801,7 @@ impl fmt::Display for Verdict {
 #[derive(Clone, Debug)]
 pub struct NotificationRecord {
     /// When (Unix ms).
-    pub received_at: i64,
+    pub received_at: Millis,
     /// Which notification.
     pub kind: NoticeKind,
     /// The merchant, when found.
@@ -843,7 +845,7 @@ pub enum IdemClaim {
     /// The key is new, or taken over: this request owns it now.
     Claimed {
         /// When the key was first made (Unix ms): the same for every owner.
-        created_at: i64,
+        created_at: Millis,
     },
     /// Another request with this key is running.
     InProgress {
@@ -883,7 +885,7 @@ pub struct OutboxEvent {
     /// The JSON body to post.
     pub payload: String,
     /// Created (Unix ms).
-    pub created_at: i64,
+    pub created_at: Millis,
     /// Attempts so far.
     pub attempts: i64,
 }
@@ -914,11 +916,11 @@ pub trait Store: Send + Sync + 'static {
     fn create_order(&self, new: NewOrder) -> Fut<'_, Created>;
 
     /// Records the prepay_id of an order (`upstream = created`).
-    fn set_prepay(&self, order_id: i64, prepay_id: String, now: i64) -> Fut<'_, Order>;
+    fn set_prepay(&self, order_id: i64, prepay_id: String, now: Millis) -> Fut<'_, Order>;
 
     /// Records that `unifiedorder` failed: for good (`rejected`: the order becomes
     /// `failed`) or without an answer (`unknown`: it stays `pending` and is checked later).
-    fn set_upstream_failure(&self, order_id: i64, rejected: bool, error: String, now: i64) -> Fut<'_, Order>;
+    fn set_upstream_failure(&self, order_id: i64, rejected: bool, error: String, now: Millis) -> Fut<'_, Order>;
 
     /// An order by merchant and number.
     fn order(&self, merchant: String, out_trade_no: OutTradeNo) -> Fut<'_, Option<Order>>;
@@ -935,26 +937,32 @@ pub trait Store: Send + Sync + 'static {
 
     /// Moves a pending order to `closed` (WeChat Pay confirmed the close), with its event and
     /// `order.closed` outbox row. `None` when it was not pending.
-    fn close_order(&self, order_id: i64, reason: String, now: i64) -> Fut<'_, Option<Order>>;
+    fn close_order(&self, order_id: i64, reason: String, now: Millis) -> Fut<'_, Option<Order>>;
 
     /// Moves a pending order to `failed`. `None` when it was not pending.
-    fn fail_order(&self, order_id: i64, reason: String, now: i64) -> Fut<'_, Option<Order>>;
+    fn fail_order(&self, order_id: i64, reason: String, now: Millis) -> Fut<'_, Option<Order>>;
 
     /// Adds an entry to an order's history.
-    fn add_event(&self, order_id: i64, kind: String, detail: serde_json::Value, now: i64) -> Fut<'_, ()>;
+    fn add_event(&self, order_id: i64, kind: String, detail: serde_json::Value, now: Millis) -> Fut<'_, ()>;
 
     /// Records notifications that changed nothing (rejected before they reached an order, or
     /// verified but settling nothing), in one transaction.
     fn record_notifications(&self, records: Vec<NotificationRecord>) -> Fut<'_, ()>;
 
     /// Claims an idempotency key for a request (`owner`, a token of its own), or tells what
-    /// happened to it. A key whose owner has not renewed it for `lease_ms` is taken over by a
+    /// happened to it. A key whose owner has not renewed it for `lease` is taken over by a
     /// request with the same digest (its first owner died or could not record its answer).
-    fn idem_claim(&self, key: IdemKey, request_hash: String, now: i64, lease_ms: i64) -> Fut<'_, IdemClaim>;
+    fn idem_claim(
+        &self,
+        key: IdemKey,
+        request_hash: String,
+        now: Millis,
+        lease: std::time::Duration,
+    ) -> Fut<'_, IdemClaim>;
 
     /// Renews the owner's hold on a key still in progress; false when it is no longer the
     /// owner's.
-    fn idem_renew(&self, key: IdemKey, now: i64) -> Fut<'_, bool>;
+    fn idem_renew(&self, key: IdemKey, now: Millis) -> Fut<'_, bool>;
 
     /// Stores the answer given to the request that owns a key; false (and nothing stored)
     /// when the key is no longer the owner's.
@@ -966,23 +974,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Forgets up to `limit` idempotency keys made before `created_before` (Unix ms); returns
     /// how many.
-    fn idem_purge(&self, created_before: i64, limit: u32) -> Fut<'_, u64>;
+    fn idem_purge(&self, created_before: Millis, limit: u32) -> Fut<'_, u64>;
 
     /// Claims up to `limit` pending orders due for a check (`next_check_at <= now`), moving
     /// their next check to `lease_until` so that no one else takes them meanwhile.
-    fn claim_checks(&self, now: i64, lease_until: i64, limit: u32) -> Fut<'_, Vec<Order>>;
+    fn claim_checks(&self, now: Millis, lease_until: Millis, limit: u32) -> Fut<'_, Vec<Order>>;
 
     /// Sets when a pending order is checked next (`None`: never), counting the check.
-    fn schedule_check(&self, order_id: i64, at: Option<i64>) -> Fut<'_, ()>;
+    fn schedule_check(&self, order_id: i64, at: Option<Millis>) -> Fut<'_, ()>;
 
     /// Claims up to `limit` undelivered events that are due, leasing them until `lease_until`.
-    fn claim_outbox(&self, now: i64, lease_until: i64, limit: u32) -> Fut<'_, Vec<OutboxEvent>>;
+    fn claim_outbox(&self, now: Millis, lease_until: Millis, limit: u32) -> Fut<'_, Vec<OutboxEvent>>;
 
     /// Marks an event delivered.
-    fn outbox_delivered(&self, id: String, now: i64) -> Fut<'_, ()>;
+    fn outbox_delivered(&self, id: String, now: Millis) -> Fut<'_, ()>;
 
     /// Schedules another attempt of an event.
-    fn outbox_retry(&self, id: String, next_at: i64, error: String) -> Fut<'_, ()>;
+    fn outbox_retry(&self, id: String, next_at: Millis, error: String) -> Fut<'_, ()>;
 
     /// Stores a refund of a paid order with its event, raising the order's reserved refund
     /// sum in the same transaction (the database refuses a sum above the amount), or says
@@ -1000,8 +1008,8 @@ pub trait Store: Send + Sync + 'static {
         &self,
         refund_id: i64,
         wechat_refund_id: String,
-        now: i64,
-        next_check_at: i64,
+        now: Millis,
+        next_check_at: Millis,
     ) -> Fut<'_, Refund>;
 
     /// Records that the `refund` call failed: for good (`rejected`: the refund fails, its
@@ -1012,8 +1020,8 @@ pub trait Store: Send + Sync + 'static {
         refund_id: i64,
         rejected: bool,
         error: String,
-        now: i64,
-        next_check_at: i64,
+        now: Millis,
+        next_check_at: Millis,
     ) -> Fut<'_, Refund>;
 
     /// Applies a refund's settlement in one transaction (refund, order sums and status,
@@ -1022,19 +1030,19 @@ pub trait Store: Send + Sync + 'static {
     fn apply_refund(&self, result: RefundResult, notification: Option<NotificationRecord>) -> Fut<'_, RefundOutcome>;
 
     /// Claims up to `limit` pending refunds due for a check, leasing them until `lease_until`.
-    fn claim_refund_checks(&self, now: i64, lease_until: i64, limit: u32) -> Fut<'_, Vec<Refund>>;
+    fn claim_refund_checks(&self, now: Millis, lease_until: Millis, limit: u32) -> Fut<'_, Vec<Refund>>;
 
     /// Sets when a pending refund is checked next (`None`: never), counting the check.
-    fn schedule_refund_check(&self, refund_id: i64, at: Option<i64>) -> Fut<'_, ()>;
+    fn schedule_refund_check(&self, refund_id: i64, at: Option<Millis>) -> Fut<'_, ()>;
 
     /// Paid orders of a merchant whose payment time is in `[from, to)` (Unix ms).
-    fn orders_paid_between(&self, merchant: String, from: i64, to: i64) -> Fut<'_, Vec<Order>>;
+    fn orders_paid_between(&self, merchant: String, from: Millis, to: Millis) -> Fut<'_, Vec<Order>>;
 
     /// Orders of a merchant by number (those that exist).
     fn orders_by_numbers(&self, merchant: String, numbers: Vec<OutTradeNo>) -> Fut<'_, Vec<Order>>;
 
     /// Refunds of a merchant accepted by WeChat Pay in `[from, to)` (Unix ms).
-    fn refunds_accepted_between(&self, merchant: String, from: i64, to: i64) -> Fut<'_, Vec<Refund>>;
+    fn refunds_accepted_between(&self, merchant: String, from: Millis, to: Millis) -> Fut<'_, Vec<Refund>>;
 
     /// Refunds of a merchant by number (those that exist).
     fn refunds_by_numbers(&self, merchant: String, numbers: Vec<OutRefundNo>) -> Fut<'_, Vec<Refund>>;
@@ -1048,7 +1056,7 @@ pub trait Store: Send + Sync + 'static {
         order_id: i64,
         amount_fen: Fen,
         detail: serde_json::Value,
-        now: i64,
+        now: Millis,
     ) -> Fut<'_, Option<Order>>;
 
     /// Sets when WeChat Pay accepted a refund to the time its bill says (reconciliation),
@@ -1056,9 +1064,9 @@ pub trait Store: Send + Sync + 'static {
     fn move_refund_accepted_at(
         &self,
         refund_id: i64,
-        accepted_at: i64,
+        accepted_at: Millis,
         detail: serde_json::Value,
-        now: i64,
+        now: Millis,
     ) -> Fut<'_, ()>;
 
     /// Records a refund WeChat Pay has and wxpay did not ask for, with its effect on the
@@ -1066,13 +1074,13 @@ pub trait Store: Send + Sync + 'static {
     fn import_refund(&self, refund: ImportedRefund) -> Fut<'_, RefundCreated>;
 
     /// Claims the daily reconciliation of a merchant's day, or says who has it.
-    fn claim_daily_reconciliation(&self, merchant: String, bill_date: String, now: i64) -> Fut<'_, DailyClaim>;
+    fn claim_daily_reconciliation(&self, merchant: String, bill_date: String, now: Millis) -> Fut<'_, DailyClaim>;
 
     /// Keeps the result of a reconciliation (a daily one updates its claim).
     fn record_reconciliation(&self, record: ReconciliationRecord) -> Fut<'_, ()>;
 
     /// Figures for the metrics.
-    fn stats(&self, now: i64) -> Fut<'_, Stats>;
+    fn stats(&self, now: Millis) -> Fut<'_, Stats>;
 }
 
 /// An event id: `evt_` and 24 random hex digits.
@@ -1081,11 +1089,11 @@ pub(crate) fn event_id() -> String {
 }
 
 /// The JSON body of an outbox event: `{id, type, created_at, data}`.
-pub(crate) fn event_payload(id: &str, event_type: &str, now: i64, order: &Order) -> String {
+pub(crate) fn event_payload(id: &str, event_type: &str, now: Millis, order: &Order) -> String {
     serde_json::json!({
         "id": id,
         "type": event_type,
-        "created_at": crate::time::rfc3339(now),
+        "created_at": now.rfc3339(),
         "data": {
             "merchant": order.merchant,
             "out_trade_no": order.out_trade_no,
@@ -1093,7 +1101,7 @@ pub(crate) fn event_payload(id: &str, event_type: &str, now: i64, order: &Order)
             "amount_fen": order.amount_fen,
             "refunded_fen": order.refunded_fen,
             "transaction_id": order.transaction_id,
-            "paid_at": order.paid_at.map(crate::time::rfc3339),
+            "paid_at": order.paid_at.map(Millis::rfc3339),
             "attach": order.attach,
         }
     })
@@ -1101,11 +1109,11 @@ pub(crate) fn event_payload(id: &str, event_type: &str, now: i64, order: &Order)
 }
 
 /// The JSON body of a refund's outbox event: `{id, type, created_at, data}`.
-pub(crate) fn refund_event_payload(id: &str, event_type: &str, now: i64, refund: &Refund, order: &Order) -> String {
+pub(crate) fn refund_event_payload(id: &str, event_type: &str, now: Millis, refund: &Refund, order: &Order) -> String {
     serde_json::json!({
         "id": id,
         "type": event_type,
-        "created_at": crate::time::rfc3339(now),
+        "created_at": now.rfc3339(),
         "data": {
             "merchant": refund.merchant,
             "out_refund_no": refund.out_refund_no,
@@ -1114,7 +1122,7 @@ pub(crate) fn refund_event_payload(id: &str, event_type: &str, now: i64, refund:
             "amount_fen": refund.amount_fen,
             "status": refund.status,
             "reason": refund.reason,
-            "settled_at": refund.settled_at.map(crate::time::rfc3339),
+            "settled_at": refund.settled_at.map(Millis::rfc3339),
             "upstream_error": refund.upstream_error,
             "order": {
                 "status": order.status,

@@ -25,8 +25,22 @@ use super::{
     event_payload, refund_event_payload,
 };
 use crate::store::Damaged;
+use crate::time::Millis;
 use col::fen_sql;
 use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
+
+/// A moment is an `INTEGER` of Unix milliseconds.
+impl rusqlite::ToSql for Millis {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.unix_ms().into())
+    }
+}
+
+impl rusqlite::types::FromSql for Millis {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        i64::column_result(v).map(Millis::from_unix_ms)
+    }
+}
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/sqlite/0001_init.sql")),
@@ -412,7 +426,7 @@ fn order_by_id(conn: &Connection, id: i64) -> Result<Order, StoreError> {
 fn add_event(
     conn: &Connection,
     order_id: i64,
-    at: i64,
+    at: Millis,
     kind: &str,
     detail: &serde_json::Value,
 ) -> Result<(), StoreError> {
@@ -422,7 +436,7 @@ fn add_event(
     Ok(())
 }
 
-fn add_outbox(conn: &Connection, order: &Order, event_type: &str, now: i64) -> Result<(), StoreError> {
+fn add_outbox(conn: &Connection, order: &Order, event_type: &str, now: Millis) -> Result<(), StoreError> {
     let id = event_id();
     let payload = event_payload(&id, event_type, now, order);
     let mut st = conn.prepare_cached(
@@ -461,7 +475,7 @@ fn transition(
     kind: &str,
     detail: serde_json::Value,
     event_type: Option<&str>,
-    now: i64,
+    now: Millis,
 ) -> Result<Option<Order>, StoreError> {
     let column = if to == OrderStatus::Closed {
         ", closed_at = ?3"
@@ -533,7 +547,7 @@ fn add_refund_outbox(
     refund: &Refund,
     order: &Order,
     event_type: &str,
-    now: i64,
+    now: Millis,
 ) -> Result<(), StoreError> {
     let id = event_id();
     let payload = refund_event_payload(&id, event_type, now, refund, order);
@@ -546,7 +560,7 @@ fn add_refund_outbox(
 
 /// Raises an order's reserved refund sum by `amount` if it stays within the amount and the
 /// order is paid; otherwise says why not.
-fn reserve(conn: &Connection, order: &Order, amount: Fen, now: i64) -> Result<Option<RefundCreated>, StoreError> {
+fn reserve(conn: &Connection, order: &Order, amount: Fen, now: Millis) -> Result<Option<RefundCreated>, StoreError> {
     let before = figures(conn, order.id)?;
     match rules::reserve(order.amount_fen, before, amount) {
         Ok(after) => {
@@ -576,7 +590,7 @@ fn set_figures(
     order_id: i64,
     before: Refunded,
     after: Refunded,
-    now: i64,
+    now: Millis,
 ) -> Result<(), StoreError> {
     let changed = conn
         .prepare_cached(
@@ -608,7 +622,7 @@ fn settle_refund(
     conn: &Connection,
     refund_id: i64,
     s: &Settlement<'_>,
-    now: i64,
+    now: Millis,
 ) -> Result<Option<Refund>, StoreError> {
     let Settlement {
         succeeded,
@@ -776,8 +790,8 @@ fn import_refund(c: &Connection, i: &ImportedRefund) -> Result<RefundCreated, St
 fn claim_due<T>(
     c: &Connection,
     table: &str,
-    now: i64,
-    lease_until: i64,
+    now: Millis,
+    lease_until: Millis,
     limit: u32,
     by_id: fn(&Connection, i64) -> Result<T, StoreError>,
 ) -> Result<Vec<T>, StoreError> {
@@ -799,7 +813,7 @@ fn claim_due<T>(
 }
 
 /// Sets when a pending row of `table` is checked next (`None`: never), counting the check.
-fn schedule(c: &Connection, table: &str, id: i64, at: Option<i64>) -> Result<(), StoreError> {
+fn schedule(c: &Connection, table: &str, id: i64, at: Option<Millis>) -> Result<(), StoreError> {
     c.prepare_cached(&format!(
         "UPDATE {table} SET next_check_at = ?1, checks = checks + 1 WHERE id = ?2 AND status = 'pending'"
     ))?
@@ -895,7 +909,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn set_prepay(&self, order_id: i64, prepay_id: String, now: i64) -> Fut<'_, Order> {
+    fn set_prepay(&self, order_id: i64, prepay_id: String, now: Millis) -> Fut<'_, Order> {
         self.write(move |c| {
             c.prepare_cached(
                 "UPDATE orders SET prepay_id = ?1, prepay_at = ?2, upstream = 'created', upstream_error = NULL, updated_at = ?2 WHERE id = ?3",
@@ -906,7 +920,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn set_upstream_failure(&self, order_id: i64, rejected: bool, error: String, now: i64) -> Fut<'_, Order> {
+    fn set_upstream_failure(&self, order_id: i64, rejected: bool, error: String, now: Millis) -> Fut<'_, Order> {
         self.write(move |c| {
             let upstream = if rejected { "rejected" } else { "unknown" };
             c.prepare_cached("UPDATE orders SET upstream = ?1, upstream_error = ?2, updated_at = ?3 WHERE id = ?4 AND upstream != 'created'")?
@@ -965,7 +979,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn close_order(&self, order_id: i64, reason: String, now: i64) -> Fut<'_, Option<Order>> {
+    fn close_order(&self, order_id: i64, reason: String, now: Millis) -> Fut<'_, Option<Order>> {
         self.write(move |c| {
             let detail = serde_json::json!({ "reason": reason });
             transition(
@@ -980,14 +994,14 @@ impl Store for SqliteStore {
         })
     }
 
-    fn fail_order(&self, order_id: i64, reason: String, now: i64) -> Fut<'_, Option<Order>> {
+    fn fail_order(&self, order_id: i64, reason: String, now: Millis) -> Fut<'_, Option<Order>> {
         self.write(move |c| {
             let detail = serde_json::json!({ "reason": reason });
             transition(c, order_id, OrderStatus::Failed, "failed", detail, None, now)
         })
     }
 
-    fn add_event(&self, order_id: i64, kind: String, detail: serde_json::Value, now: i64) -> Fut<'_, ()> {
+    fn add_event(&self, order_id: i64, kind: String, detail: serde_json::Value, now: Millis) -> Fut<'_, ()> {
         self.write(move |c| add_event(c, order_id, now, &kind, &detail))
     }
 
@@ -995,7 +1009,7 @@ impl Store for SqliteStore {
         self.write(move |c| records.iter().try_for_each(|r| insert_notification(c, r)))
     }
 
-    fn idem_claim(&self, k: IdemKey, request_hash: String, now: i64, lease_ms: i64) -> Fut<'_, IdemClaim> {
+    fn idem_claim(&self, k: IdemKey, request_hash: String, now: Millis, lease: Duration) -> Fut<'_, IdemClaim> {
         self.write(move |c| {
             let inserted = c
                 .prepare_cached(
@@ -1008,16 +1022,15 @@ impl Store for SqliteStore {
             }
             // The request that holds the key stopped renewing it: this one, identical, takes
             // it over.
-            let taken: Option<i64> = c
+            let taken: Option<Millis> = c
                 .prepare_cached(
                     "UPDATE idempotency_keys SET claimed_at = ?4, owner = ?5 WHERE scope = ?1 AND key = ?2 \
                      AND request_hash = ?3 AND status IS NULL AND COALESCE(claimed_at, created_at) <= ?6 \
                      RETURNING created_at",
                 )?
-                .query_row(
-                    params![k.scope, k.key, request_hash, now, k.owner, now - lease_ms],
-                    |r| r.get(0),
-                )
+                .query_row(params![k.scope, k.key, request_hash, now, k.owner, now - lease], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             if let Some(created_at) = taken {
                 return Ok(IdemClaim::Claimed { created_at });
@@ -1031,7 +1044,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn idem_renew(&self, k: IdemKey, now: i64) -> Fut<'_, bool> {
+    fn idem_renew(&self, k: IdemKey, now: Millis) -> Fut<'_, bool> {
         self.write(move |c| {
             let n = c
                 .prepare_cached(
@@ -1065,7 +1078,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn idem_purge(&self, created_before: i64, limit: u32) -> Fut<'_, u64> {
+    fn idem_purge(&self, created_before: Millis, limit: u32) -> Fut<'_, u64> {
         self.write(move |c| {
             let n = c
                 .prepare_cached(
@@ -1077,15 +1090,15 @@ impl Store for SqliteStore {
         })
     }
 
-    fn claim_checks(&self, now: i64, lease_until: i64, limit: u32) -> Fut<'_, Vec<Order>> {
+    fn claim_checks(&self, now: Millis, lease_until: Millis, limit: u32) -> Fut<'_, Vec<Order>> {
         self.write(move |c| claim_due(c, "orders", now, lease_until, limit, order_by_id))
     }
 
-    fn schedule_check(&self, order_id: i64, at: Option<i64>) -> Fut<'_, ()> {
+    fn schedule_check(&self, order_id: i64, at: Option<Millis>) -> Fut<'_, ()> {
         self.write(move |c| schedule(c, "orders", order_id, at))
     }
 
-    fn claim_outbox(&self, now: i64, lease_until: i64, limit: u32) -> Fut<'_, Vec<OutboxEvent>> {
+    fn claim_outbox(&self, now: Millis, lease_until: Millis, limit: u32) -> Fut<'_, Vec<OutboxEvent>> {
         self.write(move |c| {
             let events: Vec<OutboxEvent> = {
                 let mut st = c.prepare_cached(
@@ -1111,7 +1124,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn outbox_delivered(&self, id: String, now: i64) -> Fut<'_, ()> {
+    fn outbox_delivered(&self, id: String, now: Millis) -> Fut<'_, ()> {
         self.write(move |c| {
             c.prepare_cached("UPDATE outbox SET delivered_at = ?1, last_error = NULL WHERE id = ?2")?
                 .execute(params![now, id])?;
@@ -1119,7 +1132,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn outbox_retry(&self, id: String, next_at: i64, error: String) -> Fut<'_, ()> {
+    fn outbox_retry(&self, id: String, next_at: Millis, error: String) -> Fut<'_, ()> {
         self.write(move |c| {
             c.prepare_cached(
                 "UPDATE outbox SET next_attempt_at = ?1, last_error = ?2 WHERE id = ?3 AND delivered_at IS NULL",
@@ -1151,8 +1164,8 @@ impl Store for SqliteStore {
         &self,
         refund_id: i64,
         wechat_refund_id: String,
-        now: i64,
-        next_check_at: i64,
+        now: Millis,
+        next_check_at: Millis,
     ) -> Fut<'_, Refund> {
         self.write(move |c| {
             let changed = c
@@ -1181,8 +1194,8 @@ impl Store for SqliteStore {
         refund_id: i64,
         rejected: bool,
         error: String,
-        now: i64,
-        next_check_at: i64,
+        now: Millis,
+        next_check_at: Millis,
     ) -> Fut<'_, Refund> {
         self.write(move |c| {
             let refund = refund_by_id(c, refund_id)?;
@@ -1231,15 +1244,15 @@ impl Store for SqliteStore {
         })
     }
 
-    fn claim_refund_checks(&self, now: i64, lease_until: i64, limit: u32) -> Fut<'_, Vec<Refund>> {
+    fn claim_refund_checks(&self, now: Millis, lease_until: Millis, limit: u32) -> Fut<'_, Vec<Refund>> {
         self.write(move |c| claim_due(c, "refunds", now, lease_until, limit, refund_by_id))
     }
 
-    fn schedule_refund_check(&self, refund_id: i64, at: Option<i64>) -> Fut<'_, ()> {
+    fn schedule_refund_check(&self, refund_id: i64, at: Option<Millis>) -> Fut<'_, ()> {
         self.write(move |c| schedule(c, "refunds", refund_id, at))
     }
 
-    fn orders_paid_between(&self, merchant: String, from: i64, to: i64) -> Fut<'_, Vec<Order>> {
+    fn orders_paid_between(&self, merchant: String, from: Millis, to: Millis) -> Fut<'_, Vec<Order>> {
         self.read(move |c| {
             let mut st = c.prepare_cached(&format!(
                 "SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = ?1 AND paid_at >= ?2 AND paid_at < ?3 \
@@ -1262,7 +1275,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn refunds_accepted_between(&self, merchant: String, from: i64, to: i64) -> Fut<'_, Vec<Refund>> {
+    fn refunds_accepted_between(&self, merchant: String, from: Millis, to: Millis) -> Fut<'_, Vec<Refund>> {
         self.read(move |c| {
             let mut st = c.prepare_cached(&format!(
                 "SELECT {REFUND_COLUMNS} FROM refunds WHERE merchant = ?1 AND accepted_at >= ?2 AND accepted_at < ?3"
@@ -1289,7 +1302,7 @@ impl Store for SqliteStore {
         order_id: i64,
         amount_fen: Fen,
         detail: serde_json::Value,
-        now: i64,
+        now: Millis,
     ) -> Fut<'_, Option<Order>> {
         self.write(move |c| {
             let changed = c
@@ -1311,9 +1324,9 @@ impl Store for SqliteStore {
     fn move_refund_accepted_at(
         &self,
         refund_id: i64,
-        accepted_at: i64,
+        accepted_at: Millis,
         detail: serde_json::Value,
-        now: i64,
+        now: Millis,
     ) -> Fut<'_, ()> {
         self.write(move |c| {
             let refund = refund_by_id(c, refund_id)?;
@@ -1327,7 +1340,7 @@ impl Store for SqliteStore {
         self.write(move |c| import_refund(c, &refund))
     }
 
-    fn claim_daily_reconciliation(&self, merchant: String, bill_date: String, now: i64) -> Fut<'_, DailyClaim> {
+    fn claim_daily_reconciliation(&self, merchant: String, bill_date: String, now: Millis) -> Fut<'_, DailyClaim> {
         self.write(move |c| {
             let inserted = c
                 .prepare_cached(
@@ -1398,12 +1411,12 @@ impl Store for SqliteStore {
         })
     }
 
-    fn stats(&self, now: i64) -> Fut<'_, Stats> {
+    fn stats(&self, now: Millis) -> Fut<'_, Stats> {
         self.read(move |c| {
             let mut st = c.prepare_cached("SELECT status, COUNT(*) FROM orders GROUP BY status")?;
             let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
             let orders_by_status = rows.collect::<Result<Vec<_>, _>>()?;
-            let (backlog, oldest): (i64, Option<i64>) = c.query_row(
+            let (backlog, oldest): (i64, Option<Millis>) = c.query_row(
                 "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE delivered_at IS NULL",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
@@ -1415,7 +1428,7 @@ impl Store for SqliteStore {
                 orders_by_status,
                 refunds_by_status,
                 outbox_backlog: backlog,
-                outbox_oldest_age_ms: oldest.map(|o| now - o),
+                outbox_oldest_age_ms: oldest.map(|o| now.ms_since(o)),
             })
         })
     }

@@ -605,7 +605,10 @@ async fn the_sqlite_database_and_its_journal_files_are_readable_by_their_owner_o
         key: "k".into(),
         owner: "o".into(),
     };
-    store.idem_claim(key, "h".into(), 0, 60_000).await.unwrap();
+    store
+        .idem_claim(key, "h".into(), Default::default(), Duration::from_secs(60))
+        .await
+        .unwrap();
     let file = db.sqlite_file();
     for suffix in ["", "-wal", "-shm"] {
         let mut name = file.clone().into_os_string();

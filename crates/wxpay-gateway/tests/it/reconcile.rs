@@ -288,7 +288,7 @@ async fn a_payment_wechat_pay_does_not_have_is_reported_and_never_downgraded(db:
     let mut body = order_body(500);
     body["out_trade_no"] = json!("RM-GHOST");
     t.create(body).await;
-    let now = wxpay_protocol::BeijingTime::from_unix(t.app.now() / 1000).to_compact();
+    let now = wxpay_protocol::BeijingTime::from_unix(t.app.now().unix_secs()).to_compact();
     let forged = crate::support::notification(
         crate::support::DEFAULT,
         "RM-GHOST",
@@ -369,7 +369,7 @@ async fn a_refund_accepted_across_midnight_balances_both_days_after_repair(db: T
     store
         .move_refund_accepted_at(
             refund.id,
-            today.start_ms() - 100,
+            today.start_ms() - std::time::Duration::from_millis(100),
             json!({"seeded": "by the test"}),
             t.app.now(),
         )

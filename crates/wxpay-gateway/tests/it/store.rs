@@ -7,12 +7,19 @@ use wxpay_gateway::store::{
     Payment, PaymentOutcome, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Source, Store, StoreError,
 };
 
+use std::time::Duration;
+
+use wxpay_gateway::time::Millis;
 use wxpay_protocol::{Fen, OutTradeNo};
 
 use crate::support::TestDb;
 use crate::support::engines;
 
-const T0: i64 = 1_795_000_000_000;
+const T0: Millis = Millis::from_unix_ms(1_795_000_000_000);
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
 
 fn fen(amount: i64) -> Fen {
     Fen::new(u64::try_from(amount).unwrap()).unwrap()
@@ -33,8 +40,8 @@ fn new_order(merchant: &str, no: &str, amount: i64) -> NewOrder {
         openid: "openid".into(),
         attach: None,
         client_ip: "127.0.0.1".into(),
-        expires_at: T0 + 7_200_000,
-        first_check_at: T0 + 60_000,
+        expires_at: T0 + ms(7_200_000),
+        first_check_at: T0 + ms(60_000),
         request_hash: format!("hash-{no}-{amount}"),
         now: T0,
     }
@@ -46,9 +53,9 @@ fn payment(no: &str, tx: &str, amount: i64) -> Payment {
         out_trade_no: no.parse().unwrap(),
         transaction_id: tx.into(),
         amount_fen: fen(amount),
-        paid_at: T0 + 1000,
+        paid_at: T0 + ms(1000),
         source: Source::Notification,
-        now: T0 + 1500,
+        now: T0 + ms(1500),
     }
 }
 
@@ -106,7 +113,7 @@ async fn a_payment_applies_once_and_a_repeat_changes_nothing(db: TestDb) {
     };
     assert_eq!(paid.status, OrderStatus::Paid);
     assert_eq!(paid.transaction_id.as_deref(), Some("4200000001"));
-    assert_eq!(paid.paid_at, Some(T0 + 1000));
+    assert_eq!(paid.paid_at, Some(T0 + ms(1000)));
     let again = store
         .apply_payment(payment("P1", "4200000001", 100), Some(record("P1")))
         .await
@@ -118,7 +125,7 @@ async fn a_payment_applies_once_and_a_repeat_changes_nothing(db: TestDb) {
     );
     let kinds: Vec<String> = store.events(o.id).await.unwrap().into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds, ["created", "paid"], "{}", db.engine);
-    let events = store.claim_outbox(T0 + 2000, T0 + 60_000, 10).await.unwrap();
+    let events = store.claim_outbox(T0 + ms(2000), T0 + ms(60_000), 10).await.unwrap();
     assert_eq!(events.len(), 1, "{}: one event for one payment", db.engine);
     assert_eq!(events[0].event_type, "order.paid");
     let payload: serde_json::Value = serde_json::from_str(&events[0].payload).unwrap();
@@ -158,7 +165,11 @@ async fn concurrent_payments_of_one_order_make_exactly_one_transition(db: TestDb
         .count();
     assert_eq!(paid, 1, "{}", db.engine);
     assert_eq!(
-        store.claim_outbox(T0 + 2000, T0 + 60_000, 100).await.unwrap().len(),
+        store
+            .claim_outbox(T0 + ms(2000), T0 + ms(60_000), 100)
+            .await
+            .unwrap()
+            .len(),
         1,
         "{}",
         db.engine
@@ -224,7 +235,11 @@ async fn a_wrong_amount_an_unknown_order_or_a_reused_transaction_change_nothing(
     );
     assert_eq!(store.events(a.id).await.unwrap().len(), 1, "{}", db.engine);
     assert_eq!(
-        store.claim_outbox(T0 + 2000, T0 + 60_000, 100).await.unwrap().len(),
+        store
+            .claim_outbox(T0 + ms(2000), T0 + ms(60_000), 100)
+            .await
+            .unwrap()
+            .len(),
         1,
         "{}",
         db.engine
@@ -241,7 +256,7 @@ async fn a_paid_order_is_never_closed_or_failed_and_a_closed_one_can_still_be_pa
         .unwrap();
     assert!(
         store
-            .close_order(paid.id, "test".into(), T0 + 3000)
+            .close_order(paid.id, "test".into(), T0 + ms(3000))
             .await
             .unwrap()
             .is_none(),
@@ -250,7 +265,7 @@ async fn a_paid_order_is_never_closed_or_failed_and_a_closed_one_can_still_be_pa
     );
     assert!(
         store
-            .fail_order(paid.id, "test".into(), T0 + 3000)
+            .fail_order(paid.id, "test".into(), T0 + ms(3000))
             .await
             .unwrap()
             .is_none(),
@@ -264,14 +279,14 @@ async fn a_paid_order_is_never_closed_or_failed_and_a_closed_one_can_still_be_pa
 
     let closed = created(&store, "default", "S2", 100).await;
     let c = store
-        .close_order(closed.id, "expired".into(), T0 + 3000)
+        .close_order(closed.id, "expired".into(), T0 + ms(3000))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(c.status, OrderStatus::Closed);
     assert!(
         store
-            .close_order(closed.id, "again".into(), T0 + 4000)
+            .close_order(closed.id, "again".into(), T0 + ms(4000))
             .await
             .unwrap()
             .is_none(),
@@ -285,7 +300,7 @@ async fn a_paid_order_is_never_closed_or_failed_and_a_closed_one_can_still_be_pa
         .unwrap();
     assert!(matches!(late, PaymentOutcome::Applied(_)), "{}: {late:?}", db.engine);
     let types: Vec<String> = store
-        .claim_outbox(T0 + 9000, T0 + 60_000, 100)
+        .claim_outbox(T0 + ms(9000), T0 + ms(60_000), 100)
         .await
         .unwrap()
         .into_iter()
@@ -363,11 +378,11 @@ async fn an_idempotency_key_is_claimed_once_then_answers_from_the_stored_respons
 }
 engines!(an_idempotency_key_is_claimed_once_then_answers_from_the_stored_response);
 
-const LEASE: i64 = 60_000;
+const LEASE: Duration = Duration::from_secs(60);
 
 async fn a_key_left_unrenewed_past_its_lease_is_taken_over_only_by_the_same_request(db: TestDb) {
     let store = db.store().await;
-    let claim = |owner: &'static str, hash: &'static str, at: i64| {
+    let claim = |owner: &'static str, hash: &'static str, at: Millis| {
         store.idem_claim(idem("s", "k", owner), hash.into(), at, LEASE)
     };
     assert_eq!(
@@ -378,15 +393,15 @@ async fn a_key_left_unrenewed_past_its_lease_is_taken_over_only_by_the_same_requ
     );
     // Within the lease the first request still owns it.
     assert_eq!(
-        claim("b", "h1", T0 + LEASE - 1).await.unwrap(),
+        claim("b", "h1", T0 + LEASE - ms(1)).await.unwrap(),
         in_progress("h1"),
         "{}",
         db.engine
     );
     // Its owner renews it: the lease runs from then.
-    assert!(store.idem_renew(idem("s", "k", "a"), T0 + 30_000).await.unwrap());
+    assert!(store.idem_renew(idem("s", "k", "a"), T0 + ms(30_000)).await.unwrap());
     assert!(
-        !store.idem_renew(idem("s", "k", "x"), T0 + 30_000).await.unwrap(),
+        !store.idem_renew(idem("s", "k", "x"), T0 + ms(30_000)).await.unwrap(),
         "not x's"
     );
     assert_eq!(
@@ -396,7 +411,7 @@ async fn a_key_left_unrenewed_past_its_lease_is_taken_over_only_by_the_same_requ
         db.engine
     );
     // Past it, another body still does not get it; the same body does, once.
-    let late = T0 + 30_000 + LEASE;
+    let late = T0 + ms(30_000) + LEASE;
     assert_eq!(
         claim("c", "h2", late).await.unwrap(),
         in_progress("h1"),
@@ -410,17 +425,17 @@ async fn a_key_left_unrenewed_past_its_lease_is_taken_over_only_by_the_same_requ
         db.engine
     );
     assert_eq!(
-        claim("d", "h1", late + 1).await.unwrap(),
+        claim("d", "h1", late + ms(1)).await.unwrap(),
         in_progress("h1"),
         "{}: the lease starts again for the new owner",
         db.engine
     );
     // The first owner, still running, can neither renew, answer nor release it any more.
-    assert!(!store.idem_renew(idem("s", "k", "a"), late + 2).await.unwrap());
+    assert!(!store.idem_renew(idem("s", "k", "a"), late + ms(2)).await.unwrap());
     assert!(!store.idem_finish(idem("s", "k", "a"), 500, "{}".into()).await.unwrap());
     store.idem_release(idem("s", "k", "a")).await.unwrap();
     assert_eq!(
-        claim("e", "h1", late + 3).await.unwrap(),
+        claim("e", "h1", late + ms(3)).await.unwrap(),
         in_progress("h1"),
         "{}",
         db.engine
@@ -441,29 +456,31 @@ engines!(a_key_left_unrenewed_past_its_lease_is_taken_over_only_by_the_same_requ
 async fn keys_older_than_the_cut_are_forgotten_in_bounded_steps(db: TestDb) {
     let store = db.store().await;
     for i in 0..7 {
-        let at = if i < 5 { T0 } else { T0 + 1000 };
+        let at = if i < 5 { T0 } else { T0 + ms(1000) };
         let claimed = store
             .idem_claim(idem("s", &format!("k{i}"), "a"), "h".into(), at, LEASE)
             .await
             .unwrap();
         assert_eq!(claimed, IdemClaim::Claimed { created_at: at });
     }
-    assert_eq!(store.idem_purge(T0 + 1, 3).await.unwrap(), 3, "{}", db.engine);
-    assert_eq!(store.idem_purge(T0 + 1, 3).await.unwrap(), 2, "{}", db.engine);
-    assert_eq!(store.idem_purge(T0 + 1, 3).await.unwrap(), 0, "{}", db.engine);
+    assert_eq!(store.idem_purge(T0 + ms(1), 3).await.unwrap(), 3, "{}", db.engine);
+    assert_eq!(store.idem_purge(T0 + ms(1), 3).await.unwrap(), 2, "{}", db.engine);
+    assert_eq!(store.idem_purge(T0 + ms(1), 3).await.unwrap(), 0, "{}", db.engine);
     // The two newer keys are still there, still owned.
     let kept = store
-        .idem_claim(idem("s", "k6", "b"), "h".into(), T0 + 1001, LEASE)
+        .idem_claim(idem("s", "k6", "b"), "h".into(), T0 + ms(1001), LEASE)
         .await
         .unwrap();
     assert_eq!(kept, in_progress("h"), "{}", db.engine);
     let forgotten = store
-        .idem_claim(idem("s", "k0", "b"), "other".into(), T0 + 1001, LEASE)
+        .idem_claim(idem("s", "k0", "b"), "other".into(), T0 + ms(1001), LEASE)
         .await
         .unwrap();
     assert_eq!(
         forgotten,
-        IdemClaim::Claimed { created_at: T0 + 1001 },
+        IdemClaim::Claimed {
+            created_at: T0 + ms(1001)
+        },
         "{}: a forgotten key is new again",
         db.engine
     );
@@ -475,12 +492,16 @@ async fn background_work_is_leased_so_a_second_claim_gets_nothing(db: TestDb) {
     let o = created(&store, "default", "L1", 100).await;
     // Not due before first_check_at.
     assert!(
-        store.claim_checks(T0 + 1000, T0 + 2000, 10).await.unwrap().is_empty(),
+        store
+            .claim_checks(T0 + ms(1000), T0 + ms(2000), 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "{}",
         db.engine
     );
-    let due = T0 + 60_000;
-    let claimed = store.claim_checks(due, due + 30_000, 10).await.unwrap();
+    let due = T0 + ms(60_000);
+    let claimed = store.claim_checks(due, due + ms(30_000), 10).await.unwrap();
     assert_eq!(
         claimed.iter().map(|o| o.id).collect::<Vec<_>>(),
         [o.id],
@@ -488,12 +509,20 @@ async fn background_work_is_leased_so_a_second_claim_gets_nothing(db: TestDb) {
         db.engine
     );
     assert!(
-        store.claim_checks(due + 1, due + 30_000, 10).await.unwrap().is_empty(),
+        store
+            .claim_checks(due + ms(1), due + ms(30_000), 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "{}: leased",
         db.engine
     );
     assert_eq!(
-        store.claim_checks(due + 30_000, due + 60_000, 10).await.unwrap().len(),
+        store
+            .claim_checks(due + ms(30_000), due + ms(60_000), 10)
+            .await
+            .unwrap()
+            .len(),
         1,
         "{}: lease over",
         db.engine
@@ -501,7 +530,7 @@ async fn background_work_is_leased_so_a_second_claim_gets_nothing(db: TestDb) {
     store.schedule_check(o.id, None).await.unwrap();
     assert!(
         store
-            .claim_checks(due + 999_999, due + 2_000_000, 10)
+            .claim_checks(due + ms(999_999), due + ms(2_000_000), 10)
             .await
             .unwrap()
             .is_empty(),
@@ -513,39 +542,43 @@ async fn background_work_is_leased_so_a_second_claim_gets_nothing(db: TestDb) {
         .apply_payment(payment("L1", "4200000009", 100), None)
         .await
         .unwrap();
-    let ev = store.claim_outbox(T0 + 2000, T0 + 10_000, 10).await.unwrap();
+    let ev = store.claim_outbox(T0 + ms(2000), T0 + ms(10_000), 10).await.unwrap();
     assert_eq!(ev.len(), 1);
     assert!(
-        store.claim_outbox(T0 + 2001, T0 + 10_000, 10).await.unwrap().is_empty(),
+        store
+            .claim_outbox(T0 + ms(2001), T0 + ms(10_000), 10)
+            .await
+            .unwrap()
+            .is_empty(),
         "{}: leased",
         db.engine
     );
     store
-        .outbox_retry(ev[0].id.clone(), T0 + 20_000, "HTTP 503".into())
+        .outbox_retry(ev[0].id.clone(), T0 + ms(20_000), "HTTP 503".into())
         .await
         .unwrap();
     assert!(
         store
-            .claim_outbox(T0 + 19_999, T0 + 30_000, 10)
+            .claim_outbox(T0 + ms(19_999), T0 + ms(30_000), 10)
             .await
             .unwrap()
             .is_empty(),
         "{}",
         db.engine
     );
-    let again = store.claim_outbox(T0 + 20_000, T0 + 30_000, 10).await.unwrap();
+    let again = store.claim_outbox(T0 + ms(20_000), T0 + ms(30_000), 10).await.unwrap();
     assert_eq!(
         (again[0].id.as_str(), again[0].attempts),
         (ev[0].id.as_str(), 1),
         "{}: same id",
         db.engine
     );
-    let stats = store.stats(T0 + 21_000).await.unwrap();
+    let stats = store.stats(T0 + ms(21_000)).await.unwrap();
     assert_eq!(stats.outbox_backlog, 1, "{}", db.engine);
-    store.outbox_delivered(ev[0].id.clone(), T0 + 21_000).await.unwrap();
+    store.outbox_delivered(ev[0].id.clone(), T0 + ms(21_000)).await.unwrap();
     assert!(
         store
-            .claim_outbox(T0 + 99_999, T0 + 199_999, 10)
+            .claim_outbox(T0 + ms(99_999), T0 + ms(199_999), 10)
             .await
             .unwrap()
             .is_empty(),
@@ -553,7 +586,7 @@ async fn background_work_is_leased_so_a_second_claim_gets_nothing(db: TestDb) {
         db.engine
     );
     assert_eq!(
-        store.stats(T0 + 21_000).await.unwrap().outbox_backlog,
+        store.stats(T0 + ms(21_000)).await.unwrap().outbox_backlog,
         0,
         "{}",
         db.engine
@@ -675,7 +708,7 @@ async fn a_mixed_burst_of_payments_gets_the_verdict_each_would_get_alone(db: Tes
         "{}: {conflict:?}",
         db.engine
     );
-    let events = store.claim_outbox(T0 + 9000, T0 + 60_000, 1000).await.unwrap();
+    let events = store.claim_outbox(T0 + ms(9000), T0 + ms(60_000), 1000).await.unwrap();
     assert_eq!(events.len(), 20, "{}: one event per paid order", db.engine);
     for e in &events {
         let v: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
@@ -721,7 +754,12 @@ async fn concurrent_creations_store_each_number_once_and_record_every_prepay(db:
         .iter()
         .map(|&id| {
             let store = store.clone();
-            tokio::spawn(async move { store.set_prepay(id, format!("wx-prepay-{id}"), T0 + 5).await.unwrap() })
+            tokio::spawn(async move {
+                store
+                    .set_prepay(id, format!("wx-prepay-{id}"), T0 + ms(5))
+                    .await
+                    .unwrap()
+            })
         })
         .collect();
     for p in prepays {
@@ -742,8 +780,8 @@ fn new_refund(order: &str, no: &str, amount: i64) -> NewRefund {
         amount_fen: fen(amount),
         reason: None,
         request_hash: format!("refund-{no}-{amount}"),
-        first_check_at: T0 + 60_000,
-        now: T0 + 2000,
+        first_check_at: T0 + ms(60_000),
+        now: T0 + ms(2000),
     }
 }
 
@@ -756,9 +794,9 @@ fn refund_result(order: &str, no: &str, amount: i64, succeeded: bool) -> RefundR
         amount_fen: fen(amount),
         succeeded,
         upstream_status: if succeeded { "SUCCESS" } else { "REFUNDCLOSE" }.into(),
-        settled_at: T0 + 3000,
+        settled_at: T0 + ms(3000),
         source: Source::Notification,
-        now: T0 + 3000,
+        now: T0 + ms(3000),
     }
 }
 
@@ -928,9 +966,9 @@ async fn a_refund_settles_once_and_the_order_becomes_refunded_at_its_full_amount
             refund_id: "50300999".into(),
             amount_fen: fen(20),
             status: RefundStatus::Succeeded,
-            accepted_at: T0 + 5000,
+            accepted_at: T0 + ms(5000),
             detail: serde_json::json!({"source": "reconciliation"}),
-            now: T0 + 6000,
+            now: T0 + ms(6000),
         })
         .await
         .unwrap();
@@ -962,7 +1000,7 @@ async fn a_refund_accepted_while_its_notification_settles_it_never_deadlocks(db:
         // The call's answer and the notification arrive together, as they do when WeChat
         // Pay settles a refund at once.
         let (a, b) = tokio::join!(
-            store.refund_accepted(r.id, format!("50300RR{i}"), T0 + 2500, T0 + 60_000),
+            store.refund_accepted(r.id, format!("50300RR{i}"), T0 + ms(2500), T0 + ms(60_000)),
             store.apply_refund(refund_result(&order, &format!("RR{i}"), 60, true), None),
         );
         a.unwrap_or_else(|e| panic!("{}: accepted: {e}", db.engine));
@@ -979,12 +1017,12 @@ async fn a_refund_wechat_pay_accepted_never_fails_by_a_later_refusal(db: TestDb)
         panic!("not new");
     };
     store
-        .refund_accepted(r.id, "50300RACC".into(), T0 + 2500, T0 + 60_000)
+        .refund_accepted(r.id, "50300RACC".into(), T0 + ms(2500), T0 + ms(60_000))
         .await
         .unwrap();
     // A repeated call refused (say, rate limited) says nothing about the accepted refund.
     let after = store
-        .refund_upstream_failure(r.id, true, "FREQUENCY_LIMITED".into(), T0 + 3000, T0 + 3000)
+        .refund_upstream_failure(r.id, true, "FREQUENCY_LIMITED".into(), T0 + ms(3000), T0 + ms(3000))
         .await
         .unwrap();
     assert_eq!(after.status, RefundStatus::Pending, "{}", db.engine);
@@ -998,7 +1036,7 @@ async fn a_refund_wechat_pay_accepted_never_fails_by_a_later_refusal(db: TestDb)
         panic!("not new");
     };
     let failed = store
-        .refund_upstream_failure(b.id, true, "NOTENOUGH".into(), T0 + 3000, T0 + 3000)
+        .refund_upstream_failure(b.id, true, "NOTENOUGH".into(), T0 + ms(3000), T0 + ms(3000))
         .await
         .unwrap();
     assert_eq!(failed.status, RefundStatus::Failed);

@@ -506,7 +506,7 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
     let app = App::new(config, store).unwrap();
     if opts.pin_beijing_noon {
         // Before the jobs start, so that the daily work sees one day only.
-        let secs = wxpay_simulator::seconds_until_beijing_hour(app.now().div_euclid(1000), 12);
+        let secs = wxpay_simulator::seconds_until_beijing_hour(app.now().unix_secs(), 12);
         app.clock().advance(Duration::from_secs(secs as u64));
         webhook.clock_offset_secs.fetch_add(secs, Ordering::SeqCst);
         let sim = sim.as_ref().expect("a pinned day needs the test's own simulator");

@@ -17,7 +17,7 @@ use wxpay_protocol::{Error as ProtoError, Merchant};
 use crate::config::{MerchantConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::provider::{ProviderError, Refusal, nonce, strict_client};
-use crate::time::Clock;
+use crate::time::{Clock, Millis};
 
 /// How an APIv2 call ended badly; the provider turns it into a [`ProviderError`].
 #[derive(Debug, Clone)]
@@ -112,24 +112,24 @@ impl V2Link {
     /// Whether calls that need the merchant certificate (`/secapi/…`) cannot be made at
     /// `now`: no certificate is configured and the host speaks TLS. Over plain HTTP (the
     /// simulator on this machine) there is no TLS to present it in.
-    pub(crate) fn lacks_client_cert(&self, now: i64) -> bool {
+    pub(crate) fn lacks_client_cert(&self, now: Millis) -> bool {
         self.config.client_cert.is_none() && self.host(now).starts_with("https://")
     }
 
     /// The host to call at `now` (the gateway's clock): the backup while it is switched to,
     /// else the primary.
-    fn host(&self, now: i64) -> &str {
+    fn host(&self, now: Millis) -> &str {
         match &self.config.backup_url {
-            Some(b) if self.backup_until.load(Ordering::Relaxed) > now => b,
+            Some(b) if self.backup_until.load(Ordering::Relaxed) > now.unix_ms() => b,
             _ => &self.config.base_url,
         }
     }
 
-    fn connection_failed(&self, cfg: &UpstreamConfig, now: i64) {
+    fn connection_failed(&self, cfg: &UpstreamConfig, now: Millis) {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= cfg.backup_after_failures && self.config.backup_url.is_some() {
-            let until = now + cfg.backup_for.as_millis() as i64;
-            if self.backup_until.swap(until, Ordering::Relaxed) <= now {
+            let until = (now + cfg.backup_for).unix_ms();
+            if self.backup_until.swap(until, Ordering::Relaxed) <= now.unix_ms() {
                 tracing::warn!(merchant = ?self.config.name, failures = n, "switching to the backup WeChat Pay host");
             }
             self.failures.store(0, Ordering::Relaxed);
@@ -179,7 +179,7 @@ impl V2Link {
         received: &(dyn Fn(u64, Option<u64>) + Send + Sync),
     ) -> Result<C::Response, CallError> {
         let api = C::PATH.rsplit('/').next().unwrap_or(C::PATH);
-        if C::CLIENT_CERT && self.lacks_client_cert(self.clock.now_ms()) {
+        if C::CLIENT_CERT && self.lacks_client_cert(self.clock.now()) {
             return Err(CallError::Invalid(format!(
                 "{api} needs the merchant API certificate: set cert_path and key_path (or a .p12 cert_path) for merchant {}",
                 self.config.name
@@ -192,7 +192,7 @@ impl V2Link {
                 tokio::time::sleep(pause).await;
             }
             let body = v2::encode(call, &self.credentials, &nonce()).map_err(|e| CallError::Invalid(e.to_string()))?;
-            let url = format!("{}{}", self.host(self.clock.now_ms()).trim_end_matches('/'), C::PATH);
+            let url = format!("{}{}", self.host(self.clock.now()).trim_end_matches('/'), C::PATH);
             let started = Instant::now();
             let mut request = self.http.post(&url);
             if C::LARGE_ANSWER {
@@ -225,7 +225,7 @@ impl V2Link {
                     // request may have been processed and its answer lost: both are repeated,
                     // with the same parameters.
                     if before_sending {
-                        self.connection_failed(&self.upstream, self.clock.now_ms());
+                        self.connection_failed(&self.upstream, self.clock.now());
                     }
                     self.metrics
                         .upstream_error(api, if before_sending { "connect" } else { "no_answer" });
@@ -235,7 +235,7 @@ impl V2Link {
                 }
             };
             if status.is_server_error() && !bytes.starts_with(b"<") {
-                self.connection_failed(&self.upstream, self.clock.now_ms());
+                self.connection_failed(&self.upstream, self.clock.now());
                 self.metrics.upstream_error(api, "http_5xx");
                 last = CallError::NoAnswer(format!("HTTP {status}"));
                 continue;

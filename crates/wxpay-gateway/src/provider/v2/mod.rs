@@ -18,7 +18,7 @@ use crate::provider::{
     PaymentTerms, Provider, ProviderError, Received, RefundAccepted, RefundNotice, RefundReport, RefundState,
     RefundTerms, RefundsOfOrder,
 };
-use crate::time::Clock;
+use crate::time::{Clock, Millis};
 use crate::util::clip;
 
 pub(crate) mod client;
@@ -57,7 +57,7 @@ impl V2Provider {
             t.openid,
         );
         call.attach = t.attach.map(str::to_owned);
-        call.time_expire = Some(BeijingTime::from_unix(t.expires_at.div_euclid(1000)));
+        call.time_expire = Some(BeijingTime::from_unix(t.expires_at.unix_secs()));
         call
     }
 
@@ -74,9 +74,9 @@ impl V2Provider {
     }
 }
 
-/// Unix milliseconds of a Beijing time.
-fn ms(t: BeijingTime) -> i64 {
-    t.unix() * 1000
+/// The moment of a Beijing time.
+fn ms(t: BeijingTime) -> Millis {
+    Millis::from_unix_ms(t.unix().saturating_mul(1000))
 }
 
 fn refund_state(s: &RefundStatus) -> RefundState {
@@ -117,7 +117,7 @@ impl Provider for V2Provider {
         &self.link.config
     }
 
-    fn lacks_client_cert(&self, now: i64) -> bool {
+    fn lacks_client_cert(&self, now: Millis) -> bool {
         self.link.lacks_client_cert(now)
     }
 

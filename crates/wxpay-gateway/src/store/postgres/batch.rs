@@ -15,6 +15,7 @@ use crate::store::col::fen_sql;
 use crate::store::{
     Created, NewOrder, NoticeKind, NotificationRecord, Order, Payment, PaymentOutcome, StoreError, Verdict, event_id,
 };
+use crate::time::Millis;
 
 /// A new order waiting for its batch.
 #[derive(Debug)]
@@ -28,7 +29,7 @@ pub(super) struct CreateJob {
 pub(super) struct PrepayJob {
     pub(super) order_id: i64,
     pub(super) prepay_id: String,
-    pub(super) now: i64,
+    pub(super) now: Millis,
     pub(super) reply: oneshot::Sender<Result<Order, StoreError>>,
 }
 
@@ -125,7 +126,7 @@ pub(super) fn payment_outcome(
 
 pub(super) fn empty_record() -> NotificationRecord {
     NotificationRecord {
-        received_at: 0,
+        received_at: Millis::default(),
         kind: NoticeKind::Payment,
         merchant: None,
         out_trade_no: None,
@@ -528,7 +529,12 @@ pub(super) async fn create_one(pool: &PgPool, n: NewOrder) -> Result<Created, St
 }
 
 /// One prepay id in one statement.
-pub(super) async fn prepay_one(pool: &PgPool, order_id: i64, prepay_id: String, now: i64) -> Result<Order, StoreError> {
+pub(super) async fn prepay_one(
+    pool: &PgPool,
+    order_id: i64,
+    prepay_id: String,
+    now: Millis,
+) -> Result<Order, StoreError> {
     let row = sqlx::query(sqlx::AssertSqlSafe(prepay_one_sql()))
         .bind(&prepay_id)
         .bind(now)
@@ -578,6 +584,7 @@ pub(super) async fn run_create_batch(pool: PgPool, jobs: Vec<CreateJob>) {
 pub(super) async fn create_batch(pool: &PgPool, jobs: &[CreateJob]) -> Result<Vec<Option<Order>>, StoreError> {
     let col = |f: fn(&NewOrder) -> String| jobs.iter().map(|j| f(&j.order)).collect::<Vec<_>>();
     let num = |f: fn(&NewOrder) -> i64| jobs.iter().map(|j| f(&j.order)).collect::<Vec<_>>();
+    let at = |f: fn(&NewOrder) -> Millis| jobs.iter().map(|j| f(&j.order)).collect::<Vec<_>>();
     let rows = sqlx::query(sqlx::AssertSqlSafe(create_batch_sql()))
         .bind(col(|o| o.merchant.clone()))
         .bind(col(|o| o.out_trade_no.as_str().to_owned()))
@@ -588,9 +595,9 @@ pub(super) async fn create_batch(pool: &PgPool, jobs: &[CreateJob]) -> Result<Ve
         .bind(col(|o| o.openid.clone()))
         .bind(jobs.iter().map(|j| j.order.attach.clone()).collect::<Vec<_>>())
         .bind(col(|o| o.client_ip.clone()))
-        .bind(num(|o| o.now))
-        .bind(num(|o| o.expires_at))
-        .bind(num(|o| o.first_check_at))
+        .bind(at(|o| o.now))
+        .bind(at(|o| o.expires_at))
+        .bind(at(|o| o.first_check_at))
         .bind(col(|o| o.request_hash.clone()))
         .fetch_all(pool)
         .await?;

@@ -18,6 +18,7 @@ use crate::store::{
     Order, OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated,
     RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store, StoreError,
 };
+use crate::time::Millis;
 
 impl Store for PgStore {
     fn engine(&self) -> &'static str {
@@ -41,7 +42,7 @@ impl Store for PgStore {
         })
     }
 
-    fn set_prepay(&self, order_id: i64, prepay_id: String, now: i64) -> Fut<'_, Order> {
+    fn set_prepay(&self, order_id: i64, prepay_id: String, now: Millis) -> Fut<'_, Order> {
         Box::pin(async move {
             let (reply, answer) = oneshot::channel();
             let job = PrepayJob {
@@ -57,7 +58,7 @@ impl Store for PgStore {
         })
     }
 
-    fn set_upstream_failure(&self, order_id: i64, rejected: bool, error: String, now: i64) -> Fut<'_, Order> {
+    fn set_upstream_failure(&self, order_id: i64, rejected: bool, error: String, now: Millis) -> Fut<'_, Order> {
         Box::pin(async move {
             let mut tx = self.begin().await?;
             let upstream = if rejected { "rejected" } else { "unknown" };
@@ -154,7 +155,7 @@ impl Store for PgStore {
         })
     }
 
-    fn close_order(&self, order_id: i64, reason: String, now: i64) -> Fut<'_, Option<Order>> {
+    fn close_order(&self, order_id: i64, reason: String, now: Millis) -> Fut<'_, Option<Order>> {
         Box::pin(async move {
             let mut tx = self.begin().await?;
             let detail = serde_json::json!({ "reason": reason });
@@ -173,7 +174,7 @@ impl Store for PgStore {
         })
     }
 
-    fn fail_order(&self, order_id: i64, reason: String, now: i64) -> Fut<'_, Option<Order>> {
+    fn fail_order(&self, order_id: i64, reason: String, now: Millis) -> Fut<'_, Option<Order>> {
         Box::pin(async move {
             let mut tx = self.begin().await?;
             let detail = serde_json::json!({ "reason": reason });
@@ -183,7 +184,7 @@ impl Store for PgStore {
         })
     }
 
-    fn add_event(&self, order_id: i64, kind: String, detail: serde_json::Value, now: i64) -> Fut<'_, ()> {
+    fn add_event(&self, order_id: i64, kind: String, detail: serde_json::Value, now: Millis) -> Fut<'_, ()> {
         Box::pin(async move {
             let mut tx = self.begin().await?;
             add_event(&mut tx, order_id, now, &kind, &detail).await?;
@@ -203,7 +204,13 @@ impl Store for PgStore {
         })
     }
 
-    fn idem_claim(&self, k: IdemKey, request_hash: String, now: i64, lease_ms: i64) -> Fut<'_, IdemClaim> {
+    fn idem_claim(
+        &self,
+        k: IdemKey,
+        request_hash: String,
+        now: Millis,
+        lease: std::time::Duration,
+    ) -> Fut<'_, IdemClaim> {
         Box::pin(async move {
             let inserted = sqlx::query(
                 "INSERT INTO idempotency_keys (scope, key, request_hash, created_at, claimed_at, owner) \
@@ -222,7 +229,7 @@ impl Store for PgStore {
             }
             // The request that holds the key stopped renewing it: this one, identical, takes
             // it over. The row lock makes one of several takers win.
-            let taken: Option<i64> = sqlx::query_scalar(
+            let taken: Option<Millis> = sqlx::query_scalar(
                 "UPDATE idempotency_keys SET claimed_at = $4, owner = $5 WHERE scope = $1 AND key = $2 \
                  AND request_hash = $3 AND status IS NULL AND COALESCE(claimed_at, created_at) <= $6 \
                  RETURNING created_at",
@@ -232,7 +239,7 @@ impl Store for PgStore {
             .bind(&request_hash)
             .bind(now)
             .bind(&k.owner)
-            .bind(now - lease_ms)
+            .bind(now - lease)
             .fetch_optional(&self.pool)
             .await?;
             if let Some(created_at) = taken {
@@ -254,7 +261,7 @@ impl Store for PgStore {
         })
     }
 
-    fn idem_renew(&self, k: IdemKey, now: i64) -> Fut<'_, bool> {
+    fn idem_renew(&self, k: IdemKey, now: Millis) -> Fut<'_, bool> {
         Box::pin(async move {
             let n = sqlx::query(
                 "UPDATE idempotency_keys SET claimed_at = $1 WHERE scope = $2 AND key = $3 AND owner = $4 \
@@ -301,7 +308,7 @@ impl Store for PgStore {
         })
     }
 
-    fn idem_purge(&self, created_before: i64, limit: u32) -> Fut<'_, u64> {
+    fn idem_purge(&self, created_before: Millis, limit: u32) -> Fut<'_, u64> {
         Box::pin(async move {
             let n = sqlx::query(
                 "DELETE FROM idempotency_keys WHERE ctid IN \
@@ -316,18 +323,18 @@ impl Store for PgStore {
         })
     }
 
-    fn claim_checks(&self, now: i64, lease_until: i64, limit: u32) -> Fut<'_, Vec<Order>> {
+    fn claim_checks(&self, now: Millis, lease_until: Millis, limit: u32) -> Fut<'_, Vec<Order>> {
         Box::pin(async move {
             let rows = claim_due(&self.pool, "orders", ORDER_COLUMNS, now, lease_until, limit).await?;
             rows.iter().map(order_row).collect()
         })
     }
 
-    fn schedule_check(&self, order_id: i64, at: Option<i64>) -> Fut<'_, ()> {
+    fn schedule_check(&self, order_id: i64, at: Option<Millis>) -> Fut<'_, ()> {
         Box::pin(schedule(&self.pool, "orders", order_id, at))
     }
 
-    fn claim_outbox(&self, now: i64, lease_until: i64, limit: u32) -> Fut<'_, Vec<OutboxEvent>> {
+    fn claim_outbox(&self, now: Millis, lease_until: Millis, limit: u32) -> Fut<'_, Vec<OutboxEvent>> {
         Box::pin(async move {
             // `attempts` counts claims; the event carries the attempts made before this one,
             // as on SQLite.
@@ -357,7 +364,7 @@ impl Store for PgStore {
         })
     }
 
-    fn outbox_delivered(&self, id: String, now: i64) -> Fut<'_, ()> {
+    fn outbox_delivered(&self, id: String, now: Millis) -> Fut<'_, ()> {
         Box::pin(async move {
             sqlx::query("UPDATE outbox SET delivered_at = $1, last_error = NULL WHERE id = $2")
                 .bind(now)
@@ -368,7 +375,7 @@ impl Store for PgStore {
         })
     }
 
-    fn outbox_retry(&self, id: String, next_at: i64, error: String) -> Fut<'_, ()> {
+    fn outbox_retry(&self, id: String, next_at: Millis, error: String) -> Fut<'_, ()> {
         Box::pin(async move {
             sqlx::query(
                 "UPDATE outbox SET next_attempt_at = $1, last_error = $2 WHERE id = $3 AND delivered_at IS NULL",
@@ -420,8 +427,8 @@ impl Store for PgStore {
         &self,
         refund_id: i64,
         wechat_refund_id: String,
-        now: i64,
-        next_check_at: i64,
+        now: Millis,
+        next_check_at: Millis,
     ) -> Fut<'_, Refund> {
         Box::pin(async move {
             let mut tx = self.begin().await?;
@@ -461,8 +468,8 @@ impl Store for PgStore {
         refund_id: i64,
         rejected: bool,
         error: String,
-        now: i64,
-        next_check_at: i64,
+        now: Millis,
+        next_check_at: Millis,
     ) -> Fut<'_, Refund> {
         Box::pin(async move {
             let mut tx = self.begin().await?;
@@ -525,18 +532,18 @@ impl Store for PgStore {
         })
     }
 
-    fn claim_refund_checks(&self, now: i64, lease_until: i64, limit: u32) -> Fut<'_, Vec<Refund>> {
+    fn claim_refund_checks(&self, now: Millis, lease_until: Millis, limit: u32) -> Fut<'_, Vec<Refund>> {
         Box::pin(async move {
             let rows = claim_due(&self.pool, "refunds", REFUND_COLUMNS, now, lease_until, limit).await?;
             rows.iter().map(refund_row).collect()
         })
     }
 
-    fn schedule_refund_check(&self, refund_id: i64, at: Option<i64>) -> Fut<'_, ()> {
+    fn schedule_refund_check(&self, refund_id: i64, at: Option<Millis>) -> Fut<'_, ()> {
         Box::pin(schedule(&self.pool, "refunds", refund_id, at))
     }
 
-    fn orders_paid_between(&self, merchant: String, from: i64, to: i64) -> Fut<'_, Vec<Order>> {
+    fn orders_paid_between(&self, merchant: String, from: Millis, to: Millis) -> Fut<'_, Vec<Order>> {
         Box::pin(async move {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = $1 AND paid_at >= $2 AND paid_at < $3 \
@@ -564,7 +571,7 @@ impl Store for PgStore {
         })
     }
 
-    fn refunds_accepted_between(&self, merchant: String, from: i64, to: i64) -> Fut<'_, Vec<Refund>> {
+    fn refunds_accepted_between(&self, merchant: String, from: Millis, to: Millis) -> Fut<'_, Vec<Refund>> {
         Box::pin(async move {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "SELECT {REFUND_COLUMNS} FROM refunds WHERE merchant = $1 AND accepted_at >= $2 AND accepted_at < $3"
@@ -596,7 +603,7 @@ impl Store for PgStore {
         order_id: i64,
         amount_fen: Fen,
         detail: serde_json::Value,
-        now: i64,
+        now: Millis,
     ) -> Fut<'_, Option<Order>> {
         Box::pin(async move {
             let mut tx = self.begin().await?;
@@ -625,9 +632,9 @@ impl Store for PgStore {
     fn move_refund_accepted_at(
         &self,
         refund_id: i64,
-        accepted_at: i64,
+        accepted_at: Millis,
         detail: serde_json::Value,
-        now: i64,
+        now: Millis,
     ) -> Fut<'_, ()> {
         Box::pin(async move {
             let mut tx = self.begin().await?;
@@ -654,7 +661,7 @@ impl Store for PgStore {
         })
     }
 
-    fn claim_daily_reconciliation(&self, merchant: String, bill_date: String, now: i64) -> Fut<'_, DailyClaim> {
+    fn claim_daily_reconciliation(&self, merchant: String, bill_date: String, now: Millis) -> Fut<'_, DailyClaim> {
         Box::pin(async move {
             let inserted = sqlx::query(
                 "INSERT INTO reconciliations (merchant, bill_date, kind, started_at) VALUES ($1, $2, 'daily', $3) \
@@ -742,7 +749,7 @@ impl Store for PgStore {
         })
     }
 
-    fn stats(&self, now: i64) -> Fut<'_, Stats> {
+    fn stats(&self, now: Millis) -> Fut<'_, Stats> {
         Box::pin(async move {
             // These counts read whole tables by design; the pool prices sequential scans out
             // (for the hot paths, see mod.rs), so they are allowed back for this transaction.
@@ -759,7 +766,7 @@ impl Store for PgStore {
                 sqlx::query("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE delivered_at IS NULL")
                     .fetch_one(&mut *tx)
                     .await?;
-            let oldest: Option<i64> = row.try_get("oldest")?;
+            let oldest: Option<Millis> = row.try_get("oldest")?;
             let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM refunds GROUP BY status")
                 .fetch_all(&mut *tx)
                 .await?;
@@ -772,7 +779,7 @@ impl Store for PgStore {
                 orders_by_status,
                 refunds_by_status,
                 outbox_backlog: row.try_get("n")?,
-                outbox_oldest_age_ms: oldest.map(|o| now - o),
+                outbox_oldest_age_ms: oldest.map(|o| now.ms_since(o)),
             })
         })
     }

@@ -10,6 +10,7 @@ use crate::store::{
     ImportedRefund, NewRefund, Order, Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement,
     StoreError, col,
 };
+use crate::time::Millis;
 use col::fen_sql;
 use wxpay_protocol::Fen;
 
@@ -19,7 +20,7 @@ pub(super) async fn reserve(
     tx: &mut Tx,
     order: &Order,
     amount: Fen,
-    now: i64,
+    now: Millis,
 ) -> Result<Option<RefundCreated>, StoreError> {
     let before = figures(tx, order.id).await?;
     match rules::reserve(order.amount_fen, before, amount) {
@@ -51,7 +52,7 @@ pub(super) async fn set_figures(
     order_id: i64,
     before: Refunded,
     after: Refunded,
-    now: i64,
+    now: Millis,
 ) -> Result<(), StoreError> {
     let changed = sqlx::query(
         "UPDATE orders SET status = $1, refunded_fen = $2, refund_reserved_fen = $3, updated_at = $4 \
@@ -81,7 +82,7 @@ pub(super) async fn settle_refund(
     tx: &mut Tx,
     refund_id: i64,
     s: &Settlement<'_>,
-    now: i64,
+    now: Millis,
 ) -> Result<Option<Refund>, StoreError> {
     let status = if s.succeeded {
         RefundStatus::Succeeded

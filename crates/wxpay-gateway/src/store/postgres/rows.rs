@@ -1,7 +1,11 @@
 //! Row mapping: the columns read and the records built from them.
 
 use sqlx::Row;
-use sqlx::postgres::PgRow;
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArgumentBuffer, PgRow, PgTypeInfo, PgValueRef, Postgres};
+
+use crate::time::Millis;
 
 use crate::store::{Order, Refund, StoreError, col};
 
@@ -73,4 +77,33 @@ pub(super) fn order_columns_of(alias: &str) -> String {
 /// An order by its merchant and number.
 pub(super) fn order_by_number_sql() -> String {
     format!("SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = $1 AND out_trade_no = $2")
+}
+
+/// A moment is a `BIGINT` of Unix milliseconds.
+impl sqlx::Type<Postgres> for Millis {
+    fn type_info() -> PgTypeInfo {
+        <i64 as sqlx::Type<Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &PgTypeInfo) -> bool {
+        <i64 as sqlx::Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl sqlx::postgres::PgHasArrayType for Millis {
+    fn array_type_info() -> PgTypeInfo {
+        <i64 as sqlx::postgres::PgHasArrayType>::array_type_info()
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for Millis {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        <i64 as sqlx::Encode<'_, Postgres>>::encode_by_ref(&self.unix_ms(), buf)
+    }
+}
+
+impl sqlx::Decode<'_, Postgres> for Millis {
+    fn decode(value: PgValueRef<'_>) -> Result<Self, BoxDynError> {
+        <i64 as sqlx::Decode<'_, Postgres>>::decode(value).map(Millis::from_unix_ms)
+    }
 }

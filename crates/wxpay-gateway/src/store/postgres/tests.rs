@@ -13,6 +13,7 @@ use super::batch::{PaymentJob, apply_batch, apply_one, call_batch, set_based_fit
 use crate::store::col::{self, fen_sql};
 use crate::store::rules::{OrderFacts, PaymentVerdict, payment_verdict};
 use crate::store::{NoticeKind, NotificationRecord, OrderStatus, Payment, PaymentOutcome, Source, StoreError};
+use crate::time::Millis;
 use sqlx::postgres::PgPool;
 use sqlx::{Connection, Row};
 use tokio::sync::oneshot;
@@ -93,8 +94,8 @@ struct Stored {
     amount: i64,
     status: OrderStatus,
     txid: Option<String>,
-    paid_at: Option<i64>,
-    updated_at: i64,
+    paid_at: Option<Millis>,
+    updated_at: Millis,
 }
 
 /// A reported payment: of order `order` (one past the last: an unknown order).
@@ -151,8 +152,8 @@ fn case() -> impl Strategy<Value = (Vec<Stored>, Vec<Pay>)> {
                         amount,
                         status,
                         txid: paid.then(|| format!("T{i}")),
-                        paid_at: paid.then_some(500),
-                        updated_at: 0,
+                        paid_at: paid.then_some(Millis::from_unix_ms(500)),
+                        updated_at: Millis::default(),
                     }
                 })
                 .collect();
@@ -217,12 +218,12 @@ fn model(stored: &[Stored], pays: &[(usize, Pay)]) -> (Vec<Expected>, Vec<Stored
     (verdicts, state)
 }
 
-fn now(i: usize) -> i64 {
-    2_000 + i as i64
+fn now(i: usize) -> Millis {
+    Millis::from_unix_ms(2_000 + i as i64)
 }
 
-fn paid_at(i: usize) -> i64 {
-    1_000 + i as i64
+fn paid_at(i: usize) -> Millis {
+    Millis::from_unix_ms(1_000 + i as i64)
 }
 
 fn job(i: usize, p: &Pay) -> PaymentJob {
@@ -453,7 +454,7 @@ fn a_transaction_reported_for_two_orders_makes_a_batch_go_one_by_one() {
                 status: OrderStatus::Pending,
                 txid: None,
                 paid_at: None,
-                updated_at: 0,
+                updated_at: Millis::default(),
             };
             2
         ];

@@ -9,6 +9,7 @@ use super::rows::{ORDER_COLUMNS, REFUND_COLUMNS, order_row, refund_row};
 use crate::store::{
     NotificationRecord, Order, OrderStatus, Refund, StoreError, Verdict, event_id, event_payload, refund_event_payload,
 };
+use crate::time::Millis;
 
 pub(super) type Tx = Transaction<'static, Postgres>;
 
@@ -25,7 +26,7 @@ pub(super) async fn order_by_id(tx: &mut Tx, id: i64) -> Result<Order, StoreErro
 pub(super) async fn add_event(
     tx: &mut Tx,
     order_id: i64,
-    at: i64,
+    at: Millis,
     kind: &str,
     detail: &serde_json::Value,
 ) -> Result<(), StoreError> {
@@ -39,7 +40,7 @@ pub(super) async fn add_event(
     Ok(())
 }
 
-pub(super) async fn add_outbox(tx: &mut Tx, order: &Order, event_type: &str, now: i64) -> Result<(), StoreError> {
+pub(super) async fn add_outbox(tx: &mut Tx, order: &Order, event_type: &str, now: Millis) -> Result<(), StoreError> {
     let id = event_id();
     let payload = event_payload(&id, event_type, now, order);
     sqlx::query(
@@ -84,7 +85,7 @@ pub(super) async fn transition(
     kind: &str,
     detail: serde_json::Value,
     event_type: Option<&str>,
-    now: i64,
+    now: Millis,
 ) -> Result<Option<Order>, StoreError> {
     let column = if to == OrderStatus::Closed {
         ", closed_at = $3"
@@ -168,7 +169,7 @@ pub(super) async fn add_refund_outbox(
     refund: &Refund,
     order: &Order,
     event_type: &str,
-    now: i64,
+    now: Millis,
 ) -> Result<(), StoreError> {
     let id = event_id();
     let payload = refund_event_payload(&id, event_type, now, refund, order);
@@ -205,8 +206,8 @@ pub(super) async fn claim_due(
     pool: &PgPool,
     table: &str,
     columns: &str,
-    now: i64,
-    lease_until: i64,
+    now: Millis,
+    lease_until: Millis,
     limit: u32,
 ) -> Result<Vec<PgRow>, StoreError> {
     Ok(sqlx::query(sqlx::AssertSqlSafe(claim_due_sql(table, columns)))
@@ -218,7 +219,7 @@ pub(super) async fn claim_due(
 }
 
 /// Sets when a pending row of `table` is checked next (`None`: never), counting the check.
-pub(super) async fn schedule(pool: &PgPool, table: &str, id: i64, at: Option<i64>) -> Result<(), StoreError> {
+pub(super) async fn schedule(pool: &PgPool, table: &str, id: i64, at: Option<Millis>) -> Result<(), StoreError> {
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE {table} SET next_check_at = $1, checks = checks + 1 WHERE id = $2 AND status = 'pending'"
     )))

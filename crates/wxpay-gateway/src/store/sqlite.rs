@@ -1,9 +1,10 @@
 //! The SQLite engine: WAL, `synchronous=FULL`, group commit on one writer thread.
 //!
 //! Every write is a closure sent to the writer thread. The thread takes all the writes
-//! waiting at that moment, runs them in one `BEGIN IMMEDIATE` transaction (each in its own
-//! savepoint, so that one failing write does not undo the others), commits once (one fsync
-//! for the lot), and only then answers each caller. An answer therefore always means the
+//! waiting at that moment, runs them in one `BEGIN IMMEDIATE` transaction, commits once (one
+//! fsync for the lot), and only then answers each caller. When one write fails, the batch is
+//! rolled back and each write runs again in a transaction of its own, so that one failing
+//! write does not undo the others. An answer therefore always means the
 //! write is on disk, and a thousand concurrent notifications cost a handful of fsyncs.
 //! Reads run on a few reader connections beside it, which WAL lets proceed during writes.
 
@@ -54,47 +55,46 @@ const MAX_BATCH: usize = 512;
 /// Reader connections kept open.
 const READERS: usize = 4;
 
-type Completion = Box<dyn FnOnce(Option<StoreError>) + Send>;
-
-/// A write waiting for the writer thread. It can be run, or failed without running: when the
-/// transaction cannot begin, no job of the batch may touch the database, since outside a
-/// transaction each statement would commit on its own while its caller is told it failed.
+/// A write waiting for the writer thread. It runs inside a transaction the writer owns, and
+/// may run again from the start when that transaction was rolled back; its caller is told
+/// once, when its last run's transaction ended.
 trait WriteJob: Send {
-    /// Runs the write on the connection, inside the batch's transaction: whether it
-    /// succeeded, and how to tell its caller once the batch commits (or does not).
-    fn run(self: Box<Self>, conn: &Connection) -> (bool, Completion);
-    /// Tells the caller the write failed, without running it.
-    fn fail(self: Box<Self>, error: StoreError);
+    /// Runs the write on the connection and keeps its result: whether it succeeded.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Tells the caller the kept result, or `error` when the transaction did not commit (or
+    /// never began: then the write never ran, since outside a transaction each statement
+    /// would commit on its own while its caller is told it failed).
+    fn finish(self: Box<Self>, error: Option<StoreError>);
 }
 
 type Job = Box<dyn WriteJob>;
 
-/// A write and the channel its result goes back on.
+/// A write, its result once run, and the channel the result goes back on.
 struct Write<F, T> {
     f: F,
+    result: Option<Result<T, StoreError>>,
     tx: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
 }
 
 impl<F, T> WriteJob for Write<F, T>
 where
-    F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    T: Send + 'static,
+    F: Fn(&Connection) -> Result<T, StoreError> + Send,
+    T: Send,
 {
-    fn run(self: Box<Self>, conn: &Connection) -> (bool, Completion) {
-        let Write { f, tx } = *self;
-        let result = f(conn);
+    fn run(&mut self, conn: &Connection) -> bool {
+        let result = (self.f)(conn);
         let ok = result.is_ok();
-        let done: Completion = Box::new(move |commit_error| {
-            let _ = tx.send(match commit_error {
-                None => result,
-                Some(e) => Err(e),
-            });
-        });
-        (ok, done)
+        self.result = Some(result);
+        ok
     }
 
-    fn fail(self: Box<Self>, error: StoreError) {
-        let _ = self.tx.send(Err(error));
+    fn finish(self: Box<Self>, error: Option<StoreError>) {
+        let result = match (error, self.result) {
+            (Some(e), _) => Err(e),
+            (None, Some(r)) => r,
+            (None, None) => Err(StoreError::Broken("a write was answered without being run".into())),
+        };
+        let _ = self.tx.send(result);
     }
 }
 
@@ -136,12 +136,11 @@ fn open(path: &Path, options: SqliteOptions) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     // FULL: a commit is on disk before it returns; the gateway answers SUCCESS to WeChat Pay
     // only after that, and WeChat Pay does not send again once answered.
-    // temp_store = MEMORY: the writer runs each job under a savepoint, and SQLite copies every
-    // page a job changes to the statement journal first; on disk that journal spills to a
-    // temporary file once it passes 64 KiB and is then never truncated within a transaction,
-    // so a batch of jobs wrote a page copy with `pwrite` for every page each job touched (a
-    // fifth of the gateway's CPU per notification, measured with perf). In memory it is a
-    // copy, released with the savepoint. It holds nothing durable: a crash loses only the
+    // temp_store = MEMORY: SQLite copies pages a statement may have to undo to the statement
+    // journal; on disk that journal spills to a temporary file once it passes 64 KiB and is
+    // then never truncated within a transaction (when the writer still ran each job under a
+    // savepoint, those `pwrite`s were a fifth of the gateway's CPU per notification, measured
+    // with perf). In memory it is a copy. It holds nothing durable: a crash loses only the
     // uncommitted transaction, as before.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
@@ -260,12 +259,14 @@ impl SqliteStore {
         open_migrated(path, SqliteOptions::default()).map(drop)
     }
 
+    /// Queues a write for the writer thread. It must be re-runnable (`Fn`): when another
+    /// write of its batch fails, the batch is rolled back and each write runs again alone.
     fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        f: impl Fn(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Fut<'_, T> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(Write { f, tx });
+        let job: Job = Box::new(Write { f, result: None, tx });
         let sent = self.writer.send(job);
         Box::pin(async move {
             sent.map_err(|_| StoreError::Stopped("the SQLite writer"))?;
@@ -326,57 +327,58 @@ fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
                 source: Arc::new(e),
             };
             for job in jobs {
-                job.fail(e.clone());
+                job.finish(Some(e.clone()));
             }
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
-        let mut completions = Vec::with_capacity(jobs.len());
-        let mut jobs = jobs.into_iter();
-        let mut broken = None;
-        while let Some(job) = jobs.next() {
-            if let Err(e) = control(&conn, "SAVEPOINT op") {
-                // Without its savepoint a failing job could not be undone alone: it does not
-                // run at all.
-                tracing::error!(error = ?e, "SQLite savepoint failed; the write fails unrun");
-                job.fail(StoreError::SqliteAt {
-                    at: "savepoint",
-                    source: Arc::new(e),
-                });
-                continue;
+        // No savepoint per job: a savepoint made SQLite copy every page a job touched to the
+        // statement journal. The jobs decide with the pure rules before they write, so one
+        // fails only on a database error; then the batch is rolled back and every job runs
+        // again in a transaction of its own, so that one failure costs no other write.
+        if jobs.iter_mut().all(|job| job.run(&conn)) {
+            match control(&conn, "COMMIT") {
+                Ok(()) => jobs.into_iter().for_each(|job| job.finish(None)),
+                Err(e) => {
+                    tracing::error!(error = ?e, "SQLite commit failed; the batch is rolled back");
+                    let _ = conn.execute_batch("ROLLBACK");
+                    let e = StoreError::from(e);
+                    jobs.into_iter().for_each(|job| job.finish(Some(e.clone())));
+                }
             }
-            let (ok, done) = job.run(&conn);
-            completions.push(done);
-            let closed = if ok {
-                control(&conn, "RELEASE op")
-            } else {
-                control(&conn, "ROLLBACK TO op").and_then(|()| control(&conn, "RELEASE op"))
-            };
-            if let Err(e) = closed {
-                // The job's writes can be neither kept nor undone alone: the whole batch is
-                // rolled back, and every job of it fails, those not run yet unrun.
-                tracing::error!(error = ?e, "SQLite savepoint could not be closed; the batch is rolled back");
-                let e = StoreError::SqliteAt {
-                    at: "savepoint",
-                    source: Arc::new(e),
-                };
-                jobs.by_ref().for_each(|rest| rest.fail(e.clone()));
-                broken = Some(e);
-            }
-        }
-        if let Some(e) = broken {
-            let _ = conn.execute_batch("ROLLBACK");
-            completions.into_iter().for_each(|done| done(Some(e.clone())));
             continue;
         }
-        match control(&conn, "COMMIT") {
-            Ok(()) => completions.into_iter().for_each(|done| done(None)),
-            Err(e) => {
-                tracing::error!(error = ?e, "SQLite commit failed; the batch is rolled back");
-                let _ = conn.execute_batch("ROLLBACK");
-                let e = StoreError::from(e);
-                completions.into_iter().for_each(|done| done(Some(e.clone())));
-            }
+        let _ = conn.execute_batch("ROLLBACK");
+        tracing::warn!(
+            jobs = jobs.len(),
+            "a write failed; its batch runs again one write at a time"
+        );
+        for job in jobs {
+            alone(&conn, job);
+        }
+    }
+}
+
+/// Runs one write in a transaction of its own: committed when it succeeds, rolled back when
+/// it fails; its caller is told either way.
+fn alone(conn: &Connection, mut job: Job) {
+    if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
+        job.finish(Some(StoreError::SqliteAt {
+            at: "the database is locked by another connection",
+            source: Arc::new(e),
+        }));
+        return;
+    }
+    if !job.run(conn) {
+        let _ = conn.execute_batch("ROLLBACK");
+        job.finish(None);
+        return;
+    }
+    match control(conn, "COMMIT") {
+        Ok(()) => job.finish(None),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            job.finish(Some(StoreError::from(e)));
         }
     }
 }
@@ -446,7 +448,8 @@ fn add_outbox(conn: &Connection, order: &Order, event_type: &str, now: Millis) -
     Ok(())
 }
 
-fn insert_notification(conn: &Connection, n: &NotificationRecord) -> Result<(), StoreError> {
+/// Records a notification with its verdict (`decided`, or the one the record carries).
+fn insert_notification(conn: &Connection, n: &NotificationRecord, decided: Option<Verdict>) -> Result<(), StoreError> {
     let mut st = conn.prepare_cached(
         "INSERT INTO notifications (received_at, kind, merchant, out_trade_no, transaction_id, verdict, reason, body, \
          peer, body_sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -457,7 +460,7 @@ fn insert_notification(conn: &Connection, n: &NotificationRecord) -> Result<(), 
         n.merchant,
         n.out_trade_no,
         n.transaction_id,
-        n.verdict.map(Verdict::as_str),
+        decided.or(n.verdict).map(Verdict::as_str),
         n.reason,
         n.body,
         n.peer,
@@ -971,9 +974,8 @@ impl Store for SqliteStore {
     fn apply_payment(&self, payment: Payment, notification: Option<NotificationRecord>) -> Fut<'_, PaymentOutcome> {
         self.write(move |c| {
             let outcome = apply_payment(c, &payment)?;
-            if let Some(mut n) = notification {
-                n.verdict = Some(outcome.verdict());
-                insert_notification(c, &n)?;
+            if let Some(n) = &notification {
+                insert_notification(c, n, Some(outcome.verdict()))?;
             }
             Ok(outcome)
         })
@@ -1006,7 +1008,7 @@ impl Store for SqliteStore {
     }
 
     fn record_notifications(&self, records: Vec<NotificationRecord>) -> Fut<'_, ()> {
-        self.write(move |c| records.iter().try_for_each(|r| insert_notification(c, r)))
+        self.write(move |c| records.iter().try_for_each(|r| insert_notification(c, r, None)))
     }
 
     fn idem_claim(&self, k: IdemKey, request_hash: String, now: Millis, lease: Duration) -> Fut<'_, IdemClaim> {
@@ -1236,9 +1238,8 @@ impl Store for SqliteStore {
     fn apply_refund(&self, result: RefundResult, notification: Option<NotificationRecord>) -> Fut<'_, RefundOutcome> {
         self.write(move |c| {
             let outcome = apply_refund(c, &result)?;
-            if let Some(mut n) = notification {
-                n.verdict = Some(outcome.verdict());
-                insert_notification(c, &n)?;
+            if let Some(n) = &notification {
+                insert_notification(c, n, Some(outcome.verdict()))?;
             }
             Ok(outcome)
         })
@@ -1431,5 +1432,60 @@ impl Store for SqliteStore {
                 outbox_oldest_age_ms: oldest.map(|o| now.ms_since(o)),
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failing_write_undoes_only_itself_and_its_batch_mates_commit() {
+        let dir = std::env::temp_dir().join(format!("wxpay-sqlite-unit-{}", crate::util::random_hex::<8>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(&dir.join("t.db")).unwrap();
+        store
+            .write(|c| Ok(c.execute_batch("CREATE TABLE probe (x INTEGER NOT NULL)")?))
+            .await
+            .unwrap();
+        let insert = |c: &Connection, x: i64| -> Result<(), StoreError> {
+            c.execute("INSERT INTO probe (x) VALUES (?1)", params![x])?;
+            Ok(())
+        };
+        // Hold the writer, so that the three writes below wait and run as one batch.
+        let slow = store.write(|_| {
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(())
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = runs.clone();
+        let a = store.write(move |c| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            insert(c, 1)
+        });
+        let bad = store.write(move |c| {
+            insert(c, 2)?;
+            Err::<(), _>(StoreError::Broken("refused after a write".into()))
+        });
+        let b = store.write(move |c| insert(c, 3));
+        slow.await.unwrap();
+        a.await.unwrap();
+        assert!(matches!(bad.await, Err(StoreError::Broken(m)) if m == "refused after a write"));
+        b.await.unwrap();
+        let kept = store
+            .read(|c| {
+                let mut st = c.prepare("SELECT x FROM probe ORDER BY x")?;
+                let rows = st.query_map([], |r| r.get::<_, i64>(0))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(kept, [1, 3], "the failed write's row is undone, its batch mates' kept");
+        // The batch ran once and was rolled back; then each write ran again alone.
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

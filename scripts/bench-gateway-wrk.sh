@@ -16,6 +16,9 @@
 # The gateway's CPU time (user + system, /proc/<pid>/stat) is read just before and after each
 # wrk run and divided by the requests answered: a figure that drifts far less than
 # throughput on shared machines. wrk is installed from Debian's packages when missing.
+# PERF=1 also samples the gateway with `perf record` during each wrk run (its own CPU time
+# then includes the sampling) and prints the top symbols; the data stays in
+# target/bench-gateway-wrk/<run>.perf.data for `perf report -i`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${SECONDS_PER_RUN:-15}"
@@ -50,10 +53,21 @@ cpu_ticks() { # pid → user + system clock ticks (USER_HZ = 100)
 # answered request. Arguments: label, then wrk's arguments.
 measure() {
   local label="$1"; shift
-  local before after line
+  local before after line perf_pid=
+  if [ -n "${PERF:-}" ]; then
+    perf record -q -F 999 -g -p "$GW_PID" -o "$WORK/$label.perf.data" >/dev/null 2>&1 &
+    perf_pid=$!
+    sleep 0.5
+  fi
   before=$(cpu_ticks "$GW_PID")
   wrk "$@" | tee "$WORK/$label.txt"
   after=$(cpu_ticks "$GW_PID")
+  if [ -n "$perf_pid" ]; then
+    kill -INT "$perf_pid"; wait "$perf_pid" || true
+    echo "== $label: the gateway's top symbols (perf, self time)"
+    perf report -i "$WORK/$label.perf.data" --no-children --sort dso,symbol --percent-limit 1.5 --stdio 2>/dev/null \
+      | grep -E '^ +[0-9]' | head -25 || true
+  fi
   line=$(grep '^WRK ' "$WORK/$label.txt")
   local requests
   requests=$(sed -E 's/.* requests=([0-9]+).*/\1/' <<<"$line")

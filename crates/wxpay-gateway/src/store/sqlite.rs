@@ -807,10 +807,21 @@ fn claim_due<T>(
         rows.collect::<Result<Vec<_>, _>>()?
     };
     let mut out = Vec::with_capacity(ids.len());
+    let lease = format!("UPDATE {table} SET next_check_at = ?1 WHERE id = ?2");
     for id in ids {
-        c.prepare_cached(&format!("UPDATE {table} SET next_check_at = ?1 WHERE id = ?2"))?
-            .execute(params![lease_until, id])?;
-        out.push(by_id(c, id)?);
+        match by_id(c, id) {
+            Ok(row) => {
+                c.prepare_cached(&lease)?.execute(params![lease_until, id])?;
+                out.push(row);
+            }
+            // A damaged row would fail every claim, and the checks of every other row with
+            // it: it is taken out of the checks, and said so.
+            Err(StoreError::Damaged(d)) => {
+                tracing::error!(table, id, error = %d, "a damaged row is taken out of the checks");
+                c.prepare_cached(&lease)?.execute(params![Option::<Millis>::None, id])?;
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(out)
 }

@@ -604,6 +604,20 @@ async fn a_stored_value_its_type_forbids_is_an_error_never_a_guess(db: TestDb) {
         Err(StoreError::Damaged(d)) => assert_eq!((d.what, d.value.contains("D 1")), ("out_trade_no", true)),
         other => panic!("{}: a damaged row read as {other:?}", db.engine),
     }
+    // The check loop goes on without it: the damaged order is taken out of the checks, the
+    // others are claimed as before.
+    let good = created(&store, "default", "D2", 100).await;
+    let due = T0 + ms(3_600_000);
+    let claimed = store.claim_checks(due, due + ms(60_000), 10).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|o| o.id).collect::<Vec<_>>(),
+        [good.id],
+        "{}",
+        db.engine
+    );
+    let later = due + ms(120_000);
+    let again = store.claim_checks(later, later + ms(60_000), 10).await.unwrap();
+    assert!(again.iter().all(|o| o.id == good.id), "{}: {again:?}", db.engine);
 }
 engines!(a_stored_value_its_type_forbids_is_an_error_never_a_guess);
 

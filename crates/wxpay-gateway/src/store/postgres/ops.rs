@@ -8,7 +8,8 @@ use super::batch::{CreateJob, PaymentJob, PrepayJob, apply_one, create_one, prep
 use super::refunds::{apply_refund, create_refund, import_refund, settle_refund};
 use super::rows::{ORDER_COLUMNS, REFUND_COLUMNS, order_by_number_sql, order_row, refund_row};
 use super::tx::{
-    add_event, claim_due, insert_notification, lock_order_of_refund, order_by_id, refund_by_id, schedule, transition,
+    add_event, claim_due, claimed, insert_notification, lock_order_of_refund, order_by_id, refund_by_id, schedule,
+    transition,
 };
 use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 
@@ -326,7 +327,7 @@ impl Store for PgStore {
     fn claim_checks(&self, now: Millis, lease_until: Millis, limit: u32) -> Fut<'_, Vec<Order>> {
         Box::pin(async move {
             let rows = claim_due(&self.pool, "orders", ORDER_COLUMNS, now, lease_until, limit).await?;
-            rows.iter().map(order_row).collect()
+            claimed(&self.pool, "orders", &rows, order_row).await
         })
     }
 
@@ -535,7 +536,7 @@ impl Store for PgStore {
     fn claim_refund_checks(&self, now: Millis, lease_until: Millis, limit: u32) -> Fut<'_, Vec<Refund>> {
         Box::pin(async move {
             let rows = claim_due(&self.pool, "refunds", REFUND_COLUMNS, now, lease_until, limit).await?;
-            rows.iter().map(refund_row).collect()
+            claimed(&self.pool, "refunds", &rows, refund_row).await
         })
     }
 

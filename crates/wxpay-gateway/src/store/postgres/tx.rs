@@ -3,7 +3,7 @@
 //! due work with `FOR UPDATE SKIP LOCKED`.
 
 use sqlx::postgres::{PgPool, PgRow};
-use sqlx::{Postgres, Transaction};
+use sqlx::{Postgres, Row, Transaction};
 
 use super::rows::{ORDER_COLUMNS, REFUND_COLUMNS, order_row, refund_row};
 use crate::store::{
@@ -216,6 +216,30 @@ pub(super) async fn claim_due(
         .bind(i64::from(limit))
         .fetch_all(pool)
         .await?)
+}
+
+/// The claimed rows read as records. A damaged row would fail every claim, and the checks of
+/// every other row with it: it is taken out of the checks (`next_check_at` cleared), and said
+/// so.
+pub(super) async fn claimed<T>(
+    pool: &PgPool,
+    table: &str,
+    rows: &[PgRow],
+    read: fn(&PgRow) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        match read(row) {
+            Ok(v) => out.push(v),
+            Err(StoreError::Damaged(d)) => {
+                let id: i64 = row.try_get("id")?;
+                tracing::error!(table, id, error = %d, "a damaged row is taken out of the checks");
+                schedule(pool, table, id, None).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 /// Sets when a pending row of `table` is checked next (`None`: never), counting the check.

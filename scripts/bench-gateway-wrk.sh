@@ -54,7 +54,7 @@ cpu_ticks() { # pid → user + system clock ticks (USER_HZ = 100)
 measure() {
   local label="$1"; shift
   local before after line perf_pid=
-  if [ -n "${PERF:-}" ]; then
+  if [ "${PERF:-0}" = 1 ] && command -v perf >/dev/null; then
     perf record -q -F 999 -g -p "$GW_PID" -o "$WORK/$label.perf.data" >/dev/null 2>&1 &
     perf_pid=$!
     sleep 0.5
@@ -63,7 +63,8 @@ measure() {
   wrk "$@" | tee "$WORK/$label.txt"
   after=$(cpu_ticks "$GW_PID")
   if [ -n "$perf_pid" ]; then
-    kill -INT "$perf_pid"; wait "$perf_pid" || true
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" || true
     echo "== $label: the gateway's top symbols (perf, self time)"
     perf report -i "$WORK/$label.perf.data" --no-children --sort dso,symbol --percent-limit 1.5 --stdio 2>/dev/null \
       | grep -E '^ +[0-9]' | head -25 || true

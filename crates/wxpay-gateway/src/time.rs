@@ -19,6 +19,11 @@ impl Millis {
         Millis(ms)
     }
 
+    /// The moment `secs` whole seconds after the epoch.
+    pub const fn from_unix_secs(secs: i64) -> Millis {
+        Millis(secs.saturating_mul(1000))
+    }
+
     /// Milliseconds since the epoch.
     pub const fn unix_ms(self) -> i64 {
         self.0

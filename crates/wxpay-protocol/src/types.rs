@@ -39,6 +39,12 @@ impl Fen {
         self.0
     }
 
+    /// The number of fen as a signed 64-bit integer (a database column, a term of a sum):
+    /// every amount fits, since [`Fen::MAX`] is `i64::MAX`.
+    pub fn as_i64(self) -> i64 {
+        i64::try_from(self.0).unwrap_or(i64::MAX)
+    }
+
     /// Adds two amounts, or `None` past [`Fen::MAX`].
     pub fn checked_add(self, other: Fen) -> Option<Fen> {
         self.0.checked_add(other.0).filter(|v| *v <= Fen::MAX.0).map(Fen)

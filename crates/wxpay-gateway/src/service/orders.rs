@@ -58,6 +58,12 @@ pub(crate) fn foreign_currency(currency: Option<&str>) -> Option<&str> {
     currency.filter(|c| *c != ORDER_CURRENCY)
 }
 
+/// `timeStamp` of `wx.requestPayment`: the system's time in seconds, as WeChat Pay's servers
+/// keep it (not the gateway's clock, which tests move).
+fn pay_time() -> u64 {
+    u64::try_from(crate::time::now_ms().div_euclid(1000)).unwrap_or(0)
+}
+
 /// What makes an order for WeChat Pay, from the stored order (or the one about to be).
 fn terms<'a>(
     out_trade_no: &'a OutTradeNo,
@@ -242,7 +248,7 @@ impl Service {
             .as_deref()
             .ok_or_else(|| ServiceError::Internal("an order without prepay_id".into()))?;
         let pay_params = provider
-            .pay_params(prepay, self.now().unix_secs().unsigned_abs(), &crate::provider::nonce())
+            .pay_params(prepay, pay_time(), &crate::provider::nonce())
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
         Ok(Placed { order, pay_params, new })
     }

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use serde::Serialize;
-use wxpay_protocol::{BeijingTime, Fen, OutRefundNo, OutTradeNo};
+use wxpay_protocol::{BeijingTime, OutRefundNo, OutTradeNo};
 
 use crate::provider::{BillEntry, BillKind, PaymentState, Provider, ProviderError, Refusal};
 use crate::service::refunds::Synced;
@@ -209,7 +209,7 @@ impl Day {
 
     /// The first millisecond of the day.
     pub fn start_ms(&self) -> Millis {
-        Millis::from_unix_ms(self.start.unix().saturating_mul(1000))
+        Millis::from_unix_secs(self.start.unix())
     }
 
     /// The first millisecond of the next day.
@@ -223,22 +223,17 @@ fn date_of(t: BeijingTime) -> String {
     t.to_dashed()[..10].to_owned()
 }
 
-/// An amount as a term of a sum: [`Fen::MAX`] is `i64::MAX`, so every amount fits.
-fn term(f: Fen) -> i64 {
-    i64::try_from(f.get()).unwrap_or(i64::MAX)
-}
-
 fn bill_totals(bill: &Bill) -> Totals {
     let mut t = Totals::default();
     for r in bill {
         match &r.kind {
             BillKind::Refund { amount, .. } => {
                 t.refunds += 1;
-                t.refunds_fen += term(*amount);
+                t.refunds_fen += amount.as_i64();
             }
             BillKind::Payment { amount } => {
                 t.payments += 1;
-                t.payments_fen += term(*amount);
+                t.payments_fen += amount.as_i64();
             }
         }
     }
@@ -305,13 +300,13 @@ fn local_totals(local: &Local) -> Totals {
     for o in local.orders.values() {
         if matches!(o.status, OrderStatus::Paid | OrderStatus::Refunded) {
             t.payments += 1;
-            t.payments_fen += term(o.amount_fen);
+            t.payments_fen += o.amount_fen.as_i64();
         }
     }
     for r in local.refunds.values() {
         if r.accepted_at.is_some() {
             t.refunds += 1;
-            t.refunds_fen += term(r.amount_fen);
+            t.refunds_fen += r.amount_fen.as_i64();
         }
     }
     t

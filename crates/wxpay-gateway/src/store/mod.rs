@@ -203,9 +203,9 @@ pub(crate) mod col {
         }
     }
 
-    /// An amount as stored. [`Fen::MAX`] is `i64::MAX`, so every amount fits.
+    /// An amount as stored.
     pub(crate) fn fen_sql(f: Fen) -> i64 {
-        i64::try_from(f.get()).unwrap_or(i64::MAX)
+        f.as_i64()
     }
 
     /// A stored amount; a negative one is damaged.

@@ -2,12 +2,13 @@
 //!
 //! Every write is a closure sent to the writer thread. The thread takes all the writes
 //! waiting at that moment, runs them in one `BEGIN IMMEDIATE` transaction, commits once (one
-//! fsync for the lot), and only then answers each caller. When one write fails, the batch is
-//! rolled back and each write runs again in a transaction of its own, so that one failing
-//! write does not undo the others. An answer therefore always means the
+//! fsync for the lot), and only then answers each caller. When one write fails, the
+//! transaction is rolled back and the others run again without it (see [`commit_batch`]), so
+//! that one failing write does not undo the others. An answer therefore always means the
 //! write is on disk, and a thousand concurrent notifications cost a handful of fsyncs.
 //! Reads run on a few reader connections beside it, which WAL lets proceed during writes.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,7 @@ use super::{
 use crate::store::Damaged;
 use crate::time::Millis;
 use col::fen_sql;
+use rusqlite::types::Type;
 use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 
 /// A moment is an `INTEGER` of Unix milliseconds.
@@ -260,7 +262,7 @@ impl SqliteStore {
     }
 
     /// Queues a write for the writer thread. It must be re-runnable (`Fn`): when another
-    /// write of its batch fails, the batch is rolled back and each write runs again alone.
+    /// write of its batch fails, the transaction is rolled back and the write runs again.
     fn write<T: Send + 'static>(
         &self,
         f: impl Fn(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -299,86 +301,80 @@ impl SqliteStore {
     }
 }
 
-/// The writer thread: group commit.
-/// Runs a transaction control statement (`BEGIN`, `SAVEPOINT`, `RELEASE`, `COMMIT`) from the
-/// connection's statement cache.
+/// Runs a transaction control statement (`BEGIN IMMEDIATE`, `COMMIT`) from the connection's
+/// statement cache.
 fn control(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([])?;
     Ok(())
 }
 
+/// The writer thread: group commit. It takes every write waiting when it wakes (up to
+/// [`MAX_BATCH`]) and commits them together.
 fn writer(conn: Connection, rx: mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
+        let mut jobs = VecDeque::from([first]);
         while jobs.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(j) => jobs.push(j),
+                Ok(j) => jobs.push_back(j),
                 Err(_) => break,
             }
         }
-        // The control statements are prepared once and kept: parsing them for every job and
-        // batch was a sixth of the writer's time.
-        if let Err(e) = control(&conn, "BEGIN IMMEDIATE") {
-            // Another process holds the database past the busy timeout: fail this batch
-            // without running any of it.
+        commit_batch(&conn, jobs);
+    }
+}
+
+/// Runs writes in as few transactions as their failures allow, and answers each once its
+/// last transaction ended.
+///
+/// There is no savepoint per write: a savepoint made SQLite copy every page a write touched
+/// to the statement journal. Instead, when write `i` fails, the transaction is rolled back;
+/// the `i` writes before it, which succeeded, run again as one transaction; then the failed
+/// write runs first in the next one, where a failure is its own (it is answered with it and
+/// the transaction rolled back); then the rest. A failure costs its batch one transaction
+/// more, and a write that fails every time (a damaged row) runs twice at most.
+fn commit_batch(conn: &Connection, mut jobs: VecDeque<Job>) {
+    let mut limit = jobs.len();
+    while !jobs.is_empty() {
+        if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
+            // Another process holds the database past the busy timeout: fail what is left
+            // without running any of it (one wait, not one per write).
             tracing::error!(error = ?e, jobs = jobs.len(), "SQLite write lock not obtained; the waiting writes fail");
             let e = StoreError::SqliteAt {
                 at: "the database is locked by another connection",
                 source: Arc::new(e),
             };
-            for job in jobs {
-                job.finish(Some(e.clone()));
-            }
+            jobs.into_iter().for_each(|job| job.finish(Some(e.clone())));
             std::thread::sleep(Duration::from_millis(10));
-            continue;
+            return;
         }
-        // No savepoint per job: a savepoint made SQLite copy every page a job touched to the
-        // statement journal. The jobs decide with the pure rules before they write, so one
-        // fails only on a database error; then the batch is rolled back and every job runs
-        // again in a transaction of its own, so that one failure costs no other write.
-        if jobs.iter_mut().all(|job| job.run(&conn)) {
-            match control(&conn, "COMMIT") {
-                Ok(()) => jobs.into_iter().for_each(|job| job.finish(None)),
-                Err(e) => {
-                    tracing::error!(error = ?e, "SQLite commit failed; the batch is rolled back");
-                    let _ = conn.execute_batch("ROLLBACK");
-                    let e = StoreError::from(e);
-                    jobs.into_iter().for_each(|job| job.finish(Some(e.clone())));
+        let n = limit.min(jobs.len());
+        match jobs.iter_mut().take(n).position(|job| !job.run(conn)) {
+            None => {
+                let done = jobs.drain(..n);
+                match control(conn, "COMMIT") {
+                    Ok(()) => done.for_each(|job| job.finish(None)),
+                    Err(e) => {
+                        tracing::error!(error = ?e, "SQLite commit failed; the batch is rolled back");
+                        let _ = conn.execute_batch("ROLLBACK");
+                        let e = StoreError::from(e);
+                        done.for_each(|job| job.finish(Some(e.clone())));
+                    }
                 }
+                limit = jobs.len();
             }
-            continue;
-        }
-        let _ = conn.execute_batch("ROLLBACK");
-        tracing::warn!(
-            jobs = jobs.len(),
-            "a write failed; its batch runs again one write at a time"
-        );
-        for job in jobs {
-            alone(&conn, job);
-        }
-    }
-}
-
-/// Runs one write in a transaction of its own: committed when it succeeds, rolled back when
-/// it fails; its caller is told either way.
-fn alone(conn: &Connection, mut job: Job) {
-    if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
-        job.finish(Some(StoreError::SqliteAt {
-            at: "the database is locked by another connection",
-            source: Arc::new(e),
-        }));
-        return;
-    }
-    if !job.run(conn) {
-        let _ = conn.execute_batch("ROLLBACK");
-        job.finish(None);
-        return;
-    }
-    match control(conn, "COMMIT") {
-        Ok(()) => job.finish(None),
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            job.finish(Some(StoreError::from(e)));
+            Some(0) => {
+                // It ran first: its failure is its own. Undo it and answer it.
+                let _ = conn.execute_batch("ROLLBACK");
+                if let Some(job) = jobs.pop_front() {
+                    job.finish(None);
+                }
+                limit = jobs.len();
+            }
+            Some(i) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                tracing::warn!(ran = i, "a write failed; the writes before it run again without it");
+                limit = i;
+            }
         }
     }
 }
@@ -391,17 +387,17 @@ fn order_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Order> {
     Ok(Order {
         id: r.get(0)?,
         merchant: r.get(1)?,
-        out_trade_no: typed(2, col::trade_no(r.get(2)?))?,
+        out_trade_no: typed(2, Type::Text, col::trade_no(r.get(2)?))?,
         appid: r.get(3)?,
         mch_id: r.get(4)?,
         description: r.get(5)?,
-        amount_fen: typed(6, col::fen(r.get(6)?))?,
-        refunded_fen: typed(7, col::fen(r.get(7)?))?,
+        amount_fen: typed(6, Type::Integer, col::fen(r.get(6)?))?,
+        refunded_fen: typed(7, Type::Integer, col::fen(r.get(7)?))?,
         openid: r.get(8)?,
         attach: r.get(9)?,
         client_ip: r.get(10)?,
-        status: typed(11, col::order_status(r.get_ref(11)?.as_str()?))?,
-        upstream: typed(12, col::upstream(r.get_ref(12)?.as_str()?))?,
+        status: typed(11, Type::Text, col::order_status(r.get_ref(11)?.as_str()?))?,
+        upstream: typed(12, Type::Text, col::upstream(r.get_ref(12)?.as_str()?))?,
         upstream_error: r.get(13)?,
         prepay_id: r.get(14)?,
         prepay_at: r.get(15)?,
@@ -416,8 +412,8 @@ fn order_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Order> {
 }
 
 /// A column's typed value, or rusqlite's error for a value of the wrong kind.
-fn typed<T>(column: usize, v: Result<T, Damaged>) -> rusqlite::Result<T> {
-    v.map_err(|e| rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e)))
+fn typed<T>(column: usize, kind: Type, v: Result<T, Damaged>) -> rusqlite::Result<T> {
+    v.map_err(|e| rusqlite::Error::FromSqlConversionFailure(column, kind, Box::new(e)))
 }
 
 fn order_by_id(conn: &Connection, id: i64) -> Result<Order, StoreError> {
@@ -510,12 +506,12 @@ fn refund_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Refund> {
         id: r.get(0)?,
         order_id: r.get(1)?,
         merchant: r.get(2)?,
-        out_trade_no: typed(3, col::trade_no(r.get(3)?))?,
-        out_refund_no: typed(4, col::refund_no(r.get(4)?))?,
-        amount_fen: typed(5, col::fen(r.get(5)?))?,
+        out_trade_no: typed(3, Type::Text, col::trade_no(r.get(3)?))?,
+        out_refund_no: typed(4, Type::Text, col::refund_no(r.get(4)?))?,
+        amount_fen: typed(5, Type::Integer, col::fen(r.get(5)?))?,
         reason: r.get(6)?,
-        status: typed(7, col::refund_status(r.get_ref(7)?.as_str()?))?,
-        upstream: typed(8, col::upstream(r.get_ref(8)?.as_str()?))?,
+        status: typed(7, Type::Text, col::refund_status(r.get_ref(7)?.as_str()?))?,
+        upstream: typed(8, Type::Text, col::upstream(r.get_ref(8)?.as_str()?))?,
         upstream_error: r.get(9)?,
         refund_id: r.get(10)?,
         created_at: r.get(11)?,
@@ -1477,7 +1473,10 @@ mod tests {
             counted.fetch_add(1, Ordering::SeqCst);
             insert(c, 1)
         });
+        let bad_runs = Arc::new(AtomicUsize::new(0));
+        let counted_bad = bad_runs.clone();
         let bad = store.write(move |c| {
+            counted_bad.fetch_add(1, Ordering::SeqCst);
             insert(c, 2)?;
             Err::<(), _>(StoreError::Broken("refused after a write".into()))
         });
@@ -1495,8 +1494,21 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(kept, [1, 3], "the failed write's row is undone, its batch mates' kept");
-        // The batch ran once and was rolled back; then each write ran again alone.
+        // The batch ran until the failure and was rolled back; the write before the failed
+        // one ran again, then the failed one ran first and alone, then the rest.
         assert_eq!(runs.load(Ordering::SeqCst), 2);
+        assert_eq!(bad_runs.load(Ordering::SeqCst), 2);
+        // A write that fails alone runs once.
+        let lone = Arc::new(AtomicUsize::new(0));
+        let counted_lone = lone.clone();
+        let failed = store
+            .write(move |_| {
+                counted_lone.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(StoreError::Broken("alone".into()))
+            })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(lone.load(Ordering::SeqCst), 1);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -76,7 +76,7 @@ impl V2Provider {
 
 /// The moment of a Beijing time.
 fn ms(t: BeijingTime) -> Millis {
-    Millis::from_unix_ms(t.unix().saturating_mul(1000))
+    Millis::from_unix_secs(t.unix())
 }
 
 fn refund_state(s: &RefundStatus) -> RefundState {

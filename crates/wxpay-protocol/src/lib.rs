@@ -35,6 +35,7 @@ pub mod sign;
 pub mod sns;
 mod types;
 pub mod v2;
+pub mod v3;
 pub mod xml;
 
 pub use error::Error;

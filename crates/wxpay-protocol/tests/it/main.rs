@@ -9,4 +9,5 @@ mod hostile_xml;
 mod notifications;
 mod properties;
 mod support;
+mod v3;
 mod vectors;

@@ -1,0 +1,192 @@
+//! Signatures both ways: the merchant signs requests (`Authorization`) and `wx.requestPayment`
+//! parameters; WeChat Pay signs answers and notifications (`Wechatpay-*` headers), verified
+//! over the raw body bytes.
+
+use base64::Engine;
+
+use super::keys::{Certificate, MerchantKey, PublicKey};
+use crate::{AppId, Error, MchId, Nonce};
+
+/// The scheme of `Authorization` and `Wechatpay-Signature-Type`.
+pub const SCHEME: &str = "WECHATPAY2-SHA256-RSA2048";
+
+/// How far `Wechatpay-Timestamp` may be from now, in seconds (a signature that old or older
+/// is refused).
+pub const MAX_SKEW_SECS: i64 = 300;
+
+/// The prefix of the deliberately wrong signatures WeChat Pay sends now and then to check
+/// that merchants verify.
+pub const PROBE_PREFIX: &str = "WECHATPAY/SIGNTEST/";
+
+/// The message a request's signature covers: `METHOD\nURL\nTIMESTAMP\nNONCE\nBODY\n`, where
+/// `url` is the path with its query as sent and `body` the exact bytes sent (empty for GET).
+pub fn request_message(method: &str, url: &str, timestamp: i64, nonce: &Nonce, body: &str) -> String {
+    format!("{method}\n{url}\n{timestamp}\n{}\n{body}\n", nonce.as_str())
+}
+
+/// The `Authorization` header of a request by `mchid` signed with `key`.
+///
+/// # Errors
+/// As [`MerchantKey::sign`].
+pub fn authorization(
+    mchid: &MchId,
+    key: &MerchantKey,
+    method: &str,
+    url: &str,
+    timestamp: i64,
+    nonce: &Nonce,
+    body: &str,
+) -> Result<String, Error> {
+    let signature = key.sign(request_message(method, url, timestamp, nonce, body).as_bytes())?;
+    Ok(format!(
+        "{SCHEME} mchid=\"{}\",nonce_str=\"{}\",signature=\"{signature}\",timestamp=\"{timestamp}\",serial_no=\"{}\"",
+        mchid.as_str(),
+        nonce.as_str(),
+        key.serial_no()
+    ))
+}
+
+/// `paySign` of `wx.requestPayment` with `signType: "RSA"`: the merchant's signature of
+/// `appId\ntimeStamp\nnonceStr\nprepay_id=…\n`.
+///
+/// # Errors
+/// As [`MerchantKey::sign`].
+pub fn pay_sign(
+    key: &MerchantKey,
+    appid: &AppId,
+    timestamp: u64,
+    nonce: &Nonce,
+    prepay_id: &str,
+) -> Result<String, Error> {
+    let message = format!(
+        "{}\n{timestamp}\n{}\nprepay_id={prepay_id}\n",
+        appid.as_str(),
+        nonce.as_str()
+    );
+    key.sign(message.as_bytes())
+}
+
+/// The `Wechatpay-*` headers of an answer or notification, as received.
+#[derive(Clone, Copy, Debug)]
+pub struct SignatureHeaders<'a> {
+    /// `Wechatpay-Timestamp`.
+    pub timestamp: &'a str,
+    /// `Wechatpay-Nonce`.
+    pub nonce: &'a str,
+    /// `Wechatpay-Signature`.
+    pub signature: &'a str,
+    /// `Wechatpay-Serial`: a platform certificate's serial or a `PUB_KEY_ID_…`.
+    pub serial: &'a str,
+}
+
+/// Why an answer or notification is not WeChat Pay's.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// A `Wechatpay-*` header is missing or empty.
+    #[error("the header Wechatpay-{0} is missing")]
+    Missing(&'static str),
+    /// One of WeChat Pay's probes (`WECHATPAY/SIGNTEST/…`): refused, as WeChat Pay expects.
+    #[error("a signature probe (WECHATPAY/SIGNTEST/): refused, as WeChat Pay expects")]
+    Probe,
+    /// `Wechatpay-Timestamp` is not a number of seconds.
+    #[error("Wechatpay-Timestamp {0:?} is not a Unix time in seconds")]
+    BadTimestamp(String),
+    /// The timestamp is too far from now: a replay, or a wrong clock.
+    #[error(
+        "Wechatpay-Timestamp is {skew_secs} s from now (at most {MAX_SKEW_SECS} s is accepted): a replay, or a wrong clock"
+    )]
+    Stale {
+        /// Now minus the timestamp, in seconds.
+        skew_secs: i64,
+    },
+    /// No known key has this id: the platform certificates may need a refresh, or the
+    /// configured WeChat Pay public key id is not the one WeChat Pay uses.
+    #[error("no known platform certificate or WeChat Pay public key has serial {0:?}")]
+    UnknownSerial(String),
+    /// `Wechatpay-Signature` is not base64.
+    #[error("Wechatpay-Signature is not base64")]
+    NotBase64,
+    /// The signature does not match the key and the body: a forgery, or a body changed (or
+    /// re-serialized) on its way.
+    #[error("the signature does not match key {serial:?} and the body as received")]
+    BadSignature {
+        /// The key that was tried.
+        serial: String,
+    },
+}
+
+/// WeChat Pay's keys a merchant trusts, by id: platform certificates by serial, and the
+/// WeChat Pay public key by its `PUB_KEY_ID_…`. Both kinds at once serve the switch-over from
+/// certificates to the public key.
+#[derive(Clone, Debug, Default)]
+pub struct Verifier {
+    keys: Vec<(String, PublicKey)>,
+}
+
+impl Verifier {
+    /// No key yet.
+    pub fn new() -> Verifier {
+        Verifier::default()
+    }
+
+    /// Trusts a platform certificate (by its serial number).
+    pub fn with_certificate(mut self, cert: &Certificate) -> Verifier {
+        self.keys.push((cert.serial_no().to_owned(), cert.public_key().clone()));
+        self
+    }
+
+    /// Trusts the WeChat Pay public key with id `id` (`PUB_KEY_ID_…`).
+    pub fn with_public_key(mut self, id: &str, key: PublicKey) -> Verifier {
+        self.keys.push((id.to_owned(), key));
+        self
+    }
+
+    /// Checks that `body` (the raw bytes as received) with `headers` is WeChat Pay's, at
+    /// `now` (Unix seconds). The checks run in this order: the headers are there, a probe is
+    /// refused, the timestamp is within [`MAX_SKEW_SECS`], the key is known, the signature
+    /// matches.
+    ///
+    /// # Errors
+    /// [`VerifyError`], which says which check failed.
+    pub fn verify(&self, headers: &SignatureHeaders<'_>, body: &[u8], now: i64) -> Result<(), VerifyError> {
+        for (name, value) in [
+            ("Timestamp", headers.timestamp),
+            ("Nonce", headers.nonce),
+            ("Signature", headers.signature),
+            ("Serial", headers.serial),
+        ] {
+            if value.is_empty() {
+                return Err(VerifyError::Missing(name));
+            }
+        }
+        if headers.signature.starts_with(PROBE_PREFIX) {
+            return Err(VerifyError::Probe);
+        }
+        let timestamp: i64 = headers
+            .timestamp
+            .parse()
+            .map_err(|_| VerifyError::BadTimestamp(headers.timestamp.chars().take(32).collect()))?;
+        let skew_secs = now.saturating_sub(timestamp);
+        if skew_secs.saturating_abs() >= MAX_SKEW_SECS {
+            return Err(VerifyError::Stale { skew_secs });
+        }
+        let (serial, key) = self
+            .keys
+            .iter()
+            .find(|(id, _)| id.eq_ignore_ascii_case(headers.serial))
+            .ok_or_else(|| VerifyError::UnknownSerial(headers.serial.chars().take(64).collect()))?;
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(headers.signature.as_bytes())
+            .map_err(|_| VerifyError::NotBase64)?;
+        let mut message = Vec::with_capacity(headers.timestamp.len() + headers.nonce.len() + body.len() + 3);
+        for part in [headers.timestamp.as_bytes(), headers.nonce.as_bytes(), body] {
+            message.extend_from_slice(part);
+            message.push(b'\n');
+        }
+        if key.verifies(&message, &signature) {
+            Ok(())
+        } else {
+            Err(VerifyError::BadSignature { serial: serial.clone() })
+        }
+    }
+}

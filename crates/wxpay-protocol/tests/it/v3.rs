@@ -1,0 +1,257 @@
+//! APIv3 against the known answers of `v3.json`, made with the test-only keys in
+//! `testdata/vectors/keys/`, at a fixed clock.
+
+use serde_json::Value;
+use wxpay_protocol::v3::auth::{self, SignatureHeaders};
+use wxpay_protocol::v3::{AeadError, Certificate, MerchantKey, PublicKey, Verifier, VerifyError, aead};
+use wxpay_protocol::{AppId, MchId, Nonce};
+
+use crate::support::{load_json, vectors_dir};
+
+fn pem(name: &str) -> String {
+    std::fs::read_to_string(vectors_dir().join("keys").join(name)).unwrap()
+}
+
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap()
+}
+
+fn merchant_key(v: &Value) -> MerchantKey {
+    MerchantKey::from_pem(&pem("merchant_private_key.pem"), text(&v["merchant"]["serial_no"])).unwrap()
+}
+
+#[test]
+fn requests_are_signed_and_authorized_byte_for_byte_as_the_vectors_say() {
+    let v = load_json("v3.json");
+    let key = merchant_key(&v);
+    let mchid = MchId::new(text(&v["merchant"]["mchid"])).unwrap();
+    for r in v["request_signatures"].as_array().unwrap() {
+        let nonce = Nonce::new(text(&r["nonce"])).unwrap();
+        let timestamp: i64 = text(&r["timestamp"]).parse().unwrap();
+        let (method, url, body) = (text(&r["method"]), text(&r["url"]), text(&r["body"]));
+        assert_eq!(
+            auth::request_message(method, url, timestamp, &nonce, body),
+            text(&r["message"]),
+            "{url}"
+        );
+        assert_eq!(
+            key.sign(text(&r["message"]).as_bytes()).unwrap(),
+            text(&r["signature"]),
+            "{url}"
+        );
+        assert_eq!(
+            auth::authorization(&mchid, &key, method, url, timestamp, &nonce, body).unwrap(),
+            text(&r["authorization"]),
+            "{url}"
+        );
+    }
+}
+
+#[test]
+fn the_merchant_certificate_names_the_serial_that_requests_carry() {
+    let v = load_json("v3.json");
+    let cert = Certificate::from_pem(&pem("merchant_cert.pem")).unwrap();
+    assert_eq!(cert.serial_no(), text(&v["merchant"]["serial_no"]));
+    let platform = Certificate::from_pem(&pem("platform_cert.pem")).unwrap();
+    assert_eq!(platform.serial_no(), text(&v["platform"]["serial_no"]));
+    // The certificate's key verifies what the private key signs.
+    let key = merchant_key(&v);
+    let signature = key.sign(b"hello").unwrap();
+    let raw = base64_decode(&signature);
+    assert!(cert.public_key().verifies(b"hello", &raw));
+    assert!(!cert.public_key().verifies(b"hellO", &raw));
+    assert!(!platform.public_key().verifies(b"hello", &raw));
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+#[test]
+fn pay_sign_with_rsa_is_the_vectors() {
+    let v = load_json("v3.json");
+    let p = &v["paysign"];
+    let sign = auth::pay_sign(
+        &merchant_key(&v),
+        &AppId::new(text(&p["appId"])).unwrap(),
+        text(&p["timeStamp"]).parse().unwrap(),
+        &Nonce::new(text(&p["nonceStr"])).unwrap(),
+        text(&p["package"]).strip_prefix("prepay_id=").unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sign, text(&p["paySign"]));
+}
+
+#[test]
+fn resources_decrypt_to_the_vectors_and_encrypt_back() {
+    let v = load_json("v3.json");
+    for c in v["aes_gcm"].as_array().unwrap() {
+        let (key, nonce, ad) = (
+            text(&c["key"]).as_bytes(),
+            text(&c["nonce"]),
+            text(&c["associated_data"]),
+        );
+        let plain = aead::decrypt(key, nonce, ad, text(&c["ciphertext"])).unwrap();
+        assert_eq!(
+            String::from_utf8(plain).unwrap(),
+            text(&c["plaintext"]),
+            "{}",
+            c["name"]
+        );
+        assert_eq!(
+            aead::encrypt(key, nonce, ad, text(&c["plaintext"]).as_bytes()).unwrap(),
+            text(&c["ciphertext"])
+        );
+        // Another key, other associated data, a changed ciphertext: the tag refuses them.
+        let other = b"b7cde1ZJB1kG2e7VfTs3jQzaWizur8Gb";
+        assert_eq!(
+            aead::decrypt(other, nonce, ad, text(&c["ciphertext"])),
+            Err(AeadError::Tag)
+        );
+        assert_eq!(
+            aead::decrypt(key, nonce, "other", text(&c["ciphertext"])),
+            Err(AeadError::Tag)
+        );
+        let mut tampered = base64_decode(text(&c["ciphertext"]));
+        tampered[0] ^= 1;
+        use base64::Engine;
+        let tampered = base64::engine::general_purpose::STANDARD.encode(tampered);
+        assert_eq!(aead::decrypt(key, nonce, ad, &tampered), Err(AeadError::Tag));
+    }
+    assert_eq!(
+        aead::decrypt(b"short", "uluk4a9R25RW", "", "AA=="),
+        Err(AeadError::KeyLength(5))
+    );
+    assert_eq!(
+        aead::decrypt(text(&v["apiv3_key"]).as_bytes(), "short", "", "AA=="),
+        Err(AeadError::NonceLength(5))
+    );
+}
+
+fn notification(v: &Value) -> (SignatureHeaders<'_>, &[u8], i64) {
+    let n = &v["notification"];
+    let h = &n["headers"];
+    let headers = SignatureHeaders {
+        timestamp: text(&h["Wechatpay-Timestamp"]),
+        nonce: text(&h["Wechatpay-Nonce"]),
+        signature: text(&h["Wechatpay-Signature"]),
+        serial: text(&h["Wechatpay-Serial"]),
+    };
+    let now = headers.timestamp.parse().unwrap();
+    (headers, text(&n["body"]).as_bytes(), now)
+}
+
+fn platform_verifier() -> Verifier {
+    Verifier::new().with_certificate(&Certificate::from_pem(&pem("platform_cert.pem")).unwrap())
+}
+
+#[test]
+fn a_notification_verifies_with_its_platform_certificate_and_its_resource_decrypts() {
+    let v = load_json("v3.json");
+    let (headers, body, now) = notification(&v);
+    platform_verifier().verify(&headers, body, now).unwrap();
+    let message = text(&v["notification"]["message"]);
+    assert_eq!(
+        message.as_bytes(),
+        [headers.timestamp, headers.nonce, text(&v["notification"]["body"]), ""]
+            .join("\n")
+            .as_bytes()
+    );
+    let parsed: Value = serde_json::from_slice(body).unwrap();
+    let r = &parsed["resource"];
+    let plain = aead::decrypt(
+        text(&v["apiv3_key"]).as_bytes(),
+        text(&r["nonce"]),
+        text(&r["associated_data"]),
+        text(&r["ciphertext"]),
+    )
+    .unwrap();
+    let decrypted: Value = serde_json::from_slice(&plain).unwrap();
+    let expected = &v["notification"]["decrypted_resource"];
+    let expected: Value = match expected {
+        Value::String(s) => serde_json::from_str(s).unwrap(),
+        other => other.clone(),
+    };
+    assert_eq!(decrypted, expected);
+}
+
+#[test]
+fn the_wechat_pay_public_key_verifies_by_its_id_beside_the_certificates() {
+    let v = load_json("v3.json");
+    let (headers, body, now) = notification(&v);
+    let id = text(&v["platform"]["public_key_id"]);
+    let by_id = SignatureHeaders { serial: id, ..headers };
+    let both = platform_verifier().with_public_key(id, PublicKey::from_pem(&pem("platform_public_key.pem")).unwrap());
+    both.verify(&by_id, body, now).unwrap();
+    both.verify(&headers, body, now).unwrap();
+    assert_eq!(
+        platform_verifier().verify(&by_id, body, now),
+        Err(VerifyError::UnknownSerial(id.to_owned()))
+    );
+}
+
+#[test]
+fn probes_stale_or_tampered_notifications_are_refused_each_with_its_reason() {
+    let v = load_json("v3.json");
+    let (headers, body, now) = notification(&v);
+    let verifier = platform_verifier();
+    let probe = SignatureHeaders {
+        signature: "WECHATPAY/SIGNTEST/abcdefg",
+        ..headers
+    };
+    assert_eq!(verifier.verify(&probe, body, now), Err(VerifyError::Probe));
+    assert_eq!(verifier.verify(&headers, body, now + 299), Ok(()));
+    assert_eq!(
+        verifier.verify(&headers, body, now + 300),
+        Err(VerifyError::Stale { skew_secs: 300 })
+    );
+    assert_eq!(
+        verifier.verify(&headers, body, now - 300),
+        Err(VerifyError::Stale { skew_secs: -300 })
+    );
+    // A body re-serialized on its way (here: a space added) no longer matches.
+    let mut changed = body.to_vec();
+    changed.insert(1, b' ');
+    assert!(matches!(
+        verifier.verify(&headers, &changed, now),
+        Err(VerifyError::BadSignature { .. })
+    ));
+    let missing = SignatureHeaders { nonce: "", ..headers };
+    assert_eq!(verifier.verify(&missing, body, now), Err(VerifyError::Missing("Nonce")));
+    let garbled = SignatureHeaders {
+        signature: "not base64!",
+        ..headers
+    };
+    assert_eq!(verifier.verify(&garbled, body, now), Err(VerifyError::NotBase64));
+    let hostile = SignatureHeaders {
+        timestamp: "-9223372036854775808",
+        ..headers
+    };
+    assert!(matches!(
+        verifier.verify(&hostile, body, now),
+        Err(VerifyError::Stale { .. })
+    ));
+    assert!(matches!(
+        verifier.verify(
+            &SignatureHeaders {
+                timestamp: "soon",
+                ..headers
+            },
+            body,
+            now
+        ),
+        Err(VerifyError::BadTimestamp(_))
+    ));
+}
+
+#[test]
+fn keys_that_are_not_rsa_pem_are_refused_with_a_reason() {
+    assert!(MerchantKey::from_pem("no pem here", "AB").is_err());
+    assert!(MerchantKey::from_pem(&pem("merchant_public_key.pem"), "AB").is_err());
+    assert!(PublicKey::from_pem(&pem("merchant_private_key.pem")).is_err());
+    assert!(Certificate::from_pem(&pem("platform_public_key.pem")).is_err());
+    let key = MerchantKey::from_pem(&pem("merchant_private_key.pem"), "3775b6a4").unwrap();
+    assert_eq!(key.serial_no(), "3775B6A4");
+    assert!(!format!("{key:?}").contains("BEGIN"));
+}

@@ -8,12 +8,16 @@
 //!   the raw body: probes, clock skew, the key by `Wechatpay-Serial` (certificates and the
 //!   public key at once), the signature.
 //! - [`aead`]: `AEAD_AES_256_GCM` with the APIv3 key.
+//! - [`calls`]: the JSAPI calls as request values (create, query, close, refund, refund
+//!   query), their answers read into typed records, and [`calls::V3Error`] with the retry
+//!   classes of APIv2.
 //!
 //! Time, nonces and keys come in as arguments, so every function is checked against the
 //! known answers of `v3.json` with a fixed clock.
 
 pub mod aead;
 pub mod auth;
+pub mod calls;
 mod der;
 pub mod keys;
 

@@ -255,3 +255,47 @@ fn keys_that_are_not_rsa_pem_are_refused_with_a_reason() {
     assert_eq!(key.serial_no(), "3775B6A4");
     assert!(!format!("{key:?}").contains("BEGIN"));
 }
+
+#[test]
+fn a_jsapi_order_is_the_body_the_vector_signs_and_its_notification_reads_as_a_transaction() {
+    use wxpay_protocol::v3::calls::{self, CreateJsapi, TradeState};
+    use wxpay_protocol::{Fen, OutTradeNo};
+    let v = load_json("v3.json");
+    let r = &v["request_signatures"][1];
+    let body: Value = serde_json::from_str(text(&r["body"])).unwrap();
+    let appid = AppId::new(text(&body["appid"])).unwrap();
+    let mchid = MchId::new(text(&body["mchid"])).unwrap();
+    let no = OutTradeNo::new(text(&body["out_trade_no"])).unwrap();
+    let request = CreateJsapi {
+        appid: &appid,
+        mchid: &mchid,
+        description: text(&body["description"]),
+        out_trade_no: &no,
+        time_expire: None,
+        attach: None,
+        notify_url: text(&body["notify_url"]),
+        amount: Fen::new(body["amount"]["total"].as_u64().unwrap()).unwrap(),
+        openid: text(&body["payer"]["openid"]),
+    }
+    .request();
+    assert_eq!((request.method, request.url.as_str()), ("POST", text(&r["url"])));
+    assert_eq!(request.body, text(&r["body"]));
+    // The notification's resource, decrypted, is a paid transaction of 100 fen.
+    let n: Value = serde_json::from_str(text(&v["notification"]["body"])).unwrap();
+    let res = &n["resource"];
+    let plain = aead::decrypt(
+        text(&v["apiv3_key"]).as_bytes(),
+        text(&res["nonce"]),
+        text(&res["associated_data"]),
+        text(&res["ciphertext"]),
+    )
+    .unwrap();
+    let t = calls::transaction(&plain).unwrap();
+    assert_eq!(t.trade_state, TradeState::Success);
+    assert_eq!(t.total, Some(Fen::new(100).unwrap()));
+    assert_eq!(t.success_time, Some(1_528_425_296));
+    assert!(t.transaction_id.is_some());
+    // Yuan instead of fen is refused, not rounded.
+    let yuan = br#"{"appid":"a","mchid":"1","out_trade_no":"W1","trade_state":"SUCCESS","amount":{"total":1.5}}"#;
+    assert!(calls::transaction(yuan).is_err());
+}

@@ -1,0 +1,613 @@
+//! The JSAPI calls of APIv3 as values: each request knows its method, path and JSON body;
+//! each answer is read from the exact bytes received (after [`super::Verifier`]) into typed
+//! fields, amounts as [`Fen`]. An error answer becomes [`V3Error`] with WeChat Pay's code and
+//! the same retry classes as APIv2.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::v2::Retry;
+use crate::{AppId, BeijingTime, Error, Fen, MchId, OutRefundNo, OutTradeNo};
+
+/// A request: method, path with query (what the signature covers), and body (empty for
+/// GET).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// `GET` or `POST`.
+    pub method: &'static str,
+    /// The path and query, as signed and sent.
+    pub url: String,
+    /// The JSON body, exactly as signed and sent.
+    pub body: String,
+}
+
+/// Escapes a path segment. Order and refund numbers are ASCII letters, digits and
+/// `_ - | * @`; `|`, `*` and `@` are escaped, as WeChat Pay's SDKs do.
+fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// What a JSAPI order is created with (`POST /v3/pay/transactions/jsapi`).
+#[derive(Clone, Debug)]
+pub struct CreateJsapi<'a> {
+    /// The mini program.
+    pub appid: &'a AppId,
+    /// The merchant.
+    pub mchid: &'a MchId,
+    /// What is bought (at most 127 characters).
+    pub description: &'a str,
+    /// The order number.
+    pub out_trade_no: &'a OutTradeNo,
+    /// When it can no longer be paid, Unix seconds (sent as RFC 3339 in Beijing time).
+    pub time_expire: Option<i64>,
+    /// Merchant data echoed back (at most 128 characters).
+    pub attach: Option<&'a str>,
+    /// Where WeChat Pay notifies (https, no query).
+    pub notify_url: &'a str,
+    /// The amount.
+    pub amount: Fen,
+    /// The payer.
+    pub openid: &'a str,
+}
+
+impl CreateJsapi<'_> {
+    /// The request.
+    pub fn request(&self) -> Request {
+        // Fields in the order of WeChat Pay's documentation (a struct keeps its order; a
+        // JSON map would sort them).
+        #[derive(Serialize)]
+        struct Body<'a> {
+            appid: &'a str,
+            mchid: &'a str,
+            description: &'a str,
+            out_trade_no: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            time_expire: Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            attach: Option<&'a str>,
+            notify_url: &'a str,
+            amount: Amount,
+            payer: Payer<'a>,
+        }
+        #[derive(Serialize)]
+        struct Amount {
+            total: u64,
+            currency: &'static str,
+        }
+        #[derive(Serialize)]
+        struct Payer<'a> {
+            openid: &'a str,
+        }
+        let body = Body {
+            appid: self.appid.as_str(),
+            mchid: self.mchid.as_str(),
+            description: self.description,
+            out_trade_no: self.out_trade_no.as_str(),
+            time_expire: self.time_expire.map(rfc3339_beijing),
+            attach: self.attach,
+            notify_url: self.notify_url,
+            amount: Amount {
+                total: self.amount.get(),
+                currency: "CNY",
+            },
+            payer: Payer { openid: self.openid },
+        };
+        Request {
+            method: "POST",
+            url: "/v3/pay/transactions/jsapi".to_owned(),
+            body: to_json(&body),
+        }
+    }
+}
+
+/// `2026-12-03T16:00:00+08:00` for Unix seconds.
+pub fn rfc3339_beijing(unix: i64) -> String {
+    let dashed = BeijingTime::from_unix(unix).to_dashed();
+    format!("{}T{}+08:00", &dashed[..10], &dashed[11..])
+}
+
+/// Unix seconds of an RFC 3339 time as WeChat Pay writes them (`…T…+08:00`, or `Z`).
+///
+/// # Errors
+/// [`Error::Invalid`] for another shape.
+pub fn parse_rfc3339(s: &str) -> Result<i64, Error> {
+    let invalid = || {
+        Error::invalid(
+            "time",
+            format!("{s:?} is not an RFC 3339 time such as 2018-06-08T10:34:56+08:00"),
+        )
+    };
+    let (local, offset) = match s.len() {
+        20 if s.ends_with('Z') => (&s[..19], 0),
+        25 => {
+            let (sign, hh, mm) = (&s[19..20], &s[20..22], &s[23..25]);
+            let minutes = hh.parse::<i64>().map_err(|_| invalid())? * 60 + mm.parse::<i64>().map_err(|_| invalid())?;
+            match (sign, &s[22..23]) {
+                ("+", ":") => (&s[..19], minutes * 60),
+                ("-", ":") => (&s[..19], -minutes * 60),
+                _ => return Err(invalid()),
+            }
+        }
+        _ => return Err(invalid()),
+    };
+    if local.as_bytes().get(10) != Some(&b'T') {
+        return Err(invalid());
+    }
+    let as_beijing = BeijingTime::parse_dashed(&local.replacen('T', " ", 1)).map_err(|_| invalid())?;
+    // parse_dashed reads the clock time as Beijing's (+08:00); move it to the stated offset.
+    Ok(as_beijing.unix() + 8 * 3600 - offset)
+}
+
+/// `{"prepay_id": …}`, the answer to [`CreateJsapi`].
+///
+/// # Errors
+/// [`Error::MissingField`] or a JSON error as [`Error::InvalidField`].
+pub fn prepay_id(body: &[u8]) -> Result<String, Error> {
+    #[derive(Deserialize)]
+    struct Answer {
+        prepay_id: Option<String>,
+    }
+    let answer: Answer = parse(body)?;
+    answer
+        .prepay_id
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| Error::MissingField("prepay_id".to_owned()))
+}
+
+/// A request body as JSON; the bodies here are plain structs, which always serialize.
+fn to_json<T: Serialize>(body: &T) -> String {
+    serde_json::to_string(body).unwrap_or_default()
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::InvalidField {
+        field: "body".to_owned(),
+        reason: format!("not the JSON expected: {e}"),
+    })
+}
+
+/// `GET /v3/pay/transactions/out-trade-no/{no}?mchid=…`.
+pub fn query_by_out_trade_no(out_trade_no: &OutTradeNo, mchid: &MchId) -> Request {
+    Request {
+        method: "GET",
+        url: format!(
+            "/v3/pay/transactions/out-trade-no/{}?mchid={}",
+            segment(out_trade_no.as_str()),
+            mchid.as_str()
+        ),
+        body: String::new(),
+    }
+}
+
+/// `GET /v3/pay/transactions/id/{transaction_id}?mchid=…`.
+pub fn query_by_transaction_id(transaction_id: &str, mchid: &MchId) -> Request {
+    Request {
+        method: "GET",
+        url: format!(
+            "/v3/pay/transactions/id/{}?mchid={}",
+            segment(transaction_id),
+            mchid.as_str()
+        ),
+        body: String::new(),
+    }
+}
+
+/// `POST /v3/pay/transactions/out-trade-no/{no}/close`; WeChat Pay answers 204 without a
+/// body.
+pub fn close(out_trade_no: &OutTradeNo, mchid: &MchId) -> Request {
+    Request {
+        method: "POST",
+        url: format!(
+            "/v3/pay/transactions/out-trade-no/{}/close",
+            segment(out_trade_no.as_str())
+        ),
+        body: json!({ "mchid": mchid.as_str() }).to_string(),
+    }
+}
+
+/// A transaction's state (`trade_state`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TradeState {
+    /// Paid.
+    Success,
+    /// Paid, then refunded (in part or whole).
+    Refund,
+    /// Not paid.
+    NotPay,
+    /// Closed.
+    Closed,
+    /// Revoked (micropay).
+    Revoked,
+    /// The payer is paying (micropay).
+    UserPaying,
+    /// The payment failed.
+    PayError,
+    /// Any other state, verbatim.
+    Other(String),
+}
+
+impl TradeState {
+    fn parse(s: &str) -> TradeState {
+        match s {
+            "SUCCESS" => TradeState::Success,
+            "REFUND" => TradeState::Refund,
+            "NOTPAY" => TradeState::NotPay,
+            "CLOSED" => TradeState::Closed,
+            "REVOKED" => TradeState::Revoked,
+            "USERPAYING" => TradeState::UserPaying,
+            "PAYERROR" => TradeState::PayError,
+            other => TradeState::Other(other.to_owned()),
+        }
+    }
+}
+
+/// A transaction, as a query answers it and a `TRANSACTION.SUCCESS` notification's resource
+/// holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transaction {
+    /// The mini program.
+    pub appid: String,
+    /// The merchant.
+    pub mchid: String,
+    /// The order number.
+    pub out_trade_no: OutTradeNo,
+    /// WeChat Pay's number, once paid.
+    pub transaction_id: Option<String>,
+    /// Where it stands.
+    pub trade_state: TradeState,
+    /// When it was paid (Unix seconds), once paid.
+    pub success_time: Option<i64>,
+    /// The order's amount, when given.
+    pub total: Option<Fen>,
+    /// The currency, when given.
+    pub currency: Option<String>,
+    /// The payer, when given.
+    pub openid: Option<String>,
+    /// Merchant data, when given.
+    pub attach: Option<String>,
+}
+
+/// Reads a transaction (a query's answer, or a decrypted `transaction` resource).
+///
+/// # Errors
+/// [`Error`] when a field is missing or of another shape (an amount that is not whole fen).
+pub fn transaction(body: &[u8]) -> Result<Transaction, Error> {
+    let v: Value = parse(body)?;
+    let text = |name: &str| v.get(name).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let required = |name: &str| {
+        text(name)
+            .map(str::to_owned)
+            .ok_or_else(|| Error::MissingField(name.to_owned()))
+    };
+    let amount = v.get("amount");
+    let total = match amount.and_then(|a| a.get("total")) {
+        None | Some(Value::Null) => None,
+        Some(t) => Some(
+            t.as_u64()
+                .ok_or_else(|| Error::InvalidField {
+                    field: "amount.total".to_owned(),
+                    reason: format!("{t} is not a whole number of fen"),
+                })
+                .and_then(Fen::new)?,
+        ),
+    };
+    Ok(Transaction {
+        appid: required("appid")?,
+        mchid: required("mchid")?,
+        out_trade_no: OutTradeNo::new(required("out_trade_no")?)?,
+        transaction_id: text("transaction_id").map(str::to_owned),
+        trade_state: TradeState::parse(&required("trade_state")?),
+        success_time: text("success_time").map(parse_rfc3339).transpose()?,
+        total,
+        currency: amount
+            .and_then(|a| a.get("currency"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        openid: v
+            .get("payer")
+            .and_then(|p| p.get("openid"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        attach: text("attach").map(str::to_owned),
+    })
+}
+
+/// What a refund is asked with (`POST /v3/refund/domestic/refunds`).
+#[derive(Clone, Debug)]
+pub struct CreateRefund<'a> {
+    /// The order refunded.
+    pub out_trade_no: &'a OutTradeNo,
+    /// The refund's number.
+    pub out_refund_no: &'a OutRefundNo,
+    /// Shown to the payer (at most 80 characters).
+    pub reason: Option<&'a str>,
+    /// Where WeChat Pay notifies the refund's end.
+    pub notify_url: Option<&'a str>,
+    /// How much.
+    pub refund: Fen,
+    /// The order's amount.
+    pub total: Fen,
+}
+
+impl CreateRefund<'_> {
+    /// The request.
+    pub fn request(&self) -> Request {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            out_trade_no: &'a str,
+            out_refund_no: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            reason: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            notify_url: Option<&'a str>,
+            amount: Amount,
+        }
+        #[derive(Serialize)]
+        struct Amount {
+            refund: u64,
+            total: u64,
+            currency: &'static str,
+        }
+        let body = Body {
+            out_trade_no: self.out_trade_no.as_str(),
+            out_refund_no: self.out_refund_no.as_str(),
+            reason: self.reason,
+            notify_url: self.notify_url,
+            amount: Amount {
+                refund: self.refund.get(),
+                total: self.total.get(),
+                currency: "CNY",
+            },
+        };
+        Request {
+            method: "POST",
+            url: "/v3/refund/domestic/refunds".to_owned(),
+            body: to_json(&body),
+        }
+    }
+}
+
+/// `GET /v3/refund/domestic/refunds/{out_refund_no}`.
+pub fn query_refund(out_refund_no: &OutRefundNo) -> Request {
+    Request {
+        method: "GET",
+        url: format!("/v3/refund/domestic/refunds/{}", segment(out_refund_no.as_str())),
+        body: String::new(),
+    }
+}
+
+/// A refund's state (`status`, or `refund_status` in a notification).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefundStatus {
+    /// Paid back.
+    Success,
+    /// Closed without paying back.
+    Closed,
+    /// Being processed.
+    Processing,
+    /// Failed at the payer's side (a closed card): to be handled in the merchant platform.
+    Abnormal,
+    /// Any other state, verbatim.
+    Other(String),
+}
+
+impl RefundStatus {
+    fn parse(s: &str) -> RefundStatus {
+        match s {
+            "SUCCESS" => RefundStatus::Success,
+            "CLOSED" => RefundStatus::Closed,
+            "PROCESSING" => RefundStatus::Processing,
+            "ABNORMAL" => RefundStatus::Abnormal,
+            other => RefundStatus::Other(other.to_owned()),
+        }
+    }
+}
+
+/// A refund, as its creation and query answer it and a refund notification's resource holds
+/// it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundRecord {
+    /// WeChat Pay's number.
+    pub refund_id: String,
+    /// The refund's number.
+    pub out_refund_no: OutRefundNo,
+    /// The order.
+    pub out_trade_no: OutTradeNo,
+    /// The payment.
+    pub transaction_id: Option<String>,
+    /// Where it stands.
+    pub status: RefundStatus,
+    /// When it succeeded (Unix seconds).
+    pub success_time: Option<i64>,
+    /// How much.
+    pub refund: Fen,
+    /// The order's amount.
+    pub total: Option<Fen>,
+}
+
+/// Reads a refund (an answer, or a decrypted `refund` resource, whose state is
+/// `refund_status`).
+///
+/// # Errors
+/// [`Error`] when a field is missing or of another shape.
+pub fn refund_record(body: &[u8]) -> Result<RefundRecord, Error> {
+    let v: Value = parse(body)?;
+    let text = |name: &str| v.get(name).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let required = |name: &str| {
+        text(name)
+            .map(str::to_owned)
+            .ok_or_else(|| Error::MissingField(name.to_owned()))
+    };
+    let fen = |name: &'static str| -> Result<Option<Fen>, Error> {
+        match v.get("amount").and_then(|a| a.get(name)) {
+            None | Some(Value::Null) => Ok(None),
+            Some(t) => t
+                .as_u64()
+                .ok_or_else(|| Error::InvalidField {
+                    field: format!("amount.{name}"),
+                    reason: format!("{t} is not a whole number of fen"),
+                })
+                .and_then(Fen::new)
+                .map(Some),
+        }
+    };
+    let status = text("status")
+        .or_else(|| text("refund_status"))
+        .ok_or_else(|| Error::MissingField("status".to_owned()))?;
+    Ok(RefundRecord {
+        refund_id: required("refund_id")?,
+        out_refund_no: OutRefundNo::new(required("out_refund_no")?)?,
+        out_trade_no: OutTradeNo::new(required("out_trade_no")?)?,
+        transaction_id: text("transaction_id").map(str::to_owned),
+        status: RefundStatus::parse(status),
+        success_time: text("success_time").map(parse_rfc3339).transpose()?,
+        refund: fen("refund")?.ok_or_else(|| Error::MissingField("amount.refund".to_owned()))?,
+        total: fen("total")?,
+    })
+}
+
+/// An error answer of APIv3: the HTTP status and the body's `code`, `message` and `detail`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("WeChat Pay answered HTTP {status} {code}: {message}")]
+pub struct V3Error {
+    /// The HTTP status.
+    pub status: u16,
+    /// `code`, such as `ORDER_NOT_EXIST` (empty when the body had none).
+    pub code: String,
+    /// `message`, for people.
+    pub message: String,
+    /// `detail`, when given (`field`, `value`, `issue`, `location`).
+    pub detail: Option<Value>,
+}
+
+impl V3Error {
+    /// Reads an error answer; a body that is not the error JSON keeps its first 200
+    /// characters as the message.
+    pub fn read(status: u16, body: &[u8]) -> V3Error {
+        #[derive(Deserialize)]
+        struct Body {
+            code: Option<String>,
+            message: Option<String>,
+            detail: Option<Value>,
+        }
+        match serde_json::from_slice::<Body>(body) {
+            Ok(b) => V3Error {
+                status,
+                code: b.code.unwrap_or_default(),
+                message: b.message.unwrap_or_default(),
+                detail: b.detail,
+            },
+            Err(_) => V3Error {
+                status,
+                code: String::new(),
+                message: String::from_utf8_lossy(body).chars().take(200).collect(),
+                detail: None,
+            },
+        }
+    }
+
+    /// What the caller may do: the same classes as APIv2 (`protocol.md` B.6).
+    pub fn retry(&self) -> Retry {
+        match (self.status, self.code.as_str()) {
+            (_, "SYSTEM_ERROR" | "BANK_ERROR") => Retry::SameParameters,
+            (_, "FREQUENCY_LIMITED" | "RATELIMIT_EXCEEDED" | "SERVICE_UNAVAILABLE") => Retry::WaitAndRetry,
+            (429 | 502 | 503, _) => Retry::WaitAndRetry,
+            (500, "") => Retry::SameParameters,
+            _ => Retry::Final,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_times_read_with_their_offset_and_write_in_beijing_time() {
+        assert_eq!(parse_rfc3339("2018-06-08T10:34:56+08:00").unwrap(), 1_528_425_296);
+        assert_eq!(parse_rfc3339("2018-06-08T02:34:56Z").unwrap(), 1_528_425_296);
+        assert_eq!(parse_rfc3339("2018-06-07T21:34:56-05:00").unwrap(), 1_528_425_296);
+        assert_eq!(rfc3339_beijing(1_528_425_296), "2018-06-08T10:34:56+08:00");
+        for bad in [
+            "2018-06-08 10:34:56+08:00",
+            "2018-06-08T10:34:56",
+            "2018-06-08T10:34:56+0800",
+            "x",
+        ] {
+            assert!(parse_rfc3339(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn numbers_in_paths_are_escaped() {
+        let no = OutTradeNo::new("A|B*C").unwrap();
+        let mchid = MchId::new("1900000109").unwrap();
+        assert_eq!(
+            query_by_out_trade_no(&no, &mchid).url,
+            "/v3/pay/transactions/out-trade-no/A%7CB%2AC?mchid=1900000109"
+        );
+        assert_eq!(close(&no, &mchid).body, r#"{"mchid":"1900000109"}"#);
+    }
+
+    #[test]
+    fn a_refund_reads_from_an_answer_and_from_a_notification_resource() {
+        let answer = br#"{"refund_id":"50000000382019052709732678859","out_refund_no":"R1","transaction_id":"4200000000000000000000000001","out_trade_no":"W1","status":"PROCESSING","amount":{"refund":30,"total":100,"currency":"CNY"}}"#;
+        let r = refund_record(answer).unwrap();
+        assert_eq!(
+            (r.status, r.refund, r.total),
+            (
+                RefundStatus::Processing,
+                Fen::new(30).unwrap(),
+                Some(Fen::new(100).unwrap())
+            )
+        );
+        let resource = br#"{"mchid":"1900000109","transaction_id":"4200000000000000000000000001","out_trade_no":"W1","refund_id":"5000","out_refund_no":"R1","refund_status":"SUCCESS","success_time":"2018-06-08T10:34:56+08:00","amount":{"total":100,"refund":30,"payer_total":100,"payer_refund":30}}"#;
+        let r = refund_record(resource).unwrap();
+        assert_eq!((r.status, r.success_time), (RefundStatus::Success, Some(1_528_425_296)));
+        assert!(
+            refund_record(br#"{"refund_id":"1","out_refund_no":"R1","out_trade_no":"W1","status":"SUCCESS"}"#).is_err()
+        );
+        let request = CreateRefund {
+            out_trade_no: &OutTradeNo::new("W1").unwrap(),
+            out_refund_no: &OutRefundNo::new("R1").unwrap(),
+            reason: None,
+            notify_url: None,
+            refund: Fen::new(30).unwrap(),
+            total: Fen::new(100).unwrap(),
+        }
+        .request();
+        assert_eq!(
+            request.body,
+            r#"{"out_trade_no":"W1","out_refund_no":"R1","amount":{"refund":30,"total":100,"currency":"CNY"}}"#
+        );
+    }
+
+    #[test]
+    fn error_answers_keep_the_code_and_get_the_retry_class_of_b6() {
+        let e = V3Error::read(404, r#"{"code":"ORDER_NOT_EXIST","message":"订单不存在"}"#.as_bytes());
+        assert_eq!((e.code.as_str(), e.retry()), ("ORDER_NOT_EXIST", Retry::Final));
+        assert_eq!(
+            V3Error::read(500, br#"{"code":"SYSTEM_ERROR","message":"x"}"#).retry(),
+            Retry::SameParameters
+        );
+        assert_eq!(
+            V3Error::read(429, br#"{"code":"FREQUENCY_LIMITED","message":"x"}"#).retry(),
+            Retry::WaitAndRetry
+        );
+        assert_eq!(V3Error::read(503, b"<html>busy</html>").retry(), Retry::WaitAndRetry);
+        assert_eq!(
+            V3Error::read(401, br#"{"code":"SIGN_ERROR","message":"x"}"#).retry(),
+            Retry::Final
+        );
+        let odd = V3Error::read(502, b"<html>bad gateway</html>");
+        assert_eq!(
+            (odd.code.as_str(), odd.message.as_str()),
+            ("", "<html>bad gateway</html>")
+        );
+    }
+}

@@ -11,6 +11,7 @@
 //! - [`calls`]: the JSAPI calls as request values (create, query, close, refund, refund
 //!   query), their answers read into typed records, and [`calls::V3Error`] with the retry
 //!   classes of APIv2.
+//! - [`notify`]: a notification's envelope, its resource decrypted and read into an event.
 //!
 //! Time, nonces and keys come in as arguments, so every function is checked against the
 //! known answers of `v3.json` with a fixed clock.
@@ -20,6 +21,7 @@ pub mod auth;
 pub mod calls;
 mod der;
 pub mod keys;
+pub mod notify;
 
 pub use aead::AeadError;
 pub use auth::{SignatureHeaders, Verifier, VerifyError};

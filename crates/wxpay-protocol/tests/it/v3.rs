@@ -299,3 +299,28 @@ fn a_jsapi_order_is_the_body_the_vector_signs_and_its_notification_reads_as_a_tr
     let yuan = br#"{"appid":"a","mchid":"1","out_trade_no":"W1","trade_state":"SUCCESS","amount":{"total":1.5}}"#;
     assert!(calls::transaction(yuan).is_err());
 }
+
+#[test]
+fn a_verified_notification_reads_into_its_payment_and_refuses_a_wrong_key() {
+    use wxpay_protocol::v3::notify::{Envelope, Event, NotifyError};
+    let v = load_json("v3.json");
+    let (headers, body, now) = notification(&v);
+    platform_verifier().verify(&headers, body, now).unwrap();
+    let envelope = Envelope::read(body).unwrap();
+    assert_eq!(envelope.event_type, "TRANSACTION.SUCCESS");
+    let Event::Transaction(t) = envelope.event(text(&v["apiv3_key"]).as_bytes()).unwrap() else {
+        panic!("a payment notification read as a refund");
+    };
+    assert_eq!(t.out_trade_no.as_str(), "1217752501201407033233368018");
+    assert_eq!(
+        envelope.event(b"b7cde1ZJB1kG2e7VfTs3jQzaWizur8Gb"),
+        Err(NotifyError::Decrypt(AeadError::Tag))
+    );
+    let mut other = envelope.clone();
+    other.resource.algorithm = "AEAD_AES_128_GCM".to_owned();
+    assert!(matches!(
+        other.event(text(&v["apiv3_key"]).as_bytes()),
+        Err(NotifyError::Algorithm(_))
+    ));
+    assert!(matches!(Envelope::read(b"<xml/>"), Err(NotifyError::Envelope(_))));
+}

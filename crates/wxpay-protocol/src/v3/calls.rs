@@ -122,6 +122,10 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, Error> {
             format!("{s:?} is not an RFC 3339 time such as 2018-06-08T10:34:56+08:00"),
         )
     };
+    // Byte offsets below: only an ASCII text can be sliced at them.
+    if !s.is_ascii() {
+        return Err(invalid());
+    }
     let (local, offset) = match s.len() {
         20 if s.ends_with('Z') => (&s[..19], 0),
         25 => {
@@ -538,6 +542,9 @@ mod tests {
             "2018-06-08T10:34:56",
             "2018-06-08T10:34:56+0800",
             "x",
+            // 25 bytes with a character across the offsets that are sliced.
+            "2018-06-08T10:34:5时8:00",
+            "2018-06-08T10:34:56+0时0",
         ] {
             assert!(parse_rfc3339(bad).is_err(), "{bad}");
         }

@@ -475,6 +475,148 @@ pub fn refund_record(body: &[u8]) -> Result<RefundRecord, Error> {
     })
 }
 
+/// `GET /v3/certificates`: the platform certificates, each encrypted with the APIv3 key.
+pub fn certificates() -> Request {
+    Request {
+        method: "GET",
+        url: "/v3/certificates".to_owned(),
+        body: String::new(),
+    }
+}
+
+/// A platform certificate as `/v3/certificates` lists it, decrypted.
+#[derive(Clone, Debug)]
+pub struct PlatformCertificate {
+    /// The serial the list names (checked against the certificate's own).
+    pub serial_no: String,
+    /// When it takes effect (RFC 3339, as listed).
+    pub effective_time: String,
+    /// When it expires (RFC 3339, as listed; moved earlier during a rotation).
+    pub expire_time: String,
+    /// The certificate's PEM.
+    pub pem: String,
+    /// The certificate, parsed.
+    pub certificate: super::Certificate,
+}
+
+/// Reads `/v3/certificates`' answer (after its signature is verified) and decrypts every
+/// certificate with the APIv3 key. A certificate whose serial is not the one listed is
+/// refused: the list must not name a key for another.
+///
+/// # Errors
+/// [`Error::InvalidField`] for a list that is not the expected JSON, a certificate that does
+/// not decrypt or parse, or a serial that does not match.
+pub fn platform_certificates(body: &[u8], api_v3_key: &[u8]) -> Result<Vec<PlatformCertificate>, Error> {
+    #[derive(Deserialize)]
+    struct List {
+        data: Vec<Item>,
+    }
+    #[derive(Deserialize)]
+    struct Item {
+        serial_no: String,
+        #[serde(default)]
+        effective_time: String,
+        #[serde(default)]
+        expire_time: String,
+        encrypt_certificate: Encrypted,
+    }
+    #[derive(Deserialize)]
+    struct Encrypted {
+        algorithm: String,
+        nonce: String,
+        #[serde(default)]
+        associated_data: String,
+        ciphertext: String,
+    }
+    let field = |reason: String| Error::InvalidField {
+        field: "data".to_owned(),
+        reason,
+    };
+    let list: List = parse(body)?;
+    list.data
+        .into_iter()
+        .map(|item| {
+            let e = &item.encrypt_certificate;
+            if e.algorithm != "AEAD_AES_256_GCM" {
+                return Err(field(format!("certificate {} uses {:?}", item.serial_no, e.algorithm)));
+            }
+            let plain = super::aead::decrypt(api_v3_key, &e.nonce, &e.associated_data, &e.ciphertext)
+                .map_err(|err| field(format!("certificate {}: {err}", item.serial_no)))?;
+            let pem =
+                String::from_utf8(plain).map_err(|_| field(format!("certificate {} is not text", item.serial_no)))?;
+            let certificate = super::Certificate::from_pem(&pem)?;
+            if !certificate.serial_no().eq_ignore_ascii_case(&item.serial_no) {
+                return Err(field(format!(
+                    "the list names serial {} for a certificate with serial {}",
+                    item.serial_no,
+                    certificate.serial_no()
+                )));
+            }
+            Ok(PlatformCertificate {
+                serial_no: certificate.serial_no().to_owned(),
+                effective_time: item.effective_time,
+                expire_time: item.expire_time,
+                pem,
+                certificate,
+            })
+        })
+        .collect()
+}
+
+/// `GET /v3/bill/tradebill?bill_date=YYYY-MM-DD&bill_type=ALL`: where to download a day's
+/// trade bill.
+pub fn trade_bill(bill_date: &str) -> Request {
+    Request {
+        method: "GET",
+        url: format!("/v3/bill/tradebill?bill_date={}&bill_type=ALL", segment(bill_date)),
+        body: String::new(),
+    }
+}
+
+/// Where a bill is, and the digest its bytes must have.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct BillLocation {
+    /// `SHA1`.
+    pub hash_type: String,
+    /// The digest, hex.
+    pub hash_value: String,
+    /// Where to download it (a signed GET whose answer carries no signature).
+    pub download_url: String,
+}
+
+/// Reads the answer to [`trade_bill`].
+///
+/// # Errors
+/// [`Error::InvalidField`] when it is not the expected JSON.
+pub fn bill_location(body: &[u8]) -> Result<BillLocation, Error> {
+    parse(body)
+}
+
+impl BillLocation {
+    /// Checks the downloaded bytes against the digest (the download itself is not signed).
+    ///
+    /// # Errors
+    /// [`Error::InvalidField`] for another hash type or digest.
+    pub fn check(&self, file: &[u8]) -> Result<(), Error> {
+        if !self.hash_type.eq_ignore_ascii_case("SHA1") {
+            return Err(Error::InvalidField {
+                field: "hash_type".to_owned(),
+                reason: format!("{:?}; only SHA1 is used", self.hash_type),
+            });
+        }
+        let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, file);
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        if hex.eq_ignore_ascii_case(&self.hash_value) {
+            Ok(())
+        } else {
+            Err(Error::InvalidField {
+                field: "hash_value".to_owned(),
+                reason: format!("the file's SHA1 is {hex}, the bill says {}", self.hash_value),
+            })
+        }
+    }
+}
+
 /// An error answer of APIv3: the HTTP status and the body's `code`, `message` and `detail`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("WeChat Pay answered HTTP {status} {code}: {message}")]
@@ -592,6 +734,25 @@ mod tests {
             request.body,
             r#"{"out_trade_no":"W1","out_refund_no":"R1","amount":{"refund":30,"total":100,"currency":"CNY"}}"#
         );
+    }
+
+    #[test]
+    fn a_bill_is_checked_against_its_sha1_and_its_date_goes_in_the_query() {
+        assert_eq!(
+            trade_bill("2026-12-02").url,
+            "/v3/bill/tradebill?bill_date=2026-12-02&bill_type=ALL"
+        );
+        let location = bill_location(
+            br#"{"hash_type":"SHA1","hash_value":"a9993e364706816aba3e25717850c26c9cd0d89d","download_url":"https://api.mch.weixin.qq.com/v3/billdownload/file?token=x"}"#,
+        )
+        .unwrap();
+        assert!(location.check(b"abc").is_ok());
+        assert!(location.check(b"abd").is_err());
+        let sha256 = BillLocation {
+            hash_type: "SHA256".to_owned(),
+            ..location
+        };
+        assert!(sha256.check(b"abc").is_err());
     }
 
     #[test]

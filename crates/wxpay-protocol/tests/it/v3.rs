@@ -324,3 +324,35 @@ fn a_verified_notification_reads_into_its_payment_and_refuses_a_wrong_key() {
     ));
     assert!(matches!(Envelope::read(b"<xml/>"), Err(NotifyError::Envelope(_))));
 }
+
+#[test]
+fn the_certificate_list_decrypts_and_a_serial_naming_another_certificate_is_refused() {
+    use wxpay_protocol::v3::calls;
+    let v = load_json("v3.json");
+    let key = text(&v["apiv3_key"]);
+    let cert = pem("platform_cert.pem");
+    let serial = text(&v["platform"]["serial_no"]);
+    let list = |listed: &str| {
+        let ciphertext = aead::encrypt(key.as_bytes(), "14b16c03dc1b", "certificate", cert.as_bytes()).unwrap();
+        serde_json::json!({"data": [{
+            "serial_no": listed,
+            "effective_time": "2023-09-19T23:15:58+08:00",
+            "expire_time": "2028-09-17T23:15:58+08:00",
+            "encrypt_certificate": {"algorithm": "AEAD_AES_256_GCM", "nonce": "14b16c03dc1b",
+                "associated_data": "certificate", "ciphertext": ciphertext}
+        }]})
+        .to_string()
+    };
+    let certs = calls::platform_certificates(list(serial).as_bytes(), key.as_bytes()).unwrap();
+    assert_eq!(certs.len(), 1);
+    assert_eq!(certs[0].serial_no, serial);
+    assert_eq!(certs[0].pem, cert);
+    // The decrypted certificate verifies the notification it signed.
+    let (headers, body, now) = notification(&v);
+    Verifier::new()
+        .with_certificate(&certs[0].certificate)
+        .verify(&headers, body, now)
+        .unwrap();
+    assert!(calls::platform_certificates(list("ABCDEF").as_bytes(), key.as_bytes()).is_err());
+    assert!(calls::platform_certificates(list(serial).as_bytes(), b"b7cde1ZJB1kG2e7VfTs3jQzaWizur8Gb").is_err());
+}

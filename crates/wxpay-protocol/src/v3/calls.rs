@@ -168,6 +168,43 @@ fn to_json<T: Serialize>(body: &T) -> String {
     serde_json::to_string(body).unwrap_or_default()
 }
 
+/// The fields of an answer's JSON object, read by name.
+struct Object<'a>(&'a Value);
+
+impl Object<'_> {
+    /// A non-empty text field.
+    fn text(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(Value::as_str).filter(|s| !s.is_empty())
+    }
+
+    /// A text field that must be there.
+    fn required(&self, name: &str) -> Result<String, Error> {
+        self.text(name)
+            .map(str::to_owned)
+            .ok_or_else(|| Error::MissingField(name.to_owned()))
+    }
+
+    /// `amount.<name>`, a whole number of fen, when given.
+    fn fen(&self, name: &str) -> Result<Option<Fen>, Error> {
+        match self.0.get("amount").and_then(|a| a.get(name)) {
+            None | Some(Value::Null) => Ok(None),
+            Some(t) => t
+                .as_u64()
+                .ok_or_else(|| Error::InvalidField {
+                    field: format!("amount.{name}"),
+                    reason: format!("{t} is not a whole number of fen"),
+                })
+                .and_then(Fen::new)
+                .map(Some),
+        }
+    }
+
+    /// A time field, RFC 3339, when given.
+    fn time(&self, name: &str) -> Result<Option<i64>, Error> {
+        self.text(name).map(parse_rfc3339).transpose()
+    }
+}
+
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(body).map_err(|e| Error::InvalidField {
         field: "body".to_owned(),
@@ -214,41 +251,8 @@ pub fn close(out_trade_no: &OutTradeNo, mchid: &MchId) -> Request {
     }
 }
 
-/// A transaction's state (`trade_state`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TradeState {
-    /// Paid.
-    Success,
-    /// Paid, then refunded (in part or whole).
-    Refund,
-    /// Not paid.
-    NotPay,
-    /// Closed.
-    Closed,
-    /// Revoked (micropay).
-    Revoked,
-    /// The payer is paying (micropay).
-    UserPaying,
-    /// The payment failed.
-    PayError,
-    /// Any other state, verbatim.
-    Other(String),
-}
-
-impl TradeState {
-    fn parse(s: &str) -> TradeState {
-        match s {
-            "SUCCESS" => TradeState::Success,
-            "REFUND" => TradeState::Refund,
-            "NOTPAY" => TradeState::NotPay,
-            "CLOSED" => TradeState::Closed,
-            "REVOKED" => TradeState::Revoked,
-            "USERPAYING" => TradeState::UserPaying,
-            "PAYERROR" => TradeState::PayError,
-            other => TradeState::Other(other.to_owned()),
-        }
-    }
-}
+/// A transaction's state (`trade_state`): the same states and names as APIv2's.
+pub use crate::v2::TradeState;
 
 /// A transaction, as a query answers it and a `TRANSACTION.SUCCESS` notification's resource
 /// holds it.
@@ -282,32 +286,16 @@ pub struct Transaction {
 /// [`Error`] when a field is missing or of another shape (an amount that is not whole fen).
 pub fn transaction(body: &[u8]) -> Result<Transaction, Error> {
     let v: Value = parse(body)?;
-    let text = |name: &str| v.get(name).and_then(Value::as_str).filter(|s| !s.is_empty());
-    let required = |name: &str| {
-        text(name)
-            .map(str::to_owned)
-            .ok_or_else(|| Error::MissingField(name.to_owned()))
-    };
+    let o = Object(&v);
     let amount = v.get("amount");
-    let total = match amount.and_then(|a| a.get("total")) {
-        None | Some(Value::Null) => None,
-        Some(t) => Some(
-            t.as_u64()
-                .ok_or_else(|| Error::InvalidField {
-                    field: "amount.total".to_owned(),
-                    reason: format!("{t} is not a whole number of fen"),
-                })
-                .and_then(Fen::new)?,
-        ),
-    };
     Ok(Transaction {
-        appid: required("appid")?,
-        mchid: required("mchid")?,
-        out_trade_no: OutTradeNo::new(required("out_trade_no")?)?,
-        transaction_id: text("transaction_id").map(str::to_owned),
-        trade_state: TradeState::parse(&required("trade_state")?),
-        success_time: text("success_time").map(parse_rfc3339).transpose()?,
-        total,
+        appid: o.required("appid")?,
+        mchid: o.required("mchid")?,
+        out_trade_no: OutTradeNo::new(o.required("out_trade_no")?)?,
+        transaction_id: o.text("transaction_id").map(str::to_owned),
+        trade_state: TradeState::parse(&o.required("trade_state")?),
+        success_time: o.time("success_time")?,
+        total: o.fen("total")?,
         currency: amount
             .and_then(|a| a.get("currency"))
             .and_then(Value::as_str)
@@ -317,7 +305,7 @@ pub fn transaction(body: &[u8]) -> Result<Transaction, Error> {
             .and_then(|p| p.get("openid"))
             .and_then(Value::as_str)
             .map(str::to_owned),
-        attach: text("attach").map(str::to_owned),
+        attach: o.text("attach").map(str::to_owned),
     })
 }
 
@@ -441,37 +429,22 @@ pub struct RefundRecord {
 /// [`Error`] when a field is missing or of another shape.
 pub fn refund_record(body: &[u8]) -> Result<RefundRecord, Error> {
     let v: Value = parse(body)?;
-    let text = |name: &str| v.get(name).and_then(Value::as_str).filter(|s| !s.is_empty());
-    let required = |name: &str| {
-        text(name)
-            .map(str::to_owned)
-            .ok_or_else(|| Error::MissingField(name.to_owned()))
-    };
-    let fen = |name: &'static str| -> Result<Option<Fen>, Error> {
-        match v.get("amount").and_then(|a| a.get(name)) {
-            None | Some(Value::Null) => Ok(None),
-            Some(t) => t
-                .as_u64()
-                .ok_or_else(|| Error::InvalidField {
-                    field: format!("amount.{name}"),
-                    reason: format!("{t} is not a whole number of fen"),
-                })
-                .and_then(Fen::new)
-                .map(Some),
-        }
-    };
-    let status = text("status")
-        .or_else(|| text("refund_status"))
+    let o = Object(&v);
+    let status = o
+        .text("status")
+        .or_else(|| o.text("refund_status"))
         .ok_or_else(|| Error::MissingField("status".to_owned()))?;
     Ok(RefundRecord {
-        refund_id: required("refund_id")?,
-        out_refund_no: OutRefundNo::new(required("out_refund_no")?)?,
-        out_trade_no: OutTradeNo::new(required("out_trade_no")?)?,
-        transaction_id: text("transaction_id").map(str::to_owned),
+        refund_id: o.required("refund_id")?,
+        out_refund_no: OutRefundNo::new(o.required("out_refund_no")?)?,
+        out_trade_no: OutTradeNo::new(o.required("out_trade_no")?)?,
+        transaction_id: o.text("transaction_id").map(str::to_owned),
         status: RefundStatus::parse(status),
-        success_time: text("success_time").map(parse_rfc3339).transpose()?,
-        refund: fen("refund")?.ok_or_else(|| Error::MissingField("amount.refund".to_owned()))?,
-        total: fen("total")?,
+        success_time: o.time("success_time")?,
+        refund: o
+            .fen("refund")?
+            .ok_or_else(|| Error::MissingField("amount.refund".to_owned()))?,
+        total: o.fen("total")?,
     })
 }
 

@@ -189,8 +189,8 @@ pub struct Damaged {
     pub value: String,
 }
 
-/// Reading and writing typed values in columns, for both engines: an amount is a `BIGINT`
-/// of fen, numbers and statuses are text.
+/// Reading typed values from columns, for both engines: an amount is a `BIGINT` of fen
+/// (written with [`Fen::as_i64`]), numbers and statuses are text.
 pub(crate) mod col {
     use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 
@@ -201,11 +201,6 @@ pub(crate) mod col {
             what,
             value: value.to_string(),
         }
-    }
-
-    /// An amount as stored.
-    pub(crate) fn fen_sql(f: Fen) -> i64 {
-        f.as_i64()
     }
 
     /// A stored amount; a negative one is damaged.

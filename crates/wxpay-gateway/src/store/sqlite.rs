@@ -28,7 +28,6 @@ use super::{
 };
 use crate::store::Damaged;
 use crate::time::Millis;
-use col::fen_sql;
 use rusqlite::types::Type;
 use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 
@@ -598,13 +597,13 @@ fn set_figures(
         )?
         .execute(params![
             after.status.as_str(),
-            fen_sql(after.refunded_fen),
-            fen_sql(after.reserved_fen),
+            after.refunded_fen.as_i64(),
+            after.reserved_fen.as_i64(),
             now,
             order_id,
             before.status.as_str(),
-            fen_sql(before.refunded_fen),
-            fen_sql(before.reserved_fen)
+            before.refunded_fen.as_i64(),
+            before.reserved_fen.as_i64()
         ])?;
     if changed == 0 {
         return Err(StoreError::Broken(
@@ -686,7 +685,7 @@ fn create_refund(c: &Connection, n: &NewRefund) -> Result<RefundCreated, StoreEr
         n.merchant,
         n.out_trade_no.as_str(),
         n.out_refund_no.as_str(),
-        fen_sql(n.amount_fen),
+        n.amount_fen.as_i64(),
         n.reason,
         n.now,
         n.first_check_at,
@@ -759,7 +758,7 @@ fn import_refund(c: &Connection, i: &ImportedRefund) -> Result<RefundCreated, St
         i.merchant,
         i.out_trade_no.as_str(),
         i.out_refund_no.as_str(),
-        fen_sql(i.amount_fen),
+        i.amount_fen.as_i64(),
         i.refund_id,
         i.now,
         i.accepted_at
@@ -900,7 +899,7 @@ impl Store for SqliteStore {
                     n.appid,
                     n.mch_id,
                     n.description,
-                    fen_sql(n.amount_fen),
+                    n.amount_fen.as_i64(),
                     n.openid,
                     n.attach,
                     n.client_ip,
@@ -1320,7 +1319,7 @@ impl Store for SqliteStore {
                      WHERE id = ?3 AND status IN ('paid', 'refunded') AND refund_reserved_fen <= ?1 \
                      AND NOT EXISTS (SELECT 1 FROM refunds WHERE order_id = ?3 AND status = 'pending' AND upstream != 'created')",
                 )?
-                .execute(params![fen_sql(amount_fen), now, order_id])?;
+                .execute(params![amount_fen.as_i64(), now, order_id])?;
             if changed == 0 {
                 return Ok(None);
             }

@@ -11,7 +11,6 @@ use tokio::sync::{mpsc, oneshot};
 use super::rows::{ORDER_COLUMNS, order_by_number_sql, order_columns_of, order_row};
 use wxpay_protocol::Fen;
 
-use crate::store::col::fen_sql;
 use crate::store::{
     Created, NewOrder, NoticeKind, NotificationRecord, Order, Payment, PaymentOutcome, StoreError, Verdict, event_id,
 };
@@ -150,7 +149,7 @@ pub(super) async fn apply_one(
     let row = sqlx::query(sqlx::AssertSqlSafe(apply_payment_sql()))
         .bind(&p.merchant)
         .bind(p.out_trade_no.as_str())
-        .bind(fen_sql(p.amount_fen))
+        .bind(p.amount_fen.as_i64())
         .bind(&p.transaction_id)
         .bind(p.paid_at)
         .bind(p.now)
@@ -370,7 +369,7 @@ pub(super) async fn call_batch(
         let p = &j.payment;
         merchant.push(p.merchant.clone());
         out_trade_no.push(p.out_trade_no.as_str().to_owned());
-        amount.push(fen_sql(p.amount_fen));
+        amount.push(p.amount_fen.as_i64());
         transaction_id.push(p.transaction_id.clone());
         paid_at.push(p.paid_at);
         now.push(p.now);
@@ -506,7 +505,7 @@ pub(super) async fn create_one(pool: &PgPool, n: NewOrder) -> Result<Created, St
         .bind(&n.appid)
         .bind(&n.mch_id)
         .bind(&n.description)
-        .bind(fen_sql(n.amount_fen))
+        .bind(n.amount_fen.as_i64())
         .bind(&n.openid)
         .bind(&n.attach)
         .bind(&n.client_ip)
@@ -591,7 +590,7 @@ pub(super) async fn create_batch(pool: &PgPool, jobs: &[CreateJob]) -> Result<Ve
         .bind(col(|o| o.appid.clone()))
         .bind(col(|o| o.mch_id.clone()))
         .bind(col(|o| o.description.clone()))
-        .bind(num(|o| fen_sql(o.amount_fen)))
+        .bind(num(|o| o.amount_fen.as_i64()))
         .bind(col(|o| o.openid.clone()))
         .bind(jobs.iter().map(|j| j.order.attach.clone()).collect::<Vec<_>>())
         .bind(col(|o| o.client_ip.clone()))

@@ -13,7 +13,6 @@ use super::tx::{
 };
 use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 
-use crate::store::col::fen_sql;
 use crate::store::{
     Created, DailyClaim, Event, Fut, IdemClaim, IdemKey, ImportedRefund, NewOrder, NewRefund, NotificationRecord,
     Order, OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated,
@@ -614,7 +613,7 @@ impl Store for PgStore {
                  WHERE id = $3 AND status IN ('paid', 'refunded') AND refund_reserved_fen <= $1 \
                  AND NOT EXISTS (SELECT 1 FROM refunds WHERE order_id = $3 AND status = 'pending' AND upstream != 'created')",
             )
-            .bind(fen_sql(amount_fen))
+            .bind(amount_fen.as_i64())
             .bind(now)
             .bind(order_id)
             .execute(&mut *tx)

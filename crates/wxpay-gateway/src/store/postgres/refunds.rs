@@ -11,7 +11,6 @@ use crate::store::{
     StoreError, col,
 };
 use crate::time::Millis;
-use col::fen_sql;
 use wxpay_protocol::Fen;
 
 /// Raises a locked, paid order's reserved refund sum by `amount` if it stays within the
@@ -59,13 +58,13 @@ pub(super) async fn set_figures(
          WHERE id = $5 AND status = $6 AND refunded_fen = $7 AND refund_reserved_fen = $8",
     )
     .bind(after.status.as_str())
-    .bind(fen_sql(after.refunded_fen))
-    .bind(fen_sql(after.reserved_fen))
+    .bind(after.refunded_fen.as_i64())
+    .bind(after.reserved_fen.as_i64())
     .bind(now)
     .bind(order_id)
     .bind(before.status.as_str())
-    .bind(fen_sql(before.refunded_fen))
-    .bind(fen_sql(before.reserved_fen))
+    .bind(before.refunded_fen.as_i64())
+    .bind(before.reserved_fen.as_i64())
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -140,7 +139,7 @@ pub(super) async fn create_refund(tx: &mut Tx, n: &NewRefund) -> Result<RefundCr
     .bind(&n.merchant)
     .bind(n.out_trade_no.as_str())
     .bind(n.out_refund_no.as_str())
-    .bind(fen_sql(n.amount_fen))
+    .bind(n.amount_fen.as_i64())
     .bind(&n.reason)
     .bind(n.now)
     .bind(n.first_check_at)
@@ -222,7 +221,7 @@ pub(super) async fn import_refund(tx: &mut Tx, i: &ImportedRefund) -> Result<Ref
     .bind(&i.merchant)
     .bind(i.out_trade_no.as_str())
     .bind(i.out_refund_no.as_str())
-    .bind(fen_sql(i.amount_fen))
+    .bind(i.amount_fen.as_i64())
     .bind(&i.refund_id)
     .bind(i.now)
     .bind(i.accepted_at)

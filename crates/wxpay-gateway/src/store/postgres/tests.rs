@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 use super::PgStore;
 use super::batch::{PaymentJob, apply_batch, apply_one, call_batch, set_based_fits};
-use crate::store::col::{self, fen_sql};
+use crate::store::col;
 use crate::store::rules::{OrderFacts, PaymentVerdict, payment_verdict};
 use crate::store::{NoticeKind, NotificationRecord, OrderStatus, Payment, PaymentOutcome, Source, StoreError};
 use crate::time::Millis;
@@ -324,7 +324,7 @@ async fn read_back(pool: &PgPool, n: usize) -> (Vec<Stored>, Vec<(i64, i64)>, Ve
 fn verdict_of(o: &Result<PaymentOutcome, StoreError>) -> Expected {
     let seen = |o: &crate::store::Order| {
         Some(Stored {
-            amount: fen_sql(o.amount_fen),
+            amount: o.amount_fen.as_i64(),
             status: o.status,
             txid: o.transaction_id.clone(),
             paid_at: o.paid_at,

@@ -42,8 +42,8 @@ pub use error::Error;
 pub use fields::Fields;
 pub use sign::Signature;
 pub use types::{
-    ApiKey, AppId, AppSecret, BeijingTime, Fen, MchId, Merchant, Nonce, OutRefundNo, OutTradeNo, SignType, mask_secret,
-    rfc3339_utc_millis,
+    ApiKey, ApiV3Key, AppId, AppSecret, BeijingTime, Fen, MchId, Merchant, Nonce, OutRefundNo, OutTradeNo, SignType,
+    mask_secret, rfc3339_utc_millis,
 };
 
 /// `Result` with this crate's [`Error`].

@@ -481,6 +481,64 @@ impl FromStr for ApiKey {
     }
 }
 
+/// The merchant's APIv3 key (APIv3密钥): 32 bytes, set in the merchant platform, the AES-256-GCM
+/// key of notification resources and downloaded platform certificates. `Debug` and `Display`
+/// never show it.
+#[derive(Clone)]
+pub struct ApiV3Key(String);
+
+impl ApiV3Key {
+    /// Parses and checks an APIv3 key.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] with the reason, which never contains the key itself.
+    pub fn new(value: impl Into<String>) -> Result<ApiV3Key, Error> {
+        let raw: String = value.into();
+        if raw.trim() != raw {
+            return Err(Error::invalid(
+                "APIv3 key",
+                "it starts or ends with whitespace (a newline from a key file?); the key is exactly the 32 characters",
+            ));
+        }
+        if raw.len() != 32 || !raw.is_ascii() {
+            return Err(Error::invalid(
+                "APIv3 key",
+                format!(
+                    "it has {} bytes; an APIv3 key is exactly 32 ASCII characters (set in the merchant platform under API安全, and it is not the APIv2 key)",
+                    raw.len()
+                ),
+            ));
+        }
+        Ok(ApiV3Key(raw))
+    }
+
+    /// The key's bytes, for AES-256-GCM. Never log or display them.
+    pub fn expose(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for ApiV3Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiV3Key(<redacted>)")
+    }
+}
+
+impl fmt::Display for ApiV3Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted APIv3 key>")
+    }
+}
+
+impl PartialEq for ApiV3Key {
+    fn eq(&self, other: &ApiV3Key) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+    }
+}
+
+impl Eq for ApiV3Key {}
+
 /// A mini program's AppSecret, used only for `jscode2session`. `Debug` and `Display` never
 /// show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -726,6 +784,21 @@ mod tests {
         assert!(OutTradeNo::new("订单1").is_err());
         assert!(OutTradeNo::new("a@b").is_err());
         assert!(OutRefundNo::new("a@b").is_ok());
+    }
+
+    #[test]
+    fn an_apiv3_key_is_32_bytes_and_never_shown() {
+        let key = ApiV3Key::new("wxpaySimulatorApiV3TestKey000001").unwrap();
+        assert_eq!(key.expose().len(), 32);
+        assert_eq!(format!("{key:?} {key}"), "ApiV3Key(<redacted>) <redacted APIv3 key>");
+        let err = ApiV3Key::new("wxpaySimulatorApiV3TestKey00000")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("31 bytes") && !err.contains("wxpaySim"), "{err}");
+        let err = ApiV3Key::new("wxpaySimulatorApiV3TestKey000001\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("whitespace"), "{err}");
     }
 
     #[test]

@@ -96,9 +96,19 @@ pub(crate) fn rsa_key_of_spki(spki: &[u8]) -> Result<&[u8], Error> {
     }
 }
 
-/// A certificate's serial number (upper-case hex without leading zeros, as WeChat Pay
-/// writes it) and its `SubjectPublicKeyInfo`.
-pub(crate) fn certificate_parts(cert: &[u8]) -> Result<(String, &[u8]), Error> {
+/// What a certificate says of itself that APIv3 needs.
+pub(crate) struct CertParts<'a> {
+    /// Upper-case hex without leading zeros, as WeChat Pay writes it.
+    pub serial: String,
+    /// The `SubjectPublicKeyInfo`.
+    pub spki: &'a [u8],
+    /// When it takes effect and expires, Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+/// A certificate's serial number, validity and `SubjectPublicKeyInfo`.
+pub(crate) fn certificate_parts(cert: &[u8]) -> Result<CertParts<'_>, Error> {
     let (certificate, _) = expect(cert, SEQUENCE, "Certificate")?;
     let (tbs, _) = expect(certificate, SEQUENCE, "TBSCertificate")?;
     let mut rest = tbs;
@@ -106,23 +116,52 @@ pub(crate) fn certificate_parts(cert: &[u8]) -> Result<(String, &[u8]), Error> {
         rest = expect(rest, VERSION, "the version")?.1;
     }
     let (serial, rest) = expect(rest, INTEGER, "the serial number")?;
-    // signature, issuer, validity, subject: skipped; then the key.
-    let mut rest = rest;
-    for _ in 0..4 {
-        rest = element(rest)?.2;
-    }
+    // signature and issuer: skipped; then the validity, the subject (skipped), the key.
+    let rest = element(rest)?.2;
+    let rest = element(rest)?.2;
+    let (validity, rest) = expect(rest, SEQUENCE, "the validity")?;
+    let (not_before, after) = time(validity)?;
+    let (not_after, _) = time(after)?;
+    let rest = element(rest)?.2;
     let (_, _, after) = element(rest)?;
     let spki = &rest[..rest.len() - after.len()];
     let digits: String = serial.iter().map(|b| format!("{b:02X}")).collect();
     let trimmed = digits.trim_start_matches('0');
-    Ok((
-        if trimmed.is_empty() {
+    Ok(CertParts {
+        serial: if trimmed.is_empty() {
             "0".to_owned()
         } else {
             trimmed.to_owned()
         },
         spki,
-    ))
+        not_before,
+        not_after,
+    })
+}
+
+const UTC_TIME: u8 = 0x17;
+const GENERALIZED_TIME: u8 = 0x18;
+
+/// A `Time` of a validity (`UTCTime` `YYMMDDHHMMSSZ`, years 1950–2049, or `GeneralizedTime`
+/// `YYYYMMDDHHMMSSZ`), in Unix seconds, and what follows it.
+fn time(input: &[u8]) -> Result<(i64, &[u8]), Error> {
+    let (tag, content, rest) = element(input)?;
+    let text = std::str::from_utf8(content).map_err(|_| invalid("a certificate time is not text".to_owned()))?;
+    let digits = text
+        .strip_suffix('Z')
+        .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| invalid(format!("certificate time {text:?} is not in UTC")))?;
+    let full = match (tag, digits.len()) {
+        (UTC_TIME, 12) => {
+            let yy: u32 = digits[..2].parse().unwrap_or(0);
+            format!("{}{digits}", if yy < 50 { "20" } else { "19" })
+        }
+        (GENERALIZED_TIME, 14) => digits.to_owned(),
+        _ => return Err(invalid(format!("certificate time {text:?} has another form"))),
+    };
+    // The compact form is read as Beijing time; the certificate's is UTC, eight hours behind.
+    let beijing = crate::BeijingTime::parse_compact(&full).map_err(|e| invalid(format!("certificate time: {e}")))?;
+    Ok((beijing.unix() + 8 * 3600, rest))
 }
 
 #[cfg(test)]
@@ -155,6 +194,15 @@ mod tests {
             cert.extend_from_slice(&bytes);
             let _ = certificate_parts(&cert);
         }
+    }
+
+    #[test]
+    fn certificate_times_are_read_in_both_forms() {
+        assert_eq!(time(b"\x17\x0d491231235959Z").unwrap().0, 2_524_607_999);
+        assert_eq!(time(b"\x17\x0d500101000000Z").unwrap().0, -631_152_000);
+        assert_eq!(time(b"\x18\x0f20500101000000Z").unwrap().0, 2_524_608_000);
+        assert!(time(b"\x17\x0d491231235959+").is_err());
+        assert!(time(b"\x18\x0d491231235959Z").is_err());
     }
 
     #[test]

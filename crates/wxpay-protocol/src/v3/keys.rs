@@ -128,6 +128,8 @@ impl PublicKey {
 pub struct Certificate {
     serial_no: String,
     key: PublicKey,
+    not_before: i64,
+    not_after: i64,
 }
 
 impl Certificate {
@@ -144,12 +146,14 @@ impl Certificate {
                 what: "certificate",
                 reason: "no CERTIFICATE block in the PEM".to_owned(),
             })?;
-        let (serial_no, spki) = der::certificate_parts(&der)?;
+        let parts = der::certificate_parts(&der)?;
         Ok(Certificate {
-            serial_no,
+            serial_no: parts.serial,
             key: PublicKey {
-                rsa: der::rsa_key_of_spki(spki)?.to_vec(),
+                rsa: der::rsa_key_of_spki(parts.spki)?.to_vec(),
             },
+            not_before: parts.not_before,
+            not_after: parts.not_after,
         })
     }
 
@@ -161,5 +165,16 @@ impl Certificate {
     /// The certificate's public key.
     pub fn public_key(&self) -> &PublicKey {
         &self.key
+    }
+
+    /// When it takes effect (Unix seconds).
+    pub fn not_before(&self) -> i64 {
+        self.not_before
+    }
+
+    /// When it expires (Unix seconds): a platform certificate past it no longer verifies
+    /// anything WeChat Pay sends, so a gateway warns well before.
+    pub fn not_after(&self) -> i64 {
+        self.not_after
     }
 }

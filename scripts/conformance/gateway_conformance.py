@@ -155,7 +155,7 @@ def run(binary, work, logs):
     with open(sim_toml, "w") as f:
         f.write(merchants_toml() + "\n[simulator]\nrefund_delay_ms = 600000\n")
     with servers.simulator(binary, os.path.join(logs, "gateway-simulator.log"), "--config", sim_toml,
-                           "--mode", "explicit") as sim, NotifySink() as sink:
+                           "--mode", "explicit", "--keys-dir", os.path.join(work, "simulator-keys")) as sim, NotifySink() as sink:
         gw_toml = os.path.join(work, "gateway.toml")
         with open(gw_toml, "w") as f:
             f.write("\n".join([

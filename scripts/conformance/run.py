@@ -40,7 +40,8 @@ def main(argv):
         print("== wechatpy {} against `wxpay simulator` (mutual TLS)".format(wechatpy.__version__), flush=True)
         tls_dir = os.path.join(work, "simulator-tls")
         with servers.simulator(binary, os.path.join(logs, "simulator.log"), "--mode", "explicit", "--tls",
-                               "--tls-dir", tls_dir, "--bills-immediately") as sim:
+                               "--tls-dir", tls_dir, "--keys-dir", os.path.join(work, "simulator-keys"),
+                               "--bills-immediately") as sim:
             wechatpy_conformance.with_ca(tls_dir, lambda: wechatpy_conformance.run(sim.url, tls_dir))
         print("== wechatpy {} against `wxpay serve` (its notify URLs)".format(wechatpy.__version__), flush=True)
         gateway_conformance.run(binary, os.path.join(work, "gateway"), logs)

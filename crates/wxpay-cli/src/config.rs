@@ -14,8 +14,9 @@ use serde::Deserialize;
 use wxpay_gateway::{
     ClientCert, Config, JobsConfig, Limits, MerchantConfig, ReconcileConfig, Secret, UpstreamConfig, WebhookConfig,
 };
-use wxpay_protocol::{ApiKey, AppId, AppSecret, MchId, SignType};
-use wxpay_simulator::SimMerchant;
+use wxpay_protocol::v3::Certificate;
+use wxpay_protocol::{ApiKey, ApiV3Key, AppId, AppSecret, MchId, SignType};
+use wxpay_simulator::{SimMerchant, SimV3Merchant};
 
 use crate::CliError;
 
@@ -117,10 +118,9 @@ pub(crate) struct MerchantFile {
     pub cert_password: Option<String>,
     /// Extra CA certificates (PEM) to trust for `base_url` (the simulator's `ca.pem`).
     pub ca_path: Option<String>,
-    // APIv3 keys: accepted in the file, refused with a message when used (v3 is not built yet).
-    #[allow(dead_code)]
+    // APIv3 keys: the simulator serves them; the gateway refuses api_version = "v3" with a
+    // message until its v3 provider exists.
     pub apiv3_key: Option<String>,
-    #[allow(dead_code)]
     pub serial_no: Option<String>,
     #[allow(dead_code)]
     pub platform_cert_path: Option<String>,
@@ -242,13 +242,18 @@ pub(crate) fn sim_merchants(file: &FileConfig) -> Result<Vec<SimMerchant>, Strin
             let at = |key: &str| format!("merchants[{i}].{key}");
             let appid = AppId::new(m.appid.as_str()).map_err(|e| format!("{}: {e}", at("appid")))?;
             let mch_id = MchId::new(m.mch_id.as_str()).map_err(|e| format!("{}: {e}", at("mch_id")))?;
-            let key = m.api_key.as_deref().ok_or_else(|| {
-                format!(
-                    "{} is missing: the simulator checks APIv2 signatures with it",
+            let api_key = m
+                .api_key
+                .as_deref()
+                .map(|k| ApiKey::new(k).map_err(|e| format!("{}: {e}", at("api_key"))))
+                .transpose()?;
+            let v3 = sim_v3(m, &at)?;
+            if api_key.is_none() && v3.is_none() {
+                return Err(format!(
+                    "{} is missing: the simulator checks APIv2 signatures with it (or give apiv3_key, serial_no and cert_path to serve the merchant on APIv3)",
                     at("api_key")
-                )
-            })?;
-            let api_key = ApiKey::new(key).map_err(|e| format!("{}: {e}", at("api_key")))?;
+                ));
+            }
             let secret = m.app_secret.as_deref().ok_or_else(|| {
                 format!(
                     "{} is missing: the simulator checks it in jscode2session",
@@ -261,9 +266,49 @@ pub(crate) fn sim_merchants(file: &FileConfig) -> Result<Vec<SimMerchant>, Strin
                 app_secret,
                 mch_id,
                 api_key,
+                v3,
             })
         })
         .collect()
+}
+
+/// A merchant's APIv3 credentials as the simulator needs them: the APIv3 key, and the
+/// merchant certificate whose key checks `Authorization` (its serial must be `serial_no`).
+/// `None` when the entry has none of them.
+fn sim_v3(m: &MerchantFile, at: &dyn Fn(&str) -> String) -> Result<Option<SimV3Merchant>, String> {
+    let Some(key) = m.apiv3_key.as_deref() else {
+        if m.serial_no.is_some() {
+            return Err(format!(
+                "{} is missing: serial_no is given, so APIv3 is meant",
+                at("apiv3_key")
+            ));
+        }
+        return Ok(None);
+    };
+    let apiv3_key = ApiV3Key::new(key).map_err(|e| format!("{}: {e}", at("apiv3_key")))?;
+    let serial = m
+        .serial_no
+        .as_deref()
+        .ok_or_else(|| format!("{} is missing: the serial of the merchant certificate", at("serial_no")))?;
+    let path = m.cert_path.as_deref().ok_or_else(|| {
+        format!(
+            "{} is missing: the merchant certificate (PEM) checks APIv3 signatures",
+            at("cert_path")
+        )
+    })?;
+    let pem = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read {path:?}: {e}", at("cert_path")))?;
+    let certificate = Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", at("cert_path")))?;
+    if !certificate.serial_no().eq_ignore_ascii_case(serial.trim()) {
+        return Err(format!(
+            "{}: {serial:?} is not the serial of {path:?} ({})",
+            at("serial_no"),
+            certificate.serial_no()
+        ));
+    }
+    Ok(Some(SimV3Merchant {
+        apiv3_key,
+        certificate: Some(certificate),
+    }))
 }
 
 /// What `serve` needs besides the gateway's own configuration.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use wxpay_simulator::{Mode, SimConfig, Simulator, TlsConfig};
+use wxpay_simulator::{Mode, SimConfig, Simulator, TlsConfig, V3Config, V3Signer};
 
 use crate::{CliError, config};
 
@@ -14,6 +14,14 @@ pub(crate) enum ModeArg {
     Auto,
     /// Orders are paid only through /simulator/pay or the checkout page (tests).
     Explicit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum V3SignerArg {
+    /// The WeChat Pay public key (PUB_KEY_ID_…), as for merchants onboarded since late 2024.
+    PublicKey,
+    /// The platform certificate (Wechatpay-Serial is its serial).
+    Certificate,
 }
 
 #[derive(Debug, Args)]
@@ -39,6 +47,14 @@ pub(crate) struct SimulatorArgs {
     /// mch_id) for each merchant.
     #[arg(long, default_value = "wxpay-simulator-tls", value_name = "DIR")]
     tls_dir: PathBuf,
+    /// Where WeChat Pay's APIv3 keys are made at first start (or read later): platform_key.pem,
+    /// platform_cert.pem, pub_key.pem, pub_key_id, pub_key_private.pem, and the built-in test
+    /// merchant's <mch_id>/apiclient_key.pem, apiclient_cert.pem and apiclient_serial.
+    #[arg(long, default_value = "wxpay-simulator-keys", value_name = "DIR")]
+    keys_dir: PathBuf,
+    /// What signs APIv3 answers and notifications, and so what Wechatpay-Serial names.
+    #[arg(long, value_enum, default_value_t = V3SignerArg::PublicKey)]
+    v3_signer: V3SignerArg,
     /// Serve today's bill at once instead of "Bill Creating" until 10:00 the next day.
     #[arg(long)]
     bills_immediately: bool,
@@ -84,6 +100,13 @@ pub(crate) fn run(args: SimulatorArgs) -> Result<(), CliError> {
     };
     config.time_scale = args.time_scale;
     config.bills_immediately |= args.bills_immediately;
+    config.v3 = Some(V3Config {
+        keys_dir: args.keys_dir.clone(),
+        signer: match args.v3_signer {
+            V3SignerArg::PublicKey => V3Signer::PublicKey,
+            V3SignerArg::Certificate => V3Signer::Certificate,
+        },
+    });
     if args.tls {
         config.tls = Some(TlsConfig {
             dir: args.tls_dir.clone(),
@@ -102,10 +125,23 @@ pub(crate) fn run(args: SimulatorArgs) -> Result<(), CliError> {
             .await
             .map_err(|e| CliError::Usage(format!("cannot listen on {}: {e}", args.listen)))?;
         let tls_files = sim.tls_files();
+        let v3_files = sim.v3_files();
         let handle = sim.serve(listener).await.map_err(|e| CliError::Usage(e.to_string()))?;
         eprintln!("WeChat Pay simulator at {}", handle.base_url());
         eprintln!("  merchants: {}", merchants.join(", "));
         eprintln!("  point base_url and sns_base_url at {}", handle.base_url());
+        if let Some(files) = v3_files {
+            eprintln!(
+                "  APIv3: verify with {} (id {}) or the platform certificate {}; signing with the {}",
+                files.pub_key.display(),
+                files.pub_key_id,
+                files.platform_cert.display(),
+                match args.v3_signer {
+                    V3SignerArg::PublicKey => "public key",
+                    V3SignerArg::Certificate => "platform certificate",
+                }
+            );
+        }
         if let Some(files) = tls_files {
             eprintln!(
                 "  trust {} ; client certificates under {}",

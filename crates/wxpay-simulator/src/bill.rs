@@ -28,49 +28,78 @@ pub(crate) fn download(ctx: &Ctx<'_>, f: &Fields<'_>) -> Reply {
         Ok(r) => r,
         Err(e) => return bill_param_error(&e),
     };
-    let day = req.bill_date.to_date_compact();
-    let today = day_of(ctx.now);
-    let (_, _, _, hour, _, _) = BeijingTime::from_unix(ctx.now).parts();
-    let yesterday = day_of(ctx.now - 86_400);
-    if day > today || req.bill_date.unix() < ctx.now - 92 * 86_400 {
-        return bill_error("invalid bill_date", "20001");
+    match bill_text(ctx.sim, ctx.mch, ctx.now, req.bill_date, req.bill_type) {
+        Ok(text) => text_reply(text),
+        Err(BillRefusal::InvalidDate) => bill_error("invalid bill_date", "20001"),
+        Err(BillRefusal::Creating) => bill_error("Bill Creating", "20003"),
+        Err(BillRefusal::NoBill) => bill_error("No Bill Exist", "20002"),
     }
-    if !ctx.sim.inner.config.bills_immediately && (day == today || (day == yesterday && hour < 10)) {
-        return bill_error("Bill Creating", "20003");
+}
+
+/// Why a day's bill is not there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BillRefusal {
+    /// In the future, or more than three months back.
+    InvalidDate,
+    /// Today's, or yesterday's before 10:00.
+    Creating,
+    /// A day without rows.
+    NoBill,
+}
+
+/// The bill of merchant `mch` for the day starting at `bill_date` (midnight in Beijing), as
+/// text: the same file for APIv2's `downloadbill` and APIv3's trade bill.
+pub(crate) fn bill_text(
+    sim: &crate::Simulator,
+    mch: u16,
+    now: i64,
+    bill_date: BeijingTime,
+    bill_type: BillType,
+) -> Result<String, BillRefusal> {
+    let day = bill_date.to_date_compact();
+    let today = day_of(now);
+    let (_, _, _, hour, _, _) = BeijingTime::from_unix(now).parts();
+    let yesterday = day_of(now - 86_400);
+    if day > today || bill_date.unix() < now - 92 * 86_400 {
+        return Err(BillRefusal::InvalidDate);
     }
-    if req.bill_type == BillType::RechargeRefund {
-        return bill_error("No Bill Exist", "20002");
+    if !sim.inner.config.bills_immediately && (day == today || (day == yesterday && hour < 10)) {
+        return Err(BillRefusal::Creating);
     }
+    if bill_type == BillType::RechargeRefund {
+        return Err(BillRefusal::NoBill);
+    }
+    let mch_id = sim.inner.merchants[usize::from(mch)].mch_id.as_str();
     // bill_date is midnight in Beijing: the day is the next 86,400 seconds, compared as
     // numbers under the shard locks rather than formatted per order.
-    let start = req.bill_date.unix();
+    let start = bill_date.unix();
     let span = start..start + 86_400;
     let mut rows = Vec::new();
     for shard in 0..SHARDS {
         // One shard locked at a time, so that calls go on while a large bill is built.
-        let g = ctx.sim.inner.store.lock(shard);
+        let g = sim.inner.store.lock(shard);
         g.each(|o| {
-            if o.mch == ctx.mch {
-                collect(ctx, o, &span, req.bill_type, &mut rows);
+            if o.mch == mch {
+                collect(mch_id, o, &span, bill_type, &mut rows);
             }
         });
     }
     if rows.is_empty() {
-        return bill_error("No Bill Exist", "20002");
+        return Err(BillRefusal::NoBill);
     }
     rows.sort_by(|a, b| {
         a.trade_time
             .cmp(&b.trade_time)
             .then(a.out_trade_no.cmp(&b.out_trade_no))
     });
-    text_reply(Bill::from_rows(req.bill_type, rows).to_text())
+    Ok(Bill::from_rows(bill_type, rows).to_text())
 }
 
-fn base_row(ctx: &Ctx<'_>, o: &Order, trade_time: i64) -> BillRow {
+fn base_row(mch_id: &str, o: &Order, trade_time: i64) -> BillRow {
     BillRow {
         trade_time: BeijingTime::from_unix(trade_time),
         appid: o.appid.to_string(),
-        mch_id: ctx.merchant.mch_id.as_str().to_owned(),
+        mch_id: mch_id.to_owned(),
         sub_mch_id: "0".into(),
         device_info: o.device_info.as_deref().unwrap_or("").to_owned(),
         transaction_id: o.transaction_id.as_deref().unwrap_or("").to_owned(),
@@ -90,7 +119,7 @@ fn base_row(ctx: &Ctx<'_>, o: &Order, trade_time: i64) -> BillRow {
 }
 
 /// Adds the rows of `o` that fall in `span` (the bill's day, in Unix seconds).
-fn collect(ctx: &Ctx<'_>, o: &Order, span: &std::ops::Range<i64>, bill_type: BillType, rows: &mut Vec<BillRow>) {
+fn collect(mch_id: &str, o: &Order, span: &std::ops::Range<i64>, bill_type: BillType, rows: &mut Vec<BillRow>) {
     if o.state != OrderState::Success {
         return;
     }
@@ -98,7 +127,7 @@ fn collect(ctx: &Ctx<'_>, o: &Order, span: &std::ops::Range<i64>, bill_type: Bil
         return;
     };
     if bill_type != BillType::Refund && span.contains(&paid_at) {
-        let mut row = base_row(ctx, o, paid_at);
+        let mut row = base_row(mch_id, o, paid_at);
         row.settlement_total_fee = o.total_fee;
         row.total_fee = Some(o.total_fee);
         row.fee = BillFee::from_hundred_thousandths(fee_fen(o.total_fee) as i64 * 1000);
@@ -111,7 +140,7 @@ fn collect(ctx: &Ctx<'_>, o: &Order, span: &std::ops::Range<i64>, bill_type: Bil
         if !span.contains(&r.accepted_at) {
             continue;
         }
-        let mut row = base_row(ctx, o, r.accepted_at);
+        let mut row = base_row(mch_id, o, r.accepted_at);
         row.trade_state = "REFUND".into();
         row.refund_id = Some(r.refund_id.to_string());
         row.out_refund_no = Some(r.out_refund_no.to_string());

@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use wxpay_protocol::{ApiKey, AppId, AppSecret, MchId};
+use wxpay_protocol::v3::Certificate;
+use wxpay_protocol::{ApiKey, ApiV3Key, AppId, AppSecret, MchId};
 
 /// One mini program of a merchant, as the simulator knows it.
 #[derive(Clone, Debug)]
@@ -15,8 +16,23 @@ pub struct SimMerchant {
     pub app_secret: AppSecret,
     /// The merchant number; several entries may share it (one merchant, several apps).
     pub mch_id: MchId,
-    /// The merchant's APIv2 key; entries sharing a `mch_id` must share it too.
-    pub api_key: ApiKey,
+    /// The merchant's APIv2 key; entries sharing a `mch_id` must share it too. Without one,
+    /// the merchant is served on APIv3 only.
+    pub api_key: Option<ApiKey>,
+    /// The merchant's APIv3 credentials; with them (and [`SimConfig::v3`] set), the merchant is
+    /// served on APIv3 too.
+    pub v3: Option<SimV3Merchant>,
+}
+
+/// What the simulator knows of a merchant on APIv3.
+#[derive(Clone, Debug)]
+pub struct SimV3Merchant {
+    /// The APIv3 key, which encrypts notification resources and `/v3/certificates`.
+    pub apiv3_key: ApiV3Key,
+    /// The merchant API certificate, whose key checks `Authorization` and whose serial
+    /// `serial_no` must name. `None`: a key and certificate are made at first start under
+    /// `<keys_dir>/<mch_id>/` (the built-in test merchant).
+    pub certificate: Option<Certificate>,
 }
 
 impl SimMerchant {
@@ -26,7 +42,11 @@ impl SimMerchant {
             appid: AppId::new(TEST_APPID).expect("valid test appid"),
             app_secret: AppSecret::new(TEST_APP_SECRET).expect("valid test secret"),
             mch_id: MchId::new(TEST_MCH_ID).expect("valid test mch_id"),
-            api_key: ApiKey::new(TEST_API_KEY).expect("valid test key"),
+            api_key: Some(ApiKey::new(TEST_API_KEY).expect("valid test key")),
+            v3: Some(SimV3Merchant {
+                apiv3_key: ApiV3Key::new(TEST_APIV3_KEY).expect("valid test APIv3 key"),
+                certificate: None,
+            }),
         }
     }
 }
@@ -37,6 +57,8 @@ pub const TEST_APPID: &str = "wxd678efh567hg6787";
 pub const TEST_MCH_ID: &str = "1230000109";
 /// The built-in test merchant's APIv2 key. Test only: it is public.
 pub const TEST_API_KEY: &str = "wxpaySimulatorTestKey0000000000A";
+/// The built-in test merchant's APIv3 key. Test only: it is public.
+pub const TEST_APIV3_KEY: &str = "wxpaySimulatorApiV3TestKey000001";
 /// The built-in test mini program's AppSecret. Test only: it is public.
 pub const TEST_APP_SECRET: &str = "wxpaysimulatortestappsecret00000";
 
@@ -58,6 +80,28 @@ pub struct TlsConfig {
     /// are written (or read, when they exist): `ca.pem`, `server.pem`, `server.key`,
     /// `<mch_id>/apiclient_cert.pem`, `<mch_id>/apiclient_key.pem`.
     pub dir: PathBuf,
+}
+
+/// What signs APIv3 answers and notifications, and so what `Wechatpay-Serial` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum V3Signer {
+    /// The WeChat Pay public key (`PUB_KEY_ID_…`), as for merchants onboarded since late 2024.
+    PublicKey,
+    /// The platform certificate (its serial in upper-case hex).
+    Certificate,
+}
+
+/// APIv3: where WeChat Pay's keys are, and which one signs.
+#[derive(Clone, Debug)]
+pub struct V3Config {
+    /// Where the platform key and certificate, the WeChat Pay public key, and the built-in
+    /// merchant's key and certificate are made at first start and read later:
+    /// `platform_key.pem`, `platform_cert.pem`, `pub_key.pem`, `pub_key_id`,
+    /// `pub_key_private.pem`, `<mch_id>/apiclient_key.pem`, `<mch_id>/apiclient_cert.pem`,
+    /// `<mch_id>/apiclient_serial`.
+    pub keys_dir: PathBuf,
+    /// What signs answers and notifications.
+    pub signer: V3Signer,
 }
 
 /// The simulator's configuration.
@@ -88,6 +132,8 @@ pub struct SimConfig {
     pub bills_immediately: bool,
     /// TLS with client certificates, or plain HTTP.
     pub tls: Option<TlsConfig>,
+    /// APIv3, for the merchants that have v3 credentials; off when `None`.
+    pub v3: Option<V3Config>,
     /// What clients may take of the server: header, body and idle timeouts, connections.
     pub limits: wxpay_http::Limits,
 }
@@ -107,6 +153,7 @@ impl SimConfig {
             notify_timeout: Duration::from_secs(5),
             bills_immediately: false,
             tls: None,
+            v3: None,
             limits: wxpay_http::Limits::default(),
         }
     }

@@ -37,6 +37,17 @@ pub enum FaultKind {
     NotifyWrongAmount,
     /// Payment notifications say `result_code=FAIL`.
     NotifyResultFail,
+    /// APIv3 notifications carry one of WeChat Pay's probe signatures
+    /// (`WECHATPAY/SIGNTEST/…`), which a merchant must refuse.
+    NotifyProbe,
+    /// APIv3 notifications are signed with a timestamp ten minutes old (a replay).
+    NotifyStaleTimestamp,
+    /// APIv3 notifications name a `Wechatpay-Serial` the merchant has never seen (and are
+    /// signed with a key it does not have).
+    NotifyUnknownSerial,
+    /// APIv3 notifications are correctly signed, but their resource's GCM tag is altered
+    /// (the signature covers the envelope as sent, so only decryption catches it).
+    NotifyTamperedTag,
 }
 
 impl FaultKind {
@@ -49,6 +60,10 @@ impl FaultKind {
                 | FaultKind::NotifyBadSignature
                 | FaultKind::NotifyWrongAmount
                 | FaultKind::NotifyResultFail
+                | FaultKind::NotifyProbe
+                | FaultKind::NotifyStaleTimestamp
+                | FaultKind::NotifyUnknownSerial
+                | FaultKind::NotifyTamperedTag
         )
     }
 
@@ -66,6 +81,10 @@ impl FaultKind {
             FaultKind::NotifyBadSignature => "notify_bad_signature",
             FaultKind::NotifyWrongAmount => "notify_wrong_amount",
             FaultKind::NotifyResultFail => "notify_result_fail",
+            FaultKind::NotifyProbe => "notify_probe",
+            FaultKind::NotifyStaleTimestamp => "notify_stale_timestamp",
+            FaultKind::NotifyUnknownSerial => "notify_unknown_serial",
+            FaultKind::NotifyTamperedTag => "notify_tampered_tag",
         }
     }
 }

@@ -50,38 +50,50 @@ impl NotifyClient {
         })
     }
 
-    /// Posts `body` to `url` and reads the answer, within the timeout.
-    pub(crate) async fn post(&self, url: &str, body: Bytes) -> Result<Answer, String> {
+    /// Posts `body` (of `content_type`, with `headers`) to `url` and reads the answer, within
+    /// the timeout.
+    pub(crate) async fn post(
+        &self,
+        url: &str,
+        content_type: &'static str,
+        headers: &[(&'static str, String)],
+        body: Bytes,
+    ) -> Result<Answer, String> {
         if url.starts_with("http://") {
-            tokio::time::timeout(self.timeout, self.post_plain(url, body))
+            tokio::time::timeout(self.timeout, self.post_plain(url, content_type, headers, body))
                 .await
                 .map_err(|_| format!("no answer within {} ms", self.timeout.as_millis()))?
         } else {
-            let resp = self
-                .tls
-                .post(url)
-                .header(CONTENT_TYPE, "text/xml; charset=utf-8")
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut request = self.tls.post(url).header(CONTENT_TYPE, content_type);
+            for (name, value) in headers {
+                request = request.header(*name, value.as_str());
+            }
+            let resp = request.body(body).send().await.map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
             let body = resp.bytes().await.map_err(|e| e.to_string())?;
             Ok(Answer { status, body })
         }
     }
 
-    async fn post_plain(&self, url: &str, body: Bytes) -> Result<Answer, String> {
+    async fn post_plain(
+        &self,
+        url: &str,
+        content_type: &'static str,
+        headers: &[(&'static str, String)],
+        body: Bytes,
+    ) -> Result<Answer, String> {
         let uri: Uri = url.parse().map_err(|e| format!("bad notify_url: {e}"))?;
         let authority = uri.authority().ok_or("notify_url has no host")?.as_str().to_owned();
         let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
         let request = |body: Bytes| {
-            hyper::Request::post(path.as_str())
+            let mut request = hyper::Request::post(path.as_str())
                 .header(HOST, authority.as_str())
-                .header(CONTENT_TYPE, "text/xml; charset=utf-8")
-                .header(USER_AGENT, AGENT)
-                .body(Full::new(body))
-                .map_err(|e| e.to_string())
+                .header(CONTENT_TYPE, content_type)
+                .header(USER_AGENT, AGENT);
+            for (name, value) in headers {
+                request = request.header(*name, value.as_str());
+            }
+            request.body(Full::new(body)).map_err(|e| e.to_string())
         };
         // A pooled connection may have been closed by the server since; one fresh try then.
         if let Some(mut sender) = self.take_idle(&authority) {

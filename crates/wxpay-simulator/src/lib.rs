@@ -1,4 +1,4 @@
-//! A faithful local WeChat Pay server (APIv2), for tests, demos and load runs.
+//! A faithful local WeChat Pay server (APIv2 and APIv3), for tests, demos and load runs.
 //!
 //! It speaks the real wire protocol on the real paths (`/pay/unifiedorder`,
 //! `/pay/orderquery`, `/pay/closeorder`, `/secapi/pay/refund`, `/pay/refundquery`,
@@ -6,6 +6,9 @@
 //! answer, keeps WeChat Pay's order state machine and error codes, pays orders on request (or
 //! on its own in [`Mode::Auto`]), delivers signed payment notifications and encrypted refund
 //! notifications on WeChat Pay's retry schedule, and misbehaves on demand (`/simulator/faults`).
+//! With [`SimConfig::v3`] set it also serves the APIv3 paths (`/v3/pay/transactions/…`,
+//! `/v3/refund/domestic/refunds…`, `/v3/certificates`, `/v3/bill/tradebill`) for merchants
+//! with APIv3 credentials, with RSA-signed answers and encrypted, signed notifications.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -25,11 +28,13 @@ mod http_client;
 mod ids;
 mod metrics;
 mod notifier;
+mod orders;
 mod requests;
 mod sns;
 mod store;
 mod tls;
 mod v2;
+mod v3;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,10 +45,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use wxpay_protocol::{ApiKey, AppId, AppSecret, MchId};
 
-pub use config::{Mode, SimConfig, SimMerchant, TEST_API_KEY, TEST_APP_SECRET, TEST_APPID, TEST_MCH_ID, TlsConfig};
+pub use config::{
+    Mode, SimConfig, SimMerchant, SimV3Merchant, TEST_API_KEY, TEST_APIV3_KEY, TEST_APP_SECRET, TEST_APPID,
+    TEST_MCH_ID, TlsConfig, V3Config, V3Signer,
+};
 pub use faults::{Fault, FaultKind, FaultRequest};
 pub use notifier::Attempt;
 pub use requests::ReceivedCall;
+pub use v3::V3Files;
 pub use wxpay_http::Limits;
 
 use crate::faults::Faults;
@@ -62,11 +71,14 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
-/// A merchant as the simulator serves it: its key and its mini programs.
+/// A merchant as the simulator serves it: its keys and its mini programs.
 pub(crate) struct MerchantEntry {
     pub mch_id: MchId,
-    pub key: ApiKey,
+    /// The APIv2 key; `None` for a merchant served on APIv3 only.
+    pub key: Option<ApiKey>,
     pub apps: Vec<(AppId, AppSecret)>,
+    /// The APIv3 credentials, as configured.
+    pub v3: Option<SimV3Merchant>,
 }
 
 impl MerchantEntry {
@@ -90,6 +102,7 @@ pub(crate) struct Inner {
     pub logins: sns::Logins,
     urls: Mutex<HashMap<Box<str>, Arc<str>>>,
     pub tls: Option<tls::TlsMaterial>,
+    pub v3: Option<v3::V3>,
 }
 
 /// The simulator: cheap to clone, shared by its server, its background tasks and callers
@@ -159,6 +172,12 @@ impl Simulator {
                             m.mch_id
                         )));
                     }
+                    if e.v3.as_ref().map(|v| &v.apiv3_key) != m.v3.as_ref().map(|v| &v.apiv3_key) {
+                        return Err(StartError::Config(format!(
+                            "merchant {} is listed twice with different APIv3 keys",
+                            m.mch_id
+                        )));
+                    }
                     if !e.has_app(m.appid.as_str()) {
                         e.apps.push((m.appid.clone(), m.app_secret.clone()));
                     }
@@ -167,10 +186,17 @@ impl Simulator {
                     let i =
                         u16::try_from(merchants.len()).map_err(|_| StartError::Config("too many merchants".into()))?;
                     by_mch.insert(m.mch_id.as_str().to_owned(), i);
+                    if m.api_key.is_none() && m.v3.is_none() {
+                        return Err(StartError::Config(format!(
+                            "merchant {} has neither an APIv2 key nor APIv3 credentials",
+                            m.mch_id
+                        )));
+                    }
                     merchants.push(MerchantEntry {
                         mch_id: m.mch_id.clone(),
                         key: m.api_key.clone(),
                         apps: vec![(m.appid.clone(), m.app_secret.clone())],
+                        v3: m.v3.clone(),
                     });
                 }
             }
@@ -180,6 +206,10 @@ impl Simulator {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let tls = match &config.tls {
             Some(t) => Some(tls::TlsMaterial::load_or_create(&t.dir, &merchants)?),
+            None => None,
+        };
+        let v3 = match &config.v3 {
+            Some(c) => Some(v3::V3::load(c, &merchants, ids::now_unix())?),
             None => None,
         };
         let notifier = Notifier::new(&config)?;
@@ -194,6 +224,7 @@ impl Simulator {
                 logins: sns::Logins::default(),
                 urls: Mutex::new(HashMap::new()),
                 tls,
+                v3,
                 merchants,
                 by_mch,
                 config,
@@ -211,6 +242,7 @@ impl Simulator {
     pub fn api_router(&self) -> Router {
         Router::new()
             .merge(v2::router())
+            .merge(v3::router())
             .merge(sns::router())
             .merge(control::router())
             .merge(metrics::router_at("/simulator/metrics"))
@@ -270,6 +302,12 @@ impl Simulator {
             urls.insert(Box::from(url), u.clone());
         }
         u
+    }
+
+    /// WeChat Pay's APIv3 key files (platform certificate, public key and its id), when APIv3
+    /// is on.
+    pub fn v3_files(&self) -> Option<V3Files> {
+        self.inner.v3.as_ref().map(|v| v.files.clone())
     }
 
     /// The files of the test CA and the merchants' client certificates, when TLS is on.

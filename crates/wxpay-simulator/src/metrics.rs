@@ -15,7 +15,7 @@ use crate::Simulator;
 use crate::faults::FaultKind;
 
 /// The APIs counted, in this order.
-pub(crate) const APIS: [&str; 7] = [
+pub(crate) const APIS: [&str; 14] = [
     "unifiedorder",
     "orderquery",
     "closeorder",
@@ -23,12 +23,19 @@ pub(crate) const APIS: [&str; 7] = [
     "refundquery",
     "downloadbill",
     "jscode2session",
+    "v3_jsapi",
+    "v3_query",
+    "v3_close",
+    "v3_refund",
+    "v3_refund_query",
+    "v3_certificates",
+    "v3_tradebill",
 ];
 /// How a call ended.
 pub(crate) const RESULTS: [&str; 3] = ["success", "business_error", "protocol_error"];
 const NOTIFY_KINDS: [&str; 2] = ["payment", "refund"];
 const NOTIFY_OUTCOMES: [&str; 3] = ["acknowledged", "refused", "unreachable"];
-const FAULTS: [FaultKind; 11] = [
+const FAULTS: [FaultKind; 15] = [
     FaultKind::SystemError,
     FaultKind::FrequencyLimited,
     FaultKind::ErrorCode,
@@ -40,13 +47,17 @@ const FAULTS: [FaultKind; 11] = [
     FaultKind::NotifyBadSignature,
     FaultKind::NotifyWrongAmount,
     FaultKind::NotifyResultFail,
+    FaultKind::NotifyProbe,
+    FaultKind::NotifyStaleTimestamp,
+    FaultKind::NotifyUnknownSerial,
+    FaultKind::NotifyTamperedTag,
 ];
 
 #[derive(Default)]
 pub(crate) struct Metrics {
-    requests: [[AtomicU64; 3]; 7],
+    requests: [[AtomicU64; 3]; APIS.len()],
     notifications: [[AtomicU64; 3]; 2],
-    faults: [AtomicU64; 11],
+    faults: [AtomicU64; FAULTS.len()],
 }
 
 impl Metrics {

@@ -329,12 +329,16 @@ struct Outgoing {
     out_refund_no: Option<String>,
     fault: Option<&'static str>,
     copies: u32,
+    /// An APIv3 notification: JSON with signed headers, acknowledged by HTTP 200 or 204.
+    v3: bool,
+    headers: Vec<(&'static str, String)>,
 }
 
 /// A notification read from its order, signed after the shard lock is released.
 enum Unsigned {
     Payment(PaymentNotification, wxpay_protocol::SignType),
     Refund(RefundNotification),
+    V3(crate::v3::notify::Resource),
 }
 
 fn build(sim: &Simulator, job: &Job) -> Option<Outgoing> {
@@ -350,7 +354,18 @@ fn build(sim: &Simulator, job: &Job) -> Option<Outgoing> {
         sim.inner.metrics.fault(h.kind);
     }
     let kind = hit.as_ref().map(|h| h.kind);
+    let mch_id = merchant.mch_id.as_str();
     let (url, unsigned, out_refund_no) = match job.what {
+        What::Payment if o.v3 => {
+            let resource = crate::v3::notify::payment(o, mch_id, kind == Some(FaultKind::NotifyWrongAmount))?;
+            (o.notify_url.clone(), Unsigned::V3(resource), None)
+        }
+        What::RefundNotify(idx) if o.refunds.get(idx).is_some_and(|r| r.v3) => {
+            let r = o.refunds.get(idx)?;
+            let url = r.notify_url.clone()?;
+            let resource = crate::v3::notify::refund(o, r, mch_id)?;
+            (url, Unsigned::V3(resource), Some(r.out_refund_no.to_string()))
+        }
         What::Payment => {
             let outcome = match (o.state, kind) {
                 (OrderState::Success, Some(FaultKind::NotifyResultFail)) => PaymentOutcome::Failed {
@@ -429,23 +444,40 @@ fn build(sim: &Simulator, job: &Job) -> Option<Outgoing> {
         _ => return None,
     };
     let out_trade_no = o.out_trade_no.to_string();
+    let mch = o.mch;
+    let created_at = o.paid_at.unwrap_or(o.created_at);
     // Signing (and encrypting a refund's req_info) happens outside the lock: every call on
     // this shard waits while it is held.
     drop(g);
-    // A wrong signature comes from a key that is not the merchant's.
-    let wrong_key;
-    let key: &ApiKey = if kind == Some(FaultKind::NotifyBadSignature) {
-        wrong_key = ApiKey::new("0000000000000000000000000000000A").ok()?;
-        &wrong_key
-    } else {
-        &merchant.key
-    };
-    let nonce = ids::nonce();
+    let now = sim.now();
+    let mut headers = Vec::new();
+    let v3 = matches!(unsigned, Unsigned::V3(_));
     let body = match unsigned {
-        Unsigned::Payment(n, sign_type) => n.encode(key, sign_type, &nonce).ok()?,
-        Unsigned::Refund(n) => n.encode(key, &nonce).ok()?,
+        Unsigned::V3(resource) => {
+            let sealed = crate::v3::notify::seal(sim.inner.v3.as_ref()?, mch, &resource, created_at, now, kind)?;
+            headers = sealed.headers;
+            sealed.body
+        }
+        unsigned => {
+            // A wrong signature comes from a key that is not the merchant's.
+            let wrong_key;
+            let key: &ApiKey = if kind == Some(FaultKind::NotifyBadSignature) {
+                wrong_key = ApiKey::new("0000000000000000000000000000000A").ok()?;
+                &wrong_key
+            } else {
+                merchant.key.as_ref()?
+            };
+            let nonce = ids::nonce();
+            match unsigned {
+                Unsigned::Payment(n, sign_type) => n.encode(key, sign_type, &nonce).ok()?,
+                Unsigned::Refund(n) => n.encode(key, &nonce).ok()?,
+                Unsigned::V3(_) => return None,
+            }
+        }
     };
     Some(Outgoing {
+        v3,
+        headers,
         url,
         body: Arc::from(body),
         out_trade_no,
@@ -471,15 +503,26 @@ async fn post_once(sim: &Simulator, out: &Outgoing, refund: bool, attempt: u32) 
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
+    let content_type = if out.v3 {
+        "application/json"
+    } else {
+        "text/xml; charset=utf-8"
+    };
     let result = notifier
         .client
-        .post(&out.url, bytes::Bytes::copy_from_slice(out.body.as_bytes()))
+        .post(
+            &out.url,
+            content_type,
+            &out.headers,
+            bytes::Bytes::copy_from_slice(out.body.as_bytes()),
+        )
         .await;
     let (status, answer, error) = match result {
         Ok(a) => (Some(a.status), Some(a.body), None),
         Err(e) => (None, None, Some(e)),
     };
     let acknowledged = match (status, &answer) {
+        (Some(s), _) if out.v3 => crate::v3::notify::acknowledges(s),
         (Some(s), Some(b)) => acknowledges(s, b),
         _ => false,
     };

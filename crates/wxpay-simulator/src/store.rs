@@ -72,6 +72,8 @@ pub(crate) struct RefundRec {
     pub fingerprint: [u8; 16],
     /// Whether the refund notification was acknowledged (or none was asked for).
     pub notified: bool,
+    /// Asked for on APIv3: its notification is APIv3's (`REFUND.*`, encrypted JSON).
+    pub v3: bool,
 }
 
 /// An order.
@@ -102,6 +104,8 @@ pub(crate) struct Order {
     pub refunds: Vec<RefundRec>,
     /// Whether the payment notification was acknowledged.
     pub notified: bool,
+    /// Created on APIv3: its notification is APIv3's (`TRANSACTION.SUCCESS`, encrypted JSON).
+    pub v3: bool,
 }
 
 impl Order {
@@ -439,6 +443,7 @@ mod tests {
             pay_error: None,
             refunds: Vec::new(),
             notified: false,
+            v3: false,
         }
     }
 

@@ -44,7 +44,7 @@ struct ClientFiles {
     p12: PathBuf,
 }
 
-fn io(e: impl std::fmt::Display) -> std::io::Error {
+pub(crate) fn io(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
@@ -213,7 +213,7 @@ fn pkcs12(mch_id: &str, key_der: &[u8], cert_der: &[u8]) -> std::io::Result<Vec<
 }
 
 /// Writes a private key readable by its owner only.
-fn write_private(path: &Path, data: impl AsRef<[u8]>) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, data: impl AsRef<[u8]>) -> std::io::Result<()> {
     fs::write(path, data)?;
     #[cfg(unix)]
     {

@@ -21,10 +21,11 @@ use wxpay_protocol::v2::{
     Refund, RefundQuery, RefundQueryResponse, RefundRecord, RefundRef, RefundResponse, RefundStatus, ToFields,
     TradeState, TradeType, UnifiedOrder, UnifiedOrderResponse,
 };
-use wxpay_protocol::{BeijingTime, Error, Fen, Fields, Nonce, SignType};
+use wxpay_protocol::{ApiKey, BeijingTime, Error, Fen, Fields, Nonce, SignType};
 
 use crate::faults::FaultKind;
 use crate::ids;
+use crate::orders::{Reentry, RefundAsk, RefundRefusal, place_order, place_refund};
 use crate::store::{Loc, Order, OrderState, RefundRec, ShardGuard};
 use crate::tls::{PeerCert, PeerCertSource};
 use crate::{MerchantEntry, Simulator};
@@ -71,6 +72,8 @@ impl Reply {
 pub(crate) struct Ctx<'a> {
     pub sim: &'a Simulator,
     pub merchant: &'a MerchantEntry,
+    /// The merchant's APIv2 key (the gate let the call through, so it has one).
+    pub key: &'a ApiKey,
     pub mch: u16,
     pub appid: &'a str,
     pub sign_type: SignType,
@@ -83,7 +86,7 @@ impl Ctx<'_> {
         AnswerSigner {
             appid: self.appid,
             mch_id: self.merchant.mch_id.as_str(),
-            key: &self.merchant.key,
+            key: self.key,
             sign_type: self.sign_type,
             nonce: &self.nonce,
         }
@@ -198,7 +201,15 @@ fn gate<'b>(
             .parse::<SignType>()
             .map_err(|_| fail("sign_type参数格式错误", "20001"))?,
     };
-    if let Err(e) = fields.verify(&sim.inner.merchants[usize::from(mch)].key, sign_type) {
+    // A merchant served on APIv3 only has no APIv2 key: nothing it signs can verify.
+    let verified = match &sim.inner.merchants[usize::from(mch)].key {
+        Some(key) => fields.verify(key, sign_type),
+        None => Err(Error::InvalidField {
+            field: "sign".to_owned(),
+            reason: "no APIv2 key".to_owned(),
+        }),
+    };
+    if let Err(e) = verified {
         let msg = match e {
             Error::MissingField(_) => "缺少参数sign",
             _ if bill => "SIGN ERROR",
@@ -226,10 +237,14 @@ async fn call(sim: Simulator, api: Api, method: Method, cert: Option<PeerCert>, 
         Err(reply) => return finish(&sim, api, reply, None),
     };
     let merchant = &sim.inner.merchants[usize::from(gate.mch)];
+    let Some(key) = merchant.key.as_ref() else {
+        return finish(&sim, api, Reply::fail("签名错误"), None);
+    };
     let appid = gate.fields.optional("appid").unwrap_or("");
     let ctx = Ctx {
         sim: &sim,
         merchant,
+        key,
         mch: gate.mch,
         appid,
         sign_type: gate.sign_type,
@@ -398,74 +413,44 @@ fn unified_order(ctx: &Ctx<'_>, f: &Fields<'_>) -> Reply {
             return ctx.biz(ErrCode::InvalidRequest, "time_expire时间过短，刷卡至少1分钟，其他5分钟");
         }
     }
-    let print = fingerprint(f);
     let sim = ctx.sim;
-    let shard = sim.inner.store.shard_of(ctx.mch, req.out_trade_no.as_str());
-    let mut g = sim.inner.store.lock(shard);
-    let (slot, created) = match g.find(ctx.mch, req.out_trade_no.as_str()) {
-        Some(slot) => {
-            expire_if_due(&mut g, slot, ctx.now);
-            let Some(o) = g.get(slot) else {
-                return Reply::fail("系统错误");
-            };
-            match o.state {
-                OrderState::Success => return ctx.biz(ErrCode::OrderPaid, "该订单已支付"),
-                OrderState::Closed => return ctx.biz(ErrCode::OrderClosed, "该订单已关闭"),
-                OrderState::PayError => return ctx.biz(ErrCode::OutTradeNoUsed, "商户订单号重复"),
-                OrderState::NotPay => {}
-            }
-            if &*o.appid != ctx.appid {
-                return ctx.biz(ErrCode::OutTradeNoUsed, "商户订单号重复");
-            }
-            if o.fingerprint != print {
-                return ctx.biz(
-                    ErrCode::InvalidRequest,
-                    "201 商户订单号重复: 订单重入时，要求参数值与原请求一致",
-                );
-            }
-            // The same order again: a fresh prepay_id, valid two hours (how merchants refresh one).
-            o.prepay_id = ids::prepay_id(shard, slot, ctx.now).into_boxed_str();
-            o.prepay_at = ctx.now;
-            (slot, false)
-        }
-        None => {
-            let order = Order {
-                mch: ctx.mch,
-                appid: ctx.appid.into(),
-                out_trade_no: req.out_trade_no.as_str().into(),
-                body: req.body.as_str().into(),
-                attach: req.attach.as_deref().map(Into::into),
-                device_info: req.device_info.as_deref().map(Into::into),
-                total_fee: req.total_fee,
-                notify_url: sim.intern_url(&req.notify_url),
-                openid: req.openid.as_deref().unwrap_or("").into(),
-                trade_type: req.trade_type.as_str().into(),
-                fingerprint: print,
-                sign_type: ctx.sign_type,
-                time_expire: req.time_expire.map(BeijingTime::unix),
-                created_at: ctx.now,
-                state: OrderState::NotPay,
-                prepay_id: "".into(),
-                prepay_at: ctx.now,
-                transaction_id: None,
-                paid_at: None,
-                pay_error: None,
-                refunds: Vec::new(),
-                notified: false,
-            };
-            let now = ctx.now;
-            let slot = g.insert(order, |loc| ids::prepay_id(loc.shard, loc.slot, now));
-            (slot, true)
+    let order = Order {
+        mch: ctx.mch,
+        appid: ctx.appid.into(),
+        out_trade_no: req.out_trade_no.as_str().into(),
+        body: req.body.as_str().into(),
+        attach: req.attach.as_deref().map(Into::into),
+        device_info: req.device_info.as_deref().map(Into::into),
+        total_fee: req.total_fee,
+        notify_url: sim.intern_url(&req.notify_url),
+        openid: req.openid.as_deref().unwrap_or("").into(),
+        trade_type: req.trade_type.as_str().into(),
+        fingerprint: fingerprint(f),
+        sign_type: ctx.sign_type,
+        time_expire: req.time_expire.map(BeijingTime::unix),
+        created_at: ctx.now,
+        state: OrderState::NotPay,
+        prepay_id: "".into(),
+        prepay_at: ctx.now,
+        transaction_id: None,
+        paid_at: None,
+        pay_error: None,
+        refunds: Vec::new(),
+        notified: false,
+        v3: false,
+    };
+    let prepay_id = match place_order(sim, order, ctx.now) {
+        Ok(placed) => placed.prepay_id,
+        Err(Reentry::Paid) => return ctx.biz(ErrCode::OrderPaid, "该订单已支付"),
+        Err(Reentry::Closed) => return ctx.biz(ErrCode::OrderClosed, "该订单已关闭"),
+        Err(Reentry::Used) => return ctx.biz(ErrCode::OutTradeNoUsed, "商户订单号重复"),
+        Err(Reentry::Different) => {
+            return ctx.biz(
+                ErrCode::InvalidRequest,
+                "201 商户订单号重复: 订单重入时，要求参数值与原请求一致",
+            );
         }
     };
-    let prepay_id = g.get(slot).map(|o| o.prepay_id.to_string()).unwrap_or_default();
-    drop(g);
-    if created {
-        sim.inner.store.evict();
-    }
-    if created && sim.inner.config.mode == crate::Mode::Auto {
-        sim.inner.notifier.schedule_auto_pay(Loc { shard, slot });
-    }
     ctx.ok(&UnifiedOrderResponse {
         prepay_id,
         trade_type: req.trade_type,
@@ -583,64 +568,27 @@ fn refund(ctx: &Ctx<'_>, f: &Fields<'_>) -> Reply {
     let Some(loc) = locate(ctx.sim, ctx.mch, &req.order) else {
         return ctx.biz(ErrCode::OrderNotExist, "订单不存在");
     };
-    let print = fingerprint(f);
-    // An out_refund_no names one refund of one order for ever.
-    if let Some((other, _)) = ctx.sim.inner.store.find_refund(ctx.mch, req.out_refund_no.as_str()) {
-        if other != loc {
-            return ctx.biz(ErrCode::ParamError, "退款单号已用于其他订单");
-        }
-    }
-    let mut g = ctx.sim.inner.store.lock(loc.shard);
-    let Some(o) = g.get(loc.slot) else {
-        return ctx.biz(ErrCode::OrderNotExist, "订单不存在");
-    };
-    if let Some(existing) = o
-        .refunds
-        .iter()
-        .find(|r| &*r.out_refund_no == req.out_refund_no.as_str())
-    {
-        if existing.fingerprint != print {
-            return ctx.biz(ErrCode::ParamError, "同一退款单号参数不一致，请核实后再试");
-        }
-        // A retry with the same out_refund_no and parameters: the same refund, once.
-        let answer = refund_answer(o, existing);
-        drop(g);
-        return ctx.ok(&answer);
-    }
-    if o.state != OrderState::Success {
-        return ctx.biz(ErrCode::Error, "订单未支付");
-    }
-    if req.total_fee != o.total_fee {
-        return ctx.biz(ErrCode::ParamError, "订单金额或退款金额与之前请求不一致，请核实后再试");
-    }
-    if o.refunds.len() >= 50 {
-        return ctx.biz(ErrCode::Error, "订单已退款50次，不能再退款");
-    }
-    let refunded = o.refunded();
-    if refunded == o.total_fee {
-        return ctx.biz(ErrCode::Error, "订单已全额退款");
-    }
-    if refunded.checked_add(req.refund_fee).is_none_or(|sum| sum > o.total_fee) {
-        return ctx.biz(ErrCode::RefundFeeInvalid, "累计退款金额大于支付金额");
-    }
-    let idx = o.refunds.len();
-    let rec = RefundRec {
-        out_refund_no: req.out_refund_no.as_str().into(),
-        refund_id: ids::refund_id(loc.shard, loc.slot, idx, ctx.now).into_boxed_str(),
+    let ask = RefundAsk {
+        out_refund_no: req.out_refund_no.as_str(),
         refund_fee: req.refund_fee,
-        status: RefundStatus::Processing,
-        notify_url: req.notify_url.as_deref().map(|u| ctx.sim.intern_url(u)),
-        accepted_at: ctx.now,
-        settled_at: None,
-        fingerprint: print,
-        notified: req.notify_url.is_none(),
+        total_fee: req.total_fee,
+        notify_url: req.notify_url.as_deref(),
+        fingerprint: fingerprint(f),
+        v3: false,
     };
-    let answer = refund_answer(o, &rec);
-    o.refunds.push(rec);
-    g.index_refund(ctx.mch, req.out_refund_no.as_str(), loc.slot, idx);
-    drop(g);
-    ctx.sim.inner.notifier.schedule_refund_completion(loc, idx);
-    ctx.ok(&answer)
+    match place_refund(ctx.sim, ctx.mch, loc, &ask, ctx.now) {
+        Ok(view) => ctx.ok(&refund_answer(&view.order, &view.refund)),
+        Err(RefundRefusal::OrderNotFound) => ctx.biz(ErrCode::OrderNotExist, "订单不存在"),
+        Err(RefundRefusal::OtherOrder) => ctx.biz(ErrCode::ParamError, "退款单号已用于其他订单"),
+        Err(RefundRefusal::Mismatch) => ctx.biz(ErrCode::ParamError, "同一退款单号参数不一致，请核实后再试"),
+        Err(RefundRefusal::NotPaid) => ctx.biz(ErrCode::Error, "订单未支付"),
+        Err(RefundRefusal::TotalMismatch) => {
+            ctx.biz(ErrCode::ParamError, "订单金额或退款金额与之前请求不一致，请核实后再试")
+        }
+        Err(RefundRefusal::TooMany) => ctx.biz(ErrCode::Error, "订单已退款50次，不能再退款"),
+        Err(RefundRefusal::FullyRefunded) => ctx.biz(ErrCode::Error, "订单已全额退款"),
+        Err(RefundRefusal::Exceeds) => ctx.biz(ErrCode::RefundFeeInvalid, "累计退款金额大于支付金额"),
+    }
 }
 
 fn refund_answer(o: &Order, r: &RefundRec) -> RefundResponse {

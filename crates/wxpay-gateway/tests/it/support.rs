@@ -414,7 +414,8 @@ pub(crate) fn sim_merchants() -> Vec<SimMerchant> {
             appid: AppId::new(HMAC_APPID).unwrap(),
             app_secret: AppSecret::new(HMAC_SECRET).unwrap(),
             mch_id: MchId::new(HMAC_MCH_ID).unwrap(),
-            api_key: ApiKey::new(HMAC_KEY).unwrap(),
+            api_key: Some(ApiKey::new(HMAC_KEY).unwrap()),
+            v3: None,
         },
     ]
 }

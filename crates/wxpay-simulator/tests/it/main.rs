@@ -9,3 +9,4 @@ mod refunds;
 mod sns;
 mod support;
 mod tls;
+mod v3;

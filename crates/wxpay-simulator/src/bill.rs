@@ -9,7 +9,7 @@ use wxpay_protocol::v2::{Bill, BillFee, BillRow, BillType, RefundStatus};
 use wxpay_protocol::{BeijingTime, Fen, Fields};
 
 use crate::store::{Order, OrderState, SHARDS};
-use crate::v2::{Ctx, Reply, bill_error, bill_param_error, parse_bill_request, text_reply};
+use crate::v2::{Ctx, Reply, bill_error, bill_param_error, gzip_reply, parse_bill_request, text_reply};
 
 /// The fee rate, in hundredths of a percent.
 const RATE_BP: u64 = 60;
@@ -28,7 +28,15 @@ pub(crate) fn download(ctx: &Ctx<'_>, f: &Fields<'_>) -> Reply {
         Ok(r) => r,
         Err(e) => return bill_param_error(&e),
     };
+    // WeChat Pay answers a gzip stream of the same bytes when asked (G.1.5): a client that
+    // forgets to gunzip must fail here as it would live.
+    let gzip = match f.optional("tar_type") {
+        None => false,
+        Some("GZIP") => true,
+        Some(_) => return bill_error("invalid tar_type, Only GZIP supported", "20001"),
+    };
     match bill_text(ctx.sim, ctx.mch, ctx.now, req.bill_date, req.bill_type) {
+        Ok(text) if gzip => gzip_reply(crate::gzip::gzip(text.as_bytes())),
         Ok(text) => text_reply(text),
         Err(BillRefusal::InvalidDate) => bill_error("invalid bill_date", "20001"),
         Err(BillRefusal::Creating) => bill_error("Bill Creating", "20003"),

@@ -24,6 +24,7 @@ mod bill;
 mod config;
 mod control;
 mod faults;
+mod gzip;
 mod http_client;
 mod ids;
 mod metrics;

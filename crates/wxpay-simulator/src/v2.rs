@@ -55,7 +55,17 @@ const PROTOCOL_ERROR: usize = 2;
 pub(crate) struct Reply {
     body: String,
     result: usize,
-    text: bool,
+    kind: ReplyKind,
+}
+
+/// What an answer's bytes are.
+enum ReplyKind {
+    /// XML, the usual answer.
+    Xml,
+    /// A plain-text bill.
+    Text,
+    /// A bill asked for with `tar_type=GZIP`: these bytes, not `body`.
+    Gzip(Vec<u8>),
 }
 
 impl Reply {
@@ -63,7 +73,7 @@ impl Reply {
         Reply {
             body: return_fail(msg),
             result: PROTOCOL_ERROR,
-            text: false,
+            kind: ReplyKind::Xml,
         }
     }
 }
@@ -97,7 +107,7 @@ impl Ctx<'_> {
             Ok(body) => Reply {
                 body,
                 result: SUCCESS,
-                text: false,
+                kind: ReplyKind::Xml,
             },
             Err(e) => {
                 tracing::error!(error = ?e, "cannot encode an answer");
@@ -111,7 +121,7 @@ impl Ctx<'_> {
             Ok(body) => Reply {
                 body,
                 result: BUSINESS_ERROR,
-                text: false,
+                kind: ReplyKind::Xml,
             },
             Err(_) => Reply::fail("系统错误"),
         }
@@ -173,7 +183,7 @@ fn gate<'b>(
             Reply {
                 body,
                 result: PROTOCOL_ERROR,
-                text: false,
+                kind: ReplyKind::Xml,
             }
         } else {
             Reply::fail(msg)
@@ -326,10 +336,17 @@ fn param_error(ctx: &Ctx<'_>, api: Api, e: &Error) -> Reply {
 
 fn finish(sim: &Simulator, api: Api, reply: Reply, after: Option<FaultKind>) -> Response {
     sim.inner.metrics.request(api as usize, reply.result);
-    let content_type = if reply.text {
-        "text/plain; charset=utf-8"
-    } else {
-        "text/xml; charset=utf-8"
+    let content_type = match reply.kind {
+        ReplyKind::Xml => "text/xml; charset=utf-8",
+        ReplyKind::Text => "text/plain; charset=utf-8",
+        ReplyKind::Gzip(bytes) => {
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                bytes,
+            )
+                .into_response();
+        }
     };
     match after {
         Some(FaultKind::LoseAnswer) => {
@@ -694,7 +711,16 @@ pub(crate) fn text_reply(body: String) -> Reply {
     Reply {
         body,
         result: SUCCESS,
-        text: true,
+        kind: ReplyKind::Text,
+    }
+}
+
+/// Replies with a gzip file (the bill, with `tar_type=GZIP`).
+pub(crate) fn gzip_reply(bytes: Vec<u8>) -> Reply {
+    Reply {
+        body: String::new(),
+        result: SUCCESS,
+        kind: ReplyKind::Gzip(bytes),
     }
 }
 
@@ -708,7 +734,7 @@ pub(crate) fn bill_error(msg: &str, code: &str) -> Reply {
     Reply {
         body,
         result: BUSINESS_ERROR,
-        text: false,
+        kind: ReplyKind::Xml,
     }
 }
 

@@ -486,29 +486,29 @@ pub(crate) fn certificates(ctx: &Ctx<'_>) -> Reply {
 /// is exactly the one whose digest was given.
 #[derive(Default)]
 pub(crate) struct BillTokens {
-    files: Mutex<VecDeque<(String, u16, String)>>,
+    files: Mutex<VecDeque<(String, u16, Vec<u8>)>>,
 }
 
 /// How many bills are kept for download; older tokens expire.
 const BILLS_KEPT: usize = 64;
 
 impl BillTokens {
-    fn put(&self, mch: u16, text: String) -> String {
+    fn put(&self, mch: u16, file: Vec<u8>) -> String {
         let token = ids::random_alnum(32);
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if files.len() >= BILLS_KEPT {
             files.pop_front();
         }
-        files.push_back((token.clone(), mch, text));
+        files.push_back((token.clone(), mch, file));
         token
     }
 
-    fn get(&self, mch: u16, token: &str) -> Option<String> {
+    fn get(&self, mch: u16, token: &str) -> Option<Vec<u8>> {
         let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         files
             .iter()
             .find(|(t, m, _)| t == token && *m == mch)
-            .map(|(_, _, text)| text.clone())
+            .map(|(_, _, file)| file.clone())
     }
 }
 
@@ -533,23 +533,26 @@ pub(crate) fn trade_bill(ctx: &Ctx<'_>, uri: &Uri) -> Reply {
         Some("REFUND") => BillType::Refund,
         Some(_) => return query_error("bill_type", "须为ALL、SUCCESS或REFUND"),
     };
-    if let Some(t) = query_param(uri, "tar_type") {
-        // Compressed bills are not made by this simulator yet; saying so beats a plain file
-        // that a client would then fail to gunzip.
-        return query_error(
-            "tar_type",
-            &format!("{t}: the simulator serves uncompressed bills only (omit tar_type)"),
-        );
-    }
+    let gzip = match query_param(uri, "tar_type").as_deref() {
+        None => false,
+        Some("GZIP") => true,
+        Some(_) => return query_error("tar_type", "仅支持GZIP"),
+    };
     let text = match bill_text(ctx.sim, ctx.mch, ctx.now, day, bill_type) {
         Ok(t) => t,
         Err(BillRefusal::InvalidDate) => return query_error("bill_date", "账单日期不在可下载范围内"),
         Err(BillRefusal::Creating) => return Reply::error(400, "STATEMENT_CREATING", "账单生成中，请稍后再试"),
         Err(BillRefusal::NoBill) => return Reply::error(400, "NO_STATEMENT_EXIST", "当前日期账单不存在"),
     };
-    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, text.as_bytes());
+    // The digest is of the file as downloaded: the gzip stream when one was asked for.
+    let file = if gzip {
+        crate::gzip::gzip(text.as_bytes())
+    } else {
+        text.into_bytes()
+    };
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &file);
     let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    let token = ctx.v3.bills.put(ctx.mch, text);
+    let token = ctx.v3.bills.put(ctx.mch, file);
     let scheme = if ctx.sim.inner.tls.is_some() { "https" } else { "http" };
     Reply::ok(&json!({
         "hash_type": "SHA1",
@@ -560,7 +563,7 @@ pub(crate) fn trade_bill(ctx: &Ctx<'_>, uri: &Uri) -> Reply {
 
 pub(crate) fn bill_download(ctx: &Ctx<'_>, uri: &Uri) -> Reply {
     match query_param(uri, "token").and_then(|t| ctx.v3.bills.get(ctx.mch, &t)) {
-        Some(text) => Reply::file(text),
+        Some(file) => Reply::file(file),
         None => Reply::error(404, "RESOURCE_NOT_EXISTS", "下载链接已失效或不存在"),
     }
 }

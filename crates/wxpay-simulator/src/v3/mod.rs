@@ -172,7 +172,7 @@ pub(crate) struct Reply {
     body: String,
     result: usize,
     /// A file (the bill download): sent as is, without signature headers, as WeChat Pay does.
-    file: bool,
+    file: Option<Vec<u8>>,
 }
 
 impl Reply {
@@ -181,7 +181,7 @@ impl Reply {
             status: StatusCode::OK,
             body: body.to_string(),
             result: SUCCESS,
-            file: false,
+            file: None,
         }
     }
 
@@ -190,16 +190,16 @@ impl Reply {
             status: StatusCode::NO_CONTENT,
             body: String::new(),
             result: SUCCESS,
-            file: false,
+            file: None,
         }
     }
 
-    pub(crate) fn file(body: String) -> Reply {
+    pub(crate) fn file(bytes: Vec<u8>) -> Reply {
         Reply {
             status: StatusCode::OK,
-            body,
+            body: String::new(),
             result: SUCCESS,
-            file: true,
+            file: Some(bytes),
         }
     }
 
@@ -222,7 +222,7 @@ impl Reply {
             } else {
                 BUSINESS_ERROR
             },
-            file: false,
+            file: None,
         }
     }
 
@@ -506,14 +506,14 @@ async fn call(sim: Simulator, api: Api, method: Method, uri: Uri, headers: Heade
 
 fn finish(sim: &Simulator, v3: &V3, api: Api, reply: Reply, after: Option<FaultKind>, now: i64) -> Response {
     sim.inner.metrics.request(api.metric(), reply.result);
-    if reply.file {
+    if let Some(bytes) = reply.file {
         return (
             reply.status,
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
             )],
-            reply.body,
+            bytes,
         )
             .into_response();
     }

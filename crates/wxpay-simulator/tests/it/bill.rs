@@ -112,3 +112,57 @@ async fn a_bad_signature_on_downloadbill_says_sign_error() {
     let err = env.call_as(&wrong, &bill(BillType::All, day)).await.unwrap_err();
     assert!(matches!(err, Error::ReturnFail { return_msg, error_code: Some(_) } if return_msg == "SIGN ERROR"));
 }
+
+/// `gzip -dc` of `bytes`: the system's gunzip, not the simulator's own idea of gzip.
+pub(crate) fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("gzip")
+        .arg("-dc")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("gzip is installed");
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "gzip -dc refused the stream");
+    out.stdout
+}
+
+#[tokio::test]
+async fn a_bill_asked_for_as_gzip_is_a_gzip_stream_of_the_same_bytes() {
+    let env = spawn().await;
+    let day = pin_noon(&env);
+    env.create("bz-1", 4321).await;
+    env.pay("bz-1", "success").await;
+    let plain = v2::encode(&bill(BillType::All, day), &env.merchant, &nonce()).unwrap();
+    let plain = env
+        .http
+        .post(env.url(DownloadBill::PATH))
+        .body(plain)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let mut zipped = bill(BillType::All, day);
+    zipped.extra.insert("tar_type".into(), "GZIP".into());
+    let body = v2::encode(&zipped, &env.merchant, &nonce()).unwrap();
+    let gz = env
+        .http
+        .post(env.url(DownloadBill::PATH))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&gz[..2], &[0x1F, 0x8B], "a gzip stream, not the text");
+    assert_eq!(gunzip(&gz), plain.to_vec());
+    // Another tar_type is refused as WeChat Pay refuses it.
+    zipped.extra.insert("tar_type".into(), "ZIP".into());
+    let body = v2::encode(&zipped, &env.merchant, &nonce()).unwrap();
+    let (_, text) = env.post_raw(DownloadBill::PATH, body).await;
+    assert!(text.contains("invalid tar_type, Only GZIP supported"), "{text}");
+}

@@ -558,6 +558,20 @@ async fn the_trade_bill_is_downloaded_and_matches_its_digest() {
     assert!(location.check(&wrong).is_err());
     let a = c.send(&calls::trade_bill("2001-01-01")).await;
     assert_eq!((a.status, a.error().code.as_str()), (400, "PARAM_ERROR"));
+    // As gzip (what SDKs ask for by default): the digest is the gzip file's.
+    let mut zipped = calls::trade_bill(&today);
+    zipped.url.push_str("&tar_type=GZIP");
+    let location = bill_location(&c.send(&zipped).await.body).unwrap();
+    let url = location.download_url.clone();
+    let gz = c
+        .send(&Request {
+            method: "GET",
+            url: url[url.find("/v3/").unwrap()..].to_owned(),
+            body: String::new(),
+        })
+        .await;
+    location.check(&gz.body).unwrap();
+    assert_eq!(crate::bill::gunzip(&gz.body), file.body);
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Conformance: the unchanged WeChat Pay SDK `wechatpy` (pinned from PyPI) against
-# `wxpay simulator` and against the gateway, `wxpay serve`.
+# Conformance: the unchanged WeChat Pay SDKs `wechatpy` (APIv2) and `wechatpayv3` (APIv3),
+# pinned from PyPI, against `wxpay simulator`, and wechatpy against the gateway, `wxpay serve`.
 #
 #   ./scripts/conformance.sh
 #
@@ -10,7 +10,11 @@
 #      (wechatpy_conformance.py): orders, the payment notification, refunds over mutual TLS
 #      with the merchant certificate, the refund notification, an HMAC-SHA256 merchant,
 #      downloadbill, wrong keys;
-#   2. starts a second simulator (an MD5 and an HMAC-SHA256 merchant) and `wxpay serve` in
+#   2. starts `wxpay simulator` twice more on one keys folder, with --v3-signer public-key and
+#      certificate, and drives APIv3 with wechatpayv3 (wechatpayv3_conformance.py): orders,
+#      queries, close, refunds, notifications verified and decrypted by the SDK, certificates,
+#      the gzip trade bill;
+#   3. starts a second simulator (an MD5 and an HMAC-SHA256 merchant) and `wxpay serve` in
 #      front of it on SQLite, creates orders and refunds through the gateway's API and posts
 #      payment and refund notifications made with the SDK to the gateway's notify URLs
 #      (gateway_conformance.py).

@@ -66,6 +66,28 @@ pub fn pay_sign(
     key.sign(message.as_bytes())
 }
 
+/// The `wx.requestPayment` parameters of an APIv3 order: `signType: "RSA"` and
+/// [`pay_sign`]'s signature. The same five fields as APIv2's, so one type serves both.
+///
+/// # Errors
+/// As [`MerchantKey::sign`].
+pub fn pay_params(
+    key: &MerchantKey,
+    appid: &AppId,
+    prepay_id: &str,
+    timestamp: u64,
+    nonce: &Nonce,
+) -> Result<crate::v2::PayParams, Error> {
+    Ok(crate::v2::PayParams {
+        app_id: appid.as_str().to_owned(),
+        time_stamp: timestamp.to_string(),
+        nonce_str: nonce.as_str().to_owned(),
+        package: format!("prepay_id={prepay_id}"),
+        sign_type: "RSA".to_owned(),
+        pay_sign: pay_sign(key, appid, timestamp, nonce, prepay_id)?,
+    })
+}
+
 /// The `Wechatpay-*` headers of an answer or notification, as received.
 #[derive(Clone, Copy, Debug)]
 pub struct SignatureHeaders<'a> {

@@ -81,6 +81,23 @@ fn pay_sign_with_rsa_is_the_vectors() {
     )
     .unwrap();
     assert_eq!(sign, text(&p["paySign"]));
+    // The five fields as the mini program takes them, signed the same way.
+    let params = auth::pay_params(
+        &merchant_key(&v),
+        &AppId::new(text(&p["appId"])).unwrap(),
+        text(&p["package"]).strip_prefix("prepay_id=").unwrap(),
+        text(&p["timeStamp"]).parse().unwrap(),
+        &Nonce::new(text(&p["nonceStr"])).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            params.sign_type.as_str(),
+            params.package.as_str(),
+            params.pay_sign.as_str()
+        ),
+        ("RSA", text(&p["package"]), text(&p["paySign"]))
+    );
 }
 
 #[test]

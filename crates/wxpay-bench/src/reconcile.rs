@@ -44,13 +44,14 @@ fn merchant(base_url: &str) -> MerchantConfig {
         appid: AppId::new(TEST_APPID).unwrap_or_else(|e| panic!("{e}")),
         app_secret: None,
         mch_id: MchId::new(TEST_MCH_ID).unwrap_or_else(|e| panic!("{e}")),
-        api_key: ApiKey::new(TEST_API_KEY).unwrap_or_else(|e| panic!("{e}")),
+        api_key: Some(ApiKey::new(TEST_API_KEY).unwrap_or_else(|e| panic!("{e}"))),
         sign_type: SignType::Md5,
         base_url: base_url.to_owned(),
         backup_url: None,
         sns_base_url: base_url.to_owned(),
         client_cert: None,
         ca_pem: None,
+        v3: None,
     }
 }
 

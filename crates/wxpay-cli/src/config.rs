@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use wxpay_gateway::{
-    ClientCert, Config, JobsConfig, Limits, MerchantConfig, ReconcileConfig, Secret, UpstreamConfig, WebhookConfig,
+    ClientCert, Config, JobsConfig, Limits, MerchantConfig, ReconcileConfig, Secret, UpstreamConfig, V3Credentials,
+    WebhookConfig,
 };
-use wxpay_protocol::v3::Certificate;
+use wxpay_protocol::v3::{Certificate, MerchantKey, PublicKey};
 use wxpay_protocol::{ApiKey, ApiV3Key, AppId, AppSecret, MchId, SignType};
 use wxpay_simulator::{SimMerchant, SimV3Merchant};
 
@@ -118,15 +119,11 @@ pub(crate) struct MerchantFile {
     pub cert_password: Option<String>,
     /// Extra CA certificates (PEM) to trust for `base_url` (the simulator's `ca.pem`).
     pub ca_path: Option<String>,
-    // APIv3 keys: the simulator serves them; the gateway refuses api_version = "v3" with a
-    // message until its v3 provider exists.
+    // APIv3 (api_version = "v3"; the simulator serves any entry that has the first two).
     pub apiv3_key: Option<String>,
     pub serial_no: Option<String>,
-    #[allow(dead_code)]
     pub platform_cert_path: Option<String>,
-    #[allow(dead_code)]
     pub wechatpay_public_key_path: Option<String>,
-    #[allow(dead_code)]
     pub wechatpay_public_key_id: Option<String>,
 }
 
@@ -311,6 +308,89 @@ fn sim_v3(m: &MerchantFile, at: &dyn Fn(&str) -> String) -> Result<Option<SimV3M
     }))
 }
 
+/// A merchant's APIv3 credentials for the gateway: the APIv3 key, the private key with its
+/// certificate's serial, and what verifies WeChat Pay (the public key, platform certificates,
+/// or both during a switch-over; with neither, certificates are downloaded).
+fn v3_credentials(m: &MerchantFile, at: &dyn Fn(&str) -> String) -> Result<V3Credentials, String> {
+    let text =
+        |key: &str, p: &str| std::fs::read_to_string(p).map_err(|e| format!("{}: cannot read {p:?}: {e}", at(key)));
+    let missing = |key: &str, what: &str| format!("{} is missing: {what}", at(key));
+    let apiv3_key = m
+        .apiv3_key
+        .as_deref()
+        .ok_or_else(|| missing("apiv3_key", "the 32-byte APIv3 key decrypts notifications"))?;
+    let apiv3_key = ApiV3Key::new(apiv3_key).map_err(|e| format!("{}: {e}", at("apiv3_key")))?;
+    let serial = m
+        .serial_no
+        .as_deref()
+        .ok_or_else(|| missing("serial_no", "the serial number of the merchant API certificate"))?
+        .trim();
+    let key_path = m
+        .key_path
+        .as_deref()
+        .ok_or_else(|| missing("key_path", "apiclient_key.pem signs every APIv3 request"))?;
+    let key =
+        MerchantKey::from_pem(&text("key_path", key_path)?, serial).map_err(|e| format!("{}: {e}", at("key_path")))?;
+    if let Some(cert_path) = m
+        .cert_path
+        .as_deref()
+        .filter(|p| !p.ends_with(".p12") && !p.ends_with(".pfx"))
+    {
+        let cert =
+            Certificate::from_pem(&text("cert_path", cert_path)?).map_err(|e| format!("{}: {e}", at("cert_path")))?;
+        if !cert.serial_no().eq_ignore_ascii_case(serial) {
+            return Err(format!(
+                "{}: {serial:?} is not the serial of {cert_path:?} ({}); WeChat Pay would answer SIGN_ERROR",
+                at("serial_no"),
+                cert.serial_no()
+            ));
+        }
+    }
+    let platform_certs = match m.platform_cert_path.as_deref() {
+        Some(p) => vec![
+            Certificate::from_pem(&text("platform_cert_path", p)?)
+                .map_err(|e| format!("{}: {e}", at("platform_cert_path")))?,
+        ],
+        None => Vec::new(),
+    };
+    let public_key = match (
+        m.wechatpay_public_key_path.as_deref(),
+        m.wechatpay_public_key_id.as_deref(),
+    ) {
+        (None, None) => None,
+        (Some(p), Some(id)) => {
+            let id = id.trim();
+            if !id.starts_with("PUB_KEY_ID_") {
+                return Err(format!(
+                    "{}: {id:?} does not start with PUB_KEY_ID_",
+                    at("wechatpay_public_key_id")
+                ));
+            }
+            let key = PublicKey::from_pem(&text("wechatpay_public_key_path", p)?)
+                .map_err(|e| format!("{}: {e}", at("wechatpay_public_key_path")))?;
+            Some((id.to_owned(), key))
+        }
+        (Some(_), None) => {
+            return Err(missing(
+                "wechatpay_public_key_id",
+                "the id (PUB_KEY_ID_…) of the public key given",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(missing(
+                "wechatpay_public_key_path",
+                "the public key (pub_key.pem) of the id given",
+            ));
+        }
+    };
+    Ok(V3Credentials {
+        apiv3_key,
+        key: std::sync::Arc::new(key),
+        platform_certs,
+        public_key,
+    })
+}
+
 /// What `serve` needs besides the gateway's own configuration.
 pub(crate) struct ServeSettings {
     pub listen: String,
@@ -339,21 +419,25 @@ pub(crate) fn gateway_config(file: &FileConfig) -> Result<(Config, ServeSettings
     let mut merchants = Vec::new();
     for (i, m) in file.merchants.iter().enumerate() {
         let at = |key: &str| format!("merchants[{i}].{key}");
-        match m.api_version.as_deref() {
-            None | Some("v2") => {}
-            Some("v3") => return Err(format!("{}: APIv3 is not supported yet; use \"v2\"", at("api_version"))),
+        let v3 = match m.api_version.as_deref() {
+            None | Some("v2") => false,
+            Some("v3") => true,
             Some(other) => return Err(format!("{}: {other:?} is not \"v2\" or \"v3\"", at("api_version"))),
-        }
-        let api_key = m
-            .api_key
-            .as_deref()
-            .ok_or_else(|| format!("{} is missing (the 32-character APIv2 key)", at("api_key")))?;
+        };
+        let api_key = match m.api_key.as_deref() {
+            Some(k) => Some(ApiKey::new(k).map_err(|e| format!("{}: {e}", at("api_key")))?),
+            None if v3 => None,
+            None => return Err(format!("{} is missing (the 32-character APIv2 key)", at("api_key"))),
+        };
         let sign_type = match m.sign_type.as_deref() {
             None => SignType::Md5,
             Some(s) => s.parse::<SignType>().map_err(|e| format!("{}: {e}", at("sign_type")))?,
         };
         let read = |key: &str, p: &str| std::fs::read(p).map_err(|e| format!("{}: cannot read {p:?}: {e}", at(key)));
+        let v3 = if v3 { Some(v3_credentials(m, &at)?) } else { None };
         let client_cert = match (&m.cert_path, &m.key_path) {
+            // APIv3 signs every request instead of presenting a TLS certificate.
+            _ if v3.is_some() => None,
             (None, None) => None,
             (Some(c), None) if c.ends_with(".p12") || c.ends_with(".pfx") => {
                 let password = m.cert_password.clone().unwrap_or_else(|| m.mch_id.clone());
@@ -395,7 +479,7 @@ pub(crate) fn gateway_config(file: &FileConfig) -> Result<(Config, ServeSettings
             appid: AppId::new(m.appid.as_str()).map_err(|e| format!("{}: {e}", at("appid")))?,
             app_secret,
             mch_id: MchId::new(m.mch_id.as_str()).map_err(|e| format!("{}: {e}", at("mch_id")))?,
-            api_key: ApiKey::new(api_key).map_err(|e| format!("{}: {e}", at("api_key")))?,
+            api_key,
             sign_type,
             base_url: m
                 .base_url
@@ -412,6 +496,7 @@ pub(crate) fn gateway_config(file: &FileConfig) -> Result<(Config, ServeSettings
                 .unwrap_or_else(|| "https://api.weixin.qq.com".to_owned()),
             client_cert,
             ca_pem,
+            v3,
         });
     }
     if merchants.iter().any(|m| m.app_secret.is_none()) {
@@ -675,6 +760,47 @@ auto_pay_delay_ms = 500
         assert!(config.webhook.unwrap().allow_http);
     }
 
+    /// A v3 merchant entry over the test vectors' keys.
+    fn v3_example(extra: &str) -> String {
+        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/vectors/keys");
+        EXAMPLE.replace(
+            "api_key = \"wxpaySimulatorTestKey0000000000A\"\nsign_type = \"MD5\"",
+            &format!(
+                "api_version = \"v3\"\napiv3_key = \"wxpaySimulatorApiV3TestKey000001\"\nserial_no = \"3775B6A45ACD588826D15E583A95F5DD2A4B7B21\"\ncert_path = \"{keys}/merchant_cert.pem\"\nkey_path = \"{keys}/merchant_private_key.pem\"\n{extra}"
+            ),
+        )
+    }
+
+    #[test]
+    fn a_v3_merchant_needs_its_apiv3_key_its_key_and_the_serial_of_its_certificate() {
+        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/vectors/keys");
+        let both = format!(
+            "platform_cert_path = \"{keys}/platform_cert.pem\"\nwechatpay_public_key_path = \"{keys}/platform_public_key.pem\"\nwechatpay_public_key_id = \"PUB_KEY_ID_0000000000000024101100397200000006\"\n"
+        );
+        let (config, _) = gateway_config(&parse(&v3_example(&both)).unwrap()).unwrap();
+        let m = &config.merchants[0];
+        let v3 = m.v3.as_ref().unwrap();
+        assert!(m.api_key.is_none() && m.client_cert.is_none());
+        assert_eq!(v3.key.serial_no(), "3775B6A45ACD588826D15E583A95F5DD2A4B7B21");
+        assert_eq!(v3.platform_certs.len(), 1);
+        assert_eq!(v3.public_key.as_ref().unwrap().0, "PUB_KEY_ID_0000000000000024101100397200000006");
+        // Nothing to verify with is allowed: the certificates are downloaded.
+        let (config, _) = gateway_config(&parse(&v3_example("")).unwrap()).unwrap();
+        assert!(config.merchants[0].v3.as_ref().unwrap().platform_certs.is_empty());
+        for (text, key) in [
+            (v3_example("").replace("3775B6A45ACD", "AAAAB6A45ACD"), "merchants[0].serial_no"),
+            (v3_example("").replace("apiv3_key = \"wxpaySimulatorApiV3TestKey000001\"\n", ""), "merchants[0].apiv3_key"),
+            (v3_example("").replace("merchant_private_key.pem", "nope.pem"), "merchants[0].key_path"),
+            (
+                v3_example("wechatpay_public_key_id = \"PUB_KEY_ID_01\"\n"),
+                "merchants[0].wechatpay_public_key_path",
+            ),
+        ] {
+            let err = gateway_config(&parse(&text).unwrap()).map(|_| ()).unwrap_err();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
     #[test]
     fn environment_overrides_keys_and_merchant_entries() {
         let env = vec![
@@ -693,7 +819,7 @@ auto_pay_delay_ms = 500
         let (config, settings) = gateway_config(&f).unwrap();
         assert_eq!(settings.database_url, "postgres://db/wxpay");
         assert_eq!(config.api_tokens.len(), 2);
-        assert_eq!(config.merchants[0].api_key.expose(), "0123456789abcdef0123456789ABCDEF");
+        assert_eq!(config.merchants[0].api_key.as_ref().unwrap().expose(), "0123456789abcdef0123456789ABCDEF");
         let bad = vec![("WXPAY_MERCHANTS_3_API_KEY".to_owned(), "x".to_owned())];
         assert!(
             parse_with_env(EXAMPLE, &bad)

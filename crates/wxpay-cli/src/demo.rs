@@ -160,13 +160,14 @@ fn demo_config(base: &str, token: &str, webhook_secret: &str) -> Config {
         appid: AppId::new(TEST_APPID).expect("the test appid is valid"),
         app_secret: Some(AppSecret::new(TEST_APP_SECRET).expect("the test app secret is valid")),
         mch_id: MchId::new(TEST_MCH_ID).expect("the test mch_id is valid"),
-        api_key: ApiKey::new(TEST_API_KEY).expect("the test key is valid"),
+        api_key: Some(ApiKey::new(TEST_API_KEY).expect("the test key is valid")),
         sign_type: SignType::Md5,
         base_url: base.to_owned(),
         backup_url: None,
         sns_base_url: base.to_owned(),
         client_cert: None,
         ca_pem: None,
+        v3: None,
     };
     let jobs = JobsConfig {
         first_check_after: Duration::from_secs(30),

@@ -4,7 +4,10 @@
 use std::fmt;
 use std::time::Duration;
 
-use wxpay_protocol::{ApiKey, AppId, AppSecret, MchId, Merchant, SignType};
+use std::sync::Arc;
+
+use wxpay_protocol::v3::{Certificate, MerchantKey, PublicKey};
+use wxpay_protocol::{ApiKey, ApiV3Key, AppId, AppSecret, MchId, Merchant, SignType};
 
 /// A secret compared in constant time and never shown (API tokens, the webhook secret).
 #[derive(Clone)]
@@ -44,8 +47,9 @@ pub struct MerchantConfig {
     pub app_secret: Option<AppSecret>,
     /// The merchant number.
     pub mch_id: MchId,
-    /// The APIv2 key.
-    pub api_key: ApiKey,
+    /// The APIv2 key: required for an APIv2 merchant; for an APIv3 one it lets the gateway
+    /// also read the APIv2 notifications WeChat Pay still sends for refunds made by hand.
+    pub api_key: Option<ApiKey>,
     /// The algorithm of every request, answer and notification of this merchant.
     pub sign_type: SignType,
     /// WeChat Pay (`https://api.mch.weixin.qq.com`) or the simulator.
@@ -59,6 +63,39 @@ pub struct MerchantConfig {
     /// Extra certificate authorities (PEM) trusted for `base_url`, besides the system's: the
     /// simulator's test CA, or a corporate proxy's.
     pub ca_pem: Option<Vec<u8>>,
+    /// APIv3 credentials: with them the merchant is served on APIv3 (`api_version = "v3"`).
+    pub v3: Option<V3Credentials>,
+}
+
+/// What a merchant on APIv3 signs and verifies with.
+#[derive(Clone)]
+pub struct V3Credentials {
+    /// The APIv3 key: notification resources and downloaded platform certificates.
+    pub apiv3_key: ApiV3Key,
+    /// The merchant API private key, with its certificate's serial (`serial_no`).
+    pub key: Arc<MerchantKey>,
+    /// Platform certificates configured (`platform_cert_path`). When none is configured and
+    /// no public key either, they are downloaded from `/v3/certificates`.
+    pub platform_certs: Vec<Certificate>,
+    /// The WeChat Pay public key and its id (`PUB_KEY_ID_…`).
+    pub public_key: Option<(String, PublicKey)>,
+}
+
+impl fmt::Debug for V3Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("V3Credentials")
+            .field("serial_no", &self.key.serial_no())
+            .field(
+                "platform_certs",
+                &self
+                    .platform_certs
+                    .iter()
+                    .map(Certificate::serial_no)
+                    .collect::<Vec<_>>(),
+            )
+            .field("public_key_id", &self.public_key.as_ref().map(|(id, _)| id))
+            .finish_non_exhaustive()
+    }
 }
 
 /// A merchant API certificate with its private key, loaded from the `apiclient_cert.pem` +
@@ -138,13 +175,13 @@ impl ClientCert {
 
 impl MerchantConfig {
     /// The protocol crate's view of the credentials.
-    pub fn credentials(&self) -> Merchant {
-        Merchant {
+    pub fn credentials(&self) -> Option<Merchant> {
+        Some(Merchant {
             appid: self.appid.clone(),
             mch_id: self.mch_id.clone(),
-            key: self.api_key.clone(),
+            key: self.api_key.clone()?,
             sign_type: self.sign_type,
-        }
+        })
     }
 }
 
@@ -326,9 +363,12 @@ impl Config {
             if self.merchants[..i].iter().any(|o| o.name == m.name) {
                 return Err(format!("merchants[{i}].name: {:?} is used twice", m.name));
             }
+            if m.v3.is_none() && m.api_key.is_none() {
+                return Err(format!("merchants[{i}].api_key: an APIv2 merchant needs its API key"));
+            }
             if self.merchants[..i]
                 .iter()
-                .any(|o| o.mch_id == m.mch_id && o.api_key != m.api_key)
+                .any(|o| o.mch_id == m.mch_id && o.api_key.is_some() && m.api_key.is_some() && o.api_key != m.api_key)
             {
                 return Err(format!(
                     "merchants[{i}].api_key: merchant {} has another API key in an earlier entry",
@@ -392,13 +432,14 @@ mod tests {
                 appid: AppId::new("wxd678efh567hg6787").unwrap(),
                 app_secret: None,
                 mch_id: MchId::new("1230000109").unwrap(),
-                api_key: ApiKey::new("wxpaySimulatorTestKey0000000000A").unwrap(),
+                api_key: Some(ApiKey::new("wxpaySimulatorTestKey0000000000A").unwrap()),
                 sign_type: SignType::Md5,
                 base_url: "https://api.mch.weixin.qq.com".into(),
                 backup_url: None,
                 sns_base_url: "https://api.weixin.qq.com".into(),
                 client_cert: None,
                 ca_pem: None,
+                v3: None,
             }],
             webhook: Some(WebhookConfig {
                 url: url.into(),

@@ -18,7 +18,8 @@ pub mod time;
 mod util;
 
 pub use config::{
-    ClientCert, Config, JobsConfig, MerchantConfig, ReconcileConfig, Secret, UpstreamConfig, WebhookConfig,
+    ClientCert, Config, JobsConfig, MerchantConfig, ReconcileConfig, Secret, UpstreamConfig, V3Credentials,
+    WebhookConfig,
 };
 pub use edge::{ApiError, App, OPENAPI, serve, serve_router};
 pub use service::jobs::{verify_webhook_signature, webhook_signature};

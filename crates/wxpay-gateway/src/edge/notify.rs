@@ -1,4 +1,6 @@
-//! `POST /notify/v2/pay` and `POST /notify/v2/refund`: WeChat Pay's APIv2 notifications.
+//! `POST /notify/v2/pay` and `POST /notify/v2/refund`: WeChat Pay's APIv2 notifications;
+//! `POST /notify/v3/{merchant}`: APIv3's (both kinds), answered 204 when kept and 4xx/5xx
+//! with `{"code":"FAIL","message":…}` otherwise, as WeChat Pay expects.
 //!
 //! In this order: the body size limit (the router's), the hardened XML reader, the merchant
 //! found by `mch_id` and `appid`, the signature with that merchant's configured algorithm
@@ -12,13 +14,15 @@
 use std::net::SocketAddr;
 
 use axum::Extension;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use wxpay_protocol::v2::{NOTIFY_SUCCESS_REPLY, notify_fail_reply};
+use wxpay_protocol::v3::SignatureHeaders;
 
 use crate::edge::app::App;
+use crate::provider::v3::{V3Inbox, V3Notice};
 use crate::service::notifications::{Misfit, NoticeAnswer, NoticeKind};
 
 fn reply(status: StatusCode, body: String) -> Response {
@@ -35,10 +39,11 @@ fn rejected() -> Response {
     reply(StatusCode::BAD_REQUEST, notify_fail_reply(REJECTED))
 }
 
-/// The reply to a verified notification: `SUCCESS` only when it needs not come again.
-fn answer(a: NoticeAnswer) -> Response {
-    let (status, why) = match a {
-        NoticeAnswer::Acknowledged => return reply(StatusCode::OK, NOTIFY_SUCCESS_REPLY.to_owned()),
+/// What a verified notification is answered with, whatever the protocol: `None` when it
+/// needs not come again, else the status and why.
+fn verdict(a: NoticeAnswer) -> Option<(StatusCode, &'static str)> {
+    Some(match a {
+        NoticeAnswer::Acknowledged => return None,
         // Nothing was committed: FAIL makes WeChat Pay send the notification again.
         NoticeAnswer::NotKept => (StatusCode::INTERNAL_SERVER_ERROR, "temporary failure"),
         NoticeAnswer::Refused(m) => match m {
@@ -51,8 +56,30 @@ fn answer(a: NoticeAnswer) -> Response {
             Misfit::RefundAmountMismatch => (StatusCode::BAD_REQUEST, "amount does not match the refund"),
             Misfit::RefundConflict => (StatusCode::CONFLICT, "conflicts with the recorded refund"),
         },
-    };
-    reply(status, notify_fail_reply(why))
+    })
+}
+
+/// The reply to a verified APIv2 notification: `SUCCESS` only when it needs not come again.
+fn answer(a: NoticeAnswer) -> Response {
+    match verdict(a) {
+        None => reply(StatusCode::OK, NOTIFY_SUCCESS_REPLY.to_owned()),
+        Some((status, why)) => reply(status, notify_fail_reply(why)),
+    }
+}
+
+/// An APIv3 refusal: the status decides (WeChat Pay sends again after any 4xx or 5xx); the
+/// body says why.
+fn v3_fail(status: StatusCode, why: &str) -> Response {
+    let body = serde_json::json!({ "code": "FAIL", "message": why }).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The reply to a verified APIv3 notification: 204 when it needs not come again.
+fn v3_answer(a: NoticeAnswer) -> Response {
+    match verdict(a) {
+        None => StatusCode::NO_CONTENT.into_response(),
+        Some((status, why)) => v3_fail(status, why),
+    }
 }
 
 /// The peer's address, which the server (`wxpay-http`) gives every request.
@@ -78,6 +105,30 @@ pub(crate) async fn refund(State(app): State<App>, peer: Peer, body: Bytes) -> R
         Err(r) => {
             app.notice_rejected(NoticeKind::Refund, r, &body, peer_of(peer));
             rejected()
+        }
+    }
+}
+
+pub(crate) async fn v3(
+    State(app): State<App>,
+    Path(merchant): Path<String>,
+    peer: Peer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let signature = SignatureHeaders {
+        timestamp: get("wechatpay-timestamp"),
+        nonce: get("wechatpay-nonce"),
+        signature: get("wechatpay-signature"),
+        serial: get("wechatpay-serial"),
+    };
+    match app.v3_inbox().read(&merchant, &signature, &body).await {
+        Ok((idx, V3Notice::Payment(n))) => v3_answer(app.payment_notified(idx, n, &body).await),
+        Ok((idx, V3Notice::Refund(n))) => v3_answer(app.refund_notified(idx, n, &body).await),
+        Err(r) => {
+            app.notice_rejected(V3Inbox::claimed_kind(&body), r, &body, peer_of(peer));
+            v3_fail(StatusCode::BAD_REQUEST, REJECTED)
         }
     }
 }

@@ -31,6 +31,7 @@ impl App {
         let notify = Router::new()
             .route("/notify/v2/pay", post(notify::payment))
             .route("/notify/v2/refund", post(notify::refund))
+            .route("/notify/v3/{merchant}", post(notify::v3))
             .layer(DefaultBodyLimit::max(wxpay_protocol::xml::DEFAULT_MAX_LEN));
         Router::new()
             .merge(v1)

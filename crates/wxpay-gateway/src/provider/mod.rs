@@ -4,8 +4,9 @@
 //! closes it, refunds, queries a refund, downloads a day's bill and signs the parameters of
 //! `wx.requestPayment`. The core sees typed outcomes ([`PaymentState`], [`RefundState`],
 //! [`ProviderError`] with its retry class), never XML, JSON or a protocol's field names.
-//! WeChat Pay APIv2 is the first implementation ([`v2`]); notifications of that protocol are
-//! read into typed events ([`PaymentNotice`], [`RefundNotice`]) by [`v2::V2Inbox`].
+//! WeChat Pay APIv2 ([`v2`]) and APIv3 ([`v3`]) are its two implementations; notifications of
+//! each protocol are read into the same typed events ([`PaymentNotice`], [`RefundNotice`]) by
+//! [`v2::V2Inbox`] and [`v3::V3Inbox`].
 //!
 //! The shape follows what payment platforms with several connectors do (a connector turns
 //! the platform's flows into one vendor's calls and back), kept to what wxpay needs: one
@@ -22,6 +23,7 @@ use crate::time::Millis;
 
 pub(crate) mod sns;
 pub(crate) mod v2;
+pub(crate) mod v3;
 
 /// A boxed future of a provider result: providers are used as `Arc<dyn Provider>`.
 pub(crate) type Fut<'a, T> = Pin<Box<dyn Future<Output = Result<T, ProviderError>> + Send + 'a>>;

@@ -9,6 +9,7 @@ use crate::metrics::Metrics;
 use crate::provider::Provider;
 use crate::provider::sns::Sns;
 use crate::provider::v2::{V2Inbox, V2Provider};
+use crate::provider::v3::{V3Inbox, V3Provider};
 use crate::service::error::ServiceError;
 use crate::service::rejections::Rejections;
 use crate::store::Store;
@@ -22,6 +23,8 @@ pub(crate) struct Inner {
     pub(crate) merchants: Vec<Box<dyn Provider>>,
     /// Reads APIv2 notifications and finds their merchant.
     pub(crate) v2_inbox: V2Inbox,
+    /// Reads APIv3 notifications of the merchant their path names.
+    pub(crate) v3_inbox: V3Inbox,
     pub(crate) sns: Sns,
     pub(crate) webhook_http: reqwest::Client,
     pub(crate) metrics: Arc<Metrics>,
@@ -62,21 +65,26 @@ impl Service {
             .timeout(std::time::Duration::from_secs(10))
             .build()
             .map_err(|e| format!("webhook client: {e}"))?;
-        let merchants = config
-            .merchants
-            .iter()
-            .map(|m| {
-                V2Provider::new(
+        let mut merchants: Vec<Box<dyn Provider>> = Vec::with_capacity(config.merchants.len());
+        let mut v3_links = Vec::new();
+        for (i, m) in config.merchants.iter().enumerate() {
+            let (upstream, public_url) = (&config.upstream, &config.public_url);
+            if m.v3.is_some() {
+                let p = V3Provider::new(m.clone(), upstream, public_url, metrics.clone(), clock.clone())?;
+                v3_links.push((i, p.link()));
+                merchants.push(Box::new(p));
+            } else {
+                merchants.push(Box::new(V2Provider::new(
                     m.clone(),
-                    &config.upstream,
-                    &config.public_url,
+                    upstream,
+                    public_url,
                     metrics.clone(),
                     clock.clone(),
-                )
-                .map(|p| Box::new(p) as Box<dyn Provider>)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+                )?));
+            }
+        }
         let v2_inbox = V2Inbox::new(&config.merchants);
+        let v3_inbox = V3Inbox::new(v3_links);
         let sns = Sns::new(&config.upstream, metrics.clone())?;
         Ok(Service {
             inner: Arc::new(Inner {
@@ -85,6 +93,7 @@ impl Service {
                 store,
                 merchants,
                 v2_inbox,
+                v3_inbox,
                 sns,
                 webhook_http,
                 metrics,
@@ -147,6 +156,11 @@ impl Service {
     /// The reader of APIv2 notifications.
     pub(crate) fn v2_inbox(&self) -> &V2Inbox {
         &self.inner.v2_inbox
+    }
+
+    /// The reader of APIv3 notifications.
+    pub(crate) fn v3_inbox(&self) -> &V3Inbox {
+        &self.inner.v3_inbox
     }
 
     /// The merchant at an index of the configuration.

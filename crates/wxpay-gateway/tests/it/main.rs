@@ -10,3 +10,4 @@ mod reconcile;
 mod refunds;
 mod store;
 mod support;
+mod v3;

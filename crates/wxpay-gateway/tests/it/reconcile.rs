@@ -27,7 +27,7 @@ async fn run(t: &TestApp, repair: bool) -> Report {
 /// A refund asked for directly at WeChat Pay (as the merchant platform does), not through
 /// wxpay.
 pub(crate) async fn refund_upstream_only(t: &TestApp, order: &str, out_refund_no: &str, total: u64, fee: u64) {
-    let merchant = crate::support::merchants(&t.sim_url)[0].credentials();
+    let merchant = crate::support::merchants(&t.sim_url)[0].credentials().unwrap();
     let call = Refund::new(
         OrderRef::OutTradeNo(OutTradeNo::new(order).unwrap()),
         OutRefundNo::new(out_refund_no).unwrap(),

@@ -17,7 +17,8 @@ use wxpay_gateway::{App, Config, Jobs, JobsConfig, MerchantConfig, Secret, Upstr
 use wxpay_protocol::Fields;
 use wxpay_protocol::{ApiKey, AppId, AppSecret, MchId, SignType};
 use wxpay_simulator::{
-    SimConfig, SimHandle, SimMerchant, Simulator, TEST_API_KEY, TEST_APP_SECRET, TEST_APPID, TEST_MCH_ID,
+    SimConfig, SimHandle, SimMerchant, Simulator, TEST_API_KEY, TEST_APIV3_KEY, TEST_APP_SECRET, TEST_APPID,
+    TEST_MCH_ID, V3Config, V3Signer,
 };
 
 /// The second merchant: HMAC-SHA256, another mch_id and app.
@@ -296,6 +297,74 @@ pub(crate) struct Options {
     pub metrics_token: Option<&'static str>,
     /// Events go here instead of the test's receiver (with `webhook`).
     pub webhook_url: Option<String>,
+    /// The default merchant on APIv3: the simulator signs with `signer`, the gateway verifies
+    /// with what `trusts` names.
+    pub v3: Option<V3Setup>,
+}
+
+/// How a test runs APIv3.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct V3Setup {
+    /// What the simulator signs with.
+    pub signer: V3Signer,
+    /// What the gateway is configured to verify with.
+    pub trusts: Trusts,
+}
+
+/// What a v3 merchant's configuration gives to verify WeChat Pay with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Trusts {
+    /// The WeChat Pay public key and its id.
+    PublicKey,
+    /// The platform certificate file.
+    Certificate,
+    /// Both (a switch-over).
+    Both,
+    /// Nothing: the certificates are downloaded.
+    Download,
+}
+
+/// One keys folder for the test binary: made once (RSA keys take a moment), reused by every
+/// simulator, as restarts of one simulator reuse theirs.
+pub(crate) fn v3_keys_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("wxpay-gw-v3-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut config = SimConfig::new();
+        config.v3 = Some(V3Config {
+            keys_dir: dir.clone(),
+            signer: V3Signer::PublicKey,
+        });
+        Simulator::new(config).unwrap();
+        dir
+    })
+}
+
+/// The gateway's APIv3 credentials of the test merchant, trusting what `trusts` names.
+pub(crate) fn v3_credentials(trusts: Trusts) -> wxpay_gateway::V3Credentials {
+    use wxpay_protocol::v3::{Certificate, MerchantKey, PublicKey};
+    let dir = v3_keys_dir();
+    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();
+    let serial = read(dir.join(TEST_MCH_ID).join("apiclient_serial"));
+    let key = MerchantKey::from_pem(&read(dir.join(TEST_MCH_ID).join("apiclient_key.pem")), serial.trim()).unwrap();
+    let cert = Certificate::from_pem(&read(dir.join("platform_cert.pem"))).unwrap();
+    let public = (
+        read(dir.join("pub_key_id")).trim().to_owned(),
+        PublicKey::from_pem(&read(dir.join("pub_key.pem"))).unwrap(),
+    );
+    wxpay_gateway::V3Credentials {
+        apiv3_key: wxpay_protocol::ApiV3Key::new(TEST_APIV3_KEY).unwrap(),
+        key: Arc::new(key),
+        platform_certs: match trusts {
+            Trusts::Certificate | Trusts::Both => vec![cert],
+            _ => Vec::new(),
+        },
+        public_key: match trusts {
+            Trusts::PublicKey | Trusts::Both => Some(public),
+            _ => None,
+        },
+    }
 }
 
 /// The second mini program of the default merchant number (`Options::second_app`).
@@ -325,6 +394,7 @@ impl Default for Options {
             limits: wxpay_gateway::Limits::default(),
             metrics_token: None,
             webhook_url: None,
+            v3: None,
         }
     }
 }
@@ -383,26 +453,28 @@ pub(crate) fn merchants(sim_url: &str) -> Vec<MerchantConfig> {
             appid: AppId::new(TEST_APPID).unwrap(),
             app_secret: Some(AppSecret::new(TEST_APP_SECRET).unwrap()),
             mch_id: MchId::new(TEST_MCH_ID).unwrap(),
-            api_key: ApiKey::new(TEST_API_KEY).unwrap(),
+            api_key: Some(ApiKey::new(TEST_API_KEY).unwrap()),
             sign_type: SignType::Md5,
             base_url: sim_url.to_owned(),
             backup_url: None,
             sns_base_url: sim_url.to_owned(),
             client_cert: None,
             ca_pem: None,
+            v3: None,
         },
         MerchantConfig {
             name: "hmac".into(),
             appid: AppId::new(HMAC_APPID).unwrap(),
             app_secret: Some(AppSecret::new(HMAC_SECRET).unwrap()),
             mch_id: MchId::new(HMAC_MCH_ID).unwrap(),
-            api_key: ApiKey::new(HMAC_KEY).unwrap(),
+            api_key: Some(ApiKey::new(HMAC_KEY).unwrap()),
             sign_type: SignType::HmacSha256,
             base_url: sim_url.to_owned(),
             backup_url: None,
             sns_base_url: sim_url.to_owned(),
             client_cert: None,
             ca_pem: None,
+            v3: None,
         },
     ]
 }
@@ -438,6 +510,12 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
                 let dir = std::env::temp_dir().join(format!("wxpay-gw-tls-{}", random_suffix()));
                 sim_config.tls = Some(wxpay_simulator::TlsConfig { dir });
             }
+            if let Some(v3) = opts.v3 {
+                sim_config.v3 = Some(V3Config {
+                    keys_dir: v3_keys_dir().to_owned(),
+                    signer: v3.signer,
+                });
+            }
             (opts.sim)(&mut sim_config);
             let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let sim = Simulator::new(sim_config).unwrap().serve(sim_listener).await.unwrap();
@@ -461,6 +539,9 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
                 app2.name = "app2".into();
                 app2.appid = AppId::new(APP2_APPID).unwrap();
                 list.push(app2);
+            }
+            if let Some(v3) = opts.v3 {
+                list[0].v3 = Some(v3_credentials(v3.trusts));
             }
             if let Some(files) = &tls_files {
                 let ca = std::fs::read(&files.ca_cert).unwrap();

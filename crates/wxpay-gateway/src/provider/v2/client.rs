@@ -97,8 +97,11 @@ impl V2Link {
         let http = builder
             .build()
             .map_err(|e| format!("merchant {}: HTTP client: {e}", config.name))?;
+        let credentials = config
+            .credentials()
+            .ok_or_else(|| format!("merchant {}: APIv2 needs the API key (api_key)", config.name))?;
         Ok(V2Link {
-            credentials: config.credentials(),
+            credentials,
             config,
             http,
             failures: AtomicU32::new(0),

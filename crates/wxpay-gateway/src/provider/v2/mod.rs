@@ -244,17 +244,19 @@ pub(crate) struct V2Inbox {
 }
 
 impl V2Inbox {
-    /// The inbox of the configured merchants (indexes as in `merchants`).
+    /// The inbox of the configured merchants that have an APIv2 key (indexes as in
+    /// `merchants`). An APIv3 merchant with one is here too: WeChat Pay still sends APIv2
+    /// refund notifications for refunds made by hand in the merchant platform.
     pub(crate) fn new(merchants: &[MerchantConfig]) -> V2Inbox {
         V2Inbox {
             merchants: merchants
                 .iter()
                 .enumerate()
-                .map(|(i, m)| {
-                    (
+                .filter_map(|(i, m)| {
+                    Some((
                         (m.mch_id.as_str().to_owned(), m.appid.as_str().to_owned()),
-                        (i, m.credentials()),
-                    )
+                        (i, m.credentials()?),
+                    ))
                 })
                 .collect(),
         }

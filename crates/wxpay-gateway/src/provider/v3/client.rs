@@ -1,0 +1,277 @@
+//! Calls to WeChat Pay's APIv3: signed (`Authorization`), verified (`Wechatpay-*` over the
+//! raw body), retried only where it is safe, with the platform certificates refreshed when an
+//! answer names a key the gateway does not have.
+//!
+//! A call is repeated, with the same body and a fresh signature, when no answer came (the
+//! request may or may not have been processed; WeChat Pay accepts the same order number with
+//! the same parameters again), when an answer does not verify, and for `SYSTEM_ERROR` and
+//! `BANK_ERROR`. Success answers must verify; a refusal is read even unsigned (WeChat Pay's
+//! own SDKs read refusals before any signature check), but one that carries a signature
+//! that does not verify is treated as no answer.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use wxpay_protocol::v3::auth::authorization;
+use wxpay_protocol::v3::calls::{Request, V3Error, platform_certificates};
+use wxpay_protocol::v3::{SignatureHeaders, Verifier, VerifyError};
+
+use crate::config::{MerchantConfig, UpstreamConfig, V3Credentials};
+use crate::metrics::Metrics;
+use crate::provider::nonce;
+use crate::provider::v2::client::client_builder;
+use crate::time::{Clock, Millis};
+
+/// How an APIv3 call ended badly.
+#[derive(Debug, Clone)]
+pub(crate) enum CallError {
+    /// WeChat Pay refused it (a 4xx or 5xx with its error body), and repeating it now would
+    /// not help.
+    Rejected(V3Error),
+    /// No trustworthy answer after every allowed attempt.
+    NoAnswer(String),
+}
+
+/// A verified answer (or a file, for a download).
+pub(crate) struct Answer {
+    pub body: Bytes,
+}
+
+/// How often at most the platform certificates are downloaded because an answer or a
+/// notification named an unknown serial: a forger sending unknown serials must not make the
+/// gateway call WeChat Pay on every request.
+const REFRESH_AT_MOST_EVERY: Duration = Duration::from_secs(60);
+
+/// How long downloaded certificates are trusted before they are downloaded again.
+pub(crate) const REFRESH_EVERY: Duration = Duration::from_secs(12 * 3600);
+
+/// A merchant's connection to WeChat Pay's APIv3, and the keys it verifies WeChat Pay with.
+pub(crate) struct V3Link {
+    pub(crate) config: MerchantConfig,
+    pub(crate) creds: V3Credentials,
+    http: reqwest::Client,
+    /// The configured keys plus the downloaded platform certificates.
+    verifier: RwLock<Arc<Verifier>>,
+    /// When the certificates were last downloaded (Unix ms; 0: never).
+    refreshed_at: AtomicI64,
+    upstream: UpstreamConfig,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+}
+
+impl V3Link {
+    pub(crate) fn new(
+        config: MerchantConfig,
+        upstream: &UpstreamConfig,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+    ) -> Result<V3Link, String> {
+        let creds = config
+            .v3
+            .clone()
+            .ok_or_else(|| format!("merchant {}: APIv3 needs its v3 credentials", config.name))?;
+        let mut builder = client_builder(upstream);
+        if let Some(pem) = &config.ca_pem {
+            let cas = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| format!("merchant {}: the CA file does not load: {e}", config.name))?;
+            for ca in cas {
+                builder = builder.add_root_certificate(ca);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| format!("merchant {}: HTTP client: {e}", config.name))?;
+        let verifier = configured(&creds);
+        Ok(V3Link {
+            config,
+            creds,
+            http,
+            verifier: RwLock::new(Arc::new(verifier)),
+            refreshed_at: AtomicI64::new(0),
+            upstream: upstream.clone(),
+            metrics,
+            clock,
+        })
+    }
+
+    fn verifier(&self) -> Arc<Verifier> {
+        self.verifier.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether the certificates must be downloaded before anything can be verified: nothing
+    /// is configured, and they were never downloaded (or not for twelve hours).
+    fn needs_certificates(&self, now: Millis) -> bool {
+        let configured = self.creds.public_key.is_some() || !self.creds.platform_certs.is_empty();
+        let at = self.refreshed_at.load(Ordering::Relaxed);
+        !configured && (at == 0 || now.unix_ms() - at > REFRESH_EVERY.as_millis() as i64)
+    }
+
+    /// Verifies `body` with `headers` at the gateway's time; downloads the platform
+    /// certificates once (at most once a minute) when the serial is unknown.
+    pub(crate) async fn verify(&self, headers: &SignatureHeaders<'_>, body: &[u8]) -> Result<(), VerifyError> {
+        let now = self.clock.now();
+        if self.needs_certificates(now) {
+            let _ = self.refresh_certificates().await;
+        }
+        match self.verifier().verify(headers, body, now.unix_secs()) {
+            Err(VerifyError::UnknownSerial(serial)) => {
+                let last = self.refreshed_at.load(Ordering::Relaxed);
+                if now.unix_ms() - last < REFRESH_AT_MOST_EVERY.as_millis() as i64 {
+                    return Err(VerifyError::UnknownSerial(serial));
+                }
+                if let Err(e) = self.refresh_certificates().await {
+                    tracing::warn!(merchant = ?self.config.name, error = %e, "platform certificates could not be downloaded");
+                }
+                self.verifier().verify(headers, body, self.clock.now().unix_secs())
+            }
+            other => other,
+        }
+    }
+
+    /// Downloads `/v3/certificates` and trusts them besides the configured keys. The list is
+    /// authenticated by its encryption: only WeChat Pay and the merchant have the APIv3 key.
+    pub(crate) async fn refresh_certificates(&self) -> Result<usize, String> {
+        self.refreshed_at.store(self.clock.now().unix_ms(), Ordering::Relaxed);
+        let req = wxpay_protocol::v3::calls::certificates();
+        let (status, _, body) = self.send(&req, "certificates").await.map_err(|e| format!("{e:?}"))?;
+        if status != 200 {
+            return Err(format!("HTTP {status}: {}", V3Error::read(status, &body)));
+        }
+        let certs = platform_certificates(&body, self.creds.apiv3_key.expose()).map_err(|e| e.to_string())?;
+        let mut verifier = configured(&self.creds);
+        for c in &certs {
+            verifier = verifier.with_certificate(&c.certificate);
+        }
+        *self.verifier.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(verifier);
+        tracing::info!(merchant = ?self.config.name, serials = ?certs.iter().map(|c| c.serial_no.as_str()).collect::<Vec<_>>(), "platform certificates downloaded");
+        Ok(certs.len())
+    }
+
+    /// One signed request, its answer unverified: status, the `Wechatpay-*` headers, body.
+    async fn send(
+        &self,
+        req: &Request,
+        api: &'static str,
+    ) -> Result<(u16, reqwest::header::HeaderMap, Bytes), (bool, String)> {
+        let now = self.clock.now();
+        let auth = authorization(
+            &self.config.mch_id,
+            &self.creds.key,
+            req.method,
+            &req.url,
+            now.unix_secs(),
+            &nonce(),
+            &req.body,
+        )
+        .map_err(|e| (false, e.to_string()))?;
+        let url = format!("{}{}", self.config.base_url.trim_end_matches('/'), req.url);
+        let builder = match req.method {
+            "GET" => self.http.get(&url),
+            _ => self
+                .http
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .body(req.body.clone()),
+        };
+        let started = Instant::now();
+        let sent = builder
+            .header("Authorization", auth)
+            .header("Accept", "application/json")
+            .send()
+            .await;
+        let result = match sent {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let headers = resp.headers().clone();
+                resp.bytes()
+                    .await
+                    .map(|b| (status, headers, b))
+                    .map_err(|e| (false, format!("the answer broke off: {e}")))
+            }
+            Err(e) => Err((e.is_connect(), e.to_string())),
+        };
+        self.metrics.upstream_latency(api, started.elapsed());
+        result
+    }
+
+    /// Makes a call; a 2xx answer is verified, a refusal read into [`V3Error`].
+    pub(crate) async fn call(&self, req: &Request, api: &'static str) -> Result<Answer, CallError> {
+        self.call_with(req, api, true).await
+    }
+
+    /// A download: its answer carries no signature (WeChat Pay does not sign files); the
+    /// caller checks its digest instead.
+    pub(crate) async fn download(&self, req: &Request, api: &'static str) -> Result<Answer, CallError> {
+        self.call_with(req, api, false).await
+    }
+
+    async fn call_with(&self, req: &Request, api: &'static str, signed: bool) -> Result<Answer, CallError> {
+        let mut last = CallError::NoAnswer("no attempt made".into());
+        for attempt in 0..self.upstream.attempts.max(1) {
+            if attempt > 0 {
+                let pause = self.upstream.retry_backoff * 2u32.saturating_pow(attempt - 1);
+                tokio::time::sleep(pause).await;
+            }
+            let (status, headers, body) = match self.send(req, api).await {
+                Ok(a) => a,
+                Err((before_sending, message)) => {
+                    self.metrics
+                        .upstream_error(api, if before_sending { "connect" } else { "no_answer" });
+                    tracing::warn!(api, attempt, error = ?message, "WeChat Pay call without an answer");
+                    last = CallError::NoAnswer(message);
+                    continue;
+                }
+            };
+            let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let sig = SignatureHeaders {
+                timestamp: get("wechatpay-timestamp"),
+                nonce: get("wechatpay-nonce"),
+                signature: get("wechatpay-signature"),
+                serial: get("wechatpay-serial"),
+            };
+            let success = (200..300).contains(&status);
+            let must_verify = signed && (success || !sig.signature.is_empty());
+            if must_verify {
+                if let Err(e) = self.verify(&sig, &body).await {
+                    self.metrics.upstream_error(api, "bad_answer");
+                    tracing::warn!(api, attempt, error = %e, "untrustworthy answer from WeChat Pay");
+                    last = CallError::NoAnswer(format!("untrustworthy answer: {e}"));
+                    continue;
+                }
+            }
+            if success {
+                return Ok(Answer { body });
+            }
+            let error = V3Error::read(status, &body);
+            self.metrics.upstream_error(
+                api,
+                if error.code.is_empty() {
+                    "http_error"
+                } else {
+                    &error.code
+                },
+            );
+            if error.retry() == wxpay_protocol::v2::Retry::SameParameters {
+                tracing::warn!(api, attempt, code = ?error.code, status, "WeChat Pay asks to retry");
+                last = CallError::NoAnswer(error.to_string());
+                continue;
+            }
+            return Err(CallError::Rejected(error));
+        }
+        Err(last)
+    }
+}
+
+/// The keys the configuration gives: the WeChat Pay public key and platform certificates.
+fn configured(creds: &V3Credentials) -> Verifier {
+    let mut v = Verifier::new();
+    for c in &creds.platform_certs {
+        v = v.with_certificate(c);
+    }
+    if let Some((id, key)) = &creds.public_key {
+        v = v.with_public_key(id, key.clone());
+    }
+    v
+}

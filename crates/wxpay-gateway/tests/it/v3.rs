@@ -1,0 +1,339 @@
+//! A merchant on APIv3 end to end, against the simulator's APIv3, on both engines: orders,
+//! `wx.requestPayment` parameters, notifications verified and applied once, refunds, the
+//! keys (public key, platform certificates, downloaded certificates, both at once), hostile
+//! notifications, and the day's bill.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use wxpay_gateway::reconcile::{Day, Quiet, reconcile};
+use wxpay_protocol::v3::MerchantKey;
+use wxpay_simulator::{TEST_APIV3_KEY, TEST_APPID, TEST_MCH_ID, V3Signer};
+
+use crate::support::engines;
+use crate::support::{
+    Options, TestApp, TestDb, Trusts, V3Setup, eventually, order_body, quick_jobs, spawn_app, v3_keys_dir,
+};
+
+fn v3(signer: V3Signer, trusts: Trusts) -> Options {
+    Options {
+        v3: Some(V3Setup { signer, trusts }),
+        ..Options::default()
+    }
+}
+
+/// The notification attempts the simulator made for an order: (HTTP status, acknowledged).
+async fn attempts(t: &TestApp, no: &str) -> Vec<(Option<u64>, bool)> {
+    t.sim_get(&format!("/simulator/notifications?out_trade_no={no}")).await["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["status"].as_u64(), a["acknowledged"] == true))
+        .collect()
+}
+
+async fn refund(t: &TestApp, order: &str, body: Value) -> Value {
+    let (status, v) = t
+        .api(Method::POST, &format!("/v1/orders/{order}/refunds"), Some(body), None)
+        .await;
+    assert_eq!(status, 201, "{v}");
+    v
+}
+
+async fn refund_status(t: &TestApp, no: &str) -> Value {
+    t.api(Method::GET, &format!("/v1/refunds/{no}"), None, None).await.1["status"].clone()
+}
+
+async fn a_v3_payment_and_refund_go_through_with_every_notification_applied_once(db: TestDb) {
+    let t = spawn_app(
+        db,
+        Options {
+            jobs: quick_jobs(),
+            ..v3(V3Signer::PublicKey, Trusts::PublicKey)
+        },
+    )
+    .await;
+    let mut body = order_body(2588);
+    body["out_trade_no"] = json!("V3-FLOW-1");
+    let o = t.create(body).await;
+    assert_eq!(o["status"], "pending", "{o}");
+    // wx.requestPayment with signType RSA, signed with the merchant key: it verifies with the
+    // merchant certificate.
+    let p = &o["pay_params"];
+    assert_eq!(p["signType"], "RSA", "{o}");
+    let message = format!(
+        "{}\n{}\n{}\n{}\n",
+        p["appId"].as_str().unwrap(),
+        p["timeStamp"].as_str().unwrap(),
+        p["nonceStr"].as_str().unwrap(),
+        p["package"].as_str().unwrap()
+    );
+    let cert = wxpay_protocol::v3::Certificate::from_pem(
+        &std::fs::read_to_string(v3_keys_dir().join(TEST_MCH_ID).join("apiclient_cert.pem")).unwrap(),
+    )
+    .unwrap();
+    let sig = base64_decode(p["paySign"].as_str().unwrap());
+    assert!(cert.public_key().verifies(message.as_bytes(), &sig), "paySign verifies");
+    assert_eq!(p["appId"], TEST_APPID);
+
+    t.sim_pay(json!({"out_trade_no": "V3-FLOW-1"})).await;
+    let paid = t.wait_status("V3-FLOW-1", "paid").await;
+    assert!(paid["transaction_id"].as_str().unwrap().starts_with("4200"), "{paid}");
+    // Answered 204: the simulator does not send it again.
+    assert_eq!(attempts(&t, "V3-FLOW-1").await, [(Some(204), true)]);
+    assert_eq!(t.event_kinds("V3-FLOW-1").await, ["created", "prepay", "paid"]);
+
+    let r = refund(
+        &t,
+        "V3-FLOW-1",
+        json!({"amount_fen": 588, "out_refund_no": "V3-FLOW-1-R1"}),
+    )
+    .await;
+    assert_eq!(r["status"], "pending", "{r}");
+    eventually("the refund succeeds", async || {
+        refund_status(&t, "V3-FLOW-1-R1").await == "succeeded"
+    })
+    .await;
+    let o = t.order("V3-FLOW-1").await;
+    assert_eq!(o["refunded_fen"], 588, "{o}");
+    t.stop().await;
+}
+engines!(a_v3_payment_and_refund_go_through_with_every_notification_applied_once);
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+async fn v3_notifications_that_are_not_wechat_pays_change_nothing(db: TestDb) {
+    // WeChat Pay's first retry comes 1.5 s after a refusal here: time to see that the refused
+    // delivery changed nothing before the genuine one arrives.
+    let t = spawn_app(
+        db,
+        Options {
+            sim: Box::new(|c| c.time_scale = 10.0),
+            ..v3(V3Signer::PublicKey, Trusts::PublicKey)
+        },
+    )
+    .await;
+    let cases = [
+        ("notify_probe", "V3-BAD-PROBE"),
+        ("notify_stale_timestamp", "V3-BAD-STALE"),
+        ("notify_unknown_serial", "V3-BAD-SERIAL"),
+        ("notify_bad_signature", "V3-BAD-SIGN"),
+        ("notify_tampered_tag", "V3-BAD-TAG"),
+        ("notify_wrong_amount", "V3-BAD-AMOUNT"),
+    ];
+    for (kind, no) in cases {
+        let mut body = order_body(300);
+        body["out_trade_no"] = json!(no);
+        t.create(body).await;
+        t.fault(json!({"kind": kind, "out_trade_no": no})).await;
+        t.sim_pay(json!({"out_trade_no": no})).await;
+    }
+    for (kind, no) in cases {
+        eventually(&format!("{kind} is answered"), async || {
+            !attempts(&t, no).await.is_empty()
+        })
+        .await;
+        let first = attempts(&t, no).await[0];
+        assert_eq!(first, (Some(400), false), "{kind} on {}", t.engine());
+        assert_eq!(t.order(no).await["status"], "pending", "{kind} on {}", t.engine());
+    }
+    // The fault was for one delivery: WeChat Pay's next one is genuine and is applied (the
+    // wrong amount one too: its retry carries the right amount).
+    for (kind, no) in cases {
+        t.wait_status(no, "paid").await;
+        let all = attempts(&t, no).await;
+        assert_eq!(all.last(), Some(&(Some(204), true)), "{kind}: {all:?}");
+    }
+    t.stop().await;
+}
+engines!(v3_notifications_that_are_not_wechat_pays_change_nothing);
+
+async fn a_storm_of_duplicate_v3_notifications_pays_the_order_once(db: TestDb) {
+    let t = spawn_app(db, v3(V3Signer::PublicKey, Trusts::PublicKey)).await;
+    let mut body = order_body(100);
+    body["out_trade_no"] = json!("V3-STORM");
+    t.create(body).await;
+    t.fault(json!({"kind": "notify_duplicate", "out_trade_no": "V3-STORM", "copies": 20}))
+        .await;
+    t.sim_pay(json!({"out_trade_no": "V3-STORM"})).await;
+    t.wait_status("V3-STORM", "paid").await;
+    let app = t.app.clone();
+    eventually("twenty copies arrive", async || {
+        app.metrics().notifications_with("applied") + app.metrics().notifications_with("duplicate") >= 20
+    })
+    .await;
+    assert_eq!(t.app.metrics().notifications_with("applied"), 1, "{}", t.engine());
+    assert_eq!(t.event_kinds("V3-STORM").await, ["created", "prepay", "paid"]);
+    t.stop().await;
+}
+engines!(a_storm_of_duplicate_v3_notifications_pays_the_order_once);
+
+/// A notification made here with WeChat Pay's public-key private half (which the simulator
+/// writes for tests): correctly signed and encrypted, saying what the test wants.
+fn forged_payment(no: &str, total: u64, currency: &str) -> (String, Vec<(&'static str, String)>) {
+    let dir = v3_keys_dir();
+    let id = std::fs::read_to_string(dir.join("pub_key_id"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let key = MerchantKey::from_pem(&std::fs::read_to_string(dir.join("pub_key_private.pem")).unwrap(), &id).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let resource = json!({
+        "appid": TEST_APPID, "mchid": TEST_MCH_ID, "out_trade_no": no,
+        "transaction_id": "4200000000000000000000009999", "trade_type": "JSAPI",
+        "trade_state": "SUCCESS", "trade_state_desc": "支付成功", "bank_type": "OTHERS",
+        "success_time": wxpay_protocol::v3::calls::rfc3339_beijing(now),
+        "payer": {"openid": "o"}, "amount": {"total": total, "payer_total": total, "currency": currency, "payer_currency": currency},
+    });
+    let nonce = "forgednonce1";
+    let ciphertext = wxpay_protocol::v3::aead::encrypt(
+        TEST_APIV3_KEY.as_bytes(),
+        nonce,
+        "transaction",
+        resource.to_string().as_bytes(),
+    )
+    .unwrap();
+    let body = json!({
+        "id": "EV-test", "create_time": wxpay_protocol::v3::calls::rfc3339_beijing(now),
+        "resource_type": "encrypt-resource", "event_type": "TRANSACTION.SUCCESS", "summary": "支付成功",
+        "resource": {"original_type": "transaction", "algorithm": "AEAD_AES_256_GCM", "ciphertext": ciphertext,
+                     "associated_data": "transaction", "nonce": nonce},
+    })
+    .to_string();
+    let ts = now.to_string();
+    let sign_nonce = "abcdefghijklmnopqrstuvwxyz012345";
+    let signature = key.sign(format!("{ts}\n{sign_nonce}\n{body}\n").as_bytes()).unwrap();
+    let headers = vec![
+        ("Wechatpay-Timestamp", ts),
+        ("Wechatpay-Nonce", sign_nonce.to_owned()),
+        ("Wechatpay-Signature", signature),
+        ("Wechatpay-Serial", id),
+        ("Wechatpay-Signature-Type", "WECHATPAY2-SHA256-RSA2048".to_owned()),
+    ];
+    (body, headers)
+}
+
+async fn post_v3(t: &TestApp, merchant: &str, body: String, headers: &[(&str, String)]) -> (u16, String) {
+    let mut r = t.http.post(format!("{}/notify/v3/{merchant}", t.url)).body(body);
+    for (k, v) in headers {
+        r = r.header(*k, v.as_str());
+    }
+    let resp = r.send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+async fn a_signed_v3_payment_in_another_currency_is_refused_and_a_correct_one_applied_once(db: TestDb) {
+    let t = spawn_app(db, v3(V3Signer::PublicKey, Trusts::PublicKey)).await;
+    let mut body = order_body(100);
+    body["out_trade_no"] = json!("V3-CURRENCY");
+    t.create(body).await;
+    let (b, h) = forged_payment("V3-CURRENCY", 100, "USD");
+    let (status, reply) = post_v3(&t, "default", b, &h).await;
+    assert_eq!(status, 400, "{}: {reply}", t.engine());
+    assert!(
+        reply.contains("\"code\":\"FAIL\"") && reply.contains("currency"),
+        "{reply}"
+    );
+    assert_eq!(t.order("V3-CURRENCY").await["status"], "pending");
+    // The same notification to another merchant's path is not verified with these keys.
+    let (b, h) = forged_payment("V3-CURRENCY", 100, "CNY");
+    let (status, _) = post_v3(&t, "hmac", b.clone(), &h).await;
+    assert_eq!(status, 400);
+    assert_eq!(t.order("V3-CURRENCY").await["status"], "pending");
+    // In CNY: applied, then the same again changes nothing.
+    assert_eq!(post_v3(&t, "default", b.clone(), &h).await.0, 204, "{}", t.engine());
+    assert_eq!(post_v3(&t, "default", b, &h).await.0, 204);
+    assert_eq!(t.order("V3-CURRENCY").await["status"], "paid");
+    assert_eq!(t.app.metrics().notifications_with("applied"), 1);
+    assert_eq!(t.app.metrics().notifications_with("duplicate"), 1);
+    t.stop().await;
+}
+engines!(a_signed_v3_payment_in_another_currency_is_refused_and_a_correct_one_applied_once);
+
+/// Pays an order through the gateway and the simulator under one key setup.
+async fn pays_under(signer: V3Signer, trusts: Trusts) {
+    let t = spawn_app(TestDb::sqlite(), v3(signer, trusts)).await;
+    let no = format!("V3-KEYS-{signer:?}-{trusts:?}").replace(['(', ')'], "");
+    let mut body = order_body(100);
+    body["out_trade_no"] = json!(no);
+    let (status, v) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
+    assert_eq!(status, 201, "{signer:?} verified with {trusts:?}: {v}");
+    t.sim_pay(json!({"out_trade_no": no})).await;
+    t.wait_status(&no, "paid").await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn answers_and_notifications_verify_with_each_kind_of_key_and_with_both_during_a_switch_over() {
+    pays_under(V3Signer::PublicKey, Trusts::PublicKey).await;
+    pays_under(V3Signer::Certificate, Trusts::Certificate).await;
+    // Nothing configured: the certificates are downloaded from /v3/certificates.
+    pays_under(V3Signer::Certificate, Trusts::Download).await;
+    // The switch-over: both configured, whichever WeChat Pay signs with.
+    pays_under(V3Signer::PublicKey, Trusts::Both).await;
+    pays_under(V3Signer::Certificate, Trusts::Both).await;
+}
+
+#[tokio::test]
+async fn a_gateway_that_trusts_only_the_certificate_refuses_answers_signed_with_another_key() {
+    // WeChat Pay signs with the public key; the gateway knows only the certificate, and the
+    // downloaded list names only that certificate: nothing is accepted.
+    let t = spawn_app(TestDb::sqlite(), v3(V3Signer::PublicKey, Trusts::Certificate)).await;
+    let mut body = order_body(100);
+    body["out_trade_no"] = json!("V3-UNTRUSTED");
+    let (status, v) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
+    assert_ne!(status, 201, "an unverifiable answer must not make an order: {v}");
+    assert!(
+        v.to_string().contains("untrustworthy") || v.to_string().contains("serial"),
+        "{v}"
+    );
+    t.stop().await;
+}
+
+async fn a_v3_day_reconciles_against_the_trade_bill(db: TestDb) {
+    let t = spawn_app(
+        db,
+        Options {
+            sim: Box::new(|c| c.bills_immediately = true),
+            pin_beijing_noon: true,
+            jobs: quick_jobs(),
+            ..v3(V3Signer::PublicKey, Trusts::PublicKey)
+        },
+    )
+    .await;
+    t.paid_order("V3-RECON-1", 1999).await;
+    t.paid_order("V3-RECON-2", 7).await;
+    refund(
+        &t,
+        "V3-RECON-1",
+        json!({"amount_fen": 999, "out_refund_no": "V3-RECON-1-R"}),
+    )
+    .await;
+    eventually("the refund succeeds", async || {
+        refund_status(&t, "V3-RECON-1-R").await == "succeeded"
+    })
+    .await;
+    let day = Day::containing(t.app.now());
+    let report = reconcile(&t.app, None, &day, false, &Quiet).await.unwrap();
+    assert!(
+        report.balanced && report.found.is_empty(),
+        "{}: {report:#?}",
+        t.engine()
+    );
+    assert_eq!(
+        (
+            report.bill.payments,
+            report.bill.payments_fen,
+            report.bill.refunds,
+            report.bill.refunds_fen
+        ),
+        (2, 2006, 1, 999)
+    );
+    t.stop().await;
+}
+engines!(a_v3_day_reconciles_against_the_trade_bill);

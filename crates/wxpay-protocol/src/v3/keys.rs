@@ -2,19 +2,22 @@
 //! parameters, and WeChat Pay's public keys (a platform certificate's, or the WeChat Pay
 //! public key), which verify answers and notifications. Each is parsed once.
 
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use base64::Engine;
-use ring::rand::SystemRandom;
-use ring::signature::{RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256, RsaKeyPair, UnparsedPublicKey};
+use ring::signature::{RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
 
 use super::der;
 use crate::Error;
 
 /// A merchant API private key (`apiclient_key.pem`: PKCS#8 `PRIVATE KEY`, or PKCS#1
-/// `RSA PRIVATE KEY`), with the serial number of its certificate.
+/// `RSA PRIVATE KEY`), with the serial number of its certificate. It signs with aws-lc-rs
+/// (constant-time, blinded), about twice as fast as ring's RSA on the machines measured:
+/// RSA signing is the ceiling of APIv3 orders per second.
 pub struct MerchantKey {
     key: RsaKeyPair,
     serial_no: String,
-    // Used by ring for RSA blinding only: PKCS#1 v1.5 signatures do not depend on it.
+    // Used for RSA blinding only: PKCS#1 v1.5 signatures do not depend on it.
     rng: SystemRandom,
 }
 
@@ -67,7 +70,7 @@ impl MerchantKey {
     /// # Errors
     /// [`Error::Invalid`] if ring cannot sign (it does not happen with a key it parsed).
     pub fn sign(&self, message: &[u8]) -> Result<String, Error> {
-        let mut signature = vec![0; self.key.public().modulus_len()];
+        let mut signature = vec![0; self.key.public_modulus_len()];
         self.key
             .sign(&RSA_PKCS1_SHA256, &self.rng, message, &mut signature)
             .map_err(|e| Error::Invalid {

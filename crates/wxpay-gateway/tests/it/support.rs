@@ -300,6 +300,8 @@ pub(crate) struct Options {
     /// The default merchant on APIv3: the simulator signs with `signer`, the gateway verifies
     /// with what `trusts` names.
     pub v3: Option<V3Setup>,
+    /// The default merchant's `base_url`, given the simulator's: something in front of it.
+    pub front: Option<Box<dyn FnOnce(&str) -> String + Send>>,
 }
 
 /// How a test runs APIv3.
@@ -395,6 +397,7 @@ impl Default for Options {
             metrics_token: None,
             webhook_url: None,
             v3: None,
+            front: None,
         }
     }
 }
@@ -542,6 +545,9 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
             }
             if let Some(v3) = opts.v3 {
                 list[0].v3 = Some(v3_credentials(v3.trusts));
+            }
+            if let Some(front) = opts.front {
+                list[0].base_url = front(&sim_url);
             }
             if let Some(files) = &tls_files {
                 let ca = std::fs::read(&files.ca_cert).unwrap();

@@ -337,3 +337,92 @@ async fn a_v3_day_reconciles_against_the_trade_bill(db: TestDb) {
     t.stop().await;
 }
 engines!(a_v3_day_reconciles_against_the_trade_bill);
+
+/// What the stand-in proxy answers a refund call with, by the refund number's last digit.
+const MADE_UP: [(u16, &str); 3] = [
+    (
+        403,
+        r#"{"code":"NOT_ENOUGH","message":"made up by whoever is in between"}"#,
+    ),
+    (404, "<html><body>404 Not Found</body></html>"),
+    (504, "<html>Gateway Time-out</html>"),
+];
+
+/// A stand-in for a proxy in front of WeChat Pay: everything goes through to the simulator,
+/// except refund calls, answered with a refusal the proxy made up (unsigned) or an HTML error
+/// page, chosen by the last digit of the refund number in the body.
+async fn tampering_front() -> (String, std::sync::Arc<std::sync::Mutex<String>>) {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method as M, StatusCode, Uri};
+    use axum::response::IntoResponse;
+    let target = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let to = target.clone();
+    let app = axum::Router::new().fallback(move |method: M, uri: Uri, headers: HeaderMap, body: Bytes| {
+        let to = to.clone();
+        async move {
+            // Made here, once the gateway has installed its TLS provider.
+            let client = reqwest::Client::new();
+            if uri.path().starts_with("/v3/refund/") {
+                let text = String::from_utf8_lossy(&body);
+                let digit = text
+                    .find("-R")
+                    .and_then(|i| text[i + 2..].chars().next())
+                    .and_then(|c| c.to_digit(10));
+                let (status, page) = MADE_UP[digit.unwrap_or(0) as usize % MADE_UP.len()];
+                let status = StatusCode::from_u16(status).unwrap();
+                return (status, [("content-type", "application/json")], page.to_owned()).into_response();
+            }
+            let url = format!("{}{}", to.lock().unwrap(), uri);
+            let mut r = client.request(method, url).body(body);
+            for (k, v) in &headers {
+                if k != "host" {
+                    r = r.header(k, v);
+                }
+            }
+            let resp = r.send().await.unwrap();
+            let mut out = axum::response::Response::builder().status(resp.status().as_u16());
+            for (k, v) in resp.headers() {
+                out = out.header(k, v);
+            }
+            out.body(axum::body::Body::from(resp.bytes().await.unwrap())).unwrap()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), target)
+}
+
+async fn unsigned_refusals_and_foreign_error_pages_never_fail_a_refund(db: TestDb) {
+    let (front, target) = tampering_front().await;
+    let t = spawn_app(
+        db,
+        Options {
+            front: Some(Box::new(move |sim: &str| {
+                *target.lock().unwrap() = sim.to_owned();
+                front
+            })),
+            ..v3(V3Signer::PublicKey, Trusts::PublicKey)
+        },
+    )
+    .await;
+    for (i, made_up) in MADE_UP.iter().enumerate() {
+        let no = format!("V3-FRONT-{i}");
+        t.paid_order(&no, 100).await;
+        let r = refund(
+            &t,
+            &no,
+            json!({"amount_fen": 40, "out_refund_no": format!("{no}-R{i}")}),
+        )
+        .await;
+        assert_eq!(r["status"], "pending", "{made_up:?}: {r}");
+        assert_eq!(
+            refund_status(&t, &format!("{no}-R{i}")).await,
+            "pending",
+            "{made_up:?} on {}",
+            t.engine()
+        );
+    }
+    t.stop().await;
+}
+engines!(unsigned_refusals_and_foreign_error_pages_never_fail_a_refund);

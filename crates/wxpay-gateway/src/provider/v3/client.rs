@@ -5,9 +5,10 @@
 //! A call is repeated, with the same body and a fresh signature, when no answer came (the
 //! request may or may not have been processed; WeChat Pay accepts the same order number with
 //! the same parameters again), when an answer does not verify, and for `SYSTEM_ERROR` and
-//! `BANK_ERROR`. Success answers must verify; a refusal is read even unsigned (WeChat Pay's
-//! own SDKs read refusals before any signature check), but one that carries a signature
-//! that does not verify is treated as no answer.
+//! `BANK_ERROR`. Every answer must verify, refusals included: an unsigned or badly signed
+//! refusal, and an error page that is not WeChat Pay's JSON (a proxy, a wrong host), count as
+//! no answer, because a refusal decides as much as a success does (a refund failed, an order
+//! unknown). Only a file download is read unsigned; its digest is checked instead.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use wxpay_protocol::v3::auth::authorization;
 use wxpay_protocol::v3::calls::{Request, V3Error, platform_certificates};
-use wxpay_protocol::v3::{SignatureHeaders, Verifier, VerifyError};
+use wxpay_protocol::v3::{Certificate, SignatureHeaders, Verifier, VerifyError};
 
 use crate::config::{MerchantConfig, UpstreamConfig, V3Credentials};
 use crate::metrics::Metrics;
@@ -83,7 +84,14 @@ impl V3Link {
         let http = builder
             .build()
             .map_err(|e| format!("merchant {}: HTTP client: {e}", config.name))?;
-        let verifier = configured(&creds);
+        let now = clock.now().unix_secs();
+        for c in &creds.platform_certs {
+            let days_left = (c.not_after() - now) / 86_400;
+            if days_left < 30 {
+                tracing::warn!(merchant = ?config.name, serial = c.serial_no(), days_left, "the configured platform certificate expires soon (or has expired): configure the WeChat Pay public key or a new certificate");
+            }
+        }
+        let verifier = configured(&creds, now);
         Ok(V3Link {
             config,
             creds,
@@ -113,16 +121,33 @@ impl V3Link {
     pub(crate) async fn verify(&self, headers: &SignatureHeaders<'_>, body: &[u8]) -> Result<(), VerifyError> {
         let now = self.clock.now();
         if self.needs_certificates(now) {
-            let _ = self.refresh_certificates().await;
+            let last = self.refreshed_at.load(Ordering::Relaxed);
+            if self
+                .refreshed_at
+                .compare_exchange(last, now.unix_ms(), Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                if let Err(e) = self.download_certificates().await {
+                    tracing::warn!(merchant = ?self.config.name, error = %e, "platform certificates could not be downloaded");
+                }
+            }
         }
         match self.verifier().verify(headers, body, now.unix_secs()) {
-            Err(VerifyError::UnknownSerial(serial)) => {
+            // A public key id is never on /v3/certificates: downloading would not help.
+            Err(VerifyError::UnknownSerial(serial)) if !serial.starts_with("PUB_KEY_ID_") => {
+                // One caller at a time wins the right to download, at most once a minute; the
+                // others verify with what is there.
                 let last = self.refreshed_at.load(Ordering::Relaxed);
-                if now.unix_ms() - last < REFRESH_AT_MOST_EVERY.as_millis() as i64 {
-                    return Err(VerifyError::UnknownSerial(serial));
-                }
-                if let Err(e) = self.refresh_certificates().await {
-                    tracing::warn!(merchant = ?self.config.name, error = %e, "platform certificates could not be downloaded");
+                let due = now.unix_ms() - last >= REFRESH_AT_MOST_EVERY.as_millis() as i64;
+                if due
+                    && self
+                        .refreshed_at
+                        .compare_exchange(last, now.unix_ms(), Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    if let Err(e) = self.download_certificates().await {
+                        tracing::warn!(merchant = ?self.config.name, error = %e, "platform certificates could not be downloaded");
+                    }
                 }
                 self.verifier().verify(headers, body, self.clock.now().unix_secs())
             }
@@ -130,18 +155,19 @@ impl V3Link {
         }
     }
 
-    /// Downloads `/v3/certificates` and trusts them besides the configured keys. The list is
-    /// authenticated by its encryption: only WeChat Pay and the merchant have the APIv3 key.
-    pub(crate) async fn refresh_certificates(&self) -> Result<usize, String> {
-        self.refreshed_at.store(self.clock.now().unix_ms(), Ordering::Relaxed);
+    /// Downloads `/v3/certificates` and trusts those in force besides the configured keys. The
+    /// list is authenticated by its encryption: only WeChat Pay and the merchant have the
+    /// APIv3 key. The caller has claimed `refreshed_at`.
+    async fn download_certificates(&self) -> Result<usize, String> {
         let req = wxpay_protocol::v3::calls::certificates();
         let (status, _, body) = self.send(&req, "certificates").await.map_err(|e| format!("{e:?}"))?;
         if status != 200 {
             return Err(format!("HTTP {status}: {}", V3Error::read(status, &body)));
         }
         let certs = platform_certificates(&body, self.creds.apiv3_key.expose()).map_err(|e| e.to_string())?;
-        let mut verifier = configured(&self.creds);
-        for c in &certs {
+        let now = self.clock.now().unix_secs();
+        let mut verifier = configured(&self.creds, now);
+        for c in certs.iter().filter(|c| in_force(&c.certificate, now)) {
             verifier = verifier.with_certificate(&c.certificate);
         }
         *self.verifier.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(verifier);
@@ -232,8 +258,24 @@ impl V3Link {
                 serial: get("wechatpay-serial"),
             };
             let success = (200..300).contains(&status);
-            let must_verify = signed && (success || !sig.signature.is_empty());
-            if must_verify {
+            let error = (!success).then(|| V3Error::read(status, &body));
+            if let Some(e) = error.as_ref().filter(|e| e.code.is_empty()) {
+                // Not WeChat Pay's error body (a proxy's page, a wrong base_url): no answer
+                // from WeChat Pay at all, whatever the status says.
+                self.metrics.upstream_error(api, "http_error");
+                tracing::warn!(api, attempt, status, "an answer without WeChat Pay's error body");
+                last = CallError::NoAnswer(format!("HTTP {status} without WeChat Pay's error body: {}", e.message));
+                continue;
+            }
+            if signed {
+                // A refusal decides as much as a success (a refund failed, an order unknown),
+                // so it is trusted only when signed too: an unsigned one is no answer.
+                if sig.signature.is_empty() && !success {
+                    self.metrics.upstream_error(api, "unsigned_refusal");
+                    let e = error.as_ref().map(ToString::to_string).unwrap_or_default();
+                    last = CallError::NoAnswer(format!("an unsigned refusal is not acted on: {e}"));
+                    continue;
+                }
                 if let Err(e) = self.verify(&sig, &body).await {
                     self.metrics.upstream_error(api, "bad_answer");
                     tracing::warn!(api, attempt, error = %e, "untrustworthy answer from WeChat Pay");
@@ -241,18 +283,10 @@ impl V3Link {
                     continue;
                 }
             }
-            if success {
+            let Some(error) = error else {
                 return Ok(Answer { body });
-            }
-            let error = V3Error::read(status, &body);
-            self.metrics.upstream_error(
-                api,
-                if error.code.is_empty() {
-                    "http_error"
-                } else {
-                    &error.code
-                },
-            );
+            };
+            self.metrics.upstream_error(api, &error.code);
             if error.retry() == wxpay_protocol::v2::Retry::SameParameters {
                 tracing::warn!(api, attempt, code = ?error.code, status, "WeChat Pay asks to retry");
                 last = CallError::NoAnswer(error.to_string());
@@ -264,10 +298,17 @@ impl V3Link {
     }
 }
 
-/// The keys the configuration gives: the WeChat Pay public key and platform certificates.
-fn configured(creds: &V3Credentials) -> Verifier {
+/// Whether a platform certificate is valid at `now` (Unix seconds): an expired one verifies
+/// nothing, whatever its signature says.
+fn in_force(c: &Certificate, now: i64) -> bool {
+    (c.not_before()..=c.not_after()).contains(&now)
+}
+
+/// The keys the configuration gives that are in force at `now`: the WeChat Pay public key
+/// and the platform certificates.
+fn configured(creds: &V3Credentials, now: i64) -> Verifier {
     let mut v = Verifier::new();
-    for c in &creds.platform_certs {
+    for c in creds.platform_certs.iter().filter(|c| in_force(c, now)) {
         v = v.with_certificate(c);
     }
     if let Some((id, key)) = &creds.public_key {

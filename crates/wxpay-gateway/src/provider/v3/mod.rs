@@ -94,7 +94,6 @@ fn refused(e: V3Error, not_found: Refusal) -> ProviderError {
         "ORDER_CLOSED" | "ORDERCLOSED" => Refusal::OrderClosed,
         "ORDER_NOT_EXIST" | "ORDERNOTEXIST" => Refusal::OrderNotExist,
         "RESOURCE_NOT_EXISTS" => not_found,
-        _ if e.status == 404 => not_found,
         _ => Refusal::Other,
     };
     if e.status == 401 || e.code == "SIGN_ERROR" {

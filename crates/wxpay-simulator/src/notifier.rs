@@ -445,7 +445,6 @@ fn build(sim: &Simulator, job: &Job) -> Option<Outgoing> {
     };
     let out_trade_no = o.out_trade_no.to_string();
     let mch = o.mch;
-    let created_at = o.paid_at.unwrap_or(o.created_at);
     // Signing (and encrypting a refund's req_info) happens outside the lock: every call on
     // this shard waits while it is held.
     drop(g);
@@ -454,7 +453,7 @@ fn build(sim: &Simulator, job: &Job) -> Option<Outgoing> {
     let v3 = matches!(unsigned, Unsigned::V3(_));
     let body = match unsigned {
         Unsigned::V3(resource) => {
-            let sealed = crate::v3::notify::seal(sim.inner.v3.as_ref()?, mch, &resource, created_at, now, kind)?;
+            let sealed = crate::v3::notify::seal(sim.inner.v3.as_ref()?, mch, &resource, now, kind)?;
             headers = sealed.headers;
             sealed.body
         }

@@ -101,7 +101,7 @@ fn signing_key(path: &Path, pem: &str, id: &str) -> std::io::Result<SigningKey> 
     Ok(SigningKey { key })
 }
 
-/// The current year (UTC) at `now`.
+/// The year (in Beijing) of `now`.
 fn year_of(now: i64) -> i32 {
     BeijingTime::from_unix(now).to_dashed()[..4].parse().unwrap_or(2026)
 }
@@ -113,12 +113,14 @@ pub(crate) fn platform(dir: &Path, now: i64) -> std::io::Result<Platform> {
     if !(key_path.exists() && cert_path.exists()) {
         fs::create_dir_all(dir)?;
         let key = generate_key()?;
+        // From January 1st of last year: in force from the first second, whatever the time
+        // zones, and for at least the five years WeChat Pay's last.
         let cert = self_signed(
             &key,
             "Tenpay.com platform certificate (wxpay simulator, not for production)",
             "wxpay simulator",
-            year_of(now),
-            PLATFORM_CERT_YEARS,
+            year_of(now) - 1,
+            PLATFORM_CERT_YEARS + 1,
         )?;
         write_private(&key_path, &key)?;
         fs::write(&cert_path, &cert)?;
@@ -188,7 +190,7 @@ pub(crate) fn issued_merchant(dir: &Path, mch_id: &MchId, now: i64) -> std::io::
         fs::create_dir_all(&d)?;
         let key = generate_key()?;
         // WeChat Pay's merchant certificates name the merchant number as their CN.
-        let cert = self_signed(&key, mch_id.as_str(), "wxpay simulator merchant", year_of(now), 5)?;
+        let cert = self_signed(&key, mch_id.as_str(), "wxpay simulator merchant", year_of(now) - 1, 6)?;
         let parsed = Certificate::from_pem(&cert).map_err(|e| invalid(&cert_path, e))?;
         write_private(&key_path, &key)?;
         fs::write(&cert_path, &cert)?;

@@ -367,7 +367,7 @@ fn gate(
         .timestamp
         .parse()
         .map_err(|_| sign_error("Http头Authorization中的timestamp不是秒级Unix时间戳"))?;
-    if (now - timestamp).abs() > MAX_SKEW_SECS {
+    if now.abs_diff(timestamp) > MAX_SKEW_SECS.unsigned_abs() {
         return Err(sign_error(
             "Http头Authorization中的timestamp与发起请求的时间不得超过5分钟",
         ));

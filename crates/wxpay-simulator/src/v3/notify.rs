@@ -25,6 +25,8 @@ pub(crate) struct Resource {
     plain: Value,
     /// The same on every delivery of this notification.
     id: String,
+    /// When what it reports happened (Unix seconds): its `create_time`.
+    created_at: i64,
 }
 
 /// An id shaped like WeChat Pay's (36 characters), the same for every delivery of one
@@ -54,12 +56,18 @@ pub(crate) fn payment(o: &Order, mchid: &str, wrong_amount: bool) -> Option<Reso
         o.total_fee
     };
     let transaction_id = o.transaction_id.as_deref().unwrap_or_default();
+    // The payment as it was when paid, on every delivery: a refund since does not turn the
+    // notification's trade_state into REFUND.
+    let mut plain = transaction_json(o, mchid, total);
+    plain["trade_state"] = json!("SUCCESS");
+    plain["trade_state_desc"] = json!("支付成功");
     Some(Resource {
         event_type: "TRANSACTION.SUCCESS",
         summary: "支付成功",
         original_type: "transaction",
-        plain: transaction_json(o, mchid, total),
+        plain,
         id: event_id(&format!("TRANSACTION.SUCCESS {transaction_id}")),
+        created_at: o.paid_at.unwrap_or(o.created_at),
     })
 }
 
@@ -95,6 +103,7 @@ pub(crate) fn refund(o: &Order, r: &RefundRec, mchid: &str) -> Option<Resource> 
         original_type: "refund",
         plain,
         id: event_id(&format!("{event_type} {}", r.refund_id)),
+        created_at: r.settled_at.unwrap_or(r.accepted_at),
     })
 }
 
@@ -106,14 +115,7 @@ pub(crate) struct Sealed {
 
 /// Encrypts `resource` with the merchant's APIv3 key, wraps it, and signs it at `now`, with
 /// `fault` applied.
-pub(crate) fn seal(
-    v3: &V3,
-    mch: u16,
-    resource: &Resource,
-    created_at: i64,
-    now: i64,
-    fault: Option<FaultKind>,
-) -> Option<Sealed> {
+pub(crate) fn seal(v3: &V3, mch: u16, resource: &Resource, now: i64, fault: Option<FaultKind>) -> Option<Sealed> {
     let merchant = v3.merchants.get(usize::from(mch))?.as_ref()?;
     let nonce = ids::random_alnum(12);
     let mut ciphertext = wxpay_protocol::v3::aead::encrypt(
@@ -134,7 +136,7 @@ pub(crate) fn seal(
     }
     let envelope = json!({
         "id": resource.id,
-        "create_time": rfc3339_beijing(created_at),
+        "create_time": rfc3339_beijing(resource.created_at),
         "resource_type": "encrypt-resource",
         "event_type": resource.event_type,
         "summary": resource.summary,

@@ -46,6 +46,8 @@ type Received = (HeaderMap, Vec<u8>);
 #[derive(Clone, Default)]
 struct Inbox {
     got: Arc<Mutex<Vec<Received>>>,
+    /// Answer 500 to this many deliveries before 204.
+    fail_next: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Inbox {
@@ -63,6 +65,11 @@ async fn inbox() -> (Inbox, String) {
             let state = state.clone();
             async move {
                 state.got.lock().unwrap().push((headers, body.to_vec()));
+                let failing = state.fail_next.load(std::sync::atomic::Ordering::SeqCst);
+                if failing > 0 {
+                    state.fail_next.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
                 StatusCode::NO_CONTENT
             }
         }),
@@ -617,4 +624,29 @@ async fn a_restart_on_the_same_keys_folder_keeps_every_key_and_id() {
     let err = Simulator::new(config).unwrap_err().to_string();
     assert!(err.contains("pub_key.pem"), "{err}");
     let _ = std::fs::remove_dir_all(&broken);
+}
+
+#[tokio::test]
+async fn a_payment_notification_delivered_again_after_a_refund_still_reports_the_payment() {
+    let c = client(V3Signer::PublicKey).await;
+    c.inbox.fail_next.store(1, std::sync::atomic::Ordering::SeqCst);
+    c.paid("v3snap-1", 500).await;
+    eventually("the refused first delivery", || async { !c.inbox.all().is_empty() }).await;
+    let refund = CreateRefund {
+        out_trade_no: &OutTradeNo::new("v3snap-1").unwrap(),
+        out_refund_no: &OutRefundNo::new("v3snap-1-r").unwrap(),
+        reason: None,
+        notify_url: None,
+        refund: Fen::new(100).unwrap(),
+        total: Fen::new(500).unwrap(),
+    }
+    .request();
+    assert_eq!(c.send(&refund).await.status, 200);
+    assert_eq!(c.query("v3snap-1").await.trade_state, TradeState::Refund);
+    eventually("the payment notification again", || async { c.inbox.all().len() >= 2 }).await;
+    let (_, body) = &c.inbox.all()[1];
+    let Event::Transaction(t) = Envelope::read(body).unwrap().event(TEST_APIV3_KEY.as_bytes()).unwrap() else {
+        panic!("not a transaction");
+    };
+    assert_eq!(t.trade_state, TradeState::Success, "the payment as it was when paid");
 }

@@ -783,17 +783,33 @@ auto_pay_delay_ms = 500
         assert!(m.api_key.is_none() && m.client_cert.is_none());
         assert_eq!(v3.key.serial_no(), "3775B6A45ACD588826D15E583A95F5DD2A4B7B21");
         assert_eq!(v3.platform_certs.len(), 1);
-        assert_eq!(v3.public_key.as_ref().unwrap().0, "PUB_KEY_ID_0000000000000024101100397200000006");
+        assert_eq!(
+            v3.public_key.as_ref().unwrap().0,
+            "PUB_KEY_ID_0000000000000024101100397200000006"
+        );
         // Nothing to verify with is allowed: the certificates are downloaded.
         let (config, _) = gateway_config(&parse(&v3_example("")).unwrap()).unwrap();
         assert!(config.merchants[0].v3.as_ref().unwrap().platform_certs.is_empty());
         for (text, key) in [
-            (v3_example("").replace("3775B6A45ACD", "AAAAB6A45ACD"), "merchants[0].serial_no"),
-            (v3_example("").replace("apiv3_key = \"wxpaySimulatorApiV3TestKey000001\"\n", ""), "merchants[0].apiv3_key"),
-            (v3_example("").replace("merchant_private_key.pem", "nope.pem"), "merchants[0].key_path"),
+            (
+                v3_example("").replace("3775B6A45ACD", "AAAAB6A45ACD"),
+                "merchants[0].serial_no",
+            ),
+            (
+                v3_example("").replace("apiv3_key = \"wxpaySimulatorApiV3TestKey000001\"\n", ""),
+                "merchants[0].apiv3_key",
+            ),
+            (
+                v3_example("").replace("merchant_private_key.pem", "nope.pem"),
+                "merchants[0].key_path",
+            ),
             (
                 v3_example("wechatpay_public_key_id = \"PUB_KEY_ID_01\"\n"),
                 "merchants[0].wechatpay_public_key_path",
+            ),
+            (
+                v3_example("").replace("name = \"default\"", "name = \"shop v3/?\""),
+                "merchants[0].name",
             ),
         ] {
             let err = gateway_config(&parse(&text).unwrap()).map(|_| ()).unwrap_err();
@@ -819,7 +835,10 @@ auto_pay_delay_ms = 500
         let (config, settings) = gateway_config(&f).unwrap();
         assert_eq!(settings.database_url, "postgres://db/wxpay");
         assert_eq!(config.api_tokens.len(), 2);
-        assert_eq!(config.merchants[0].api_key.as_ref().unwrap().expose(), "0123456789abcdef0123456789ABCDEF");
+        assert_eq!(
+            config.merchants[0].api_key.as_ref().unwrap().expose(),
+            "0123456789abcdef0123456789ABCDEF"
+        );
         let bad = vec![("WXPAY_MERCHANTS_3_API_KEY".to_owned(), "x".to_owned())];
         assert!(
             parse_with_env(EXAMPLE, &bad)

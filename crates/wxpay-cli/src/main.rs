@@ -56,8 +56,10 @@ enum Command {
     /// Run the WeChat Pay simulator alone.
     ///
     /// It serves the real APIv2 paths (/pay/unifiedorder, /pay/orderquery, /pay/closeorder,
-    /// /secapi/pay/refund, /pay/refundquery, /pay/downloadbill, /sns/jscode2session) with
-    /// WeChat Pay's rules, signatures and errors, and control endpoints under /simulator/.
+    /// /secapi/pay/refund, /pay/refundquery, /pay/downloadbill, /sns/jscode2session) and the
+    /// APIv3 ones (/v3/pay/transactions/…, /v3/refund/domestic/refunds…, /v3/certificates,
+    /// /v3/bill/tradebill) with WeChat Pay's rules, signatures and errors, and control
+    /// endpoints under /simulator/.
     /// Without --config it serves the built-in test merchant (see the README).
     #[command(after_help = "Example:\n  wxpay simulator --mode auto --time-scale 60")]
     Simulator(simulator::SimulatorArgs),

@@ -363,6 +363,15 @@ impl Config {
             if self.merchants[..i].iter().any(|o| o.name == m.name) {
                 return Err(format!("merchants[{i}].name: {:?} is used twice", m.name));
             }
+            let url_safe = |n: &str| {
+                (1..=64).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            };
+            if m.v3.is_some() && !url_safe(&m.name) {
+                return Err(format!(
+                    "merchants[{i}].name: {:?} is in the APIv3 notify URL (<public_url>/notify/v3/<name>): 1 to 64 ASCII letters, digits, - or _",
+                    m.name
+                ));
+            }
             if m.v3.is_none() && m.api_key.is_none() {
                 return Err(format!("merchants[{i}].api_key: an APIv2 merchant needs its API key"));
             }

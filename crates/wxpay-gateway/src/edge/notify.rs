@@ -19,10 +19,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use wxpay_protocol::v2::{NOTIFY_SUCCESS_REPLY, notify_fail_reply};
-use wxpay_protocol::v3::SignatureHeaders;
 
 use crate::edge::app::App;
-use crate::provider::v3::{V3Inbox, V3Notice};
+use crate::provider::v3::{V3Inbox, V3Notice, signature_headers};
 use crate::service::notifications::{Misfit, NoticeAnswer, NoticeKind};
 
 fn reply(status: StatusCode, body: String) -> Response {
@@ -116,13 +115,7 @@ pub(crate) async fn v3(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let signature = SignatureHeaders {
-        timestamp: get("wechatpay-timestamp"),
-        nonce: get("wechatpay-nonce"),
-        signature: get("wechatpay-signature"),
-        serial: get("wechatpay-serial"),
-    };
+    let signature = signature_headers(&headers);
     match app.v3_inbox().read(&merchant, &signature, &body).await {
         Ok((idx, V3Notice::Payment(n))) => v3_answer(app.payment_notified(idx, n, &body).await),
         Ok((idx, V3Notice::Refund(n))) => v3_answer(app.refund_notified(idx, n, &body).await),

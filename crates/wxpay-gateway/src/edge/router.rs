@@ -16,6 +16,7 @@ use crate::edge::{notify, orders, refunds};
 
 impl App {
     /// The routes: `/v1/…` (bearer token), `/notify/v2/pay`, `/notify/v2/refund`,
+    /// `/notify/v3/{merchant}`,
     /// `/healthz`, `/readyz`, `/metrics`, `/openapi.json`. The first call starts the task that
     /// keeps the metrics' database figures fresh, so it must be made within a Tokio runtime.
     pub fn router(&self) -> Router {

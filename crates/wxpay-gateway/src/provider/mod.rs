@@ -336,6 +336,30 @@ pub(crate) enum BillKind {
     },
 }
 
+/// A row of a day's bill: the same file for APIv2's `downloadbill` and APIv3's trade bill.
+pub(crate) fn bill_entry(r: wxpay_protocol::v2::BillRow) -> BillEntry {
+    let kind = if r.trade_state == "REFUND" || r.out_refund_no.is_some() {
+        BillKind::Refund {
+            // 申请退款金额 where the layout has it, else 退款金额.
+            amount: r.refund_apply_fee.unwrap_or(r.refund_fee),
+            out_refund_no: r.out_refund_no,
+            status: r.refund_status.unwrap_or_default(),
+        }
+    } else {
+        // 订单金额 where the layout has it, else 应结订单金额.
+        BillKind::Payment {
+            amount: r.total_fee.unwrap_or(r.settlement_total_fee),
+        }
+    };
+    BillEntry {
+        appid: r.appid,
+        out_trade_no: r.out_trade_no,
+        transaction_id: r.transaction_id,
+        at: Millis::from_unix_secs(r.trade_time.unix()),
+        kind,
+    }
+}
+
 /// The parameters of `wx.requestPayment` (`appId`, `timeStamp`, `nonceStr`, `package`,
 /// `signType`, `paySign`): the mini program's API, the same whichever payment protocol
 /// signed them, so the protocol crate's one type serves every provider.

@@ -301,8 +301,11 @@ pub(crate) struct Options {
     /// with what `trusts` names.
     pub v3: Option<V3Setup>,
     /// The default merchant's `base_url`, given the simulator's: something in front of it.
-    pub front: Option<Box<dyn FnOnce(&str) -> String + Send>>,
+    pub front: Option<Front>,
 }
+
+/// What puts something in front of the simulator: given its URL, the URL to call instead.
+pub(crate) type Front = Box<dyn FnOnce(&str) -> String + Send>;
 
 /// How a test runs APIv3.
 #[derive(Clone, Copy, Debug)]

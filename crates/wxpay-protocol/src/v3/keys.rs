@@ -175,8 +175,8 @@ impl Certificate {
         self.not_before
     }
 
-    /// When it expires (Unix seconds): a platform certificate past it no longer verifies
-    /// anything WeChat Pay sends, so a gateway warns well before.
+    /// When it expires (Unix seconds): a platform certificate past it verifies nothing (the
+    /// gateway drops it, and warns at start when a configured one has less than 30 days).
     pub fn not_after(&self) -> i64 {
         self.not_after
     }

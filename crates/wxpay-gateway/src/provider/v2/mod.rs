@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use wxpay_protocol::v2::{
-    Bill, BillRow, BillType, CloseOrder, DownloadBill, NotificationFields, OrderQuery, OrderRef, Refund, RefundQuery,
+    Bill, BillType, CloseOrder, DownloadBill, NotificationFields, OrderQuery, OrderRef, Refund, RefundQuery,
     RefundStatus, TradeState, UnifiedOrder,
 };
 use wxpay_protocol::{BeijingTime, Merchant, Nonce, OutRefundNo, OutTradeNo};
@@ -14,9 +14,9 @@ use wxpay_protocol::{BeijingTime, Merchant, Nonce, OutRefundNo, OutTradeNo};
 use crate::config::{MerchantConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::provider::{
-    BillEntry, BillKind, CLIPPED, Fut, NoticeOutcome, NoticeRejected, PayParams, PaymentNotice, PaymentState,
-    PaymentTerms, Provider, ProviderError, Received, RefundAccepted, RefundNotice, RefundReport, RefundState,
-    RefundTerms, RefundsOfOrder,
+    BillEntry, CLIPPED, Fut, NoticeOutcome, NoticeRejected, PayParams, PaymentNotice, PaymentState, PaymentTerms,
+    Provider, ProviderError, Received, RefundAccepted, RefundNotice, RefundReport, RefundState, RefundTerms,
+    RefundsOfOrder,
 };
 use crate::time::{Clock, Millis};
 use crate::util::clip;
@@ -86,29 +86,6 @@ fn refund_state(s: &RefundStatus) -> RefundState {
         RefundStatus::Processing => RefundState::Processing,
         RefundStatus::Change => RefundState::Abnormal,
         RefundStatus::Other(o) => RefundState::Other(o.clone()),
-    }
-}
-
-fn bill_entry(r: BillRow) -> BillEntry {
-    let kind = if r.trade_state == "REFUND" || r.out_refund_no.is_some() {
-        BillKind::Refund {
-            // 申请退款金额 where the layout has it, else 退款金额.
-            amount: r.refund_apply_fee.unwrap_or(r.refund_fee),
-            out_refund_no: r.out_refund_no,
-            status: r.refund_status.unwrap_or_default(),
-        }
-    } else {
-        // 订单金额 where the layout has it, else 应结订单金额.
-        BillKind::Payment {
-            amount: r.total_fee.unwrap_or(r.settlement_total_fee),
-        }
-    };
-    BillEntry {
-        appid: r.appid,
-        out_trade_no: r.out_trade_no,
-        transaction_id: r.transaction_id,
-        at: ms(r.trade_time),
-        kind,
     }
 }
 
@@ -231,7 +208,7 @@ impl Provider for V2Provider {
                 }
                 Err(e) => return Err(e.into()),
             };
-            Ok(bill.rows.into_iter().map(bill_entry).collect())
+            Ok(bill.rows.into_iter().map(crate::provider::bill_entry).collect())
         })
     }
 }
@@ -245,8 +222,10 @@ pub(crate) struct V2Inbox {
 
 impl V2Inbox {
     /// The inbox of the configured merchants that have an APIv2 key (indexes as in
-    /// `merchants`). An APIv3 merchant with one is here too: WeChat Pay still sends APIv2
-    /// refund notifications for refunds made by hand in the merchant platform.
+    /// `merchants`). An APIv3 merchant with one is here too, for both kinds of APIv2
+    /// notification: WeChat Pay still sends APIv2 refund notifications for refunds made by
+    /// hand in the merchant platform, and its APIv2 payment notifications verify with the
+    /// same key.
     pub(crate) fn new(merchants: &[MerchantConfig]) -> V2Inbox {
         V2Inbox {
             merchants: merchants

@@ -250,13 +250,7 @@ impl V3Link {
                     continue;
                 }
             };
-            let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
-            let sig = SignatureHeaders {
-                timestamp: get("wechatpay-timestamp"),
-                nonce: get("wechatpay-nonce"),
-                signature: get("wechatpay-signature"),
-                serial: get("wechatpay-serial"),
-            };
+            let sig = signature_headers(&headers);
             let success = (200..300).contains(&status);
             let error = (!success).then(|| V3Error::read(status, &body));
             if let Some(e) = error.as_ref().filter(|e| e.code.is_empty()) {
@@ -302,6 +296,17 @@ impl V3Link {
 /// nothing, whatever its signature says.
 fn in_force(c: &Certificate, now: i64) -> bool {
     (c.not_before()..=c.not_after()).contains(&now)
+}
+
+/// The `Wechatpay-*` headers of an answer or a notification.
+pub(crate) fn signature_headers(h: &reqwest::header::HeaderMap) -> SignatureHeaders<'_> {
+    let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    SignatureHeaders {
+        timestamp: get("wechatpay-timestamp"),
+        nonce: get("wechatpay-nonce"),
+        signature: get("wechatpay-signature"),
+        serial: get("wechatpay-serial"),
+    }
 }
 
 /// The keys the configuration gives that are in force at `now`: the WeChat Pay public key

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use wxpay_protocol::v2::{Bill, BillRow};
+use wxpay_protocol::v2::Bill;
 use wxpay_protocol::v3::SignatureHeaders;
 use wxpay_protocol::v3::auth::pay_params;
 use wxpay_protocol::v3::calls::{
@@ -19,15 +19,16 @@ use wxpay_protocol::{BeijingTime, Nonce, OutRefundNo, OutTradeNo};
 use crate::config::{MerchantConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::provider::{
-    BillEntry, BillKind, CLIPPED, Fut, NoticeOutcome, NoticeRejected, PayParams, PaymentNotice, PaymentState,
-    PaymentTerms, Provider, ProviderError, Received, RefundAccepted, RefundNotice, RefundReport, RefundState,
-    RefundTerms, RefundsOfOrder, Refusal, Retry,
+    BillEntry, CLIPPED, Fut, NoticeOutcome, NoticeRejected, PayParams, PaymentNotice, PaymentState, PaymentTerms,
+    Provider, ProviderError, Received, RefundAccepted, RefundNotice, RefundReport, RefundState, RefundTerms,
+    RefundsOfOrder, Refusal, Retry,
 };
 use crate::time::{Clock, Millis};
 use crate::util::clip;
 
 pub(crate) mod client;
 
+pub(crate) use client::signature_headers;
 use client::{CallError, V3Link};
 
 /// One merchant over APIv3.
@@ -142,28 +143,6 @@ fn report(r: &RefundRecord) -> RefundReport {
         amount: r.refund,
         state: refund_state(&r.status),
         settled_at: r.success_time.map(ms),
-    }
-}
-
-/// A row of the trade bill (the same file as APIv2's).
-fn bill_entry(r: BillRow) -> BillEntry {
-    let kind = if r.trade_state == "REFUND" || r.out_refund_no.is_some() {
-        BillKind::Refund {
-            amount: r.refund_apply_fee.unwrap_or(r.refund_fee),
-            out_refund_no: r.out_refund_no,
-            status: r.refund_status.unwrap_or_default(),
-        }
-    } else {
-        BillKind::Payment {
-            amount: r.total_fee.unwrap_or(r.settlement_total_fee),
-        }
-    };
-    BillEntry {
-        appid: r.appid,
-        out_trade_no: r.out_trade_no,
-        transaction_id: r.transaction_id,
-        at: ms(r.trade_time.unix()),
-        kind,
     }
 }
 
@@ -331,7 +310,7 @@ impl Provider for V3Provider {
             let text = std::str::from_utf8(&file.body)
                 .map_err(|_| ProviderError::Incomplete("the bill is not UTF-8 text".into()))?;
             let bill = Bill::parse(text).map_err(incomplete)?;
-            Ok(bill.rows.into_iter().map(bill_entry).collect())
+            Ok(bill.rows.into_iter().map(crate::provider::bill_entry).collect())
         })
     }
 }

@@ -11,7 +11,20 @@ start_simulator() { # mode
   wait_http "http://127.0.0.1:$SIM_PORT/simulator/health"
 }
 
-start_gateway() { # database url
+start_gateway() { # database url [v3]
+  local merchant_api
+  if [ "${2:-}" = v3 ]; then
+    # The default merchant on APIv3, with the keys the simulator made in its keys folder.
+    local keys="$WORK/simulator-keys"
+    merchant_api="api_version = \"v3\"
+apiv3_key = \"wxpaySimulatorApiV3TestKey000001\"
+serial_no = \"$(tr -d '\n' <"$keys/1230000109/apiclient_serial")\"
+key_path = \"$keys/1230000109/apiclient_key.pem\"
+wechatpay_public_key_path = \"$keys/pub_key.pem\"
+wechatpay_public_key_id = \"$(tr -d '\n' <"$keys/pub_key_id")\""
+  else
+    merchant_api='api_key = "wxpaySimulatorTestKey0000000000A"'
+  fi
   cat >"$WORK/wxpay.toml" <<EOF
 [server]
 listen = "127.0.0.1:$PORT"
@@ -27,7 +40,7 @@ name = "default"
 appid = "wxd678efh567hg6787"
 app_secret = "wxpaysimulatortestappsecret00000"
 mch_id = "1230000109"
-api_key = "wxpaySimulatorTestKey0000000000A"
+$merchant_api
 base_url = "http://127.0.0.1:$SIM_PORT"
 sns_base_url = "http://127.0.0.1:$SIM_PORT"
 EOF

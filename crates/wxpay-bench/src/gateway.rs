@@ -63,6 +63,61 @@ fn notifications(merchant: &Merchant, prefix: &str, count: usize, fee: u64) -> R
         .collect()
 }
 
+/// APIv3 payment notifications for orders `prefix0 … prefix{count-1}` of `fee` fen, as the
+/// simulator sends them: the transaction encrypted with the test merchant's APIv3 key, the
+/// envelope signed with WeChat Pay's public-key private half from `keys`.
+type V3Notices = (Vec<Bytes>, Vec<Vec<(&'static str, String)>>);
+
+fn v3_notifications(keys: &std::path::Path, prefix: &str, count: usize, fee: u64) -> Result<V3Notices, String> {
+    use wxpay_protocol::v3::calls::rfc3339_beijing;
+    let read = |name: &str| {
+        std::fs::read_to_string(keys.join(name)).map_err(|e| format!("{}: {e}", keys.join(name).display()))
+    };
+    let id = read("pub_key_id")?.trim().to_owned();
+    let key =
+        wxpay_protocol::v3::MerchantKey::from_pem(&read("pub_key_private.pem")?, &id).map_err(|e| e.to_string())?;
+    let apiv3_key = wxpay_simulator::TEST_APIV3_KEY.as_bytes();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (mut bodies, mut headers) = (Vec::with_capacity(count), Vec::with_capacity(count));
+    for i in 0..count {
+        let resource = serde_json::json!({
+            "appid": wxpay_simulator::TEST_APPID, "mchid": wxpay_simulator::TEST_MCH_ID,
+            "out_trade_no": format!("{prefix}{i}"), "transaction_id": format!("42000{i:023}"),
+            "trade_type": "JSAPI", "trade_state": "SUCCESS", "trade_state_desc": "支付成功",
+            "bank_type": "OTHERS", "attach": "门店: 深圳南山店", "success_time": rfc3339_beijing(now),
+            "payer": {"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"},
+            "amount": {"total": fee, "payer_total": fee, "currency": "CNY", "payer_currency": "CNY"},
+        });
+        let nonce = format!("{:012}", i % 1_000_000_000_000);
+        let ciphertext =
+            wxpay_protocol::v3::aead::encrypt(apiv3_key, &nonce, "transaction", resource.to_string().as_bytes())
+                .map_err(|e| e.to_string())?;
+        let body = serde_json::json!({
+            "id": format!("EV-{prefix}{i}"), "create_time": rfc3339_beijing(now),
+            "resource_type": "encrypt-resource", "event_type": "TRANSACTION.SUCCESS", "summary": "支付成功",
+            "resource": {"original_type": "transaction", "algorithm": "AEAD_AES_256_GCM",
+                         "ciphertext": ciphertext, "associated_data": "transaction", "nonce": nonce},
+        })
+        .to_string();
+        let sign_nonce = format!("{:032x}", (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let signature = key
+            .sign(format!("{now}\n{sign_nonce}\n{body}\n").as_bytes())
+            .map_err(|e| e.to_string())?;
+        headers.push(vec![
+            ("Wechatpay-Timestamp", now.to_string()),
+            ("Wechatpay-Nonce", sign_nonce),
+            ("Wechatpay-Signature", signature),
+            ("Wechatpay-Serial", id.clone()),
+            ("Wechatpay-Signature-Type", "WECHATPAY2-SHA256-RSA2048".to_owned()),
+        ]);
+        bodies.push(Bytes::from(body));
+    }
+    Ok((bodies, headers))
+}
+
 /// Which service is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Api {
@@ -121,6 +176,11 @@ pub(crate) struct GatewayArgs {
     /// a third-party load tool (`wrk`); the orders they pay are created first, as for a run.
     #[arg(long)]
     write_notifications: Option<std::path::PathBuf>,
+    /// The simulator's keys folder: the default merchant is on APIv3, and the notifications
+    /// are APIv3's (to `/notify/v3/default`), signed with the WeChat Pay public key's private
+    /// half the simulator writes there.
+    #[arg(long, value_name = "DIR")]
+    v3_keys: Option<std::path::PathBuf>,
     /// The merchant the peer service is configured with (its appid, mch_id, API key).
     #[arg(long, default_value = "wx2421b1c4370ec43b,10000100,192006250b4c09247ec02edce69f6a2d")]
     peer_merchant: String,
@@ -201,7 +261,14 @@ pub(crate) async fn gateway(args: GatewayArgs) -> Result<(), String> {
         // connections number them from a shared counter.
         let prefix = format!("N{}x", run_id());
         let seeded = seed(&authority, &args, &prefix, orders_workload()).await?;
-        let bodies = Arc::new(notifications(&merchant, &prefix, seeded, ORDER_FEE)?);
+        let (bodies, headers) = match &args.v3_keys {
+            Some(dir) => v3_notifications(dir, &prefix, seeded, ORDER_FEE)?,
+            None => (notifications(&merchant, &prefix, seeded, ORDER_FEE)?, Vec::new()),
+        };
+        let bodies = Arc::new(bodies);
+        if let (Some(_), true) = (&args.write_notifications, args.v3_keys.is_some()) {
+            return Err("--write-notifications writes APIv2 bodies only (APIv3's signatures are headers)".into());
+        }
         if let Some(file) = &args.write_notifications {
             let mut out = Vec::with_capacity(bodies.iter().map(|b| b.len() + 1).sum());
             for b in bodies.iter() {
@@ -216,13 +283,18 @@ pub(crate) async fn gateway(args: GatewayArgs) -> Result<(), String> {
             say!("wrote {} notifications to {}", bodies.len(), file.display());
             return Ok(());
         }
+        let v3 = args.v3_keys.is_some();
         let path = match args.api {
+            Api::Wxpay if v3 => "/notify/v3/default",
             Api::Wxpay => "/notify/v2/pay",
             Api::Peer => "/notify",
         };
         let workload = Workload::Notify {
             path,
             bodies,
+            headers: Arc::new(headers),
+            content_type: if v3 { "application/json" } else { "text/xml" },
+            acknowledged: if v3 { 204 } else { 200 },
             connections: args.connections,
         };
         let stop_junk = Arc::new(AtomicBool::new(false));

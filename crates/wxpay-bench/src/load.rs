@@ -385,13 +385,20 @@ fn build_request(shared: &Shared, conn: usize, seq: u64) -> Result<Option<hyper:
         Workload::Notify {
             path,
             bodies,
+            headers,
+            content_type,
             connections,
+            ..
         } => {
             let i = conn + (seq as usize - 1) * connections;
             let Some(body) = bodies.get(i) else {
                 return Ok(None);
             };
-            builder(path, "text/xml").body(Full::new(body.clone()))
+            let mut req = builder(path, content_type);
+            for (name, value) in headers.get(i).map(Vec::as_slice).unwrap_or_default() {
+                req = req.header(*name, value.as_str());
+            }
+            req.body(Full::new(body.clone()))
         }
     };
     req.map(Some).map_err(|e| e.to_string())

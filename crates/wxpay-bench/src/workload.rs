@@ -15,10 +15,14 @@ pub(crate) enum Workload {
     /// `POST /orders` to the peer service (wechatpy + FastAPI), a new order each time.
     PeerOrders,
     /// Pre-signed payment notifications, each sent once: connection c sends bodies c, c + C,
-    /// c + 2C, … and stops when its share is sent.
+    /// c + 2C, … and stops when its share is sent. APIv3's carry their signature in headers
+    /// (`headers[i]`, empty for APIv2) and are acknowledged with 204.
     Notify {
         path: &'static str,
         bodies: Arc<Vec<Bytes>>,
+        headers: Arc<Vec<Vec<(&'static str, String)>>>,
+        content_type: &'static str,
+        acknowledged: u16,
         connections: usize,
     },
 }
@@ -66,6 +70,7 @@ pub(crate) fn answer_ok(workload: &Workload, status: u16, body: &[u8]) -> bool {
         Workload::SimUnifiedOrder => status == 200 && has(b"<result_code><![CDATA[SUCCESS]]></result_code>"),
         Workload::GatewayOrders { .. } => status == 201 && has(b"\"paySign\""),
         Workload::PeerOrders => status == 200 && has(b"\"paySign\""),
+        Workload::Notify { acknowledged: 204, .. } => status == 204,
         Workload::Notify { .. } => status == 200 && has(b"SUCCESS"),
     }
 }

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# APIv3 beside APIv2 in one run, on the same machine: the gateway's orders/s and
+# notifications/s with its CPU time per request, and the ceiling RSA signing sets.
+#
+#   scripts/bench-gateway-v3.sh                    # SQLite
+#   ENGINES="sqlite postgres" scripts/bench-gateway-v3.sh
+#
+# Orders: `POST /v1/orders` from 64 connections, the simulator in explicit mode (no payment
+# follows, so each order costs exactly three RSA-2048 signatures on APIv3: the gateway's
+# Authorization and paySign, and the simulator's signed answer; the verifications cost a
+# tenth of a signature each and are left out of the ceiling). The ceiling is
+#   cores × (openssl speed rsa2048 signs/s on one core, measured in this run) ÷ 3,
+# the rate at which this machine could make those signatures and nothing else.
+# Notifications: POOL orders seeded (not measured), then one first-delivery payment
+# notification each from 64 connections; APIv3's are signed with WeChat Pay's public-key
+# private half that the simulator writes, and each costs the gateway one RSA verification and
+# one AES-GCM decryption.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS="${SECONDS_PER_RUN:-15}"
+POOL="${POOL:-20000}"
+ENGINES="${ENGINES:-sqlite}"
+PORT="${PORT:-18110}"
+SIM_PORT="${SIM_PORT:-18111}"
+PG_ADMIN="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+TOKEN=bench-token-0123456789abcdef
+WORK=target/bench-gateway-v3
+mkdir -p "$WORK"
+rm -f "$WORK"/*.txt "$WORK"/gateway.log
+[ -n "${NO_BUILD:-}" ] || cargo build -q --release -p wxpay-cli -p wxpay-bench
+BIN=target/release/wxpay
+BENCH=target/release/wxpay-bench
+# shellcheck source=scripts/bench-common.sh
+source scripts/bench-common.sh
+trap stop_all EXIT
+
+sqlite_url() { rm -f "$WORK"/bench.db*; echo "sqlite://$WORK/bench.db"; }
+url_for() { if [ "$1" = postgres ]; then fresh_pg; else sqlite_url; fi; }
+
+openssl_signs() { openssl speed -seconds 3 rsa2048 2>/dev/null | awk '/^rsa 2048/ {print $(NF-1)}'; }
+
+echo "== openssl speed rsa2048 (one core), before"
+SIGN_BEFORE="$(openssl_signs)"; echo "$SIGN_BEFORE signs/s"
+for engine in $ENGINES; do
+  for api in v2 v3; do
+    echo "== $api on $engine: create order, ${SECS}s, 64 connections, simulator in explicit mode"
+    url="$(url_for "$engine")"
+    start_simulator explicit
+    start_gateway "$url" "$api"
+    "$BENCH" gateway --target "http://127.0.0.1:$PORT" --token "$TOKEN" --only orders --duration "$SECS" --pid "$GW_PID" | tee "$WORK/$engine-$api-orders.txt"
+    stop_all
+    echo "== $api on $engine: $POOL first-delivery payment notifications, 64 connections"
+    url="$(url_for "$engine")"
+    start_simulator explicit
+    start_gateway "$url" "$api"
+    v3_args=()
+    [ "$api" = v3 ] && v3_args=(--v3-keys "$WORK/simulator-keys")
+    "$BENCH" gateway --target "http://127.0.0.1:$PORT" --token "$TOKEN" --only notify --pool "$POOL" "${v3_args[@]}" --pid "$GW_PID" | tee "$WORK/$engine-$api-notify.txt"
+    stop_all
+  done
+done
+echo "== openssl speed rsa2048 (one core), after"
+SIGN_AFTER="$(openssl_signs)"; echo "$SIGN_AFTER signs/s"
+[ "$ENGINES" = sqlite ] || psql "$PG_ADMIN" -qc "DROP DATABASE IF EXISTS wxpay_bench WITH (FORCE)" >/dev/null 2>&1 || true
+
+echo
+echo "== summary (same machine, same run)"
+for f in "$WORK"/*-orders.txt "$WORK"/*-notify.txt; do
+  printf '%-22s %s\n' "$(basename "$f" .txt)" "$(grep -h '^SUMMARY ' "$f" | sed 's/^SUMMARY //')"
+done
+CORES="$(nproc)"
+python3 - "$SIGN_BEFORE" "$SIGN_AFTER" "$CORES" "$WORK" $ENGINES <<'PY'
+import re, sys
+before, after, cores, work = float(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+sign = (before + after) / 2
+ceiling = cores * sign / 3
+print(f"RSA-2048 signs/s on one core (openssl, mean of before/after): {sign:,.0f}; "
+      f"v3 order ceiling = {cores} cores x {sign:,.0f} / 3 signatures = {ceiling:,.0f} orders/s")
+for engine in sys.argv[5:]:
+    text = open(f"{work}/{engine}-v3-orders.txt").read()
+    m = re.search(r"SUMMARY wxpay orders: ([0-9.]+)/s", text)
+    if m:
+        rate = float(m.group(1))
+        print(f"{engine}: v3 orders {rate:,.0f}/s = {rate / ceiling:.0%} of the ceiling (target >= 80%)")
+PY

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use wxpay_protocol::v2::{decrypt_req_info, doctor};
 use wxpay_protocol::{ApiKey, Fields, SignType, sign, xml};
 
-use crate::{CliError, DecryptArgs, Output, SignArgs, VerifyArgs, emit, raw_key, read_stdin};
+use crate::{CliError, DecryptArgs, Output, SignArgs, V3Args, VerifyArgs, emit, raw_key, read_stdin};
 
 /// Reads name/value pairs from a JSON object; strings, numbers and booleans become their
 /// text, `null` an empty value.
@@ -134,6 +134,9 @@ pub(crate) fn verify(args: VerifyArgs) -> Result<(), CliError> {
         }
         _ => read_stdin("give the body to check as FILE")?,
     };
+    if args.v3.v3 {
+        return verify_v3(&args.v3, &body);
+    }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(CliError::Usage("the body is empty".into()));
     }
@@ -155,6 +158,25 @@ pub(crate) fn verify(args: VerifyArgs) -> Result<(), CliError> {
 }
 
 pub(crate) fn decrypt(args: DecryptArgs) -> Result<(), CliError> {
+    if args.v3.v3 {
+        let input = match args.req_info {
+            Some(r) => r.into_bytes(),
+            None => read_stdin("give the notification body (JSON) on standard input")?,
+        };
+        let (_, body) = split_message(&input);
+        let key = apiv3_key(&args.v3)?
+            .ok_or_else(|| CliError::Usage("--v3 needs --apiv3-key-file FILE (the 32-byte APIv3 key)".into()))?;
+        return match wxpay_protocol::v3::doctor::open(body, &key) {
+            Ok(plain) => {
+                emit(&format!("{plain}\n"));
+                Ok(())
+            }
+            Err(why) => {
+                emit(&format!("FAILED: {why}\n"));
+                Err(CliError::Failed)
+            }
+        };
+    }
     let key = ApiKey::new(raw_key(&args.key)?).map_err(|e| CliError::Usage(e.to_string()))?;
     let input = match args.req_info {
         Some(r) => r,
@@ -178,4 +200,84 @@ pub(crate) fn decrypt(args: DecryptArgs) -> Result<(), CliError> {
     let plain = decrypt_req_info(&req_info, &key)?;
     emit(&format!("{plain}\n"));
     Ok(())
+}
+
+/// Splits a message as saved from the wire: header lines (`Name: value`; a request or status
+/// line is skipped), an empty line, the raw body. Without an empty line, it is all body.
+fn split_message(input: &[u8]) -> (Vec<(String, String)>, &[u8]) {
+    let input = input.strip_prefix("\u{FEFF}".as_bytes()).unwrap_or(input);
+    if input.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        return (Vec::new(), input);
+    }
+    let (head, body) = match (
+        input.windows(4).position(|w| w == b"\r\n\r\n"),
+        input.windows(2).position(|w| w == b"\n\n"),
+    ) {
+        (Some(crlf), Some(lf)) if lf < crlf => (&input[..lf], &input[lf + 2..]),
+        (Some(crlf), _) => (&input[..crlf], &input[crlf + 4..]),
+        (None, Some(lf)) => (&input[..lf], &input[lf + 2..]),
+        (None, None) => return (Vec::new(), input),
+    };
+    let headers = String::from_utf8_lossy(head)
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (headers, body)
+}
+
+fn apiv3_key(args: &V3Args) -> Result<Option<Vec<u8>>, CliError> {
+    let Some(path) = &args.apiv3_key_file else {
+        return Ok(None);
+    };
+    let mut key = std::fs::read(path).map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
+    if key.ends_with(b"\n") {
+        key.pop();
+        if key.ends_with(b"\r") {
+            key.pop();
+        }
+    }
+    Ok(Some(key))
+}
+
+fn verify_v3(args: &V3Args, input: &[u8]) -> Result<(), CliError> {
+    use wxpay_protocol::v3::{Certificate, PublicKey, SignatureHeaders, Verifier};
+    let (headers, body) = split_message(input);
+    if headers.is_empty() {
+        return Err(CliError::Usage(
+            "no headers: give the notification as received, its Wechatpay-* header lines, an empty line, then the raw body".into(),
+        ));
+    }
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| CliError::Usage(format!("cannot read {}: {e}", p.display())))
+    };
+    let mut verifier = Verifier::new();
+    for p in &args.platform_cert {
+        verifier = verifier.with_certificate(&Certificate::from_pem(&read(p)?)?);
+    }
+    if let (Some(p), Some(id)) = (&args.public_key, &args.public_key_id) {
+        verifier = verifier.with_public_key(id.trim(), PublicKey::from_pem(&read(p)?)?);
+    }
+    if args.platform_cert.is_empty() && args.public_key.is_none() {
+        return Err(CliError::Usage(
+            "no key to verify with: give --public-key FILE --public-key-id ID (pub_key.pem) and/or --platform-cert FILE".into(),
+        ));
+    }
+    let get = |name: &str| headers.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str());
+    let signature = SignatureHeaders {
+        timestamp: get("wechatpay-timestamp"),
+        nonce: get("wechatpay-nonce"),
+        signature: get("wechatpay-signature"),
+        serial: get("wechatpay-serial"),
+    };
+    let now = args.at.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    });
+    let key = apiv3_key(args)?;
+    let report = wxpay_protocol::v3::doctor::diagnose(&signature, body, &verifier, now, key.as_deref());
+    emit(&report.to_string());
+    if report.verified { Ok(()) } else { Err(CliError::Failed) }
 }

@@ -44,14 +44,21 @@ enum Command {
     /// Reads an APIv2 XML body (or the JSON parameters of wx.requestPayment) from FILE or
     /// standard input. Exits 0 and prints OK only when the signature verifies with the key
     /// and sign type given; otherwise exits 1 and names the most likely cause, confirming
-    /// each one it can reproduce.
-    #[command(after_help = "Example:\n  wxpay verify --key-file apikey.txt --sign-type HMAC-SHA256 < notify.xml")]
+    /// each one it can reproduce. With --v3, FILE is an APIv3 notification or answer as
+    /// received: its Wechatpay-* header lines, an empty line, then the raw body.
+    #[command(
+        after_help = "Examples:\n  wxpay verify --key-file apikey.txt --sign-type HMAC-SHA256 < notify.xml\n  wxpay verify --v3 --public-key pub_key.pem --public-key-id PUB_KEY_ID_0112… --apiv3-key-file apiv3key.txt notify.http"
+    )]
     Verify(VerifyArgs),
-    /// Decrypt the req_info of an APIv2 refund notification.
+    /// Decrypt the req_info of an APIv2 refund notification, or an APIv3 resource.
     ///
     /// Takes the req_info value as an argument, or on standard input either alone or inside
-    /// the whole notification body. Prints the decrypted <root> document.
-    #[command(after_help = "Example:\n  wxpay decrypt --key-file apikey.txt < refund-notify.xml")]
+    /// the whole notification body. Prints the decrypted <root> document. With --v3, decrypts
+    /// the resource of an APIv3 notification (its JSON body, on standard input or as the
+    /// argument) with the APIv3 key.
+    #[command(
+        after_help = "Examples:\n  wxpay decrypt --key-file apikey.txt < refund-notify.xml\n  wxpay decrypt --v3 --apiv3-key-file apiv3key.txt < notify.json"
+    )]
     Decrypt(DecryptArgs),
     /// Run the WeChat Pay simulator alone.
     ///
@@ -217,8 +224,34 @@ enum Output {
     Json,
 }
 
+/// What verifies and decrypts APIv3 (`wxpay verify --v3`, `wxpay decrypt --v3`).
+#[derive(Debug, Args)]
+struct V3Args {
+    /// APIv3: the input is an APIv3 notification or answer.
+    #[arg(long)]
+    v3: bool,
+    /// The WeChat Pay public key (pub_key.pem); with --public-key-id.
+    #[arg(long, value_name = "FILE", requires = "public_key_id")]
+    public_key: Option<PathBuf>,
+    /// The id of the public key (PUB_KEY_ID_…), as Wechatpay-Serial names it.
+    #[arg(long, value_name = "ID", requires = "public_key")]
+    public_key_id: Option<String>,
+    /// A platform certificate (PEM); may be given several times.
+    #[arg(long, value_name = "FILE")]
+    platform_cert: Vec<PathBuf>,
+    /// A file holding the APIv3 key (32 bytes; one trailing line break is ignored): the
+    /// resource is decrypted too.
+    #[arg(long, value_name = "FILE")]
+    apiv3_key_file: Option<PathBuf>,
+    /// Check as at this Unix time instead of now (a notification saved earlier).
+    #[arg(long, value_name = "SECS")]
+    at: Option<i64>,
+}
+
 #[derive(Debug, Args)]
 struct VerifyArgs {
+    #[command(flatten)]
+    v3: V3Args,
     #[command(flatten)]
     key: KeyArgs,
     /// The algorithm the merchant is configured for: MD5 (default) or HMAC-SHA256. A
@@ -232,6 +265,8 @@ struct VerifyArgs {
 
 #[derive(Debug, Args)]
 struct DecryptArgs {
+    #[command(flatten)]
+    v3: V3Args,
     #[command(flatten)]
     key: KeyArgs,
     /// The req_info value; standard input when absent.

@@ -352,3 +352,81 @@ fn decrypt_reads_req_info_alone_or_inside_the_notification() {
         r.stderr
     );
 }
+
+#[test]
+fn verify_v3_checks_a_notification_as_received_and_names_a_reformatted_body() {
+    let cert = testdata("vectors/keys/platform_cert.pem");
+    let at = "1528425296";
+    let ok = wxpay(
+        &[
+            "verify",
+            "--v3",
+            "--platform-cert",
+            cert.to_str().unwrap(),
+            "--at",
+            at,
+            testdata("cli/v3-notify.http").to_str().unwrap(),
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);
+    assert!(ok.stdout.starts_with("OK"), "{}", ok.stdout);
+    let bad = wxpay(
+        &[
+            "verify",
+            "--v3",
+            "--platform-cert",
+            cert.to_str().unwrap(),
+            "--at",
+            at,
+            testdata("cli/v3-notify-reformatted.http").to_str().unwrap(),
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(bad.code, 1, "{}", bad.stdout);
+    assert!(bad.stdout.contains("reformatted"), "{}", bad.stdout);
+    // Later than five minutes: the clock, with the signature itself genuine.
+    let late = wxpay(
+        &[
+            "verify",
+            "--v3",
+            "--platform-cert",
+            cert.to_str().unwrap(),
+            testdata("cli/v3-notify.http").to_str().unwrap(),
+        ],
+        None,
+        &[],
+    );
+    assert_eq!(late.code, 1);
+    assert!(late.stdout.contains("genuine"), "{}", late.stdout);
+}
+
+#[test]
+fn decrypt_v3_opens_a_resource_and_says_when_the_key_is_not_the_apiv3_key() {
+    let dir = std::env::temp_dir().join(format!("wxpay-cli-v3-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(testdata("vectors/v3.json")).unwrap()).unwrap();
+    let good = dir.join("apiv3.txt");
+    std::fs::write(&good, format!("{}\n", v["apiv3_key"].as_str().unwrap())).unwrap();
+    let wrong = dir.join("apiv2.txt");
+    std::fs::write(&wrong, KEY).unwrap();
+    let body = v["notification"]["body"].as_str().unwrap().as_bytes();
+    let r = wxpay(
+        &["decrypt", "--v3", "--apiv3-key-file", good.to_str().unwrap()],
+        Some(body),
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("\"trade_state\""), "{}", r.stdout);
+    let r = wxpay(
+        &["decrypt", "--v3", "--apiv3-key-file", wrong.to_str().unwrap()],
+        Some(body),
+        &[],
+    );
+    assert_eq!(r.code, 1);
+    assert!(r.stdout.contains("APIv2 key"), "{}", r.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -142,7 +142,7 @@ pub enum VerifyError {
 /// certificates to the public key.
 #[derive(Clone, Debug, Default)]
 pub struct Verifier {
-    keys: Vec<(String, PublicKey)>,
+    pub(super) keys: Vec<(String, PublicKey)>,
 }
 
 impl Verifier {

@@ -20,6 +20,7 @@ pub mod aead;
 pub mod auth;
 pub mod calls;
 mod der;
+pub mod doctor;
 pub mod keys;
 pub mod notify;
 

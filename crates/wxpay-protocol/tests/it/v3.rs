@@ -373,3 +373,71 @@ fn the_certificate_list_decrypts_and_a_serial_naming_another_certificate_is_refu
     assert!(calls::platform_certificates(list("ABCDEF").as_bytes(), key.as_bytes()).is_err());
     assert!(calls::platform_certificates(list(serial).as_bytes(), b"b7cde1ZJB1kG2e7VfTs3jQzaWizur8Gb").is_err());
 }
+
+#[test]
+fn the_doctor_names_what_made_a_genuine_notification_fail() {
+    use wxpay_protocol::v3::doctor::diagnose;
+    let v = load_json("v3.json");
+    let (headers, body, now) = notification(&v);
+    let verifier = platform_verifier();
+    let key = text(&v["apiv3_key"]).as_bytes();
+
+    let ok = diagnose(&headers, body, &verifier, now, Some(key));
+    assert!(ok.verified && ok.headline.starts_with("OK"), "{ok}");
+    assert!(ok.resource.as_deref().unwrap().contains("out_trade_no"), "{ok}");
+
+    // Re-serialized by a framework: whitespace added, a line break at the end, CRLF.
+    let text_body = std::str::from_utf8(body).unwrap();
+    for (changed, what) in [
+        (text_body.replace("\",\"", "\", \""), "reformatted"),
+        (format!("{text_body}\n"), "line break at its end"),
+    ] {
+        let r = diagnose(&headers, changed.as_bytes(), &verifier, now, None);
+        assert!(!r.verified, "{what}");
+        assert!(r.confirmed.iter().any(|c| c.contains(what)), "{what}: {r}");
+    }
+    // The clock, with the signature itself genuine.
+    let r = diagnose(&headers, body, &verifier, now + 900, None);
+    assert!(
+        r.headline.contains("900 s") && r.confirmed[0].contains("genuine"),
+        "{r}"
+    );
+    // A probe.
+    let probe = SignatureHeaders {
+        signature: "WECHATPAY/SIGNTEST/abc",
+        ..headers
+    };
+    assert!(diagnose(&probe, body, &verifier, now, None).confirmed[0].contains("probe"));
+    // Signed with the public key while only certificates are known.
+    let by_id = SignatureHeaders {
+        serial: "PUB_KEY_ID_0000000000000024101100397200000006",
+        ..headers
+    };
+    let r = diagnose(&by_id, body, &verifier, now, None);
+    assert!(
+        r.hints[0].contains("pub_key.pem") && r.hints[0].contains("configure both"),
+        "{r}"
+    );
+    // The key files swapped: the serial names one key, the other signed.
+    let swapped = Verifier::new()
+        .with_public_key(
+            headers.serial,
+            PublicKey::from_pem(&pem("merchant_public_key.pem")).unwrap(),
+        )
+        .with_public_key(
+            "PUB_KEY_ID_01",
+            PublicKey::from_pem(&pem("platform_public_key.pem")).unwrap(),
+        );
+    let r = diagnose(&headers, body, &swapped, now, None);
+    assert!(r.confirmed[0].contains("signed with PUB_KEY_ID_01"), "{r}");
+    // Verified, but another APIv3 key (the APIv2 key is 32 characters too).
+    let r = diagnose(
+        &headers,
+        body,
+        &verifier,
+        now,
+        Some(b"192006250b4c09247ec02edce69f6a2d"),
+    );
+    assert!(!r.verified && r.headline.contains("does not decrypt"), "{r}");
+    assert!(r.confirmed[0].contains("APIv2 key"), "{r}");
+}

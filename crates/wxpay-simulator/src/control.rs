@@ -9,6 +9,7 @@
 //! | `POST/GET/DELETE /simulator/faults` | faults on demand |
 //! | `POST /simulator/refunds/{out_refund_no}/complete` | settle a refund now, as success or failure |
 //! | `POST /simulator/sink` | answers notifications with SUCCESS (a notify URL for load runs) |
+//! | `POST /simulator/v3/rotate`, `/simulator/v3/retire` | APIv3: a platform certificate rotation |
 
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -346,6 +347,35 @@ async fn clock_endpoint(State(sim): State<Simulator>, Json(req): Json<ClockReque
     Json(serde_json::json!({ "now": sim.now(), "moved_secs": moved })).into_response()
 }
 
+/// APIv3: announces a new platform certificate on `/v3/certificates` (the old one listed
+/// beside it, expiring in a day) and signs with it from now on, in certificate mode; WeChat
+/// Pay's rotation. It lasts until the simulator stops (the keys folder keeps the first one).
+async fn rotate_endpoint(State(sim): State<Simulator>) -> Response {
+    if sim.inner.v3.is_none() {
+        return error(StatusCode::NOT_FOUND, "no_v3", "APIv3 is not enabled on this simulator");
+    }
+    let now = sim.now();
+    // Making an RSA key takes a moment: off the threads that answer calls.
+    let fresh = match tokio::task::spawn_blocking(move || crate::v3::keys::fresh_platform(now)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, "keygen", e.to_string()),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "keygen", e.to_string()),
+    };
+    let Some(v3) = sim.inner.v3.as_ref() else {
+        return error(StatusCode::NOT_FOUND, "no_v3", "APIv3 is not enabled on this simulator");
+    };
+    let serial = v3.rotate(fresh, now);
+    Json(serde_json::json!({ "serial_no": serial })).into_response()
+}
+
+/// APIv3: retires every platform certificate but the one that signs.
+async fn retire_endpoint(State(sim): State<Simulator>) -> Response {
+    match sim.inner.v3.as_ref() {
+        Some(v3) => Json(serde_json::json!({ "retired": v3.retire() })).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no_v3", "APIv3 is not enabled on this simulator"),
+    }
+}
+
 async fn add_fault(State(sim): State<Simulator>, Json(req): Json<FaultRequest>) -> Response {
     match sim.inner.faults.add(req) {
         Ok(f) => (StatusCode::CREATED, Json(f)).into_response(),
@@ -536,5 +566,7 @@ pub(crate) fn router() -> Router<Simulator> {
         )
         .route("/simulator/checkout/{prepay_id}", get(checkout).post(checkout_pay))
         .route("/simulator/sink", post(sink))
+        .route("/simulator/v3/rotate", post(rotate_endpoint))
+        .route("/simulator/v3/retire", post(retire_endpoint))
         .route("/simulator/health", get(health))
 }

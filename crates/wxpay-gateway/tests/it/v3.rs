@@ -426,3 +426,21 @@ async fn unsigned_refusals_and_foreign_error_pages_never_fail_a_refund(db: TestD
     t.stop().await;
 }
 engines!(unsigned_refusals_and_foreign_error_pages_never_fail_a_refund);
+
+async fn a_platform_certificate_rotation_mid_run_is_followed_without_a_restart(db: TestDb) {
+    let t = spawn_app(db, v3(V3Signer::Certificate, Trusts::Certificate)).await;
+    t.paid_order("V3-ROT-1", 100).await;
+    let (status, v) = t.sim_post("/simulator/v3/rotate", json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    // Answers and notifications now name a serial the gateway was not configured with: it
+    // downloads the list once and goes on.
+    t.paid_order("V3-ROT-2", 200).await;
+    let (status, v) = t.sim_post("/simulator/v3/retire", json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    t.paid_order("V3-ROT-3", 300).await;
+    let mut body = order_body(100);
+    body["out_trade_no"] = json!("V3-ROT-4");
+    t.create(body).await;
+    t.stop().await;
+}
+engines!(a_platform_certificate_rotation_mid_run_is_followed_without_a_restart);

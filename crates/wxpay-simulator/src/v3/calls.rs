@@ -457,29 +457,30 @@ pub(crate) fn certificates(ctx: &Ctx<'_>) -> Reply {
     let Some(merchant) = ctx.v3.merchants.get(usize::from(ctx.mch)).and_then(Option::as_ref) else {
         return Reply::error(500, "SYSTEM_ERROR", "系统异常，请稍后重试");
     };
-    let platform = &ctx.v3.platform;
-    let nonce = ids::random_alnum(12);
-    let Ok(ciphertext) = wxpay_protocol::v3::aead::encrypt(
-        merchant.apiv3_key.expose(),
-        &nonce,
-        "certificate",
-        platform.cert_pem.as_bytes(),
-    ) else {
-        return Reply::error(500, "SYSTEM_ERROR", "系统异常，请稍后重试");
-    };
-    Reply::ok(&json!({
-        "data": [{
+    let mut data = Vec::new();
+    for (platform, expire) in ctx.v3.listed_platforms() {
+        let nonce = ids::random_alnum(12);
+        let Ok(ciphertext) = wxpay_protocol::v3::aead::encrypt(
+            merchant.apiv3_key.expose(),
+            &nonce,
+            "certificate",
+            platform.cert_pem.as_bytes(),
+        ) else {
+            return Reply::error(500, "SYSTEM_ERROR", "系统异常，请稍后重试");
+        };
+        data.push(json!({
             "serial_no": platform.signing.id(),
             "effective_time": rfc3339_beijing(platform.not_before),
-            "expire_time": rfc3339_beijing(platform.not_after),
+            "expire_time": rfc3339_beijing(expire),
             "encrypt_certificate": {
                 "algorithm": "AEAD_AES_256_GCM",
                 "nonce": nonce,
                 "associated_data": "certificate",
                 "ciphertext": ciphertext,
             }
-        }]
-    }))
+        }));
+    }
+    Reply::ok(&json!({ "data": data }))
 }
 
 /// Bills handed out for download, by token: the bytes are kept so that the file downloaded

@@ -106,6 +106,28 @@ fn year_of(now: i64) -> i32 {
     BeijingTime::from_unix(now).to_dashed()[..4].parse().unwrap_or(2026)
 }
 
+/// A new platform key and certificate, in memory only: what a rotation announces.
+pub(crate) fn fresh_platform(now: i64) -> std::io::Result<Platform> {
+    let key = generate_key()?;
+    let cert_pem = self_signed(
+        &key,
+        "Tenpay.com platform certificate (wxpay simulator, rotated; not for production)",
+        "wxpay simulator",
+        year_of(now) - 1,
+        PLATFORM_CERT_YEARS + 1,
+    )?;
+    let cert = Certificate::from_pem(&cert_pem).map_err(io)?;
+    let signing = SigningKey {
+        key: MerchantKey::from_pem(&key, cert.serial_no()).map_err(io)?,
+    };
+    Ok(Platform {
+        signing,
+        cert_pem,
+        not_before: cert.not_before(),
+        not_after: cert.not_after(),
+    })
+}
+
 /// Reads the platform key and certificate, making them first if either file is missing.
 pub(crate) fn platform(dir: &Path, now: i64) -> std::io::Result<Platform> {
     let key_path = dir.join("platform_key.pem");

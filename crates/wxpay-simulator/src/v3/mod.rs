@@ -13,6 +13,7 @@ pub(crate) mod keys;
 pub(crate) mod notify;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -34,13 +35,22 @@ pub use keys::V3Files;
 /// What the simulator holds for APIv3.
 pub(crate) struct V3 {
     pub signer: V3Signer,
-    pub platform: keys::Platform,
+    /// The platform certificates listed on `/v3/certificates`, each with the expiry the list
+    /// gives it, and which one signs (in certificate mode). A rotation adds one and moves the
+    /// old one's listed expiry up; retiring drops all but the signing one.
+    platforms: std::sync::RwLock<Platforms>,
     pub pub_key: keys::SigningKey,
     pub files: V3Files,
     /// By merchant index: the merchant's APIv3 credentials, when it has them.
     pub merchants: Vec<Option<V3Merchant>>,
     /// Bills handed out by `/v3/bill/tradebill`, by download token.
     pub bills: calls::BillTokens,
+}
+
+/// The platform certificates, and the one that signs.
+struct Platforms {
+    list: Vec<(Arc<keys::Platform>, i64)>,
+    active: usize,
 }
 
 /// A merchant on APIv3.
@@ -76,6 +86,7 @@ impl V3 {
     pub(crate) fn load(config: &V3Config, merchants: &[MerchantEntry], now: i64) -> std::io::Result<V3> {
         let dir: &Path = &config.keys_dir;
         let platform = keys::platform(dir, now)?;
+        let not_after = platform.not_after;
         let (pub_key, files) = keys::public_key(dir)?;
         let mut v3_merchants = Vec::with_capacity(merchants.len());
         for m in merchants {
@@ -92,7 +103,10 @@ impl V3 {
         }
         Ok(V3 {
             signer: config.signer,
-            platform,
+            platforms: std::sync::RwLock::new(Platforms {
+                list: vec![(Arc::new(platform), not_after)],
+                active: 0,
+            }),
             pub_key,
             files,
             merchants: v3_merchants,
@@ -100,16 +114,56 @@ impl V3 {
         })
     }
 
-    fn signing(&self) -> &keys::SigningKey {
-        match self.signer {
-            V3Signer::PublicKey => &self.pub_key,
-            V3Signer::Certificate => &self.platform.signing,
+    fn platforms(&self) -> std::sync::RwLockReadGuard<'_, Platforms> {
+        self.platforms.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The platform certificates listed, with their listed expiry (Unix seconds).
+    pub(crate) fn listed_platforms(&self) -> Vec<(Arc<keys::Platform>, i64)> {
+        self.platforms().list.clone()
+    }
+
+    /// Announces a new platform certificate and signs with it from now on (in certificate
+    /// mode); the old one stays listed, its expiry moved to a day from `now`. Returns the new
+    /// serial.
+    pub(crate) fn rotate(&self, fresh: keys::Platform, now: i64) -> String {
+        let mut p = self.platforms.write().unwrap_or_else(|e| e.into_inner());
+        for (_, expire) in &mut p.list {
+            *expire = now + 86_400;
         }
+        let serial = fresh.signing.id().to_owned();
+        let not_after = fresh.not_after;
+        p.list.push((Arc::new(fresh), not_after));
+        p.active = p.list.len() - 1;
+        serial
+    }
+
+    /// Drops every platform certificate but the one that signs; returns the serials dropped.
+    pub(crate) fn retire(&self) -> Vec<String> {
+        let mut p = self.platforms.write().unwrap_or_else(|e| e.into_inner());
+        let active = p.list[p.active].clone();
+        let dropped = p
+            .list
+            .iter()
+            .filter(|(c, _)| !Arc::ptr_eq(c, &active.0))
+            .map(|(c, _)| c.signing.id().to_owned())
+            .collect();
+        p.list = vec![active];
+        p.active = 0;
+        dropped
     }
 
     /// Signs `body` at `now` with the key in use.
     pub(crate) fn sign(&self, body: &[u8], now: i64) -> Signed {
-        let key = self.signing();
+        let platform;
+        let key = match self.signer {
+            V3Signer::PublicKey => &self.pub_key,
+            V3Signer::Certificate => {
+                let p = self.platforms();
+                platform = p.list[p.active].0.clone();
+                &platform.signing
+            }
+        };
         let timestamp = now.to_string();
         let nonce = ids::nonce();
         let mut message = Vec::with_capacity(timestamp.len() + body.len() + 36);

@@ -650,3 +650,40 @@ async fn a_payment_notification_delivered_again_after_a_refund_still_reports_the
     };
     assert_eq!(t.trade_state, TradeState::Success, "the payment as it was when paid");
 }
+
+#[tokio::test]
+async fn a_rotation_announces_a_new_certificate_signs_with_it_then_retires_the_old_one() {
+    let c = client(V3Signer::Certificate).await;
+    let (status, rotated) = c.env.post_json("/simulator/v3/rotate", json!({})).await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_serial = rotated["serial_no"].as_str().unwrap().to_owned();
+    assert_ne!(new_serial, c.platform_serial);
+    // Answers are signed with the new certificate: a client that knows only the old one
+    // does not verify them until it downloads the list again.
+    let a = c.send_at(&calls::certificates(), now()).await;
+    assert_eq!(a.header("wechatpay-serial"), new_serial);
+    assert!(matches!(
+        c.verifier.verify(&signature_headers(&a.headers), &a.body, now()),
+        Err(VerifyError::UnknownSerial(_))
+    ));
+    let listed = platform_certificates(&a.body, TEST_APIV3_KEY.as_bytes()).unwrap();
+    let serials: Vec<&str> = listed.iter().map(|p| p.serial_no.as_str()).collect();
+    assert_eq!(serials, [c.platform_serial.as_str(), new_serial.as_str()]);
+    // The old one's listed expiry was moved up to a day from now.
+    let old_expiry = wxpay_protocol::v3::calls::parse_rfc3339(&listed[0].expire_time).unwrap();
+    assert!((old_expiry - now() - 86_400).abs() < 60, "{}", listed[0].expire_time);
+    let refreshed = c.verifier.clone().with_certificate(&listed[1].certificate);
+    refreshed
+        .verify(&signature_headers(&a.headers), &a.body, now())
+        .unwrap();
+    let (status, retired) = c.env.post_json("/simulator/v3/retire", json!({})).await;
+    assert_eq!(
+        (status, retired["retired"][0].as_str()),
+        (200, Some(c.platform_serial.as_str()))
+    );
+    let a = c.send_at(&calls::certificates(), now()).await;
+    assert_eq!(
+        platform_certificates(&a.body, TEST_APIV3_KEY.as_bytes()).unwrap().len(),
+        1
+    );
+}

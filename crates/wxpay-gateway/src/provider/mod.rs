@@ -369,6 +369,24 @@ pub(crate) use wxpay_protocol::v2::PayParams;
 /// when known.
 pub(crate) type Received<'a> = &'a (dyn Fn(u64, Option<u64>) + Send + Sync);
 
+/// Where a provider keeps what it downloads (platform certificates) across restarts. The
+/// core hands one in, backed by the store, so that a restarted gateway verifies WeChat Pay
+/// before WeChat Pay answers again.
+pub(crate) trait CertificateKeeper: Send + Sync {
+    /// The certificates kept for `merchant` (none when the store cannot say).
+    fn load<'a>(&'a self, merchant: &'a str) -> Pin<Box<dyn Future<Output = Vec<KeptCertificate>> + Send + 'a>>;
+
+    /// Keeps `certificates` for `merchant` (a failure is logged, not returned: the
+    /// certificates are in use either way).
+    fn keep<'a>(
+        &'a self,
+        merchant: &'a str,
+        certificates: Vec<KeptCertificate>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+}
+
+pub(crate) use crate::store::KeptCertificate;
+
 /// WeChat Pay, for one merchant.
 pub(crate) trait Provider: Send + Sync + 'static {
     /// The merchant's configuration.

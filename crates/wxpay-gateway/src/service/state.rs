@@ -6,10 +6,10 @@ use std::sync::atomic::AtomicBool;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::provider::Provider;
 use crate::provider::sns::Sns;
 use crate::provider::v2::{V2Inbox, V2Provider};
 use crate::provider::v3::{V3Inbox, V3Provider};
+use crate::provider::{CertificateKeeper, KeptCertificate, Provider};
 use crate::service::error::ServiceError;
 use crate::service::rejections::Rejections;
 use crate::store::Store;
@@ -32,6 +32,42 @@ pub(crate) struct Inner {
     pub(crate) rejections: Arc<Rejections>,
     /// Whether the task refreshing the metrics' database figures was started.
     pub(crate) gauges_refreshed: AtomicBool,
+}
+
+/// Keeps a provider's downloaded platform certificates in the store.
+struct StoreKeeper(Arc<dyn Store>);
+
+impl CertificateKeeper for StoreKeeper {
+    fn load<'a>(
+        &'a self,
+        merchant: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<KeptCertificate>> + Send + 'a>> {
+        Box::pin(async move {
+            self.0
+                .platform_certificates(merchant.to_owned())
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(merchant, error = %e, "kept platform certificates could not be read");
+                    Vec::new()
+                })
+        })
+    }
+
+    fn keep<'a>(
+        &'a self,
+        merchant: &'a str,
+        certificates: Vec<KeptCertificate>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            if let Err(e) = self
+                .0
+                .keep_platform_certificates(merchant.to_owned(), certificates)
+                .await
+            {
+                tracing::warn!(merchant, error = %e, "downloaded platform certificates could not be kept");
+            }
+        })
+    }
 }
 
 /// The gateway's core: orders, refunds, notifications, reconciliation and the background
@@ -70,7 +106,15 @@ impl Service {
         for (i, m) in config.merchants.iter().enumerate() {
             let (upstream, public_url) = (&config.upstream, &config.public_url);
             if m.v3.is_some() {
-                let p = V3Provider::new(m.clone(), upstream, public_url, metrics.clone(), clock.clone())?;
+                let keeper: Arc<dyn CertificateKeeper> = Arc::new(StoreKeeper(store.clone()));
+                let p = V3Provider::new(
+                    m.clone(),
+                    upstream,
+                    public_url,
+                    metrics.clone(),
+                    clock.clone(),
+                    Some(keeper),
+                )?;
                 v3_links.push((i, p.link()));
                 merchants.push(Box::new(p));
             } else {

@@ -670,6 +670,19 @@ pub enum DailyClaim {
     Done,
 }
 
+/// A platform certificate downloaded from WeChat Pay for a merchant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptCertificate {
+    /// Its serial, upper-case hex.
+    pub serial_no: String,
+    /// The certificate, PEM.
+    pub pem: String,
+    /// When it expires.
+    pub not_after: Millis,
+    /// When it was downloaded.
+    pub fetched_at: Millis,
+}
+
 /// A reconciliation run, as kept for the console.
 #[derive(Clone, Debug)]
 pub struct ReconciliationRecord {
@@ -1073,6 +1086,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Keeps the result of a reconciliation (a daily one updates its claim).
     fn record_reconciliation(&self, record: ReconciliationRecord) -> Fut<'_, ()>;
+
+    /// Keeps the platform certificates downloaded for `merchant` (a serial kept before is
+    /// replaced), so that a restart can verify before WeChat Pay answers again.
+    fn keep_platform_certificates(&self, merchant: String, certificates: Vec<KeptCertificate>) -> Fut<'_, ()>;
+
+    /// The platform certificates kept for `merchant`.
+    fn platform_certificates(&self, merchant: String) -> Fut<'_, Vec<KeptCertificate>>;
 
     /// Figures for the metrics.
     fn stats(&self, now: Millis) -> Fut<'_, Stats>;

@@ -21,10 +21,10 @@ use super::rules::{
     refund_refused, refund_verdict,
 };
 use super::{
-    Created, DailyClaim, Event, Fut, IdemClaim, IdemKey, ImportedRefund, NewOrder, NewRefund, NotificationRecord,
-    Order, OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated,
-    RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store, StoreError, Verdict, col, event_id,
-    event_payload, refund_event_payload,
+    Created, DailyClaim, Event, Fut, IdemClaim, IdemKey, ImportedRefund, KeptCertificate, NewOrder, NewRefund,
+    NotificationRecord, Order, OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund,
+    RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store, StoreError, Verdict, col,
+    event_id, event_payload, refund_event_payload,
 };
 use crate::store::Damaged;
 use crate::time::Millis;
@@ -49,6 +49,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/sqlite/0002_refunds.sql")),
     (3, include_str!("../../migrations/sqlite/0003_idempotency_lease.sql")),
     (4, include_str!("../../migrations/sqlite/0004_rejections.sql")),
+    (
+        5,
+        include_str!("../../migrations/sqlite/0005_platform_certificates.sql"),
+    ),
 ];
 
 /// The most writes committed together.
@@ -1374,6 +1378,37 @@ impl Store for SqliteStore {
                 )?
                 .query_row(params![merchant, bill_date], |r| r.get(0))?;
             Ok(if finished { DailyClaim::Done } else { DailyClaim::Running })
+        })
+    }
+
+    fn keep_platform_certificates(&self, merchant: String, certificates: Vec<KeptCertificate>) -> Fut<'_, ()> {
+        self.write(move |c| {
+            for k in &certificates {
+                c.prepare_cached(
+                    "INSERT INTO platform_certificates (merchant, serial_no, pem, not_after, fetched_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (merchant, serial_no) DO UPDATE SET \
+                     pem = excluded.pem, not_after = excluded.not_after, fetched_at = excluded.fetched_at",
+                )?
+                .execute(params![merchant, k.serial_no, k.pem, k.not_after, k.fetched_at])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn platform_certificates(&self, merchant: String) -> Fut<'_, Vec<KeptCertificate>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT serial_no, pem, not_after, fetched_at FROM platform_certificates WHERE merchant = ?1 ORDER BY serial_no",
+            )?;
+            let rows = stmt.query_map([&merchant], |r| {
+                Ok(KeptCertificate {
+                    serial_no: r.get(0)?,
+                    pem: r.get(1)?,
+                    not_after: r.get(2)?,
+                    fetched_at: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 

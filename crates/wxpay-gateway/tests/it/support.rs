@@ -636,6 +636,21 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
 }
 
 impl TestApp {
+    /// Stops the gateway only: its database and its simulator stay, for a restart.
+    pub(crate) async fn stop_gateway(mut self) -> (TestDb, Option<SimHandle>) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(j) = self.jobs.take() {
+            j.stop().await;
+        }
+        if let Some(s) = self.server.take() {
+            let _ = s.await;
+        }
+        self.app.finish_requests().await;
+        (self.db, self.sim.take())
+    }
+
     pub(crate) async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());

@@ -444,3 +444,56 @@ async fn a_platform_certificate_rotation_mid_run_is_followed_without_a_restart(d
     t.stop().await;
 }
 engines!(a_platform_certificate_rotation_mid_run_is_followed_without_a_restart);
+
+async fn downloaded_certificates_are_kept_so_a_restart_verifies_while_wechat_pay_is_unreachable(db: TestDb) {
+    let t = spawn_app(db, v3(V3Signer::Certificate, Trusts::Download)).await;
+    // Nothing configured: the first answer makes the gateway download the certificates.
+    t.paid_order("V3-KEPT-1", 100).await;
+    let sim_url = t.sim_url.clone();
+    let (db, sim) = t.stop_gateway().await;
+    let sim = sim.unwrap();
+    // From now on /v3/certificates fails: only what was kept can verify.
+    let (status, v) = post(
+        &sim_url,
+        "/simulator/faults",
+        json!({"kind": "system_error", "api": "v3_certificates", "for_ms": 600_000}),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let restarted = spawn_app(
+        db,
+        Options {
+            shared_sim: Some(sim_url.clone()),
+            ..v3(V3Signer::Certificate, Trusts::Download)
+        },
+    )
+    .await;
+    restarted.paid_order("V3-KEPT-2", 200).await;
+    restarted.stop().await;
+    // A gateway with nothing kept cannot verify anything meanwhile: the test can fail.
+    let fresh = spawn_app(
+        TestDb::sqlite(),
+        Options {
+            shared_sim: Some(sim_url),
+            ..v3(V3Signer::Certificate, Trusts::Download)
+        },
+    )
+    .await;
+    let mut body = order_body(100);
+    body["out_trade_no"] = json!("V3-KEPT-3");
+    let (status, v) = fresh.api(Method::POST, "/v1/orders", Some(body), None).await;
+    assert_eq!(status, 503, "{v}");
+    fresh.stop().await;
+    sim.shutdown().await;
+}
+engines!(downloaded_certificates_are_kept_so_a_restart_verifies_while_wechat_pay_is_unreachable);
+
+async fn post(base: &str, path: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}

@@ -21,8 +21,8 @@ use wxpay_protocol::v3::{Certificate, SignatureHeaders, Verifier, VerifyError};
 
 use crate::config::{MerchantConfig, UpstreamConfig, V3Credentials};
 use crate::metrics::Metrics;
-use crate::provider::nonce;
 use crate::provider::v2::client::client_builder;
+use crate::provider::{CertificateKeeper, KeptCertificate, nonce};
 use crate::time::{Clock, Millis};
 
 /// How an APIv3 call ended badly.
@@ -55,6 +55,12 @@ pub(crate) struct V3Link {
     http: reqwest::Client,
     /// The configured keys plus the downloaded platform certificates.
     verifier: RwLock<Arc<Verifier>>,
+    /// The platform certificates downloaded (or kept from an earlier run).
+    downloaded: RwLock<Vec<Certificate>>,
+    /// Keeps downloaded certificates across restarts.
+    keeper: Option<Arc<dyn CertificateKeeper>>,
+    /// Whether the kept certificates were read (once, at the first verification).
+    restored: std::sync::atomic::AtomicBool,
     /// When the certificates were last downloaded (Unix ms; 0: never).
     refreshed_at: AtomicI64,
     upstream: UpstreamConfig,
@@ -68,6 +74,7 @@ impl V3Link {
         upstream: &UpstreamConfig,
         metrics: Arc<Metrics>,
         clock: Clock,
+        keeper: Option<Arc<dyn CertificateKeeper>>,
     ) -> Result<V3Link, String> {
         let creds = config
             .v3
@@ -97,6 +104,9 @@ impl V3Link {
             creds,
             http,
             verifier: RwLock::new(Arc::new(verifier)),
+            downloaded: RwLock::new(Vec::new()),
+            keeper,
+            restored: std::sync::atomic::AtomicBool::new(false),
             refreshed_at: AtomicI64::new(0),
             upstream: upstream.clone(),
             metrics,
@@ -119,6 +129,9 @@ impl V3Link {
     /// Verifies `body` with `headers` at the gateway's time; downloads the platform
     /// certificates once (at most once a minute) when the serial is unknown.
     pub(crate) async fn verify(&self, headers: &SignatureHeaders<'_>, body: &[u8]) -> Result<(), VerifyError> {
+        if !self.restored.swap(true, Ordering::AcqRel) {
+            self.restore().await;
+        }
         let now = self.clock.now();
         if self.needs_certificates(now) {
             let last = self.refreshed_at.load(Ordering::Relaxed);
@@ -155,6 +168,39 @@ impl V3Link {
         }
     }
 
+    /// Trusts the certificates kept from an earlier run, as downloaded when they were: a
+    /// gateway restarted while WeChat Pay is unreachable verifies with them.
+    async fn restore(&self) {
+        let Some(keeper) = &self.keeper else {
+            return;
+        };
+        let kept = keeper.load(&self.config.name).await;
+        let certs: Vec<(Certificate, i64)> = kept
+            .iter()
+            .filter_map(|k| Certificate::from_pem(&k.pem).ok().map(|c| (c, k.fetched_at.unix_ms())))
+            .collect();
+        if certs.is_empty() {
+            return;
+        }
+        let newest = certs.iter().map(|(_, at)| *at).max().unwrap_or(0);
+        let _ = self
+            .refreshed_at
+            .fetch_max(newest.min(self.clock.now().unix_ms()), Ordering::AcqRel);
+        self.trust(certs.into_iter().map(|(c, _)| c).collect());
+        tracing::info!(merchant = ?self.config.name, kept = kept.len(), "platform certificates kept from an earlier run");
+    }
+
+    /// Verifies from now on with the configured keys and `downloaded` (those in force).
+    fn trust(&self, downloaded: Vec<Certificate>) {
+        let now = self.clock.now().unix_secs();
+        let mut verifier = configured(&self.creds, now);
+        for c in downloaded.iter().filter(|c| in_force(c, now)) {
+            verifier = verifier.with_certificate(c);
+        }
+        *self.verifier.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(verifier);
+        *self.downloaded.write().unwrap_or_else(|e| e.into_inner()) = downloaded;
+    }
+
     /// Downloads `/v3/certificates` and trusts those in force besides the configured keys. The
     /// list is authenticated by its encryption: only WeChat Pay and the merchant have the
     /// APIv3 key. The caller has claimed `refreshed_at`.
@@ -165,12 +211,20 @@ impl V3Link {
             return Err(format!("HTTP {status}: {}", V3Error::read(status, &body)));
         }
         let certs = platform_certificates(&body, self.creds.apiv3_key.expose()).map_err(|e| e.to_string())?;
-        let now = self.clock.now().unix_secs();
-        let mut verifier = configured(&self.creds, now);
-        for c in certs.iter().filter(|c| in_force(&c.certificate, now)) {
-            verifier = verifier.with_certificate(&c.certificate);
+        self.trust(certs.iter().map(|c| c.certificate.clone()).collect());
+        if let Some(keeper) = &self.keeper {
+            let fetched_at = self.clock.now();
+            let kept = certs
+                .iter()
+                .map(|c| KeptCertificate {
+                    serial_no: c.serial_no.clone(),
+                    pem: c.pem.clone(),
+                    not_after: Millis::from_unix_secs(c.certificate.not_after()),
+                    fetched_at,
+                })
+                .collect();
+            keeper.keep(&self.config.name, kept).await;
         }
-        *self.verifier.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(verifier);
         tracing::info!(merchant = ?self.config.name, serials = ?certs.iter().map(|c| c.serial_no.as_str()).collect::<Vec<_>>(), "platform certificates downloaded");
         Ok(certs.len())
     }

@@ -46,10 +46,11 @@ impl V3Provider {
         public_url: &str,
         metrics: Arc<Metrics>,
         clock: Clock,
+        keeper: Option<Arc<dyn crate::provider::CertificateKeeper>>,
     ) -> Result<V3Provider, String> {
         let notify_url = format!("{}/notify/v3/{}", public_url.trim_end_matches('/'), merchant.name);
         Ok(V3Provider {
-            link: Arc::new(V3Link::new(merchant, upstream, metrics, clock)?),
+            link: Arc::new(V3Link::new(merchant, upstream, metrics, clock, keeper)?),
             notify_url,
         })
     }

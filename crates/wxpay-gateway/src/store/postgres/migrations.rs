@@ -15,6 +15,10 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../../migrations/postgres/0004_idempotency_lease.sql"),
     ),
     (5, include_str!("../../../migrations/postgres/0005_rejections.sql")),
+    (
+        6,
+        include_str!("../../../migrations/postgres/0006_platform_certificates.sql"),
+    ),
 ];
 /// The advisory lock that serialises migrations of several gateways starting together.
 pub(super) const MIGRATION_LOCK: i64 = 0x7778_7061_7900;

@@ -14,9 +14,9 @@ use super::tx::{
 use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 
 use crate::store::{
-    Created, DailyClaim, Event, Fut, IdemClaim, IdemKey, ImportedRefund, NewOrder, NewRefund, NotificationRecord,
-    Order, OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated,
-    RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store, StoreError,
+    Created, DailyClaim, Event, Fut, IdemClaim, IdemKey, ImportedRefund, KeptCertificate, NewOrder, NewRefund,
+    NotificationRecord, Order, OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund,
+    RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store, StoreError,
 };
 use crate::time::Millis;
 
@@ -703,6 +703,46 @@ impl Store for PgStore {
             } else {
                 DailyClaim::Running
             })
+        })
+    }
+
+    fn keep_platform_certificates(&self, merchant: String, certificates: Vec<KeptCertificate>) -> Fut<'_, ()> {
+        Box::pin(async move {
+            for k in &certificates {
+                sqlx::query(
+                    "INSERT INTO platform_certificates (merchant, serial_no, pem, not_after, fetched_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (merchant, serial_no) DO UPDATE SET \
+                     pem = excluded.pem, not_after = excluded.not_after, fetched_at = excluded.fetched_at",
+                )
+                .bind(&merchant)
+                .bind(&k.serial_no)
+                .bind(&k.pem)
+                .bind(k.not_after)
+                .bind(k.fetched_at)
+                .execute(&self.pool)
+                .await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn platform_certificates(&self, merchant: String) -> Fut<'_, Vec<KeptCertificate>> {
+        Box::pin(async move {
+            let rows: Vec<(String, String, Millis, Millis)> = sqlx::query_as(
+                "SELECT serial_no, pem, not_after, fetched_at FROM platform_certificates WHERE merchant = $1 ORDER BY serial_no",
+            )
+            .bind(&merchant)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(serial_no, pem, not_after, fetched_at)| KeptCertificate {
+                    serial_no,
+                    pem,
+                    not_after,
+                    fetched_at,
+                })
+                .collect())
         })
     }
 

@@ -179,7 +179,9 @@ async fn login(State(sim): State<Simulator>, Json(req): Json<LoginRequest>) -> R
 
 pub(crate) fn router() -> Router<Simulator> {
     Router::new()
-        .route("/sns/jscode2session", get(jscode2session))
+        // WeChat answers a POST as it answers a GET (the query carries the parameters): 200
+        // with the session or an errcode, never an empty 405.
+        .route("/sns/jscode2session", get(jscode2session).post(jscode2session))
         .route("/simulator/login", post(login))
 }
 

@@ -195,6 +195,10 @@ fn gate<'b>(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(fail("post数据为空", "20001"));
     }
+    if std::str::from_utf8(body).is_err() {
+        // A GBK (or other) body: WeChat Pay names the encoding, not the XML.
+        return Err(fail("NOT_UTF8: 编码格式错误，请使用UTF-8编码", "20001"));
+    }
     let fields = wxpay_protocol::xml::read(body).map_err(|e| {
         tracing::info!(api = api.name(), error = ?e, "refused a request body");
         fail("XML格式错误", "20001")
@@ -226,6 +230,11 @@ fn gate<'b>(
             _ => "签名错误",
         };
         return Err(fail(msg, "20001"));
+    }
+    match fields.optional("nonce_str") {
+        None => return Err(fail("缺少参数nonce_str", "20001")),
+        Some(n) if n.chars().count() > 32 => return Err(fail("nonce_str参数长度有误: 最长32位", "20001")),
+        Some(_) => {}
     }
     if api == Api::Refund && sim.inner.tls.is_some() {
         match cert {
@@ -265,12 +274,14 @@ async fn call(sim: Simulator, api: Api, method: Method, cert: Option<PeerCert>, 
         return finish(&sim, api, biz_or_fail(&ctx, api, "缺少参数appid"), None);
     }
     if !merchant.has_app(appid) {
-        return finish(
-            &sim,
-            api,
-            ctx.biz(ErrCode::AppidMchidNotMatch, "appid和mch_id不匹配"),
-            None,
-        );
+        // An appid no merchant has does not exist; one of another merchant's does not match.
+        let known = sim.inner.merchants.iter().any(|m| m.has_app(appid));
+        let reply = if known {
+            ctx.biz(ErrCode::AppidMchidNotMatch, "appid和mch_id不匹配")
+        } else {
+            ctx.biz(ErrCode::AppidNotExist, "appid不存在")
+        };
+        return finish(&sim, api, reply, None);
     }
     let mut after = None;
     if let Some(hit) = sim
@@ -425,12 +436,22 @@ fn unified_order(ctx: &Ctx<'_>, f: &Fields<'_>) -> Reply {
     ) {
         return ctx.biz(ErrCode::InvalidRequest, "trade_type参数格式错误");
     }
+    if f.optional("fee_type").is_some_and(|t| t != "CNY") {
+        return ctx.biz(ErrCode::ParamError, "fee_type参数错误: 境内商户仅支持人民币CNY");
+    }
+    if req.trade_type == TradeType::Native && f.optional("product_id").is_none_or(str::is_empty) {
+        return ctx.biz(ErrCode::LackParams, "缺少参数product_id (trade_type=NATIVE时必传)");
+    }
+    let sim = ctx.sim;
+    // Only a new order's time_expire is checked: the same request for an order that exists
+    // (how a gateway learns where it stands) is answered with the order's state, ORDERPAID or
+    // ORDERCLOSED, however near or past its time_expire is by now.
     if let Some(expire) = req.time_expire {
-        if expire.unix() < ctx.now + 60 {
+        let exists = || locate(sim, ctx.mch, &OrderRef::OutTradeNo(req.out_trade_no.clone())).is_some();
+        if expire.unix() < ctx.now + 60 && !exists() {
             return ctx.biz(ErrCode::InvalidRequest, "time_expire时间过短，刷卡至少1分钟，其他5分钟");
         }
     }
-    let sim = ctx.sim;
     let order = Order {
         mch: ctx.mch,
         appid: ctx.appid.into(),

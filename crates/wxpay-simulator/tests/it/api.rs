@@ -131,20 +131,90 @@ async fn protocol_failures_come_unsigned_with_return_code_fail() {
 }
 
 #[tokio::test]
-async fn an_appid_not_bound_to_the_merchant_is_refused() {
-    let env = spawn().await;
+async fn an_unknown_appid_does_not_exist_and_another_merchants_does_not_match() {
+    let env = spawn_with(|c| {
+        let mut other = wxpay_simulator::SimMerchant::test_merchant();
+        other.appid = "wx1111111111111111".parse().unwrap();
+        other.mch_id = "1900000109".parse().unwrap();
+        other.v3 = None;
+        c.merchants.push(other);
+    })
+    .await;
     let mut m = env.merchant.clone();
     m.appid = "wx0000000000000000".parse().unwrap();
     let err = env.call_as(&m, &env.order("app", 1)).await.unwrap_err();
     assert!(
         matches!(
-            err,
+            &err,
+            Error::Business {
+                code: ErrCode::AppidNotExist,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    m.appid = "wx1111111111111111".parse().unwrap();
+    let err = env.call_as(&m, &env.order("app", 1)).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
             Error::Business {
                 code: ErrCode::AppidMchidNotMatch,
                 ..
             }
         ),
         "{err}"
+    );
+}
+
+/// `return_msg` of an unsigned refusal.
+fn return_msg(answer: &str) -> String {
+    wxpay_protocol::xml::read(answer.as_bytes())
+        .ok()
+        .and_then(|f| f.optional("return_msg").map(str::to_owned))
+        .unwrap_or_else(|| answer.to_owned())
+}
+
+#[tokio::test]
+async fn nonce_str_encoding_currency_and_native_product_id_are_checked_as_wechat_pay_does() {
+    let env = spawn().await;
+    let signed = |edit: &dyn Fn(&mut wxpay_protocol::Fields<'static>)| {
+        let body = v2::encode(&env.order("checks-1", 1), &env.merchant, &nonce()).unwrap();
+        let mut f = wxpay_protocol::xml::read(body.as_bytes()).unwrap().into_owned();
+        edit(&mut f);
+        f.remove("sign");
+        f.sign(&env.merchant.key, SignType::Md5);
+        f.to_xml().unwrap()
+    };
+    // nonce_str: required, at most 32 characters.
+    let body = signed(&|f| {
+        f.remove("nonce_str");
+    });
+    assert_eq!(
+        return_msg(&env.post_raw(UnifiedOrder::PATH, body).await.1),
+        "缺少参数nonce_str"
+    );
+    let body = signed(&|f| f.set("nonce_str", "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn"));
+    assert!(return_msg(&env.post_raw(UnifiedOrder::PATH, body).await.1).contains("nonce_str"));
+    // A GBK body is named as such, not as malformed XML.
+    let gbk = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../testdata/cli/gbk-body.xml")).unwrap();
+    assert!(return_msg(&env.post_raw(UnifiedOrder::PATH, gbk).await.1).starts_with("NOT_UTF8"));
+    // Domestic merchants are paid in CNY only.
+    let body = signed(&|f| f.set("fee_type", "USD"));
+    let answer = env.post_raw(UnifiedOrder::PATH, body).await.1;
+    assert!(
+        answer.contains("PARAM_ERROR") && answer.contains("fee_type"),
+        "{answer}"
+    );
+    // NATIVE needs product_id.
+    let body = signed(&|f| {
+        f.set("trade_type", "NATIVE");
+        f.remove("openid");
+    });
+    let answer = env.post_raw(UnifiedOrder::PATH, body).await.1;
+    assert!(
+        answer.contains("LACK_PARAMS") && answer.contains("product_id"),
+        "{answer}"
     );
 }
 
@@ -446,4 +516,44 @@ async fn shutdown_is_graceful() {
     let prepay = UnifiedOrder::decode(answer.as_bytes(), &merchant).expect("a signed prepay");
     assert!(prepay.prepay_id.starts_with("wx"));
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn a_paid_or_closed_order_asked_again_past_its_time_expire_says_paid_or_closed() {
+    let env = spawn().await;
+    let now = env.sim.simulator().now();
+    let mut paid = env.order("expire-paid", 10);
+    paid.time_expire = Some(wxpay_protocol::BeijingTime::from_unix(now + 300));
+    env.call(&paid).await.unwrap();
+    env.pay("expire-paid", "success").await;
+    let mut closed = env.order("expire-closed", 10);
+    closed.time_expire = Some(wxpay_protocol::BeijingTime::from_unix(now + 300));
+    env.call(&closed).await.unwrap();
+    // Past both orders' time_expire: the unpaid one is closed by then.
+    let (status, v) = env.post_json("/simulator/clock", json!({"advance_secs": 400})).await;
+    assert_eq!(status, 200, "{v}");
+    // The same request again (what a gateway does to learn where an order stands) says what
+    // happened to the order, not that its time_expire is too short.
+    let err = env.call(&paid).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Business {
+                code: ErrCode::OrderPaid,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = env.call(&closed).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Business {
+                code: ErrCode::OrderClosed,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }

@@ -73,3 +73,23 @@ async fn bad_codes_and_secrets_get_wechat_errcodes() {
         .await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test]
+async fn jscode2session_by_post_is_answered_like_a_get_with_json() {
+    let env = spawn().await;
+    let code = code(&env, "post-user").await;
+    let call = Code2Session::new(
+        AppId::new(TEST_APPID).unwrap(),
+        AppSecret::new(TEST_APP_SECRET).unwrap(),
+        &code,
+    )
+    .unwrap();
+    let r = env.http.post(env.url(&call.path_and_query())).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let session = Code2Session::decode(&r.bytes().await.unwrap()).unwrap();
+    assert!(!session.openid.is_empty());
+    // Without its parameters: still 200, with WeChat's errcode.
+    let r = env.http.post(env.url("/sns/jscode2session")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.text().await.unwrap().contains("errcode"));
+}

@@ -24,7 +24,10 @@ use clap::Args;
 use serde_json::{Value, json};
 use wxpay_gateway::{App, Config, JobsConfig, MerchantConfig, Secret, UpstreamConfig, WebhookConfig};
 use wxpay_protocol::{ApiKey, AppId, AppSecret, BeijingTime, MchId, SignType};
-use wxpay_simulator::{SimConfig, Simulator, TEST_API_KEY, TEST_APP_SECRET, TEST_APPID, TEST_MCH_ID};
+use wxpay_simulator::{
+    SimConfig, SimMerchant, Simulator, TEST_API_KEY, TEST_APIV3_KEY, TEST_APP_SECRET, TEST_APPID, TEST_MCH_ID,
+    V3Config, V3Signer,
+};
 
 use crate::CliError;
 
@@ -54,6 +57,10 @@ const ITEMS: &[(&str, &str, u64)] = &[
     ("cake", "芝士蛋糕 Cheesecake", 3990),
     ("cent", "测试 One fen test", 1),
 ];
+
+/// The mini program of the demo's APIv3 merchant (`v3`): the test merchant's number, a
+/// second app, as one merchant with two mini programs has.
+const V3_APPID: &str = "wx3333333333333333";
 
 /// How many webhook events the demo backend remembers.
 const EVENTS_KEPT: usize = 500;
@@ -95,12 +102,23 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
 
         let mut sim_config = SimConfig::new();
         sim_config.bills_immediately = true;
+        // The test merchant on APIv3 too, for a second mini program; WeChat Pay's keys (and
+        // the merchant's APIv3 key and certificate) are made once under the data directory.
+        let keys_dir = dir.join("simulator-keys");
+        sim_config.v3 = Some(V3Config {
+            keys_dir: keys_dir.clone(),
+            signer: V3Signer::PublicKey,
+        });
+        let mut v3_app = SimMerchant::test_merchant();
+        v3_app.appid = AppId::new(V3_APPID).expect("the demo's v3 appid is valid");
+        sim_config.merchants.push(v3_app);
         // A refund settles two seconds after it is asked for: long enough to watch it pending.
         sim_config.refund_delay = Duration::from_secs(2);
         let sim = Simulator::new(sim_config).map_err(|e| CliError::Usage(e.to_string()))?;
         let stop_simulator = sim.start_background();
 
-        let config = demo_config(&base, &token, &webhook_secret);
+        let v3 = v3_credentials(&keys_dir)?;
+        let config = demo_config(&base, &token, &webhook_secret, v3);
         let url = format!("sqlite://{}", db_path.display());
         let store = wxpay_gateway::open_store(&url, 4)
             .await
@@ -135,6 +153,10 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
         eprintln!("  database           {}", db_path.display());
         eprintln!();
         eprintln!("  test merchant      appid {TEST_APPID}, mch_id {TEST_MCH_ID} (test-only keys, see the README)");
+        eprintln!(
+            "  APIv3              merchant \"v3\" (appid {V3_APPID}): the page's APIv3 switch; keys in {}",
+            keys_dir.display()
+        );
         eprintln!("  stop with Ctrl-C");
         let served = wxpay_gateway::serve_router(
             router,
@@ -154,7 +176,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
 /// The gateway configuration of the demo: the built-in test merchant served by the
 /// simulator on the same port, the demo backend's webhook, and quick background checks so
 /// that an order left unpaid on the page is seen to be queried.
-fn demo_config(base: &str, token: &str, webhook_secret: &str) -> Config {
+fn demo_config(base: &str, token: &str, webhook_secret: &str, v3: wxpay_gateway::V3Credentials) -> Config {
     let merchant = MerchantConfig {
         name: "default".to_owned(),
         appid: AppId::new(TEST_APPID).expect("the test appid is valid"),
@@ -169,6 +191,15 @@ fn demo_config(base: &str, token: &str, webhook_secret: &str) -> Config {
         ca_pem: None,
         v3: None,
     };
+    // The same merchant number on APIv3, for the second mini program: orders with
+    // `"merchant": "v3"` go through the APIv3 provider.
+    let v3_merchant = MerchantConfig {
+        name: "v3".to_owned(),
+        appid: AppId::new(V3_APPID).expect("the demo's v3 appid is valid"),
+        api_key: None,
+        v3: Some(v3),
+        ..merchant.clone()
+    };
     let jobs = JobsConfig {
         first_check_after: Duration::from_secs(30),
         max_check_interval: Duration::from_secs(60),
@@ -178,7 +209,7 @@ fn demo_config(base: &str, token: &str, webhook_secret: &str) -> Config {
     Config {
         public_url: base.to_owned(),
         api_tokens: vec![Secret::new(token)],
-        merchants: vec![merchant],
+        merchants: vec![merchant, v3_merchant],
         webhook: Some(WebhookConfig {
             url: format!("{base}/demo/webhook"),
             secret: Secret::new(webhook_secret),
@@ -192,6 +223,26 @@ fn demo_config(base: &str, token: &str, webhook_secret: &str) -> Config {
         limits: wxpay_gateway::Limits::default(),
         metrics_token: None,
     }
+}
+
+/// The gateway's APIv3 credentials of the test merchant, from the files the simulator made:
+/// its key and serial, and WeChat Pay's public key.
+fn v3_credentials(keys: &Path) -> Result<wxpay_gateway::V3Credentials, CliError> {
+    use wxpay_protocol::v3::{MerchantKey, PublicKey};
+    let read = |p: PathBuf| {
+        std::fs::read_to_string(&p).map_err(|e| CliError::Usage(format!("cannot read {}: {e}", p.display())))
+    };
+    let merchant = keys.join(TEST_MCH_ID);
+    let serial = read(merchant.join("apiclient_serial"))?;
+    let key = MerchantKey::from_pem(&read(merchant.join("apiclient_key.pem"))?, serial.trim())?;
+    let id = read(keys.join("pub_key_id"))?.trim().to_owned();
+    let public = PublicKey::from_pem(&read(keys.join("pub_key.pem"))?)?;
+    Ok(wxpay_gateway::V3Credentials {
+        apiv3_key: wxpay_protocol::ApiV3Key::new(TEST_APIV3_KEY)?,
+        key: Arc::new(key),
+        platform_certs: Vec::new(),
+        public_key: Some((id, public)),
+    })
 }
 
 /// Whether `listen` names an address other machines can reach: anything but loopback (the
@@ -385,6 +436,13 @@ struct OrderRequest {
     item: String,
     openid: String,
     key: Option<String>,
+    /// `v3` for the APIv3 merchant; APIv2 otherwise.
+    api: Option<String>,
+}
+
+/// The gateway merchant an `api` choice of the page names.
+fn merchant_for(api: Option<&str>) -> &'static str {
+    if api == Some("v3") { "v3" } else { "default" }
 }
 
 /// The backend prices the item and asks the gateway for the order and its pay parameters.
@@ -392,8 +450,13 @@ async fn create_order(State(demo): State<Arc<Demo>>, Json(req): Json<OrderReques
     let Some((_, name, fen)) = ITEMS.iter().find(|(id, _, _)| *id == req.item) else {
         return relay(400, json!({"error": {"code": "invalid", "message": "no such item"}}));
     };
-    let body =
-        json!({"description": name, "amount_fen": fen, "openid": req.openid, "attach": format!("demo:{}", req.item)});
+    let body = json!({
+        "description": name,
+        "amount_fen": fen,
+        "openid": req.openid,
+        "attach": format!("demo:{}", req.item),
+        "merchant": merchant_for(req.api.as_deref()),
+    });
     let (status, answer) = demo
         .call(
             reqwest::Method::POST,
@@ -410,6 +473,12 @@ async fn create_order(State(demo): State<Arc<Demo>>, Json(req): Json<OrderReques
 struct RefundRequest {
     amount_fen: u64,
     key: Option<String>,
+    api: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct ApiQuery {
+    api: Option<String>,
 }
 
 /// The backend refunds (part of) an order through the gateway.
@@ -425,7 +494,7 @@ async fn refund_order(
         .call(
             reqwest::Method::POST,
             format!("{}/v1/orders/{out_trade_no}/refunds", demo.gateway),
-            Some(json!({"amount_fen": req.amount_fen, "reason": "demo refund"})),
+            Some(json!({"amount_fen": req.amount_fen, "reason": "demo refund", "merchant": merchant_for(req.api.as_deref())})),
             true,
             req.key,
         )
@@ -450,14 +519,22 @@ fn valid_number(n: &str) -> bool {
 }
 
 /// The order as the gateway has it, with the events the backend's webhook received for it.
-async fn get_order(State(demo): State<Arc<Demo>>, UrlPath(out_trade_no): UrlPath<String>) -> Response {
+async fn get_order(
+    State(demo): State<Arc<Demo>>,
+    UrlPath(out_trade_no): UrlPath<String>,
+    axum::extract::Query(q): axum::extract::Query<ApiQuery>,
+) -> Response {
     if !valid_number(&out_trade_no) {
         return relay(400, json!({"error": {"code": "invalid", "message": "out_trade_no"}}));
     }
     let (status, mut order) = demo
         .call(
             reqwest::Method::GET,
-            format!("{}/v1/orders/{out_trade_no}", demo.gateway),
+            format!(
+                "{}/v1/orders/{out_trade_no}?merchant={}",
+                demo.gateway,
+                merchant_for(q.api.as_deref())
+            ),
             None,
             true,
             None,

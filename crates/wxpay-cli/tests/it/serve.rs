@@ -1036,3 +1036,57 @@ async fn the_demo_plays_a_payment_from_login_to_paid_with_a_verified_webhook() {
     }
     let _ = std::fs::remove_dir_all(scratch);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_pays_and_refunds_through_its_apiv3_merchant_too() {
+    let scratch = scratch_dir("demo-v3");
+    let dir = scratch.join("data");
+    let (_demo, base) = start_demo(&dir);
+    let http = client();
+    let post = async |path: &str, body: Value| -> (u16, Value) {
+        let r = http.post(format!("{base}{path}")).json(&body).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    };
+    let (_, login) = post("/demo/backend/login", json!({"user": "carol"})).await;
+    let openid = login["openid"].as_str().unwrap().to_owned();
+    let (status, order) = post(
+        "/demo/backend/orders",
+        json!({"item": "cake", "openid": openid, "key": "demo-v3-1", "api": "v3"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{order}");
+    assert_eq!(order["pay_params"]["signType"], "RSA", "an APIv3 order: {order}");
+    let prepay = order["prepay_id"].as_str().unwrap();
+    demo_checkout(&http, &base, prepay, "success").await;
+    let no = order["out_trade_no"].as_str().unwrap().to_owned();
+    let view = async || {
+        http.get(format!("{base}/demo/backend/orders/{no}?api=v3"))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    wait_for("the APIv3 order is paid and announced", async || {
+        let v = view().await;
+        v["order"]["status"] == "paid" && !v["webhook_events"].as_array().unwrap().is_empty()
+    })
+    .await;
+    let (status, refund) = post(
+        &format!("/demo/backend/orders/{no}/refund"),
+        json!({"amount_fen": 1995, "key": "demo-v3-refund", "api": "v3"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{refund}");
+    wait_for("refund.succeeded reaches the demo backend", async || {
+        view().await["webhook_events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "refund.succeeded")
+    })
+    .await;
+    assert!(dir.join("simulator-keys").join("pub_key.pem").exists());
+    let _ = std::fs::remove_dir_all(scratch);
+}

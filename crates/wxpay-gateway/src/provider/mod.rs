@@ -159,6 +159,38 @@ pub(crate) enum PaymentState {
 }
 
 impl PaymentState {
+    /// What a query's `trade_state` means, the same names in both API versions; a paid
+    /// state needs its number and amount.
+    pub(crate) fn from_trade_state(
+        state: wxpay_protocol::v2::TradeState,
+        transaction_id: Option<String>,
+        amount: Option<Fen>,
+        paid_at: Option<Millis>,
+        currency: Option<String>,
+    ) -> Result<PaymentState, ProviderError> {
+        use wxpay_protocol::v2::TradeState;
+        Ok(match state {
+            TradeState::Success | TradeState::Refund => {
+                let (Some(transaction_id), Some(amount)) = (transaction_id, amount) else {
+                    return Err(ProviderError::Incomplete(
+                        "a paid order's state without its transaction_id or amount".into(),
+                    ));
+                };
+                PaymentState::Paid {
+                    transaction_id,
+                    amount,
+                    paid_at,
+                    currency,
+                    refunded: state == TradeState::Refund,
+                }
+            }
+            TradeState::NotPay => PaymentState::NotPaid,
+            TradeState::Closed => PaymentState::Closed,
+            TradeState::PayError => PaymentState::Failed,
+            other => PaymentState::Other(other.as_str().to_owned()),
+        })
+    }
+
     /// WeChat Pay's name of the state (`SUCCESS`, `REFUND`, `NOTPAY`, …), for people.
     pub(crate) fn as_str(&self) -> &str {
         match self {

@@ -83,20 +83,7 @@ impl V2Link {
         metrics: Arc<Metrics>,
         clock: Clock,
     ) -> Result<V2Link, String> {
-        let mut builder = client_builder(upstream);
-        if let Some(cert) = &config.client_cert {
-            builder = builder.identity(cert.identity());
-        }
-        if let Some(pem) = &config.ca_pem {
-            let cas = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| format!("merchant {}: the CA file does not load: {e}", config.name))?;
-            for ca in cas {
-                builder = builder.add_root_certificate(ca);
-            }
-        }
-        let http = builder
-            .build()
-            .map_err(|e| format!("merchant {}: HTTP client: {e}", config.name))?;
+        let http = merchant_client(&config, upstream, true)?;
         let credentials = config
             .credentials()
             .ok_or_else(|| format!("merchant {}: APIv2 needs the API key (api_key)", config.name))?;
@@ -159,6 +146,30 @@ async fn read_observed(
         received(body.len() as u64, total);
     }
     Ok(body.freeze())
+}
+
+/// A merchant's own HTTP client for WeChat Pay: the configured timeouts, the extra CA when
+/// configured (the simulator's, a corporate proxy's), and with `present_cert` the merchant
+/// certificate for mutual TLS (APIv2 refunds; APIv3 signs instead).
+pub(crate) fn merchant_client(
+    config: &MerchantConfig,
+    upstream: &UpstreamConfig,
+    present_cert: bool,
+) -> Result<reqwest::Client, String> {
+    let mut builder = client_builder(upstream);
+    if let Some(cert) = config.client_cert.as_ref().filter(|_| present_cert) {
+        builder = builder.identity(cert.identity());
+    }
+    if let Some(pem) = &config.ca_pem {
+        let cas = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| format!("merchant {}: the CA file does not load: {e}", config.name))?;
+        for ca in cas {
+            builder = builder.add_root_certificate(ca);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| format!("merchant {}: HTTP client: {e}", config.name))
 }
 
 /// An HTTP client for WeChat's hosts, with the configured timeouts.

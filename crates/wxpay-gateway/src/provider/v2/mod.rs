@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use wxpay_protocol::v2::{
     Bill, BillType, CloseOrder, DownloadBill, NotificationFields, OrderQuery, OrderRef, Refund, RefundQuery,
-    RefundStatus, TradeState, UnifiedOrder,
+    RefundStatus, UnifiedOrder,
 };
 use wxpay_protocol::{BeijingTime, Merchant, Nonce, OutRefundNo, OutTradeNo};
 
@@ -120,26 +120,13 @@ impl Provider for V2Provider {
                 .link
                 .call(&OrderQuery::by_out_trade_no(out_trade_no.clone()))
                 .await?;
-            Ok(match answer.trade_state {
-                TradeState::Success | TradeState::Refund => {
-                    let (Some(transaction_id), Some(amount)) = (answer.transaction_id, answer.total_fee) else {
-                        return Err(ProviderError::Incomplete(
-                            "a paid orderquery answer without transaction_id or total_fee".into(),
-                        ));
-                    };
-                    PaymentState::Paid {
-                        transaction_id,
-                        amount,
-                        paid_at: answer.time_end.map(ms),
-                        currency: answer.fee_type,
-                        refunded: answer.trade_state == TradeState::Refund,
-                    }
-                }
-                TradeState::NotPay => PaymentState::NotPaid,
-                TradeState::Closed => PaymentState::Closed,
-                TradeState::PayError => PaymentState::Failed,
-                other => PaymentState::Other(other.as_str().to_owned()),
-            })
+            PaymentState::from_trade_state(
+                answer.trade_state,
+                answer.transaction_id,
+                answer.total_fee,
+                answer.time_end.map(ms),
+                answer.fee_type,
+            )
         })
     }
 

@@ -21,7 +21,7 @@ use wxpay_protocol::v3::{Certificate, SignatureHeaders, Verifier, VerifyError};
 
 use crate::config::{MerchantConfig, UpstreamConfig, V3Credentials};
 use crate::metrics::Metrics;
-use crate::provider::v2::client::client_builder;
+use crate::provider::v2::client::merchant_client;
 use crate::provider::{CertificateKeeper, KeptCertificate, nonce};
 use crate::time::{Clock, Millis};
 
@@ -80,17 +80,7 @@ impl V3Link {
             .v3
             .clone()
             .ok_or_else(|| format!("merchant {}: APIv3 needs its v3 credentials", config.name))?;
-        let mut builder = client_builder(upstream);
-        if let Some(pem) = &config.ca_pem {
-            let cas = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| format!("merchant {}: the CA file does not load: {e}", config.name))?;
-            for ca in cas {
-                builder = builder.add_root_certificate(ca);
-            }
-        }
-        let http = builder
-            .build()
-            .map_err(|e| format!("merchant {}: HTTP client: {e}", config.name))?;
+        let http = merchant_client(&config, upstream, false)?;
         let now = clock.now().unix_secs();
         for c in &creds.platform_certs {
             let days_left = (c.not_after() - now) / 86_400;

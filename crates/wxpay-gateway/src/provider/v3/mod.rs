@@ -204,26 +204,13 @@ impl Provider for V3Provider {
                 .await
                 .map_err(|e| provider_error(e, Refusal::OrderNotExist))?;
             let t = transaction(&answer.body).map_err(incomplete)?;
-            Ok(match t.trade_state {
-                TradeState::Success | TradeState::Refund => {
-                    let (Some(transaction_id), Some(amount)) = (t.transaction_id, t.total) else {
-                        return Err(ProviderError::Incomplete(
-                            "a paid transaction without transaction_id or amount.total".into(),
-                        ));
-                    };
-                    PaymentState::Paid {
-                        transaction_id,
-                        amount,
-                        paid_at: t.success_time.map(ms),
-                        currency: t.currency,
-                        refunded: t.trade_state == TradeState::Refund,
-                    }
-                }
-                TradeState::NotPay => PaymentState::NotPaid,
-                TradeState::Closed => PaymentState::Closed,
-                TradeState::PayError => PaymentState::Failed,
-                other => PaymentState::Other(other.as_str().to_owned()),
-            })
+            PaymentState::from_trade_state(
+                t.trade_state,
+                t.transaction_id,
+                t.total,
+                t.success_time.map(ms),
+                t.currency,
+            )
         })
     }
 

@@ -59,8 +59,9 @@ pub(crate) struct V3Link {
     downloaded: RwLock<Vec<Certificate>>,
     /// Keeps downloaded certificates across restarts.
     keeper: Option<Arc<dyn CertificateKeeper>>,
-    /// Whether the kept certificates were read (once, at the first verification).
-    restored: std::sync::atomic::AtomicBool,
+    /// Set once the kept certificates were read, at the first verification; verifications
+    /// that arrive meanwhile wait for it rather than verify with nothing.
+    restored: tokio::sync::OnceCell<()>,
     /// When the certificates were last downloaded (Unix ms; 0: never).
     refreshed_at: AtomicI64,
     upstream: UpstreamConfig,
@@ -96,7 +97,7 @@ impl V3Link {
             verifier: RwLock::new(Arc::new(verifier)),
             downloaded: RwLock::new(Vec::new()),
             keeper,
-            restored: std::sync::atomic::AtomicBool::new(false),
+            restored: tokio::sync::OnceCell::new(),
             refreshed_at: AtomicI64::new(0),
             upstream: upstream.clone(),
             metrics,
@@ -119,9 +120,7 @@ impl V3Link {
     /// Verifies `body` with `headers` at the gateway's time; downloads the platform
     /// certificates once (at most once a minute) when the serial is unknown.
     pub(crate) async fn verify(&self, headers: &SignatureHeaders<'_>, body: &[u8]) -> Result<(), VerifyError> {
-        if !self.restored.swap(true, Ordering::AcqRel) {
-            self.restore().await;
-        }
+        self.restored.get_or_init(|| self.restore()).await;
         let now = self.clock.now();
         if self.needs_certificates(now) {
             let last = self.refreshed_at.load(Ordering::Relaxed);

@@ -32,6 +32,18 @@ pub(crate) fn sha256_hex(data: &[u8]) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
 }
 
+/// Lowercase hex of HMAC-SHA256 of `data` keyed with `key`.
+pub(crate) fn hmac_sha256_hex(key: &[u8], data: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    hex(ring::hmac::sign(&key, data).as_ref())
+}
+
+/// Whether `mac_hex` is HMAC-SHA256 of `data` keyed with `key`, compared in constant time.
+pub(crate) fn hmac_sha256_hex_matches(key: &[u8], data: &[u8], mac_hex: &str) -> bool {
+    let expected = hmac_sha256_hex(key, data);
+    subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), mac_hex.as_bytes()).into()
+}
+
 /// The first `max` characters of `s`.
 pub(crate) fn clip(s: &str, max: usize) -> String {
     s.chars().take(max).collect()

@@ -677,7 +677,10 @@ pub struct KeptCertificate {
     pub serial_no: String,
     /// The certificate, PEM.
     pub pem: String,
-    /// When it expires.
+    /// HMAC-SHA256 of `pem` keyed with the merchant's APIv3 key, hex: what binds the row to
+    /// the key whose encryption authenticated the download.
+    pub mac: String,
+    /// When it stops being trusted: the earlier of its own expiry and the one listed.
     pub not_after: Millis,
     /// When it was downloaded.
     pub fetched_at: Millis,
@@ -1088,7 +1091,8 @@ pub trait Store: Send + Sync + 'static {
     fn record_reconciliation(&self, record: ReconciliationRecord) -> Fut<'_, ()>;
 
     /// Keeps the platform certificates downloaded for `merchant` (a serial kept before is
-    /// replaced), so that a restart can verify before WeChat Pay answers again.
+    /// replaced; those no longer listed stay, older, and are not trusted at a restart), so
+    /// that a restart can verify before WeChat Pay answers again.
     fn keep_platform_certificates(&self, merchant: String, certificates: Vec<KeptCertificate>) -> Fut<'_, ()>;
 
     /// The platform certificates kept for `merchant`.

@@ -1385,11 +1385,11 @@ impl Store for SqliteStore {
         self.write(move |c| {
             for k in &certificates {
                 c.prepare_cached(
-                    "INSERT INTO platform_certificates (merchant, serial_no, pem, not_after, fetched_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (merchant, serial_no) DO UPDATE SET \
-                     pem = excluded.pem, not_after = excluded.not_after, fetched_at = excluded.fetched_at",
+                    "INSERT INTO platform_certificates (merchant, serial_no, pem, mac, not_after, fetched_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (merchant, serial_no) DO UPDATE SET \
+                     pem = excluded.pem, mac = excluded.mac, not_after = excluded.not_after, fetched_at = excluded.fetched_at",
                 )?
-                .execute(params![merchant, k.serial_no, k.pem, k.not_after, k.fetched_at])?;
+                .execute(params![merchant, k.serial_no, k.pem, k.mac, k.not_after, k.fetched_at])?;
             }
             Ok(())
         })
@@ -1398,14 +1398,15 @@ impl Store for SqliteStore {
     fn platform_certificates(&self, merchant: String) -> Fut<'_, Vec<KeptCertificate>> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT serial_no, pem, not_after, fetched_at FROM platform_certificates WHERE merchant = ?1 ORDER BY serial_no",
+                "SELECT serial_no, pem, mac, not_after, fetched_at FROM platform_certificates WHERE merchant = ?1 ORDER BY serial_no",
             )?;
             let rows = stmt.query_map([&merchant], |r| {
                 Ok(KeptCertificate {
                     serial_no: r.get(0)?,
                     pem: r.get(1)?,
-                    not_after: r.get(2)?,
-                    fetched_at: r.get(3)?,
+                    mac: r.get(2)?,
+                    not_after: r.get(3)?,
+                    fetched_at: r.get(4)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

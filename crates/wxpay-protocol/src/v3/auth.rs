@@ -151,6 +151,11 @@ impl Verifier {
         Verifier::default()
     }
 
+    /// The ids of the keys trusted: certificate serials and public key ids.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|(id, _)| id.as_str())
+    }
+
     /// Trusts a platform certificate (by its serial number).
     pub fn with_certificate(mut self, cert: &Certificate) -> Verifier {
         self.keys.push((cert.serial_no().to_owned(), cert.public_key().clone()));

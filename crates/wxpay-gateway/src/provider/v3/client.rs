@@ -55,8 +55,6 @@ pub(crate) struct V3Link {
     http: reqwest::Client,
     /// The configured keys plus the downloaded platform certificates.
     verifier: RwLock<Arc<Verifier>>,
-    /// The platform certificates downloaded (or kept from an earlier run).
-    downloaded: RwLock<Vec<Certificate>>,
     /// Keeps downloaded certificates across restarts.
     keeper: Option<Arc<dyn CertificateKeeper>>,
     /// Set once the kept certificates were read, at the first verification; verifications
@@ -95,7 +93,6 @@ impl V3Link {
             creds,
             http,
             verifier: RwLock::new(Arc::new(verifier)),
-            downloaded: RwLock::new(Vec::new()),
             keeper,
             restored: tokio::sync::OnceCell::new(),
             refreshed_at: AtomicI64::new(0),
@@ -164,30 +161,49 @@ impl V3Link {
             return;
         };
         let kept = keeper.load(&self.config.name).await;
-        let certs: Vec<(Certificate, i64)> = kept
-            .iter()
-            .filter_map(|k| Certificate::from_pem(&k.pem).ok().map(|c| (c, k.fetched_at.unix_ms())))
-            .collect();
+        // Only the last download's list: a certificate WeChat Pay stopped listing since (a
+        // rotation, a withdrawal) stays in the table, older, and is not trusted again.
+        let Some(newest) = kept.iter().map(|k| k.fetched_at).max() else {
+            return;
+        };
+        let key = self.creds.apiv3_key.expose();
+        let mut certs = Vec::new();
+        for k in kept.iter().filter(|k| k.fetched_at == newest) {
+            // Kept with another APIv3 key (another merchant or environment under this name):
+            // not what this merchant downloaded.
+            if !crate::util::hmac_sha256_hex_matches(key, k.pem.as_bytes(), &k.mac) {
+                tracing::warn!(merchant = ?self.config.name, serial = %k.serial_no, "a kept platform certificate is not this merchant's: ignored");
+                continue;
+            }
+            match Certificate::from_pem(&k.pem) {
+                Ok(c) => certs.push((c, k.not_after.unix_secs())),
+                Err(e) => {
+                    tracing::warn!(merchant = ?self.config.name, serial = %k.serial_no, error = %e, "a kept platform certificate does not parse: ignored")
+                }
+            }
+        }
         if certs.is_empty() {
             return;
         }
-        let newest = certs.iter().map(|(_, at)| *at).max().unwrap_or(0);
         let _ = self
             .refreshed_at
-            .fetch_max(newest.min(self.clock.now().unix_ms()), Ordering::AcqRel);
-        self.trust(certs.into_iter().map(|(c, _)| c).collect());
-        tracing::info!(merchant = ?self.config.name, kept = kept.len(), "platform certificates kept from an earlier run");
+            .fetch_max(newest.unix_ms().min(self.clock.now().unix_ms()), Ordering::AcqRel);
+        tracing::info!(merchant = ?self.config.name, kept = certs.len(), "platform certificates kept from an earlier run");
+        self.trust(&certs);
     }
 
-    /// Verifies from now on with the configured keys and `downloaded` (those in force).
-    fn trust(&self, downloaded: Vec<Certificate>) {
+    /// Verifies from now on with the configured keys and the downloaded certificates in force
+    /// (each with the expiry WeChat Pay listed, which a rotation moves earlier).
+    fn trust(&self, downloaded: &[(Certificate, i64)]) {
         let now = self.clock.now().unix_secs();
         let mut verifier = configured(&self.creds, now);
-        for c in downloaded.iter().filter(|c| in_force(c, now)) {
+        for (c, _) in downloaded
+            .iter()
+            .filter(|(c, expire)| in_force(c, now) && now < *expire)
+        {
             verifier = verifier.with_certificate(c);
         }
         *self.verifier.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(verifier);
-        *self.downloaded.write().unwrap_or_else(|e| e.into_inner()) = downloaded;
     }
 
     /// Downloads `/v3/certificates` and trusts those in force besides the configured keys. The
@@ -200,15 +216,27 @@ impl V3Link {
             return Err(format!("HTTP {status}: {}", V3Error::read(status, &body)));
         }
         let certs = platform_certificates(&body, self.creds.apiv3_key.expose()).map_err(|e| e.to_string())?;
-        self.trust(certs.iter().map(|c| c.certificate.clone()).collect());
+        // The earlier of the certificate's own expiry and the one listed (moved up during a
+        // rotation).
+        let listed: Vec<(Certificate, i64)> = certs
+            .iter()
+            .map(|c| {
+                let listed = wxpay_protocol::v3::calls::parse_rfc3339(&c.expire_time).unwrap_or(i64::MAX);
+                (c.certificate.clone(), listed.min(c.certificate.not_after()))
+            })
+            .collect();
+        self.trust(&listed);
         if let Some(keeper) = &self.keeper {
             let fetched_at = self.clock.now();
+            let key = self.creds.apiv3_key.expose();
             let kept = certs
                 .iter()
-                .map(|c| KeptCertificate {
+                .zip(&listed)
+                .map(|(c, (_, expire))| KeptCertificate {
                     serial_no: c.serial_no.clone(),
                     pem: c.pem.clone(),
-                    not_after: Millis::from_unix_secs(c.certificate.not_after()),
+                    mac: crate::util::hmac_sha256_hex(key, c.pem.as_bytes()),
+                    not_after: Millis::from_unix_secs(*expire),
                     fetched_at,
                 })
                 .collect();
@@ -307,6 +335,15 @@ impl V3Link {
             if signed {
                 // A refusal decides as much as a success (a refund failed, an order unknown),
                 // so it is trusted only when signed too: an unsigned one is no answer.
+                // WeChat Pay signs only answers to requests whose signature it verified: a
+                // SIGN_ERROR comes unsigned. It decides nothing (a protocol error settles no
+                // order or refund), so it is read, and the operator sees the real cause.
+                if sig.signature.is_empty() && status == 401 {
+                    if let Some(e) = error {
+                        self.metrics.upstream_error(api, &e.code);
+                        return Err(CallError::Rejected(e));
+                    }
+                }
                 if sig.signature.is_empty() && !success {
                     self.metrics.upstream_error(api, "unsigned_refusal");
                     let e = error.as_ref().map(ToString::to_string).unwrap_or_default();
@@ -363,4 +400,99 @@ fn configured(creds: &V3Credentials, now: i64) -> Verifier {
         v = v.with_public_key(id, key.clone());
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+
+    use super::*;
+    use crate::config::MerchantConfig;
+
+    fn vector(name: &str) -> String {
+        std::fs::read_to_string(format!(
+            "{}/../../testdata/vectors/keys/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    /// A keeper that hands back fixed rows.
+    struct Rows(Vec<KeptCertificate>);
+
+    impl CertificateKeeper for Rows {
+        fn load<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> Pin<Box<dyn std::future::Future<Output = Vec<KeptCertificate>> + Send + 'a>> {
+            Box::pin(async move { self.0.clone() })
+        }
+        fn keep<'a>(
+            &'a self,
+            _: &'a str,
+            _: Vec<KeptCertificate>,
+        ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+            Box::pin(async {})
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restart_trusts_only_the_last_list_kept_with_this_merchants_apiv3_key() {
+        let apiv3 = "0123456789abcdefghijABCDEFGHIJ12";
+        let key = wxpay_protocol::v3::MerchantKey::from_pem(&vector("merchant_private_key.pem"), "01").unwrap();
+        let creds = V3Credentials {
+            apiv3_key: wxpay_protocol::ApiV3Key::new(apiv3).unwrap(),
+            key: Arc::new(key),
+            platform_certs: Vec::new(),
+            public_key: None,
+        };
+        let config = MerchantConfig {
+            name: "m".into(),
+            appid: wxpay_protocol::AppId::new("wxd678efh567hg6787").unwrap(),
+            app_secret: None,
+            mch_id: wxpay_protocol::MchId::new("1230000109").unwrap(),
+            api_key: None,
+            sign_type: wxpay_protocol::SignType::Md5,
+            base_url: "http://127.0.0.1:1".into(),
+            backup_url: None,
+            sns_base_url: "http://127.0.0.1:1".into(),
+            client_cert: None,
+            ca_pem: None,
+            v3: Some(creds),
+        };
+        let (platform, other) = (vector("platform_cert.pem"), vector("merchant_cert.pem"));
+        let serial = |pem: &str| Certificate::from_pem(pem).unwrap().serial_no().to_owned();
+        let row = |pem: &str, mac_key: &str, fetched: i64| KeptCertificate {
+            serial_no: serial(pem),
+            pem: pem.to_owned(),
+            mac: crate::util::hmac_sha256_hex(mac_key.as_bytes(), pem.as_bytes()),
+            not_after: Millis::from_unix_secs(i64::MAX / 2000),
+            fetched_at: Millis::from_unix_ms(fetched),
+        };
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let clock = Clock::default();
+        let now = clock.now().unix_ms();
+        let link_with = |rows: Vec<KeptCertificate>| {
+            V3Link::new(
+                config.clone(),
+                &UpstreamConfig::default(),
+                Arc::new(Metrics::default()),
+                clock.clone(),
+                Some(Arc::new(Rows(rows))),
+            )
+            .unwrap()
+        };
+        // A certificate listed by an earlier download only, then the last list.
+        let link = link_with(vec![
+            row(&other, apiv3, now - 60_000),
+            row(&platform, apiv3, now - 1_000),
+        ]);
+        link.restore().await;
+        let ids: Vec<String> = link.verifier().ids().map(str::to_owned).collect();
+        assert_eq!(ids, [serial(&platform)], "only the last list");
+        // Kept under this name with another APIv3 key: not this merchant's download.
+        let link = link_with(vec![row(&platform, "another-apiv3-key-0123456789abcd", now - 1_000)]);
+        link.restore().await;
+        assert_eq!(link.verifier().ids().count(), 0);
+    }
 }

@@ -710,13 +710,14 @@ impl Store for PgStore {
         Box::pin(async move {
             for k in &certificates {
                 sqlx::query(
-                    "INSERT INTO platform_certificates (merchant, serial_no, pem, not_after, fetched_at) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (merchant, serial_no) DO UPDATE SET \
-                     pem = excluded.pem, not_after = excluded.not_after, fetched_at = excluded.fetched_at",
+                    "INSERT INTO platform_certificates (merchant, serial_no, pem, mac, not_after, fetched_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (merchant, serial_no) DO UPDATE SET \
+                     pem = excluded.pem, mac = excluded.mac, not_after = excluded.not_after, fetched_at = excluded.fetched_at",
                 )
                 .bind(&merchant)
                 .bind(&k.serial_no)
                 .bind(&k.pem)
+                .bind(&k.mac)
                 .bind(k.not_after)
                 .bind(k.fetched_at)
                 .execute(&self.pool)
@@ -728,17 +729,18 @@ impl Store for PgStore {
 
     fn platform_certificates(&self, merchant: String) -> Fut<'_, Vec<KeptCertificate>> {
         Box::pin(async move {
-            let rows: Vec<(String, String, Millis, Millis)> = sqlx::query_as(
-                "SELECT serial_no, pem, not_after, fetched_at FROM platform_certificates WHERE merchant = $1 ORDER BY serial_no",
+            let rows: Vec<(String, String, String, Millis, Millis)> = sqlx::query_as(
+                "SELECT serial_no, pem, mac, not_after, fetched_at FROM platform_certificates WHERE merchant = $1 ORDER BY serial_no",
             )
             .bind(&merchant)
             .fetch_all(&self.pool)
             .await?;
             Ok(rows
                 .into_iter()
-                .map(|(serial_no, pem, not_after, fetched_at)| KeptCertificate {
+                .map(|(serial_no, pem, mac, not_after, fetched_at)| KeptCertificate {
                     serial_no,
                     pem,
+                    mac,
                     not_after,
                     fetched_at,
                 })

@@ -132,8 +132,10 @@ pub fn diagnose(
                     if let Ok(sig) = &signature {
                         if let Some(id) = signer(verifier, &message(headers, body), sig) {
                             report.confirmed.push(format!(
-                                "the signature itself is genuine (it verifies with {id}), but it was made {skew_secs} s {} now, beyond the {MAX_SKEW_SECS} s allowed: a replay of an old notification, or this machine's clock is off (check NTP)",
-                                if *skew_secs >= 0 { "before" } else { "after" }
+                                "the signature itself is genuine (it verifies with {id}), but it was made {} s {} now, beyond the {MAX_SKEW_SECS} s allowed: a notification saved earlier (check it as at its time: --at {}), a replay, or this machine's clock is off (check NTP)",
+                                skew_secs.unsigned_abs(),
+                                if *skew_secs >= 0 { "before" } else { "after" },
+                                headers.timestamp
                             ));
                         }
                     }
@@ -145,18 +147,25 @@ pub fn diagnose(
                 }
                 VerifyError::UnknownSerial(serial) => {
                     let kind = if serial.starts_with("PUB_KEY_ID_") {
-                        "the WeChat Pay public key (pub_key.pem from the merchant platform, with this id)"
+                        "a WeChat Pay public key (pub_key.pem from the merchant platform, with this id)"
                     } else {
-                        "a platform certificate (download it from /v3/certificates, or configure it)"
+                        "a platform certificate (download the list from /v3/certificates, or configure it)"
                     };
-                    report.hints.push(format!(
-                        "it is signed with {kind}, but you gave {}: during the switch from platform certificates to the public key WeChat Pay uses either, so configure both",
-                        if known.is_empty() {
-                            "no key".to_owned()
-                        } else {
-                            format!("only {}", known.join(", "))
-                        }
-                    ));
+                    let given = if known.is_empty() {
+                        "no key".to_owned()
+                    } else {
+                        format!("only {}", known.join(", "))
+                    };
+                    let other_kind = known.iter().any(|k| k.starts_with("PUB_KEY_ID_")) != serial.starts_with("PUB_KEY_ID_");
+                    report.hints.push(if other_kind {
+                        format!(
+                            "it names {kind}, but you gave {given}, of the other kind: during the switch from platform certificates to the public key WeChat Pay uses either, so configure both"
+                        )
+                    } else {
+                        format!(
+                            "it names {kind} you did not give (you gave {given}): a new certificate after a rotation (download the list again), another merchant's key, or an id copied wrong"
+                        )
+                    });
                 }
                 VerifyError::NotBase64 => report
                     .hints
@@ -241,14 +250,20 @@ fn explain_decryption(report: &mut Report, body: &[u8], key: &[u8]) {
     match open(body, key) {
         Ok(plain) => report.resource = Some(plain),
         Err(why) => {
-            report.verified = false;
-            if report.headline.starts_with("OK") {
+            // Only when the signature verified is the decryption the cause; otherwise it is
+            // one more thing to look at.
+            if report.verified {
+                report.verified = false;
                 report.headline = format!(
                     "FAILED: the signature verifies, but the resource does not decrypt. ({})",
                     report.headline.trim_start_matches("OK: ")
                 );
+                report.confirmed.push(why);
+            } else {
+                report
+                    .hints
+                    .push(format!("the resource does not decrypt either: {why}"));
             }
-            report.confirmed.push(why);
         }
     }
 }

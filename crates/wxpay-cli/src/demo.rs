@@ -404,31 +404,44 @@ async fn login(State(demo): State<Arc<Demo>>, Json(req): Json<LoginRequest>) -> 
             json!({"error": {"code": "invalid", "message": "user: 1 to 32 characters"}}),
         );
     }
-    let (status, login) = demo
-        .call(
-            reqwest::Method::POST,
-            format!("{}/simulator/login", demo.gateway),
-            Some(json!({"appid": TEST_APPID, "user": user})),
-            false,
-            None,
-        )
-        .await;
-    let Some(code) = login.get("code").and_then(Value::as_str).map(str::to_owned) else {
-        return relay(status, login);
-    };
-    let (status, openid) = demo
-        .call(
-            reqwest::Method::POST,
-            format!("{}/v1/openid", demo.gateway),
-            Some(json!({"code": code})),
-            true,
-            None,
-        )
-        .await;
-    if status != 200 {
-        return relay(status, openid);
+    // One openid per mini program: an openid belongs to the appid it was issued for, so the
+    // APIv3 merchant's orders (its own mini program) need the user's openid in that app.
+    let mut openids = serde_json::Map::new();
+    let mut first_code = String::new();
+    for (api, appid, merchant) in [("v2", TEST_APPID, "default"), ("v3", V3_APPID, "v3")] {
+        let (status, login) = demo
+            .call(
+                reqwest::Method::POST,
+                format!("{}/simulator/login", demo.gateway),
+                Some(json!({"appid": appid, "user": user})),
+                false,
+                None,
+            )
+            .await;
+        let Some(code) = login.get("code").and_then(Value::as_str).map(str::to_owned) else {
+            return relay(status, login);
+        };
+        let (status, openid) = demo
+            .call(
+                reqwest::Method::POST,
+                format!("{}/v1/openid", demo.gateway),
+                Some(json!({"code": code, "merchant": merchant})),
+                true,
+                None,
+            )
+            .await;
+        if status != 200 {
+            return relay(status, openid);
+        }
+        if first_code.is_empty() {
+            first_code = code;
+        }
+        openids.insert(api.to_owned(), openid.get("openid").cloned().unwrap_or(Value::Null));
     }
-    relay(200, json!({"code": code, "openid": openid.get("openid")}))
+    relay(
+        200,
+        json!({"code": first_code, "openid": openids.get("v2"), "openids": openids}),
+    )
 }
 
 #[derive(serde::Deserialize)]

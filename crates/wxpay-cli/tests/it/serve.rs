@@ -1048,7 +1048,9 @@ async fn the_demo_pays_and_refunds_through_its_apiv3_merchant_too() {
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     };
     let (_, login) = post("/demo/backend/login", json!({"user": "carol"})).await;
-    let openid = login["openid"].as_str().unwrap().to_owned();
+    // The openid of the APIv3 merchant's own mini program, not the other app's.
+    let openid = login["openids"]["v3"].as_str().unwrap().to_owned();
+    assert_ne!(Some(openid.as_str()), login["openid"].as_str());
     let (status, order) = post(
         "/demo/backend/orders",
         json!({"item": "cake", "openid": openid, "key": "demo-v3-1", "api": "v3"}),

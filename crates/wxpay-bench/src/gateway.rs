@@ -197,6 +197,9 @@ enum Part {
 /// `wxpay-bench gateway`: order creation, then first-delivery payment notifications for
 /// orders seeded for them (or only one of the two), then a summary.
 pub(crate) async fn gateway(args: GatewayArgs) -> Result<(), String> {
+    if args.write_notifications.is_some() && args.v3_keys.is_some() {
+        return Err("--write-notifications writes APIv2 bodies only (APIv3's signatures are headers)".into());
+    }
     let authority = authority_of(&args.target)?;
     let merchant = match args.api {
         Api::Wxpay => test_merchant(false)?,
@@ -266,9 +269,6 @@ pub(crate) async fn gateway(args: GatewayArgs) -> Result<(), String> {
             None => (notifications(&merchant, &prefix, seeded, ORDER_FEE)?, Vec::new()),
         };
         let bodies = Arc::new(bodies);
-        if let (Some(_), true) = (&args.write_notifications, args.v3_keys.is_some()) {
-            return Err("--write-notifications writes APIv2 bodies only (APIv3's signatures are headers)".into());
-        }
         if let Some(file) = &args.write_notifications {
             let mut out = Vec::with_capacity(bodies.iter().map(|b| b.len() + 1).sum());
             for b in bodies.iter() {

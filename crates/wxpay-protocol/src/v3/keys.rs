@@ -32,7 +32,7 @@ impl MerchantKey {
     /// case; kept in upper case, as WeChat Pay writes it).
     ///
     /// # Errors
-    /// [`Error::Invalid`] when the PEM holds no RSA private key ring accepts (at least 2048
+    /// [`Error::Invalid`] when the PEM holds no RSA private key aws-lc-rs accepts (at least 2048
     /// bits).
     pub fn from_pem(pem: &str, serial_no: &str) -> Result<MerchantKey, Error> {
         let invalid = |reason: String| Error::Invalid {
@@ -68,7 +68,7 @@ impl MerchantKey {
     /// SHA256-with-RSA (PKCS#1 v1.5) of `message`, base64.
     ///
     /// # Errors
-    /// [`Error::Invalid`] if ring cannot sign (it does not happen with a key it parsed).
+    /// [`Error::Invalid`] if aws-lc-rs cannot sign (it does not happen with a key it parsed).
     pub fn sign(&self, message: &[u8]) -> Result<String, Error> {
         let mut signature = vec![0; self.key.public_modulus_len()];
         self.key

@@ -129,7 +129,7 @@ impl V3 {
     pub(crate) fn rotate(&self, fresh: keys::Platform, now: i64) -> String {
         let mut p = self.platforms.write().unwrap_or_else(|e| e.into_inner());
         for (_, expire) in &mut p.list {
-            *expire = now + 86_400;
+            *expire = (*expire).min(now + 86_400);
         }
         let serial = fresh.signing.id().to_owned();
         let not_after = fresh.not_after;

@@ -166,6 +166,16 @@ impl Metrics {
         });
     }
 
+    /// The count of failed WeChat Pay calls of `api` of `kind`; for tests.
+    pub fn upstream_errors_with(&self, api: &str, kind: &str) -> u64 {
+        self.with(|i| {
+            i.upstream_errors
+                .get(&(api.to_owned(), kind.to_owned()))
+                .copied()
+                .unwrap_or(0)
+        })
+    }
+
     /// The count of notifications with a verdict; for tests.
     pub fn notifications_with(&self, verdict: &str) -> u64 {
         self.with(|i| i.notifications.get(verdict).copied().unwrap_or(0))

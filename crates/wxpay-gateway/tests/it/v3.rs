@@ -497,3 +497,26 @@ async fn post(base: &str, path: &str, body: Value) -> (u16, Value) {
         .unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
+
+async fn the_first_answers_after_a_start_wait_for_one_certificate_download(db: TestDb) {
+    // Nothing configured, nothing kept: the first verifications all need the list.
+    let t = spawn_app(db, v3(V3Signer::Certificate, Trusts::Download)).await;
+    let creations = (0..8).map(|i| {
+        let mut body = order_body(100);
+        body["out_trade_no"] = json!(format!("V3-FIRST-{i}"));
+        t.api(Method::POST, "/v1/orders", Some(body), None)
+    });
+    for (status, v) in futures_util::future::join_all(creations).await {
+        assert_eq!(status, 201, "{}: {v}", t.engine());
+    }
+    assert_eq!(t.sim_calls("v3_certificates").await, 1, "one download for all of them");
+    // And none of them was verified with an empty list meanwhile (and so retried).
+    assert_eq!(
+        t.app.metrics().upstream_errors_with("v3_jsapi", "bad_answer"),
+        0,
+        "{}",
+        t.engine()
+    );
+    t.stop().await;
+}
+engines!(the_first_answers_after_a_start_wait_for_one_certificate_download);

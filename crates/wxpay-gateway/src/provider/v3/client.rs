@@ -60,6 +60,8 @@ pub(crate) struct V3Link {
     /// Set once the kept certificates were read, at the first verification; verifications
     /// that arrive meanwhile wait for it rather than verify with nothing.
     restored: tokio::sync::OnceCell<()>,
+    /// Held while the certificates are downloaded.
+    downloading: tokio::sync::Mutex<()>,
     /// When the certificates were last downloaded (Unix ms; 0: never).
     refreshed_at: AtomicI64,
     upstream: UpstreamConfig,
@@ -95,6 +97,7 @@ impl V3Link {
             verifier: RwLock::new(Arc::new(verifier)),
             keeper,
             restored: tokio::sync::OnceCell::new(),
+            downloading: tokio::sync::Mutex::new(()),
             refreshed_at: AtomicI64::new(0),
             upstream: upstream.clone(),
             metrics,
@@ -120,37 +123,36 @@ impl V3Link {
         self.restored.get_or_init(|| self.restore()).await;
         let now = self.clock.now();
         if self.needs_certificates(now) {
-            let last = self.refreshed_at.load(Ordering::Relaxed);
-            if self
-                .refreshed_at
-                .compare_exchange(last, now.unix_ms(), Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                if let Err(e) = self.download_certificates().await {
-                    tracing::warn!(merchant = ?self.config.name, error = %e, "platform certificates could not be downloaded");
-                }
+            // One download at a time; the others wait for it and then verify with its list,
+            // rather than with nothing.
+            let _one = self.downloading.lock().await;
+            if self.needs_certificates(self.clock.now()) {
+                self.download_now().await;
             }
         }
         match self.verifier().verify(headers, body, now.unix_secs()) {
             // A public key id is never on /v3/certificates: downloading would not help.
             Err(VerifyError::UnknownSerial(serial)) if !serial.starts_with("PUB_KEY_ID_") => {
-                // One caller at a time wins the right to download, at most once a minute; the
-                // others verify with what is there.
+                // At most one download a minute, whatever a forger sends; callers that arrive
+                // during one wait for it and verify with the new list.
+                let _one = self.downloading.lock().await;
+                let now = self.clock.now();
                 let last = self.refreshed_at.load(Ordering::Relaxed);
-                let due = now.unix_ms() - last >= REFRESH_AT_MOST_EVERY.as_millis() as i64;
-                if due
-                    && self
-                        .refreshed_at
-                        .compare_exchange(last, now.unix_ms(), Ordering::AcqRel, Ordering::Relaxed)
-                        .is_ok()
-                {
-                    if let Err(e) = self.download_certificates().await {
-                        tracing::warn!(merchant = ?self.config.name, error = %e, "platform certificates could not be downloaded");
-                    }
+                if now.unix_ms() - last >= REFRESH_AT_MOST_EVERY.as_millis() as i64 {
+                    self.download_now().await;
                 }
                 self.verifier().verify(headers, body, self.clock.now().unix_secs())
             }
             other => other,
+        }
+    }
+
+    /// Downloads the certificates now (the caller holds `downloading`), logging a failure:
+    /// the list in use stays.
+    async fn download_now(&self) {
+        self.refreshed_at.store(self.clock.now().unix_ms(), Ordering::Relaxed);
+        if let Err(e) = self.download_certificates().await {
+            tracing::warn!(merchant = ?self.config.name, error = %e, "platform certificates could not be downloaded");
         }
     }
 
@@ -208,7 +210,7 @@ impl V3Link {
 
     /// Downloads `/v3/certificates` and trusts those in force besides the configured keys. The
     /// list is authenticated by its encryption: only WeChat Pay and the merchant have the
-    /// APIv3 key. The caller has claimed `refreshed_at`.
+    /// APIv3 key.
     async fn download_certificates(&self) -> Result<usize, String> {
         let req = wxpay_protocol::v3::calls::certificates();
         let (status, _, body) = self.send(&req, "certificates").await.map_err(|e| format!("{e:?}"))?;

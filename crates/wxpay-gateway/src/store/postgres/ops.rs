@@ -708,6 +708,8 @@ impl Store for PgStore {
 
     fn keep_platform_certificates(&self, merchant: String, certificates: Vec<KeptCertificate>) -> Fut<'_, ()> {
         Box::pin(async move {
+            // One list, one transaction: a restart never reads half of a download.
+            let mut tx = self.pool.begin().await?;
             for k in &certificates {
                 sqlx::query(
                     "INSERT INTO platform_certificates (merchant, serial_no, pem, mac, not_after, fetched_at) \
@@ -720,9 +722,10 @@ impl Store for PgStore {
                 .bind(&k.mac)
                 .bind(k.not_after)
                 .bind(k.fetched_at)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
             }
+            tx.commit().await?;
             Ok(())
         })
     }

@@ -104,7 +104,11 @@ fn v3_notifications(keys: &std::path::Path, prefix: &str, count: usize, fee: u64
         .to_string();
         let sign_nonce = format!("{:032x}", (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let signature = key
-            .sign(format!("{now}\n{sign_nonce}\n{body}\n").as_bytes())
+            .sign(&wxpay_protocol::v3::auth::response_message(
+                &now.to_string(),
+                &sign_nonce,
+                body.as_bytes(),
+            ))
             .map_err(|e| e.to_string())?;
         headers.push(vec![
             ("Wechatpay-Timestamp", now.to_string()),

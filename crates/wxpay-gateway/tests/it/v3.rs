@@ -207,7 +207,13 @@ fn forged_payment(no: &str, total: u64, currency: &str) -> (String, Vec<(&'stati
     .to_string();
     let ts = now.to_string();
     let sign_nonce = "abcdefghijklmnopqrstuvwxyz012345";
-    let signature = key.sign(format!("{ts}\n{sign_nonce}\n{body}\n").as_bytes()).unwrap();
+    let signature = key
+        .sign(&wxpay_protocol::v3::auth::response_message(
+            &ts,
+            sign_nonce,
+            body.as_bytes(),
+        ))
+        .unwrap();
     let headers = vec![
         ("Wechatpay-Timestamp", ts),
         ("Wechatpay-Nonce", sign_nonce.to_owned()),

@@ -66,6 +66,17 @@ pub fn pay_sign(
     key.sign(message.as_bytes())
 }
 
+/// The message an answer's or a notification's signature covers:
+/// `TIMESTAMP\nNONCE\nBODY\n`, the body as the exact bytes sent (empty for a 204).
+pub fn response_message(timestamp: &str, nonce: &str, body: &[u8]) -> Vec<u8> {
+    let mut message = Vec::with_capacity(timestamp.len() + nonce.len() + body.len() + 3);
+    for part in [timestamp.as_bytes(), nonce.as_bytes(), body] {
+        message.extend_from_slice(part);
+        message.push(b'\n');
+    }
+    message
+}
+
 /// The `wx.requestPayment` parameters of an APIv3 order: `signType: "RSA"` and
 /// [`pay_sign`]'s signature. The same five fields as APIv2's, so one type serves both.
 ///
@@ -205,11 +216,7 @@ impl Verifier {
         let signature = base64::engine::general_purpose::STANDARD
             .decode(headers.signature.as_bytes())
             .map_err(|_| VerifyError::NotBase64)?;
-        let mut message = Vec::with_capacity(headers.timestamp.len() + headers.nonce.len() + body.len() + 3);
-        for part in [headers.timestamp.as_bytes(), headers.nonce.as_bytes(), body] {
-            message.extend_from_slice(part);
-            message.push(b'\n');
-        }
+        let message = response_message(headers.timestamp, headers.nonce, body);
         if key.verifies(&message, &signature) {
             Ok(())
         } else {

@@ -50,12 +50,7 @@ impl fmt::Display for Report {
 
 /// The message the signature covers.
 fn message(headers: &SignatureHeaders<'_>, body: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(body.len() + 64);
-    for part in [headers.timestamp.as_bytes(), headers.nonce.as_bytes(), body] {
-        m.extend_from_slice(part);
-        m.push(b'\n');
-    }
-    m
+    super::auth::response_message(headers.timestamp, headers.nonce, body)
 }
 
 /// JSON with the whitespace outside strings removed, the keys left in their order: what a

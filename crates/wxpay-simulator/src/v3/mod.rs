@@ -166,11 +166,7 @@ impl V3 {
         };
         let timestamp = now.to_string();
         let nonce = ids::nonce();
-        let mut message = Vec::with_capacity(timestamp.len() + body.len() + 36);
-        for part in [timestamp.as_bytes(), nonce.as_str().as_bytes(), body] {
-            message.extend_from_slice(part);
-            message.push(b'\n');
-        }
+        let message = wxpay_protocol::v3::auth::response_message(&timestamp, nonce.as_str(), body);
         // Signing with a key ring parsed cannot fail; an empty signature would only make the
         // client refuse the answer, which is what a broken WeChat Pay would cause too.
         let signature = key.key.sign(&message).unwrap_or_default();

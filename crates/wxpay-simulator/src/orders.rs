@@ -22,6 +22,58 @@ pub(crate) enum Reentry {
     Used,
     /// The same number with other parameters.
     Different,
+    /// A new order whose `time_expire` is too near (APIv2 refuses it; an order that exists
+    /// is answered with its state instead, however near its `time_expire` is by now).
+    ExpiresTooSoon,
+}
+
+/// What a new order is, as asked for: the business fields of [`Order`]; its lifecycle
+/// (unpaid, no prepay yet, no refund) is set by [`place_order`].
+pub(crate) struct NewOrder {
+    pub mch: u16,
+    pub appid: Box<str>,
+    pub out_trade_no: Box<str>,
+    pub body: Box<str>,
+    pub attach: Option<Box<str>>,
+    pub device_info: Option<Box<str>>,
+    pub total_fee: Fen,
+    pub notify_url: Arc<str>,
+    pub openid: Box<str>,
+    pub trade_type: Box<str>,
+    pub fingerprint: [u8; 16],
+    pub sign_type: wxpay_protocol::SignType,
+    pub time_expire: Option<i64>,
+    pub v3: bool,
+}
+
+impl NewOrder {
+    fn into_order(self, now: i64) -> Order {
+        Order {
+            mch: self.mch,
+            appid: self.appid,
+            out_trade_no: self.out_trade_no,
+            body: self.body,
+            attach: self.attach,
+            device_info: self.device_info,
+            total_fee: self.total_fee,
+            notify_url: self.notify_url,
+            openid: self.openid,
+            trade_type: self.trade_type,
+            fingerprint: self.fingerprint,
+            sign_type: self.sign_type,
+            time_expire: self.time_expire,
+            created_at: now,
+            state: OrderState::NotPay,
+            prepay_id: "".into(),
+            prepay_at: now,
+            transaction_id: None,
+            paid_at: None,
+            pay_error: None,
+            refunds: Vec::new(),
+            notified: false,
+            v3: self.v3,
+        }
+    }
 }
 
 /// What [`place_order`] did.
@@ -33,8 +85,14 @@ pub(crate) struct Placed {
 
 /// Stores `order` under its number, or, when the number is taken by an unpaid order with the
 /// same parameters, hands out a fresh `prepay_id` for it (how merchants refresh one: valid
-/// two hours). A new order is paid on its own in [`crate::Mode::Auto`].
-pub(crate) fn place_order(sim: &Simulator, order: Order, now: i64) -> Result<Placed, Reentry> {
+/// two hours). A new order whose `time_expire` is before `earliest_expire` is refused. A new
+/// order is paid on its own in [`crate::Mode::Auto`].
+pub(crate) fn place_order(
+    sim: &Simulator,
+    order: NewOrder,
+    now: i64,
+    earliest_expire: Option<i64>,
+) -> Result<Placed, Reentry> {
     let store = &sim.inner.store;
     let shard = store.shard_of(order.mch, &order.out_trade_no);
     let mut g = store.lock(shard);
@@ -65,7 +123,12 @@ pub(crate) fn place_order(sim: &Simulator, order: Order, now: i64) -> Result<Pla
             }
         }
         None => {
-            let slot = g.insert(order, |loc| ids::prepay_id(loc.shard, loc.slot, now));
+            if let (Some(expire), Some(earliest)) = (order.time_expire, earliest_expire) {
+                if expire < earliest {
+                    return Err(Reentry::ExpiresTooSoon);
+                }
+            }
+            let slot = g.insert(order.into_order(now), |loc| ids::prepay_id(loc.shard, loc.slot, now));
             let prepay_id = g.get(slot).map(|o| o.prepay_id.to_string()).unwrap_or_default();
             Placed {
                 loc: Loc { shard, slot },

@@ -25,7 +25,7 @@ use wxpay_protocol::{ApiKey, BeijingTime, Error, Fen, Fields, Nonce, SignType};
 
 use crate::faults::FaultKind;
 use crate::ids;
-use crate::orders::{Reentry, RefundAsk, RefundRefusal, place_order, place_refund};
+use crate::orders::{NewOrder, Reentry, RefundAsk, RefundRefusal, place_order, place_refund};
 use crate::store::{Loc, Order, OrderState, RefundRec, ShardGuard};
 use crate::tls::{PeerCert, PeerCertSource};
 use crate::{MerchantEntry, Simulator};
@@ -443,16 +443,7 @@ fn unified_order(ctx: &Ctx<'_>, f: &Fields<'_>) -> Reply {
         return ctx.biz(ErrCode::LackParams, "缺少参数product_id (trade_type=NATIVE时必传)");
     }
     let sim = ctx.sim;
-    // Only a new order's time_expire is checked: the same request for an order that exists
-    // (how a gateway learns where it stands) is answered with the order's state, ORDERPAID or
-    // ORDERCLOSED, however near or past its time_expire is by now.
-    if let Some(expire) = req.time_expire {
-        let exists = || locate(sim, ctx.mch, &OrderRef::OutTradeNo(req.out_trade_no.clone())).is_some();
-        if expire.unix() < ctx.now + 60 && !exists() {
-            return ctx.biz(ErrCode::InvalidRequest, "time_expire时间过短，刷卡至少1分钟，其他5分钟");
-        }
-    }
-    let order = Order {
+    let order = NewOrder {
         mch: ctx.mch,
         appid: ctx.appid.into(),
         out_trade_no: req.out_trade_no.as_str().into(),
@@ -466,18 +457,9 @@ fn unified_order(ctx: &Ctx<'_>, f: &Fields<'_>) -> Reply {
         fingerprint: fingerprint(f),
         sign_type: ctx.sign_type,
         time_expire: req.time_expire.map(BeijingTime::unix),
-        created_at: ctx.now,
-        state: OrderState::NotPay,
-        prepay_id: "".into(),
-        prepay_at: ctx.now,
-        transaction_id: None,
-        paid_at: None,
-        pay_error: None,
-        refunds: Vec::new(),
-        notified: false,
         v3: false,
     };
-    let prepay_id = match place_order(sim, order, ctx.now) {
+    let prepay_id = match place_order(sim, order, ctx.now, Some(ctx.now + 60)) {
         Ok(placed) => placed.prepay_id,
         Err(Reentry::Paid) => return ctx.biz(ErrCode::OrderPaid, "该订单已支付"),
         Err(Reentry::Closed) => return ctx.biz(ErrCode::OrderClosed, "该订单已关闭"),
@@ -487,6 +469,9 @@ fn unified_order(ctx: &Ctx<'_>, f: &Fields<'_>) -> Reply {
                 ErrCode::InvalidRequest,
                 "201 商户订单号重复: 订单重入时，要求参数值与原请求一致",
             );
+        }
+        Err(Reentry::ExpiresTooSoon) => {
+            return ctx.biz(ErrCode::InvalidRequest, "time_expire时间过短，刷卡至少1分钟，其他5分钟");
         }
     };
     ctx.ok(&UnifiedOrderResponse {

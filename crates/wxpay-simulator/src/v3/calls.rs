@@ -12,7 +12,7 @@ use wxpay_protocol::{BeijingTime, Fen, OutRefundNo, OutTradeNo, SignType};
 
 use super::{Api, Reply, V3};
 use crate::bill::{BillRefusal, bill_text};
-use crate::orders::{Reentry, RefundAsk, RefundRefusal, place_order, place_refund};
+use crate::orders::{NewOrder, Reentry, RefundAsk, RefundRefusal, place_order, place_refund};
 use crate::store::{Loc, Order, OrderState, RefundRec};
 use crate::v2::{expire_if_due, locate};
 use crate::{Simulator, ids};
@@ -179,7 +179,7 @@ fn jsapi_inner(ctx: &Ctx<'_>, body: &[u8]) -> Result<Reply, Reply> {
     if !merchant.has_app(appid) {
         return Err(Reply::error(400, "APPID_MCHID_NOT_MATCH", "appid和mch_id不匹配"));
     }
-    let order = Order {
+    let order = NewOrder {
         mch: ctx.mch,
         appid: appid.into(),
         out_trade_no: out_trade_no.into(),
@@ -194,18 +194,10 @@ fn jsapi_inner(ctx: &Ctx<'_>, body: &[u8]) -> Result<Reply, Reply> {
         // Unused on APIv3 (its notifications are signed with RSA).
         sign_type: SignType::Md5,
         time_expire,
-        created_at: ctx.now,
-        state: OrderState::NotPay,
-        prepay_id: "".into(),
-        prepay_at: ctx.now,
-        transaction_id: None,
-        paid_at: None,
-        pay_error: None,
-        refunds: Vec::new(),
-        notified: false,
         v3: true,
     };
-    match place_order(ctx.sim, order, ctx.now) {
+    // APIv3 raises a near time_expire (above) instead of refusing it.
+    match place_order(ctx.sim, order, ctx.now, None) {
         Ok(placed) => Ok(Reply::ok(&json!({ "prepay_id": placed.prepay_id }))),
         Err(Reentry::Paid) => Err(Reply::error(403, "ORDERPAID", "该订单已支付")),
         Err(Reentry::Closed) => Err(Reply::error(400, "ORDER_CLOSED", "该订单已关闭")),
@@ -215,6 +207,7 @@ fn jsapi_inner(ctx: &Ctx<'_>, body: &[u8]) -> Result<Reply, Reply> {
             "INVALID_REQUEST",
             "商户订单号重复: 订单重入时，要求参数值与原请求一致",
         )),
+        Err(Reentry::ExpiresTooSoon) => Err(Reply::param("/time_expire", "距当前时间过近")),
     }
 }
 

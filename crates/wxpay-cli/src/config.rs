@@ -293,19 +293,26 @@ fn sim_v3(m: &MerchantFile, at: &dyn Fn(&str) -> String) -> Result<Option<SimV3M
             at("cert_path")
         )
     })?;
-    let pem = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read {path:?}: {e}", at("cert_path")))?;
-    let certificate = Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", at("cert_path")))?;
-    if !certificate.serial_no().eq_ignore_ascii_case(serial.trim()) {
-        return Err(format!(
-            "{}: {serial:?} is not the serial of {path:?} ({})",
-            at("serial_no"),
-            certificate.serial_no()
-        ));
-    }
+    let certificate = merchant_certificate(path, serial.trim(), at)?;
     Ok(Some(SimV3Merchant {
         apiv3_key,
         certificate: Some(certificate),
     }))
+}
+
+/// The merchant certificate at `path` (`cert_path`), which must have `serial` (`serial_no`):
+/// otherwise WeChat Pay, and the simulator, answer every request SIGN_ERROR.
+fn merchant_certificate(path: &str, serial: &str, at: &dyn Fn(&str) -> String) -> Result<Certificate, String> {
+    let pem = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read {path:?}: {e}", at("cert_path")))?;
+    let certificate = Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", at("cert_path")))?;
+    if !certificate.serial_no().eq_ignore_ascii_case(serial) {
+        return Err(format!(
+            "{}: {serial:?} is not the serial of {path:?} ({}); WeChat Pay would answer SIGN_ERROR",
+            at("serial_no"),
+            certificate.serial_no()
+        ));
+    }
+    Ok(certificate)
 }
 
 /// A merchant's APIv3 credentials for the gateway: the APIv3 key, the private key with its
@@ -336,15 +343,7 @@ fn v3_credentials(m: &MerchantFile, at: &dyn Fn(&str) -> String) -> Result<V3Cre
         .as_deref()
         .filter(|p| !p.ends_with(".p12") && !p.ends_with(".pfx"))
     {
-        let cert =
-            Certificate::from_pem(&text("cert_path", cert_path)?).map_err(|e| format!("{}: {e}", at("cert_path")))?;
-        if !cert.serial_no().eq_ignore_ascii_case(serial) {
-            return Err(format!(
-                "{}: {serial:?} is not the serial of {cert_path:?} ({}); WeChat Pay would answer SIGN_ERROR",
-                at("serial_no"),
-                cert.serial_no()
-            ));
-        }
+        merchant_certificate(cert_path, serial, at)?;
     }
     let platform_certs = match m.platform_cert_path.as_deref() {
         Some(p) => vec![

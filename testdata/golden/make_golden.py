@@ -25,12 +25,13 @@ What is a witness and what is a choice:
   crate must agree with.
 * The exact bytes of request bodies also follow wxpay's own layout, which is a choice, not a
   rule of WeChat Pay: fields in byte order of their names with `sign` in its sorted place,
-  no whitespace, values of only ASCII digits bare, every other non-empty value in one CDATA
-  section, an empty value as an empty element, no XML declaration, no trailing newline.
+  no whitespace, the integer (fen and count) fields bare, every other non-empty value in one
+  CDATA section, all-digit strings such as `mch_id` included, an empty value as an empty element, no XML declaration, no trailing newline.
   The script reproduces that layout on purpose so that a byte-for-byte comparison is
   possible; the signature inside is the part that is checked against the protocol.
 * Answers and notifications are written the way WeChat Pay writes them (its element order,
-  newlines, CDATA around strings, digits bare, sometimes digits in CDATA), not in wxpay's
+  newlines, CDATA around strings (all-digit ones too), integers bare, sometimes integers in
+  CDATA), not in wxpay's
   layout: the crate must read them whatever their order.
 
 Keys are test-only values already in the repository: the simulator's built-in test merchant
@@ -117,6 +118,24 @@ def is_digits(v):
     return v != "" and v.isascii() and v.isdigit()
 
 
+def is_int_field(k):
+    """The fields WeChat Pay types Int: amounts in fen and counts (`total_fee`, `cash_fee`,
+    `refund_fee_0`, `coupon_count`, `refund_count`, ...); every other field is a String, all
+    digits or not (`mch_id`, `transaction_id`, `out_trade_no`)."""
+    base = k
+    while True:
+        head, sep, tail = base.rpartition("_")
+        if sep and tail.isdigit():
+            base = head
+        else:
+            break
+    return base.endswith("_fee") or base.endswith("_count")
+
+
+def bare(k, v):
+    return is_digits(v) and is_int_field(k)
+
+
 def wxpay_request_xml(params):
     """wxpay's request layout (a choice, see the docstring): sorted, no whitespace."""
     out = ["<xml>"]
@@ -125,18 +144,18 @@ def wxpay_request_xml(params):
         # The crate splits CDATA around `]]>` and writes CR as a character reference; the
         # fixtures avoid both so that this writer stays simple, and say so loudly if not.
         assert "]]>" not in v and "\r" not in v, f"{k}: this script does not write {v!r}"
-        body = "" if v == "" else v if is_digits(v) else f"<![CDATA[{v}]]>"
+        body = "" if v == "" else v if bare(k, v) else f"<![CDATA[{v}]]>"
         out.append(f"<{k}>{body}</{k}>")
     out.append("</xml>")
     return "".join(out)
 
 
 def wechat_xml(pairs, cdata_digits=(), root="xml"):
-    """WeChat Pay's layout: the given order, one element a line, strings in CDATA, digits bare
-    unless named in `cdata_digits` (live refundquery answers wrap some numbers in CDATA)."""
+    """WeChat Pay's layout: the given order, one element a line, strings in CDATA, integers
+    bare unless named in `cdata_digits` (live refundquery answers wrap some in CDATA)."""
     lines = [f"<{root}>"]
     for k, v in pairs:
-        body = v if is_digits(v) and k not in cdata_digits else f"<![CDATA[{v}]]>"
+        body = v if bare(k, v) and k not in cdata_digits else f"<![CDATA[{v}]]>"
         lines.append(f"<{k}>{body}</{k}>")
     lines.append(f"</{root}>")
     return "\n".join(lines)

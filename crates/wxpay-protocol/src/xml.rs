@@ -781,9 +781,10 @@ pub(crate) fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r') || (c >= ' ' && c != '\u{FFFE}' && c != '\u{FFFF}')
 }
 
-/// Writes fields as a flat APIv2 document, in the order given. Values made only of ASCII
-/// digits are written bare, the way WeChat Pay writes amounts; everything else goes into
-/// CDATA, with `]]>` split across two sections and carriage returns written as `&#13;` so
+/// Writes fields as a flat APIv2 document, in the order given. The integer fields (amounts
+/// in fen and counts: `total_fee`, `refund_fee_0`, `coupon_count`, ...) are written bare, the
+/// way WeChat Pay writes them; every other value goes into CDATA, all-digit strings such as
+/// `mch_id` or `transaction_id` included, as WeChat Pay's answers wrap them, with `]]>` split across two sections and carriage returns written as `&#13;` so
 /// that every value reads back byte for byte.
 ///
 /// # Errors
@@ -840,11 +841,25 @@ fn check_name(name: &str) -> Result<(), Error> {
     }
 }
 
+/// Whether WeChat Pay types a field Int: its name, without `_0`-style indexes, ends in `_fee`
+/// or `_count`. Every other field is a String, whatever its characters.
+fn is_int_field(name: &str) -> bool {
+    let mut base = name;
+    while let Some((head, tail)) = base.rsplit_once('_') {
+        if !tail.is_empty() && tail.bytes().all(|c| c.is_ascii_digit()) {
+            base = head;
+        } else {
+            break;
+        }
+    }
+    base.ends_with("_fee") || base.ends_with("_count")
+}
+
 fn write_value(out: &mut String, name: &str, value: &str) -> Result<(), Error> {
     if value.is_empty() {
         return Ok(());
     }
-    if value.bytes().all(|c| c.is_ascii_digit()) {
+    if is_int_field(name) && value.bytes().all(|c| c.is_ascii_digit()) {
         out.push_str(value);
         return Ok(());
     }
@@ -996,6 +1011,31 @@ mod tests {
         }
         assert!(write("xml", [("v", "\u{1}")]).is_err());
         assert!(write("xml", [("1v", "x")]).is_err());
+    }
+
+    #[test]
+    fn integer_fields_are_written_bare_and_all_digit_strings_in_cdata() {
+        let xml = write(
+            "xml",
+            [
+                ("mch_id", "1230000109"),
+                ("total_fee", "100"),
+                ("refund_fee_0", "5"),
+                ("coupon_refund_fee_0_1", "2"),
+                ("coupon_count", "1"),
+                ("transaction_id", "4200000000"),
+                ("fee_type", "CNY"),
+                ("refund_fee_x", "7"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            xml,
+            "<xml><mch_id><![CDATA[1230000109]]></mch_id><total_fee>100</total_fee>\
+             <refund_fee_0>5</refund_fee_0><coupon_refund_fee_0_1>2</coupon_refund_fee_0_1>\
+             <coupon_count>1</coupon_count><transaction_id><![CDATA[4200000000]]></transaction_id>\
+             <fee_type><![CDATA[CNY]]></fee_type><refund_fee_x><![CDATA[7]]></refund_fee_x></xml>"
+        );
     }
 
     /// The error's kind and where it points.

@@ -263,7 +263,7 @@ fn close_order_answers_and_its_orderpaid_error() {
     assert!(
         v2::encode(&c, &m, &nonce())
             .unwrap()
-            .contains("<out_trade_no>1217752501201407033233368018</out_trade_no>")
+            .contains("<out_trade_no><![CDATA[1217752501201407033233368018]]></out_trade_no>")
     );
     let ok = answer(&m, &[("result_msg", "OK")]);
     assert_eq!(

@@ -6,7 +6,7 @@ stop_all() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null ||
 wait_http() { for _ in $(seq 1 100); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done; echo "timeout waiting for $1" >&2; exit 1; }
 
 start_simulator() { # mode
-  WXPAY_LOG=warn "$BIN" simulator --listen "127.0.0.1:$SIM_PORT" --mode "$1" --keys-dir "$WORK/simulator-keys" >"$WORK/simulator.log" 2>&1 &
+  WXPAY_LOG=warn "$BIN" simulator --listen "127.0.0.1:$SIM_PORT" --mode "$1" --keys-dir "$WORK/simulator-keys" --openid oUpF8uMuAJO_M2pxb1Q9zNjWeS6o >"$WORK/simulator.log" 2>&1 &
   PIDS+=($!)
   wait_http "http://127.0.0.1:$SIM_PORT/simulator/health"
 }

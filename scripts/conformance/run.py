@@ -55,7 +55,10 @@ def main(argv):
                 importlib.metadata.version("wechatpayv3"), signer), flush=True)
             with servers.simulator(binary, os.path.join(logs, "simulator-v3-{}.log".format(signer)), "--mode",
                                    "explicit", "--keys-dir", keys, "--v3-signer", signer, "--bills-immediately",
-                                   "--time-scale", "100") as sim:
+                                   "--time-scale", "100",
+                                   # The script pays as a fixed payer, not one issued through
+                                   # jscode2session: listed, the simulator accepts it.
+                                   "--openid", wechatpayv3_conformance.OPENID) as sim:
                 wechatpayv3_conformance.run(sim.url, keys, signer, work)
         print("== wechatpy {} against `wxpay serve` (its notify URLs)".format(wechatpy.__version__), flush=True)
         gateway_conformance.run(binary, os.path.join(work, "gateway"), logs)

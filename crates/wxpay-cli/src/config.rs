@@ -138,6 +138,8 @@ pub(crate) struct SimulatorFile {
     pub notify_concurrency: Option<usize>,
     pub notify_timeout_ms: Option<u64>,
     pub bills_immediately: Option<bool>,
+    pub openids: Option<Vec<String>>,
+    pub refund_interval_ms: Option<u64>,
 }
 
 /// Reads and parses a configuration file, applying `WXPAY_…` overrides from the process

@@ -58,6 +58,11 @@ pub(crate) struct SimulatorArgs {
     /// Serve today's bill at once instead of "Bill Creating" until 10:00 the next day.
     #[arg(long)]
     bills_immediately: bool,
+    /// Accept this openid for every mini program, besides the ones the simulator issues
+    /// through jscode2session (repeat the flag for more): the fixed openids of a team's own
+    /// test fixtures. Any other openid is refused with "appid和openid不匹配".
+    #[arg(long = "openid", value_name = "OPENID")]
+    openids: Vec<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = crate::LogFormat::Pretty)]
     log_format: crate::LogFormat,
@@ -92,6 +97,12 @@ pub(crate) fn run(args: SimulatorArgs) -> Result<(), CliError> {
             if let Some(v) = s.bills_immediately {
                 config.bills_immediately = v;
             }
+            if let Some(v) = s.openids {
+                config.openids = v;
+            }
+            if let Some(v) = s.refund_interval_ms {
+                config.refund_interval = Duration::from_millis(v);
+            }
         }
     }
     config.mode = match args.mode {
@@ -99,6 +110,7 @@ pub(crate) fn run(args: SimulatorArgs) -> Result<(), CliError> {
         ModeArg::Explicit => Mode::Explicit,
     };
     config.time_scale = args.time_scale;
+    config.openids.extend(args.openids.iter().cloned());
     config.bills_immediately |= args.bills_immediately;
     config.v3 = Some(V3Config {
         keys_dir: args.keys_dir.clone(),

@@ -136,6 +136,15 @@ pub struct SimConfig {
     pub v3: Option<V3Config>,
     /// What clients may take of the server: header, body and idle timeouts, connections.
     pub limits: wxpay_http::Limits,
+    /// Openids accepted for every mini program besides those the simulator issues through
+    /// `jscode2session` (see [`crate::openid`]): the fixed openids a team's own fixtures
+    /// already use. Any other openid is refused, as WeChat Pay refuses an openid of another
+    /// app.
+    pub openids: Vec<String>,
+    /// The least time between two refunds of one order (WeChat Pay: a minute); a second
+    /// refund sooner is refused with `FREQUENCY_LIMITED`. Divided by `time_scale` like every
+    /// other delay.
+    pub refund_interval: Duration,
 }
 
 impl SimConfig {
@@ -155,6 +164,8 @@ impl SimConfig {
             tls: None,
             v3: None,
             limits: wxpay_http::Limits::default(),
+            openids: Vec::new(),
+            refund_interval: Duration::from_secs(60),
         }
     }
 

@@ -347,6 +347,32 @@ async fn clock_endpoint(State(sim): State<Simulator>, Json(req): Json<ClockReque
     Json(serde_json::json!({ "now": sim.now(), "moved_secs": moved })).into_response()
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BalanceRequest {
+    mch_id: String,
+    /// Fen left for refunds; `null` lifts the limit.
+    fen: Option<u64>,
+}
+
+/// Sets what a merchant has left for refunds: each accepted refund takes its amount, and one
+/// above what is left is refused with `NOTENOUGH` (APIv3: `NOT_ENOUGH`), as WeChat Pay refuses
+/// refunds when the merchant's funds run short. Unlimited until set.
+async fn balance_endpoint(State(sim): State<Simulator>, Json(req): Json<BalanceRequest>) -> Response {
+    let Some(&mch) = sim.inner.by_mch.get(req.mch_id.as_str()) else {
+        return error(StatusCode::NOT_FOUND, "unknown_merchant", "no merchant has this mch_id");
+    };
+    let value = match req.fen.map(i64::try_from) {
+        None => -1,
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "invalid_balance", "fen is too large"),
+    };
+    sim.inner.merchants[usize::from(mch)]
+        .refund_balance
+        .store(value, std::sync::atomic::Ordering::SeqCst);
+    Json(serde_json::json!({ "mch_id": req.mch_id, "fen": req.fen })).into_response()
+}
+
 /// APIv3: announces a new platform certificate on `/v3/certificates` (the old one listed
 /// beside it, expiring in a day) and signs with it from now on, in certificate mode; WeChat
 /// Pay's rotation. It lasts until the simulator stops (the keys folder keeps the first one).
@@ -555,6 +581,7 @@ pub(crate) fn router() -> Router<Simulator> {
         .route("/simulator/notifications", get(notifications_endpoint))
         .route("/simulator/requests", get(requests_endpoint))
         .route("/simulator/clock", post(clock_endpoint))
+        .route("/simulator/balance", post(balance_endpoint))
         .route(
             "/simulator/faults",
             post(add_fault).get(list_faults).delete(clear_faults),

@@ -53,6 +53,7 @@ pub use config::{
 pub use faults::{Fault, FaultKind, FaultRequest};
 pub use notifier::Attempt;
 pub use requests::ReceivedCall;
+pub use sns::{openid, openid_issued_for};
 pub use v3::V3Files;
 pub use wxpay_http::Limits;
 
@@ -80,6 +81,9 @@ pub(crate) struct MerchantEntry {
     pub apps: Vec<(AppId, AppSecret)>,
     /// The APIv3 credentials, as configured.
     pub v3: Option<SimV3Merchant>,
+    /// What is left for refunds, in fen, when `POST /simulator/balance` set it; negative
+    /// means no limit (the default). A refund above it is refused with `NOTENOUGH`.
+    pub refund_balance: std::sync::atomic::AtomicI64,
 }
 
 impl MerchantEntry {
@@ -126,6 +130,18 @@ impl Simulator {
     /// The simulator's time (unix seconds): the wall clock, moved on by `POST /simulator/clock`.
     pub fn now(&self) -> i64 {
         ids::now_unix() + self.inner.clock_offset.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The simulator's time in unix milliseconds, for rules finer than a second (the least
+    /// time between two refunds, divided by the time scale).
+    pub(crate) fn now_ms(&self) -> i64 {
+        ids::now_unix_ms() + 1000 * self.inner.clock_offset.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether `openid` may pay under `appid`: one the simulator issued for that app, or one
+    /// the configuration lists.
+    pub(crate) fn payer_of(&self, appid: &str, openid: &str) -> bool {
+        sns::openid_issued_for(appid, openid) || self.inner.config.openids.iter().any(|o| o == openid)
     }
 
     /// Moves the simulator's time on by `secs`; returns the new time.
@@ -198,6 +214,7 @@ impl Simulator {
                         key: m.api_key.clone(),
                         apps: vec![(m.appid.clone(), m.app_secret.clone())],
                         v3: m.v3.clone(),
+                        refund_balance: std::sync::atomic::AtomicI64::new(-1),
                     });
                 }
             }

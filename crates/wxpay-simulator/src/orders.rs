@@ -3,6 +3,8 @@
 //! refund and their refusals are decided once here and only worded per version.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use wxpay_protocol::Fen;
 use wxpay_protocol::v2::RefundStatus;
@@ -177,6 +179,15 @@ pub(crate) enum RefundRefusal {
     FullyRefunded,
     /// More than what is left to refund.
     Exceeds,
+    /// Another refund of the order was accepted a moment ago (under a second, divided by the
+    /// time scale): WeChat Pay refuses refunds of one order that arrive together
+    /// (`BIZERR_NEED_RETRY`, to be retried with the same parameters).
+    Concurrent,
+    /// Another refund of the order was accepted less than the refund interval ago (WeChat
+    /// Pay: a minute): `FREQUENCY_LIMITED`.
+    TooSoon,
+    /// More than the merchant's refundable balance (`POST /simulator/balance`): `NOTENOUGH`.
+    NotEnough,
 }
 
 /// An order and one of its refunds, as an answer shows them.
@@ -230,6 +241,34 @@ pub(crate) fn place_refund(
     if refunded.checked_add(ask.refund_fee).is_none_or(|sum| sum > o.total_fee) {
         return Err(RefundRefusal::Exceeds);
     }
+    // WeChat Pay wants refunds of one order at least a minute apart; two that arrive together
+    // are refused as concurrent. Repeats of an accepted refund were answered above.
+    let now_ms = sim.now_ms();
+    if let Some(last) = o.refunds.iter().map(|r| r.accepted_ms).max() {
+        let since = Duration::from_millis(u64::try_from(now_ms - last).unwrap_or(0));
+        let config = &sim.inner.config;
+        // A zero interval (tests of other rules) turns both off.
+        if since < config.scaled(Duration::from_secs(1).min(config.refund_interval)) {
+            return Err(RefundRefusal::Concurrent);
+        }
+        if since < config.scaled(config.refund_interval) {
+            return Err(RefundRefusal::TooSoon);
+        }
+    }
+    // The merchant's refundable balance, when set: taken under the order's lock, so a refused
+    // refund takes nothing and an accepted one is taken once.
+    let balance = &sim.inner.merchants[usize::from(mch)].refund_balance;
+    let fee = i64::try_from(ask.refund_fee.get()).unwrap_or(i64::MAX);
+    let taken = balance.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+        if left < 0 {
+            Some(left)
+        } else {
+            left.checked_sub(fee).filter(|rest| *rest >= 0)
+        }
+    });
+    if taken.is_err() {
+        return Err(RefundRefusal::NotEnough);
+    }
     let idx = o.refunds.len();
     let rec = RefundRec {
         out_refund_no: ask.out_refund_no.into(),
@@ -238,6 +277,7 @@ pub(crate) fn place_refund(
         status: RefundStatus::Processing,
         notify_url: ask.notify_url.map(|u| sim.intern_url(u)),
         accepted_at: now,
+        accepted_ms: now_ms,
         settled_at: None,
         fingerprint: ask.fingerprint,
         notified: ask.notify_url.is_none(),

@@ -79,13 +79,42 @@ impl Logins {
 }
 
 /// The openid of `user` under `appid`: stable, 28 characters, shaped like WeChat's.
-pub(crate) fn openid(appid: &str, user: &str) -> String {
+///
+/// Its last ten characters are a digest of the appid and the rest, so that the simulator
+/// can tell, without remembering anything and across restarts, whether an openid is one it
+/// issued for that app: WeChat Pay refuses to charge an openid of another app ("appid和openid
+/// 不匹配"), the classic failure of a real integration. This is a check, not a secret.
+pub fn openid(appid: &str, user: &str) -> String {
     let d = ring::digest::digest(
         &ring::digest::SHA256,
         format!("wxpay-simulator:{appid}:{user}").as_bytes(),
     );
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.as_ref());
-    format!("o{}", &b64[..27])
+    let id = &b64[..17];
+    format!("o{id}{}", openid_tag(appid, id))
+}
+
+fn openid_tag(appid: &str, id: &str) -> String {
+    let d = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("wxpay-simulator-openid:{appid}:{id}").as_bytes(),
+    );
+    let mut tag = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.as_ref());
+    tag.truncate(10);
+    tag
+}
+
+/// Whether the simulator issues `openid` under `appid` (see [`openid`]).
+pub fn openid_issued_for(appid: &str, openid: &str) -> bool {
+    let Some(rest) = openid.strip_prefix('o') else {
+        return false;
+    };
+    if rest.len() != 27 || !rest.is_ascii() {
+        return false;
+    }
+    let (id, tag) = rest.split_at(17);
+    // Not a secret (anyone can compute the tag), so an ordinary comparison is fine.
+    openid_tag(appid, id) == tag
 }
 
 fn rid() -> String {
@@ -195,6 +224,19 @@ mod tests {
         assert_eq!(a, openid("wx1", "alice"));
         assert_ne!(a, openid("wx2", "alice"));
         assert_ne!(a, openid("wx1", "bob"));
+    }
+
+    #[test]
+    fn an_openid_is_recognised_under_its_own_app_only() {
+        let a = openid("wx1", "alice");
+        assert!(openid_issued_for("wx1", &a));
+        assert!(!openid_issued_for("wx2", &a), "an openid of another app");
+        assert!(
+            !openid_issued_for("wx1", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"),
+            "one the simulator never issued"
+        );
+        assert!(!openid_issued_for("wx1", "x"));
+        assert!(!openid_issued_for("wx1", &a[..27]));
         assert_eq!(a.len(), 28);
     }
 

@@ -207,7 +207,28 @@ fn gate<'b>(
         return Err(fail("缺少参数mch_id", "20001"));
     };
     let Some(&mch) = sim.inner.by_mch.get(mch_id) else {
-        return Err(fail("mch_id参数错误: 商户号不存在", "20001"));
+        if bill {
+            return Err(fail("mch_id参数错误: 商户号不存在", "20001"));
+        }
+        // A business failure, but unsigned: there is no merchant key to sign it with. A
+        // client that checks signatures (as it must) reports it as unverifiable.
+        let body = wxpay_protocol::xml::write(
+            "xml",
+            [
+                ("return_code", "SUCCESS"),
+                ("return_msg", "OK"),
+                ("mch_id", mch_id),
+                ("result_code", "FAIL"),
+                ("err_code", "MCHID_NOT_EXIST"),
+                ("err_code_des", "mch_id参数错误: 商户号不存在"),
+            ],
+        )
+        .unwrap_or_else(|_| return_fail("mch_id参数错误"));
+        return Err(Reply {
+            body,
+            result: BUSINESS_ERROR,
+            kind: ReplyKind::Xml,
+        });
     };
     let sign_type = match fields.optional("sign_type") {
         None => SignType::Md5,
@@ -443,6 +464,11 @@ fn unified_order(ctx: &Ctx<'_>, f: &Fields<'_>) -> Reply {
         return ctx.biz(ErrCode::LackParams, "缺少参数product_id (trade_type=NATIVE时必传)");
     }
     let sim = ctx.sim;
+    if let Some(openid) = req.openid.as_deref().filter(|o| !o.is_empty()) {
+        if !sim.payer_of(ctx.appid, openid) {
+            return ctx.biz(ErrCode::ParamError, "appid和openid不匹配");
+        }
+    }
     let order = NewOrder {
         mch: ctx.mch,
         appid: ctx.appid.into(),
@@ -611,6 +637,9 @@ fn refund(ctx: &Ctx<'_>, f: &Fields<'_>) -> Reply {
         Err(RefundRefusal::TooMany) => ctx.biz(ErrCode::Error, "订单已退款50次，不能再退款"),
         Err(RefundRefusal::FullyRefunded) => ctx.biz(ErrCode::Error, "订单已全额退款"),
         Err(RefundRefusal::Exceeds) => ctx.biz(ErrCode::RefundFeeInvalid, "累计退款金额大于支付金额"),
+        Err(RefundRefusal::Concurrent) => ctx.biz(ErrCode::BizerrNeedRetry, "并发情况下，业务被拒绝，商户重试即可解决"),
+        Err(RefundRefusal::TooSoon) => ctx.biz(ErrCode::FrequencyLimited, "频率限制: 同一笔订单的多次退款需间隔1分钟"),
+        Err(RefundRefusal::NotEnough) => ctx.biz(ErrCode::NotEnough, "基本账户余额不足，请充值后重新发起"),
     }
 }
 

@@ -166,6 +166,11 @@ pub(crate) async fn simulator() -> SimHandle {
 pub(crate) async fn simulator_with(edit: impl FnOnce(&mut SimConfig)) -> SimHandle {
     let mut config = SimConfig::new();
     config.time_scale = 1000.0;
+    // The fixtures' payers, fixed rather than issued through jscode2session: listed, the
+    // simulator accepts them as it accepts the openids it issues.
+    config.openids = ["oUpF8uMuAJO_M2pxb1Q9zNjWeS6o", "o-reconcile", "oCrash", "oTwo"]
+        .map(String::from)
+        .to_vec();
     edit(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     Simulator::new(config).unwrap().serve(listener).await.unwrap()

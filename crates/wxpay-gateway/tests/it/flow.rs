@@ -9,8 +9,8 @@ use wxpay_simulator::{TEST_API_KEY, TEST_APPID};
 
 use crate::support::engines;
 use crate::support::{
-    DEFAULT, HMAC, HMAC_APPID, HMAC_KEY, HMAC_MCH_ID, Options, Signer, TestDb, event, eventually, notification,
-    order_body, paid_notification, spawn_app, with_jobs_and_webhook,
+    DEFAULT, HMAC, HMAC_APPID, HMAC_KEY, HMAC_MCH_ID, Options, Signer, TEST_OPENID, TestDb, event, eventually,
+    notification, order_body, paid_notification, spawn_app, with_jobs_and_webhook,
 };
 
 const SUCCESS: &str =
@@ -261,7 +261,7 @@ async fn forged_tampered_and_hostile_notifications_change_nothing(db: TestDb) {
     let o = t.create(order_body(500)).await;
     let no = o["out_trade_no"].as_str().unwrap().to_owned();
     let hmac = t
-        .create(json!({"description": "x", "amount_fen": 500, "openid": "o", "merchant": "hmac"}))
+        .create(json!({"description": "x", "amount_fen": 500, "openid": TEST_OPENID, "merchant": "hmac"}))
         .await;
     let hmac_no = hmac["out_trade_no"].as_str().unwrap().to_owned();
     let tx = "4200000000000000000000000002";
@@ -417,7 +417,7 @@ engines!(forged_tampered_and_hostile_notifications_change_nothing);
 async fn an_hmac_merchant_is_paid_through_its_own_notifications() {
     let t = spawn_app(TestDb::sqlite(), Options::default()).await;
     let o = t
-        .create(json!({"description": "x", "amount_fen": 321, "openid": "o", "merchant": "hmac"}))
+        .create(json!({"description": "x", "amount_fen": 321, "openid": TEST_OPENID, "merchant": "hmac"}))
         .await;
     assert_eq!(o["pay_params"]["signType"], "HMAC-SHA256");
     let no = o["out_trade_no"].as_str().unwrap().to_owned();
@@ -544,6 +544,26 @@ async fn a_refused_order_is_recorded_as_failed() {
     other.stop().await;
     t.stop().await;
 }
+
+async fn an_openid_of_another_mini_program_is_refused_with_wechat_pays_reason(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    let mut body = order_body(100);
+    body["out_trade_no"] = json!("STRANGER-1");
+    body["openid"] = json!(wxpay_simulator::openid("wx1111111111111111", "user-1"));
+    let (s, v) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (502, Some("wechatpay_rejected")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().is_some_and(|m| m.contains("openid")),
+        "{v}"
+    );
+    assert_eq!(t.order("STRANGER-1").await["status"], "failed");
+    t.stop().await;
+}
+engines!(an_openid_of_another_mini_program_is_refused_with_wechat_pays_reason);
 
 async fn get_with_sync_asks_wechat_pay_and_close_never_closes_a_paid_order(db: TestDb) {
     let t = spawn_app(db, Options::default()).await;

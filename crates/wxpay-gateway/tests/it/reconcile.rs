@@ -61,7 +61,7 @@ async fn a_clean_day_balances_and_yuan_amounts_in_the_bill_become_exact_fen(db: 
     )
     .await;
     // 0.07, 19.99 and 1000.10 yuan in the bill.
-    for (no, fen) in [("RC-7", 7), ("RC-1999", 1999), ("RC-100010", 100_010)] {
+    for (no, fen) in [("RC-0007", 7), ("RC-1999", 1999), ("RC-100010", 100_010)] {
         t.paid_order(no, fen).await;
     }
     let (status, r) = t
@@ -243,21 +243,21 @@ engines!(the_daily_reconciliation_runs_once_and_reports_in_the_metrics);
 
 async fn a_refund_settled_upstream_but_pending_here_is_settled_by_refundquery(db: TestDb) {
     let t = spawn_app(db, with_bills(false)).await;
-    t.paid_order("RS-1", 800).await;
+    t.paid_order("RS-0001", 800).await;
     // Its refund notifications never verify, and no background check runs.
-    t.fault(json!({"kind": "notify_bad_signature", "out_trade_no": "RS-1", "for_ms": 600_000}))
+    t.fault(json!({"kind": "notify_bad_signature", "out_trade_no": "RS-0001", "for_ms": 600_000}))
         .await;
     let (status, r) = t
         .api(
             Method::POST,
-            "/v1/orders/RS-1/refunds",
+            "/v1/orders/RS-0001/refunds",
             Some(json!({"amount_fen": 800, "out_refund_no": "RS-1-R"})),
             None,
         )
         .await;
     assert_eq!(status, 201, "{r}");
     eventually("WeChat Pay settles it", async || {
-        t.sim_get("/simulator/orders/RS-1").await["refunds"][0]["status"] == "SUCCESS"
+        t.sim_get("/simulator/orders/RS-0001").await["refunds"][0]["status"] == "SUCCESS"
     })
     .await;
     let report = run(&t, false).await;
@@ -270,7 +270,7 @@ async fn a_refund_settled_upstream_but_pending_here_is_settled_by_refundquery(db
     );
     let repaired = run(&t, true).await;
     assert!(repaired.balanced, "{repaired:#?}");
-    let o = t.order("RS-1").await;
+    let o = t.order("RS-0001").await;
     assert_eq!(
         (o["status"].as_str(), o["refunded_fen"].as_i64()),
         (Some("refunded"), Some(800)),
@@ -342,18 +342,18 @@ async fn two_mini_programs_on_one_merchant_number_each_reconcile_their_own_rows(
 
 async fn a_refund_accepted_across_midnight_balances_both_days_after_repair(db: TestDb) {
     let t = spawn_app(db, with_bills(true)).await;
-    t.paid_order("RN-1", 600).await;
+    t.paid_order("RN-0001", 600).await;
     let (status, r) = t
         .api(
             Method::POST,
-            "/v1/orders/RN-1/refunds",
+            "/v1/orders/RN-0001/refunds",
             Some(json!({"amount_fen": 200, "out_refund_no": "RN-1-R"})),
             None,
         )
         .await;
     assert_eq!(status, 201, "{r}");
     eventually("the refund succeeds", async || {
-        t.order("RN-1").await["refunded_fen"] == 200
+        t.order("RN-0001").await["refunded_fen"] == 200
     })
     .await;
     // The gateway heard WeChat Pay's answer on the other side of midnight: its record

@@ -362,6 +362,44 @@ async fn a_rate_limited_refund_stays_pending_and_is_sent_again_later(db: TestDb)
 }
 engines!(a_rate_limited_refund_stays_pending_and_is_sent_again_later);
 
+async fn a_second_refund_within_the_minute_stays_pending_and_is_sent_again_after_it(db: TestDb) {
+    // WeChat Pay's rule, not a fault: refunds of one order at least a minute apart (60 ms
+    // at the simulator's speed here).
+    let t = spawn_app(
+        db,
+        Options {
+            sim: Box::new(|c| c.refund_interval = Duration::from_secs(60)),
+            ..with_jobs_and_webhook()
+        },
+    )
+    .await;
+    t.paid_order("RF-MINUTE", 100).await;
+    let (status, r) = refund(
+        &t,
+        "RF-MINUTE",
+        json!({"amount_fen": 10, "out_refund_no": "RF-MINUTE-1"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{r}");
+    let (status, r) = refund(
+        &t,
+        "RF-MINUTE",
+        json!({"amount_fen": 20, "out_refund_no": "RF-MINUTE-2"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{r}");
+    assert_eq!(
+        r["status"], "pending",
+        "a refund within the minute is not refused for good: {r}"
+    );
+    wait_refund(&t, "RF-MINUTE-1", "succeeded").await;
+    wait_refund(&t, "RF-MINUTE-2", "succeeded").await;
+    assert!(t.sim_calls_with("refund", "business_error").await >= 1);
+    assert_eq!(t.order("RF-MINUTE").await["refunded_fen"], 30);
+    t.stop().await;
+}
+engines!(a_second_refund_within_the_minute_stays_pending_and_is_sent_again_after_it);
+
 async fn a_resend_refused_for_good_is_not_believed_when_wechat_pay_has_the_refund(db: TestDb) {
     let t = spawn_app(db, slow_refunds()).await;
     t.paid_order("RF-SYNC", 100).await;

@@ -498,6 +498,10 @@ pub(crate) fn sim_merchants() -> Vec<SimMerchant> {
     ]
 }
 
+/// The payer of the fixtures' orders: WeChat Pay's documented sample openid, listed in the
+/// simulator's configuration (it checks that an openid belongs to the order's app).
+pub(crate) const TEST_OPENID: &str = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o";
+
 /// Starts a simulator (explicit mode, a thousand times real speed) and a gateway on
 /// `127.0.0.1:0` over `db`.
 pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
@@ -507,6 +511,12 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
             let mut sim_config = SimConfig::new();
             sim_config.time_scale = 1000.0;
             sim_config.merchants = sim_merchants();
+            // The fixtures pay as WeChat Pay's documented sample openid, which the simulator
+            // did not issue: listed, it is accepted like an openid from jscode2session.
+            sim_config.openids = vec![TEST_OPENID.to_owned()];
+            // Refunds of one order back to back; the minute WeChat Pay wants between them is
+            // `a_second_refund_within_the_minute_...`'s subject.
+            sim_config.refund_interval = Duration::ZERO;
             if opts.second_app {
                 let mut app2 = SimMerchant::test_merchant();
                 app2.appid = AppId::new(APP2_APPID).unwrap();
@@ -993,7 +1003,7 @@ pub(crate) fn event(order: &Value, kind: &str) -> Value {
 
 /// A new order's body for the default merchant.
 pub(crate) fn order_body(amount_fen: u64) -> Value {
-    json!({"description": "测试商品 test item", "amount_fen": amount_fen, "openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"})
+    json!({"description": "测试商品 test item", "amount_fen": amount_fen, "openid": TEST_OPENID})
 }
 
 /// A payment notification as WeChat Pay sends it, signed with `key` and `sign_type`; `edit`
@@ -1045,7 +1055,7 @@ pub(crate) fn notification(
         ("is_subscribe", "N".to_owned()),
         ("mch_id", mch_id.to_owned()),
         ("nonce_str", "5d2b6c2a8db53831f7eda20af46e531c".to_owned()),
-        ("openid", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o".to_owned()),
+        ("openid", TEST_OPENID.to_owned()),
         ("out_trade_no", out_trade_no.to_owned()),
         ("result_code", "SUCCESS".to_owned()),
         ("return_code", "SUCCESS".to_owned()),

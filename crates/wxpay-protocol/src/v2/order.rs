@@ -143,6 +143,11 @@ impl UnifiedOrder {
             return Err(Error::MissingField("body".into()));
         }
         check_text("body", &self.body, 127)?;
+        // The type allows 1 to 32 characters (numbers read back from WeChat Pay may be
+        // older); a new order's number needs at least 6, as WeChat Pay's current pages say.
+        if self.out_trade_no.as_str().len() < 6 {
+            return Err(Error::field("out_trade_no", "must be 6 to 32 characters"));
+        }
         if self.total_fee == Fen::ZERO {
             return Err(Error::field("total_fee", "must be at least 1 fen"));
         }
@@ -722,5 +727,24 @@ mod tests {
         assert!(
             matches!(CloseOrder::from_fields(&f), Err(Error::InvalidField { field, .. }) if field == "out_trade_no")
         );
+    }
+
+    #[test]
+    fn a_new_order_needs_an_out_trade_no_of_six_characters_or_more() {
+        let order = |no: &str| {
+            UnifiedOrder::jsapi(
+                "b",
+                OutTradeNo::new(no).unwrap(),
+                Fen::new(1).unwrap(),
+                "127.0.0.1",
+                "http://127.0.0.1:1/n",
+                "o",
+            )
+        };
+        assert!(matches!(order("12345").check(), Err(Error::InvalidField { field, .. }) if field == "out_trade_no"));
+        assert!(order("123456").check().is_ok());
+        // Closing an older, shorter number stays possible.
+        let f: Fields<'_> = [("out_trade_no", "1")].into_iter().collect();
+        assert!(CloseOrder::from_fields(&f).is_ok());
     }
 }

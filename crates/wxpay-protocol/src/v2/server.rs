@@ -91,7 +91,7 @@ mod tests {
         let nonce = Nonce::new("n1").unwrap();
         let mut order = UnifiedOrder::jsapi(
             "咖啡",
-            OutTradeNo::new("o-1").unwrap(),
+            OutTradeNo::new("order-1").unwrap(),
             Fen::new(1999).unwrap(),
             "127.0.0.1",
             "http://127.0.0.1:1/notify",

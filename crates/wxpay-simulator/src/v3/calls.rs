@@ -179,6 +179,9 @@ fn jsapi_inner(ctx: &Ctx<'_>, body: &[u8]) -> Result<Reply, Reply> {
     if !merchant.has_app(appid) {
         return Err(Reply::error(400, "APPID_MCHID_NOT_MATCH", "appid和mch_id不匹配"));
     }
+    if !ctx.sim.payer_of(appid, openid) {
+        return Err(Reply::error(400, "PARAM_ERROR", "appid和openid不匹配"));
+    }
     let order = NewOrder {
         mch: ctx.mch,
         appid: appid.into(),
@@ -422,6 +425,12 @@ fn refund_inner(ctx: &Ctx<'_>, body: &[u8]) -> Result<Reply, Reply> {
             RefundRefusal::TooMany => Reply::error(403, "RULE_LIMIT", "订单已退款50次，不能再退款"),
             RefundRefusal::FullyRefunded => Reply::error(400, "INVALID_REQUEST", "订单已全额退款"),
             RefundRefusal::Exceeds => Reply::error(400, "INVALID_REQUEST", "申请退款金额超过订单可退金额"),
+            // APIv3 has no BIZERR_NEED_RETRY; its "retry with the same parameters" is SYSTEM_ERROR.
+            RefundRefusal::Concurrent => Reply::error(500, "SYSTEM_ERROR", "系统繁忙,请稍后重试"),
+            RefundRefusal::TooSoon => {
+                Reply::error(429, "FREQUENCY_LIMITED", "频率超限: 同一笔订单的多次退款需间隔1分钟")
+            }
+            RefundRefusal::NotEnough => Reply::error(403, "NOT_ENOUGH", "基本账户余额不足，请充值后重新发起"),
         }),
     }
 }

@@ -48,7 +48,7 @@ async fn missing_and_malformed_fields_get_wechat_pay_error_codes() {
         ("mch_id", m.mch_id.as_str()),
         ("nonce_str", "abc"),
         ("body", "b"),
-        ("out_trade_no", "x1"),
+        ("out_trade_no", "order-x1"),
         ("spbill_create_ip", "127.0.0.1"),
         ("notify_url", "http://127.0.0.1:1/n"),
         ("trade_type", "JSAPI"),
@@ -68,6 +68,7 @@ async fn missing_and_malformed_fields_get_wechat_pay_error_codes() {
         ("total_fee", "0.01"),
         ("notify_url", "http://127.0.0.1:1/n?x=1"),
         ("out_trade_no", "has space"),
+        ("out_trade_no", "12345"),
     ] {
         let mut g = f.clone();
         g.set("total_fee", "1");
@@ -94,7 +95,7 @@ async fn protocol_failures_come_unsigned_with_return_code_fail() {
     // A body signed with another key.
     let mut wrong = env.merchant.clone();
     wrong.key = wxpay_protocol::ApiKey::new("0123456789abcdef0123456789abcdef").unwrap();
-    let body = v2::encode(&env.order("sig", 1), &wrong, &nonce()).unwrap();
+    let body = v2::encode(&env.order("sig-order", 1), &wrong, &nonce()).unwrap();
     assert_eq!(fail(&env.post_raw(UnifiedOrder::PATH, body).await.1), "签名错误");
     // Not a POST, an empty body, hostile XML, an unknown merchant.
     let r = env
@@ -114,13 +115,9 @@ async fn protocol_failures_come_unsigned_with_return_code_fail() {
     ))
     .unwrap();
     assert_eq!(fail(&env.post_raw(UnifiedOrder::PATH, xxe).await.1), "XML格式错误");
-    let mut other = env.merchant.clone();
-    other.mch_id = "1900000109".parse().unwrap();
-    let body = v2::encode(&env.order("mch", 1), &other, &nonce()).unwrap();
-    assert!(fail(&env.post_raw(UnifiedOrder::PATH, body).await.1).contains("mch_id"));
     // A sign_type the simulator does not know.
     let mut f = wxpay_protocol::xml::read(
-        v2::encode(&env.order("st", 1), &env.merchant, &nonce())
+        v2::encode(&env.order("st-order", 1), &env.merchant, &nonce())
             .unwrap()
             .as_bytes(),
     )
@@ -131,7 +128,7 @@ async fn protocol_failures_come_unsigned_with_return_code_fail() {
 }
 
 #[tokio::test]
-async fn an_unknown_appid_does_not_exist_and_another_merchants_does_not_match() {
+async fn an_unknown_appid_or_mch_id_does_not_exist_and_another_merchants_does_not_match() {
     let env = spawn_with(|c| {
         let mut other = wxpay_simulator::SimMerchant::test_merchant();
         other.appid = "wx1111111111111111".parse().unwrap();
@@ -142,7 +139,7 @@ async fn an_unknown_appid_does_not_exist_and_another_merchants_does_not_match() 
     .await;
     let mut m = env.merchant.clone();
     m.appid = "wx0000000000000000".parse().unwrap();
-    let err = env.call_as(&m, &env.order("app", 1)).await.unwrap_err();
+    let err = env.call_as(&m, &env.order("app-order", 1)).await.unwrap_err();
     assert!(
         matches!(
             &err,
@@ -154,7 +151,7 @@ async fn an_unknown_appid_does_not_exist_and_another_merchants_does_not_match() 
         "{err}"
     );
     m.appid = "wx1111111111111111".parse().unwrap();
-    let err = env.call_as(&m, &env.order("app", 1)).await.unwrap_err();
+    let err = env.call_as(&m, &env.order("app-order", 1)).await.unwrap_err();
     assert!(
         matches!(
             &err,
@@ -165,6 +162,18 @@ async fn an_unknown_appid_does_not_exist_and_another_merchants_does_not_match() 
         ),
         "{err}"
     );
+    // An mch_id no merchant has: MCHID_NOT_EXIST, unsigned (there is no key to sign with),
+    // so a client that checks signatures cannot take it for a verified answer.
+    let mut unknown = env.merchant.clone();
+    unknown.mch_id = "1999999999".parse().unwrap();
+    let body = v2::encode(&env.order("mch-order", 1), &unknown, &nonce()).unwrap();
+    let (_, answer) = env.post_raw(UnifiedOrder::PATH, body).await;
+    let f = wxpay_protocol::xml::read(answer.as_bytes()).unwrap();
+    assert_eq!(f.optional("return_code"), Some("SUCCESS"), "{answer}");
+    assert_eq!(f.optional("result_code"), Some("FAIL"), "{answer}");
+    assert_eq!(f.optional("err_code"), Some("MCHID_NOT_EXIST"), "{answer}");
+    assert!(f.optional("sign").is_none(), "{answer}");
+    assert!(v2::decode_signed::<v2::UnifiedOrderResponse>(answer.as_bytes(), &unknown).is_err());
 }
 
 /// `return_msg` of an unsigned refusal.
@@ -446,8 +455,8 @@ async fn the_checkout_page_pays_the_order_of_its_prepay_id() {
 async fn finished_orders_are_forgotten_past_the_bound_and_live_ones_kept() {
     let env = spawn_with(|c| c.max_orders = 3).await;
     for i in 0..3 {
-        env.create(&format!("b-{i}"), 1).await;
-        env.call(&CloseOrder::new(OutTradeNo::new(format!("b-{i}")).unwrap()))
+        env.create(&format!("bound-{i}"), 1).await;
+        env.call(&CloseOrder::new(OutTradeNo::new(format!("bound-{i}")).unwrap()))
             .await
             .unwrap();
     }
@@ -461,7 +470,7 @@ async fn finished_orders_are_forgotten_past_the_bound_and_live_ones_kept() {
     for i in 0..3 {
         let status = env
             .http
-            .get(env.url(&format!("/simulator/orders/b-{i}")))
+            .get(env.url(&format!("/simulator/orders/bound-{i}")))
             .send()
             .await
             .unwrap()
@@ -474,9 +483,9 @@ async fn finished_orders_are_forgotten_past_the_bound_and_live_ones_kept() {
 #[tokio::test]
 async fn metrics_count_calls_by_api_and_result() {
     let env = spawn().await;
-    env.create("m-1", 1).await;
+    env.create("no-m-1", 1).await;
     let _ = env
-        .call(&OrderQuery::by_out_trade_no(OutTradeNo::new("m-9").unwrap()))
+        .call(&OrderQuery::by_out_trade_no(OutTradeNo::new("no-m-9").unwrap()))
         .await;
     let text = env.metrics_text().await;
     assert!(
@@ -493,11 +502,11 @@ async fn metrics_count_calls_by_api_and_result() {
 #[tokio::test]
 async fn shutdown_is_graceful() {
     let env = spawn().await;
-    env.create("s-1", 1).await;
+    env.create("no-s-1", 1).await;
     // A call in flight when the shutdown begins still gets its answer.
     env.fault(json!({"kind": "delay", "api": "unifiedorder", "count": 1, "delay_ms": 3000}))
         .await;
-    let body = v2::encode(&env.order("s-2", 1), &env.merchant, &nonce()).unwrap();
+    let body = v2::encode(&env.order("no-s-2", 1), &env.merchant, &nonce()).unwrap();
     let request = env.http.post(env.url(UnifiedOrder::PATH)).body(body);
     let in_flight = tokio::spawn(async move { request.send().await?.text().await });
     crate::support::eventually("the call is in flight", async || {
@@ -556,4 +565,27 @@ async fn a_paid_or_closed_order_asked_again_past_its_time_expire_says_paid_or_cl
         ),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn an_openid_of_another_app_is_refused_and_a_configured_one_accepted() {
+    let env = spawn_with(|c| c.openids.push("oFixtureOpenid0000000000001".into())).await;
+    let with_openid = |no: &str, openid: &str| {
+        let mut o = env.order(no, 1);
+        o.openid = Some(openid.to_owned());
+        o
+    };
+    // Issued for another mini program, never issued, or listed in the configuration.
+    for openid in [wxpay_simulator::openid("wx1111111111111111", "user-1"), "x".to_owned()] {
+        let err = env.call(&with_openid("openid-1", &openid)).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Business { code: ErrCode::ParamError, description } if description.contains("openid")),
+            "{openid}: {err}"
+        );
+    }
+    env.call(&with_openid("openid-2", "oFixtureOpenid0000000000001"))
+        .await
+        .unwrap();
+    // The refused order was not created: its number is still free.
+    env.create("openid-1", 1).await;
 }

@@ -27,14 +27,14 @@ fn bill(t: BillType, day: BeijingTime) -> DownloadBill {
 async fn the_day_bill_lists_payments_and_refunds_with_exact_amounts() {
     let env = spawn().await;
     let day = pin_noon(&env);
-    for (no, fee) in [("b-7", 7), ("b-1999", 1999), ("b-100010", 100_010)] {
+    for (no, fee) in [("no-b-7", 7), ("b-1999", 1999), ("b-100010", 100_010)] {
         env.create(no, fee).await;
         env.pay(no, "success").await;
     }
     env.create("b-unpaid", 5).await;
     let refund = Refund::new(
         OrderRef::OutTradeNo(OutTradeNo::new("b-1999").unwrap()),
-        OutRefundNo::new("rb-1").unwrap(),
+        OutRefundNo::new("no-rb-1").unwrap(),
         Fen::new(1999).unwrap(),
         Fen::new(999).unwrap(),
     );
@@ -62,7 +62,7 @@ async fn the_day_bill_lists_payments_and_refunds_with_exact_amounts() {
     assert_eq!(fen.iter().sum::<u64>(), 7 + 1999 + 100_010);
     let refund_row = all.rows.iter().find(|r| r.trade_state == "REFUND").unwrap();
     assert_eq!(refund_row.refund_fee.get(), 999);
-    assert_eq!(refund_row.out_refund_no.as_deref(), Some("rb-1"));
+    assert_eq!(refund_row.out_refund_no.as_deref(), Some("no-rb-1"));
     assert_eq!(all.summary.count, 4);
     assert_eq!(all.summary.refund_fee.get(), 999);
     // 0.60 % of 1000.10 yuan is 6.0006, rounded to 6.00 yuan.
@@ -97,8 +97,8 @@ async fn a_day_without_transactions_has_no_bill() {
 async fn today_bill_is_still_being_made_unless_asked_for_at_once() {
     let env = spawn_with(|c| c.bills_immediately = false).await;
     let day = pin_noon(&env);
-    env.create("t-1", 1).await;
-    env.pay("t-1", "success").await;
+    env.create("no-t-1", 1).await;
+    env.pay("no-t-1", "success").await;
     let err = env.call(&bill(BillType::All, day)).await.unwrap_err();
     assert!(matches!(err, Error::ReturnFail { return_msg, .. } if return_msg == "Bill Creating"));
 }
@@ -132,8 +132,8 @@ pub(crate) fn gunzip(bytes: &[u8]) -> Vec<u8> {
 async fn a_bill_asked_for_as_gzip_is_a_gzip_stream_of_the_same_bytes() {
     let env = spawn().await;
     let day = pin_noon(&env);
-    env.create("bz-1", 4321).await;
-    env.pay("bz-1", "success").await;
+    env.create("no-bz-1", 4321).await;
+    env.pay("no-bz-1", "success").await;
     let plain = v2::encode(&bill(BillType::All, day), &env.merchant, &nonce()).unwrap();
     let plain = env
         .http

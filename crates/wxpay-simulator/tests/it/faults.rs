@@ -12,7 +12,7 @@ async fn systemerror_changes_nothing_and_the_retry_succeeds() {
     let env = spawn().await;
     env.fault(serde_json::json!({"kind": "system_error", "api": "unifiedorder", "count": 1}))
         .await;
-    let err = env.call(&env.order("f-1", 1)).await.unwrap_err();
+    let err = env.call(&env.order("no-f-1", 1)).await.unwrap_err();
     match err {
         Error::Business { code, .. } => {
             assert_eq!(code, ErrCode::SystemError);
@@ -21,7 +21,7 @@ async fn systemerror_changes_nothing_and_the_retry_succeeds() {
         other => panic!("{other:?}"),
     }
     let q = env
-        .call(&OrderQuery::by_out_trade_no(OutTradeNo::new("f-1").unwrap()))
+        .call(&OrderQuery::by_out_trade_no(OutTradeNo::new("no-f-1").unwrap()))
         .await
         .unwrap_err();
     assert!(
@@ -34,7 +34,7 @@ async fn systemerror_changes_nothing_and_the_retry_succeeds() {
         ),
         "nothing was created"
     );
-    env.create("f-1", 1).await;
+    env.create("no-f-1", 1).await;
 }
 
 #[tokio::test]
@@ -42,9 +42,9 @@ async fn a_delay_holds_the_answer() {
     let env = spawn().await;
     env.fault(serde_json::json!({"kind": "delay", "api": "orderquery", "delay_ms": 300}))
         .await;
-    env.create("f-2", 1).await;
+    env.create("no-f-2", 1).await;
     let started = std::time::Instant::now();
-    env.call(&OrderQuery::by_out_trade_no(OutTradeNo::new("f-2").unwrap()))
+    env.call(&OrderQuery::by_out_trade_no(OutTradeNo::new("no-f-2").unwrap()))
         .await
         .unwrap();
     assert!(started.elapsed() >= std::time::Duration::from_millis(300));
@@ -53,9 +53,9 @@ async fn a_delay_holds_the_answer() {
 #[tokio::test]
 async fn a_lost_answer_still_took_effect() {
     let env = spawn().await;
-    env.fault(serde_json::json!({"kind": "lose_answer", "api": "unifiedorder", "out_trade_no": "f-3"}))
+    env.fault(serde_json::json!({"kind": "lose_answer", "api": "unifiedorder", "out_trade_no": "no-f-3"}))
         .await;
-    let body = v2::encode(&env.order("f-3", 1), &env.merchant, &nonce()).unwrap();
+    let body = v2::encode(&env.order("no-f-3", 1), &env.merchant, &nonce()).unwrap();
     let result = async {
         env.http
             .post(env.url(UnifiedOrder::PATH))
@@ -69,11 +69,11 @@ async fn a_lost_answer_still_took_effect() {
     assert!(result.is_err(), "the connection was dropped: {result:?}");
     // The order exists: a retry with the same parameters converges on it.
     let q = env
-        .call(&OrderQuery::by_out_trade_no(OutTradeNo::new("f-3").unwrap()))
+        .call(&OrderQuery::by_out_trade_no(OutTradeNo::new("no-f-3").unwrap()))
         .await
         .unwrap();
     assert_eq!(q.trade_state, TradeState::NotPay);
-    env.create("f-3", 1).await;
+    env.create("no-f-3", 1).await;
 }
 
 #[tokio::test]
@@ -81,17 +81,17 @@ async fn a_bad_answer_signature_is_caught_by_the_client() {
     let env = spawn().await;
     env.fault(serde_json::json!({"kind": "bad_answer_signature", "api": "unifiedorder"}))
         .await;
-    let err = env.call(&env.order("f-4", 1)).await.unwrap_err();
+    let err = env.call(&env.order("no-f-4", 1)).await.unwrap_err();
     assert!(matches!(err, Error::BadSignature { .. }), "{err}");
 }
 
 #[tokio::test]
 async fn duplicated_notifications_arrive_together() {
     let env = spawn().await;
-    env.fault(serde_json::json!({"kind": "notify_duplicate", "out_trade_no": "f-5", "copies": 3}))
+    env.fault(serde_json::json!({"kind": "notify_duplicate", "out_trade_no": "no-f-5", "copies": 3}))
         .await;
-    env.create("f-5", 1).await;
-    env.pay("f-5", "success").await;
+    env.create("no-f-5", 1).await;
+    env.pay("no-f-5", "success").await;
     eventually("three copies", || async { env.receiver.received().len() == 3 }).await;
     let bodies = env.receiver.received();
     assert!(
@@ -106,10 +106,10 @@ async fn reordered_notifications_arrive_in_reverse() {
     let env = spawn().await;
     env.fault(serde_json::json!({"kind": "notify_reorder", "count": 2}))
         .await;
-    env.create("f-6a", 1).await;
-    env.create("f-6b", 1).await;
-    env.pay("f-6a", "success").await;
-    env.pay("f-6b", "success").await;
+    env.create("no-f-6a", 1).await;
+    env.create("no-f-6b", 1).await;
+    env.pay("no-f-6a", "success").await;
+    env.pay("no-f-6b", "success").await;
     eventually("both notifications", || async { env.receiver.received().len() == 2 }).await;
     let order: Vec<String> = env
         .receiver
@@ -121,16 +121,16 @@ async fn reordered_notifications_arrive_in_reverse() {
                 .out_trade_no
         })
         .collect();
-    assert_eq!(order, ["f-6b", "f-6a"]);
+    assert_eq!(order, ["no-f-6b", "no-f-6a"]);
 }
 
 #[tokio::test]
 async fn notifications_with_a_bad_signature_a_wrong_amount_or_fail_are_sent_on_demand() {
     let env = spawn().await;
     for (no, kind) in [
-        ("f-7", "notify_bad_signature"),
-        ("f-8", "notify_wrong_amount"),
-        ("f-9", "notify_result_fail"),
+        ("no-f-7", "notify_bad_signature"),
+        ("no-f-8", "notify_wrong_amount"),
+        ("no-f-9", "notify_result_fail"),
     ] {
         env.fault(serde_json::json!({"kind": kind, "out_trade_no": no})).await;
         env.create(no, 100).await;
@@ -141,11 +141,11 @@ async fn notifications_with_a_bad_signature_a_wrong_amount_or_fail_are_sent_on_d
     for body in env.receiver.received() {
         let raw = v2::NotificationFields::read(body.as_bytes()).unwrap();
         match raw.out_trade_no() {
-            Some("f-7") => {
+            Some("no-f-7") => {
                 assert!(matches!(raw.payment(&env.merchant), Err(Error::BadSignature { .. })));
                 seen += 1;
             }
-            Some("f-8") => {
+            Some("no-f-8") => {
                 let n = raw.payment(&env.merchant).unwrap();
                 assert!(
                     matches!(n.outcome, PaymentOutcome::Paid { total_fee, .. } if total_fee.get() != 100),
@@ -153,7 +153,7 @@ async fn notifications_with_a_bad_signature_a_wrong_amount_or_fail_are_sent_on_d
                 );
                 seen += 1;
             }
-            Some("f-9") => {
+            Some("no-f-9") => {
                 let n = raw.payment(&env.merchant).unwrap();
                 assert!(matches!(n.outcome, PaymentOutcome::Failed { .. }));
                 seen += 1;
@@ -171,7 +171,7 @@ async fn faults_are_listed_counted_and_removed() {
         .await;
     let listed = env.get_json("/simulator/faults").await;
     assert_eq!(listed["faults"].as_array().unwrap().len(), 1);
-    assert!(env.call(&env.order("f-10", 1)).await.is_err());
+    assert!(env.call(&env.order("no-f-10", 1)).await.is_err());
     let removed = env
         .http
         .delete(env.url("/simulator/faults"))
@@ -182,7 +182,7 @@ async fn faults_are_listed_counted_and_removed() {
         .await
         .unwrap();
     assert_eq!(removed["removed"], 1);
-    env.create("f-10", 1).await;
+    env.create("no-f-10", 1).await;
     let metrics = env.metrics_text().await;
     assert!(
         metrics.contains("wxpay_sim_faults_injected_total{kind=\"system_error\"} 1"),

@@ -12,8 +12,8 @@ use crate::support::{eventually, merchant, spawn, spawn_with};
 async fn a_payment_is_notified_signed_with_the_order_algorithm() {
     let env = spawn().await;
     let hmac = merchant(SignType::HmacSha256);
-    env.call_as(&hmac, &env.order("n-1", 888)).await.unwrap();
-    env.pay("n-1", "success").await;
+    env.call_as(&hmac, &env.order("no-n-1", 888)).await.unwrap();
+    env.pay("no-n-1", "success").await;
     eventually("the notification", || async { !env.receiver.received().is_empty() }).await;
     let body = env.receiver.received().remove(0);
     assert!(
@@ -32,12 +32,12 @@ async fn a_payment_is_notified_signed_with_the_order_algorithm() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(n.openid.as_deref(), Some("oUser1"));
+    assert_eq!(n.openid, Some(env.openid()));
     eventually("acknowledged", || async {
-        env.get_json("/simulator/orders/n-1").await["notified"] == true
+        env.get_json("/simulator/orders/no-n-1").await["notified"] == true
     })
     .await;
-    let attempts = env.attempts("n-1").await;
+    let attempts = env.attempts("no-n-1").await;
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0]["acknowledged"], true);
     assert_eq!(attempts[0]["attempt"], 1);
@@ -47,10 +47,10 @@ async fn a_payment_is_notified_signed_with_the_order_algorithm() {
 async fn a_refused_notification_is_retried_on_the_schedule_until_acknowledged() {
     let env = spawn().await;
     env.receiver.fail_next.store(3, Ordering::SeqCst);
-    env.create("n-2", 1).await;
-    env.pay("n-2", "success").await;
-    eventually("four attempts", || async { env.attempts("n-2").await.len() == 4 }).await;
-    let attempts = env.attempts("n-2").await;
+    env.create("no-n-2", 1).await;
+    env.pay("no-n-2", "success").await;
+    eventually("four attempts", || async { env.attempts("no-n-2").await.len() == 4 }).await;
+    let attempts = env.attempts("no-n-2").await;
     let acked: Vec<bool> = attempts.iter().map(|a| a["acknowledged"].as_bool().unwrap()).collect();
     assert_eq!(acked, [false, false, false, true]);
     // 15 s, 15 s, 30 s at a thousand times: at least 15, 15 and 30 ms apart.
@@ -70,16 +70,16 @@ async fn only_the_exact_success_reply_counts_and_an_unreachable_url_is_retried()
     let addr = listener.local_addr().unwrap();
     let app = axum::Router::new().route("/n", axum::routing::post(|| async { "success" }));
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let mut order = env.order("n-3", 1);
+    let mut order = env.order("no-n-3", 1);
     order.notify_url = format!("http://{addr}/n");
     env.call(&order).await.unwrap();
-    env.pay("n-3", "success").await;
+    env.pay("no-n-3", "success").await;
     eventually("three refused attempts", || async {
-        env.attempts("n-3").await.len() >= 3
+        env.attempts("no-n-3").await.len() >= 3
     })
     .await;
     assert!(
-        env.attempts("n-3")
+        env.attempts("no-n-3")
             .await
             .iter()
             .all(|a| a["acknowledged"] == false && a["status"] == 200)
@@ -89,23 +89,23 @@ async fn only_the_exact_success_reply_counts_and_an_unreachable_url_is_retried()
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = closed.local_addr().unwrap();
     drop(closed);
-    let mut order: UnifiedOrder = env.order("n-4", 1);
+    let mut order: UnifiedOrder = env.order("no-n-4", 1);
     order.notify_url = format!("http://{addr}/nothing");
     env.call(&order).await.unwrap();
-    env.pay("n-4", "success").await;
+    env.pay("no-n-4", "success").await;
     eventually("two unreachable attempts", || async {
-        env.attempts("n-4").await.len() >= 2
+        env.attempts("no-n-4").await.len() >= 2
     })
     .await;
-    let a = &env.attempts("n-4").await[0];
+    let a = &env.attempts("no-n-4").await[0];
     assert!(a["status"].is_null() && a["error"].is_string(), "{a}");
 }
 
 #[tokio::test]
 async fn a_failed_payment_is_notified_with_result_code_fail() {
     let env = spawn().await;
-    env.create("n-5", 1).await;
-    env.pay("n-5", "fail").await;
+    env.create("no-n-5", 1).await;
+    env.pay("no-n-5", "fail").await;
     eventually("the notification", || async { !env.receiver.received().is_empty() }).await;
     let n = PaymentNotification::parse(env.receiver.received()[0].as_bytes(), &env.merchant).unwrap();
     assert!(matches!(n.outcome, PaymentOutcome::Failed { .. }), "{n:?}");

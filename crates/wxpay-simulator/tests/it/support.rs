@@ -133,8 +133,14 @@ impl Env {
             Fen::new(fee).unwrap(),
             "127.0.0.1",
             &self.notify_url,
-            "oUser1",
+            self.openid(),
         )
+    }
+
+    /// The openid the simulator issues for user `user-1` of the merchant's mini program
+    /// (what `jscode2session` answers after `/simulator/login`).
+    pub(crate) fn openid(&self) -> String {
+        wxpay_simulator::openid(self.merchant.appid.as_str(), "user-1")
     }
 
     pub(crate) async fn create(&self, no: &str, fee: u64) -> UnifiedOrderResponse {

@@ -43,11 +43,11 @@ async fn a_refund_over_tls_needs_the_merchant_certificate() {
     drop(closed);
     let order = v2::UnifiedOrder::jsapi(
         "t",
-        OutTradeNo::new("tls-1").unwrap(),
+        OutTradeNo::new("no-tls-1").unwrap(),
         Fen::new(10).unwrap(),
         "127.0.0.1",
         &notify_url,
-        "o",
+        wxpay_simulator::openid(m.appid.as_str(), "user-1"),
     );
     let answer = post(
         &plain,
@@ -58,14 +58,14 @@ async fn a_refund_over_tls_needs_the_merchant_certificate() {
     v2::UnifiedOrder::decode(&answer, &m).unwrap();
     let paid = plain
         .post(format!("{}/simulator/pay", handle.base_url()))
-        .json(&serde_json::json!({"out_trade_no": "tls-1"}))
+        .json(&serde_json::json!({"out_trade_no": "no-tls-1"}))
         .send()
         .await
         .unwrap();
     assert_eq!(paid.status(), 200);
     let refund = Refund::new(
-        OrderRef::OutTradeNo(OutTradeNo::new("tls-1").unwrap()),
-        OutRefundNo::new("tr-1").unwrap(),
+        OrderRef::OutTradeNo(OutTradeNo::new("no-tls-1").unwrap()),
+        OutRefundNo::new("no-tr-1").unwrap(),
         Fen::new(10).unwrap(),
         Fen::new(10).unwrap(),
     );

@@ -21,6 +21,9 @@ use wxpay_simulator::{SimConfig, Simulator, TEST_APIV3_KEY, TEST_APPID, TEST_MCH
 
 use crate::support::{Env, eventually, spawn_with};
 
+/// The payer: an openid the simulator issues for the test mini program.
+static OPENID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| wxpay_simulator::openid(TEST_APPID, "user-1"));
+
 /// One keys folder for the whole test binary: RSA keys take a while to make, and a second
 /// start on the folder must reuse them anyway.
 fn keys_dir() -> &'static Path {
@@ -231,7 +234,7 @@ impl Client {
             attach: Some("table 7"),
             notify_url: &self.notify_url,
             amount: Fen::new(fee).unwrap(),
-            openid: "oUser1",
+            openid: &OPENID,
         }
         .request()
     }
@@ -293,7 +296,7 @@ async fn a_v3_order_is_created_paid_notified_queried_and_refunded_with_every_ans
     assert_eq!(paid.trade_state, TradeState::Success);
     assert_eq!(paid.total, Some(Fen::new(1250).unwrap()));
     assert_eq!(paid.attach.as_deref(), Some("table 7"));
-    assert_eq!(paid.openid.as_deref(), Some("oUser1"));
+    assert_eq!(paid.openid.as_deref(), Some(OPENID.as_str()));
     // A 204 acknowledges: the simulator does not deliver it again.
     let attempts = c.env.attempts("v3flow-1").await;
     assert_eq!(attempts.len(), 1);
@@ -471,6 +474,32 @@ async fn business_refusals_carry_wechat_pays_codes_and_http_statuses() {
         .await;
     assert_eq!(code(&a), (500, "SYSTEM_ERROR".to_owned()));
     assert_eq!(a.error().retry(), wxpay_protocol::v2::Retry::SameParameters);
+    // A payer of another mini program.
+    let mut stranger = c.create("v3biz-4", 100);
+    stranger.body = stranger.body.replace(
+        OPENID.as_str(),
+        &wxpay_simulator::openid("wx1111111111111111", "user-1"),
+    );
+    let a = c.send(&stranger).await;
+    assert_eq!(code(&a), (400, "PARAM_ERROR".to_owned()));
+    assert!(a.error().message.contains("openid"), "{:?}", a.error());
+    // Two refunds of one order within the minute (60 ms at the test speed).
+    assert_eq!(c.send(&refund("v3biz-2", 10)).await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let again = CreateRefund {
+        out_trade_no: &OutTradeNo::new("v3biz-2").unwrap(),
+        out_refund_no: &OutRefundNo::new("v3biz-2-r2").unwrap(),
+        reason: None,
+        notify_url: None,
+        refund: Fen::new(10).unwrap(),
+        total: Fen::new(100).unwrap(),
+    }
+    .request();
+    let a = c.send(&again).await;
+    assert_eq!(code(&a), (429, "FREQUENCY_LIMITED".to_owned()));
+    assert_eq!(a.error().retry(), wxpay_protocol::v2::Retry::WaitAndRetry);
+    tokio::time::sleep(std::time::Duration::from_millis(70)).await;
+    assert_eq!(c.send(&again).await.status, 200);
 }
 
 #[tokio::test]

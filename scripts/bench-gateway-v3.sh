@@ -39,6 +39,7 @@ url_for() { if [ "$1" = postgres ]; then fresh_pg; else sqlite_url; fi; }
 
 # The machine-readable line `+F2:<index>:<bits>:<signs/s>:<verifies/s>` (OpenSSL 3), not the
 # table, whose columns differ between OpenSSL versions.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 openssl_signs() { openssl speed -mr -seconds 3 rsa2048 2>/dev/null | awk -F: '/^\+F2:/ {print $4}'; }
 
 echo "== openssl speed rsa2048 (one core), before"
@@ -48,8 +49,13 @@ for engine in $ENGINES; do
     echo "== $api on $engine: create order, ${SECS}s, 64 connections, simulator in explicit mode"
     url="$(url_for "$engine")"
     start_simulator explicit
+    SIM_PID="${PIDS[-1]}"
     start_gateway "$url" "$api"
+    # The simulator's CPU over the whole run (warm-up included), in clock ticks: where the
+    # machine's time goes besides the gateway.
+    sim_before="$(cpu_ticks "$SIM_PID")"
     "$BENCH" gateway --target "http://127.0.0.1:$PORT" --token "$TOKEN" --only orders --duration "$SECS" --pid "$GW_PID" | tee "$WORK/$engine-$api-orders.txt"
+    echo "SIMULATOR-TICKS $(( $(cpu_ticks "$SIM_PID") - sim_before )) $(getconf CLK_TCK)" >>"$WORK/$engine-$api-orders.txt"
     stop_all
     echo "== $api on $engine: $POOL first-delivery payment notifications, 64 connections"
     url="$(url_for "$engine")"
@@ -78,10 +84,25 @@ sign = (before + after) / 2
 ceiling = cores * sign / 3
 print(f"RSA-2048 signs/s on one core (openssl, mean of before/after): {sign:,.0f}; "
       f"v3 order ceiling = {cores} cores x {sign:,.0f} / 3 signatures = {ceiling:,.0f} orders/s")
+sign_us = 1e6 / sign
 for engine in sys.argv[5:]:
     text = open(f"{work}/{engine}-v3-orders.txt").read()
     m = re.search(r"SUMMARY wxpay orders: ([0-9.]+)/s", text)
-    if m:
-        rate = float(m.group(1))
-        print(f"{engine}: v3 orders {rate:,.0f}/s = {rate / ceiling:.0%} of the ceiling (target >= 80%)")
+    if not m:
+        continue
+    rate = float(m.group(1))
+    print(f"{engine}: v3 orders {rate:,.0f}/s = {rate / ceiling:.0%} of the ceiling (target >= 80%)")
+    # Where an order's CPU goes: the gateway's (measured by wxpay-bench) and the simulator's
+    # (its clock ticks over the run, warm-up included, so slightly high), against what the
+    # signatures alone cost at openssl's rate.
+    gw = re.search(r'"cpu_us_per_request":([0-9.]+)', text)
+    req = re.search(r'"requests":([0-9]+)', text)
+    ticks = re.search(r"SIMULATOR-TICKS ([0-9]+) ([0-9]+)", text)
+    if gw and req and ticks:
+        gw_us = float(gw.group(1))
+        warm = float(req.group(1)) * (1 + 2 / float(re.search(r'"seconds":([0-9.]+)', text).group(1)))
+        sim_us = int(ticks.group(1)) * 1e6 / int(ticks.group(2)) / warm
+        print(f"{engine}: per v3 order, gateway {gw_us:,.0f} us CPU (its 2 signatures: {2 * sign_us:,.0f} us, "
+              f"{2 * sign_us / gw_us:.0%} of it), simulator ~{sim_us:,.0f} us (its signature: {sign_us:,.0f} us); "
+              f"signatures are {3 * sign_us / (gw_us + sim_us):.0%} of the two processes' CPU")
 PY

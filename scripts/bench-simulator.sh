@@ -22,7 +22,7 @@ stop() { if [ -n "$SIM_PID" ]; then kill "$SIM_PID" 2>/dev/null || true; wait "$
 trap stop EXIT
 start() {
   stop
-  WXPAY_LOG=warn "$BIN" simulator --listen "127.0.0.1:$PORT" --mode auto --keys-dir target/bench-simulator-keys --openid oUpF8uMuAJO_M2pxb1Q9zNjWeS6o >"target/bench-simulator.log" 2>&1 &
+  WXPAY_LOG=warn "$BIN" simulator --listen "127.0.0.1:$PORT" --mode auto --keys-dir target/bench-simulator-keys --openid oLoadTestUser000000000000000 >"target/bench-simulator.log" 2>&1 &
   SIM_PID=$!
   for _ in $(seq 1 50); do curl -sf "http://127.0.0.1:$PORT/simulator/health" >/dev/null && return; sleep 0.1; done
   echo "the simulator did not start" >&2; exit 1

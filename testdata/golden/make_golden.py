@@ -120,7 +120,8 @@ def is_digits(v):
 
 def is_int_field(k):
     """The fields WeChat Pay types Int: amounts in fen and counts (`total_fee`, `cash_fee`,
-    `refund_fee_0`, `coupon_count`, `refund_count`, ...); every other field is a String, all
+    `refund_fee_0`, `coupon_count`, `refund_count`, ...) and refundquery's `offset`; every
+    other field is a String, all
     digits or not (`mch_id`, `transaction_id`, `out_trade_no`)."""
     base = k
     while True:
@@ -129,7 +130,7 @@ def is_int_field(k):
             base = head
         else:
             break
-    return base.endswith("_fee") or base.endswith("_count")
+    return base.endswith("_fee") or base.endswith("_count") or base == "offset"
 
 
 def bare(k, v):

@@ -842,7 +842,8 @@ fn check_name(name: &str) -> Result<(), Error> {
 }
 
 /// Whether WeChat Pay types a field Int: its name, without `_0`-style indexes, ends in `_fee`
-/// or `_count`. Every other field is a String, whatever its characters.
+/// or `_count`, or it is `refundquery`'s `offset`. Every other field is a String, whatever
+/// its characters.
 fn is_int_field(name: &str) -> bool {
     let mut base = name;
     while let Some((head, tail)) = base.rsplit_once('_') {
@@ -852,7 +853,7 @@ fn is_int_field(name: &str) -> bool {
             break;
         }
     }
-    base.ends_with("_fee") || base.ends_with("_count")
+    base.ends_with("_fee") || base.ends_with("_count") || base == "offset"
 }
 
 fn write_value(out: &mut String, name: &str, value: &str) -> Result<(), Error> {
@@ -1026,6 +1027,7 @@ mod tests {
                 ("transaction_id", "4200000000"),
                 ("fee_type", "CNY"),
                 ("refund_fee_x", "7"),
+                ("offset", "10"),
             ],
         )
         .unwrap();
@@ -1034,7 +1036,8 @@ mod tests {
             "<xml><mch_id><![CDATA[1230000109]]></mch_id><total_fee>100</total_fee>\
              <refund_fee_0>5</refund_fee_0><coupon_refund_fee_0_1>2</coupon_refund_fee_0_1>\
              <coupon_count>1</coupon_count><transaction_id><![CDATA[4200000000]]></transaction_id>\
-             <fee_type><![CDATA[CNY]]></fee_type><refund_fee_x><![CDATA[7]]></refund_fee_x></xml>"
+             <fee_type><![CDATA[CNY]]></fee_type><refund_fee_x><![CDATA[7]]></refund_fee_x>\
+             <offset>10</offset></xml>"
         );
     }
 

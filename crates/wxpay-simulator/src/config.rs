@@ -142,8 +142,9 @@ pub struct SimConfig {
     /// app.
     pub openids: Vec<String>,
     /// The least time between two refunds of one order (WeChat Pay: a minute); a second
-    /// refund sooner is refused with `FREQUENCY_LIMITED`. Divided by `time_scale` like every
-    /// other delay.
+    /// refund sooner is refused with `FREQUENCY_LIMITED`, one within a second of the last with
+    /// `BIZERR_NEED_RETRY`. Measured on the simulated timeline: divided by `time_scale` in
+    /// real time, and cleared by moving the clock on (`POST /simulator/clock`).
     pub refund_interval: Duration,
 }
 

@@ -59,14 +59,6 @@ pub(crate) fn random_alnum(n: usize) -> String {
 }
 
 /// Seconds since the Unix epoch, now.
-/// The wall clock in unix milliseconds.
-pub(crate) fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 pub(crate) fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

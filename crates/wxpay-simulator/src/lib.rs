@@ -132,10 +132,16 @@ impl Simulator {
         ids::now_unix() + self.inner.clock_offset.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The simulator's time in unix milliseconds, for rules finer than a second (the least
-    /// time between two refunds, divided by the time scale).
-    pub(crate) fn now_ms(&self) -> i64 {
-        ids::now_unix_ms() + 1000 * self.inner.clock_offset.load(std::sync::atomic::Ordering::Relaxed)
+    /// Milliseconds on the simulated timeline, for rules finer than a second (the least time
+    /// between two refunds): real time since the process started, multiplied by the time
+    /// scale, plus what `POST /simulator/clock` added. Monotonic, so a wall clock stepping
+    /// back cannot make a gap negative; a minute on it is a minute of the rule whatever the
+    /// scale, and advancing the clock by a minute clears it.
+    pub(crate) fn timeline_ms(&self) -> i64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let real = START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64();
+        let scaled = real * self.inner.config.time_scale.max(0.0) * 1000.0;
+        scaled as i64 + 1000 * self.inner.clock_offset.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether `openid` may pay under `appid`: one the simulator issued for that app, or one

@@ -243,15 +243,17 @@ pub(crate) fn place_refund(
     }
     // WeChat Pay wants refunds of one order at least a minute apart; two that arrive together
     // are refused as concurrent. Repeats of an accepted refund were answered above.
-    let now_ms = sim.now_ms();
+    let now_ms = sim.timeline_ms();
     if let Some(last) = o.refunds.iter().map(|r| r.accepted_ms).max() {
-        let since = Duration::from_millis(u64::try_from(now_ms - last).unwrap_or(0));
-        let config = &sim.inner.config;
+        // On the simulated timeline (see `timeline_ms`); a negative gap cannot happen there,
+        // and would count as long enough.
+        let since = Duration::from_millis(u64::try_from(now_ms - last).unwrap_or(u64::MAX));
+        let interval = sim.inner.config.refund_interval;
         // A zero interval (tests of other rules) turns both off.
-        if since < config.scaled(Duration::from_secs(1).min(config.refund_interval)) {
+        if since < Duration::from_secs(1).min(interval) {
             return Err(RefundRefusal::Concurrent);
         }
-        if since < config.scaled(config.refund_interval) {
+        if since < interval {
             return Err(RefundRefusal::TooSoon);
         }
     }

@@ -67,8 +67,8 @@ pub(crate) struct RefundRec {
     pub status: RefundStatus,
     pub notify_url: Option<Arc<str>>,
     pub accepted_at: i64,
-    /// When it was accepted, in the simulator's milliseconds (the least time between two
-    /// refunds of one order is checked against it).
+    /// When it was accepted, on the simulated timeline in milliseconds (the least time
+    /// between two refunds of one order is checked against it).
     pub accepted_ms: i64,
     pub settled_at: Option<i64>,
     /// A digest of the request, to tell a retry (same parameters) from a conflict.

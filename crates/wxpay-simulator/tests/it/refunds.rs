@@ -272,34 +272,39 @@ async fn a_refund_can_be_settled_as_failed_by_the_control_endpoint() {
 
 #[tokio::test]
 async fn refunds_of_one_order_arriving_together_or_within_the_minute_are_refused() {
-    // The minute is 60 ms at the test speed (a thousand times real time); two refunds in the
-    // same millisecond are concurrent.
-    let env = spawn().await;
+    // Real time here, so that "together" (within a second) is a real second; the minute is
+    // then passed by moving the simulator's clock on.
+    let env = spawn_with(|c| c.time_scale = 1.0).await;
     paid(&env, "no-r-20", 100).await;
     env.call(&refund(&env, "no-r-20", "first", 100, 10)).await.unwrap();
     let code = |r: Result<RefundResponse, Error>| match r {
         Err(Error::Business { code, .. }) => code,
         other => panic!("{other:?}"),
     };
-    // Sent together with the first: concurrent, retry with the same parameters.
-    let together = env.call(&refund(&env, "no-r-20", "second", 100, 10)).await;
-    let c = code(together);
-    assert!(
-        matches!(c, ErrCode::BizerrNeedRetry | ErrCode::FrequencyLimited),
-        "{c:?}"
+    let advance = async |secs: u32| {
+        let (status, _) = env
+            .post_json("/simulator/clock", serde_json::json!({"advance_secs": secs}))
+            .await;
+        assert_eq!(status, 200);
+    };
+    // Right after the first: concurrent, to be retried with the same parameters.
+    assert_eq!(
+        code(env.call(&refund(&env, "no-r-20", "second", 100, 10)).await),
+        ErrCode::BizerrNeedRetry
     );
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Two seconds on, still within the minute: limited.
+    advance(2).await;
     assert_eq!(
         code(env.call(&refund(&env, "no-r-20", "second", 100, 10)).await),
         ErrCode::FrequencyLimited
     );
     // The first one asked again is its own answer, not a new refund: not limited.
     env.call(&refund(&env, "no-r-20", "first", 100, 10)).await.unwrap();
-    // A minute later (60 ms here) the second one is accepted, and the refused attempts left
-    // nothing behind.
-    tokio::time::sleep(Duration::from_millis(70)).await;
+    // A minute on, the second one is accepted, and the refused attempts left nothing behind.
+    advance(60).await;
     env.call(&refund(&env, "no-r-20", "second", 100, 10)).await.unwrap();
     assert_eq!(query(&env, "second").await.refund_fee, Fen::new(10).unwrap());
+    assert_eq!(query(&env, "first").await.refund_fee, Fen::new(10).unwrap());
 }
 
 #[tokio::test]
@@ -336,4 +341,22 @@ async fn a_refund_above_the_merchants_balance_is_notenough_and_takes_nothing() {
         .await;
     assert_eq!(status, 200);
     env.call(&refund(&env, "no-r-21", "bal-4", 100, 1)).await.unwrap();
+    // A refund WeChat Pay closes gives its amount back to the balance.
+    let (status, _) = env
+        .post_json(
+            "/simulator/balance",
+            serde_json::json!({"mch_id": env.merchant.mch_id.as_str(), "fen": 5}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    env.call(&refund(&env, "no-r-21", "bal-5", 100, 5)).await.unwrap();
+    assert!(env.call(&refund(&env, "no-r-21", "bal-6", 100, 5)).await.is_err());
+    let (status, _) = env
+        .post_json(
+            "/simulator/refunds/bal-5/complete",
+            serde_json::json!({"status": "REFUNDCLOSE"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    env.call(&refund(&env, "no-r-21", "bal-6", 100, 5)).await.unwrap();
 }

@@ -483,9 +483,14 @@ async fn business_refusals_carry_wechat_pays_codes_and_http_statuses() {
     let a = c.send(&stranger).await;
     assert_eq!(code(&a), (400, "PARAM_ERROR".to_owned()));
     assert!(a.error().message.contains("openid"), "{:?}", a.error());
-    // Two refunds of one order within the minute (60 ms at the test speed).
+    // Two refunds of one order within the minute: the second two seconds after the first
+    // (the simulator's clock moved on, not a sleep), then a minute after.
     assert_eq!(c.send(&refund("v3biz-2", 10)).await.status, 200);
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let advance = async |secs: u32| {
+        let (status, _) = c.env.post_json("/simulator/clock", json!({"advance_secs": secs})).await;
+        assert_eq!(status, 200);
+    };
+    advance(2).await;
     let again = CreateRefund {
         out_trade_no: &OutTradeNo::new("v3biz-2").unwrap(),
         out_refund_no: &OutRefundNo::new("v3biz-2-r2").unwrap(),
@@ -498,7 +503,7 @@ async fn business_refusals_carry_wechat_pays_codes_and_http_statuses() {
     let a = c.send(&again).await;
     assert_eq!(code(&a), (429, "FREQUENCY_LIMITED".to_owned()));
     assert_eq!(a.error().retry(), wxpay_protocol::v2::Retry::WaitAndRetry);
-    tokio::time::sleep(std::time::Duration::from_millis(70)).await;
+    advance(60).await;
     assert_eq!(c.send(&again).await.status, 200);
 }
 

@@ -3,6 +3,8 @@
 //! keys (public key, platform certificates, downloaded certificates, both at once), hostile
 //! notifications, and the day's bill.
 
+use std::time::Duration;
+
 use reqwest::Method;
 use serde_json::{Value, json};
 use wxpay_gateway::reconcile::{Day, Quiet, reconcile};
@@ -526,3 +528,58 @@ async fn the_first_answers_after_a_start_wait_for_one_certificate_download(db: T
     t.stop().await;
 }
 engines!(the_first_answers_after_a_start_wait_for_one_certificate_download);
+
+async fn a_list_twelve_hours_old_is_downloaded_again_without_holding_up_a_request(db: TestDb) {
+    let t = spawn_app(db, v3(V3Signer::Certificate, Trusts::Download)).await;
+    let create = async |no: &str| {
+        let mut body = order_body(100);
+        body["out_trade_no"] = json!(no);
+        let started = std::time::Instant::now();
+        let (status, v) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
+        assert_eq!(status, 201, "{}: {v}", t.engine());
+        started.elapsed()
+    };
+    create("V3-STALE-1").await;
+    assert_eq!(t.sim_calls("v3_certificates").await, 1);
+    // Moves both sides' clocks on (answers are signed at the simulator's time).
+    let advance = |secs: u64| {
+        t.app.clock().advance(Duration::from_secs(secs));
+        t.sim.as_ref().unwrap().simulator().advance_clock(secs as i64);
+    };
+    advance(13 * 3600);
+    // WeChat Pay slow to list its certificates (1.5 s, within the gateway's 3 s timeout):
+    // the order does not wait for it, and is verified with the list in hand.
+    t.fault(json!({"kind": "delay", "api": "v3_certificates", "delay_ms": 1500}))
+        .await;
+    let took = create("V3-STALE-2").await;
+    assert!(
+        took < Duration::from_millis(1000),
+        "the order waited {took:?} for the refresh"
+    );
+    eventually("the stale list is downloaded again", async || {
+        t.sim_calls("v3_certificates").await == 2
+    })
+    .await;
+    // Fresh again: the next order downloads nothing.
+    create("V3-STALE-3").await;
+    assert_eq!(t.sim_calls("v3_certificates").await, 2);
+    // Stale again, and the refresh fails: it is tried again a minute later, not in twelve
+    // hours.
+    advance(13 * 3600);
+    t.fault(json!({"kind": "system_error", "api": "v3_certificates"})).await;
+    create("V3-STALE-4").await;
+    eventually("the failed refresh was tried", async || {
+        t.sim_calls("v3_certificates").await == 3
+    })
+    .await;
+    create("V3-STALE-5").await;
+    assert_eq!(t.sim_calls("v3_certificates").await, 3, "not again within the minute");
+    advance(61);
+    create("V3-STALE-6").await;
+    eventually("the refresh is tried again a minute later", async || {
+        t.sim_calls("v3_certificates").await == 4
+    })
+    .await;
+    t.stop().await;
+}
+engines!(a_list_twelve_hours_old_is_downloaded_again_without_holding_up_a_request);

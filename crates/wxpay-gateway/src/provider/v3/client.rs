@@ -10,8 +10,8 @@
 //! no answer, because a refusal decides as much as a success does (a refund failed, an order
 //! unknown). Only a file download is read unsigned; its digest is checked instead.
 
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -48,6 +48,19 @@ const REFRESH_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 /// How long downloaded certificates are trusted before they are downloaded again.
 pub(crate) const REFRESH_EVERY: Duration = Duration::from_secs(12 * 3600);
 
+/// Whether the platform certificates are to be downloaded before a verification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refresh {
+    /// Configured keys only, a list downloaded within twelve hours, or an attempt within
+    /// the last minute.
+    NotDue,
+    /// Never downloaded (nor kept from an earlier run): the verification waits for it.
+    First,
+    /// Downloaded over twelve hours ago: the list in hand still verifies while a new one is
+    /// downloaded in the background.
+    Again,
+}
+
 /// A merchant's connection to WeChat Pay's APIv3, and the keys it verifies WeChat Pay with.
 pub(crate) struct V3Link {
     pub(crate) config: MerchantConfig,
@@ -62,8 +75,15 @@ pub(crate) struct V3Link {
     restored: tokio::sync::OnceCell<()>,
     /// Held while the certificates are downloaded.
     downloading: tokio::sync::Mutex<()>,
-    /// When the certificates were last downloaded (Unix ms; 0: never).
+    /// When the certificates were last downloaded, or kept ones restored (Unix ms; 0: never).
     refreshed_at: AtomicI64,
+    /// When a download was last tried, whatever came of it (Unix ms; 0: never): at most one
+    /// a minute.
+    attempted_at: AtomicI64,
+    /// Set while a background refresh of a stale list is under way, so that one is started.
+    refreshing: AtomicBool,
+    /// This link, for the background refresh to own while it runs.
+    me: Weak<V3Link>,
     upstream: UpstreamConfig,
     metrics: Arc<Metrics>,
     clock: Clock,
@@ -76,7 +96,7 @@ impl V3Link {
         metrics: Arc<Metrics>,
         clock: Clock,
         keeper: Option<Arc<dyn CertificateKeeper>>,
-    ) -> Result<V3Link, String> {
+    ) -> Result<Arc<V3Link>, String> {
         let creds = config
             .v3
             .clone()
@@ -90,7 +110,7 @@ impl V3Link {
             }
         }
         let verifier = configured(&creds, now);
-        Ok(V3Link {
+        Ok(Arc::new_cyclic(|me| V3Link {
             config,
             creds,
             http,
@@ -99,22 +119,61 @@ impl V3Link {
             restored: tokio::sync::OnceCell::new(),
             downloading: tokio::sync::Mutex::new(()),
             refreshed_at: AtomicI64::new(0),
+            attempted_at: AtomicI64::new(0),
+            refreshing: AtomicBool::new(false),
+            me: me.clone(),
             upstream: upstream.clone(),
             metrics,
             clock,
-        })
+        }))
     }
 
     fn verifier(&self) -> Arc<Verifier> {
         self.verifier.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Whether the certificates must be downloaded before anything can be verified: nothing
-    /// is configured, and they were never downloaded (or not for twelve hours).
-    fn needs_certificates(&self, now: Millis) -> bool {
+    /// Whether the list is missing or old, and no download was tried within the minute.
+    /// Configured keys are never downloaded for; an unknown serial is handled apart, in
+    /// [`V3Link::verify`].
+    fn refresh_due(&self, now: Millis) -> Refresh {
         let configured = self.creds.public_key.is_some() || !self.creds.platform_certs.is_empty();
         let at = self.refreshed_at.load(Ordering::Relaxed);
-        !configured && (at == 0 || now.unix_ms() - at > REFRESH_EVERY.as_millis() as i64)
+        let fresh = at != 0 && now.unix_ms() - at <= REFRESH_EVERY.as_millis() as i64;
+        if configured || fresh || !self.may_attempt(now) {
+            Refresh::NotDue
+        } else if at == 0 {
+            Refresh::First
+        } else {
+            Refresh::Again
+        }
+    }
+
+    /// At most one download a minute, whatever a forger sends and however often WeChat Pay
+    /// fails to answer.
+    fn may_attempt(&self, now: Millis) -> bool {
+        now.unix_ms() - self.attempted_at.load(Ordering::Relaxed) >= REFRESH_AT_MOST_EVERY.as_millis() as i64
+    }
+
+    /// Downloads a stale list in the background, once at a time: the list in hand still
+    /// verifies (its certificates are trusted until they expire), so no request waits for
+    /// WeChat Pay's answer to a routine refresh.
+    fn refresh_in_background(&self) {
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else {
+            self.refreshing.store(false, Ordering::Release);
+            return;
+        };
+        tokio::spawn(async move {
+            {
+                let _one = me.downloading.lock().await;
+                if me.refresh_due(me.clock.now()) == Refresh::Again {
+                    me.download_now().await;
+                }
+            }
+            me.refreshing.store(false, Ordering::Release);
+        });
     }
 
     /// Verifies `body` with `headers` at the gateway's time; downloads the platform
@@ -122,13 +181,17 @@ impl V3Link {
     pub(crate) async fn verify(&self, headers: &SignatureHeaders<'_>, body: &[u8]) -> Result<(), VerifyError> {
         self.restored.get_or_init(|| self.restore()).await;
         let now = self.clock.now();
-        if self.needs_certificates(now) {
-            // One download at a time; the others wait for it and then verify with its list,
-            // rather than with nothing.
-            let _one = self.downloading.lock().await;
-            if self.needs_certificates(self.clock.now()) {
-                self.download_now().await;
+        match self.refresh_due(now) {
+            Refresh::First => {
+                // One download at a time; the others wait for it and then verify with its
+                // list, rather than with nothing.
+                let _one = self.downloading.lock().await;
+                if self.refresh_due(self.clock.now()) == Refresh::First {
+                    self.download_now().await;
+                }
             }
+            Refresh::Again => self.refresh_in_background(),
+            Refresh::NotDue => {}
         }
         match self.verifier().verify(headers, body, now.unix_secs()) {
             // A public key id is never on /v3/certificates: downloading would not help.
@@ -136,9 +199,7 @@ impl V3Link {
                 // At most one download a minute, whatever a forger sends; callers that arrive
                 // during one wait for it and verify with the new list.
                 let _one = self.downloading.lock().await;
-                let now = self.clock.now();
-                let last = self.refreshed_at.load(Ordering::Relaxed);
-                if now.unix_ms() - last >= REFRESH_AT_MOST_EVERY.as_millis() as i64 {
+                if self.may_attempt(self.clock.now()) {
                     self.download_now().await;
                 }
                 self.verifier().verify(headers, body, self.clock.now().unix_secs())
@@ -148,11 +209,14 @@ impl V3Link {
     }
 
     /// Downloads the certificates now (the caller holds `downloading`), logging a failure:
-    /// the list in use stays.
+    /// the list in use stays, and the next attempt may come a minute later.
     async fn download_now(&self) {
-        self.refreshed_at.store(self.clock.now().unix_ms(), Ordering::Relaxed);
-        if let Err(e) = self.download_certificates().await {
-            tracing::warn!(merchant = ?self.config.name, error = %e, "platform certificates could not be downloaded");
+        self.attempted_at.store(self.clock.now().unix_ms(), Ordering::Relaxed);
+        match self.download_certificates().await {
+            Ok(()) => self.refreshed_at.store(self.clock.now().unix_ms(), Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!(merchant = ?self.config.name, error = %e, "platform certificates could not be downloaded")
+            }
         }
     }
 
@@ -211,7 +275,7 @@ impl V3Link {
     /// Downloads `/v3/certificates` and trusts those in force besides the configured keys. The
     /// list is authenticated by its encryption: only WeChat Pay and the merchant have the
     /// APIv3 key.
-    async fn download_certificates(&self) -> Result<usize, String> {
+    async fn download_certificates(&self) -> Result<(), String> {
         let req = wxpay_protocol::v3::calls::certificates();
         let (status, _, body) = self.send(&req, "certificates").await.map_err(|e| format!("{e:?}"))?;
         if status != 200 {
@@ -245,7 +309,7 @@ impl V3Link {
             keeper.keep(&self.config.name, kept).await;
         }
         tracing::info!(merchant = ?self.config.name, serials = ?certs.iter().map(|c| c.serial_no.as_str()).collect::<Vec<_>>(), "platform certificates downloaded");
-        Ok(certs.len())
+        Ok(())
     }
 
     /// One signed request, its answer unverified: status, the `Wechatpay-*` headers, body.

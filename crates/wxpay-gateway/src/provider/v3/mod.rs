@@ -50,7 +50,7 @@ impl V3Provider {
     ) -> Result<V3Provider, String> {
         let notify_url = format!("{}/notify/v3/{}", public_url.trim_end_matches('/'), merchant.name);
         Ok(V3Provider {
-            link: Arc::new(V3Link::new(merchant, upstream, metrics, clock, keeper)?),
+            link: V3Link::new(merchant, upstream, metrics, clock, keeper)?,
             notify_url,
         })
     }

@@ -54,18 +54,22 @@ pub(crate) struct Platform {
 /// How long a platform certificate lasts: five years, as WeChat Pay's do.
 const PLATFORM_CERT_YEARS: i32 = 5;
 
-/// A fresh RSA-2048 key, PKCS#8 PEM.
+/// A fresh RSA-2048 key (aws-lc-rs, which the protocol crate signs with), PKCS#8 PEM.
 fn generate_key() -> std::io::Result<String> {
-    use rsa::pkcs8::{EncodePrivateKey, LineEnding};
-    let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).map_err(io)?;
-    Ok(key.to_pkcs8_pem(LineEnding::LF).map_err(io)?.to_string())
+    use aws_lc_rs::encoding::AsDer;
+    let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(io)?;
+    let der = key.as_der().map_err(io)?;
+    let pkcs8 = rustls::pki_types::PrivatePkcs8KeyDer::from(der.as_ref());
+    Ok(KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &PKCS_RSA_SHA256)
+        .map_err(io)?
+        .serialize_pem())
 }
 
 /// The public half of a PKCS#8 key, SubjectPublicKeyInfo PEM.
 fn public_pem(private_pem: &str) -> std::io::Result<String> {
-    use rsa::pkcs8::{DecodePrivateKey, EncodePublicKey, LineEnding};
-    let key = rsa::RsaPrivateKey::from_pkcs8_pem(private_pem).map_err(io)?;
-    key.to_public_key().to_public_key_pem(LineEnding::LF).map_err(io)
+    Ok(KeyPair::from_pem_and_sign_algo(private_pem, &PKCS_RSA_SHA256)
+        .map_err(io)?
+        .public_key_pem())
 }
 
 /// Sixteen random bytes, the first between 0x10 and 0x7f: a positive serial whose hex has no

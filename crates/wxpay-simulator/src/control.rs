@@ -83,7 +83,11 @@ pub(crate) fn pay_and_notify(
 /// notification when one was asked for.
 pub(crate) fn complete_refund(sim: &Simulator, loc: Loc, idx: usize, status: RefundStatus) -> bool {
     let mut g = sim.inner.store.lock(loc.shard);
-    let Some(r) = g.get(loc.slot).and_then(|o| o.refunds.get_mut(idx)) else {
+    let Some(o) = g.get(loc.slot) else {
+        return false;
+    };
+    let merchant = &sim.inner.merchants[usize::from(o.mch)];
+    let Some(r) = o.refunds.get_mut(idx) else {
         return false;
     };
     if r.status != RefundStatus::Processing {
@@ -94,20 +98,8 @@ pub(crate) fn complete_refund(sim: &Simulator, loc: Loc, idx: usize, status: Ref
     if r.status == RefundStatus::RefundClose {
         // A closed refund gives its amount back to the merchant's refundable balance, as it
         // gives it back to the order.
-        let fee = i64::try_from(r.refund_fee.get()).unwrap_or(i64::MAX);
-        let o = g.get(loc.slot).map(|o| usize::from(o.mch));
-        if let Some(mch) = o {
-            let _ = sim.inner.merchants[mch].refund_balance.fetch_update(
-                std::sync::atomic::Ordering::SeqCst,
-                std::sync::atomic::Ordering::SeqCst,
-                |left| (left >= 0).then(|| left.saturating_add(fee)),
-            );
-        }
+        merchant.give_back_balance(r.refund_fee);
     }
-    let r = g
-        .get(loc.slot)
-        .and_then(|o| o.refunds.get_mut(idx))
-        .expect("the refund found above");
     let notify = r.notify_url.is_some();
     g.note_if_finished(loc.slot);
     drop(g);

@@ -39,12 +39,13 @@ mod v3;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
-use wxpay_protocol::{ApiKey, AppId, AppSecret, MchId};
+use wxpay_protocol::{ApiKey, AppId, AppSecret, Fen, MchId};
 
 pub use config::{
     Mode, SimConfig, SimMerchant, SimV3Merchant, TEST_API_KEY, TEST_APIV3_KEY, TEST_APP_SECRET, TEST_APPID,
@@ -90,6 +91,31 @@ impl MerchantEntry {
     pub(crate) fn has_app(&self, appid: &str) -> bool {
         self.apps.iter().any(|(a, _)| a.as_str() == appid)
     }
+
+    /// Takes `fee` from the refundable balance: false, taking nothing, when less is left;
+    /// true always when no balance is set.
+    pub(crate) fn take_balance(&self, fee: Fen) -> bool {
+        let fee = i64::try_from(fee.get()).unwrap_or(i64::MAX);
+        self.refund_balance
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                if left < 0 {
+                    Some(left)
+                } else {
+                    left.checked_sub(fee).filter(|rest| *rest >= 0)
+                }
+            })
+            .is_ok()
+    }
+
+    /// Gives `fee` back to the refundable balance, when one is set (a closed refund).
+    pub(crate) fn give_back_balance(&self, fee: Fen) {
+        let fee = i64::try_from(fee.get()).unwrap_or(i64::MAX);
+        let _ = self
+            .refund_balance
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                (left >= 0).then(|| left.saturating_add(fee))
+            });
+    }
 }
 
 pub(crate) struct Inner {
@@ -104,6 +130,8 @@ pub(crate) struct Inner {
     /// Seconds added to the wall clock by `POST /simulator/clock`, so that tests can reach an
     /// order's `time_expire` or a prepay's two hours without waiting.
     pub clock_offset: std::sync::atomic::AtomicI64,
+    /// When the simulator was made: the origin of its simulated timeline.
+    pub started: std::time::Instant,
     pub logins: sns::Logins,
     urls: Mutex<HashMap<Box<str>, Arc<str>>>,
     pub tls: Option<tls::TlsMaterial>,
@@ -138,8 +166,7 @@ impl Simulator {
     /// back cannot make a gap negative; a minute on it is a minute of the rule whatever the
     /// scale, and advancing the clock by a minute clears it.
     pub(crate) fn timeline_ms(&self) -> i64 {
-        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        let real = START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64();
+        let real = self.inner.started.elapsed().as_secs_f64();
         let scaled = real * self.inner.config.time_scale.max(0.0) * 1000.0;
         scaled as i64 + 1000 * self.inner.clock_offset.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -245,6 +272,7 @@ impl Simulator {
                 notifier,
                 requests: requests::RequestLog::default(),
                 clock_offset: std::sync::atomic::AtomicI64::new(0),
+                started: std::time::Instant::now(),
                 logins: sns::Logins::default(),
                 urls: Mutex::new(HashMap::new()),
                 tls,

@@ -3,7 +3,6 @@
 //! refund and their refusals are decided once here and only worded per version.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use wxpay_protocol::Fen;
@@ -259,16 +258,7 @@ pub(crate) fn place_refund(
     }
     // The merchant's refundable balance, when set: taken under the order's lock, so a refused
     // refund takes nothing and an accepted one is taken once.
-    let balance = &sim.inner.merchants[usize::from(mch)].refund_balance;
-    let fee = i64::try_from(ask.refund_fee.get()).unwrap_or(i64::MAX);
-    let taken = balance.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-        if left < 0 {
-            Some(left)
-        } else {
-            left.checked_sub(fee).filter(|rest| *rest >= 0)
-        }
-    });
-    if taken.is_err() {
+    if !sim.inner.merchants[usize::from(mch)].take_balance(ask.refund_fee) {
         return Err(RefundRefusal::NotEnough);
     }
     let idx = o.refunds.len();

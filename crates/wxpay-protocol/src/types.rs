@@ -275,6 +275,21 @@ string_newtype!(
     |s| check_chars("out_trade_no", &s, 1, 32, "0-9 A-Z a-z _ - | *", trade_no_char)
 );
 
+impl OutTradeNo {
+    /// Checks that the number may name a new order: 6 to 32 characters, as WeChat Pay's
+    /// current pages ask on APIv2 and APIv3. The type itself takes 1 to 32, because numbers
+    /// read back from WeChat Pay (answers, bills) may be older and shorter.
+    ///
+    /// # Errors
+    /// [`Error::InvalidField`] for a number under 6 characters.
+    pub fn check_new(&self) -> Result<(), Error> {
+        if self.0.len() < 6 {
+            return Err(Error::field("out_trade_no", "must be 6 to 32 characters"));
+        }
+        Ok(())
+    }
+}
+
 string_newtype!(
     /// The merchant's refund number: 1 to 64 characters of `0-9 A-Z a-z _ - | * @`.
     OutRefundNo, "an out_refund_no",
@@ -779,6 +794,9 @@ mod tests {
         assert!(OutTradeNo::new("A1_b-2|c*3").is_ok());
         assert!(OutTradeNo::new("x".repeat(32)).is_ok());
         assert!(OutTradeNo::new("x".repeat(33)).is_err());
+        // A new order's number needs six characters; an older, shorter one still parses.
+        assert!(OutTradeNo::new("12345").unwrap().check_new().is_err());
+        assert!(OutTradeNo::new("123456").unwrap().check_new().is_ok());
         assert!(OutTradeNo::new("").is_err());
         assert!(OutTradeNo::new("a b").is_err());
         assert!(OutTradeNo::new("订单1").is_err());

@@ -143,11 +143,7 @@ impl UnifiedOrder {
             return Err(Error::MissingField("body".into()));
         }
         check_text("body", &self.body, 127)?;
-        // The type allows 1 to 32 characters (numbers read back from WeChat Pay may be
-        // older); a new order's number needs at least 6, as WeChat Pay's current pages say.
-        if self.out_trade_no.as_str().len() < 6 {
-            return Err(Error::field("out_trade_no", "must be 6 to 32 characters"));
-        }
+        self.out_trade_no.check_new()?;
         if self.total_fee == Fen::ZERO {
             return Err(Error::field("total_fee", "must be at least 1 fen"));
         }

@@ -158,7 +158,7 @@ fn jsapi_inner(ctx: &Ctx<'_>, body: &[u8]) -> Result<Reply, Reply> {
     }
     let description = required(&v, "/description", 127)?;
     let out_trade_no = required(&v, "/out_trade_no", 32)?;
-    if out_trade_no.len() < 6 || OutTradeNo::new(out_trade_no).is_err() {
+    if OutTradeNo::new(out_trade_no).and_then(|n| n.check_new()).is_err() {
         return Err(Reply::param("/out_trade_no", "须为6-32位数字、大小写字母或_-|*"));
     }
     let attach = optional(&v, "/attach", 128)?;

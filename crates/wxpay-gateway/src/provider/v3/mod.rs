@@ -167,9 +167,7 @@ impl Provider for V3Provider {
         if t.openid.is_empty() || t.openid.len() > 128 {
             return Err("openid: 1 to 128 characters (a JSAPI payment needs the payer's openid)".into());
         }
-        if t.out_trade_no.as_str().len() < 6 {
-            return Err("out_trade_no: at least 6 characters on APIv3".into());
-        }
+        t.out_trade_no.check_new().map_err(|e| e.to_string())?;
         Ok(())
     }
 

@@ -297,12 +297,10 @@ pub(crate) fn query_by_id(ctx: &Ctx<'_>, uri: &Uri) -> Reply {
         return r;
     }
     let id = path_segment(uri.path(), Api::QueryById).unwrap_or_default();
-    let loc = ids::parse_transaction_id(&id).and_then(|(shard, slot)| {
-        let mut g = ctx.sim.inner.store.lock(shard);
-        let o = g.get(slot)?;
-        (o.mch == ctx.mch && o.transaction_id.as_deref() == Some(id.as_str())).then_some(Loc { shard, slot })
-    });
-    answer_order(ctx, loc)
+    answer_order(
+        ctx,
+        locate(ctx.sim, ctx.mch, &wxpay_protocol::v2::OrderRef::TransactionId(id)),
+    )
 }
 
 pub(crate) fn close(ctx: &Ctx<'_>, uri: &Uri, body: &[u8]) -> Reply {

@@ -86,6 +86,17 @@ pub(crate) enum Retry {
     Never,
 }
 
+impl From<wxpay_protocol::v2::Retry> for Retry {
+    /// WeChat Pay's retry classes (the same for APIv2 codes and APIv3 errors), as the core
+    /// acts on them: anything worth repeating is repeated later, by the checks.
+    fn from(r: wxpay_protocol::v2::Retry) -> Retry {
+        match r {
+            wxpay_protocol::v2::Retry::Final => Retry::Never,
+            wxpay_protocol::v2::Retry::SameParameters | wxpay_protocol::v2::Retry::WaitAndRetry => Retry::Later,
+        }
+    }
+}
+
 impl ProviderError {
     /// The refusal's meaning, when this is a business refusal.
     pub(crate) fn refusal(&self) -> Option<Refusal> {

@@ -48,10 +48,7 @@ impl From<CallError> for ProviderError {
                     ErrCode::RefundNotExist => Refusal::RefundNotExist,
                     _ => Refusal::Other,
                 },
-                retry: match code.retry() {
-                    Retry::Final => crate::provider::Retry::Never,
-                    Retry::SameParameters | Retry::WaitAndRetry => crate::provider::Retry::Later,
-                },
+                retry: code.retry().into(),
                 message: format!("{code} {description}"),
             },
             CallError::Refused(m) => ProviderError::Protocol(m),

@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::provider::{
     BillEntry, CLIPPED, Fut, NoticeOutcome, NoticeRejected, PayParams, PaymentNotice, PaymentState, PaymentTerms,
     Provider, ProviderError, Received, RefundAccepted, RefundNotice, RefundReport, RefundState, RefundTerms,
-    RefundsOfOrder, Refusal, Retry,
+    RefundsOfOrder, Refusal,
 };
 use crate::time::{Clock, Millis};
 use crate::util::clip;
@@ -104,10 +104,7 @@ fn refused(e: V3Error, not_found: Refusal) -> ProviderError {
     }
     ProviderError::Refused {
         reason,
-        retry: match e.retry() {
-            wxpay_protocol::v2::Retry::Final => Retry::Never,
-            _ => Retry::Later,
-        },
+        retry: e.retry().into(),
         message: format!("{} {}", e.code, e.message),
     }
 }

@@ -1,5 +1,6 @@
-# Shared by the gateway's load scripts (sourced, not run): start and stop the simulator and
-# the gateway, wait for them, make a fresh PostgreSQL database. The caller sets BIN, WORK,
+# Shared by the load scripts (sourced, not run): start and stop the simulator and the
+# gateway, wait for them, make a fresh SQLite or PostgreSQL database, read a process's CPU
+# time, measure OpenSSL's RSA signing. The caller sets BIN, WORK,
 # PORT, SIM_PORT, TOKEN and PG_ADMIN; GW_PID is the running gateway's pid.
 PIDS=()
 stop_all() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done; PIDS=(); }
@@ -58,3 +59,12 @@ fresh_pg() {
   echo "${PG_ADMIN%/*}/wxpay_bench"
 }
 
+sqlite_url() { rm -f "$WORK"/bench.db*; echo "sqlite://$WORK/bench.db"; }
+
+cpu_ticks() { # pid → user + system clock ticks (USER_HZ = 100)
+  awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+
+# RSA-2048 signs/s on one core: the machine-readable line `+F2:<index>:<bits>:<signs/s>:
+# <verifies/s>` (OpenSSL 3), not the table, whose columns differ between OpenSSL versions.
+openssl_signs() { openssl speed -mr -seconds 3 rsa2048 2>/dev/null | awk -F: '/^\+F2:/ {print $4}'; }

@@ -34,13 +34,8 @@ BENCH=target/release/wxpay-bench
 source scripts/bench-common.sh
 trap stop_all EXIT
 
-sqlite_url() { rm -f "$WORK"/bench.db*; echo "sqlite://$WORK/bench.db"; }
 url_for() { if [ "$1" = postgres ]; then fresh_pg; else sqlite_url; fi; }
 
-# The machine-readable line `+F2:<index>:<bits>:<signs/s>:<verifies/s>` (OpenSSL 3), not the
-# table, whose columns differ between OpenSSL versions.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-openssl_signs() { openssl speed -mr -seconds 3 rsa2048 2>/dev/null | awk -F: '/^\+F2:/ {print $4}'; }
 
 echo "== openssl speed rsa2048 (one core), before"
 SIGN_BEFORE="$(openssl_signs)"; echo "$SIGN_BEFORE signs/s"

@@ -45,10 +45,6 @@ source scripts/bench-common.sh
 trap stop_all EXIT
 export GATEWAY_LOG="$LOG"
 
-cpu_ticks() { # pid → user + system clock ticks (USER_HZ = 100)
-  awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
-}
-
 # Runs wrk against the gateway, then prints one summary line with the gateway's CPU per
 # answered request. Arguments: label, then wrk's arguments.
 measure() {
@@ -79,8 +75,6 @@ measure() {
       (t1 - t0) * 10000 / n, (t1 - t0) / 100
   }' | tee -a "$WORK/summary.txt"
 }
-
-sqlite_url() { rm -f "$WORK"/bench.db*; echo "sqlite://$WORK/bench.db"; }
 
 run_engine() { # name, url-maker
   local name="$1" url

@@ -85,8 +85,6 @@ run_junk() { # name, url-maker
   done
 }
 
-sqlite_url() { rm -f "$WORK"/bench.db*; echo "sqlite://$WORK/bench.db"; }
-
 if [ -n "${ONLY_JUNK:-}" ]; then
   run_junk sqlite sqlite_url
   psql "$PG_ADMIN" -qc "SELECT 1" >/dev/null 2>&1 && run_junk postgres fresh_pg

@@ -11,9 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${BENCH_SECONDS:-3}"
-# The machine-readable line `+F2:<index>:<bits>:<signs/s>:<verifies/s>` (OpenSSL 3), not the
-# table, whose columns differ between OpenSSL versions.
-openssl_signs() { openssl speed -mr -seconds 3 rsa2048 2>/dev/null | awk -F: '/^\+F2:/ {print $4}'; }
+# shellcheck source=scripts/bench-common.sh
+source scripts/bench-common.sh
 echo "== openssl speed rsa2048, one core"
 BEFORE="$(openssl_signs)"; echo "$BEFORE signs/s"
 echo "== wxpay criterion benchmarks (v3)"

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use wxpay_protocol::v2::{decrypt_req_info, doctor};
 use wxpay_protocol::{ApiKey, Fields, SignType, sign, xml};
 
-use crate::{CliError, DecryptArgs, Output, SignArgs, V3Args, VerifyArgs, emit, raw_key, read_stdin};
+use crate::{CliError, DecryptArgs, Output, SignArgs, V3Args, VerifyArgs, emit, raw_key, read_key_file, read_stdin};
 
 /// Reads name/value pairs from a JSON object; strings, numbers and booleans become their
 /// text, `null` an empty value.
@@ -227,17 +227,7 @@ fn split_message(input: &[u8]) -> (Vec<(String, String)>, &[u8]) {
 }
 
 fn apiv3_key(args: &V3Args) -> Result<Option<Vec<u8>>, CliError> {
-    let Some(path) = &args.apiv3_key_file else {
-        return Ok(None);
-    };
-    let mut key = std::fs::read(path).map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))?;
-    if key.ends_with(b"\n") {
-        key.pop();
-        if key.ends_with(b"\r") {
-            key.pop();
-        }
-    }
-    Ok(Some(key))
+    args.apiv3_key_file.as_deref().map(read_key_file).transpose()
 }
 
 fn verify_v3(args: &V3Args, input: &[u8]) -> Result<(), CliError> {

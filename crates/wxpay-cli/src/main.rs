@@ -317,21 +317,25 @@ fn main() -> ExitCode {
     }
 }
 
-/// Reads the key as given, keeping whitespace (the doctor reports it), except one trailing
-/// line break of a key file.
+/// Reads a key file as it is, keeping whitespace (the doctor reports it), except one trailing
+/// line break, which every editor adds.
+fn read_key_file(path: &std::path::Path) -> Result<Vec<u8>, CliError> {
+    let mut key = std::fs::read(path)
+        .map_err(|e| CliError::Usage(format!("cannot read the key file {}: {e}", path.display())))?;
+    if key.ends_with(b"\n") {
+        key.pop();
+        if key.ends_with(b"\r") {
+            key.pop();
+        }
+    }
+    Ok(key)
+}
+
+/// Reads the key as given (see [`read_key_file`]).
 fn raw_key(k: &KeyArgs) -> Result<String, CliError> {
     if let Some(path) = &k.key_file {
-        let bytes = std::fs::read(path)
-            .map_err(|e| CliError::Usage(format!("cannot read the key file {}: {e}", path.display())))?;
-        let mut s = String::from_utf8(bytes)
-            .map_err(|_| CliError::Usage(format!("the key file {} is not text", path.display())))?;
-        if s.ends_with('\n') {
-            s.pop();
-            if s.ends_with('\r') {
-                s.pop();
-            }
-        }
-        return Ok(s);
+        return String::from_utf8(read_key_file(path)?)
+            .map_err(|_| CliError::Usage(format!("the key file {} is not text", path.display())));
     }
     if let Some(key) = &k.key {
         return Ok(key.clone());

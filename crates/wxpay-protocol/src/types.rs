@@ -660,12 +660,8 @@ impl BeijingTime {
     }
 
     fn from_parts(y: i64, mo: i64, d: i64, h: i64, mi: i64, se: i64) -> Option<BeijingTime> {
-        if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || se > 59 {
-            return None;
-        }
-        let days = days_from_civil(y, mo, d);
         Some(BeijingTime {
-            unix: days * 86_400 + h * 3600 + mi * 60 + se - BEIJING_OFFSET,
+            unix: utc_unix(y, mo, d, h, mi, se)? - BEIJING_OFFSET,
         })
     }
 
@@ -731,6 +727,15 @@ fn civil(secs: i64) -> (i64, i64, i64, i64, i64, i64) {
 }
 
 // Howard Hinnant's algorithms for the proleptic Gregorian calendar.
+/// The Unix seconds of a date and time read as UTC, if it is a real one (a certificate's
+/// validity is in UTC; WeChat Pay's own times are Beijing's, see [`BeijingTime`]).
+pub(crate) fn utc_unix(y: i64, mo: i64, d: i64, h: i64, mi: i64, se: i64) -> Option<i64> {
+    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || se > 59 {
+        return None;
+    }
+    Some(days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se)
+}
+
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);

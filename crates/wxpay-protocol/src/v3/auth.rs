@@ -153,7 +153,7 @@ pub enum VerifyError {
 /// certificates to the public key.
 #[derive(Clone, Debug, Default)]
 pub struct Verifier {
-    pub(super) keys: Vec<(String, PublicKey)>,
+    keys: Vec<(String, PublicKey)>,
 }
 
 impl Verifier {
@@ -165,6 +165,16 @@ impl Verifier {
     /// The ids of the keys trusted: certificate serials and public key ids.
     pub fn ids(&self) -> impl Iterator<Item = &str> {
         self.keys.iter().map(|(id, _)| id.as_str())
+    }
+
+    /// The id of the trusted key, if any, whose signature over `message` `signature` is,
+    /// whatever serial a message named: what the doctor asks when a signature does not
+    /// verify with the key named.
+    pub(super) fn signer(&self, message: &[u8], signature: &[u8]) -> Option<&str> {
+        self.keys
+            .iter()
+            .find(|(_, key)| key.verifies(message, signature))
+            .map(|(id, _)| id.as_str())
     }
 
     /// Trusts a platform certificate (by its serial number).

@@ -151,17 +151,21 @@ fn time(input: &[u8]) -> Result<(i64, &[u8]), Error> {
         .strip_suffix('Z')
         .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
         .ok_or_else(|| invalid(format!("certificate time {text:?} is not in UTC")))?;
-    let full = match (tag, digits.len()) {
+    // All ASCII digits (checked above), so every slice below is on a character boundary and
+    // parses.
+    let n = |r: std::ops::Range<usize>| digits[r].parse::<i64>().unwrap_or(0);
+    let (year, at) = match (tag, digits.len()) {
         (UTC_TIME, 12) => {
-            let yy: u32 = digits[..2].parse().unwrap_or(0);
-            format!("{}{digits}", if yy < 50 { "20" } else { "19" })
+            let yy = n(0..2);
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, 2)
         }
-        (GENERALIZED_TIME, 14) => digits.to_owned(),
+        (GENERALIZED_TIME, 14) => (n(0..4), 4),
         _ => return Err(invalid(format!("certificate time {text:?} has another form"))),
     };
-    // The compact form is read as Beijing time; the certificate's is UTC, eight hours behind.
-    let beijing = crate::BeijingTime::parse_compact(&full).map_err(|e| invalid(format!("certificate time: {e}")))?;
-    Ok((beijing.unix() + 8 * 3600, rest))
+    let part = |i: usize| n(at + 2 * i..at + 2 * i + 2);
+    let unix = crate::types::utc_unix(year, part(0), part(1), part(2), part(3), part(4))
+        .ok_or_else(|| invalid(format!("certificate time {text:?} is not a real date and time")))?;
+    Ok((unix, rest))
 }
 
 #[cfg(test)]

@@ -78,15 +78,6 @@ fn minified(body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Which of `verifier`'s keys, if any, verify `signature` over `message`.
-fn signer<'v>(verifier: &'v Verifier, message: &[u8], signature: &[u8]) -> Option<&'v str> {
-    verifier
-        .keys
-        .iter()
-        .find(|(_, key)| key.verifies(message, signature))
-        .map(|(id, _)| id.as_str())
-}
-
 /// Diagnoses `body` with `headers` (as received) against the keys of `verifier` at `now`
 /// (Unix seconds); with `api_v3_key`, the resource of a notification is decrypted too.
 pub fn diagnose(
@@ -103,7 +94,7 @@ pub fn diagnose(
         hints: Vec::new(),
         resource: None,
     };
-    let known: Vec<&str> = verifier.keys.iter().map(|(id, _)| id.as_str()).collect();
+    let known: Vec<&str> = verifier.ids().collect();
     match verifier.verify(headers, body, now) {
         Ok(()) => {
             report.verified = true;
@@ -125,7 +116,7 @@ pub fn diagnose(
                 )),
                 VerifyError::Stale { skew_secs } => {
                     if let Ok(sig) = &signature {
-                        if let Some(id) = signer(verifier, &message(headers, body), sig) {
+                        if let Some(id) = verifier.signer(&message(headers, body), sig) {
                             report.confirmed.push(format!(
                                 "the signature itself is genuine (it verifies with {id}), but it was made {} s {} now, beyond the {MAX_SKEW_SECS} s allowed: a notification saved earlier (check it as at its time: --at {}), a replay, or this machine's clock is off (check NTP)",
                                 skew_secs.unsigned_abs(),
@@ -191,7 +182,7 @@ fn explain_bad_signature(
     signature: &[u8],
 ) {
     // Another key of those given.
-    if let Some(id) = signer(verifier, &message(headers, body), signature) {
+    if let Some(id) = verifier.signer(&message(headers, body), signature) {
         report.confirmed.push(format!(
             "it is signed with {id}, not with the key of the serial it names ({serial}): the key files are swapped (pub_key.pem against the certificate's serial, or two merchants' files)"
         ));
@@ -209,7 +200,7 @@ fn explain_bad_signature(
     }
     candidates.push(("pretty-printed or reformatted (the whitespace differs)", minified(body)));
     for (what, candidate) in candidates {
-        if candidate != body && signer(verifier, &message(headers, &candidate), signature).is_some() {
+        if candidate != body && verifier.signer(&message(headers, &candidate), signature).is_some() {
             report.confirmed.push(format!(
                 "the body was {what} after it was received: WeChat Pay signs the exact bytes it sends, so verify the raw body before any framework parses or re-encodes it"
             ));

@@ -69,7 +69,9 @@ fn notifications(merchant: &Merchant, prefix: &str, count: usize, fee: u64) -> R
 type V3Notices = (Vec<Bytes>, Vec<Vec<(&'static str, String)>>);
 
 fn v3_notifications(keys: &std::path::Path, prefix: &str, count: usize, fee: u64) -> Result<V3Notices, String> {
+    use wxpay_protocol::v3::SignedHeaders;
     use wxpay_protocol::v3::calls::rfc3339_beijing;
+    use wxpay_protocol::v3::notify::{Envelope, Resource};
     let read = |name: &str| {
         std::fs::read_to_string(keys.join(name)).map_err(|e| format!("{}: {e}", keys.join(name).display()))
     };
@@ -92,31 +94,19 @@ fn v3_notifications(keys: &std::path::Path, prefix: &str, count: usize, fee: u64
             "amount": {"total": fee, "payer_total": fee, "currency": "CNY", "payer_currency": "CNY"},
         });
         let nonce = format!("{:012}", i % 1_000_000_000_000);
-        let ciphertext =
-            wxpay_protocol::v3::aead::encrypt(apiv3_key, &nonce, "transaction", resource.to_string().as_bytes())
-                .map_err(|e| e.to_string())?;
-        let body = serde_json::json!({
-            "id": format!("EV-{prefix}{i}"), "create_time": rfc3339_beijing(now),
-            "resource_type": "encrypt-resource", "event_type": "TRANSACTION.SUCCESS", "summary": "支付成功",
-            "resource": {"original_type": "transaction", "algorithm": "AEAD_AES_256_GCM",
-                         "ciphertext": ciphertext, "associated_data": "transaction", "nonce": nonce},
-        })
-        .to_string();
-        let sign_nonce = format!("{:032x}", (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let signature = key
-            .sign(&wxpay_protocol::v3::auth::response_message(
-                &now.to_string(),
-                &sign_nonce,
-                body.as_bytes(),
-            ))
+        let sealed = Resource::seal(apiv3_key, "transaction", &nonce, resource.to_string().as_bytes())
             .map_err(|e| e.to_string())?;
-        headers.push(vec![
-            ("Wechatpay-Timestamp", now.to_string()),
-            ("Wechatpay-Nonce", sign_nonce),
-            ("Wechatpay-Signature", signature),
-            ("Wechatpay-Serial", id.clone()),
-            ("Wechatpay-Signature-Type", "WECHATPAY2-SHA256-RSA2048".to_owned()),
-        ]);
+        let body = Envelope::new(
+            &format!("EV-{prefix}{i}"),
+            &rfc3339_beijing(now),
+            "TRANSACTION.SUCCESS",
+            "支付成功",
+            sealed,
+        )
+        .to_json();
+        let sign_nonce = format!("{:032x}", (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let signed = SignedHeaders::sign(&key, &id, now, &sign_nonce, body.as_bytes()).map_err(|e| e.to_string())?;
+        headers.push(signed.headers().into());
         bodies.push(Bytes::from(body));
     }
     Ok((bodies, headers))

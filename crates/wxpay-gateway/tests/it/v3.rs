@@ -8,7 +8,8 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 use wxpay_gateway::reconcile::{Day, Quiet, reconcile};
-use wxpay_protocol::v3::MerchantKey;
+use wxpay_protocol::v3::notify::{Envelope, Resource};
+use wxpay_protocol::v3::{MerchantKey, SignedHeaders};
 use wxpay_simulator::{TEST_APIV3_KEY, TEST_APPID, TEST_MCH_ID, V3Signer};
 
 use crate::support::engines;
@@ -192,38 +193,23 @@ fn forged_payment(no: &str, total: u64, currency: &str) -> (String, Vec<(&'stati
         "success_time": wxpay_protocol::v3::calls::rfc3339_beijing(now),
         "payer": {"openid": "o"}, "amount": {"total": total, "payer_total": total, "currency": currency, "payer_currency": currency},
     });
-    let nonce = "forgednonce1";
-    let ciphertext = wxpay_protocol::v3::aead::encrypt(
+    let sealed = Resource::seal(
         TEST_APIV3_KEY.as_bytes(),
-        nonce,
         "transaction",
+        "forgednonce1",
         resource.to_string().as_bytes(),
     )
     .unwrap();
-    let body = json!({
-        "id": "EV-test", "create_time": wxpay_protocol::v3::calls::rfc3339_beijing(now),
-        "resource_type": "encrypt-resource", "event_type": "TRANSACTION.SUCCESS", "summary": "支付成功",
-        "resource": {"original_type": "transaction", "algorithm": "AEAD_AES_256_GCM", "ciphertext": ciphertext,
-                     "associated_data": "transaction", "nonce": nonce},
-    })
-    .to_string();
-    let ts = now.to_string();
-    let sign_nonce = "abcdefghijklmnopqrstuvwxyz012345";
-    let signature = key
-        .sign(&wxpay_protocol::v3::auth::response_message(
-            &ts,
-            sign_nonce,
-            body.as_bytes(),
-        ))
-        .unwrap();
-    let headers = vec![
-        ("Wechatpay-Timestamp", ts),
-        ("Wechatpay-Nonce", sign_nonce.to_owned()),
-        ("Wechatpay-Signature", signature),
-        ("Wechatpay-Serial", id),
-        ("Wechatpay-Signature-Type", "WECHATPAY2-SHA256-RSA2048".to_owned()),
-    ];
-    (body, headers)
+    let body = Envelope::new(
+        "EV-test",
+        &wxpay_protocol::v3::calls::rfc3339_beijing(now),
+        "TRANSACTION.SUCCESS",
+        "支付成功",
+        sealed,
+    )
+    .to_json();
+    let signed = SignedHeaders::sign(&key, &id, now, "abcdefghijklmnopqrstuvwxyz012345", body.as_bytes()).unwrap();
+    (body, signed.headers().into())
 }
 
 async fn post_v3(t: &TestApp, merchant: &str, body: String, headers: &[(&str, String)]) -> (u16, String) {

@@ -77,6 +77,49 @@ pub fn response_message(timestamp: &str, nonce: &str, body: &[u8]) -> Vec<u8> {
     message
 }
 
+/// The `Wechatpay-*` headers of a signed answer or notification: what WeChat Pay sends, and
+/// what the simulator and the tests that stand in for it make.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedHeaders {
+    /// `Wechatpay-Timestamp`: Unix seconds.
+    pub timestamp: String,
+    /// `Wechatpay-Nonce`.
+    pub nonce: String,
+    /// `Wechatpay-Signature`: base64.
+    pub signature: String,
+    /// `Wechatpay-Serial`: the signing certificate's serial or the public key's id.
+    pub serial: String,
+}
+
+impl SignedHeaders {
+    /// Signs `body` at `timestamp` with `nonce`, as WeChat Pay signs its answers and
+    /// notifications, with `key` named `serial`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when the key cannot sign.
+    pub fn sign(key: &MerchantKey, serial: &str, timestamp: i64, nonce: &str, body: &[u8]) -> Result<Self, Error> {
+        let timestamp = timestamp.to_string();
+        let signature = key.sign(&response_message(&timestamp, nonce, body))?;
+        Ok(SignedHeaders {
+            timestamp,
+            nonce: nonce.to_owned(),
+            signature,
+            serial: serial.to_owned(),
+        })
+    }
+
+    /// The five headers, as sent (`Wechatpay-Signature-Type` included).
+    pub fn headers(&self) -> [(&'static str, String); 5] {
+        [
+            ("Wechatpay-Timestamp", self.timestamp.clone()),
+            ("Wechatpay-Nonce", self.nonce.clone()),
+            ("Wechatpay-Signature", self.signature.clone()),
+            ("Wechatpay-Serial", self.serial.clone()),
+            ("Wechatpay-Signature-Type", SCHEME.to_owned()),
+        ]
+    }
+}
+
 /// The `wx.requestPayment` parameters of an APIv3 order: `signType: "RSA"` and
 /// [`pay_sign`]'s signature. The same five fields as APIv2's, so one type serves both.
 ///

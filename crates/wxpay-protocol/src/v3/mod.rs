@@ -25,5 +25,5 @@ pub mod keys;
 pub mod notify;
 
 pub use aead::AeadError;
-pub use auth::{SignatureHeaders, Verifier, VerifyError};
+pub use auth::{SignatureHeaders, SignedHeaders, Verifier, VerifyError};
 pub use keys::{Certificate, MerchantKey, PublicKey};

@@ -2,14 +2,14 @@
 //! Verify the headers over the raw body first ([`super::Verifier`]); then read the envelope
 //! and decrypt its resource with the APIv3 key.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::aead::{self, AeadError};
 use super::calls::{RefundRecord, Transaction, refund_record, transaction};
 use crate::Error;
 
 /// The envelope of a notification.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Envelope {
     /// The notification's id (`EV-…`), the same on every delivery.
     pub id: String,
@@ -28,7 +28,7 @@ pub struct Envelope {
 }
 
 /// The encrypted part of a notification.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Resource {
     /// `AEAD_AES_256_GCM`, the only one.
     pub algorithm: String,
@@ -42,6 +42,24 @@ pub struct Resource {
     /// `transaction` or `refund`.
     #[serde(default)]
     pub original_type: String,
+}
+
+impl Resource {
+    /// `plain` (a transaction's or a refund's JSON) encrypted with the APIv3 key under
+    /// `nonce` (12 characters), with `original_type` (`transaction`, `refund`) as its
+    /// associated data, as WeChat Pay encrypts it.
+    ///
+    /// # Errors
+    /// [`AeadError`] for a key that is not 32 bytes or a nonce that is not 12.
+    pub fn seal(api_v3_key: &[u8], original_type: &str, nonce: &str, plain: &[u8]) -> Result<Resource, AeadError> {
+        Ok(Resource {
+            algorithm: "AEAD_AES_256_GCM".to_owned(),
+            ciphertext: aead::encrypt(api_v3_key, nonce, original_type, plain)?,
+            associated_data: original_type.to_owned(),
+            nonce: nonce.to_owned(),
+            original_type: original_type.to_owned(),
+        })
+    }
 }
 
 /// What a notification reports, decrypted and read.
@@ -74,6 +92,25 @@ pub enum NotifyError {
 }
 
 impl Envelope {
+    /// A notification as WeChat Pay makes one, around a [`Resource::seal`]ed resource. Write
+    /// it with [`Envelope::to_json`], then sign those bytes ([`super::SignedHeaders`]).
+    pub fn new(id: &str, create_time: &str, event_type: &str, summary: &str, resource: Resource) -> Envelope {
+        Envelope {
+            id: id.to_owned(),
+            create_time: create_time.to_owned(),
+            event_type: event_type.to_owned(),
+            resource_type: "encrypt-resource".to_owned(),
+            summary: summary.to_owned(),
+            resource,
+        }
+    }
+
+    /// The envelope as a notification's body.
+    pub fn to_json(&self) -> String {
+        // Strings and a nested struct only: serialising cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
     /// Reads the envelope of a notification's body (the raw bytes that were verified).
     ///
     /// # Errors

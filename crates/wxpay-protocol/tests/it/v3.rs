@@ -3,7 +3,8 @@
 
 use serde_json::Value;
 use wxpay_protocol::v3::auth::{self, SignatureHeaders};
-use wxpay_protocol::v3::{AeadError, Certificate, MerchantKey, PublicKey, Verifier, VerifyError, aead};
+use wxpay_protocol::v3::notify::{Envelope, Resource};
+use wxpay_protocol::v3::{AeadError, Certificate, MerchantKey, PublicKey, SignedHeaders, Verifier, VerifyError, aead};
 use wxpay_protocol::{AppId, MchId, Nonce};
 
 use crate::support::{load_json, vectors_dir};
@@ -440,4 +441,39 @@ fn the_doctor_names_what_made_a_genuine_notification_fail() {
     );
     assert!(!r.verified && r.headline.contains("does not decrypt"), "{r}");
     assert!(r.confirmed[0].contains("APIv2 key"), "{r}");
+}
+
+#[test]
+fn a_notification_sealed_and_signed_here_verifies_and_reads_back() {
+    // What the simulator and the tests that stand in for WeChat Pay make, read by what the
+    // gateway runs.
+    let platform = Certificate::from_pem(&pem("platform_cert.pem")).unwrap();
+    let key = MerchantKey::from_pem(&pem("platform_private_key.pem"), platform.serial_no()).unwrap();
+    let apiv3_key = b"0123456789abcdefghijABCDEFGHIJ12";
+    let plain = br#"{"mchid":"1230000109","out_trade_no":"NOTE-1"}"#;
+    let resource = Resource::seal(apiv3_key, "transaction", "0123456789ab", plain).unwrap();
+    let body = Envelope::new(
+        "EV-1",
+        "2026-12-04T12:00:00+08:00",
+        "TRANSACTION.SUCCESS",
+        "支付成功",
+        resource,
+    )
+    .to_json();
+    let signed = SignedHeaders::sign(&key, platform.serial_no(), 1_780_000_000, "nonce-1", body.as_bytes()).unwrap();
+    let sent = signed.headers();
+    assert_eq!(sent[4], ("Wechatpay-Signature-Type", auth::SCHEME.to_owned()));
+    let headers = SignatureHeaders {
+        timestamp: &signed.timestamp,
+        nonce: &signed.nonce,
+        signature: &signed.signature,
+        serial: &signed.serial,
+    };
+    platform_verifier()
+        .verify(&headers, body.as_bytes(), 1_780_000_000)
+        .unwrap();
+    let read = Envelope::read(body.as_bytes()).unwrap();
+    assert_eq!(read.event_type, "TRANSACTION.SUCCESS");
+    assert_eq!(read.decrypt(apiv3_key).unwrap(), plain);
+    assert!(read.decrypt(b"0123456789abcdefghijABCDEFGHIJ13").is_err());
 }

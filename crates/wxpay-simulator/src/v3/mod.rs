@@ -24,8 +24,8 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use wxpay_protocol::ApiV3Key;
-use wxpay_protocol::v3::Certificate;
 use wxpay_protocol::v3::auth::{MAX_SKEW_SECS, SCHEME};
+use wxpay_protocol::v3::{Certificate, SignedHeaders};
 
 use crate::faults::FaultKind;
 use crate::{MerchantEntry, Simulator, V3Config, V3Signer, ids};
@@ -57,27 +57,6 @@ struct Platforms {
 pub(crate) struct V3Merchant {
     pub apiv3_key: ApiV3Key,
     pub certificate: Certificate,
-}
-
-/// The `Wechatpay-*` headers of a signed answer or notification.
-pub(crate) struct Signed {
-    pub timestamp: String,
-    pub nonce: String,
-    pub signature: String,
-    pub serial: String,
-}
-
-impl Signed {
-    /// The headers, as sent.
-    pub(crate) fn headers(&self) -> [(&'static str, String); 5] {
-        [
-            ("Wechatpay-Timestamp", self.timestamp.clone()),
-            ("Wechatpay-Nonce", self.nonce.clone()),
-            ("Wechatpay-Signature", self.signature.clone()),
-            ("Wechatpay-Serial", self.serial.clone()),
-            ("Wechatpay-Signature-Type", SCHEME.to_owned()),
-        ]
-    }
 }
 
 impl V3 {
@@ -154,7 +133,7 @@ impl V3 {
     }
 
     /// Signs `body` at `now` with the key in use.
-    pub(crate) fn sign(&self, body: &[u8], now: i64) -> Signed {
+    pub(crate) fn sign(&self, body: &[u8], now: i64) -> SignedHeaders {
         let platform;
         let key = match self.signer {
             V3Signer::PublicKey => &self.pub_key,
@@ -164,18 +143,15 @@ impl V3 {
                 &platform.signing
             }
         };
-        let timestamp = now.to_string();
         let nonce = ids::nonce();
-        let message = wxpay_protocol::v3::auth::response_message(&timestamp, nonce.as_str(), body);
-        // Signing with a key ring parsed cannot fail; an empty signature would only make the
-        // client refuse the answer, which is what a broken WeChat Pay would cause too.
-        let signature = key.key.sign(&message).unwrap_or_default();
-        Signed {
-            timestamp,
+        // Signing with a key parsed at start cannot fail; an empty signature would only make
+        // the client refuse the answer, which is what a broken WeChat Pay would cause too.
+        SignedHeaders::sign(&key.key, key.id(), now, nonce.as_str(), body).unwrap_or_else(|_| SignedHeaders {
+            timestamp: now.to_string(),
             nonce: nonce.as_str().to_owned(),
-            signature,
+            signature: String::new(),
             serial: key.id().to_owned(),
-        }
+        })
     }
 }
 

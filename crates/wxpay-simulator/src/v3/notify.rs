@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use wxpay_protocol::v2::RefundStatus;
 use wxpay_protocol::v3::auth::PROBE_PREFIX;
 use wxpay_protocol::v3::calls::rfc3339_beijing;
+use wxpay_protocol::v3::notify::{Envelope, Resource as Encrypted};
 
 use super::V3;
 use super::calls::transaction_json;
@@ -118,37 +119,31 @@ pub(crate) struct Sealed {
 pub(crate) fn seal(v3: &V3, mch: u16, resource: &Resource, now: i64, fault: Option<FaultKind>) -> Option<Sealed> {
     let merchant = v3.merchants.get(usize::from(mch))?.as_ref()?;
     let nonce = ids::random_alnum(12);
-    let mut ciphertext = wxpay_protocol::v3::aead::encrypt(
+    let sealed = Encrypted::seal(
         merchant.apiv3_key.expose(),
-        &nonce,
         resource.original_type,
+        &nonce,
         resource.plain.to_string().as_bytes(),
     )
     .ok()?;
+    let mut envelope = Envelope::new(
+        &resource.id,
+        &rfc3339_beijing(resource.created_at),
+        resource.event_type,
+        resource.summary,
+        sealed,
+    );
     if fault == Some(FaultKind::NotifyTamperedTag) {
         // The tag is the last 16 bytes: change a character near the end of the base64 (before
         // any padding), so that the text is still base64 and only the tag check fails.
+        let ciphertext = &mut envelope.resource.ciphertext;
         let at = ciphertext.trim_end_matches('=').len().saturating_sub(2);
         if let Some(c) = ciphertext.get(at..=at) {
             let swapped = if c == "A" { "B" } else { "A" };
             ciphertext.replace_range(at..=at, swapped);
         }
     }
-    let envelope = json!({
-        "id": resource.id,
-        "create_time": rfc3339_beijing(resource.created_at),
-        "resource_type": "encrypt-resource",
-        "event_type": resource.event_type,
-        "summary": resource.summary,
-        "resource": {
-            "original_type": resource.original_type,
-            "algorithm": "AEAD_AES_256_GCM",
-            "ciphertext": ciphertext,
-            "associated_data": resource.original_type,
-            "nonce": nonce,
-        }
-    });
-    let body = envelope.to_string();
+    let body = envelope.to_json();
     let signed_at = if fault == Some(FaultKind::NotifyStaleTimestamp) {
         now - 600
     } else {

@@ -18,7 +18,7 @@ use std::pin::Pin;
 
 use wxpay_protocol::{BeijingTime, Fen, Nonce, OutRefundNo, OutTradeNo};
 
-use crate::config::MerchantConfig;
+use crate::config::{MerchantConfig, UpstreamConfig};
 use crate::time::Millis;
 
 pub(crate) mod sns;
@@ -477,6 +477,37 @@ pub(crate) fn strict_client() -> reqwest::ClientBuilder {
         .redirect(reqwest::redirect::Policy::none())
         .referer(false)
         .user_agent(concat!("wxpay-gateway/", env!("CARGO_PKG_VERSION")))
+}
+
+/// A merchant's own HTTP client for WeChat Pay: the configured timeouts, the extra CA when
+/// configured (the simulator's, a corporate proxy's), and with `present_cert` the merchant
+/// certificate for mutual TLS (APIv2 refunds; APIv3 signs instead).
+pub(crate) fn merchant_client(
+    config: &MerchantConfig,
+    upstream: &UpstreamConfig,
+    present_cert: bool,
+) -> Result<reqwest::Client, String> {
+    let mut builder = client_builder(upstream);
+    if let Some(cert) = config.client_cert.as_ref().filter(|_| present_cert) {
+        builder = builder.identity(cert.identity());
+    }
+    if let Some(pem) = &config.ca_pem {
+        let cas = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| format!("merchant {}: the CA file does not load: {e}", config.name))?;
+        for ca in cas {
+            builder = builder.add_root_certificate(ca);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| format!("merchant {}: HTTP client: {e}", config.name))
+}
+
+/// An HTTP client for WeChat's hosts, with the configured timeouts.
+pub(crate) fn client_builder(config: &UpstreamConfig) -> reqwest::ClientBuilder {
+    strict_client()
+        .timeout(config.timeout)
+        .connect_timeout(config.connect_timeout)
 }
 
 /// A fresh 32-character nonce.

@@ -42,7 +42,7 @@ pub(crate) struct Sns {
 impl Sns {
     /// A client with the configured timeouts.
     pub(crate) fn new(config: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<Sns, String> {
-        let http = super::v2::client::client_builder(config)
+        let http = super::client_builder(config)
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
         Ok(Sns { http, metrics })

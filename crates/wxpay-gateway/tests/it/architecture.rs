@@ -185,7 +185,8 @@ fn the_graph_is_read_from_the_sources() {
         ("crate::edge::notify", "crate::service::notifications"),
         ("crate::service::orders", "crate::provider"),
         ("crate::service::refunds", "crate::service::rules"),
-        ("crate::provider::sns", "crate::provider::v2::client"),
+        // A `super::` path (`super::client_builder`).
+        ("crate::provider::sns", "crate::provider"),
         ("crate::service::state", "crate::store"),
         // A bare child path (`use batch::…`) after a `mod tests;` line of the same file.
         ("crate::store::postgres", "crate::store::postgres::batch"),

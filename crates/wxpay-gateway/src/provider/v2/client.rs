@@ -16,7 +16,7 @@ use wxpay_protocol::{Error as ProtoError, Merchant};
 
 use crate::config::{MerchantConfig, UpstreamConfig};
 use crate::metrics::Metrics;
-use crate::provider::{ProviderError, Refusal, nonce, strict_client};
+use crate::provider::{ProviderError, Refusal, merchant_client, nonce};
 use crate::time::{Clock, Millis};
 
 /// How an APIv2 call ended badly; the provider turns it into a [`ProviderError`].
@@ -143,37 +143,6 @@ async fn read_observed(
         received(body.len() as u64, total);
     }
     Ok(body.freeze())
-}
-
-/// A merchant's own HTTP client for WeChat Pay: the configured timeouts, the extra CA when
-/// configured (the simulator's, a corporate proxy's), and with `present_cert` the merchant
-/// certificate for mutual TLS (APIv2 refunds; APIv3 signs instead).
-pub(crate) fn merchant_client(
-    config: &MerchantConfig,
-    upstream: &UpstreamConfig,
-    present_cert: bool,
-) -> Result<reqwest::Client, String> {
-    let mut builder = client_builder(upstream);
-    if let Some(cert) = config.client_cert.as_ref().filter(|_| present_cert) {
-        builder = builder.identity(cert.identity());
-    }
-    if let Some(pem) = &config.ca_pem {
-        let cas = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|e| format!("merchant {}: the CA file does not load: {e}", config.name))?;
-        for ca in cas {
-            builder = builder.add_root_certificate(ca);
-        }
-    }
-    builder
-        .build()
-        .map_err(|e| format!("merchant {}: HTTP client: {e}", config.name))
-}
-
-/// An HTTP client for WeChat's hosts, with the configured timeouts.
-pub(crate) fn client_builder(config: &UpstreamConfig) -> reqwest::ClientBuilder {
-    strict_client()
-        .timeout(config.timeout)
-        .connect_timeout(config.connect_timeout)
 }
 
 impl V2Link {

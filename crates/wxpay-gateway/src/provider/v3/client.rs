@@ -21,8 +21,7 @@ use wxpay_protocol::v3::{Certificate, SignatureHeaders, Verifier, VerifyError};
 
 use crate::config::{MerchantConfig, UpstreamConfig, V3Credentials};
 use crate::metrics::Metrics;
-use crate::provider::v2::client::merchant_client;
-use crate::provider::{CertificateKeeper, KeptCertificate, nonce};
+use crate::provider::{CertificateKeeper, KeptCertificate, merchant_client, nonce};
 use crate::time::{Clock, Millis};
 
 /// How an APIv3 call ended badly.

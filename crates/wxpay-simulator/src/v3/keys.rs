@@ -110,26 +110,41 @@ fn year_of(now: i64) -> i32 {
     BeijingTime::from_unix(now).to_dashed()[..4].parse().unwrap_or(2026)
 }
 
-/// A new platform key and certificate, in memory only: what a rotation announces.
-pub(crate) fn fresh_platform(now: i64) -> std::io::Result<Platform> {
+/// A new platform key and its self-signed certificate (PEM), named `what` in its CN: from
+/// January 1st of last year, so in force from the first second whatever the time zones, and
+/// for at least the five years WeChat Pay's last.
+fn new_platform_pems(now: i64, what: &str) -> std::io::Result<(String, String)> {
     let key = generate_key()?;
-    let cert_pem = self_signed(
+    let cert = self_signed(
         &key,
-        "Tenpay.com platform certificate (wxpay simulator, rotated; not for production)",
+        &format!("Tenpay.com platform certificate (wxpay simulator{what}, not for production)"),
         "wxpay simulator",
         year_of(now) - 1,
         PLATFORM_CERT_YEARS + 1,
     )?;
-    let cert = Certificate::from_pem(&cert_pem).map_err(io)?;
-    let signing = SigningKey {
-        key: MerchantKey::from_pem(&key, cert.serial_no()).map_err(io)?,
-    };
-    Ok(Platform {
-        signing,
-        cert_pem,
-        not_before: cert.not_before(),
-        not_after: cert.not_after(),
-    })
+    Ok((key, cert))
+}
+
+impl Platform {
+    /// The platform key and certificate from their PEM texts; `cert_path` and `key_path`
+    /// name them in errors.
+    fn from_pems(cert_pem: String, key_pem: &str, cert_path: &Path, key_path: &Path) -> std::io::Result<Platform> {
+        let cert = Certificate::from_pem(&cert_pem).map_err(|e| invalid(cert_path, e))?;
+        let signing = signing_key(key_path, key_pem, cert.serial_no())?;
+        Ok(Platform {
+            signing,
+            not_before: cert.not_before(),
+            not_after: cert.not_after(),
+            cert_pem,
+        })
+    }
+}
+
+/// A new platform key and certificate, in memory only: what a rotation announces.
+pub(crate) fn fresh_platform(now: i64) -> std::io::Result<Platform> {
+    let (key, cert) = new_platform_pems(now, ", rotated")?;
+    let memory = Path::new("(rotated platform certificate, in memory)");
+    Platform::from_pems(cert, &key, memory, memory)
 }
 
 /// Reads the platform key and certificate, making them first if either file is missing.
@@ -138,29 +153,12 @@ pub(crate) fn platform(dir: &Path, now: i64) -> std::io::Result<Platform> {
     let cert_path = dir.join("platform_cert.pem");
     if !(key_path.exists() && cert_path.exists()) {
         fs::create_dir_all(dir)?;
-        let key = generate_key()?;
-        // From January 1st of last year: in force from the first second, whatever the time
-        // zones, and for at least the five years WeChat Pay's last.
-        let cert = self_signed(
-            &key,
-            "Tenpay.com platform certificate (wxpay simulator, not for production)",
-            "wxpay simulator",
-            year_of(now) - 1,
-            PLATFORM_CERT_YEARS + 1,
-        )?;
+        let (key, cert) = new_platform_pems(now, "")?;
         write_private(&key_path, &key)?;
         fs::write(&cert_path, &cert)?;
         tracing::info!(dir = %dir.display(), "made the simulator's APIv3 platform key and certificate");
     }
-    let cert_pem = read(&cert_path)?;
-    let cert = Certificate::from_pem(&cert_pem).map_err(|e| invalid(&cert_path, e))?;
-    let signing = signing_key(&key_path, &read(&key_path)?, cert.serial_no())?;
-    Ok(Platform {
-        signing,
-        cert_pem,
-        not_before: cert.not_before(),
-        not_after: cert.not_after(),
-    })
+    Platform::from_pems(read(&cert_path)?, &read(&key_path)?, &cert_path, &key_path)
 }
 
 /// Reads the WeChat Pay public key and its id, making them first if a file is missing.

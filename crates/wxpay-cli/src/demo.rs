@@ -117,7 +117,10 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
         let sim = Simulator::new(sim_config).map_err(|e| CliError::Usage(e.to_string()))?;
         let stop_simulator = sim.start_background();
 
-        let v3 = v3_credentials(&keys_dir)?;
+        let files = sim
+            .v3_files()
+            .ok_or_else(|| CliError::Usage("the demo's simulator has no APIv3 keys".into()))?;
+        let v3 = v3_credentials(&files)?;
         let config = demo_config(&base, &token, &webhook_secret, v3);
         let url = format!("sqlite://{}", db_path.display());
         let store = wxpay_gateway::open_store(&url, 4)
@@ -227,16 +230,16 @@ fn demo_config(base: &str, token: &str, webhook_secret: &str, v3: wxpay_gateway:
 
 /// The gateway's APIv3 credentials of the test merchant, from the files the simulator made:
 /// its key and serial, and WeChat Pay's public key.
-fn v3_credentials(keys: &Path) -> Result<wxpay_gateway::V3Credentials, CliError> {
+fn v3_credentials(files: &wxpay_simulator::V3Files) -> Result<wxpay_gateway::V3Credentials, CliError> {
     use wxpay_protocol::v3::{MerchantKey, PublicKey};
     let read = |p: PathBuf| {
         std::fs::read_to_string(&p).map_err(|e| CliError::Usage(format!("cannot read {}: {e}", p.display())))
     };
-    let merchant = keys.join(TEST_MCH_ID);
+    let merchant = files.dir.join(TEST_MCH_ID);
     let serial = read(merchant.join("apiclient_serial"))?;
     let key = MerchantKey::from_pem(&read(merchant.join("apiclient_key.pem"))?, serial.trim())?;
-    let id = read(keys.join("pub_key_id"))?.trim().to_owned();
-    let public = PublicKey::from_pem(&read(keys.join("pub_key.pem"))?)?;
+    let id = files.pub_key_id.clone();
+    let public = PublicKey::from_pem(&read(files.pub_key.clone())?)?;
     Ok(wxpay_gateway::V3Credentials {
         apiv3_key: wxpay_protocol::ApiV3Key::new(TEST_APIV3_KEY)?,
         key: Arc::new(key),

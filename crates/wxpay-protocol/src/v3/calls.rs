@@ -56,6 +56,28 @@ pub struct CreateJsapi<'a> {
 }
 
 impl CreateJsapi<'_> {
+    /// Checks what WeChat Pay would refuse, before anything is sent: a description of 1 to
+    /// 127 characters, an attach of at most 128, an openid of 1 to 128, and a number that may
+    /// name a new order ([`OutTradeNo::check_new`]).
+    ///
+    /// # Errors
+    /// [`Error::InvalidField`], naming the field.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.description.is_empty() || self.description.chars().count() > 127 {
+            return Err(Error::field("description", "1 to 127 characters"));
+        }
+        if self.attach.is_some_and(|a| a.chars().count() > 128) {
+            return Err(Error::field("attach", "at most 128 characters"));
+        }
+        if self.openid.is_empty() || self.openid.len() > 128 {
+            return Err(Error::field(
+                "openid",
+                "1 to 128 characters (a JSAPI payment needs the payer's openid)",
+            ));
+        }
+        self.out_trade_no.check_new()
+    }
+
     /// The request.
     pub fn request(&self) -> Request {
         // Fields in the order of WeChat Pay's documentation (a struct keeps its order; a
@@ -327,6 +349,18 @@ pub struct CreateRefund<'a> {
 }
 
 impl CreateRefund<'_> {
+    /// Checks what WeChat Pay would refuse, before anything is sent: a reason of at most 80
+    /// characters.
+    ///
+    /// # Errors
+    /// [`Error::InvalidField`], naming the field.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.reason.is_some_and(|r| r.chars().count() > 80) {
+            return Err(Error::field("reason", "at most 80 characters"));
+        }
+        Ok(())
+    }
+
     /// The request.
     pub fn request(&self) -> Request {
         #[derive(Serialize)]
@@ -726,6 +760,92 @@ mod tests {
             ..location
         };
         assert!(sha256.check(b"abc").is_err());
+    }
+
+    #[test]
+    fn orders_and_refunds_are_checked_before_they_are_sent() {
+        let (appid, mchid) = (
+            AppId::new("wxd678efh567hg6787").unwrap(),
+            MchId::new("1230000109").unwrap(),
+        );
+        let no = OutTradeNo::new("W12345").unwrap();
+        let order = CreateJsapi {
+            appid: &appid,
+            mchid: &mchid,
+            description: "咖啡",
+            out_trade_no: &no,
+            time_expire: None,
+            attach: None,
+            notify_url: "https://example.com/n",
+            amount: Fen::new(1).unwrap(),
+            openid: "o1",
+        };
+        assert!(order.check().is_ok());
+        let field = |e: Error| match e {
+            Error::InvalidField { field, .. } => field,
+            other => panic!("{other:?}"),
+        };
+        let long = "长".repeat(128);
+        for (bad, name) in [
+            (
+                CreateJsapi {
+                    description: "",
+                    ..order.clone()
+                },
+                "description",
+            ),
+            (
+                CreateJsapi {
+                    description: &long,
+                    ..order.clone()
+                },
+                "description",
+            ),
+            (
+                CreateJsapi {
+                    attach: Some(&"a".repeat(129)),
+                    ..order.clone()
+                },
+                "attach",
+            ),
+            (
+                CreateJsapi {
+                    openid: "",
+                    ..order.clone()
+                },
+                "openid",
+            ),
+            (
+                CreateJsapi {
+                    out_trade_no: &OutTradeNo::new("W1").unwrap(),
+                    ..order.clone()
+                },
+                "out_trade_no",
+            ),
+        ] {
+            assert_eq!(field(bad.check().unwrap_err()), name);
+        }
+        let refund = CreateRefund {
+            out_trade_no: &no,
+            out_refund_no: &OutRefundNo::new("R1").unwrap(),
+            reason: Some(&"因".repeat(80)),
+            notify_url: None,
+            refund: Fen::new(1).unwrap(),
+            total: Fen::new(1).unwrap(),
+        };
+        assert!(refund.check().is_ok());
+        let too_long = "因".repeat(81);
+        assert_eq!(
+            field(
+                CreateRefund {
+                    reason: Some(&too_long),
+                    ..refund
+                }
+                .check()
+                .unwrap_err()
+            ),
+            "reason"
+        );
     }
 
     #[test]

@@ -60,7 +60,7 @@ impl V3Provider {
         self.link.clone()
     }
 
-    fn create(&self, t: &PaymentTerms<'_>) -> calls::Request {
+    fn jsapi<'a>(&'a self, t: &'a PaymentTerms<'a>) -> CreateJsapi<'a> {
         let c = &self.link.config;
         CreateJsapi {
             appid: &c.appid,
@@ -73,10 +73,9 @@ impl V3Provider {
             amount: t.amount,
             openid: t.openid,
         }
-        .request()
     }
 
-    fn refund_request(&self, t: &RefundTerms<'_>) -> calls::Request {
+    fn refund_ask<'a>(&'a self, t: &'a RefundTerms<'a>) -> CreateRefund<'a> {
         CreateRefund {
             out_trade_no: t.out_trade_no,
             out_refund_no: t.out_refund_no,
@@ -85,7 +84,6 @@ impl V3Provider {
             refund: t.amount,
             total: t.order_amount,
         }
-        .request()
     }
 }
 
@@ -155,24 +153,14 @@ impl Provider for V3Provider {
     }
 
     fn check_payment(&self, t: &PaymentTerms<'_>) -> Result<(), String> {
-        if t.description.is_empty() || t.description.chars().count() > 127 {
-            return Err("description: 1 to 127 characters".into());
-        }
-        if t.attach.is_some_and(|a| a.chars().count() > 128) {
-            return Err("attach: at most 128 characters".into());
-        }
-        if t.openid.is_empty() || t.openid.len() > 128 {
-            return Err("openid: 1 to 128 characters (a JSAPI payment needs the payer's openid)".into());
-        }
-        t.out_trade_no.check_new().map_err(|e| e.to_string())?;
-        Ok(())
+        self.jsapi(t).check().map_err(|e| e.to_string())
     }
 
     fn create_payment<'a>(&'a self, terms: &'a PaymentTerms<'a>) -> Fut<'a, String> {
         Box::pin(async move {
             let answer = self
                 .link
-                .call(&self.create(terms), "v3_jsapi")
+                .call(&self.jsapi(terms).request(), "v3_jsapi")
                 .await
                 .map_err(|e| provider_error(e, Refusal::OrderNotExist))?;
             prepay_id(&answer.body).map_err(incomplete)
@@ -221,17 +209,14 @@ impl Provider for V3Provider {
     }
 
     fn check_refund(&self, t: &RefundTerms<'_>) -> Result<(), String> {
-        if t.reason.is_some_and(|r| r.chars().count() > 80) {
-            return Err("reason: at most 80 characters".into());
-        }
-        Ok(())
+        self.refund_ask(t).check().map_err(|e| e.to_string())
     }
 
     fn refund<'a>(&'a self, terms: &'a RefundTerms<'a>) -> Fut<'a, RefundAccepted> {
         Box::pin(async move {
             let answer = self
                 .link
-                .call(&self.refund_request(terms), "v3_refund")
+                .call(&self.refund_ask(terms).request(), "v3_refund")
                 .await
                 .map_err(|e| provider_error(e, Refusal::OrderNotExist))?;
             let r = refund_record(&answer.body).map_err(incomplete)?;

@@ -64,6 +64,11 @@ fn paths(module: &str, code: &str) -> Vec<String> {
     let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let mut i = 0;
     while i < bytes.len() {
+        // Inside a character of several bytes (in a string literal) no path starts.
+        if !code.is_char_boundary(i) {
+            i += 1;
+            continue;
+        }
         let rest = &code[i..];
         let start_of_word = i == 0 || !ident(bytes[i - 1]);
         let prefix = if !start_of_word {
@@ -226,6 +231,12 @@ fn cycle(g: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
     }
     let mut done = BTreeSet::new();
     g.keys().find_map(|m| visit(m, g, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn paths_are_found_after_text_of_several_bytes_per_character() {
+    let code = "const S: &str = \"≥ 一\"; use crate::store::Order; super::x::y();";
+    assert_eq!(paths("crate::edge::page", code), ["crate::store::Order", "crate::edge::x::y"]);
 }
 
 #[test]

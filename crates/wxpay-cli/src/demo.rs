@@ -150,7 +150,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
         }
         eprintln!("  open the demo      {base}/demo");
         eprintln!("  gateway API        {base}/v1/orders   (Authorization: Bearer {token})");
-        eprintln!("  API description    {base}/openapi.json");
+        eprintln!("  API reference      {base}/docs   (OpenAPI: {base}/openapi.json)");
         eprintln!("  simulator          {base}/pay/unifiedorder, {base}/simulator/notifications");
         eprintln!("  metrics            {base}/metrics");
         eprintln!("  database           {}", db_path.display());

@@ -81,10 +81,39 @@ impl ApiError {
     }
 
     /// The JSON body.
-    pub fn body(&self) -> serde_json::Value {
+    pub fn body(&self) -> ErrorBody {
         let (_, code) = self.parts();
-        serde_json::json!({"error": {"code": code, "message": self.to_string(), "request_id": current_request_id()}})
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: self.to_string(),
+                request_id: current_request_id(),
+            },
+        }
     }
+}
+
+/// The body of every error answer.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, for programs (`code`) and for people (`message`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable code: `unauthorized`, `bad_request`, `invalid_request`, `not_found`,
+    /// `method_not_allowed`; for a conflict `order_paid`, `order_not_pending`,
+    /// `out_trade_no_taken`, `order_not_paid`, `refund_exceeds_amount`,
+    /// `out_refund_no_taken`, `idempotency_key_reused` or `idempotency_in_progress`;
+    /// `wechatpay_rejected`, `wechatpay_unavailable`, `not_configured` or `internal`.
+    pub code: String,
+    /// What was wrong and what to do; never a secret or a stack trace.
+    pub message: String,
+    /// The id of the request, as in the `x-request-id` header and the log.
+    pub request_id: Option<String>,
 }
 
 impl From<crate::store::StoreError> for ApiError {

@@ -19,6 +19,18 @@ use crate::edge::error::{ApiError, REQUEST_ID, current_request_id};
 use crate::service::numbers::Numbers;
 use crate::store::{IdemClaim, IdemKey};
 
+/// The `Idempotency-Key` header of the creating calls, as the API document describes it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Only described: the header is read by `idempotent`.
+pub(crate) struct IdempotencyKey {
+    /// 1 to 255 ASCII characters of your choice. A repetition with the same key and body
+    /// gets the first answer again; the same key with another body is refused (409). Keys
+    /// belong to the bearer token that used them.
+    #[param(rename = "Idempotency-Key", required = false)]
+    idempotency_key: String,
+}
+
 /// The scope of a token for idempotency keys: a digest, never the token itself.
 #[derive(Clone, Debug)]
 pub(crate) struct TokenScope(pub(crate) String);
@@ -153,7 +165,7 @@ where
                 store.idem_release(k).await?;
                 true
             }
-            Err(e) => store.idem_finish(k, e.status().as_u16(), e.body().to_string()).await?,
+            Err(e) => store.idem_finish(k, e.status().as_u16(), serde_json::to_string(&e.body()).unwrap_or_default()).await?,
         };
         if !kept {
             tracing::error!("an answer was not kept for its Idempotency-Key: a retry took the key over");

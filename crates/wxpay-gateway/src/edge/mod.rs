@@ -10,9 +10,10 @@ mod idempotency;
 mod inflight;
 mod notify;
 mod orders;
+mod reference;
 mod refunds;
 mod router;
 
 pub use app::{App, serve, serve_router};
 pub use error::ApiError;
-pub use orders::OPENAPI;
+pub use router::openapi;

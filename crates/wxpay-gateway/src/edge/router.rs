@@ -7,28 +7,53 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use bytes::Bytes;
 use tracing::Instrument;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::edge::app::App;
 use crate::edge::error::{ApiError, REQUEST_ID};
 use crate::edge::idempotency::TokenScope;
+use crate::edge::reference::{self, ApiDoc};
 use crate::edge::{notify, orders, refunds};
+
+/// The `/v1` routes, each registered from its handler's `#[utoipa::path]`, and the OpenAPI
+/// document made from the same annotations: a route cannot be served undocumented, nor
+/// documented at a path or method the router does not serve.
+fn v1() -> (Router<App>, utoipa::openapi::OpenApi) {
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(orders::openid))
+        .routes(routes!(orders::create_order, orders::list_orders))
+        .routes(routes!(orders::get_order))
+        .routes(routes!(orders::close_order))
+        .routes(routes!(refunds::create_refund))
+        .routes(routes!(refunds::get_refund))
+        .split_for_parts();
+    reference::answer_unauthorized(&mut doc);
+    (router, doc)
+}
+
+/// The OpenAPI document of `/v1`, as `GET /openapi.json` serves it.
+pub fn openapi() -> serde_json::Value {
+    serde_json::to_value(v1().1).unwrap_or_default()
+}
 
 impl App {
     /// The routes: `/v1/…` (bearer token), `/notify/v2/pay`, `/notify/v2/refund`,
     /// `/notify/v3/{merchant}`,
-    /// `/healthz`, `/readyz`, `/metrics`, `/openapi.json`. The first call starts the task that
-    /// keeps the metrics' database figures fresh, so it must be made within a Tokio runtime.
+    /// `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`. The first call starts the
+    /// task that keeps the metrics' database figures fresh, so it must be made within a Tokio
+    /// runtime.
     pub fn router(&self) -> Router {
         self.service.start_gauges();
-        let v1 = Router::new()
-            .route("/v1/openid", post(orders::openid))
-            .route("/v1/orders", post(orders::create_order).get(orders::list_orders))
-            .route("/v1/orders/{out_trade_no}", get(orders::get_order))
-            .route("/v1/orders/{out_trade_no}/close", post(orders::close_order))
-            .route("/v1/orders/{out_trade_no}/refunds", post(refunds::create_refund))
-            .route("/v1/refunds/{out_refund_no}", get(refunds::get_refund))
-            .layer(middleware::from_fn_with_state(self.clone(), auth));
+        let (v1, doc) = v1();
+        let v1 = v1.layer(middleware::from_fn_with_state(self.clone(), auth));
+        // Both are made once, here, and served as they are.
+        let doc = serde_json::to_value(doc).unwrap_or_default();
+        let page = Bytes::from(reference::render(&doc));
+        let doc = Bytes::from(serde_json::to_string_pretty(&doc).unwrap_or_default());
         let notify = Router::new()
             .route("/notify/v2/pay", post(notify::payment))
             .route("/notify/v2/refund", post(notify::refund))
@@ -40,7 +65,26 @@ impl App {
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
-            .route("/openapi.json", get(orders::openapi))
+            .route(
+                "/openapi.json",
+                get(move || std::future::ready(([(header::CONTENT_TYPE, "application/json")], doc.clone()))),
+            )
+            .route(
+                "/docs",
+                get(move || {
+                    std::future::ready((
+                        [
+                            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                            // The page is self-contained: nothing but its own inline style runs.
+                            (
+                                header::CONTENT_SECURITY_POLICY,
+                                "default-src 'none'; style-src 'unsafe-inline'",
+                            ),
+                        ],
+                        page.clone(),
+                    ))
+                }),
+            )
             // Every answer, a wrong path or method included, has the JSON error body.
             .fallback(|| async { ApiError::NotFound("no such path".into()) })
             .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -130,7 +130,7 @@ pub(crate) fn describe_sqlx(e: &sqlx::Error) -> String {
 }
 
 /// An order's status, as the API shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OrderStatus {
     /// Created, not paid (yet).
@@ -238,7 +238,7 @@ pub(crate) mod col {
 }
 
 /// Where the `unifiedorder` call of an order stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Upstream {
     /// Not called yet (or the call is in flight).
@@ -447,7 +447,7 @@ impl PaymentOutcome {
 }
 
 /// A refund's status, as the API shows it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RefundStatus {
     /// Stored; asked for or about to be; not settled yet.

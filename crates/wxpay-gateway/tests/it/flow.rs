@@ -662,7 +662,7 @@ async fn a_failed_payment_notification_is_acknowledged_and_leaves_the_order_paya
 }
 
 #[tokio::test]
-async fn health_readiness_metrics_and_the_openapi_document_are_served() {
+async fn health_readiness_and_metrics_are_served() {
     let t = spawn_app(TestDb::sqlite(), Options::default()).await;
     let o = t.create(order_body(100)).await;
     t.notify(paid_notification(
@@ -689,25 +689,6 @@ async fn health_readiness_metrics_and_the_openapi_document_are_served() {
         assert!(r.headers().contains_key("x-request-id"));
         let text = r.text().await.unwrap();
         assert!(text.contains(needle), "{path} lacks {needle}:\n{text}");
-    }
-    let doc: serde_json::Value = t
-        .http
-        .get(format!("{}/openapi.json", t.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    for path in [
-        "/v1/openid",
-        "/v1/orders",
-        "/v1/orders/{out_trade_no}",
-        "/v1/orders/{out_trade_no}/close",
-        "/v1/orders/{out_trade_no}/refunds",
-        "/v1/refunds/{out_refund_no}",
-    ] {
-        assert!(doc["paths"][path].is_object(), "{path} is not in openapi.json");
     }
     t.stop().await;
 }

@@ -7,6 +7,7 @@ mod golden;
 mod hardening;
 mod jobs;
 mod reconcile;
+mod reference;
 mod refunds;
 mod store;
 mod support;

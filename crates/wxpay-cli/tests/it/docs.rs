@@ -74,3 +74,90 @@ fn every_key_file_the_readme_passes_exists_or_is_made_first() {
         }
     }
 }
+
+/// A README's headings (level and text) and fenced code blocks (info string and lines).
+struct Outline {
+    headings: Vec<(usize, String)>,
+    blocks: Vec<(String, Vec<String>)>,
+    table_rows: usize,
+}
+
+fn outline(text: &str) -> Outline {
+    let mut out = Outline {
+        headings: Vec::new(),
+        blocks: Vec::new(),
+        table_rows: 0,
+    };
+    let mut block: Option<(String, Vec<String>)> = None;
+    for line in text.lines() {
+        if let Some((info, lines)) = &mut block {
+            if line.starts_with("```") {
+                out.blocks.push((std::mem::take(info), std::mem::take(lines)));
+                block = None;
+            } else {
+                lines.push(line.to_owned());
+            }
+        } else if let Some(info) = line.strip_prefix("```") {
+            block = Some((info.to_owned(), Vec::new()));
+        } else if line.starts_with('#') {
+            let level = line.bytes().take_while(|&b| b == b'#').count();
+            out.headings.push((level, line[level..].trim().to_owned()));
+        } else if line.starts_with('|') {
+            out.table_rows += 1;
+        }
+    }
+    out
+}
+
+/// A line of code with its comment removed (a translation may translate comments, nothing
+/// else): `None` for a line that is all comment.
+fn code_only(line: &str) -> Option<&str> {
+    let t = line.trim_start();
+    if t.starts_with('#') || t.starts_with("//") {
+        return None;
+    }
+    Some(line.find("  # ").map_or(line, |at| &line[..at]).trim_end())
+}
+
+#[test]
+fn the_chinese_readme_has_the_sections_commands_and_code_of_the_english_one() {
+    let (en, zh) = (read("README.md"), read("README.zh-CN.md"));
+    let (e, z) = (outline(&en), outline(&zh));
+    let levels = |o: &Outline| o.headings.iter().map(|(l, _)| *l).collect::<Vec<_>>();
+    assert_eq!(levels(&e), levels(&z), "the same sections, in the same order");
+    assert_eq!(e.table_rows, z.table_rows, "the same table rows");
+    assert_eq!(e.blocks.len(), z.blocks.len(), "the same number of code blocks");
+    for (i, ((ei, el), (zi, zl))) in e.blocks.iter().zip(&z.blocks).enumerate() {
+        assert_eq!(ei, zi, "code block {i}: the same language");
+        let code = |lines: &[String]| {
+            lines
+                .iter()
+                .filter_map(|l| code_only(l).map(str::to_owned))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(code(el), code(zl), "code block {i} (comments aside)");
+    }
+    // Both start with the same two commands, and each links to the other.
+    assert_eq!(e.blocks[0], z.blocks[0]);
+    assert!(zh.starts_with("# wxpay\n\n```sh\ncargo run --release -- demo\ncargo test --workspace\n```"));
+    assert!(en.contains("[简体中文](README.zh-CN.md)") && zh.contains("[English](README.md)"));
+    // A heading that names code names the same code in both.
+    for ((_, et), (_, zt)) in e.headings.iter().zip(&z.headings) {
+        let spans = |t: &str| t.split('`').skip(1).step_by(2).map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(spans(et), spans(zt), "{et} / {zt}");
+    }
+}
+
+#[test]
+fn an_outline_tells_a_comment_from_code() {
+    assert_eq!(
+        code_only("wxpay serve --config wxpay.toml   # 启动"),
+        Some("wxpay serve --config wxpay.toml")
+    );
+    assert_eq!(code_only("  # a comment"), None);
+    assert_eq!(code_only("// 注释"), None);
+    let o = outline("# t\n\n```sh\n# x\nls\n```\n## a `b`\n| c |\n");
+    assert_eq!(o.headings, [(1, "t".to_owned()), (2, "a `b`".to_owned())]);
+    assert_eq!(o.blocks, [("sh".to_owned(), vec!["# x".to_owned(), "ls".to_owned()])]);
+    assert_eq!(o.table_rows, 1);
+}

@@ -236,7 +236,10 @@ fn cycle(g: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
 #[test]
 fn paths_are_found_after_text_of_several_bytes_per_character() {
     let code = "const S: &str = \"≥ 一\"; use crate::store::Order; super::x::y();";
-    assert_eq!(paths("crate::edge::page", code), ["crate::store::Order", "crate::edge::x::y"]);
+    assert_eq!(
+        paths("crate::edge::page", code),
+        ["crate::store::Order", "crate::edge::x::y"]
+    );
 }
 
 #[test]

@@ -31,6 +31,9 @@ pub enum ApiError {
     /// The request reads but a value breaks a rule.
     #[error("{0}")]
     Invalid(String),
+    /// The request body is over the limit.
+    #[error("the request body is larger than the gateway accepts")]
+    TooLarge,
     /// No such thing.
     #[error("{0}")]
     NotFound(String),
@@ -65,6 +68,7 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            ApiError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
@@ -104,7 +108,7 @@ pub struct ErrorBody {
 /// What went wrong, for programs (`code`) and for people (`message`).
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// A stable code: `unauthorized`, `bad_request`, `invalid_request`, `not_found`,
+    /// A stable code: `unauthorized`, `bad_request`, `invalid_request`, `too_large`, `not_found`,
     /// `method_not_allowed`; for a conflict `order_paid`, `order_not_pending`,
     /// `out_trade_no_taken`, `order_not_paid`, `refund_exceeds_amount`,
     /// `out_refund_no_taken`, `idempotency_key_reused` or `idempotency_in_progress`;

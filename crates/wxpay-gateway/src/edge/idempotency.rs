@@ -27,7 +27,7 @@ pub(crate) struct IdempotencyKey {
     /// 1 to 255 ASCII characters of your choice. A repetition with the same key and body
     /// gets the first answer again; the same key with another body is refused (409). Keys
     /// belong to the bearer token that used them.
-    #[param(rename = "Idempotency-Key", required = false)]
+    #[param(rename = "Idempotency-Key", required = false, min_length = 1, max_length = 255)]
     idempotency_key: String,
 }
 

@@ -9,17 +9,16 @@
 //! | `POST /v1/orders/{out_trade_no}/close` | closes an unpaid order (never a paid one) |
 //! | `POST /v1/orders/{out_trade_no}/refunds`, `GET /v1/refunds/{out_refund_no}` | refunds (`refunds.rs`) |
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use wxpay_protocol::{Fen, OutTradeNo};
 
 use crate::edge::app::App;
-use crate::edge::body::parse_json;
+use crate::edge::body::{Body, Path, Query, parse_json};
 use crate::edge::error::{ApiError, ErrorBody};
 use crate::edge::idempotency::{IdempotencyKey, TokenScope, idempotent};
 use crate::edge::refunds::RefundView;
@@ -37,6 +36,7 @@ pub(crate) struct OpenidRequest {
     code: String,
     /// The merchant (by its configured `name`) whose mini program the code is for; the
     /// first configured merchant when left out.
+    #[schema(min_length = 1)]
     merchant: Option<String>,
 }
 
@@ -65,7 +65,7 @@ pub(crate) struct OpenidView {
     ),
     security(("bearer" = []))
 )]
-pub(crate) async fn openid(State(app): State<App>, body: Bytes) -> Result<Response, ApiError> {
+pub(crate) async fn openid(State(app): State<App>, Body(body): Body) -> Result<Response, ApiError> {
     let req: OpenidRequest = parse_json(&body)?;
     let payer = app.openid(req.merchant.as_deref(), &req.code).await?;
     Ok(Json(OpenidView {
@@ -81,22 +81,26 @@ pub(crate) async fn openid(State(app): State<App>, body: Bytes) -> Result<Respon
 pub(crate) struct CreateOrderRequest {
     /// What is sold, as the payer sees it (WeChat Pay's `body`/`description`).
     description: String,
-    /// The amount in fen (1 yuan = 100 fen), a positive integer.
-    #[schema(minimum = 1)]
+    /// The amount in fen (1 yuan = 100 fen), a positive integer; a number with a decimal
+    /// point (`15.0`) is refused, since it is almost always an amount in yuan.
+    #[schema(minimum = 1, maximum = 9223372036854775807_u64)]
     amount_fen: u64,
     /// The payer's openid for the merchant's mini program (from `POST /v1/openid`).
     openid: String,
     /// Your order number, 6 to 32 letters, digits, `_`, `-`, `|`, `*`; made by the gateway
     /// when left out.
+    #[schema(min_length = 6, max_length = 32, pattern = r"^[0-9A-Za-z_|*-]+$")]
     out_trade_no: Option<String>,
     /// Your data, given back unchanged in the order and its events.
     attach: Option<String>,
-    /// How long the order can be paid, in seconds (at least 60); the configured default when
-    /// left out.
+    /// How long the order can be paid, in seconds (a minute to a week); the configured
+    /// default when left out.
+    #[schema(minimum = 60, maximum = 604800)]
     expires_in_secs: Option<u64>,
     /// The payer's IP address, as WeChat Pay asks for it.
     client_ip: Option<String>,
     /// The merchant (by its configured `name`); the first configured merchant when left out.
+    #[schema(min_length = 1)]
     merchant: Option<String>,
 }
 
@@ -254,7 +258,7 @@ fn placed(p: &Placed) -> (StatusCode, serde_json::Value) {
     responses(
         (status = 201, description = "The order is placed.", body = PlacedView),
         (status = 200, description = "The order of this `out_trade_no`, placed before with the same parameters.", body = PlacedView),
-        (status = 400, description = "The body is not JSON.", body = ErrorBody),
+        (status = 400, description = "The body is not JSON, or the `Idempotency-Key` is not 1 to 255 ASCII characters.", body = ErrorBody),
         (status = 409, description = "The order number or the key is used by another request.", body = ErrorBody),
         (status = 422, description = "A field is missing or wrong (a yuan amount, an unknown merchant, …).", body = ErrorBody),
         (status = 502, description = "WeChat Pay refused the order; it is recorded `failed`.", body = ErrorBody),
@@ -266,7 +270,7 @@ pub(crate) async fn create_order(
     State(app): State<App>,
     Extension(scope): Extension<TokenScope>,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     let hash = crate::util::sha256_hex(&body);
     let run = {
@@ -294,6 +298,7 @@ pub(crate) async fn create_order(
 #[into_params(parameter_in = Query)]
 pub(crate) struct GetOrderQuery {
     /// The merchant, when several have orders of this number.
+    #[param(min_length = 1)]
     merchant: Option<String>,
     /// Ask WeChat Pay first (`orderquery`) and apply what it says.
     sync: Option<bool>,
@@ -308,6 +313,7 @@ pub(crate) struct GetOrderQuery {
     responses(
         (status = 200, description = "The order.", body = OrderView),
         (status = 404, description = "No such order.", body = ErrorBody),
+        (status = 422, description = "No merchant of that name, or `sync` is not `true` or `false`.", body = ErrorBody),
         (status = 503, description = "`sync=true` and WeChat Pay did not answer.", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -340,9 +346,11 @@ pub(crate) async fn get_order(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
-    /// Only orders in this status: `pending`, `paid`, `closed`, `failed` or `refunded`.
+    /// Only orders in this status.
+    #[param(value_type = Option<OrderStatus>)]
     status: Option<String>,
-    /// At most this many (1 to 500, default 50).
+    /// At most this many (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// The `next_cursor` of the page before.
     cursor: Option<i64>,
@@ -365,20 +373,23 @@ pub(crate) struct OrderPage {
     params(ListQuery),
     responses(
         (status = 200, description = "A page of orders.", body = OrderPage),
-        (status = 422, description = "An unknown status.", body = ErrorBody),
+        (status = 422, description = "An unknown status, a limit out of range, or a parameter of the wrong type.", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
 pub(crate) async fn list_orders(State(app): State<App>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
     let status = match q.status.as_deref() {
-        None | Some("") => None,
+        None => None,
         Some(s) => Some(OrderStatus::parse(s).ok_or_else(|| {
             ApiError::Invalid(format!(
                 "status {s:?} is not one of pending, paid, closed, failed, refunded"
             ))
         })?),
     };
-    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::Invalid(format!("limit {limit} is not between 1 and 500")));
+    }
     let orders = app.list_orders(status, limit + 1, q.cursor).await?;
     let more = orders.len() > limit as usize;
     let page: Vec<&Order> = orders.iter().take(limit as usize).collect();
@@ -392,6 +403,7 @@ pub(crate) async fn list_orders(State(app): State<App>, Query(q): Query<ListQuer
 #[serde(deny_unknown_fields)]
 pub(crate) struct CloseRequest {
     /// The merchant, when several have orders of this number.
+    #[schema(min_length = 1)]
     merchant: Option<String>,
 }
 
@@ -401,10 +413,11 @@ pub(crate) struct CloseRequest {
     path = "/v1/orders/{out_trade_no}/close",
     tag = "orders",
     params(("out_trade_no" = String, Path, description = "The merchant's order number.")),
-    request_body(content = Option<CloseRequest>, description = "May be left out."),
+    request_body(content = Option<CloseRequest>, description = "May be left out, or `null`."),
     responses(
         (status = 200, description = "The order, closed.", body = OrderView),
         (status = 404, description = "No such order.", body = ErrorBody),
+        (status = 422, description = "No merchant of that name, or a field of the wrong type.", body = ErrorBody),
         (status = 409, description = "The order is paid (or refunded), and stays so.", body = ErrorBody),
         (status = 503, description = "WeChat Pay did not answer; the order stays open.", body = ErrorBody),
     ),
@@ -413,12 +426,12 @@ pub(crate) struct CloseRequest {
 pub(crate) async fn close_order(
     State(app): State<App>,
     Path(out_trade_no): Path<String>,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     let req: CloseRequest = if body.iter().all(u8::is_ascii_whitespace) {
         CloseRequest::default()
     } else {
-        parse_json(&body)?
+        parse_json::<Option<CloseRequest>>(&body)?.unwrap_or_default()
     };
     let order = app.close_order(req.merchant.as_deref(), out_trade_no).await?;
     Ok(Json(view(&order)).into_response())

@@ -41,14 +41,20 @@ impl utoipa::Modify for Bearer {
     }
 }
 
-/// Adds to every operation that needs a bearer token its answer without one, which the
-/// `auth` middleware gives before any handler runs.
-pub(crate) fn answer_unauthorized(doc: &mut OpenApi) {
-    let unauthorized: RefOr<Response> = ResponseBuilder::new()
-        .description("No bearer token, or not one of `[server] api_tokens`.")
-        .content("application/json", Content::new(Some(Ref::from_schema_name("Error"))))
-        .build()
-        .into();
+/// Adds to every operation the answers that come before its handler runs: 400 for a request
+/// that does not read (a path that is not UTF-8, a header that is not ASCII), 401 without the
+/// bearer token (the `auth` middleware), and 413 for a body over the limit.
+pub(crate) fn add_common_answers(doc: &mut OpenApi) {
+    let error = |why: &str| -> RefOr<Response> {
+        ResponseBuilder::new()
+            .description(why)
+            .content("application/json", Content::new(Some(Ref::from_schema_name("Error"))))
+            .build()
+            .into()
+    };
+    let unreadable = error("The request cannot be read.");
+    let unauthorized = error("No bearer token, or not one of `[server] api_tokens`.");
+    let too_large = error("The body is over 64 KiB.");
     for item in doc.paths.paths.values_mut() {
         let ops = [
             &mut item.get,
@@ -58,8 +64,13 @@ pub(crate) fn answer_unauthorized(doc: &mut OpenApi) {
             &mut item.delete,
         ];
         for op in ops.into_iter().flatten() {
+            let answers = &mut op.responses.responses;
+            answers.entry("400".into()).or_insert_with(|| unreadable.clone());
             if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
-                op.responses.responses.insert("401".into(), unauthorized.clone());
+                answers.insert("401".into(), unauthorized.clone());
+            }
+            if op.request_body.is_some() {
+                answers.insert("413".into(), too_large.clone());
             }
         }
     }

@@ -1,16 +1,15 @@
 //! `POST /v1/orders/{out_trade_no}/refunds` and `GET /v1/refunds/{out_refund_no}`.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 
 use crate::edge::app::App;
-use crate::edge::body::parse_json;
+use crate::edge::body::{Body, Path, Query, parse_json};
 use crate::edge::error::{ApiError, ErrorBody};
 use crate::edge::idempotency::{IdempotencyKey, TokenScope, idempotent};
 use crate::service::numbers::Numbers;
@@ -28,10 +27,12 @@ pub(crate) struct RefundBody {
     amount_fen: u64,
     /// Your refund number, 1 to 64 letters, digits, `_`, `-`, `|`, `*`, `@`; made by the
     /// gateway when left out.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[0-9A-Za-z_|*@-]+$")]
     out_refund_no: Option<String>,
     /// Why, as the payer sees it.
     reason: Option<String>,
     /// The merchant, when several have orders of this number.
+    #[schema(min_length = 1)]
     merchant: Option<String>,
 }
 
@@ -102,7 +103,7 @@ fn json(r: &Refund) -> serde_json::Value {
     responses(
         (status = 201, description = "The refund is stored and sent.", body = RefundView),
         (status = 200, description = "The refund of this `out_refund_no`, asked for before with the same parameters.", body = RefundView),
-        (status = 400, description = "The body is not JSON.", body = ErrorBody),
+        (status = 400, description = "The body is not JSON, or the `Idempotency-Key` is not 1 to 255 ASCII characters.", body = ErrorBody),
         (status = 404, description = "No such order.", body = ErrorBody),
         (status = 409, description = "The order is not paid, the amount is more than is left, or the number or key is used.", body = ErrorBody),
         (status = 422, description = "A field is missing or wrong.", body = ErrorBody),
@@ -116,7 +117,7 @@ pub(crate) async fn create_refund(
     Extension(scope): Extension<TokenScope>,
     Path(out_trade_no): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     // The same key and body on another order is another request.
     let hash = crate::util::sha256_hex(format!("{out_trade_no}\n{}", String::from_utf8_lossy(&body)).as_bytes());
@@ -142,6 +143,7 @@ pub(crate) async fn create_refund(
 #[into_params(parameter_in = Query)]
 pub(crate) struct GetRefundQuery {
     /// The merchant, when several have refunds of this number.
+    #[param(min_length = 1)]
     merchant: Option<String>,
 }
 
@@ -154,6 +156,7 @@ pub(crate) struct GetRefundQuery {
     responses(
         (status = 200, description = "The refund.", body = RefundView),
         (status = 404, description = "No such refund.", body = ErrorBody),
+        (status = 422, description = "No merchant of that name.", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

@@ -31,7 +31,7 @@ fn v1() -> (Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(refunds::create_refund))
         .routes(routes!(refunds::get_refund))
         .split_for_parts();
-    reference::answer_unauthorized(&mut doc);
+    reference::add_common_answers(&mut doc);
     (router, doc)
 }
 

@@ -251,7 +251,8 @@ async fn every_answer_of_a_whole_flow_matches_the_document() {
         Method::POST,
         "/v1/orders/DOC0000001/close",
         "/v1/orders/{out_trade_no}/close",
-        None,
+        // The document allows a `null` body.
+        Some(Value::Null),
         None,
     )
     .await;
@@ -299,6 +300,53 @@ async fn the_reference_page_shows_every_operation_and_schema_and_loads_nothing_e
     assert!(page.contains("wx.requestPayment"));
     for outside in ["<script", " src=", "http://", "https://"] {
         assert!(!page.contains(outside), "the page has {outside}");
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_that_does_not_read_gets_the_json_error_body_the_document_lists() {
+    let t = spawn_app(TestDb::sqlite(), Options::default()).await;
+    let doc = document(&t).await;
+    let cases: [(Method, &str, &str, Option<String>, u16); 8] = [
+        // A query parameter of the wrong type, or out of its documented range.
+        (Method::GET, "/v1/orders?limit=x", "/v1/orders", None, 422),
+        (Method::GET, "/v1/orders?limit=501", "/v1/orders", None, 422),
+        (Method::GET, "/v1/orders?limit=0", "/v1/orders", None, 422),
+        (Method::GET, "/v1/orders?status=", "/v1/orders", None, 422),
+        (
+            Method::GET,
+            "/v1/orders/W1234567?sync=maybe",
+            "/v1/orders/{out_trade_no}",
+            None,
+            422,
+        ),
+        // A path that is not UTF-8.
+        (Method::GET, "/v1/refunds/%FF", "/v1/refunds/{out_refund_no}", None, 400),
+        // A body over the limit (64 KiB).
+        (Method::POST, "/v1/orders", "/v1/orders", Some("a".repeat(70_000)), 413),
+        (
+            Method::POST,
+            "/v1/orders/W1234567/refunds",
+            "/v1/orders/{out_trade_no}/refunds",
+            Some("a".repeat(70_000)),
+            413,
+        ),
+    ];
+    for (method, path, template, body, expected) in cases {
+        let mut req = t
+            .http
+            .request(method.clone(), format!("{}{path}", t.url))
+            .bearer_auth(crate::support::TOKEN);
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, expected, "{method} {path}: {text}");
+        let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text}"));
+        assert_documented(&doc, method.as_str(), template, status, &body);
     }
     t.stop().await;
 }

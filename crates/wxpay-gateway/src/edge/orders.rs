@@ -25,7 +25,7 @@ use crate::edge::refunds::RefundView;
 use crate::provider::PayParams;
 use crate::service::numbers::Numbers;
 use crate::service::orders::{OrderRequest, Placed};
-use crate::store::{Order, OrderStatus};
+use crate::store::{Order, OrderFilter, OrderStatus};
 use crate::time::Millis;
 
 /// The body of `POST /v1/openid`.
@@ -390,7 +390,11 @@ pub(crate) async fn list_orders(State(app): State<App>, Query(q): Query<ListQuer
     if !(1..=500).contains(&limit) {
         return Err(ApiError::Invalid(format!("limit {limit} is not between 1 and 500")));
     }
-    let orders = app.list_orders(status, limit + 1, q.cursor).await?;
+    let filter = OrderFilter {
+        status,
+        ..OrderFilter::default()
+    };
+    let orders = app.list_orders(filter, limit + 1, q.cursor).await?;
     let more = orders.len() > limit as usize;
     let page: Vec<&Order> = orders.iter().take(limit as usize).collect();
     let next_cursor = if more { page.last().map(|o| o.id) } else { None };

@@ -8,7 +8,9 @@ use crate::provider::{PayParams, PaymentState, PaymentTerms, Provider, ProviderE
 use crate::service::error::{Conflict, ServiceError};
 use crate::service::numbers::Numbers;
 use crate::service::state::Service;
-use crate::store::{Created, Event, NewOrder, Order, OrderStatus, Payment, PaymentOutcome, Refund, Source, Upstream};
+use crate::store::{
+    Created, Event, NewOrder, Order, OrderFilter, OrderStatus, Payment, PaymentOutcome, Refund, Source, Upstream,
+};
 use crate::time::Millis;
 
 /// What a backend asks for when it creates an order.
@@ -340,14 +342,14 @@ impl Service {
         Ok(OrderDetail { order, events, refunds })
     }
 
-    /// Orders, newest first, `limit` of them before the cursor.
+    /// The orders `filter` lets through, newest first, `limit` of them before the cursor.
     pub(crate) async fn list_orders(
         &self,
-        status: Option<OrderStatus>,
+        filter: OrderFilter,
         limit: u32,
         cursor: Option<i64>,
     ) -> Result<Vec<Order>, ServiceError> {
-        Ok(self.inner.store.list_orders(status, limit, cursor).await?)
+        Ok(self.inner.store.list_orders(filter, limit, cursor).await?)
     }
 
     /// Closes the order a request names.

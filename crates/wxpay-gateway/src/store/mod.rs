@@ -914,6 +914,21 @@ pub struct Stats {
     pub outbox_oldest_age_ms: Option<i64>,
 }
 
+/// Which orders a listing shows; each field that is set narrows it.
+#[derive(Clone, Debug, Default)]
+pub struct OrderFilter {
+    /// Only orders in this status.
+    pub status: Option<OrderStatus>,
+    /// Only this merchant's (its configured name).
+    pub merchant: Option<String>,
+    /// Only orders created at or after this.
+    pub created_from: Option<Millis>,
+    /// Only orders created before this.
+    pub created_before: Option<Millis>,
+    /// Only the orders whose `out_trade_no`, `transaction_id` or `openid` is exactly this.
+    pub search: Option<String>,
+}
+
 /// The gateway's persistence.
 pub trait Store: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
@@ -939,8 +954,8 @@ pub trait Store: Send + Sync + 'static {
     /// An order's history, oldest first.
     fn events(&self, order_id: i64) -> Fut<'_, Vec<Event>>;
 
-    /// Orders newest first, optionally of one status, before the row id `before`.
-    fn list_orders(&self, status: Option<OrderStatus>, limit: u32, before: Option<i64>) -> Fut<'_, Vec<Order>>;
+    /// The orders `filter` lets through, newest first, before the row id `before`.
+    fn list_orders(&self, filter: OrderFilter, limit: u32, before: Option<i64>) -> Fut<'_, Vec<Order>>;
 
     /// Applies a verified payment in one transaction, and records the notification (if it
     /// came from one) with its verdict in the same transaction.

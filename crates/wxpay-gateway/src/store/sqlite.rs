@@ -22,9 +22,9 @@ use super::rules::{
 };
 use super::{
     Created, DailyClaim, Event, Fut, IdemClaim, IdemKey, ImportedRefund, KeptCertificate, NewOrder, NewRefund,
-    NotificationRecord, Order, OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund,
-    RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store, StoreError, Verdict, col,
-    event_id, event_payload, refund_event_payload,
+    NotificationRecord, Order, OrderFilter, OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord,
+    Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store, StoreError, Verdict,
+    col, event_id, event_payload, refund_event_payload,
 };
 use crate::store::Damaged;
 use crate::time::Millis;
@@ -970,13 +970,27 @@ impl Store for SqliteStore {
         })
     }
 
-    fn list_orders(&self, status: Option<OrderStatus>, limit: u32, before: Option<i64>) -> Fut<'_, Vec<Order>> {
+    fn list_orders(&self, f: OrderFilter, limit: u32, before: Option<i64>) -> Fut<'_, Vec<Order>> {
         self.read(move |c| {
             let sql = format!(
-                "SELECT {ORDER_COLUMNS} FROM orders WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3"
+                "SELECT {ORDER_COLUMNS} FROM orders WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR merchant = ?2) \
+                 AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR created_at < ?4) \
+                 AND (?5 IS NULL OR out_trade_no = ?5 OR transaction_id = ?5 OR openid = ?5) \
+                 AND (?6 IS NULL OR id < ?6) ORDER BY id DESC LIMIT ?7"
             );
             let mut st = c.prepare_cached(&sql)?;
-            let rows = st.query_map(params![status.map(OrderStatus::as_str), before, limit], order_row)?;
+            let rows = st.query_map(
+                params![
+                    f.status.map(OrderStatus::as_str),
+                    f.merchant,
+                    f.created_from,
+                    f.created_before,
+                    f.search,
+                    before,
+                    limit
+                ],
+                order_row,
+            )?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use wxpay_gateway::store::{
-    Created, IdemClaim, IdemKey, ImportedRefund, NewOrder, NewRefund, NoticeKind, NotificationRecord, OrderStatus,
-    Payment, PaymentOutcome, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Source, Store, StoreError,
+    Created, IdemClaim, IdemKey, ImportedRefund, NewOrder, NewRefund, NoticeKind, NotificationRecord, OrderFilter,
+    OrderStatus, Payment, PaymentOutcome, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Source, Store,
+    StoreError,
 };
 
 use std::time::Duration;
@@ -600,7 +601,7 @@ async fn a_stored_value_its_type_forbids_is_an_error_never_a_guess(db: TestDb) {
     // Another program (a migration by hand, a restore) writes a number wxpay never accepts.
     db.execute("UPDATE orders SET out_trade_no = 'D 1' WHERE out_trade_no = 'D1'")
         .await;
-    match store.list_orders(None, 10, None).await {
+    match store.list_orders(OrderFilter::default(), 10, None).await {
         Err(StoreError::Damaged(d)) => assert_eq!((d.what, d.value.contains("D 1")), ("out_trade_no", true)),
         other => panic!("{}: a damaged row read as {other:?}", db.engine),
     }
@@ -630,22 +631,80 @@ async fn orders_are_listed_newest_first_by_status_with_a_cursor(db: TestDb) {
         .apply_payment(payment("LS3", "4200000010", 100), None)
         .await
         .unwrap();
-    let all = store.list_orders(None, 3, None).await.unwrap();
+    let all = store.list_orders(OrderFilter::default(), 3, None).await.unwrap();
     assert_eq!(
         all.iter().map(|o| o.out_trade_no.as_str()).collect::<Vec<_>>(),
         ["LS4", "LS3", "LS2"],
         "{}",
         db.engine
     );
-    let rest = store.list_orders(None, 3, Some(all[2].id)).await.unwrap();
+    let rest = store
+        .list_orders(OrderFilter::default(), 3, Some(all[2].id))
+        .await
+        .unwrap();
     assert_eq!(
         rest.iter().map(|o| o.out_trade_no.as_str()).collect::<Vec<_>>(),
         ["LS1", "LS0"],
         "{}",
         db.engine
     );
-    let paid = store.list_orders(Some(OrderStatus::Paid), 10, None).await.unwrap();
+    let paid = OrderFilter {
+        status: Some(OrderStatus::Paid),
+        ..OrderFilter::default()
+    };
+    let paid = store.list_orders(paid, 10, None).await.unwrap();
     assert_eq!(paid.len(), 1, "{}", db.engine);
+    // A number, a transaction id and an openid are each found exactly; a merchant and a
+    // creation window narrow the list.
+    for search in ["LS1", "4200000010"] {
+        let filter = OrderFilter {
+            search: Some(search.to_owned()),
+            ..OrderFilter::default()
+        };
+        let found = store.list_orders(filter, 10, None).await.unwrap();
+        assert_eq!(found.len(), 1, "{}: {search}", db.engine);
+    }
+    let by_openid = OrderFilter {
+        search: Some(all[0].openid.clone()),
+        merchant: Some("default".to_owned()),
+        ..OrderFilter::default()
+    };
+    assert_eq!(
+        store.list_orders(by_openid, 10, None).await.unwrap().len(),
+        5,
+        "{}",
+        db.engine
+    );
+    let other = OrderFilter {
+        merchant: Some("hmac".to_owned()),
+        ..OrderFilter::default()
+    };
+    assert!(
+        store.list_orders(other, 10, None).await.unwrap().is_empty(),
+        "{}",
+        db.engine
+    );
+    let created = all[0].created_at;
+    let window = |from: Option<Millis>, before: Option<Millis>| OrderFilter {
+        created_from: from,
+        created_before: before,
+        ..OrderFilter::default()
+    };
+    assert_eq!(
+        store
+            .list_orders(window(Some(created), None), 10, None)
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+    assert!(
+        store
+            .list_orders(window(None, Some(created)), 10, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let stats = store.stats(T0).await.unwrap();
     let pending = stats
         .orders_by_status

@@ -15,8 +15,8 @@ use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 
 use crate::store::{
     Created, DailyClaim, Event, Fut, IdemClaim, IdemKey, ImportedRefund, KeptCertificate, NewOrder, NewRefund,
-    NotificationRecord, Order, OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund,
-    RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store, StoreError,
+    NotificationRecord, Order, OrderFilter, OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord,
+    Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store, StoreError,
 };
 use crate::time::Millis;
 
@@ -124,13 +124,19 @@ impl Store for PgStore {
         })
     }
 
-    fn list_orders(&self, status: Option<OrderStatus>, limit: u32, before: Option<i64>) -> Fut<'_, Vec<Order>> {
+    fn list_orders(&self, f: OrderFilter, limit: u32, before: Option<i64>) -> Fut<'_, Vec<Order>> {
         Box::pin(async move {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {ORDER_COLUMNS} FROM orders WHERE ($1::TEXT IS NULL OR status = $1) AND ($2::BIGINT IS NULL OR id < $2) \
-                 ORDER BY id DESC LIMIT $3"
+                "SELECT {ORDER_COLUMNS} FROM orders WHERE ($1::TEXT IS NULL OR status = $1) AND ($2::TEXT IS NULL OR merchant = $2) \
+                 AND ($3::BIGINT IS NULL OR created_at >= $3) AND ($4::BIGINT IS NULL OR created_at < $4) \
+                 AND ($5::TEXT IS NULL OR out_trade_no = $5 OR transaction_id = $5 OR openid = $5) \
+                 AND ($6::BIGINT IS NULL OR id < $6) ORDER BY id DESC LIMIT $7"
             )))
-            .bind(status.map(OrderStatus::as_str))
+            .bind(f.status.map(OrderStatus::as_str))
+            .bind(f.merchant)
+            .bind(f.created_from.map(Millis::unix_ms))
+            .bind(f.created_before.map(Millis::unix_ms))
+            .bind(f.search)
             .bind(before)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)

@@ -290,6 +290,7 @@ pub(crate) async fn run(args: ReconcileArgs) -> Result<(), String> {
         reconcile: ReconcileConfig::default(),
         limits: wxpay_gateway::Limits::default(),
         metrics_token: None,
+        console: None,
     };
     let app = App::new(config, store).map_err(|e| e.to_string())?;
     for run in 1..=args.runs {

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use wxpay_gateway::{
-    ClientCert, Config, JobsConfig, Limits, MerchantConfig, ReconcileConfig, Secret, UpstreamConfig, V3Credentials,
-    WebhookConfig,
+    ClientCert, Config, ConsoleConfig, JobsConfig, Limits, MerchantConfig, ReconcileConfig, Secret, UpstreamConfig,
+    V3Credentials, WebhookConfig,
 };
 use wxpay_protocol::v3::{Certificate, MerchantKey, PublicKey};
 use wxpay_protocol::{ApiKey, ApiV3Key, AppId, AppSecret, MchId, SignType};
@@ -34,6 +34,18 @@ pub(crate) struct FileConfig {
     pub webhook: Option<WebhookFile>,
     pub jobs: Option<JobsFile>,
     pub reconcile: Option<ReconcileFile>,
+    pub console: Option<ConsoleFile>,
+}
+
+/// `[console]`: the operator console at `/console`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConsoleFile {
+    /// The Argon2id hash of the console password (`wxpay console hash-password`); without
+    /// it the console is off.
+    pub password_hash: Option<String>,
+    /// How long a sign-in lasts, in hours (default 12).
+    pub session_hours: Option<u64>,
 }
 
 /// `[reconcile]`: the daily reconciliation of `wxpay serve`.
@@ -561,6 +573,13 @@ pub(crate) fn gateway_config(file: &FileConfig) -> Result<(Config, ServeSettings
         reconcile,
         limits,
         metrics_token: server.metrics_token.as_deref().map(Secret::new),
+        console: file.console.as_ref().and_then(|c| {
+            let hash = c.password_hash.as_deref()?;
+            Some(ConsoleConfig {
+                password_hash: Secret::new(hash),
+                session_ttl: Duration::from_secs(c.session_hours.unwrap_or(12).saturating_mul(3600)),
+            })
+        }),
     };
     config.validate()?;
     Ok((

@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Args;
 use serde_json::{Value, json};
-use wxpay_gateway::{App, Config, JobsConfig, MerchantConfig, Secret, UpstreamConfig, WebhookConfig};
+use wxpay_gateway::{App, Config, ConsoleConfig, JobsConfig, MerchantConfig, Secret, UpstreamConfig, WebhookConfig};
 use wxpay_protocol::{ApiKey, AppId, AppSecret, BeijingTime, MchId, SignType};
 use wxpay_simulator::{
     SimConfig, SimMerchant, Simulator, TEST_API_KEY, TEST_APIV3_KEY, TEST_APP_SECRET, TEST_APPID, TEST_MCH_ID,
@@ -80,6 +80,11 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
     create_private_dir(dir).map_err(|e| CliError::Usage(format!("cannot create {}: {e}", dir.display())))?;
     let token = load_or_create_secret(&dir.join("api-token"), "demo_")?;
     let webhook_secret = load_or_create_secret(&dir.join("webhook-secret"), "whsec_")?;
+    let console_password = load_or_create_secret(&dir.join("console-password"), "console_")?;
+    let console = ConsoleConfig {
+        password_hash: Secret::new(crate::console::hash(&console_password)?),
+        session_ttl: Duration::from_secs(12 * 3600),
+    };
     let db_path = dir.join("wxpay.db");
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| CliError::Usage(format!("cannot start the runtime: {e}")))?;
@@ -121,7 +126,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
             .v3_files()
             .ok_or_else(|| CliError::Usage("the demo's simulator has no APIv3 keys".into()))?;
         let v3 = v3_credentials(&files)?;
-        let config = demo_config(&base, &token, &webhook_secret, v3);
+        let mut config = demo_config(&base, &token, &webhook_secret, v3);
+        config.console = Some(console);
         let url = format!("sqlite://{}", db_path.display());
         let store = wxpay_gateway::open_store(&url, 4)
             .await
@@ -151,6 +157,8 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
         eprintln!("  open the demo      {base}/demo");
         eprintln!("  gateway API        {base}/v1/orders   (Authorization: Bearer {token})");
         eprintln!("  API reference      {base}/docs   (OpenAPI: {base}/openapi.json)");
+        // On a line of its own, unindented, as the product's contract prints it.
+        eprintln!("console: {base}/console password: {console_password}");
         eprintln!("  simulator          {base}/pay/unifiedorder, {base}/simulator/notifications");
         eprintln!("  metrics            {base}/metrics");
         eprintln!("  database           {}", db_path.display());
@@ -225,6 +233,7 @@ fn demo_config(base: &str, token: &str, webhook_secret: &str, v3: wxpay_gateway:
         reconcile: Default::default(),
         limits: wxpay_gateway::Limits::default(),
         metrics_token: None,
+        console: None,
     }
 }
 

@@ -6,6 +6,7 @@
 //! verify), 2 for input that cannot be used.
 
 mod config;
+mod console;
 mod demo;
 mod doctor;
 mod reconcile;
@@ -102,6 +103,9 @@ enum Command {
         after_help = "Examples:\n  wxpay reconcile --config wxpay.toml --date 2026-11-26\n  wxpay reconcile --config wxpay.toml --date 2026-11-26 --repair --format json"
     )]
     Reconcile(reconcile::ReconcileArgs),
+    /// The operator console: hash its password for `[console] password_hash`.
+    #[command(after_help = "Example:\n  read -rs P && printf '%s\\n' \"$P\" | wxpay console hash-password")]
+    Console(console::ConsoleArgs),
 }
 
 /// How logs are written.
@@ -306,6 +310,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => ("serve", serve::serve(a)),
         Command::Migrate(a) => ("migrate", serve::migrate(a)),
         Command::Reconcile(a) => ("reconcile", reconcile::run(a)),
+        Command::Console(a) => ("console", console::run(a)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,10 +2,10 @@
 //! `WXPAY_…` variables; tests build it directly.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Arc;
-
+use argon2::{Argon2, PasswordHash, PasswordHasher};
 use wxpay_protocol::v3::{Certificate, MerchantKey, PublicKey};
 use wxpay_protocol::{ApiKey, ApiV3Key, AppId, AppSecret, MchId, Merchant, SignType};
 
@@ -286,6 +286,51 @@ pub struct Config {
     pub limits: wxpay_http::Limits,
     /// When set, `/metrics` needs `Authorization: Bearer <this>`.
     pub metrics_token: Option<Secret>,
+    /// The operator console at `/console`; `None`: no console (its paths answer 404).
+    pub console: Option<ConsoleConfig>,
+}
+
+/// The operator console.
+#[derive(Clone, Debug)]
+pub struct ConsoleConfig {
+    /// The Argon2 hash (PHC string, `$argon2id$…`) of the console password, as
+    /// `wxpay console hash-password` makes it.
+    pub password_hash: Secret,
+    /// How long a sign-in lasts.
+    pub session_ttl: Duration,
+}
+
+impl ConsoleConfig {
+    /// The Argon2id hash (PHC string) of `password` with `salt`, as `[console] password_hash`
+    /// holds it: Argon2's default cost (19 MiB, two passes), which takes tens of milliseconds.
+    ///
+    /// # Errors
+    /// A message when the salt is shorter than 8 bytes.
+    pub fn hash_password(password: &str, salt: &[u8]) -> Result<String, String> {
+        Argon2::default()
+            .hash_password_with_salt(password.as_bytes(), salt)
+            .map(|h| h.to_string())
+            .map_err(|e| format!("cannot hash the password: {e}"))
+    }
+}
+
+/// Checks that `hash` is an Argon2id hash whose cost a sign-in can afford.
+///
+/// # Errors
+/// What is wrong with it, for the configuration's error message.
+pub(crate) fn check_password_hash(hash: &str) -> Result<(), String> {
+    let parsed = PasswordHash::new(hash)
+        .map_err(|e| format!("not an Argon2 hash made by `wxpay console hash-password` ({e})"))?;
+    if parsed.algorithm.as_str() != "argon2id" {
+        return Err(format!("{} is not argon2id", parsed.algorithm.as_str()));
+    }
+    // The cost comes from the hash: a memory cost above 256 MiB would let each sign-in
+    // attempt take that much memory.
+    let memory_kib = parsed.params.get_decimal("m").unwrap_or(0);
+    if memory_kib > 256 * 1024 {
+        return Err(format!("its memory cost m={memory_kib} KiB is above 262144"));
+    }
+    Ok(())
 }
 
 /// The daily reconciliation of `wxpay serve`.
@@ -410,6 +455,12 @@ impl Config {
         if self.metrics_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
             return Err("server.metrics_token: at least 16 characters".into());
         }
+        if let Some(c) = &self.console {
+            check_password_hash(c.password_hash.expose()).map_err(|e| format!("console.password_hash: {e}"))?;
+            if c.session_ttl < Duration::from_secs(60) {
+                return Err("console.session_hours: a sign-in must last at least a minute".into());
+            }
+        }
         if let Some(w) = &self.webhook {
             if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
                 return Err(format!("webhook.url: {:?} is not an http(s) URL", w.url));
@@ -431,6 +482,23 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_console_hash_that_is_not_argon2id_or_costs_too_much_is_refused() {
+        let good = ConsoleConfig::hash_password("correct horse", b"0123456789abcdef").unwrap();
+        check_password_hash(&good).unwrap();
+        assert!(check_password_hash("secret").is_err());
+        let argon2i = "$argon2i$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo";
+        assert!(check_password_hash(argon2i).unwrap_err().contains("not argon2id"));
+        let greedy = "$argon2id$v=19$m=4194304,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo";
+        assert!(check_password_hash(greedy).unwrap_err().contains("memory cost"));
+        let mut config = config_with_webhook("https://hooks.example.com/wxpay", false);
+        config.console = Some(ConsoleConfig {
+            password_hash: Secret::new("plain text"),
+            session_ttl: Duration::from_secs(3600),
+        });
+        assert!(config.validate().unwrap_err().starts_with("console.password_hash: "));
+    }
 
     fn config_with_webhook(url: &str, allow_http: bool) -> Config {
         Config {
@@ -461,6 +529,7 @@ mod tests {
             reconcile: ReconcileConfig::default(),
             limits: wxpay_http::Limits::default(),
             metrics_token: None,
+            console: None,
         }
     }
 

@@ -18,8 +18,8 @@ pub mod time;
 mod util;
 
 pub use config::{
-    ClientCert, Config, JobsConfig, MerchantConfig, ReconcileConfig, Secret, UpstreamConfig, V3Credentials,
-    WebhookConfig,
+    ClientCert, Config, ConsoleConfig, JobsConfig, MerchantConfig, ReconcileConfig, Secret, UpstreamConfig,
+    V3Credentials, WebhookConfig,
 };
 pub use edge::{ApiError, App, openapi, serve, serve_router};
 pub use service::jobs::{verify_webhook_signature, webhook_signature};

@@ -855,6 +855,10 @@ fn migrate_creates_the_schema_and_serve_refuses_a_bad_config_naming_the_key() {
             format!("{text}\n[webhook]\nurl = \"http://127.0.0.1:1/e\"\n"),
             "webhook.secret",
         ),
+        (
+            format!("{text}\n[console]\npassword_hash = \"hunter2\"\n"),
+            "console.password_hash",
+        ),
     ] {
         let path = dir.join("bad.toml");
         std::fs::write(&path, bad).unwrap();
@@ -875,6 +879,20 @@ fn migrate_creates_the_schema_and_serve_refuses_a_bad_config_naming_the_key() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent.toml"));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn console_hash_password_makes_a_fresh_argon2id_hash_and_refuses_a_short_password() {
+    let run = crate::wxpay(&["console", "hash-password"], Some(b"correct horse battery\n"), &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let hash = run.stdout.trim();
+    assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+    assert!(!run.stdout.contains("correct horse"), "the password is not echoed");
+    let again = crate::wxpay(&["console", "hash-password"], Some(b"correct horse battery\n"), &[]);
+    assert_ne!(again.stdout.trim(), hash, "a fresh salt each time");
+    let short = crate::wxpay(&["console", "hash-password"], Some(b"hunter2\n"), &[]);
+    assert_eq!(short.code, 2);
+    assert!(short.stderr.contains("at least 12 characters"), "{}", short.stderr);
 }
 
 /// Starts `wxpay demo` on a free port with `dir` as its data directory: the running demo
@@ -904,16 +922,74 @@ pub(crate) fn start_demo(dir: &Path) -> (Server, String) {
         }
     });
     let mut base = None;
+    let mut console = None;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while base.is_none() && Instant::now() < deadline {
+    while (base.is_none() || console.is_none()) && Instant::now() < deadline {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
             if let Some(url) = line.trim().strip_prefix("open the demo").map(str::trim) {
                 base = Some(url.trim_end_matches("/demo").to_owned());
             }
+            if line.starts_with("console: ") {
+                console = Some(line);
+            }
         }
     }
     let base = base.expect("the demo prints its address");
+    // The console's line, on a line of its own as the product's contract has it, with the
+    // password the demo keeps.
+    let password = std::fs::read_to_string(dir.join("console-password")).unwrap();
+    assert_eq!(
+        console.as_deref(),
+        Some(format!("console: {base}/console password: {}", password.trim()).as_str())
+    );
     (demo, base)
+}
+
+/// Signs in to the demo's console with the password the demo printed and kept, and finds
+/// the order `no` there, paid and half refunded.
+async fn console_shows_the_order(base: &str, dir: &Path, no: &str) {
+    let password = std::fs::read_to_string(dir.join("console-password")).unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let cookies = |r: &reqwest::Response| -> String {
+        r.headers()
+            .get_all(reqwest::header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let login = http.get(format!("{base}/console/login")).send().await.unwrap();
+    let login_cookie = cookies(&login);
+    let page = login.text().await.unwrap();
+    let needle = "name=\"csrf\" value=\"";
+    let at = page.find(needle).unwrap() + needle.len();
+    let csrf = &page[at..at + 64];
+    let signed_in = http
+        .post(format!("{base}/console/login"))
+        .header(reqwest::header::COOKIE, login_cookie)
+        .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(format!("password={}&csrf={csrf}", password.trim()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303, "the printed password signs in");
+    let session = cookies(&signed_in);
+    let page = http
+        .get(format!("{base}/console/orders?q={no}&lang=en"))
+        .header(reqwest::header::COOKIE, &session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(no) && page.contains("¥28.00") && page.contains("¥14.00"),
+        "{page}"
+    );
 }
 
 /// What the demo page does through the demo's backend: `wx.login` as `user`, then an order
@@ -1025,6 +1101,7 @@ async fn the_demo_plays_a_payment_from_login_to_paid_with_a_verified_webhook() {
     .await;
     last = order_view().await;
     assert_eq!(last["order"]["refunded_fen"], 1400, "{last}");
+    console_shows_the_order(&base, &dir, no).await;
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(demo.child.id().to_string())
@@ -1036,7 +1113,7 @@ async fn the_demo_plays_a_payment_from_login_to_paid_with_a_verified_webhook() {
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700, "the data directory");
-    for file in ["wxpay.db", "api-token", "webhook-secret"] {
+    for file in ["wxpay.db", "api-token", "webhook-secret", "console-password"] {
         assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
     }
     let _ = std::fs::remove_dir_all(scratch);

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::Router;
 
 use crate::config::Config;
+use crate::edge::console::state::Console;
 use crate::edge::inflight::InFlight;
 use crate::service::jobs::Jobs;
 use crate::service::state::Service;
@@ -17,6 +18,8 @@ pub struct App {
     pub(crate) service: Service,
     /// Creating requests running on tasks of their own.
     pub(crate) detached: Arc<InFlight>,
+    /// The operator console, when configured.
+    pub(crate) console: Option<Arc<Console>>,
 }
 
 impl std::fmt::Debug for App {
@@ -39,9 +42,14 @@ impl App {
     /// # Errors
     /// A message when the configuration is not usable (see [`Config::validate`]).
     pub fn new(config: Config, store: Arc<dyn Store>) -> Result<App, String> {
+        let console = config
+            .console
+            .as_ref()
+            .map(|c| Arc::new(Console::new(c, &config.public_url)));
         Ok(App {
             service: Service::new(config, store)?,
             detached: Default::default(),
+            console,
         })
     }
 

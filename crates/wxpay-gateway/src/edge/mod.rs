@@ -5,7 +5,9 @@
 
 pub(crate) mod app;
 mod body;
+pub(crate) mod console;
 pub(crate) mod error;
+mod html;
 mod idempotency;
 mod inflight;
 mod notify;

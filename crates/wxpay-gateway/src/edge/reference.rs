@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 use serde_json::Value;
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+
+use crate::edge::html::esc;
 use utoipa::openapi::{Content, OpenApi, Ref, RefOr};
 
 /// What the document says before its paths, which come from the router ([`super::router`]).
@@ -315,21 +317,6 @@ fn prose(text: &str) -> String {
             let _ = write!(out, "<code>{}</code>", esc(part));
         } else {
             out.push_str(&esc(part).replace("\n\n", "</p><p>"));
-        }
-    }
-    out
-}
-
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
         }
     }
     out

@@ -17,7 +17,7 @@ use crate::edge::app::App;
 use crate::edge::error::{ApiError, REQUEST_ID};
 use crate::edge::idempotency::TokenScope;
 use crate::edge::reference::{self, ApiDoc};
-use crate::edge::{notify, orders, refunds};
+use crate::edge::{console, notify, orders, refunds};
 
 /// The `/v1` routes, each registered from its handler's `#[utoipa::path]`, and the OpenAPI
 /// document made from the same annotations: a route cannot be served undocumented, nor
@@ -62,6 +62,7 @@ impl App {
         Router::new()
             .merge(v1)
             .merge(notify)
+            .merge(console::routes())
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))

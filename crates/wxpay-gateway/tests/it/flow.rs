@@ -731,6 +731,7 @@ async fn after_repeated_failures_the_backup_host_takes_over_until_its_time_is_up
         reconcile: Default::default(),
         limits: wxpay_gateway::Limits::default(),
         metrics_token: None,
+        console: None,
     };
     let db = TestDb::sqlite();
     let app = wxpay_gateway::App::new(config, db.store().await).unwrap();

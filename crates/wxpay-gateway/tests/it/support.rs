@@ -302,6 +302,8 @@ pub(crate) struct Options {
     pub v3: Option<V3Setup>,
     /// The default merchant's `base_url`, given the simulator's: something in front of it.
     pub front: Option<Front>,
+    /// The operator console, signed in to with this password.
+    pub console_password: Option<&'static str>,
 }
 
 /// What puts something in front of the simulator: given its URL, the URL to call instead.
@@ -401,6 +403,7 @@ impl Default for Options {
             webhook_url: None,
             v3: None,
             front: None,
+            console_password: None,
         }
     }
 }
@@ -593,6 +596,10 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
         reconcile: opts.reconcile,
         limits: opts.limits,
         metrics_token: opts.metrics_token.map(Secret::new),
+        console: opts.console_password.map(|p| wxpay_gateway::ConsoleConfig {
+            password_hash: Secret::new(wxpay_gateway::ConsoleConfig::hash_password(p, b"test-salt-16byte").unwrap()),
+            session_ttl: Duration::from_secs(3600),
+        }),
     };
     let store: Arc<dyn Store> = match opts.sqlite_busy_timeout {
         Some(busy_timeout) if db.engine == "sqlite" => Arc::new(

@@ -1,0 +1,575 @@
+//! `/console`: the operator console, server-rendered HTML on the same store as the API.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `GET /console` | an overview: orders and refunds by status, the outbox backlog |
+//! | `GET`, `POST /console/login` | sign-in (form fields `password` and `csrf`) |
+//! | `POST /console/logout` | sign-out (form field `csrf`) |
+//! | `GET /console/orders?q=&status=&merchant=&from=&to=&cursor=` | orders, newest first |
+//! | `GET /console/orders/{out_trade_no}?merchant=` | one order, its timeline and refunds |
+//!
+//! Every page but sign-in needs a session ([`session`]); every `POST` carries the session's
+//! CSRF token, and the session cookie is `SameSite=Strict` besides. Pages load nothing but
+//! themselves (a CSP header says so) and are never cached.
+
+mod page;
+mod session;
+pub(crate) mod state;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Form, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use serde::Deserialize;
+use wxpay_protocol::BeijingTime;
+
+use self::page::{LANG_COOKIE, Lang, beijing, cookie, frame, yuan};
+use self::session::{LOGIN_COOKIE, SESSION_COOKIE, Session};
+use self::state::Console;
+use crate::edge::app::App;
+use crate::edge::body::{Path, Query};
+use crate::edge::html::{SELF_CONTAINED, esc};
+use crate::service::error::ServiceError;
+use crate::store::{OrderFilter, OrderStatus};
+use crate::time::Millis;
+
+/// Orders on one page of the list.
+const PAGE: u32 = 50;
+
+/// The console's routes; with no console configured, every `/console` path says so (404).
+pub(crate) fn routes() -> Router<App> {
+    Router::new()
+        .route("/console", get(overview))
+        .route("/console/", get(overview))
+        .route("/console/login", get(login_page).post(login))
+        .route("/console/logout", post(logout))
+        .route("/console/orders", get(orders))
+        .route("/console/orders/{out_trade_no}", get(order))
+}
+
+/// A console page, with the headers every page has.
+fn html(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, SELF_CONTAINED),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::REFERRER_POLICY, "same-origin"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn redirect(to: &str) -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_owned())]).into_response()
+}
+
+/// What every page needs: the console (or the answer that there is none), the language (and
+/// the cookie that remembers a language just chosen).
+struct Context {
+    console: Arc<Console>,
+    lang: Lang,
+    remember: Option<HeaderValue>,
+    now: i64,
+}
+
+impl FromRequestParts<App> for Context {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Context, Response> {
+        let chosen = parts
+            .uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("lang="));
+        let headers = &parts.headers;
+        let Some(console) = app.console.clone() else {
+            return Err(html(
+                StatusCode::NOT_FOUND,
+                "<!doctype html><meta charset=\"utf-8\"><title>console off</title>\
+                 <p>The console is off: set <code>[console] password_hash</code> \
+                 (made by <code>wxpay console hash-password</code>) to turn it on.</p>"
+                    .to_owned(),
+            ));
+        };
+        let lang = Lang::of(chosen, headers);
+        let remember = chosen
+            .and_then(Lang::parse)
+            .map(|l| console.cookie(LANG_COOKIE, l.code(), 365 * 86_400));
+        Ok(Context {
+            now: app.now().unix_secs(),
+            console,
+            lang,
+            remember,
+        })
+    }
+}
+
+/// A page's context with its signed-in operator; without a session, the browser is sent to
+/// sign in.
+struct SignedIn {
+    cx: Context,
+    session: Session,
+}
+
+impl FromRequestParts<App> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<SignedIn, Response> {
+        let cx = Context::from_request_parts(parts, app).await?;
+        match cx.console.session(&parts.headers, cx.now) {
+            Some(session) => Ok(SignedIn { cx, session }),
+            None => Err(redirect("/console/login")),
+        }
+    }
+}
+
+impl SignedIn {
+    /// A page in the console's frame, with the navigation and the sign-out form.
+    fn page(&self, status: StatusCode, title: &str, here: &str, body: &str) -> Response {
+        let csrf = self.cx.console.keys.csrf(&self.session);
+        self.cx
+            .page(status, frame(self.cx.lang, title, Some(&csrf), here, body))
+    }
+
+    /// A page for an error on our side; the details go to the log only.
+    fn server_error(&self, e: &ServiceError) -> Response {
+        tracing::error!(error = %e, "console page failed");
+        self.page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "500",
+            "/console",
+            "<p class=\"error\">internal error</p>",
+        )
+    }
+}
+
+impl Context {
+    /// A page, remembering a language just chosen.
+    fn page(&self, status: StatusCode, body: String) -> Response {
+        let mut r = html(status, body);
+        if let Some(c) = &self.remember {
+            r.headers_mut().append(header::SET_COOKIE, c.clone());
+        }
+        r
+    }
+}
+
+async fn login_page(cx: Context, headers: HeaderMap) -> Response {
+    if cx.console.session(&headers, cx.now).is_some() {
+        return redirect("/console");
+    }
+    login_form(&cx, StatusCode::OK, None)
+}
+
+/// The sign-in page, with a fresh login cookie and the form token that goes with it.
+fn login_form(cx: &Context, status: StatusCode, error: Option<&str>) -> Response {
+    let w = cx.lang.words();
+    let nonce = crate::util::random_hex::<16>();
+    let token = cx.console.keys.login_token(&nonce);
+    let error = error.map_or(String::new(), |e| {
+        format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e))
+    });
+    let body = format!(
+        "{error}<form method=\"post\" action=\"/console/login\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{token}\">\
+         <label>{password}<input type=\"password\" name=\"password\" autocomplete=\"current-password\" required autofocus></label>\
+         <p><button>{sign_in}</button></p></form>",
+        password = w.password,
+        sign_in = w.sign_in,
+    );
+    let mut r = cx.page(status, frame(cx.lang, w.sign_in, None, "/console/login", &body));
+    r.headers_mut()
+        .append(header::SET_COOKIE, cx.console.cookie(LOGIN_COOKIE, &nonce, 3600));
+    r
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    password: String,
+    csrf: String,
+}
+
+type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+
+async fn login(
+    cx: Context,
+    peer: Peer,
+    headers: HeaderMap,
+    form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let w = cx.lang.words();
+    let Ok(Form(form)) = form else {
+        return login_form(&cx, StatusCode::BAD_REQUEST, Some(w.form_expired));
+    };
+    // The form must come from a sign-in page this browser was given: a page elsewhere cannot
+    // sign a browser in to an account of the attacker's choosing.
+    let login_cookie = cookie(&headers, LOGIN_COOKIE).unwrap_or("");
+    if !cx.console.keys.login_token_matches(login_cookie, &form.csrf) {
+        return login_form(&cx, StatusCode::FORBIDDEN, Some(w.form_expired));
+    }
+    let ip = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |Extension(ConnectInfo(a))| a.ip());
+    if cx.console.attempts.locked(ip, cx.now).is_some() {
+        tracing::warn!(%ip, "console sign-in refused: too many failures from this address");
+        return login_form(&cx, StatusCode::TOO_MANY_REQUESTS, Some(w.locked_out));
+    }
+    let matches = {
+        let Ok(_permit) = cx.console.checking.acquire().await else {
+            return login_form(&cx, StatusCode::SERVICE_UNAVAILABLE, Some(w.locked_out));
+        };
+        let hash = cx.console.password_hash.clone();
+        let password = form.password;
+        tokio::task::spawn_blocking(move || session::password_matches(&hash, &password))
+            .await
+            .unwrap_or(false)
+    };
+    if !matches {
+        cx.console.attempts.failed(ip, cx.now);
+        tracing::warn!(%ip, "console sign-in failed: wrong password");
+        return login_form(&cx, StatusCode::UNAUTHORIZED, Some(w.wrong_password));
+    }
+    cx.console.attempts.succeeded(ip);
+    tracing::info!(%ip, "console sign-in");
+    let mut id = [0u8; 16];
+    crate::util::random_bytes(&mut id);
+    let value = cx.console.keys.issue(cx.now, cx.console.ttl, &id);
+    let max_age = i64::try_from(cx.console.ttl.as_secs()).unwrap_or(i64::MAX);
+    let mut r = redirect("/console");
+    r.headers_mut()
+        .append(header::SET_COOKIE, cx.console.cookie(SESSION_COOKIE, &value, max_age));
+    r.headers_mut()
+        .append(header::SET_COOKIE, cx.console.cookie(LOGIN_COOKIE, "", 0));
+    r
+}
+
+#[derive(Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+async fn logout(
+    SignedIn { cx, session }: SignedIn,
+    form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let token = form.map(|Form(f)| f.csrf).unwrap_or_default();
+    if !cx.console.keys.csrf_matches(&session, &token) {
+        tracing::warn!("console action refused: no valid CSRF token");
+        return cx.page(StatusCode::FORBIDDEN, frame(cx.lang, "403", None, "/console", "CSRF"));
+    }
+    cx.console.revoked.revoke(&session, cx.now);
+    let mut r = redirect("/console/login");
+    r.headers_mut()
+        .append(header::SET_COOKIE, cx.console.cookie(SESSION_COOKIE, "", 0));
+    r
+}
+
+async fn overview(State(app): State<App>, me: SignedIn) -> Response {
+    let w = me.cx.lang.words();
+    let stats = match app.store().stats(app.now()).await {
+        Ok(s) => s,
+        Err(e) => return me.server_error(&ServiceError::Store(e)),
+    };
+    let cards = |rows: &[(String, i64)], link: bool| -> String {
+        rows.iter()
+            .map(|(status, n)| {
+                let name = esc(if link { w.status(status) } else { status });
+                let label = if link {
+                    format!("<a href=\"/console/orders?status={}\">{name}</a>", esc(status))
+                } else {
+                    name
+                };
+                format!("<div class=\"card\">{label}<b>{n}</b></div>")
+            })
+            .collect()
+    };
+    let oldest = stats.outbox_oldest_age_ms.map_or(String::new(), |ms| {
+        format!(" ({} {} s)", w.oldest_undelivered, ms / 1000)
+    });
+    let body = format!(
+        "<h2>{orders}</h2><div class=\"cards\">{o}</div><h2>{refunds}</h2><div class=\"cards\">{r}</div>\
+         <h2>{backlog}</h2><p><b>{n}</b>{oldest}</p>",
+        orders = w.orders,
+        refunds = w.refunds,
+        o = cards(&stats.orders_by_status, true),
+        r = cards(&stats.refunds_by_status, false),
+        backlog = w.outbox_backlog,
+        n = stats.outbox_backlog,
+    );
+    me.page(StatusCode::OK, w.overview, "/console", &body)
+}
+
+/// The query of the orders page, as a form sends it (empty fields included).
+#[derive(Deserialize, Default)]
+struct OrdersQuery {
+    q: Option<String>,
+    status: Option<String>,
+    merchant: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    cursor: Option<i64>,
+}
+
+/// A field of a form: `None` when left empty.
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// The first moment of a Beijing date `YYYY-MM-DD`.
+fn day_start(date: &str) -> Option<Millis> {
+    let t = BeijingTime::parse_dashed(&format!("{date} 00:00:00")).ok()?;
+    Some(Millis::from_unix_secs(t.unix()))
+}
+
+async fn orders(State(app): State<App>, me: SignedIn, Query(q): Query<OrdersQuery>) -> Response {
+    let w = me.cx.lang.words();
+    let mut error = None;
+    let mut filter = OrderFilter {
+        status: given(&q.status).and_then(OrderStatus::parse),
+        merchant: given(&q.merchant).map(str::to_owned),
+        search: given(&q.q).map(str::to_owned),
+        ..OrderFilter::default()
+    };
+    for (value, slot, days) in [
+        (&q.from, &mut filter.created_from, 0),
+        (&q.to, &mut filter.created_before, 1),
+    ] {
+        if let Some(date) = given(value) {
+            match day_start(date) {
+                // `to` is a whole day: orders created before the next one.
+                Some(start) => *slot = Some(start + std::time::Duration::from_secs(days * 86_400)),
+                None => error = Some(w.bad_date),
+            }
+        }
+    }
+    let list = match app.list_orders(filter, PAGE + 1, q.cursor).await {
+        Ok(l) => l,
+        Err(e) => return me.server_error(&e),
+    };
+    let more = list.len() > PAGE as usize;
+    let shown = &list[..list.len().min(PAGE as usize)];
+
+    let mut body = String::new();
+    let option = |value: &str, label: &str, current: Option<&str>| {
+        let selected = if current == Some(value) { " selected" } else { "" };
+        format!("<option value=\"{}\"{selected}>{}</option>", esc(value), esc(label))
+    };
+    let statuses: String = std::iter::once(option("", w.any_status, given(&q.status)))
+        .chain(
+            OrderStatus::ALL
+                .iter()
+                .map(|s| option(s.as_str(), w.status(s.as_str()), given(&q.status))),
+        )
+        .collect();
+    let merchants: String = std::iter::once(option("", w.any_merchant, given(&q.merchant)))
+        .chain(
+            app.config()
+                .merchants
+                .iter()
+                .map(|m| option(&m.name, &m.name, given(&q.merchant))),
+        )
+        .collect();
+    let field = |v: &Option<String>| esc(given(v).unwrap_or(""));
+    body.push_str(&format!(
+        "<form class=\"filters\" method=\"get\" action=\"/console/orders\">\
+         <label>{search}<input type=\"search\" name=\"q\" value=\"{qv}\" placeholder=\"{hint}\" size=\"36\"></label>\
+         <label>{status}<select name=\"status\">{statuses}</select></label>\
+         <label>{merchant}<select name=\"merchant\">{merchants}</select></label>\
+         <label>{from}<input type=\"date\" name=\"from\" value=\"{fv}\"></label>\
+         <label>{to}<input type=\"date\" name=\"to\" value=\"{tv}\"></label>\
+         <button>{filter}</button></form>",
+        search = w.search,
+        hint = w.search_hint,
+        qv = field(&q.q),
+        status = w.status,
+        merchant = w.merchant,
+        from = w.from,
+        to = w.to,
+        fv = field(&q.from),
+        tv = field(&q.to),
+        filter = w.filter,
+    ));
+    if let Some(e) = error {
+        body.push_str(&format!("<p class=\"error\">{e}</p>"));
+    }
+    if shown.is_empty() {
+        body.push_str(&format!("<p>{}</p>", w.no_orders));
+    } else {
+        body.push_str(&format!(
+            "<table><tr><th>{created}</th><th>out_trade_no</th><th>{merchant}</th><th>{amount}</th>\
+             <th>{refunded}</th><th>{status}</th><th>transaction_id</th></tr>",
+            created = w.created,
+            merchant = w.merchant,
+            amount = w.amount,
+            refunded = w.refunded,
+            status = w.status,
+        ));
+        for o in shown {
+            let no = o.out_trade_no.as_str();
+            body.push_str(&format!(
+                "<tr><td>{created}</td><td><a href=\"/console/orders/{no_url}?merchant={m_url}\"><code>{no}</code></a></td>\
+                 <td>{merchant}</td><td class=\"n\">{amount}</td><td class=\"n\">{refunded}</td>\
+                 <td><span class=\"st {st}\">{status}</span></td><td><code>{tx}</code></td></tr>",
+                created = beijing(o.created_at),
+                no_url = esc(no),
+                m_url = esc(&o.merchant),
+                no = esc(no),
+                merchant = esc(&o.merchant),
+                amount = yuan(o.amount_fen),
+                refunded = if o.refunded_fen.get() > 0 { yuan(o.refunded_fen) } else { String::new() },
+                st = o.status.as_str(),
+                status = w.status(o.status.as_str()),
+                tx = esc(o.transaction_id.as_deref().unwrap_or("")),
+            ));
+        }
+        body.push_str("</table>");
+    }
+    if more {
+        if let Some(last) = shown.last() {
+            let mut next: Vec<(&str, &str)> = Vec::new();
+            for (k, v) in [
+                ("q", &q.q),
+                ("status", &q.status),
+                ("merchant", &q.merchant),
+                ("from", &q.from),
+                ("to", &q.to),
+            ] {
+                if let Some(v) = given(v) {
+                    next.push((k, v));
+                }
+            }
+            let cursor = last.id.to_string();
+            next.push(("cursor", &cursor));
+            let query: String = next
+                .iter()
+                .map(|(k, v)| format!("{k}={}", percent(v)))
+                .collect::<Vec<_>>()
+                .join("&amp;");
+            body.push_str(&format!(
+                "<p><a href=\"/console/orders?{query}\">{} →</a></p>",
+                w.next_page
+            ));
+        }
+    }
+    me.page(StatusCode::OK, w.orders, "/console/orders", &body)
+}
+
+/// `s` as a query-string value.
+fn percent(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[derive(Deserialize, Default)]
+struct OrderQuery {
+    merchant: Option<String>,
+}
+
+async fn order(
+    State(app): State<App>,
+    me: SignedIn,
+    Path(out_trade_no): Path<String>,
+    Query(q): Query<OrderQuery>,
+) -> Response {
+    let w = me.cx.lang.words();
+    let here = format!("/console/orders/{}", percent(&out_trade_no));
+    let detail = match app.order_detail(given(&q.merchant), out_trade_no.clone(), false).await {
+        Ok(d) => d,
+        Err(ServiceError::NotFound(_) | ServiceError::Invalid(_)) => {
+            let body = format!("<p>{}</p>", w.not_found);
+            return me.page(StatusCode::NOT_FOUND, &out_trade_no, &here, &body);
+        }
+        Err(e) => return me.server_error(&e),
+    };
+    let o = &detail.order;
+    let when = |t: Option<Millis>| t.map(beijing).unwrap_or_default();
+    let mut body = format!(
+        "<dl><dt>{status}</dt><dd><span class=\"st {st}\">{status_name}</span></dd>\
+         <dt>{merchant}</dt><dd>{m}</dd><dt>{amount}</dt><dd>{a}</dd><dt>{refunded}</dt><dd>{r}</dd>\
+         <dt>{description}</dt><dd>{d}</dd><dt>openid</dt><dd><code>{openid}</code></dd>\
+         <dt>transaction_id</dt><dd><code>{tx}</code></dd><dt>prepay_id</dt><dd><code>{prepay}</code></dd>\
+         <dt>{created}</dt><dd>{c}</dd><dt>{expires}</dt><dd>{e}</dd><dt>{paid}</dt><dd>{p}</dd>\
+         <dt>{closed}</dt><dd>{cl}</dd>{upstream}</dl>",
+        status = w.status,
+        st = o.status.as_str(),
+        status_name = w.status(o.status.as_str()),
+        merchant = w.merchant,
+        m = esc(&o.merchant),
+        amount = w.amount,
+        a = yuan(o.amount_fen),
+        refunded = w.refunded,
+        r = yuan(o.refunded_fen),
+        description = w.description,
+        d = esc(&o.description),
+        openid = esc(&o.openid),
+        tx = esc(o.transaction_id.as_deref().unwrap_or("")),
+        prepay = esc(o.prepay_id.as_deref().unwrap_or("")),
+        created = w.created,
+        c = beijing(o.created_at),
+        expires = w.expires_at,
+        e = beijing(o.expires_at),
+        paid = w.paid_at,
+        p = when(o.paid_at),
+        closed = w.closed_at,
+        cl = when(o.closed_at),
+        upstream = o.upstream_error.as_deref().map_or(String::new(), |e| format!(
+            "<dt>{}</dt><dd class=\"error\">{}</dd>",
+            w.upstream_error,
+            esc(e)
+        )),
+    );
+    body.push_str(&format!(
+        "<h2>{timeline}</h2><table><tr><th>{when}</th><th>{what}</th><th>{details}</th></tr>",
+        timeline = w.timeline,
+        when = w.when,
+        what = w.what,
+        details = w.details,
+    ));
+    for e in &detail.events {
+        body.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            beijing(e.at),
+            esc(&e.kind),
+            esc(&e.detail.to_string()),
+        ));
+    }
+    body.push_str("</table>");
+    body.push_str(&format!("<h2>{}</h2>", w.refunds));
+    if detail.refunds.is_empty() {
+        body.push_str(&format!("<p>{}</p>", w.no_refunds));
+    } else {
+        body.push_str(&format!(
+            "<table><tr><th>out_refund_no</th><th>{amount}</th><th>{status}</th><th>{created}</th><th>refund_id</th></tr>",
+            amount = w.amount,
+            status = w.status,
+            created = w.created,
+        ));
+        for r in &detail.refunds {
+            body.push_str(&format!(
+                "<tr><td><code>{}</code></td><td class=\"n\">{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+                esc(r.out_refund_no.as_str()),
+                yuan(r.amount_fen),
+                esc(r.status.as_str()),
+                beijing(r.created_at),
+                esc(r.refund_id.as_deref().unwrap_or("")),
+            ));
+        }
+        body.push_str("</table>");
+    }
+    me.page(StatusCode::OK, &out_trade_no, &here, &body)
+}

@@ -1,0 +1,346 @@
+//! The console's pages: the frame every page shares, its words in Chinese and English, and
+//! how money and times are shown (yuan from fen, Beijing time).
+
+use axum::http::HeaderMap;
+use wxpay_protocol::{BeijingTime, Fen};
+
+use crate::edge::html::esc;
+use crate::time::Millis;
+
+/// The console's language.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lang {
+    Zh,
+    En,
+}
+
+/// The cookie that remembers the language chosen.
+pub(crate) const LANG_COOKIE: &str = "wxpay_lang";
+
+impl Lang {
+    /// The language of a request: `?lang=` when it chooses one, else the one remembered, else
+    /// Chinese when the browser asks for it before English, else English.
+    pub(crate) fn of(chosen: Option<&str>, headers: &HeaderMap) -> Lang {
+        if let Some(lang) = chosen.and_then(Lang::parse) {
+            return lang;
+        }
+        if let Some(lang) = cookie(headers, LANG_COOKIE).and_then(Lang::parse) {
+            return lang;
+        }
+        let accept = headers
+            .get(axum::http::header::ACCEPT_LANGUAGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let first = |tag: &str| accept.find(tag);
+        match (first("zh"), first("en")) {
+            (Some(zh), Some(en)) if zh < en => Lang::Zh,
+            (Some(_), None) => Lang::Zh,
+            _ => Lang::En,
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Lang> {
+        match s {
+            "zh" | "zh-CN" => Some(Lang::Zh),
+            "en" => Some(Lang::En),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn code(self) -> &'static str {
+        match self {
+            Lang::Zh => "zh",
+            Lang::En => "en",
+        }
+    }
+
+    /// The console's words in this language.
+    pub(crate) fn words(self) -> &'static Words {
+        match self {
+            Lang::Zh => &ZH,
+            Lang::En => &EN,
+        }
+    }
+}
+
+/// A cookie of the request, by name.
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Every word the console shows, once per language, so that a page cannot show a word that
+/// one language lacks.
+pub(crate) struct Words {
+    pub(crate) console: &'static str,
+    pub(crate) sign_in: &'static str,
+    pub(crate) sign_out: &'static str,
+    pub(crate) password: &'static str,
+    pub(crate) wrong_password: &'static str,
+    pub(crate) locked_out: &'static str,
+    pub(crate) form_expired: &'static str,
+    pub(crate) overview: &'static str,
+    pub(crate) orders: &'static str,
+    pub(crate) refunds: &'static str,
+    pub(crate) outbox_backlog: &'static str,
+    pub(crate) oldest_undelivered: &'static str,
+    pub(crate) search: &'static str,
+    pub(crate) search_hint: &'static str,
+    pub(crate) any_status: &'static str,
+    pub(crate) any_merchant: &'static str,
+    pub(crate) from: &'static str,
+    pub(crate) to: &'static str,
+    pub(crate) filter: &'static str,
+    pub(crate) next_page: &'static str,
+    pub(crate) no_orders: &'static str,
+    pub(crate) created: &'static str,
+    pub(crate) merchant: &'static str,
+    pub(crate) amount: &'static str,
+    pub(crate) refunded: &'static str,
+    pub(crate) status: &'static str,
+    pub(crate) description: &'static str,
+    pub(crate) paid_at: &'static str,
+    pub(crate) expires_at: &'static str,
+    pub(crate) closed_at: &'static str,
+    pub(crate) upstream_error: &'static str,
+    pub(crate) timeline: &'static str,
+    pub(crate) when: &'static str,
+    pub(crate) what: &'static str,
+    pub(crate) details: &'static str,
+    pub(crate) no_refunds: &'static str,
+    pub(crate) not_found: &'static str,
+    pub(crate) bad_date: &'static str,
+    pub(crate) api_reference: &'static str,
+    pub(crate) status_names: [(&'static str, &'static str); 5],
+}
+
+static ZH: Words = Words {
+    console: "wxpay 控制台",
+    sign_in: "登录",
+    sign_out: "退出",
+    password: "密码",
+    wrong_password: "密码不正确。",
+    locked_out: "登录失败次数过多，请稍后再试。",
+    form_expired: "登录页面已过期，请重新提交。",
+    overview: "概览",
+    orders: "订单",
+    refunds: "退款",
+    outbox_backlog: "待投递事件",
+    oldest_undelivered: "最早一条已等待",
+    search: "搜索",
+    search_hint: "商户订单号、微信支付订单号或 openid",
+    any_status: "全部状态",
+    any_merchant: "全部商户",
+    from: "从",
+    to: "到",
+    filter: "筛选",
+    next_page: "下一页",
+    no_orders: "没有符合条件的订单。",
+    created: "创建时间",
+    merchant: "商户",
+    amount: "金额",
+    refunded: "已退款",
+    status: "状态",
+    description: "商品描述",
+    paid_at: "支付时间",
+    expires_at: "过期时间",
+    closed_at: "关闭时间",
+    upstream_error: "微信支付的拒绝原因",
+    timeline: "时间线",
+    when: "时间",
+    what: "事件",
+    details: "详情",
+    no_refunds: "没有退款。",
+    not_found: "没有这个订单。",
+    bad_date: "日期应为 YYYY-MM-DD。",
+    api_reference: "API 文档",
+    status_names: [
+        ("pending", "待支付"),
+        ("paid", "已支付"),
+        ("closed", "已关闭"),
+        ("failed", "失败"),
+        ("refunded", "已全额退款"),
+    ],
+};
+
+static EN: Words = Words {
+    console: "wxpay console",
+    sign_in: "Sign in",
+    sign_out: "Sign out",
+    password: "Password",
+    wrong_password: "The password is not right.",
+    locked_out: "Too many failed sign-ins; try again later.",
+    form_expired: "The sign-in page had expired; please submit it again.",
+    overview: "Overview",
+    orders: "Orders",
+    refunds: "Refunds",
+    outbox_backlog: "Events waiting for delivery",
+    oldest_undelivered: "the oldest has waited",
+    search: "Search",
+    search_hint: "out_trade_no, transaction_id or openid",
+    any_status: "Any status",
+    any_merchant: "Any merchant",
+    from: "From",
+    to: "To",
+    filter: "Filter",
+    next_page: "Next page",
+    no_orders: "No order matches.",
+    created: "Created",
+    merchant: "Merchant",
+    amount: "Amount",
+    refunded: "Refunded",
+    status: "Status",
+    description: "Description",
+    paid_at: "Paid at",
+    expires_at: "Expires at",
+    closed_at: "Closed at",
+    upstream_error: "Why WeChat Pay refused",
+    timeline: "Timeline",
+    when: "When",
+    what: "What",
+    details: "Details",
+    no_refunds: "No refunds.",
+    not_found: "No such order.",
+    bad_date: "Dates are YYYY-MM-DD.",
+    api_reference: "API reference",
+    status_names: [
+        ("pending", "pending"),
+        ("paid", "paid"),
+        ("closed", "closed"),
+        ("failed", "failed"),
+        ("refunded", "refunded"),
+    ],
+};
+
+impl Words {
+    /// The name of a status in this language.
+    pub(crate) fn status(&self, status: &str) -> &'static str {
+        self.status_names
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or("?", |(_, name)| name)
+    }
+}
+
+/// An amount as people read it: `¥28.00`.
+pub(crate) fn yuan(fen: Fen) -> String {
+    let f = fen.get();
+    format!("¥{}.{:02}", f / 100, f % 100)
+}
+
+/// A moment in Beijing time, `2026-12-04 20:15:03`.
+pub(crate) fn beijing(t: Millis) -> String {
+    BeijingTime::from_unix(t.unix_secs()).to_dashed()
+}
+
+/// A whole page: the frame (title, the language switch, the navigation and sign-out for a
+/// signed-in operator) around `body`, which is HTML already.
+pub(crate) fn frame(lang: Lang, title: &str, csrf: Option<&str>, here: &str, body: &str) -> String {
+    let w = lang.words();
+    let other = match lang {
+        Lang::Zh => ("en", "English"),
+        Lang::En => ("zh", "中文"),
+    };
+    let nav = match csrf {
+        Some(token) => format!(
+            "<nav><a href=\"/console\">{overview}</a> <a href=\"/console/orders\">{orders}</a> \
+             <a href=\"/docs\">{api}</a> <a href=\"{here}{sep}lang={code}\" class=\"lang\">{name}</a>\
+             <form method=\"post\" action=\"/console/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{token}\">\
+             <button>{sign_out}</button></form></nav>",
+            overview = w.overview,
+            orders = w.orders,
+            api = w.api_reference,
+            here = esc(here),
+            sep = if here.contains('?') { "&amp;" } else { "?" },
+            code = other.0,
+            name = other.1,
+            token = esc(token),
+            sign_out = w.sign_out,
+        ),
+        None => format!(
+            "<nav><a href=\"{here}?lang={code}\" class=\"lang\">{name}</a></nav>",
+            here = esc(here),
+            code = other.0,
+            name = other.1
+        ),
+    };
+    format!(
+        "<!doctype html><html lang=\"{lang}\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title} · {console}</title><style>{STYLE}</style></head>\
+         <body><header><strong>{console}</strong>{nav}</header><main><h1>{title}</h1>{body}</main></body></html>",
+        lang = if lang == Lang::Zh { "zh-CN" } else { "en" },
+        title = esc(title),
+        console = w.console,
+    )
+}
+
+const STYLE: &str = "body{font:15px/1.5 system-ui,-apple-system,'PingFang SC','Microsoft YaHei',sans-serif;\
+margin:0;color:#1f2328;background:#f6f8fa}header{display:flex;gap:16px;align-items:center;\
+padding:10px 24px;background:#07c160;color:#fff}header a{color:#fff;margin-right:12px}\
+header nav{display:flex;align-items:center;flex:1;justify-content:flex-end}header form{margin:0}\
+main{max-width:1100px;margin:16px auto;padding:16px 24px;background:#fff}\
+table{border-collapse:collapse;width:100%;margin:8px 0}th,td{border-bottom:1px solid #d0d7de;\
+padding:6px 8px;text-align:left;vertical-align:top}th{background:#f6f8fa}td.n{text-align:right}\
+code{font:13px ui-monospace,Menlo,Consolas,monospace}.error{color:#cf222e}\
+.st{padding:1px 8px;border-radius:10px;font-size:13px;background:#eaeef2}.st.paid{background:#dafbe1}\
+.st.failed,.st.closed{background:#ffebe9}.st.refunded{background:#fff8c5}\
+form.filters{display:flex;flex-wrap:wrap;gap:8px;align-items:end}label{display:flex;flex-direction:column;font-size:13px}\
+input,select,button{font:inherit;padding:4px 8px}dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px}\
+dt{color:#57606a}.cards{display:flex;flex-wrap:wrap;gap:12px}.card{border:1px solid #d0d7de;border-radius:6px;\
+padding:8px 16px;min-width:120px}.card b{display:block;font-size:22px}";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn the_language_is_the_one_chosen_then_remembered_then_asked_for() {
+        let zh_browser = headers(&[("accept-language", "zh-CN,zh;q=0.9,en;q=0.8")]);
+        assert_eq!(Lang::of(None, &zh_browser), Lang::Zh);
+        assert_eq!(Lang::of(Some("en"), &zh_browser), Lang::En);
+        let remembered = headers(&[("accept-language", "zh-CN"), ("cookie", "a=b; wxpay_lang=en")]);
+        assert_eq!(Lang::of(None, &remembered), Lang::En);
+        assert_eq!(
+            Lang::of(None, &headers(&[("accept-language", "en-US,en;q=0.9,zh;q=0.5")])),
+            Lang::En
+        );
+        assert_eq!(Lang::of(None, &HeaderMap::new()), Lang::En);
+        assert_eq!(Lang::of(Some("fr"), &zh_browser), Lang::Zh);
+    }
+
+    #[test]
+    fn money_is_shown_in_yuan_and_times_in_beijing() {
+        assert_eq!(yuan(Fen::new(2800).unwrap()), "¥28.00");
+        assert_eq!(yuan(Fen::new(1).unwrap()), "¥0.01");
+        // 16:00 UTC on the 4th is midnight starting the 5th in Beijing.
+        assert_eq!(beijing(Millis::from_unix_ms(1_796_400_000_000)), "2026-12-05 00:00:00");
+    }
+
+    #[test]
+    fn both_languages_name_every_status() {
+        for w in [&ZH, &EN] {
+            for s in crate::store::OrderStatus::ALL {
+                assert_ne!(w.status(s.as_str()), "?", "{s:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The operator console over HTTP, as a browser without scripts uses it: sign-in, the
+//! session cookie, CSRF, the lockout, the orders and an order's timeline, both languages.
+
+use std::collections::HashMap;
+
+use reqwest::header::{ACCEPT_LANGUAGE, COOKIE, LOCATION, SET_COOKIE};
+use reqwest::{Response, StatusCode};
+
+use crate::support::engines;
+use crate::support::{Options, TestApp, TestDb, paid_notification, spawn_app};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// A browser: its cookies, no redirects followed, so that each answer is seen.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    cookies: HashMap<String, String>,
+    /// The `Set-Cookie` lines of the last answer.
+    last_set: Vec<String>,
+}
+
+impl Browser {
+    fn new(t: &TestApp) -> Browser {
+        Browser {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base: t.url.clone(),
+            cookies: HashMap::new(),
+            last_set: Vec::new(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn keep(&mut self, r: &Response) {
+        self.last_set = r
+            .headers()
+            .get_all(SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        for line in &self.last_set {
+            let (pair, attributes) = line.split_once(';').unwrap_or((line, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            if attributes.contains("Max-Age=0") {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> (StatusCode, String, Option<String>) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header(COOKIE, self.cookie_header())
+            .send()
+            .await
+            .unwrap();
+        self.answer(r).await
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> (StatusCode, String, Option<String>) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(COOKIE, self.cookie_header())
+            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(encode(form))
+            .send()
+            .await
+            .unwrap();
+        self.answer(r).await
+    }
+
+    async fn answer(&mut self, r: Response) -> (StatusCode, String, Option<String>) {
+        self.keep(&r);
+        let status = r.status();
+        let location = r.headers().get(LOCATION).map(|v| v.to_str().unwrap().to_owned());
+        (status, r.text().await.unwrap(), location)
+    }
+
+    /// The sign-in page's form token.
+    async fn login_token(&mut self) -> String {
+        let (status, page, _) = self.get("/console/login").await;
+        assert_eq!(status, 200, "{page}");
+        hidden(&page, "csrf")
+    }
+
+    async fn sign_in(&mut self, password: &str) -> (StatusCode, String, Option<String>) {
+        let token = self.login_token().await;
+        self.post("/console/login", &[("password", password), ("csrf", &token)])
+            .await
+    }
+}
+
+/// A form's fields, URL-encoded.
+fn encode(form: &[(&str, &str)]) -> String {
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    form.iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The value of a hidden field of a page.
+fn hidden(page: &str, name: &str) -> String {
+    let at = page
+        .find(&format!("name=\"{name}\" value=\""))
+        .unwrap_or_else(|| panic!("no {name} field in {page}"));
+    let rest = &page[at + name.len() + 15..];
+    rest[..rest.find('"').unwrap()].to_owned()
+}
+
+fn with_console() -> Options {
+    Options {
+        console_password: Some(PASSWORD),
+        ..Options::default()
+    }
+}
+
+#[tokio::test]
+async fn without_a_password_hash_the_console_is_off() {
+    let t = spawn_app(TestDb::sqlite(), Options::default()).await;
+    let mut b = Browser::new(&t);
+    for path in ["/console", "/console/login", "/console/orders"] {
+        let (status, page, _) = b.get(path).await;
+        assert_eq!(status, 404, "{path}");
+        assert!(page.contains("[console] password_hash"), "{page}");
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn signing_in_takes_the_password_on_a_form_this_browser_was_given() {
+    let t = spawn_app(TestDb::sqlite(), with_console()).await;
+    let mut b = Browser::new(&t);
+    let (status, _, location) = b.get("/console").await;
+    assert_eq!(
+        (status, location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/console/login"))
+    );
+
+    let (status, page, _) = b.sign_in("wrong password").await;
+    assert_eq!(status, 401);
+    assert!(page.contains("The password is not right."), "{page}");
+    assert!(!b.cookies.contains_key("wxpay_console"));
+
+    // The right password on a form made for another browser (no login cookie here).
+    let token = b.login_token().await;
+    let mut other = Browser::new(&t);
+    let (status, _, _) = other
+        .post("/console/login", &[("password", PASSWORD), ("csrf", &token)])
+        .await;
+    assert_eq!(status, 403);
+    assert!(!other.cookies.contains_key("wxpay_console"));
+
+    let (status, _, location) = b.sign_in(PASSWORD).await;
+    assert_eq!((status, location.as_deref()), (StatusCode::SEE_OTHER, Some("/console")));
+    let session = b
+        .last_set
+        .iter()
+        .find(|c| c.starts_with("wxpay_console="))
+        .unwrap()
+        .clone();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/console", "Max-Age=3600"] {
+        assert!(session.contains(attribute), "{session}");
+    }
+    assert!(!session.contains("Secure"), "the test gateway is served over http");
+    let (status, page, _) = b.get("/console").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Overview") && page.contains("Sign out"), "{page}");
+    // A tampered cookie is no session.
+    let forged = b.cookies["wxpay_console"].replacen('1', "2", 1);
+    b.cookies.insert("wxpay_console".into(), forged);
+    let (status, _, _) = b.get("/console").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn signing_out_needs_the_csrf_token_and_ends_the_session() {
+    let t = spawn_app(TestDb::sqlite(), with_console()).await;
+    let mut b = Browser::new(&t);
+    b.sign_in(PASSWORD).await;
+    let (_, page, _) = b.get("/console").await;
+    let csrf = hidden(&page, "csrf");
+    let session = b.cookies["wxpay_console"].clone();
+
+    let (status, _, _) = b.post("/console/logout", &[]).await;
+    assert_eq!(status, 403, "no token");
+    let (status, _, _) = b.post("/console/logout", &[("csrf", "00")]).await;
+    assert_eq!(status, 403, "a wrong token");
+    assert_eq!(b.get("/console").await.0, 200, "still signed in");
+
+    let (status, _, location) = b.post("/console/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(
+        (status, location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/console/login"))
+    );
+    assert!(!b.cookies.contains_key("wxpay_console"), "the cookie is cleared");
+    // The old cookie, kept by a thief, no longer signs in.
+    b.cookies.insert("wxpay_console".into(), session);
+    assert_eq!(b.get("/console").await.0, StatusCode::SEE_OTHER);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn five_wrong_passwords_lock_the_address_out_before_any_check() {
+    let t = spawn_app(TestDb::sqlite(), with_console()).await;
+    let mut b = Browser::new(&t);
+    for _ in 0..5 {
+        assert_eq!(b.sign_in("guess").await.0, 401);
+    }
+    let (status, page, _) = b.sign_in(PASSWORD).await;
+    assert_eq!(status, 429, "even the right password, for the rest of the window");
+    assert!(page.contains("Too many failed sign-ins"), "{page}");
+    t.stop().await;
+}
+
+async fn an_order_is_found_by_its_numbers_or_openid_and_shows_its_timeline(db: TestDb) {
+    let t = spawn_app(db, with_console()).await;
+    let o = t.create(crate::support::order_body(2800)).await;
+    let no = o["out_trade_no"].as_str().unwrap().to_owned();
+    t.notify(paid_notification(&no, 2800, "4200000000000000000000000042"))
+        .await;
+    t.wait_status(&no, "paid").await;
+    let other = t.create(crate::support::order_body(100)).await;
+    let other_no = other["out_trade_no"].as_str().unwrap().to_owned();
+
+    let mut b = Browser::new(&t);
+    b.sign_in(PASSWORD).await;
+    let (status, page, _) = b.get("/console/orders").await;
+    assert_eq!(status, 200);
+    assert!(page.contains(&no) && page.contains(&other_no), "{page}");
+    assert!(
+        page.contains("¥28.00") && page.contains("¥1.00"),
+        "amounts in yuan: {page}"
+    );
+
+    for q in [no.as_str(), "4200000000000000000000000042"] {
+        let (_, page, _) = b.get(&format!("/console/orders?q={q}")).await;
+        assert!(page.contains(&no) && !page.contains(&other_no), "{q}: {page}");
+    }
+    // Both orders are the same payer's.
+    let (_, page, _) = b
+        .get(&format!("/console/orders?q={}", crate::support::TEST_OPENID))
+        .await;
+    assert!(page.contains(&no) && page.contains(&other_no), "{page}");
+    let (_, page, _) = b.get("/console/orders?q=oSomebodyElse&merchant=default").await;
+    assert!(page.contains("No order matches."), "{page}");
+    let (_, page, _) = b.get("/console/orders?status=pending").await;
+    assert!(!page.contains(&no) && page.contains(&other_no), "{page}");
+    let (_, page, _) = b.get("/console/orders?from=2000-01-01&to=2000-01-02").await;
+    assert!(page.contains("No order matches."), "{page}");
+    let (_, page, _) = b.get("/console/orders?from=yesterday").await;
+    assert!(page.contains("Dates are YYYY-MM-DD."), "{page}");
+
+    let (status, page, _) = b.get(&format!("/console/orders/{no}?merchant=default")).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("4200000000000000000000000042"), "{page}");
+    assert!(
+        page.contains("Timeline") && page.contains("<td>paid</td>"),
+        "the paid event: {page}"
+    );
+    let (status, _, _) = b.get("/console/orders/NOSUCHORDER1").await;
+    assert_eq!(status, 404);
+    t.stop().await;
+}
+engines!(an_order_is_found_by_its_numbers_or_openid_and_shows_its_timeline);
+
+#[tokio::test]
+async fn the_console_speaks_chinese_to_a_chinese_browser_and_remembers_a_choice() {
+    let t = spawn_app(TestDb::sqlite(), with_console()).await;
+    let http = reqwest::Client::new();
+    let page = http
+        .get(format!("{}/console/login", t.url))
+        .header(ACCEPT_LANGUAGE, "zh-CN,zh;q=0.9,en;q=0.8")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<html lang=\"zh-CN\">") && page.contains("登录"),
+        "{page}"
+    );
+
+    let mut b = Browser::new(&t);
+    b.sign_in(PASSWORD).await;
+    let (_, page, _) = b.get("/console/orders?lang=zh").await;
+    assert!(page.contains("订单") && page.contains("全部状态"), "{page}");
+    assert_eq!(b.cookies.get("wxpay_lang").map(String::as_str), Some("zh"));
+    let (_, page, _) = b.get("/console").await;
+    assert!(page.contains("概览"), "remembered: {page}");
+    let (_, page, _) = b.get("/console?lang=en").await;
+    assert!(page.contains("Overview"), "{page}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn console_pages_load_nothing_from_elsewhere_and_are_never_cached() {
+    let t = spawn_app(TestDb::sqlite(), with_console()).await;
+    let r = reqwest::get(format!("{}/console/login", t.url)).await.unwrap();
+    let h = r.headers();
+    assert_eq!(h["cache-control"], "no-store");
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.starts_with("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    let page = r.text().await.unwrap();
+    for outside in ["<script", " src=", "http://", "https://"] {
+        assert!(!page.contains(outside), "the page has {outside}");
+    }
+    t.stop().await;
+}

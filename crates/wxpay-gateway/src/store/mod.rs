@@ -929,6 +929,63 @@ pub struct OrderFilter {
     pub search: Option<String>,
 }
 
+/// A value of an [`OrderFilter`]'s clause, for an engine to bind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum FilterValue {
+    Text(String),
+    Int(i64),
+}
+
+impl OrderFilter {
+    /// The `WHERE` condition of the orders this lets through before the row id `before`, and
+    /// its values in order; `param(n)` writes the n-th placeholder (`?n`, `$n`). Only the
+    /// filters that are set appear: a catch-all `(? IS NULL OR …)` would keep SQLite and
+    /// PostgreSQL alike from using the index of any of them (a search measured 160 ms at a
+    /// million orders that way, against well under a millisecond through the indexes).
+    pub(crate) fn condition(&self, before: Option<i64>, param: impl Fn(usize) -> String) -> (String, Vec<FilterValue>) {
+        let mut terms: Vec<String> = Vec::new();
+        let mut values: Vec<FilterValue> = Vec::new();
+        let mut term = |values: &mut Vec<FilterValue>, v: FilterValue, sql: &dyn Fn(&str) -> String| {
+            values.push(v);
+            terms.push(sql(&param(values.len())));
+        };
+        if let Some(s) = self.status {
+            term(&mut values, FilterValue::Text(s.as_str().to_owned()), &|p| {
+                format!("status = {p}")
+            });
+        }
+        if let Some(m) = &self.merchant {
+            term(&mut values, FilterValue::Text(m.clone()), &|p| {
+                format!("merchant = {p}")
+            });
+        }
+        if let Some(t) = self.created_from {
+            term(&mut values, FilterValue::Int(t.unix_ms()), &|p| {
+                format!("created_at >= {p}")
+            });
+        }
+        if let Some(t) = self.created_before {
+            term(&mut values, FilterValue::Int(t.unix_ms()), &|p| {
+                format!("created_at < {p}")
+            });
+        }
+        if let Some(q) = &self.search {
+            term(&mut values, FilterValue::Text(q.clone()), &|p| {
+                format!("(out_trade_no = {p} OR transaction_id = {p} OR openid = {p})")
+            });
+        }
+        if let Some(id) = before {
+            term(&mut values, FilterValue::Int(id), &|p| format!("id < {p}"));
+        }
+        let condition = if terms.is_empty() {
+            "1 = 1".to_owned()
+        } else {
+            terms.join(" AND ")
+        };
+        (condition, values)
+    }
+}
+
 /// The gateway's persistence.
 pub trait Store: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
@@ -1177,4 +1234,48 @@ pub fn stored_body(body: &[u8]) -> String {
 /// At most `max` bytes of a body, lossy UTF-8.
 pub fn truncated_body(body: &[u8], max: usize) -> String {
     String::from_utf8_lossy(&body[..body.len().min(max)]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_order_filter_names_only_the_columns_it_filters_on() {
+        let (sql, values) = OrderFilter::default().condition(None, |n| format!("?{n}"));
+        assert_eq!((sql.as_str(), values.len()), ("1 = 1", 0));
+        let f = OrderFilter {
+            status: Some(OrderStatus::Paid),
+            merchant: Some("default".into()),
+            created_from: Some(Millis::from_unix_ms(1_000)),
+            created_before: Some(Millis::from_unix_ms(2_000)),
+            search: Some("o1".into()),
+        };
+        let (sql, values) = f.condition(Some(42), |n| format!("${n}"));
+        assert_eq!(
+            sql,
+            "status = $1 AND merchant = $2 AND created_at >= $3 AND created_at < $4 \
+             AND (out_trade_no = $5 OR transaction_id = $5 OR openid = $5) AND id < $6"
+        );
+        assert_eq!(
+            values,
+            [
+                FilterValue::Text("paid".into()),
+                FilterValue::Text("default".into()),
+                FilterValue::Int(1_000),
+                FilterValue::Int(2_000),
+                FilterValue::Text("o1".into()),
+                FilterValue::Int(42),
+            ]
+        );
+        let only_search = OrderFilter {
+            search: Some("x".into()),
+            ..OrderFilter::default()
+        };
+        let (sql, _) = only_search.condition(Some(7), |n| format!("?{n}"));
+        assert_eq!(
+            sql,
+            "(out_trade_no = ?1 OR transaction_id = ?1 OR openid = ?1) AND id < ?2"
+        );
+    }
 }

@@ -21,10 +21,10 @@ use super::rules::{
     refund_refused, refund_verdict,
 };
 use super::{
-    Created, DailyClaim, Event, Fut, IdemClaim, IdemKey, ImportedRefund, KeptCertificate, NewOrder, NewRefund,
-    NotificationRecord, Order, OrderFilter, OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord,
-    Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store, StoreError, Verdict,
-    col, event_id, event_payload, refund_event_payload,
+    Created, DailyClaim, Event, FilterValue, Fut, IdemClaim, IdemKey, ImportedRefund, KeptCertificate, NewOrder,
+    NewRefund, NotificationRecord, Order, OrderFilter, OrderStatus, OutboxEvent, Payment, PaymentOutcome,
+    ReconciliationRecord, Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store,
+    StoreError, Verdict, col, event_id, event_payload, refund_event_payload,
 };
 use crate::store::Damaged;
 use crate::time::Millis;
@@ -53,6 +53,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../../migrations/sqlite/0005_platform_certificates.sql"),
     ),
+    (6, include_str!("../../migrations/sqlite/0006_order_search.sql")),
 ];
 
 /// The most writes committed together.
@@ -972,25 +973,14 @@ impl Store for SqliteStore {
 
     fn list_orders(&self, f: OrderFilter, limit: u32, before: Option<i64>) -> Fut<'_, Vec<Order>> {
         self.read(move |c| {
-            let sql = format!(
-                "SELECT {ORDER_COLUMNS} FROM orders WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR merchant = ?2) \
-                 AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR created_at < ?4) \
-                 AND (?5 IS NULL OR out_trade_no = ?5 OR transaction_id = ?5 OR openid = ?5) \
-                 AND (?6 IS NULL OR id < ?6) ORDER BY id DESC LIMIT ?7"
-            );
+            let (condition, values) = f.condition(before, |n| format!("?{n}"));
+            let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE {condition} ORDER BY id DESC LIMIT {limit}");
             let mut st = c.prepare_cached(&sql)?;
-            let rows = st.query_map(
-                params![
-                    f.status.map(OrderStatus::as_str),
-                    f.merchant,
-                    f.created_from,
-                    f.created_before,
-                    f.search,
-                    before,
-                    limit
-                ],
-                order_row,
-            )?;
+            let values = values.into_iter().map(|v| match v {
+                FilterValue::Text(s) => rusqlite::types::Value::Text(s),
+                FilterValue::Int(i) => rusqlite::types::Value::Integer(i),
+            });
+            let rows = st.query_map(rusqlite::params_from_iter(values), order_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }

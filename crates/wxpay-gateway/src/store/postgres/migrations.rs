@@ -19,6 +19,7 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("../../../migrations/postgres/0006_platform_certificates.sql"),
     ),
+    (7, include_str!("../../../migrations/postgres/0007_order_search.sql")),
 ];
 /// The advisory lock that serialises migrations of several gateways starting together.
 pub(super) const MIGRATION_LOCK: i64 = 0x7778_7061_7900;

@@ -14,9 +14,10 @@ use super::tx::{
 use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 
 use crate::store::{
-    Created, DailyClaim, Event, Fut, IdemClaim, IdemKey, ImportedRefund, KeptCertificate, NewOrder, NewRefund,
-    NotificationRecord, Order, OrderFilter, OrderStatus, OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord,
-    Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store, StoreError,
+    Created, DailyClaim, Event, FilterValue, Fut, IdemClaim, IdemKey, ImportedRefund, KeptCertificate, NewOrder,
+    NewRefund, NotificationRecord, Order, OrderFilter, OrderStatus, OutboxEvent, Payment, PaymentOutcome,
+    ReconciliationRecord, Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store,
+    StoreError,
 };
 use crate::time::Millis;
 
@@ -126,21 +127,17 @@ impl Store for PgStore {
 
     fn list_orders(&self, f: OrderFilter, limit: u32, before: Option<i64>) -> Fut<'_, Vec<Order>> {
         Box::pin(async move {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {ORDER_COLUMNS} FROM orders WHERE ($1::TEXT IS NULL OR status = $1) AND ($2::TEXT IS NULL OR merchant = $2) \
-                 AND ($3::BIGINT IS NULL OR created_at >= $3) AND ($4::BIGINT IS NULL OR created_at < $4) \
-                 AND ($5::TEXT IS NULL OR out_trade_no = $5 OR transaction_id = $5 OR openid = $5) \
-                 AND ($6::BIGINT IS NULL OR id < $6) ORDER BY id DESC LIMIT $7"
-            )))
-            .bind(f.status.map(OrderStatus::as_str))
-            .bind(f.merchant)
-            .bind(f.created_from.map(Millis::unix_ms))
-            .bind(f.created_before.map(Millis::unix_ms))
-            .bind(f.search)
-            .bind(before)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
+            let (condition, values) = f.condition(before, |n| format!("${n}"));
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {ORDER_COLUMNS} FROM orders WHERE {condition} ORDER BY id DESC LIMIT {limit}"
+            )));
+            for v in values {
+                query = match v {
+                    FilterValue::Text(s) => query.bind(s),
+                    FilterValue::Int(i) => query.bind(i),
+                };
+            }
+            let rows = query.fetch_all(&self.pool).await?;
             rows.iter().map(order_row).collect()
         })
     }

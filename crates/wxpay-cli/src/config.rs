@@ -168,7 +168,15 @@ pub(crate) fn parse(text: &str) -> Result<FileConfig, String> {
     parse_with_env(text, &[])
 }
 
-const SECTIONS: &[&str] = &["server", "database", "webhook", "jobs", "simulator", "reconcile"];
+const SECTIONS: &[&str] = &[
+    "server",
+    "database",
+    "webhook",
+    "jobs",
+    "simulator",
+    "reconcile",
+    "console",
+];
 
 /// Parses the file after applying overrides.
 pub(crate) fn parse_with_env(text: &str, env: &[(String, String)]) -> Result<FileConfig, String> {
@@ -859,6 +867,11 @@ auto_pay_delay_ms = 500
             config.merchants[0].api_key.as_ref().unwrap().expose(),
             "0123456789abcdef0123456789ABCDEF"
         );
+        // Every section of the file can be overridden, the console's included.
+        let hash = wxpay_gateway::ConsoleConfig::hash_password("a console password", b"0123456789abcdef").unwrap();
+        let console = vec![("WXPAY_CONSOLE_PASSWORD_HASH".to_owned(), hash)];
+        let (config, _) = gateway_config(&parse_with_env(EXAMPLE, &console).unwrap()).unwrap();
+        assert!(config.console.is_some(), "the console is on");
         let bad = vec![("WXPAY_MERCHANTS_3_API_KEY".to_owned(), "x".to_owned())];
         assert!(
             parse_with_env(EXAMPLE, &bad)

@@ -324,11 +324,17 @@ pub(crate) fn check_password_hash(hash: &str) -> Result<(), String> {
     if parsed.algorithm.as_str() != "argon2id" {
         return Err(format!("{} is not argon2id", parsed.algorithm.as_str()));
     }
-    // The cost comes from the hash: a memory cost above 256 MiB would let each sign-in
-    // attempt take that much memory.
+    // The cost comes from the hash: a memory cost above 256 MiB, or more than 16 passes or
+    // lanes, would let each sign-in attempt take that much memory or time.
     let memory_kib = parsed.params.get_decimal("m").unwrap_or(0);
     if memory_kib > 256 * 1024 {
         return Err(format!("its memory cost m={memory_kib} KiB is above 262144"));
+    }
+    for param in ["t", "p"] {
+        let v = parsed.params.get_decimal(param).unwrap_or(0);
+        if v > 16 {
+            return Err(format!("its cost {param}={v} is above 16"));
+        }
     }
     Ok(())
 }

@@ -2,7 +2,9 @@
 //! so that it has the JSON error body like every other answer; axum's own extractors would
 //! answer in plain text.
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use bytes::Bytes;
@@ -30,6 +32,17 @@ pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T,
             _ => ApiError::BadRequest(format!("the JSON body cannot be read: {msg}")),
         }
     })
+}
+
+/// The peer's address, which the server (`wxpay-http`) gives every request.
+pub(crate) struct Peer(pub(crate) Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)))
+    }
 }
 
 /// The request body, whole, up to the router's limit.

@@ -16,6 +16,20 @@ pub(crate) fn esc(s: &str) -> String {
     out
 }
 
+/// `s` as a URL path segment or query-string value: everything but unreserved characters
+/// percent-encoded.
+pub(crate) fn percent(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The headers of a page that loads nothing but itself: its inline style, its own forms.
 pub(crate) const SELF_CONTAINED: &str =
     "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";

@@ -11,16 +11,14 @@
 //! says nothing of why, so that a genuine notification comes again and a forger learns
 //! nothing.
 
-use std::net::SocketAddr;
-
-use axum::Extension;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use wxpay_protocol::v2::{NOTIFY_SUCCESS_REPLY, notify_fail_reply};
 
 use crate::edge::app::App;
+use crate::edge::body::Peer;
 use crate::provider::v3::{V3Inbox, V3Notice, signature_headers};
 use crate::service::notifications::{Misfit, NoticeAnswer, NoticeKind};
 
@@ -81,18 +79,11 @@ fn v3_answer(a: NoticeAnswer) -> Response {
     }
 }
 
-/// The peer's address, which the server (`wxpay-http`) gives every request.
-type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
-
-fn peer_of(peer: Peer) -> Option<SocketAddr> {
-    peer.map(|Extension(ConnectInfo(p))| p)
-}
-
 pub(crate) async fn payment(State(app): State<App>, peer: Peer, body: Bytes) -> Response {
     match app.v2_inbox().payment(&body) {
         Ok((merchant, notice)) => answer(app.payment_notified(merchant, notice, &body).await),
         Err(r) => {
-            app.notice_rejected(NoticeKind::Payment, r, &body, peer_of(peer));
+            app.notice_rejected(NoticeKind::Payment, r, &body, peer.0);
             rejected()
         }
     }
@@ -102,7 +93,7 @@ pub(crate) async fn refund(State(app): State<App>, peer: Peer, body: Bytes) -> R
     match app.v2_inbox().refund(&body) {
         Ok((merchant, notice)) => answer(app.refund_notified(merchant, notice, &body).await),
         Err(r) => {
-            app.notice_rejected(NoticeKind::Refund, r, &body, peer_of(peer));
+            app.notice_rejected(NoticeKind::Refund, r, &body, peer.0);
             rejected()
         }
     }
@@ -120,7 +111,7 @@ pub(crate) async fn v3(
         Ok((idx, V3Notice::Payment(n))) => v3_answer(app.payment_notified(idx, n, &body).await),
         Ok((idx, V3Notice::Refund(n))) => v3_answer(app.refund_notified(idx, n, &body).await),
         Err(r) => {
-            app.notice_rejected(V3Inbox::claimed_kind(&body), r, &body, peer_of(peer));
+            app.notice_rejected(V3Inbox::claimed_kind(&body), r, &body, peer.0);
             v3_fail(StatusCode::BAD_REQUEST, REJECTED)
         }
     }

@@ -297,7 +297,7 @@ pub(crate) async fn create_order(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct GetOrderQuery {
-    /// The merchant, when several have orders of this number.
+    /// The merchant (its configured `name`); the first configured merchant when left out.
     #[param(min_length = 1)]
     merchant: Option<String>,
     /// Ask WeChat Pay first (`orderquery`) and apply what it says.
@@ -406,7 +406,7 @@ pub(crate) async fn list_orders(State(app): State<App>, Query(q): Query<ListQuer
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CloseRequest {
-    /// The merchant, when several have orders of this number.
+    /// The merchant (its configured `name`); the first configured merchant when left out.
     #[schema(min_length = 1)]
     merchant: Option<String>,
 }

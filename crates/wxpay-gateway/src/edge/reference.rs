@@ -43,9 +43,9 @@ impl utoipa::Modify for Bearer {
     }
 }
 
-/// Adds to every operation the answers that come before its handler runs: 400 for a request
-/// that does not read (a path that is not UTF-8, a header that is not ASCII), 401 without the
-/// bearer token (the `auth` middleware), and 413 for a body over the limit.
+/// Adds to every operation the answers that come before its handler runs: 400 for a path
+/// that is not UTF-8 (on the operations with a path parameter), 401 without the bearer token
+/// (the `auth` middleware), and 413 for a body over the limit.
 pub(crate) fn add_common_answers(doc: &mut OpenApi) {
     let error = |why: &str| -> RefOr<Response> {
         ResponseBuilder::new()
@@ -54,7 +54,7 @@ pub(crate) fn add_common_answers(doc: &mut OpenApi) {
             .build()
             .into()
     };
-    let unreadable = error("The request cannot be read.");
+    let unreadable = error("The path is not valid UTF-8.");
     let unauthorized = error("No bearer token, or not one of `[server] api_tokens`.");
     let too_large = error("The body is over 64 KiB.");
     for item in doc.paths.paths.values_mut() {
@@ -67,7 +67,14 @@ pub(crate) fn add_common_answers(doc: &mut OpenApi) {
         ];
         for op in ops.into_iter().flatten() {
             let answers = &mut op.responses.responses;
-            answers.entry("400".into()).or_insert_with(|| unreadable.clone());
+            let has_path_parameter = op
+                .parameters
+                .iter()
+                .flatten()
+                .any(|p| matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Path));
+            if has_path_parameter {
+                answers.entry("400".into()).or_insert_with(|| unreadable.clone());
+            }
             if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
                 answers.insert("401".into(), unauthorized.clone());
             }

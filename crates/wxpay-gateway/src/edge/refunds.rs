@@ -31,7 +31,7 @@ pub(crate) struct RefundBody {
     out_refund_no: Option<String>,
     /// Why, as the payer sees it.
     reason: Option<String>,
-    /// The merchant, when several have orders of this number.
+    /// The merchant (its configured `name`); the first configured merchant when left out.
     #[schema(min_length = 1)]
     merchant: Option<String>,
 }
@@ -142,7 +142,7 @@ pub(crate) async fn create_refund(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct GetRefundQuery {
-    /// The merchant, when several have refunds of this number.
+    /// The merchant (its configured `name`); the first configured merchant when left out.
     #[param(min_length = 1)]
     merchant: Option<String>,
 }

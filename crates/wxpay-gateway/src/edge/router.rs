@@ -15,6 +15,7 @@ use utoipa_axum::routes;
 
 use crate::edge::app::App;
 use crate::edge::error::{ApiError, REQUEST_ID};
+use crate::edge::html::SELF_CONTAINED;
 use crate::edge::idempotency::TokenScope;
 use crate::edge::reference::{self, ApiDoc};
 use crate::edge::{console, notify, orders, refunds};
@@ -77,10 +78,8 @@ impl App {
                         [
                             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
                             // The page is self-contained: nothing but its own inline style runs.
-                            (
-                                header::CONTENT_SECURITY_POLICY,
-                                "default-src 'none'; style-src 'unsafe-inline'",
-                            ),
+                            (header::CONTENT_SECURITY_POLICY, SELF_CONTAINED),
+                            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
                         ],
                         page.clone(),
                     ))

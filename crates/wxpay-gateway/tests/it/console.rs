@@ -238,6 +238,41 @@ async fn five_wrong_passwords_lock_the_address_out_before_any_check() {
     t.stop().await;
 }
 
+#[tokio::test]
+async fn sign_ins_sent_at_once_get_no_more_than_five_password_checks() {
+    let t = spawn_app(TestDb::sqlite(), with_console()).await;
+    let mut b = Browser::new(&t);
+    let token = b.login_token().await;
+    let cookie = b.cookie_header();
+    let attempts = (0..12).map(|i| {
+        let (http, url, cookie, token) = (
+            b.http.clone(),
+            format!("{}/console/login", t.url),
+            cookie.clone(),
+            token.clone(),
+        );
+        async move {
+            http.post(url)
+                .header(COOKIE, cookie)
+                .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(encode(&[("password", &format!("guess {i}")), ("csrf", &token)]))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    let statuses = futures_util::future::join_all(attempts).await;
+    let checked = statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
+    assert!(checked <= 5, "{checked} wrong passwords were checked: {statuses:?}");
+    assert!(
+        statuses.iter().all(|s| [401, 429, 503].contains(&s.as_u16())),
+        "{statuses:?}"
+    );
+    assert_eq!(b.sign_in(PASSWORD).await.0, 429, "locked out now");
+    t.stop().await;
+}
+
 async fn an_order_is_found_by_its_numbers_or_openid_and_shows_its_timeline(db: TestDb) {
     let t = spawn_app(db, with_console()).await;
     let o = t.create(crate::support::order_body(2800)).await;
@@ -273,11 +308,22 @@ async fn an_order_is_found_by_its_numbers_or_openid_and_shows_its_timeline(db: T
     assert!(!page.contains(&no) && page.contains(&other_no), "{page}");
     let (_, page, _) = b.get("/console/orders?from=2000-01-01&to=2000-01-02").await;
     assert!(page.contains("No order matches."), "{page}");
+    // Today in Beijing, which starts at 16:00 UTC the day before.
+    let today = wxpay_protocol::BeijingTime::from_unix(t.app.now().unix_secs()).to_dashed()[..10].to_owned();
+    let (_, page, _) = b.get(&format!("/console/orders?from={today}&to={today}")).await;
+    assert!(page.contains(&no), "{today}: {page}");
+    let (_, page, _) = b.get(&format!("/console/orders?to={today}&status=paid")).await;
+    assert!(page.contains(&no) && !page.contains(&other_no), "{page}");
     let (_, page, _) = b.get("/console/orders?from=yesterday").await;
     assert!(page.contains("Dates are YYYY-MM-DD."), "{page}");
 
     let (status, page, _) = b.get(&format!("/console/orders/{no}?merchant=default")).await;
     assert_eq!(status, 200, "{page}");
+    // The language switch keeps the merchant.
+    assert!(
+        page.contains(&format!("href=\"/console/orders/{no}?merchant=default&amp;lang=zh\"")),
+        "{page}"
+    );
     assert!(page.contains("4200000000000000000000000042"), "{page}");
     assert!(
         page.contains("Timeline") && page.contains("<td>paid</td>"),
@@ -288,6 +334,29 @@ async fn an_order_is_found_by_its_numbers_or_openid_and_shows_its_timeline(db: T
     t.stop().await;
 }
 engines!(an_order_is_found_by_its_numbers_or_openid_and_shows_its_timeline);
+
+#[tokio::test]
+async fn what_a_client_stored_is_shown_as_text_never_as_markup() {
+    let t = spawn_app(TestDb::sqlite(), with_console()).await;
+    let mut body = crate::support::order_body(100);
+    body["description"] = serde_json::json!("<script>alert(1)</script>");
+    body["out_trade_no"] = serde_json::json!("XSS-0001*a");
+    let o = t.create(body).await;
+    assert_eq!(o["out_trade_no"], "XSS-0001*a");
+    let mut b = Browser::new(&t);
+    b.sign_in(PASSWORD).await;
+    let (_, list, _) = b.get("/console/orders").await;
+    // The number goes into the link percent-encoded, and into the text escaped.
+    assert!(
+        list.contains("href=\"/console/orders/XSS-0001%2Aa?merchant=default\""),
+        "{list}"
+    );
+    let (status, page, _) = b.get("/console/orders/XSS-0001%2Aa?merchant=default").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{page}");
+    assert!(!page.contains("<script>"), "{page}");
+    t.stop().await;
+}
 
 #[tokio::test]
 async fn the_console_speaks_chinese_to_a_chinese_browser_and_remembers_a_choice() {

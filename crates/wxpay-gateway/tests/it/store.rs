@@ -684,34 +684,32 @@ async fn orders_are_listed_newest_first_by_status_with_a_cursor(db: TestDb) {
         "{}",
         db.engine
     );
-    let created = all[0].created_at;
-    let window = |from: Option<Millis>, before: Option<Millis>| OrderFilter {
-        created_from: from,
-        created_before: before,
+    // Orders an hour and two hours later: a window finds those created in it, both bounds
+    // counted (the five above are at T0).
+    for (no, hours) in [("LT1", 1), ("LT2", 2)] {
+        let mut later = new_order("default", no, 100);
+        later.now = T0 + ms(hours * 3_600_000);
+        store.create_order(later).await.unwrap();
+    }
+    let window = |from: u64, before: u64| OrderFilter {
+        created_from: Some(T0 + ms(from * 3_600_000)),
+        created_before: Some(T0 + ms(before * 3_600_000)),
         ..OrderFilter::default()
     };
-    assert_eq!(
-        store
-            .list_orders(window(Some(created), None), 10, None)
-            .await
-            .unwrap()
-            .len(),
-        5
-    );
-    assert!(
-        store
-            .list_orders(window(None, Some(created)), 10, None)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    let numbers = async |f: OrderFilter| -> Vec<String> {
+        let orders = store.list_orders(f, 10, None).await.unwrap();
+        orders.iter().map(|o| o.out_trade_no.as_str().to_owned()).collect()
+    };
+    assert_eq!(numbers(window(1, 2)).await, ["LT1"], "{}", db.engine);
+    assert_eq!(numbers(window(1, 3)).await, ["LT2", "LT1"], "{}", db.engine);
+    assert_eq!(numbers(window(0, 1)).await.len(), 5, "{}", db.engine);
     let stats = store.stats(T0).await.unwrap();
     let pending = stats
         .orders_by_status
         .iter()
         .find(|(s, _)| s == "pending")
         .map(|(_, n)| *n);
-    assert_eq!(pending, Some(4), "{}: {:?}", db.engine, stats.orders_by_status);
+    assert_eq!(pending, Some(6), "{}: {:?}", db.engine, stats.orders_by_status);
 }
 engines!(orders_are_listed_newest_first_by_status_with_a_cursor);
 

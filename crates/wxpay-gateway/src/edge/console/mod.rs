@@ -16,25 +16,25 @@ mod page;
 mod session;
 pub(crate) mod state;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Form, FromRequestParts, State};
+use axum::Router;
+use axum::extract::{Form, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Router};
 use serde::Deserialize;
-use wxpay_protocol::BeijingTime;
 
 use self::page::{LANG_COOKIE, Lang, beijing, cookie, frame, yuan};
 use self::session::{LOGIN_COOKIE, SESSION_COOKIE, Session};
 use self::state::Console;
 use crate::edge::app::App;
-use crate::edge::body::{Path, Query};
-use crate::edge::html::{SELF_CONTAINED, esc};
+use crate::edge::body::{Path, Peer, Query};
+use crate::edge::html::{SELF_CONTAINED, esc, percent};
 use crate::service::error::ServiceError;
+use crate::service::reconcile::Day;
 use crate::store::{OrderFilter, OrderStatus};
 use crate::time::Millis;
 
@@ -79,18 +79,25 @@ struct Context {
     lang: Lang,
     remember: Option<HeaderValue>,
     now: i64,
+    /// This page's path and query without `lang`, for the language switch.
+    here: String,
 }
 
 impl FromRequestParts<App> for Context {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Context, Response> {
-        let chosen = parts
-            .uri
-            .query()
-            .unwrap_or("")
+        let query = parts.uri.query().unwrap_or("");
+        let chosen = query.split('&').find_map(|pair| pair.strip_prefix("lang="));
+        let rest: Vec<&str> = query
             .split('&')
-            .find_map(|pair| pair.strip_prefix("lang="));
+            .filter(|pair| !pair.is_empty() && !pair.starts_with("lang="))
+            .collect();
+        let here = if rest.is_empty() {
+            parts.uri.path().to_owned()
+        } else {
+            format!("{}?{}", parts.uri.path(), rest.join("&"))
+        };
         let headers = &parts.headers;
         let Some(console) = app.console.clone() else {
             return Err(html(
@@ -110,6 +117,7 @@ impl FromRequestParts<App> for Context {
             console,
             lang,
             remember,
+            here,
         })
     }
 }
@@ -135,10 +143,10 @@ impl FromRequestParts<App> for SignedIn {
 
 impl SignedIn {
     /// A page in the console's frame, with the navigation and the sign-out form.
-    fn page(&self, status: StatusCode, title: &str, here: &str, body: &str) -> Response {
+    fn page(&self, status: StatusCode, title: &str, body: &str) -> Response {
         let csrf = self.cx.console.keys.csrf(&self.session);
         self.cx
-            .page(status, frame(self.cx.lang, title, Some(&csrf), here, body))
+            .page(status, frame(self.cx.lang, title, Some(&csrf), &self.cx.here, body))
     }
 
     /// A page for an error on our side; the details go to the log only.
@@ -147,7 +155,6 @@ impl SignedIn {
         self.page(
             StatusCode::INTERNAL_SERVER_ERROR,
             "500",
-            "/console",
             "<p class=\"error\">internal error</p>",
         )
     }
@@ -187,7 +194,7 @@ fn login_form(cx: &Context, status: StatusCode, error: Option<&str>) -> Response
         password = w.password,
         sign_in = w.sign_in,
     );
-    let mut r = cx.page(status, frame(cx.lang, w.sign_in, None, "/console/login", &body));
+    let mut r = cx.page(status, frame(cx.lang, w.sign_in, None, &cx.here, &body));
     r.headers_mut()
         .append(header::SET_COOKIE, cx.console.cookie(LOGIN_COOKIE, &nonce, 3600));
     r
@@ -198,8 +205,6 @@ struct LoginForm {
     password: String,
     csrf: String,
 }
-
-type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
 
 async fn login(
     cx: Context,
@@ -217,23 +222,22 @@ async fn login(
     if !cx.console.keys.login_token_matches(login_cookie, &form.csrf) {
         return login_form(&cx, StatusCode::FORBIDDEN, Some(w.form_expired));
     }
-    let ip = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |Extension(ConnectInfo(a))| a.ip());
-    if cx.console.attempts.locked(ip, cx.now).is_some() {
+    let ip = peer.0.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    if cx.console.attempts.begin(ip, cx.now).is_err() {
         tracing::warn!(%ip, "console sign-in refused: too many failures from this address");
         return login_form(&cx, StatusCode::TOO_MANY_REQUESTS, Some(w.locked_out));
     }
-    let matches = {
-        let Ok(_permit) = cx.console.checking.acquire().await else {
-            return login_form(&cx, StatusCode::SERVICE_UNAVAILABLE, Some(w.locked_out));
-        };
-        let hash = cx.console.password_hash.clone();
-        let password = form.password;
-        tokio::task::spawn_blocking(move || session::password_matches(&hash, &password))
-            .await
-            .unwrap_or(false)
+    // Two checks at most at once; more attempts are turned away rather than queued, so that
+    // a flood of sign-ins cannot hold the connections the payment API needs.
+    let Ok(_permit) = cx.console.checking.try_acquire() else {
+        return login_form(&cx, StatusCode::SERVICE_UNAVAILABLE, Some(w.busy));
     };
+    let hash = cx.console.password_hash.clone();
+    let password = form.password;
+    let matches = tokio::task::spawn_blocking(move || session::password_matches(&hash, &password))
+        .await
+        .unwrap_or(false);
     if !matches {
-        cx.console.attempts.failed(ip, cx.now);
         tracing::warn!(%ip, "console sign-in failed: wrong password");
         return login_form(&cx, StatusCode::UNAUTHORIZED, Some(w.wrong_password));
     }
@@ -263,7 +267,8 @@ async fn logout(
     let token = form.map(|Form(f)| f.csrf).unwrap_or_default();
     if !cx.console.keys.csrf_matches(&session, &token) {
         tracing::warn!("console action refused: no valid CSRF token");
-        return cx.page(StatusCode::FORBIDDEN, frame(cx.lang, "403", None, "/console", "CSRF"));
+        let body = format!("<p class=\"error\">{}</p>", cx.lang.words().form_expired);
+        return cx.page(StatusCode::FORBIDDEN, frame(cx.lang, "403", None, &cx.here, &body));
     }
     cx.console.revoked.revoke(&session, cx.now);
     let mut r = redirect("/console/login");
@@ -304,7 +309,7 @@ async fn overview(State(app): State<App>, me: SignedIn) -> Response {
         backlog = w.outbox_backlog,
         n = stats.outbox_backlog,
     );
-    me.page(StatusCode::OK, w.overview, "/console", &body)
+    me.page(StatusCode::OK, w.overview, &body)
 }
 
 /// The query of the orders page, as a form sends it (empty fields included).
@@ -323,12 +328,6 @@ fn given(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
-/// The first moment of a Beijing date `YYYY-MM-DD`.
-fn day_start(date: &str) -> Option<Millis> {
-    let t = BeijingTime::parse_dashed(&format!("{date} 00:00:00")).ok()?;
-    Some(Millis::from_unix_secs(t.unix()))
-}
-
 async fn orders(State(app): State<App>, me: SignedIn, Query(q): Query<OrdersQuery>) -> Response {
     let w = me.cx.lang.words();
     let mut error = None;
@@ -338,18 +337,13 @@ async fn orders(State(app): State<App>, me: SignedIn, Query(q): Query<OrdersQuer
         search: given(&q.q).map(str::to_owned),
         ..OrderFilter::default()
     };
-    for (value, slot, days) in [
-        (&q.from, &mut filter.created_from, 0),
-        (&q.to, &mut filter.created_before, 1),
-    ] {
-        if let Some(date) = given(value) {
-            match day_start(date) {
-                // `to` is a whole day: orders created before the next one.
-                Some(start) => *slot = Some(start + std::time::Duration::from_secs(days * 86_400)),
-                None => error = Some(w.bad_date),
-            }
-        }
-    }
+    // A date is a whole day in Beijing: from its first moment, to the first of the next.
+    let day = |v: &Option<String>, error: &mut Option<&str>| {
+        let d = given(v).map(Day::parse)?;
+        d.map_err(|_| *error = Some(w.bad_date)).ok()
+    };
+    filter.created_from = day(&q.from, &mut error).map(|d| d.start_ms());
+    filter.created_before = day(&q.to, &mut error).map(|d| d.end_ms());
     let list = match app.list_orders(filter, PAGE + 1, q.cursor).await {
         Ok(l) => l,
         Err(e) => return me.server_error(&e),
@@ -419,8 +413,8 @@ async fn orders(State(app): State<App>, me: SignedIn, Query(q): Query<OrdersQuer
                  <td>{merchant}</td><td class=\"n\">{amount}</td><td class=\"n\">{refunded}</td>\
                  <td><span class=\"st {st}\">{status}</span></td><td><code>{tx}</code></td></tr>",
                 created = beijing(o.created_at),
-                no_url = esc(no),
-                m_url = esc(&o.merchant),
+                no_url = esc(&percent(no)),
+                m_url = esc(&percent(&o.merchant)),
                 no = esc(no),
                 merchant = esc(&o.merchant),
                 amount = yuan(o.amount_fen),
@@ -459,20 +453,7 @@ async fn orders(State(app): State<App>, me: SignedIn, Query(q): Query<OrdersQuer
             ));
         }
     }
-    me.page(StatusCode::OK, w.orders, "/console/orders", &body)
-}
-
-/// `s` as a query-string value.
-fn percent(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    me.page(StatusCode::OK, w.orders, &body)
 }
 
 #[derive(Deserialize, Default)]
@@ -487,12 +468,11 @@ async fn order(
     Query(q): Query<OrderQuery>,
 ) -> Response {
     let w = me.cx.lang.words();
-    let here = format!("/console/orders/{}", percent(&out_trade_no));
     let detail = match app.order_detail(given(&q.merchant), out_trade_no.clone(), false).await {
         Ok(d) => d,
         Err(ServiceError::NotFound(_) | ServiceError::Invalid(_)) => {
             let body = format!("<p>{}</p>", w.not_found);
-            return me.page(StatusCode::NOT_FOUND, &out_trade_no, &here, &body);
+            return me.page(StatusCode::NOT_FOUND, &out_trade_no, &body);
         }
         Err(e) => return me.server_error(&e),
     };
@@ -571,5 +551,5 @@ async fn order(
         }
         body.push_str("</table>");
     }
-    me.page(StatusCode::OK, &out_trade_no, &here, &body)
+    me.page(StatusCode::OK, &out_trade_no, &body)
 }

@@ -86,6 +86,7 @@ pub(crate) struct Words {
     pub(crate) wrong_password: &'static str,
     pub(crate) locked_out: &'static str,
     pub(crate) form_expired: &'static str,
+    pub(crate) busy: &'static str,
     pub(crate) overview: &'static str,
     pub(crate) orders: &'static str,
     pub(crate) refunds: &'static str,
@@ -128,7 +129,8 @@ static ZH: Words = Words {
     password: "密码",
     wrong_password: "密码不正确。",
     locked_out: "登录失败次数过多，请稍后再试。",
-    form_expired: "登录页面已过期，请重新提交。",
+    form_expired: "页面已过期，请重新提交。",
+    busy: "登录请求过多，请稍后再试。",
     overview: "概览",
     orders: "订单",
     refunds: "退款",
@@ -177,7 +179,8 @@ static EN: Words = Words {
     password: "Password",
     wrong_password: "The password is not right.",
     locked_out: "Too many failed sign-ins; try again later.",
-    form_expired: "The sign-in page had expired; please submit it again.",
+    form_expired: "The page had expired; please submit it again.",
+    busy: "Too many sign-ins at once; try again in a moment.",
     overview: "Overview",
     orders: "Orders",
     refunds: "Refunds",
@@ -248,28 +251,27 @@ pub(crate) fn frame(lang: Lang, title: &str, csrf: Option<&str>, here: &str, bod
         Lang::Zh => ("en", "English"),
         Lang::En => ("zh", "中文"),
     };
+    // The switch keeps the page as it is (its filters, its merchant), in the other language.
+    let switch = format!(
+        "<a href=\"{here}{sep}lang={code}\" class=\"lang\">{name}</a>",
+        here = esc(here),
+        sep = if here.contains('?') { "&amp;" } else { "?" },
+        code = other.0,
+        name = other.1,
+    );
     let nav = match csrf {
         Some(token) => format!(
             "<nav><a href=\"/console\">{overview}</a> <a href=\"/console/orders\">{orders}</a> \
-             <a href=\"/docs\">{api}</a> <a href=\"{here}{sep}lang={code}\" class=\"lang\">{name}</a>\
+             <a href=\"/docs\">{api}</a> {switch}\
              <form method=\"post\" action=\"/console/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{token}\">\
              <button>{sign_out}</button></form></nav>",
             overview = w.overview,
             orders = w.orders,
             api = w.api_reference,
-            here = esc(here),
-            sep = if here.contains('?') { "&amp;" } else { "?" },
-            code = other.0,
-            name = other.1,
             token = esc(token),
             sign_out = w.sign_out,
         ),
-        None => format!(
-            "<nav><a href=\"{here}?lang={code}\" class=\"lang\">{name}</a></nav>",
-            here = esc(here),
-            code = other.0,
-            name = other.1
-        ),
+        None => format!("<nav>{switch}</nav>"),
     };
     format!(
         "<!doctype html><html lang=\"{lang}\"><head><meta charset=\"utf-8\">\

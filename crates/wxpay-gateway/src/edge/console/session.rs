@@ -124,9 +124,11 @@ impl Revoked {
     }
 }
 
-/// Failed sign-ins per client address: after [`MAX_FAILURES`] within [`FAILURE_WINDOW`], that
-/// address is refused without a password check until the window ends. The password check is
-/// slow on purpose, so this also keeps a flood of attempts from taking the CPU.
+/// Sign-ins per client address that did not succeed: after [`MAX_FAILURES`] within
+/// [`FAILURE_WINDOW`] of the first, that address is refused without a password check until
+/// the window ends. An attempt counts as failed from its start ([`Attempts::begin`]) until it
+/// succeeds, so attempts sent in parallel cannot each pass the count before any has failed.
+/// The password check is slow on purpose, so this also keeps a flood from taking the CPU.
 #[derive(Default)]
 pub(crate) struct Attempts(Mutex<HashMap<IpAddr, (u32, i64)>>);
 
@@ -134,38 +136,54 @@ pub(crate) struct Attempts(Mutex<HashMap<IpAddr, (u32, i64)>>);
 pub(crate) const MAX_FAILURES: u32 = 5;
 /// The window, in seconds.
 pub(crate) const FAILURE_WINDOW: i64 = 15 * 60;
-/// Addresses remembered at most; the oldest windows go first beyond it.
+/// Addresses remembered at most: beyond it, the expired windows go, then the oldest ones.
 const MAX_ADDRESSES: usize = 10_000;
 
 impl Attempts {
-    /// When `ip` is locked out at `now`, the seconds until it may try again.
-    pub(crate) fn locked(&self, ip: IpAddr, now: i64) -> Option<i64> {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(&ip) {
-            Some(&(failures, since)) if failures >= MAX_FAILURES && now < since + FAILURE_WINDOW => {
-                Some(since + FAILURE_WINDOW - now)
-            }
-            _ => None,
-        }
-    }
-
-    /// Counts a failed sign-in of `ip`.
-    pub(crate) fn failed(&self, ip: IpAddr, now: i64) {
+    /// Starts a sign-in attempt of `ip` at `now`, counted as failed until
+    /// [`succeeded`](Self::succeeded); or, when `ip` is locked out, the seconds until it may
+    /// try again.
+    pub(crate) fn begin(&self, ip: IpAddr, now: i64) -> Result<(), i64> {
+        let ip = key(ip);
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_ADDRESSES {
+        if let Some(&(failures, since)) = map.get(&ip) {
+            if failures >= MAX_FAILURES && now < since + FAILURE_WINDOW {
+                return Err(since + FAILURE_WINDOW - now);
+            }
+        }
+        if map.len() >= MAX_ADDRESSES && !map.contains_key(&ip) {
             map.retain(|_, (_, since)| now < *since + FAILURE_WINDOW);
+            if map.len() >= MAX_ADDRESSES {
+                if let Some(oldest) = map.iter().min_by_key(|(_, (_, since))| *since).map(|(k, _)| *k) {
+                    map.remove(&oldest);
+                }
+            }
         }
         let entry = map.entry(ip).or_insert((0, now));
         if now >= entry.1 + FAILURE_WINDOW {
             *entry = (0, now);
         }
         entry.0 += 1;
+        Ok(())
     }
 
     /// Forgets the failures of `ip` after it signed in.
     pub(crate) fn succeeded(&self, ip: IpAddr) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.remove(&ip);
+        map.remove(&key(ip));
+    }
+}
+
+/// The address an attempt is counted against: an IPv6 client usually holds a whole /64, so
+/// its attempts count against that.
+fn key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::from(octets)
+        }
     }
 }
 
@@ -241,19 +259,31 @@ mod tests {
     }
 
     #[test]
-    fn an_address_is_locked_out_after_five_failures_until_its_window_ends() {
+    fn an_address_is_locked_out_after_five_attempts_until_its_window_ends() {
         let attempts = Attempts::default();
         let ip: IpAddr = "203.0.113.9".parse().unwrap();
         for i in 0..MAX_FAILURES {
-            assert_eq!(attempts.locked(ip, NOW + i64::from(i)), None);
-            attempts.failed(ip, NOW + i64::from(i));
+            // Counted from its start: five attempts in flight at once lock the sixth out.
+            assert_eq!(attempts.begin(ip, NOW + i64::from(i)), Ok(()));
         }
-        assert_eq!(attempts.locked(ip, NOW + 10), Some(FAILURE_WINDOW - 10));
-        assert_eq!(attempts.locked("203.0.113.10".parse().unwrap(), NOW + 10), None);
-        assert_eq!(attempts.locked(ip, NOW + FAILURE_WINDOW), None);
-        attempts.failed(ip, NOW + FAILURE_WINDOW);
-        assert_eq!(attempts.locked(ip, NOW + FAILURE_WINDOW), None, "a new window");
+        assert_eq!(attempts.begin(ip, NOW + 10), Err(FAILURE_WINDOW - 10));
+        assert_eq!(attempts.begin("203.0.113.10".parse().unwrap(), NOW + 10), Ok(()));
+        assert_eq!(attempts.begin(ip, NOW + FAILURE_WINDOW), Ok(()), "a new window");
         attempts.succeeded(ip);
-        assert_eq!(attempts.0.lock().unwrap().len(), 0);
+        assert_eq!(attempts.0.lock().unwrap().len(), 1, "only the other address");
+    }
+
+    #[test]
+    fn an_ipv6_client_counts_as_its_slash_64_and_memory_stays_bounded() {
+        let attempts = Attempts::default();
+        for host in 1..=MAX_FAILURES {
+            let ip: IpAddr = format!("2001:db8:1:2::{host:x}").parse().unwrap();
+            assert_eq!(attempts.begin(ip, NOW), Ok(()));
+        }
+        assert!(attempts.begin("2001:db8:1:2:ffff::1".parse().unwrap(), NOW).is_err());
+        for i in 0..(MAX_ADDRESSES as u32 + 10) {
+            let _ = attempts.begin(IpAddr::from(i.to_be_bytes()), NOW + 1);
+        }
+        assert!(attempts.0.lock().unwrap().len() <= MAX_ADDRESSES);
     }
 }

@@ -335,6 +335,98 @@ async fn an_order_is_found_by_its_numbers_or_openid_and_shows_its_timeline(db: T
 }
 engines!(an_order_is_found_by_its_numbers_or_openid_and_shows_its_timeline);
 
+async fn a_paid_order_is_refunded_from_the_console_after_a_confirmation(db: TestDb) {
+    let t = spawn_app(db, with_console()).await;
+    t.paid_order("CREF000001", 2800).await;
+    let mut b = Browser::new(&t);
+    b.sign_in(PASSWORD).await;
+    let (_, page, _) = b.get("/console/orders/CREF000001?merchant=default").await;
+    assert!(
+        page.contains("action=\"/console/orders/CREF000001/refund?merchant=default\""),
+        "{page}"
+    );
+    let csrf = hidden(&page, "csrf");
+    let path = "/console/orders/CREF000001/refund?merchant=default";
+    let (status, _, _) = b.post(path, &[("step", "review"), ("amount", "14.00")]).await;
+    assert_eq!(status, 400, "no token, no form");
+    let (status, _, _) = b
+        .post(path, &[("csrf", "00"), ("step", "review"), ("amount", "14.00")])
+        .await;
+    assert_eq!(status, 403, "a wrong token");
+    let (status, _, _) = b
+        .post(path, &[("csrf", &csrf), ("step", "review"), ("amount", "14")])
+        .await;
+    assert_eq!(status, 200, "whole yuan are fine");
+    let (status, page, _) = b
+        .post(path, &[("csrf", &csrf), ("step", "review"), ("amount", "1400 fen")])
+        .await;
+    assert_eq!(status, 422, "{page}");
+
+    // The review shows what will happen and names the refund; nothing is refunded yet.
+    let (status, review, _) = b
+        .post(
+            path,
+            &[
+                ("csrf", &csrf),
+                ("step", "review"),
+                ("amount", "14.00"),
+                ("reason", "少了一杯"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{review}");
+    assert!(
+        review.contains("¥14.00") && review.contains("¥28.00") && review.contains("少了一杯"),
+        "{review}"
+    );
+    let number = hidden(&review, "out_refund_no");
+    assert!(t.order("CREF000001").await["refunds"].as_array().unwrap().is_empty());
+    let confirm = [
+        ("csrf", csrf.as_str()),
+        ("step", "confirm"),
+        ("amount", "14.00"),
+        ("reason", "少了一杯"),
+        ("out_refund_no", number.as_str()),
+    ];
+    for _ in 0..2 {
+        // Sent twice (a double click, a reload): one refund.
+        let (status, _, location) = b.post(path, &confirm).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert_eq!(location.as_deref(), Some("/console/orders/CREF000001?merchant=default"));
+    }
+    let order = t.order("CREF000001").await;
+    let refunds = order["refunds"].as_array().unwrap();
+    assert_eq!(refunds.len(), 1, "{order}");
+    assert_eq!(
+        (refunds[0]["amount_fen"].as_u64(), refunds[0]["out_refund_no"].as_str()),
+        (Some(1400), Some(number.as_str()))
+    );
+    assert_eq!(refunds[0]["reason"], "少了一杯");
+    let (_, page, _) = b.get("/console/orders/CREF000001?merchant=default").await;
+    assert!(page.contains(&number) && page.contains("≤ 14.00"), "{page}");
+
+    // More than is left is refused with the core's reason, as through the API.
+    let (_, review, _) = b
+        .post(path, &[("csrf", &csrf), ("step", "review"), ("amount", "20.00")])
+        .await;
+    let number = hidden(&review, "out_refund_no");
+    let (status, page, _) = b
+        .post(
+            path,
+            &[
+                ("csrf", &csrf),
+                ("step", "confirm"),
+                ("amount", "20.00"),
+                ("out_refund_no", &number),
+            ],
+        )
+        .await;
+    assert_eq!(status, 409, "{page}");
+    assert_eq!(t.order("CREF000001").await["refunds"].as_array().unwrap().len(), 1);
+    t.stop().await;
+}
+engines!(a_paid_order_is_refunded_from_the_console_after_a_confirmation);
+
 #[tokio::test]
 async fn what_a_client_stored_is_shown_as_text_never_as_markup() {
     let t = spawn_app(TestDb::sqlite(), with_console()).await;

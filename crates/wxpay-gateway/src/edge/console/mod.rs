@@ -26,6 +26,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
+use wxpay_protocol::Fen;
 
 use self::page::{LANG_COOKIE, Lang, beijing, cookie, frame, yuan};
 use self::session::{LOGIN_COOKIE, SESSION_COOKIE, Session};
@@ -34,8 +35,10 @@ use crate::edge::app::App;
 use crate::edge::body::{Path, Peer, Query};
 use crate::edge::html::{SELF_CONTAINED, esc, percent};
 use crate::service::error::ServiceError;
+use crate::service::numbers::Numbers;
 use crate::service::reconcile::Day;
-use crate::store::{OrderFilter, OrderStatus};
+use crate::service::refunds::RefundRequest;
+use crate::store::{Order, OrderFilter, OrderStatus, RefundStatus};
 use crate::time::Millis;
 
 /// Orders on one page of the list.
@@ -50,6 +53,7 @@ pub(crate) fn routes() -> Router<App> {
         .route("/console/logout", post(logout))
         .route("/console/orders", get(orders))
         .route("/console/orders/{out_trade_no}", get(order))
+        .route("/console/orders/{out_trade_no}/refund", post(refund))
 }
 
 /// A console page, with the headers every page has.
@@ -551,5 +555,150 @@ async fn order(
         }
         body.push_str("</table>");
     }
+    // What is left to refund: a pending refund has its amount reserved already.
+    let reserved: u64 = detail
+        .refunds
+        .iter()
+        .filter(|r| r.status != RefundStatus::Failed)
+        .map(|r| r.amount_fen.get())
+        .sum();
+    let left = o.amount_fen.get().saturating_sub(reserved);
+    if o.status == OrderStatus::Paid && left > 0 {
+        body.push_str(&format!(
+            "<h3>{refund}</h3><form method=\"post\" action=\"{action}\" class=\"filters\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"step\" value=\"review\">\
+             <label>{amount} (¥, ≤ {left})<input name=\"amount\" inputmode=\"decimal\" required size=\"10\"></label>\
+             <label>{reason}<input name=\"reason\" maxlength=\"80\" size=\"30\"></label><button>{next}</button></form>",
+            refund = w.refund,
+            action = esc(&refund_path(o)),
+            csrf = esc(&me.cx.console.keys.csrf(&me.session)),
+            amount = w.amount,
+            left = Fen::new(left).map(|f| f.to_yuan()).unwrap_or_default(),
+            reason = w.reason,
+            next = w.review,
+        ));
+    }
     me.page(StatusCode::OK, &out_trade_no, &body)
+}
+
+/// Where an order's refund form posts.
+fn refund_path(o: &Order) -> String {
+    format!(
+        "/console/orders/{}/refund?merchant={}",
+        percent(o.out_trade_no.as_str()),
+        percent(&o.merchant)
+    )
+}
+
+/// The refund form: first reviewed (`step=review`), then confirmed (`step=confirm`) with the
+/// refund number the review made, so that a confirmation sent twice is one refund.
+#[derive(Deserialize)]
+struct RefundForm {
+    csrf: String,
+    step: String,
+    amount: String,
+    #[serde(default)]
+    reason: String,
+    out_refund_no: Option<String>,
+}
+
+async fn refund(
+    State(app): State<App>,
+    me: SignedIn,
+    Path(out_trade_no): Path<String>,
+    Query(q): Query<OrderQuery>,
+    form: Result<Form<RefundForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let w = me.cx.lang.words();
+    let Ok(Form(form)) = form else {
+        return me.page(
+            StatusCode::BAD_REQUEST,
+            w.refund,
+            &format!("<p class=\"error\">{}</p>", w.form_expired),
+        );
+    };
+    if !me.cx.console.keys.csrf_matches(&me.session, &form.csrf) {
+        tracing::warn!("console action refused: no valid CSRF token");
+        return me.page(
+            StatusCode::FORBIDDEN,
+            w.refund,
+            &format!("<p class=\"error\">{}</p>", w.form_expired),
+        );
+    }
+    let order = match app.order_detail(given(&q.merchant), out_trade_no.clone(), false).await {
+        Ok(d) => d.order,
+        Err(ServiceError::NotFound(_) | ServiceError::Invalid(_)) => {
+            return me.page(StatusCode::NOT_FOUND, &out_trade_no, &format!("<p>{}</p>", w.not_found));
+        }
+        Err(e) => return me.server_error(&e),
+    };
+    let back = format!(
+        "/console/orders/{}?merchant={}",
+        percent(order.out_trade_no.as_str()),
+        percent(&order.merchant)
+    );
+    let refused = |status: StatusCode, why: &str| {
+        let body = format!(
+            "<p class=\"error\" role=\"alert\">{}</p><p><a href=\"{}\">← {}</a></p>",
+            esc(why),
+            esc(&back),
+            esc(order.out_trade_no.as_str())
+        );
+        me.page(status, w.refund, &body)
+    };
+    let amount = match Fen::from_yuan(form.amount.trim()) {
+        Ok(a) if a.get() > 0 => a,
+        _ => return refused(StatusCode::UNPROCESSABLE_ENTITY, w.bad_amount),
+    };
+    let reason = form.reason.trim();
+    match (form.step.as_str(), form.out_refund_no) {
+        ("review", _) => {
+            let number = Numbers::random().number('R', app.now());
+            let body = format!(
+                "<p>{question}</p><dl><dt>out_trade_no</dt><dd><code>{no}</code></dd><dt>{amount_word}</dt><dd><b>{amount}</b> / {paid}</dd>\
+                 <dt>{reason_word}</dt><dd>{reason}</dd><dt>out_refund_no</dt><dd><code>{number}</code></dd></dl>\
+                 <form method=\"post\" action=\"{action}\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                 <input type=\"hidden\" name=\"step\" value=\"confirm\"><input type=\"hidden\" name=\"amount\" value=\"{yuan}\">\
+                 <input type=\"hidden\" name=\"reason\" value=\"{reason}\"><input type=\"hidden\" name=\"out_refund_no\" value=\"{number}\">\
+                 <button>{confirm}</button> <a href=\"{back}\">{cancel}</a></form>",
+                question = w.confirm_refund,
+                no = esc(order.out_trade_no.as_str()),
+                amount_word = w.amount,
+                amount = yuan(amount),
+                paid = yuan(order.amount_fen),
+                reason_word = w.reason,
+                reason = esc(reason),
+                number = esc(&number),
+                action = esc(&refund_path(&order)),
+                csrf = esc(&form.csrf),
+                yuan = amount.to_yuan(),
+                confirm = w.confirm,
+                back = esc(&back),
+                cancel = w.cancel,
+            );
+            me.page(StatusCode::OK, w.refund, &body)
+        }
+        ("confirm", Some(number)) => {
+            let req = RefundRequest {
+                merchant: Some(order.merchant.clone()),
+                amount_fen: amount.get(),
+                out_refund_no: Some(number.clone()),
+                reason: (!reason.is_empty()).then(|| reason.to_owned()),
+            };
+            match app.create_refund(out_trade_no, req, &Numbers::random()).await {
+                Ok(_) | Err(ServiceError::Unavailable(_)) => {
+                    // Unavailable: the refund is stored and will be sent again; the order page
+                    // shows it pending.
+                    tracing::info!(out_refund_no = %number, amount_fen = amount.get(), "console refund");
+                    redirect(&back)
+                }
+                Err(e @ (ServiceError::Invalid(_) | ServiceError::Conflict { .. } | ServiceError::Rejected(_))) => {
+                    refused(StatusCode::CONFLICT, &e.to_string())
+                }
+                Err(ServiceError::NotConfigured(m)) => refused(StatusCode::SERVICE_UNAVAILABLE, &m),
+                Err(e) => me.server_error(&e),
+            }
+        }
+        _ => refused(StatusCode::BAD_REQUEST, w.form_expired),
+    }
 }

@@ -119,6 +119,13 @@ pub(crate) struct Words {
     pub(crate) not_found: &'static str,
     pub(crate) bad_date: &'static str,
     pub(crate) api_reference: &'static str,
+    pub(crate) refund: &'static str,
+    pub(crate) reason: &'static str,
+    pub(crate) review: &'static str,
+    pub(crate) confirm_refund: &'static str,
+    pub(crate) confirm: &'static str,
+    pub(crate) cancel: &'static str,
+    pub(crate) bad_amount: &'static str,
     pub(crate) status_names: [(&'static str, &'static str); 5],
 }
 
@@ -163,6 +170,13 @@ static ZH: Words = Words {
     not_found: "没有这个订单。",
     bad_date: "日期应为 YYYY-MM-DD。",
     api_reference: "API 文档",
+    refund: "退款",
+    reason: "退款原因",
+    review: "下一步",
+    confirm_refund: "确认退还这笔钱给付款人？退款提交给微信支付后无法撤回。",
+    confirm: "确认退款",
+    cancel: "取消",
+    bad_amount: "金额以元为单位，例如 14.00，且大于 0。",
     status_names: [
         ("pending", "待支付"),
         ("paid", "已支付"),
@@ -213,6 +227,13 @@ static EN: Words = Words {
     not_found: "No such order.",
     bad_date: "Dates are YYYY-MM-DD.",
     api_reference: "API reference",
+    refund: "Refund",
+    reason: "Reason",
+    review: "Review",
+    confirm_refund: "Give this money back to the payer? Once WeChat Pay has the refund it cannot be undone.",
+    confirm: "Confirm the refund",
+    cancel: "Cancel",
+    bad_amount: "The amount is in yuan, such as 14.00, and more than 0.",
     status_names: [
         ("pending", "pending"),
         ("paid", "paid"),
@@ -234,8 +255,7 @@ impl Words {
 
 /// An amount as people read it: `¥28.00`.
 pub(crate) fn yuan(fen: Fen) -> String {
-    let f = fen.get();
-    format!("¥{}.{:02}", f / 100, f % 100)
+    format!("¥{}", fen.to_yuan())
 }
 
 /// A moment in Beijing time, `2026-12-04 20:15:03`.

@@ -13,13 +13,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BIN=${WXPAY_BIN:-target/debug/wxpay}
 PORT=${PORT:-18295}
 OUT=target/browser
-for name in "${!WXPAY_@}"; do
-    unset "$name"
-done
-if [[ ! -x "$BIN" ]]; then
-    echo "browser: $BIN is not an executable; build it first (cargo build -q -p wxpay-cli) or set WXPAY_BIN" >&2
-    exit 2
-fi
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+clear_wxpay_vars
+need_binary browser "$BIN"
 # Chromium, and a Chinese font, without which the screenshots show boxes for every character.
 if ! command -v chromium >/dev/null 2>&1 || ! fc-list :lang=zh | grep -q .; then
     echo "browser: installing Debian's chromium and fonts-wqy-zenhei"
@@ -29,20 +26,5 @@ fi
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
-"$BIN" demo --listen "127.0.0.1:$PORT" --data-dir "$OUT/demo" >"$OUT/demo.log" 2>&1 &
-demo=$!
-trap 'kill $demo 2>/dev/null || true; wait $demo 2>/dev/null || true' EXIT
-line=""
-for _ in $(seq 1 100); do
-    line=$(grep -m1 '^console: ' "$OUT/demo.log" || true)
-    [[ -n "$line" ]] && curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" && break
-    sleep 0.1
-done
-if [[ -z "$line" ]]; then
-    echo "browser: the demo did not start:" >&2
-    cat "$OUT/demo.log" >&2
-    exit 1
-fi
-# console: <base>/console password: <password>
-password=${line##* }
-BASE="http://127.0.0.1:$PORT" PASSWORD="$password" SHOTS="$OUT" node scripts/browser/demo-and-console.mjs
+start_demo browser "$BIN" "$PORT" "$OUT/demo"
+BASE="http://127.0.0.1:$PORT" PASSWORD="$DEMO_PASSWORD" SHOTS="$OUT" node scripts/browser/demo-and-console.mjs

@@ -38,30 +38,11 @@ VENV=target/conformance-venv
 REQUIREMENTS=scripts/conformance/requirements.txt
 LOGS=target/conformance-logs
 
-# Nothing named WXPAY_* reaches the servers (a developer's WXPAY_DATABASE_URL or WXPAY_CONFIG
-# would point the test gateway at a real database or another configuration).
-for name in "${!WXPAY_@}"; do
-    unset "$name"
-done
-
-if [[ ! -x "$BIN" ]]; then
-    echo "conformance: $BIN is not an executable; build it first (cargo build -q -p wxpay-cli) or set WXPAY_BIN" >&2
-    exit 2
-fi
-
-# --- the venv: reused while the requirements and the interpreter are unchanged ------------
-stamp="$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1) $("$PYTHON" -c 'import sys; print(sys.version.split()[0])')"
-if [[ -x "$VENV/bin/python" && -f "$VENV/.requirements-stamp" && "$(cat "$VENV/.requirements-stamp")" == "$stamp" ]]; then
-    echo "conformance: reusing $VENV"
-else
-    echo "conformance: creating $VENV"
-    rm -rf "$VENV"
-    mkdir -p "$(dirname "$VENV")"
-    "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet -r "$REQUIREMENTS"
-    "$VENV/bin/python" -m pip check --disable-pip-version-check
-    echo "$stamp" > "$VENV/.requirements-stamp"
-fi
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+clear_wxpay_vars
+need_binary conformance "$BIN"
+python_venv conformance "$VENV" "$REQUIREMENTS" "$PYTHON"
 
 # --- the run: databases, configurations and TLS material in a fresh temporary folder -------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/wxpay-conformance.XXXXXX")

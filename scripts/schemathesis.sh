@@ -23,46 +23,19 @@ VENV=target/schemathesis-venv
 REQUIREMENTS=scripts/schemathesis/requirements.txt
 OUT=target/schemathesis
 PORT=${PORT:-18290}
-for name in "${!WXPAY_@}"; do
-    unset "$name"
-done
-if [[ ! -x "$BIN" ]]; then
-    echo "schemathesis: $BIN is not an executable; build it first (cargo build -q -p wxpay-cli) or set WXPAY_BIN" >&2
-    exit 2
-fi
-
-stamp="$(sha256sum "$REQUIREMENTS" | cut -d' ' -f1) $("$PYTHON" -c 'import sys; print(sys.version.split()[0])')"
-if [[ -x "$VENV/bin/st" && -f "$VENV/.requirements-stamp" && "$(cat "$VENV/.requirements-stamp")" == "$stamp" ]]; then
-    echo "schemathesis: reusing $VENV"
-else
-    echo "schemathesis: creating $VENV"
-    rm -rf "$VENV"
-    mkdir -p "$(dirname "$VENV")"
-    "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet -r "$REQUIREMENTS"
-    echo "$stamp" >"$VENV/.requirements-stamp"
-fi
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+clear_wxpay_vars
+need_binary schemathesis "$BIN"
+python_venv schemathesis "$VENV" "$REQUIREMENTS" "$PYTHON"
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
-"$BIN" demo --listen "127.0.0.1:$PORT" --data-dir "$OUT/demo" >"$OUT/demo.log" 2>&1 &
-demo=$!
-trap 'kill $demo 2>/dev/null || true; wait $demo 2>/dev/null || true' EXIT
-token=""
-for _ in $(seq 1 100); do
-    token=$(grep -o 'Bearer demo_[0-9a-f]*' "$OUT/demo.log" | head -1 | cut -d' ' -f2 || true)
-    [[ -n "$token" ]] && curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" && break
-    sleep 0.1
-done
-if [[ -z "$token" ]]; then
-    echo "schemathesis: the demo did not start:" >&2
-    cat "$OUT/demo.log" >&2
-    exit 1
-fi
+start_demo schemathesis "$BIN" "$PORT" "$OUT/demo"
 
 "$VENV/bin/st" --config-file scripts/schemathesis/schemathesis.toml run \
     "http://127.0.0.1:$PORT/openapi.json" \
-    --header "Authorization: Bearer $token" \
+    --header "Authorization: Bearer $DEMO_TOKEN" \
     --checks all \
     --max-examples "${MAX_EXAMPLES:-50}" \
     --seed "${SEED:-1}" \

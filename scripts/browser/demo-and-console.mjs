@@ -76,6 +76,12 @@ try {
   await shot(page, "5-console-refunded");
   ok("a partial refund is reviewed, confirmed and listed");
 
+  // The outbox: the demo's backend took every event.
+  await page.click("text=Outbox");
+  assert.match(await page.textContent("main"), /Every event has been delivered/);
+  ok("the outbox page shows nothing waiting");
+  await page.goBack();
+
   // The language: Chinese on the switch, kept on the next page.
   await page.click("a.lang");
   assert.match(await page.textContent("main"), /时间线/);

@@ -901,6 +901,34 @@ pub struct OutboxEvent {
     pub attempts: i64,
 }
 
+/// The undelivered events, the next due first (`?1`: how many), for both engines: the
+/// partial index `outbox_due` holds exactly these rows, in this order.
+/// (`attempts` is an `INTEGER`, four bytes on PostgreSQL: widened here for both.)
+pub(crate) const UNDELIVERED: &str = "SELECT x.id, x.type, o.out_trade_no, o.merchant, x.created_at, CAST(x.attempts AS BIGINT), \
+     x.next_attempt_at, x.last_error FROM outbox x LEFT JOIN orders o ON o.id = x.order_id \
+     WHERE x.delivered_at IS NULL ORDER BY x.next_attempt_at LIMIT ?1";
+
+/// An event of the outbox not delivered yet, as the console lists it.
+#[derive(Clone, Debug)]
+pub struct Undelivered {
+    /// The event id.
+    pub id: String,
+    /// `order.paid`, `order.closed`, …
+    pub event_type: String,
+    /// The number of the order it is about, when it is about one.
+    pub out_trade_no: Option<String>,
+    /// The merchant of that order.
+    pub merchant: Option<String>,
+    /// Created (Unix ms).
+    pub created_at: Millis,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// When the next attempt is due.
+    pub next_attempt_at: Millis,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+}
+
 /// Figures for the metrics.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
@@ -1074,6 +1102,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Schedules another attempt of an event.
     fn outbox_retry(&self, id: String, next_at: Millis, error: String) -> Fut<'_, ()>;
+
+    /// The events not delivered yet, the next due first, with their order's number.
+    fn undelivered(&self, limit: u32) -> Fut<'_, Vec<Undelivered>>;
+
+    /// Makes an undelivered event due at `now` (an operator's retry); false when there is no
+    /// such event or it was delivered meanwhile.
+    fn deliver_now(&self, id: String, now: Millis) -> Fut<'_, bool>;
 
     /// Stores a refund of a paid order with its event, raising the order's reserved refund
     /// sum in the same transaction (the database refuses a sum above the amount), or says

@@ -24,7 +24,7 @@ use super::{
     Created, DailyClaim, Event, FilterValue, Fut, IdemClaim, IdemKey, ImportedRefund, KeptCertificate, NewOrder,
     NewRefund, NotificationRecord, Order, OrderFilter, OrderStatus, OutboxEvent, Payment, PaymentOutcome,
     ReconciliationRecord, Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store,
-    StoreError, Verdict, col, event_id, event_payload, refund_event_payload,
+    StoreError, UNDELIVERED, Undelivered, Verdict, col, event_id, event_payload, refund_event_payload,
 };
 use crate::store::Damaged;
 use crate::time::Millis;
@@ -1155,6 +1155,34 @@ impl Store for SqliteStore {
             )?
             .execute(params![next_at, error, id])?;
             Ok(())
+        })
+    }
+
+    fn undelivered(&self, limit: u32) -> Fut<'_, Vec<Undelivered>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(UNDELIVERED)?;
+            let rows = st.query_map(params![limit], |r| {
+                Ok(Undelivered {
+                    id: r.get(0)?,
+                    event_type: r.get(1)?,
+                    out_trade_no: r.get(2)?,
+                    merchant: r.get(3)?,
+                    created_at: r.get(4)?,
+                    attempts: r.get(5)?,
+                    next_attempt_at: r.get(6)?,
+                    last_error: r.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn deliver_now(&self, id: String, now: Millis) -> Fut<'_, bool> {
+        self.write(move |c| {
+            let n = c
+                .prepare_cached("UPDATE outbox SET next_attempt_at = ?1 WHERE id = ?2 AND delivered_at IS NULL")?
+                .execute(params![now, id])?;
+            Ok(n == 1)
         })
     }
 

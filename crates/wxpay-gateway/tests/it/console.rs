@@ -427,6 +427,50 @@ async fn a_paid_order_is_refunded_from_the_console_after_a_confirmation(db: Test
 }
 engines!(a_paid_order_is_refunded_from_the_console_after_a_confirmation);
 
+async fn an_undelivered_event_is_listed_and_retried_now_on_request(db: TestDb) {
+    // No webhook here: the order.paid event stays in the outbox. It is made to look like a
+    // delivery that failed and waits an hour.
+    let t = spawn_app(db, with_console()).await;
+    t.paid_order("COUT000001", 500).await;
+    let store = t.app.store().clone();
+    let event = store.undelivered(10).await.unwrap().remove(0);
+    assert_eq!(
+        (event.event_type.as_str(), event.out_trade_no.as_deref()),
+        ("order.paid", Some("COUT000001"))
+    );
+    let in_an_hour = t.app.now() + std::time::Duration::from_secs(3600);
+    store
+        .outbox_retry(event.id.clone(), in_an_hour, "503 from the receiver".into())
+        .await
+        .unwrap();
+
+    let mut b = Browser::new(&t);
+    b.sign_in(PASSWORD).await;
+    let (status, page, _) = b.get("/console/outbox").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("order.paid") && page.contains("COUT000001") && page.contains("503 from the receiver"),
+        "{page}"
+    );
+    let action = format!("/console/outbox/{}/retry", event.id);
+    assert!(page.contains(&format!("action=\"{action}\"")), "{page}");
+    let csrf = hidden(&page, "csrf");
+    assert_eq!(b.post(&action, &[]).await.0, 403, "no token");
+    let (status, _, location) = b.post(&action, &[("csrf", &csrf)]).await;
+    assert_eq!(
+        (status, location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/console/outbox"))
+    );
+    let again = store.undelivered(10).await.unwrap().remove(0);
+    assert!(again.next_attempt_at <= t.app.now(), "due now: {again:?}");
+    assert_eq!(
+        b.post("/console/outbox/nosuchevent/retry", &[("csrf", &csrf)]).await.0,
+        404
+    );
+    t.stop().await;
+}
+engines!(an_undelivered_event_is_listed_and_retried_now_on_request);
+
 #[tokio::test]
 async fn what_a_client_stored_is_shown_as_text_never_as_markup() {
     let t = spawn_app(TestDb::sqlite(), with_console()).await;

@@ -7,6 +7,8 @@
 //! | `POST /console/logout` | sign-out (form field `csrf`) |
 //! | `GET /console/orders?q=&status=&merchant=&from=&to=&cursor=` | orders, newest first |
 //! | `GET /console/orders/{out_trade_no}?merchant=` | one order, its timeline and refunds |
+//! | `POST /console/orders/{out_trade_no}/refund?merchant=` | a refund, reviewed then confirmed |
+//! | `GET /console/outbox`, `POST /console/outbox/{id}/retry` | events not delivered yet |
 //!
 //! Every page but sign-in needs a session ([`session`]); every `POST` carries the session's
 //! CSRF token, and the session cookie is `SameSite=Strict` besides. Pages load nothing but
@@ -54,6 +56,8 @@ pub(crate) fn routes() -> Router<App> {
         .route("/console/orders", get(orders))
         .route("/console/orders/{out_trade_no}", get(order))
         .route("/console/orders/{out_trade_no}/refund", post(refund))
+        .route("/console/outbox", get(outbox))
+        .route("/console/outbox/{id}/retry", post(retry))
 }
 
 /// A console page, with the headers every page has.
@@ -305,7 +309,7 @@ async fn overview(State(app): State<App>, me: SignedIn) -> Response {
     });
     let body = format!(
         "<h2>{orders}</h2><div class=\"cards\">{o}</div><h2>{refunds}</h2><div class=\"cards\">{r}</div>\
-         <h2>{backlog}</h2><p><b>{n}</b>{oldest}</p>",
+         <h2><a href=\"/console/outbox\">{backlog}</a></h2><p><b>{n}</b>{oldest}</p>",
         orders = w.orders,
         refunds = w.refunds,
         o = cards(&stats.orders_by_status, true),
@@ -700,5 +704,84 @@ async fn refund(
             }
         }
         _ => refused(StatusCode::BAD_REQUEST, w.form_expired),
+    }
+}
+
+/// Events listed on the outbox page at most.
+const OUTBOX_PAGE: u32 = 200;
+
+async fn outbox(State(app): State<App>, me: SignedIn) -> Response {
+    let w = me.cx.lang.words();
+    let events = match app.store().undelivered(OUTBOX_PAGE).await {
+        Ok(e) => e,
+        Err(e) => return me.server_error(&ServiceError::Store(e)),
+    };
+    let mut body = format!("<p>{}</p>", w.outbox_explained);
+    if events.is_empty() {
+        body.push_str(&format!("<p>{}</p>", w.outbox_empty));
+    } else {
+        body.push_str(&format!(
+            "<table><tr><th>{created}</th><th>{what}</th><th>out_trade_no</th><th>{attempts}</th>\
+             <th>{next}</th><th>{error}</th><th></th></tr>",
+            created = w.created,
+            what = w.what,
+            attempts = w.attempts,
+            next = w.next_attempt,
+            error = w.last_error,
+        ));
+        let csrf = me.cx.console.keys.csrf(&me.session);
+        for e in &events {
+            let order = match (&e.out_trade_no, &e.merchant) {
+                (Some(no), Some(m)) => format!(
+                    "<a href=\"/console/orders/{}?merchant={}\"><code>{}</code></a>",
+                    esc(&percent(no)),
+                    esc(&percent(m)),
+                    esc(no)
+                ),
+                _ => String::new(),
+            };
+            body.push_str(&format!(
+                "<tr><td>{created}</td><td>{kind}</td><td>{order}</td><td class=\"n\">{attempts}</td><td>{next}</td>\
+                 <td class=\"error\">{error}</td><td><form method=\"post\" action=\"/console/outbox/{id_url}/retry\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button>{retry}</button></form></td></tr>",
+                created = beijing(e.created_at),
+                kind = esc(&e.event_type),
+                attempts = e.attempts,
+                next = beijing(e.next_attempt_at),
+                error = esc(e.last_error.as_deref().unwrap_or("")),
+                id_url = esc(&percent(&e.id)),
+                csrf = esc(&csrf),
+                retry = w.retry_now,
+            ));
+        }
+        body.push_str("</table>");
+    }
+    me.page(StatusCode::OK, w.outbox, &body)
+}
+
+async fn retry(
+    State(app): State<App>,
+    me: SignedIn,
+    Path(id): Path<String>,
+    form: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let w = me.cx.lang.words();
+    let token = form.map(|Form(f)| f.csrf).unwrap_or_default();
+    if !me.cx.console.keys.csrf_matches(&me.session, &token) {
+        tracing::warn!("console action refused: no valid CSRF token");
+        return me.page(
+            StatusCode::FORBIDDEN,
+            w.outbox,
+            &format!("<p class=\"error\">{}</p>", w.form_expired),
+        );
+    }
+    match app.store().deliver_now(id.clone(), app.now()).await {
+        // The background work delivers it at its next round, within a second or so.
+        Ok(true) => {
+            tracing::info!(event = %id, "console: event to be delivered now");
+            redirect("/console/outbox")
+        }
+        Ok(false) => me.page(StatusCode::NOT_FOUND, w.outbox, &format!("<p>{}</p>", w.outbox_gone)),
+        Err(e) => me.server_error(&ServiceError::Store(e)),
     }
 }

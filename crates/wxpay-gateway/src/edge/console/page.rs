@@ -126,6 +126,14 @@ pub(crate) struct Words {
     pub(crate) confirm: &'static str,
     pub(crate) cancel: &'static str,
     pub(crate) bad_amount: &'static str,
+    pub(crate) outbox: &'static str,
+    pub(crate) outbox_explained: &'static str,
+    pub(crate) outbox_empty: &'static str,
+    pub(crate) outbox_gone: &'static str,
+    pub(crate) attempts: &'static str,
+    pub(crate) next_attempt: &'static str,
+    pub(crate) last_error: &'static str,
+    pub(crate) retry_now: &'static str,
     pub(crate) status_names: [(&'static str, &'static str); 5],
 }
 
@@ -177,6 +185,14 @@ static ZH: Words = Words {
     confirm: "确认退款",
     cancel: "取消",
     bad_amount: "金额以元为单位，例如 14.00，且大于 0。",
+    outbox: "待投递事件",
+    outbox_explained: "这些事件还没有被你的 webhook 接收（返回 2xx）。网关会按退避策略一直重试，每次重试使用同一个事件 id；修好接收端后，可以点“立即重试”。",
+    outbox_empty: "所有事件都已投递。",
+    outbox_gone: "这个事件已经投递，或者不存在。",
+    attempts: "尝试次数",
+    next_attempt: "下次尝试",
+    last_error: "上次失败原因",
+    retry_now: "立即重试",
     status_names: [
         ("pending", "待支付"),
         ("paid", "已支付"),
@@ -234,6 +250,14 @@ static EN: Words = Words {
     confirm: "Confirm the refund",
     cancel: "Cancel",
     bad_amount: "The amount is in yuan, such as 14.00, and more than 0.",
+    outbox: "Outbox",
+    outbox_explained: "These events have not been taken by your webhook (a 2xx answer) yet. The gateway keeps trying with backoff, with the same event id each time; once the receiver is fixed, Retry now skips the wait.",
+    outbox_empty: "Every event has been delivered.",
+    outbox_gone: "This event has been delivered, or there is no such event.",
+    attempts: "Attempts",
+    next_attempt: "Next attempt",
+    last_error: "Last error",
+    retry_now: "Retry now",
     status_names: [
         ("pending", "pending"),
         ("paid", "paid"),
@@ -282,12 +306,13 @@ pub(crate) fn frame(lang: Lang, title: &str, csrf: Option<&str>, here: &str, bod
     let nav = match csrf {
         Some(token) => format!(
             "<nav><a href=\"/console\">{overview}</a> <a href=\"/console/orders\">{orders}</a> \
-             <a href=\"/docs\">{api}</a> {switch}\
+             <a href=\"/console/outbox\">{outbox}</a> <a href=\"/docs\">{api}</a> {switch}\
              <form method=\"post\" action=\"/console/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{token}\">\
              <button>{sign_out}</button></form></nav>",
             overview = w.overview,
             orders = w.orders,
             api = w.api_reference,
+            outbox = w.outbox,
             token = esc(token),
             sign_out = w.sign_out,
         ),

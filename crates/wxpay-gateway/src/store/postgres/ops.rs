@@ -17,7 +17,7 @@ use crate::store::{
     Created, DailyClaim, Event, FilterValue, Fut, IdemClaim, IdemKey, ImportedRefund, KeptCertificate, NewOrder,
     NewRefund, NotificationRecord, Order, OrderFilter, OrderStatus, OutboxEvent, Payment, PaymentOutcome,
     ReconciliationRecord, Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store,
-    StoreError,
+    StoreError, UNDELIVERED, Undelivered,
 };
 use crate::time::Millis;
 
@@ -389,6 +389,40 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
             Ok(())
+        })
+    }
+
+    fn undelivered(&self, limit: u32) -> Fut<'_, Vec<Undelivered>> {
+        Box::pin(async move {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(UNDELIVERED.replace("?1", "$1")))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(Undelivered {
+                        id: r.try_get(0)?,
+                        event_type: r.try_get(1)?,
+                        out_trade_no: r.try_get(2)?,
+                        merchant: r.try_get(3)?,
+                        created_at: r.try_get(4)?,
+                        attempts: r.try_get(5)?,
+                        next_attempt_at: r.try_get(6)?,
+                        last_error: r.try_get(7)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn deliver_now(&self, id: String, now: Millis) -> Fut<'_, bool> {
+        Box::pin(async move {
+            let done = sqlx::query("UPDATE outbox SET next_attempt_at = $1 WHERE id = $2 AND delivered_at IS NULL")
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+            Ok(done.rows_affected() == 1)
         })
     }
 

@@ -901,6 +901,70 @@ pub struct OutboxEvent {
     pub attempts: i64,
 }
 
+/// Which notifications to read.
+#[derive(Clone, Debug)]
+pub enum NoticesOf {
+    /// The rejected ones (forged, unreadable, of an unknown merchant, …).
+    Rejected,
+    /// Those that named this order of this merchant.
+    Order {
+        /// The merchant's configured name.
+        merchant: String,
+        /// The order's number.
+        out_trade_no: String,
+    },
+}
+
+impl NoticesOf {
+    /// The statement for both engines, `param(n)` writing the n-th placeholder, and its text
+    /// values in order; how many to read is the placeholder after them.
+    pub(crate) fn query(&self, param: impl Fn(usize) -> String) -> (String, Vec<&str>) {
+        const COLUMNS: &str = "received_at, kind, merchant, out_trade_no, verdict, reason, peer, body, body_sha256";
+        match self {
+            NoticesOf::Rejected => (
+                format!(
+                    "SELECT {COLUMNS} FROM notifications WHERE verdict = 'rejected' ORDER BY id DESC LIMIT {}",
+                    param(1)
+                ),
+                Vec::new(),
+            ),
+            NoticesOf::Order { merchant, out_trade_no } => (
+                format!(
+                    "SELECT {COLUMNS} FROM notifications WHERE merchant = {} AND out_trade_no = {} \
+                     ORDER BY id DESC LIMIT {}",
+                    param(1),
+                    param(2),
+                    param(3)
+                ),
+                vec![merchant.as_str(), out_trade_no.as_str()],
+            ),
+        }
+    }
+}
+
+/// A notification as it was recorded.
+#[derive(Clone, Debug)]
+pub struct Notice {
+    /// When it arrived.
+    pub received_at: Millis,
+    /// `payment` or `refund`.
+    pub kind: String,
+    /// The merchant, when found.
+    pub merchant: Option<String>,
+    /// The order number it named, when readable.
+    pub out_trade_no: Option<String>,
+    /// What became of it (`applied`, `duplicate`, `rejected`, …).
+    pub verdict: String,
+    /// Why, when it was not applied.
+    pub reason: Option<String>,
+    /// Where it came from (kept for rejected ones).
+    pub peer: Option<String>,
+    /// The body as kept (truncated).
+    pub body: String,
+    /// The SHA-256 of the whole body (kept for rejected ones).
+    pub body_sha256: Option<String>,
+}
+
 /// The undelivered events, the next due first (`?1`: how many), for both engines: the
 /// partial index `outbox_due` holds exactly these rows, in this order.
 /// (`attempts` is an `INTEGER`, four bytes on PostgreSQL: widened here for both.)
@@ -1102,6 +1166,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Schedules another attempt of an event.
     fn outbox_retry(&self, id: String, next_at: Millis, error: String) -> Fut<'_, ()>;
+
+    /// The notifications `of` names, newest first.
+    fn notifications(&self, of: NoticesOf, limit: u32) -> Fut<'_, Vec<Notice>>;
 
     /// The events not delivered yet, the next due first, with their order's number.
     fn undelivered(&self, limit: u32) -> Fut<'_, Vec<Undelivered>>;

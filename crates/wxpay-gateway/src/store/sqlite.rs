@@ -22,9 +22,9 @@ use super::rules::{
 };
 use super::{
     Created, DailyClaim, Event, FilterValue, Fut, IdemClaim, IdemKey, ImportedRefund, KeptCertificate, NewOrder,
-    NewRefund, NotificationRecord, Order, OrderFilter, OrderStatus, OutboxEvent, Payment, PaymentOutcome,
-    ReconciliationRecord, Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store,
-    StoreError, UNDELIVERED, Undelivered, Verdict, col, event_id, event_payload, refund_event_payload,
+    NewRefund, Notice, NoticesOf, NotificationRecord, Order, OrderFilter, OrderStatus, OutboxEvent, Payment,
+    PaymentOutcome, ReconciliationRecord, Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement,
+    Stats, Store, StoreError, UNDELIVERED, Undelivered, Verdict, col, event_id, event_payload, refund_event_payload,
 };
 use crate::store::Damaged;
 use crate::time::Millis;
@@ -54,6 +54,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0005_platform_certificates.sql"),
     ),
     (6, include_str!("../../migrations/sqlite/0006_order_search.sql")),
+    (7, include_str!("../../migrations/sqlite/0007_notification_reads.sql")),
 ];
 
 /// The most writes committed together.
@@ -1155,6 +1156,31 @@ impl Store for SqliteStore {
             )?
             .execute(params![next_at, error, id])?;
             Ok(())
+        })
+    }
+
+    fn notifications(&self, of: NoticesOf, limit: u32) -> Fut<'_, Vec<Notice>> {
+        self.read(move |c| {
+            let (sql, texts) = of.query(|n| format!("?{n}"));
+            let mut st = c.prepare_cached(&sql)?;
+            let values = texts
+                .into_iter()
+                .map(|t| rusqlite::types::Value::Text(t.to_owned()))
+                .chain(std::iter::once(rusqlite::types::Value::Integer(i64::from(limit))));
+            let rows = st.query_map(rusqlite::params_from_iter(values), |r| {
+                Ok(Notice {
+                    received_at: r.get(0)?,
+                    kind: r.get(1)?,
+                    merchant: r.get(2)?,
+                    out_trade_no: r.get(3)?,
+                    verdict: r.get(4)?,
+                    reason: r.get(5)?,
+                    peer: r.get(6)?,
+                    body: r.get(7)?,
+                    body_sha256: r.get(8)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 

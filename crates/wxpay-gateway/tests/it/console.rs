@@ -471,6 +471,43 @@ async fn an_undelivered_event_is_listed_and_retried_now_on_request(db: TestDb) {
 }
 engines!(an_undelivered_event_is_listed_and_retried_now_on_request);
 
+async fn notifications_show_on_the_timeline_and_rejected_ones_on_their_page(db: TestDb) {
+    let t = spawn_app(db, with_console()).await;
+    let o = t.create(crate::support::order_body(300)).await;
+    let no = o["out_trade_no"].as_str().unwrap().to_owned();
+    let paid = paid_notification(&no, 300, "4200000000000000000000000077");
+    t.notify(paid.clone()).await;
+    t.notify(paid.clone()).await;
+    // The same body with another amount: its signature no longer matches.
+    let forged = paid.replace("<total_fee>300</total_fee>", "<total_fee>1</total_fee>");
+    assert_ne!(forged, paid);
+    t.notify(forged).await;
+
+    let mut b = Browser::new(&t);
+    b.sign_in(PASSWORD).await;
+    let (_, page, _) = b.get(&format!("/console/orders/{no}?merchant=default")).await;
+    for verdict in ["applied", "duplicate", "rejected"] {
+        assert!(
+            page.contains(&format!("<span class=\"st {verdict}\">{verdict}</span>")),
+            "{verdict}: {page}"
+        );
+    }
+    assert!(page.contains("notification (payment)"), "{page}");
+    let (status, page, _) = b.get("/console/rejections").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(&no) && page.contains("SHA-256") && page.contains("&lt;total_fee&gt;1"),
+        "{page}"
+    );
+    assert_eq!(
+        page.matches("<tr>").count(),
+        2,
+        "the header and the one rejection: {page}"
+    );
+    t.stop().await;
+}
+engines!(notifications_show_on_the_timeline_and_rejected_ones_on_their_page);
+
 #[tokio::test]
 async fn what_a_client_stored_is_shown_as_text_never_as_markup() {
     let t = spawn_app(TestDb::sqlite(), with_console()).await;

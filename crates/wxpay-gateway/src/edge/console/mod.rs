@@ -9,6 +9,7 @@
 //! | `GET /console/orders/{out_trade_no}?merchant=` | one order, its timeline and refunds |
 //! | `POST /console/orders/{out_trade_no}/refund?merchant=` | a refund, reviewed then confirmed |
 //! | `GET /console/outbox`, `POST /console/outbox/{id}/retry` | events not delivered yet |
+//! | `GET /console/rejections` | notifications refused (forged, unreadable, misdirected) |
 //!
 //! Every page but sign-in needs a session ([`session`]); every `POST` carries the session's
 //! CSRF token, and the session cookie is `SameSite=Strict` besides. Pages load nothing but
@@ -40,7 +41,7 @@ use crate::service::error::ServiceError;
 use crate::service::numbers::Numbers;
 use crate::service::reconcile::Day;
 use crate::service::refunds::RefundRequest;
-use crate::store::{Order, OrderFilter, OrderStatus, RefundStatus};
+use crate::store::{NoticesOf, Order, OrderFilter, OrderStatus, RefundStatus};
 use crate::time::Millis;
 
 /// Orders on one page of the list.
@@ -57,6 +58,7 @@ pub(crate) fn routes() -> Router<App> {
         .route("/console/orders/{out_trade_no}", get(order))
         .route("/console/orders/{out_trade_no}/refund", post(refund))
         .route("/console/outbox", get(outbox))
+        .route("/console/rejections", get(rejections))
         .route("/console/outbox/{id}/retry", post(retry))
 }
 
@@ -528,12 +530,46 @@ async fn order(
         what = w.what,
         details = w.details,
     ));
-    for e in &detail.events {
+    // The order's events and every notification that named it, in the order they happened.
+    let notices = match app
+        .store()
+        .notifications(
+            NoticesOf::Order {
+                merchant: o.merchant.clone(),
+                out_trade_no: o.out_trade_no.as_str().to_owned(),
+            },
+            TIMELINE_NOTICES,
+        )
+        .await
+    {
+        Ok(n) => n,
+        Err(e) => return me.server_error(&ServiceError::Store(e)),
+    };
+    let mut rows: Vec<(Millis, String, String)> = detail
+        .events
+        .iter()
+        .map(|e| {
+            (
+                e.at,
+                esc(&e.kind),
+                format!("<code>{}</code>", esc(&e.detail.to_string())),
+            )
+        })
+        .collect();
+    rows.extend(notices.iter().map(|n| {
+        let verdict = format!("<span class=\"st {v}\">{v}</span>", v = esc(&n.verdict));
+        let reason = n.reason.as_deref().map_or(String::new(), |r| format!(" {}", esc(r)));
+        (
+            n.received_at,
+            format!("{} ({})", w.notification, esc(&n.kind)),
+            format!("{verdict}{reason}"),
+        )
+    }));
+    rows.sort_by_key(|(at, ..)| *at);
+    for (at, what, details) in rows {
         body.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-            beijing(e.at),
-            esc(&e.kind),
-            esc(&e.detail.to_string()),
+            "<tr><td>{}</td><td>{what}</td><td>{details}</td></tr>",
+            beijing(at)
         ));
     }
     body.push_str("</table>");
@@ -707,6 +743,13 @@ async fn refund(
     }
 }
 
+/// Notifications shown on an order's timeline at most (a storm of duplicates is summed up by
+/// its newest ones).
+const TIMELINE_NOTICES: u32 = 50;
+
+/// Rejected notifications listed at most.
+const REJECTIONS_PAGE: u32 = 200;
+
 /// Events listed on the outbox page at most.
 const OUTBOX_PAGE: u32 = 200;
 
@@ -784,4 +827,44 @@ async fn retry(
         Ok(false) => me.page(StatusCode::NOT_FOUND, w.outbox, &format!("<p>{}</p>", w.outbox_gone)),
         Err(e) => me.server_error(&ServiceError::Store(e)),
     }
+}
+
+async fn rejections(State(app): State<App>, me: SignedIn) -> Response {
+    let w = me.cx.lang.words();
+    let notices = match app.store().notifications(NoticesOf::Rejected, REJECTIONS_PAGE).await {
+        Ok(n) => n,
+        Err(e) => return me.server_error(&ServiceError::Store(e)),
+    };
+    let mut body = format!("<p>{}</p>", w.rejections_explained);
+    if notices.is_empty() {
+        body.push_str(&format!("<p>{}</p>", w.rejections_empty));
+    } else {
+        body.push_str(&format!(
+            "<table><tr><th>{when}</th><th>{what}</th><th>{merchant}</th><th>out_trade_no</th><th>{peer}</th>\
+             <th>{why}</th></tr>",
+            when = w.when,
+            what = w.what,
+            merchant = w.merchant,
+            peer = w.peer,
+            why = w.why,
+        ));
+        for n in &notices {
+            body.push_str(&format!(
+                "<tr><td>{when}</td><td>{kind}</td><td>{merchant}</td><td><code>{no}</code></td><td><code>{peer}</code></td>\
+                 <td class=\"error\">{reason}<details><summary>{body_word}</summary><code>{body}</code>\
+                 <p>SHA-256 <code>{sha}</code></p></details></td></tr>",
+                when = beijing(n.received_at),
+                kind = esc(&n.kind),
+                merchant = esc(n.merchant.as_deref().unwrap_or("")),
+                no = esc(n.out_trade_no.as_deref().unwrap_or("")),
+                peer = esc(n.peer.as_deref().unwrap_or("")),
+                reason = esc(n.reason.as_deref().unwrap_or("")),
+                body_word = w.body,
+                body = esc(&n.body),
+                sha = esc(n.body_sha256.as_deref().unwrap_or("")),
+            ));
+        }
+        body.push_str("</table>");
+    }
+    me.page(StatusCode::OK, w.rejections, &body)
 }

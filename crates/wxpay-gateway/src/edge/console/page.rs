@@ -134,6 +134,13 @@ pub(crate) struct Words {
     pub(crate) next_attempt: &'static str,
     pub(crate) last_error: &'static str,
     pub(crate) retry_now: &'static str,
+    pub(crate) notification: &'static str,
+    pub(crate) rejections: &'static str,
+    pub(crate) rejections_explained: &'static str,
+    pub(crate) rejections_empty: &'static str,
+    pub(crate) peer: &'static str,
+    pub(crate) why: &'static str,
+    pub(crate) body: &'static str,
     pub(crate) status_names: [(&'static str, &'static str); 5],
 }
 
@@ -193,6 +200,13 @@ static ZH: Words = Words {
     next_attempt: "下次尝试",
     last_error: "上次失败原因",
     retry_now: "立即重试",
+    notification: "通知",
+    rejections: "被拒绝的通知",
+    rejections_explained: "这些通知没有通过验证（签名错误、无法解析、商户或证书不对……），没有改变任何订单。一连串来自同一地址的拒绝可能是攻击；来自微信支付的拒绝通常说明密钥或证书配置有误。",
+    rejections_empty: "没有被拒绝的通知。",
+    peer: "来源地址",
+    why: "原因",
+    body: "内容（前 1 KiB）",
     status_names: [
         ("pending", "待支付"),
         ("paid", "已支付"),
@@ -258,6 +272,13 @@ static EN: Words = Words {
     next_attempt: "Next attempt",
     last_error: "Last error",
     retry_now: "Retry now",
+    notification: "notification",
+    rejections: "Rejected notifications",
+    rejections_explained: "These notifications did not verify (a wrong signature, an unreadable body, an unknown merchant or certificate, …) and changed nothing. A run of them from one address may be an attack; from WeChat Pay, they usually mean a misconfigured key or certificate.",
+    rejections_empty: "No notification has been rejected.",
+    peer: "From",
+    why: "Why",
+    body: "Body (first KiB)",
     status_names: [
         ("pending", "pending"),
         ("paid", "paid"),
@@ -306,13 +327,15 @@ pub(crate) fn frame(lang: Lang, title: &str, csrf: Option<&str>, here: &str, bod
     let nav = match csrf {
         Some(token) => format!(
             "<nav><a href=\"/console\">{overview}</a> <a href=\"/console/orders\">{orders}</a> \
-             <a href=\"/console/outbox\">{outbox}</a> <a href=\"/docs\">{api}</a> {switch}\
+             <a href=\"/console/outbox\">{outbox}</a> <a href=\"/console/rejections\">{rejections}</a> \
+             <a href=\"/docs\">{api}</a> {switch}\
              <form method=\"post\" action=\"/console/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{token}\">\
              <button>{sign_out}</button></form></nav>",
             overview = w.overview,
             orders = w.orders,
             api = w.api_reference,
             outbox = w.outbox,
+            rejections = w.rejections,
             token = esc(token),
             sign_out = w.sign_out,
         ),

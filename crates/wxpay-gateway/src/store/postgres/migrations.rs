@@ -20,6 +20,10 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../../migrations/postgres/0006_platform_certificates.sql"),
     ),
     (7, include_str!("../../../migrations/postgres/0007_order_search.sql")),
+    (
+        8,
+        include_str!("../../../migrations/postgres/0008_notification_reads.sql"),
+    ),
 ];
 /// The advisory lock that serialises migrations of several gateways starting together.
 pub(super) const MIGRATION_LOCK: i64 = 0x7778_7061_7900;

@@ -15,9 +15,9 @@ use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 
 use crate::store::{
     Created, DailyClaim, Event, FilterValue, Fut, IdemClaim, IdemKey, ImportedRefund, KeptCertificate, NewOrder,
-    NewRefund, NotificationRecord, Order, OrderFilter, OrderStatus, OutboxEvent, Payment, PaymentOutcome,
-    ReconciliationRecord, Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement, Stats, Store,
-    StoreError, UNDELIVERED, Undelivered,
+    NewRefund, Notice, NoticesOf, NotificationRecord, Order, OrderFilter, OrderStatus, OutboxEvent, Payment,
+    PaymentOutcome, ReconciliationRecord, Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement,
+    Stats, Store, StoreError, UNDELIVERED, Undelivered,
 };
 use crate::time::Millis;
 
@@ -389,6 +389,32 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
             Ok(())
+        })
+    }
+
+    fn notifications(&self, of: NoticesOf, limit: u32) -> Fut<'_, Vec<Notice>> {
+        Box::pin(async move {
+            let (sql, texts) = of.query(|n| format!("${n}"));
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for t in texts {
+                query = query.bind(t.to_owned());
+            }
+            let rows = query.bind(i64::from(limit)).fetch_all(&self.pool).await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(Notice {
+                        received_at: r.try_get(0)?,
+                        kind: r.try_get(1)?,
+                        merchant: r.try_get(2)?,
+                        out_trade_no: r.try_get(3)?,
+                        verdict: r.try_get(4)?,
+                        reason: r.try_get(5)?,
+                        peer: r.try_get(6)?,
+                        body: r.try_get(7)?,
+                        body_sha256: r.try_get(8)?,
+                    })
+                })
+                .collect()
         })
     }
 

@@ -901,6 +901,62 @@ pub struct OutboxEvent {
     pub attempts: i64,
 }
 
+/// One Beijing day's figures, for the console's dashboard.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Daily {
+    /// The day, counted in days from 1970-01-01 in Beijing.
+    pub day: i64,
+    /// Orders created that day.
+    pub orders: i64,
+    /// Of those, the ones paid.
+    pub paid: i64,
+    /// Their amount, in fen.
+    pub paid_fen: i64,
+    /// What was refunded of them, in fen.
+    pub refunded_fen: i64,
+    /// Notifications rejected that day.
+    pub rejected: i64,
+}
+
+/// The day of a moment in Beijing, as [`Daily::day`] counts it, in SQL over a column of Unix
+/// milliseconds (both engines divide integers as integers).
+fn beijing_day_sql(column: &str) -> String {
+    format!("(({column} + 28800000) / 86400000)")
+}
+
+/// The statements of [`Store::daily`] for both engines (`?1`, `?2`: the window): the orders
+/// created in it by day, then the rejected notifications received in it by day.
+pub(crate) fn daily_sql() -> (String, String) {
+    let orders = format!(
+        "SELECT {day} AS day, COUNT(*), \
+         CAST(SUM(CASE WHEN paid_at IS NOT NULL THEN 1 ELSE 0 END) AS BIGINT), \
+         CAST(SUM(CASE WHEN paid_at IS NOT NULL THEN amount_fen ELSE 0 END) AS BIGINT), \
+         CAST(SUM(refunded_fen) AS BIGINT) \
+         FROM orders WHERE created_at >= ?1 AND created_at < ?2 GROUP BY day ORDER BY day",
+        day = beijing_day_sql("created_at")
+    );
+    let rejected = format!(
+        "SELECT {day} AS day, COUNT(*) FROM notifications \
+         WHERE verdict = 'rejected' AND received_at >= ?1 AND received_at < ?2 GROUP BY day ORDER BY day",
+        day = beijing_day_sql("received_at")
+    );
+    (orders, rejected)
+}
+
+/// The days of both statements of [`daily_sql`] merged, the earliest first.
+pub(crate) fn merge_daily(orders: Vec<Daily>, rejected: Vec<(i64, i64)>) -> Vec<Daily> {
+    let mut days: std::collections::BTreeMap<i64, Daily> = orders.into_iter().map(|d| (d.day, d)).collect();
+    for (day, n) in rejected {
+        days.entry(day)
+            .or_insert_with(|| Daily {
+                day,
+                ..Daily::default()
+            })
+            .rejected = n;
+    }
+    days.into_values().collect()
+}
+
 /// Which notifications to read.
 #[derive(Clone, Debug)]
 pub enum NoticesOf {
@@ -1166,6 +1222,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Schedules another attempt of an event.
     fn outbox_retry(&self, id: String, next_at: Millis, error: String) -> Fut<'_, ()>;
+
+    /// The figures of each Beijing day from `from` to before `to` that had orders or rejected
+    /// notifications, the earliest first.
+    fn daily(&self, from: Millis, to: Millis) -> Fut<'_, Vec<Daily>>;
 
     /// The notifications `of` names, newest first.
     fn notifications(&self, of: NoticesOf, limit: u32) -> Fut<'_, Vec<Notice>>;

@@ -26,6 +26,7 @@ use super::{
     PaymentOutcome, ReconciliationRecord, Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement,
     Stats, Store, StoreError, UNDELIVERED, Undelivered, Verdict, col, event_id, event_payload, refund_event_payload,
 };
+use super::{Daily, daily_sql, merge_daily};
 use crate::store::Damaged;
 use crate::time::Millis;
 use rusqlite::types::Type;
@@ -1156,6 +1157,30 @@ impl Store for SqliteStore {
             )?
             .execute(params![next_at, error, id])?;
             Ok(())
+        })
+    }
+
+    fn daily(&self, from: Millis, to: Millis) -> Fut<'_, Vec<Daily>> {
+        self.read(move |c| {
+            let (orders, rejected) = daily_sql();
+            let orders = c
+                .prepare_cached(&orders)?
+                .query_map(params![from, to], |r| {
+                    Ok(Daily {
+                        day: r.get(0)?,
+                        orders: r.get(1)?,
+                        paid: r.get(2)?,
+                        paid_fen: r.get(3)?,
+                        refunded_fen: r.get(4)?,
+                        rejected: 0,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let rejected = c
+                .prepare_cached(&rejected)?
+                .query_map(params![from, to], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(merge_daily(orders, rejected))
         })
     }
 

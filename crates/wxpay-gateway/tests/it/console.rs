@@ -504,6 +504,19 @@ async fn notifications_show_on_the_timeline_and_rejected_ones_on_their_page(db: 
         2,
         "the header and the one rejection: {page}"
     );
+    // Today's figures: one order, paid, for ¥3.00, and one rejected notification.
+    let (_, page, _) = b.get("/console").await;
+    let today = &page[page.find("Today").unwrap()..page.find("The last 30 days").unwrap()];
+    for card in [
+        "Orders<b>1</b>",
+        "Paid<b>1</b>",
+        "Conversion<b>100.0 %</b>",
+        "Paid amount<b>¥3.00</b>",
+        "Rejected notifications<b>1</b>",
+    ] {
+        assert!(today.contains(card), "{card}: {today}");
+    }
+    assert!(page.contains("<svg viewBox=\"0 0 600 100\""), "the chart: {page}");
     t.stop().await;
 }
 engines!(notifications_show_on_the_timeline_and_rejected_ones_on_their_page);

@@ -1117,3 +1117,41 @@ async fn a_refund_wechat_pay_accepted_never_fails_by_a_later_refusal(db: TestDb)
     ));
 }
 engines!(a_refund_wechat_pay_accepted_never_fails_by_a_later_refusal);
+
+async fn daily_figures_count_orders_by_their_beijing_day(db: TestDb) {
+    let store = db.store().await;
+    // 2026-12-04 15:59:59.999 UTC is the 4th in Beijing's last millisecond; the next is the 5th.
+    let last_of_the_4th = Millis::from_unix_ms(1_796_399_999_999);
+    let first_of_the_5th = Millis::from_unix_ms(1_796_400_000_000);
+    for (no, at, amount) in [
+        ("D4A", last_of_the_4th, 100),
+        ("D5A", first_of_the_5th, 200),
+        ("D5B", first_of_the_5th, 300),
+    ] {
+        let mut o = new_order("default", no, amount);
+        o.now = at;
+        store.create_order(o).await.unwrap();
+    }
+    let mut paid = payment("D5B", "4200000099", 300);
+    paid.paid_at = first_of_the_5th + ms(1000);
+    store.apply_payment(paid, None).await.unwrap();
+    let days = store
+        .daily(last_of_the_4th - ms(86_400_000), first_of_the_5th + ms(86_400_000))
+        .await
+        .unwrap();
+    let fifth = (1_796_400_000 + 8 * 3600) / 86_400;
+    assert_eq!(days.len(), 2, "{}: {days:?}", db.engine);
+    assert_eq!(
+        (days[0].day, days[0].orders, days[0].paid),
+        (fifth - 1, 1, 0),
+        "{}",
+        db.engine
+    );
+    assert_eq!(
+        (days[1].day, days[1].orders, days[1].paid, days[1].paid_fen),
+        (fifth, 2, 1, 300),
+        "{}",
+        db.engine
+    );
+}
+engines!(daily_figures_count_orders_by_their_beijing_day);

@@ -29,7 +29,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use wxpay_protocol::Fen;
+use wxpay_protocol::{BeijingTime, Fen};
 
 use self::page::{LANG_COOKIE, Lang, beijing, cookie, frame, yuan};
 use self::session::{LOGIN_COOKIE, SESSION_COOKIE, Session};
@@ -41,7 +41,7 @@ use crate::service::error::ServiceError;
 use crate::service::numbers::Numbers;
 use crate::service::reconcile::Day;
 use crate::service::refunds::RefundRequest;
-use crate::store::{NoticesOf, Order, OrderFilter, OrderStatus, RefundStatus};
+use crate::store::{Daily, NoticesOf, Order, OrderFilter, OrderStatus, RefundStatus};
 use crate::time::Millis;
 
 /// Orders on one page of the list.
@@ -309,8 +309,16 @@ async fn overview(State(app): State<App>, me: SignedIn) -> Response {
     let oldest = stats.outbox_oldest_age_ms.map_or(String::new(), |ms| {
         format!(" ({} {} s)", w.oldest_undelivered, ms / 1000)
     });
+    // Today and the 29 days before it, in Beijing.
+    let today = Day::containing(app.now());
+    let first = today.start_ms() - std::time::Duration::from_secs(29 * 86_400);
+    let days = match app.store().daily(first, today.end_ms()).await {
+        Ok(d) => d,
+        Err(e) => return me.server_error(&ServiceError::Store(e)),
+    };
+    let dashboard = dashboard(w, &days, first);
     let body = format!(
-        "<h2>{orders}</h2><div class=\"cards\">{o}</div><h2>{refunds}</h2><div class=\"cards\">{r}</div>\
+        "{dashboard}<h2>{orders}</h2><div class=\"cards\">{o}</div><h2>{refunds}</h2><div class=\"cards\">{r}</div>\
          <h2><a href=\"/console/outbox\">{backlog}</a></h2><p><b>{n}</b>{oldest}</p>",
         orders = w.orders,
         refunds = w.refunds,
@@ -320,6 +328,74 @@ async fn overview(State(app): State<App>, me: SignedIn) -> Response {
         n = stats.outbox_backlog,
     );
     me.page(StatusCode::OK, w.overview, &body)
+}
+
+/// Today's figures and the last 30 days' (Beijing days from `first`), with a bar chart of the
+/// amount paid each day drawn as inline SVG (markup, so the page still loads nothing).
+fn dashboard(w: &page::Words, days: &[Daily], first: Millis) -> String {
+    let first_day = (first.unix_secs() + 8 * 3600).div_euclid(86_400);
+    let mut by_day = vec![Daily::default(); 30];
+    for d in days {
+        if let Some(slot) = usize::try_from(d.day - first_day).ok().and_then(|i| by_day.get_mut(i)) {
+            *slot = d.clone();
+        }
+    }
+    let total = by_day.iter().fold(Daily::default(), |mut t, d| {
+        t.orders += d.orders;
+        t.paid += d.paid;
+        t.paid_fen += d.paid_fen;
+        t.refunded_fen += d.refunded_fen;
+        t.rejected += d.rejected;
+        t
+    });
+    let money = |fen: i64| yuan(Fen::new(u64::try_from(fen).unwrap_or(0)).unwrap_or(Fen::ZERO));
+    let cards = |d: &Daily| {
+        let conversion = if d.orders > 0 {
+            format!("{:.1} %", d.paid as f64 * 100.0 / d.orders as f64)
+        } else {
+            "–".to_owned()
+        };
+        [
+            (w.orders, d.orders.to_string()),
+            (w.paid_orders, d.paid.to_string()),
+            (w.conversion, conversion),
+            (w.paid_amount, money(d.paid_fen)),
+            (w.refunded, money(d.refunded_fen)),
+            (w.rejections, d.rejected.to_string()),
+        ]
+        .iter()
+        .map(|(label, value)| format!("<div class=\"card\">{label}<b>{value}</b></div>"))
+        .collect::<String>()
+    };
+    let date = |day: i64| BeijingTime::from_unix(day * 86_400 - 8 * 3600).to_dashed()[..10].to_owned();
+    let top = by_day.iter().map(|d| d.paid_fen).max().unwrap_or(0).max(1);
+    let bars: String = by_day
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let h = d.paid_fen * 100 / top;
+            format!(
+                "<rect x=\"{x}\" y=\"{y}\" width=\"18\" height=\"{h}\" fill=\"#07c160\"><title>{date} {paid}</title></rect>",
+                x = i * 20,
+                y = 100 - h,
+                date = date(first_day + i as i64),
+                paid = money(d.paid_fen),
+            )
+        })
+        .collect();
+    format!(
+        "<h2>{today}</h2><div class=\"cards\">{today_cards}</div>\
+         <h2>{last30}</h2><div class=\"cards\">{total_cards}</div>\
+         <svg viewBox=\"0 0 600 100\" width=\"600\" height=\"100\" role=\"img\" aria-label=\"{chart}\"><rect width=\"600\" height=\"100\" fill=\"#f6f8fa\"/>{bars}</svg>\
+         <p class=\"muted\">{chart}: {from} – {to}</p>",
+        today = w.today,
+        today_cards = cards(&by_day[29]),
+        last30 = w.last_30_days,
+        total_cards = cards(&total),
+        chart = w.paid_per_day,
+        from = date(first_day),
+        to = date(first_day + 29),
+    )
 }
 
 /// The query of the orders page, as a form sends it (empty fields included).

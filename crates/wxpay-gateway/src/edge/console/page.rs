@@ -135,6 +135,12 @@ pub(crate) struct Words {
     pub(crate) last_error: &'static str,
     pub(crate) retry_now: &'static str,
     pub(crate) notification: &'static str,
+    pub(crate) today: &'static str,
+    pub(crate) last_30_days: &'static str,
+    pub(crate) paid_orders: &'static str,
+    pub(crate) conversion: &'static str,
+    pub(crate) paid_amount: &'static str,
+    pub(crate) paid_per_day: &'static str,
     pub(crate) rejections: &'static str,
     pub(crate) rejections_explained: &'static str,
     pub(crate) rejections_empty: &'static str,
@@ -201,6 +207,12 @@ static ZH: Words = Words {
     last_error: "上次失败原因",
     retry_now: "立即重试",
     notification: "通知",
+    today: "今天（北京时间）",
+    last_30_days: "最近 30 天",
+    paid_orders: "已支付",
+    conversion: "支付转化率",
+    paid_amount: "支付金额",
+    paid_per_day: "每天的支付金额",
     rejections: "被拒绝的通知",
     rejections_explained: "这些通知没有通过验证（签名错误、无法解析、商户或证书不对……），没有改变任何订单。一连串来自同一地址的拒绝可能是攻击；来自微信支付的拒绝通常说明密钥或证书配置有误。",
     rejections_empty: "没有被拒绝的通知。",
@@ -273,6 +285,12 @@ static EN: Words = Words {
     last_error: "Last error",
     retry_now: "Retry now",
     notification: "notification",
+    today: "Today (Beijing time)",
+    last_30_days: "The last 30 days",
+    paid_orders: "Paid",
+    conversion: "Conversion",
+    paid_amount: "Paid amount",
+    paid_per_day: "Amount paid each day",
     rejections: "Rejected notifications",
     rejections_explained: "These notifications did not verify (a wrong signature, an unreadable body, an unknown merchant or certificate, …) and changed nothing. A run of them from one address may be an attack; from WeChat Pay, they usually mean a misconfigured key or certificate.",
     rejections_empty: "No notification has been rejected.",
@@ -364,7 +382,7 @@ code{font:13px ui-monospace,Menlo,Consolas,monospace}.error{color:#cf222e}\
 .st.failed,.st.closed{background:#ffebe9}.st.refunded{background:#fff8c5}\
 form.filters{display:flex;flex-wrap:wrap;gap:8px;align-items:end}label{display:flex;flex-direction:column;font-size:13px}\
 input,select,button{font:inherit;padding:4px 8px}dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px}\
-dt{color:#57606a}.cards{display:flex;flex-wrap:wrap;gap:12px}.card{border:1px solid #d0d7de;border-radius:6px;\
+dt,.muted{color:#57606a}.cards{display:flex;flex-wrap:wrap;gap:12px}.card{border:1px solid #d0d7de;border-radius:6px;\
 padding:8px 16px;min-width:120px}.card b{display:block;font-size:22px}";
 
 #[cfg(test)]

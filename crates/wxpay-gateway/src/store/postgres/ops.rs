@@ -19,6 +19,7 @@ use crate::store::{
     PaymentOutcome, ReconciliationRecord, Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement,
     Stats, Store, StoreError, UNDELIVERED, Undelivered,
 };
+use crate::store::{Daily, daily_sql, merge_daily};
 use crate::time::Millis;
 
 impl Store for PgStore {
@@ -389,6 +390,39 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
             Ok(())
+        })
+    }
+
+    fn daily(&self, from: Millis, to: Millis) -> Fut<'_, Vec<Daily>> {
+        Box::pin(async move {
+            let (orders, rejected) = daily_sql();
+            let dollars = |sql: String| sql.replace("?1", "$1").replace("?2", "$2");
+            let orders = sqlx::query(sqlx::AssertSqlSafe(dollars(orders)))
+                .bind(from)
+                .bind(to)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(Daily {
+                        day: r.try_get(0)?,
+                        orders: r.try_get(1)?,
+                        paid: r.try_get(2)?,
+                        paid_fen: r.try_get(3)?,
+                        refunded_fen: r.try_get(4)?,
+                        rejected: 0,
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let rejected = sqlx::query(sqlx::AssertSqlSafe(dollars(rejected)))
+                .bind(from)
+                .bind(to)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            Ok(merge_daily(orders, rejected))
         })
     }
 

@@ -709,6 +709,35 @@ pub struct ReconciliationRecord {
     pub report: String,
 }
 
+/// A reconciliation run as the console lists it: one still running has no outcome yet.
+#[derive(Clone, Debug)]
+pub struct ReconciliationRun {
+    /// The merchant's name.
+    pub merchant: String,
+    /// The bill's day, `YYYY-MM-DD`.
+    pub bill_date: String,
+    /// `command` or `daily`.
+    pub kind: String,
+    /// Started.
+    pub started_at: Millis,
+    /// Finished, when it has.
+    pub finished_at: Option<Millis>,
+    /// Whether the books balanced (after repair, when asked).
+    pub balanced: Option<bool>,
+    /// Differences left.
+    pub differences: Option<i64>,
+    /// Differences repaired.
+    pub repaired: Option<i64>,
+    /// The whole report (JSON).
+    pub report: Option<String>,
+}
+
+/// The statement of [`Store::reconciliations`] for both engines (`?1`: how many); the
+/// four-byte integers of PostgreSQL widened.
+pub(crate) const RECONCILIATIONS: &str = "SELECT merchant, bill_date, kind, started_at, finished_at, \
+     CAST(balanced AS BIGINT), CAST(differences AS BIGINT), CAST(repaired AS BIGINT), report \
+     FROM reconciliations ORDER BY id DESC LIMIT ?1";
+
 /// Which notification.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoticeKind {
@@ -1226,6 +1255,9 @@ pub trait Store: Send + Sync + 'static {
     /// The figures of each Beijing day from `from` to before `to` that had orders or rejected
     /// notifications, the earliest first.
     fn daily(&self, from: Millis, to: Millis) -> Fut<'_, Vec<Daily>>;
+
+    /// The latest reconciliation runs, newest first.
+    fn reconciliations(&self, limit: u32) -> Fut<'_, Vec<ReconciliationRun>>;
 
     /// The notifications `of` names, newest first.
     fn notifications(&self, of: NoticesOf, limit: u32) -> Fut<'_, Vec<Notice>>;

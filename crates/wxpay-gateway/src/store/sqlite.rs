@@ -26,7 +26,7 @@ use super::{
     PaymentOutcome, ReconciliationRecord, Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement,
     Stats, Store, StoreError, UNDELIVERED, Undelivered, Verdict, col, event_id, event_payload, refund_event_payload,
 };
-use super::{Daily, daily_sql, merge_daily};
+use super::{Daily, RECONCILIATIONS, ReconciliationRun, daily_sql, merge_daily};
 use crate::store::Damaged;
 use crate::time::Millis;
 use rusqlite::types::Type;
@@ -1157,6 +1157,26 @@ impl Store for SqliteStore {
             )?
             .execute(params![next_at, error, id])?;
             Ok(())
+        })
+    }
+
+    fn reconciliations(&self, limit: u32) -> Fut<'_, Vec<ReconciliationRun>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(RECONCILIATIONS)?;
+            let rows = st.query_map(params![limit], |r| {
+                Ok(ReconciliationRun {
+                    merchant: r.get(0)?,
+                    bill_date: r.get(1)?,
+                    kind: r.get(2)?,
+                    started_at: r.get(3)?,
+                    finished_at: r.get(4)?,
+                    balanced: r.get::<_, Option<i64>>(5)?.map(|b| b != 0),
+                    differences: r.get(6)?,
+                    repaired: r.get(7)?,
+                    report: r.get(8)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 

@@ -521,6 +521,43 @@ async fn notifications_show_on_the_timeline_and_rejected_ones_on_their_page(db: 
 }
 engines!(notifications_show_on_the_timeline_and_rejected_ones_on_their_page);
 
+async fn reconciliation_runs_are_listed_with_their_outcome(db: TestDb) {
+    let t = spawn_app(db, with_console()).await;
+    let mut b = Browser::new(&t);
+    b.sign_in(PASSWORD).await;
+    let (_, page, _) = b.get("/console/reconciliations").await;
+    assert!(page.contains("No day has been reconciled yet."), "{page}");
+    let now = t.app.now();
+    t.app
+        .store()
+        .record_reconciliation(wxpay_gateway::store::ReconciliationRecord {
+            merchant: "default".into(),
+            bill_date: "2026-12-03".into(),
+            kind: "daily".into(),
+            started_at: now,
+            finished_at: now,
+            balanced: false,
+            differences: 2,
+            repaired: 1,
+            report: "{\"missing_here\":[\"<W1>\"]}".into(),
+        })
+        .await
+        .unwrap();
+    let (status, page, _) = b.get("/console/reconciliations").await;
+    assert_eq!(status, 200);
+    for needle in [
+        "2026-12-03",
+        "not balanced",
+        "<td class=\"n\">2</td>",
+        "<td class=\"n\">1</td>",
+        "&lt;W1&gt;",
+    ] {
+        assert!(page.contains(needle), "{needle}: {page}");
+    }
+    t.stop().await;
+}
+engines!(reconciliation_runs_are_listed_with_their_outcome);
+
 #[tokio::test]
 async fn what_a_client_stored_is_shown_as_text_never_as_markup() {
     let t = spawn_app(TestDb::sqlite(), with_console()).await;

@@ -10,6 +10,7 @@
 //! | `POST /console/orders/{out_trade_no}/refund?merchant=` | a refund, reviewed then confirmed |
 //! | `GET /console/outbox`, `POST /console/outbox/{id}/retry` | events not delivered yet |
 //! | `GET /console/rejections` | notifications refused (forged, unreadable, misdirected) |
+//! | `GET /console/reconciliations` | the runs of `wxpay reconcile` and the daily one |
 //!
 //! Every page but sign-in needs a session ([`session`]); every `POST` carries the session's
 //! CSRF token, and the session cookie is `SameSite=Strict` besides. Pages load nothing but
@@ -59,6 +60,7 @@ pub(crate) fn routes() -> Router<App> {
         .route("/console/orders/{out_trade_no}/refund", post(refund))
         .route("/console/outbox", get(outbox))
         .route("/console/rejections", get(rejections))
+        .route("/console/reconciliations", get(reconciliations))
         .route("/console/outbox/{id}/retry", post(retry))
 }
 
@@ -823,6 +825,9 @@ async fn refund(
 /// its newest ones).
 const TIMELINE_NOTICES: u32 = 50;
 
+/// Reconciliation runs listed at most.
+const RECONCILIATIONS_PAGE: u32 = 100;
+
 /// Rejected notifications listed at most.
 const REJECTIONS_PAGE: u32 = 200;
 
@@ -943,4 +948,54 @@ async fn rejections(State(app): State<App>, me: SignedIn) -> Response {
         body.push_str("</table>");
     }
     me.page(StatusCode::OK, w.rejections, &body)
+}
+
+async fn reconciliations(State(app): State<App>, me: SignedIn) -> Response {
+    let w = me.cx.lang.words();
+    let runs = match app.store().reconciliations(RECONCILIATIONS_PAGE).await {
+        Ok(r) => r,
+        Err(e) => return me.server_error(&ServiceError::Store(e)),
+    };
+    let mut body = format!("<p>{}</p>", w.reconciliations_explained);
+    if runs.is_empty() {
+        body.push_str(&format!("<p>{}</p>", w.reconciliations_empty));
+    } else {
+        body.push_str(&format!(
+            "<table><tr><th>{day}</th><th>{merchant}</th><th>{kind}</th><th>{started}</th><th>{outcome}</th>\
+             <th>{left}</th><th>{repaired}</th></tr>",
+            day = w.bill_date,
+            merchant = w.merchant,
+            kind = w.what,
+            started = w.when,
+            outcome = w.status,
+            left = w.differences,
+            repaired = w.repaired,
+        ));
+        for r in &runs {
+            let outcome = match r.balanced {
+                Some(true) => format!("<span class=\"st paid\">{}</span>", w.balanced),
+                Some(false) => format!("<span class=\"st failed\">{}</span>", w.unbalanced),
+                None => format!("<span class=\"st\">{}</span>", w.running),
+            };
+            let report = r.report.as_deref().map_or(String::new(), |report| {
+                format!(
+                    "<details><summary>{}</summary><code>{}</code></details>",
+                    w.details,
+                    esc(&crate::util::clip(report, 4096))
+                )
+            });
+            body.push_str(&format!(
+                "<tr><td>{day}</td><td>{merchant}</td><td>{kind}</td><td>{started}</td><td>{outcome}{report}</td>\
+                 <td class=\"n\">{left}</td><td class=\"n\">{repaired}</td></tr>",
+                day = esc(&r.bill_date),
+                merchant = esc(&r.merchant),
+                kind = esc(&r.kind),
+                started = beijing(r.started_at),
+                left = r.differences.map_or(String::new(), |n| n.to_string()),
+                repaired = r.repaired.map_or(String::new(), |n| n.to_string()),
+            ));
+        }
+        body.push_str("</table>");
+    }
+    me.page(StatusCode::OK, w.reconciliations, &body)
 }

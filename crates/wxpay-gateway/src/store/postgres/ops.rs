@@ -19,7 +19,7 @@ use crate::store::{
     PaymentOutcome, ReconciliationRecord, Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement,
     Stats, Store, StoreError, UNDELIVERED, Undelivered,
 };
-use crate::store::{Daily, daily_sql, merge_daily};
+use crate::store::{Daily, RECONCILIATIONS, ReconciliationRun, daily_sql, merge_daily};
 use crate::time::Millis;
 
 impl Store for PgStore {
@@ -390,6 +390,30 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
             Ok(())
+        })
+    }
+
+    fn reconciliations(&self, limit: u32) -> Fut<'_, Vec<ReconciliationRun>> {
+        Box::pin(async move {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(RECONCILIATIONS.replace("?1", "$1")))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(ReconciliationRun {
+                        merchant: r.try_get(0)?,
+                        bill_date: r.try_get(1)?,
+                        kind: r.try_get(2)?,
+                        started_at: r.try_get(3)?,
+                        finished_at: r.try_get(4)?,
+                        balanced: r.try_get::<Option<i64>, _>(5)?.map(|b| b != 0),
+                        differences: r.try_get(6)?,
+                        repaired: r.try_get(7)?,
+                        report: r.try_get(8)?,
+                    })
+                })
+                .collect()
         })
     }
 

@@ -40,16 +40,19 @@ python_venv() {
 # directory and its output in DIR.log, stopped when the script exits, and waits until it is
 # ready. Sets DEMO_TOKEN (the API token it printed) and DEMO_PASSWORD (the console's).
 start_demo() {
-    local name=$1 bin=$2 port=$3 dir=$4 line=""
+    local name=$1 bin=$2 port=$3 dir=$4 line="" ready=""
     "$bin" demo --listen "127.0.0.1:$port" --data-dir "$dir" >"$dir.log" 2>&1 &
     DEMO_PID=$!
     trap 'kill $DEMO_PID 2>/dev/null || true; wait $DEMO_PID 2>/dev/null || true' EXIT
     for _ in $(seq 1 100); do
         line=$(grep -m1 '^console: ' "$dir.log" || true)
-        [[ -n "$line" ]] && curl -sf -o /dev/null "http://127.0.0.1:$port/readyz" && break
+        if [[ -n "$line" ]] && curl -sf -o /dev/null "http://127.0.0.1:$port/readyz"; then
+            ready=1
+            break
+        fi
         sleep 0.1
     done
-    if [[ -z "$line" ]]; then
+    if [[ -z "$ready" ]]; then
         echo "$name: the demo did not start:" >&2
         cat "$dir.log" >&2
         exit 1

@@ -1265,9 +1265,11 @@ pub trait Store: Send + Sync + 'static {
     /// The events not delivered yet, the next due first, with their order's number.
     fn undelivered(&self, limit: u32) -> Fut<'_, Vec<Undelivered>>;
 
-    /// Makes an undelivered event due at `now` (an operator's retry); false when there is no
-    /// such event or it was delivered meanwhile.
-    fn deliver_now(&self, id: String, now: Millis) -> Fut<'_, bool>;
+    /// Makes an undelivered event due at `now` (an operator's retry), unless its next attempt
+    /// is due by `lease_end` (`now` plus the delivery lease) anyway: a claimed event waits
+    /// exactly until its lease ends, so this never releases one being delivered to a second
+    /// deliverer. False when there is no such event, or it was delivered or is due by then.
+    fn deliver_now(&self, id: String, now: Millis, lease_end: Millis) -> Fut<'_, bool>;
 
     /// Stores a refund of a paid order with its event, raising the order's reserved refund
     /// sum in the same transaction (the database refuses a sum above the amount), or says

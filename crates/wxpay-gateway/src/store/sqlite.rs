@@ -1248,11 +1248,13 @@ impl Store for SqliteStore {
         })
     }
 
-    fn deliver_now(&self, id: String, now: Millis) -> Fut<'_, bool> {
+    fn deliver_now(&self, id: String, now: Millis, lease_end: Millis) -> Fut<'_, bool> {
         self.write(move |c| {
             let n = c
-                .prepare_cached("UPDATE outbox SET next_attempt_at = ?1 WHERE id = ?2 AND delivered_at IS NULL")?
-                .execute(params![now, id])?;
+                .prepare_cached(
+                    "UPDATE outbox SET next_attempt_at = ?1 WHERE id = ?2 AND delivered_at IS NULL AND next_attempt_at > ?3",
+                )?
+                .execute(params![now, id, lease_end])?;
             Ok(n == 1)
         })
     }

@@ -239,7 +239,7 @@ async fn five_wrong_passwords_lock_the_address_out_before_any_check() {
 }
 
 #[tokio::test]
-async fn sign_ins_sent_at_once_get_no_more_than_five_password_checks() {
+async fn sign_ins_sent_at_once_are_turned_away_beyond_two_checks_without_locking_anyone_out() {
     let t = spawn_app(TestDb::sqlite(), with_console()).await;
     let mut b = Browser::new(&t);
     let token = b.login_token().await;
@@ -263,13 +263,14 @@ async fn sign_ins_sent_at_once_get_no_more_than_five_password_checks() {
         }
     });
     let statuses = futures_util::future::join_all(attempts).await;
-    let checked = statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
-    assert!(checked <= 5, "{checked} wrong passwords were checked: {statuses:?}");
-    assert!(
-        statuses.iter().all(|s| [401, 429, 503].contains(&s.as_u16())),
-        "{statuses:?}"
-    );
-    assert_eq!(b.sign_in(PASSWORD).await.0, 429, "locked out now");
+    let count = |code: u16| statuses.iter().filter(|s| s.as_u16() == code).count();
+    let (checked, busy, locked) = (count(401), count(503), count(429));
+    assert_eq!(checked + busy + locked, 12, "{statuses:?}");
+    assert!(busy > 0, "twelve at once do not all get a check: {statuses:?}");
+    // Only the attempts that were checked count against the address: the ones turned away
+    // busy must not lock the operator out.
+    let expected = if checked + locked >= 5 { 429 } else { 303 };
+    assert_eq!(b.sign_in(PASSWORD).await.0, expected, "{statuses:?}");
     t.stop().await;
 }
 
@@ -380,6 +381,7 @@ async fn a_paid_order_is_refunded_from_the_console_after_a_confirmation(db: Test
         "{review}"
     );
     let number = hidden(&review, "out_refund_no");
+    let token = hidden(&review, "review");
     assert!(t.order("CREF000001").await["refunds"].as_array().unwrap().is_empty());
     let confirm = [
         ("csrf", csrf.as_str()),
@@ -387,7 +389,14 @@ async fn a_paid_order_is_refunded_from_the_console_after_a_confirmation(db: Test
         ("amount", "14.00"),
         ("reason", "少了一杯"),
         ("out_refund_no", number.as_str()),
+        ("review", token.as_str()),
     ];
+    // A confirmation of something else than was reviewed, or of no review, is refused.
+    let mut changed = confirm;
+    changed[2].1 = "20.00";
+    assert_eq!(b.post(path, &changed).await.0, 403, "another amount than reviewed");
+    assert_eq!(b.post(path, &confirm[..5]).await.0, 403, "no review");
+    assert!(t.order("CREF000001").await["refunds"].as_array().unwrap().is_empty());
     for _ in 0..2 {
         // Sent twice (a double click, a reload): one refund.
         let (status, _, location) = b.post(path, &confirm).await;
@@ -405,23 +414,12 @@ async fn a_paid_order_is_refunded_from_the_console_after_a_confirmation(db: Test
     let (_, page, _) = b.get("/console/orders/CREF000001?merchant=default").await;
     assert!(page.contains(&number) && page.contains("≤ 14.00"), "{page}");
 
-    // More than is left is refused with the core's reason, as through the API.
-    let (_, review, _) = b
+    // More than is left is refused at the review, before any confirmation.
+    let (status, page, _) = b
         .post(path, &[("csrf", &csrf), ("step", "review"), ("amount", "20.00")])
         .await;
-    let number = hidden(&review, "out_refund_no");
-    let (status, page, _) = b
-        .post(
-            path,
-            &[
-                ("csrf", &csrf),
-                ("step", "confirm"),
-                ("amount", "20.00"),
-                ("out_refund_no", &number),
-            ],
-        )
-        .await;
     assert_eq!(status, 409, "{page}");
+    assert!(page.contains("More than is left to refund: ¥14.00"), "{page}");
     assert_eq!(t.order("CREF000001").await["refunds"].as_array().unwrap().len(), 1);
     t.stop().await;
 }
@@ -467,6 +465,9 @@ async fn an_undelivered_event_is_listed_and_retried_now_on_request(db: TestDb) {
         b.post("/console/outbox/nosuchevent/retry", &[("csrf", &csrf)]).await.0,
         404
     );
+    // Due now, it is not released again (it may be in a deliverer's hands).
+    assert_eq!(b.post(&action, &[("csrf", &csrf)]).await.0, 404, "due already");
+    assert!(page.contains("No [webhook] is configured"), "{page}");
     t.stop().await;
 }
 engines!(an_undelivered_event_is_listed_and_retried_now_on_request);
@@ -506,12 +507,13 @@ async fn notifications_show_on_the_timeline_and_rejected_ones_on_their_page(db: 
     );
     // Today's figures: one order, paid, for ¥3.00, and one rejected notification.
     let (_, page, _) = b.get("/console").await;
-    let today = &page[page.find("Today").unwrap()..page.find("The last 30 days").unwrap()];
+    let today =
+        &page[page.find("Orders created today").unwrap()..page.find("Orders created in the last 30 days").unwrap()];
     for card in [
         "Orders<b>1</b>",
         "Paid<b>1</b>",
         "Conversion<b>100.0 %</b>",
-        "Paid amount<b>¥3.00</b>",
+        "Amount paid of them<b>¥3.00</b>",
         "Rejected notifications<b>1</b>",
     ] {
         assert!(today.contains(card), "{card}: {today}");

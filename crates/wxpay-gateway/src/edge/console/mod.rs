@@ -40,6 +40,7 @@ use crate::edge::body::{Path, Peer, Query};
 use crate::edge::html::{SELF_CONTAINED, esc, percent};
 use crate::service::error::ServiceError;
 use crate::service::numbers::Numbers;
+use crate::service::orders::OrderDetail;
 use crate::service::reconcile::Day;
 use crate::service::refunds::RefundRequest;
 use crate::store::{Daily, NoticesOf, Order, OrderFilter, OrderStatus, RefundStatus};
@@ -235,15 +236,17 @@ async fn login(
         return login_form(&cx, StatusCode::FORBIDDEN, Some(w.form_expired));
     }
     let ip = peer.0.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
+    // Two checks at most at once; more attempts are turned away rather than queued, so that
+    // a flood of sign-ins cannot hold the connections the payment API needs. An attempt
+    // turned away is not counted against its address: a flood from elsewhere must not lock
+    // the operator out.
+    let Ok(_permit) = cx.console.checking.try_acquire() else {
+        return login_form(&cx, StatusCode::SERVICE_UNAVAILABLE, Some(w.busy));
+    };
     if cx.console.attempts.begin(ip, cx.now).is_err() {
         tracing::warn!(%ip, "console sign-in refused: too many failures from this address");
         return login_form(&cx, StatusCode::TOO_MANY_REQUESTS, Some(w.locked_out));
     }
-    // Two checks at most at once; more attempts are turned away rather than queued, so that
-    // a flood of sign-ins cannot hold the connections the payment API needs.
-    let Ok(_permit) = cx.console.checking.try_acquire() else {
-        return login_form(&cx, StatusCode::SERVICE_UNAVAILABLE, Some(w.busy));
-    };
     let hash = cx.console.password_hash.clone();
     let password = form.password;
     let matches = tokio::task::spawn_blocking(move || session::password_matches(&hash, &password))
@@ -673,15 +676,8 @@ async fn order(
         }
         body.push_str("</table>");
     }
-    // What is left to refund: a pending refund has its amount reserved already.
-    let reserved: u64 = detail
-        .refunds
-        .iter()
-        .filter(|r| r.status != RefundStatus::Failed)
-        .map(|r| r.amount_fen.get())
-        .sum();
-    let left = o.amount_fen.get().saturating_sub(reserved);
-    if o.status == OrderStatus::Paid && left > 0 {
+    let left = refundable(&detail);
+    if left > 0 {
         body.push_str(&format!(
             "<h3>{refund}</h3><form method=\"post\" action=\"{action}\" class=\"filters\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"step\" value=\"review\">\
@@ -697,6 +693,21 @@ async fn order(
         ));
     }
     me.page(StatusCode::OK, &out_trade_no, &body)
+}
+
+/// What is left to refund of an order, in fen: none unless it is paid, and a pending refund
+/// has its amount reserved already.
+fn refundable(detail: &OrderDetail) -> u64 {
+    if detail.order.status != OrderStatus::Paid {
+        return 0;
+    }
+    let reserved: u64 = detail
+        .refunds
+        .iter()
+        .filter(|r| r.status != RefundStatus::Failed)
+        .map(|r| r.amount_fen.get())
+        .sum();
+    detail.order.amount_fen.get().saturating_sub(reserved)
 }
 
 /// Where an order's refund form posts.
@@ -718,11 +729,13 @@ struct RefundForm {
     #[serde(default)]
     reason: String,
     out_refund_no: Option<String>,
+    /// The review's token of what it showed (the confirmation only).
+    review: Option<String>,
 }
 
 async fn refund(
     State(app): State<App>,
-    me: SignedIn,
+    mut me: SignedIn,
     Path(out_trade_no): Path<String>,
     Query(q): Query<OrderQuery>,
     form: Result<Form<RefundForm>, axum::extract::rejection::FormRejection>,
@@ -743,18 +756,22 @@ async fn refund(
             &format!("<p class=\"error\">{}</p>", w.form_expired),
         );
     }
-    let order = match app.order_detail(given(&q.merchant), out_trade_no.clone(), false).await {
-        Ok(d) => d.order,
+    let detail = match app.order_detail(given(&q.merchant), out_trade_no.clone(), false).await {
+        Ok(d) => d,
         Err(ServiceError::NotFound(_) | ServiceError::Invalid(_)) => {
             return me.page(StatusCode::NOT_FOUND, &out_trade_no, &format!("<p>{}</p>", w.not_found));
         }
         Err(e) => return me.server_error(&e),
     };
+    let left = refundable(&detail);
+    let order = detail.order;
     let back = format!(
         "/console/orders/{}?merchant={}",
         percent(order.out_trade_no.as_str()),
         percent(&order.merchant)
     );
+    // A page answering this POST switches language back to the order, not to the POST's path.
+    me.cx.here = back.clone();
     let refused = |status: StatusCode, why: &str| {
         let body = format!(
             "<p class=\"error\" role=\"alert\">{}</p><p><a href=\"{}\">← {}</a></p>",
@@ -769,21 +786,42 @@ async fn refund(
         _ => return refused(StatusCode::UNPROCESSABLE_ENTITY, w.bad_amount),
     };
     let reason = form.reason.trim();
+    // The review and its confirmation are one refund: the confirmation must carry what was
+    // reviewed (this session, this order, amount, reason and number), so that neither a
+    // changed field nor a confirmation made up without a review goes through.
+    let reviewed = |number: &str| {
+        [
+            order.merchant.as_str(),
+            order.out_trade_no.as_str(),
+            &amount.get().to_string(),
+            reason,
+            number,
+        ]
+        .join("\n")
+    };
     match (form.step.as_str(), form.out_refund_no) {
         ("review", _) => {
+            if amount.get() > left {
+                let why = format!("{} {}", w.more_than_left, yuan(Fen::new(left).unwrap_or(Fen::ZERO)));
+                return refused(StatusCode::CONFLICT, &why);
+            }
             let number = Numbers::random().number('R', app.now());
+            let review = me.cx.console.keys.review_token(&me.session, &reviewed(&number));
             let body = format!(
-                "<p>{question}</p><dl><dt>out_trade_no</dt><dd><code>{no}</code></dd><dt>{amount_word}</dt><dd><b>{amount}</b> / {paid}</dd>\
+                "<p>{question}</p><dl><dt>out_trade_no</dt><dd><code>{no}</code></dd><dt>{amount_word}</dt><dd><b>{amount}</b> / {paid} ({left_word} {left})</dd>\
                  <dt>{reason_word}</dt><dd>{reason}</dd><dt>out_refund_no</dt><dd><code>{number}</code></dd></dl>\
                  <form method=\"post\" action=\"{action}\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
                  <input type=\"hidden\" name=\"step\" value=\"confirm\"><input type=\"hidden\" name=\"amount\" value=\"{yuan}\">\
                  <input type=\"hidden\" name=\"reason\" value=\"{reason}\"><input type=\"hidden\" name=\"out_refund_no\" value=\"{number}\">\
+                 <input type=\"hidden\" name=\"review\" value=\"{review}\">\
                  <button>{confirm}</button> <a href=\"{back}\">{cancel}</a></form>",
                 question = w.confirm_refund,
                 no = esc(order.out_trade_no.as_str()),
                 amount_word = w.amount,
                 amount = yuan(amount),
                 paid = yuan(order.amount_fen),
+                left_word = w.left,
+                left = yuan(Fen::new(left).unwrap_or(Fen::ZERO)),
                 reason_word = w.reason,
                 reason = esc(reason),
                 number = esc(&number),
@@ -797,6 +835,16 @@ async fn refund(
             me.page(StatusCode::OK, w.refund, &body)
         }
         ("confirm", Some(number)) => {
+            let presented = form.review.as_deref().unwrap_or("");
+            if !me
+                .cx
+                .console
+                .keys
+                .review_token_matches(&me.session, &reviewed(&number), presented)
+            {
+                tracing::warn!("console refund refused: the confirmation is not the reviewed refund");
+                return refused(StatusCode::FORBIDDEN, w.form_expired);
+            }
             let req = RefundRequest {
                 merchant: Some(order.merchant.clone()),
                 amount_fen: amount.get(),
@@ -841,6 +889,9 @@ async fn outbox(State(app): State<App>, me: SignedIn) -> Response {
         Err(e) => return me.server_error(&ServiceError::Store(e)),
     };
     let mut body = format!("<p>{}</p>", w.outbox_explained);
+    if app.config().webhook.is_none() {
+        body.push_str(&format!("<p class=\"error\">{}</p>", w.no_webhook));
+    }
     if events.is_empty() {
         body.push_str(&format!("<p>{}</p>", w.outbox_empty));
     } else {
@@ -899,7 +950,12 @@ async fn retry(
             &format!("<p class=\"error\">{}</p>", w.form_expired),
         );
     }
-    match app.store().deliver_now(id.clone(), app.now()).await {
+    let now = app.now();
+    match app
+        .store()
+        .deliver_now(id.clone(), now, now + app.config().jobs.lease)
+        .await
+    {
         // The background work delivers it at its next round, within a second or so.
         Ok(true) => {
             tracing::info!(event = %id, "console: event to be delivered now");

@@ -85,6 +85,16 @@ impl Keys {
         self.mac_matches("csrf", &session.id, presented)
     }
 
+    /// The token of a reviewed action of `session`: what the review showed, as one string.
+    pub(crate) fn review_token(&self, session: &Session, reviewed: &str) -> String {
+        self.mac("review", &format!("{}\n{reviewed}", session.id))
+    }
+
+    /// Whether `presented` is the token of `reviewed` for `session`.
+    pub(crate) fn review_token_matches(&self, session: &Session, reviewed: &str, presented: &str) -> bool {
+        self.mac_matches("review", &format!("{}\n{reviewed}", session.id), presented)
+    }
+
     /// The token of a sign-in form, for the random value of its browser's login cookie.
     pub(crate) fn login_token(&self, login_cookie: &str) -> String {
         self.mac("login", login_cookie)
@@ -179,11 +189,16 @@ impl Attempts {
 fn key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            let mut octets = v6.octets();
-            octets[8..].fill(0);
-            IpAddr::from(octets)
-        }
+        // A dual-stack listener sees an IPv4 client as `::ffff:a.b.c.d`: that is one client,
+        // not a /64 shared by every IPv4 address.
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                IpAddr::from(octets)
+            }
+        },
     }
 }
 
@@ -281,6 +296,15 @@ mod tests {
             assert_eq!(attempts.begin(ip, NOW), Ok(()));
         }
         assert!(attempts.begin("2001:db8:1:2:ffff::1".parse().unwrap(), NOW).is_err());
+        // IPv4 clients seen through a dual-stack listener stay apart, and count as themselves.
+        let mapped: IpAddr = "::ffff:198.51.100.7".parse().unwrap();
+        assert_eq!(attempts.begin(mapped, NOW), Ok(()));
+        assert_eq!(attempts.begin("::ffff:198.51.100.8".parse().unwrap(), NOW), Ok(()));
+        for _ in 1..MAX_FAILURES {
+            attempts.begin("198.51.100.7".parse().unwrap(), NOW).unwrap();
+        }
+        assert!(attempts.begin(mapped, NOW).is_err(), "the same client either way");
+        assert_eq!(attempts.begin("::ffff:198.51.100.9".parse().unwrap(), NOW), Ok(()));
         for i in 0..(MAX_ADDRESSES as u32 + 10) {
             let _ = attempts.begin(IpAddr::from(i.to_be_bytes()), NOW + 1);
         }

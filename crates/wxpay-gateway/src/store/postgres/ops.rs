@@ -499,11 +499,14 @@ impl Store for PgStore {
         })
     }
 
-    fn deliver_now(&self, id: String, now: Millis) -> Fut<'_, bool> {
+    fn deliver_now(&self, id: String, now: Millis, lease_end: Millis) -> Fut<'_, bool> {
         Box::pin(async move {
-            let done = sqlx::query("UPDATE outbox SET next_attempt_at = $1 WHERE id = $2 AND delivered_at IS NULL")
-                .bind(now)
-                .bind(id)
+            let done = sqlx::query(
+                "UPDATE outbox SET next_attempt_at = $1 WHERE id = $2 AND delivered_at IS NULL AND next_attempt_at > $3",
+            )
+            .bind(now)
+            .bind(id)
+            .bind(lease_end)
                 .execute(&self.pool)
                 .await?;
             Ok(done.rows_affected() == 1)

@@ -10,7 +10,8 @@
 # paid, 20 % closed, 20 % pending, one every 30 s back from now (about a year). Then `wxpay
 # serve` runs with the console on, a session is signed in once, and each page below is asked
 # REQUESTS times, one at a time; p50, p99 and the largest are printed per page. The target is
-# p99 <= 50 ms for every page.
+# p99 <= 50 ms for every orders page; the overview, which sums 30 days of orders, is shown
+# beside them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENGINES="${ENGINES:-sqlite}"
@@ -124,10 +125,13 @@ pages = [
     ("merchant+status+day", "/console/orders?merchant=default&status=paid&from={0}&to={0}".format(time.strftime("%Y-%m-%d", time.gmtime(time.time() + 8 * 3600 - 30 * 86400)))),
     ("page 100 (cursor)", f"/console/orders?cursor={last - 5000}"),
     ("an order", f"/console/orders/S{last // 3}?merchant=default"),
+    # Read at most once a minute: the first request sums 30 days, the others reuse it.
+    ("overview (30 days)", "/console"),
 ]
 print(f"{'page':24} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  rows")
 worst = 0.0
 for name, path in pages:
+    orders_page = path.startswith("/console/orders")
     times = []
     for _ in range(n):
         t = time.perf_counter()
@@ -137,9 +141,10 @@ for name, path in pages:
     rows = text.count("<tr>") - 1 if "<table>" in text else 0
     times.sort()
     p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
-    worst = max(worst, p99)
+    if orders_page:
+        worst = max(worst, p99)
     print(f"{name:24} {times[len(times) // 2]:8.2f} {p99:8.2f} {times[-1]:8.2f}  {rows}")
-print(f"SUMMARY {engine} {orders} orders: worst p99 {worst:.2f} ms (target 50)")
+print(f"SUMMARY {engine} {orders} orders: worst p99 of the orders pages {worst:.2f} ms (target 50)")
 PY
   stop_all
 done

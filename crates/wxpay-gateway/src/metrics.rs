@@ -86,6 +86,12 @@ impl Metrics {
         self.wake.notify_one();
     }
 
+    /// The database figures last read, and when: kept fresh by the gauges' task (within a
+    /// second of a change), so that a page need not count a million orders again.
+    pub fn gauges(&self) -> Option<(crate::store::Stats, crate::time::Millis)> {
+        self.gauges.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Keeps the gauges read from the database at `at` (Unix ms).
     pub fn set_gauges(&self, stats: crate::store::Stats, at: crate::time::Millis) {
         *self.gauges.lock().unwrap_or_else(|e| e.into_inner()) = Some((stats, at));

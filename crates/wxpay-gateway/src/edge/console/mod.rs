@@ -294,9 +294,14 @@ async fn logout(
 
 async fn overview(State(app): State<App>, me: SignedIn) -> Response {
     let w = me.cx.lang.words();
-    let stats = match app.store().stats(app.now()).await {
-        Ok(s) => s,
-        Err(e) => return me.server_error(&ServiceError::Store(e)),
+    // The counts by status, as the metrics' task last read them (counting a million orders
+    // takes tens of milliseconds); read here only before that task's first reading.
+    let stats = match app.metrics().gauges() {
+        Some((stats, _)) => stats,
+        None => match app.store().stats(app.now()).await {
+            Ok(s) => s,
+            Err(e) => return me.server_error(&ServiceError::Store(e)),
+        },
     };
     let cards = |rows: &[(String, i64)], link: bool| -> String {
         rows.iter()
@@ -317,9 +322,20 @@ async fn overview(State(app): State<App>, me: SignedIn) -> Response {
     // Today and the 29 days before it, in Beijing.
     let today = Day::containing(app.now());
     let first = today.start_ms() - std::time::Duration::from_secs(29 * 86_400);
-    let days = match app.store().daily(first, today.end_ms()).await {
-        Ok(d) => d,
-        Err(e) => return me.server_error(&ServiceError::Store(e)),
+    let now = app.now();
+    let days = {
+        // One reader at a time; the others wait for its figures rather than sum them again.
+        let mut kept = me.cx.console.daily.lock().await;
+        match &*kept {
+            Some((read_at, from, days)) if *from == first && now.ms_since(*read_at) < DAILY_FRESH_MS => days.clone(),
+            _ => match app.store().daily(first, today.end_ms()).await {
+                Ok(days) => {
+                    *kept = Some((now, first, days.clone()));
+                    days
+                }
+                Err(e) => return me.server_error(&ServiceError::Store(e)),
+            },
+        }
     };
     let dashboard = dashboard(w, &days, first);
     let body = format!(
@@ -872,6 +888,9 @@ async fn refund(
 /// Notifications shown on an order's timeline at most (a storm of duplicates is summed up by
 /// its newest ones).
 const TIMELINE_NOTICES: u32 = 50;
+
+/// How long the dashboard's figures are shown before they are read again, in ms.
+const DAILY_FRESH_MS: i64 = 60_000;
 
 /// Reconciliation runs listed at most.
 const RECONCILIATIONS_PAGE: u32 = 100;

@@ -2,11 +2,13 @@
 //! signed out, the failed sign-ins, and how its cookies are written.
 
 use axum::http::{HeaderMap, HeaderValue};
-use tokio::sync::Semaphore;
+use tokio::sync::{Mutex, Semaphore};
 
 use super::page::cookie;
 use super::session::{Attempts, Keys, Revoked, SESSION_COOKIE, Session};
 use crate::config::ConsoleConfig;
+use crate::store::Daily;
+use crate::time::Millis;
 
 /// The console's state: its keys, the sessions signed out, the failed sign-ins.
 pub(crate) struct Console {
@@ -19,6 +21,9 @@ pub(crate) struct Console {
     pub(super) attempts: Attempts,
     /// Password checks at once: each takes tens of milliseconds of a core.
     pub(super) checking: Semaphore,
+    /// The dashboard's figures and when they were read: summing 30 days of orders takes tens
+    /// of milliseconds at a million orders, so an overview reads them at most once a minute.
+    pub(super) daily: Mutex<Option<(Millis, Millis, Vec<Daily>)>>,
 }
 
 impl std::fmt::Debug for Console {
@@ -41,6 +46,7 @@ impl Console {
             revoked: Revoked::default(),
             attempts: Attempts::default(),
             checking: Semaphore::new(2),
+            daily: Mutex::new(None),
         }
     }
 

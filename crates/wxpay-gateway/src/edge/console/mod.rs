@@ -306,9 +306,17 @@ async fn overview(State(app): State<App>, me: SignedIn) -> Response {
     let cards = |rows: &[(String, i64)], link: bool| -> String {
         rows.iter()
             .map(|(status, n)| {
-                let name = esc(if link { w.status(status) } else { status });
+                // `link`: an order status, a link to those orders; else a refund status.
+                let name = esc(if link {
+                    w.status(status)
+                } else {
+                    w.refund_status(status)
+                });
                 let label = if link {
-                    format!("<a href=\"/console/orders?status={}\">{name}</a>", esc(status))
+                    format!(
+                        "<a href=\"/console/orders?status={}\">{name}</a>",
+                        esc(&percent(status))
+                    )
                 } else {
                     name
                 };
@@ -685,7 +693,7 @@ async fn order(
                 "<tr><td><code>{}</code></td><td class=\"n\">{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
                 esc(r.out_refund_no.as_str()),
                 yuan(r.amount_fen),
-                esc(r.status.as_str()),
+                w.refund_status(r.status.as_str()),
                 beijing(r.created_at),
                 esc(r.refund_id.as_deref().unwrap_or("")),
             ));

@@ -160,6 +160,7 @@ pub(crate) struct Words {
     pub(crate) why: &'static str,
     pub(crate) body: &'static str,
     pub(crate) status_names: [(&'static str, &'static str); 5],
+    pub(crate) refund_status_names: [(&'static str, &'static str); 3],
 }
 
 static ZH: Words = Words {
@@ -250,6 +251,7 @@ static ZH: Words = Words {
         ("failed", "失败"),
         ("refunded", "已全额退款"),
     ],
+    refund_status_names: [("pending", "处理中"), ("succeeded", "退款成功"), ("failed", "退款失败")],
 };
 
 static EN: Words = Words {
@@ -340,16 +342,23 @@ static EN: Words = Words {
         ("failed", "failed"),
         ("refunded", "refunded"),
     ],
+    refund_status_names: [("pending", "pending"), ("succeeded", "succeeded"), ("failed", "failed")],
 };
 
 impl Words {
     /// The name of a status in this language.
     pub(crate) fn status(&self, status: &str) -> &'static str {
-        self.status_names
-            .iter()
-            .find(|(s, _)| *s == status)
-            .map_or("?", |(_, name)| name)
+        name_of(&self.status_names, status)
     }
+
+    /// The name of a refund's status in this language.
+    pub(crate) fn refund_status(&self, status: &str) -> &'static str {
+        name_of(&self.refund_status_names, status)
+    }
+}
+
+fn name_of(names: &[(&'static str, &'static str)], status: &str) -> &'static str {
+    names.iter().find(|(s, _)| *s == status).map_or("?", |(_, name)| name)
 }
 
 /// An amount as people read it: `¥28.00`.
@@ -463,9 +472,13 @@ mod tests {
 
     #[test]
     fn both_languages_name_every_status() {
+        use crate::store::RefundStatus;
         for w in [&ZH, &EN] {
             for s in crate::store::OrderStatus::ALL {
                 assert_ne!(w.status(s.as_str()), "?", "{s:?}");
+            }
+            for s in [RefundStatus::Pending, RefundStatus::Succeeded, RefundStatus::Failed] {
+                assert_ne!(w.refund_status(s.as_str()), "?", "{s:?}");
             }
         }
     }

@@ -586,6 +586,7 @@ pub(crate) fn gateway_config(file: &FileConfig) -> Result<(Config, ServeSettings
             Some(ConsoleConfig {
                 password_hash: Secret::new(hash),
                 session_ttl: Duration::from_secs(c.session_hours.unwrap_or(12).saturating_mul(3600)),
+                simulator_checkout: false,
             })
         }),
     };

@@ -84,6 +84,7 @@ pub(crate) fn run(args: DemoArgs) -> Result<(), CliError> {
     let console = ConsoleConfig {
         password_hash: Secret::new(crate::console::hash(&console_password)?),
         session_ttl: Duration::from_secs(12 * 3600),
+        simulator_checkout: true,
     };
     let db_path = dir.join("wxpay.db");
     let runtime =

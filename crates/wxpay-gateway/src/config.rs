@@ -298,6 +298,9 @@ pub struct ConsoleConfig {
     pub password_hash: Secret,
     /// How long a sign-in lasts.
     pub session_ttl: Duration,
+    /// The WeChat Pay simulator answers on the gateway's own address (`wxpay demo`): an
+    /// unpaid order's page links to its checkout, to pay it or fail it.
+    pub simulator_checkout: bool,
 }
 
 impl ConsoleConfig {
@@ -502,6 +505,7 @@ mod tests {
         config.console = Some(ConsoleConfig {
             password_hash: Secret::new("plain text"),
             session_ttl: Duration::from_secs(3600),
+            simulator_checkout: false,
         });
         assert!(config.validate().unwrap_err().starts_with("console.password_hash: "));
     }

@@ -330,6 +330,15 @@ async fn an_order_is_found_by_its_numbers_or_openid_and_shows_its_timeline(db: T
         page.contains("Timeline") && page.contains("<td>paid</td>"),
         "the paid event: {page}"
     );
+    // The unpaid one links to the simulator's checkout (the demo's), the paid one no more.
+    let prepay = other["prepay_id"].as_str().unwrap();
+    let (_, page, _) = b.get(&format!("/console/orders/{other_no}?merchant=default")).await;
+    assert!(
+        page.contains(&format!("href=\"/simulator/checkout/{prepay}\"")),
+        "{page}"
+    );
+    let (_, page, _) = b.get(&format!("/console/orders/{no}?merchant=default")).await;
+    assert!(!page.contains("/simulator/checkout/"), "{page}");
     let (status, _, _) = b.get("/console/orders/NOSUCHORDER1").await;
     assert_eq!(status, 404);
     t.stop().await;

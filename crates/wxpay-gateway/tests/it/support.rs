@@ -599,6 +599,8 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
         console: opts.console_password.map(|p| wxpay_gateway::ConsoleConfig {
             password_hash: Secret::new(wxpay_gateway::ConsoleConfig::hash_password(p, b"test-salt-16byte").unwrap()),
             session_ttl: Duration::from_secs(3600),
+            // The links are checked, not followed: the test simulator has its own address.
+            simulator_checkout: true,
         }),
     };
     let store: Arc<dyn Store> = match opts.sqlite_busy_timeout {

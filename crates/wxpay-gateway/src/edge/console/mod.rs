@@ -700,6 +700,14 @@ async fn order(
         }
         body.push_str("</table>");
     }
+    if let (OrderStatus::Pending, Some(prepay), true) = (o.status, &o.prepay_id, me.cx.console.simulator_checkout) {
+        // In the demo the simulator plays WeChat: its checkout pays or fails this order.
+        body.push_str(&format!(
+            "<p><a href=\"/simulator/checkout/{}\">{}</a></p>",
+            esc(&percent(prepay)),
+            w.simulator_checkout
+        ));
+    }
     let left = refundable(&detail);
     if left > 0 {
         body.push_str(&format!(

@@ -15,6 +15,8 @@ pub(crate) struct Console {
     pub(super) password_hash: String,
     pub(super) keys: Keys,
     pub(super) ttl: std::time::Duration,
+    /// Unpaid orders link to the simulator's checkout on this address (`wxpay demo`).
+    pub(super) simulator_checkout: bool,
     /// Cookies get `Secure` when the gateway is served over https.
     secure: bool,
     pub(super) revoked: Revoked,
@@ -42,6 +44,7 @@ impl Console {
             keys: Keys::new(&hash),
             password_hash: hash,
             ttl: config.session_ttl,
+            simulator_checkout: config.simulator_checkout,
             secure: public_url.starts_with("https://"),
             revoked: Revoked::default(),
             attempts: Attempts::default(),

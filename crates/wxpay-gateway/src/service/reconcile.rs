@@ -207,6 +207,16 @@ impl Day {
         }
     }
 
+    /// The day `n` days after this one (before it when `n` is negative).
+    pub fn after(&self, n: i64) -> Day {
+        Day::containing(Millis::from_unix_ms(self.start_ms().unix_ms() + n * 86_400_000))
+    }
+
+    /// The day counted from 1970-01-01 in Beijing, as the store's daily figures count it.
+    pub fn number(&self) -> i64 {
+        (self.start.unix() + 8 * 3600).div_euclid(86_400)
+    }
+
     /// The first millisecond of the day.
     pub fn start_ms(&self) -> Millis {
         Millis::from_unix_secs(self.start.unix())
@@ -868,4 +878,20 @@ pub async fn keep(app: &Service, report: &Report, kind: &str, started_at: Millis
     };
     app.inner.store.record_reconciliation(record).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_count_and_step_in_beijing_time() {
+        // 16:00 UTC on 2026-12-04 starts the 5th in Beijing.
+        let fifth = Day::containing(Millis::from_unix_ms(1_796_400_000_000));
+        assert_eq!(fifth.date, "2026-12-05");
+        assert_eq!(fifth.number(), (1_796_400_000 + 8 * 3600) / 86_400);
+        assert_eq!(fifth.after(-29).date, "2026-11-06");
+        assert_eq!(fifth.after(-29).number(), fifth.number() - 29);
+        assert_eq!(fifth.after(1).start_ms(), fifth.end_ms());
+    }
 }

@@ -30,7 +30,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use wxpay_protocol::{BeijingTime, Fen};
+use wxpay_protocol::Fen;
 
 use self::page::{LANG_COOKIE, Lang, beijing, cookie, frame, yuan};
 use self::session::{LOGIN_COOKIE, SESSION_COOKIE, Session};
@@ -328,24 +328,26 @@ async fn overview(State(app): State<App>, me: SignedIn) -> Response {
         format!(" ({} {} s)", w.oldest_undelivered, ms / 1000)
     });
     // Today and the 29 days before it, in Beijing.
-    let today = Day::containing(app.now());
-    let first = today.start_ms() - std::time::Duration::from_secs(29 * 86_400);
     let now = app.now();
+    let today = Day::containing(now);
+    let first = today.after(-29);
     let days = {
         // One reader at a time; the others wait for its figures rather than sum them again.
         let mut kept = me.cx.console.daily.lock().await;
         match &*kept {
-            Some((read_at, from, days)) if *from == first && now.ms_since(*read_at) < DAILY_FRESH_MS => days.clone(),
-            _ => match app.store().daily(first, today.end_ms()).await {
+            Some((read_at, from, days)) if *from == first.start_ms() && now.ms_since(*read_at) < DAILY_FRESH_MS => {
+                days.clone()
+            }
+            _ => match app.store().daily(first.start_ms(), today.end_ms()).await {
                 Ok(days) => {
-                    *kept = Some((now, first, days.clone()));
+                    *kept = Some((now, first.start_ms(), days.clone()));
                     days
                 }
                 Err(e) => return me.server_error(&ServiceError::Store(e)),
             },
         }
     };
-    let dashboard = dashboard(w, &days, first);
+    let dashboard = dashboard(w, &days, &first);
     let body = format!(
         "{dashboard}<h2>{orders}</h2><div class=\"cards\">{o}</div><h2>{refunds}</h2><div class=\"cards\">{r}</div>\
          <h2><a href=\"/console/outbox\">{backlog}</a></h2><p><b>{n}</b>{oldest}</p>",
@@ -361,8 +363,8 @@ async fn overview(State(app): State<App>, me: SignedIn) -> Response {
 
 /// Today's figures and the last 30 days' (Beijing days from `first`), with a bar chart of the
 /// amount paid each day drawn as inline SVG (markup, so the page still loads nothing).
-fn dashboard(w: &page::Words, days: &[Daily], first: Millis) -> String {
-    let first_day = (first.unix_secs() + 8 * 3600).div_euclid(86_400);
+fn dashboard(w: &page::Words, days: &[Daily], first: &Day) -> String {
+    let first_day = first.number();
     let mut by_day = vec![Daily::default(); 30];
     for d in days {
         if let Some(slot) = usize::try_from(d.day - first_day).ok().and_then(|i| by_day.get_mut(i)) {
@@ -396,7 +398,7 @@ fn dashboard(w: &page::Words, days: &[Daily], first: Millis) -> String {
         .map(|(label, value)| format!("<div class=\"card\">{label}<b>{value}</b></div>"))
         .collect::<String>()
     };
-    let date = |day: i64| BeijingTime::from_unix(day * 86_400 - 8 * 3600).to_dashed()[..10].to_owned();
+    let date = |i: i64| first.after(i).date;
     let top = by_day.iter().map(|d| d.paid_fen).max().unwrap_or(0).max(1);
     let bars: String = by_day
         .iter()
@@ -407,7 +409,7 @@ fn dashboard(w: &page::Words, days: &[Daily], first: Millis) -> String {
                 "<rect x=\"{x}\" y=\"{y}\" width=\"18\" height=\"{h}\" fill=\"#07c160\"><title>{date} {paid}</title></rect>",
                 x = i * 20,
                 y = 100 - h,
-                date = date(first_day + i as i64),
+                date = date(i as i64),
                 paid = money(d.paid_fen),
             )
         })
@@ -422,8 +424,8 @@ fn dashboard(w: &page::Words, days: &[Daily], first: Millis) -> String {
         last30 = w.last_30_days,
         total_cards = cards(&total),
         chart = w.paid_per_day,
-        from = date(first_day),
-        to = date(first_day + 29),
+        from = date(0),
+        to = date(29),
     )
 }
 
@@ -524,16 +526,19 @@ async fn orders(State(app): State<App>, me: SignedIn, Query(q): Query<OrdersQuer
         for o in shown {
             let no = o.out_trade_no.as_str();
             body.push_str(&format!(
-                "<tr><td>{created}</td><td><a href=\"/console/orders/{no_url}?merchant={m_url}\"><code>{no}</code></a></td>\
+                "<tr><td>{created}</td><td><a href=\"{link}\"><code>{no}</code></a></td>\
                  <td>{merchant}</td><td class=\"n\">{amount}</td><td class=\"n\">{refunded}</td>\
                  <td><span class=\"st {st}\">{status}</span></td><td><code>{tx}</code></td></tr>",
                 created = beijing(o.created_at),
-                no_url = esc(&percent(no)),
-                m_url = esc(&percent(&o.merchant)),
+                link = esc(&order_path(no, &o.merchant, "")),
                 no = esc(no),
                 merchant = esc(&o.merchant),
                 amount = yuan(o.amount_fen),
-                refunded = if o.refunded_fen.get() > 0 { yuan(o.refunded_fen) } else { String::new() },
+                refunded = if o.refunded_fen.get() > 0 {
+                    yuan(o.refunded_fen)
+                } else {
+                    String::new()
+                },
                 st = o.status.as_str(),
                 status = w.status(o.status.as_str()),
                 tx = esc(o.transaction_id.as_deref().unwrap_or("")),
@@ -742,13 +747,15 @@ fn refundable(detail: &OrderDetail) -> u64 {
     detail.order.amount_fen.get().saturating_sub(reserved)
 }
 
+/// The console page of the order `no` of `merchant` (percent-encoded; escape it for HTML),
+/// with `then` (`/refund`, or nothing) after the number.
+fn order_path(no: &str, merchant: &str, then: &str) -> String {
+    format!("/console/orders/{}{then}?merchant={}", percent(no), percent(merchant))
+}
+
 /// Where an order's refund form posts.
 fn refund_path(o: &Order) -> String {
-    format!(
-        "/console/orders/{}/refund?merchant={}",
-        percent(o.out_trade_no.as_str()),
-        percent(&o.merchant)
-    )
+    order_path(o.out_trade_no.as_str(), &o.merchant, "/refund")
 }
 
 /// The refund form: first reviewed (`step=review`), then confirmed (`step=confirm`) with the
@@ -797,11 +804,7 @@ async fn refund(
     };
     let left = refundable(&detail);
     let order = detail.order;
-    let back = format!(
-        "/console/orders/{}?merchant={}",
-        percent(order.out_trade_no.as_str()),
-        percent(&order.merchant)
-    );
+    let back = order_path(order.out_trade_no.as_str(), &order.merchant, "");
     // A page answering this POST switches language back to the order, not to the POST's path.
     me.cx.here = back.clone();
     let refused = |status: StatusCode, why: &str| {
@@ -942,12 +945,13 @@ async fn outbox(State(app): State<App>, me: SignedIn) -> Response {
         let csrf = me.cx.console.keys.csrf(&me.session);
         for e in &events {
             let order = match (&e.out_trade_no, &e.merchant) {
-                (Some(no), Some(m)) => format!(
-                    "<a href=\"/console/orders/{}?merchant={}\"><code>{}</code></a>",
-                    esc(&percent(no)),
-                    esc(&percent(m)),
-                    esc(no)
-                ),
+                (Some(no), Some(m)) => {
+                    format!(
+                        "<a href=\"{}\"><code>{}</code></a>",
+                        esc(&order_path(no, m, "")),
+                        esc(no)
+                    )
+                }
                 _ => String::new(),
             };
             body.push_str(&format!(

@@ -21,7 +21,7 @@ pub use config::{
     ClientCert, Config, ConsoleConfig, JobsConfig, MerchantConfig, ReconcileConfig, Secret, UpstreamConfig,
     V3Credentials, WebhookConfig,
 };
-pub use edge::{ApiError, App, openapi, serve, serve_router};
+pub use edge::{ApiError, App, serve, serve_router};
 pub use service::jobs::{verify_webhook_signature, webhook_signature};
 pub use service::reconcile;
 pub use service::{Jobs, Service, ServiceError};

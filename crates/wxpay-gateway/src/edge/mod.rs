@@ -18,4 +18,3 @@ mod router;
 
 pub use app::{App, serve, serve_router};
 pub use error::ApiError;
-pub use router::openapi;

@@ -36,11 +36,6 @@ fn v1() -> (Router<App>, utoipa::openapi::OpenApi) {
     (router, doc)
 }
 
-/// The OpenAPI document of `/v1`, as `GET /openapi.json` serves it.
-pub fn openapi() -> serde_json::Value {
-    serde_json::to_value(v1().1).unwrap_or_default()
-}
-
 impl App {
     /// The routes: `/v1/…` (bearer token), `/notify/v2/pay`, `/notify/v2/refund`,
     /// `/notify/v3/{merchant}`,

@@ -13,9 +13,9 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::{Form, Json, Router};
+use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use wxpay_protocol::v2::RefundStatus;
 use wxpay_protocol::{BeijingTime, Fen};
@@ -177,28 +177,28 @@ fn find(sim: &Simulator, out_trade_no: &str, mch_id: Option<&str>) -> Result<Loc
 
 /// The simulator's view of an order.
 #[derive(Serialize)]
-struct OrderView {
-    mch_id: String,
-    appid: String,
-    out_trade_no: String,
-    trade_state: String,
-    total_fee: Fen,
-    refunded_fee: Fen,
-    body: String,
-    attach: Option<String>,
-    openid: String,
-    notify_url: String,
-    prepay_id: String,
-    transaction_id: Option<String>,
-    created_at: String,
-    time_expire: Option<String>,
-    paid_at: Option<String>,
-    notified: bool,
-    refunds: Vec<RefundView>,
+pub(crate) struct OrderView {
+    pub(crate) mch_id: String,
+    pub(crate) appid: String,
+    pub(crate) out_trade_no: String,
+    pub(crate) trade_state: String,
+    pub(crate) total_fee: Fen,
+    pub(crate) refunded_fee: Fen,
+    pub(crate) body: String,
+    pub(crate) attach: Option<String>,
+    pub(crate) openid: String,
+    pub(crate) notify_url: String,
+    pub(crate) prepay_id: String,
+    pub(crate) transaction_id: Option<String>,
+    pub(crate) created_at: String,
+    pub(crate) time_expire: Option<String>,
+    pub(crate) paid_at: Option<String>,
+    pub(crate) notified: bool,
+    pub(crate) refunds: Vec<RefundView>,
 }
 
 #[derive(Serialize)]
-struct RefundView {
+pub(crate) struct RefundView {
     out_refund_no: String,
     refund_id: String,
     refund_fee: Fen,
@@ -248,7 +248,7 @@ fn view(sim: &Simulator, o: &Order) -> OrderView {
     }
 }
 
-fn view_at(sim: &Simulator, loc: Loc) -> Option<OrderView> {
+pub(crate) fn view_at(sim: &Simulator, loc: Loc) -> Option<OrderView> {
     let now = sim.now();
     let mut g = sim.inner.store.lock(loc.shard);
     expire_if_due(&mut g, loc.slot, now);
@@ -485,94 +485,6 @@ async fn sink() -> Response {
         .into_response()
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-fn checkout_page(title: &str, body: &str) -> Html<String> {
-    Html(format!(
-        "<!doctype html><html lang=\"zh\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-<title>{title}</title><style>body{{font-family:system-ui,sans-serif;max-width:26rem;margin:1rem auto;padding:0 1rem;color:#222}}\
-h1{{font-size:1.5rem;margin:.4rem 0}}.amount{{font-size:2.4rem;margin:.4rem 0}}button{{font-size:1.1rem;padding:.7rem 1.4rem;margin:.3rem .3rem 0 0;border:0;border-radius:.4rem;cursor:pointer}}\
-.pay{{background:#07c160;color:#fff}}.fail{{background:#eee}}.note{{color:#777;font-size:.85rem;word-break:break-all}}</style></head><body>{body}</body></html>"
-    ))
-}
-
-fn by_prepay(sim: &Simulator, prepay_id: &str) -> Option<Loc> {
-    let (shard, slot) = ids::parse_prepay_id(prepay_id)?;
-    let mut g = sim.inner.store.lock(shard);
-    g.get(slot)
-        .filter(|o| &*o.prepay_id == prepay_id)
-        .map(|_| Loc { shard, slot })
-}
-
-async fn checkout(State(sim): State<Simulator>, Path(prepay_id): Path<String>) -> Response {
-    let Some(loc) = by_prepay(&sim, &prepay_id) else {
-        return (
-            StatusCode::NOT_FOUND,
-            checkout_page(
-                "微信支付",
-                "<h1>订单不存在</h1><p>This prepay_id is unknown or was replaced.</p>",
-            ),
-        )
-            .into_response();
-    };
-    let Some(v) = view_at(&sim, loc) else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    let state = if v.trade_state == "NOTPAY" {
-        "<form method=\"post\"><button class=\"pay\" name=\"outcome\" value=\"success\">支付 Pay</button>\
-<button class=\"fail\" name=\"outcome\" value=\"fail\">支付失败 Fail</button></form>"
-            .to_owned()
-    } else {
-        format!("<p>状态 State: <b>{}</b></p>", escape(&v.trade_state))
-    };
-    let body = format!(
-        "<p class=\"note\">WeChat Pay simulator · 商户号 {}</p><h1>{}</h1><p class=\"amount\">¥{}</p>{}<p class=\"note\">out_trade_no {}<br>prepay_id {}</p>",
-        escape(&v.mch_id),
-        escape(&v.body),
-        v.total_fee.to_yuan(),
-        state,
-        escape(&v.out_trade_no),
-        escape(&prepay_id)
-    );
-    checkout_page("微信支付", &body).into_response()
-}
-
-#[derive(Deserialize)]
-struct CheckoutForm {
-    outcome: Option<String>,
-}
-
-async fn checkout_pay(
-    State(sim): State<Simulator>,
-    Path(prepay_id): Path<String>,
-    Form(form): Form<CheckoutForm>,
-) -> Response {
-    let Some(loc) = by_prepay(&sim, &prepay_id) else {
-        return (StatusCode::NOT_FOUND, checkout_page("微信支付", "<h1>订单不存在</h1>")).into_response();
-    };
-    let success = form.outcome.as_deref() != Some("fail");
-    let (status, message) = match pay_and_notify(&sim, loc, success, Some(&prepay_id)) {
-        Ok(()) if success => (
-            StatusCode::OK,
-            "<h1>支付成功</h1><p>Paid. The merchant is being notified.</p>".to_owned(),
-        ),
-        Ok(()) => (
-            StatusCode::OK,
-            "<h1>支付失败</h1><p>The payment failed (simulated).</p>".to_owned(),
-        ),
-        Err(e) => (
-            StatusCode::CONFLICT,
-            format!("<h1>无法支付</h1><p>{}</p>", escape(&e.to_string())),
-        ),
-    };
-    (status, checkout_page("微信支付", &message)).into_response()
-}
-
 async fn health(State(sim): State<Simulator>) -> Response {
     Json(serde_json::json!({
         "status": "ok",
@@ -600,9 +512,9 @@ pub(crate) fn router() -> Router<Simulator> {
             "/simulator/refunds/{out_refund_no}/complete",
             post(complete_refund_endpoint),
         )
-        .route("/simulator/checkout/{prepay_id}", get(checkout).post(checkout_pay))
         .route("/simulator/sink", post(sink))
         .route("/simulator/v3/rotate", post(rotate_endpoint))
         .route("/simulator/v3/retire", post(retire_endpoint))
         .route("/simulator/health", get(health))
+        .merge(crate::checkout::router())
 }

@@ -21,6 +21,7 @@
 //! ```
 
 mod bill;
+mod checkout;
 mod config;
 mod control;
 mod faults;

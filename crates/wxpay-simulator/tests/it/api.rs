@@ -430,6 +430,30 @@ async fn the_checkout_page_pays_the_order_of_its_prepay_id() {
         .await
         .unwrap();
     assert!(page.contains("¥12.34") && page.contains("<form"), "{page}");
+    // English by default, Chinese for a browser that asks for it first.
+    assert!(
+        page.contains("<button class=\"pay\" name=\"outcome\" value=\"success\">Pay</button>"),
+        "{page}"
+    );
+    let zh = env
+        .http
+        .get(env.url(&format!("/simulator/checkout/{}", r.prepay_id)))
+        .header("accept-language", "zh-CN,zh;q=0.9")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        zh.contains("<html lang=\"zh\">") && zh.contains(">支付</button>"),
+        "{zh}"
+    );
+    // An APIv2 order is offered APIv2's notification faults only.
+    assert!(
+        page.contains("value=\"notify_duplicate\"") && !page.contains("value=\"notify_probe\""),
+        "{page}"
+    );
     let paid = env
         .http
         .post(env.url(&format!("/simulator/checkout/{}", r.prepay_id)))

@@ -102,6 +102,43 @@ async fn duplicated_notifications_arrive_together() {
 }
 
 #[tokio::test]
+async fn the_checkout_pays_with_a_fault_in_the_notification_one_click_away() {
+    let env = spawn().await;
+    let r = env.create("no-f-checkout", 1).await;
+    let page = env
+        .http
+        .post(env.url(&format!("/simulator/checkout/{}?lang=zh", r.prepay_id)))
+        .form(&[("outcome", "success"), ("fault", "notify_duplicate")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("支付成功") && page.contains("已注入故障"), "{page}");
+    eventually("five copies", || async { env.receiver.received().len() == 5 }).await;
+    // The rule was for this order's notification only, and it is spent.
+    assert_eq!(env.get_json("/simulator/faults").await["faults"], serde_json::json!([]));
+
+    // A fault the page does not offer (an answer fault, or APIv3's on an APIv2 order) is
+    // refused, and nothing is paid.
+    let other = env.create("no-f-checkout-2", 1).await;
+    for fault in ["system_error", "notify_probe", "nonsense"] {
+        let refused = env
+            .http
+            .post(env.url(&format!("/simulator/checkout/{}", other.prepay_id)))
+            .form(&[("outcome", "success"), ("fault", fault)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400, "{fault}");
+    }
+    assert_eq!(
+        env.get_json("/simulator/orders/no-f-checkout-2").await["trade_state"],
+        "NOTPAY"
+    );
+}
+
+#[tokio::test]
 async fn reordered_notifications_arrive_in_reverse() {
     let env = spawn().await;
     env.fault(serde_json::json!({"kind": "notify_reorder", "count": 2}))

@@ -273,7 +273,7 @@ async fn check_one(app: &Service, order: Order) {
     };
     let store = &app.inner.store;
     let now = app.now();
-    let result = provider.query_payment(&order.out_trade_no).await;
+    let result = app.query(provider, &order).await;
     let order = match result {
         Ok(state) => {
             let paid = matches!(state, PaymentState::Paid { .. });

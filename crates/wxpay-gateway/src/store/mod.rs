@@ -1050,16 +1050,29 @@ pub struct Notice {
     pub body_sha256: Option<String>,
 }
 
-/// The undelivered events, the next due first (`?1`: how many), for both engines: the
-/// partial index `outbox_due` holds exactly these rows, in this order.
+/// The columns of a [`Delivery`], in its fields' order, for both engines.
 /// (`attempts` is an `INTEGER`, four bytes on PostgreSQL: widened here for both.)
-pub(crate) const UNDELIVERED: &str = "SELECT x.id, x.type, o.out_trade_no, o.merchant, x.created_at, CAST(x.attempts AS BIGINT), \
-     x.next_attempt_at, x.last_error FROM outbox x LEFT JOIN orders o ON o.id = x.order_id \
-     WHERE x.delivered_at IS NULL ORDER BY x.next_attempt_at LIMIT ?1";
+macro_rules! delivery_select {
+    () => {
+        "SELECT x.id, x.type, o.out_trade_no, o.merchant, x.created_at, CAST(x.attempts AS BIGINT), \
+         x.next_attempt_at, x.last_error, x.delivered_at FROM outbox x LEFT JOIN orders o ON o.id = x.order_id "
+    };
+}
 
-/// An event of the outbox not delivered yet, as the console lists it.
+/// The undelivered events, the next due first (`?1`: how many): the partial index
+/// `outbox_due` holds exactly these rows, in this order.
+pub(crate) const UNDELIVERED: &str = concat!(
+    delivery_select!(),
+    "WHERE x.delivered_at IS NULL ORDER BY x.next_attempt_at LIMIT ?1"
+);
+
+/// Every event about one order (`?1`: its id), oldest first, through `outbox_by_order`.
+pub(crate) const DELIVERIES_OF_ORDER: &str =
+    concat!(delivery_select!(), "WHERE x.order_id = ?1 ORDER BY x.created_at, x.id");
+
+/// An event of the outbox and how its delivery to the webhook went, as the console shows it.
 #[derive(Clone, Debug)]
-pub struct Undelivered {
+pub struct Delivery {
     /// The event id.
     pub id: String,
     /// `order.paid`, `order.closed`, …
@@ -1076,6 +1089,8 @@ pub struct Undelivered {
     pub next_attempt_at: Millis,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
+    /// When the webhook took it (a 2xx), if it has.
+    pub delivered_at: Option<Millis>,
 }
 
 /// Figures for the metrics.
@@ -1263,7 +1278,10 @@ pub trait Store: Send + Sync + 'static {
     fn notifications(&self, of: NoticesOf, limit: u32) -> Fut<'_, Vec<Notice>>;
 
     /// The events not delivered yet, the next due first, with their order's number.
-    fn undelivered(&self, limit: u32) -> Fut<'_, Vec<Undelivered>>;
+    fn undelivered(&self, limit: u32) -> Fut<'_, Vec<Delivery>>;
+
+    /// Every event about an order, delivered or not, oldest first.
+    fn deliveries(&self, order_id: i64) -> Fut<'_, Vec<Delivery>>;
 
     /// Makes an undelivered event due at `now` (an operator's retry), unless its next attempt
     /// is due by `lease_end` (`now` plus the delivery lease) anyway: a claimed event waits

@@ -21,10 +21,11 @@ use super::rules::{
     refund_refused, refund_verdict,
 };
 use super::{
-    Created, DailyClaim, Event, FilterValue, Fut, IdemClaim, IdemKey, ImportedRefund, KeptCertificate, NewOrder,
-    NewRefund, Notice, NoticesOf, NotificationRecord, Order, OrderFilter, OrderStatus, OutboxEvent, Payment,
-    PaymentOutcome, ReconciliationRecord, Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement,
-    Stats, Store, StoreError, UNDELIVERED, Undelivered, Verdict, col, event_id, event_payload, refund_event_payload,
+    Created, DELIVERIES_OF_ORDER, DailyClaim, Delivery, Event, FilterValue, Fut, IdemClaim, IdemKey, ImportedRefund,
+    KeptCertificate, NewOrder, NewRefund, Notice, NoticesOf, NotificationRecord, Order, OrderFilter, OrderStatus,
+    OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated, RefundOutcome, RefundResult,
+    RefundStatus, Settlement, Stats, Store, StoreError, UNDELIVERED, Verdict, col, event_id, event_payload,
+    refund_event_payload,
 };
 use super::{Daily, RECONCILIATIONS, ReconciliationRun, daily_sql, merge_daily};
 use crate::store::Damaged;
@@ -56,6 +57,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (6, include_str!("../../migrations/sqlite/0006_order_search.sql")),
     (7, include_str!("../../migrations/sqlite/0007_notification_reads.sql")),
+    (8, include_str!("../../migrations/sqlite/0008_deliveries_by_order.sql")),
 ];
 
 /// The most writes committed together.
@@ -420,6 +422,21 @@ fn order_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Order> {
 /// A column's typed value, or rusqlite's error for a value of the wrong kind.
 fn typed<T>(column: usize, kind: Type, v: Result<T, Damaged>) -> rusqlite::Result<T> {
     v.map_err(|e| rusqlite::Error::FromSqlConversionFailure(column, kind, Box::new(e)))
+}
+
+/// A row of [`UNDELIVERED`] or [`DELIVERIES_OF_ORDER`].
+fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
+    Ok(Delivery {
+        id: r.get(0)?,
+        event_type: r.get(1)?,
+        out_trade_no: r.get(2)?,
+        merchant: r.get(3)?,
+        created_at: r.get(4)?,
+        attempts: r.get(5)?,
+        next_attempt_at: r.get(6)?,
+        last_error: r.get(7)?,
+        delivered_at: r.get(8)?,
+    })
 }
 
 fn order_by_id(conn: &Connection, id: i64) -> Result<Order, StoreError> {
@@ -1229,21 +1246,18 @@ impl Store for SqliteStore {
         })
     }
 
-    fn undelivered(&self, limit: u32) -> Fut<'_, Vec<Undelivered>> {
+    fn undelivered(&self, limit: u32) -> Fut<'_, Vec<Delivery>> {
         self.read(move |c| {
             let mut st = c.prepare_cached(UNDELIVERED)?;
-            let rows = st.query_map(params![limit], |r| {
-                Ok(Undelivered {
-                    id: r.get(0)?,
-                    event_type: r.get(1)?,
-                    out_trade_no: r.get(2)?,
-                    merchant: r.get(3)?,
-                    created_at: r.get(4)?,
-                    attempts: r.get(5)?,
-                    next_attempt_at: r.get(6)?,
-                    last_error: r.get(7)?,
-                })
-            })?;
+            let rows = st.query_map(params![limit], delivery_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn deliveries(&self, order_id: i64) -> Fut<'_, Vec<Delivery>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(DELIVERIES_OF_ORDER)?;
+            let rows = st.query_map(params![order_id], delivery_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }

@@ -7,7 +7,7 @@ use reqwest::header::{ACCEPT_LANGUAGE, COOKIE, LOCATION, SET_COOKIE};
 use reqwest::{Response, StatusCode};
 
 use crate::support::engines;
-use crate::support::{Options, TestApp, TestDb, paid_notification, spawn_app};
+use crate::support::{Options, TestApp, TestDb, paid_notification, spawn_app, with_jobs_and_webhook};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -327,14 +327,14 @@ async fn an_order_is_found_by_its_numbers_or_openid_and_shows_its_timeline(db: T
     );
     assert!(page.contains("4200000000000000000000000042"), "{page}");
     assert!(
-        page.contains("Timeline") && page.contains("<td>paid</td>"),
+        page.contains("Timeline") && page.contains("<td>Paid</td>"),
         "the paid event: {page}"
     );
     // The unpaid one links to the simulator's checkout (the demo's), the paid one no more.
     let prepay = other["prepay_id"].as_str().unwrap();
     let (_, page, _) = b.get(&format!("/console/orders/{other_no}?merchant=default")).await;
     assert!(
-        page.contains(&format!("href=\"/simulator/checkout/{prepay}\"")),
+        page.contains(&format!("href=\"/simulator/checkout/{prepay}?lang=en\"")),
         "{page}"
     );
     let (_, page, _) = b.get(&format!("/console/orders/{no}?merchant=default")).await;
@@ -477,9 +477,70 @@ async fn an_undelivered_event_is_listed_and_retried_now_on_request(db: TestDb) {
     // Due now, it is not released again (it may be in a deliverer's hands).
     assert_eq!(b.post(&action, &[("csrf", &csrf)]).await.0, 404, "due already");
     assert!(page.contains("No [webhook] is configured"), "{page}");
+    // The order's timeline says how its delivery is going.
+    let (_, page, _) = b.get("/console/orders/COUT000001?merchant=default").await;
+    assert!(
+        page.contains("Webhook <code>order.paid</code>")
+            && page.contains("not delivered yet")
+            && page.contains("503 from the receiver"),
+        "{page}"
+    );
     t.stop().await;
 }
 engines!(an_undelivered_event_is_listed_and_retried_now_on_request);
+
+async fn an_orders_timeline_shows_its_queries_and_its_webhook_deliveries(db: TestDb) {
+    let t = spawn_app(
+        db,
+        Options {
+            console_password: Some(PASSWORD),
+            ..with_jobs_and_webhook()
+        },
+    )
+    .await;
+    let o = t.create(crate::support::order_body(600)).await;
+    let no = o["out_trade_no"].as_str().unwrap().to_owned();
+    // Unpaid, the order is checked with WeChat Pay, which says NOTPAY: that changes nothing,
+    // yet the operator sees the call.
+    crate::support::eventually("a check of the unpaid order is on its history", async || {
+        t.order(&no).await["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "queried" && e["detail"]["trade_state"] == "NOTPAY")
+    })
+    .await;
+    t.sim_pay(serde_json::json!({"out_trade_no": no})).await;
+    t.wait_status(&no, "paid").await;
+    let hook = t.webhook.clone();
+    crate::support::eventually("order.paid is delivered", async || {
+        hook.delivered().iter().any(|e| e["type"] == "order.paid")
+    })
+    .await;
+    t.outbox_drained().await;
+
+    let mut b = Browser::new(&t);
+    b.sign_in(PASSWORD).await;
+    let path = format!("/console/orders/{no}?merchant=default");
+    let (_, page, _) = b.get(&path).await;
+    for needle in [
+        "<td>Order created</td>",
+        "<td>Placed with WeChat Pay (prepay_id)</td>",
+        "<td>Queried WeChat Pay</td>",
+        "NOTPAY",
+        "<td>Paid</td>",
+        "Webhook <code>order.paid</code>",
+        "<span class=\"st paid\">delivered</span> Attempts: 1",
+    ] {
+        assert!(page.contains(needle), "{needle}: {page}");
+    }
+    let (_, page, _) = b.get(&format!("{path}&lang=zh")).await;
+    for needle in ["<td>向微信支付查询订单</td>", "<td>支付成功</td>", "已送达"] {
+        assert!(page.contains(needle), "{needle}: {page}");
+    }
+    t.stop().await;
+}
+engines!(an_orders_timeline_shows_its_queries_and_its_webhook_deliveries);
 
 async fn notifications_show_on_the_timeline_and_rejected_ones_on_their_page(db: TestDb) {
     let t = spawn_app(db, with_console()).await;

@@ -43,7 +43,7 @@ use crate::service::numbers::Numbers;
 use crate::service::orders::OrderDetail;
 use crate::service::reconcile::Day;
 use crate::service::refunds::RefundRequest;
-use crate::store::{Daily, NoticesOf, Order, OrderFilter, OrderStatus, RefundStatus};
+use crate::store::{Daily, Delivery, NoticesOf, Order, OrderFilter, OrderStatus, RefundStatus};
 use crate::time::Millis;
 
 /// Orders on one page of the list.
@@ -641,31 +641,29 @@ async fn order(
         details = w.details,
     ));
     // The order's events and every notification that named it, in the order they happened.
-    let notices = match app
-        .store()
-        .notifications(
-            NoticesOf::Order {
-                merchant: o.merchant.clone(),
-                out_trade_no: o.out_trade_no.as_str().to_owned(),
-            },
-            TIMELINE_NOTICES,
-        )
-        .await
-    {
-        Ok(n) => n,
-        Err(e) => return me.server_error(&ServiceError::Store(e)),
+    // Its calls to WeChat Pay are among its events; its webhook deliveries are in the outbox.
+    let store = app.store();
+    let of_order = NoticesOf::Order {
+        merchant: o.merchant.clone(),
+        out_trade_no: o.out_trade_no.as_str().to_owned(),
     };
+    let (notices, deliveries) =
+        match tokio::try_join!(store.notifications(of_order, TIMELINE_NOTICES), store.deliveries(o.id)) {
+            Ok(found) => found,
+            Err(e) => return me.server_error(&ServiceError::Store(e)),
+        };
     let mut rows: Vec<(Millis, String, String)> = detail
         .events
         .iter()
         .map(|e| {
             (
                 e.at,
-                esc(&e.kind),
+                esc(w.event(&e.kind)),
                 format!("<code>{}</code>", esc(&e.detail.to_string())),
             )
         })
         .collect();
+    rows.extend(deliveries.iter().map(|d| delivery_row(w, d)));
     rows.extend(notices.iter().map(|n| {
         let verdict = format!("<span class=\"st {v}\">{v}</span>", v = esc(&n.verdict));
         let reason = n.reason.as_deref().map_or(String::new(), |r| format!(" {}", esc(r)));
@@ -706,10 +704,12 @@ async fn order(
         body.push_str("</table>");
     }
     if let (OrderStatus::Pending, Some(prepay), true) = (o.status, &o.prepay_id, me.cx.console.simulator_checkout) {
-        // In the demo the simulator plays WeChat: its checkout pays or fails this order.
+        // In the demo the simulator plays WeChat: its checkout pays or fails this order, or
+        // pays it with a fault in the notification.
         body.push_str(&format!(
-            "<p><a href=\"/simulator/checkout/{}\">{}</a></p>",
+            "<p><a href=\"/simulator/checkout/{}?lang={}\">{}</a></p>",
             esc(&percent(prepay)),
+            me.cx.lang.code(),
             w.simulator_checkout
         ));
     }
@@ -730,6 +730,38 @@ async fn order(
         ));
     }
     me.page(StatusCode::OK, &out_trade_no, &body)
+}
+
+/// A webhook delivery on an order's timeline: when it was taken, or how it is going.
+fn delivery_row(w: &page::Words, d: &Delivery) -> (Millis, String, String) {
+    let what = format!("{} <code>{}</code>", w.webhook, esc(&d.event_type));
+    match d.delivered_at {
+        Some(at) => (
+            at,
+            what,
+            format!(
+                "<span class=\"st paid\">{}</span> {}: {}",
+                w.delivered, w.attempts, d.attempts
+            ),
+        ),
+        None => {
+            let error = d.last_error.as_deref().map_or(String::new(), |e| {
+                format!(" · {}: <span class=\"error\">{}</span>", w.last_error, esc(e))
+            });
+            (
+                d.created_at,
+                what,
+                format!(
+                    "<span class=\"st pending\">{}</span> {}: {}{error} · {}: {}",
+                    w.not_delivered,
+                    w.attempts,
+                    d.attempts,
+                    w.next_attempt,
+                    beijing(d.next_attempt_at)
+                ),
+            )
+        }
+    }
 }
 
 /// What is left to refund of an order, in fen: none unless it is paid, and a pending refund

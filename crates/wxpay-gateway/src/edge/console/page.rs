@@ -160,7 +160,12 @@ pub(crate) struct Words {
     pub(crate) peer: &'static str,
     pub(crate) why: &'static str,
     pub(crate) body: &'static str,
+    pub(crate) webhook: &'static str,
+    pub(crate) delivered: &'static str,
+    pub(crate) not_delivered: &'static str,
     pub(crate) status_names: [(&'static str, &'static str); 5],
+    /// An order's events by kind, as its timeline names them.
+    pub(crate) event_names: [(&'static str, &'static str); 16],
     pub(crate) refund_status_names: [(&'static str, &'static str); 3],
 }
 
@@ -224,7 +229,7 @@ static ZH: Words = Words {
     last_error: "上次失败原因",
     retry_now: "立即重试",
     notification: "通知",
-    simulator_checkout: "在模拟器的收银台支付（或让支付失败）",
+    simulator_checkout: "在模拟器的收银台支付、让支付失败，或注入通知故障",
     today: "今天（北京时间）创建的订单，以及今天被拒绝的通知",
     reconciliations: "对账",
     reconciliations_explained: "每一次把微信支付对账单与数据库逐笔核对的记录：手动执行的 wxpay reconcile 和每天自动执行的对账。",
@@ -254,6 +259,27 @@ static ZH: Words = Words {
         ("refunded", "已全额退款"),
     ],
     refund_status_names: [("pending", "处理中"), ("succeeded", "退款成功"), ("failed", "退款失败")],
+    webhook: "Webhook 推送",
+    delivered: "已送达",
+    not_delivered: "尚未送达",
+    event_names: [
+        ("created", "订单已创建"),
+        ("prepay", "微信支付下单成功（prepay_id）"),
+        ("upstream_rejected", "微信支付拒绝下单"),
+        ("upstream_unknown", "下单无应答（结果未知）"),
+        ("paid", "支付成功"),
+        ("closed", "订单已关闭"),
+        ("failed", "支付失败"),
+        ("queried", "向微信支付查询订单"),
+        ("close_failed", "关闭订单失败"),
+        ("refund_requested", "发起退款"),
+        ("refund_accepted", "微信支付受理退款"),
+        ("refund_upstream_unknown", "退款申请无应答（结果未知）"),
+        ("refund_succeeded", "退款成功"),
+        ("refund_failed", "退款失败"),
+        ("refund_imported", "从对账单导入退款"),
+        ("reconciled", "对账修复"),
+    ],
 };
 
 static EN: Words = Words {
@@ -316,7 +342,7 @@ static EN: Words = Words {
     last_error: "Last error",
     retry_now: "Retry now",
     notification: "notification",
-    simulator_checkout: "Pay it (or fail it) on the simulator's checkout",
+    simulator_checkout: "Pay it, fail it, or pay it with a faulty notification, on the simulator's checkout",
     today: "Orders created today (Beijing time), and notifications rejected today",
     reconciliations: "Reconciliations",
     reconciliations_explained: "Each time a day's WeChat Pay bill was compared with the database, order by order and refund by refund: runs of wxpay reconcile and the daily one.",
@@ -346,6 +372,30 @@ static EN: Words = Words {
         ("refunded", "refunded"),
     ],
     refund_status_names: [("pending", "pending"), ("succeeded", "succeeded"), ("failed", "failed")],
+    webhook: "Webhook",
+    delivered: "delivered",
+    not_delivered: "not delivered yet",
+    event_names: [
+        ("created", "Order created"),
+        ("prepay", "Placed with WeChat Pay (prepay_id)"),
+        ("upstream_rejected", "WeChat Pay refused the order"),
+        ("upstream_unknown", "Placing it got no answer (outcome unknown)"),
+        ("paid", "Paid"),
+        ("closed", "Closed"),
+        ("failed", "Payment failed"),
+        ("queried", "Queried WeChat Pay"),
+        ("close_failed", "Closing it failed"),
+        ("refund_requested", "Refund asked for"),
+        ("refund_accepted", "WeChat Pay accepted the refund"),
+        (
+            "refund_upstream_unknown",
+            "Asking for the refund got no answer (outcome unknown)",
+        ),
+        ("refund_succeeded", "Refund succeeded"),
+        ("refund_failed", "Refund failed"),
+        ("refund_imported", "Refund imported from the bill"),
+        ("reconciled", "Repaired by reconciliation"),
+    ],
 };
 
 impl Words {
@@ -357,6 +407,15 @@ impl Words {
     /// The name of a refund's status in this language.
     pub(crate) fn refund_status(&self, status: &str) -> &'static str {
         name_of(&self.refund_status_names, status)
+    }
+
+    /// The name of an order event's kind in this language, or the kind itself for one this
+    /// console does not know (written by a newer gateway on the same database).
+    pub(crate) fn event<'k>(&self, kind: &'k str) -> &'k str {
+        self.event_names
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(kind, |(_, name)| name)
     }
 }
 

@@ -24,6 +24,10 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         8,
         include_str!("../../../migrations/postgres/0008_notification_reads.sql"),
     ),
+    (
+        9,
+        include_str!("../../../migrations/postgres/0009_deliveries_by_order.sql"),
+    ),
 ];
 /// The advisory lock that serialises migrations of several gateways starting together.
 pub(super) const MIGRATION_LOCK: i64 = 0x7778_7061_7900;

@@ -6,7 +6,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::PgStore;
 use super::batch::{CreateJob, PaymentJob, PrepayJob, apply_one, create_one, prepay_one};
 use super::refunds::{apply_refund, create_refund, import_refund, settle_refund};
-use super::rows::{ORDER_COLUMNS, REFUND_COLUMNS, order_by_number_sql, order_row, refund_row};
+use super::rows::{self, ORDER_COLUMNS, REFUND_COLUMNS, order_by_number_sql, order_row, refund_row};
 use super::tx::{
     add_event, claim_due, claimed, insert_notification, lock_order_of_refund, order_by_id, refund_by_id, schedule,
     transition,
@@ -14,10 +14,10 @@ use super::tx::{
 use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 
 use crate::store::{
-    Created, DailyClaim, Event, FilterValue, Fut, IdemClaim, IdemKey, ImportedRefund, KeptCertificate, NewOrder,
-    NewRefund, Notice, NoticesOf, NotificationRecord, Order, OrderFilter, OrderStatus, OutboxEvent, Payment,
-    PaymentOutcome, ReconciliationRecord, Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Settlement,
-    Stats, Store, StoreError, UNDELIVERED, Undelivered,
+    Created, DELIVERIES_OF_ORDER, DailyClaim, Delivery, Event, FilterValue, Fut, IdemClaim, IdemKey, ImportedRefund,
+    KeptCertificate, NewOrder, NewRefund, Notice, NoticesOf, NotificationRecord, Order, OrderFilter, OrderStatus,
+    OutboxEvent, Payment, PaymentOutcome, ReconciliationRecord, Refund, RefundCreated, RefundOutcome, RefundResult,
+    RefundStatus, Settlement, Stats, Store, StoreError, UNDELIVERED,
 };
 use crate::store::{Daily, RECONCILIATIONS, ReconciliationRun, daily_sql, merge_daily};
 use crate::time::Millis;
@@ -476,26 +476,23 @@ impl Store for PgStore {
         })
     }
 
-    fn undelivered(&self, limit: u32) -> Fut<'_, Vec<Undelivered>> {
+    fn undelivered(&self, limit: u32) -> Fut<'_, Vec<Delivery>> {
         Box::pin(async move {
             let rows = sqlx::query(sqlx::AssertSqlSafe(UNDELIVERED.replace("?1", "$1")))
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)
                 .await?;
-            rows.iter()
-                .map(|r| {
-                    Ok(Undelivered {
-                        id: r.try_get(0)?,
-                        event_type: r.try_get(1)?,
-                        out_trade_no: r.try_get(2)?,
-                        merchant: r.try_get(3)?,
-                        created_at: r.try_get(4)?,
-                        attempts: r.try_get(5)?,
-                        next_attempt_at: r.try_get(6)?,
-                        last_error: r.try_get(7)?,
-                    })
-                })
-                .collect()
+            rows.iter().map(rows::delivery_row).collect()
+        })
+    }
+
+    fn deliveries(&self, order_id: i64) -> Fut<'_, Vec<Delivery>> {
+        Box::pin(async move {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(DELIVERIES_OF_ORDER.replace("?1", "$1")))
+                .bind(order_id)
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter().map(rows::delivery_row).collect()
         })
     }
 

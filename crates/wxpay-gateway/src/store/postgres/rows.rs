@@ -7,7 +7,7 @@ use sqlx::postgres::{PgArgumentBuffer, PgRow, PgTypeInfo, PgValueRef, Postgres};
 
 use crate::time::Millis;
 
-use crate::store::{Order, Refund, StoreError, col};
+use crate::store::{Delivery, Order, Refund, StoreError, col};
 
 pub(super) const ORDER_COLUMNS: &str = "id, merchant, out_trade_no, appid, mch_id, description, amount_fen, refunded_fen, openid, attach, \
 client_ip, status, upstream, upstream_error, prepay_id, prepay_at, transaction_id, created_at, updated_at, expires_at, paid_at, \
@@ -106,4 +106,19 @@ impl sqlx::Decode<'_, Postgres> for Millis {
     fn decode(value: PgValueRef<'_>) -> Result<Self, BoxDynError> {
         <i64 as sqlx::Decode<'_, Postgres>>::decode(value).map(Millis::from_unix_ms)
     }
+}
+
+/// A row of `UNDELIVERED` or `DELIVERIES_OF_ORDER`.
+pub(super) fn delivery_row(r: &PgRow) -> Result<Delivery, StoreError> {
+    Ok(Delivery {
+        id: r.try_get(0)?,
+        event_type: r.try_get(1)?,
+        out_trade_no: r.try_get(2)?,
+        merchant: r.try_get(3)?,
+        created_at: r.try_get(4)?,
+        attempts: r.try_get(5)?,
+        next_attempt_at: r.try_get(6)?,
+        last_error: r.try_get(7)?,
+        delivered_at: r.try_get(8)?,
+    })
 }

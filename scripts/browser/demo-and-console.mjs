@@ -59,7 +59,8 @@ try {
   await page.click(`a:has-text("${no}")`);
   assert.match(await page.textContent("h1"), new RegExp(no));
   const timeline = await page.textContent("table");
-  assert.match(timeline, /paid/);
+  assert.match(timeline, /Placed with WeChat Pay/);
+  assert.match(timeline, /Paid/);
   assert.match(timeline, /notification \(payment\)\s*applied/, "the notification, applied");
   await shot(page, "3-console-order");
   ok("the order is found by its number and its timeline shows the notification");
@@ -89,6 +90,9 @@ try {
   }
   ok("the outbox page shows nothing waiting");
   await page.goBack();
+  await page.reload();
+  assert.match(await page.textContent("table"), /Webhook\s*order\.paid\s*delivered/);
+  ok("the order's timeline shows its webhook event delivered");
 
   // The language: Chinese on the switch, kept on the next page.
   await page.click("a.lang");
@@ -139,6 +143,50 @@ try {
   await zhPage.goto(`${BASE}/console/login`);
   assert.match(await zhPage.textContent("h1"), /登录/);
   ok("a Chinese browser gets the console in Chinese");
+
+  // The demo in Chinese, paid with a fault one click away on the checkout: the same
+  // notification five times at once. The gateway applies one and calls the rest duplicates.
+  await zhPage.goto(`${BASE}/demo`);
+  assert.match(await zhPage.textContent("h1"), /wxpay 演示/);
+  await zhPage.click("#login");
+  await zhPage.locator("button.item:not([disabled])").first().click();
+  // The button names the amount once the backend has placed the order.
+  await zhPage.waitForFunction(() => /^支付 ¥/.test(document.getElementById("pay").textContent));
+  await zhPage.click("#pay");
+  const checkout = zhPage.frameLocator("#checkout");
+  assert.equal((await checkout.locator("button.pay").textContent()).trim(), "支付");
+  await checkout.locator("button[value=notify_duplicate]").click();
+  await zhPage.locator("#status.paid").waitFor();
+  assert.match(await zhPage.textContent("#status"), /支付成功/);
+  const faulty = (await zhPage.textContent("#order-no")).trim();
+  await shot(zhPage, "8-demo-zh-duplicates");
+  await zhPage.goto(`${BASE}/console/login`);
+  await zhPage.fill("input[name=password]", PASSWORD);
+  await zhPage.click("form button");
+  await zhPage.waitForURL(`${BASE}/console`);
+  await zhPage.goto(`${BASE}/console/orders/${encodeURIComponent(faulty)}?merchant=default`);
+  for (let i = 0; ; i++) {
+    const text = await zhPage.textContent("table");
+    if ((text.match(/重复/g) ?? []).length === 4) {
+      assert.equal((text.match(/已应用/g) ?? []).length, 1, text);
+      break;
+    }
+    assert.ok(i < 20, `four duplicates on the timeline: ${text}`);
+    await zhPage.waitForTimeout(500);
+    await zhPage.reload();
+  }
+  await shot(zhPage, "9-console-zh-duplicates");
+  ok("the Chinese demo pays with five copies of its notification; one is applied");
+
+  // The demo's language switch, remembered.
+  await zhPage.goto(`${BASE}/demo`);
+  await zhPage.click("#lang");
+  assert.match(await zhPage.textContent("h1"), /end to end/);
+  await zhPage.reload();
+  assert.match(await zhPage.textContent("h1"), /end to end/);
+  await zhPage.click("#lang");
+  assert.match(await zhPage.textContent("h1"), /wxpay 演示/);
+  ok("the demo page switches language and remembers it");
   console.log(`all ${step} checks passed; screenshots in ${SHOTS}`);
 } finally {
   await browser.close();

@@ -535,7 +535,13 @@ async fn an_orders_timeline_shows_its_queries_and_its_webhook_deliveries(db: Tes
         assert!(page.contains(needle), "{needle}: {page}");
     }
     let (_, page, _) = b.get(&format!("{path}&lang=zh")).await;
-    for needle in ["<td>向微信支付查询订单</td>", "<td>支付成功</td>", "已送达"] {
+    for needle in [
+        "<td>向微信支付查询订单</td>",
+        "<td>支付成功</td>",
+        "已送达",
+        "通知 (支付)",
+        "<span class=\"st applied\">已应用</span>",
+    ] {
         assert!(page.contains(needle), "{needle}: {page}");
     }
     t.stop().await;

@@ -665,11 +665,15 @@ async fn order(
         .collect();
     rows.extend(deliveries.iter().map(|d| delivery_row(w, d)));
     rows.extend(notices.iter().map(|n| {
-        let verdict = format!("<span class=\"st {v}\">{v}</span>", v = esc(&n.verdict));
+        let verdict = format!(
+            "<span class=\"st {v}\">{name}</span>",
+            v = esc(&n.verdict),
+            name = esc(w.verdict(&n.verdict))
+        );
         let reason = n.reason.as_deref().map_or(String::new(), |r| format!(" {}", esc(r)));
         (
             n.received_at,
-            format!("{} ({})", w.notification, esc(&n.kind)),
+            format!("{} ({})", w.notification, esc(w.notice_kind(&n.kind))),
             format!("{verdict}{reason}"),
         )
     }));
@@ -1062,7 +1066,7 @@ async fn rejections(State(app): State<App>, me: SignedIn) -> Response {
                  <td class=\"error\">{reason}<details><summary>{body_word}</summary><code>{body}</code>\
                  <p>SHA-256 <code>{sha}</code></p></details></td></tr>",
                 when = beijing(n.received_at),
-                kind = esc(&n.kind),
+                kind = esc(w.notice_kind(&n.kind)),
                 merchant = esc(n.merchant.as_deref().unwrap_or("")),
                 no = esc(n.out_trade_no.as_deref().unwrap_or("")),
                 peer = esc(n.peer.as_deref().unwrap_or("")),

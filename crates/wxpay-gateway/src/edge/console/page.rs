@@ -166,6 +166,10 @@ pub(crate) struct Words {
     pub(crate) status_names: [(&'static str, &'static str); 5],
     /// An order's events by kind, as its timeline names them.
     pub(crate) event_names: [(&'static str, &'static str); 16],
+    /// What became of a notification, by verdict.
+    pub(crate) verdict_names: [(&'static str, &'static str); 13],
+    /// Notifications by kind.
+    pub(crate) notice_kinds: [(&'static str, &'static str); 2],
     pub(crate) refund_status_names: [(&'static str, &'static str); 3],
 }
 
@@ -280,6 +284,22 @@ static ZH: Words = Words {
         ("refund_imported", "从对账单导入退款"),
         ("reconciled", "对账修复"),
     ],
+    verdict_names: [
+        ("applied", "已应用"),
+        ("duplicate", "重复"),
+        ("unknown_order", "未知订单"),
+        ("amount_mismatch", "金额不符"),
+        ("transaction_conflict", "交易号冲突"),
+        ("currency_mismatch", "币种不符"),
+        ("payment_failed", "支付失败"),
+        ("unknown_refund", "未知退款"),
+        ("wrong_order", "订单不符"),
+        ("status_conflict", "状态冲突"),
+        ("not_settled", "尚未完成"),
+        ("to_confirm", "待确认"),
+        ("rejected", "已拒绝"),
+    ],
+    notice_kinds: [("payment", "支付"), ("refund", "退款")],
 };
 
 static EN: Words = Words {
@@ -396,6 +416,23 @@ static EN: Words = Words {
         ("refund_imported", "Refund imported from the bill"),
         ("reconciled", "Repaired by reconciliation"),
     ],
+    // Operators and logs share these names, so English keeps them as they are.
+    verdict_names: [
+        ("applied", "applied"),
+        ("duplicate", "duplicate"),
+        ("unknown_order", "unknown_order"),
+        ("amount_mismatch", "amount_mismatch"),
+        ("transaction_conflict", "transaction_conflict"),
+        ("currency_mismatch", "currency_mismatch"),
+        ("payment_failed", "payment_failed"),
+        ("unknown_refund", "unknown_refund"),
+        ("wrong_order", "wrong_order"),
+        ("status_conflict", "status_conflict"),
+        ("not_settled", "not_settled"),
+        ("to_confirm", "to_confirm"),
+        ("rejected", "rejected"),
+    ],
+    notice_kinds: [("payment", "payment"), ("refund", "refund")],
 };
 
 impl Words {
@@ -412,11 +449,24 @@ impl Words {
     /// The name of an order event's kind in this language, or the kind itself for one this
     /// console does not know (written by a newer gateway on the same database).
     pub(crate) fn event<'k>(&self, kind: &'k str) -> &'k str {
-        self.event_names
-            .iter()
-            .find(|(k, _)| *k == kind)
-            .map_or(kind, |(_, name)| name)
+        named(&self.event_names, kind)
     }
+
+    /// The name of a notification's verdict in this language (or the verdict itself).
+    pub(crate) fn verdict<'k>(&self, verdict: &'k str) -> &'k str {
+        named(&self.verdict_names, verdict)
+    }
+
+    /// The name of a notification's kind in this language (or the kind itself).
+    pub(crate) fn notice_kind<'k>(&self, kind: &'k str) -> &'k str {
+        named(&self.notice_kinds, kind)
+    }
+}
+
+/// `key`'s name among `names`, or `key` itself for one written by a newer gateway on the same
+/// database.
+fn named<'k>(names: &[(&'static str, &'static str)], key: &'k str) -> &'k str {
+    names.iter().find(|(k, _)| *k == key).map_or(key, |(_, name)| name)
 }
 
 fn name_of(names: &[(&'static str, &'static str)], status: &str) -> &'static str {

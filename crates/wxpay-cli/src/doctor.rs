@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use wxpay_protocol::lang::Lang;
 use wxpay_protocol::v2::{decrypt_req_info, doctor};
 use wxpay_protocol::{ApiKey, Fields, SignType, sign, xml};
 
@@ -134,8 +135,9 @@ pub(crate) fn verify(args: VerifyArgs) -> Result<(), CliError> {
         }
         _ => read_stdin("give the body to check as FILE")?,
     };
+    let lang = args.lang.chosen();
     if args.v3.v3 {
-        return verify_v3(&args.v3, &body);
+        return verify_v3(&args.v3, &body, lang);
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(CliError::Usage("the body is empty".into()));
@@ -153,7 +155,7 @@ pub(crate) fn verify(args: VerifyArgs) -> Result<(), CliError> {
     }
     let key = raw_key(&args.key)?;
     let report = doctor::diagnose(&body, &key, args.sign_type);
-    emit(&report.to_string());
+    emit(&report.in_lang(lang).to_string());
     if report.verified { Ok(()) } else { Err(CliError::Failed) }
 }
 
@@ -172,7 +174,11 @@ pub(crate) fn decrypt(args: DecryptArgs) -> Result<(), CliError> {
                 Ok(())
             }
             Err(why) => {
-                emit(&format!("FAILED: {why}\n"));
+                let failed = match args.lang.chosen() {
+                    Lang::En => "FAILED: ",
+                    Lang::Zh => "失败：",
+                };
+                emit(&format!("{failed}{}\n", why.get(args.lang.chosen())));
                 Err(CliError::Failed)
             }
         };
@@ -230,7 +236,7 @@ fn apiv3_key(args: &V3Args) -> Result<Option<Vec<u8>>, CliError> {
     args.apiv3_key_file.as_deref().map(read_key_file).transpose()
 }
 
-fn verify_v3(args: &V3Args, input: &[u8]) -> Result<(), CliError> {
+fn verify_v3(args: &V3Args, input: &[u8], lang: Lang) -> Result<(), CliError> {
     use wxpay_protocol::v3::{Certificate, PublicKey, SignatureHeaders, Verifier};
     let (headers, body) = split_message(input);
     if headers.is_empty() {
@@ -268,6 +274,6 @@ fn verify_v3(args: &V3Args, input: &[u8]) -> Result<(), CliError> {
     });
     let key = apiv3_key(args)?;
     let report = wxpay_protocol::v3::doctor::diagnose(&signature, body, &verifier, now, key.as_deref());
-    emit(&report.to_string());
+    emit(&report.in_lang(lang).to_string());
     if report.verified { Ok(()) } else { Err(CliError::Failed) }
 }

@@ -19,6 +19,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use wxpay_protocol::SignType;
+use wxpay_protocol::lang::Lang;
 
 /// wxpay: a self-hosted WeChat Pay gateway for mini program payments.
 #[derive(Debug, Parser)]
@@ -252,8 +253,33 @@ struct V3Args {
     at: Option<i64>,
 }
 
+/// The language the doctor explains itself in.
+#[derive(Debug, Args)]
+struct LangArgs {
+    /// The language of the explanations: en or zh. By default the locale's (LC_ALL,
+    /// LC_MESSAGES, LANG): Chinese for zh_*, English otherwise.
+    #[arg(long, value_name = "LANG", value_parser = ["en", "zh"])]
+    lang: Option<String>,
+}
+
+impl LangArgs {
+    fn chosen(&self) -> Lang {
+        match self.lang.as_deref() {
+            Some("zh") => Lang::Zh,
+            Some(_) => Lang::En,
+            // POSIX's order: LC_ALL overrides LC_MESSAGES, which overrides LANG.
+            None => ["LC_ALL", "LC_MESSAGES", "LANG"]
+                .iter()
+                .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+                .map_or(Lang::En, |locale| Lang::from_locale(&locale)),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 struct VerifyArgs {
+    #[command(flatten)]
+    lang: LangArgs,
     #[command(flatten)]
     v3: V3Args,
     #[command(flatten)]
@@ -269,6 +295,8 @@ struct VerifyArgs {
 
 #[derive(Debug, Args)]
 struct DecryptArgs {
+    #[command(flatten)]
+    lang: LangArgs,
     #[command(flatten)]
     v3: V3Args,
     #[command(flatten)]

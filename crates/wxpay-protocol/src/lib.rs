@@ -31,6 +31,7 @@
 
 mod error;
 mod fields;
+pub mod lang;
 pub mod sign;
 pub mod sns;
 mod types;

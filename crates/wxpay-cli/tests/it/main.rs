@@ -25,10 +25,12 @@ pub(crate) struct Run {
 
 /// The built `wxpay` binary as a command that inherits no `WXPAY_*` variable: a developer's
 /// `WXPAY_DATABASE_URL` or `WXPAY_CONFIG` must never point a test at a real database or
-/// another configuration. Tests set the ones they mean with `.env`.
+/// another configuration. Tests set the ones they mean with `.env`. Its locale is `C`, so
+/// that the doctor explains itself in English on a Chinese developer's machine too.
 pub(crate) fn wxpay_command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxpay"));
     without_wxpay_vars(&mut cmd, std::env::vars_os().map(|(k, _)| k));
+    cmd.env_remove("LC_ALL").env_remove("LC_MESSAGES").env("LANG", "C");
     cmd
 }
 
@@ -306,6 +308,33 @@ fn verify_names_the_cause_of_each_classic_mistake() {
 }
 
 #[test]
+fn verify_explains_in_chinese_for_a_chinese_locale_or_when_asked() {
+    let r = wxpay(
+        &["verify", "--key", KEY, "--sign-type", "MD5", "--lang", "zh"],
+        Some(&fixture("cli/official-hmac.xml")),
+        &[],
+    );
+    assert_eq!(r.code, 1);
+    for needle in [
+        "失败：签名验证不通过（MD5）。",
+        "原因（已确认：按此解释能复现收到的签名）：",
+        "报文是用 HMAC-SHA256 签名的，但你用 MD5 验签",
+        "参与签名的字符串（其后接 &key=<API 密钥>）：",
+    ] {
+        assert!(r.stdout.contains(needle), "{needle}: {}", r.stdout);
+    }
+    let r = wxpay(
+        &["verify", "--key", KEY],
+        Some(&fixture("cli/official-md5.xml")),
+        &[("LC_MESSAGES", "zh_CN.UTF-8")],
+    );
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.starts_with("通过："), "{}", r.stdout);
+    let r = wxpay(&["verify", "--key", KEY, "--lang", "fr"], Some(b"<xml/>"), &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
+
+#[test]
 fn verify_refuses_an_empty_body() {
     let r = wxpay(&["verify", "--key", KEY], Some(b"  \n"), &[]);
     assert_eq!(r.code, 2);
@@ -401,6 +430,30 @@ fn verify_v3_checks_a_notification_as_received_and_names_a_reformatted_body() {
     );
     assert_eq!(late.code, 1);
     assert!(late.stdout.contains("genuine"), "{}", late.stdout);
+    // In Chinese, by the locale or by --lang (which wins).
+    let file = testdata("cli/v3-notify-reformatted.http");
+    let args = [
+        "verify",
+        "--v3",
+        "--platform-cert",
+        cert.to_str().unwrap(),
+        "--at",
+        at,
+        file.to_str().unwrap(),
+    ];
+    let zh = wxpay(&args, None, &[("LANG", "zh_CN.UTF-8")]);
+    assert_eq!(zh.code, 1);
+    assert!(
+        zh.stdout.starts_with("失败：") && zh.stdout.contains("被格式化或重新序列化了"),
+        "{}",
+        zh.stdout
+    );
+    let en = wxpay(
+        &[&args[..], &["--lang", "en"]].concat(),
+        None,
+        &[("LC_ALL", "zh_CN.UTF-8")],
+    );
+    assert!(en.stdout.contains("reformatted"), "{}", en.stdout);
 }
 
 #[test]

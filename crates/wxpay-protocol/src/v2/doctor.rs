@@ -13,6 +13,7 @@
 use std::fmt;
 
 use crate::SignType;
+use crate::lang::{Lang, Text};
 use crate::sign::{Signature, sign_string};
 use crate::xml::{self, XmlError};
 
@@ -82,8 +83,8 @@ pub struct Finding {
     pub cause: Cause,
     /// Whether the doctor reproduced the received signature under this explanation.
     pub confirmed: bool,
-    /// What is wrong and what to do, for a person.
-    pub message: String,
+    /// What is wrong and what to do, for a person, in English and in Chinese.
+    pub message: Text,
 }
 
 /// What kind of signed body was examined.
@@ -127,7 +128,7 @@ impl Diagnosis {
         }
     }
 
-    fn add(&mut self, cause: Cause, confirmed: bool, message: impl Into<String>) {
+    fn add(&mut self, cause: Cause, confirmed: bool, message: Text) {
         if !self
             .findings
             .iter()
@@ -136,7 +137,7 @@ impl Diagnosis {
             self.findings.push(Finding {
                 cause,
                 confirmed,
-                message: message.into(),
+                message,
             });
         }
     }
@@ -147,37 +148,82 @@ impl Diagnosis {
     }
 }
 
-impl fmt::Display for Diagnosis {
+impl Diagnosis {
+    /// The report for a person, in `lang`.
+    pub fn in_lang(&self, lang: Lang) -> InLang<'_> {
+        InLang { d: self, lang }
+    }
+}
+
+/// A [`Diagnosis`] written out in one language (its `Display`).
+#[derive(Debug)]
+pub struct InLang<'d> {
+    d: &'d Diagnosis,
+    lang: Lang,
+}
+
+impl fmt::Display for InLang<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.verified {
-            writeln!(f, "OK: the signature verifies ({}).", self.sign_type)?;
-        } else {
-            writeln!(f, "FAILED: the signature does not verify ({}).", self.sign_type)?;
+        let (d, zh) = (self.d, self.lang == Lang::Zh);
+        let t = d.sign_type;
+        match (d.verified, zh) {
+            (true, false) => writeln!(f, "OK: the signature verifies ({t}).")?,
+            (false, false) => writeln!(f, "FAILED: the signature does not verify ({t}).")?,
+            (true, true) => writeln!(f, "通过：签名验证成功（{t}）。")?,
+            (false, true) => writeln!(f, "失败：签名验证不通过（{t}）。")?,
         }
-        let (confirmed, other): (Vec<_>, Vec<_>) = self.findings.iter().partition(|x| x.confirmed);
+        let (confirmed, other): (Vec<_>, Vec<_>) = d.findings.iter().partition(|x| x.confirmed);
         if !confirmed.is_empty() {
-            writeln!(f, "\nCause (confirmed: it reproduces the received signature):")?;
+            if zh {
+                writeln!(f, "\n原因（已确认：按此解释能复现收到的签名）：")?;
+            } else {
+                writeln!(f, "\nCause (confirmed: it reproduces the received signature):")?;
+            }
             for x in confirmed {
-                writeln!(f, "  - {}", x.message)?;
+                writeln!(f, "  - {}", x.message.get(self.lang))?;
             }
         }
         if !other.is_empty() {
-            let title = if self.verified { "Warnings" } else { "Likely causes" };
-            writeln!(f, "\n{title}:")?;
+            let title = match (d.verified, zh) {
+                (true, false) => "Warnings",
+                (false, false) => "Likely causes",
+                (true, true) => "提醒",
+                (false, true) => "可能的原因",
+            };
+            writeln!(f, "\n{title}{}", if zh { "：" } else { ":" })?;
             for x in other {
-                writeln!(f, "  - {}", x.message)?;
+                writeln!(f, "  - {}", x.message.get(self.lang))?;
             }
         }
-        if let Some(a) = &self.string_a {
-            writeln!(f, "\nString that is signed (followed by &key=<API key>):\n  {a}")?;
+        let labels = if zh {
+            [
+                "参与签名的字符串（其后接 &key=<API 密钥>）：",
+                "应有的签名：",
+                "收到的签名：",
+            ]
+        } else {
+            [
+                "String that is signed (followed by &key=<API key>):",
+                "Expected signature: ",
+                "Received signature: ",
+            ]
+        };
+        if let Some(a) = &d.string_a {
+            writeln!(f, "\n{}\n  {a}", labels[0])?;
         }
-        if let Some(e) = &self.expected {
-            writeln!(f, "Expected signature: {e}")?;
+        if let Some(e) = &d.expected {
+            writeln!(f, "{}{e}", labels[1])?;
         }
-        if let Some(r) = &self.received {
-            writeln!(f, "Received signature: {r}")?;
+        if let Some(r) = &d.received {
+            writeln!(f, "{}{r}", labels[2])?;
         }
         Ok(())
+    }
+}
+
+impl fmt::Display for Diagnosis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.in_lang(Lang::En).fmt(f)
     }
 }
 
@@ -283,12 +329,17 @@ fn read_body(raw: &[u8], d: &mut Diagnosis) -> Option<Body> {
     let text = match std::str::from_utf8(raw) {
         Ok(t) => t,
         Err(e) => {
+            let at = e.valid_up_to();
             d.add(
                 Cause::NotUtf8,
                 false,
-                format!(
-                    "the body is not UTF-8 (invalid byte at offset {}): WeChat Pay signs and checks the UTF-8 bytes, so a body encoded as GBK/GB2312 fails. Encode the body and the signed string as UTF-8.",
-                    e.valid_up_to()
+                Text::new(
+                    format!(
+                        "the body is not UTF-8 (invalid byte at offset {at}): WeChat Pay signs and checks the UTF-8 bytes, so a body encoded as GBK/GB2312 fails. Encode the body and the signed string as UTF-8."
+                    ),
+                    format!(
+                        "报文不是 UTF-8 编码（第 {at} 个字节无效）：微信支付按 UTF-8 字节签名和验签，GBK/GB2312 编码的报文一定验不过。请把报文和待签名字符串都编码为 UTF-8。"
+                    ),
                 ),
             );
             return None;
@@ -299,7 +350,10 @@ fn read_body(raw: &[u8], d: &mut Diagnosis) -> Option<Body> {
         d.add(
             Cause::ByteOrderMark,
             false,
-            "the body starts with a byte order mark (U+FEFF), typical of a file saved by a Windows editor; remove it, and make sure it did not end up in a signed value.",
+            Text::new(
+                "the body starts with a byte order mark (U+FEFF), typical of a file saved by a Windows editor; remove it, and make sure it did not end up in a signed value.",
+                "报文以字节顺序标记（BOM，U+FEFF）开头，这通常是 Windows 编辑器保存文件时加上的；请去掉它，并确认它没有混进参与签名的值里。",
+            ),
         );
         text = rest;
     }
@@ -313,7 +367,10 @@ fn read_body(raw: &[u8], d: &mut Diagnosis) -> Option<Body> {
                 d.add(
                     Cause::XmlRefused,
                     false,
-                    format!("the body looks like JSON but cannot be read: {e}"),
+                    Text::new(
+                        format!("the body looks like JSON but cannot be read: {e}"),
+                        format!("报文看起来是 JSON，但无法解析：{e}"),
+                    ),
                 );
                 return None;
             }
@@ -327,7 +384,10 @@ fn read_body(raw: &[u8], d: &mut Diagnosis) -> Option<Body> {
                         d.add(
                             Cause::TimestampMillis,
                             false,
-                            "timeStamp is a JSON number; wx.requestPayment wants a string of digits.",
+                            Text::new(
+                                "timeStamp is a JSON number; wx.requestPayment wants a string of digits.",
+                                "timeStamp 是 JSON 数字；wx.requestPayment 要求它是由数字组成的字符串。",
+                            ),
                         );
                     }
                     n.to_string()
@@ -338,7 +398,10 @@ fn read_body(raw: &[u8], d: &mut Diagnosis) -> Option<Body> {
                     d.add(
                         Cause::XmlRefused,
                         false,
-                        format!("field `{k}` is a JSON object or array; signed fields are strings"),
+                        Text::new(
+                            format!("field `{k}` is a JSON object or array; signed fields are strings"),
+                            format!("字段 `{k}` 是 JSON 对象或数组；参与签名的字段都是字符串"),
+                        ),
                     );
                     return None;
                 }
@@ -395,10 +458,16 @@ fn read_body(raw: &[u8], d: &mut Diagnosis) -> Option<Body> {
 fn add_xml_error(d: &mut Diagnosis, e: &XmlError) {
     use crate::xml::XmlErrorKind as K;
     let advice = match &e.kind {
-        K::DuplicateField { .. } => " A field given twice: which value was signed? Send each field once.",
-        K::NotUtf8 | K::EncodingNotUtf8 { .. } => " WeChat Pay accepts UTF-8 only.",
-        K::Doctype | K::EntityReference { .. } => " WeChat Pay messages never carry a DTD or entities.",
-        _ => "",
+        K::DuplicateField { .. } => (
+            " A field given twice: which value was signed? Send each field once.",
+            "同一字段出现了两次：到底签的是哪个值？每个字段只能发送一次。",
+        ),
+        K::NotUtf8 | K::EncodingNotUtf8 { .. } => (" WeChat Pay accepts UTF-8 only.", "微信支付只接受 UTF-8。"),
+        K::Doctype | K::EntityReference { .. } => (
+            " WeChat Pay messages never carry a DTD or entities.",
+            "微信支付的报文从不包含 DTD 或实体。",
+        ),
+        _ => ("", ""),
     };
     let cause = if matches!(e.kind, K::NotUtf8 | K::EncodingNotUtf8 { .. }) {
         Cause::NotUtf8
@@ -408,7 +477,10 @@ fn add_xml_error(d: &mut Diagnosis, e: &XmlError) {
     d.add(
         cause,
         false,
-        format!("the body is not a well-formed APIv2 message: {e}.{advice}"),
+        Text::new(
+            format!("the body is not a well-formed APIv2 message: {e}.{}", advice.0),
+            format!("报文不是格式正确的 APIv2 消息：{e}。{}", advice.1),
+        ),
     );
 }
 
@@ -461,19 +533,28 @@ pub fn diagnose(body: &[u8], key: &str, sign_type: SignType) -> Diagnosis {
             .find(|(k, _)| k.eq_ignore_ascii_case(body.sign_name))
             .map(|(k, _)| k.clone());
         match alt {
-            Some(k) => d.add(
-                Cause::FieldNameCase,
-                true,
-                format!(
-                    "the signature is in field `{k}`; it must be called `{}`.",
-                    body.sign_name
-                ),
-            ),
-            None => d.add(
-                Cause::MissingSign,
-                true,
-                format!("the body has no `{}` field to check.", body.sign_name),
-            ),
+            Some(k) => {
+                let name = body.sign_name;
+                d.add(
+                    Cause::FieldNameCase,
+                    true,
+                    Text::new(
+                        format!("the signature is in field `{k}`; it must be called `{name}`."),
+                        format!("签名放在了字段 `{k}` 里；它的名字必须是 `{name}`。"),
+                    ),
+                );
+            }
+            None => {
+                let name = body.sign_name;
+                d.add(
+                    Cause::MissingSign,
+                    true,
+                    Text::new(
+                        format!("the body has no `{name}` field to check."),
+                        format!("报文里没有可供验证的 `{name}` 字段。"),
+                    ),
+                );
+            }
         }
         return d;
     };
@@ -485,15 +566,15 @@ pub fn diagnose(body: &[u8], key: &str, sign_type: SignType) -> Diagnosis {
         return d;
     }
     if received.len() != sign_type.hex_len() && received.len() == sign_type.other().hex_len() {
+        let (n, other, want) = (received.len(), sign_type.other(), sign_type.hex_len());
         d.add(
             Cause::OtherAlgorithm,
             false,
-            format!(
-                "the received signature has {} characters, the length of {} signatures; {} signatures have {}.",
-                received.len(),
-                sign_type.other(),
-                sign_type,
-                sign_type.hex_len()
+            Text::new(
+                format!(
+                    "the received signature has {n} characters, the length of {other} signatures; {sign_type} signatures have {want}."
+                ),
+                format!("收到的签名有 {n} 个字符，这是 {other} 签名的长度；{sign_type} 签名有 {want} 个字符。"),
             ),
         );
     }
@@ -503,7 +584,10 @@ pub fn diagnose(body: &[u8], key: &str, sign_type: SignType) -> Diagnosis {
         d.add(
             Cause::LowercaseHex,
             same,
-            "the signature is lowercase hex; WeChat Pay writes and compares it in uppercase (apply toUpperCase() to the hex digest).",
+            Text::new(
+                "the signature is lowercase hex; WeChat Pay writes and compares it in uppercase (apply toUpperCase() to the hex digest).",
+                "签名是小写十六进制；微信支付生成和比较的都是大写（对十六进制摘要调用 toUpperCase()）。",
+            ),
         );
         if same {
             sort_findings(&mut d);
@@ -529,19 +613,25 @@ fn check_key(key: &str, d: &mut Diagnosis) {
         d.add(
             Cause::ByteOrderMark,
             false,
-            "the key contains a byte order mark (U+FEFF): the key file was saved with one; save it without.",
+            Text::new(
+                "the key contains a byte order mark (U+FEFF): the key file was saved with one; save it without.",
+                "密钥里含有字节顺序标记（BOM，U+FEFF）：密钥文件保存时带上了它；请不带 BOM 重新保存。",
+            ),
         );
     }
     if key.trim() != key {
-        let what = if key.ends_with('\n') || key.ends_with('\r') {
-            "a line break"
+        let (what, zh) = if key.ends_with('\n') || key.ends_with('\r') {
+            ("a line break", "换行符")
         } else {
-            "whitespace"
+            ("whitespace", "空白字符")
         };
         d.add(
             Cause::KeyWhitespace,
             false,
-            format!("the key has {what} around it; the API key is exactly its 32 characters."),
+            Text::new(
+                format!("the key has {what} around it; the API key is exactly its 32 characters."),
+                format!("密钥前后有{zh}；API 密钥就是那 32 个字符，不多不少。"),
+            ),
         );
     }
     let clean = key.trim().trim_start_matches('\u{FEFF}');
@@ -550,13 +640,19 @@ fn check_key(key: &str, d: &mut Diagnosis) {
         d.add(
             Cause::KeyFormat,
             false,
-            format!("the key has {n} characters; an APIv2 key has exactly 32 (merchant platform → 账户中心 → API安全 → API密钥). The APIv3 key and the AppSecret are different keys."),
+            Text::new(
+                format!("the key has {n} characters; an APIv2 key has exactly 32 (merchant platform → 账户中心 → API安全 → API密钥). The APIv3 key and the AppSecret are different keys."),
+                format!("密钥有 {n} 个字符；APIv2 密钥恰好 32 个字符（商户平台 → 账户中心 → API安全 → API密钥）。APIv3 密钥和小程序 AppSecret 都是另外的密钥。"),
+            ),
         );
     } else if !clean.bytes().all(|b| b.is_ascii_alphanumeric()) {
         d.add(
             Cause::KeyFormat,
             false,
-            "the key has characters other than ASCII letters and digits; an APIv2 key has only those.",
+            Text::new(
+                "the key has characters other than ASCII letters and digits; an APIv2 key has only those.",
+                "密钥里有 ASCII 字母和数字以外的字符；APIv2 密钥只由字母和数字组成。",
+            ),
         );
     }
 }
@@ -572,7 +668,10 @@ fn normalise_pay_names(body: &mut Body, d: &mut Diagnosis) {
                 d.add(
                     Cause::FieldNameCase,
                     true,
-                    format!("`{k}` must be written `{right}`: wx.requestPayment and its paySign use appId, timeStamp, nonceStr, package, signType (camelCase, capital I and S)."),
+                    Text::new(
+                        format!("`{k}` must be written `{right}`: wx.requestPayment and its paySign use appId, timeStamp, nonceStr, package, signType (camelCase, capital I and S)."),
+                        format!("`{k}` 必须写成 `{right}`：wx.requestPayment 及其 paySign 使用 appId、timeStamp、nonceStr、package、signType（驼峰式，I 和 S 大写）。"),
+                    ),
                 );
                 *k = (*right).to_owned();
             }
@@ -583,7 +682,10 @@ fn normalise_pay_names(body: &mut Body, d: &mut Diagnosis) {
             d.add(
                 Cause::TimestampMillis,
                 false,
-                "timeStamp has 13 digits: milliseconds. It must be Unix seconds (10 digits).",
+                Text::new(
+                    "timeStamp has 13 digits: milliseconds. It must be Unix seconds (10 digits).",
+                    "timeStamp 有 13 位：这是毫秒。它必须是 Unix 秒（10 位）。",
+                ),
             );
         }
     }
@@ -592,7 +694,10 @@ fn normalise_pay_names(body: &mut Body, d: &mut Diagnosis) {
             d.add(
                 Cause::SignTypeField,
                 false,
-                format!("signType is {st:?} but the order was placed with {}; paySign must use the algorithm of unifiedorder.", d.sign_type),
+                Text::new(
+                    format!("signType is {st:?} but the order was placed with {}; paySign must use the algorithm of unifiedorder.", d.sign_type),
+                    format!("signType 是 {st:?}，但下单时用的是 {}；paySign 必须使用统一下单时的签名算法。", d.sign_type),
+                ),
             );
         }
     }
@@ -607,14 +712,20 @@ fn check_api_fields(body: &Body, d: &mut Diagnosis) {
             d.add(
                 Cause::FieldNameCase,
                 false,
-                format!("field `{k}` has capital letters; APIv2 messages use lowercase names (`appid`, `nonce_str`), camelCase is only for wx.requestPayment."),
+                Text::new(
+                    format!("field `{k}` has capital letters; APIv2 messages use lowercase names (`appid`, `nonce_str`), camelCase is only for wx.requestPayment."),
+                    format!("字段 `{k}` 含有大写字母；APIv2 报文的字段名都是小写（`appid`、`nonce_str`），驼峰式只用于 wx.requestPayment。"),
+                ),
             );
         }
         if k == "sign_type" && v != d.sign_type.as_str() && !v.is_empty() {
             d.add(
                 Cause::SignTypeField,
                 false,
-                format!("the body says sign_type={v} but you are checking with {}; the configured algorithm decides, so one of the two is wrong.", d.sign_type),
+                Text::new(
+                    format!("the body says sign_type={v} but you are checking with {}; the configured algorithm decides, so one of the two is wrong.", d.sign_type),
+                    format!("报文写的是 sign_type={v}，但你用 {} 验签；以配置的算法为准，两者之中有一个是错的。", d.sign_type),
+                ),
             );
         }
         if matches!(
@@ -625,14 +736,20 @@ fn check_api_fields(body: &Body, d: &mut Diagnosis) {
             d.add(
                 Cause::AmountNotFen,
                 false,
-                format!("{k}={v} is not an integer: amounts are in fen (1 yuan = 100), never yuan with decimals."),
+                Text::new(
+                    format!("{k}={v} is not an integer: amounts are in fen (1 yuan = 100), never yuan with decimals."),
+                    format!("{k}={v} 不是整数：金额以分为单位（1 元 = 100 分），不能是带小数的元。"),
+                ),
             );
         }
         if v.contains('\u{FEFF}') {
             d.add(
                 Cause::ByteOrderMark,
                 false,
-                format!("the value of `{k}` contains a byte order mark (U+FEFF)."),
+                Text::new(
+                    format!("the value of `{k}` contains a byte order mark (U+FEFF)."),
+                    format!("`{k}` 的值里含有字节顺序标记（BOM，U+FEFF）。"),
+                ),
             );
         }
     }
@@ -655,9 +772,12 @@ fn test_hypotheses(
     let types = [sign_type, sign_type.other()];
     let algo_note = |t: SignType| {
         if t == sign_type {
-            String::new()
+            Text::new("", "")
         } else {
-            format!(" It was also signed with {t}, not the configured {sign_type}.")
+            Text::new(
+                format!(" It was also signed with {t}, not the configured {sign_type}."),
+                format!("另外，它是用 {t} 签名的，而不是配置的 {sign_type}。"),
+            )
         }
     };
 
@@ -677,11 +797,15 @@ fn test_hypotheses(
             d.add(
                 Cause::OtherAlgorithm,
                 true,
-                format!(
-                    "the body was signed with {} but you check with {}. Use the same sign_type everywhere (unifiedorder, paySign, and the check), and send sign_type={} in the request.",
-                    sign_type.other(),
-                    sign_type,
-                    sign_type.other()
+                Text::new(
+                    format!(
+                        "the body was signed with {other} but you check with {sign_type}. Use the same sign_type everywhere (unifiedorder, paySign, and the check), and send sign_type={other} in the request.",
+                        other = sign_type.other(),
+                    ),
+                    format!(
+                        "报文是用 {other} 签名的，但你用 {sign_type} 验签。请在所有地方（统一下单、paySign 和验签）使用同一个 sign_type，并在请求中带上 sign_type={other}。",
+                        other = sign_type.other(),
+                    ),
                 ),
             );
             if let Some(c) = kcause {
@@ -691,7 +815,7 @@ fn test_hypotheses(
         }
     }
 
-    let mut hypotheses: Vec<(Variant<'_>, Cause, String)> = Vec::new();
+    let mut hypotheses: Vec<(Variant<'_>, Cause, Text)> = Vec::new();
     if body.pairs.iter().any(|(k, v)| v.is_empty() && k != body.sign_name) {
         hypotheses.push((
             Variant {
@@ -699,7 +823,10 @@ fn test_hypotheses(
                 ..base
             },
             Cause::EmptyFieldsIncluded,
-            "fields with empty values were signed (`name=&`); empty values take no part in the signature.".into(),
+            Text::new(
+                "fields with empty values were signed (`name=&`); empty values take no part in the signature.",
+                "值为空的字段参与了签名（`name=&`）；空值不参与签名。",
+            ),
         ));
     }
     hypotheses.push((
@@ -708,35 +835,53 @@ fn test_hypotheses(
             ..base
         },
         Cause::SignFieldIncluded,
-        format!(
-            "`{}` was part of the signed string (as an empty placeholder); the signature field never takes part.",
-            body.sign_name
+        Text::new(
+            format!(
+                "`{}` was part of the signed string (as an empty placeholder); the signature field never takes part.",
+                body.sign_name
+            ),
+            format!(
+                "`{}` 以空占位的形式参与了签名；签名字段本身从不参与签名。",
+                body.sign_name
+            ),
         ),
     ));
     hypotheses.push((
         Variant { sign_placeholder: true, include_empty: true, ..base },
         Cause::SignFieldIncluded,
-        format!("`{}` and the other empty fields were part of the signed string; empty fields and the signature field never take part.", body.sign_name),
+        Text::new(
+            format!("`{}` and the other empty fields were part of the signed string; empty fields and the signature field never take part.", body.sign_name),
+            format!("`{}` 和其他空字段都参与了签名；空字段和签名字段从不参与签名。", body.sign_name),
+        ),
     ));
     if body.pairs.iter().any(|(k, _)| k == "sign_type") {
         hypotheses.push((
             Variant { exclude: Some("sign_type"), ..base },
             Cause::SignTypeExcluded,
-            "sign_type was left out of the signed string; only `sign` is left out, sign_type is signed like any other field.".into(),
+            Text::new(
+                "sign_type was left out of the signed string; only `sign` is left out, sign_type is signed like any other field.",
+                "sign_type 没有参与签名；只有 `sign` 不参与，sign_type 和其他字段一样要签名。",
+            ),
         ));
     }
     if body.pairs.iter().any(|(_, v)| v == "0") {
         hypotheses.push((
             Variant { drop_zero: true, ..base },
             Cause::ZeroValuesDropped,
-            "fields whose value is 0 were dropped as if empty (a falsy check such as `if value:`); only empty values are left out, \"0\" is signed.".into(),
+            Text::new(
+                "fields whose value is 0 were dropped as if empty (a falsy check such as `if value:`); only empty values are left out, \"0\" is signed.",
+                "值为 0 的字段被当作空值丢掉了（例如 `if value:` 这样的真假判断）；只有空值不参与签名，\"0\" 要签名。",
+            ),
         ));
     }
     if body.pairs.iter().any(|(_, v)| v.contains(['&', '<', '>', '"', '\''])) {
         hypotheses.push((
             Variant { escape_xml: true, ..base },
             Cause::ValuesEscaped,
-            "values were XML-escaped (&amp;, &lt;) before signing; sign the raw values, then escape when writing the XML.".into(),
+            Text::new(
+                "values were XML-escaped (&amp;, &lt;) before signing; sign the raw values, then escape when writing the XML.",
+                "签名前对值做了 XML 转义（&amp;、&lt;）；应当对原始值签名，写 XML 时再转义。",
+            ),
         ));
     }
     if body.pairs.iter().any(|(_, v)| {
@@ -749,14 +894,20 @@ fn test_hypotheses(
                 ..base
             },
             Cause::ValuesUrlEncoded,
-            "values were URL-encoded before signing; sign the raw values, WeChat Pay does not encode them.".into(),
+            Text::new(
+                "values were URL-encoded before signing; sign the raw values, WeChat Pay does not encode them.",
+                "签名前对值做了 URL 编码；应当对原始值签名，微信支付不会对它们编码。",
+            ),
         ));
     }
     if body.pairs.iter().any(|(_, v)| v.trim() != v) {
         hypotheses.push((
             Variant { trim_values: true, ..base },
             Cause::ValuesWhitespace,
-            "the values were signed without the whitespace around them that the body carries (pretty-printed XML inside a value?); put exactly the signed value between the tags.".into(),
+            Text::new(
+                "the values were signed without the whitespace around them that the body carries (pretty-printed XML inside a value?); put exactly the signed value between the tags.",
+                "签名时的值不含报文中值两侧的空白（值里的 XML 被格式化了？）；标签之间必须恰好是签名时的值。",
+            ),
         ));
     }
     if body.has_document_order {
@@ -766,7 +917,10 @@ fn test_hypotheses(
                 ..base
             },
             Cause::NotSorted,
-            "the fields were signed in the order of the body; they must be sorted by name (ASCII order) first.".into(),
+            Text::new(
+                "the fields were signed in the order of the body; they must be sorted by name (ASCII order) first.",
+                "字段是按报文中的顺序签名的；必须先按字段名（ASCII 码顺序）排序。",
+            ),
         ));
     }
     hypotheses.push((
@@ -775,7 +929,10 @@ fn test_hypotheses(
             ..base
         },
         Cause::KeyPlacement,
-        "the key was not appended: the signed string must end with &key=<API key>.".into(),
+        Text::new(
+            "the key was not appended: the signed string must end with &key=<API key>.",
+            "没有拼接密钥：待签名字符串必须以 &key=<API 密钥> 结尾。",
+        ),
     ));
     hypotheses.push((
         Variant {
@@ -783,14 +940,19 @@ fn test_hypotheses(
             ..base
         },
         Cause::KeyPlacement,
-        "the key was sorted in among the fields as `key=…`; it must be appended at the very end as &key=<API key>."
-            .into(),
+        Text::new(
+            "the key was sorted in among the fields as `key=…`; it must be appended at the very end as &key=<API key>.",
+            "密钥以 `key=…` 的形式和其他字段一起排了序；它必须以 &key=<API 密钥> 的形式拼接在最后。",
+        ),
     ));
     if body.kind == BodyKind::PayParams {
         hypotheses.push((
             Variant { lowercase_names: true, ..base },
             Cause::FieldNameCase,
-            "paySign was computed over lowercase names (appid, timestamp, noncestr, signtype); sign appId, nonceStr, package, signType, timeStamp exactly.".into(),
+            Text::new(
+                "paySign was computed over lowercase names (appid, timestamp, noncestr, signtype); sign appId, nonceStr, package, signType, timeStamp exactly.",
+                "paySign 是用小写字段名（appid、timestamp、noncestr、signtype）计算的；必须严格按 appId、nonceStr、package、signType、timeStamp 签名。",
+            ),
         ));
     }
     let field_names: Vec<&str> = body
@@ -811,7 +973,10 @@ fn test_hypotheses(
                         d.add(
                             Cause::OtherAlgorithm,
                             true,
-                            format!("it was also signed with {t}, not the configured {sign_type}."),
+                            Text::new(
+                                format!("it was also signed with {t}, not the configured {sign_type}."),
+                                format!("另外，它是用 {t} 签名的，而不是配置的 {sign_type}。"),
+                            ),
                         );
                     }
                     return;
@@ -819,7 +984,7 @@ fn test_hypotheses(
             }
             for (v, cause, msg) in &hypotheses {
                 if matches(v, k, t) {
-                    d.add(cause.clone(), true, format!("{msg}{}", algo_note(t)));
+                    d.add(cause.clone(), true, msg.then(&algo_note(t)));
                     if let Some(c) = kcause {
                         key_finding(d, c.clone(), key);
                     }
@@ -838,10 +1003,13 @@ fn test_hypotheses(
                     d.add(
                         Cause::FieldNotSigned,
                         true,
-                        format!(
-                            "field `{name}` is in the body but was not signed: it was added after signing, or the signer dropped it. Sign every field that is sent.{}",
-                            algo_note(t)
-                        ),
+                        Text::new(
+                            format!(
+                                "field `{name}` is in the body but was not signed: it was added after signing, or the signer dropped it. Sign every field that is sent."
+                            ),
+                            format!("字段 `{name}` 在报文里却没有参与签名：它是签名后才加上的，或者被签名的一方漏掉了。发送的每个字段都要签名。"),
+                        )
+                        .then(&algo_note(t)),
                     );
                     if let Some(c) = kcause {
                         key_finding(d, c.clone(), key);
@@ -855,11 +1023,27 @@ fn test_hypotheses(
 
 fn key_finding(d: &mut Diagnosis, cause: Cause, key: &str) {
     let msg = match cause {
-        Cause::KeyWhitespace => "the signer used the key without the whitespace your copy has: trim the key (a trailing newline in the key file?).".to_owned(),
-        Cause::KeyCase => format!(
-            "the signer used the key in another letter case; API keys are case-sensitive, copy it exactly (yours ends in …{}).",
-            key.trim().chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect::<String>()
+        Cause::KeyWhitespace => Text::new(
+            "the signer used the key without the whitespace your copy has: trim the key (a trailing newline in the key file?).",
+            "签名方用的密钥不含你这份密钥里的空白字符：请去掉密钥两端的空白（密钥文件末尾有换行？）。",
         ),
+        Cause::KeyCase => {
+            let end = key
+                .trim()
+                .chars()
+                .rev()
+                .take(4)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<String>();
+            Text::new(
+                format!(
+                    "the signer used the key in another letter case; API keys are case-sensitive, copy it exactly (yours ends in …{end})."
+                ),
+                format!("签名方用的密钥大小写与你的不同；API 密钥区分大小写，请原样复制（你的密钥以 …{end} 结尾）。"),
+            )
+        }
         _ => return,
     };
     d.add(cause, true, msg);
@@ -871,20 +1055,29 @@ fn explain_unconfirmed(body: &Body, key: &str, d: &mut Diagnosis) {
         d.add(
             Cause::KeyLooksLikeAppSecret,
             false,
-            "the key is 32 lowercase hex digits, the shape of a mini program AppSecret; if you copied it from the mini program console, use the API key from the merchant platform (API安全) instead.",
+            Text::new(
+                "the key is 32 lowercase hex digits, the shape of a mini program AppSecret; if you copied it from the mini program console, use the API key from the merchant platform (API安全) instead.",
+                "这个密钥是 32 位小写十六进制，正是小程序 AppSecret 的样子；如果它是从小程序后台复制的，请改用商户平台（API安全）里的 API 密钥。",
+            ),
         );
     }
     if body.pairs.iter().any(|(_, v)| !v.is_ascii()) {
         d.add(
             Cause::NonAsciiValues,
             false,
-            "some values are not ASCII (Chinese text?): they must be signed as UTF-8 bytes; a signer that hashes GBK or UTF-16 strings gets another signature.",
+            Text::new(
+                "some values are not ASCII (Chinese text?): they must be signed as UTF-8 bytes; a signer that hashes GBK or UTF-16 strings gets another signature.",
+                "有些值不是 ASCII（中文？）：它们必须按 UTF-8 字节签名；按 GBK 或 UTF-16 字符串计算摘要会得到另一个签名。",
+            ),
         );
     }
     d.add(
         Cause::WrongKey,
         false,
-        "no common mistake reproduces the received signature, so the key is most likely not the one it was signed with (another merchant's key, the APIv3 key, an old key after a reset, or the sandbox key).",
+        Text::new(
+            "no common mistake reproduces the received signature, so the key is most likely not the one it was signed with (another merchant's key, the APIv3 key, an old key after a reset, or the sandbox key).",
+            "没有哪种常见错误能复现收到的签名，所以最可能是密钥不对：不是签名时用的那个（别的商户的密钥、APIv3 密钥、重置前的旧密钥，或者沙箱密钥）。",
+        ),
     );
 }
 
@@ -1033,6 +1226,46 @@ mod tests {
             let d = diagnose(body.as_bytes(), k, SignType::Md5);
             assert!(!d.verified);
             assert_eq!(causes(&d).first(), Some(&cause), "{signed}\n{d}");
+            every_finding_speaks_chinese(&d);
+        }
+    }
+
+    /// Each finding of `d` has its Chinese explanation, and the Chinese report is Chinese
+    /// from its first line.
+    fn every_finding_speaks_chinese(d: &Diagnosis) {
+        let chinese = |s: &str| s.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c));
+        for f in &d.findings {
+            assert!(chinese(&f.message.zh), "{:?}: {}", f.cause, f.message.zh);
+            assert!(
+                !chinese(&f.message.en) || f.message.en.contains("API安全"),
+                "{}",
+                f.message.en
+            );
+        }
+        let report = d.in_lang(Lang::Zh).to_string();
+        assert!(report.starts_with("失败：") || report.starts_with("通过："), "{report}");
+    }
+
+    #[test]
+    fn the_likely_causes_are_explained_in_chinese_too() {
+        for (body, key) in [
+            (
+                b"<xml><appid>wx1</appid><sign>ABC</sign></xml>".as_slice(),
+                "0123456789abcdef0123456789abcdef",
+            ),
+            (b"\xEF\xBB\xBF<xml><body>\xC4\xE3</body></xml>".as_slice(), KEY),
+            (
+                b"<xml><total_fee>1.5</total_fee><body>\xE4\xB8\xAD</body><sign>X</sign></xml>".as_slice(),
+                " short\n",
+            ),
+            (
+                br#"{"appid":"wx1","timeStamp":1490840662000,"paySign":"x"}"#.as_slice(),
+                KEY,
+            ),
+        ] {
+            let d = diagnose(body, key, SignType::Md5);
+            assert!(!d.findings.is_empty(), "{d}");
+            every_finding_speaks_chinese(&d);
         }
     }
 

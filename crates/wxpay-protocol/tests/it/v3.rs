@@ -377,14 +377,34 @@ fn the_certificate_list_decrypts_and_a_serial_naming_another_certificate_is_refu
 
 #[test]
 fn the_doctor_names_what_made_a_genuine_notification_fail() {
-    use wxpay_protocol::v3::doctor::diagnose;
+    /// The doctor's report, whose every line has its Chinese explanation.
+    fn diagnose(
+        h: &SignatureHeaders<'_>,
+        body: &[u8],
+        verifier: &Verifier,
+        now: i64,
+        key: Option<&[u8]>,
+    ) -> wxpay_protocol::v3::doctor::Report {
+        let r = wxpay_protocol::v3::doctor::diagnose(h, body, verifier, now, key);
+        let chinese = |s: &str| s.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c));
+        for t in std::iter::once(&r.headline).chain(&r.confirmed).chain(&r.hints) {
+            assert!(chinese(&t.zh), "{}", t.zh);
+        }
+        r
+    }
     let v = load_json("v3.json");
     let (headers, body, now) = notification(&v);
     let verifier = platform_verifier();
     let key = text(&v["apiv3_key"]).as_bytes();
 
     let ok = diagnose(&headers, body, &verifier, now, Some(key));
-    assert!(ok.verified && ok.headline.starts_with("OK"), "{ok}");
+    assert!(ok.verified && ok.headline.en.starts_with("OK"), "{ok}");
+    assert!(
+        ok.in_lang(wxpay_protocol::lang::Lang::Zh)
+            .to_string()
+            .starts_with("通过："),
+        "{ok}"
+    );
     assert!(ok.resource.as_deref().unwrap().contains("out_trade_no"), "{ok}");
 
     // Re-serialized by a framework: whitespace added, a line break at the end, CRLF.

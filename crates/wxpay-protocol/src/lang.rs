@@ -12,6 +12,34 @@ pub enum Lang {
 }
 
 impl Lang {
+    /// The language a code names: `en`, or `zh` (also `zh-CN`).
+    pub fn parse(code: &str) -> Option<Lang> {
+        match code {
+            "zh" | "zh-CN" => Some(Lang::Zh),
+            "en" => Some(Lang::En),
+            _ => None,
+        }
+    }
+
+    /// The language's code: `en` or `zh`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Lang::En => "en",
+            Lang::Zh => "zh",
+        }
+    }
+
+    /// The language a browser asks for in `Accept-Language`: Chinese when it names Chinese
+    /// before English, or Chinese and no English; English otherwise.
+    pub fn from_accept_language(header: &str) -> Lang {
+        let header = header.to_ascii_lowercase();
+        match (header.find("zh"), header.find("en")) {
+            (Some(zh), Some(en)) if zh < en => Lang::Zh,
+            (Some(_), None) => Lang::Zh,
+            _ => Lang::En,
+        }
+    }
+
     /// The language a locale name asks for (`zh_CN.UTF-8`, `zh-TW`, `en_US`, `C`, …):
     /// Chinese for any `zh`, English otherwise.
     pub fn from_locale(locale: &str) -> Lang {
@@ -63,6 +91,17 @@ impl Text {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_browser_gets_chinese_when_it_asks_for_chinese_before_english() {
+        assert_eq!(Lang::from_accept_language("zh-CN,zh;q=0.9,en;q=0.8"), Lang::Zh);
+        assert_eq!(Lang::from_accept_language("en-US,zh-CN;q=0.8"), Lang::En);
+        assert_eq!(Lang::from_accept_language("fr, zh-TW"), Lang::Zh);
+        assert_eq!(Lang::from_accept_language(""), Lang::En);
+        assert_eq!(Lang::parse("zh-CN"), Some(Lang::Zh));
+        assert_eq!(Lang::parse("fr"), None);
+        assert_eq!(Lang::parse(Lang::Zh.code()), Some(Lang::Zh));
+    }
 
     #[test]
     fn any_chinese_locale_asks_for_chinese_and_the_rest_for_english() {

@@ -9,49 +9,46 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::{Form, Router, routing::get};
 use serde::Deserialize;
 
+use wxpay_protocol::lang::Lang;
+
 use crate::faults::{FaultKind, FaultRequest};
 use crate::store::Loc;
 use crate::{Simulator, ids};
 
-/// The page's language: `?lang=` when given, else Chinese when the browser asks for it
-/// first, else English.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Lang {
-    Zh,
-    En,
-}
-
-impl Lang {
-    fn of(chosen: Option<&str>, headers: &HeaderMap) -> Lang {
-        match chosen {
-            Some("zh") => return Lang::Zh,
-            Some("en") => return Lang::En,
-            _ => {}
-        }
-        let first = headers
+/// The page's language: `?lang=` when given, else the one the browser asks for.
+fn lang_of(chosen: Option<&str>, headers: &HeaderMap) -> Lang {
+    chosen.and_then(Lang::parse).unwrap_or_else(|| {
+        let accept = headers
             .get(header::ACCEPT_LANGUAGE)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if first.starts_with("zh") { Lang::Zh } else { Lang::En }
-    }
+            .unwrap_or("");
+        Lang::from_accept_language(accept)
+    })
+}
 
-    fn code(self) -> &'static str {
-        match self {
-            Lang::Zh => "zh",
-            Lang::En => "en",
-        }
-    }
-
-    fn words(self) -> &'static Words {
-        match self {
-            Lang::Zh => &ZH,
-            Lang::En => &EN,
-        }
+fn words(lang: Lang) -> &'static Words {
+    match lang {
+        Lang::Zh => &ZH,
+        Lang::En => &EN,
     }
 }
+
+/// How many copies the duplicate fault sends at once.
+const COPIES: u32 = 5;
+
+/// How long an offered fault waits for its notification: one whose payment never happened
+/// (two clicks at once, one of them refused) must not wait for a later one.
+const FAULT_WINDOW_MS: u64 = 10 * 60 * 1000;
+
+/// The faults the page offers, in its order.
+const OFFERED: [FaultKind; 6] = [
+    FaultKind::NotifyDuplicate,
+    FaultKind::NotifyBadSignature,
+    FaultKind::NotifyWrongAmount,
+    FaultKind::NotifyProbe,
+    FaultKind::NotifyStaleTimestamp,
+    FaultKind::NotifyTamperedTag,
+];
 
 /// Everything the page says, in one language.
 struct Words {
@@ -72,8 +69,8 @@ struct Words {
     fault_note: &'static str,
     fault_added: &'static str,
     other_language: (&'static str, &'static str),
-    /// The faults offered, by kind, with what each does in this language.
-    faults: [(FaultKind, &'static str); 6],
+    /// What each fault of [`OFFERED`] does, in its order.
+    faults: [&'static str; OFFERED.len()],
 }
 
 static ZH: Words = Words {
@@ -81,7 +78,7 @@ static ZH: Words = Words {
     simulator: "微信支付模拟器",
     merchant: "商户号",
     pay: "支付",
-    fail: "支付失败",
+    fail: "让支付失败",
     state: "状态",
     paid: "支付成功",
     paid_note: "已支付，正在通知商户。",
@@ -95,15 +92,12 @@ static ZH: Words = Words {
     fault_added: "已注入故障：",
     other_language: ("en", "English"),
     faults: [
-        (FaultKind::NotifyDuplicate, "同一通知同时发送 5 次"),
-        (FaultKind::NotifyBadSignature, "第一次通知签名错误（伪造）"),
-        (FaultKind::NotifyWrongAmount, "第一次通知金额不符"),
-        (FaultKind::NotifyProbe, "先发一次签名探测（仅 APIv3）"),
-        (
-            FaultKind::NotifyStaleTimestamp,
-            "第一次通知是十分钟前的（重放，仅 APIv3）",
-        ),
-        (FaultKind::NotifyTamperedTag, "第一次通知的密文被篡改（仅 APIv3）"),
+        "同一通知同时发送 5 次",
+        "第一次通知签名错误（伪造）",
+        "第一次通知金额不符",
+        "先发一次签名探测（仅 APIv3）",
+        "第一次通知是十分钟前的（重放，仅 APIv3）",
+        "第一次通知的密文被篡改（仅 APIv3）",
     ],
 };
 
@@ -126,40 +120,24 @@ static EN: Words = Words {
     fault_added: "Fault injected:",
     other_language: ("zh", "中文"),
     faults: [
-        (FaultKind::NotifyDuplicate, "the same notification sent 5 times at once"),
-        (
-            FaultKind::NotifyBadSignature,
-            "the first notification wrongly signed (a forgery)",
-        ),
-        (
-            FaultKind::NotifyWrongAmount,
-            "the first notification with another amount",
-        ),
-        (FaultKind::NotifyProbe, "a signature probe first (APIv3 only)"),
-        (
-            FaultKind::NotifyStaleTimestamp,
-            "the first notification ten minutes old (a replay; APIv3 only)",
-        ),
-        (
-            FaultKind::NotifyTamperedTag,
-            "the first notification's ciphertext tampered with (APIv3 only)",
-        ),
+        "the same notification sent 5 times at once",
+        "the first notification wrongly signed (a forgery)",
+        "the first notification with another amount",
+        "a signature probe first (APIv3 only)",
+        "the first notification ten minutes old (a replay; APIv3 only)",
+        "the first notification's ciphertext tampered with (APIv3 only)",
     ],
 };
 
 impl Words {
-    /// The faults that apply to an order placed on APIv3 (`v3`) or APIv2.
-    fn faults_for(&self, v3: bool) -> impl Iterator<Item = &(FaultKind, &'static str)> {
-        self.faults.iter().filter(move |(kind, _)| v3 || !only_v3(*kind))
+    /// The faults that apply to an order placed on APIv3 (`v3`) or APIv2, with what each
+    /// does.
+    fn faults_for(&self, v3: bool) -> impl Iterator<Item = (FaultKind, &'static str)> + '_ {
+        OFFERED
+            .into_iter()
+            .zip(self.faults)
+            .filter(move |(kind, _)| v3 || !kind.only_v3())
     }
-}
-
-/// Faults of APIv3's notifications only (its probes, timestamps and encryption).
-fn only_v3(kind: FaultKind) -> bool {
-    matches!(
-        kind,
-        FaultKind::NotifyProbe | FaultKind::NotifyStaleTimestamp | FaultKind::NotifyTamperedTag
-    )
 }
 
 pub(crate) fn router() -> Router<Simulator> {
@@ -174,7 +152,7 @@ fn escape(s: &str) -> String {
 }
 
 fn page(lang: Lang, prepay_id: &str, body: &str) -> Html<String> {
-    let w = lang.words();
+    let w = words(lang);
     let (code, name) = w.other_language;
     Html(format!(
         "<!doctype html><html lang=\"{lang}\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
@@ -217,7 +195,7 @@ struct LangQuery {
 }
 
 fn not_found(lang: Lang, prepay_id: &str) -> Response {
-    let w = lang.words();
+    let w = words(lang);
     let body = format!("<h1>{}</h1><p>{}</p>", w.unknown, w.unknown_note);
     (StatusCode::NOT_FOUND, page(lang, prepay_id, &body)).into_response()
 }
@@ -228,8 +206,8 @@ async fn checkout(
     Query(q): Query<LangQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let lang = Lang::of(q.lang.as_deref(), &headers);
-    let w = lang.words();
+    let lang = lang_of(q.lang.as_deref(), &headers);
+    let w = words(lang);
     let Some((loc, v3)) = by_prepay(&sim, &prepay_id) else {
         return not_found(lang, &prepay_id);
     };
@@ -292,8 +270,8 @@ async fn checkout_pay(
     headers: HeaderMap,
     Form(form): Form<CheckoutForm>,
 ) -> Response {
-    let lang = Lang::of(q.lang.as_deref(), &headers);
-    let w = lang.words();
+    let lang = lang_of(q.lang.as_deref(), &headers);
+    let w = words(lang);
     let Some((loc, v3)) = by_prepay(&sim, &prepay_id) else {
         return not_found(lang, &prepay_id);
     };
@@ -303,7 +281,7 @@ async fn checkout_pay(
     let fault = match form.fault.as_deref() {
         None => None,
         Some(name) => match w.faults_for(v3).find(|(kind, _)| kind.name() == name) {
-            Some(&(kind, label)) if success => Some((kind, label)),
+            Some((kind, label)) if success => Some((kind, label)),
             _ => {
                 let body = format!("<h1>{}</h1><p>fault {}</p>", w.cannot_pay, escape(name));
                 return (StatusCode::BAD_REQUEST, page(lang, &prepay_id, &body)).into_response();
@@ -320,9 +298,9 @@ async fn checkout_pay(
                 api: None,
                 out_trade_no: Some(v.out_trade_no.clone()),
                 count: Some(1),
-                for_ms: None,
+                for_ms: Some(FAULT_WINDOW_MS),
                 delay_ms: None,
-                copies: (kind == FaultKind::NotifyDuplicate).then_some(5),
+                copies: (kind == FaultKind::NotifyDuplicate).then_some(COPIES),
                 err_code: None,
             };
             match sim.inner.faults.add(rule) {
@@ -373,16 +351,16 @@ mod tests {
 
     #[test]
     fn the_page_speaks_chinese_when_the_browser_asks_for_it_first_or_when_chosen() {
-        assert_eq!(Lang::of(None, &asking("zh-CN,zh;q=0.9,en;q=0.8")), Lang::Zh);
-        assert_eq!(Lang::of(None, &asking("en-US,zh-CN;q=0.8")), Lang::En);
-        assert_eq!(Lang::of(None, &HeaderMap::new()), Lang::En);
-        assert_eq!(Lang::of(Some("zh"), &asking("en")), Lang::Zh);
-        assert_eq!(Lang::of(Some("en"), &asking("zh-CN")), Lang::En);
+        assert_eq!(lang_of(None, &asking("zh-CN,zh;q=0.9,en;q=0.8")), Lang::Zh);
+        assert_eq!(lang_of(None, &asking("en-US,zh-CN;q=0.8")), Lang::En);
+        assert_eq!(lang_of(None, &HeaderMap::new()), Lang::En);
+        assert_eq!(lang_of(Some("zh-CN"), &asking("en")), Lang::Zh);
+        assert_eq!(lang_of(Some("en"), &asking("zh-CN")), Lang::En);
     }
 
     #[test]
     fn an_apiv2_order_is_offered_only_the_faults_of_apiv2_notifications() {
-        let v2: Vec<_> = EN.faults_for(false).map(|(k, _)| *k).collect();
+        let v2: Vec<_> = EN.faults_for(false).map(|(k, _)| k).collect();
         assert_eq!(
             v2,
             [
@@ -391,9 +369,11 @@ mod tests {
                 FaultKind::NotifyWrongAmount
             ]
         );
-        assert_eq!(ZH.faults_for(true).count(), 6);
-        for (kind, _) in &EN.faults {
+        assert_eq!(ZH.faults_for(true).count(), OFFERED.len());
+        for kind in OFFERED {
             assert!(kind.is_notification(), "{kind:?}");
         }
+        let copies = COPIES.to_string();
+        assert!(EN.faults[0].contains(&copies) && ZH.faults[0].contains(&copies));
     }
 }

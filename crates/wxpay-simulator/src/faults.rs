@@ -67,6 +67,18 @@ impl FaultKind {
         )
     }
 
+    /// Whether the fault applies to APIv3's notifications only (their probes, timestamps,
+    /// serials and encryption).
+    pub fn only_v3(self) -> bool {
+        matches!(
+            self,
+            FaultKind::NotifyProbe
+                | FaultKind::NotifyStaleTimestamp
+                | FaultKind::NotifyUnknownSerial
+                | FaultKind::NotifyTamperedTag
+        )
+    }
+
     /// The name in JSON and metrics.
     pub fn name(self) -> &'static str {
         match self {

@@ -13,7 +13,7 @@ use crate::provider::{PaymentState, Provider, Refusal};
 use crate::service::error::{Conflict, ServiceError};
 use crate::service::rules::next_check_at;
 use crate::service::state::{Inner, Service};
-use crate::store::{DailyClaim, Order, OrderStatus};
+use crate::store::{Call, DailyClaim, Order, OrderStatus};
 use crate::time::Millis;
 
 /// How long an `Idempotency-Key` and its answer are kept, as Stripe does.
@@ -268,33 +268,39 @@ async fn daily_reconciliation(app: Service, mut stop: watch::Receiver<bool>) {
 async fn check_one(app: &Service, order: Order) {
     let Some(provider) = app.merchant_named(&order.merchant) else {
         tracing::warn!(merchant = ?order.merchant, "an order of a merchant no longer configured; not checked");
-        let _ = app.inner.store.schedule_check(order.id, None).await;
+        let _ = app.inner.store.schedule_check(order.id, None, None).await;
         return;
     };
     let store = &app.inner.store;
     let now = app.now();
-    let result = app.query(provider, &order).await;
-    let order = match result {
+    let result = provider.query_payment(&order.out_trade_no).await;
+    // What the query said, kept on the order when it changes nothing (the console shows it).
+    let (order, said) = match result {
         Ok(state) => {
-            let paid = matches!(state, PaymentState::Paid { .. });
             match app.apply_state(order.clone(), &state).await {
                 Ok(o) if o.status != OrderStatus::Pending => {
                     tracing::info!(out_trade_no = ?o.out_trade_no, status = %o.status, "order settled by a check");
                     return;
                 }
                 Ok(o) => {
-                    if paid {
-                        return;
-                    }
                     if state == PaymentState::NotPaid && o.expires_at <= now {
                         expire(app, provider, o).await;
                         return;
                     }
-                    o
+                    let said = match &state {
+                        // The answer was logged as an error: its currency or amount does not
+                        // fit the order, which stays unpaid until someone looks.
+                        PaymentState::Paid { .. } => {
+                            "query: SUCCESS, which does not fit the order (see the log)".to_owned()
+                        }
+                        PaymentState::Other(s) => format!("query: {s}"),
+                        _ => "query: NOTPAY".to_owned(),
+                    };
+                    (o, said)
                 }
                 Err(e) => {
                     tracing::warn!(out_trade_no = ?order.out_trade_no, error = ?e, "check failed");
-                    order
+                    (order, format!("query answered, not applied: {e}"))
                 }
             }
         }
@@ -309,11 +315,11 @@ async fn check_one(app: &Service, order: Order) {
                     return;
                 }
             }
-            order
+            (order, "query: ORDERNOTEXIST".to_owned())
         }
         Err(e) => {
             tracing::warn!(out_trade_no = ?order.out_trade_no, error = ?e, "orderquery failed; will check again");
-            order
+            (order, format!("query failed: {e}"))
         }
     };
     let next = next_check_at(&app.inner.config.jobs, order.created_at, now);
@@ -323,7 +329,8 @@ async fn check_one(app: &Service, order: Order) {
     } else {
         next
     };
-    if let Err(e) = store.schedule_check(order.id, Some(next)).await {
+    let call = Call { at: now, said };
+    if let Err(e) = store.schedule_check(order.id, Some(next), Some(call)).await {
         tracing::warn!(error = ?e, "cannot schedule the next check");
     }
 }
@@ -341,10 +348,15 @@ async fn expire(app: &Service, provider: &dyn Provider, order: Order) {
         }
         Err(e) => {
             tracing::warn!(out_trade_no = ?no, error = ?e, "cannot close an expired order; will try again");
+            let now = app.now();
+            let call = Call {
+                at: now,
+                said: format!("close failed: {e}"),
+            };
             let _ = app
                 .inner
                 .store
-                .schedule_check(order.id, Some(app.now() + Duration::from_secs(30)))
+                .schedule_check(order.id, Some(now + Duration::from_secs(30)), Some(call))
                 .await;
         }
     }

@@ -281,7 +281,7 @@ impl Service {
         let store = &self.inner.store;
         match store.order(merchant.to_owned(), out_trade_no.clone()).await {
             Ok(Some(o)) if o.status == OrderStatus::Pending => {
-                if let Err(e) = store.schedule_check(o.id, Some(self.now())).await {
+                if let Err(e) = store.schedule_check(o.id, Some(self.now()), None).await {
                     tracing::warn!(error = ?e, "cannot bring an order's check forward after a failed payment");
                 }
             }

@@ -258,38 +258,10 @@ impl Service {
     /// Asks WeChat Pay about an order and applies what it says: paid, closed, failed. A paid
     /// order is never downgraded.
     pub(crate) async fn sync(&self, provider: &dyn Provider, order: Order) -> Result<Order, ServiceError> {
-        match self.query(provider, &order).await {
+        match provider.query_payment(&order.out_trade_no).await {
             Ok(state) => self.apply_state(order, &state).await,
             Err(e) if e.refusal() == Some(Refusal::OrderNotExist) => Ok(order),
             Err(e) => Err(ServiceError::upstream("orderquery", e)),
-        }
-    }
-
-    /// Asks WeChat Pay how an order stands. An answer that settles nothing (not paid yet,
-    /// paying, no such order, or no answer at all) is written on the order's timeline, so
-    /// that an operator sees every query; an answer that settles it shows as its transition.
-    pub(crate) async fn query(&self, provider: &dyn Provider, order: &Order) -> Result<PaymentState, ProviderError> {
-        let result = provider.query_payment(&order.out_trade_no).await;
-        let detail = match &result {
-            Ok(PaymentState::NotPaid) => serde_json::json!({ "trade_state": "NOTPAY" }),
-            Ok(PaymentState::Other(state)) => serde_json::json!({ "trade_state": state }),
-            Ok(_) => return result,
-            Err(e) => serde_json::json!({ "error": e.to_string() }),
-        };
-        self.note(order, "queried", detail).await;
-        result
-    }
-
-    /// Writes a call to WeChat Pay that changed nothing on the order's timeline. The call's
-    /// outcome stands whether or not the note is written, so a failure is only logged.
-    async fn note(&self, order: &Order, kind: &str, detail: serde_json::Value) {
-        if let Err(e) = self
-            .inner
-            .store
-            .add_event(order.id, kind.into(), detail, self.now())
-            .await
-        {
-            tracing::warn!(out_trade_no = ?order.out_trade_no, error = ?e, "cannot write a call on the order's timeline");
         }
     }
 
@@ -421,11 +393,7 @@ impl Service {
                         format!("order {} was paid and cannot be closed", order.out_trade_no),
                     ));
                 }
-                _ => {
-                    self.note(&order, "close_failed", serde_json::json!({ "error": e.to_string() }))
-                        .await;
-                    return Err(ServiceError::upstream("closeorder", e));
-                }
+                _ => return Err(ServiceError::upstream("closeorder", e)),
             },
         };
         Ok(store

@@ -1050,6 +1050,44 @@ pub struct Notice {
     pub body_sha256: Option<String>,
 }
 
+/// A call to WeChat Pay about an order that changed nothing: a query answered `NOTPAY`, a
+/// query or a close that failed. The order keeps the last one beside its count of checks,
+/// rather than one event per check, so that its history grows only with what happened to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    /// When it was made (Unix ms).
+    pub at: Millis,
+    /// What WeChat Pay said, or why there was no answer (`query: NOTPAY`, `close failed: …`).
+    pub said: String,
+}
+
+/// How an order's checks with WeChat Pay went.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Checks {
+    /// How many times its check was scheduled after one was made.
+    pub checks: i64,
+    /// The last call that changed nothing, if any.
+    pub last: Option<Call>,
+}
+
+/// Reads the `checks`, `last_call_at` and `last_call` columns of an order (`?1`).
+pub(crate) const CHECKS_OF_ORDER: &str =
+    "SELECT CAST(checks AS BIGINT), last_call_at, last_call FROM orders WHERE id = ?1";
+
+/// Builds [`Checks`] from its columns; a call without its time (or a time without its call)
+/// cannot be shown, so it is left out.
+pub(crate) fn checks_from(checks: i64, at: Option<Millis>, said: Option<String>) -> Checks {
+    Checks {
+        checks,
+        last: at.zip(said).map(|(at, said)| Call { at, said }),
+    }
+}
+
+/// Reschedules an unpaid order's check (`?1`: when, `?2`: its id) and counts it; with a call
+/// (`?3`: when, `?4`: what was said), keeps that as the order's last call.
+pub(crate) const SCHEDULE_ORDER_CHECK: &str = "UPDATE orders SET next_check_at = ?1, checks = checks + 1, \
+     last_call_at = COALESCE(?3, last_call_at), last_call = COALESCE(?4, last_call) WHERE id = ?2 AND status = 'pending'";
+
 /// The columns of a [`Delivery`], in its fields' order, for both engines.
 /// (`attempts` is an `INTEGER`, four bytes on PostgreSQL: widened here for both.)
 macro_rules! delivery_select {
@@ -1256,7 +1294,10 @@ pub trait Store: Send + Sync + 'static {
     fn claim_checks(&self, now: Millis, lease_until: Millis, limit: u32) -> Fut<'_, Vec<Order>>;
 
     /// Sets when a pending order is checked next (`None`: never), counting the check.
-    fn schedule_check(&self, order_id: i64, at: Option<Millis>) -> Fut<'_, ()>;
+    fn schedule_check(&self, order_id: i64, at: Option<Millis>, call: Option<Call>) -> Fut<'_, ()>;
+
+    /// How an order's checks with WeChat Pay went.
+    fn checks(&self, order_id: i64) -> Fut<'_, Checks>;
 
     /// Claims up to `limit` undelivered events that are due, leasing them until `lease_until`.
     fn claim_outbox(&self, now: Millis, lease_until: Millis, limit: u32) -> Fut<'_, Vec<OutboxEvent>>;

@@ -20,6 +20,7 @@ use super::rules::{
     self, OrderFacts, PaymentVerdict, RefundVerdict, Refunded, payment_refused, payment_verdict, refund_facts,
     refund_refused, refund_verdict,
 };
+use super::{CHECKS_OF_ORDER, Call, Checks, SCHEDULE_ORDER_CHECK, checks_from};
 use super::{
     Created, DELIVERIES_OF_ORDER, DailyClaim, Delivery, Event, FilterValue, Fut, IdemClaim, IdemKey, ImportedRefund,
     KeptCertificate, NewOrder, NewRefund, Notice, NoticesOf, NotificationRecord, Order, OrderFilter, OrderStatus,
@@ -57,7 +58,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (6, include_str!("../../migrations/sqlite/0006_order_search.sql")),
     (7, include_str!("../../migrations/sqlite/0007_notification_reads.sql")),
-    (8, include_str!("../../migrations/sqlite/0008_deliveries_by_order.sql")),
+    (8, include_str!("../../migrations/sqlite/0008_console_timeline.sql")),
 ];
 
 /// The most writes committed together.
@@ -1129,8 +1130,24 @@ impl Store for SqliteStore {
         self.write(move |c| claim_due(c, "orders", now, lease_until, limit, order_by_id))
     }
 
-    fn schedule_check(&self, order_id: i64, at: Option<Millis>) -> Fut<'_, ()> {
-        self.write(move |c| schedule(c, "orders", order_id, at))
+    fn schedule_check(&self, order_id: i64, at: Option<Millis>, call: Option<Call>) -> Fut<'_, ()> {
+        self.write(move |c| {
+            // The writer may run this again after a busy database: it keeps its own copy.
+            let (call_at, said) = call.clone().map(|c| (c.at, c.said)).unzip();
+            c.prepare_cached(SCHEDULE_ORDER_CHECK)?
+                .execute(params![at, order_id, call_at, said])?;
+            Ok(())
+        })
+    }
+
+    fn checks(&self, order_id: i64) -> Fut<'_, Checks> {
+        self.read(move |c| {
+            let found = c
+                .prepare_cached(CHECKS_OF_ORDER)?
+                .query_row(params![order_id], |r| Ok(checks_from(r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            Ok(found.unwrap_or_default())
+        })
     }
 
     fn claim_outbox(&self, now: Millis, lease_until: Millis, limit: u32) -> Fut<'_, Vec<OutboxEvent>> {

@@ -528,7 +528,7 @@ async fn background_work_is_leased_so_a_second_claim_gets_nothing(db: TestDb) {
         "{}: lease over",
         db.engine
     );
-    store.schedule_check(o.id, None).await.unwrap();
+    store.schedule_check(o.id, None, None).await.unwrap();
     assert!(
         store
             .claim_checks(due + ms(999_999), due + ms(2_000_000), 10)

@@ -116,8 +116,17 @@ async fn the_checkout_pays_with_a_fault_in_the_notification_one_click_away() {
     let page = page.text().await.unwrap();
     assert!(page.contains("支付成功") && page.contains("已注入故障"), "{page}");
     eventually("five copies", || async { env.receiver.received().len() == 5 }).await;
-    // The rule was for this order's notification only, and it is spent.
+    // The rule is spent with this order's notification: a later order's arrives once.
     assert_eq!(env.get_json("/simulator/faults").await["faults"], serde_json::json!([]));
+    env.create("no-f-checkout-3", 1).await;
+    env.pay("no-f-checkout-3", "success").await;
+    eventually("one more notification", || async { env.receiver.received().len() == 6 }).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        env.receiver.received().len(),
+        6,
+        "the other order's notification is not duplicated"
+    );
 
     // A fault the page does not offer (an answer fault, or APIv3's on an APIv2 order) is
     // refused, and nothing is paid.

@@ -32,7 +32,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use wxpay_protocol::Fen;
 
-use self::page::{LANG_COOKIE, Lang, beijing, cookie, frame, yuan};
+use self::page::{LANG_COOKIE, Lang, Speak, beijing, cookie, frame, yuan};
 use self::session::{LOGIN_COOKIE, SESSION_COOKIE, Session};
 use self::state::Console;
 use crate::edge::app::App;
@@ -121,7 +121,7 @@ impl FromRequestParts<App> for Context {
                     .to_owned(),
             ));
         };
-        let lang = Lang::of(chosen, headers);
+        let lang = page::lang_of(chosen, headers);
         let remember = chosen
             .and_then(Lang::parse)
             .map(|l| console.cookie(LANG_COOKIE, l.code(), 365 * 86_400));
@@ -641,17 +641,21 @@ async fn order(
         details = w.details,
     ));
     // The order's events and every notification that named it, in the order they happened.
-    // Its calls to WeChat Pay are among its events; its webhook deliveries are in the outbox.
+    // Its calls to WeChat Pay are among its events, but for the checks that changed nothing,
+    // which it counts and keeps the last of; its webhook deliveries are in the outbox.
     let store = app.store();
     let of_order = NoticesOf::Order {
         merchant: o.merchant.clone(),
         out_trade_no: o.out_trade_no.as_str().to_owned(),
     };
-    let (notices, deliveries) =
-        match tokio::try_join!(store.notifications(of_order, TIMELINE_NOTICES), store.deliveries(o.id)) {
-            Ok(found) => found,
-            Err(e) => return me.server_error(&ServiceError::Store(e)),
-        };
+    let (notices, deliveries, checks) = match tokio::try_join!(
+        store.notifications(of_order, TIMELINE_NOTICES),
+        store.deliveries(o.id),
+        store.checks(o.id)
+    ) {
+        Ok(found) => found,
+        Err(e) => return me.server_error(&ServiceError::Store(e)),
+    };
     let mut rows: Vec<(Millis, String, String)> = detail
         .events
         .iter()
@@ -664,6 +668,19 @@ async fn order(
         })
         .collect();
     rows.extend(deliveries.iter().map(|d| delivery_row(w, d)));
+    if let Some(last) = &checks.last {
+        rows.push((
+            last.at,
+            w.checked.to_owned(),
+            format!(
+                "{} {} · {}: <code>{}</code>",
+                checks.checks,
+                w.times,
+                w.last_answer,
+                esc(&last.said)
+            ),
+        ));
+    }
     rows.extend(notices.iter().map(|n| {
         let verdict = format!(
             "<span class=\"st {v}\">{name}</span>",

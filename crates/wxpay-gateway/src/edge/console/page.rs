@@ -7,56 +7,35 @@ use wxpay_protocol::{BeijingTime, Fen};
 use crate::edge::html::esc;
 use crate::time::Millis;
 
-/// The console's language.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Lang {
-    Zh,
-    En,
-}
+pub(crate) use wxpay_protocol::lang::Lang;
 
 /// The cookie that remembers the language chosen.
 pub(crate) const LANG_COOKIE: &str = "wxpay_lang";
 
-impl Lang {
-    /// The language of a request: `?lang=` when it chooses one, else the one remembered, else
-    /// Chinese when the browser asks for it before English, else English.
-    pub(crate) fn of(chosen: Option<&str>, headers: &HeaderMap) -> Lang {
-        if let Some(lang) = chosen.and_then(Lang::parse) {
-            return lang;
-        }
-        if let Some(lang) = cookie(headers, LANG_COOKIE).and_then(Lang::parse) {
-            return lang;
-        }
-        let accept = headers
-            .get(axum::http::header::ACCEPT_LANGUAGE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        let first = |tag: &str| accept.find(tag);
-        match (first("zh"), first("en")) {
-            (Some(zh), Some(en)) if zh < en => Lang::Zh,
-            (Some(_), None) => Lang::Zh,
-            _ => Lang::En,
-        }
+/// The language of a request: `?lang=` when it chooses one, else the one remembered, else the
+/// one the browser asks for.
+pub(crate) fn lang_of(chosen: Option<&str>, headers: &HeaderMap) -> Lang {
+    if let Some(lang) = chosen.and_then(Lang::parse) {
+        return lang;
     }
-
-    pub(crate) fn parse(s: &str) -> Option<Lang> {
-        match s {
-            "zh" | "zh-CN" => Some(Lang::Zh),
-            "en" => Some(Lang::En),
-            _ => None,
-        }
+    if let Some(lang) = cookie(headers, LANG_COOKIE).and_then(Lang::parse) {
+        return lang;
     }
+    let accept = headers
+        .get(axum::http::header::ACCEPT_LANGUAGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    Lang::from_accept_language(accept)
+}
 
-    pub(crate) fn code(self) -> &'static str {
-        match self {
-            Lang::Zh => "zh",
-            Lang::En => "en",
-        }
-    }
-
+/// The console's words in a language.
+pub(crate) trait Speak {
     /// The console's words in this language.
-    pub(crate) fn words(self) -> &'static Words {
+    fn words(self) -> &'static Words;
+}
+
+impl Speak for Lang {
+    fn words(self) -> &'static Words {
         match self {
             Lang::Zh => &ZH,
             Lang::En => &EN,
@@ -165,11 +144,14 @@ pub(crate) struct Words {
     pub(crate) not_delivered: &'static str,
     pub(crate) status_names: [(&'static str, &'static str); 5],
     /// An order's events by kind, as its timeline names them.
-    pub(crate) event_names: [(&'static str, &'static str); 16],
-    /// What became of a notification, by verdict.
-    pub(crate) verdict_names: [(&'static str, &'static str); 13],
-    /// Notifications by kind.
-    pub(crate) notice_kinds: [(&'static str, &'static str); 2],
+    pub(crate) event_names: [(&'static str, &'static str); 14],
+    pub(crate) checked: &'static str,
+    pub(crate) times: &'static str,
+    pub(crate) last_answer: &'static str,
+    /// What became of a notification, by verdict (none: the verdict's own name).
+    pub(crate) verdict_names: &'static [(&'static str, &'static str)],
+    /// Notifications by kind (none: the kind's own name).
+    pub(crate) notice_kinds: &'static [(&'static str, &'static str)],
     pub(crate) refund_status_names: [(&'static str, &'static str); 3],
 }
 
@@ -264,6 +246,9 @@ static ZH: Words = Words {
     ],
     refund_status_names: [("pending", "处理中"), ("succeeded", "退款成功"), ("failed", "退款失败")],
     webhook: "Webhook 推送",
+    checked: "向微信支付查询（未改变订单）",
+    times: "次",
+    last_answer: "最近一次",
     delivered: "已送达",
     not_delivered: "尚未送达",
     event_names: [
@@ -273,9 +258,7 @@ static ZH: Words = Words {
         ("upstream_unknown", "下单无应答（结果未知）"),
         ("paid", "支付成功"),
         ("closed", "订单已关闭"),
-        ("failed", "支付失败"),
-        ("queried", "向微信支付查询订单"),
-        ("close_failed", "关闭订单失败"),
+        ("failed", "订单失败"),
         ("refund_requested", "发起退款"),
         ("refund_accepted", "微信支付受理退款"),
         ("refund_upstream_unknown", "退款申请无应答（结果未知）"),
@@ -284,7 +267,7 @@ static ZH: Words = Words {
         ("refund_imported", "从对账单导入退款"),
         ("reconciled", "对账修复"),
     ],
-    verdict_names: [
+    verdict_names: &[
         ("applied", "已应用"),
         ("duplicate", "重复"),
         ("unknown_order", "未知订单"),
@@ -299,7 +282,7 @@ static ZH: Words = Words {
         ("to_confirm", "待确认"),
         ("rejected", "已拒绝"),
     ],
-    notice_kinds: [("payment", "支付"), ("refund", "退款")],
+    notice_kinds: &[("payment", "支付"), ("refund", "退款")],
 };
 
 static EN: Words = Words {
@@ -393,6 +376,9 @@ static EN: Words = Words {
     ],
     refund_status_names: [("pending", "pending"), ("succeeded", "succeeded"), ("failed", "failed")],
     webhook: "Webhook",
+    checked: "Checked with WeChat Pay (nothing changed)",
+    times: "times",
+    last_answer: "the last",
     delivered: "delivered",
     not_delivered: "not delivered yet",
     event_names: [
@@ -402,9 +388,7 @@ static EN: Words = Words {
         ("upstream_unknown", "Placing it got no answer (outcome unknown)"),
         ("paid", "Paid"),
         ("closed", "Closed"),
-        ("failed", "Payment failed"),
-        ("queried", "Queried WeChat Pay"),
-        ("close_failed", "Closing it failed"),
+        ("failed", "Order failed"),
         ("refund_requested", "Refund asked for"),
         ("refund_accepted", "WeChat Pay accepted the refund"),
         (
@@ -417,33 +401,19 @@ static EN: Words = Words {
         ("reconciled", "Repaired by reconciliation"),
     ],
     // Operators and logs share these names, so English keeps them as they are.
-    verdict_names: [
-        ("applied", "applied"),
-        ("duplicate", "duplicate"),
-        ("unknown_order", "unknown_order"),
-        ("amount_mismatch", "amount_mismatch"),
-        ("transaction_conflict", "transaction_conflict"),
-        ("currency_mismatch", "currency_mismatch"),
-        ("payment_failed", "payment_failed"),
-        ("unknown_refund", "unknown_refund"),
-        ("wrong_order", "wrong_order"),
-        ("status_conflict", "status_conflict"),
-        ("not_settled", "not_settled"),
-        ("to_confirm", "to_confirm"),
-        ("rejected", "rejected"),
-    ],
-    notice_kinds: [("payment", "payment"), ("refund", "refund")],
+    verdict_names: &[],
+    notice_kinds: &[],
 };
 
 impl Words {
     /// The name of a status in this language.
-    pub(crate) fn status(&self, status: &str) -> &'static str {
-        name_of(&self.status_names, status)
+    pub(crate) fn status<'k>(&self, status: &'k str) -> &'k str {
+        named(&self.status_names, status)
     }
 
     /// The name of a refund's status in this language.
-    pub(crate) fn refund_status(&self, status: &str) -> &'static str {
-        name_of(&self.refund_status_names, status)
+    pub(crate) fn refund_status<'k>(&self, status: &'k str) -> &'k str {
+        named(&self.refund_status_names, status)
     }
 
     /// The name of an order event's kind in this language, or the kind itself for one this
@@ -454,12 +424,12 @@ impl Words {
 
     /// The name of a notification's verdict in this language (or the verdict itself).
     pub(crate) fn verdict<'k>(&self, verdict: &'k str) -> &'k str {
-        named(&self.verdict_names, verdict)
+        named(self.verdict_names, verdict)
     }
 
     /// The name of a notification's kind in this language (or the kind itself).
     pub(crate) fn notice_kind<'k>(&self, kind: &'k str) -> &'k str {
-        named(&self.notice_kinds, kind)
+        named(self.notice_kinds, kind)
     }
 }
 
@@ -467,10 +437,6 @@ impl Words {
 /// database.
 fn named<'k>(names: &[(&'static str, &'static str)], key: &'k str) -> &'k str {
     names.iter().find(|(k, _)| *k == key).map_or(key, |(_, name)| name)
-}
-
-fn name_of(names: &[(&'static str, &'static str)], status: &str) -> &'static str {
-    names.iter().find(|(s, _)| *s == status).map_or("?", |(_, name)| name)
 }
 
 /// An amount as people read it: `¥28.00`.
@@ -562,16 +528,16 @@ mod tests {
     #[test]
     fn the_language_is_the_one_chosen_then_remembered_then_asked_for() {
         let zh_browser = headers(&[("accept-language", "zh-CN,zh;q=0.9,en;q=0.8")]);
-        assert_eq!(Lang::of(None, &zh_browser), Lang::Zh);
-        assert_eq!(Lang::of(Some("en"), &zh_browser), Lang::En);
+        assert_eq!(lang_of(None, &zh_browser), Lang::Zh);
+        assert_eq!(lang_of(Some("en"), &zh_browser), Lang::En);
         let remembered = headers(&[("accept-language", "zh-CN"), ("cookie", "a=b; wxpay_lang=en")]);
-        assert_eq!(Lang::of(None, &remembered), Lang::En);
+        assert_eq!(lang_of(None, &remembered), Lang::En);
         assert_eq!(
-            Lang::of(None, &headers(&[("accept-language", "en-US,en;q=0.9,zh;q=0.5")])),
+            lang_of(None, &headers(&[("accept-language", "en-US,en;q=0.9,zh;q=0.5")])),
             Lang::En
         );
-        assert_eq!(Lang::of(None, &HeaderMap::new()), Lang::En);
-        assert_eq!(Lang::of(Some("fr"), &zh_browser), Lang::Zh);
+        assert_eq!(lang_of(None, &HeaderMap::new()), Lang::En);
+        assert_eq!(lang_of(Some("fr"), &zh_browser), Lang::Zh);
     }
 
     #[test]
@@ -585,13 +551,25 @@ mod tests {
     #[test]
     fn both_languages_name_every_status() {
         use crate::store::RefundStatus;
+        let named = |names: &[(&str, &str)], key: &str| names.iter().any(|(k, _)| *k == key);
         for w in [&ZH, &EN] {
             for s in crate::store::OrderStatus::ALL {
-                assert_ne!(w.status(s.as_str()), "?", "{s:?}");
+                assert!(named(&w.status_names, s.as_str()), "{s:?}");
             }
             for s in [RefundStatus::Pending, RefundStatus::Succeeded, RefundStatus::Failed] {
-                assert_ne!(w.refund_status(s.as_str()), "?", "{s:?}");
+                assert!(named(&w.refund_status_names, s.as_str()), "{s:?}");
             }
+        }
+        // Chinese names every verdict and kind of notification; English shows their names.
+        for v in crate::store::Verdict::ALL {
+            assert_ne!(ZH.verdict(v.as_str()), v.as_str(), "{v:?}");
+            assert_eq!(EN.verdict(v.as_str()), v.as_str(), "{v:?}");
+        }
+        for k in [crate::store::NoticeKind::Payment, crate::store::NoticeKind::Refund] {
+            assert_ne!(ZH.notice_kind(k.as_str()), k.as_str(), "{k:?}");
+        }
+        for (kind, _) in EN.event_names {
+            assert_ne!(ZH.event(kind), kind, "{kind}");
         }
     }
 }

@@ -26,7 +26,7 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (
         9,
-        include_str!("../../../migrations/postgres/0009_deliveries_by_order.sql"),
+        include_str!("../../../migrations/postgres/0009_console_timeline.sql"),
     ),
 ];
 /// The advisory lock that serialises migrations of several gateways starting together.

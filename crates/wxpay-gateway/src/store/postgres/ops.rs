@@ -6,13 +6,14 @@ use tokio::sync::{mpsc, oneshot};
 use super::PgStore;
 use super::batch::{CreateJob, PaymentJob, PrepayJob, apply_one, create_one, prepay_one};
 use super::refunds::{apply_refund, create_refund, import_refund, settle_refund};
-use super::rows::{self, ORDER_COLUMNS, REFUND_COLUMNS, order_by_number_sql, order_row, refund_row};
+use super::rows::{self, ORDER_COLUMNS, REFUND_COLUMNS, dollars, order_by_number_sql, order_row, refund_row};
 use super::tx::{
     add_event, claim_due, claimed, insert_notification, lock_order_of_refund, order_by_id, refund_by_id, schedule,
     transition,
 };
 use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 
+use crate::store::{CHECKS_OF_ORDER, Call, Checks, SCHEDULE_ORDER_CHECK, checks_from};
 use crate::store::{
     Created, DELIVERIES_OF_ORDER, DailyClaim, Delivery, Event, FilterValue, Fut, IdemClaim, IdemKey, ImportedRefund,
     KeptCertificate, NewOrder, NewRefund, Notice, NoticesOf, NotificationRecord, Order, OrderFilter, OrderStatus,
@@ -334,8 +335,31 @@ impl Store for PgStore {
         })
     }
 
-    fn schedule_check(&self, order_id: i64, at: Option<Millis>) -> Fut<'_, ()> {
-        Box::pin(schedule(&self.pool, "orders", order_id, at))
+    fn schedule_check(&self, order_id: i64, at: Option<Millis>, call: Option<Call>) -> Fut<'_, ()> {
+        Box::pin(async move {
+            let (call_at, said) = call.map(|c| (c.at, c.said)).unzip();
+            sqlx::query(sqlx::AssertSqlSafe(dollars(SCHEDULE_ORDER_CHECK)))
+                .bind(at)
+                .bind(order_id)
+                .bind(call_at)
+                .bind(said)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn checks(&self, order_id: i64) -> Fut<'_, Checks> {
+        Box::pin(async move {
+            let row = sqlx::query(sqlx::AssertSqlSafe(dollars(CHECKS_OF_ORDER)))
+                .bind(order_id)
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(match row {
+                Some(r) => checks_from(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),
+                None => Checks::default(),
+            })
+        })
     }
 
     fn claim_outbox(&self, now: Millis, lease_until: Millis, limit: u32) -> Fut<'_, Vec<OutboxEvent>> {
@@ -395,7 +419,7 @@ impl Store for PgStore {
 
     fn reconciliations(&self, limit: u32) -> Fut<'_, Vec<ReconciliationRun>> {
         Box::pin(async move {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(RECONCILIATIONS.replace("?1", "$1")))
+            let rows = sqlx::query(sqlx::AssertSqlSafe(dollars(RECONCILIATIONS)))
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)
                 .await?;
@@ -420,8 +444,7 @@ impl Store for PgStore {
     fn daily(&self, from: Millis, to: Millis) -> Fut<'_, Vec<Daily>> {
         Box::pin(async move {
             let (orders, rejected) = daily_sql();
-            let dollars = |sql: String| sql.replace("?1", "$1").replace("?2", "$2");
-            let orders = sqlx::query(sqlx::AssertSqlSafe(dollars(orders)))
+            let orders = sqlx::query(sqlx::AssertSqlSafe(dollars(&orders)))
                 .bind(from)
                 .bind(to)
                 .fetch_all(&self.pool)
@@ -438,7 +461,7 @@ impl Store for PgStore {
                     })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
-            let rejected = sqlx::query(sqlx::AssertSqlSafe(dollars(rejected)))
+            let rejected = sqlx::query(sqlx::AssertSqlSafe(dollars(&rejected)))
                 .bind(from)
                 .bind(to)
                 .fetch_all(&self.pool)
@@ -478,7 +501,7 @@ impl Store for PgStore {
 
     fn undelivered(&self, limit: u32) -> Fut<'_, Vec<Delivery>> {
         Box::pin(async move {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(UNDELIVERED.replace("?1", "$1")))
+            let rows = sqlx::query(sqlx::AssertSqlSafe(dollars(UNDELIVERED)))
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)
                 .await?;
@@ -488,7 +511,7 @@ impl Store for PgStore {
 
     fn deliveries(&self, order_id: i64) -> Fut<'_, Vec<Delivery>> {
         Box::pin(async move {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(DELIVERIES_OF_ORDER.replace("?1", "$1")))
+            let rows = sqlx::query(sqlx::AssertSqlSafe(dollars(DELIVERIES_OF_ORDER)))
                 .bind(order_id)
                 .fetch_all(&self.pool)
                 .await?;

@@ -122,3 +122,11 @@ pub(super) fn delivery_row(r: &PgRow) -> Result<Delivery, StoreError> {
         delivered_at: r.try_get(8)?,
     })
 }
+
+/// A statement shared with SQLite (`?1`, `?2`, …) in PostgreSQL's placeholders (`$1`, …).
+/// Numbers are replaced from the highest down, so that `?1` never eats the start of `?10`.
+pub(super) fn dollars(sql: &str) -> String {
+    (1..=12)
+        .rev()
+        .fold(sql.to_owned(), |s, n| s.replace(&format!("?{n}"), &format!("${n}")))
+}

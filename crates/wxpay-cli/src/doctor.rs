@@ -174,11 +174,12 @@ pub(crate) fn decrypt(args: DecryptArgs) -> Result<(), CliError> {
                 Ok(())
             }
             Err(why) => {
-                let failed = match args.lang.chosen() {
+                let lang = args.lang.chosen();
+                let failed = match lang {
                     Lang::En => "FAILED: ",
                     Lang::Zh => "失败：",
                 };
-                emit(&format!("{failed}{}\n", why.get(args.lang.chosen())));
+                emit(&format!("{failed}{}\n", why.get(lang)));
                 Err(CliError::Failed)
             }
         };

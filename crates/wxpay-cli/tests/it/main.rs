@@ -454,6 +454,9 @@ fn verify_v3_checks_a_notification_as_received_and_names_a_reformatted_body() {
         &[("LC_ALL", "zh_CN.UTF-8")],
     );
     assert!(en.stdout.contains("reformatted"), "{}", en.stdout);
+    // LC_ALL overrides LANG, as POSIX has it.
+    let c = wxpay(&args, None, &[("LC_ALL", "C"), ("LANG", "zh_CN.UTF-8")]);
+    assert!(c.stdout.starts_with("FAILED"), "{}", c.stdout);
 }
 
 #[test]

@@ -338,7 +338,7 @@ fn read_body(raw: &[u8], d: &mut Diagnosis) -> Option<Body> {
                         "the body is not UTF-8 (invalid byte at offset {at}): WeChat Pay signs and checks the UTF-8 bytes, so a body encoded as GBK/GB2312 fails. Encode the body and the signed string as UTF-8."
                     ),
                     format!(
-                        "报文不是 UTF-8 编码（第 {at} 个字节无效）：微信支付按 UTF-8 字节签名和验签，GBK/GB2312 编码的报文一定验不过。请把报文和待签名字符串都编码为 UTF-8。"
+                        "报文不是 UTF-8 编码（偏移 {at} 处的字节无效）：微信支付按 UTF-8 字节签名和验签，GBK/GB2312 编码的报文一定验不过。请把报文和待签名字符串都编码为 UTF-8。"
                     ),
                 ),
             );

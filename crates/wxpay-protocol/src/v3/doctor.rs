@@ -85,7 +85,7 @@ impl fmt::Display for Report {
 /// Why a signature check failed, in Chinese (the English is the error's own text).
 fn failure_zh(e: &VerifyError) -> String {
     match e {
-        VerifyError::Missing(name) => format!("缺少请求头 Wechatpay-{name}"),
+        VerifyError::Missing(name) => format!("缺少 HTTP 头 Wechatpay-{name}"),
         VerifyError::Probe => "这是一次签名探测（WECHATPAY/SIGNTEST/）：按微信支付的要求拒绝".to_owned(),
         VerifyError::BadTimestamp(t) => format!("Wechatpay-Timestamp {t:?} 不是以秒为单位的 Unix 时间"),
         VerifyError::Stale { skew_secs } => format!(
@@ -162,7 +162,7 @@ pub fn diagnose(
                         "give the header Wechatpay-{name} exactly as received; WeChat Pay sends Wechatpay-Timestamp, -Nonce, -Signature and -Serial with every notification and answer (a proxy or framework may have dropped it)"
                     ),
                     format!(
-                        "请原样提供收到的请求头 Wechatpay-{name}；微信支付的每个通知和应答都带有 Wechatpay-Timestamp、-Nonce、-Signature 和 -Serial（可能被代理或框架丢掉了）"
+                        "请原样提供收到的 HTTP 头 Wechatpay-{name}；微信支付的每个通知和应答都带有 Wechatpay-Timestamp、-Nonce、-Signature 和 -Serial（可能被代理或框架丢掉了）"
                     ),
                 )),
                 VerifyError::Probe => report.confirmed.push(Text::new(
@@ -208,18 +208,20 @@ pub fn diagnose(
                         )
                     };
                     let (given, given_zh) = if known.is_empty() {
-                        ("no key".to_owned(), "任何密钥".to_owned())
+                        ("no key".to_owned(), "没有给出任何密钥".to_owned())
                     } else {
-                        (format!("only {}", known.join(", ")), format!("只有 {}", known.join(", ")))
+                        (format!("only {}", known.join(", ")), format!("只给出了 {}", known.join(", ")))
                     };
-                    let other_kind = known.iter().any(|k| k.starts_with("PUB_KEY_ID_")) != serial.starts_with("PUB_KEY_ID_");
+                    // Keys of the other kind only: a switch-over half configured.
+                    let other_kind = !known.is_empty()
+                        && known.iter().all(|k| k.starts_with("PUB_KEY_ID_") != serial.starts_with("PUB_KEY_ID_"));
                     report.hints.push(if other_kind {
                         Text::new(
                             format!(
                                 "it names {kind}, but you gave {given}, of the other kind: during the switch from platform certificates to the public key WeChat Pay uses either, so configure both"
                             ),
                             format!(
-                                "它指向{kind_zh}，但你给出的是另一种：{given_zh}。从平台证书切换到微信支付公钥期间，微信支付两种都会用，所以请两种都配置"
+                                "它指向{kind_zh}，但你{given_zh}，属于另一种：从平台证书切换到微信支付公钥期间，微信支付两种都会用，所以请两种都配置"
                             ),
                         )
                     } else {
@@ -228,7 +230,7 @@ pub fn diagnose(
                                 "it names {kind} you did not give (you gave {given}): a new certificate after a rotation (download the list again), another merchant's key, or an id copied wrong"
                             ),
                             format!(
-                                "它指向{kind_zh}，而你没有给出（你给出的是：{given_zh}）：可能是证书轮换后的新证书（重新下载列表）、别的商户的密钥，或者 ID 抄错了"
+                                "它指向{kind_zh}，而你没有给出它（你{given_zh}）：可能是证书轮换后的新证书（重新下载列表）、别的商户的密钥，或者 ID 抄错了"
                             ),
                         )
                     });

@@ -7,6 +7,7 @@ mod flow;
 mod golden;
 mod hardening;
 mod jobs;
+mod model;
 mod reconcile;
 mod reference;
 mod refunds;

@@ -1091,6 +1091,27 @@ pub(crate) fn paid_notification(out_trade_no: &str, total_fee: u64, transaction_
     notification(DEFAULT, out_trade_no, total_fee, transaction_id, |_| {})
 }
 
+/// Records a figure of the running test for the trust report (`scripts/trust-report`), when
+/// it asks for them: `WXPAY_TRUST_FIGURES` names the file the figures are appended to, one
+/// JSON line each, under the test's name (libtest names each test's thread after the test)
+/// and the promises of `docs/trust/promises.toml` it is a figure of.
+pub(crate) fn figure(promises: &[&str], text: impl std::fmt::Display) {
+    use std::io::Write;
+    let Some(path) = std::env::var_os("WXPAY_TRUST_FIGURES") else {
+        return;
+    };
+    let test = std::thread::current().name().unwrap_or("").to_owned();
+    let line = serde_json::json!({ "test": test, "promises": promises, "figure": text.to_string() });
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("the figures file opens");
+    // One write of one line: appends from tests running at once do not interleave.
+    file.write_all(format!("{line}\n").as_bytes())
+        .expect("a figure is written");
+}
+
 /// Polls `f` until it returns true, up to about five seconds.
 pub(crate) async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
     for _ in 0..250 {

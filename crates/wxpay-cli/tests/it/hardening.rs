@@ -219,3 +219,210 @@ async fn the_demo_shows_a_failed_payment_at_once_with_beijing_times() {
     }
     let _ = std::fs::remove_dir_all(scratch);
 }
+
+/// Reliability checklist item 37: the demo (gateway and simulator, APIv2 and APIv3) runs at
+/// TRACE through logins, payments, refunds, forged notifications and the console; then its
+/// whole log, every answer it gave, its metrics and every byte of its database (freed pages
+/// and the WAL included) are searched for its secrets. Only the two lines that print the
+/// API token and the console password on purpose may hold them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_trace_level_no_secret_reaches_a_log_line_an_answer_a_metric_or_a_database_byte() {
+    use md5::Digest;
+    use serde_json::{Value, json};
+    use wxpay_simulator::{TEST_API_KEY, TEST_APIV3_KEY, TEST_APP_SECRET};
+
+    use crate::serve::{console_shows_the_order, demo_checkout, demo_view, start_demo_logging, wait_for};
+
+    let scratch = scratch_dir("secrets");
+    let dir = scratch.join("data");
+    let (mut demo, base, mut lines, log) = start_demo_logging(&dir, "trace");
+    let http = client();
+    let mut answers: Vec<String> = Vec::new();
+    let post = async |path: &str, body: Value| -> (u16, String) {
+        let r = http.post(format!("{base}{path}")).json(&body).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let (_, login) = post("/demo/backend/login", json!({"user": "dave"})).await;
+    let login: Value = serde_json::from_str(&login).unwrap();
+    answers.push(login.to_string());
+    for (api, openid, item, refund_fen) in [
+        ("v2", login["openid"].as_str().unwrap(), "latte", 1400),
+        ("v3", login["openids"]["v3"].as_str().unwrap(), "cake", 1995),
+    ] {
+        let (status, order) = post(
+            "/demo/backend/orders",
+            json!({"item": item, "openid": openid, "key": format!("secrets-{api}"), "api": api}),
+        )
+        .await;
+        assert_eq!(status, 201, "{order}");
+        answers.push(order.clone());
+        let order: Value = serde_json::from_str(&order).unwrap();
+        demo_checkout(&http, &base, order["prepay_id"].as_str().unwrap(), "success").await;
+        let no = order["out_trade_no"].as_str().unwrap().to_owned();
+        let view = async || {
+            http.get(format!("{base}/demo/backend/orders/{no}?api={api}"))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        };
+        wait_for("the order is paid", async || view().await["order"]["status"] == "paid").await;
+        let (status, refund) = post(
+            &format!("/demo/backend/orders/{no}/refund"),
+            json!({"amount_fen": refund_fen, "key": format!("secrets-refund-{api}"), "api": api}),
+        )
+        .await;
+        assert_eq!(status, 201, "{refund}");
+        answers.push(refund);
+        wait_for("the refund succeeds", async || {
+            view().await["webhook_events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["type"] == "refund.succeeded")
+        })
+        .await;
+        answers.push(view().await.to_string());
+        if api == "v2" {
+            answers.push(demo_view(&http, &base, &no).await.to_string());
+            console_shows_the_order(&base, &dir, &no).await;
+        }
+    }
+    // Forged and unreadable notifications, answered and logged as rejections.
+    for (path, body) in [
+        (
+            "/notify/v2/pay",
+            format!(
+                "<xml><return_code>SUCCESS</return_code><appid>{TEST_APPID}</appid><mch_id>{TEST_MCH_ID}</mch_id>\
+                 <out_trade_no>X1</out_trade_no><sign>00000000000000000000000000000000</sign></xml>"
+            ),
+        ),
+        (
+            "/notify/v2/refund",
+            "<xml><return_code>SUCCESS</return_code><req_info>AAAA</req_info></xml>".into(),
+        ),
+        ("/notify/v3/v3", "{\"id\":\"x\",\"resource\":{}}".into()),
+    ] {
+        let r = http.post(format!("{base}{path}")).body(body).send().await.unwrap();
+        answers.push(r.text().await.unwrap());
+    }
+    for path in ["/metrics", "/openapi.json", "/healthz", "/readyz"] {
+        answers.push(
+            http.get(format!("{base}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
+    }
+    demo.terminate();
+    // Until the demo's standard error closes.
+    while let Ok(line) = log.recv_timeout(Duration::from_secs(10)) {
+        lines.push(line);
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("TRACE")),
+        "the demo logged at TRACE: {} lines",
+        lines.len()
+    );
+
+    // The secrets: the keys, the MD5 of the APIv2 key (the refund notifications' AES key),
+    // the merchant's private key, the app secret, the webhook's and console's secrets, the
+    // API token, and the tail of a signed string.
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap().trim().to_owned();
+    let md5: String = md5::Md5::digest(TEST_API_KEY.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let keys_dir = dir.join("simulator-keys");
+    let mut private_keys = Vec::new();
+    for entry in walk(&keys_dir) {
+        let text = std::fs::read_to_string(&entry).unwrap_or_default();
+        if text.contains("PRIVATE KEY") {
+            // A line of the key's base64 body: long enough never to occur by chance.
+            let line = text.lines().nth(1).unwrap().to_owned();
+            private_keys.push((entry.display().to_string(), line));
+        }
+    }
+    assert!(
+        private_keys.len() >= 2,
+        "the merchant's and WeChat Pay's private keys: {private_keys:?}"
+    );
+    let mut secrets: Vec<(String, String)> = vec![
+        ("the APIv2 key".into(), TEST_API_KEY.into()),
+        ("the MD5 of the APIv2 key".into(), md5.clone()),
+        ("the MD5 of the APIv2 key, upper case".into(), md5.to_uppercase()),
+        ("the APIv3 key".into(), TEST_APIV3_KEY.into()),
+        ("the app secret".into(), TEST_APP_SECRET.into()),
+        ("the webhook secret".into(), read("webhook-secret")),
+        ("a private key's PEM".into(), "PRIVATE KEY".into()),
+        ("a signed string's key".into(), "&key=".into()),
+    ];
+    secrets.extend(
+        private_keys
+            .into_iter()
+            .map(|(file, line)| (format!("the private key {file}"), line)),
+    );
+    // Printed once each, on purpose, on lines of their own.
+    let token = read("api-token");
+    let password = read("console-password");
+    let announced = |l: &str| l.starts_with("console: ") || l.contains("(Authorization: Bearer ");
+    secrets.push(("the API token".into(), token));
+    secrets.push(("the console password".into(), password));
+
+    let mut database = Vec::new();
+    for file in ["wxpay.db", "wxpay.db-wal"] {
+        database.extend(std::fs::read(dir.join(file)).unwrap_or_default());
+    }
+    let database = String::from_utf8_lossy(&database).into_owned();
+    let mut found = Vec::new();
+    for (what, secret) in &secrets {
+        for l in lines.iter().filter(|l| l.contains(secret.as_str()) && !announced(l)) {
+            found.push(format!("{what} in the log: {l}"));
+        }
+        for a in answers.iter().filter(|a| a.contains(secret.as_str())) {
+            found.push(format!("{what} in an answer: {a}"));
+        }
+        if database.contains(secret.as_str()) {
+            found.push(format!("{what} in the database"));
+        }
+    }
+    assert!(found.is_empty(), "{} leaks:\n{}", found.len(), found.join("\n"));
+    // The search sees what it searches: the printed token and password are found, where
+    // they were printed on purpose.
+    for (what, secret) in &secrets[secrets.len() - 2..] {
+        assert!(
+            lines.iter().any(|l| l.contains(secret.as_str()) && announced(l)),
+            "{what} was printed"
+        );
+    }
+    crate::figure(
+        &["37"],
+        format!(
+            "the demo at TRACE through {} log lines, {} answers and a {} KiB database (v2 and v3: logins, payments, refunds, forged notifications, the console): 0 of {} secrets found",
+            lines.len(),
+            answers.len(),
+            database.len() / 1024,
+            secrets.len()
+        ),
+    );
+    let _ = std::fs::remove_dir_all(scratch);
+}
+
+/// Every file below `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

@@ -34,6 +34,29 @@ pub(crate) fn wxpay_command() -> Command {
     cmd
 }
 
+/// Records a figure of the running test for the trust report (`scripts/trust-report`), and
+/// prints it: `WXPAY_TRUST_FIGURES` names the file the figures are appended to, one JSON line
+/// each, under the test's name (libtest names each test's thread after the test) and the
+/// promises of `docs/trust/promises.toml` it is a figure of.
+pub(crate) fn figure(promises: &[&str], text: impl std::fmt::Display) {
+    use std::io::Write;
+    let text = text.to_string();
+    eprintln!("{text}");
+    let Some(path) = std::env::var_os("WXPAY_TRUST_FIGURES") else {
+        return;
+    };
+    let test = std::thread::current().name().unwrap_or("").to_owned();
+    let line = serde_json::json!({ "test": test, "promises": promises, "figure": text });
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("the figures file opens");
+    // One write of one line: appends from tests running at once do not interleave.
+    file.write_all(format!("{line}\n").as_bytes())
+        .expect("a figure is written");
+}
+
 /// Removes from `cmd`'s environment every name in `names` that starts with `WXPAY_`.
 fn without_wxpay_vars(cmd: &mut Command, names: impl IntoIterator<Item = std::ffi::OsString>) {
     for name in names {

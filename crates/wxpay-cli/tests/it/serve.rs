@@ -620,16 +620,19 @@ async fn crash_and_restart(database_url: &str, dir: &Path) {
             .count();
         assert!(paid <= 1, "{full}");
     }
-    eprintln!(
-        "crash test ({}): {} orders and {} payments acknowledged before SIGKILL ({} requests cut off by it), all present once after restart",
-        if database_url.starts_with("postgres") {
-            "postgres"
-        } else {
-            "sqlite"
-        },
-        acks.orders.len(),
-        acks.payments.len(),
-        acks.unanswered
+    crate::figure(
+        &["33", "34"],
+        format!(
+            "{}: {} orders and {} payments acknowledged before SIGKILL ({} requests cut off by it), all present once after restart",
+            if database_url.starts_with("postgres") {
+                "postgres"
+            } else {
+                "sqlite"
+            },
+            acks.orders.len(),
+            acks.payments.len(),
+            acks.unanswered
+        ),
     );
     server.terminate();
     sim.shutdown().await;
@@ -898,10 +901,20 @@ fn console_hash_password_makes_a_fresh_argon2id_hash_and_refuses_a_short_passwor
 /// Starts `wxpay demo` on a free port with `dir` as its data directory: the running demo
 /// (killed on drop) and its base URL.
 pub(crate) fn start_demo(dir: &Path) -> (Server, String) {
+    let (demo, base, _, _) = start_demo_logging(dir, "warn");
+    (demo, base)
+}
+
+/// `start_demo` logging at `level`, with the lines it wrote on standard error while it
+/// started; the lines after arrive on the receiver.
+pub(crate) fn start_demo_logging(
+    dir: &Path,
+    level: &str,
+) -> (Server, String, Vec<String>, std::sync::mpsc::Receiver<String>) {
     let child = crate::wxpay_command()
         .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
-        .env("WXPAY_LOG", "warn")
+        .env("WXPAY_LOG", level)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -923,6 +936,7 @@ pub(crate) fn start_demo(dir: &Path) -> (Server, String) {
     });
     let mut base = None;
     let mut console = None;
+    let mut started = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while (base.is_none() || console.is_none()) && Instant::now() < deadline {
         if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
@@ -930,8 +944,9 @@ pub(crate) fn start_demo(dir: &Path) -> (Server, String) {
                 base = Some(url.trim_end_matches("/demo").to_owned());
             }
             if line.starts_with("console: ") {
-                console = Some(line);
+                console = Some(line.clone());
             }
+            started.push(line);
         }
     }
     let base = base.expect("the demo prints its address");
@@ -942,12 +957,12 @@ pub(crate) fn start_demo(dir: &Path) -> (Server, String) {
         console.as_deref(),
         Some(format!("console: {base}/console password: {}", password.trim()).as_str())
     );
-    (demo, base)
+    (demo, base, started, rx)
 }
 
 /// Signs in to the demo's console with the password the demo printed and kept, and finds
 /// the order `no` there, paid and half refunded.
-async fn console_shows_the_order(base: &str, dir: &Path, no: &str) {
+pub(crate) async fn console_shows_the_order(base: &str, dir: &Path, no: &str) {
     let password = std::fs::read_to_string(dir.join("console-password")).unwrap();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -221,18 +221,24 @@ async fn a_hundred_concurrent_duplicate_notifications_move_the_order_exactly_onc
     let order = t.order(&no).await;
     assert_eq!(order["status"], "paid");
     let kinds = t.event_kinds(&no).await;
-    assert_eq!(
-        kinds.iter().filter(|k| *k == "paid").count(),
-        1,
-        "{}: {kinds:?}",
-        t.engine()
-    );
+    let transitions = kinds.iter().filter(|k| *k == "paid").count();
+    assert_eq!(transitions, 1, "{}: {kinds:?}", t.engine());
     let hook = t.webhook.clone();
     eventually("the event is delivered", async || !hook.delivered().is_empty()).await;
     t.outbox_drained().await;
-    assert_eq!(t.webhook.delivered().len(), 1, "{}: one event", t.engine());
+    let delivered = t.webhook.delivered().len();
+    assert_eq!(delivered, 1, "{}: one event", t.engine());
     assert_eq!(t.app.metrics().notifications_with("applied"), 1);
     assert_eq!(t.app.metrics().notifications_with("duplicate"), 99);
+    crate::support::figure(
+        &["17"],
+        format!(
+            "{}: {} concurrent duplicates → {} SUCCESS replies, {transitions} paid transition, {delivered} event delivered",
+            t.engine(),
+            replies.len(),
+            replies.iter().filter(|(s, r)| *s == 200 && r == SUCCESS).count(),
+        ),
+    );
     t.stop().await;
 }
 engines!(a_hundred_concurrent_duplicate_notifications_move_the_order_exactly_once);
@@ -409,6 +415,14 @@ async fn forged_tampered_and_hostile_notifications_change_nothing(db: TestDb) {
     // The genuine notification still works afterwards.
     assert_eq!(t.notify(signed).await, (200, SUCCESS.to_owned()));
     assert_eq!(t.order(&no).await["status"], "paid");
+    crate::support::figure(
+        &["2", "3", "5", "9", "10", "12"],
+        format!(
+            "{}: {} forged, tampered or hostile notifications ({hostile_count} hostile samples) → all refused with FAIL, 0 applied, both orders unchanged",
+            t.engine(),
+            cases.len()
+        ),
+    );
     t.stop().await;
 }
 engines!(forged_tampered_and_hostile_notifications_change_nothing);

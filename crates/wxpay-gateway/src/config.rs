@@ -212,6 +212,11 @@ pub struct UpstreamConfig {
     pub backup_after_failures: u32,
     /// How long the backup host is used before the primary is tried again.
     pub backup_for: Duration,
+    /// Orders of one merchant that WeChat Pay failed in a row (no answer, or `SYSTEMERROR`
+    /// after every attempt) before new orders are refused at once (0: never).
+    pub breaker_after_failures: u32,
+    /// How long new orders are refused before one is let through as a probe.
+    pub breaker_open_for: Duration,
 }
 
 impl Default for UpstreamConfig {
@@ -223,6 +228,8 @@ impl Default for UpstreamConfig {
             retry_backoff: Duration::from_millis(200),
             backup_after_failures: 3,
             backup_for: Duration::from_secs(180),
+            breaker_after_failures: 5,
+            breaker_open_for: Duration::from_secs(30),
         }
     }
 }

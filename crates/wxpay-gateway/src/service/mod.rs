@@ -6,6 +6,7 @@
 //! The modules here import `state` (the shared [`Service`]) and each other's functions, never
 //! this file, so that the module graph has no cycle (a test checks it).
 
+pub(crate) mod breaker;
 pub(crate) mod error;
 pub(crate) mod jobs;
 pub(crate) mod notifications;

@@ -5,6 +5,7 @@
 use wxpay_protocol::{Fen, OutTradeNo};
 
 use crate::provider::{PayParams, PaymentState, PaymentTerms, Provider, ProviderError, Refusal};
+use crate::service::breaker::Admission;
 use crate::service::error::{Conflict, ServiceError};
 use crate::service::numbers::Numbers;
 use crate::service::state::Service;
@@ -163,6 +164,17 @@ impl Service {
                 expires_at,
             ))
             .map_err(ServiceError::Invalid)?;
+        // While WeChat Pay keeps failing this merchant's orders, a new one is refused at once
+        // rather than stored and left waiting out the timeouts (a retry of a stored order is
+        // refused too: it would call WeChat Pay just the same).
+        let breaker = self.breaker(provider);
+        if let Admission::Refused { until } = breaker.admit(now) {
+            return Err(ServiceError::Unavailable(format!(
+                "WeChat Pay failed the last orders of merchant {}; new orders are refused for {} s, then one is tried",
+                config.name,
+                (until.ms_since(now) + 999) / 1000
+            )));
+        }
         let new = NewOrder {
             merchant: config.name.clone(),
             out_trade_no,
@@ -212,7 +224,16 @@ impl Service {
             order.attach.as_deref(),
             order.expires_at,
         );
-        match provider.create_payment(&terms).await {
+        let placed = provider.create_payment(&terms).await;
+        match &placed {
+            Err(e) if e.is_outage() => {
+                if breaker.failed(self.now()) {
+                    tracing::error!(merchant = ?config.name, "WeChat Pay keeps failing orders: new orders are refused for a while (circuit breaker open)");
+                }
+            }
+            _ => breaker.answered(),
+        }
+        match placed {
             Ok(prepay_id) => {
                 let order = self.inner.store.set_prepay(order.id, prepay_id, self.now()).await?;
                 self.placed(provider, order, true)

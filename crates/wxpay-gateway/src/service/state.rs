@@ -10,6 +10,7 @@ use crate::provider::sns::Sns;
 use crate::provider::v2::{V2Inbox, V2Provider};
 use crate::provider::v3::{V3Inbox, V3Provider};
 use crate::provider::{CertificateKeeper, KeptCertificate, Provider};
+use crate::service::breaker::Breaker;
 use crate::service::error::ServiceError;
 use crate::service::rejections::Rejections;
 use crate::store::Store;
@@ -21,6 +22,8 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
     /// One provider per configured merchant, in the configuration's order.
     pub(crate) merchants: Vec<Box<dyn Provider>>,
+    /// The circuit breaker on each merchant's order creation, in the same order.
+    pub(crate) breakers: Vec<Breaker>,
     /// Reads APIv2 notifications and finds their merchant.
     pub(crate) v2_inbox: V2Inbox,
     /// Reads APIv3 notifications of the merchant their path names.
@@ -127,6 +130,10 @@ impl Service {
                 )?));
             }
         }
+        let breakers = merchants
+            .iter()
+            .map(|_| Breaker::new(config.upstream.breaker_after_failures, config.upstream.breaker_open_for))
+            .collect();
         let v2_inbox = V2Inbox::new(&config.merchants);
         let v3_inbox = V3Inbox::new(v3_links);
         let sns = Sns::new(&config.upstream, metrics.clone())?;
@@ -136,6 +143,7 @@ impl Service {
                 clock,
                 store,
                 merchants,
+                breakers,
                 v2_inbox,
                 v3_inbox,
                 sns,
@@ -185,6 +193,18 @@ impl Service {
             .iter()
             .find(|m| m.merchant().name == name)
             .map(|m| &**m)
+    }
+
+    /// The circuit breaker on `provider`'s order creation.
+    pub(crate) fn breaker(&self, provider: &dyn Provider) -> &Breaker {
+        let name = &provider.merchant().name;
+        let i = self
+            .inner
+            .merchants
+            .iter()
+            .position(|m| &m.merchant().name == name)
+            .unwrap_or(0);
+        &self.inner.breakers[i]
     }
 
     /// The merchant a request names, or the first configured one.

@@ -783,3 +783,61 @@ async fn after_repeated_failures_the_backup_host_takes_over_until_its_time_is_up
     );
     t.stop().await;
 }
+
+async fn while_wechat_pay_fails_orders_new_ones_are_refused_at_once_and_notifications_still_apply(db: TestDb) {
+    let mut options = Options::default();
+    options.upstream.attempts = 1;
+    options.upstream.breaker_after_failures = 3;
+    options.upstream.breaker_open_for = Duration::from_secs(30);
+    let t = spawn_app(db, options).await;
+    let before = t.create(order_body(700)).await;
+    let before_no = before["out_trade_no"].as_str().unwrap().to_owned();
+    t.fault(json!({"kind": "system_error", "api": "unifiedorder", "for_ms": 600_000}))
+        .await;
+    // Three orders fail at WeChat Pay: the third opens the breaker.
+    for _ in 0..3 {
+        let (status, v) = t.api(Method::POST, "/v1/orders", Some(order_body(100)), None).await;
+        assert!(status == 502 || status == 503, "{}: {status} {v}", t.engine());
+    }
+    let calls = t.sim_calls("unifiedorder").await;
+    let stored = |v: &serde_json::Value| v["orders"].as_array().map_or(0, Vec::len);
+    let stored_before = stored(&t.api(Method::GET, "/v1/orders?limit=500", None, None).await.1);
+    assert_eq!(stored_before, 4, "the first order and the three that failed");
+    // The next is refused at once: nothing stored, nothing sent.
+    let started = std::time::Instant::now();
+    let (status, v) = t.api(Method::POST, "/v1/orders", Some(order_body(100)), None).await;
+    let fast = started.elapsed();
+    assert_eq!(status, 503, "{}: {v}", t.engine());
+    assert_eq!(v["error"]["code"], "wechatpay_unavailable", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("refused for 30 s"),
+        "{v}"
+    );
+    assert_eq!(t.sim_calls("unifiedorder").await, calls, "no call to WeChat Pay");
+    assert_eq!(
+        stored(&t.api(Method::GET, "/v1/orders?limit=500", None, None).await.1),
+        stored_before,
+        "no order stored"
+    );
+    // Notifications need nothing from WeChat Pay: they keep applying.
+    let (status, reply) = t
+        .notify(paid_notification(&before_no, 700, "4200000000000000000000000700"))
+        .await;
+    assert_eq!((status, reply.as_str()), (200, SUCCESS));
+    assert_eq!(t.order(&before_no).await["status"], "paid");
+    // After its time one order goes through as the probe; WeChat Pay is back, so it closes.
+    t.clear_faults().await;
+    t.app.clock().advance(Duration::from_secs(31));
+    t.create(order_body(100)).await;
+    t.create(order_body(100)).await;
+    crate::support::figure(
+        &["31"],
+        format!(
+            "{}: after 3 orders failed with SYSTEMERROR the 4th was refused in {} µs with 503, nothing stored or sent; a notification still applied; 31 s later the probe and the next order were placed",
+            t.engine(),
+            fast.as_micros()
+        ),
+    );
+    t.stop().await;
+}
+engines!(while_wechat_pay_fails_orders_new_ones_are_refused_at_once_and_notifications_still_apply);

@@ -779,6 +779,17 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// Removes every simulator fault.
+    pub(crate) async fn clear_faults(&self) {
+        let r = self
+            .http
+            .delete(format!("{}/simulator/faults", self.sim_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "the faults were not removed");
+    }
+
     /// Installs a simulator fault, and checks that it was installed.
     pub(crate) async fn fault(&self, fault: Value) {
         let (status, v) = self.sim_post("/simulator/faults", fault.clone()).await;

@@ -426,3 +426,108 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// Reliability checklist items 2, 4, 6 and 22: a rejected notification is an alert, a
+/// structured WARN record naming the order and why (both amounts for a wrong one), that the
+/// operator's log pipeline can match on. Read from `wxpay serve`'s JSON log.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_refused_notification_is_a_warning_naming_the_order_and_why() {
+    use serde_json::{Value, json};
+
+    use crate::serve::{TOKEN, paid_notification};
+
+    let sim = simulator().await;
+    let http = client();
+    let dir = scratch_dir("alerts");
+    let db = format!("sqlite://{}", dir.join("wxpay.db").display());
+    let front = Front::bind().await;
+    let config = write_config(&dir, &front.url, &db, sim.base_url(), None);
+    let log = dir.join("serve.log");
+    let mut server = Server::start_with(&config, &log, &["--log-format", "json"], "info");
+    front.forward_to(&server);
+    server.ready(&http).await;
+    let url = server.url.clone();
+    let mut numbers = Vec::new();
+    for _ in 0..2 {
+        let r = http
+            .post(format!("{url}/v1/orders"))
+            .bearer_auth(TOKEN)
+            .json(&json!({"description": "alerts", "amount_fen": 500, "openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let o: Value = r.json().await.unwrap();
+        numbers.push(o["out_trade_no"].as_str().unwrap().to_owned());
+    }
+    let (a, b) = (&numbers[0], &numbers[1]);
+    let unsigned = {
+        let signed = paid_notification(a, 500, "4200000000000000000000000901");
+        let start = signed.find("<sign>").unwrap();
+        let end = signed.find("</sign>").unwrap() + "</sign>".len();
+        format!("{}{}", &signed[..start], &signed[end..])
+    };
+    let sends = [
+        (paid_notification(a, 499, "4200000000000000000000000901"), 400),
+        (paid_notification(a, 501, "4200000000000000000000000901"), 400),
+        (
+            paid_notification("NO-SUCH-ORDER", 500, "4200000000000000000000000902"),
+            400,
+        ),
+        (unsigned, 400),
+        (paid_notification(a, 500, "4200000000000000000000000903"), 200),
+        // The transaction that paid a, reported for b.
+        (paid_notification(b, 500, "4200000000000000000000000903"), 400),
+    ];
+    for (body, status) in &sends {
+        let r = http
+            .post(format!("{url}/notify/v2/pay"))
+            .header("Content-Type", "text/xml")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        // Refused is anything but 200 (a wrong amount is 400, an unknown order 404).
+        assert_eq!(r.status().as_u16() == 200, *status == 200, "{body}");
+    }
+    server.terminate();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let warnings: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["level"] == "WARN")
+        .collect();
+    let field = |v: &Value, name: &str| v["fields"][name].as_str().unwrap_or_default().to_owned();
+    let warned = |what: &str, no: &str, also: &[&str]| {
+        warnings.iter().any(|v| {
+            let message = field(v, "message");
+            message.contains(what)
+                && field(v, "out_trade_no").contains(no)
+                && also.iter().all(|a| v["fields"].to_string().contains(a))
+        })
+    };
+    let expected: [(&str, &str, &[&str]); 5] = [
+        ("another amount", a, &["500", "499"]),
+        ("another amount", a, &["500", "501"]),
+        ("unknown order", "NO-SUCH-ORDER", &[]),
+        ("notification rejected", a, &["sign"]),
+        ("conflicts with a recorded payment", b, &["another order"]),
+    ];
+    for (what, no, also) in expected {
+        assert!(
+            warned(what, no, also),
+            "a WARN '{what}' naming {no} and {also:?}:\n{}",
+            warnings.iter().map(Value::to_string).collect::<Vec<_>>().join("\n")
+        );
+    }
+    crate::figure(
+        &["2", "4", "6", "22"],
+        format!(
+            "{} refused notifications (amount −1 and +1, unknown order, unsigned, a reused transaction) → {} WARN records, each naming the order and why",
+            expected.len(),
+            warnings.len()
+        ),
+    );
+    sim.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -384,7 +384,7 @@ impl Drop for Server {
     }
 }
 
-fn paid_notification(out_trade_no: &str, total_fee: u64, transaction_id: &str) -> String {
+pub(crate) fn paid_notification(out_trade_no: &str, total_fee: u64, transaction_id: &str) -> String {
     let mut f = Fields::new();
     for (k, v) in [
         ("appid", TEST_APPID.to_owned()),

@@ -2,6 +2,7 @@
 //! end to end with the simulator in process, each test on its own database.
 
 mod architecture;
+mod concurrency;
 mod console;
 mod flow;
 mod golden;

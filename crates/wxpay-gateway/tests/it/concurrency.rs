@@ -1,0 +1,221 @@
+//! The same request many times at once: what the reliability checklist asks of it (items 18,
+//! 23 and 24), through the API and at the store, on both engines.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use wxpay_gateway::store::{Created, NewOrder, Payment, PaymentOutcome, Source, Store};
+use wxpay_gateway::time::Millis;
+use wxpay_protocol::{Fen, OutTradeNo};
+
+use crate::support::{Options, TestDb, engines, figure, order_body, spawn_app};
+
+/// Requests sent at once.
+const AT_ONCE: usize = 50;
+
+async fn fifty_identical_order_requests_at_once_make_one_order_and_one_call(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    let calls = t.sim_calls("unifiedorder").await;
+    let mut body = order_body(1234);
+    body["out_trade_no"] = json!("CC-FIFTY");
+    let answers = join_all((0..AT_ONCE).map(|_| {
+        let http = t.http.clone();
+        let url = format!("{}/v1/orders", t.url);
+        let body = body.clone();
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(crate::support::TOKEN)
+                .header("Idempotency-Key", "cc-fifty")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    }))
+    .await;
+    // Each is the first one's answer, or told that the first is still under way.
+    let created: Vec<&Value> = answers.iter().filter(|(s, _)| *s == 201).map(|(_, v)| v).collect();
+    assert!(!created.is_empty(), "{}: {answers:?}", t.engine());
+    assert!(
+        answers.iter().all(|(s, _)| *s == 201 || *s == 409),
+        "{}: {answers:?}",
+        t.engine()
+    );
+    assert!(created.iter().all(|v| *v == created[0]), "one answer: {created:?}");
+    assert_eq!(t.sim_calls("unifiedorder").await - calls, 1, "{}: one call", t.engine());
+    let all = t
+        .app
+        .store()
+        .list_orders(wxpay_gateway::store::OrderFilter::default(), 500, None)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1, "{}: one order", t.engine());
+    // Afterwards the same request gets that answer too.
+    let (status, again) = t
+        .api(reqwest::Method::POST, "/v1/orders", Some(body), Some("cc-fifty"))
+        .await;
+    assert_eq!((status, &again), (201, created[0]));
+    figure(
+        &["23"],
+        format!(
+            "{}: {AT_ONCE} identical order requests at once with one key → {} × 201 with one answer, {} × 409 while it was under way, 1 order, 1 unifiedorder call",
+            t.engine(),
+            created.len(),
+            AT_ONCE - created.len()
+        ),
+    );
+    t.stop().await;
+}
+engines!(fifty_identical_order_requests_at_once_make_one_order_and_one_call);
+
+async fn fifty_identical_refund_requests_at_once_make_one_refund(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    t.paid_order("CC-REFUND", 1000).await;
+    let answers = join_all((0..AT_ONCE).map(|_| {
+        let http = t.http.clone();
+        let url = format!("{}/v1/orders/CC-REFUND/refunds", t.url);
+        async move {
+            let r = http
+                .post(url)
+                .bearer_auth(crate::support::TOKEN)
+                .json(&json!({"amount_fen": 300, "out_refund_no": "CC-REFUND-1"}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    }))
+    .await;
+    let ok = answers.iter().filter(|(s, _)| *s == 200 || *s == 201).count();
+    assert!(ok >= 1, "{}: {answers:?}", t.engine());
+    assert!(
+        answers.iter().all(|(s, _)| matches!(s, 200 | 201 | 409)),
+        "{}: {answers:?}",
+        t.engine()
+    );
+    let numbers: HashSet<&str> = answers
+        .iter()
+        .filter_map(|(_, v)| v["out_refund_no"].as_str())
+        .collect();
+    assert_eq!(numbers.len(), 1, "{answers:?}");
+    let order = t.order("CC-REFUND").await;
+    assert_eq!(order["refunds"].as_array().unwrap().len(), 1, "{}: {order}", t.engine());
+    crate::support::eventually("the refund settles", async || {
+        t.order("CC-REFUND").await["refunded_fen"] == 300
+    })
+    .await;
+    let sim = t.sim_get("/simulator/orders/CC-REFUND").await;
+    assert_eq!(
+        (sim["refunded_fee"].as_i64(), sim["refunds"].as_array().unwrap().len()),
+        (Some(300), 1),
+        "{}: one refund at WeChat Pay: {sim}",
+        t.engine()
+    );
+    figure(
+        &["24"],
+        format!(
+            "{}: {AT_ONCE} identical refund requests at once → {ok} answered with the refund, {} × 409 while it was under way, 1 refund stored, 1 at WeChat Pay, 300 of 1000 fen refunded",
+            t.engine(),
+            AT_ONCE - ok
+        ),
+    );
+    t.stop().await;
+}
+engines!(fifty_identical_refund_requests_at_once_make_one_refund);
+
+/// A thousand orders, each paid at once by a notification and by a query's answer (the
+/// same transaction, as WeChat Pay reports it both ways).
+async fn a_notification_and_a_query_racing_pay_each_order_once(db: TestDb) {
+    const ORDERS: usize = 1000;
+    const T0: Millis = Millis::from_unix_ms(1_795_000_000_000);
+    let store: Arc<dyn Store> = db.store().await;
+    let mut ids = Vec::with_capacity(ORDERS);
+    for i in 0..ORDERS {
+        let new = NewOrder {
+            merchant: "default".into(),
+            out_trade_no: OutTradeNo::new(format!("RACE{i:05}")).unwrap(),
+            appid: "wxd678efh567hg6787".into(),
+            mch_id: "1230000109".into(),
+            description: "race".into(),
+            amount_fen: Fen::new(100).unwrap(),
+            openid: "openid".into(),
+            attach: None,
+            client_ip: "127.0.0.1".into(),
+            expires_at: T0 + Duration::from_secs(7200),
+            first_check_at: T0 + Duration::from_secs(60),
+            request_hash: format!("race-{i}"),
+            now: T0,
+        };
+        let Created::New(o) = store.create_order(new).await.unwrap() else {
+            panic!("RACE{i:05} existed")
+        };
+        ids.push(o.id);
+    }
+    let payment = |i: usize, source: Source, at: u64| Payment {
+        merchant: "default".into(),
+        out_trade_no: OutTradeNo::new(format!("RACE{i:05}")).unwrap(),
+        transaction_id: format!("4200000000{i:018}"),
+        amount_fen: Fen::new(100).unwrap(),
+        paid_at: T0 + Duration::from_millis(at),
+        source,
+        now: T0 + Duration::from_millis(at),
+    };
+    // Fifty races at a time, the two sides of each started together.
+    let mut applied = 0;
+    for chunk in (0..ORDERS).collect::<Vec<_>>().chunks(50) {
+        let races = chunk.iter().map(|&i| {
+            let store = store.clone();
+            async move {
+                let (a, b) = tokio::join!(
+                    store.apply_payment(payment(i, Source::Notification, 1000), None),
+                    store.apply_payment(payment(i, Source::Query, 1001), None)
+                );
+                [a.unwrap(), b.unwrap()]
+            }
+        });
+        for outcomes in join_all(races).await {
+            let n = outcomes
+                .iter()
+                .filter(|o| matches!(o, PaymentOutcome::Applied(_)))
+                .count();
+            assert_eq!(n, 1, "{}: {outcomes:?}", db.engine);
+            assert!(
+                outcomes
+                    .iter()
+                    .all(|o| matches!(o, PaymentOutcome::Applied(_) | PaymentOutcome::AlreadyPaid(_))),
+                "{outcomes:?}"
+            );
+            applied += n;
+        }
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let paid = store
+            .events(*id)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == "paid")
+            .count();
+        let events = store.deliveries(*id).await.unwrap().len();
+        assert_eq!((paid, events), (1, 1), "{}: RACE{i:05}", db.engine);
+        let o = store
+            .order("default".into(), OutTradeNo::new(format!("RACE{i:05}")).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.transaction_id.as_deref(), Some(format!("4200000000{i:018}").as_str()));
+    }
+    figure(
+        &["18"],
+        format!(
+            "{}: {ORDERS} orders each paid at once by a notification and a query → {applied} transitions, 1 paid event and 1 outbox event each, the transaction written once",
+            db.engine
+        ),
+    );
+}
+engines!(multi_thread a_notification_and_a_query_racing_pay_each_order_once);

@@ -2,6 +2,7 @@
 //! every typed call and notification end to end through its wire form.
 
 mod calls;
+mod constant_time;
 mod fuzz_checks;
 mod golden;
 mod golden_index;

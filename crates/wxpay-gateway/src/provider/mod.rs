@@ -98,9 +98,9 @@ impl From<wxpay_protocol::v2::Retry> for Retry {
 }
 
 impl ProviderError {
-    /// The refusal's meaning, when this is a business refusal.
     /// Whether WeChat Pay failed rather than answered: no answer, or a refusal to try again
-    /// later (`SYSTEMERROR` after every attempt, a rate limit). What the circuit breaker counts.
+    /// later (`SYSTEMERROR` after every attempt, a rate limit, `BIZERR_NEED_RETRY`). What the
+    /// circuit breaker counts.
     pub(crate) fn is_outage(&self) -> bool {
         matches!(
             self,
@@ -112,6 +112,7 @@ impl ProviderError {
         )
     }
 
+    /// The refusal's meaning, when this is a business refusal.
     pub(crate) fn refusal(&self) -> Option<Refusal> {
         match self {
             ProviderError::Refused { reason, .. } => Some(*reason),

@@ -16,8 +16,10 @@ enum State {
     Closed { failures: u32 },
     /// Calls are refused until then.
     Open { until: Millis },
-    /// One call (the probe) is under way; the others are refused until it ends.
-    Probing,
+    /// One call (the probe) is under way since then; the others are refused until it ends.
+    /// A probe that never tells how it went (its request was dropped, or ended before
+    /// calling WeChat Pay) is given up after the open time, and the next call probes.
+    Probing { since: Millis },
 }
 
 /// A circuit breaker for one merchant's order creation.
@@ -30,14 +32,74 @@ pub(crate) struct Breaker {
     open_for: Duration,
 }
 
-/// Whether a call may go: `Go` (and whether it is the probe, whose outcome must be told),
-/// or refused until a time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Admission {
-    /// The call may go.
-    Go,
-    /// The breaker is open (or another call probes) until then.
+/// Whether a call may go: with a permit, or refused until a time.
+#[derive(Debug)]
+pub(crate) enum Admission<'b> {
+    /// The call may go; tell the permit how WeChat Pay did.
+    Go(Permit<'b>),
+    /// The breaker is open (or a probe is under way) until then.
     Refused { until: Millis },
+}
+
+/// Leave for one call. Its outcome counts only if the breaker is still in the state it was
+/// given in: a call that started before the breaker opened does not decide a probe. A probe
+/// dropped without an outcome (its request cancelled, or ended before WeChat Pay was called)
+/// lets the next call probe at once.
+#[derive(Debug)]
+pub(crate) struct Permit<'b> {
+    breaker: &'b Breaker,
+    /// When this call started probing, if it is the probe.
+    probe: Option<Millis>,
+    told: bool,
+}
+
+impl Permit<'_> {
+    /// WeChat Pay answered (whatever it said): the breaker closes.
+    pub(crate) fn answered(mut self) {
+        self.told = true;
+        let mut state = self.breaker.lock();
+        match (*state, self.probe) {
+            (State::Closed { .. }, None) => *state = State::Closed { failures: 0 },
+            (State::Probing { since }, Some(p)) if since == p => *state = State::Closed { failures: 0 },
+            // Open, another call probes, or this probe was given up: the probe decides.
+            _ => {}
+        }
+    }
+
+    /// WeChat Pay failed the call at `now`: one more in a row; enough of them, or a failed
+    /// probe, open the breaker. True when this failure opened it.
+    pub(crate) fn failed(mut self, now: Millis) -> bool {
+        self.told = true;
+        let b = self.breaker;
+        let mut state = b.lock();
+        let failures = match (*state, self.probe) {
+            (State::Closed { failures }, None) => failures + 1,
+            (State::Probing { since }, Some(p)) if since == p => b.after,
+            // Open, another call probes, or this probe was given up: the probe decides.
+            _ => return false,
+        };
+        if b.after > 0 && failures >= b.after {
+            *state = State::Open {
+                until: now + b.open_for,
+            };
+            true
+        } else {
+            *state = State::Closed { failures };
+            false
+        }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if let (false, Some(p)) = (self.told, self.probe) {
+            let mut state = self.breaker.lock();
+            if *state == (State::Probing { since: p }) {
+                // Open until a moment already past: the next call probes.
+                *state = State::Open { until: p };
+            }
+        }
+    }
 }
 
 impl Breaker {
@@ -56,48 +118,39 @@ impl Breaker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Until when calls are refused at `now`, if they are; changes nothing (a caller that may
+    /// not need to call at all asks this first).
+    pub(crate) fn refused_until(&self, now: Millis) -> Option<Millis> {
+        match *self.lock() {
+            State::Open { until } if now < until => Some(until),
+            State::Probing { since } if now < since + self.open_for => Some(since + self.open_for),
+            _ => None,
+        }
+    }
+
     /// Whether a call may go at `now`. Once the breaker's time is up the first call is the
-    /// probe; the calls that come while it is under way are refused for the same time again.
-    pub(crate) fn admit(&self, now: Millis) -> Admission {
+    /// probe; the calls that come while it is under way are refused until it ends, or until
+    /// the open time has passed without its outcome (then the next call probes).
+    pub(crate) fn admit(&self, now: Millis) -> Admission<'_> {
         let mut state = self.lock();
-        match *state {
-            State::Closed { .. } => Admission::Go,
-            State::Open { until } if now < until => Admission::Refused { until },
-            State::Open { .. } => {
-                *state = State::Probing;
-                Admission::Go
+        let probe = match *state {
+            State::Closed { .. } => None,
+            State::Open { until } if now < until => return Admission::Refused { until },
+            State::Probing { since } if now < since + self.open_for => {
+                return Admission::Refused {
+                    until: since + self.open_for,
+                };
             }
-            State::Probing => Admission::Refused {
-                until: now + self.open_for,
-            },
-        }
-    }
-
-    /// A call WeChat Pay answered (whatever it said): the breaker closes.
-    pub(crate) fn answered(&self) {
-        *self.lock() = State::Closed { failures: 0 };
-    }
-
-    /// A call WeChat Pay failed at `now`: one more in a row; enough of them, or a failed
-    /// probe, open the breaker. True when this failure opened it.
-    pub(crate) fn failed(&self, now: Millis) -> bool {
-        let mut state = self.lock();
-        let failures = match *state {
-            State::Closed { failures } => failures + 1,
-            // A failed probe opens it again at once; a failure of a call that went before it
-            // opened changes nothing.
-            State::Probing => self.after,
-            State::Open { .. } => return false,
+            State::Open { .. } | State::Probing { .. } => {
+                *state = State::Probing { since: now };
+                Some(now)
+            }
         };
-        if self.after > 0 && failures >= self.after {
-            *state = State::Open {
-                until: now + self.open_for,
-            };
-            true
-        } else {
-            *state = State::Closed { failures };
-            false
-        }
+        Admission::Go(Permit {
+            breaker: self,
+            probe,
+            told: false,
+        })
     }
 }
 
@@ -111,38 +164,88 @@ mod tests {
         T0 + Duration::from_secs(secs)
     }
 
+    fn go(b: &Breaker, now: Millis) -> Permit<'_> {
+        match b.admit(now) {
+            Admission::Go(p) => p,
+            Admission::Refused { until } => panic!("refused until {until:?}"),
+        }
+    }
+
+    fn refused(b: &Breaker, now: Millis) -> Option<Millis> {
+        match b.admit(now) {
+            Admission::Go(_) => None,
+            Admission::Refused { until } => Some(until),
+        }
+    }
+
     #[test]
     fn it_opens_after_failures_in_a_row_and_an_answer_in_between_resets_them() {
         let b = Breaker::new(3, Duration::from_secs(30));
-        assert!(!b.failed(at(0)) && !b.failed(at(1)));
-        b.answered();
-        assert!(!b.failed(at(2)) && !b.failed(at(3)));
-        assert_eq!(b.admit(at(3)), Admission::Go);
-        assert!(b.failed(at(4)), "the third in a row opens it");
-        assert_eq!(b.admit(at(5)), Admission::Refused { until: at(34) });
-        assert_eq!(b.admit(at(33)), Admission::Refused { until: at(34) });
+        assert!(!go(&b, at(0)).failed(at(0)) && !go(&b, at(1)).failed(at(1)));
+        go(&b, at(1)).answered();
+        assert!(!go(&b, at(2)).failed(at(2)) && !go(&b, at(3)).failed(at(3)));
+        assert!(go(&b, at(4)).failed(at(4)), "the third in a row opens it");
+        assert_eq!(refused(&b, at(5)), Some(at(34)));
+        assert_eq!(b.refused_until(at(33)), Some(at(34)));
+        assert_eq!(b.refused_until(at(34)), None, "asking changes nothing");
     }
 
     #[test]
     fn once_open_one_probe_goes_and_its_outcome_decides() {
         let b = Breaker::new(1, Duration::from_secs(30));
-        assert!(b.failed(at(0)));
-        assert_eq!(b.admit(at(30)), Admission::Go, "the probe");
-        assert_eq!(b.admit(at(31)), Admission::Refused { until: at(61) }, "while it probes");
-        assert!(b.failed(at(32)), "a failed probe opens it again");
-        assert_eq!(b.admit(at(40)), Admission::Refused { until: at(62) });
-        assert_eq!(b.admit(at(62)), Admission::Go);
-        b.answered();
-        assert_eq!(b.admit(at(63)), Admission::Go);
-        assert_eq!(b.admit(at(63)), Admission::Go, "closed: every call goes");
+        assert!(go(&b, at(0)).failed(at(0)));
+        let probe = go(&b, at(30));
+        assert_eq!(refused(&b, at(31)), Some(at(60)), "while it probes");
+        assert!(probe.failed(at(32)), "a failed probe opens it again");
+        assert_eq!(refused(&b, at(40)), Some(at(62)));
+        go(&b, at(62)).answered();
+        assert_eq!(b.refused_until(at(63)), None, "closed: calls go");
+    }
+
+    #[test]
+    fn a_call_from_before_it_opened_does_not_decide_the_probe() {
+        let b = Breaker::new(1, Duration::from_secs(30));
+        let slow = go(&b, at(0));
+        assert!(go(&b, at(1)).failed(at(1)));
+        let probe = go(&b, at(31));
+        // The slow call, admitted while closed, ends during the probe: it changes nothing.
+        slow.answered();
+        assert_eq!(refused(&b, at(32)), Some(at(61)));
+        probe.answered();
+        assert_eq!(b.refused_until(at(32)), None);
+    }
+
+    #[test]
+    fn a_probe_dropped_without_its_outcome_lets_the_next_call_probe() {
+        // Its request was cancelled, or ended before WeChat Pay was called.
+        let b = Breaker::new(1, Duration::from_secs(30));
+        assert!(go(&b, at(0)).failed(at(0)));
+        drop(go(&b, at(30)));
+        let next = go(&b, at(31));
+        assert_eq!(refused(&b, at(32)), Some(at(61)), "the next one probes");
+        next.answered();
+        assert_eq!(b.refused_until(at(33)), None);
+    }
+
+    #[test]
+    fn a_probe_never_heard_of_again_is_given_up_after_the_open_time() {
+        // A request that hangs, its permit alive: the breaker still recovers.
+        let b = Breaker::new(1, Duration::from_secs(30));
+        assert!(go(&b, at(0)).failed(at(0)));
+        let hung = go(&b, at(30));
+        assert_eq!(refused(&b, at(59)), Some(at(60)));
+        let next = go(&b, at(60));
+        next.answered();
+        hung.failed(at(61));
+        assert_eq!(b.refused_until(at(61)), None, "the given-up probe decides nothing");
     }
 
     #[test]
     fn a_breaker_set_to_zero_never_opens() {
         let b = Breaker::new(0, Duration::from_secs(30));
         for s in 0..100 {
-            assert!(!b.failed(at(s)));
+            assert!(!go(&b, at(s)).failed(at(s)));
         }
-        assert_eq!(b.admit(at(100)), Admission::Go);
+        assert_eq!(b.refused_until(at(100)), None);
     }
 }

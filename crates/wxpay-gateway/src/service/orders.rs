@@ -165,15 +165,21 @@ impl Service {
             ))
             .map_err(ServiceError::Invalid)?;
         // While WeChat Pay keeps failing this merchant's orders, a new one is refused at once
-        // rather than stored and left waiting out the timeouts (a retry of a stored order is
-        // refused too: it would call WeChat Pay just the same).
+        // rather than stored and left waiting out the timeouts. A number the client names
+        // that is stored already goes on: it may need no call at all (a retry of a placed
+        // order), and if it does, the permit below decides.
         let breaker = self.breaker(provider);
-        if let Admission::Refused { until } = breaker.admit(now) {
-            return Err(ServiceError::Unavailable(format!(
-                "WeChat Pay failed the last orders of merchant {}; new orders are refused for {} s, then one is tried",
-                config.name,
-                (until.ms_since(now) + 999) / 1000
-            )));
+        if let Some(until) = breaker.refused_until(now) {
+            let known = match &req.out_trade_no {
+                Some(n) => {
+                    let n = OutTradeNo::new(n.clone()).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+                    self.inner.store.order(config.name.clone(), n).await?.is_some()
+                }
+                None => false,
+            };
+            if !known {
+                return Err(breaker_refusal(&config.name, until, now));
+            }
         }
         let new = NewOrder {
             merchant: config.name.clone(),
@@ -224,14 +230,18 @@ impl Service {
             order.attach.as_deref(),
             order.expires_at,
         );
+        let permit = match breaker.admit(self.now()) {
+            Admission::Go(permit) => permit,
+            Admission::Refused { until } => return Err(breaker_refusal(&config.name, until, self.now())),
+        };
         let placed = provider.create_payment(&terms).await;
         match &placed {
             Err(e) if e.is_outage() => {
-                if breaker.failed(self.now()) {
+                if permit.failed(self.now()) {
                     tracing::error!(merchant = ?config.name, "WeChat Pay keeps failing orders: new orders are refused for a while (circuit breaker open)");
                 }
             }
-            _ => breaker.answered(),
+            _ => permit.answered(),
         }
         match placed {
             Ok(prepay_id) => {
@@ -422,4 +432,12 @@ impl Service {
             .await?
             .unwrap_or(order))
     }
+}
+
+/// Why an order is refused while the circuit breaker of its merchant is open.
+fn breaker_refusal(merchant: &str, until: Millis, now: Millis) -> ServiceError {
+    ServiceError::Unavailable(format!(
+        "WeChat Pay failed the last orders of merchant {merchant}; new orders are refused for {} s, then one is tried",
+        (until.ms_since(now) + 999) / 1000
+    ))
 }

@@ -847,6 +847,9 @@ async fn while_wechat_pay_fails_orders_new_ones_are_refused_at_once_and_notifica
     let t = spawn_app(db, options).await;
     let before = t.create(order_body(700)).await;
     let before_no = before["out_trade_no"].as_str().unwrap().to_owned();
+    let mut placed_body = order_body(800);
+    placed_body["out_trade_no"] = json!("CB-PLACED");
+    let placed = t.create(placed_body.clone()).await;
     t.fault(json!({"kind": "system_error", "api": "unifiedorder", "for_ms": 600_000}))
         .await;
     // Three orders fail at WeChat Pay: the third opens the breaker.
@@ -857,7 +860,7 @@ async fn while_wechat_pay_fails_orders_new_ones_are_refused_at_once_and_notifica
     let calls = t.sim_calls("unifiedorder").await;
     let stored = |v: &serde_json::Value| v["orders"].as_array().map_or(0, Vec::len);
     let stored_before = stored(&t.api(Method::GET, "/v1/orders?limit=500", None, None).await.1);
-    assert_eq!(stored_before, 4, "the first order and the three that failed");
+    assert_eq!(stored_before, 5, "the first two orders and the three that failed");
     // The next is refused at once: nothing stored, nothing sent.
     let started = std::time::Instant::now();
     let (status, v) = t.api(Method::POST, "/v1/orders", Some(order_body(100)), None).await;
@@ -880,9 +883,16 @@ async fn while_wechat_pay_fails_orders_new_ones_are_refused_at_once_and_notifica
         .await;
     assert_eq!((status, reply.as_str()), (200, SUCCESS));
     assert_eq!(t.order(&before_no).await["status"], "paid");
+    // A retry of an order placed before needs no call: it gets its answer, open or not, and
+    // takes no probe.
+    let (status, again) = t.api(Method::POST, "/v1/orders", Some(placed_body.clone()), None).await;
+    assert_eq!((status, &again["prepay_id"]), (200, &placed["prepay_id"]), "{again}");
+    assert_eq!(t.sim_calls("unifiedorder").await, calls, "no call for it");
     // After its time one order goes through as the probe; WeChat Pay is back, so it closes.
     t.clear_faults().await;
     t.app.clock().advance(Duration::from_secs(31));
+    let (status, again) = t.api(Method::POST, "/v1/orders", Some(placed_body), None).await;
+    assert_eq!((status, &again["prepay_id"]), (200, &placed["prepay_id"]), "{again}");
     t.create(order_body(100)).await;
     t.create(order_body(100)).await;
     crate::support::figure(

@@ -257,7 +257,14 @@ async fn at_trace_level_no_secret_reaches_a_log_line_an_answer_a_metric_or_a_dat
         assert_eq!(status, 201, "{order}");
         answers.push(order.clone());
         let order: Value = serde_json::from_str(&order).unwrap();
-        demo_checkout(&http, &base, order["prepay_id"].as_str().unwrap(), "success").await;
+        let prepay = order["prepay_id"].as_str().unwrap();
+        let checkout = http
+            .get(format!("{base}/simulator/checkout/{prepay}"))
+            .send()
+            .await
+            .unwrap();
+        answers.push(checkout.text().await.unwrap());
+        demo_checkout(&http, &base, prepay, "success").await;
         let no = order["out_trade_no"].as_str().unwrap().to_owned();
         let view = async || {
             http.get(format!("{base}/demo/backend/orders/{no}?api={api}"))
@@ -287,7 +294,7 @@ async fn at_trace_level_no_secret_reaches_a_log_line_an_answer_a_metric_or_a_dat
         answers.push(view().await.to_string());
         if api == "v2" {
             answers.push(demo_view(&http, &base, &no).await.to_string());
-            console_shows_the_order(&base, &dir, &no).await;
+            answers.extend(console_shows_the_order(&base, &dir, &no).await);
         }
     }
     // Forged and unreadable notifications, answered and logged as rejections.
@@ -318,6 +325,14 @@ async fn at_trace_level_no_secret_reaches_a_log_line_an_answer_a_metric_or_a_dat
                 .await
                 .unwrap(),
         );
+    }
+    // The database as it is while the demo runs, its WAL included (a clean stop checkpoints
+    // and removes the WAL), and again after the stop.
+    let mut database = Vec::new();
+    for file in ["wxpay.db", "wxpay.db-wal"] {
+        let bytes = std::fs::read(dir.join(file)).unwrap_or_default();
+        assert!(!bytes.is_empty(), "{file} while the demo runs");
+        database.extend(bytes);
     }
     demo.terminate();
     // Until the demo's standard error closes.
@@ -367,21 +382,23 @@ async fn at_trace_level_no_secret_reaches_a_log_line_an_answer_a_metric_or_a_dat
             .into_iter()
             .map(|(file, line)| (format!("the private key {file}"), line)),
     );
-    // Printed once each, on purpose, on lines of their own.
+    // Printed once each, on purpose, on lines of their own: only there may each be found.
     let token = read("api-token");
     let password = read("console-password");
-    let announced = |l: &str| l.starts_with("console: ") || l.contains("(Authorization: Bearer ");
-    secrets.push(("the API token".into(), token));
-    secrets.push(("the console password".into(), password));
+    let announced = |secret: &str, l: &str| {
+        (secret == password && l.starts_with("console: ")) || (secret == token && l.contains("(Authorization: Bearer "))
+    };
+    secrets.push(("the API token".into(), token.clone()));
+    secrets.push(("the console password".into(), password.clone()));
 
-    let mut database = Vec::new();
-    for file in ["wxpay.db", "wxpay.db-wal"] {
-        database.extend(std::fs::read(dir.join(file)).unwrap_or_default());
-    }
+    database.extend(std::fs::read(dir.join("wxpay.db")).unwrap());
     let database = String::from_utf8_lossy(&database).into_owned();
     let mut found = Vec::new();
     for (what, secret) in &secrets {
-        for l in lines.iter().filter(|l| l.contains(secret.as_str()) && !announced(l)) {
+        for l in lines
+            .iter()
+            .filter(|l| l.contains(secret.as_str()) && !announced(secret, l))
+        {
             found.push(format!("{what} in the log: {l}"));
         }
         for a in answers.iter().filter(|a| a.contains(secret.as_str())) {
@@ -396,7 +413,9 @@ async fn at_trace_level_no_secret_reaches_a_log_line_an_answer_a_metric_or_a_dat
     // they were printed on purpose.
     for (what, secret) in &secrets[secrets.len() - 2..] {
         assert!(
-            lines.iter().any(|l| l.contains(secret.as_str()) && announced(l)),
+            lines
+                .iter()
+                .any(|l| l.contains(secret.as_str()) && announced(secret, l)),
             "{what} was printed"
         );
     }
@@ -467,7 +486,24 @@ async fn each_refused_notification_is_a_warning_naming_the_order_and_why() {
         let end = signed.find("</sign>").unwrap() + "</sign>".len();
         format!("{}{}", &signed[..start], &signed[end..])
     };
+    // WxJava #1890: neither a signature nor a return_code.
+    let bare = unsigned
+        .replace("<return_code><![CDATA[SUCCESS]]></return_code>", "")
+        .replace("<return_code>SUCCESS</return_code>", "");
+    assert!(!bare.contains("return_code"), "{bare}");
+    // wechat-pay #54: no appid and no mch_id (and so no merchant to verify it with).
+    let anonymous = {
+        let signed = paid_notification(a, 500, "4200000000000000000000000904");
+        let cut = |s: &str, field: &str| {
+            let start = s.find(&format!("<{field}>")).unwrap();
+            let end = s.find(&format!("</{field}>")).unwrap() + field.len() + 3;
+            format!("{}{}", &s[..start], &s[end..])
+        };
+        cut(&cut(&signed, "appid"), "mch_id")
+    };
     let sends = [
+        (bare, 400),
+        (anonymous, 400),
         (paid_notification(a, 499, "4200000000000000000000000901"), 400),
         (paid_notification(a, 501, "4200000000000000000000000901"), 400),
         (
@@ -497,21 +533,28 @@ async fn each_refused_notification_is_a_warning_naming_the_order_and_why() {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["level"] == "WARN")
         .collect();
-    let field = |v: &Value, name: &str| v["fields"][name].as_str().unwrap_or_default().to_owned();
-    let warned = |what: &str, no: &str, also: &[&str]| {
+    let field = |v: &Value, name: &str| match &v["fields"][name] {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    // A record with this message, naming this order, whose named fields hold these values.
+    let warned = |what: &str, no: &str, also: &[(&str, &str)]| {
         warnings.iter().any(|v| {
-            let message = field(v, "message");
-            message.contains(what)
+            field(v, "message").contains(what)
                 && field(v, "out_trade_no").contains(no)
-                && also.iter().all(|a| v["fields"].to_string().contains(a))
+                && also.iter().all(|(name, value)| field(v, name).contains(value))
         })
     };
-    let expected: [(&str, &str, &[&str]); 5] = [
-        ("another amount", a, &["500", "499"]),
-        ("another amount", a, &["500", "501"]),
+    // (message, order, named fields and what they hold)
+    type Warning<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let expected: [Warning<'_>; 7] = [
+        ("notification rejected", a, &[("reason", "return_code")]),
+        ("notification rejected", a, &[("reason", "mch_id")]),
+        ("another amount", a, &[("expected", "500"), ("got", "499")]),
+        ("another amount", a, &[("expected", "500"), ("got", "501")]),
         ("unknown order", "NO-SUCH-ORDER", &[]),
-        ("notification rejected", a, &["sign"]),
-        ("conflicts with a recorded payment", b, &["another order"]),
+        ("notification rejected", a, &[("reason", "sign")]),
+        ("conflicts with a recorded payment", b, &[("reason", "another order")]),
     ];
     for (what, no, also) in expected {
         assert!(
@@ -523,7 +566,7 @@ async fn each_refused_notification_is_a_warning_naming_the_order_and_why() {
     crate::figure(
         &["2", "4", "6", "22"],
         format!(
-            "{} refused notifications (amount −1 and +1, unknown order, unsigned, a reused transaction) → {} WARN records, each naming the order and why",
+            "{} refused notifications (no signature and no return_code, no appid and no mch_id, amount −1 and +1, unknown order, unsigned, a reused transaction) → {} WARN records, each naming the order and why",
             expected.len(),
             warnings.len()
         ),

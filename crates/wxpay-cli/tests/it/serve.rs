@@ -961,8 +961,8 @@ pub(crate) fn start_demo_logging(
 }
 
 /// Signs in to the demo's console with the password the demo printed and kept, and finds
-/// the order `no` there, paid and half refunded.
-pub(crate) async fn console_shows_the_order(base: &str, dir: &Path, no: &str) {
+/// the order `no` there, paid and half refunded; the pages it saw.
+pub(crate) async fn console_shows_the_order(base: &str, dir: &Path, no: &str) -> Vec<String> {
     let password = std::fs::read_to_string(dir.join("console-password")).unwrap();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -1005,6 +1005,23 @@ pub(crate) async fn console_shows_the_order(base: &str, dir: &Path, no: &str) {
         page.contains(no) && page.contains("¥28.00") && page.contains("¥14.00"),
         "{page}"
     );
+    let mut pages = vec![page];
+    for path in [
+        format!("/console/orders/{no}?merchant=default"),
+        "/console".to_owned(),
+        "/console/outbox".to_owned(),
+        "/console/rejections".to_owned(),
+    ] {
+        let r = http
+            .get(format!("{base}{path}"))
+            .header(reqwest::header::COOKIE, &session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        pages.push(r.text().await.unwrap());
+    }
+    pages
 }
 
 /// What the demo page does through the demo's backend: `wx.login` as `user`, then an order

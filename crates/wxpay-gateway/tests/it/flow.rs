@@ -471,7 +471,7 @@ async fn forged_tampered_and_hostile_notifications_change_nothing(db: TestDb) {
     assert_eq!(t.notify(signed).await, (200, SUCCESS.to_owned()));
     assert_eq!(t.order(&no).await["status"], "paid");
     crate::support::figure(
-        &["2", "3", "5", "9", "10", "12"],
+        &["2", "3", "5", "6", "9", "10", "12", "13"],
         format!(
             "{}: {} forged, tampered or hostile notifications ({hostile_count} hostile samples) → all refused with FAIL, 0 applied, both orders unchanged",
             t.engine(),

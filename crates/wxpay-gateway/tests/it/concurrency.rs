@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use serde_json::{Value, json};
-use wxpay_gateway::store::{Created, NewOrder, Payment, PaymentOutcome, Source, Store};
-use wxpay_gateway::time::Millis;
+use wxpay_gateway::store::{Created, Payment, PaymentOutcome, Source, Store};
 use wxpay_protocol::{Fen, OutTradeNo};
 
+use crate::store::T0;
 use crate::support::{Options, TestDb, engines, figure, order_body, spawn_app};
 
 /// Requests sent at once.
@@ -48,13 +48,7 @@ async fn fifty_identical_order_requests_at_once_make_one_order_and_one_call(db: 
     );
     assert!(created.iter().all(|v| *v == created[0]), "one answer: {created:?}");
     assert_eq!(t.sim_calls("unifiedorder").await - calls, 1, "{}: one call", t.engine());
-    let all = t
-        .app
-        .store()
-        .list_orders(wxpay_gateway::store::OrderFilter::default(), 500, None)
-        .await
-        .unwrap();
-    assert_eq!(all.len(), 1, "{}: one order", t.engine());
+    assert_eq!(t.stored_orders().await, 1, "{}: one order", t.engine());
     // Afterwards the same request gets that answer too.
     let (status, again) = t
         .api(reqwest::Method::POST, "/v1/orders", Some(body), Some("cc-fifty"))
@@ -132,25 +126,10 @@ engines!(fifty_identical_refund_requests_at_once_make_one_refund);
 /// same transaction, as WeChat Pay reports it both ways).
 async fn a_notification_and_a_query_racing_pay_each_order_once(db: TestDb) {
     const ORDERS: usize = 1000;
-    const T0: Millis = Millis::from_unix_ms(1_795_000_000_000);
     let store: Arc<dyn Store> = db.store().await;
     let mut ids = Vec::with_capacity(ORDERS);
     for i in 0..ORDERS {
-        let new = NewOrder {
-            merchant: "default".into(),
-            out_trade_no: OutTradeNo::new(format!("RACE{i:05}")).unwrap(),
-            appid: "wxd678efh567hg6787".into(),
-            mch_id: "1230000109".into(),
-            description: "race".into(),
-            amount_fen: Fen::new(100).unwrap(),
-            openid: "openid".into(),
-            attach: None,
-            client_ip: "127.0.0.1".into(),
-            expires_at: T0 + Duration::from_secs(7200),
-            first_check_at: T0 + Duration::from_secs(60),
-            request_hash: format!("race-{i}"),
-            now: T0,
-        };
+        let new = crate::store::new_order("default", &format!("RACE{i:05}"), 100);
         let Created::New(o) = store.create_order(new).await.unwrap() else {
             panic!("RACE{i:05} existed")
         };

@@ -456,13 +456,7 @@ async fn forged_tampered_and_hostile_notifications_change_nothing(db: TestDb) {
     }
     assert_eq!(t.app.metrics().notifications_with("applied"), 0);
     // No notification made an order (reliability checklist item 6): the two there were.
-    let all = t
-        .app
-        .store()
-        .list_orders(wxpay_gateway::store::OrderFilter::default(), 500, None)
-        .await
-        .unwrap();
-    assert_eq!(all.len(), 2, "{}: {all:?}", t.engine());
+    assert_eq!(t.stored_orders().await, 2, "{}", t.engine());
     // A body of a mebibyte is refused by its size (reliability checklist item 13).
     let huge = format!("<xml><attach>{}</attach></xml>", "a".repeat(1 << 20));
     let (status, _) = t.notify(huge).await;
@@ -858,8 +852,7 @@ async fn while_wechat_pay_fails_orders_new_ones_are_refused_at_once_and_notifica
         assert!(status == 502 || status == 503, "{}: {status} {v}", t.engine());
     }
     let calls = t.sim_calls("unifiedorder").await;
-    let stored = |v: &serde_json::Value| v["orders"].as_array().map_or(0, Vec::len);
-    let stored_before = stored(&t.api(Method::GET, "/v1/orders?limit=500", None, None).await.1);
+    let stored_before = t.stored_orders().await;
     assert_eq!(stored_before, 5, "the first two orders and the three that failed");
     // The next is refused at once: nothing stored, nothing sent.
     let started = std::time::Instant::now();
@@ -872,11 +865,7 @@ async fn while_wechat_pay_fails_orders_new_ones_are_refused_at_once_and_notifica
         "{v}"
     );
     assert_eq!(t.sim_calls("unifiedorder").await, calls, "no call to WeChat Pay");
-    assert_eq!(
-        stored(&t.api(Method::GET, "/v1/orders?limit=500", None, None).await.1),
-        stored_before,
-        "no order stored"
-    );
+    assert_eq!(t.stored_orders().await, stored_before, "no order stored");
     // Notifications need nothing from WeChat Pay: they keep applying.
     let (status, reply) = t
         .notify(paid_notification(&before_no, 700, "4200000000000000000000000700"))

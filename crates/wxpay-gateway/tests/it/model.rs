@@ -21,15 +21,14 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use wxpay_gateway::store::{
-    Created, NewOrder, NewRefund, OrderStatus, Payment, PaymentOutcome, RefundCreated, RefundResult, RefundStatus,
-    Source, Store,
+    Created, NewRefund, OrderStatus, Payment, PaymentOutcome, RefundCreated, RefundResult, RefundStatus, Source, Store,
 };
 use wxpay_gateway::time::Millis;
 use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 
 use crate::support::{TestDb, engines, figure};
 
-const T0: Millis = Millis::from_unix_ms(1_795_000_000_000);
+use crate::store::T0;
 /// Orders in one history.
 const ORDERS: usize = 2;
 /// Transaction ids a history draws from: few, so that one is often reused on the other order.
@@ -153,21 +152,7 @@ async fn run(
     }
     let mut ids = Vec::new();
     for (i, amount) in amounts.iter().enumerate() {
-        let new = NewOrder {
-            merchant: "default".into(),
-            out_trade_no: no(i),
-            appid: "wxd678efh567hg6787".into(),
-            mch_id: "1230000109".into(),
-            description: "model".into(),
-            amount_fen: Fen::new(u64::from(*amount)).unwrap(),
-            openid: "openid".into(),
-            attach: None,
-            client_ip: "127.0.0.1".into(),
-            expires_at: T0 + Duration::from_secs(7200),
-            first_check_at: T0 + Duration::from_secs(60),
-            request_hash: format!("model-{case}-{i}"),
-            now: T0,
-        };
+        let new = crate::store::new_order("default", no(i).as_str(), i64::from(*amount));
         match current().create_order(new).await.unwrap() {
             Created::New(o) => ids.push(o.id),
             Created::Existing(o) => return Err(TestCaseError::fail(format!("order {} existed", o.out_trade_no))),

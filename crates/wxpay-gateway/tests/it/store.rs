@@ -16,7 +16,7 @@ use wxpay_protocol::{Fen, OutTradeNo};
 use crate::support::TestDb;
 use crate::support::engines;
 
-const T0: Millis = Millis::from_unix_ms(1_795_000_000_000);
+pub(crate) const T0: Millis = Millis::from_unix_ms(1_795_000_000_000);
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -30,7 +30,8 @@ fn no(out_trade_no: &str) -> OutTradeNo {
     OutTradeNo::new(out_trade_no).unwrap()
 }
 
-fn new_order(merchant: &str, no: &str, amount: i64) -> NewOrder {
+/// An order of `merchant` numbered `no` for `amount` fen, made at `T0`.
+pub(crate) fn new_order(merchant: &str, no: &str, amount: i64) -> NewOrder {
     NewOrder {
         merchant: merchant.into(),
         out_trade_no: no.parse().unwrap(),

@@ -779,6 +779,16 @@ impl TestApp {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// How many orders the store holds, of every merchant.
+    pub(crate) async fn stored_orders(&self) -> usize {
+        self.app
+            .store()
+            .list_orders(wxpay_gateway::store::OrderFilter::default(), 500, None)
+            .await
+            .unwrap()
+            .len()
+    }
+
     /// Removes every simulator fault.
     pub(crate) async fn clear_faults(&self) {
         let r = self

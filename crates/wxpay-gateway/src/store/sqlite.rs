@@ -59,6 +59,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (6, include_str!("../../migrations/sqlite/0006_order_search.sql")),
     (7, include_str!("../../migrations/sqlite/0007_notification_reads.sql")),
     (8, include_str!("../../migrations/sqlite/0008_console_timeline.sql")),
+    (9, include_str!("../../migrations/sqlite/0009_outbox_order.sql")),
 ];
 
 /// The most writes committed together.
@@ -1154,7 +1155,12 @@ impl Store for SqliteStore {
         self.write(move |c| {
             let events: Vec<OutboxEvent> = {
                 let mut st = c.prepare_cached(
-                    "SELECT id, type, payload, created_at, attempts FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= ?1 \
+                    // An event waits while an earlier one of its order does, so that a
+                    // webhook receiver sees an order's events in the order they happened.
+                    "SELECT id, type, payload, created_at, attempts FROM outbox x \
+                     WHERE delivered_at IS NULL AND next_attempt_at <= ?1 AND NOT EXISTS ( \
+                       SELECT 1 FROM outbox e WHERE e.order_id = x.order_id AND e.delivered_at IS NULL \
+                       AND e.rowid < x.rowid) \
                      ORDER BY next_attempt_at LIMIT ?2",
                 )?;
                 let rows = st.query_map(params![now, limit], |r| {

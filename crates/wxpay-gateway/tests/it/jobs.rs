@@ -4,10 +4,15 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use reqwest::Method;
 use serde_json::json;
+use wxpay_gateway::JobsConfig;
 
+use crate::refunds::wait_refund;
 use crate::support::engines;
-use crate::support::{Options, TestDb, event, eventually, order_body, quick_jobs, spawn_app, with_jobs_and_webhook};
+use crate::support::{
+    Options, TestDb, event, eventually, figure, order_body, quick_jobs, spawn_app, with_jobs_and_webhook,
+};
 
 async fn without_a_notification_the_query_path_marks_the_order_paid(db: TestDb) {
     let t = spawn_app(db, with_jobs_and_webhook()).await;
@@ -172,3 +177,100 @@ async fn events_wait_while_the_webhook_is_down_and_arrive_once_each_signed_with_
     t.stop().await;
 }
 engines!(events_wait_while_the_webhook_is_down_and_arrive_once_each_signed_with_the_same_id);
+
+async fn after_an_hour_with_the_webhook_down_every_event_arrives_once_in_order_per_order(db: TestDb) {
+    // Backoff as in production, capped at ten minutes: the hour is simulated by moving the
+    // gateway's clock, a minute at a time.
+    let jobs = JobsConfig {
+        outbox_backoff: Duration::from_secs(1),
+        outbox_max_backoff: Duration::from_secs(600),
+        ..quick_jobs()
+    };
+    let t = spawn_app(
+        db,
+        Options {
+            jobs,
+            webhook: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    t.webhook.down.store(true, Ordering::SeqCst);
+    const ORDERS: usize = 8;
+    let mut expected: Vec<(String, Vec<String>)> = Vec::new();
+    for i in 0..ORDERS {
+        let o = t.create(order_body(1000 + i as u64)).await;
+        let no = o["out_trade_no"].as_str().unwrap().to_owned();
+        t.sim_pay(json!({"out_trade_no": no})).await;
+        t.wait_status(&no, "paid").await;
+        let mut events = vec!["order.paid".to_owned()];
+        for r in 0..2 {
+            let refund_no = format!("{no}-R{r}");
+            let (status, v) = t
+                .api(
+                    Method::POST,
+                    &format!("/v1/orders/{no}/refunds"),
+                    Some(json!({"amount_fen": 100, "out_refund_no": refund_no})),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 201, "{v}");
+            wait_refund(&t, &refund_no, "succeeded").await;
+            events.push(format!("refund.succeeded {refund_no}"));
+        }
+        expected.push((no, events));
+    }
+    let total: usize = expected.iter().map(|(_, e)| e.len()).sum();
+    for _ in 0..60 {
+        t.advance(Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let refused_in_the_hour = t.webhook.refused.lock().unwrap().len();
+    assert!(t.webhook.delivered().is_empty());
+    assert!(
+        refused_in_the_hour >= 3 * total,
+        "{}: every event was tried again and again in the hour: {refused_in_the_hour} refusals",
+        t.engine()
+    );
+    t.webhook.down.store(false, Ordering::SeqCst);
+    // Past the longest backoff (ten minutes and a quarter of jitter).
+    t.advance(Duration::from_secs(13 * 60));
+    t.outbox_drained().await;
+    let delivered = t.webhook.delivered();
+    let mut seen = HashSet::new();
+    let mut arrivals: Vec<(String, String)> = Vec::new();
+    for e in &delivered {
+        if seen.insert(e["id"].as_str().unwrap().to_owned()) {
+            let what = match e["type"].as_str().unwrap() {
+                "order.paid" => "order.paid".to_owned(),
+                kind => format!("{kind} {}", e["data"]["out_refund_no"].as_str().unwrap_or("")),
+            };
+            arrivals.push((e["data"]["out_trade_no"].as_str().unwrap().to_owned(), what));
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        total,
+        "{}: every event, none lost: {arrivals:?}",
+        t.engine()
+    );
+    for (no, events) in &expected {
+        let got: Vec<&String> = arrivals.iter().filter(|(n, _)| n == no).map(|(_, w)| w).collect();
+        assert_eq!(
+            got,
+            events.iter().collect::<Vec<_>>(),
+            "{}: the events of {no} arrive in the order they happened",
+            t.engine()
+        );
+    }
+    figure(
+        &["webhook-down"],
+        format!(
+            "{}: webhook down for 60 simulated minutes → {refused_in_the_hour} refused attempts; afterwards {total} of {total} events delivered ({} deliveries), each order's in order",
+            t.engine(),
+            delivered.len()
+        ),
+    );
+    t.stop().await;
+}
+engines!(after_an_hour_with_the_webhook_down_every_event_arrives_once_in_order_per_order);

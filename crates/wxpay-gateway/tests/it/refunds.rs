@@ -16,13 +16,13 @@ async fn refund(t: &TestApp, order: &str, body: Value) -> (u16, Value) {
         .await
 }
 
-async fn get_refund(t: &TestApp, no: &str) -> Value {
+pub(crate) async fn get_refund(t: &TestApp, no: &str) -> Value {
     let (status, v) = t.api(Method::GET, &format!("/v1/refunds/{no}"), None, None).await;
     assert_eq!(status, 200, "{v}");
     v
 }
 
-async fn wait_refund(t: &TestApp, no: &str, status: &str) -> Value {
+pub(crate) async fn wait_refund(t: &TestApp, no: &str, status: &str) -> Value {
     eventually(&format!("refund {no} becomes {status}"), async || {
         get_refund(t, no).await["status"] == status
     })

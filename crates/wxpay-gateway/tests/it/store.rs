@@ -301,23 +301,32 @@ async fn a_paid_order_is_never_closed_or_failed_and_a_closed_one_can_still_be_pa
         .await
         .unwrap();
     assert!(matches!(late, PaymentOutcome::Applied(_)), "{}: {late:?}", db.engine);
-    let types: Vec<String> = store
-        .claim_outbox(T0 + ms(9000), T0 + ms(60_000), 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.event_type)
-        .collect();
-    assert_eq!(
-        types.iter().filter(|t| *t == "order.closed").count(),
-        1,
-        "{}: {types:?}",
+    // S1's payment and S2's closing are due; S2's late payment waits for its closing to be
+    // delivered, so that a webhook receiver sees S2 closed and then paid, never the reverse.
+    let first = store.claim_outbox(T0 + ms(9000), T0 + ms(60_000), 100).await.unwrap();
+    let mut types: Vec<&str> = first.iter().map(|e| e.event_type.as_str()).collect();
+    types.sort();
+    assert_eq!(types, ["order.closed", "order.paid"], "{}", db.engine);
+    let closing = first.iter().find(|e| e.event_type == "order.closed").unwrap();
+    assert!(
+        store
+            .claim_outbox(T0 + ms(70_000), T0 + ms(80_000), 100)
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.event_type != "order.paid" || e.payload.contains("\"S1\"")),
+        "{}: S2's payment is not claimed while its closing waits",
         db.engine
     );
-    assert_eq!(
-        types.iter().filter(|t| *t == "order.paid").count(),
-        2,
-        "{}: {types:?}",
+    store
+        .outbox_delivered(closing.id.clone(), T0 + ms(90_000))
+        .await
+        .unwrap();
+    let then = store.claim_outbox(T0 + ms(90_000), T0 + ms(95_000), 100).await.unwrap();
+    assert!(
+        then.iter()
+            .any(|e| e.event_type == "order.paid" && e.payload.contains("\"S2\"")),
+        "{}: {then:?}",
         db.engine
     );
 }

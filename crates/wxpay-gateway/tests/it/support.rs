@@ -728,6 +728,15 @@ impl TestApp {
         v
     }
 
+    /// Moves the gateway's clock forward, and the webhook receiver's with it, so that it
+    /// still judges the signatures' timestamps by the gateway's time.
+    pub(crate) fn advance(&self, by: Duration) {
+        self.app.clock().advance(by);
+        self.webhook
+            .clock_offset_secs
+            .fetch_add(by.as_secs() as i64, Ordering::SeqCst);
+    }
+
     /// Waits until the order has `status`, up to a few seconds.
     pub(crate) async fn wait_status(&self, no: &str, status: &str) -> Value {
         for _ in 0..200 {

@@ -28,6 +28,7 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
         9,
         include_str!("../../../migrations/postgres/0009_console_timeline.sql"),
     ),
+    (10, include_str!("../../../migrations/postgres/0010_outbox_order.sql")),
 ];
 /// The advisory lock that serialises migrations of several gateways starting together.
 pub(super) const MIGRATION_LOCK: i64 = 0x7778_7061_7900;

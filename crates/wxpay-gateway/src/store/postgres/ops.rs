@@ -365,10 +365,13 @@ impl Store for PgStore {
     fn claim_outbox(&self, now: Millis, lease_until: Millis, limit: u32) -> Fut<'_, Vec<OutboxEvent>> {
         Box::pin(async move {
             // `attempts` counts claims; the event carries the attempts made before this one,
-            // as on SQLite.
+            // as on SQLite. An event waits while an earlier one of its order does (a smaller
+            // `seq`), whether or not another instance holds that one.
             let rows = sqlx::query(
                 "UPDATE outbox SET next_attempt_at = $2, attempts = attempts + 1 WHERE id IN ( \
-                   SELECT id FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= $1 \
+                   SELECT id FROM outbox x WHERE delivered_at IS NULL AND next_attempt_at <= $1 \
+                   AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.order_id = x.order_id \
+                     AND e.delivered_at IS NULL AND e.seq < x.seq) \
                    ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
                  RETURNING id, type, payload, created_at, attempts - 1 AS attempts",
             )

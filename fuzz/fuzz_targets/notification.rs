@@ -1,4 +1,4 @@
-//! Payment and refund notifications, the signature doctor and the bill parser on arbitrary
+//! Payment and refund notifications and the signature doctor on arbitrary
 //! bytes; the checks are shared with the regression test in
 //! `crates/wxpay-protocol/tests/it/fuzz_checks.rs`.
 #![no_main]

@@ -5,6 +5,7 @@ mod architecture;
 mod concurrency;
 mod console;
 mod flow;
+mod fuzz_bodies;
 mod golden;
 mod hardening;
 mod jobs;

@@ -1,0 +1,10 @@
+//! The `downloadbill` bill parser on arbitrary text; the checks are shared with the regression test in
+//! `crates/wxpay-protocol/tests/it/fuzz_checks.rs`.
+#![no_main]
+
+// Each target uses one of the shared checks.
+#[allow(dead_code)]
+#[path = "../../crates/wxpay-protocol/tests/it/fuzz_checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::check_bill(data));

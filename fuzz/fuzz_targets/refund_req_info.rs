@@ -1,0 +1,11 @@
+//! A refund notification's `req_info` on arbitrary text, and any decrypted document
+//! sealed as WeChat Pay seals it; the checks are shared with the regression test in
+//! `crates/wxpay-protocol/tests/it/fuzz_checks.rs`.
+#![no_main]
+
+// Each target uses one of the shared checks.
+#[allow(dead_code)]
+#[path = "../../crates/wxpay-protocol/tests/it/fuzz_checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::check_refund_req_info(data));

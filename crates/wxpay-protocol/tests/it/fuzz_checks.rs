@@ -196,6 +196,7 @@ enum Seed {
 }
 
 const SEEDS: &[(&str, Seed)] = &[
+    ("fuzz/doctor-many-fields.xml", Seed::Fields),
     ("fuzz/notify-md5.xml", Seed::Notification),
     ("fuzz/refund-inner.xml", Seed::RefundInner),
     ("fuzz/v3-notification.txt", Seed::V3Lines),

@@ -1,5 +1,6 @@
 //! Runs the built `wxpay` binary on the fixtures in `testdata/`, as a user would.
 
+mod crash;
 mod docs;
 mod hardening;
 mod reconcile;

@@ -1,7 +1,7 @@
 //! `wxpay serve`, `migrate` and `demo` as processes: killed with SIGKILL mid-burst and
 //! restarted, two instances on one PostgreSQL database, and the demo played through.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -346,7 +346,7 @@ impl Server {
         panic!("wxpay serve never became ready");
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         // SIGKILL: no shutdown handler runs, nothing is flushed by the program.
         self.child.kill().unwrap();
         self.child.wait().unwrap();
@@ -440,219 +440,8 @@ pub(crate) async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
     panic!("never: {what}");
 }
 
-/// Every order, through the paged list.
-async fn all_orders(http: &reqwest::Client, base: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let url = match &cursor {
-            Some(c) => format!("{base}/v1/orders?limit=100&cursor={c}"),
-            None => format!("{base}/v1/orders?limit=100"),
-        };
-        let (status, page) = get(http, &url).await;
-        assert_eq!(status, 200, "{page}");
-        out.extend(page["orders"].as_array().unwrap().iter().cloned());
-        match page["next_cursor"].as_i64() {
-            Some(c) => cursor = Some(c.to_string()),
-            None => return out,
-        }
-    }
-}
-
-/// What a burst got acknowledged.
-#[derive(Default)]
-struct Acks {
-    orders: HashSet<String>,
-    /// out_trade_no → transaction_id of each notification answered SUCCESS.
-    payments: HashMap<String, String>,
-    /// Every HTTP answer that was neither: a 5xx or "database is locked" before the kill is
-    /// a defect, not a retry.
-    unexpected: Vec<String>,
-    /// Requests that got no HTTP answer (the server was killed under them).
-    unanswered: usize,
-}
-
 const SUCCESS: &str =
     "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>";
-
-/// Clients creating orders and posting their payment notifications until `stop`.
-async fn burst(
-    http: reqwest::Client,
-    base: String,
-    worker: usize,
-    acks: Arc<Mutex<Acks>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) {
-    let mut i = 0;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        i += 1;
-        let no = format!("CRASH{worker:02}X{i:05}");
-        let amount = 100 + (i % 50) as u64;
-        let body = json!({"description": "crash test", "amount_fen": amount, "openid": "oCrash", "out_trade_no": no});
-        let created = http
-            .post(format!("{base}/v1/orders"))
-            .bearer_auth(TOKEN)
-            .json(&body)
-            .send()
-            .await;
-        match created {
-            Ok(r) if r.status() == 201 => {
-                acks.lock().unwrap().orders.insert(no.clone());
-            }
-            Ok(r) => {
-                let status = r.status();
-                let body = r.text().await.unwrap_or_default();
-                acks.lock()
-                    .unwrap()
-                    .unexpected
-                    .push(format!("order {no}: {status} {body}"));
-                continue;
-            }
-            Err(_) => {
-                acks.lock().unwrap().unanswered += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-                continue;
-            }
-        }
-        let tx = format!("42000{worker:02}{i:08}");
-        let sent = http
-            .post(format!("{base}/notify/v2/pay"))
-            .body(paid_notification(&no, amount, &tx))
-            .send()
-            .await;
-        match sent {
-            Ok(r) => {
-                let status = r.status();
-                match r.text().await {
-                    Ok(t) if status == 200 && t == SUCCESS => {
-                        acks.lock().unwrap().payments.insert(no, tx);
-                    }
-                    Ok(t) => acks
-                        .lock()
-                        .unwrap()
-                        .unexpected
-                        .push(format!("notification {no}: {status} {t}")),
-                    // The answer broke off: the server died while sending it.
-                    Err(_) => acks.lock().unwrap().unanswered += 1,
-                }
-            }
-            Err(_) => acks.lock().unwrap().unanswered += 1,
-        }
-    }
-}
-
-async fn crash_and_restart(database_url: &str, dir: &Path) {
-    let http = client();
-    let sim = simulator().await;
-    let front = Front::bind().await;
-    let config = write_config(dir, &front.url, database_url, sim.base_url(), None);
-    let log = dir.join("serve.log");
-    let mut server = Server::start(&config, &log);
-    front.forward_to(&server);
-    server.ready(&http).await;
-
-    let acks = Arc::new(Mutex::new(Acks::default()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let workers: Vec<_> = (0..16)
-        .map(|w| tokio::spawn(burst(http.clone(), server.url.clone(), w, acks.clone(), stop.clone())))
-        .collect();
-    // Kill it once the burst is in full swing, without warning.
-    let started = Instant::now();
-    while acks.lock().unwrap().payments.len() < 200 && started.elapsed() < Duration::from_secs(20) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    server.kill();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for w in workers {
-        w.await.unwrap();
-    }
-    let acks = std::mem::take(&mut *acks.lock().unwrap());
-    assert!(
-        acks.payments.len() >= 200,
-        "the burst ran: {} payments",
-        acks.payments.len()
-    );
-    assert!(
-        acks.unexpected.is_empty(),
-        "every answer before the kill was a success: {} were not, first {:?}",
-        acks.unexpected.len(),
-        acks.unexpected.first()
-    );
-
-    let mut server = Server::start(&config, &log);
-    front.forward_to(&server);
-    server.ready(&http).await;
-    let orders = all_orders(&http, &server.url).await;
-    let numbers: Vec<&str> = orders.iter().map(|o| o["out_trade_no"].as_str().unwrap()).collect();
-    let distinct: HashSet<&str> = numbers.iter().copied().collect();
-    assert_eq!(numbers.len(), distinct.len(), "an order stored twice");
-    for no in &acks.orders {
-        assert!(
-            distinct.contains(no.as_str()),
-            "acknowledged order {no} lost ({database_url})"
-        );
-    }
-    for (no, tx) in &acks.payments {
-        let (status, o) = get(&http, &format!("{}/v1/orders/{no}", server.url)).await;
-        assert_eq!(status, 200);
-        assert_eq!(o["status"], "paid", "acknowledged payment of {no} lost: {o}");
-        assert_eq!(o["transaction_id"], tx.as_str());
-        let paid = o["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["kind"] == "paid")
-            .count();
-        assert_eq!(paid, 1, "{no}: {o}");
-    }
-    // Unacknowledged work may or may not have landed, but never twice.
-    for o in &orders {
-        let (_, full) = get(
-            &http,
-            &format!("{}/v1/orders/{}", server.url, o["out_trade_no"].as_str().unwrap()),
-        )
-        .await;
-        let paid = full["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["kind"] == "paid")
-            .count();
-        assert!(paid <= 1, "{full}");
-    }
-    crate::figure(
-        &["33", "34"],
-        format!(
-            "{}: {} orders and {} payments acknowledged before SIGKILL ({} requests cut off by it), all present once after restart",
-            if database_url.starts_with("postgres") {
-                "postgres"
-            } else {
-                "sqlite"
-            },
-            acks.orders.len(),
-            acks.payments.len(),
-            acks.unanswered
-        ),
-    );
-    server.terminate();
-    sim.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_sigkill_mid_burst_every_acknowledged_order_and_payment_is_there_exactly_once_on_sqlite() {
-    let dir = scratch_dir("crash");
-    crash_and_restart(&format!("sqlite://{}", dir.join("wxpay.db").display()), &dir).await;
-    let _ = std::fs::remove_dir_all(dir);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_sigkill_mid_burst_every_acknowledged_order_and_payment_is_there_exactly_once_on_postgres() {
-    let Some(pg) = PgDb::create().await else { return };
-    let dir = scratch_dir("crash-pg");
-    crash_and_restart(&pg.url, &dir).await;
-    drop(pg);
-    let _ = std::fs::remove_dir_all(dir);
-}
 
 /// A webhook receiver that records every delivery.
 async fn webhook_receiver() -> (Arc<Mutex<Vec<Value>>>, String) {

@@ -57,6 +57,10 @@ pub enum ApiError {
     /// This function needs configuration the gateway lacks (a merchant certificate).
     #[error("{0}")]
     NotConfigured(String),
+    /// The database is out of reach for now (see `StoreError::is_unavailable`); the details
+    /// are in the log.
+    #[error("the database is unavailable for now; try again shortly")]
+    StoreUnavailable(String),
     /// Something on our side; the details are in the log.
     #[error("internal error")]
     Internal(String),
@@ -75,6 +79,7 @@ impl ApiError {
             ApiError::Rejected(_) => (StatusCode::BAD_GATEWAY, "wechatpay_rejected"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "wechatpay_unavailable"),
             ApiError::NotConfigured(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_configured"),
+            ApiError::StoreUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -112,7 +117,8 @@ pub struct ErrorDetail {
     /// `method_not_allowed`; for a conflict `order_paid`, `order_not_pending`,
     /// `out_trade_no_taken`, `order_not_paid`, `refund_exceeds_amount`,
     /// `out_refund_no_taken`, `idempotency_key_reused` or `idempotency_in_progress`;
-    /// `wechatpay_rejected`, `wechatpay_unavailable`, `not_configured` or `internal`.
+    /// `wechatpay_rejected`, `wechatpay_unavailable`, `not_configured`, `store_unavailable` or
+    /// `internal`.
     pub code: String,
     /// What was wrong and what to do; never a secret or a stack trace.
     pub message: String,
@@ -122,7 +128,11 @@ pub struct ErrorDetail {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        ApiError::Internal(e.to_string())
+        if e.is_unavailable() {
+            ApiError::StoreUnavailable(e.to_string())
+        } else {
+            ApiError::Internal(e.to_string())
+        }
     }
 }
 
@@ -138,7 +148,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Rejected(m) => ApiError::Rejected(m),
             ServiceError::Unavailable(m) => ApiError::Unavailable(m),
             ServiceError::NotConfigured(m) => ApiError::NotConfigured(m),
-            ServiceError::Store(e) => ApiError::Internal(e.to_string()),
+            ServiceError::Store(e) => ApiError::from(e),
             e @ (ServiceError::Upstream { .. } | ServiceError::Protocol(_)) => ApiError::Internal(e.to_string()),
             ServiceError::Internal(m) => ApiError::Internal(m),
         }
@@ -147,8 +157,10 @@ impl From<ServiceError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(detail) = &self {
-            tracing::error!(error = ?detail, "internal error");
+        match &self {
+            ApiError::Internal(detail) => tracing::error!(error = ?detail, "internal error"),
+            ApiError::StoreUnavailable(detail) => tracing::warn!(error = ?detail, "the database is unavailable"),
+            _ => {}
         }
         (self.status(), Json(self.body())).into_response()
     }

@@ -89,6 +89,36 @@ pub enum StoreError {
     Damaged(#[from] Damaged),
 }
 
+impl StoreError {
+    /// Whether the database is out of reach for now rather than refusing this request: the
+    /// PostgreSQL server down, restarting or out of connections, no pooled connection to be
+    /// had, SQLite's disk full or its lock held past the busy timeout. The same request may
+    /// succeed later, so the API answers 503 and WeChat Pay's notification gets FAIL, never a
+    /// 500 that says the gateway is broken.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Sqlite(e) | StoreError::SqliteAt { source: e, .. } => matches!(
+                e.sqlite_error_code(),
+                Some(
+                    rusqlite::ErrorCode::DiskFull
+                        | rusqlite::ErrorCode::DatabaseBusy
+                        | rusqlite::ErrorCode::DatabaseLocked
+                )
+            ),
+            StoreError::Postgres { source, .. } => match source.as_ref() {
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+                // Class 08: connection exceptions; 57P01-57P03: the server shutting down,
+                // crashed, or not yet accepting connections; 53300: too many connections.
+                sqlx::Error::Database(db) => db
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03" | "53300")),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         // A row mapper's refusal of a damaged value is the same error on both engines.

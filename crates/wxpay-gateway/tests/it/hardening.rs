@@ -92,6 +92,49 @@ async fn writes_refused_for_a_lock_held_elsewhere_commit_nothing_and_the_retry_a
     t.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn while_the_database_is_out_of_reach_the_api_answers_503_and_stores_nothing() {
+    let t = spawn_app(
+        TestDb::sqlite(),
+        Options {
+            sqlite_busy_timeout: Some(Duration::from_millis(200)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let file = t.db.sqlite_file();
+    let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let c = rusqlite::Connection::open(file).unwrap();
+        c.execute_batch("BEGIN IMMEDIATE").unwrap();
+        locked.send(()).unwrap();
+        released.recv().unwrap();
+        c.execute_batch("ROLLBACK").unwrap();
+    });
+    is_locked.recv().unwrap();
+    let mut body = order_body(300);
+    body["out_trade_no"] = json!("OUTOFREACH0001");
+    let (status, answer) = t.api(Method::POST, "/v1/orders", Some(body.clone()), None).await;
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    // Not a 500: the gateway is not broken, the database is busy, and the same request may
+    // succeed in a moment.
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (503, Some("store_unavailable")),
+        "{answer}"
+    );
+    let (status, _) = t.api(Method::GET, "/v1/orders/OUTOFREACH0001", None, None).await;
+    assert_eq!(status, 404, "nothing was stored");
+    let (status, answer) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
+    assert_eq!(
+        status, 201,
+        "once the lock is gone, the same request succeeds: {answer}"
+    );
+    t.stop().await;
+}
+
 /// WeChat Pay calls patient enough for the delays these tests inject (up to 5 s).
 fn patient_upstream() -> UpstreamConfig {
     UpstreamConfig {

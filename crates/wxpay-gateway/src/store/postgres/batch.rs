@@ -245,6 +245,13 @@ pub(super) async fn apply_batch(
     if jobs.len() > 1 && set_based_fits(&jobs) {
         match call_batch(pool, &jobs).await {
             Ok(outcomes) if outcomes.len() == jobs.len() => return (jobs, outcomes),
+            // The database is away: trying each payment alone would make each wait for a
+            // connection in turn, holding the last for minutes. All are refused now (FAIL:
+            // WeChat Pay sends them again).
+            Err(e) if e.is_unavailable() => {
+                let outcomes = jobs.iter().map(|_| Err(e.clone())).collect();
+                return (jobs, outcomes);
+            }
             // A batch fails as a whole (a transaction id taken by a concurrent batch, a
             // lost connection): nothing of it was committed, so each payment is tried again
             // on its own, where such a failure only touches itself.
@@ -561,6 +568,13 @@ pub(super) async fn run_create_batch(pool: PgPool, jobs: Vec<CreateJob>) {
                     let _ = job.reply.send(result);
                 }
             }
+            // The database is away: every order of the batch is refused at once (see
+            // `apply_batch`).
+            Err(e) if e.is_unavailable() => {
+                for j in batch {
+                    let _ = j.reply.send(Err(e.clone()));
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = ?e, "order batch failed; storing its orders one by one");
                 for j in batch {
@@ -625,6 +639,11 @@ pub(super) async fn run_prepay_batch(pool: PgPool, jobs: Vec<PrepayJob>) {
                         StoreError::Broken(format!("no order {} to record a prepay_id for", j.order_id))
                     });
                     let _ = j.reply.send(result);
+                }
+            }
+            Err(e) if e.is_unavailable() => {
+                for j in batch {
+                    let _ = j.reply.send(Err(e.clone()));
                 }
             }
             Err(e) => {

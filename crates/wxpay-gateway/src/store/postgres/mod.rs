@@ -45,7 +45,12 @@ impl PgStore {
         let options = first_connection(url).await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
-            .acquire_timeout(std::time::Duration::from_secs(10))
+            // While PostgreSQL is away, a request waits this long for a connection and is then
+            // refused (503, or FAIL to WeChat Pay, which sends again): at 10 s, requests queued
+            // behind a batch that was itself waiting answered after up to 20 s, past the
+            // patience of WeChat Pay and of most clients (measured by `long-runs.sh
+            // pg-restart`). A pool this busy in normal work is overloaded anyway.
+            .acquire_timeout(std::time::Duration::from_secs(3))
             // The statements are few, prepared once per connection, and their plans do not
             // depend on the values: planning each execution anew cost more than running it.
             // But a generic plan is made once, from the statistics of that moment, and kept:

@@ -27,6 +27,7 @@ mod load;
 mod process;
 mod reconcile;
 mod simulator;
+mod soak;
 mod workload;
 
 use clap::{Parser, Subcommand};
@@ -50,6 +51,9 @@ enum Command {
     Gateway(GatewayArgs),
     /// Reconciling a generated day of 100,000 bill rows against a seeded database.
     Reconcile(reconcile::ReconcileArgs),
+    /// Mixed traffic at a steady rate (orders, payments, duplicates, refunds, junk), every
+    /// acknowledged write checked at the end: the soak and the fault runs.
+    Soak(soak::SoakArgs),
 }
 
 fn main() {
@@ -58,6 +62,7 @@ fn main() {
         Command::Simulator(a) => a.threads,
         Command::Gateway(a) => a.threads,
         Command::Reconcile(a) => a.threads,
+        Command::Soak(a) => a.threads,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
@@ -68,6 +73,7 @@ fn main() {
         Command::Simulator(args) => runtime.block_on(simulator(args)),
         Command::Gateway(args) => runtime.block_on(gateway(args)),
         Command::Reconcile(args) => runtime.block_on(reconcile::run(args)),
+        Command::Soak(args) => runtime.block_on(soak::soak(args)),
     };
     if let Err(e) = result {
         eprintln!("wxpay-bench: {e}");

@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# The trust report's long runs against the built binaries: each writes its result to
+# docs/trust/runs/<run>.json (figures, verdict, date, commit), which scripts/trust-report reads.
+#
+#   scripts/long-runs.sh soak [MINUTES]   # mixed traffic at half the measured maximum (default 30)
+#   scripts/long-runs.sh pg-restart       # PostgreSQL restarted under load (needs pg_ctlcluster)
+#   scripts/long-runs.sh disk-full        # SQLite on a small tmpfs filled under load (needs root)
+#
+# The soak measures the gateway's maximum rate of the same mixed traffic first (30 s with
+# no rate limit), then runs at half of it: no error, every acknowledged write found at the
+# end, resident memory flat after warm-up, the database growing with its orders only, p99
+# stable. The fault runs keep traffic going while the fault lasts and after it: the gateway
+# refuses (503, FAIL) while its database is away, never answers 500, reconnects by itself,
+# and loses no acknowledged write. Each builds the release binaries first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+source scripts/bench-common.sh
+BIN="$ROOT/target/release/wxpay"
+BENCH="$ROOT/target/release/wxpay-bench"
+TOKEN="bench-token-0123456789"
+PORT="${PORT:-18480}"
+SIM_PORT="${SIM_PORT:-18490}"
+PG_ADMIN="${PG_ADMIN:-postgres://postgres@127.0.0.1:5432/postgres}"
+WORK=$(mktemp -d /tmp/wxpay-long-run.XXXXXX)
+trap 'stop_all; rm -rf "$WORK"' EXIT
+mkdir -p docs/trust/runs
+
+cargo build -q --release -p wxpay-cli -p wxpay-bench
+
+# The simulator in explicit mode (customers pay through it), ten times real speed so that
+# its notification retries (15 s, 15 s, 30 s, 3 min, …) come in seconds.
+start_sim() {
+  WXPAY_LOG=warn "$BIN" simulator --listen "127.0.0.1:$SIM_PORT" --mode explicit --time-scale 10 \
+    --keys-dir "$WORK/simulator-keys" --openid oUpF8uMuAJO_M2pxb1Q9zNjWeS6o >"$WORK/simulator.log" 2>&1 &
+  PIDS+=($!)
+  wait_http "http://127.0.0.1:$SIM_PORT/simulator/health"
+}
+
+soak_tool() { # extra args…
+  "$BENCH" soak --target "http://127.0.0.1:$PORT" --simulator "http://127.0.0.1:$SIM_PORT" \
+    --token "$TOKEN" --pid "$GW_PID" "$@"
+}
+
+# record RUN OK FIGURE PROMISE COMMAND DETAILS_JSON_FILE
+record() {
+  python3 - "$@" <<'EOF'
+import datetime, json, subprocess, sys
+run, ok, figure, promise, command, details = sys.argv[1:]
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+out = {"run": run, "promises": [promise], "ok": ok == "true", "figure": figure,
+       "date": datetime.date.today().isoformat(), "commit": commit, "command": command,
+       "details": json.load(open(details))}
+open(f"docs/trust/runs/{run}.json", "w").write(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+print(("PASS " if out["ok"] else "FAIL ") + run + ": " + figure)
+EOF
+}
+
+soak() {
+  local minutes="${1:-30}"
+  start_sim
+  start_gateway "$(sqlite_url)"
+  echo "== the maximum rate of the mixed traffic (30 s, no limit)"
+  soak_tool --rate 100000 --max-inflight 256 --seconds 30 --settle-seconds 60 \
+    --db-file "$WORK/bench.db" --json "$WORK/max.json" >"$WORK/max.log" || true
+  local max half
+  max=$(python3 -c "import json; print(round(json.load(open('$WORK/max.json'))['customers_per_second'], 1))")
+  half=$(python3 -c "print(round($max / 2, 1))")
+  echo "   $max customers/s; the soak runs at $half for $minutes minutes"
+  stop_all
+  start_sim
+  start_gateway "$(sqlite_url)"
+  soak_tool --rate "$half" --seconds $((minutes * 60)) --db-file "$WORK/bench.db" \
+    --json "$WORK/soak.json" | tee "$WORK/soak.log" || true
+  python3 - "$WORK/soak.json" "$max" "$minutes" >"$WORK/verdict" <<'EOF'
+import json, sys
+s = json.load(open(sys.argv[1])); mx = float(sys.argv[2]); minutes = int(sys.argv[3])
+m = [w for w in s["minutes"] if w["at_s"] >= 60]
+warm = m[1:] if len(m) > 3 else m          # the first minute warms caches and pools
+third = max(1, len(warm) // 3)
+first, last = warm[:third], warm[-third:]
+avg = lambda ws, k: sum(w[k] or 0 for w in ws) / len(ws)
+rss0, rss1 = avg(first, "rss_kib"), avg(last, "rss_kib")
+p99a, p99b = avg(first, "p99_ms"), avg(last, "p99_ms")
+# Bytes per stored order, early and late: growth with data only keeps it level.
+def per_order(ws):
+    return sum(w["db_bytes"] for w in ws) / max(1, sum(w["orders"] for w in ws))
+bpo0, bpo1 = per_order(first), per_order(last)
+checks = {
+    "no error": s["errors"] == 0,
+    "every acknowledged write found": not s["lost"],
+    "RSS flat (last third within 10 % or 8 MiB of the first)": rss1 <= max(rss0 * 1.10, rss0 + 8192),
+    "p99 stable (last third at most twice the first)": p99b <= 2 * max(p99a, 1.0),
+    "database grows with its orders (bytes per order within 25 %)": bpo1 <= bpo0 * 1.25,
+}
+ok = all(checks.values())
+fig = (f"{minutes} min at {s['rate']} customers/s (half the measured {mx}/s) on SQLite: {s['requests']:,} requests "
+       f"({s['orders']:,} orders, {s['payments']:,} payments, {s['refunds']:,} refunds, duplicates and junk), "
+       f"{s['errors']} errors, {len(s['lost'])} acknowledged writes missing; RSS {rss0/1024:.0f} → {rss1/1024:.0f} MiB; "
+       f"p99 {p99a:.1f} → {p99b:.1f} ms; database {bpo0:.0f} → {bpo1:.0f} bytes per order"
+       + ("" if ok else "; failed: " + ", ".join(k for k, v in checks.items() if not v)))
+print("true" if ok else "false"); print(fig)
+EOF
+  record soak "$(sed -n 1p "$WORK/verdict")" "$(sed -n 2p "$WORK/verdict")" soak \
+    "scripts/long-runs.sh soak $minutes" "$WORK/soak.json"
+}
+
+# fault RUN PROMISE SECONDS URL FILE INJECT RESTORE: traffic for SECONDS, the fault injected
+# at a third of them and lifted at two thirds.
+fault() {
+  local run=$1 promise=$2 seconds=$3 url=$4 file=$5 inject=$6 restore=$7
+  start_sim
+  start_gateway "$url"
+  local db_args=()
+  [ -n "$file" ] && db_args=(--db-file "$file")
+  soak_tool --rate 40 --seconds "$seconds" --tolerate-outage --settle-seconds 180 --report-every 5 "${db_args[@]}" \
+    --json "$WORK/$run.json" >"$WORK/$run.log" 2>&1 &
+  local tool=$!
+  sleep $((seconds / 3))
+  echo "== $run: fault in"
+  local t0=$SECONDS
+  eval "$inject"
+  sleep $((seconds / 3))
+  echo "== $run: fault out"
+  eval "$restore"
+  local down=$((SECONDS - t0))
+  local status=0
+  wait "$tool" || status=$?
+  # The gateway is still the process it was: it reconnected by itself.
+  kill -0 "$GW_PID"
+  local integrity=""
+  if [ -n "$file" ]; then
+    integrity=$(python3 -c "import sqlite3; print(sqlite3.connect('$file').execute('PRAGMA integrity_check').fetchone()[0])")
+  fi
+  python3 - "$WORK/$run.json" "$status" "$down" "$integrity" "$run" >"$WORK/verdict" <<'EOF'
+import json, sys
+s = json.load(open(sys.argv[1])); status, down, integrity, run = int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+m = s["minutes"]
+after = s["minutes"][-1]   # the last five seconds
+checks = {
+    "no 500 or other error": s["errors"] == 0,
+    "every acknowledged write found": not s["lost"],
+    "refused while it lasted": s["refused"] > 0,
+    "served again after it": after["ok"] > 0,
+}
+if integrity:
+    checks["integrity_check ok"] = integrity == "ok"
+ok = all(checks.values()) and status == 0
+what = {"pg-restart": "PostgreSQL stopped and started", "disk-full": "the SQLite disk full"}[run]
+fig = (f"{what} for {down} s under 40 customers/s: {s['refused']:,} requests refused (503/FAIL) while it lasted, "
+       f"{s['errors']} errors (no 500), {s['ok']:,} answered; the same process served again after it; "
+       f"{s['orders']:,} orders, {s['payments']:,} payments and {s['refunds']:,} refunds acknowledged, "
+       f"{len(s['lost'])} missing" + (f"; integrity_check {integrity}" if integrity else "")
+       + ("" if ok else "; failed: " + ", ".join(k for k, v in checks.items() if not v) + f" (tool status {status})"))
+print("true" if ok else "false"); print(fig)
+EOF
+  record "$run" "$(sed -n 1p "$WORK/verdict")" "$(sed -n 2p "$WORK/verdict")" "$promise" \
+    "scripts/long-runs.sh $run" "$WORK/$run.json"
+}
+
+pg_restart() {
+  local cluster
+  cluster=$(ls /etc/postgresql)
+  # A stop and a start rather than `restart`, so that the gateway sees the server away for a
+  # while (ten seconds) and not only its connections cut.
+  fault pg-restart pg-restart 60 "$(fresh_pg)" "" \
+    "pg_ctlcluster --skip-systemctl-redirect $cluster main stop -m fast" \
+    "pg_ctlcluster --skip-systemctl-redirect $cluster main start"
+}
+
+disk_full() {
+  local mnt="$WORK/disk"
+  mkdir -p "$mnt"
+  mount -t tmpfs -o size=48m tmpfs "$mnt"
+  trap 'stop_all; umount "$WORK/disk" 2>/dev/null; rm -rf "$WORK"' EXIT
+  # The filler takes every byte left, then is removed.
+  fault disk-full disk-full 60 "sqlite://$mnt/wxpay.db" "$mnt/wxpay.db" \
+    "dd if=/dev/zero of=$mnt/filler bs=1M 2>/dev/null || true; sync" \
+    "rm -f $mnt/filler"
+}
+
+case "${1:-}" in
+  soak) shift; soak "$@" ;;
+  pg-restart) pg_restart ;;
+  disk-full) disk_full ;;
+  *) sed -n '2,7p' "$0" >&2; exit 2 ;;
+esac

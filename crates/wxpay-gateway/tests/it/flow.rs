@@ -7,14 +7,12 @@ use serde_json::json;
 use wxpay_protocol::SignType;
 use wxpay_simulator::{TEST_API_KEY, TEST_APPID};
 
+use crate::support::SUCCESS;
 use crate::support::engines;
 use crate::support::{
     DEFAULT, HMAC, HMAC_APPID, HMAC_KEY, HMAC_MCH_ID, Options, Signer, TEST_OPENID, TestDb, event, eventually,
     notification, order_body, paid_notification, spawn_app, with_jobs_and_webhook,
 };
-
-const SUCCESS: &str =
-    "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>";
 
 async fn the_whole_flow_from_login_to_the_signed_paid_event(db: TestDb) {
     let t = spawn_app(db, with_jobs_and_webhook()).await;
@@ -34,22 +32,7 @@ async fn the_whole_flow_from_login_to_the_signed_paid_event(db: TestDb) {
     let no = created["out_trade_no"].as_str().unwrap().to_owned();
     assert_eq!(created["status"], "pending");
     assert_eq!(created["amount_fen"], 2800);
-    let params = &created["pay_params"];
-    assert_eq!(params["appId"], TEST_APPID);
-    assert_eq!(
-        params["package"],
-        format!("prepay_id={}", created["prepay_id"].as_str().unwrap())
-    );
-    assert_eq!(params["signType"], "MD5");
-    // paySign verifies with the merchant key over the five fields, as WeChat checks it.
-    let mut f = wxpay_protocol::Fields::new();
-    for k in ["appId", "timeStamp", "nonceStr", "package", "signType"] {
-        f.insert(k, params[k].as_str().unwrap().to_owned()).unwrap();
-    }
-    f.insert("sign", params["paySign"].as_str().unwrap().to_owned())
-        .unwrap();
-    f.verify(&wxpay_protocol::ApiKey::new(TEST_API_KEY).unwrap(), SignType::Md5)
-        .unwrap();
+    assert_pay_params_valid(&created);
 
     let sim_order = t.sim_get(&format!("/simulator/orders/{no}")).await;
     assert_eq!(sim_order["total_fee"], 2800, "{sim_order}");
@@ -476,6 +459,59 @@ async fn forged_tampered_and_hostile_notifications_change_nothing(db: TestDb) {
 }
 engines!(forged_tampered_and_hostile_notifications_change_nothing);
 
+async fn what_the_mini_program_reports_changes_nothing_and_only_a_verified_notification_pays(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    let mut body = order_body(1999);
+    body["out_trade_no"] = json!("FRONT-END-01");
+    let (status, o) = t.api(Method::POST, "/v1/orders", Some(body.clone()), None).await;
+    assert_eq!(status, 201, "{o}");
+    // wx.requestPayment said ok (or was faked to), and a backend passes it on, every way an
+    // integration might try: the API has no way to take it.
+    let claim = json!({"status": "paid", "amount_fen": 1, "errMsg": "requestPayment:ok"});
+    let mut refusals = Vec::new();
+    for (method, path) in [
+        (Method::PATCH, "/v1/orders/FRONT-END-01"),
+        (Method::PUT, "/v1/orders/FRONT-END-01"),
+        (Method::POST, "/v1/orders/FRONT-END-01"),
+        (Method::POST, "/v1/orders/FRONT-END-01/pay"),
+        (Method::POST, "/v1/orders/FRONT-END-01/paid"),
+    ] {
+        let (status, answer) = t.api(method.clone(), path, Some(claim.clone()), None).await;
+        assert!(matches!(status, 404 | 405), "{method} {path}: {status} {answer}");
+        refusals.push(status);
+    }
+    // The same order again with the client's amount: another order's parameters, refused.
+    body["amount_fen"] = json!(1);
+    let (status, answer) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
+    assert_eq!(status, 409, "{answer}");
+    // A notification for the amount the client claims: refused, however well signed.
+    let (status, reply) = t
+        .notify(paid_notification("FRONT-END-01", 1, "4200000000000000000000000888"))
+        .await;
+    assert!(status >= 400 && reply.contains("FAIL"), "{status} {reply}");
+    let o = t.order("FRONT-END-01").await;
+    assert_eq!(
+        (o["status"].as_str(), o["amount_fen"].as_i64()),
+        (Some("pending"), Some(1999)),
+        "{o}"
+    );
+    // Only WeChat Pay's verified word for the order's own amount pays it.
+    let (status, reply) = t
+        .notify(paid_notification("FRONT-END-01", 1999, "4200000000000000000000000889"))
+        .await;
+    assert_eq!((status, reply.as_str()), (200, SUCCESS));
+    assert_eq!(t.order("FRONT-END-01").await["status"], "paid");
+    crate::support::figure(
+        &["38"],
+        format!(
+            "{}: a client's requestPayment:ok sent 5 ways → {refusals:?}, its 1-fen amount → 409 and a refused notification; paid only by the verified notification of 1999 fen",
+            t.engine()
+        ),
+    );
+    t.stop().await;
+}
+engines!(what_the_mini_program_reports_changes_nothing_and_only_a_verified_notification_pays);
+
 #[tokio::test]
 async fn an_hmac_merchant_is_paid_through_its_own_notifications() {
     let t = spawn_app(TestDb::sqlite(), Options::default()).await;
@@ -504,6 +540,27 @@ async fn an_hmac_merchant_is_paid_through_its_own_notifications() {
     t.stop().await;
 }
 
+/// The `wx.requestPayment` parameters of an order of the default merchant: its app, its
+/// prepay id, and a paySign that verifies with the merchant key over the five fields, as
+/// WeChat checks it.
+fn assert_pay_params_valid(order: &serde_json::Value) {
+    let params = &order["pay_params"];
+    assert_eq!(params["appId"], TEST_APPID);
+    assert_eq!(
+        params["package"],
+        format!("prepay_id={}", order["prepay_id"].as_str().unwrap())
+    );
+    assert_eq!(params["signType"], "MD5");
+    let mut f = wxpay_protocol::Fields::new();
+    for k in ["appId", "timeStamp", "nonceStr", "package", "signType"] {
+        f.insert(k, params[k].as_str().unwrap().to_owned()).unwrap();
+    }
+    f.insert("sign", params["paySign"].as_str().unwrap().to_owned())
+        .unwrap();
+    f.verify(&wxpay_protocol::ApiKey::new(TEST_API_KEY).unwrap(), SignType::Md5)
+        .unwrap();
+}
+
 async fn a_systemerror_is_retried_with_identical_parameters_into_one_upstream_order(db: TestDb) {
     let t = spawn_app(db, Options::default()).await;
     t.fault(json!({"kind": "system_error", "api": "unifiedorder", "count": 2}))
@@ -514,6 +571,9 @@ async fn a_systemerror_is_retried_with_identical_parameters_into_one_upstream_or
     assert_eq!(o["status"], "pending");
     let sim = t.sim_get("/simulator/orders/SYSERR-1").await;
     assert_eq!(sim["trade_state"], "NOTPAY", "{sim}");
+    // The mini program can pay it: the parameters name the one order WeChat Pay made.
+    assert_pay_params_valid(&o);
+    assert_eq!(o["prepay_id"], sim["prepay_id"], "{}", t.engine());
     assert_eq!(t.event_kinds("SYSERR-1").await, ["created", "prepay"], "{}", t.engine());
     // The faults really fired, and the third call repeated the first two exactly.
     assert_eq!(t.sim_faults_fired("system_error").await, 2);

@@ -7,13 +7,11 @@ use serde_json::json;
 
 use wxpay_gateway::UpstreamConfig;
 
+use crate::support::SUCCESS;
 use crate::support::engines;
 use crate::support::{
     DEFAULT, Options, TOKEN, TestDb, eventually, notification, order_body, paid_notification, quick_jobs, spawn_app,
 };
-
-const SUCCESS: &str =
-    "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>";
 
 /// Counts rows of a table straight from the SQLite file.
 fn sqlite_count(path: &std::path::Path, sql: &str) -> i64 {

@@ -8,8 +8,11 @@ use wxpay_protocol::v2::{RefundNotification, RefundStatus};
 use wxpay_protocol::{ApiKey, BeijingTime, Fen, Nonce};
 use wxpay_simulator::{TEST_API_KEY, TEST_APPID, TEST_MCH_ID};
 
+use crate::support::SUCCESS;
 use crate::support::engines;
-use crate::support::{Options, TestApp, TestDb, event, eventually, order_body, spawn_app, with_jobs_and_webhook};
+use crate::support::{
+    Options, TestApp, TestDb, event, eventually, order_body, paid_notification, spawn_app, with_jobs_and_webhook,
+};
 
 async fn refund(t: &TestApp, order: &str, body: Value) -> (u16, Value) {
     t.api(Method::POST, &format!("/v1/orders/{order}/refunds"), Some(body), None)
@@ -38,6 +41,69 @@ fn slow_refunds() -> Options {
         ..with_jobs_and_webhook()
     }
 }
+
+async fn the_payment_notification_replayed_after_a_full_refund_changes_nothing_and_announces_nothing(db: TestDb) {
+    let t = spawn_app(db, with_jobs_and_webhook()).await;
+    let mut body = order_body(300);
+    body["out_trade_no"] = json!("RF-REPLAY");
+    let (status, o) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
+    assert_eq!(status, 201, "{o}");
+    t.sim_pay(json!({"out_trade_no": "RF-REPLAY"})).await;
+    let paid = t.wait_status("RF-REPLAY", "paid").await;
+    // The payment's notification again, signed as WeChat Pay signs it, for its transaction.
+    let original = paid_notification("RF-REPLAY", 300, paid["transaction_id"].as_str().unwrap());
+    let (status, r) = refund(
+        &t,
+        "RF-REPLAY",
+        json!({"amount_fen": 300, "out_refund_no": "RF-REPLAY-1"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{r}");
+    wait_refund(&t, "RF-REPLAY-1", "succeeded").await;
+    t.wait_status("RF-REPLAY", "refunded").await;
+    // The same notification again, days later: acknowledged, and nothing else.
+    assert_eq!(t.notify(original).await, (200, SUCCESS.to_owned()));
+    let o = t.order("RF-REPLAY").await;
+    assert_eq!(
+        (o["status"].as_str(), o["refunded_fen"].as_i64()),
+        (Some("refunded"), Some(300)),
+        "{}: {o}",
+        t.engine()
+    );
+    assert_eq!(
+        o["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "paid")
+            .count(),
+        1,
+        "{o}"
+    );
+    t.outbox_drained().await;
+    let delivered = t.webhook.delivered();
+    let of = |kind: &str| {
+        delivered
+            .iter()
+            .filter(|e| e["type"] == kind && e["data"]["out_trade_no"] == "RF-REPLAY")
+            .count()
+    };
+    assert_eq!(
+        (of("order.paid"), of("refund.succeeded")),
+        (1, 1),
+        "{}: one callback each, none for the replay: {delivered:?}",
+        t.engine()
+    );
+    crate::support::figure(
+        &["20"],
+        format!(
+            "{}: the payment notification replayed after a full refund → SUCCESS, order stays refunded (300 of 300 fen), 1 paid event, 1 order.paid and 1 refund.succeeded delivered",
+            t.engine()
+        ),
+    );
+    t.stop().await;
+}
+engines!(the_payment_notification_replayed_after_a_full_refund_changes_nothing_and_announces_nothing);
 
 async fn a_partial_then_a_full_refund_succeed_with_events_and_the_order_ends_refunded(db: TestDb) {
     let t = spawn_app(db, with_jobs_and_webhook()).await;

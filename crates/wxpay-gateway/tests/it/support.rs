@@ -374,6 +374,11 @@ pub(crate) fn v3_credentials(trusts: Trusts) -> wxpay_gateway::V3Credentials {
     }
 }
 
+/// The gateway's answer to a notification it kept, written out here rather than taken from
+/// the protocol crate, as an outside witness of the bytes WeChat Pay expects.
+pub(crate) const SUCCESS: &str =
+    "<xml><return_code><![CDATA[SUCCESS]]></return_code><return_msg><![CDATA[OK]]></return_msg></xml>";
+
 /// The second mini program of the default merchant number (`Options::second_app`).
 pub(crate) const APP2_APPID: &str = "wx2222222222222222";
 

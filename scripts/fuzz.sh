@@ -140,8 +140,8 @@ campaign() {
       fi
     done
     crashes=$(( $(found "$target") + slow ))
-    execs=$(grep -oP 'stat::number_of_executed_units: \K[0-9]+' "$log" | tail -1 || true)
-    rss=$(grep -oP 'stat::peak_rss_mb: \K[0-9]+' "$log" | tail -1 || true)
+    execs=$(grep -oP 'stat::number_of_executed_units:\s+\K[0-9]+' "$log" | tail -1 || true)
+    rss=$(grep -oP 'stat::peak_rss_mb:\s+\K[0-9]+' "$log" | tail -1 || true)
     last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
     cov=$(grep -oP 'cov: \K[0-9]+' <<<"$last" || echo 0)
     ft=$(grep -oP 'ft: \K[0-9]+' <<<"$last" || echo 0)

@@ -143,7 +143,6 @@ fault() {
   python3 - "$WORK/$run.json" "$status" "$down" "$integrity" "$run" >"$WORK/verdict" <<'EOF'
 import json, sys
 s = json.load(open(sys.argv[1])); status, down, integrity, run = int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-m = s["minutes"]
 after = s["minutes"][-1]   # the last five seconds
 checks = {
     "no 500 or other error": s["errors"] == 0,

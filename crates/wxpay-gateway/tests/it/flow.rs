@@ -463,8 +463,7 @@ async fn what_the_mini_program_reports_changes_nothing_and_only_a_verified_notif
     let t = spawn_app(db, Options::default()).await;
     let mut body = order_body(1999);
     body["out_trade_no"] = json!("FRONT-END-01");
-    let (status, o) = t.api(Method::POST, "/v1/orders", Some(body.clone()), None).await;
-    assert_eq!(status, 201, "{o}");
+    t.create(body.clone()).await;
     // wx.requestPayment said ok (or was faked to), and a backend passes it on, every way an
     // integration might try: the API has no way to take it.
     let claim = json!({"status": "paid", "amount_fen": 1, "errMsg": "requestPayment:ok"});

@@ -46,8 +46,7 @@ async fn the_payment_notification_replayed_after_a_full_refund_changes_nothing_a
     let t = spawn_app(db, with_jobs_and_webhook()).await;
     let mut body = order_body(300);
     body["out_trade_no"] = json!("RF-REPLAY");
-    let (status, o) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
-    assert_eq!(status, 201, "{o}");
+    t.create(body).await;
     t.sim_pay(json!({"out_trade_no": "RF-REPLAY"})).await;
     let paid = t.wait_status("RF-REPLAY", "paid").await;
     // The payment's notification again, signed as WeChat Pay signs it, for its transaction.

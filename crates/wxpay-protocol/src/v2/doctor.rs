@@ -965,7 +965,7 @@ fn test_hypotheses(
         .filter(|k| *k != body.sign_name)
         .collect();
     // Leaving each field out in turn costs a signed string per field, each as long as the
-    // body: quadratic, and seconds for a body of thousands of tiny fields (found by fuzzing).
+    // body: quadratic, and seconds for a body of hundreds of tiny fields (found by fuzzing).
     // WeChat Pay's largest messages have well under this many fields.
     if field_names.len() > MAX_FIELDS_LEFT_OUT {
         d.add(

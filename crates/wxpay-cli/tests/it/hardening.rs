@@ -574,3 +574,46 @@ async fn each_refused_notification_is_a_warning_naming_the_order_and_why() {
     sim.shutdown().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The environment of a running process, from `/proc`.
+fn environment_of(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+#[test]
+fn long_running_commands_cap_glibc_malloc_arenas_unless_the_environment_already_does() {
+    // Without the cap, the gateway's memory grew for as long as a 30-minute soak ran.
+    let dir = scratch_dir("arenas");
+    for (given, expected) in [(None, "MALLOC_ARENA_MAX=2"), (Some("4"), "MALLOC_ARENA_MAX=4")] {
+        let mut cmd = crate::wxpay_command();
+        cmd.args(["simulator", "--listen", "127.0.0.1:0", "--keys-dir"])
+            .arg(dir.join("keys"))
+            .env_remove("MALLOC_ARENA_MAX")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(v) = given {
+            cmd.env("MALLOC_ARENA_MAX", v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        // The command runs itself again in place, with the cap: the same pid, a new environment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        while std::time::Instant::now() < deadline {
+            seen = environment_of(child.id());
+            if seen.iter().any(|v| v.starts_with("MALLOC_ARENA_MAX=")) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let found: Vec<_> = seen.iter().filter(|v| v.starts_with("MALLOC_ARENA_MAX=")).collect();
+        assert_eq!(found, [expected], "given {given:?}");
+        assert!(child.try_wait().unwrap().is_none(), "the simulator still runs");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

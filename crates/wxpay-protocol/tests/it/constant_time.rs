@@ -3,8 +3,10 @@
 //!
 //! Two gates: `Signature` has no `PartialEq` (so `==` on one does not compile; checked here
 //! at compile time), and no source file of the workspace compares a value named like a
-//! signature with `==` or `!=` (a comparison of the strings behind it would stop at the
-//! first difference).
+//! signature with `==`, `!=`, `.eq()`, `.ne()`, `assert_eq!` or `assert_ne!` outside test
+//! code (a comparison of the strings behind it would stop at the first difference). The
+//! sources are read as syntax trees, so a comparison split over lines or inside a macro's
+//! arguments is seen like any other.
 
 use std::path::{Path, PathBuf};
 
@@ -42,34 +44,133 @@ fn names_a_signature(ident: &str) -> bool {
         || ident.contains("signature")
 }
 
-/// The identifiers of an operand: `pay_sign.as_str()` → `pay_sign`, `as_str`.
-fn identifiers(operand: &str) -> impl Iterator<Item = &str> {
-    operand
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| !w.is_empty())
+/// Methods whose result says nothing about a signature's bytes: comparing it leaks nothing.
+const HARMLESS_METHODS: [&str; 7] = ["len", "is_empty", "is_some", "is_none", "is_ok", "is_err", "sign_type"];
+
+/// Whether an expression is a signature or made of one: `pay_sign`, `body.sign`,
+/// `&received_sig[..]`, `sign(&fields, &key)`, `pay_sign.as_str()`, `Some(sig)`; not
+/// `sig.len()` or `sign_type`.
+fn is_signature(e: &syn::Expr) -> bool {
+    use syn::Expr;
+    match e {
+        Expr::Path(p) => p
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| names_a_signature(&s.ident.to_string())),
+        Expr::Field(f) => match &f.member {
+            syn::Member::Named(name) if names_a_signature(&name.to_string()) => true,
+            _ => is_signature(&f.base),
+        },
+        Expr::MethodCall(m) => {
+            let method = m.method.to_string();
+            !HARMLESS_METHODS.contains(&method.as_str()) && (names_a_signature(&method) || is_signature(&m.receiver))
+        }
+        // A function that makes a signature, or a variant holding one (`Some(sig)`).
+        Expr::Call(c) => {
+            let variant = matches!(&*c.func, Expr::Path(p) if p.path.segments.last().is_some_and(|s| s.ident.to_string().starts_with(char::is_uppercase)));
+            is_signature(&c.func) || (variant && c.args.iter().any(is_signature))
+        }
+        Expr::Reference(r) => is_signature(&r.expr),
+        Expr::Unary(u) => is_signature(&u.expr),
+        Expr::Paren(p) => is_signature(&p.expr),
+        Expr::Group(g) => is_signature(&g.expr),
+        Expr::Index(i) => is_signature(&i.expr),
+        Expr::Cast(c) => is_signature(&c.expr),
+        Expr::Try(t) => is_signature(&t.expr),
+        _ => false,
+    }
 }
 
-/// Whether a line of code compares a signature with `==` or `!=`: an operand right beside
-/// the operator names one. (Comments are not code.)
-fn compares_a_signature(line: &str) -> bool {
-    let code = line.split("//").next().unwrap_or("");
-    let operand_char = |c: char| c.is_ascii_alphanumeric() || "_.()&*:".contains(c);
-    let mut rest = code;
-    while let Some(i) = rest.find("==").into_iter().chain(rest.find("!=")).min() {
-        let (left, right) = (&rest[..i], &rest[i + 2..]);
-        let left = left.trim_end();
-        let left_operand = &left[left.rfind(|c: char| !operand_char(c)).map_or(0, |j| j + 1)..];
-        let right = right.trim_start();
-        let right_operand = &right[..right.find(|c: char| !operand_char(c)).unwrap_or(right.len())];
-        if identifiers(left_operand)
-            .chain(identifiers(right_operand))
-            .any(names_a_signature)
-        {
-            return true;
-        }
-        rest = &rest[i + 2..];
+/// Whether an item is test code (`#[test]`, `#[tokio::test]`, `#[cfg(test)]`), where a
+/// known-answer signature is compared with `assert_eq!` and timing does not matter.
+fn is_test(attrs: &[syn::Attribute]) -> bool {
+    attrs.iter().any(|a| match &a.meta {
+        syn::Meta::List(list) if list.path.is_ident("cfg") => list.tokens.to_string().contains("test"),
+        meta => meta.path().segments.last().is_some_and(|s| s.ident == "test"),
+    })
+}
+
+/// Walks a source file and keeps the lines where a signature is compared with `==`, `!=`,
+/// `.eq()`, `.ne()`, `assert_eq!` or `assert_ne!`, outside test code.
+#[derive(Default)]
+struct Gate {
+    lines: Vec<usize>,
+}
+
+impl Gate {
+    fn found(&mut self, at: &impl syn::spanned::Spanned) {
+        self.lines.push(at.span().start().line);
     }
-    false
+}
+
+impl<'a> syn::visit::Visit<'a> for Gate {
+    fn visit_item_fn(&mut self, f: &'a syn::ItemFn) {
+        if !is_test(&f.attrs) {
+            syn::visit::visit_item_fn(self, f);
+        }
+    }
+
+    fn visit_impl_item_fn(&mut self, f: &'a syn::ImplItemFn) {
+        if !is_test(&f.attrs) {
+            syn::visit::visit_impl_item_fn(self, f);
+        }
+    }
+
+    fn visit_item_mod(&mut self, m: &'a syn::ItemMod) {
+        if !is_test(&m.attrs) {
+            syn::visit::visit_item_mod(self, m);
+        }
+    }
+
+    fn visit_expr_binary(&mut self, b: &'a syn::ExprBinary) {
+        if matches!(b.op, syn::BinOp::Eq(_) | syn::BinOp::Ne(_)) && (is_signature(&b.left) || is_signature(&b.right)) {
+            self.found(b);
+        }
+        syn::visit::visit_expr_binary(self, b);
+    }
+
+    fn visit_expr_method_call(&mut self, m: &'a syn::ExprMethodCall) {
+        if (m.method == "eq" || m.method == "ne") && (is_signature(&m.receiver) || m.args.iter().any(is_signature)) {
+            self.found(m);
+        }
+        syn::visit::visit_expr_method_call(self, m);
+    }
+
+    /// A macro's arguments are tokens to syn; those that read as expressions (`assert!`,
+    /// `assert_eq!`, `format!`…) are walked like code.
+    fn visit_macro(&mut self, mac: &'a syn::Macro) {
+        use syn::parse::Parser;
+        let parser = syn::punctuated::Punctuated::<syn::Expr, syn::Token![,]>::parse_terminated;
+        let Ok(args) = parser.parse2(mac.tokens.clone()) else {
+            return;
+        };
+        let name = mac
+            .path
+            .segments
+            .last()
+            .map(|s| s.ident.to_string())
+            .unwrap_or_default();
+        if (name.ends_with("assert_eq") || name.ends_with("assert_ne")) && args.iter().take(2).any(is_signature) {
+            self.found(mac);
+        }
+        for arg in &args {
+            self.visit_expr(arg);
+        }
+    }
+}
+
+/// The lines of a Rust source file that compare a signature other than in constant time.
+fn comparisons_of_signatures(source: &str) -> Vec<usize> {
+    let file = syn::parse_file(source).unwrap_or_else(|e| panic!("the source parses: {e}\n{source}"));
+    let mut gate = Gate::default();
+    syn::visit::Visit::visit_file(&mut gate, &file);
+    gate.lines
+}
+
+/// Whether a statement, in a function of its own, compares a signature.
+fn compares_a_signature(statement: &str) -> bool {
+    !comparisons_of_signatures(&format!("fn f() {{\n{statement}\n}}")).is_empty()
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -86,26 +187,46 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn the_gate_finds_comparisons_of_signatures() {
     for bad in [
-        "if received_sign == expected {",
-        "    return sig != other;",
+        "let ok = received_sign == expected;",
+        "return sig != other;",
         "let ok = pay_sign.as_str() == body.sign;",
-        "assert!(signature == x)",
+        "assert!(signature == x);",
+        "assert_eq!(pay_sign, computed);",
+        "debug_assert_ne!(computed, body.sign);",
+        "let ok = received.sign.eq(&computed);",
+        "let ok = computed.ne(&expected_sig);",
+        "let ok = body.sign[..] == computed[..];",
+        "let ok = sign(&fields, &key)\n    .to_uppercase()\n    == received;",
+        "if Some(sig) == other {}",
+        "let ok = &*received_sig == computed.as_bytes();",
+        "let ok = items.iter().any(|s| s.signature == x);",
     ] {
         assert!(compares_a_signature(bad), "{bad}");
     }
     for fine in [
-        "if sign_type == SignType::Md5 {",
+        "let ok = sign_type == SignType::Md5;",
         "let signer = x == y;",
-        "if signed.matches(&received) {",
+        "let ok = signed.matches(&received);",
         "// a comment: sign == x is what we must never write",
         "let n = signatures.len();",
-        ".filter(|(k, _)| k != body.sign_name)",
-        "|| k == \"paySign\");",
-        "if sig.signature.is_empty() && status == 401 {",
-        "let key = if kind == Some(FaultKind::NotifyBadSignature) {",
+        "let ok = sig.len() == 64;",
+        "let ok = sig.signature.is_empty() && status == 401;",
+        "let key = if kind == Some(FaultKind::NotifyBadSignature) { 1 } else { 2 };",
+        "let ok = fields.iter().any(|(k, _)| k == \"paySign\");",
+        "let s = format!(\"{sign}\");",
     ] {
         assert!(!compares_a_signature(fine), "{fine}");
     }
+    // Test code compares known answers as it likes.
+    let tests = "#[cfg(test)]\nmod tests {\n    fn t() { assert_eq!(sign, \"ABC\"); }\n}\n\
+                 #[test]\nfn u() { assert!(sig == \"ABC\"); }\n\
+                 #[tokio::test]\nasync fn v() { assert_eq!(pay_sign, x); }\n";
+    assert_eq!(comparisons_of_signatures(tests), Vec::<usize>::new());
+    // And the line is the comparison's.
+    assert_eq!(
+        comparisons_of_signatures("fn f() {\n    let a = 1;\n    a == sig\n}\n"),
+        [3]
+    );
 }
 
 #[test]
@@ -122,10 +243,9 @@ fn no_source_compares_a_signature_with_eq() {
     let mut found = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();
-        for (n, line) in text.lines().enumerate() {
-            if compares_a_signature(line) {
-                found.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
-            }
+        let lines: Vec<&str> = text.lines().collect();
+        for n in comparisons_of_signatures(&text) {
+            found.push(format!("{}:{n}: {}", file.display(), lines[n - 1].trim()));
         }
     }
     assert!(

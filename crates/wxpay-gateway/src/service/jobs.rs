@@ -279,7 +279,8 @@ async fn check_one(app: &Service, order: Order) {
         Ok(state) => {
             match app.apply_state(order.clone(), &state).await {
                 Ok(o) if o.status != OrderStatus::Pending => {
-                    tracing::info!(out_trade_no = ?o.out_trade_no, status = %o.status, "order settled by a check");
+                    // Settled by this answer, or by a notification while the query was under way.
+                    tracing::info!(out_trade_no = ?o.out_trade_no, status = %o.status, "order settled");
                     return;
                 }
                 Ok(o) => {

@@ -255,7 +255,7 @@ impl Service {
             }
             RefundOutcome::AlreadySettled(_) => NoticeAnswer::Acknowledged,
             RefundOutcome::UnknownRefund => {
-                tracing::warn!(out_refund_no = ?n.out_refund_no, "refund notification for a refund wxpay did not ask for");
+                tracing::warn!(out_refund_no = ?n.out_refund_no, out_trade_no = ?notice.out_trade_no, "refund notification for a refund wxpay did not ask for");
                 NoticeAnswer::Refused(Misfit::UnknownRefund)
             }
             RefundOutcome::WrongOrder => {
@@ -263,7 +263,7 @@ impl Service {
                 NoticeAnswer::Refused(Misfit::WrongOrder)
             }
             RefundOutcome::AmountMismatch { expected, got } => {
-                tracing::warn!(out_refund_no = ?n.out_refund_no, ?expected, ?got, "refund notification with another amount");
+                tracing::warn!(out_refund_no = ?n.out_refund_no, out_trade_no = ?notice.out_trade_no, ?expected, ?got, "refund notification with another amount");
                 NoticeAnswer::Refused(Misfit::RefundAmountMismatch)
             }
             RefundOutcome::Conflict(r) => {

@@ -329,17 +329,50 @@ impl Service {
                     }
                 }
             }
-            PaymentState::Closed if order.status == OrderStatus::Pending => Ok(store
-                .close_order(order.id, "WeChat Pay reports the order closed".into(), now)
-                .await?
-                .unwrap_or(order)),
-            PaymentState::Failed if order.status == OrderStatus::Pending => Ok(store
-                .fail_order(order.id, "WeChat Pay reports PAYERROR".into(), now)
-                .await?
-                .unwrap_or(order)),
-            // NOTPAY and the rest: nothing to change (and a paid order is never downgraded).
-            _ => Ok(order),
+            PaymentState::Closed if order.status == OrderStatus::Pending => {
+                match store
+                    .close_order(order.id, "WeChat Pay reports the order closed".into(), now)
+                    .await?
+                {
+                    Some(closed) => Ok(closed),
+                    None => self.not_downgraded(order, state).await,
+                }
+            }
+            PaymentState::Failed if order.status == OrderStatus::Pending => {
+                match store
+                    .fail_order(order.id, "WeChat Pay reports PAYERROR".into(), now)
+                    .await?
+                {
+                    Some(failed) => Ok(failed),
+                    None => self.not_downgraded(order, state).await,
+                }
+            }
+            // NOTPAY and the rest: nothing to change, and a paid order is never downgraded.
+            _ => self.not_downgraded(order, state).await,
         }
+    }
+
+    /// The order as it is stored now, after an answer that did not pay it. The store never
+    /// takes a paid order back; if it was paid meanwhile (a notification overtook the query)
+    /// or before, WeChat Pay's answer contradicts a verified payment, which is worth a
+    /// warning: a stale answer, or a payment that WeChat Pay no longer has.
+    async fn not_downgraded(&self, order: Order, state: &PaymentState) -> Result<Order, ServiceError> {
+        let current = self
+            .inner
+            .store
+            .order(order.merchant.clone(), order.out_trade_no.clone())
+            .await?
+            .unwrap_or(order);
+        if matches!(current.status, OrderStatus::Paid | OrderStatus::Refunded) {
+            tracing::warn!(
+                out_trade_no = ?current.out_trade_no,
+                transaction_id = ?current.transaction_id,
+                status = %current.status,
+                reported = state.name(),
+                "orderquery contradicts a recorded payment; the order stays paid"
+            );
+        }
+        Ok(current)
     }
 
     /// The order of `provider`'s merchant with this number, or [`ServiceError::NotFound`].

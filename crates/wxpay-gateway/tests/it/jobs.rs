@@ -11,7 +11,8 @@ use wxpay_gateway::JobsConfig;
 use crate::refunds::wait_refund;
 use crate::support::engines;
 use crate::support::{
-    Options, TestDb, event, eventually, figure, order_body, quick_jobs, spawn_app, with_jobs_and_webhook,
+    Options, TestDb, alerts, event, eventually, figure, order_body, paid_notification, quick_jobs, spawn_app,
+    with_jobs_and_webhook,
 };
 
 async fn without_a_notification_the_query_path_marks_the_order_paid(db: TestDb) {
@@ -113,6 +114,56 @@ async fn an_expired_order_paid_at_the_last_moment_becomes_paid_and_never_closed(
     t.stop().await;
 }
 engines!(an_expired_order_paid_at_the_last_moment_becomes_paid_and_never_closed);
+
+async fn a_notpay_answer_overtaken_by_the_payment_leaves_the_order_paid_with_a_warning(db: TestDb) {
+    let t = spawn_app(
+        db,
+        Options {
+            jobs: quick_jobs(),
+            ..Options::default()
+        },
+    )
+    .await;
+    // The background check's orderquery is held while the payment's notification arrives;
+    // then its answer, NOTPAY (the simulator never saw the payment), comes back.
+    t.fault(json!({"kind": "delay", "api": "orderquery", "count": 1, "delay_ms": 1500}))
+        .await;
+    let o = t.create(order_body(460)).await;
+    let no = o["out_trade_no"].as_str().unwrap().to_owned();
+    eventually("the check's orderquery is in flight", async || {
+        t.sim_faults_fired("delay").await == 1
+    })
+    .await;
+    let (status, reply) = t
+        .notify(paid_notification(&no, 460, "4200000000000000000000046046"))
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    eventually("the contradicting answer is a warning", async || {
+        !alerts(
+            "orderquery contradicts a recorded payment",
+            &[
+                ("out_trade_no", &no),
+                ("reported", "NOTPAY"),
+                ("transaction_id", "4200000000000000000000046046"),
+            ],
+        )
+        .is_empty()
+    })
+    .await;
+    let order = t.order(&no).await;
+    assert_eq!(order["status"], "paid", "{}: {order}", t.engine());
+    let kinds = t.event_kinds(&no).await;
+    assert_eq!(kinds.iter().filter(|k| *k == "paid").count(), 1, "{kinds:?}");
+    figure(
+        &["19"],
+        format!(
+            "{}: an order paid by a notification while its check's orderquery was held; the query's NOTPAY came back → still paid, 1 paid event, a WARN naming the order, its transaction and NOTPAY",
+            t.engine()
+        ),
+    );
+    t.stop().await;
+}
+engines!(a_notpay_answer_overtaken_by_the_payment_leaves_the_order_paid_with_a_warning);
 
 #[tokio::test]
 async fn an_order_wechat_pay_never_received_fails_once_it_has_expired() {

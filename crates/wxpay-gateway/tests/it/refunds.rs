@@ -11,7 +11,8 @@ use wxpay_simulator::{TEST_API_KEY, TEST_APPID, TEST_MCH_ID};
 use crate::support::SUCCESS;
 use crate::support::engines;
 use crate::support::{
-    Options, TestApp, TestDb, event, eventually, order_body, paid_notification, spawn_app, with_jobs_and_webhook,
+    Options, TestApp, TestDb, alerts, event, eventually, order_body, paid_notification, spawn_app,
+    with_jobs_and_webhook,
 };
 
 async fn refund(t: &TestApp, order: &str, body: Value) -> (u16, Value) {
@@ -541,30 +542,30 @@ async fn post_refund_notification(t: &TestApp, body: String) -> (u16, String) {
 
 async fn refund_notifications_with_a_wrong_key_an_unknown_refund_or_another_amount_change_nothing(db: TestDb) {
     let t = spawn_app(db, slow_refunds()).await;
-    t.paid_order("RF-NOTE", 100).await;
-    let (status, r) = refund(&t, "RF-NOTE", json!({"amount_fen": 40, "out_refund_no": "RF-NOTE-1"})).await;
+    // Numbers of this engine's own: the warnings of both engines' runs share one log.
+    let no = format!("RF-NOTE-{}", t.engine().to_uppercase());
+    let (no, r1, r9) = (no.as_str(), &format!("{no}-1"), &format!("{no}-9"));
+    t.paid_order(no, 100).await;
+    let (status, r) = refund(&t, no, json!({"amount_fen": 40, "out_refund_no": r1})).await;
     assert_eq!(status, 201, "{r}");
     let wrong_key = "0000000000000000000000000000000A";
     for (body, code) in [
+        (refund_notification(wrong_key, no, r1, 40, RefundStatus::Success), 400),
         (
-            refund_notification(wrong_key, "RF-NOTE", "RF-NOTE-1", 40, RefundStatus::Success),
-            400,
-        ),
-        (
-            refund_notification(TEST_API_KEY, "RF-NOTE", "RF-NOTE-9", 40, RefundStatus::Success),
+            refund_notification(TEST_API_KEY, no, r9, 40, RefundStatus::Success),
             404,
         ),
         (
-            refund_notification(TEST_API_KEY, "RF-NOTE", "RF-NOTE-1", 41, RefundStatus::Success),
+            refund_notification(TEST_API_KEY, no, r1, 41, RefundStatus::Success),
             400,
         ),
         (
-            refund_notification(TEST_API_KEY, "RF-OTHER", "RF-NOTE-1", 40, RefundStatus::Success),
+            refund_notification(TEST_API_KEY, "RF-OTHER", r1, 40, RefundStatus::Success),
             400,
         ),
         // A failure report naming another order does not even bring the check forward.
         (
-            refund_notification(TEST_API_KEY, "RF-OTHER", "RF-NOTE-1", 40, RefundStatus::RefundClose),
+            refund_notification(TEST_API_KEY, "RF-OTHER", r1, 40, RefundStatus::RefundClose),
             400,
         ),
         ("<xml><return_code>SUCCESS</return_code></xml>".to_owned(), 400),
@@ -574,18 +575,44 @@ async fn refund_notifications_with_a_wrong_key_an_unknown_refund_or_another_amou
         assert!(reply.contains("<return_code><![CDATA[FAIL]]></return_code>"), "{reply}");
     }
     assert_eq!(t.app.metrics().notifications_with("wrong_order"), 2);
-    let r = get_refund(&t, "RF-NOTE-1").await;
+    // Each refusal of a decrypted notification is a warning naming the order, the refund and
+    // why (the wrong key's cannot name them: nothing could be read).
+    for (message, fields) in [
+        (
+            "refund notification for a refund wxpay did not ask for",
+            vec![("out_trade_no", no), ("out_refund_no", r9.as_str())],
+        ),
+        (
+            "refund notification with another amount",
+            vec![
+                ("out_trade_no", no),
+                ("out_refund_no", r1.as_str()),
+                ("expected", "40"),
+                ("got", "41"),
+            ],
+        ),
+        (
+            "refund notification names another order",
+            vec![("out_trade_no", "RF-OTHER"), ("out_refund_no", r1.as_str())],
+        ),
+    ] {
+        assert!(
+            !alerts(message, &fields).is_empty(),
+            "a warning '{message}' with {fields:?}"
+        );
+    }
+    let r = get_refund(&t, r1).await;
     assert_eq!(r["status"], "pending", "{} on {}", r, t.engine());
-    assert_eq!(t.order("RF-NOTE").await["refunded_fen"], 0);
+    assert_eq!(t.order(no).await["refunded_fen"], 0);
 
     // The genuine one settles it; its repeats change nothing.
-    let genuine = refund_notification(TEST_API_KEY, "RF-NOTE", "RF-NOTE-1", 40, RefundStatus::Success);
+    let genuine = refund_notification(TEST_API_KEY, no, r1, 40, RefundStatus::Success);
     for _ in 0..3 {
         let (status, reply) = post_refund_notification(&t, genuine.clone()).await;
         assert_eq!(status, 200, "{reply}");
         assert!(reply.contains("SUCCESS"), "{reply}");
     }
-    let settled = get_refund(&t, "RF-NOTE-1").await;
+    let settled = get_refund(&t, r1).await;
     assert_eq!(settled["status"], "succeeded");
     // Settled when WeChat Pay says the money moved (the notification's success_time,
     // 1,795,000,000 s), not when the notification arrived.
@@ -594,16 +621,16 @@ async fn refund_notifications_with_a_wrong_key_an_unknown_refund_or_another_amou
         wxpay_gateway::time::rfc3339(1_795_000_000_000),
         "{settled}"
     );
-    let kinds = t.event_kinds("RF-NOTE").await;
+    let kinds = t.event_kinds(no).await;
     assert_eq!(
         kinds.iter().filter(|k| *k == "refund_succeeded").count(),
         1,
         "{kinds:?}"
     );
     // A later REFUNDCLOSE for it is a contradiction: refused, nothing changes.
-    let close = refund_notification(TEST_API_KEY, "RF-NOTE", "RF-NOTE-1", 40, RefundStatus::RefundClose);
+    let close = refund_notification(TEST_API_KEY, no, r1, 40, RefundStatus::RefundClose);
     assert_eq!(post_refund_notification(&t, close).await.0, 409);
-    assert_eq!(t.order("RF-NOTE").await["refunded_fen"], 40);
+    assert_eq!(t.order(no).await["refunded_fen"], 40);
     t.stop().await;
 }
 engines!(refund_notifications_with_a_wrong_key_an_unknown_refund_or_another_amount_change_nothing);

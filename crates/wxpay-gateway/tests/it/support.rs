@@ -513,6 +513,7 @@ pub(crate) const TEST_OPENID: &str = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o";
 /// Starts a simulator (explicit mode, a thousand times real speed) and a gateway on
 /// `127.0.0.1:0` over `db`.
 pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
+    capture_alerts();
     let (sim, sim_url) = match opts.shared_sim {
         Some(url) => (None, url),
         None => {
@@ -1156,4 +1157,54 @@ pub(crate) async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("never: {what}");
+}
+
+/// Every WARN and ERROR record the gateways of this test binary have logged, one JSON line
+/// each, since [`capture_alerts`] was first called.
+static ALERTS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+/// Where the captured records are written.
+struct AlertWriter;
+
+impl std::io::Write for AlertWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        ALERTS.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures the WARN and ERROR records of every gateway of this process from now on: the
+/// reliability checklist's "alert" is such a record naming the order and why. One
+/// subscriber for the process, shared by the tests that run at once, so a test looks for
+/// records naming its own orders.
+pub(crate) fn capture_alerts() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(|| AlertWriter)
+            .try_init();
+    });
+}
+
+/// The captured records whose message contains `message` and whose every named field
+/// contains its value (a field's value as logged, quotes and all).
+pub(crate) fn alerts(message: &str, fields: &[(&str, &str)]) -> Vec<Value> {
+    let text = String::from_utf8_lossy(&ALERTS.lock().unwrap()).into_owned();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| {
+            let field = |name: &str| match &v["fields"][name] {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            field("message").contains(message) && fields.iter().all(|(name, value)| field(name).contains(value))
+        })
+        .collect()
 }

@@ -24,6 +24,9 @@ pub enum FaultKind {
     Delay,
     /// The call is carried out, then its connection is dropped before the answer.
     LoseAnswer,
+    /// The call is carried out, then answered after `delay_ms`: an answer that comes back
+    /// after the caller stopped waiting for it.
+    LateAnswer,
     /// The call is carried out and answered with a wrong signature.
     BadAnswerSignature,
     /// Each notification is sent `copies` times at once.
@@ -87,6 +90,7 @@ impl FaultKind {
             FaultKind::ErrorCode => "error_code",
             FaultKind::Delay => "delay",
             FaultKind::LoseAnswer => "lose_answer",
+            FaultKind::LateAnswer => "late_answer",
             FaultKind::BadAnswerSignature => "bad_answer_signature",
             FaultKind::NotifyDuplicate => "notify_duplicate",
             FaultKind::NotifyReorder => "notify_reorder",
@@ -183,8 +187,8 @@ impl Faults {
         if req.count == Some(0) {
             return Err("count must be at least 1".into());
         }
-        if req.kind == FaultKind::Delay && req.delay_ms.is_none() {
-            return Err("a delay fault needs delay_ms".into());
+        if matches!(req.kind, FaultKind::Delay | FaultKind::LateAnswer) && req.delay_ms.is_none() {
+            return Err(format!("a {} fault needs delay_ms", req.kind.name()));
         }
         match (&req.kind, &req.err_code) {
             (FaultKind::ErrorCode, None) => return Err("an error_code fault needs err_code".into()),

@@ -35,12 +35,13 @@ pub(crate) const APIS: [&str; 14] = [
 pub(crate) const RESULTS: [&str; 3] = ["success", "business_error", "protocol_error"];
 const NOTIFY_KINDS: [&str; 2] = ["payment", "refund"];
 const NOTIFY_OUTCOMES: [&str; 3] = ["acknowledged", "refused", "unreachable"];
-const FAULTS: [FaultKind; 15] = [
+const FAULTS: [FaultKind; 16] = [
     FaultKind::SystemError,
     FaultKind::FrequencyLimited,
     FaultKind::ErrorCode,
     FaultKind::Delay,
     FaultKind::LoseAnswer,
+    FaultKind::LateAnswer,
     FaultKind::BadAnswerSignature,
     FaultKind::NotifyDuplicate,
     FaultKind::NotifyReorder,

@@ -305,6 +305,7 @@ async fn call(sim: Simulator, api: Api, method: Method, cert: Option<PeerCert>, 
         return finish(&sim, api, reply, None);
     }
     let mut after = None;
+    let mut late = std::time::Duration::ZERO;
     if let Some(hit) = sim
         .inner
         .faults
@@ -323,6 +324,7 @@ async fn call(sim: Simulator, api: Api, method: Method, cert: Option<PeerCert>, 
                 return finish(&sim, api, ctx.biz(code, "simulated error (fault)"), None);
             }
             FaultKind::Delay => tokio::time::sleep(hit.delay).await,
+            FaultKind::LateAnswer => late = hit.delay,
             other => after = Some(other),
         }
     }
@@ -334,6 +336,10 @@ async fn call(sim: Simulator, api: Api, method: Method, cert: Option<PeerCert>, 
         Api::RefundQuery => refund_query(&ctx, &gate.fields),
         Api::DownloadBill => crate::bill::download(&ctx, &gate.fields),
     };
+    if !late.is_zero() {
+        // Carried out; the answer leaves once the caller has (perhaps) stopped waiting.
+        tokio::time::sleep(late).await;
+    }
     finish(&sim, api, reply, after)
 }
 

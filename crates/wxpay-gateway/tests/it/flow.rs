@@ -606,6 +606,41 @@ async fn a_lost_answer_converges_on_the_order_wechat_pay_made(db: TestDb) {
 }
 engines!(a_lost_answer_converges_on_the_order_wechat_pay_made);
 
+async fn an_answer_later_than_the_read_timeout_converges_on_the_order_wechat_pay_made(db: TestDb) {
+    let mut options = Options::default();
+    options.upstream.timeout = Duration::from_secs(1);
+    let t = spawn_app(db, options).await;
+    // WeChat Pay makes the order, and its answer leaves 2.5 s later: the gateway has stopped
+    // waiting at 1 s and asks again.
+    t.fault(json!({"kind": "late_answer", "api": "unifiedorder", "count": 1, "delay_ms": 2500}))
+        .await;
+    let mut body = order_body(850);
+    body["out_trade_no"] = json!("LATE-1");
+    let o = t.create(body).await;
+    let sim = t.sim_get("/simulator/orders/LATE-1").await;
+    assert_eq!(
+        o["prepay_id"],
+        sim["prepay_id"],
+        "{}: the prepay WeChat Pay kept",
+        t.engine()
+    );
+    assert_eq!(t.sim_faults_fired("late_answer").await, 1);
+    let calls = t.assert_retries_repeat_the_first("unifiedorder", "LATE-1").await;
+    assert!(calls >= 2, "{calls}");
+    t.sim_pay(json!({"out_trade_no": "LATE-1"})).await;
+    let paid = t.wait_status("LATE-1", "paid").await;
+    assert_eq!(paid["amount_fen"], 850);
+    crate::support::figure(
+        &["27"],
+        format!(
+            "{}: unifiedorder carried out and answered 2.5 s later, past the 1 s read timeout → {calls} calls with the same fields, one order at the simulator, its prepay_id kept, paid once",
+            t.engine()
+        ),
+    );
+    t.stop().await;
+}
+engines!(an_answer_later_than_the_read_timeout_converges_on_the_order_wechat_pay_made);
+
 #[tokio::test]
 async fn when_wechat_pay_never_answers_the_order_is_kept_pending_and_a_retry_completes_it() {
     let t = spawn_app(TestDb::sqlite(), Options::default()).await;
@@ -686,6 +721,57 @@ async fn an_openid_of_another_mini_program_is_refused_with_wechat_pays_reason(db
     t.stop().await;
 }
 engines!(an_openid_of_another_mini_program_is_refused_with_wechat_pays_reason);
+
+async fn a_refusal_for_good_is_asked_once_surfaced_and_keeps_its_number(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    let codes = ["PARAM_ERROR", "SIGNERROR", "NOAUTH", "OUT_TRADE_NO_USED"];
+    for (i, code) in codes.iter().enumerate() {
+        t.fault(json!({"kind": "error_code", "api": "unifiedorder", "count": 1, "err_code": code}))
+            .await;
+        let no = format!("FINAL-{i}");
+        let mut body = order_body(100 + i as u64);
+        body["out_trade_no"] = json!(no);
+        let before = t.sim_calls("unifiedorder").await;
+        let (s, v) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (502, Some("wechatpay_rejected")),
+            "{code}: {v}"
+        );
+        assert!(
+            v["error"]["message"].as_str().is_some_and(|m| m.contains(code)),
+            "{code} is named: {v}"
+        );
+        assert_eq!(
+            t.sim_calls("unifiedorder").await,
+            before + 1,
+            "{code}: asked once, not again"
+        );
+        let o = t.order(&no).await;
+        assert_eq!(o["status"], "failed", "{code}: {o}");
+    }
+    assert_eq!(t.sim_faults_fired("error_code").await, codes.len() as u64);
+    // No other number was made up for a retry: the gateway holds these orders and no more.
+    let (s, list) = t.api(Method::GET, "/v1/orders?limit=100", None, None).await;
+    assert_eq!(s, 200, "{list}");
+    let numbers: Vec<&str> = list["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["out_trade_no"].as_str().unwrap())
+        .collect();
+    assert_eq!(numbers.len(), codes.len(), "{numbers:?}");
+    crate::support::figure(
+        &["28"],
+        format!(
+            "{}: {} → 1 unifiedorder each, 502 wechatpay_rejected naming the code, the order failed under its own number, no other number made",
+            t.engine(),
+            codes.join(", ")
+        ),
+    );
+    t.stop().await;
+}
+engines!(a_refusal_for_good_is_asked_once_surfaced_and_keeps_its_number);
 
 async fn get_with_sync_asks_wechat_pay_and_close_never_closes_a_paid_order(db: TestDb) {
     let t = spawn_app(db, Options::default()).await;
@@ -815,14 +901,31 @@ async fn health_readiness_and_metrics_are_served() {
     t.stop().await;
 }
 
+/// How the primary host of [`the_backup_host_takes_over`] is down.
+enum Down {
+    /// It answers every call 502 with a plain body, as a broken load balancer does.
+    BadGateway,
+    /// Nothing listens on its port: every connection is refused.
+    ClosedPort,
+}
+
 #[tokio::test]
-async fn after_repeated_failures_the_backup_host_takes_over_until_its_time_is_up() {
+async fn after_repeated_502s_the_backup_host_takes_over_until_its_time_is_up() {
+    the_backup_host_takes_over(Down::BadGateway).await;
+}
+
+#[tokio::test]
+async fn with_the_primary_port_closed_the_backup_host_takes_over_until_its_time_is_up() {
+    the_backup_host_takes_over(Down::ClosedPort).await;
+}
+
+async fn the_backup_host_takes_over(down: Down) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     let t = spawn_app(TestDb::sqlite(), Options::default()).await;
-    // The primary host is the test's own: it answers every call 502 with a plain body, as a
-    // broken load balancer does, and counts them. The backup is the simulator.
+    // The primary host is the test's own, and counts the calls it gets; the backup is the
+    // simulator.
     let primary_calls = Arc::new(AtomicUsize::new(0));
     let counted = primary_calls.clone();
     let primary = axum::Router::new().fallback(move || {
@@ -834,7 +937,13 @@ async fn after_repeated_failures_the_backup_host_takes_over_until_its_time_is_up
     });
     let primary_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let primary_url = format!("http://{}", primary_listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(primary_listener, primary).await });
+    match down {
+        Down::BadGateway => drop(tokio::spawn(
+            async move { axum::serve(primary_listener, primary).await },
+        )),
+        // The port was just free; with its listener gone nothing answers on it.
+        Down::ClosedPort => drop(primary_listener),
+    }
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -875,20 +984,30 @@ async fn after_repeated_failures_the_backup_host_takes_over_until_its_time_is_up
     let failures = upstream.backup_after_failures as usize;
     // The failures in a row (the attempts of the first call) switch to the backup.
     assert_eq!(create("BACKUP-1").await, 503);
-    assert_eq!(primary_calls.load(Ordering::SeqCst), failures);
+    let refused = match down {
+        Down::BadGateway => failures,
+        Down::ClosedPort => 0,
+    };
+    assert_eq!(primary_calls.load(Ordering::SeqCst), refused);
     // The backup host answers, and the primary is left alone for `backup_for`.
     assert_eq!(create("BACKUP-2").await, 201);
     assert_eq!(t.sim_get("/simulator/orders/BACKUP-2").await["trade_state"], "NOTPAY");
     app.clock().advance(upstream.backup_for / 2);
     assert_eq!(create("BACKUP-3").await, 201);
-    assert_eq!(primary_calls.load(Ordering::SeqCst), failures, "still on the backup");
-    // Once the gateway's clock has passed it, calls go to the primary again.
+    assert_eq!(primary_calls.load(Ordering::SeqCst), refused, "still on the backup");
+    let on_backup = t.sim_calls("unifiedorder").await;
+    // Once the gateway's clock has passed it, calls go to the primary again: still down, so
+    // the order gets no answer, and none of its attempts reached the backup.
     app.clock().advance(upstream.backup_for / 2 + Duration::from_secs(1));
-    create("BACKUP-4").await;
-    assert!(
-        primary_calls.load(Ordering::SeqCst) > failures,
+    assert_eq!(
+        create("BACKUP-4").await,
+        503,
         "the primary is tried again after backup_for"
     );
+    assert_eq!(t.sim_calls("unifiedorder").await, on_backup);
+    if let Down::BadGateway = down {
+        assert_eq!(primary_calls.load(Ordering::SeqCst), 2 * failures);
+    }
     t.stop().await;
 }
 

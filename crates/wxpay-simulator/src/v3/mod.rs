@@ -476,6 +476,7 @@ async fn call(sim: Simulator, api: Api, method: Method, uri: Uri, headers: Heade
         Err(reply) => return finish(&sim, v3, api, reply, None, now),
     };
     let mut after = None;
+    let mut late = std::time::Duration::ZERO;
     let path_no = calls::path_segment(uri.path(), api);
     if let Some(hit) = sim.inner.faults.take_call(api.name(), path_no.as_deref()) {
         sim.inner.metrics.fault(hit.kind);
@@ -506,6 +507,7 @@ async fn call(sim: Simulator, api: Api, method: Method, uri: Uri, headers: Heade
                 return finish(&sim, v3, api, reply, None, now);
             }
             FaultKind::Delay => tokio::time::sleep(hit.delay).await,
+            FaultKind::LateAnswer => late = hit.delay,
             other => after = Some(other),
         }
     }
@@ -527,6 +529,10 @@ async fn call(sim: Simulator, api: Api, method: Method, uri: Uri, headers: Heade
         Api::TradeBill => calls::trade_bill(&ctx, &uri),
         Api::BillDownload => calls::bill_download(&ctx, &uri),
     };
+    if !late.is_zero() {
+        // Carried out; the answer leaves once the caller has (perhaps) stopped waiting.
+        tokio::time::sleep(late).await;
+    }
     finish(&sim, v3, api, reply, after, now)
 }
 

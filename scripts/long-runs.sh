@@ -51,7 +51,7 @@ record() {
   python3 - "$@" <<'EOF'
 import datetime, json, subprocess, sys
 run, ok, figure, promise, command, details = sys.argv[1:]
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
 out = {"run": run, "promises": promise.split(","), "ok": ok == "true", "figure": figure,
        "date": datetime.date.today().isoformat(), "commit": commit, "command": command,
        "details": json.load(open(details))}
@@ -259,9 +259,10 @@ load() {
   python3 - "$WORK/$run.json" "$WORK/gateway.log" "$what" "$criteria" >"$WORK/verdict" <<'EOF'
 import json, sys
 s = json.load(open(sys.argv[1])); log = open(sys.argv[2], errors="replace").read(); what = sys.argv[3]
+locked = log.count("database is locked")
 checks = eval(sys.argv[4])
 ok = all(checks.values())
-fig = (what.format(**s, locked=log.count("database is locked"), seconds=round(s["seconds"]))
+fig = (what.format(**dict(s, locked=locked, seconds=round(s["seconds"])))
        + ("" if ok else "; failed: " + ", ".join(k for k, v in checks.items() if not v)))
 print("true" if ok else "false"); print(fig)
 EOF

@@ -357,6 +357,7 @@ fn main() -> ExitCode {
 }
 
 /// The environment variable that caps glibc's malloc arenas, and the cap a server runs with.
+#[cfg(target_os = "linux")]
 const ARENA_MAX: (&str, &str) = ("MALLOC_ARENA_MAX", "2");
 
 /// Runs this same command again, in place (same process, same arguments), with glibc's
@@ -371,13 +372,22 @@ const ARENA_MAX: (&str, &str) = ("MALLOC_ARENA_MAX", "2");
 /// as Rust's allocator alone it left SQLite's allocations to glibc and the growth with them;
 /// as the C `malloc` too it held 2.2 GiB. On a system without glibc the variable means
 /// nothing and costs one exec.
+#[cfg(target_os = "linux")]
 fn bound_malloc_arenas() {
     use std::os::unix::process::CommandExt;
     let (name, value) = ARENA_MAX;
-    if std::env::var_os(name).is_some() {
+    // The operator's own cap, by either of glibc's two spellings, stands.
+    let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+    if std::env::var_os(name).is_some() || tunables.contains("malloc.arena_max") {
         return;
     }
-    let Ok(exe) = std::env::current_exe() else { return };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(error) => {
+            eprintln!("wxpay: running without {name}={value}: cannot find this program ({error})");
+            return;
+        }
+    };
     let mut args = std::env::args_os();
     let mut again = std::process::Command::new(exe);
     if let Some(arg0) = args.next() {
@@ -388,6 +398,10 @@ fn bound_malloc_arenas() {
     let error = again.args(args).env(name, value).exec();
     eprintln!("wxpay: running without {name}={value}: {error}");
 }
+
+/// Elsewhere there is no glibc whose arenas to cap.
+#[cfg(not(target_os = "linux"))]
+fn bound_malloc_arenas() {}
 
 /// Reads a key file as it is, keeping whitespace (the doctor reports it), except one trailing
 /// line break, which every editor adds.

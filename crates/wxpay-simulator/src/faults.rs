@@ -118,7 +118,7 @@ pub struct FaultRequest {
     pub count: Option<u32>,
     /// For this many milliseconds.
     pub for_ms: Option<u64>,
-    /// For `delay`: how long.
+    /// For `delay` and `late_answer`: how long.
     pub delay_ms: Option<u64>,
     /// For `notify_duplicate`: how many copies (default 2).
     pub copies: Option<u32>,
@@ -141,7 +141,7 @@ pub struct Fault {
     pub remaining: Option<u32>,
     /// Milliseconds left, when timed.
     pub expires_in_ms: Option<u64>,
-    /// The delay, for `delay`.
+    /// The delay, for `delay` and `late_answer`.
     pub delay_ms: u64,
     /// The copies, for `notify_duplicate`.
     pub copies: u32,

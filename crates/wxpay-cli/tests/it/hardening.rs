@@ -576,6 +576,7 @@ async fn each_refused_notification_is_a_warning_naming_the_order_and_why() {
 }
 
 /// The environment of a running process, from `/proc`.
+#[cfg(target_os = "linux")]
 fn environment_of(pid: u32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/environ"))
         .unwrap_or_default()
@@ -584,6 +585,7 @@ fn environment_of(pid: u32) -> Vec<String> {
         .collect()
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn long_running_commands_cap_glibc_malloc_arenas_unless_the_environment_already_does() {
     // Without the cap, the gateway's memory grew for as long as a 30-minute soak ran.

@@ -587,8 +587,8 @@ async fn refund_notifications_with_a_wrong_key_an_unknown_refund_or_another_amou
             vec![
                 ("out_trade_no", no),
                 ("out_refund_no", r1.as_str()),
-                ("expected", "40"),
-                ("got", "41"),
+                ("expected", "Fen(40)"),
+                ("got", "Fen(41)"),
             ],
         ),
         (

@@ -62,15 +62,16 @@ fn is_signature(e: &syn::Expr) -> bool {
             syn::Member::Named(name) if names_a_signature(&name.to_string()) => true,
             _ => is_signature(&f.base),
         },
+        // Made from a signature: `pay_sign.as_str()`, `STANDARD.encode(&sig)`.
         Expr::MethodCall(m) => {
             let method = m.method.to_string();
-            !HARMLESS_METHODS.contains(&method.as_str()) && (names_a_signature(&method) || is_signature(&m.receiver))
+            !HARMLESS_METHODS.contains(&method.as_str())
+                && (names_a_signature(&method) || is_signature(&m.receiver) || m.args.iter().any(is_signature))
         }
-        // A function that makes a signature, or a variant holding one (`Some(sig)`).
-        Expr::Call(c) => {
-            let variant = matches!(&*c.func, Expr::Path(p) if p.path.segments.last().is_some_and(|s| s.ident.to_string().starts_with(char::is_uppercase)));
-            is_signature(&c.func) || (variant && c.args.iter().any(is_signature))
-        }
+        // A function that makes a signature or is given one (`hex::encode(sig)`), or a
+        // variant holding one (`Some(sig)`).
+        Expr::Call(c) => is_signature(&c.func) || c.args.iter().any(is_signature),
+        Expr::Macro(m) => m.mac.path.is_ident("format") && mentions_a_signature(&m.mac.tokens),
         Expr::Reference(r) => is_signature(&r.expr),
         Expr::Unary(u) => is_signature(&u.expr),
         Expr::Paren(p) => is_signature(&p.expr),
@@ -82,11 +83,31 @@ fn is_signature(e: &syn::Expr) -> bool {
     }
 }
 
+/// Whether a macro's tokens name a signature anywhere (`format!("{sig}")`).
+fn mentions_a_signature(tokens: &proc_macro2::TokenStream) -> bool {
+    tokens.clone().into_iter().any(|t| match t {
+        proc_macro2::TokenTree::Ident(i) => names_a_signature(&i.to_string()),
+        proc_macro2::TokenTree::Literal(l) => {
+            // Inline arguments of a format string: `{sig}`, `{pay_sign:?}`.
+            let text = l.to_string();
+            text.split('{')
+                .skip(1)
+                .any(|a| names_a_signature(a.split(['}', ':']).next().unwrap_or_default()))
+        }
+        proc_macro2::TokenTree::Group(g) => mentions_a_signature(&g.stream()),
+        proc_macro2::TokenTree::Punct(_) => false,
+    })
+}
+
 /// Whether an item is test code (`#[test]`, `#[tokio::test]`, `#[cfg(test)]`), where a
 /// known-answer signature is compared with `assert_eq!` and timing does not matter.
 fn is_test(attrs: &[syn::Attribute]) -> bool {
     attrs.iter().any(|a| match &a.meta {
-        syn::Meta::List(list) if list.path.is_ident("cfg") => list.tokens.to_string().contains("test"),
+        // `cfg(test)` and `cfg(all(test, …))`, not `cfg(not(test))`.
+        syn::Meta::List(list) if list.path.is_ident("cfg") => {
+            let tokens = list.tokens.to_string();
+            tokens == "test" || (tokens.starts_with("all (") && tokens.contains("test") && !tokens.contains("not"))
+        }
         meta => meta.path().segments.last().is_some_and(|s| s.ident == "test"),
     })
 }
@@ -200,6 +221,9 @@ fn the_gate_finds_comparisons_of_signatures() {
         "if Some(sig) == other {}",
         "let ok = &*received_sig == computed.as_bytes();",
         "let ok = items.iter().any(|s| s.signature == x);",
+        "let ok = hex::encode(sig) == expected;",
+        "let ok = STANDARD.encode(&received_sig) == header;",
+        "let ok = format!(\"{sig}\") == header;",
     ] {
         assert!(compares_a_signature(bad), "{bad}");
     }
@@ -222,6 +246,9 @@ fn the_gate_finds_comparisons_of_signatures() {
                  #[test]\nfn u() { assert!(sig == \"ABC\"); }\n\
                  #[tokio::test]\nasync fn v() { assert_eq!(pay_sign, x); }\n";
     assert_eq!(comparisons_of_signatures(tests), Vec::<usize>::new());
+    // Code left out of tests is not test code.
+    let production = "#[cfg(not(test))]\nfn f() {\n    let _ = sig == header;\n}\n";
+    assert_eq!(comparisons_of_signatures(production), [3]);
     // And the line is the comparison's.
     assert_eq!(
         comparisons_of_signatures("fn f() {\n    let a = 1;\n    a == sig\n}\n"),

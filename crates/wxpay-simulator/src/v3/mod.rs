@@ -530,8 +530,10 @@ async fn call(sim: Simulator, api: Api, method: Method, uri: Uri, headers: Heade
         Api::BillDownload => calls::bill_download(&ctx, &uri),
     };
     if !late.is_zero() {
-        // Carried out; the answer leaves once the caller has (perhaps) stopped waiting.
+        // Carried out; the answer leaves once the caller has (perhaps) stopped waiting, and
+        // is signed when it leaves, as WeChat Pay's would be.
         tokio::time::sleep(late).await;
+        return finish(&sim, v3, api, reply, after, sim.now());
     }
     finish(&sim, v3, api, reply, after, now)
 }

@@ -184,18 +184,6 @@ pub(crate) enum PaymentState {
 }
 
 impl PaymentState {
-    /// WeChat Pay's name of the state (`trade_state`), for the log.
-    pub(crate) fn name(&self) -> &str {
-        match self {
-            PaymentState::Paid { refunded: false, .. } => "SUCCESS",
-            PaymentState::Paid { refunded: true, .. } => "REFUND",
-            PaymentState::NotPaid => "NOTPAY",
-            PaymentState::Closed => "CLOSED",
-            PaymentState::Failed => "PAYERROR",
-            PaymentState::Other(name) => name,
-        }
-    }
-
     /// What a query's `trade_state` means, the same names in both API versions; a paid
     /// state needs its number and amount.
     pub(crate) fn from_trade_state(

@@ -368,7 +368,7 @@ impl Service {
                 out_trade_no = ?current.out_trade_no,
                 transaction_id = ?current.transaction_id,
                 status = %current.status,
-                reported = state.name(),
+                reported = state.as_str(),
                 "orderquery contradicts a recorded payment; the order stays paid"
             );
         }

@@ -7,7 +7,7 @@
 #   scripts/long-runs.sh disk-full        # SQLite on a small tmpfs filled under load (needs root)
 #   scripts/long-runs.sh hostile          # XXE, billion laughs and huge bodies, measured from outside
 #   scripts/long-runs.sh happy-path       # 200 customers/s for 2 minutes: p99 and the slowest answer
-#   scripts/long-runs.sh sqlite-contention # 32 customers at once for a minute: SQLite's lock unseen
+#   scripts/long-runs.sh sqlite-contention  # 32 customers at once for a minute: SQLite's lock unseen
 #   scripts/long-runs.sh soak-verdict     # the recorded soak judged again (its criteria changed)
 #
 # The soak measures the gateway's maximum rate of the same mixed traffic first (30 s with

@@ -563,12 +563,11 @@ async fn events_cut_off_by_a_sigkill(database_url: &str, db: Db, dir: &Path) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let after = killed.elapsed();
-    let d = deliveries.lock().unwrap();
+    let seen = deliveries.lock().unwrap().seen.clone();
     for no in &numbers {
         let id = &stored[no].0;
         let of_order = |answered: bool| {
-            d.seen
-                .iter()
+            seen.iter()
                 .filter(|(_, e, a)| *a == answered && e["data"]["out_trade_no"] == no.as_str())
                 .collect::<Vec<_>>()
         };
@@ -584,11 +583,7 @@ async fn events_cut_off_by_a_sigkill(database_url: &str, db: Db, dir: &Path) {
             "{engine}: {no} acknowledged once after the restart"
         );
     }
-    assert_eq!(
-        d.seen.len(),
-        cut_off.len() + ORDERS,
-        "{engine}: no other event was sent"
-    );
+    assert_eq!(seen.len(), cut_off.len() + ORDERS, "{engine}: no other event was sent");
     crate::figure(
         &["35"],
         format!(
@@ -596,7 +591,6 @@ async fn events_cut_off_by_a_sigkill(database_url: &str, db: Db, dir: &Path) {
             after.as_secs_f64()
         ),
     );
-    drop(d);
     server.terminate();
     sim.shutdown().await;
 }

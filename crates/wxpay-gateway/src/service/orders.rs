@@ -329,26 +329,29 @@ impl Service {
                     }
                 }
             }
-            PaymentState::Closed if order.status == OrderStatus::Pending => {
-                match store
-                    .close_order(order.id, "WeChat Pay reports the order closed".into(), now)
-                    .await?
-                {
-                    Some(closed) => Ok(closed),
+            _ => {
+                let pending = order.status == OrderStatus::Pending;
+                let ended = match state {
+                    PaymentState::Closed if pending => {
+                        store
+                            .close_order(order.id, "WeChat Pay reports the order closed".into(), now)
+                            .await?
+                    }
+                    PaymentState::Failed if pending => {
+                        store
+                            .fail_order(order.id, "WeChat Pay reports PAYERROR".into(), now)
+                            .await?
+                    }
+                    // NOTPAY and the rest: nothing to change.
+                    _ => None,
+                };
+                // An order the store did not end (it was paid, meanwhile or before, and a
+                // paid order is never downgraded) is read as it is now.
+                match ended {
+                    Some(o) => Ok(o),
                     None => self.not_downgraded(order, state).await,
                 }
             }
-            PaymentState::Failed if order.status == OrderStatus::Pending => {
-                match store
-                    .fail_order(order.id, "WeChat Pay reports PAYERROR".into(), now)
-                    .await?
-                {
-                    Some(failed) => Ok(failed),
-                    None => self.not_downgraded(order, state).await,
-                }
-            }
-            // NOTPAY and the rest: nothing to change, and a paid order is never downgraded.
-            _ => self.not_downgraded(order, state).await,
         }
     }
 

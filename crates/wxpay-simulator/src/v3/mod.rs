@@ -529,13 +529,15 @@ async fn call(sim: Simulator, api: Api, method: Method, uri: Uri, headers: Heade
         Api::TradeBill => calls::trade_bill(&ctx, &uri),
         Api::BillDownload => calls::bill_download(&ctx, &uri),
     };
-    if !late.is_zero() {
+    let signed_at = if late.is_zero() {
+        now
+    } else {
         // Carried out; the answer leaves once the caller has (perhaps) stopped waiting, and
         // is signed when it leaves, as WeChat Pay's would be.
         tokio::time::sleep(late).await;
-        return finish(&sim, v3, api, reply, after, sim.now());
-    }
-    finish(&sim, v3, api, reply, after, now)
+        sim.now()
+    };
+    finish(&sim, v3, api, reply, after, signed_at)
 }
 
 fn finish(sim: &Simulator, v3: &V3, api: Api, reply: Reply, after: Option<FaultKind>, now: i64) -> Response {

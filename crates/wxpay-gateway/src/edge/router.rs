@@ -106,14 +106,46 @@ async fn request_id(State(app): State<App>, req: Request, next: Next) -> Respons
     // A request that is not a read, and succeeded, may have changed what the metrics'
     // gauges count (refused and anonymous junk did not, and must not make them read again).
     let changes = !matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
-    let mut response = REQUEST_ID.scope(id.clone(), next.run(req)).instrument(span).await;
+    let mut response = REQUEST_ID
+        .scope(id.clone(), next.run(req))
+        .instrument(span.clone())
+        .await;
     if changes && response.status().is_success() {
         app.metrics().changed();
+    }
+    if !response.status().is_success() && tracing::enabled!(tracing::Level::TRACE) {
+        response = trace_refusal(response).instrument(span).await;
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }
     response
+}
+
+/// Logs, at TRACE, the body of an answer that is not a success: what a client was told when
+/// it reports a refusal, and what the secret scan of the trust report (item 37) reads as the
+/// error bodies. Only at TRACE, because the body is read into memory to be logged.
+async fn trace_refusal(response: Response) -> Response {
+    use axum::body::HttpBody as _;
+    // The gateway's refusals are a few hundred bytes; a body of unknown or larger size is
+    // passed on untouched, so logging never changes what the client gets.
+    const MAX: u64 = 64 * 1024;
+    let (parts, body) = response.into_parts();
+    let status = parts.status.as_u16();
+    if body.size_hint().upper().is_none_or(|n| n > MAX) {
+        tracing::trace!(status, "answered, with a body too large to log");
+        return Response::from_parts(parts, body);
+    }
+    match axum::body::to_bytes(body, MAX as usize).await {
+        Ok(bytes) => {
+            tracing::trace!(status, body = %String::from_utf8_lossy(&bytes), "answered");
+            Response::from_parts(parts, axum::body::Body::from(bytes))
+        }
+        Err(e) => {
+            tracing::trace!(status, error = %e, "answered; its body failed");
+            Response::from_parts(parts, axum::body::Body::empty())
+        }
+    }
 }
 
 /// The bearer token a request presents (empty when it presents none).
@@ -166,4 +198,74 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
         app.metrics().render(app.now()),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::body::Body;
+
+    use super::*;
+
+    /// Runs `trace_refusal` on `response` under a TRACE subscriber of its own: the answer it
+    /// passes on (status, body) and what it logged.
+    fn traced(response: Response) -> (u16, Vec<u8>, String) {
+        #[derive(Clone, Default)]
+        struct Log(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Log {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let log = Log::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let (status, body) = tracing::subscriber::with_default(subscriber, || {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                let r = trace_refusal(response).await;
+                let status = r.status().as_u16();
+                (
+                    status,
+                    axum::body::to_bytes(r.into_body(), usize::MAX).await.unwrap().to_vec(),
+                )
+            })
+        });
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        (status, body, text)
+    }
+
+    #[test]
+    fn at_trace_a_refusal_is_logged_with_its_body_and_still_answered_whole() {
+        let body = r#"{"error":{"code":"invalid_request","message":"amount_fen: must be at least 1"}}"#;
+        let (status, got, log) = traced((StatusCode::UNPROCESSABLE_ENTITY, body).into_response());
+        assert_eq!((status, got.as_slice()), (422, body.as_bytes()));
+        assert!(log.contains("answered status=422 body="), "{log}");
+        assert!(log.contains("amount_fen: must be at least 1"), "{log}");
+    }
+
+    #[test]
+    fn a_refusal_too_large_to_log_is_passed_on_untouched() {
+        let body = "x".repeat(100 * 1024);
+        let (status, got, log) = traced((StatusCode::BAD_GATEWAY, body.clone()).into_response());
+        assert_eq!((status, got.len()), (502, body.len()));
+        assert!(log.contains("answered, with a body too large to log"), "{log}");
+        assert!(!log.contains("xxxx"), "{log}");
+        // A body of unknown length (a stream) is not read either.
+        let stream = Body::from_stream(futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(
+            "abc",
+        ))]));
+        let (status, got, log) = traced(Response::builder().status(500).body(stream).unwrap());
+        assert_eq!((status, got.as_slice()), (500, b"abc".as_slice()));
+        assert!(log.contains("too large to log"), "{log}");
+    }
 }

@@ -355,7 +355,7 @@ async fn at_trace_level_no_secret_reaches_a_log_line_an_answer_a_metric_or_a_dat
         .collect();
     let keys_dir = dir.join("simulator-keys");
     let mut private_keys = Vec::new();
-    for entry in walk(&keys_dir) {
+    for entry in crate::secret_scan::walk(&keys_dir) {
         let text = std::fs::read_to_string(&entry).unwrap_or_default();
         if text.contains("PRIVATE KEY") {
             // A line of the key's base64 body: long enough never to occur by chance.
@@ -430,20 +430,6 @@ async fn at_trace_level_no_secret_reaches_a_log_line_an_answer_a_metric_or_a_dat
         ),
     );
     let _ = std::fs::remove_dir_all(scratch);
-}
-
-/// Every file below `dir`.
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 /// Reliability checklist items 2, 4, 6 and 22: a rejected notification is an alert, a

@@ -4,6 +4,11 @@ mod crash;
 mod docs;
 mod hardening;
 mod reconcile;
+// The gateway's test binary and this one share the secret scan's files; this one keeps no
+// metrics or databases of its own, so part of the module is unused here.
+#[allow(dead_code)]
+#[path = "../../../wxpay-gateway/tests/it/secret_scan.rs"]
+mod secret_scan;
 mod serve;
 
 use std::io::Write;
@@ -32,7 +37,41 @@ pub(crate) fn wxpay_command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxpay"));
     without_wxpay_vars(&mut cmd, std::env::vars_os().map(|(k, _)| k));
     cmd.env_remove("LC_ALL").env_remove("LC_MESSAGES").env("LANG", "C");
+    if secret_scan::dir().is_some() {
+        cmd.env("WXPAY_LOG", "trace");
+    }
     cmd
+}
+
+/// The log level a spawned `wxpay` gets: the test's own, or TRACE in a secret scan, which
+/// reads every line every command logs (`scripts/secret-scan`).
+pub(crate) fn log_level(level: &str) -> &str {
+    if secret_scan::dir().is_some() { "trace" } else { level }
+}
+
+/// Hands a line a spawned `wxpay` wrote on standard error to the secret scan, when this run
+/// is one; the scan is told the secrets this binary's tests hand out the first time.
+pub(crate) fn scan_line(line: &str) {
+    static LISTED: std::sync::Once = std::sync::Once::new();
+    let Some(mut file) = secret_scan::log_file() else {
+        return;
+    };
+    LISTED.call_once(|| {
+        use wxpay_simulator::{TEST_API_KEY, TEST_APIV3_KEY, TEST_APP_SECRET};
+        for (what, value) in [
+            ("the sample APIv2 key", KEY),
+            ("the APIv2 key", TEST_API_KEY),
+            ("the APIv3 key", TEST_APIV3_KEY),
+            ("the app secret", TEST_APP_SECRET),
+            ("the API token", serve::TOKEN),
+            ("the webhook secret", serve::WEBHOOK_SECRET),
+        ] {
+            secret_scan::secret(what, value);
+        }
+    });
+    // One write a line: lines of commands running at once do not interleave.
+    file.write_all(format!("{line}\n").as_bytes())
+        .expect("a line is kept for the scan");
 }
 
 /// Records a figure of the running test for the trust report (`scripts/trust-report`), and
@@ -101,6 +140,9 @@ pub(crate) fn wxpay(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -
         child.stdin.take().unwrap().write_all(input).unwrap();
     }
     let out = child.wait_with_output().unwrap();
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        scan_line(line);
+    }
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -13,6 +13,8 @@ use wxpay_protocol::{ApiKey, Fields, SignType};
 use wxpay_simulator::{SimConfig, SimHandle, Simulator, TEST_API_KEY, TEST_APPID, TEST_MCH_ID};
 
 pub(crate) const TOKEN: &str = "crash-test-token-0123456789";
+/// The webhook secret of the configurations the tests write.
+pub(crate) const WEBHOOK_SECRET: &str = "whsec_process_test";
 
 pub(crate) fn scratch_dir(name: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
@@ -199,7 +201,7 @@ pub(crate) fn write_config_with(
     jobs: &str,
 ) -> PathBuf {
     let webhook = webhook
-        .map(|u| format!("[webhook]\nurl = \"{u}\"\nsecret = \"whsec_process_test\"\n"))
+        .map(|u| format!("[webhook]\nurl = \"{u}\"\nsecret = \"{WEBHOOK_SECRET}\"\n"))
         .unwrap_or_default();
     let text = format!(
         r#"
@@ -302,7 +304,7 @@ impl Server {
             .args(args)
             .arg("--config")
             .arg(config)
-            .env("WXPAY_LOG", level)
+            .env("WXPAY_LOG", crate::log_level(level))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -311,6 +313,7 @@ impl Server {
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         let log_copier = std::thread::spawn(move || {
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                crate::scan_line(&line);
                 // The address line is for the test; the log keeps only what the server logs.
                 match line.strip_prefix("wxpay gateway at http://") {
                     Some(addr) => {
@@ -703,7 +706,7 @@ pub(crate) fn start_demo_logging(
     let child = crate::wxpay_command()
         .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
-        .env("WXPAY_LOG", level)
+        .env("WXPAY_LOG", crate::log_level(level))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -720,6 +723,11 @@ pub(crate) fn start_demo_logging(
     std::thread::spawn(move || {
         use std::io::BufRead;
         for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            // The two lines that print the API token and the console password, on purpose,
+            // are the demo's words to its user, not log records: the scan reads the rest.
+            if !announces_a_secret(&line) {
+                crate::scan_line(&line);
+            }
             let _ = tx.send(line);
         }
     });
@@ -739,6 +747,16 @@ pub(crate) fn start_demo_logging(
         }
     }
     let base = base.expect("the demo prints its address");
+    for (what, file) in [
+        ("the demo's API token", "api-token"),
+        ("the demo's webhook secret", "webhook-secret"),
+        ("the demo's console password", "console-password"),
+    ] {
+        if let Ok(text) = std::fs::read_to_string(dir.join(file)) {
+            crate::secret_scan::secret(what, text.trim());
+        }
+    }
+    crate::secret_scan::list_private_keys(&dir.join("simulator-keys"));
     // The console's line, on a line of its own as the product's contract has it, with the
     // password the demo keeps.
     let password = std::fs::read_to_string(dir.join("console-password")).unwrap();
@@ -747,6 +765,12 @@ pub(crate) fn start_demo_logging(
         Some(format!("console: {base}/console password: {}", password.trim()).as_str())
     );
     (demo, base, started, rx)
+}
+
+/// Whether a line of the demo's is one of the two that print a secret on purpose: the API
+/// token (with how to present it) and the console's password.
+pub(crate) fn announces_a_secret(line: &str) -> bool {
+    line.starts_with("console: ") || line.contains("(Authorization: Bearer ")
 }
 
 /// Signs in to the demo's console with the password the demo printed and kept, and finds

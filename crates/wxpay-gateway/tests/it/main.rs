@@ -13,6 +13,7 @@ mod model;
 mod reconcile;
 mod reference;
 mod refunds;
+mod secret_scan;
 mod store;
 mod support;
 mod v3;

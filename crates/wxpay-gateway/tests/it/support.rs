@@ -86,6 +86,7 @@ pub(crate) use engines;
 
 impl TestDb {
     pub(crate) fn sqlite() -> TestDb {
+        capture_alerts();
         let dir = std::env::temp_dir().join(format!("wxpay-gw-test-{}", random_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
         TestDb {
@@ -98,6 +99,7 @@ impl TestDb {
 
     /// A fresh PostgreSQL database, when `DATABASE_URL` names a server.
     pub(crate) async fn postgres() -> Option<TestDb> {
+        capture_alerts();
         let admin = postgres_url(
             std::env::var("DATABASE_URL").ok(),
             std::env::var("WXPAY_REQUIRE_POSTGRES").ok(),
@@ -152,6 +154,7 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some(dir) = self.dir.take() {
+            crate::secret_scan::sqlite_database(&dir.join("wxpay.db"));
             let _ = std::fs::remove_dir_all(dir);
         }
         if let Some((admin, name)) = self.pg.take() {
@@ -162,6 +165,9 @@ impl Drop for TestDb {
                     .build()
                     .unwrap();
                 rt.block_on(async {
+                    if crate::secret_scan::dir().is_some() {
+                        keep_postgres_rows(&with_database(&admin, &name), &name).await;
+                    }
                     if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
                         let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                             "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
@@ -344,6 +350,7 @@ pub(crate) fn v3_keys_dir() -> &'static std::path::Path {
             signer: V3Signer::PublicKey,
         });
         Simulator::new(config).unwrap();
+        crate::secret_scan::list_private_keys(&dir);
         dir
     })
 }
@@ -458,6 +465,20 @@ pub(crate) struct TestApp {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
     pub db: TestDb,
+    /// Renders the gateway's metrics for the secret scan when the test is over.
+    _metrics: MetricsAtDrop,
+}
+
+/// Hands the gateway's metrics to the secret scan when dropped (with the [`TestApp`] that
+/// holds it, however the test ends).
+struct MetricsAtDrop(App);
+
+impl Drop for MetricsAtDrop {
+    fn drop(&mut self) {
+        if crate::secret_scan::dir().is_some() {
+            crate::secret_scan::keep(".metrics", &self.0.metrics().render(self.0.now()));
+        }
+    }
 }
 
 pub(crate) fn merchants(sim_url: &str) -> Vec<MerchantConfig> {
@@ -550,6 +571,12 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
     };
 
     let tls_files = sim.as_ref().and_then(|s| s.simulator().tls_files());
+    if let Some(files) = &tls_files {
+        // The simulator made the merchants' client keys in the folder of its CA.
+        if let Some(dir) = files.ca_cert.parent() {
+            crate::secret_scan::list_private_keys(dir);
+        }
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let url = format!("http://{addr}");
@@ -619,6 +646,9 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
         ),
         _ => db.store().await,
     };
+    for secret in [opts.metrics_token, opts.console_password].into_iter().flatten() {
+        crate::secret_scan::secret("a metrics token or console password", secret);
+    }
     let app = App::new(config, store).unwrap();
     if opts.pin_beijing_noon {
         // Before the jobs start, so that the daily work sees one day only.
@@ -646,6 +676,7 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
         }
         None => reqwest::Client::new(),
     };
+    let metrics = MetricsAtDrop(app.clone());
     TestApp {
         url,
         app,
@@ -657,6 +688,7 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
         stop: Some(stop),
         server: Some(server),
         db,
+        _metrics: metrics,
     }
 }
 
@@ -1184,11 +1216,22 @@ impl std::io::Write for AlertWriter {
 pub(crate) fn capture_alerts() {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     INSTALLED.call_once(|| {
-        let _ = tracing_subscriber::fmt()
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        let alerts = tracing_subscriber::fmt::layer()
             .json()
-            .with_max_level(tracing::Level::WARN)
             .with_writer(|| AlertWriter)
-            .try_init();
+            .with_filter(tracing_subscriber::filter::LevelFilter::WARN);
+        // The whole-suite secret scan: everything, at TRACE, into the scan's folder.
+        let scan = crate::secret_scan::log_file().map(|file| {
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(move || file)
+                .with_filter(tracing_subscriber::filter::LevelFilter::TRACE)
+        });
+        let _ = tracing_subscriber::registry().with(alerts).with(scan).try_init();
+        list_fixed_secrets();
     });
 }
 
@@ -1207,4 +1250,65 @@ pub(crate) fn alerts(message: &str, fields: &[(&str, &str)]) -> Vec<Value> {
             field("message").contains(message) && fields.iter().all(|(name, value)| field(name).contains(value))
         })
         .collect()
+}
+
+/// Lists, for the secret scan, the secrets every test of this binary may hand to a gateway
+/// or a simulator.
+pub(crate) fn list_fixed_secrets() {
+    use md5::Digest as _;
+
+    use crate::secret_scan::secret;
+    if crate::secret_scan::dir().is_none() {
+        return;
+    }
+    for (what, key) in [
+        ("the APIv2 key", TEST_API_KEY),
+        ("the HMAC merchant's APIv2 key", HMAC_KEY),
+    ] {
+        secret(what, key);
+        // The MD5 of an APIv2 key is the AES key of its refund notifications.
+        let md5: String = md5::Md5::digest(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        secret(&format!("the MD5 of {what}"), &md5);
+        secret(&format!("the MD5 of {what}, upper case"), &md5.to_uppercase());
+    }
+    secret("the APIv3 key", TEST_APIV3_KEY);
+    secret("the app secret", TEST_APP_SECRET);
+    secret("the HMAC merchant's app secret", HMAC_SECRET);
+    secret("the webhook secret", WEBHOOK_SECRET);
+    secret("the API token", TOKEN);
+}
+
+/// Keeps every row of every table of a PostgreSQL database for the secret scan, as text,
+/// one row a line.
+async fn keep_postgres_rows(url: &str, name: &str) {
+    use sqlx::{Connection, Row};
+    let Some(dir) = crate::secret_scan::dir() else {
+        return;
+    };
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .expect("the test database connects for the scan");
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'")
+            .fetch_all(&mut conn)
+            .await
+            .expect("the tables are listed");
+    let mut text = String::new();
+    for table in tables {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT t::text FROM \"{table}\" t")))
+            .fetch_all(&mut conn)
+            .await
+            .expect("a table is read");
+        for row in rows {
+            text.push_str(&table);
+            text.push('\t');
+            text.push_str(&row.get::<String, _>(0));
+            text.push('\n');
+        }
+    }
+    let _ = conn.close().await;
+    std::fs::write(dir.join("db").join(format!("{name}.pg.txt")), text).expect("the rows are kept for the scan");
 }

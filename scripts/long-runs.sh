@@ -8,6 +8,7 @@
 #   scripts/long-runs.sh hostile          # XXE, billion laughs and huge bodies, measured from outside
 #   scripts/long-runs.sh happy-path       # 200 customers/s for 2 minutes: p99 and the slowest answer
 #   scripts/long-runs.sh sqlite-contention  # 32 customers at once for a minute: SQLite's lock unseen
+#   scripts/long-runs.sh breaker          # WeChat Pay hanging, then its port closed: 503 at once
 #   scripts/long-runs.sh soak-verdict     # the recorded soak judged again (its criteria changed)
 #
 # The soak measures the gateway's maximum rate of the same mixed traffic first (30 s with
@@ -288,6 +289,41 @@ sqlite_contention() {
     --rate 100000 --max-inflight 32
 }
 
+# Item 31 from outside, with the gateway's default settings (scripts/breaker.py): WeChat Pay
+# hanging, then its port closed; each time orders open the breaker, then 200 are timed
+# from the client while notifications keep being applied.
+breaker() {
+  start_sim
+  local sim_pid=${PIDS[-1]}
+  start_gateway "$(sqlite_url)"
+  python3 scripts/breaker.py "http://127.0.0.1:$PORT" "$TOKEN" "http://127.0.0.1:$SIM_PORT" "$sim_pid" >"$WORK/breaker.json"
+  python3 - "$WORK/breaker.json" >"$WORK/verdict" <<'EOF'
+import json, sys
+b = json.load(open(sys.argv[1])); h, c = b["hanging"], b["port_closed"]
+checks = {}
+for name, r in (("hanging", h), ("port closed", c)):
+    checks[f"{name}: the opening orders failed"] = all(o["status"] in (502, 503, 504) for o in r["opening"])
+    checks[f"{name}: every order then refused with 503 wechatpay_unavailable"] = r["statuses"] == [503] and r["codes"] == ["wechatpay_unavailable"]
+    checks[f"{name}: each in under 100 ms"] = r["max_ms"] < 100
+    checks[f"{name}: the opening orders' calls counted"] = r["opening_calls"] > 0
+    checks[f"{name}: no call tried, no order stored"] = r["gateway_calls"] == 0 and r["stored"] == 0 and r["simulator_calls"] in (0, None)
+    checks[f"{name}: notifications applied"] = r["notifications_applied"]
+checks["port closed: every notification answered 200"] = c["notifications_answered"] == [200] * len(c["notifications_answered"])
+checks["the probe after 30 s and the next order placed"] = h["probe"]["status"] in (200, 201) and h["after"]["status"] in (200, 201)
+ok = all(checks.values())
+def part(name, r, how):
+    return (f"{name}: {len(r['opening'])} orders at once failed in {max(o['ms'] for o in r['opening']) / 1000:.1f} s ({how}), "
+            f"then {r['orders']} orders → {r['statuses']} {', '.join(r['codes'])}, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
+            f"max {r['max_ms']} ms, {r['gateway_calls']} calls tried, {r['stored']} stored, notifications applied meanwhile: {r['notifications_applied']}")
+fig = (part("WeChat Pay hanging", h, "3 attempts of 8 s") + f"; 31 s later the probe → {h['probe']['status']} in {h['probe']['ms']} ms and the next → {h['after']['status']}; "
+       + part("its port closed", c, "connection refused, 3 attempts") + f" (baseline order p50 {b['baseline_p50_ms']} ms)")
+fig += "" if ok else "; failed: " + ", ".join(k for k, v in checks.items() if not v)
+print("true" if ok else "false"); print(fig)
+EOF
+  record breaker "$(sed -n 1p "$WORK/verdict")" "$(sed -n 2p "$WORK/verdict")" 31 \
+    "scripts/long-runs.sh breaker" "$WORK/breaker.json"
+}
+
 case "${1:-}" in
   soak) shift; soak "$@" ;;
   soak-verdict) soak_rejudge ;;
@@ -296,5 +332,6 @@ case "${1:-}" in
   hostile) hostile ;;
   happy-path) happy_path ;;
   sqlite-contention) sqlite_contention ;;
-  *) sed -n '2,11p' "$0" >&2; exit 2 ;;
+  breaker) breaker ;;
+  *) sed -n '2,12p' "$0" >&2; exit 2 ;;
 esac

@@ -4,6 +4,7 @@
 mod architecture;
 mod concurrency;
 mod console;
+mod edge_model;
 mod flow;
 mod fuzz_bodies;
 mod golden;

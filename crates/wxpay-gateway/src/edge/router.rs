@@ -113,7 +113,8 @@ async fn request_id(State(app): State<App>, req: Request, next: Next) -> Respons
     if changes && response.status().is_success() {
         app.metrics().changed();
     }
-    if !response.status().is_success() && tracing::enabled!(tracing::Level::TRACE) {
+    let refused = response.status().is_client_error() || response.status().is_server_error();
+    if refused && tracing::enabled!(tracing::Level::TRACE) {
         response = trace_refusal(response).instrument(span).await;
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -122,9 +123,10 @@ async fn request_id(State(app): State<App>, req: Request, next: Next) -> Respons
     response
 }
 
-/// Logs, at TRACE, the body of an answer that is not a success: what a client was told when
-/// it reports a refusal, and what the secret scan of the trust report (item 37) reads as the
-/// error bodies. Only at TRACE, because the body is read into memory to be logged.
+/// Logs, at TRACE, the body of a refusal (a 4xx or 5xx answer of the gateway's routes): what
+/// a client was told when it reports one, and what the secret scan of the trust report (item
+/// 37) reads as the error bodies. Only at TRACE, because the body is read into memory to be
+/// logged. The body is logged escaped (`?`), so that one answer stays one log line.
 async fn trace_refusal(response: Response) -> Response {
     use axum::body::HttpBody as _;
     // The gateway's refusals are a few hundred bytes; a body of unknown or larger size is
@@ -138,11 +140,15 @@ async fn trace_refusal(response: Response) -> Response {
     }
     match axum::body::to_bytes(body, MAX as usize).await {
         Ok(bytes) => {
-            tracing::trace!(status, body = %String::from_utf8_lossy(&bytes), "answered");
+            tracing::trace!(status, body = ?String::from_utf8_lossy(&bytes), "answered");
             Response::from_parts(parts, axum::body::Body::from(bytes))
         }
         Err(e) => {
+            // A body that fails while read is lost whether logged or not; the client gets the
+            // status with an empty body, and no length that would promise more.
             tracing::trace!(status, error = %e, "answered; its body failed");
+            let mut parts = parts;
+            parts.headers.remove(header::CONTENT_LENGTH);
             Response::from_parts(parts, axum::body::Body::empty())
         }
     }
@@ -251,6 +257,10 @@ mod tests {
         assert_eq!((status, got.as_slice()), (422, body.as_bytes()));
         assert!(log.contains("answered status=422 body="), "{log}");
         assert!(log.contains("amount_fen: must be at least 1"), "{log}");
+        // Escaped: a body of several lines stays on the answer's one log line.
+        let (_, _, log) = traced((StatusCode::BAD_REQUEST, "line one\nline two").into_response());
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert!(log.contains(r"line one\nline two"), "{log}");
     }
 
     #[test]
@@ -260,7 +270,8 @@ mod tests {
         assert_eq!((status, got.len()), (502, body.len()));
         assert!(log.contains("answered, with a body too large to log"), "{log}");
         assert!(!log.contains("xxxx"), "{log}");
-        // A body of unknown length (a stream) is not read either.
+        // A stream's length is unknown until it ends: reading it to log it could hold the
+        // answer back, so it is not read either.
         let stream = Body::from_stream(futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(
             "abc",
         ))]));

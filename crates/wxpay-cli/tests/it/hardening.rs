@@ -96,7 +96,7 @@ fn the_demo_refuses_an_address_other_machines_reach_unless_told_public() {
     let mut child = crate::wxpay_command()
         .args(["demo", "--public", "--listen", "0.0.0.0:0", "--data-dir"])
         .arg(dir.join("public"))
-        .env("WXPAY_LOG", "warn")
+        .env("WXPAY_LOG", crate::log_level("warn"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -106,6 +106,9 @@ fn the_demo_refuses_an_address_other_machines_reach_unless_told_public() {
     {
         use std::io::BufRead;
         for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !crate::serve::announces_a_secret(&line) {
+                crate::scan_line(&line);
+            }
             said.push_str(&line);
             said.push('\n');
             if line.contains("open the demo") {
@@ -113,6 +116,7 @@ fn the_demo_refuses_an_address_other_machines_reach_unless_told_public() {
             }
         }
     }
+    crate::serve::list_demo_secrets(&dir.join("public"));
     let _ = child.kill();
     let _ = child.wait();
     assert!(
@@ -133,12 +137,12 @@ fn database_only(dir: &Path, url: &str) -> std::path::PathBuf {
 fn a_database_url_of_an_unknown_kind_or_a_missing_folder_is_refused_by_name() {
     let dir = scratch_dir("db-url");
     let config = database_only(&dir, "mysql://root@localhost/x");
-    let run = crate::wxpay_command()
-        .args(["migrate", "--config"])
-        .arg(&config)
-        .current_dir(&dir)
-        .output()
-        .unwrap();
+    let run = crate::output(
+        crate::wxpay_command()
+            .args(["migrate", "--config"])
+            .arg(&config)
+            .current_dir(&dir),
+    );
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("\"mysql\" is not a database"), "{stderr}");
@@ -582,11 +586,12 @@ fn long_running_commands_cap_glibc_malloc_arenas_unless_the_environment_already_
             .arg(dir.join("keys"))
             .env_remove("MALLOC_ARENA_MAX")
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(Stdio::piped());
         if let Some(v) = given {
             cmd.env("MALLOC_ARENA_MAX", v);
         }
         let mut child = cmd.spawn().unwrap();
+        crate::scan_stderr(&mut child);
         // The command runs itself again in place, with the cap: the same pid, a new environment.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let mut seen = Vec::new();

@@ -49,6 +49,29 @@ pub(crate) fn log_level(level: &str) -> &str {
     if secret_scan::dir().is_some() { "trace" } else { level }
 }
 
+/// Runs `cmd` to its end, as `Command::output` does, handing what it wrote on standard error
+/// to the secret scan.
+pub(crate) fn output(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().expect("the wxpay binary runs");
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        scan_line(line);
+    }
+    out
+}
+
+/// Hands what a spawned `wxpay` writes on standard error, line by line, to the secret scan
+/// (from a thread of its own, until the process closes it).
+pub(crate) fn scan_stderr(child: &mut std::process::Child) {
+    use std::io::BufRead;
+    if let Some(stderr) = child.stderr.take() {
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                scan_line(&line);
+            }
+        });
+    }
+}
+
 /// Hands a line a spawned `wxpay` wrote on standard error to the secret scan, when this run
 /// is one; the scan is told the secrets this binary's tests hand out the first time.
 pub(crate) fn scan_line(line: &str) {

@@ -166,6 +166,8 @@ pub(crate) async fn simulator() -> SimHandle {
 
 /// The simulator as `simulator()` makes it, with `edit` applied to its configuration.
 pub(crate) async fn simulator_with(edit: impl FnOnce(&mut SimConfig)) -> SimHandle {
+    // In a secret scan the simulator in this process logs into the scan too.
+    crate::secret_scan::install_trace_subscriber();
     let mut config = SimConfig::new();
     config.time_scale = 1000.0;
     // The fixtures' payers, fixed rather than issued through jscode2session: listed, the
@@ -623,18 +625,10 @@ fn migrate_creates_the_schema_and_serve_refuses_a_bad_config_naming_the_key() {
         "http://127.0.0.1:9",
         None,
     );
-    let out = crate::wxpay_command()
-        .args(["migrate", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = crate::output(crate::wxpay_command().args(["migrate", "--config"]).arg(&config));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(db.exists());
-    let again = crate::wxpay_command()
-        .args(["migrate", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let again = crate::output(crate::wxpay_command().args(["migrate", "--config"]).arg(&config));
     assert!(again.status.success(), "migrating twice is harmless");
 
     let text = std::fs::read_to_string(&config).unwrap();
@@ -657,20 +651,13 @@ fn migrate_creates_the_schema_and_serve_refuses_a_bad_config_naming_the_key() {
     ] {
         let path = dir.join("bad.toml");
         std::fs::write(&path, bad).unwrap();
-        let out = crate::wxpay_command()
-            .args(["serve", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = crate::output(crate::wxpay_command().args(["serve", "--config"]).arg(&path));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{needle}: {stderr}");
         assert!(stderr.contains(needle), "{needle}: {stderr}");
         assert!(!stderr.contains(TEST_API_KEY), "a secret in an error: {stderr}");
     }
-    let missing = crate::wxpay_command()
-        .args(["serve", "--config", "/nonexistent.toml"])
-        .output()
-        .unwrap();
+    let missing = crate::output(crate::wxpay_command().args(["serve", "--config", "/nonexistent.toml"]));
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent.toml"));
     let _ = std::fs::remove_dir_all(dir);
@@ -724,7 +711,8 @@ pub(crate) fn start_demo_logging(
         use std::io::BufRead;
         for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
             // The two lines that print the API token and the console password, on purpose,
-            // are the demo's words to its user, not log records: the scan reads the rest.
+            // are the demo's words to its user, not log records: the scan reads the rest. A
+            // log record is written whole on a line of its own, so none hides in them.
             if !announces_a_secret(&line) {
                 crate::scan_line(&line);
             }
@@ -747,6 +735,20 @@ pub(crate) fn start_demo_logging(
         }
     }
     let base = base.expect("the demo prints its address");
+    list_demo_secrets(dir);
+    // The console's line, on a line of its own as the product's contract has it, with the
+    // password the demo keeps.
+    let password = std::fs::read_to_string(dir.join("console-password")).unwrap();
+    assert_eq!(
+        console.as_deref(),
+        Some(format!("console: {base}/console password: {}", password.trim()).as_str())
+    );
+    (demo, base, started, rx)
+}
+
+/// Tells the secret scan the secrets a demo made in `dir` at its start: its API token,
+/// webhook secret and console password, and its simulator's private keys.
+pub(crate) fn list_demo_secrets(dir: &Path) {
     for (what, file) in [
         ("the demo's API token", "api-token"),
         ("the demo's webhook secret", "webhook-secret"),
@@ -757,14 +759,6 @@ pub(crate) fn start_demo_logging(
         }
     }
     crate::secret_scan::list_private_keys(&dir.join("simulator-keys"));
-    // The console's line, on a line of its own as the product's contract has it, with the
-    // password the demo keeps.
-    let password = std::fs::read_to_string(dir.join("console-password")).unwrap();
-    assert_eq!(
-        console.as_deref(),
-        Some(format!("console: {base}/console password: {}", password.trim()).as_str())
-    );
-    (demo, base, started, rx)
 }
 
 /// Whether a line of the demo's is one of the two that print a secret on purpose: the API

@@ -45,6 +45,7 @@ impl BodyFuzzer {
     }
 
     fn new() -> BodyFuzzer {
+        crate::support::capture_alerts();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

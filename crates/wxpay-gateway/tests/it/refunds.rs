@@ -845,6 +845,7 @@ async fn refunds_go_over_mutual_tls_with_the_p12_or_the_pem_pair_and_never_witho
 
 #[test]
 fn a_client_certificate_loads_from_the_pem_pair_or_the_p12_and_a_wrong_password_is_named() {
+    crate::support::capture_alerts();
     let dir = std::env::temp_dir().join(format!("wxpay-cert-test-{}", std::process::id()));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let files = rt.block_on(async {

@@ -41,6 +41,40 @@ pub(crate) fn log_file() -> Option<&'static std::fs::File> {
     FILE.get_or_init(|| file(".log")).as_ref()
 }
 
+/// The layer that writes every record, TRACE and up, into the scan's log file: `None` when
+/// this run is not a scan.
+pub(crate) fn trace_layer<S>() -> Option<impl tracing_subscriber::Layer<S>>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer as _;
+    log_file().map(|file| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(move || file)
+            .with_filter(tracing_subscriber::filter::LevelFilter::TRACE)
+    })
+}
+
+/// Makes the scan's layer this process's only subscriber, once (for a test binary that has no
+/// subscriber of its own): from then on what runs in the process logs into the scan.
+// The CLI's test binary calls it; the gateway's installs a subscriber of its own.
+#[allow(dead_code)]
+pub(crate) fn install_trace_subscriber() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        let _ = tracing_subscriber::registry().with(trace_layer()).try_init();
+    });
+}
+
+/// Records that something the scan should search could not be kept (`what`, and why): the
+/// scan then fails rather than pass on less than it says.
+pub(crate) fn missed(what: &str, why: &str) {
+    keep(".missed", &format!("{what}: {why}\n"));
+}
+
 /// Lists `value` as a secret the scan must not find anywhere. Test-only values, written in
 /// the clear to the scan's own folder so that the search knows what to search for.
 pub(crate) fn secret(what: &str, value: &str) {

@@ -166,7 +166,11 @@ impl Drop for TestDb {
                     .unwrap();
                 rt.block_on(async {
                     if crate::secret_scan::dir().is_some() {
-                        keep_postgres_rows(&with_database(&admin, &name), &name).await;
+                        // A copy that fails is told to the scan, and the database is dropped
+                        // all the same.
+                        if let Err(e) = keep_postgres_rows(&with_database(&admin, &name), &name).await {
+                            crate::secret_scan::missed(&format!("the rows of {name}"), &e.to_string());
+                        }
                     }
                     if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
                         let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -342,6 +346,7 @@ pub(crate) enum Trusts {
 pub(crate) fn v3_keys_dir() -> &'static std::path::Path {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
+        capture_alerts();
         let dir = std::env::temp_dir().join(format!("wxpay-gw-v3-keys-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut config = SimConfig::new();
@@ -1224,12 +1229,7 @@ pub(crate) fn capture_alerts() {
             .with_writer(|| AlertWriter)
             .with_filter(tracing_subscriber::filter::LevelFilter::WARN);
         // The whole-suite secret scan: everything, at TRACE, into the scan's folder.
-        let scan = crate::secret_scan::log_file().map(|file| {
-            tracing_subscriber::fmt::layer()
-                .with_ansi(false)
-                .with_writer(move || file)
-                .with_filter(tracing_subscriber::filter::LevelFilter::TRACE)
-        });
+        let scan = crate::secret_scan::trace_layer();
         let _ = tracing_subscriber::registry().with(alerts).with(scan).try_init();
         list_fixed_secrets();
     });
@@ -1283,32 +1283,29 @@ pub(crate) fn list_fixed_secrets() {
 
 /// Keeps every row of every table of a PostgreSQL database for the secret scan, as text,
 /// one row a line.
-async fn keep_postgres_rows(url: &str, name: &str) {
-    use sqlx::{Connection, Row};
+async fn keep_postgres_rows(url: &str, name: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use sqlx::Row;
     let Some(dir) = crate::secret_scan::dir() else {
-        return;
+        return Ok(());
     };
-    let mut conn = sqlx::PgConnection::connect(url)
-        .await
-        .expect("the test database connects for the scan");
+    let mut conn = sqlx::PgConnection::connect(url).await?;
     let tables: Vec<String> =
         sqlx::query_scalar("SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'")
             .fetch_all(&mut conn)
-            .await
-            .expect("the tables are listed");
+            .await?;
     let mut text = String::new();
     for table in tables {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT t::text FROM \"{table}\" t")))
             .fetch_all(&mut conn)
-            .await
-            .expect("a table is read");
+            .await?;
         for row in rows {
             text.push_str(&table);
             text.push('\t');
-            text.push_str(&row.get::<String, _>(0));
+            text.push_str(&row.try_get::<String, _>(0)?);
             text.push('\n');
         }
     }
     let _ = conn.close().await;
-    std::fs::write(dir.join("db").join(format!("{name}.pg.txt")), text).expect("the rows are kept for the scan");
+    std::fs::write(dir.join("db").join(format!("{name}.pg.txt")), text)?;
+    Ok(())
 }

@@ -12,6 +12,10 @@
 //!   `refund.succeeded` or `refund.failed` event each (by event id; redeliveries of one id
 //!   across a restart are allowed, as at-least-once delivery has them), nothing else.
 //!
+//! A restart stops the gateway (its background work, its server, its pools) and starts a
+//! new one on the same database and simulator, in this process; the SIGKILL runs of `wxpay
+//! serve` (`crash.rs` of the command's tests) restart the process.
+//!
 //! `WXPAY_EDGE_MODEL_CASES` sets how many histories per engine and protocol (16 by default;
 //! the trust report's full mode runs 500).
 
@@ -211,11 +215,11 @@ fn check(ok: bool, what: impl FnOnce() -> String) -> Result<(), TestCaseError> {
     if ok { Ok(()) } else { Err(TestCaseError::fail(what())) }
 }
 
-/// Polls the gateway until `orders` all read as the model says, up to about five seconds;
-/// the last reading when they never do.
+/// Polls the gateway until `orders` all read as the model says, up to about twenty seconds
+/// (a notification's retries, on a loaded machine); the last reading when they never do.
 async fn agreed(t: &TestApp, orders: &[OrderModel]) -> Result<Vec<Value>, String> {
     let mut last = Vec::new();
-    for _ in 0..250 {
+    for _ in 0..1000 {
         last.clear();
         let mut all = true;
         for o in orders {
@@ -249,8 +253,21 @@ async fn run(
     ops: &[Op],
     tally: &Mutex<Tally>,
 ) -> Result<(), TestCaseError> {
+    use futures_util::FutureExt as _;
     let mut app = rig.lock().unwrap().app.take();
-    let result = steps(&mut app, rig, v3, case, amounts, ops, tally).await;
+    // A helper's assertion that panics fails this history only: the gateway is put back for
+    // the next one (proptest's shrinking runs many), as it is after a failure it reports.
+    let result = std::panic::AssertUnwindSafe(steps(&mut app, rig, v3, case, amounts, ops, tally))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            Err(TestCaseError::fail(format!("a step panicked: {message}")))
+        });
     rig.lock().unwrap().app = app;
     result
 }
@@ -455,7 +472,8 @@ async fn steps(
             })?;
         }
     }
-    // Every transition reached the webhook once, by event id.
+    // The backend learns of every transition from the webhook alone: each must reach it,
+    // once by event id, and nothing else may.
     let t = app.as_ref().expect("the gateway");
     t.outbox_drained().await;
     let mut events = rig.lock().unwrap().earlier_events.clone();

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use reqwest::Method;
 use serde_json::{Value, json};
 use wxpay_simulator::{SimHandle, V3Signer};
@@ -517,10 +517,7 @@ fn trouble_of(op: &Op) -> Trouble {
 }
 
 async fn random_histories_through_the_edge_agree_with_wechat_pay(db: TestDb) {
-    let cases: u32 = std::env::var("WXPAY_EDGE_MODEL_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(16);
+    let cases = crate::model::cases("WXPAY_EDGE_MODEL_CASES", 16);
     let engine = db.engine;
     let mut lines = Vec::new();
     // Each protocol on a database of its own: a gateway's background work would otherwise
@@ -539,18 +536,9 @@ async fn random_histories_through_the_edge_agree_with_wechat_pay(db: TestDb) {
             earlier_events: Vec::new(),
         });
         let tally = Mutex::new(Tally::default());
-        let case = std::sync::atomic::AtomicU64::new(0);
-        let mut runner = TestRunner::new(Config {
-            cases,
-            failure_persistence: None,
-            ..Config::default()
-        });
-        let handle = tokio::runtime::Handle::current();
-        let result = tokio::task::block_in_place(|| {
-            runner.run(&history(v3), |(amounts, ops)| {
-                let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                handle.block_on(run(&rig, v3, n, &amounts, &ops, &tally))
-            })
+        let result = crate::model::histories(cases, &history(v3), |n, (amounts, ops)| {
+            let (rig, tally) = (&rig, &tally);
+            async move { run(rig, v3, n, &amounts, &ops, tally).await }
         });
         if let Err(e) = result {
             panic!("{engine}, {}: {e}", if v3 { "APIv3" } else { "APIv2" });

@@ -436,26 +436,39 @@ fn settlement(order: &OutTradeNo, number: &OutRefundNo, fen: u64, succeeded: boo
     }
 }
 
-async fn random_histories_keep_the_state_machine_on_every_engine(db: TestDb) {
-    let cases: u32 = std::env::var("WXPAY_MODEL_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(256);
-    let store = Mutex::new(db.store().await);
-    let tally = Mutex::new(Tally::default());
-    let case = std::sync::atomic::AtomicU64::new(0);
+/// How many histories to run: the variable `name` when set, `default` otherwise.
+pub(crate) fn cases(name: &str, default: u32) -> u32 {
+    std::env::var(name).ok().and_then(|c| c.parse().ok()).unwrap_or(default)
+}
+
+/// Runs `cases` histories drawn from `strategy`, each the future `run(n, history)` makes (`n`
+/// counts them from 0), on this test's runtime: proptest drives them synchronously, and
+/// shrinks a failing one by running more.
+pub(crate) fn histories<S: Strategy, F: Future<Output = Result<(), TestCaseError>>>(
+    cases: u32,
+    strategy: &S,
+    run: impl Fn(u64, S::Value) -> F,
+) -> Result<(), proptest::test_runner::TestError<S::Value>> {
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: None,
         ..Config::default()
     });
     let handle = tokio::runtime::Handle::current();
-    // proptest drives the histories synchronously; each runs on this test's runtime.
-    let result = tokio::task::block_in_place(|| {
-        runner.run(&history(), |(amounts, ops)| {
-            let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            handle.block_on(run(&store, &db.url, n, &amounts, &ops, &tally))
+    let n = std::sync::atomic::AtomicU64::new(0);
+    tokio::task::block_in_place(|| {
+        runner.run(strategy, |value| {
+            handle.block_on(run(n.fetch_add(1, std::sync::atomic::Ordering::Relaxed), value))
         })
+    })
+}
+
+async fn random_histories_keep_the_state_machine_on_every_engine(db: TestDb) {
+    let store = Mutex::new(db.store().await);
+    let tally = Mutex::new(Tally::default());
+    let result = histories(cases("WXPAY_MODEL_CASES", 256), &history(), |n, (amounts, ops)| {
+        let (store, tally, url) = (&store, &tally, &db.url);
+        async move { run(store, url, n, &amounts, &ops, tally).await }
     });
     if let Err(e) = result {
         panic!("{}: {e}", db.engine);

@@ -53,10 +53,15 @@ pub(crate) fn log_level(level: &str) -> &str {
 /// to the secret scan.
 pub(crate) fn output(cmd: &mut Command) -> std::process::Output {
     let out = cmd.output().expect("the wxpay binary runs");
-    for line in String::from_utf8_lossy(&out.stderr).lines() {
+    scan_text(&out.stderr);
+    out
+}
+
+/// Hands every line of `text` (what a finished `wxpay` wrote on standard error) to the scan.
+fn scan_text(text: &[u8]) {
+    for line in String::from_utf8_lossy(text).lines() {
         scan_line(line);
     }
-    out
 }
 
 /// Hands what a spawned `wxpay` writes on standard error, line by line, to the secret scan
@@ -163,9 +168,7 @@ pub(crate) fn wxpay(args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -
         child.stdin.take().unwrap().write_all(input).unwrap();
     }
     let out = child.wait_with_output().unwrap();
-    for line in String::from_utf8_lossy(&out.stderr).lines() {
-        scan_line(line);
-    }
+    scan_text(&out.stderr);
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

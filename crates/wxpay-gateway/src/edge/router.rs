@@ -106,16 +106,18 @@ async fn request_id(State(app): State<App>, req: Request, next: Next) -> Respons
     // A request that is not a read, and succeeded, may have changed what the metrics'
     // gauges count (refused and anonymous junk did not, and must not make them read again).
     let changes = !matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
-    let mut response = REQUEST_ID
-        .scope(id.clone(), next.run(req))
-        .instrument(span.clone())
-        .await;
+    let answered = async {
+        let response = next.run(req).await;
+        let refused = response.status().is_client_error() || response.status().is_server_error();
+        if refused && tracing::enabled!(tracing::Level::TRACE) {
+            trace_refusal(response).await
+        } else {
+            response
+        }
+    };
+    let mut response = REQUEST_ID.scope(id.clone(), answered).instrument(span).await;
     if changes && response.status().is_success() {
         app.metrics().changed();
-    }
-    let refused = response.status().is_client_error() || response.status().is_server_error();
-    if refused && tracing::enabled!(tracing::Level::TRACE) {
-        response = trace_refusal(response).instrument(span).await;
     }
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);

@@ -112,6 +112,20 @@ fn history(v3: bool) -> impl Strategy<Value = (Vec<u16>, Vec<Op>)> {
     )
 }
 
+impl Trouble {
+    /// The simulator's fault that makes the first notification so (for the order, once).
+    fn fault(self) -> Option<Value> {
+        match self {
+            Trouble::None => None,
+            Trouble::Duplicated => Some(json!({"kind": "notify_duplicate", "copies": 5})),
+            Trouble::BadSignature => Some(json!({"kind": "notify_bad_signature", "count": 1})),
+            Trouble::WrongAmount => Some(json!({"kind": "notify_wrong_amount", "count": 1})),
+            Trouble::Probe => Some(json!({"kind": "notify_probe", "count": 1})),
+            Trouble::TamperedTag => Some(json!({"kind": "notify_tampered_tag", "count": 1})),
+        }
+    }
+}
+
 /// How much a refund asks for.
 #[derive(Clone, Copy, Debug)]
 enum Size {
@@ -313,14 +327,9 @@ async fn steps(
         match *op {
             Op::Pay { order, .. } | Op::PayFails { order } => {
                 let o = &mut orders[order];
-                let fails = matches!(op, Op::PayFails { .. });
-                let fault = match (fails, trouble_of(op)) {
-                    (false, Trouble::Duplicated) => Some(json!({"kind": "notify_duplicate", "copies": 5})),
-                    (false, Trouble::BadSignature) => Some(json!({"kind": "notify_bad_signature", "count": 1})),
-                    (false, Trouble::WrongAmount) => Some(json!({"kind": "notify_wrong_amount", "count": 1})),
-                    (false, Trouble::Probe) => Some(json!({"kind": "notify_probe", "count": 1})),
-                    (false, Trouble::TamperedTag) => Some(json!({"kind": "notify_tampered_tag", "count": 1})),
-                    _ => None,
+                let (fails, fault) = match *op {
+                    Op::Pay { trouble, .. } => (false, trouble.fault()),
+                    _ => (true, None),
                 };
                 let payable = o.trade == Trade::NotPay;
                 if let (Some(mut fault), true) = (fault, payable) {
@@ -506,14 +515,6 @@ async fn steps(
     }
     tally.lock().unwrap().histories += 1;
     Ok(())
-}
-
-/// The `Trouble` of a `Pay` step (none for a failed payment).
-fn trouble_of(op: &Op) -> Trouble {
-    match op {
-        Op::Pay { trouble, .. } => *trouble,
-        _ => Trouble::None,
-    }
 }
 
 async fn random_histories_through_the_edge_agree_with_wechat_pay(db: TestDb) {

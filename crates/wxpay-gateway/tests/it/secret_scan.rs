@@ -6,7 +6,7 @@
 //! command's test binaries (the command's includes this file).
 
 use std::collections::HashSet;
-use std::io::Write;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -79,14 +79,13 @@ pub(crate) fn missed(what: &str, why: &str) {
 /// the clear to the scan's own folder so that the search knows what to search for.
 pub(crate) fn secret(what: &str, value: &str) {
     static LISTED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
-    let Some(mut out) = file(".secrets.jsonl") else {
+    if dir().is_none() {
         return;
-    };
+    }
     let mut listed = LISTED.lock().unwrap();
     if listed.get_or_insert_with(HashSet::new).insert(value.to_owned()) {
         let line = serde_json::json!({ "what": what, "value": value });
-        out.write_all(format!("{line}\n").as_bytes())
-            .expect("a secret is listed");
+        keep(".secrets.jsonl", &format!("{line}\n"));
     }
 }
 

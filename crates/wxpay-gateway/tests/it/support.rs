@@ -165,12 +165,10 @@ impl Drop for TestDb {
                     .build()
                     .unwrap();
                 rt.block_on(async {
-                    if crate::secret_scan::dir().is_some() {
-                        // A copy that fails is told to the scan, and the database is dropped
-                        // all the same.
-                        if let Err(e) = keep_postgres_rows(&with_database(&admin, &name), &name).await {
-                            crate::secret_scan::missed(&format!("the rows of {name}"), &e.to_string());
-                        }
+                    // A copy that fails is told to the scan, and the database is dropped all
+                    // the same.
+                    if let Err(e) = keep_postgres_rows(&with_database(&admin, &name), &name).await {
+                        crate::secret_scan::missed(&format!("the rows of {name}"), &e.to_string());
                     }
                     if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
                         let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -1254,7 +1252,7 @@ pub(crate) fn alerts(message: &str, fields: &[(&str, &str)]) -> Vec<Value> {
 
 /// Lists, for the secret scan, the secrets every test of this binary may hand to a gateway
 /// or a simulator.
-pub(crate) fn list_fixed_secrets() {
+fn list_fixed_secrets() {
     use md5::Digest as _;
 
     use crate::secret_scan::secret;
@@ -1282,7 +1280,7 @@ pub(crate) fn list_fixed_secrets() {
 }
 
 /// Keeps every row of every table of a PostgreSQL database for the secret scan, as text,
-/// one row a line.
+/// one row a line (nothing when this run is not a scan).
 async fn keep_postgres_rows(url: &str, name: &str) -> Result<(), Box<dyn std::error::Error>> {
     use sqlx::Row;
     let Some(dir) = crate::secret_scan::dir() else {

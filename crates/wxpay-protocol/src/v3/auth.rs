@@ -182,6 +182,19 @@ pub enum VerifyError {
     /// `Wechatpay-Signature` is not base64.
     #[error("Wechatpay-Signature is not base64")]
     NotBase64,
+    /// The key named is a platform certificate past its expiry at the time of the check (its
+    /// own, or the earlier one WeChat Pay's list gave): it verifies nothing, whatever its
+    /// signature says.
+    #[error(
+        "the platform certificate {serial:?} expired at {not_after} (Unix seconds): it verifies nothing after that"
+    )]
+    Expired {
+        /// The certificate's serial.
+        serial: String,
+        /// When it expired (Unix seconds): its own expiry, or the earlier one WeChat Pay's
+        /// list gave.
+        not_after: i64,
+    },
     /// The signature does not match the key and the body: a forgery, or a body changed (or
     /// re-serialized) on its way.
     #[error("the signature does not match key {serial:?} and the body as received")]
@@ -196,7 +209,22 @@ pub enum VerifyError {
 /// certificates to the public key.
 #[derive(Clone, Debug, Default)]
 pub struct Verifier {
-    keys: Vec<(String, PublicKey)>,
+    keys: Vec<Trusted>,
+}
+
+/// One key a [`Verifier`] trusts.
+#[derive(Clone, Debug)]
+struct Trusted {
+    /// The certificate's serial or the public key's id.
+    id: String,
+    key: PublicKey,
+    /// The last second it verifies (Unix seconds): a certificate's expiry, checked at each
+    /// verification so that one that expires while a process runs stops verifying then;
+    /// `None` for the WeChat Pay public key, which has no expiry of its own. The start of a
+    /// certificate's validity is not checked: a key the merchant configured or WeChat Pay's
+    /// authenticated list gave is WeChat Pay's from the start, and what keeps a forger out
+    /// is that a retired or expired key stops verifying.
+    expires: Option<i64>,
 }
 
 impl Verifier {
@@ -207,7 +235,7 @@ impl Verifier {
 
     /// The ids of the keys trusted: certificate serials and public key ids.
     pub fn ids(&self) -> impl Iterator<Item = &str> {
-        self.keys.iter().map(|(id, _)| id.as_str())
+        self.keys.iter().map(|t| t.id.as_str())
     }
 
     /// The id of the trusted key, if any, whose signature over `message` `signature` is,
@@ -216,26 +244,41 @@ impl Verifier {
     pub(super) fn signer(&self, message: &[u8], signature: &[u8]) -> Option<&str> {
         self.keys
             .iter()
-            .find(|(_, key)| key.verifies(message, signature))
-            .map(|(id, _)| id.as_str())
+            .find(|t| t.key.verifies(message, signature))
+            .map(|t| t.id.as_str())
     }
 
-    /// Trusts a platform certificate (by its serial number).
-    pub fn with_certificate(mut self, cert: &Certificate) -> Verifier {
-        self.keys.push((cert.serial_no().to_owned(), cert.public_key().clone()));
+    /// Trusts a platform certificate (by its serial number) until it expires.
+    pub fn with_certificate(self, cert: &Certificate) -> Verifier {
+        self.with_certificate_until(cert, cert.not_after())
+    }
+
+    /// Trusts a platform certificate until it expires or until `until` (Unix seconds),
+    /// whichever is earlier: the expiry WeChat Pay's certificate list gives, which a rotation
+    /// moves earlier than the certificate's own.
+    pub fn with_certificate_until(mut self, cert: &Certificate, until: i64) -> Verifier {
+        self.keys.push(Trusted {
+            id: cert.serial_no().to_owned(),
+            key: cert.public_key().clone(),
+            expires: Some(until.min(cert.not_after())),
+        });
         self
     }
 
     /// Trusts the WeChat Pay public key with id `id` (`PUB_KEY_ID_…`).
     pub fn with_public_key(mut self, id: &str, key: PublicKey) -> Verifier {
-        self.keys.push((id.to_owned(), key));
+        self.keys.push(Trusted {
+            id: id.to_owned(),
+            key,
+            expires: None,
+        });
         self
     }
 
     /// Checks that `body` (the raw bytes as received) with `headers` is WeChat Pay's, at
     /// `now` (Unix seconds). The checks run in this order: the headers are there, a probe is
-    /// refused, the timestamp is within [`MAX_SKEW_SECS`], the key is known, the signature
-    /// matches.
+    /// refused, the timestamp is within [`MAX_SKEW_SECS`], the key is known and not expired at
+    /// `now`, the signature matches.
     ///
     /// # Errors
     /// [`VerifyError`], which says which check failed.
@@ -261,19 +304,29 @@ impl Verifier {
         if skew_secs.saturating_abs() >= MAX_SKEW_SECS {
             return Err(VerifyError::Stale { skew_secs });
         }
-        let (serial, key) = self
+        let trusted = self
             .keys
             .iter()
-            .find(|(id, _)| id.eq_ignore_ascii_case(headers.serial))
+            .find(|t| t.id.eq_ignore_ascii_case(headers.serial))
             .ok_or_else(|| VerifyError::UnknownSerial(headers.serial.chars().take(64).collect()))?;
+        if let Some(not_after) = trusted.expires {
+            if now > not_after {
+                return Err(VerifyError::Expired {
+                    serial: trusted.id.clone(),
+                    not_after,
+                });
+            }
+        }
         let signature = base64::engine::general_purpose::STANDARD
             .decode(headers.signature.as_bytes())
             .map_err(|_| VerifyError::NotBase64)?;
         let message = response_message(headers.timestamp, headers.nonce, body);
-        if key.verifies(&message, &signature) {
+        if trusted.key.verifies(&message, &signature) {
             Ok(())
         } else {
-            Err(VerifyError::BadSignature { serial: serial.clone() })
+            Err(VerifyError::BadSignature {
+                serial: trusted.id.clone(),
+            })
         }
     }
 }

@@ -92,6 +92,9 @@ fn failure_zh(e: &VerifyError) -> String {
             "Wechatpay-Timestamp 与现在相差 {skew_secs} 秒（最多接受 {MAX_SKEW_SECS} 秒）：可能是重放，或者时钟不准"
         ),
         VerifyError::UnknownSerial(serial) => format!("没有哪个已知的平台证书或微信支付公钥的序列号是 {serial:?}"),
+        VerifyError::Expired { serial, not_after } => {
+            format!("平台证书 {serial:?} 已于 {not_after}（Unix 秒）过期：此后它验证不了任何签名")
+        }
         VerifyError::NotBase64 => "Wechatpay-Signature 不是 base64".to_owned(),
         VerifyError::BadSignature { serial } => format!("签名与密钥 {serial:?} 和收到的报文不符"),
     }
@@ -235,6 +238,10 @@ pub fn diagnose(
                         )
                     });
                 }
+                VerifyError::Expired { .. } => report.hints.push(Text::new(
+                    "WeChat Pay signs only with a certificate that has not expired: a notification saved while the certificate was valid (check it as at its time with --at), a forgery with an old serial, or a configured certificate that needs replacing (download the list again, or configure the WeChat Pay public key)",
+                    "微信支付只用尚未过期的证书签名：可能是证书有效时保存下来的通知（用 --at 按它当时的时间检查）、用旧序列号伪造的通知，或者配置中的证书需要更换（重新下载证书列表，或者配置微信支付公钥）",
+                )),
                 VerifyError::NotBase64 => report.hints.push(Text::new(
                     "Wechatpay-Signature was changed on its way (it must be base64 as received)",
                     "Wechatpay-Signature 在途中被改动了（它应当是收到时的 base64）",

@@ -210,6 +210,55 @@ fn the_wechat_pay_public_key_verifies_by_its_id_beside_the_certificates() {
 }
 
 #[test]
+fn a_platform_certificate_verifies_only_until_it_expires_or_the_expiry_listed() {
+    let v = load_json("v3.json");
+    let (headers, body, now) = notification(&v);
+    let cert = Certificate::from_pem(&pem("platform_cert.pem")).unwrap();
+    let serial = cert.serial_no().to_owned();
+    // Listed to expire one second before the notification was signed (as after a rotation):
+    // the signature is genuine, and refused all the same.
+    let listed = Verifier::new().with_certificate_until(&cert, now - 1);
+    assert_eq!(
+        listed.verify(&headers, body, now),
+        Err(VerifyError::Expired {
+            serial: serial.clone(),
+            not_after: now - 1
+        })
+    );
+    assert_eq!(
+        Verifier::new()
+            .with_certificate_until(&cert, now)
+            .verify(&headers, body, now),
+        Ok(())
+    );
+    // The list cannot extend a certificate past its own expiry.
+    let extended = Verifier::new().with_certificate_until(&cert, i64::MAX);
+    let expired_at = cert.not_after() + 1;
+    let stamp = expired_at.to_string();
+    let late = SignatureHeaders {
+        timestamp: &stamp,
+        ..headers
+    };
+    assert_eq!(
+        extended.verify(&late, body, expired_at),
+        Err(VerifyError::Expired {
+            serial: serial.clone(),
+            not_after: cert.not_after()
+        })
+    );
+    // The WeChat Pay public key has no expiry of its own: the same key by its id still
+    // gets as far as the signature (the signature covers the old timestamp, so it fails
+    // there, not on an expiry).
+    let id = text(&v["platform"]["public_key_id"]);
+    let by_id = SignatureHeaders { serial: id, ..late };
+    let public = Verifier::new().with_public_key(id, PublicKey::from_pem(&pem("platform_public_key.pem")).unwrap());
+    assert_eq!(
+        public.verify(&by_id, body, expired_at),
+        Err(VerifyError::BadSignature { serial: id.to_owned() })
+    );
+}
+
+#[test]
 fn probes_stale_or_tampered_notifications_are_refused_each_with_its_reason() {
     let v = load_json("v3.json");
     let (headers, body, now) = notification(&v);

@@ -108,7 +108,7 @@ impl V3Link {
                 tracing::warn!(merchant = ?config.name, serial = c.serial_no(), days_left, "the configured platform certificate expires soon (or has expired): configure the WeChat Pay public key or a new certificate");
             }
         }
-        let verifier = configured(&creds, now);
+        let verifier = configured(&creds);
         Ok(Arc::new_cyclic(|me| V3Link {
             config,
             creds,
@@ -257,16 +257,13 @@ impl V3Link {
         self.trust(&certs);
     }
 
-    /// Verifies from now on with the configured keys and the downloaded certificates in force
-    /// (each with the expiry WeChat Pay listed, which a rotation moves earlier).
+    /// Verifies from now on with the configured keys and the downloaded certificates, each
+    /// until the expiry WeChat Pay listed (which a rotation moves earlier): the verifier checks
+    /// every certificate's validity at each verification.
     fn trust(&self, downloaded: &[(Certificate, i64)]) {
-        let now = self.clock.now().unix_secs();
-        let mut verifier = configured(&self.creds, now);
-        for (c, _) in downloaded
-            .iter()
-            .filter(|(c, expire)| in_force(c, now) && now < *expire)
-        {
-            verifier = verifier.with_certificate(c);
+        let mut verifier = configured(&self.creds);
+        for (c, expire) in downloaded {
+            verifier = verifier.with_certificate_until(c, *expire);
         }
         *self.verifier.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(verifier);
     }
@@ -437,12 +434,6 @@ impl V3Link {
     }
 }
 
-/// Whether a platform certificate is valid at `now` (Unix seconds): an expired one verifies
-/// nothing, whatever its signature says.
-fn in_force(c: &Certificate, now: i64) -> bool {
-    (c.not_before()..=c.not_after()).contains(&now)
-}
-
 /// The `Wechatpay-*` headers of an answer or a notification.
 pub(crate) fn signature_headers(h: &reqwest::header::HeaderMap) -> SignatureHeaders<'_> {
     let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -454,11 +445,11 @@ pub(crate) fn signature_headers(h: &reqwest::header::HeaderMap) -> SignatureHead
     }
 }
 
-/// The keys the configuration gives that are in force at `now`: the WeChat Pay public key
-/// and the platform certificates.
-fn configured(creds: &V3Credentials, now: i64) -> Verifier {
+/// The keys the configuration gives: the WeChat Pay public key and the platform certificates
+/// (each trusted only while it is valid, checked at every verification).
+fn configured(creds: &V3Credentials) -> Verifier {
     let mut v = Verifier::new();
-    for c in creds.platform_certs.iter().filter(|c| in_force(c, now)) {
+    for c in &creds.platform_certs {
         v = v.with_certificate(c);
     }
     if let Some((id, key)) = &creds.public_key {
@@ -501,17 +492,18 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_restart_trusts_only_the_last_list_kept_with_this_merchants_apiv3_key() {
-        let apiv3 = "0123456789abcdefghijABCDEFGHIJ12";
+    const APIV3: &str = "0123456789abcdefghijABCDEFGHIJ12";
+
+    /// An APIv3 merchant of the test vectors, trusting `platform_certs` by configuration.
+    fn config_with(platform_certs: Vec<Certificate>) -> MerchantConfig {
         let key = wxpay_protocol::v3::MerchantKey::from_pem(&vector("merchant_private_key.pem"), "01").unwrap();
         let creds = V3Credentials {
-            apiv3_key: wxpay_protocol::ApiV3Key::new(apiv3).unwrap(),
+            apiv3_key: wxpay_protocol::ApiV3Key::new(APIV3).unwrap(),
             key: Arc::new(key),
-            platform_certs: Vec::new(),
+            platform_certs,
             public_key: None,
         };
-        let config = MerchantConfig {
+        MerchantConfig {
             name: "m".into(),
             appid: wxpay_protocol::AppId::new("wxd678efh567hg6787").unwrap(),
             app_secret: None,
@@ -524,7 +516,54 @@ mod tests {
             client_cert: None,
             ca_pem: None,
             v3: Some(creds),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_configured_platform_certificate_stops_verifying_when_it_expires_while_the_gateway_runs() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let platform = Certificate::from_pem(&vector("platform_cert.pem")).unwrap();
+        let serial = platform.serial_no().to_owned();
+        let signer = wxpay_protocol::v3::MerchantKey::from_pem(&vector("platform_private_key.pem"), &serial).unwrap();
+        let clock = Clock::default();
+        let link = V3Link::new(
+            config_with(vec![platform.clone()]),
+            &UpstreamConfig::default(),
+            Arc::new(Metrics::default()),
+            clock.clone(),
+            None,
+        )
+        .unwrap();
+        let body = br#"{"id":"EV-2018022511223320873","event_type":"TRANSACTION.SUCCESS"}"#;
+        let verify_now = || {
+            let signed =
+                wxpay_protocol::v3::SignedHeaders::sign(&signer, &serial, clock.now().unix_secs(), "n0nce", body)
+                    .unwrap();
+            let headers = SignatureHeaders {
+                timestamp: &signed.timestamp,
+                nonce: &signed.nonce,
+                signature: &signed.signature,
+                serial: &signed.serial,
+            };
+            link.verifier().verify(&headers, body, clock.now().unix_secs())
         };
+        assert_eq!(verify_now(), Ok(()), "in force when the gateway started");
+        // The gateway runs on past the certificate's expiry, without a restart.
+        let left = platform.not_after() - clock.now().unix_secs();
+        clock.advance(std::time::Duration::from_secs(u64::try_from(left).unwrap() + 1));
+        assert_eq!(
+            verify_now(),
+            Err(VerifyError::Expired {
+                serial: serial.clone(),
+                not_after: platform.not_after()
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restart_trusts_only_the_last_list_kept_with_this_merchants_apiv3_key() {
+        let apiv3 = APIV3;
+        let config = config_with(Vec::new());
         let (platform, other) = (vector("platform_cert.pem"), vector("merchant_cert.pem"));
         let serial = |pem: &str| Certificate::from_pem(pem).unwrap().serial_no().to_owned();
         let row = |pem: &str, mac_key: &str, fetched: i64| KeptCertificate {

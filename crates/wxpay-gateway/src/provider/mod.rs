@@ -98,9 +98,9 @@ impl From<wxpay_protocol::v2::Retry> for Retry {
 }
 
 impl ProviderError {
-    /// Whether WeChat Pay failed rather than answered: no answer, or a refusal to try again
-    /// later (`SYSTEMERROR` after every attempt, a rate limit, `BIZERR_NEED_RETRY`). What the
-    /// circuit breaker counts.
+    /// Whether WeChat Pay failed rather than answered: no answer (which is also what
+    /// `SYSTEMERROR` and `BIZERR_NEED_RETRY` become after every attempt), or a refusal to try
+    /// again later (a rate limit, APIv3's 503). What the circuit breaker counts.
     pub(crate) fn is_outage(&self) -> bool {
         matches!(
             self,

@@ -4,7 +4,7 @@
 
 use wxpay_protocol::{Fen, OutTradeNo};
 
-use crate::provider::{PayParams, PaymentState, PaymentTerms, Provider, ProviderError, Refusal};
+use crate::provider::{PayParams, PaymentState, PaymentTerms, Provider, ProviderError, Refusal, Retry};
 use crate::service::breaker::Admission;
 use crate::service::error::{Conflict, ServiceError};
 use crate::service::numbers::Numbers;
@@ -262,6 +262,22 @@ impl Service {
                     .await?;
                 Err(ServiceError::Unavailable(format!(
                     "WeChat Pay did not answer ({e}); the order is recorded as pending, repeat the request to try again"
+                )))
+            }
+            // A rate limit or a brief block (`FREQUENCY_LIMITED`, APIv3's 429 and 503) says
+            // "not now", not "never": the order stays pending, as after no answer, so that
+            // the same request later goes through instead of meeting a failed order.
+            Err(
+                e @ ProviderError::Refused {
+                    retry: Retry::Later, ..
+                },
+            ) => {
+                self.inner
+                    .store
+                    .set_upstream_failure(order.id, false, e.to_string(), self.now())
+                    .await?;
+                Err(ServiceError::Unavailable(format!(
+                    "{e}: the order is recorded as pending, repeat the request later"
                 )))
             }
             Err(e) => {

@@ -722,6 +722,32 @@ async fn an_openid_of_another_mini_program_is_refused_with_wechat_pays_reason(db
 }
 engines!(an_openid_of_another_mini_program_is_refused_with_wechat_pays_reason);
 
+async fn a_rate_limit_keeps_the_order_pending_and_the_same_request_later_goes_through(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    t.fault(json!({"kind": "frequency_limited", "api": "unifiedorder", "count": 1}))
+        .await;
+    let mut body = order_body(300);
+    body["out_trade_no"] = json!("LIMITED-1");
+    let (s, v) = t.api(Method::POST, "/v1/orders", Some(body.clone()), None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("wechatpay_unavailable")),
+        "{}: FREQUENCY_LIMITED says not now, not never: {v}",
+        t.engine()
+    );
+    assert_eq!(t.sim_faults_fired("frequency_limited").await, 1);
+    assert_eq!(t.order("LIMITED-1").await["status"], "pending");
+    assert_eq!(t.event_kinds("LIMITED-1").await, ["created", "upstream_unknown"]);
+    // The same request later places the order, rather than meeting a failed one.
+    let o = t.create(body).await;
+    assert_eq!(o["status"], "pending", "{o}");
+    let sim = t.sim_get("/simulator/orders/LIMITED-1").await;
+    assert_eq!(o["prepay_id"], sim["prepay_id"], "{sim}");
+    assert_pay_params_valid(&o);
+    t.stop().await;
+}
+engines!(a_rate_limit_keeps_the_order_pending_and_the_same_request_later_goes_through);
+
 async fn a_refusal_for_good_is_asked_once_surfaced_and_keeps_its_number(db: TestDb) {
     let t = spawn_app(db, Options::default()).await;
     let codes = ["PARAM_ERROR", "SIGNERROR", "NOAUTH", "OUT_TRADE_NO_USED"];

@@ -46,6 +46,32 @@ async fn refund_status(t: &TestApp, no: &str) -> Value {
     t.api(Method::GET, &format!("/v1/refunds/{no}"), None, None).await.1["status"].clone()
 }
 
+async fn a_v3_rate_limit_or_unavailable_answer_keeps_the_order_pending_for_a_later_repeat(db: TestDb) {
+    let t = spawn_app(db, v3(V3Signer::PublicKey, Trusts::PublicKey)).await;
+    for (i, code) in ["SERVICE_UNAVAILABLE", "FREQUENCY_LIMITED"].into_iter().enumerate() {
+        t.fault(json!({"kind": "error_code", "api": "v3_jsapi", "count": 1, "err_code": code}))
+            .await;
+        let no = format!("V3-LATER-{i}");
+        let mut body = order_body(400 + i as u64);
+        body["out_trade_no"] = json!(no);
+        let (s, v) = t.api(Method::POST, "/v1/orders", Some(body.clone()), None).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (503, Some("wechatpay_unavailable")),
+            "{}: {code} says not now, not never: {v}",
+            t.engine()
+        );
+        assert_eq!(t.order(&no).await["status"], "pending", "{code}");
+        assert_eq!(t.event_kinds(&no).await, ["created", "upstream_unknown"], "{code}");
+        let o = t.create(body).await;
+        let sim = t.sim_get(&format!("/simulator/orders/{no}")).await;
+        assert_eq!(o["prepay_id"], sim["prepay_id"], "{code}: {o} {sim}");
+    }
+    assert_eq!(t.sim_faults_fired("error_code").await, 2);
+    t.stop().await;
+}
+engines!(a_v3_rate_limit_or_unavailable_answer_keeps_the_order_pending_for_a_later_repeat);
+
 async fn a_v3_payment_and_refund_go_through_with_every_notification_applied_once(db: TestDb) {
     let t = spawn_app(
         db,

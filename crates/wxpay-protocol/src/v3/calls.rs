@@ -670,7 +670,11 @@ impl V3Error {
             (_, "SYSTEM_ERROR" | "BANK_ERROR") => Retry::SameParameters,
             (_, "FREQUENCY_LIMITED" | "RATELIMIT_EXCEEDED" | "SERVICE_UNAVAILABLE") => Retry::WaitAndRetry,
             (429 | 502 | 503, _) => Retry::WaitAndRetry,
-            (500, "") => Retry::SameParameters,
+            // The two 500s that are business answers (B.6); any other server error leaves the
+            // call's effect unknown, so it is repeated unchanged like `SYSTEM_ERROR`, never
+            // taken as a final refusal.
+            (500, "INVALID_TRANSACTIONID" | "OPENID_MISMATCH") => Retry::Final,
+            (500..=599, _) => Retry::SameParameters,
             _ => Retry::Final,
         }
     }
@@ -863,6 +867,27 @@ mod tests {
         assert_eq!(V3Error::read(503, b"<html>busy</html>").retry(), Retry::WaitAndRetry);
         assert_eq!(
             V3Error::read(401, br#"{"code":"SIGN_ERROR","message":"x"}"#).retry(),
+            Retry::Final
+        );
+        // A server error with a code B.6 does not list leaves the call's effect unknown: it
+        // is repeated, never taken as final; the two business 500s are final.
+        for unknown in [
+            (500, r#"{"code":"INTERNAL_ERROR","message":"x"}"#),
+            (501, r#"{"code":"NOT_IMPLEMENTED","message":"x"}"#),
+            (504, "gateway timeout"),
+        ] {
+            assert_eq!(
+                V3Error::read(unknown.0, unknown.1.as_bytes()).retry(),
+                Retry::SameParameters,
+                "{unknown:?}"
+            );
+        }
+        assert_eq!(
+            V3Error::read(500, br#"{"code":"OPENID_MISMATCH","message":"x"}"#).retry(),
+            Retry::Final
+        );
+        assert_eq!(
+            V3Error::read(500, br#"{"code":"INVALID_TRANSACTIONID","message":"x"}"#).retry(),
             Retry::Final
         );
         let odd = V3Error::read(502, b"<html>bad gateway</html>");

@@ -1,7 +1,7 @@
 //! The core's one error enum. It knows no HTTP: the edge maps it to a status and a body in
 //! one place (`edge/error.rs`).
 
-use crate::provider::ProviderError;
+use crate::provider::{ProviderError, Retry};
 use crate::store::StoreError;
 
 /// A request the state of things refuses, by a stable code for programs.
@@ -87,11 +87,15 @@ impl ServiceError {
         ServiceError::Conflict { kind, message }
     }
 
-    /// A failed call named `api`: no answer is [`ServiceError::Unavailable`], a verified but
-    /// incomplete answer [`ServiceError::Upstream`], anything else [`ServiceError::Rejected`].
+    /// A failed call named `api`: no answer, or a refusal to try again later (a rate limit),
+    /// is [`ServiceError::Unavailable`]; a verified but incomplete answer
+    /// [`ServiceError::Upstream`]; anything else [`ServiceError::Rejected`].
     pub(crate) fn upstream(api: &'static str, e: ProviderError) -> ServiceError {
         match e {
             ProviderError::NoAnswer(m) => ServiceError::Unavailable(format!("{api}: {m}")),
+            ProviderError::Refused {
+                retry: Retry::Later, ..
+            } => ServiceError::Unavailable(format!("{api}: {e}")),
             ProviderError::Incomplete(_) => ServiceError::Upstream {
                 api,
                 source: Box::new(e),

@@ -748,6 +748,38 @@ async fn a_rate_limit_keeps_the_order_pending_and_the_same_request_later_goes_th
 }
 engines!(a_rate_limit_keeps_the_order_pending_and_the_same_request_later_goes_through);
 
+async fn a_rate_limited_query_or_close_answers_503_and_leaves_the_order_as_it_was(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    let o = t.create(order_body(310)).await;
+    let no = o["out_trade_no"].as_str().unwrap().to_owned();
+    t.fault(json!({"kind": "frequency_limited", "api": "orderquery", "count": 1}))
+        .await;
+    let (s, v) = t
+        .api(Method::GET, &format!("/v1/orders/{no}?sync=true"), None, None)
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("wechatpay_unavailable")),
+        "{}: a rate limit is not a refusal: {v}",
+        t.engine()
+    );
+    t.fault(json!({"kind": "frequency_limited", "api": "closeorder", "count": 1}))
+        .await;
+    let (s, v) = t.api(Method::POST, &format!("/v1/orders/{no}/close"), None, None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("wechatpay_unavailable")),
+        "{v}"
+    );
+    assert_eq!(t.sim_faults_fired("frequency_limited").await, 2);
+    assert_eq!(t.order(&no).await["status"], "pending");
+    // Repeated once WeChat Pay takes calls again, the close goes through.
+    let (s, v) = t.api(Method::POST, &format!("/v1/orders/{no}/close"), None, None).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("closed")), "{v}");
+    t.stop().await;
+}
+engines!(a_rate_limited_query_or_close_answers_503_and_leaves_the_order_as_it_was);
+
 async fn a_refusal_for_good_is_asked_once_surfaced_and_keeps_its_number(db: TestDb) {
     let t = spawn_app(db, Options::default()).await;
     let codes = ["PARAM_ERROR", "SIGNERROR", "NOAUTH", "OUT_TRADE_NO_USED"];

@@ -68,3 +68,7 @@ cpu_ticks() { # pid → user + system clock ticks (USER_HZ = 100)
 # RSA-2048 signs/s on one core: the machine-readable line `+F2:<index>:<bits>:<signs/s>:
 # <verifies/s>` (OpenSSL 3), not the table, whose columns differ between OpenSSL versions.
 openssl_signs() { openssl speed -mr -seconds 3 rsa2048 2>/dev/null | awk -F: '/^\+F2:/ {print $4}'; }
+# The same with every core signing at once (`-multi`, the children's sum): what the machine
+# signs in all, which is less than one core's rate times the cores when the cores share
+# execution units or the host's power budget (here about 89 %).
+openssl_signs_all() { openssl speed -mr -seconds 3 -multi "$(nproc)" rsa2048 2>/dev/null | awk -F: '/^\+F2:/ {print $4}'; }

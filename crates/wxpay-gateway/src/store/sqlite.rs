@@ -67,6 +67,10 @@ const MAX_BATCH: usize = 512;
 /// Reads under way at once, each on a blocking thread with a connection of its own; the
 /// connections are kept open for the next reads.
 const READERS: usize = 4;
+/// Of the [`READERS`], how many may serve heavy reads at once (the console's searches and
+/// counts, reconciliation's day, the lists): the others stay free for the payment path and
+/// `/readyz`, whatever the console or a reconciliation asks.
+const HEAVY_READERS: usize = READERS / 2;
 
 /// A write waiting for the writer thread. It runs inside a transaction the writer owns, and
 /// may run again from the start when that transaction was rolled back; its caller is told
@@ -132,6 +136,8 @@ struct Readers {
     /// start a blocking thread that opened a connection of its own: in a soak the gateway
     /// reached 517 threads and 270 MiB.
     permits: Arc<tokio::sync::Semaphore>,
+    /// Taken before `permits` by a heavy read: at most [`HEAVY_READERS`] at once.
+    heavy: Arc<tokio::sync::Semaphore>,
     /// Reader connections opened so far.
     opened: std::sync::atomic::AtomicUsize,
 }
@@ -268,6 +274,7 @@ impl SqliteStore {
                 options,
                 idle: Mutex::new(Vec::new()),
                 permits: Arc::new(tokio::sync::Semaphore::new(READERS)),
+                heavy: Arc::new(tokio::sync::Semaphore::new(HEAVY_READERS)),
                 opened: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
@@ -296,18 +303,41 @@ impl SqliteStore {
         })
     }
 
+    /// A read that touches a few rows by key: an order, its events, a refund, the ping.
     fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Fut<'_, T> {
+        self.read_as(false, f)
+    }
+
+    /// A read that may scan many rows (searches, counts, a day's orders): it waits for one of
+    /// the [`HEAVY_READERS`] first, so that heavy reads never hold every connection.
+    fn read_heavy<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Fut<'_, T> {
+        self.read_as(true, f)
+    }
+
+    fn read_as<T: Send + 'static>(
+        &self,
+        heavy: bool,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Fut<'_, T> {
         let readers = self.readers.clone();
         Box::pin(async move {
-            // Held by the blocking task, so that a read whose caller went away still counts
-            // until it has finished.
-            let permit = (readers.permits.clone().acquire_owned().await)
-                .map_err(|_| StoreError::Stopped("the SQLite readers"))?;
+            let stopped = |_| StoreError::Stopped("the SQLite readers");
+            let heavy = if heavy {
+                Some(readers.heavy.clone().acquire_owned().await.map_err(stopped)?)
+            } else {
+                None
+            };
+            // Both held by the blocking task, so that a read whose caller went away still
+            // counts until it has finished.
+            let permit = readers.permits.clone().acquire_owned().await.map_err(stopped)?;
             tokio::task::spawn_blocking(move || {
-                let _permit = permit;
+                let _permits = (permit, heavy);
                 let conn = readers.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
                 let conn = match conn {
                     Some(c) => c,
@@ -1011,7 +1041,7 @@ impl Store for SqliteStore {
     }
 
     fn list_orders(&self, f: OrderFilter, limit: u32, before: Option<i64>) -> Fut<'_, Vec<Order>> {
-        self.read(move |c| {
+        self.read_heavy(move |c| {
             let (condition, values) = f.condition(before, |n| format!("?{n}"));
             let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE {condition} ORDER BY id DESC LIMIT {limit}");
             let mut st = c.prepare_cached(&sql)?;
@@ -1239,7 +1269,7 @@ impl Store for SqliteStore {
     }
 
     fn daily(&self, from: Millis, to: Millis) -> Fut<'_, Vec<Daily>> {
-        self.read(move |c| {
+        self.read_heavy(move |c| {
             let (orders, rejected) = daily_sql();
             let orders = c
                 .prepare_cached(&orders)?
@@ -1263,7 +1293,7 @@ impl Store for SqliteStore {
     }
 
     fn notifications(&self, of: NoticesOf, limit: u32) -> Fut<'_, Vec<Notice>> {
-        self.read(move |c| {
+        self.read_heavy(move |c| {
             let (sql, texts) = of.query(|n| format!("?{n}"));
             let mut st = c.prepare_cached(&sql)?;
             let values = texts
@@ -1288,7 +1318,7 @@ impl Store for SqliteStore {
     }
 
     fn undelivered(&self, limit: u32) -> Fut<'_, Vec<Delivery>> {
-        self.read(move |c| {
+        self.read_heavy(move |c| {
             let mut st = c.prepare_cached(UNDELIVERED)?;
             let rows = st.query_map(params![limit], delivery_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -1424,7 +1454,7 @@ impl Store for SqliteStore {
     }
 
     fn orders_paid_between(&self, merchant: String, from: Millis, to: Millis) -> Fut<'_, Vec<Order>> {
-        self.read(move |c| {
+        self.read_heavy(move |c| {
             let mut st = c.prepare_cached(&format!(
                 "SELECT {ORDER_COLUMNS} FROM orders WHERE merchant = ?1 AND paid_at >= ?2 AND paid_at < ?3 \
                  AND status IN ('paid', 'refunded')"
@@ -1435,7 +1465,7 @@ impl Store for SqliteStore {
     }
 
     fn orders_by_numbers(&self, merchant: String, numbers: Vec<OutTradeNo>) -> Fut<'_, Vec<Order>> {
-        self.read(move |c| {
+        self.read_heavy(move |c| {
             let mut out = Vec::with_capacity(numbers.len());
             for n in &numbers {
                 if let Some(o) = order_by_number(c, &merchant, n.as_str())? {
@@ -1447,7 +1477,7 @@ impl Store for SqliteStore {
     }
 
     fn refunds_accepted_between(&self, merchant: String, from: Millis, to: Millis) -> Fut<'_, Vec<Refund>> {
-        self.read(move |c| {
+        self.read_heavy(move |c| {
             let mut st = c.prepare_cached(&format!(
                 "SELECT {REFUND_COLUMNS} FROM refunds WHERE merchant = ?1 AND accepted_at >= ?2 AND accepted_at < ?3"
             ))?;
@@ -1457,7 +1487,7 @@ impl Store for SqliteStore {
     }
 
     fn refunds_by_numbers(&self, merchant: String, numbers: Vec<OutRefundNo>) -> Fut<'_, Vec<Refund>> {
-        self.read(move |c| {
+        self.read_heavy(move |c| {
             let mut out = Vec::with_capacity(numbers.len());
             for n in &numbers {
                 if let Some(r) = refund_by_number(c, &merchant, n.as_str())? {
@@ -1615,7 +1645,7 @@ impl Store for SqliteStore {
     }
 
     fn stats(&self, now: Millis) -> Fut<'_, Stats> {
-        self.read(move |c| {
+        self.read_heavy(move |c| {
             let mut st = c.prepare_cached("SELECT status, COUNT(*) FROM orders GROUP BY status")?;
             let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
             let orders_by_status = rows.collect::<Result<Vec<_>, _>>()?;
@@ -1673,6 +1703,45 @@ mod tests {
         assert!((1..=READERS).contains(&most), "{most} reads ran at once");
         let opened = store.readers.opened.load(Ordering::SeqCst);
         assert!(opened <= READERS, "{opened} connections were opened");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn heavy_reads_never_hold_every_connection_so_a_key_read_still_runs() {
+        let dir = std::env::temp_dir().join(format!("wxpay-sqlite-unit-{}", crate::util::random_hex::<8>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.join("t.db")).unwrap());
+        // As many heavy reads as there are connections (console searches, a reconciliation),
+        // each stuck until released.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = Arc::new(Mutex::new(held));
+        let running = Arc::new(AtomicUsize::new(0));
+        let mut heavy = tokio::task::JoinSet::new();
+        for _ in 0..READERS {
+            let (store, held, running) = (store.clone(), held.clone(), running.clone());
+            heavy.spawn(async move {
+                store
+                    .read_heavy(move |_| {
+                        running.fetch_add(1, Ordering::SeqCst);
+                        let _ = held.lock().unwrap().recv();
+                        Ok(())
+                    })
+                    .await
+            });
+        }
+        while running.load(Ordering::SeqCst) < HEAVY_READERS {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // A payment's read of its order (here the ping) still gets a connection at once.
+        let ping = tokio::time::timeout(Duration::from_secs(5), store.ping()).await;
+        assert!(matches!(ping, Ok(Ok(()))), "a key read waited behind heavy reads");
+        assert_eq!(running.load(Ordering::SeqCst), HEAVY_READERS, "heavy reads at once");
+        for _ in 0..READERS {
+            release.send(()).unwrap();
+        }
+        while let Some(r) = heavy.join_next().await {
+            r.unwrap().unwrap();
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -960,9 +960,15 @@ async fn health_readiness_and_metrics_are_served() {
 }
 
 /// How the primary host of [`the_backup_host_takes_over`] is down.
+#[derive(Clone, Copy)]
 enum Down {
     /// It answers every call 502 with a plain body, as a broken load balancer does.
     BadGateway,
+    /// It answers every call 502 with an HTML page, as nginx in front of a dead upstream does.
+    HtmlBadGateway,
+    /// It answers every call 502 with an unsigned `return_code=FAIL`, which anyone on the way
+    /// can write: not WeChat Pay's answer.
+    UnsignedFail,
     /// Nothing listens on its port: every connection is refused.
     ClosedPort,
 }
@@ -970,6 +976,16 @@ enum Down {
 #[tokio::test]
 async fn after_repeated_502s_the_backup_host_takes_over_until_its_time_is_up() {
     the_backup_host_takes_over(Down::BadGateway).await;
+}
+
+#[tokio::test]
+async fn after_repeated_502_html_pages_the_backup_host_takes_over_until_its_time_is_up() {
+    the_backup_host_takes_over(Down::HtmlBadGateway).await;
+}
+
+#[tokio::test]
+async fn after_repeated_unsigned_fails_in_502s_the_backup_host_takes_over_and_no_order_fails() {
+    the_backup_host_takes_over(Down::UnsignedFail).await;
 }
 
 #[tokio::test]
@@ -986,19 +1002,30 @@ async fn the_backup_host_takes_over(down: Down) {
     // simulator.
     let primary_calls = Arc::new(AtomicUsize::new(0));
     let counted = primary_calls.clone();
+    let page = match down {
+        Down::HtmlBadGateway => {
+            "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>nginx</body>\r\n</html>"
+        }
+        Down::UnsignedFail => {
+            "<xml><return_code><![CDATA[FAIL]]></return_code><return_msg><![CDATA[系统繁忙]]></return_msg></xml>"
+        }
+        Down::BadGateway | Down::ClosedPort => "bad gateway",
+    };
     let primary = axum::Router::new().fallback(move || {
         let counted = counted.clone();
         async move {
             counted.fetch_add(1, Ordering::SeqCst);
-            (axum::http::StatusCode::BAD_GATEWAY, "bad gateway")
+            (axum::http::StatusCode::BAD_GATEWAY, page)
         }
     });
     let primary_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let primary_url = format!("http://{}", primary_listener.local_addr().unwrap());
     match down {
-        Down::BadGateway => drop(tokio::spawn(
-            async move { axum::serve(primary_listener, primary).await },
-        )),
+        Down::BadGateway | Down::HtmlBadGateway | Down::UnsignedFail => {
+            drop(tokio::spawn(
+                async move { axum::serve(primary_listener, primary).await },
+            ))
+        }
         // The port was just free; with its listener gone nothing answers on it.
         Down::ClosedPort => drop(primary_listener),
     }
@@ -1043,7 +1070,7 @@ async fn the_backup_host_takes_over(down: Down) {
     // The failures in a row (the attempts of the first call) switch to the backup.
     assert_eq!(create("BACKUP-1").await, 503);
     let refused = match down {
-        Down::BadGateway => failures,
+        Down::BadGateway | Down::HtmlBadGateway | Down::UnsignedFail => failures,
         Down::ClosedPort => 0,
     };
     assert_eq!(primary_calls.load(Ordering::SeqCst), refused);
@@ -1063,8 +1090,22 @@ async fn the_backup_host_takes_over(down: Down) {
         "the primary is tried again after backup_for"
     );
     assert_eq!(t.sim_calls("unifiedorder").await, on_backup);
-    if let Down::BadGateway = down {
+    if !matches!(down, Down::ClosedPort) {
         assert_eq!(primary_calls.load(Ordering::SeqCst), 2 * failures);
+    }
+    // What the primary said was never taken as WeChat Pay's refusal: the orders it answered
+    // are pending, to be repeated.
+    for no in ["BACKUP-1", "BACKUP-4"] {
+        let order: serde_json::Value = http
+            .get(format!("{url}/v1/orders/{no}"))
+            .bearer_auth(crate::support::TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(order["status"], "pending", "{no}: {order}");
     }
     t.stop().await;
 }

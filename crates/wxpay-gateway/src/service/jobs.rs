@@ -306,8 +306,10 @@ async fn check_one(app: &Service, order: Order) {
             }
         }
         Err(e) if e.refusal() == Some(Refusal::OrderNotExist) => {
-            // WeChat Pay never got the order (its unifiedorder had no answer, or none was made).
-            if order.expires_at <= now || order.upstream != crate::store::Upstream::Created {
+            // WeChat Pay never got the order (its unifiedorder had no answer, was rate limited,
+            // or none was made). It fails once it has expired: until then the client, told to
+            // repeat the request, may still place it.
+            if order.expires_at <= now {
                 if let Ok(Some(o)) = store
                     .fail_order(order.id, "WeChat Pay has no such order".into(), now)
                     .await

@@ -191,6 +191,36 @@ async fn an_order_wechat_pay_never_received_fails_once_it_has_expired() {
     t.stop().await;
 }
 
+async fn an_order_wechat_pay_never_got_stays_open_to_a_repeat_until_it_expires(db: TestDb) {
+    let t = spawn_app(
+        db,
+        Options {
+            jobs: quick_jobs(),
+            ..Options::default()
+        },
+    )
+    .await;
+    t.fault(json!({"kind": "frequency_limited", "api": "unifiedorder", "count": 1}))
+        .await;
+    let mut body = order_body(520);
+    body["expires_in_secs"] = json!(600);
+    body["out_trade_no"] = json!("NEVER-2");
+    let (s, v) = t
+        .api(reqwest::Method::POST, "/v1/orders", Some(body.clone()), None)
+        .await;
+    assert_eq!(s, 503, "{v}");
+    // The checks find that WeChat Pay has no such order (twice, so that the first one has
+    // been applied); the order is not failed for it before it expires.
+    eventually("two checks of the order", async || t.sim_calls("orderquery").await >= 2).await;
+    assert_eq!(t.order("NEVER-2").await["status"], "pending", "{}", t.engine());
+    // The client repeats the request, as the 503 said, and the order is placed.
+    let o = t.create(body).await;
+    let placed = t.sim_get("/simulator/orders/NEVER-2").await;
+    assert_eq!(o["prepay_id"], placed["prepay_id"], "{o} {placed}");
+    t.stop().await;
+}
+engines!(an_order_wechat_pay_never_got_stays_open_to_a_repeat_until_it_expires);
+
 async fn events_wait_while_the_webhook_is_down_and_arrive_once_each_signed_with_the_same_id(db: TestDb) {
     let t = spawn_app(db, with_jobs_and_webhook()).await;
     t.webhook.down.store(true, Ordering::SeqCst);

@@ -195,6 +195,33 @@ pub(crate) struct RefundView {
     pub refund: RefundRec,
 }
 
+/// Why an order cannot be closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CloseRefusal {
+    /// No such order.
+    NotFound,
+    /// The order is paid.
+    Paid,
+    /// The order is closed already, by a close or by its `time_expire` passing.
+    Closed,
+}
+
+/// Closes the unpaid order at `loc`. An order whose `time_expire` has passed is closed
+/// already, as WeChat Pay's orderquery says too, so closing it is refused as closed.
+pub(crate) fn close_order(sim: &Simulator, loc: Loc, now: i64) -> Result<(), CloseRefusal> {
+    let mut g = sim.inner.store.lock(loc.shard);
+    expire_if_due(&mut g, loc.slot, now);
+    match g.get(loc.slot).map(|o| o.state) {
+        None => Err(CloseRefusal::NotFound),
+        Some(OrderState::Success) => Err(CloseRefusal::Paid),
+        Some(OrderState::Closed) => Err(CloseRefusal::Closed),
+        Some(OrderState::NotPay | OrderState::PayError) => {
+            g.set_state(loc.slot, OrderState::Closed);
+            Ok(())
+        }
+    }
+}
+
 /// Accepts a refund of the order at `loc` (or recognises a retry of one: the same number and
 /// parameters answer the same refund, once).
 pub(crate) fn place_refund(

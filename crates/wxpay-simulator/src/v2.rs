@@ -25,7 +25,7 @@ use wxpay_protocol::{ApiKey, BeijingTime, Error, Fen, Fields, Nonce, SignType};
 
 use crate::faults::FaultKind;
 use crate::ids;
-use crate::orders::{NewOrder, Reentry, RefundAsk, RefundRefusal, place_order, place_refund};
+use crate::orders::{CloseRefusal, NewOrder, Reentry, RefundAsk, RefundRefusal, place_order, place_refund};
 use crate::store::{Loc, Order, OrderState, RefundRec, ShardGuard};
 use crate::tls::{PeerCert, PeerCertSource};
 use crate::{MerchantEntry, Simulator};
@@ -597,21 +597,14 @@ fn close_order(ctx: &Ctx<'_>, f: &Fields<'_>) -> Reply {
     let Some(loc) = locate(ctx.sim, ctx.mch, &OrderRef::OutTradeNo(req.out_trade_no)) else {
         return ctx.biz(ErrCode::OrderNotExist, "订单不存在");
     };
-    let mut g = ctx.sim.inner.store.lock(loc.shard);
-    let Some(state) = g.get(loc.slot).map(|o| o.state) else {
-        return ctx.biz(ErrCode::OrderNotExist, "订单不存在");
-    };
-    match state {
-        OrderState::Success => ctx.biz(ErrCode::OrderPaid, "订单已支付"),
-        OrderState::Closed => ctx.biz(ErrCode::OrderClosed, "订单已关闭"),
-        OrderState::NotPay | OrderState::PayError => {
-            g.set_state(loc.slot, OrderState::Closed);
-            drop(g);
-            ctx.ok(&CloseOrderResponse {
-                result_msg: Some("OK".into()),
-                extra: BTreeMap::new(),
-            })
-        }
+    match crate::orders::close_order(ctx.sim, loc, ctx.now) {
+        Ok(()) => ctx.ok(&CloseOrderResponse {
+            result_msg: Some("OK".into()),
+            extra: BTreeMap::new(),
+        }),
+        Err(CloseRefusal::NotFound) => ctx.biz(ErrCode::OrderNotExist, "订单不存在"),
+        Err(CloseRefusal::Paid) => ctx.biz(ErrCode::OrderPaid, "订单已支付"),
+        Err(CloseRefusal::Closed) => ctx.biz(ErrCode::OrderClosed, "订单已关闭"),
     }
 }
 

@@ -12,7 +12,7 @@ use wxpay_protocol::{BeijingTime, Fen, OutRefundNo, OutTradeNo, SignType};
 
 use super::{Api, Reply, V3};
 use crate::bill::{BillRefusal, bill_text};
-use crate::orders::{NewOrder, Reentry, RefundAsk, RefundRefusal, place_order, place_refund};
+use crate::orders::{CloseRefusal, NewOrder, Reentry, RefundAsk, RefundRefusal, place_order, place_refund};
 use crate::store::{Loc, Order, OrderState, RefundRec};
 use crate::v2::{expire_if_due, locate};
 use crate::{Simulator, ids};
@@ -320,18 +320,11 @@ pub(crate) fn close(ctx: &Ctx<'_>, uri: &Uri, body: &[u8]) -> Reply {
     let Some(loc) = locate(ctx.sim, ctx.mch, &wxpay_protocol::v2::OrderRef::OutTradeNo(no)) else {
         return not_found();
     };
-    let mut g = ctx.sim.inner.store.lock(loc.shard);
-    expire_if_due(&mut g, loc.slot, ctx.now);
-    let Some(state) = g.get(loc.slot).map(|o| o.state) else {
-        return not_found();
-    };
-    match state {
-        OrderState::Success => Reply::error(403, "ORDERPAID", "订单已支付"),
-        OrderState::Closed => Reply::error(400, "ORDER_CLOSED", "订单已关闭"),
-        OrderState::NotPay | OrderState::PayError => {
-            g.set_state(loc.slot, OrderState::Closed);
-            Reply::no_content()
-        }
+    match crate::orders::close_order(ctx.sim, loc, ctx.now) {
+        Ok(()) => Reply::no_content(),
+        Err(CloseRefusal::NotFound) => not_found(),
+        Err(CloseRefusal::Paid) => Reply::error(403, "ORDERPAID", "订单已支付"),
+        Err(CloseRefusal::Closed) => Reply::error(400, "ORDER_CLOSED", "订单已关闭"),
     }
 }
 

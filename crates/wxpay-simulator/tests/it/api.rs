@@ -417,6 +417,33 @@ async fn an_order_past_its_time_expire_is_closed() {
 }
 
 #[tokio::test]
+async fn closing_an_order_past_its_time_expire_says_closed_as_the_query_does() {
+    let env = spawn().await;
+    let mut order = env.order("expired-close", 10);
+    let now = env.sim.simulator().now();
+    order.time_expire = Some(wxpay_protocol::BeijingTime::from_unix(now + 300));
+    env.call(&order).await.unwrap();
+    let (status, v) = env.post_json("/simulator/clock", json!({"advance_secs": 301})).await;
+    assert_eq!(status, 200, "{v}");
+    // Nothing has looked at the order since it expired: the close itself must see it closed,
+    // as APIv3's close and both APIs' queries do.
+    let err = env
+        .call(&CloseOrder::new(OutTradeNo::new("expired-close").unwrap()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Business {
+                code: ErrCode::OrderClosed,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn the_checkout_page_pays_the_order_of_its_prepay_id() {
     let env = spawn().await;
     let r = env.create("checkout-1", 1234).await;

@@ -255,6 +255,18 @@ impl Service {
                     format!("order {} is already paid", order.out_trade_no),
                 ))
             }
+            // A placed order asked again (its prepay_id near its end) that WeChat Pay closed
+            // meanwhile, at its time_expire: the query settles it as WeChat Pay has it.
+            Err(e) if e.refusal() == Some(Refusal::OrderClosed) && order.upstream == Upstream::Created => {
+                let order = self.sync(provider, order).await?;
+                match order.status {
+                    OrderStatus::Pending => Err(ServiceError::Rejected(e.to_string())),
+                    status => Err(ServiceError::conflict(
+                        Conflict::OrderNotPending,
+                        format!("order {} is {status}", order.out_trade_no),
+                    )),
+                }
+            }
             Err(ProviderError::NoAnswer(e)) => {
                 self.inner
                     .store
@@ -280,6 +292,9 @@ impl Service {
                     "{e}: the order is recorded as pending, repeat the request later"
                 )))
             }
+            // Any other refusal of a placed order asked again refuses the new prepay_id, not
+            // the order: WeChat Pay still has it as it was, and the checks settle it.
+            Err(e) if order.upstream == Upstream::Created => Err(ServiceError::Rejected(e.to_string())),
             Err(e) => {
                 self.inner
                     .store

@@ -780,6 +780,56 @@ async fn a_rate_limited_query_or_close_answers_503_and_leaves_the_order_as_it_wa
 }
 engines!(a_rate_limited_query_or_close_answers_503_and_leaves_the_order_as_it_was);
 
+async fn a_placed_order_asked_again_after_wechat_pay_closed_it_is_closed_not_failed(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    let mut body = order_body(330);
+    body["out_trade_no"] = json!("REPLACE-1");
+    body["expires_in_secs"] = json!(7200);
+    let first = t.create(body.clone()).await;
+    assert_eq!(first["status"], "pending", "{first}");
+    // Its time_expire passes at WeChat Pay, which closes it; the gateway has not looked yet,
+    // and its own clock is past the prepay_id's lifetime but short of the order's expiry, so
+    // the same request asks WeChat Pay for a fresh prepay_id.
+    let (status, v) = t.sim_post("/simulator/clock", json!({"advance_secs": 7201})).await;
+    assert_eq!(status, 200, "{v}");
+    t.app.clock().advance(Duration::from_secs(7001));
+    let (s, v) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("order_not_pending")),
+        "{}: {v}",
+        t.engine()
+    );
+    assert_eq!(t.order("REPLACE-1").await["status"], "closed", "{}", t.engine());
+    t.stop().await;
+}
+engines!(a_placed_order_asked_again_after_wechat_pay_closed_it_is_closed_not_failed);
+
+async fn a_refused_fresh_prepay_id_leaves_a_placed_order_pending(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    let mut body = order_body(340);
+    body["out_trade_no"] = json!("REPLACE-2");
+    body["expires_in_secs"] = json!(7200);
+    let first = t.create(body.clone()).await;
+    t.app.clock().advance(Duration::from_secs(7001));
+    t.fault(json!({"kind": "error_code", "api": "unifiedorder", "count": 1, "err_code": "PARAM_ERROR"}))
+        .await;
+    let (s, v) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (502, Some("wechatpay_rejected")),
+        "{v}"
+    );
+    // WeChat Pay refused the new prepay_id, not the order it has: still payable as placed.
+    let o = t.order("REPLACE-2").await;
+    assert_eq!(o["status"], "pending", "{}: {o}", t.engine());
+    t.sim_pay(json!({"out_trade_no": "REPLACE-2"})).await;
+    t.wait_status("REPLACE-2", "paid").await;
+    assert_eq!(first["status"], "pending");
+    t.stop().await;
+}
+engines!(a_refused_fresh_prepay_id_leaves_a_placed_order_pending);
+
 async fn a_refusal_for_good_is_asked_once_surfaced_and_keeps_its_number(db: TestDb) {
     let t = spawn_app(db, Options::default()).await;
     let codes = ["PARAM_ERROR", "SIGNERROR", "NOAUTH", "OUT_TRADE_NO_USED"];

@@ -52,10 +52,12 @@ pub enum ServiceError {
         /// For people.
         message: String,
     },
-    /// WeChat Pay refused, for good.
+    /// WeChat Pay refused (the message says what it leaves: a new order failed, a placed one
+    /// as it was).
     #[error("{0}")]
     Rejected(String),
-    /// WeChat Pay did not answer (the record says so; the request may be repeated).
+    /// WeChat Pay did not answer, or asked to try later (the record says so; the request may
+    /// be repeated).
     #[error("{0}")]
     Unavailable(String),
     /// This function needs configuration the gateway lacks (a merchant certificate).

@@ -255,12 +255,13 @@ impl Service {
                     format!("order {} is already paid", order.out_trade_no),
                 ))
             }
-            // A placed order asked again (its prepay_id near its end) that WeChat Pay closed
-            // meanwhile, at its time_expire: the query settles it as WeChat Pay has it.
-            Err(e) if e.refusal() == Some(Refusal::OrderClosed) && order.upstream == Upstream::Created => {
+            // An order WeChat Pay has (placed before, or whose first creation got no answer)
+            // that it closed meanwhile, at its time_expire: the query settles it as WeChat Pay
+            // has it.
+            Err(e) if e.refusal() == Some(Refusal::OrderClosed) && order.upstream != Upstream::New => {
                 let order = self.sync(provider, order).await?;
                 match order.status {
-                    OrderStatus::Pending => Err(ServiceError::Rejected(e.to_string())),
+                    OrderStatus::Pending => Err(ServiceError::Rejected(format!("{e}; the order stays pending"))),
                     status => Err(ServiceError::conflict(
                         Conflict::OrderNotPending,
                         format!("order {} is {status}", order.out_trade_no),
@@ -294,7 +295,9 @@ impl Service {
             }
             // Any other refusal of a placed order asked again refuses the new prepay_id, not
             // the order: WeChat Pay still has it as it was, and the checks settle it.
-            Err(e) if order.upstream == Upstream::Created => Err(ServiceError::Rejected(e.to_string())),
+            Err(e) if order.upstream == Upstream::Created => Err(ServiceError::Rejected(format!(
+                "{e}: WeChat Pay refused a fresh prepay_id; the order stays pending and payable as placed"
+            ))),
             Err(e) => {
                 self.inner
                     .store

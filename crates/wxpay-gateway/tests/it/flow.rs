@@ -805,6 +805,31 @@ async fn a_placed_order_asked_again_after_wechat_pay_closed_it_is_closed_not_fai
 }
 engines!(a_placed_order_asked_again_after_wechat_pay_closed_it_is_closed_not_failed);
 
+async fn an_unanswered_order_that_wechat_pay_closed_is_closed_when_asked_again(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    // Every attempt reaches WeChat Pay, which makes the order, and every answer is lost.
+    t.fault(json!({"kind": "lose_answer", "api": "unifiedorder", "count": 3}))
+        .await;
+    let mut body = order_body(350);
+    body["out_trade_no"] = json!("REPLACE-3");
+    body["expires_in_secs"] = json!(600);
+    let (s, v) = t.api(Method::POST, "/v1/orders", Some(body.clone()), None).await;
+    assert_eq!(s, 503, "{v}");
+    // WeChat Pay closes it at its time_expire; asked again, it says ORDERCLOSED.
+    let (status, v) = t.sim_post("/simulator/clock", json!({"advance_secs": 601})).await;
+    assert_eq!(status, 200, "{v}");
+    let (s, v) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (409, Some("order_not_pending")),
+        "{}: {v}",
+        t.engine()
+    );
+    assert_eq!(t.order("REPLACE-3").await["status"], "closed", "{}", t.engine());
+    t.stop().await;
+}
+engines!(an_unanswered_order_that_wechat_pay_closed_is_closed_when_asked_again);
+
 async fn a_refused_fresh_prepay_id_leaves_a_placed_order_pending(db: TestDb) {
     let t = spawn_app(db, Options::default()).await;
     let mut body = order_body(340);
@@ -823,9 +848,24 @@ async fn a_refused_fresh_prepay_id_leaves_a_placed_order_pending(db: TestDb) {
     // WeChat Pay refused the new prepay_id, not the order it has: still payable as placed.
     let o = t.order("REPLACE-2").await;
     assert_eq!(o["status"], "pending", "{}: {o}", t.engine());
+    assert_eq!(
+        t.event_kinds("REPLACE-2").await,
+        ["created", "prepay"],
+        "nothing recorded against it"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("stays pending")),
+        "the 502 says the order is still payable: {v}"
+    );
+    // Paid with the parameters of the first answer.
+    assert_eq!(
+        t.sim_get("/simulator/orders/REPLACE-2").await["prepay_id"],
+        first["prepay_id"]
+    );
     t.sim_pay(json!({"out_trade_no": "REPLACE-2"})).await;
     t.wait_status("REPLACE-2", "paid").await;
-    assert_eq!(first["status"], "pending");
     t.stop().await;
 }
 engines!(a_refused_fresh_prepay_id_leaves_a_placed_order_pending);

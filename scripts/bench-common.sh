@@ -69,6 +69,7 @@ cpu_ticks() { # pid → user + system clock ticks (USER_HZ = 100)
 # <verifies/s>` (OpenSSL 3), not the table, whose columns differ between OpenSSL versions.
 openssl_signs() { openssl speed -mr -seconds 3 rsa2048 2>/dev/null | awk -F: '/^\+F2:/ {print $4}'; }
 # The same with every core signing at once (`-multi`, the children's sum): what the machine
-# signs in all, which is less than one core's rate times the cores when the cores share
-# execution units or the host's power budget (here about 89 %).
+# signs in all, which can be less than one core's rate times the cores when the cores share
+# execution units or the host's power budget (here 89 % in one run and 104 % in the next:
+# these shared machines drift by more than the difference).
 openssl_signs_all() { openssl speed -mr -seconds 3 -multi "$(nproc)" rsa2048 2>/dev/null | awk -F: '/^\+F2:/ {print $4}'; }

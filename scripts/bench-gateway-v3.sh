@@ -11,8 +11,8 @@
 # tenth of a signature each and are left out of the ceiling). The ceiling is the rate at which
 # this machine could make those signatures and nothing else, measured in this run two ways:
 #   all cores: openssl speed -multi <cores> rsa2048 signs/s (every core signing at once) ÷ 3,
-#   one core × cores: openssl speed rsa2048 signs/s on one core × cores ÷ 3 (higher: it
-#   assumes the cores sign at once as fast as one alone).
+#   one core × cores: openssl speed rsa2048 signs/s on one core × cores ÷ 3 (which assumes
+#   the cores sign at once as fast as one alone).
 # Notifications: POOL orders seeded (not measured), then one first-delivery payment
 # notification each from 64 connections; APIv3's are signed with WeChat Pay's public-key
 # private half that the simulator writes, and each costs the gateway one RSA verification and

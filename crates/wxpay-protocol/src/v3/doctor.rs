@@ -239,8 +239,8 @@ pub fn diagnose(
                     });
                 }
                 VerifyError::Expired { .. } => report.hints.push(Text::new(
-                    "WeChat Pay signs only with a certificate that has not expired: a notification saved while the certificate was valid (check it as at its time with --at), a forgery with an old serial, or a configured certificate that needs replacing (download the list again, or configure the WeChat Pay public key)",
-                    "微信支付只用尚未过期的证书签名：可能是证书有效时保存下来的通知（用 --at 按它当时的时间检查）、用旧序列号伪造的通知，或者配置中的证书需要更换（重新下载证书列表，或者配置微信支付公钥）",
+                    "it was signed after the certificate expired, and WeChat Pay signs only with a certificate in force: a forgery with an old serial, a wrong --at, or a configured certificate that needs replacing (download the list again, or configure the WeChat Pay public key)",
+                    "它是在证书过期之后签名的，而微信支付只用有效期内的证书签名：可能是用旧序列号伪造的通知、--at 给错了，或者配置中的证书需要更换（重新下载证书列表，或者配置微信支付公钥）",
                 )),
                 VerifyError::NotBase64 => report.hints.push(Text::new(
                     "Wechatpay-Signature was changed on its way (it must be base64 as received)",

@@ -214,7 +214,8 @@ impl V2Link {
                     continue;
                 }
             };
-            // A server error counts as WeChat Pay's answer only when it is one: signed. A
+            // A server error counts as WeChat Pay's answer only when it is one (signed, or a
+            // bill, which WeChat Pay does not sign). A
             // proxy's or load balancer's page (HTML starts with `<` too) and an unsigned
             // `return_code=FAIL` are the host failing, as if nothing had answered: they count
             // towards the backup host, and never refuse an order for good.

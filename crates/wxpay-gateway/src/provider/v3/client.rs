@@ -259,7 +259,8 @@ impl V3Link {
 
     /// Verifies from now on with the configured keys and the downloaded certificates, each
     /// until the expiry WeChat Pay listed (which a rotation moves earlier): the verifier checks
-    /// every certificate's validity at each verification.
+    /// every certificate's expiry at each verification. A configured certificate comes first
+    /// and keeps its own expiry, even when the list gives the same serial an earlier one.
     fn trust(&self, downloaded: &[(Certificate, i64)]) {
         let mut verifier = configured(&self.creds);
         for (c, expire) in downloaded {

@@ -156,6 +156,12 @@ impl std::fmt::Debug for Simulator {
 }
 
 impl Simulator {
+    /// The `session_key`s `jscode2session` has issued (the latest 10,000, oldest first): the
+    /// secrets a client must never return, log or store, for a test that checks it does not.
+    pub fn session_keys(&self) -> Vec<String> {
+        self.inner.logins.session_keys()
+    }
+
     /// The simulator's time (unix seconds): the wall clock, moved on by `POST /simulator/clock`.
     pub fn now(&self) -> i64 {
         ids::now_unix() + self.inner.clock_offset.load(std::sync::atomic::Ordering::Relaxed)

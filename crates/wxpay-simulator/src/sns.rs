@@ -24,6 +24,8 @@ use crate::{Simulator, ids};
 const CODE_LIFETIME: Duration = Duration::from_secs(300);
 /// Codes kept at most; the oldest go first.
 const MAX_CODES: usize = 100_000;
+/// Session keys remembered at most, for [`Simulator::session_keys`]; the oldest go first.
+const MAX_SESSION_KEYS: usize = 10_000;
 
 struct Code {
     appid: String,
@@ -32,13 +34,30 @@ struct Code {
     used: bool,
 }
 
-/// The login codes handed out.
+/// The login codes handed out, and the session keys they were redeemed for.
 #[derive(Default)]
 pub(crate) struct Logins {
     codes: Mutex<HashMap<String, Code>>,
+    /// The latest session keys issued, oldest first: a test of a client (the gateway) lists
+    /// them to check that none reaches its logs, answers or database.
+    session_keys: Mutex<std::collections::VecDeque<String>>,
 }
 
 impl Logins {
+    fn remember(&self, session_key: &str) {
+        let mut keys = self.session_keys.lock().unwrap_or_else(|e| e.into_inner());
+        if keys.len() >= MAX_SESSION_KEYS {
+            keys.pop_front();
+        }
+        keys.push_back(session_key.to_owned());
+    }
+
+    /// The session keys issued, oldest first (the latest [`MAX_SESSION_KEYS`]).
+    pub(crate) fn session_keys(&self) -> Vec<String> {
+        let keys = self.session_keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.iter().cloned().collect()
+    }
+
     fn issue(&self, appid: &str, user: &str) -> String {
         let code = format!("0{}", ids::random_alnum(31));
         let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
@@ -177,6 +196,7 @@ async fn jscode2session(State(sim): State<Simulator>, Query(q): Query<Code2Sessi
         Ok(user) => {
             metrics.request(API, 0);
             let key = base64::engine::general_purpose::STANDARD.encode(ids::random_u64().to_le_bytes().repeat(2));
+            sim.inner.logins.remember(&key);
             Json(serde_json::json!({ "openid": openid(&appid, &user), "session_key": key })).into_response()
         }
         Err((code, msg)) => {

@@ -723,6 +723,7 @@ impl TestApp {
         }
         self.app.finish_requests().await;
         if let Some(sim) = self.sim.take() {
+            list_session_keys(sim.simulator());
             sim.shutdown().await;
         }
     }
@@ -1277,6 +1278,14 @@ fn list_fixed_secrets() {
     secret("the HMAC merchant's app secret", HMAC_SECRET);
     secret("the webhook secret", WEBHOOK_SECRET);
     secret("the API token", TOKEN);
+}
+
+/// Lists the `session_key`s the simulator issued to this test's gateway (`POST /v1/openid`):
+/// per-call secrets the gateway must never return, log or store.
+fn list_session_keys(sim: &wxpay_simulator::Simulator) {
+    for key in sim.session_keys() {
+        crate::secret_scan::secret("a session_key jscode2session issued", &key);
+    }
 }
 
 /// Keeps every row of every table of a PostgreSQL database for the secret scan, as text,

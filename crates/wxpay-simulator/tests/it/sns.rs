@@ -44,6 +44,9 @@ async fn a_login_code_gives_a_stable_openid_once() {
     assert_eq!(s1.openid, s2.openid, "stable per (appid, user)");
     let s3 = session(&env, TEST_APP_SECRET, &code(&env, "bob").await).await.unwrap();
     assert_ne!(s1.openid, s3.openid);
+    // Each redemption its own session_key, all of them listed for a leak test of the client.
+    let issued = [&s1, &s2, &s3].map(|s| s.session_key.expose().to_owned());
+    assert_eq!(env.sim.simulator().session_keys(), issued);
     // The same code twice: 40163.
     assert!(matches!(
         session(&env, TEST_APP_SECRET, &c1).await,

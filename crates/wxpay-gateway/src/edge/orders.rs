@@ -261,8 +261,8 @@ fn placed(p: &Placed) -> (StatusCode, serde_json::Value) {
         (status = 400, description = "The body is not JSON, or the `Idempotency-Key` is not 1 to 255 ASCII characters.", body = ErrorBody),
         (status = 409, description = "The order number or the key is used by another request.", body = ErrorBody),
         (status = 422, description = "A field is missing or wrong (a yuan amount, an unknown merchant, …).", body = ErrorBody),
-        (status = 502, description = "WeChat Pay refused the order; a new one is recorded `failed`, one placed before stays `pending` and payable.", body = ErrorBody),
-        (status = 503, description = "WeChat Pay did not answer or asked to try later; the order is kept and may be repeated.", body = ErrorBody),
+        (status = 502, description = "WeChat Pay refused the order; a new one is recorded `failed`, one placed before stays `pending`.", body = ErrorBody),
+        (status = 503, description = "WeChat Pay did not answer, asked to try later, or contradicted itself; the order is kept and may be repeated.", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

@@ -255,13 +255,21 @@ impl Service {
                     format!("order {} is already paid", order.out_trade_no),
                 ))
             }
-            // An order WeChat Pay has (placed before, or whose first creation got no answer)
-            // that it closed meanwhile, at its time_expire: the query settles it as WeChat Pay
-            // has it.
-            Err(e) if e.refusal() == Some(Refusal::OrderClosed) && order.upstream != Upstream::New => {
+            // WeChat Pay has an order of this number and closed it (at its time_expire, say,
+            // when it was placed before or its creation got no answer): the query settles the
+            // order as WeChat Pay has it.
+            Err(e) if e.refusal() == Some(Refusal::OrderClosed) => {
                 let order = self.sync(provider, order).await?;
                 match order.status {
-                    OrderStatus::Pending => Err(ServiceError::Rejected(format!("{e}; the order stays pending"))),
+                    // The refusal and the query disagree: nothing is settled, and the answer
+                    // is not one to keep under an Idempotency-Key.
+                    OrderStatus::Pending => Err(ServiceError::Unavailable(format!(
+                        "{e}, but orderquery does not say closed: the order stays pending, repeat the request later"
+                    ))),
+                    OrderStatus::Paid | OrderStatus::Refunded => Err(ServiceError::conflict(
+                        Conflict::OrderPaid,
+                        format!("order {} is already paid", order.out_trade_no),
+                    )),
                     status => Err(ServiceError::conflict(
                         Conflict::OrderNotPending,
                         format!("order {} is {status}", order.out_trade_no),
@@ -296,7 +304,7 @@ impl Service {
             // Any other refusal of a placed order asked again refuses the new prepay_id, not
             // the order: WeChat Pay still has it as it was, and the checks settle it.
             Err(e) if order.upstream == Upstream::Created => Err(ServiceError::Rejected(format!(
-                "{e}: WeChat Pay refused a fresh prepay_id; the order stays pending and payable as placed"
+                "{e}: WeChat Pay refused a fresh prepay_id; the order stays pending (the earlier pay parameters work until their prepay_id expires; repeat later with another Idempotency-Key)"
             ))),
             Err(e) => {
                 self.inner

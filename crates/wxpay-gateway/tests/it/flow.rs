@@ -827,6 +827,28 @@ async fn an_unanswered_order_that_wechat_pay_closed_is_closed_when_asked_again(d
 }
 engines!(an_unanswered_order_that_wechat_pay_closed_is_closed_when_asked_again);
 
+async fn an_orderclosed_the_query_does_not_confirm_settles_nothing(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    // ORDERCLOSED for a number WeChat Pay has no order of (its query says ORDERNOTEXIST).
+    t.fault(json!({"kind": "error_code", "api": "unifiedorder", "count": 1, "err_code": "ORDERCLOSED"}))
+        .await;
+    let mut body = order_body(360);
+    body["out_trade_no"] = json!("REPLACE-4");
+    let (s, v) = t.api(Method::POST, "/v1/orders", Some(body.clone()), None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (503, Some("wechatpay_unavailable")),
+        "{}: the two answers disagree: {v}",
+        t.engine()
+    );
+    assert_eq!(t.order("REPLACE-4").await["status"], "pending");
+    let o = t.create(body).await;
+    let sim = t.sim_get("/simulator/orders/REPLACE-4").await;
+    assert_eq!(o["prepay_id"], sim["prepay_id"], "{o} {sim}");
+    t.stop().await;
+}
+engines!(an_orderclosed_the_query_does_not_confirm_settles_nothing);
+
 async fn a_refused_fresh_prepay_id_leaves_a_placed_order_pending(db: TestDb) {
     let t = spawn_app(db, Options::default()).await;
     let mut body = order_body(340);

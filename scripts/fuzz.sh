@@ -151,7 +151,7 @@ campaign() {
     python3 - "$target" "$ok" "$used" "$wall" "${execs:-0}" "$cov" "$ft" "$corpus" "${rss:-0}" "$crashes" "$minutes" <<'EOF'
 import json, subprocess, sys, datetime
 t, ok, cpu, wall, execs, cov, ft, corpus, rss, crashes, minutes = sys.argv[1:]
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
 figure = (f"{t}: {int(cpu) / 60:.1f} CPU-min with AddressSanitizer, {int(execs):,} executions "
           f"({int(execs) / max(int(cpu), 1):,.0f}/s), coverage {cov} edges / {ft} features, corpus {corpus}, "
           f"peak RSS {rss} MB, {crashes} crashes, timeouts (>1 s) or OOMs")

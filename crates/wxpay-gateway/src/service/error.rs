@@ -1,7 +1,7 @@
 //! The core's one error enum. It knows no HTTP: the edge maps it to a status and a body in
 //! one place (`edge/error.rs`).
 
-use crate::provider::{ProviderError, Retry};
+use crate::provider::ProviderError;
 use crate::store::StoreError;
 
 /// A request the state of things refuses, by a stable code for programs.
@@ -95,9 +95,8 @@ impl ServiceError {
     pub(crate) fn upstream(api: &'static str, e: ProviderError) -> ServiceError {
         match e {
             ProviderError::NoAnswer(m) => ServiceError::Unavailable(format!("{api}: {m}")),
-            ProviderError::Refused {
-                retry: Retry::Later, ..
-            } => ServiceError::Unavailable(format!("{api}: {e}")),
+            // A refusal to try again later: an outage, as the circuit breaker counts it.
+            e if e.is_outage() => ServiceError::Unavailable(format!("{api}: {e}")),
             ProviderError::Incomplete(_) => ServiceError::Upstream {
                 api,
                 source: Box::new(e),

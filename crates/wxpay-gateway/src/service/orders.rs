@@ -4,7 +4,7 @@
 
 use wxpay_protocol::{Fen, OutTradeNo};
 
-use crate::provider::{PayParams, PaymentState, PaymentTerms, Provider, ProviderError, Refusal, Retry};
+use crate::provider::{PayParams, PaymentState, PaymentTerms, Provider, ProviderError, Refusal};
 use crate::service::breaker::Admission;
 use crate::service::error::{Conflict, ServiceError};
 use crate::service::numbers::Numbers;
@@ -276,30 +276,28 @@ impl Service {
                     )),
                 }
             }
-            Err(ProviderError::NoAnswer(e)) => {
+            // No answer, or "not now" (a rate limit or a brief block: `FREQUENCY_LIMITED`,
+            // APIv3's 429 and 503), which the circuit breaker counts as an outage too: the order
+            // stays pending with the error recorded, so that the same request later goes
+            // through instead of meeting a failed order.
+            Err(e) if e.is_outage() => {
+                let (recorded, message) = match &e {
+                    ProviderError::NoAnswer(m) => (
+                        m.clone(),
+                        format!(
+                            "WeChat Pay did not answer ({m}); the order is recorded as pending, repeat the request to try again"
+                        ),
+                    ),
+                    later => (
+                        later.to_string(),
+                        format!("{later}: the order is recorded as pending, repeat the request later"),
+                    ),
+                };
                 self.inner
                     .store
-                    .set_upstream_failure(order.id, false, e.clone(), self.now())
+                    .set_upstream_failure(order.id, false, recorded, self.now())
                     .await?;
-                Err(ServiceError::Unavailable(format!(
-                    "WeChat Pay did not answer ({e}); the order is recorded as pending, repeat the request to try again"
-                )))
-            }
-            // A rate limit or a brief block (`FREQUENCY_LIMITED`, APIv3's 429 and 503) says
-            // "not now", not "never": the order stays pending, as after no answer, so that
-            // the same request later goes through instead of meeting a failed order.
-            Err(
-                e @ ProviderError::Refused {
-                    retry: Retry::Later, ..
-                },
-            ) => {
-                self.inner
-                    .store
-                    .set_upstream_failure(order.id, false, e.to_string(), self.now())
-                    .await?;
-                Err(ServiceError::Unavailable(format!(
-                    "{e}: the order is recorded as pending, repeat the request later"
-                )))
+                Err(ServiceError::Unavailable(message))
             }
             // Any other refusal of a placed order asked again refuses the new prepay_id, not
             // the order: WeChat Pay still has it as it was, and the checks settle it.

@@ -215,25 +215,18 @@ impl V2Link {
                 }
             };
             // A server error counts as WeChat Pay's answer only when it is one (signed, or a
-            // bill, which WeChat Pay does not sign). A
-            // proxy's or load balancer's page (HTML starts with `<` too) and an unsigned
-            // `return_code=FAIL` are the host failing, as if nothing had answered: they count
-            // towards the backup host, and never refuse an order for good.
-            let server_error = status.is_server_error();
-            if !server_error {
-                self.answered();
-            }
+            // bill, which WeChat Pay does not sign). A proxy's or load balancer's page (HTML
+            // starts with `<` too) and an unsigned `return_code=FAIL` are the host failing, as
+            // if nothing had answered: they count towards the backup host, and never refuse an
+            // order for good.
             let decoded = C::decode(&bytes, &self.credentials);
-            if server_error {
-                if matches!(decoded, Ok(_) | Err(ProtoError::Business { .. })) {
-                    self.answered();
-                } else {
-                    self.connection_failed(&self.upstream, self.clock.now());
-                    self.metrics.upstream_error(api, "http_5xx");
-                    last = CallError::NoAnswer(format!("HTTP {status}"));
-                    continue;
-                }
+            if status.is_server_error() && !matches!(decoded, Ok(_) | Err(ProtoError::Business { .. })) {
+                self.connection_failed(&self.upstream, self.clock.now());
+                self.metrics.upstream_error(api, "http_5xx");
+                last = CallError::NoAnswer(format!("HTTP {status}"));
+                continue;
             }
+            self.answered();
             match decoded {
                 Ok(r) => return Ok(r),
                 Err(ProtoError::Business { code, description }) => {

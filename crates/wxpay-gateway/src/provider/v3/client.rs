@@ -447,7 +447,7 @@ pub(crate) fn signature_headers(h: &reqwest::header::HeaderMap) -> SignatureHead
 }
 
 /// The keys the configuration gives: the WeChat Pay public key and the platform certificates
-/// (each trusted only while it is valid, checked at every verification).
+/// (each trusted until it expires, checked at every verification).
 fn configured(creds: &V3Credentials) -> Verifier {
     let mut v = Verifier::new();
     for c in &creds.platform_certs {

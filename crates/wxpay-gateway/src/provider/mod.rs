@@ -530,3 +530,14 @@ pub(crate) fn nonce() -> Nonce {
     crate::util::random_bytes(&mut b);
     Nonce::from_random_bytes(b)
 }
+
+/// What a call that changes WeChat Pay's state (places, closes, refunds) ends with when an
+/// earlier attempt of it got no trustworthy answer and a later one a refusal: no answer. The
+/// earlier attempt may have taken effect, and the refusal may come from that effect (a refund
+/// made by the lost attempt leaves too little to refund; an order placed by it is then
+/// refused another way), so the refusal settles nothing. The core then asks WeChat Pay, as
+/// after any unanswered change.
+pub(crate) fn unsettled(api: &str, refusal: impl std::fmt::Display) -> String {
+    tracing::warn!(api, %refusal, "a refusal after an unanswered attempt is not taken as final");
+    format!("{refusal}, after an earlier attempt without an answer that may have taken effect")
+}

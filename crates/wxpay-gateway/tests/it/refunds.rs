@@ -513,6 +513,43 @@ async fn a_resend_refused_for_good_is_not_believed_when_wechat_pay_has_the_refun
 }
 engines!(a_resend_refused_for_good_is_not_believed_when_wechat_pay_has_the_refund);
 
+async fn a_refusal_after_a_lost_answer_within_one_request_leaves_the_refund_pending(db: TestDb) {
+    let t = spawn_app(db, slow_refunds()).await;
+    t.paid_order("RF-MIX", 100).await;
+    // The request's first attempt is carried out (WeChat Pay makes the refund) and its answer
+    // lost; its second attempt is refused for good. The refusal may come from the refund the
+    // first attempt made, so it must not fail the refund.
+    t.fault(json!({"kind": "lose_answer", "api": "refund", "count": 1}))
+        .await;
+    t.fault(json!({"kind": "error_code", "api": "refund", "count": 1, "err_code": "NOTENOUGH"}))
+        .await;
+    let (status, r) = refund(&t, "RF-MIX", json!({"amount_fen": 60, "out_refund_no": "RF-MIX-1"})).await;
+    assert_eq!(
+        (status, r["status"].as_str(), r["upstream"].as_str()),
+        (201, Some("pending"), Some("unknown")),
+        "{}: {r}",
+        t.engine()
+    );
+    assert_eq!(t.sim_faults_fired("error_code").await, 1);
+    // The checks send it again, identical, and WeChat Pay answers with the refund it made.
+    eventually("the refund is recorded as accepted", async || {
+        get_refund(&t, "RF-MIX-1").await["upstream"] == "created"
+    })
+    .await;
+    let sim = t.sim_get("/simulator/orders/RF-MIX").await;
+    assert_eq!(
+        (
+            sim["refunds"].as_array().unwrap().len(),
+            sim["refunds"][0]["refund_fee"].as_i64()
+        ),
+        (1, Some(60)),
+        "{sim}"
+    );
+    assert_eq!(get_refund(&t, "RF-MIX-1").await["status"], "pending");
+    t.stop().await;
+}
+engines!(a_refusal_after_a_lost_answer_within_one_request_leaves_the_refund_pending);
+
 fn refund_notification(key: &str, order: &str, refund_no: &str, fee: u64, status: RefundStatus) -> String {
     let n = RefundNotification {
         appid: TEST_APPID.into(),

@@ -447,6 +447,50 @@ async fn unsigned_refusals_and_foreign_error_pages_never_fail_a_refund(db: TestD
 }
 engines!(unsigned_refusals_and_foreign_error_pages_never_fail_a_refund);
 
+async fn a_v3_refusal_after_a_lost_answer_within_one_request_leaves_the_refund_pending(db: TestDb) {
+    let t = spawn_app(
+        db,
+        Options {
+            jobs: quick_jobs(),
+            // The refund stays processing: no notification settles it behind the checks.
+            sim: Box::new(|c| c.refund_delay = Duration::from_secs(100_000_000)),
+            ..v3(V3Signer::PublicKey, Trusts::PublicKey)
+        },
+    )
+    .await;
+    t.paid_order("V3-MIX", 100).await;
+    // The first attempt is carried out (WeChat Pay makes the refund) and its answer lost; the
+    // second is refused for good, perhaps because of what the first did.
+    t.fault(json!({"kind": "lose_answer", "api": "v3_refund", "count": 1}))
+        .await;
+    t.fault(json!({"kind": "error_code", "api": "v3_refund", "count": 1, "err_code": "NOT_ENOUGH"}))
+        .await;
+    let r = refund(&t, "V3-MIX", json!({"amount_fen": 60, "out_refund_no": "V3-MIX-R1"})).await;
+    assert_eq!(
+        (r["status"].as_str(), r["upstream"].as_str()),
+        (Some("pending"), Some("unknown")),
+        "{}: {r}",
+        t.engine()
+    );
+    assert_eq!(t.sim_faults_fired("error_code").await, 1);
+    // The checks send it again, identical, and WeChat Pay answers with the refund it made.
+    eventually("the refund is recorded as accepted", async || {
+        t.api(Method::GET, "/v1/refunds/V3-MIX-R1", None, None).await.1["upstream"] == "created"
+    })
+    .await;
+    let sim = t.sim_get("/simulator/orders/V3-MIX").await;
+    assert_eq!(
+        (
+            sim["refunds"].as_array().unwrap().len(),
+            sim["refunds"][0]["refund_fee"].as_i64()
+        ),
+        (1, Some(60)),
+        "{sim}"
+    );
+    t.stop().await;
+}
+engines!(a_v3_refusal_after_a_lost_answer_within_one_request_leaves_the_refund_pending);
+
 async fn a_platform_certificate_rotation_mid_run_is_followed_without_a_restart(db: TestDb) {
     let t = spawn_app(db, v3(V3Signer::Certificate, Trusts::Certificate)).await;
     t.paid_order("V3-ROT-1", 100).await;

@@ -84,6 +84,10 @@ pub trait V2Call: ToFields {
     /// Whether the answer may be large (a day's bill: tens of megabytes), so that a client
     /// allows it more time than an ordinary call.
     const LARGE_ANSWER: bool = false;
+    /// Whether the call changes what WeChat Pay holds (places, closes or refunds) rather
+    /// than reads it. A lost answer leaves such a call's effect unknown, so a refusal that a
+    /// later attempt gets does not prove the call had no effect.
+    const CHANGES: bool;
 
     /// Reads WeChat Pay's answer to this call.
     ///

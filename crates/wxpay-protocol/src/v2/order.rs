@@ -306,6 +306,7 @@ impl ToFields for UnifiedOrderResponse {
 impl V2Call for UnifiedOrder {
     type Response = UnifiedOrderResponse;
     const PATH: &'static str = "/pay/unifiedorder";
+    const CHANGES: bool = true;
     fn decode(body: &[u8], merchant: &Merchant) -> Result<Self::Response, Error> {
         decode_signed(body, merchant)
     }
@@ -637,6 +638,7 @@ impl ToFields for OrderQueryResponse {
 impl V2Call for OrderQuery {
     type Response = OrderQueryResponse;
     const PATH: &'static str = "/pay/orderquery";
+    const CHANGES: bool = false;
     fn decode(body: &[u8], merchant: &Merchant) -> Result<Self::Response, Error> {
         decode_signed(body, merchant)
     }
@@ -706,6 +708,7 @@ impl ToFields for CloseOrderResponse {
 impl V2Call for CloseOrder {
     type Response = CloseOrderResponse;
     const PATH: &'static str = "/pay/closeorder";
+    const CHANGES: bool = true;
     fn decode(body: &[u8], merchant: &Merchant) -> Result<Self::Response, Error> {
         decode_signed(body, merchant)
     }

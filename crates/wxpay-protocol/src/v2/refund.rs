@@ -249,6 +249,7 @@ impl ToFields for RefundResponse {
 impl V2Call for Refund {
     type Response = RefundResponse;
     const PATH: &'static str = "/secapi/pay/refund";
+    const CHANGES: bool = true;
     const CLIENT_CERT: bool = true;
     fn decode(body: &[u8], merchant: &Merchant) -> Result<Self::Response, Error> {
         decode_signed(body, merchant)
@@ -555,6 +556,7 @@ fn refund_record_fields<'a>(out: &mut Fields<'a>, n: usize, r: &'a RefundRecord)
 impl V2Call for RefundQuery {
     type Response = RefundQueryResponse;
     const PATH: &'static str = "/pay/refundquery";
+    const CHANGES: bool = false;
     fn decode(body: &[u8], merchant: &Merchant) -> Result<Self::Response, Error> {
         decode_signed(body, merchant)
     }

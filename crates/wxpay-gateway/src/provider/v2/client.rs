@@ -16,7 +16,7 @@ use wxpay_protocol::{Error as ProtoError, Merchant};
 
 use crate::config::{MerchantConfig, UpstreamConfig};
 use crate::metrics::Metrics;
-use crate::provider::{ProviderError, Refusal, merchant_client, nonce};
+use crate::provider::{ProviderError, Refusal, merchant_client, nonce, unsettled};
 use crate::time::{Clock, Millis};
 
 /// How an APIv2 call ended badly; the provider turns it into a [`ProviderError`].
@@ -166,6 +166,10 @@ impl V2Link {
             )));
         }
         let mut last = CallError::NoAnswer("no attempt made".into());
+        // Whether an attempt of this call reached WeChat Pay, or may have, without a
+        // trustworthy answer: from then on, a refusal does not prove that the call (a change)
+        // had no effect, since the refusal may come from what that attempt did.
+        let mut uncertain = false;
         for attempt in 0..self.upstream.attempts.max(1) {
             if attempt > 0 {
                 let pause = self.upstream.retry_backoff * 2u32.saturating_pow(attempt - 1);
@@ -210,6 +214,7 @@ impl V2Link {
                     self.metrics
                         .upstream_error(api, if before_sending { "connect" } else { "no_answer" });
                     tracing::warn!(api, attempt, error = ?message, "WeChat Pay call without an answer");
+                    uncertain |= !before_sending;
                     last = CallError::NoAnswer(message);
                     continue;
                 }
@@ -223,6 +228,7 @@ impl V2Link {
             if status.is_server_error() && !matches!(decoded, Ok(_) | Err(ProtoError::Business { .. })) {
                 self.connection_failed(&self.upstream, self.clock.now());
                 self.metrics.upstream_error(api, "http_5xx");
+                uncertain = true;
                 last = CallError::NoAnswer(format!("HTTP {status}"));
                 continue;
             }
@@ -233,19 +239,30 @@ impl V2Link {
                     self.metrics.upstream_error(api, code.as_str());
                     if code.retry() == Retry::SameParameters {
                         tracing::warn!(api, attempt, code = ?code, "WeChat Pay asks to retry");
+                        uncertain = true;
                         last = CallError::NoAnswer(format!("{code} {description}"));
                         continue;
+                    }
+                    if uncertain && C::CHANGES {
+                        return Err(CallError::NoAnswer(unsettled(
+                            api,
+                            format_args!("{code} {description}"),
+                        )));
                     }
                     return Err(CallError::Rejected { code, description });
                 }
                 Err(ProtoError::ReturnFail { return_msg, .. }) => {
                     self.metrics.upstream_error(api, "return_fail");
+                    if uncertain && C::CHANGES {
+                        return Err(CallError::NoAnswer(unsettled(api, &return_msg)));
+                    }
                     return Err(CallError::Refused(return_msg));
                 }
                 Err(e) => {
                     // An answer we cannot trust (bad signature, not XML): as if none came.
                     self.metrics.upstream_error(api, "bad_answer");
                     tracing::warn!(api, attempt, error = ?e, "untrustworthy answer from WeChat Pay");
+                    uncertain = true;
                     last = CallError::NoAnswer(format!("untrustworthy answer: {e}"));
                 }
             }

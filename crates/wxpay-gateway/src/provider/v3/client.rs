@@ -21,7 +21,7 @@ use wxpay_protocol::v3::{Certificate, SignatureHeaders, Verifier, VerifyError};
 
 use crate::config::{MerchantConfig, UpstreamConfig, V3Credentials};
 use crate::metrics::Metrics;
-use crate::provider::{CertificateKeeper, KeptCertificate, merchant_client, nonce};
+use crate::provider::{CertificateKeeper, KeptCertificate, merchant_client, nonce, unsettled};
 use crate::time::{Clock, Millis};
 
 /// How an APIv3 call ended badly.
@@ -369,6 +369,18 @@ impl V3Link {
 
     async fn call_with(&self, req: &Request, api: &'static str, signed: bool) -> Result<Answer, CallError> {
         let mut last = CallError::NoAnswer("no attempt made".into());
+        // Whether an attempt reached WeChat Pay, or may have, without a trustworthy answer:
+        // from then on a refusal of a change (a `POST`: an order, a close, a refund) does not
+        // prove the change had no effect, since the refusal may come from what that attempt did.
+        let mut uncertain = false;
+        let changes = req.method != "GET";
+        let refused = |e: V3Error, uncertain: bool| {
+            if uncertain && changes {
+                CallError::NoAnswer(unsettled(api, &e))
+            } else {
+                CallError::Rejected(e)
+            }
+        };
         for attempt in 0..self.upstream.attempts.max(1) {
             if attempt > 0 {
                 let pause = self.upstream.retry_backoff * 2u32.saturating_pow(attempt - 1);
@@ -380,6 +392,7 @@ impl V3Link {
                     self.metrics
                         .upstream_error(api, if before_sending { "connect" } else { "no_answer" });
                     tracing::warn!(api, attempt, error = ?message, "WeChat Pay call without an answer");
+                    uncertain |= !before_sending;
                     last = CallError::NoAnswer(message);
                     continue;
                 }
@@ -392,6 +405,7 @@ impl V3Link {
                 // from WeChat Pay at all, whatever the status says.
                 self.metrics.upstream_error(api, "http_error");
                 tracing::warn!(api, attempt, status, "an answer without WeChat Pay's error body");
+                uncertain = true;
                 last = CallError::NoAnswer(format!("HTTP {status} without WeChat Pay's error body: {}", e.message));
                 continue;
             }
@@ -404,11 +418,12 @@ impl V3Link {
                 if sig.signature.is_empty() && status == 401 {
                     if let Some(e) = error {
                         self.metrics.upstream_error(api, &e.code);
-                        return Err(CallError::Rejected(e));
+                        return Err(refused(e, uncertain));
                     }
                 }
                 if sig.signature.is_empty() && !success {
                     self.metrics.upstream_error(api, "unsigned_refusal");
+                    uncertain = true;
                     let e = error.as_ref().map(ToString::to_string).unwrap_or_default();
                     last = CallError::NoAnswer(format!("an unsigned refusal is not acted on: {e}"));
                     continue;
@@ -416,6 +431,7 @@ impl V3Link {
                 if let Err(e) = self.verify(&sig, &body).await {
                     self.metrics.upstream_error(api, "bad_answer");
                     tracing::warn!(api, attempt, error = %e, "untrustworthy answer from WeChat Pay");
+                    uncertain = true;
                     last = CallError::NoAnswer(format!("untrustworthy answer: {e}"));
                     continue;
                 }
@@ -426,10 +442,11 @@ impl V3Link {
             self.metrics.upstream_error(api, &error.code);
             if error.retry() == wxpay_protocol::v2::Retry::SameParameters {
                 tracing::warn!(api, attempt, code = ?error.code, status, "WeChat Pay asks to retry");
+                uncertain = true;
                 last = CallError::NoAnswer(error.to_string());
                 continue;
             }
-            return Err(CallError::Rejected(error));
+            return Err(refused(error, uncertain));
         }
         Err(last)
     }

@@ -593,6 +593,7 @@ impl FromFields for DownloadBill {
 impl V2Call for DownloadBill {
     type Response = Bill;
     const PATH: &'static str = "/pay/downloadbill";
+    const CHANGES: bool = false;
     const LARGE_ANSWER: bool = true;
 
     /// Reads the bill, or the XML error that replaces it. The bill itself is not signed:

@@ -360,8 +360,16 @@ async fn clock_endpoint(State(sim): State<Simulator>, Json(req): Json<ClockReque
 #[serde(deny_unknown_fields)]
 struct BalanceRequest {
     mch_id: String,
-    /// Fen left for refunds; `null` lifts the limit.
-    fen: Option<u64>,
+    /// Fen left for refunds; `null` lifts the limit. Absent (the outer `None`) is refused:
+    /// a forgotten field must not silently lift the limit a test relies on.
+    #[serde(default, deserialize_with = "present")]
+    fen: Option<Option<u64>>,
+}
+
+/// A field that may be `null` but must be there: `Some(value)` when given, `None` (by
+/// `#[serde(default)]`) when absent.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    Option::<u64>::deserialize(d).map(Some)
 }
 
 /// Sets what a merchant has left for refunds: each accepted refund takes its amount, and one
@@ -371,7 +379,14 @@ async fn balance_endpoint(State(sim): State<Simulator>, Json(req): Json<BalanceR
     let Some(&mch) = sim.inner.by_mch.get(req.mch_id.as_str()) else {
         return error(StatusCode::NOT_FOUND, "unknown_merchant", "no merchant has this mch_id");
     };
-    let value = match req.fen.map(i64::try_from) {
+    let Some(fen) = req.fen else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_balance",
+            "give fen: the fen left for refunds, or null to lift the limit",
+        );
+    };
+    let value = match fen.map(i64::try_from) {
         None => -1,
         Some(Ok(v)) => v,
         Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "invalid_balance", "fen is too large"),
@@ -379,7 +394,7 @@ async fn balance_endpoint(State(sim): State<Simulator>, Json(req): Json<BalanceR
     sim.inner.merchants[usize::from(mch)]
         .refund_balance
         .store(value, std::sync::atomic::Ordering::SeqCst);
-    Json(serde_json::json!({ "mch_id": req.mch_id, "fen": req.fen })).into_response()
+    Json(serde_json::json!({ "mch_id": req.mch_id, "fen": fen })).into_response()
 }
 
 /// APIv3: announces a new platform certificate on `/v3/certificates` (the old one listed

@@ -308,6 +308,39 @@ async fn refunds_of_one_order_arriving_together_or_within_the_minute_are_refused
 }
 
 #[tokio::test]
+async fn a_balance_request_without_fen_is_refused_and_changes_nothing() {
+    let env = spawn_with(|c| c.refund_interval = Duration::ZERO).await;
+    paid(&env, "no-r-22", 100).await;
+    let mch_id = env.merchant.mch_id.as_str();
+    let (status, _) = env
+        .post_json("/simulator/balance", serde_json::json!({"mch_id": mch_id, "fen": 10}))
+        .await;
+    assert_eq!(status, 200);
+    // A forgotten `fen` is a mistake, not a wish to lift the limit (that is `"fen": null`).
+    let (status, v) = env
+        .post_json("/simulator/balance", serde_json::json!({"mch_id": mch_id}))
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("invalid_balance")),
+        "{v}"
+    );
+    assert!(v["error"]["message"].as_str().unwrap().contains("null"), "{v}");
+    // The balance set before still holds.
+    let err = env.call(&refund(&env, "no-r-22", "bal-x", 100, 11)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Business {
+                code: ErrCode::NotEnough,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_refund_above_the_merchants_balance_is_notenough_and_takes_nothing() {
     let env = spawn_with(|c| c.refund_interval = Duration::ZERO).await;
     paid(&env, "no-r-21", 100).await;

@@ -285,7 +285,9 @@ async fn connection<Io>(
                 .unwrap_or_else(|never: Infallible| match never {});
             drop(handling);
             if conn.body_timed_out.load(Ordering::Relaxed) {
-                return Ok::<_, Infallible>(request_timeout());
+                // The router answered a body that broke off; the client is told why, with
+                // what the router's middleware added (its request id, security headers).
+                return Ok::<_, Infallible>(request_timeout(response.headers()));
             }
             Ok(response)
         }
@@ -327,13 +329,38 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// `408 Request Timeout`, closing the connection.
-fn request_timeout() -> Response<axum::body::Body> {
-    let mut r = Response::new(axum::body::Body::from(
-        "{\"error\":{\"code\":\"request_timeout\",\"message\":\"the request body did not arrive in time\"}}",
-    ));
+/// `408 Request Timeout`, closing the connection, with the headers of the router's own
+/// answer but those describing its body. The router's `x-request-id`, when it set a plain one,
+/// is also in the body as `request_id`, as in the gateway's other errors.
+fn request_timeout(router_headers: &header::HeaderMap) -> Response<axum::body::Body> {
+    let request_id = router_headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    let body = match request_id {
+        Some(id) => format!(
+            "{{\"error\":{{\"code\":\"request_timeout\",\"message\":\"the request body did not arrive in time\",\"request_id\":\"{id}\"}}}}"
+        ),
+        None => "{\"error\":{\"code\":\"request_timeout\",\"message\":\"the request body did not arrive in time\"}}"
+            .to_owned(),
+    };
+    let mut r = Response::new(axum::body::Body::from(body));
     *r.status_mut() = StatusCode::REQUEST_TIMEOUT;
     let headers = r.headers_mut();
+    for (name, value) in router_headers {
+        if ![
+            header::CONTENT_TYPE,
+            header::CONTENT_LENGTH,
+            header::TRANSFER_ENCODING,
+            header::CONTENT_ENCODING,
+        ]
+        .contains(name)
+        {
+            headers.append(name.clone(), value.clone());
+        }
+    }
     headers.insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
@@ -472,7 +499,18 @@ mod tests {
             .route(
                 "/peer",
                 get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.ip().to_string() }),
-            );
+            )
+            // As the gateway's middleware does: the request's id on its answer.
+            .layer(axum::middleware::from_fn(
+                |req: axum::extract::Request, next: axum::middleware::Next| async move {
+                    let id = req.headers().get("x-request-id").cloned();
+                    let mut r = next.run(req).await;
+                    if let Some(id) = id {
+                        r.headers_mut().insert("x-request-id", id);
+                    }
+                    r
+                },
+            ));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -517,6 +555,24 @@ mod tests {
             .expect("closed within 5 s");
         let text = String::from_utf8_lossy(&answer);
         assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_408_keeps_the_routers_request_id_in_its_header_and_body() {
+        let (addr, _stop, _) = start(QUICK).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nX-Request-Id: req-42\r\nContent-Length: 100\r\n\r\nhalf")
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), read_to_close(&mut s))
+            .await
+            .expect("closed within 5 s");
+        let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 408"), "{text}");
+        assert!(text.contains("\r\nx-request-id: req-42\r\n"), "{text}");
+        assert!(text.contains("\"request_id\":\"req-42\""), "{text}");
+        assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+        assert_eq!(text.matches("content-type:").count(), 1, "{text}");
     }
 
     #[tokio::test]

@@ -328,6 +328,43 @@ async fn slow_loris_clients_are_cut_off_while_genuine_notifications_are_applied(
     t.stop().await;
 }
 
+#[tokio::test]
+async fn a_request_body_that_stops_coming_is_answered_408_with_its_request_id() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = wxpay_gateway::Limits {
+        header_read_timeout: Duration::from_secs(1),
+        body_read_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(2),
+        max_connections: 64,
+    };
+    let t = spawn_app(
+        TestDb::sqlite(),
+        Options {
+            limits,
+            ..Options::default()
+        },
+    )
+    .await;
+    let addr = t.url.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nX-Request-Id: slow-body-1\r\nContent-Type: application/json\r\nContent-Length: 900\r\n\r\n{{\"amount_fen\":",
+        crate::support::TOKEN
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 408"), "{text}");
+    // The request can be found in the log by the id the client sent.
+    assert!(text.contains("\r\nx-request-id: slow-body-1\r\n"), "{text}");
+    assert!(text.contains("\"request_id\":\"slow-body-1\""), "{text}");
+    t.stop().await;
+}
+
 /// The bytes the test's database takes: the SQLite files, or the PostgreSQL database.
 async fn database_bytes(t: &crate::support::TestApp) -> u64 {
     if t.engine() == "sqlite" {

@@ -54,6 +54,14 @@ impl Browser {
             if attributes.contains("Max-Age=0") {
                 self.cookies.remove(name);
             } else {
+                if name == "wxpay_console" {
+                    // A session is a bearer secret: the secret scan (item 37) searches every
+                    // log line and row for it, and for its MAC alone.
+                    crate::secret_scan::secret(crate::secret_scan::CONSOLE_SESSION, value);
+                    if let Some(mac) = value.rsplit('.').next() {
+                        crate::secret_scan::secret("a console session cookie's MAC", mac);
+                    }
+                }
                 self.cookies.insert(name.to_owned(), value.to_owned());
             }
         }

@@ -506,9 +506,12 @@ pub(crate) fn gateway_config(file: &FileConfig) -> Result<(Config, ServeSettings
                 .base_url
                 .clone()
                 .unwrap_or_else(|| "https://api.mch.weixin.qq.com".to_owned()),
-            // WeChat Pay's backup host, for APIv2 only: wxpay's APIv3 client has none.
+            // WeChat Pay's backup host (every API of both versions) when the primary is
+            // WeChat Pay's own.
             backup_url: m.backup_url.clone().or_else(|| {
-                (m.base_url.is_none() && v3.is_none()).then(|| "https://api2.mch.weixin.qq.com".to_owned())
+                m.base_url
+                    .is_none()
+                    .then(|| "https://api2.mch.weixin.qq.com".to_owned())
             }),
             sns_base_url: m
                 .sns_base_url
@@ -818,8 +821,11 @@ auto_pay_delay_ms = 500
         // Nothing to verify with is allowed: the certificates are downloaded.
         let (config, _) = gateway_config(&parse(&v3_example("")).unwrap()).unwrap();
         assert!(config.merchants[0].v3.as_ref().unwrap().platform_certs.is_empty());
-        // No backup host by default: the APIv3 client has none.
-        assert_eq!(config.merchants[0].backup_url, None);
+        // WeChat Pay's backup host by default, as for APIv2.
+        assert_eq!(
+            config.merchants[0].backup_url.as_deref(),
+            Some("https://api2.mch.weixin.qq.com")
+        );
         for (text, key) in [
             (
                 v3_example("").replace("3775B6A45ACD", "AAAAB6A45ACD"),
@@ -840,10 +846,6 @@ auto_pay_delay_ms = 500
             (
                 v3_example("").replace("name = \"default\"", "name = \"shop v3/?\""),
                 "merchants[0].name",
-            ),
-            (
-                v3_example("backup_url = \"https://api2.mch.weixin.qq.com\"\n"),
-                "merchants[0].backup_url",
             ),
         ] {
             let err = gateway_config(&parse(&text).unwrap()).map(|_| ()).unwrap_err();

@@ -433,13 +433,6 @@ impl Config {
                     m.name
                 ));
             }
-            // The APIv3 client calls base_url only: a backup host set for it would be
-            // ignored, and an operator counting on it would find out during an outage.
-            if m.v3.is_some() && m.backup_url.is_some() {
-                return Err(format!(
-                    "merchants[{i}].backup_url: an APIv3 merchant's calls go to base_url only (wxpay has no APIv3 backup host); remove backup_url"
-                ));
-            }
             if m.v3.is_none() && m.api_key.is_none() {
                 return Err(format!("merchants[{i}].api_key: an APIv2 merchant needs its API key"));
             }

@@ -21,6 +21,7 @@ use wxpay_protocol::{BeijingTime, Fen, Nonce, OutRefundNo, OutTradeNo};
 use crate::config::{MerchantConfig, UpstreamConfig};
 use crate::time::Millis;
 
+pub(crate) mod hosts;
 pub(crate) mod sns;
 pub(crate) mod v2;
 pub(crate) mod v3;

@@ -310,6 +310,8 @@ pub(crate) struct Options {
     pub v3: Option<V3Setup>,
     /// The default merchant's `base_url`, given the simulator's: something in front of it.
     pub front: Option<Front>,
+    /// The simulator is also the default merchant's `backup_url` (with `front` down, say).
+    pub backup_is_simulator: bool,
     /// The operator console, signed in to with this password.
     pub console_password: Option<&'static str>,
 }
@@ -418,6 +420,7 @@ impl Default for Options {
             webhook_url: None,
             v3: None,
             front: None,
+            backup_is_simulator: false,
             console_password: None,
         }
     }
@@ -600,6 +603,9 @@ pub(crate) async fn spawn_app(db: TestDb, opts: Options) -> TestApp {
             }
             if let Some(front) = opts.front {
                 list[0].base_url = front(&sim_url);
+            }
+            if opts.backup_is_simulator {
+                list[0].backup_url = Some(sim_url.clone());
             }
             if let Some(files) = &tls_files {
                 let ca = std::fs::read(&files.ca_cert).unwrap();

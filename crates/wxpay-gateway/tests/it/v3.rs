@@ -447,6 +447,87 @@ async fn unsigned_refusals_and_foreign_error_pages_never_fail_a_refund(db: TestD
 }
 engines!(unsigned_refusals_and_foreign_error_pages_never_fail_a_refund);
 
+/// How the primary host of the APIv3 backup test fails.
+#[derive(Clone, Copy, Debug)]
+enum V3Down {
+    /// Nothing listens on its port.
+    ClosedPort,
+    /// It answers every call 502 with a proxy's HTML page.
+    BadGatewayPage,
+}
+
+async fn a_v3_merchant_fails_over_to_the_backup_host_and_back(down: V3Down) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let primary_calls = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let primary = format!("http://{}", listener.local_addr().unwrap());
+    match down {
+        // The port was just free; with its listener gone nothing answers on it.
+        V3Down::ClosedPort => drop(listener),
+        V3Down::BadGatewayPage => {
+            let counted = primary_calls.clone();
+            let page = axum::Router::new().fallback(move || {
+                let counted = counted.clone();
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    (
+                        axum::http::StatusCode::BAD_GATEWAY,
+                        "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>",
+                    )
+                }
+            });
+            drop(tokio::spawn(async move { axum::serve(listener, page).await }));
+        }
+    }
+    let options = Options {
+        front: Some(Box::new(move |_: &str| primary)),
+        backup_is_simulator: true,
+        ..v3(V3Signer::PublicKey, Trusts::PublicKey)
+    };
+    let upstream = options.upstream.clone();
+    let t = spawn_app(TestDb::sqlite(), options).await;
+    let create = async |no: &str| {
+        let mut body = order_body(100);
+        body["out_trade_no"] = json!(no);
+        t.api(Method::POST, "/v1/orders", Some(body), None).await.0
+    };
+    // The attempts of the first order find the primary down, and switch to the backup.
+    assert_eq!(create("V3-BACKUP-1").await, 503, "{down:?}");
+    let failures = match down {
+        V3Down::ClosedPort => 0,
+        V3Down::BadGatewayPage => upstream.backup_after_failures as usize,
+    };
+    assert_eq!(primary_calls.load(Ordering::SeqCst), failures);
+    // The backup (the simulator) answers, verified, and the primary is left alone.
+    assert_eq!(create("V3-BACKUP-2").await, 201, "{down:?}");
+    assert_eq!(
+        t.sim_get("/simulator/orders/V3-BACKUP-2").await["trade_state"],
+        "NOTPAY"
+    );
+    let on_backup = t.sim_calls("v3_jsapi").await;
+    assert_eq!(primary_calls.load(Ordering::SeqCst), failures);
+    // Once backup_for has passed on the gateway's clock, the primary is tried again.
+    t.app.clock().advance(upstream.backup_for + Duration::from_secs(1));
+    assert_eq!(create("V3-BACKUP-3").await, 503, "{down:?}: the primary again");
+    assert_eq!(t.sim_calls("v3_jsapi").await, on_backup);
+    // Nothing the primary said was taken as WeChat Pay's refusal.
+    for no in ["V3-BACKUP-1", "V3-BACKUP-3"] {
+        assert_eq!(t.order(no).await["status"], "pending", "{no}");
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_v3_merchant_whose_primary_port_is_closed_fails_over_to_the_backup_host_and_back() {
+    a_v3_merchant_fails_over_to_the_backup_host_and_back(V3Down::ClosedPort).await;
+}
+
+#[tokio::test]
+async fn a_v3_merchant_whose_primary_answers_502_pages_fails_over_to_the_backup_host_and_back() {
+    a_v3_merchant_fails_over_to_the_backup_host_and_back(V3Down::BadGatewayPage).await;
+}
+
 async fn a_v3_refusal_after_a_lost_answer_within_one_request_leaves_the_refund_pending(db: TestDb) {
     let t = spawn_app(
         db,

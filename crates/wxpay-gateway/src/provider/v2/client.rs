@@ -4,11 +4,10 @@
 //! when `protocol.md` says repeating is safe: `SYSTEMERROR`/`BIZERR_NEED_RETRY`, no answer
 //! (the request may or may not have been processed: the same `out_trade_no` with the same
 //! parameters is accepted again), an answer whose signature does not verify, or a 5xx
-//! without a WeChat Pay body. Connection failures count against the host; after
-//! `backup_after_failures` in a row the backup host is used for `backup_for`.
+//! without a WeChat Pay body. Connection failures and such 5xx count against the host (see
+//! [`Hosts`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::Instant;
 
 use wxpay_protocol::v2::{self, ErrCode, Retry, V2Call};
@@ -16,6 +15,7 @@ use wxpay_protocol::{Error as ProtoError, Merchant};
 
 use crate::config::{MerchantConfig, UpstreamConfig};
 use crate::metrics::Metrics;
+use crate::provider::hosts::Hosts;
 use crate::provider::{ProviderError, Refusal, merchant_client, nonce, unsettled};
 use crate::time::{Clock, Millis};
 
@@ -65,8 +65,7 @@ pub(crate) struct V2Link {
     /// This merchant's HTTP client: its own because it presents the merchant's certificate
     /// (refunds) and may trust an extra CA (the simulator's).
     http: reqwest::Client,
-    failures: AtomicU32,
-    backup_until: AtomicI64,
+    hosts: Hosts,
     upstream: UpstreamConfig,
     metrics: Arc<Metrics>,
     /// The gateway's clock, for how long the backup host is used.
@@ -86,10 +85,9 @@ impl V2Link {
             .ok_or_else(|| format!("merchant {}: APIv2 needs the API key (api_key)", config.name))?;
         Ok(V2Link {
             credentials,
+            hosts: Hosts::new(&config),
             config,
             http,
-            failures: AtomicU32::new(0),
-            backup_until: AtomicI64::new(0),
             upstream: upstream.clone(),
             metrics,
             clock,
@@ -103,28 +101,9 @@ impl V2Link {
         self.config.client_cert.is_none() && self.host(now).starts_with("https://")
     }
 
-    /// The host to call at `now` (the gateway's clock): the backup while it is switched to,
-    /// else the primary.
+    /// The host to call at `now` (the gateway's clock).
     fn host(&self, now: Millis) -> &str {
-        match &self.config.backup_url {
-            Some(b) if self.backup_until.load(Ordering::Relaxed) > now.unix_ms() => b,
-            _ => &self.config.base_url,
-        }
-    }
-
-    fn connection_failed(&self, cfg: &UpstreamConfig, now: Millis) {
-        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= cfg.backup_after_failures && self.config.backup_url.is_some() {
-            let until = (now + cfg.backup_for).unix_ms();
-            if self.backup_until.swap(until, Ordering::Relaxed) <= now.unix_ms() {
-                tracing::warn!(merchant = ?self.config.name, failures = n, "switching to the backup WeChat Pay host");
-            }
-            self.failures.store(0, Ordering::Relaxed);
-        }
-    }
-
-    fn answered(&self) {
-        self.failures.store(0, Ordering::Relaxed);
+        self.hosts.current(now)
     }
 }
 
@@ -176,7 +155,7 @@ impl V2Link {
                 tokio::time::sleep(pause).await;
             }
             let body = v2::encode(call, &self.credentials, &nonce()).map_err(|e| CallError::Invalid(e.to_string()))?;
-            let url = format!("{}{}", self.host(self.clock.now()).trim_end_matches('/'), C::PATH);
+            let url = format!("{}{}", self.host(self.clock.now()), C::PATH);
             let started = Instant::now();
             let mut request = self.http.post(&url);
             if C::LARGE_ANSWER {
@@ -209,7 +188,7 @@ impl V2Link {
                     // request may have been processed and its answer lost: both are repeated,
                     // with the same parameters.
                     if before_sending {
-                        self.connection_failed(&self.upstream, self.clock.now());
+                        self.hosts.failed(&self.upstream, self.clock.now());
                     }
                     self.metrics
                         .upstream_error(api, if before_sending { "connect" } else { "no_answer" });
@@ -226,13 +205,13 @@ impl V2Link {
             // order for good.
             let decoded = C::decode(&bytes, &self.credentials);
             if status.is_server_error() && !matches!(decoded, Ok(_) | Err(ProtoError::Business { .. })) {
-                self.connection_failed(&self.upstream, self.clock.now());
+                self.hosts.failed(&self.upstream, self.clock.now());
                 self.metrics.upstream_error(api, "http_5xx");
                 uncertain = true;
                 last = CallError::NoAnswer(format!("HTTP {status}"));
                 continue;
             }
-            self.answered();
+            self.hosts.answered();
             match decoded {
                 Ok(r) => return Ok(r),
                 Err(ProtoError::Business { code, description }) => {

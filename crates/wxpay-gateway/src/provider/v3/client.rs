@@ -21,6 +21,7 @@ use wxpay_protocol::v3::{Certificate, SignatureHeaders, Verifier, VerifyError};
 
 use crate::config::{MerchantConfig, UpstreamConfig, V3Credentials};
 use crate::metrics::Metrics;
+use crate::provider::hosts::Hosts;
 use crate::provider::{CertificateKeeper, KeptCertificate, merchant_client, nonce, unsettled};
 use crate::time::{Clock, Millis};
 
@@ -83,6 +84,8 @@ pub(crate) struct V3Link {
     refreshing: AtomicBool,
     /// This link, for the background refresh to own while it runs.
     me: Weak<V3Link>,
+    /// The primary and backup hosts, and which one calls go to.
+    hosts: Hosts,
     upstream: UpstreamConfig,
     metrics: Arc<Metrics>,
     clock: Clock,
@@ -109,6 +112,7 @@ impl V3Link {
             }
         }
         let verifier = configured(&creds);
+        let hosts = Hosts::new(&config);
         Ok(Arc::new_cyclic(|me| V3Link {
             config,
             creds,
@@ -121,6 +125,7 @@ impl V3Link {
             attempted_at: AtomicI64::new(0),
             refreshing: AtomicBool::new(false),
             me: me.clone(),
+            hosts,
             upstream: upstream.clone(),
             metrics,
             clock,
@@ -326,7 +331,7 @@ impl V3Link {
             &req.body,
         )
         .map_err(|e| (false, e.to_string()))?;
-        let url = format!("{}{}", self.config.base_url.trim_end_matches('/'), req.url);
+        let url = format!("{}{}", self.hosts.current(now), req.url);
         let builder = match req.method {
             "GET" => self.http.get(&url),
             _ => self
@@ -389,6 +394,10 @@ impl V3Link {
             let (status, headers, body) = match self.send(req, api).await {
                 Ok(a) => a,
                 Err((before_sending, message)) => {
+                    // Connecting failed: nothing was sent, the host may be down.
+                    if before_sending {
+                        self.hosts.failed(&self.upstream, self.clock.now());
+                    }
                     self.metrics
                         .upstream_error(api, if before_sending { "connect" } else { "no_answer" });
                     tracing::warn!(api, attempt, error = ?message, "WeChat Pay call without an answer");
@@ -400,9 +409,17 @@ impl V3Link {
             let sig = signature_headers(&headers);
             let success = (200..300).contains(&status);
             let error = (!success).then(|| V3Error::read(status, &body));
+            // A server error that is not WeChat Pay's verified answer (a proxy's page, an
+            // unsigned or badly signed body) is the host failing: it counts towards the backup.
+            let host_down = || {
+                if status >= 500 {
+                    self.hosts.failed(&self.upstream, self.clock.now());
+                }
+            };
             if let Some(e) = error.as_ref().filter(|e| e.code.is_empty()) {
                 // Not WeChat Pay's error body (a proxy's page, a wrong base_url): no answer
                 // from WeChat Pay at all, whatever the status says.
+                host_down();
                 self.metrics.upstream_error(api, "http_error");
                 tracing::warn!(api, attempt, status, "an answer without WeChat Pay's error body");
                 uncertain = true;
@@ -417,11 +434,13 @@ impl V3Link {
                 // order or refund), so it is read, and the operator sees the real cause.
                 if sig.signature.is_empty() && status == 401 {
                     if let Some(e) = error {
+                        self.hosts.answered();
                         self.metrics.upstream_error(api, &e.code);
                         return Err(refused(e, uncertain));
                     }
                 }
                 if sig.signature.is_empty() && !success {
+                    host_down();
                     self.metrics.upstream_error(api, "unsigned_refusal");
                     uncertain = true;
                     let e = error.as_ref().map(ToString::to_string).unwrap_or_default();
@@ -429,6 +448,7 @@ impl V3Link {
                     continue;
                 }
                 if let Err(e) = self.verify(&sig, &body).await {
+                    host_down();
                     self.metrics.upstream_error(api, "bad_answer");
                     tracing::warn!(api, attempt, error = %e, "untrustworthy answer from WeChat Pay");
                     uncertain = true;
@@ -436,6 +456,7 @@ impl V3Link {
                     continue;
                 }
             }
+            self.hosts.answered();
             let Some(error) = error else {
                 return Ok(Answer { body });
             };

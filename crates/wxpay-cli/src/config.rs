@@ -179,8 +179,26 @@ const SECTIONS: &[&str] = &[
 ];
 
 /// Parses the file after applying overrides.
+///
+/// An override is typed like the value it replaces. One the file leaves out is read as a
+/// number when it is all digits and as a boolean when it is `true` or `false`; when that
+/// makes the file wrong, it is read again with every such value as text (an all-digit secret
+/// or merchant number the file leaves to the environment), and the first reading's error is
+/// told if that fails too.
 pub(crate) fn parse_with_env(text: &str, env: &[(String, String)]) -> Result<FileConfig, String> {
-    let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    let guessed = overridden(table.clone(), env, false)?;
+    match FileConfig::deserialize(toml::Value::Table(guessed)) {
+        Ok(file) => Ok(file),
+        Err(first) => {
+            FileConfig::deserialize(toml::Value::Table(overridden(table, env, true)?)).map_err(|_| first.to_string())
+        }
+    }
+}
+
+/// The file's table with the `WXPAY_…` overrides in `env` applied; with `absent_as_text`, the
+/// overrides of keys the file leaves out are text whatever they look like.
+fn overridden(mut table: toml::Table, env: &[(String, String)], absent_as_text: bool) -> Result<toml::Table, String> {
     for (name, value) in env {
         let rest = name["WXPAY_".len()..].to_ascii_lowercase();
         if let Some(m) = rest.strip_prefix("merchants_") {
@@ -201,7 +219,7 @@ pub(crate) fn parse_with_env(text: &str, env: &[(String, String)]) -> Result<Fil
             let Some(entry) = list.get_mut(index).and_then(toml::Value::as_table_mut) else {
                 return Err(format!("{name}: there is no [[merchants]] entry {index} to override"));
             };
-            entry.insert(key.to_owned(), typed(entry.get(key), value));
+            entry.insert(key.to_owned(), typed(entry.get(key), value, absent_as_text));
             continue;
         }
         let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
@@ -224,27 +242,26 @@ pub(crate) fn parse_with_env(text: &str, env: &[(String, String)]) -> Result<Fil
                     .collect(),
             )
         } else {
-            typed(t.get(key), value)
+            typed(t.get(key), value, absent_as_text)
         };
         t.insert(key.to_owned(), v);
     }
-    FileConfig::deserialize(toml::Value::Table(table)).map_err(|e| e.to_string())
+    Ok(table)
 }
 
-/// An override's value, typed like the value it replaces (integers and booleans stay so).
-fn typed(existing: Option<&toml::Value>, value: &str) -> toml::Value {
+/// An override's value, typed like the value it replaces (text stays text, integers and
+/// booleans stay so); for a key the file leaves out, guessed from the value unless
+/// `absent_as_text`.
+fn typed(existing: Option<&toml::Value>, value: &str, absent_as_text: bool) -> toml::Value {
+    let text = || toml::Value::String(value.to_owned());
     match existing {
-        Some(toml::Value::Integer(_)) => value
-            .parse()
-            .map_or_else(|_| toml::Value::String(value.to_owned()), toml::Value::Integer),
-        Some(toml::Value::Boolean(_)) => value
-            .parse()
-            .map_or_else(|_| toml::Value::String(value.to_owned()), toml::Value::Boolean),
-        _ => match value {
+        Some(toml::Value::Integer(_)) => value.parse().map_or_else(|_| text(), toml::Value::Integer),
+        Some(toml::Value::Boolean(_)) => value.parse().map_or_else(|_| text(), toml::Value::Boolean),
+        Some(_) => text(),
+        None if absent_as_text => text(),
+        None => match value {
             "true" | "false" => toml::Value::Boolean(value == "true"),
-            _ => value
-                .parse::<i64>()
-                .map_or_else(|_| toml::Value::String(value.to_owned()), toml::Value::Integer),
+            _ => value.parse::<i64>().map_or_else(|_| text(), toml::Value::Integer),
         },
     }
 }
@@ -851,6 +868,34 @@ auto_pay_delay_ms = 500
             let err = gateway_config(&parse(&text).unwrap()).map(|_| ()).unwrap_err();
             assert!(err.contains(key), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn environment_overrides_of_text_keys_stay_text_whatever_they_look_like() {
+        // A merchant number is all digits, and so may a secret be: they stay strings, whether
+        // the file has the key (typed like it) or not (the file keeps its secrets out).
+        let text = EXAMPLE.replace("secret = \"whsec-0123456789abcdef\"\n", "");
+        let env = vec![
+            ("WXPAY_MERCHANTS_0_MCH_ID".to_owned(), "1900000109".to_owned()),
+            ("WXPAY_WEBHOOK_SECRET".to_owned(), "12345678901234567890".to_owned()),
+            ("WXPAY_DATABASE_POOL_SIZE".to_owned(), "8".to_owned()),
+            ("WXPAY_WEBHOOK_ALLOW_HTTP".to_owned(), "true".to_owned()),
+        ];
+        let f = parse_with_env(&text, &env).unwrap();
+        let (config, settings) = gateway_config(&f).unwrap();
+        assert_eq!(config.merchants[0].mch_id.as_str(), "1900000109");
+        assert_eq!(config.webhook.as_ref().unwrap().secret.expose(), "12345678901234567890");
+        assert!(config.webhook.unwrap().allow_http);
+        // Numbers and booleans the file leaves out are still read as such.
+        assert_eq!(settings.pool_size, 8);
+        // A number where text is wanted, with text also where a number is wanted: the
+        // number's error is the one told.
+        let both = vec![
+            ("WXPAY_DATABASE_POOL_SIZE".to_owned(), "eight".to_owned()),
+            ("WXPAY_WEBHOOK_SECRET".to_owned(), "12345678901234567890".to_owned()),
+        ];
+        let err = parse_with_env(&text, &both).map(|_| ()).unwrap_err();
+        assert!(err.contains("pool_size") || err.contains("integer"), "{err}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::Simulator;
 use crate::faults::FaultKind;
 
 /// The APIs counted, in this order.
-pub(crate) const APIS: [&str; 14] = [
+pub(crate) const APIS: [&str; 15] = [
     "unifiedorder",
     "orderquery",
     "closeorder",
@@ -30,6 +30,7 @@ pub(crate) const APIS: [&str; 14] = [
     "v3_refund_query",
     "v3_certificates",
     "v3_tradebill",
+    "v3_billdownload",
 ];
 /// How a call ended.
 pub(crate) const RESULTS: [&str; 3] = ["success", "business_error", "protocol_error"];

@@ -542,3 +542,21 @@ pub(crate) fn unsettled(api: &str, refusal: impl std::fmt::Display) -> String {
     tracing::warn!(api, %refusal, "a refusal after an unanswered attempt is not taken as final");
     format!("{refusal}, after an earlier attempt without an answer that may have taken effect")
 }
+
+/// The least time allowed for a call with a large answer (a day's bill: tens of megabytes
+/// for a busy merchant), whatever the configured timeout of ordinary calls.
+pub(crate) const LARGE_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Reads an answer chunk by chunk, telling `received(bytes so far, Content-Length)`.
+pub(crate) async fn read_observed(
+    mut resp: reqwest::Response,
+    received: &(dyn Fn(u64, Option<u64>) + Send + Sync),
+) -> Result<bytes::Bytes, reqwest::Error> {
+    let total = resp.content_length();
+    let mut body = bytes::BytesMut::with_capacity(total.unwrap_or(0).min(1 << 26) as usize);
+    while let Some(chunk) = resp.chunk().await? {
+        body.extend_from_slice(&chunk);
+        received(body.len() as u64, total);
+    }
+    Ok(body.freeze())
+}

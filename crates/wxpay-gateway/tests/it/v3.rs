@@ -358,6 +358,29 @@ async fn a_v3_day_reconciles_against_the_trade_bill(db: TestDb) {
 }
 engines!(a_v3_day_reconciles_against_the_trade_bill);
 
+async fn a_v3_bill_slower_than_an_ordinary_call_still_downloads(db: TestDb) {
+    let mut options = Options {
+        sim: Box::new(|c| c.bills_immediately = true),
+        pin_beijing_noon: true,
+        ..v3(V3Signer::PublicKey, Trusts::PublicKey)
+    };
+    // Ordinary calls get a second; a busy merchant's bill takes longer than that to arrive.
+    options.upstream.timeout = Duration::from_secs(1);
+    let t = spawn_app(db, options).await;
+    t.paid_order("V3-SLOWBILL-1", 1200).await;
+    // Every attempt would be as slow: only waiting for it gets the bill.
+    t.fault(json!({"kind": "delay", "api": "v3_billdownload", "count": 3, "delay_ms": 1500}))
+        .await;
+    let day = Day::containing(t.app.now());
+    let report = reconcile(&t.app, None, &day, false, &Quiet).await.unwrap();
+    assert!(report.balanced, "{}: {report:#?}", t.engine());
+    assert_eq!((report.bill.payments, report.bill.payments_fen), (1, 1200));
+    // The one slow download was waited for, not repeated.
+    assert_eq!(t.sim_faults_fired("delay").await, 1);
+    t.stop().await;
+}
+engines!(a_v3_bill_slower_than_an_ordinary_call_still_downloads);
+
 /// What the stand-in proxy answers a refund call with, by the refund number's last digit.
 const MADE_UP: [(u16, &str); 3] = [
     (

@@ -179,7 +179,8 @@ impl Api {
             Api::Refund => 10,
             Api::RefundQuery => 11,
             Api::Certificates => 12,
-            Api::TradeBill | Api::BillDownload => 13,
+            Api::TradeBill => 13,
+            Api::BillDownload => 14,
         }
     }
 

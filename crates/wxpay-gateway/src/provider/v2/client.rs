@@ -16,7 +16,7 @@ use wxpay_protocol::{Error as ProtoError, Merchant};
 use crate::config::{MerchantConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::provider::hosts::Hosts;
-use crate::provider::{ProviderError, Refusal, merchant_client, nonce, unsettled};
+use crate::provider::{LARGE_ANSWER_TIMEOUT, ProviderError, Refusal, merchant_client, nonce, read_observed, unsettled};
 use crate::time::{Clock, Millis};
 
 /// How an APIv2 call ended badly; the provider turns it into a [`ProviderError`].
@@ -105,23 +105,6 @@ impl V2Link {
     fn host(&self, now: Millis) -> &str {
         self.hosts.current(now)
     }
-}
-
-/// The least time allowed for a call with a large answer (`downloadbill`).
-const LARGE_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
-
-/// Reads an answer chunk by chunk, telling `received(bytes so far, Content-Length)`.
-async fn read_observed(
-    mut resp: reqwest::Response,
-    received: &(dyn Fn(u64, Option<u64>) + Send + Sync),
-) -> Result<bytes::Bytes, reqwest::Error> {
-    let total = resp.content_length();
-    let mut body = bytes::BytesMut::with_capacity(total.unwrap_or(0).min(1 << 26) as usize);
-    while let Some(chunk) = resp.chunk().await? {
-        body.extend_from_slice(&chunk);
-        received(body.len() as u64, total);
-    }
-    Ok(body.freeze())
 }
 
 impl V2Link {

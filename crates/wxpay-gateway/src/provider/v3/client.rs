@@ -23,6 +23,7 @@ use crate::config::{MerchantConfig, UpstreamConfig, V3Credentials};
 use crate::metrics::Metrics;
 use crate::provider::hosts::Hosts;
 use crate::provider::{CertificateKeeper, KeptCertificate, merchant_client, nonce, unsettled};
+use crate::provider::{LARGE_ANSWER_TIMEOUT, Received, read_observed};
 use crate::time::{Clock, Millis};
 
 /// How an APIv3 call ended badly.
@@ -279,7 +280,10 @@ impl V3Link {
     /// APIv3 key.
     async fn download_certificates(&self) -> Result<(), String> {
         let req = wxpay_protocol::v3::calls::certificates();
-        let (status, _, body) = self.send(&req, "certificates").await.map_err(|e| format!("{e:?}"))?;
+        let (status, _, body) = self
+            .send(&req, "certificates", None)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
         if status != 200 {
             return Err(format!("HTTP {status}: {}", V3Error::read(status, &body)));
         }
@@ -315,10 +319,13 @@ impl V3Link {
     }
 
     /// One signed request, its answer unverified: status, the `Wechatpay-*` headers, body.
+    /// With `download`, the answer is a file: it is read chunk by chunk, telling its progress,
+    /// and given at least [`LARGE_ANSWER_TIMEOUT`].
     async fn send(
         &self,
         req: &Request,
         api: &'static str,
+        download: Option<Received<'_>>,
     ) -> Result<(u16, reqwest::header::HeaderMap, Bytes), (bool, String)> {
         let now = self.clock.now();
         let auth = authorization(
@@ -340,6 +347,11 @@ impl V3Link {
                 .header("Content-Type", "application/json")
                 .body(req.body.clone()),
         };
+        let builder = match download {
+            // A day's bill of a busy merchant is tens of megabytes (uncompressed).
+            Some(_) => builder.timeout(self.upstream.timeout.max(LARGE_ANSWER_TIMEOUT)),
+            None => builder,
+        };
         let started = Instant::now();
         let sent = builder
             .header("Authorization", auth)
@@ -350,9 +362,11 @@ impl V3Link {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let headers = resp.headers().clone();
-                resp.bytes()
-                    .await
-                    .map(|b| (status, headers, b))
+                let body = match download {
+                    Some(received) => read_observed(resp, received).await,
+                    None => resp.bytes().await,
+                };
+                body.map(|b| (status, headers, b))
                     .map_err(|e| (false, format!("the answer broke off: {e}")))
             }
             Err(e) => Err((e.is_connect(), e.to_string())),
@@ -363,16 +377,29 @@ impl V3Link {
 
     /// Makes a call; a 2xx answer is verified, a refusal read into [`V3Error`].
     pub(crate) async fn call(&self, req: &Request, api: &'static str) -> Result<Answer, CallError> {
-        self.call_with(req, api, true).await
+        self.call_with(req, api, None).await
     }
 
     /// A download: its answer carries no signature (WeChat Pay does not sign files); the
     /// caller checks its digest instead.
-    pub(crate) async fn download(&self, req: &Request, api: &'static str) -> Result<Answer, CallError> {
-        self.call_with(req, api, false).await
+    /// It is read chunk by chunk, telling `received(bytes so far, Content-Length)`, and given
+    /// at least [`LARGE_ANSWER_TIMEOUT`] whatever the configured timeout.
+    pub(crate) async fn download(
+        &self,
+        req: &Request,
+        api: &'static str,
+        received: Received<'_>,
+    ) -> Result<Answer, CallError> {
+        self.call_with(req, api, Some(received)).await
     }
 
-    async fn call_with(&self, req: &Request, api: &'static str, signed: bool) -> Result<Answer, CallError> {
+    async fn call_with(
+        &self,
+        req: &Request,
+        api: &'static str,
+        download: Option<Received<'_>>,
+    ) -> Result<Answer, CallError> {
+        let signed = download.is_none();
         let mut last = CallError::NoAnswer("no attempt made".into());
         // Whether an attempt reached WeChat Pay, or may have, without a trustworthy answer:
         // from then on a refusal of a change (a `POST`: an order, a close, a refund) does not
@@ -391,7 +418,7 @@ impl V3Link {
                 let pause = self.upstream.retry_backoff * 2u32.saturating_pow(attempt - 1);
                 tokio::time::sleep(pause).await;
             }
-            let (status, headers, body) = match self.send(req, api).await {
+            let (status, headers, body) = match self.send(req, api, download).await {
                 Ok(a) => a,
                 Err((before_sending, message)) => {
                     // Connecting failed: nothing was sent, the host may be down.

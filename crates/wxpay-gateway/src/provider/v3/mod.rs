@@ -270,10 +270,9 @@ impl Provider for V3Provider {
             };
             let file = self
                 .link
-                .download(&req, "v3_billdownload")
+                .download(&req, "v3_billdownload", received)
                 .await
                 .map_err(|e| provider_error(e, Refusal::Other))?;
-            received(file.body.len() as u64, Some(file.body.len() as u64));
             location.check(&file.body).map_err(incomplete)?;
             let text = std::str::from_utf8(&file.body)
                 .map_err(|_| ProviderError::Incomplete("the bill is not UTF-8 text".into()))?;

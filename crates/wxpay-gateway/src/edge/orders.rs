@@ -297,7 +297,8 @@ pub(crate) async fn create_order(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct GetOrderQuery {
-    /// The merchant (its configured `name`); the first configured merchant when left out.
+    /// The merchant (its configured `name`); when left out, the one that has an order of
+    /// this number (a number several merchants have must name its merchant).
     #[param(min_length = 1)]
     merchant: Option<String>,
     /// Ask WeChat Pay first (`orderquery`) and apply what it says.
@@ -406,7 +407,8 @@ pub(crate) async fn list_orders(State(app): State<App>, Query(q): Query<ListQuer
 #[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CloseRequest {
-    /// The merchant (its configured `name`); the first configured merchant when left out.
+    /// The merchant (its configured `name`); when left out, the one that has an order of
+    /// this number (a number several merchants have must name its merchant).
     #[schema(min_length = 1)]
     merchant: Option<String>,
 }

@@ -31,7 +31,8 @@ pub(crate) struct RefundBody {
     out_refund_no: Option<String>,
     /// Why, as the payer sees it.
     reason: Option<String>,
-    /// The merchant (its configured `name`); the first configured merchant when left out.
+    /// The merchant (its configured `name`); when left out, the one that has the order (a
+    /// number several merchants have must name its merchant).
     #[schema(min_length = 1)]
     merchant: Option<String>,
 }
@@ -142,7 +143,8 @@ pub(crate) async fn create_refund(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct GetRefundQuery {
-    /// The merchant (its configured `name`); the first configured merchant when left out.
+    /// The merchant (its configured `name`); when left out, the one that has a refund of
+    /// this number (a number several merchants have must name its merchant).
     #[param(min_length = 1)]
     merchant: Option<String>,
 }

@@ -8,7 +8,7 @@ use crate::provider::{PayParams, PaymentState, PaymentTerms, Provider, ProviderE
 use crate::service::breaker::Admission;
 use crate::service::error::{Conflict, ServiceError};
 use crate::service::numbers::Numbers;
-use crate::service::state::Service;
+use crate::service::state::{Service, the_one};
 use crate::store::{
     Created, Event, NewOrder, Order, OrderFilter, OrderStatus, Payment, PaymentOutcome, Refund, Source, Upstream,
 };
@@ -418,17 +418,29 @@ impl Service {
         Ok(current)
     }
 
-    /// The order of `provider`'s merchant with this number, or [`ServiceError::NotFound`].
+    /// The order a request names, with its merchant's provider (see
+    /// [`Service::merchants_meant`]: without a merchant name, it is looked for under each).
     pub(crate) async fn find_order(
         &self,
-        provider: &dyn Provider,
+        merchant: Option<&str>,
         out_trade_no: String,
-    ) -> Result<Order, ServiceError> {
-        let not_found = || ServiceError::NotFound(format!("no order {out_trade_no}"));
+    ) -> Result<(&dyn Provider, Order), ServiceError> {
         // A number that breaks the rules of out_trade_no was never stored.
-        let number = OutTradeNo::new(out_trade_no.as_str()).map_err(|_| not_found())?;
-        let found = self.inner.store.order(provider.merchant().name.clone(), number).await?;
-        found.ok_or_else(not_found)
+        let Ok(number) = OutTradeNo::new(out_trade_no.as_str()) else {
+            return Err(ServiceError::NotFound(format!("no order {out_trade_no}")));
+        };
+        let mut found = Vec::new();
+        for provider in self.merchants_meant(merchant)? {
+            if let Some(order) = self
+                .inner
+                .store
+                .order(provider.merchant().name.clone(), number.clone())
+                .await?
+            {
+                found.push((provider, order));
+            }
+        }
+        the_one(found, &format!("order {out_trade_no}"))
     }
 
     /// An order with its history and refunds; with `sync`, a pending order is first synced
@@ -439,9 +451,8 @@ impl Service {
         out_trade_no: String,
         sync: bool,
     ) -> Result<OrderDetail, ServiceError> {
-        let provider = self.merchant(merchant)?;
         let store = &self.inner.store;
-        let mut order = self.find_order(provider, out_trade_no).await?;
+        let (provider, mut order) = self.find_order(merchant, out_trade_no).await?;
         if sync && order.status == OrderStatus::Pending {
             order = self.sync(provider, order).await?;
         }
@@ -465,8 +476,7 @@ impl Service {
         merchant: Option<&str>,
         out_trade_no: String,
     ) -> Result<Order, ServiceError> {
-        let provider = self.merchant(merchant)?;
-        let order = self.find_order(provider, out_trade_no).await?;
+        let (provider, order) = self.find_order(merchant, out_trade_no).await?;
         self.close(provider, order).await
     }
 

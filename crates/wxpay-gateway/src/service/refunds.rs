@@ -12,7 +12,7 @@ use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 use crate::provider::{Provider, ProviderError, RefundReport, RefundTerms, Refusal, Retry};
 use crate::service::error::{Conflict, ServiceError};
 use crate::service::numbers::Numbers;
-use crate::service::state::Service;
+use crate::service::state::{Service, the_one};
 use crate::store::{
     NewRefund, Order, Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Source, Upstream,
 };
@@ -74,8 +74,6 @@ impl Service {
         req: RefundRequest,
         numbers: &Numbers,
     ) -> Result<(Refund, bool), ServiceError> {
-        let provider = self.merchant(req.merchant.as_deref())?;
-        let config = provider.merchant();
         let now = self.now();
         if req.amount_fen == 0 {
             return Err(ServiceError::Invalid("amount_fen must be at least 1".into()));
@@ -85,13 +83,14 @@ impl Service {
             Some(n) => OutRefundNo::new(n.clone()).map_err(|e| ServiceError::Invalid(e.to_string()))?,
             None => OutRefundNo::new(numbers.number('R', now))?,
         };
+        let (provider, order) = self.find_order(req.merchant.as_deref(), out_trade_no).await?;
+        let config = provider.merchant();
         if provider.lacks_client_cert(now) {
             return Err(ServiceError::NotConfigured(format!(
                 "refunds need the merchant API certificate of merchant {:?}: set cert_path and key_path (or a .p12 cert_path) in its configuration",
                 config.name
             )));
         }
-        let order = self.find_order(provider, out_trade_no).await?;
         if amount > order.amount_fen {
             return Err(ServiceError::conflict(
                 Conflict::RefundExceedsAmount,
@@ -183,15 +182,22 @@ impl Service {
 
     /// A refund of a merchant by its number.
     pub(crate) async fn refund(&self, merchant: Option<&str>, out_refund_no: String) -> Result<Refund, ServiceError> {
-        let provider = self.merchant(merchant)?;
-        let not_found = || ServiceError::NotFound(format!("no refund {out_refund_no}"));
         // A number that breaks the rules of out_refund_no was never stored.
-        let number = OutRefundNo::new(out_refund_no.as_str()).map_err(|_| not_found())?;
-        self.inner
-            .store
-            .refund(provider.merchant().name.clone(), number)
-            .await?
-            .ok_or_else(not_found)
+        let Ok(number) = OutRefundNo::new(out_refund_no.as_str()) else {
+            return Err(ServiceError::NotFound(format!("no refund {out_refund_no}")));
+        };
+        let mut found = Vec::new();
+        for provider in self.merchants_meant(merchant)? {
+            if let Some(refund) = self
+                .inner
+                .store
+                .refund(provider.merchant().name.clone(), number.clone())
+                .await?
+            {
+                found.push((provider, refund));
+            }
+        }
+        Ok(the_one(found, &format!("refund {out_refund_no}"))?.1)
     }
 
     /// Sends a stored refund to WeChat Pay and records the answer: accepted; refused for good

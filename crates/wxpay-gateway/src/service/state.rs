@@ -217,6 +217,15 @@ impl Service {
         }
     }
 
+    /// The merchants a request means: the one it names; when it names none, every configured
+    /// merchant, under each of which a number it gives is looked for (see [`the_one`]).
+    pub(crate) fn merchants_meant(&self, name: Option<&str>) -> Result<Vec<&dyn Provider>, ServiceError> {
+        match name {
+            Some(_) => Ok(vec![self.merchant(name)?]),
+            None => Ok(self.inner.merchants.iter().map(|m| &**m).collect()),
+        }
+    }
+
     /// The reader of APIv2 notifications.
     pub(crate) fn v2_inbox(&self) -> &V2Inbox {
         &self.inner.v2_inbox
@@ -231,4 +240,21 @@ impl Service {
     pub(crate) fn merchant_at(&self, index: usize) -> &dyn Provider {
         &*self.inner.merchants[index]
     }
+}
+
+/// What was found of `what` under the merchants a request means ([`Service::merchants_meant`]):
+/// the one record, [`ServiceError::NotFound`] when none, and when several merchants have a
+/// record of that number, a refusal that asks the request to name its merchant.
+pub(crate) fn the_one<'a, T>(
+    mut found: Vec<(&'a dyn Provider, T)>,
+    what: &str,
+) -> Result<(&'a dyn Provider, T), ServiceError> {
+    if found.len() > 1 {
+        let names: Vec<&str> = found.iter().map(|(p, _)| p.merchant().name.as_str()).collect();
+        return Err(ServiceError::Invalid(format!(
+            "{what} exists under merchants {}: name one with ?merchant= (or \"merchant\" in the body)",
+            names.join(", ")
+        )));
+    }
+    found.pop().ok_or_else(|| ServiceError::NotFound(format!("no {what}")))
 }

@@ -109,6 +109,61 @@ async fn the_same_idempotency_key_gives_the_same_answer_and_another_body_a_409(d
 }
 engines!(the_same_idempotency_key_gives_the_same_answer_and_another_body_a_409);
 
+async fn an_order_and_a_refund_of_any_merchant_are_found_by_their_numbers_alone(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    // The second configured merchant's order, asked for by its number alone, as product.md's
+    // paths have it.
+    t.paid_order_of("hmac", "MM-PAID", 300).await;
+    let (status, o) = t.api(Method::GET, "/v1/orders/MM-PAID", None, None).await;
+    assert_eq!(
+        (status, o["merchant"].as_str(), o["status"].as_str()),
+        (200, Some("hmac"), Some("paid")),
+        "{o}"
+    );
+    let (status, r) = t
+        .api(
+            Method::POST,
+            "/v1/orders/MM-PAID/refunds",
+            Some(json!({"amount_fen": 100, "out_refund_no": "MM-PAID-R"})),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{r}");
+    let (status, r) = t.api(Method::GET, "/v1/refunds/MM-PAID-R", None, None).await;
+    assert_eq!((status, r["merchant"].as_str()), (200, Some("hmac")), "{r}");
+    let mut body = order_body(200);
+    body["out_trade_no"] = json!("MM-OPEN");
+    body["merchant"] = json!("hmac");
+    let (status, v) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = t.api(Method::POST, "/v1/orders/MM-OPEN/close", None, None).await;
+    assert_eq!((status, v["status"].as_str()), (200, Some("closed")), "{v}");
+    // A number two merchants both have must be asked for with its merchant.
+    let mut body = order_body(300);
+    body["out_trade_no"] = json!("MM-PAID");
+    let (status, v) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = t.api(Method::GET, "/v1/orders/MM-PAID", None, None).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (422, Some("invalid_request")),
+        "{v}"
+    );
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("default") && message.contains("hmac"), "{message}");
+    let (status, v) = t.api(Method::GET, "/v1/orders/MM-PAID?merchant=hmac", None, None).await;
+    assert_eq!((status, v["status"].as_str()), (200, Some("paid")), "{v}");
+    let (status, v) = t
+        .api(Method::GET, "/v1/orders/MM-PAID?merchant=default", None, None)
+        .await;
+    assert_eq!((status, v["status"].as_str()), (200, Some("pending")), "{v}");
+    // A number nobody has is still not found.
+    let (status, _) = t.api(Method::GET, "/v1/orders/MM-NONE", None, None).await;
+    assert_eq!(status, 404);
+    t.stop().await;
+}
+engines!(an_order_and_a_refund_of_any_merchant_are_found_by_their_numbers_alone);
+
 #[tokio::test]
 async fn bad_requests_get_clear_errors_and_store_nothing() {
     let t = spawn_app(TestDb::sqlite(), Options::default()).await;

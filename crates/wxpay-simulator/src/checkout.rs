@@ -313,7 +313,7 @@ async fn checkout_pay(
         }
         _ => None,
     };
-    let (status, message) = match crate::control::pay_and_notify(&sim, loc, success, Some(&prepay_id)) {
+    let (status, message) = match crate::control::pay_and_notify(&sim, loc, success, Some(&prepay_id), None) {
         Ok(()) if success => {
             let fault = added.map_or(String::new(), |(_, label)| {
                 format!("<p class=\"note\">{} {label}</p>", w.fault_added)

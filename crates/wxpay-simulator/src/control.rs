@@ -35,10 +35,20 @@ pub(crate) enum PayError {
     NotPayable(&'static str),
     #[error("the prepay_id is older than two hours; call unifiedorder again for a new one")]
     PrepayExpired,
+    #[error("the order was placed for another openid: only its payer can pay it")]
+    NotThePayer,
 }
 
-/// Pays (or fails) the order at `loc`; the caller starts its notification.
-pub(crate) fn pay(sim: &Simulator, loc: Loc, success: bool, prepay_id: Option<&str>) -> Result<(), PayError> {
+/// Pays (or fails) the order at `loc`, by `payer` when one is given (an order placed for an
+/// openid, JSAPI's, can be paid by that user only; one placed without, NATIVE's, takes the
+/// payer's); the caller starts its notification.
+pub(crate) fn pay(
+    sim: &Simulator,
+    loc: Loc,
+    success: bool,
+    prepay_id: Option<&str>,
+    payer: Option<&str>,
+) -> Result<(), PayError> {
     let now = sim.now();
     let mut g = sim.inner.store.lock(loc.shard);
     expire_if_due(&mut g, loc.slot, now);
@@ -54,6 +64,11 @@ pub(crate) fn pay(sim: &Simulator, loc: Loc, success: bool, prepay_id: Option<&s
     }
     if o.state != OrderState::NotPay {
         return Err(PayError::NotPayable(o.state.name()));
+    }
+    match payer {
+        Some(p) if !o.openid.is_empty() && *o.openid != *p => return Err(PayError::NotThePayer),
+        Some(p) => o.openid = p.into(),
+        None => {}
     }
     let to = if success {
         o.transaction_id = Some(ids::transaction_id(shard, loc.slot, now).into_boxed_str());
@@ -73,8 +88,9 @@ pub(crate) fn pay_and_notify(
     loc: Loc,
     success: bool,
     prepay_id: Option<&str>,
+    payer: Option<&str>,
 ) -> Result<(), PayError> {
-    pay(sim, loc, success, prepay_id)?;
+    pay(sim, loc, success, prepay_id, payer)?;
     sim.inner.notifier.payment(loc);
     Ok(())
 }
@@ -260,6 +276,8 @@ struct PayRequest {
     out_trade_no: String,
     mch_id: Option<String>,
     outcome: Option<String>,
+    /// Who pays: the order's own openid, or any for an order placed without one (NATIVE).
+    openid: Option<String>,
 }
 
 async fn pay_endpoint(State(sim): State<Simulator>, Json(req): Json<PayRequest>) -> Response {
@@ -278,9 +296,17 @@ async fn pay_endpoint(State(sim): State<Simulator>, Json(req): Json<PayRequest>)
         Ok(l) => l,
         Err(r) => return *r,
     };
-    match pay_and_notify(&sim, loc, success, None) {
+    if req.openid.as_deref().is_some_and(|p| p.is_empty() || p.len() > 128) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_openid",
+            "openid must be 1 to 128 characters",
+        );
+    }
+    match pay_and_notify(&sim, loc, success, None, req.openid.as_deref()) {
         Ok(()) => Json(view_at(&sim, loc)).into_response(),
         Err(e @ PayError::NotFound) => error(StatusCode::NOT_FOUND, "order_not_found", e.to_string()),
+        Err(e @ PayError::NotThePayer) => error(StatusCode::CONFLICT, "openid_mismatch", e.to_string()),
         Err(e) => error(StatusCode::CONFLICT, "not_payable", e.to_string()),
     }
 }

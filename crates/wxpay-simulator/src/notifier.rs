@@ -288,7 +288,7 @@ fn hold_for_reorder(sim: &Simulator, job: &Job) -> bool {
 async fn run(sim: &Simulator, job: Job, semaphore: &Arc<Semaphore>) {
     let notifier = &sim.inner.notifier;
     match job.what {
-        What::AutoPay => match crate::control::pay(sim, job.loc(), true, None) {
+        What::AutoPay => match crate::control::pay(sim, job.loc(), true, None, None) {
             // The first delivery starts right here; the job's pending count carries over to it.
             Ok(()) => {
                 let first = Job {

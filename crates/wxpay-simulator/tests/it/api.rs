@@ -228,6 +228,59 @@ async fn nonce_str_encoding_currency_and_native_product_id_are_checked_as_wechat
 }
 
 #[tokio::test]
+async fn only_its_payer_pays_a_jsapi_order_and_a_native_order_takes_the_payer_given() {
+    let env = spawn().await;
+    env.create("payer-1", 100).await;
+    // Another user of the mini program cannot pay an order placed for someone else.
+    let other = wxpay_simulator::openid(env.merchant.appid.as_str(), "user-2");
+    let (status, v) = env
+        .post_json("/simulator/pay", json!({"out_trade_no": "payer-1", "openid": other}))
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("openid_mismatch")),
+        "{v}"
+    );
+    assert_eq!(env.get_json("/simulator/orders/payer-1").await["trade_state"], "NOTPAY");
+    let (status, v) = env
+        .post_json("/simulator/pay", json!({"out_trade_no": "payer-1", "openid": ""}))
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("invalid_openid")),
+        "{v}"
+    );
+    // Its own payer can.
+    let (status, v) = env
+        .post_json(
+            "/simulator/pay",
+            json!({"out_trade_no": "payer-1", "openid": env.openid()}),
+        )
+        .await;
+    assert_eq!((status, v["trade_state"].as_str()), (200, Some("SUCCESS")), "{v}");
+    // A NATIVE order is placed for nobody: whoever scans and pays is its payer, and the query
+    // names them.
+    let body = v2::encode(&env.order("payer-2", 100), &env.merchant, &nonce()).unwrap();
+    let mut f = wxpay_protocol::xml::read(body.as_bytes()).unwrap().into_owned();
+    f.set("trade_type", "NATIVE");
+    f.set("product_id", "coffee-1");
+    f.remove("openid");
+    f.remove("sign");
+    f.sign(&env.merchant.key, SignType::Md5);
+    let answer = env.post_raw(UnifiedOrder::PATH, f.to_xml().unwrap()).await.1;
+    assert!(answer.contains("<result_code><![CDATA[SUCCESS]]>"), "{answer}");
+    let (status, v) = env
+        .post_json("/simulator/pay", json!({"out_trade_no": "payer-2", "openid": other}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let q = env
+        .call(&OrderQuery::by_out_trade_no(OutTradeNo::new("payer-2").unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(q.openid.as_deref(), Some(other.as_str()), "{q:?}");
+}
+
+#[tokio::test]
 async fn an_order_goes_from_notpay_to_success_and_then_cannot_be_ordered_or_closed() {
     let env = spawn().await;
     env.create("life-1", 1999).await;

@@ -189,14 +189,16 @@ def run(base, keys, signer, work):
         check(serials == [expected],
               "wechatpayv3 downloads /v3/certificates and decrypts them with the APIv3 key", repr(serials))
 
-        # The day's bill, as gzip (the SDK's default), checked against its SHA1.
+        # The day's bill, as gzip (the SDK's default), checked against its SHA1: the digest of
+        # the bill itself, after gunzip ("原始账单(gzip需要解压缩)的摘要值").
         today = datetime.now(BEIJING).strftime("%Y-%m-%d")
         bill = answer("trade_bill", pay.trade_bill(bill_date=today), 200)
         code, data = pay.download_bill(bill["download_url"])
         require(code == 200, "download_bill", "HTTP {}".format(code))
-        check(hashlib.sha1(data).hexdigest() == bill["hash_value"],
-              "the downloaded bill matches the SHA1 the trade bill gave")
-        text = gzip.decompress(data).decode("utf-8")
+        plain = gzip.decompress(data)
+        check(hashlib.sha1(plain).hexdigest() == bill["hash_value"],
+              "the downloaded bill, gunzipped, matches the SHA1 the trade bill gave")
+        text = plain.decode("utf-8")
         check(no in text and "25.88" in text, "the bill is gzip and lists the order in yuan")
 
         # A forged notification: the SDK's verifier refuses it.

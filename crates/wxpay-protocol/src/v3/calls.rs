@@ -600,7 +600,9 @@ pub fn bill_location(body: &[u8]) -> Result<BillLocation, Error> {
 }
 
 impl BillLocation {
-    /// Checks the downloaded bytes against the digest (the download itself is not signed).
+    /// Checks the bill against the digest (the download itself is not signed). The digest is
+    /// of the bill as text: a bill downloaded with `tar_type=GZIP` is checked after gunzip
+    /// ("原始账单(gzip需要解压缩)的摘要值").
     ///
     /// # Errors
     /// [`Error::InvalidField`] for another hash type or digest.

@@ -538,13 +538,14 @@ pub(crate) fn trade_bill(ctx: &Ctx<'_>, uri: &Uri) -> Reply {
         Err(BillRefusal::Creating) => return Reply::error(400, "STATEMENT_CREATING", "账单生成中，请稍后再试"),
         Err(BillRefusal::NoBill) => return Reply::error(400, "NO_STATEMENT_EXIST", "当前日期账单不存在"),
     };
-    // The digest is of the file as downloaded: the gzip stream when one was asked for.
+    // The digest is the bill's own, gzip or not: "原始账单(gzip需要解压缩)的摘要值" (WeChat
+    // Pay's page of this API), so that a client hashing the gzip stream fails here as live.
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, text.as_bytes());
     let file = if gzip {
         crate::gzip::gzip(text.as_bytes())
     } else {
         text.into_bytes()
     };
-    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &file);
     let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     let token = ctx.v3.bills.put(ctx.mch, file);
     let scheme = if ctx.sim.inner.tls.is_some() { "https" } else { "http" };

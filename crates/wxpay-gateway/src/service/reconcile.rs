@@ -359,6 +359,13 @@ fn compare(bill: &Bill, local: &Local, progress: &dyn Progress) -> Vec<Differenc
                 out.push(diff(DifferenceKind::AmountDiffers, mine));
                 continue;
             }
+            if r.accepted_at.is_none() {
+                // The bill says WeChat Pay accepted it; the gateway never heard (every answer
+                // lost): the totals cannot agree until it knows.
+                let mine = Some(format!("{} fen, {}, not known as accepted", r.amount_fen, r.status));
+                out.push(diff(DifferenceKind::StatusDiffers, mine));
+                continue;
+            }
             let contradicts = match upstream_status.as_str() {
                 "SUCCESS" => r.status != RefundStatus::Succeeded,
                 "REFUNDCLOSE" | "CHANGE" | "FAIL" => r.status == RefundStatus::Succeeded,
@@ -760,7 +767,33 @@ async fn repair_refund(
     };
     if let Some(r) = refund {
         if d.kind == DifferenceKind::StatusDiffers || d.kind == DifferenceKind::MissingUpstream {
+            let unheard = r.accepted_at.is_none();
             return match app.sync_refund(provider, r.clone()).await {
+                // Accepted, as the bill says, and now known: its acceptance is dated as the
+                // bill dates it, so that this day (and not the day of the repair) counts it.
+                Ok((after, Synced::Settled | Synced::Processing)) if unheard && after.accepted_at.is_some() => {
+                    let at = d.bill_time_ms.map_or(day.start_ms(), Millis::from_unix_ms);
+                    let detail = serde_json::json!({
+                        "bill_date": day.date,
+                        "out_refund_no": no,
+                        "accepted_at": {"from": after.accepted_at, "to": at},
+                        "note": "WeChat Pay's bill dates the refund's acceptance to this day",
+                    });
+                    if let Err(e) = app
+                        .inner
+                        .store
+                        .move_refund_accepted_at(after.id, at, detail, app.now())
+                        .await
+                    {
+                        return unresolved(d, Q, format!("the acceptance could not be dated: {e}"));
+                    }
+                    note(app, r.order_id, day, d, "accepted per refundquery").await;
+                    settled(
+                        d,
+                        Q,
+                        format!("refundquery: WeChat Pay accepted it; the refund is {}", after.status),
+                    )
+                }
                 Ok((after, Synced::Settled)) if after.status != r.status => {
                     note(app, r.order_id, day, d, "settled per refundquery").await;
                     settled(d, Q, format!("refundquery: the refund is now {}", after.status))

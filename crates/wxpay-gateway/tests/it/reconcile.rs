@@ -280,6 +280,61 @@ async fn a_refund_settled_upstream_but_pending_here_is_settled_by_refundquery(db
 }
 engines!(a_refund_settled_upstream_but_pending_here_is_settled_by_refundquery);
 
+async fn a_refund_the_bill_lists_but_the_gateway_never_heard_accepted_is_reported_and_repaired(db: TestDb) {
+    let mut options = with_bills(false);
+    // WeChat Pay keeps the refund processing: only its acceptance is in question.
+    options.sim = Box::new(|c| {
+        c.bills_immediately = true;
+        c.refund_delay = std::time::Duration::from_secs(100_000_000);
+    });
+    let t = spawn_app(db, options).await;
+    t.paid_order("RU-0001", 500).await;
+    // WeChat Pay makes the refund and every answer is lost: the gateway has it pending, its
+    // acceptance unknown, and no background check runs.
+    t.fault(json!({"kind": "lose_answer", "api": "refund", "count": 3}))
+        .await;
+    let (status, r) = t
+        .api(
+            Method::POST,
+            "/v1/orders/RU-0001/refunds",
+            Some(json!({"amount_fen": 200, "out_refund_no": "RU-1-R"})),
+            None,
+        )
+        .await;
+    assert_eq!((status, r["upstream"].as_str()), (201, Some("unknown")), "{r}");
+    // The bill lists it as processing: the day does not balance, and the report says why.
+    let report = run(&t, false).await;
+    assert!(!report.balanced, "{report:#?}");
+    let kinds: Vec<_> = report.found.iter().map(|d| (d.kind, d.record)).collect();
+    assert_eq!(
+        kinds,
+        [(DifferenceKind::StatusDiffers, "refund")],
+        "{}: {report:#?}",
+        t.engine()
+    );
+    // An hour later, repair asks refundquery, records the acceptance at the bill's time (not
+    // the repair's), and the day balances.
+    t.app.clock().advance(std::time::Duration::from_secs(3600));
+    let repaired = run(&t, true).await;
+    assert!(repaired.balanced, "{}: {repaired:#?}", t.engine());
+    let (_, r) = t.api(Method::GET, "/v1/refunds/RU-1-R", None, None).await;
+    assert_eq!(
+        (r["upstream"].as_str(), r["status"].as_str()),
+        (Some("created"), Some("pending")),
+        "{r}"
+    );
+    let (asked, accepted) = (r["created_at"].as_str().unwrap(), r["accepted_at"].as_str().unwrap());
+    assert_eq!(
+        accepted[..15],
+        asked[..15],
+        "accepted at the bill's time, not the repair's"
+    );
+    let again = run(&t, false).await;
+    assert!(again.balanced && again.found.is_empty(), "{again:#?}");
+    t.stop().await;
+}
+engines!(a_refund_the_bill_lists_but_the_gateway_never_heard_accepted_is_reported_and_repaired);
+
 async fn a_payment_wechat_pay_does_not_have_is_reported_and_never_downgraded(db: TestDb) {
     let t = spawn_app(db, with_bills(false)).await;
     t.paid_order("RM-REAL", 100).await;

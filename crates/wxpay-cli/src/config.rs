@@ -45,6 +45,7 @@ pub(crate) struct ConsoleFile {
     /// it the console is off.
     pub password_hash: Option<String>,
     /// How long a sign-in lasts, in hours (default 12).
+    #[serde(default, deserialize_with = "lenient")]
     pub session_hours: Option<u64>,
 }
 
@@ -53,11 +54,13 @@ pub(crate) struct ConsoleFile {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReconcileFile {
     /// Run it every day (default false).
+    #[serde(default, deserialize_with = "lenient")]
     pub daily: Option<bool>,
     /// When, Beijing time, `HH:MM` (default `10:30`: WeChat Pay makes the bill from 09:00 and
     /// advises fetching it after 10:00).
     pub at: Option<String>,
     /// Settle differences through `orderquery`/`refundquery` (default true).
+    #[serde(default, deserialize_with = "lenient")]
     pub repair: Option<bool>,
 }
 
@@ -69,15 +72,20 @@ pub(crate) struct ServerFile {
     pub public_url: Option<String>,
     #[serde(default)]
     pub api_tokens: Vec<String>,
+    #[serde(default, deserialize_with = "lenient")]
     pub default_order_ttl_secs: Option<u64>,
     /// From a request's first byte to the end of its header (default 10).
+    #[serde(default, deserialize_with = "lenient")]
     pub header_read_timeout_secs: Option<u64>,
     /// From the end of a request's header to the end of its body (default 30).
+    #[serde(default, deserialize_with = "lenient")]
     pub body_read_timeout_secs: Option<u64>,
     /// A connection without a request in progress and without traffic is closed after this
     /// (default 60).
+    #[serde(default, deserialize_with = "lenient")]
     pub idle_timeout_secs: Option<u64>,
     /// Connections served at once (default 10,000).
+    #[serde(default, deserialize_with = "lenient")]
     pub max_connections: Option<usize>,
     /// When set, `/metrics` needs `Authorization: Bearer <this>`.
     pub metrics_token: Option<String>,
@@ -88,6 +96,7 @@ pub(crate) struct ServerFile {
 #[serde(deny_unknown_fields)]
 pub(crate) struct DatabaseFile {
     pub url: Option<String>,
+    #[serde(default, deserialize_with = "lenient")]
     pub pool_size: Option<u32>,
 }
 
@@ -98,6 +107,7 @@ pub(crate) struct WebhookFile {
     pub url: Option<String>,
     pub secret: Option<String>,
     /// Allow a plain `http://` URL outside this machine (default false).
+    #[serde(default, deserialize_with = "lenient")]
     pub allow_http: Option<bool>,
 }
 
@@ -105,9 +115,13 @@ pub(crate) struct WebhookFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct JobsFile {
+    #[serde(default, deserialize_with = "lenient")]
     pub enabled: Option<bool>,
+    #[serde(default, deserialize_with = "lenient")]
     pub first_check_after_secs: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
     pub max_check_interval_secs: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
     pub poll_every_ms: Option<u64>,
 }
 
@@ -143,14 +157,22 @@ pub(crate) struct MerchantFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SimulatorFile {
+    #[serde(default, deserialize_with = "lenient")]
     pub auto_pay_delay_ms: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
     pub refund_delay_ms: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
     pub max_orders: Option<usize>,
+    #[serde(default, deserialize_with = "lenient")]
     pub notification_log: Option<usize>,
+    #[serde(default, deserialize_with = "lenient")]
     pub notify_concurrency: Option<usize>,
+    #[serde(default, deserialize_with = "lenient")]
     pub notify_timeout_ms: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
     pub bills_immediately: Option<bool>,
     pub openids: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "lenient")]
     pub refund_interval_ms: Option<u64>,
 }
 
@@ -178,27 +200,41 @@ const SECTIONS: &[&str] = &[
     "console",
 ];
 
-/// Parses the file after applying overrides.
-///
-/// An override is typed like the value it replaces. One the file leaves out is read as a
-/// number when it is all digits and as a boolean when it is `true` or `false`; when that
-/// makes the file wrong, it is read again with every such value as text (an all-digit secret
-/// or merchant number the file leaves to the environment), and the first reading's error is
-/// told if that fails too.
+/// Parses the file after applying overrides. An override is typed like the value it replaces;
+/// one the file leaves out is text, which the numbers and booleans of the file also accept
+/// ([`lenient`]), so that an all-digit secret or merchant number stays text.
 pub(crate) fn parse_with_env(text: &str, env: &[(String, String)]) -> Result<FileConfig, String> {
     let table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
-    let guessed = overridden(table.clone(), env, false)?;
-    match FileConfig::deserialize(toml::Value::Table(guessed)) {
-        Ok(file) => Ok(file),
-        Err(first) => {
-            FileConfig::deserialize(toml::Value::Table(overridden(table, env, true)?)).map_err(|_| first.to_string())
-        }
+    FileConfig::deserialize(toml::Value::Table(overridden(table, env)?)).map_err(|e| e.to_string())
+}
+
+/// A number or a boolean of the file, given as such or as text (an environment override of a
+/// key the file leaves out is text: `WXPAY_DATABASE_POOL_SIZE=8`).
+fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given<T> {
+        Value(T),
+        Text(String),
+    }
+    match Option::<Given<T>>::deserialize(d)? {
+        None => Ok(None),
+        Some(Given::Value(v)) => Ok(Some(v)),
+        Some(Given::Text(t)) => t
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("{t:?}: {e}"))),
     }
 }
 
-/// The file's table with the `WXPAY_…` overrides in `env` applied; with `absent_as_text`, the
-/// overrides of keys the file leaves out are text whatever they look like.
-fn overridden(mut table: toml::Table, env: &[(String, String)], absent_as_text: bool) -> Result<toml::Table, String> {
+/// The file's table with the `WXPAY_…` overrides in `env` applied.
+fn overridden(mut table: toml::Table, env: &[(String, String)]) -> Result<toml::Table, String> {
     for (name, value) in env {
         let rest = name["WXPAY_".len()..].to_ascii_lowercase();
         if let Some(m) = rest.strip_prefix("merchants_") {
@@ -219,7 +255,7 @@ fn overridden(mut table: toml::Table, env: &[(String, String)], absent_as_text: 
             let Some(entry) = list.get_mut(index).and_then(toml::Value::as_table_mut) else {
                 return Err(format!("{name}: there is no [[merchants]] entry {index} to override"));
             };
-            entry.insert(key.to_owned(), typed(entry.get(key), value, absent_as_text));
+            entry.insert(key.to_owned(), typed(entry.get(key), value));
             continue;
         }
         let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
@@ -242,27 +278,21 @@ fn overridden(mut table: toml::Table, env: &[(String, String)], absent_as_text: 
                     .collect(),
             )
         } else {
-            typed(t.get(key), value, absent_as_text)
+            typed(t.get(key), value)
         };
         t.insert(key.to_owned(), v);
     }
     Ok(table)
 }
 
-/// An override's value, typed like the value it replaces (text stays text, integers and
-/// booleans stay so); for a key the file leaves out, guessed from the value unless
-/// `absent_as_text`.
-fn typed(existing: Option<&toml::Value>, value: &str, absent_as_text: bool) -> toml::Value {
+/// An override's value, typed like the value it replaces (integers and booleans stay so);
+/// text otherwise, which [`lenient`] fields read as numbers and booleans.
+fn typed(existing: Option<&toml::Value>, value: &str) -> toml::Value {
     let text = || toml::Value::String(value.to_owned());
     match existing {
         Some(toml::Value::Integer(_)) => value.parse().map_or_else(|_| text(), toml::Value::Integer),
         Some(toml::Value::Boolean(_)) => value.parse().map_or_else(|_| text(), toml::Value::Boolean),
-        Some(_) => text(),
-        None if absent_as_text => text(),
-        None => match value {
-            "true" | "false" => toml::Value::Boolean(value == "true"),
-            _ => value.parse::<i64>().map_or_else(|_| text(), toml::Value::Integer),
-        },
+        _ => text(),
     }
 }
 
@@ -877,25 +907,21 @@ auto_pay_delay_ms = 500
         let text = EXAMPLE.replace("secret = \"whsec-0123456789abcdef\"\n", "");
         let env = vec![
             ("WXPAY_MERCHANTS_0_MCH_ID".to_owned(), "1900000109".to_owned()),
-            ("WXPAY_WEBHOOK_SECRET".to_owned(), "12345678901234567890".to_owned()),
+            ("WXPAY_WEBHOOK_SECRET".to_owned(), "1234567890123456".to_owned()),
             ("WXPAY_DATABASE_POOL_SIZE".to_owned(), "8".to_owned()),
             ("WXPAY_WEBHOOK_ALLOW_HTTP".to_owned(), "true".to_owned()),
         ];
         let f = parse_with_env(&text, &env).unwrap();
         let (config, settings) = gateway_config(&f).unwrap();
         assert_eq!(config.merchants[0].mch_id.as_str(), "1900000109");
-        assert_eq!(config.webhook.as_ref().unwrap().secret.expose(), "12345678901234567890");
+        assert_eq!(config.webhook.as_ref().unwrap().secret.expose(), "1234567890123456");
         assert!(config.webhook.unwrap().allow_http);
         // Numbers and booleans the file leaves out are still read as such.
         assert_eq!(settings.pool_size, 8);
-        // A number where text is wanted, with text also where a number is wanted: the
-        // number's error is the one told.
-        let both = vec![
-            ("WXPAY_DATABASE_POOL_SIZE".to_owned(), "eight".to_owned()),
-            ("WXPAY_WEBHOOK_SECRET".to_owned(), "12345678901234567890".to_owned()),
-        ];
-        let err = parse_with_env(&text, &both).map(|_| ()).unwrap_err();
-        assert!(err.contains("pool_size") || err.contains("integer"), "{err}");
+        // A number that is not one is refused, naming the value.
+        let bad = vec![("WXPAY_DATABASE_POOL_SIZE".to_owned(), "eight".to_owned())];
+        let err = parse_with_env(&text, &bad).map(|_| ()).unwrap_err();
+        assert!(err.contains("\"eight\""), "{err}");
     }
 
     #[test]

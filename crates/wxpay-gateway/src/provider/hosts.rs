@@ -4,9 +4,11 @@
 //!
 //! A call that finds the host down (its connection refused, or a server error that is not
 //! WeChat Pay's answer: a proxy's page) counts against it; after `backup_after_failures` in a
-//! row the backup is used for `backup_for`, then the primary is tried again. Any answer from
-//! WeChat Pay resets the count. A timeout after the request was sent does not count: the host
-//! was reached, and the call may have taken effect there.
+//! row the backup is used for `backup_for`, then the primary is tried again. As many failures
+//! in a row on the backup end its time at once: a backup that is down too (api2 blocked by a
+//! firewall) must not keep calls from a primary that may be back. Any answer from WeChat Pay,
+//! and every switch, resets the count. A timeout after the request was sent does not count:
+//! the host was reached, and the call may have taken effect there.
 
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
@@ -45,15 +47,20 @@ impl Hosts {
         }
     }
 
-    /// A call found the current host down; enough in a row switch to the backup.
+    /// A call found the current host down; enough in a row switch to the other one.
     pub(crate) fn failed(&self, cfg: &UpstreamConfig, now: Millis) {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= cfg.backup_after_failures && self.backup.is_some() {
-            let until = (now + cfg.backup_for).unix_ms();
-            if self.backup_until.swap(until, Ordering::Relaxed) <= now.unix_ms() {
-                tracing::warn!(merchant = ?self.merchant, failures = n, "switching to the backup WeChat Pay host");
-            }
-            self.failures.store(0, Ordering::Relaxed);
+        if n < cfg.backup_after_failures || self.backup.is_none() {
+            return;
+        }
+        self.failures.store(0, Ordering::Relaxed);
+        if self.backup_until.load(Ordering::Relaxed) > now.unix_ms() {
+            self.backup_until.store(0, Ordering::Relaxed);
+            tracing::warn!(merchant = ?self.merchant, failures = n, "the backup WeChat Pay host is failing too: back to the primary");
+        } else {
+            self.backup_until
+                .store((now + cfg.backup_for).unix_ms(), Ordering::Relaxed);
+            tracing::warn!(merchant = ?self.merchant, failures = n, "switching to the backup WeChat Pay host");
         }
     }
 
@@ -107,6 +114,26 @@ mod tests {
         h.failed(&upstream(), now);
         h.failed(&upstream(), now);
         h.answered();
+        h.failed(&upstream(), now);
+        h.failed(&upstream(), now);
+        assert_eq!(h.current(now), "http://primary");
+    }
+
+    #[test]
+    fn a_backup_that_fails_as_often_hands_calls_back_to_the_primary() {
+        let h = hosts(Some("http://backup"));
+        let now = Millis::from_unix_ms(1_000_000);
+        for _ in 0..3 {
+            h.failed(&upstream(), now);
+        }
+        assert_eq!(h.current(now), "http://backup");
+        // The switch started the count again: two failures of the backup keep it.
+        h.failed(&upstream(), now);
+        h.failed(&upstream(), now);
+        assert_eq!(h.current(now), "http://backup");
+        h.failed(&upstream(), now);
+        assert_eq!(h.current(now), "http://primary", "the backup failed as often");
+        // And the primary gets its own count from zero.
         h.failed(&upstream(), now);
         h.failed(&upstream(), now);
         assert_eq!(h.current(now), "http://primary");

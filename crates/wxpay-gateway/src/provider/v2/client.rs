@@ -205,7 +205,13 @@ impl V2Link {
                         last = CallError::NoAnswer(format!("{code} {description}"));
                         continue;
                     }
-                    if uncertain && C::CHANGES {
+                    // A refusal that states the order's state (paid, closed, unknown) is a
+                    // fact whatever the lost attempt did, and the core settles it by a query.
+                    let states_a_fact = matches!(
+                        code,
+                        ErrCode::OrderPaid | ErrCode::OrderClosed | ErrCode::OrderNotExist | ErrCode::RefundNotExist
+                    );
+                    if uncertain && C::CHANGES && !states_a_fact {
                         return Err(CallError::NoAnswer(unsettled(
                             api,
                             format_args!("{code} {description}"),

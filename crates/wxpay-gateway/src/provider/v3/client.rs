@@ -407,7 +407,18 @@ impl V3Link {
         let mut uncertain = false;
         let changes = req.method != "GET";
         let refused = |e: V3Error, uncertain: bool| {
-            if uncertain && changes {
+            // A refusal that states the order's state (paid, closed, unknown) is a fact
+            // whatever the lost attempt did, and the core settles it by a query.
+            let states_a_fact = matches!(
+                e.code.as_str(),
+                "ORDERPAID"
+                    | "ORDER_CLOSED"
+                    | "ORDERCLOSED"
+                    | "ORDER_NOT_EXIST"
+                    | "ORDERNOTEXIST"
+                    | "RESOURCE_NOT_EXISTS"
+            );
+            if uncertain && changes && !states_a_fact {
                 CallError::NoAnswer(unsettled(api, &e))
             } else {
                 CallError::Rejected(e)

@@ -314,7 +314,7 @@ pub(crate) struct GetOrderQuery {
     responses(
         (status = 200, description = "The order.", body = OrderView),
         (status = 404, description = "No such order.", body = ErrorBody),
-        (status = 422, description = "No merchant of that name, or `sync` is not `true` or `false`.", body = ErrorBody),
+        (status = 422, description = "No merchant of that name, a number several merchants other than the first have and no merchant named, or `sync` is not `true` or `false`.", body = ErrorBody),
         (status = 503, description = "`sync=true` and WeChat Pay did not answer.", body = ErrorBody),
     ),
     security(("bearer" = []))
@@ -423,7 +423,7 @@ pub(crate) struct CloseRequest {
     responses(
         (status = 200, description = "The order, closed.", body = OrderView),
         (status = 404, description = "No such order.", body = ErrorBody),
-        (status = 422, description = "No merchant of that name, or a field of the wrong type.", body = ErrorBody),
+        (status = 422, description = "No merchant of that name, a number several merchants other than the first have and no merchant named, or a field of the wrong type.", body = ErrorBody),
         (status = 409, description = "The order is paid (or refunded), and stays so.", body = ErrorBody),
         (status = 503, description = "WeChat Pay did not answer; the order stays open.", body = ErrorBody),
     ),

@@ -158,7 +158,7 @@ pub(crate) struct GetRefundQuery {
     responses(
         (status = 200, description = "The refund.", body = RefundView),
         (status = 404, description = "No such refund.", body = ErrorBody),
-        (status = 422, description = "No merchant of that name.", body = ErrorBody),
+        (status = 422, description = "No merchant of that name, or a number several merchants other than the first have and no merchant named.", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]

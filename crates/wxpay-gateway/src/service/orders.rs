@@ -8,7 +8,7 @@ use crate::provider::{PayParams, PaymentState, PaymentTerms, Provider, ProviderE
 use crate::service::breaker::Admission;
 use crate::service::error::{Conflict, ServiceError};
 use crate::service::numbers::Numbers;
-use crate::service::state::{Service, the_one};
+use crate::service::state::Service;
 use crate::store::{
     Created, Event, NewOrder, Order, OrderFilter, OrderStatus, Payment, PaymentOutcome, Refund, Source, Upstream,
 };
@@ -440,7 +440,7 @@ impl Service {
                 found.push((provider, order));
             }
         }
-        the_one(found, &format!("order {out_trade_no}"))
+        self.the_one(found, &format!("order {out_trade_no}"))
     }
 
     /// An order with its history and refunds; with `sync`, a pending order is first synced

@@ -12,7 +12,7 @@ use wxpay_protocol::{Fen, OutRefundNo, OutTradeNo};
 use crate::provider::{Provider, ProviderError, RefundReport, RefundTerms, Refusal, Retry};
 use crate::service::error::{Conflict, ServiceError};
 use crate::service::numbers::Numbers;
-use crate::service::state::{Service, the_one};
+use crate::service::state::Service;
 use crate::store::{
     NewRefund, Order, Refund, RefundCreated, RefundOutcome, RefundResult, RefundStatus, Source, Upstream,
 };
@@ -197,7 +197,7 @@ impl Service {
                 found.push((provider, refund));
             }
         }
-        Ok(the_one(found, &format!("refund {out_refund_no}"))?.1)
+        Ok(self.the_one(found, &format!("refund {out_refund_no}"))?.1)
     }
 
     /// Sends a stored refund to WeChat Pay and records the answer: accepted; refused for good

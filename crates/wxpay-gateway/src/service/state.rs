@@ -218,12 +218,37 @@ impl Service {
     }
 
     /// The merchants a request means: the one it names; when it names none, every configured
-    /// merchant, under each of which a number it gives is looked for (see [`the_one`]).
+    /// merchant, under each of which a number it gives is looked for (see [`Service::the_one`]).
     pub(crate) fn merchants_meant(&self, name: Option<&str>) -> Result<Vec<&dyn Provider>, ServiceError> {
         match name {
             Some(_) => Ok(vec![self.merchant(name)?]),
             None => Ok(self.inner.merchants.iter().map(|m| &**m).collect()),
         }
+    }
+
+    /// What was found of `what` under the merchants a request means
+    /// ([`Service::merchants_meant`], in the order of the configuration): the one record; when
+    /// the first merchant has one, its record, as a request that names no merchant means the
+    /// first when it creates an order; [`ServiceError::NotFound`] when none; and when several
+    /// other merchants have a record of that number, a refusal that asks the request to name
+    /// its merchant.
+    pub(crate) fn the_one<'a, T>(
+        &self,
+        mut found: Vec<(&'a dyn Provider, T)>,
+        what: &str,
+    ) -> Result<(&'a dyn Provider, T), ServiceError> {
+        let first = &self.inner.merchants[0].merchant().name;
+        if found.len() > 1 && &found[0].0.merchant().name != first {
+            let names: Vec<&str> = found.iter().map(|(p, _)| p.merchant().name.as_str()).collect();
+            return Err(ServiceError::Invalid(format!(
+                "{what} exists under merchants {}: name one with ?merchant= (or \"merchant\" in the body)",
+                names.join(", ")
+            )));
+        }
+        if found.is_empty() {
+            return Err(ServiceError::NotFound(format!("no {what}")));
+        }
+        Ok(found.swap_remove(0))
     }
 
     /// The reader of APIv2 notifications.
@@ -240,21 +265,4 @@ impl Service {
     pub(crate) fn merchant_at(&self, index: usize) -> &dyn Provider {
         &*self.inner.merchants[index]
     }
-}
-
-/// What was found of `what` under the merchants a request means ([`Service::merchants_meant`]):
-/// the one record, [`ServiceError::NotFound`] when none, and when several merchants have a
-/// record of that number, a refusal that asks the request to name its merchant.
-pub(crate) fn the_one<'a, T>(
-    mut found: Vec<(&'a dyn Provider, T)>,
-    what: &str,
-) -> Result<(&'a dyn Provider, T), ServiceError> {
-    if found.len() > 1 {
-        let names: Vec<&str> = found.iter().map(|(p, _)| p.merchant().name.as_str()).collect();
-        return Err(ServiceError::Invalid(format!(
-            "{what} exists under merchants {}: name one with ?merchant= (or \"merchant\" in the body)",
-            names.join(", ")
-        )));
-    }
-    found.pop().ok_or_else(|| ServiceError::NotFound(format!("no {what}")))
 }

@@ -110,7 +110,14 @@ async fn the_same_idempotency_key_gives_the_same_answer_and_another_body_a_409(d
 engines!(the_same_idempotency_key_gives_the_same_answer_and_another_body_a_409);
 
 async fn an_order_and_a_refund_of_any_merchant_are_found_by_their_numbers_alone(db: TestDb) {
-    let t = spawn_app(db, Options::default()).await;
+    let t = spawn_app(
+        db,
+        Options {
+            second_app: true,
+            ..Options::default()
+        },
+    )
+    .await;
     // The second configured merchant's order, asked for by its number alone, as product.md's
     // paths have it.
     t.paid_order_of("hmac", "MM-PAID", 300).await;
@@ -138,31 +145,67 @@ async fn an_order_and_a_refund_of_any_merchant_are_found_by_their_numbers_alone(
     assert_eq!(status, 201, "{v}");
     let (status, v) = t.api(Method::POST, "/v1/orders/MM-OPEN/close", None, None).await;
     assert_eq!((status, v["status"].as_str()), (200, Some("closed")), "{v}");
-    // A number two merchants both have must be asked for with its merchant.
+    // A number the first merchant also has is the first merchant's, as an order created
+    // without a merchant is; the other's is asked for by name.
     let mut body = order_body(300);
     body["out_trade_no"] = json!("MM-PAID");
     let (status, v) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
     assert_eq!(status, 201, "{v}");
     let (status, v) = t.api(Method::GET, "/v1/orders/MM-PAID", None, None).await;
     assert_eq!(
+        (status, v["merchant"].as_str(), v["status"].as_str()),
+        (200, Some("default"), Some("pending")),
+        "{v}"
+    );
+    let (status, v) = t.api(Method::GET, "/v1/orders/MM-PAID?merchant=hmac", None, None).await;
+    assert_eq!((status, v["status"].as_str()), (200, Some("paid")), "{v}");
+    // A number two other merchants both have must be asked for with its merchant.
+    for merchant in ["hmac", "app2"] {
+        let mut body = order_body(400);
+        body["out_trade_no"] = json!("MM-TWICE");
+        body["merchant"] = json!(merchant);
+        let (status, v) = t.api(Method::POST, "/v1/orders", Some(body), None).await;
+        assert_eq!(status, 201, "{merchant}: {v}");
+    }
+    let (status, v) = t.api(Method::GET, "/v1/orders/MM-TWICE", None, None).await;
+    assert_eq!(
         (status, v["error"]["code"].as_str()),
         (422, Some("invalid_request")),
         "{v}"
     );
     let message = v["error"]["message"].as_str().unwrap();
-    assert!(message.contains("default") && message.contains("hmac"), "{message}");
-    let (status, v) = t.api(Method::GET, "/v1/orders/MM-PAID?merchant=hmac", None, None).await;
-    assert_eq!((status, v["status"].as_str()), (200, Some("paid")), "{v}");
+    assert!(message.contains("hmac") && message.contains("app2"), "{message}");
     let (status, v) = t
-        .api(Method::GET, "/v1/orders/MM-PAID?merchant=default", None, None)
+        .api(Method::GET, "/v1/orders/MM-TWICE?merchant=app2", None, None)
         .await;
-    assert_eq!((status, v["status"].as_str()), (200, Some("pending")), "{v}");
+    assert_eq!((status, v["merchant"].as_str()), (200, Some("app2")), "{v}");
     // A number nobody has is still not found.
     let (status, _) = t.api(Method::GET, "/v1/orders/MM-NONE", None, None).await;
     assert_eq!(status, 404);
     t.stop().await;
 }
 engines!(an_order_and_a_refund_of_any_merchant_are_found_by_their_numbers_alone);
+
+async fn a_close_whose_answer_is_lost_and_whose_repeat_hears_orderclosed_is_closed(db: TestDb) {
+    let t = spawn_app(db, Options::default()).await;
+    let mut body = order_body(100);
+    body["out_trade_no"] = json!("LOST-CLOSE-1");
+    t.create(body).await;
+    // The first attempt closes it and its answer is lost; the repeat hears ORDERCLOSED, which
+    // states the order's state whatever the lost attempt did.
+    t.fault(json!({"kind": "lose_answer", "api": "closeorder", "count": 1}))
+        .await;
+    let (status, v) = t.api(Method::POST, "/v1/orders/LOST-CLOSE-1/close", None, None).await;
+    assert_eq!(
+        (status, v["status"].as_str()),
+        (200, Some("closed")),
+        "{}: {v}",
+        t.engine()
+    );
+    assert_eq!(t.sim_faults_fired("lose_answer").await, 1);
+    t.stop().await;
+}
+engines!(a_close_whose_answer_is_lost_and_whose_repeat_hears_orderclosed_is_closed);
 
 #[tokio::test]
 async fn bad_requests_get_clear_errors_and_store_nothing() {

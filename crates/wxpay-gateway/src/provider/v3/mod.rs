@@ -254,8 +254,9 @@ impl Provider for V3Provider {
                 }
                 Err(e) => return Err(provider_error(e, Refusal::Other)),
             };
-            // The file is fetched from the configured host, whatever host the URL names: the
-            // signed request goes nowhere else.
+            // The file is fetched from the host calls go to now (the primary, or the backup
+            // while it is used), whatever host the URL names: the signed request goes nowhere
+            // else.
             let url = &location.download_url;
             let path = url
                 .find("://")

@@ -269,23 +269,23 @@ async fn until_closed(s: &mut tokio::net::TcpStream, within: Duration) -> Option
         .map(|_| std::time::Instant::now())
 }
 
+/// A gateway that gives its clients a second for a header or a body and two idle.
+fn with_quick_limits() -> Options {
+    Options {
+        limits: wxpay_gateway::Limits {
+            header_read_timeout: Duration::from_secs(1),
+            body_read_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(2),
+            max_connections: 64,
+        },
+        ..Options::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_loris_clients_are_cut_off_while_genuine_notifications_are_applied() {
     use tokio::io::AsyncWriteExt;
-    let limits = wxpay_gateway::Limits {
-        header_read_timeout: Duration::from_secs(1),
-        body_read_timeout: Duration::from_secs(1),
-        idle_timeout: Duration::from_secs(2),
-        max_connections: 64,
-    };
-    let t = spawn_app(
-        TestDb::sqlite(),
-        Options {
-            limits,
-            ..Options::default()
-        },
-    )
-    .await;
+    let t = spawn_app(TestDb::sqlite(), with_quick_limits()).await;
     let addr = t.url.trim_start_matches("http://").to_owned();
     // Clients that send half a header, half a body, or nothing.
     let mut slow = Vec::new();
@@ -331,20 +331,7 @@ async fn slow_loris_clients_are_cut_off_while_genuine_notifications_are_applied(
 #[tokio::test]
 async fn a_request_body_that_stops_coming_is_answered_408_with_its_request_id() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let limits = wxpay_gateway::Limits {
-        header_read_timeout: Duration::from_secs(1),
-        body_read_timeout: Duration::from_secs(1),
-        idle_timeout: Duration::from_secs(2),
-        max_connections: 64,
-    };
-    let t = spawn_app(
-        TestDb::sqlite(),
-        Options {
-            limits,
-            ..Options::default()
-        },
-    )
-    .await;
+    let t = spawn_app(TestDb::sqlite(), with_quick_limits()).await;
     let addr = t.url.trim_start_matches("http://").to_owned();
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let head = format!(

@@ -554,6 +554,16 @@ fn settled(d: &Difference, checked_with: &'static str, detail: String) -> Repair
     }
 }
 
+/// The history entry of a refund whose acceptance takes the bill's time.
+fn dated_by_bill(day: &Day, out_refund_no: &str, from: Option<Millis>, to: Millis) -> serde_json::Value {
+    serde_json::json!({
+        "bill_date": day.date,
+        "out_refund_no": out_refund_no,
+        "accepted_at": {"from": from, "to": to},
+        "note": "WeChat Pay's bill dates the refund's acceptance to this day",
+    })
+}
+
 /// With repair: a refund this day's bill lists but the database dates to another day
 /// (WeChat Pay accepted it just before midnight and the gateway heard after it, or the answer
 /// was lost and the notification came later) takes the bill's time, so that no day reports
@@ -576,16 +586,10 @@ async fn move_to_bill_day(app: &Service, day: &Day, bill: &Bill, local: &Local) 
         if local.day_refunds.contains(no) {
             continue;
         }
-        let detail = serde_json::json!({
-            "bill_date": day.date,
-            "out_refund_no": no,
-            "accepted_at": {"from": at, "to": bill_at},
-            "note": "WeChat Pay's bill dates the refund's acceptance to this day",
-        });
         match app
             .inner
             .store
-            .move_refund_accepted_at(r.id, bill_at, detail, app.now())
+            .move_refund_accepted_at(r.id, bill_at, dated_by_bill(day, no, Some(at), bill_at), app.now())
             .await
         {
             Ok(()) => moved.push(no.clone()),
@@ -773,12 +777,7 @@ async fn repair_refund(
                 // bill dates it, so that this day (and not the day of the repair) counts it.
                 Ok((after, Synced::Settled | Synced::Processing)) if unheard && after.accepted_at.is_some() => {
                     let at = d.bill_time_ms.map_or(day.start_ms(), Millis::from_unix_ms);
-                    let detail = serde_json::json!({
-                        "bill_date": day.date,
-                        "out_refund_no": no,
-                        "accepted_at": {"from": after.accepted_at, "to": at},
-                        "note": "WeChat Pay's bill dates the refund's acceptance to this day",
-                    });
+                    let detail = dated_by_bill(day, &no, after.accepted_at, at);
                     if let Err(e) = app
                         .inner
                         .store

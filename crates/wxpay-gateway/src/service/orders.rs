@@ -419,7 +419,7 @@ impl Service {
     }
 
     /// The order a request names, with its merchant's provider (see
-    /// [`Service::merchants_meant`]: without a merchant name, it is looked for under each).
+    /// [`Service::find_under`]: without a merchant name, it is looked for under each).
     pub(crate) async fn find_order(
         &self,
         merchant: Option<&str>,
@@ -429,18 +429,11 @@ impl Service {
         let Ok(number) = OutTradeNo::new(out_trade_no.as_str()) else {
             return Err(ServiceError::NotFound(format!("no order {out_trade_no}")));
         };
-        let mut found = Vec::new();
-        for provider in self.merchants_meant(merchant)? {
-            if let Some(order) = self
-                .inner
-                .store
-                .order(provider.merchant().name.clone(), number.clone())
-                .await?
-            {
-                found.push((provider, order));
-            }
-        }
-        self.the_one(found, &format!("order {out_trade_no}"))
+        let store = &self.inner.store;
+        self.find_under(merchant, &format!("order {out_trade_no}"), |name| {
+            store.order(name, number.clone())
+        })
+        .await
     }
 
     /// An order with its history and refunds; with `sync`, a pending order is first synced

@@ -186,18 +186,13 @@ impl Service {
         let Ok(number) = OutRefundNo::new(out_refund_no.as_str()) else {
             return Err(ServiceError::NotFound(format!("no refund {out_refund_no}")));
         };
-        let mut found = Vec::new();
-        for provider in self.merchants_meant(merchant)? {
-            if let Some(refund) = self
-                .inner
-                .store
-                .refund(provider.merchant().name.clone(), number.clone())
-                .await?
-            {
-                found.push((provider, refund));
-            }
-        }
-        Ok(self.the_one(found, &format!("refund {out_refund_no}"))?.1)
+        let store = &self.inner.store;
+        let (_, refund) = self
+            .find_under(merchant, &format!("refund {out_refund_no}"), |name| {
+                store.refund(name, number.clone())
+            })
+            .await?;
+        Ok(refund)
     }
 
     /// Sends a stored refund to WeChat Pay and records the answer: accepted; refused for good

@@ -217,38 +217,40 @@ impl Service {
         }
     }
 
-    /// The merchants a request means: the one it names; when it names none, every configured
-    /// merchant, under each of which a number it gives is looked for (see [`Service::the_one`]).
-    pub(crate) fn merchants_meant(&self, name: Option<&str>) -> Result<Vec<&dyn Provider>, ServiceError> {
-        match name {
-            Some(_) => Ok(vec![self.merchant(name)?]),
-            None => Ok(self.inner.merchants.iter().map(|m| &**m).collect()),
-        }
-    }
-
-    /// What was found of `what` under the merchants a request means
-    /// ([`Service::merchants_meant`], in the order of the configuration): the one record; when
-    /// the first merchant has one, its record, as a request that names no merchant means the
-    /// first when it creates an order; [`ServiceError::NotFound`] when none; and when several
-    /// other merchants have a record of that number, a refusal that asks the request to name
-    /// its merchant.
-    pub(crate) fn the_one<'a, T>(
-        &self,
-        mut found: Vec<(&'a dyn Provider, T)>,
+    /// The record a request names by its number, with its merchant's provider: `read` reads
+    /// one merchant's record (by the merchant's name). Under the merchant the request names;
+    /// when it names none, under each configured merchant in turn, and the first merchant's
+    /// record wins (as a request that names no merchant means the first when it creates an
+    /// order), so that the others are read only when it has none. [`ServiceError::NotFound`]
+    /// when no merchant has `what`; when several others have it, a refusal that asks the
+    /// request to name its merchant.
+    pub(crate) async fn find_under<'a, T>(
+        &'a self,
+        merchant: Option<&str>,
         what: &str,
+        read: impl Fn(String) -> crate::store::Fut<'a, Option<T>>,
     ) -> Result<(&'a dyn Provider, T), ServiceError> {
-        let first = &self.inner.merchants[0].merchant().name;
-        if found.len() > 1 && &found[0].0.merchant().name != first {
+        let providers: Vec<&dyn Provider> = match merchant {
+            Some(_) => vec![self.merchant(merchant)?],
+            None => self.inner.merchants.iter().map(|m| &**m).collect(),
+        };
+        let mut found = Vec::new();
+        for (i, provider) in providers.into_iter().enumerate() {
+            if let Some(t) = read(provider.merchant().name.clone()).await? {
+                found.push((provider, t));
+                if i == 0 {
+                    break;
+                }
+            }
+        }
+        if found.len() > 1 {
             let names: Vec<&str> = found.iter().map(|(p, _)| p.merchant().name.as_str()).collect();
             return Err(ServiceError::Invalid(format!(
                 "{what} exists under merchants {}: name one with ?merchant= (or \"merchant\" in the body)",
                 names.join(", ")
             )));
         }
-        if found.is_empty() {
-            return Err(ServiceError::NotFound(format!("no {what}")));
-        }
-        Ok(found.swap_remove(0))
+        found.pop().ok_or_else(|| ServiceError::NotFound(format!("no {what}")))
     }
 
     /// The reader of APIv2 notifications.

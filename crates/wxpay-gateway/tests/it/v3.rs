@@ -381,6 +381,37 @@ async fn a_v3_bill_slower_than_an_ordinary_call_still_downloads(db: TestDb) {
 }
 engines!(a_v3_bill_slower_than_an_ordinary_call_still_downloads);
 
+async fn a_v3_bill_whose_download_address_is_refused_is_asked_for_again_once(db: TestDb) {
+    let t = spawn_app(
+        db,
+        Options {
+            sim: Box::new(|c| c.bills_immediately = true),
+            pin_beijing_noon: true,
+            ..v3(V3Signer::PublicKey, Trusts::PublicKey)
+        },
+    )
+    .await;
+    t.paid_order("V3-STALEURL-1", 1300).await;
+    let day = Day::containing(t.app.now());
+    // The address expired before the download (WeChat Pay gives it 30 s to 5 minutes): a
+    // fresh one is asked for, and the day balances.
+    t.fault(json!({"kind": "error_code", "api": "v3_billdownload", "err_code": "INVALID_REQUEST", "count": 1}))
+        .await;
+    let report = reconcile(&t.app, None, &day, false, &Quiet).await.unwrap();
+    assert!(report.balanced, "{}: {report:#?}", t.engine());
+    assert_eq!((report.bill.payments, report.bill.payments_fen), (1, 1300));
+    assert_eq!(t.sim_calls("v3_tradebill").await, 2);
+    // Refused again with the fresh address too: the run fails with WeChat Pay's reason
+    // instead of asking for ever.
+    t.fault(json!({"kind": "error_code", "api": "v3_billdownload", "err_code": "INVALID_REQUEST", "count": 2}))
+        .await;
+    let error = reconcile(&t.app, None, &day, false, &Quiet).await.unwrap_err();
+    assert!(error.to_string().contains("INVALID_REQUEST"), "{error}");
+    assert_eq!(t.sim_calls("v3_tradebill").await, 4);
+    t.stop().await;
+}
+engines!(a_v3_bill_whose_download_address_is_refused_is_asked_for_again_once);
+
 /// What the stand-in proxy answers a refund call with, by the refund number's last digit.
 const MADE_UP: [(u16, &str); 3] = [
     (

@@ -480,29 +480,62 @@ pub(crate) fn certificates(ctx: &Ctx<'_>) -> Reply {
 /// is exactly the one whose digest was given.
 #[derive(Default)]
 pub(crate) struct BillTokens {
-    files: Mutex<VecDeque<(String, u16, Vec<u8>)>>,
+    files: Mutex<VecDeque<Handed>>,
+}
+
+/// A bill handed out: its token, its merchant, when its `download_url` was given, the file.
+struct Handed {
+    token: String,
+    mch: u16,
+    issued_at: i64,
+    file: Vec<u8>,
 }
 
 /// How many bills are kept for download; older tokens expire.
 const BILLS_KEPT: usize = 64;
 
+/// How long a `download_url` works, in seconds. WeChat Pay's pages give 30 s (the download
+/// page: "URL有效期30s") and five minutes (the newer page of the bill request); the shorter
+/// one is kept, so that a client that waits before downloading fails here first.
+pub(crate) const DOWNLOAD_URL_SECS: i64 = 30;
+
+/// Why a bill token does not give its file.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum TokenRefusal {
+    /// No bill was handed out under it (or it is long gone).
+    Unknown,
+    /// Another merchant's bill.
+    OtherMerchant,
+    /// Handed out more than [`DOWNLOAD_URL_SECS`] ago.
+    Expired,
+}
+
 impl BillTokens {
-    fn put(&self, mch: u16, file: Vec<u8>) -> String {
+    fn put(&self, mch: u16, file: Vec<u8>, now: i64) -> String {
         let token = ids::random_alnum(32);
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if files.len() >= BILLS_KEPT {
             files.pop_front();
         }
-        files.push_back((token.clone(), mch, file));
+        files.push_back(Handed {
+            token: token.clone(),
+            mch,
+            issued_at: now,
+            file,
+        });
         token
     }
 
-    fn get(&self, mch: u16, token: &str) -> Option<Vec<u8>> {
+    fn get(&self, mch: u16, token: &str, now: i64) -> Result<Vec<u8>, TokenRefusal> {
         let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        files
-            .iter()
-            .find(|(t, m, _)| t == token && *m == mch)
-            .map(|(_, _, file)| file.clone())
+        let handed = files.iter().find(|h| h.token == token).ok_or(TokenRefusal::Unknown)?;
+        if handed.mch != mch {
+            return Err(TokenRefusal::OtherMerchant);
+        }
+        if now - handed.issued_at > DOWNLOAD_URL_SECS {
+            return Err(TokenRefusal::Expired);
+        }
+        Ok(handed.file.clone())
     }
 }
 
@@ -547,7 +580,7 @@ pub(crate) fn trade_bill(ctx: &Ctx<'_>, uri: &Uri) -> Reply {
         text.into_bytes()
     };
     let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    let token = ctx.v3.bills.put(ctx.mch, file);
+    let token = ctx.v3.bills.put(ctx.mch, file, ctx.now);
     let scheme = if ctx.sim.inner.tls.is_some() { "https" } else { "http" };
     Reply::ok(&json!({
         "hash_type": "SHA1",
@@ -557,9 +590,18 @@ pub(crate) fn trade_bill(ctx: &Ctx<'_>, uri: &Uri) -> Reply {
 }
 
 pub(crate) fn bill_download(ctx: &Ctx<'_>, uri: &Uri) -> Reply {
-    match query_param(uri, "token").and_then(|t| ctx.v3.bills.get(ctx.mch, &t)) {
-        Some(file) => Reply::file(file),
-        None => Reply::error(404, "RESOURCE_NOT_EXISTS", "下载链接已失效或不存在"),
+    let Some(token) = query_param(uri, "token") else {
+        return Reply::error(400, "PARAM_ERROR", "参数错误: token 此字段为必填项");
+    };
+    // WeChat Pay's answers: an unknown or expired link is "INVALID_REQUEST" (get a new
+    // address from the bill request), another merchant's bill "NO_AUTH".
+    match ctx.v3.bills.get(ctx.mch, &token, ctx.now) {
+        Ok(file) => Reply::file(file),
+        Err(TokenRefusal::Unknown) => Reply::error(400, "INVALID_REQUEST", "下载链接无效,请重新请求文件下载"),
+        Err(TokenRefusal::Expired) => Reply::error(400, "INVALID_REQUEST", "下载链接过期,请重新请求文件下载"),
+        Err(TokenRefusal::OtherMerchant) => {
+            Reply::error(403, "NO_AUTH", "权限异常,请检查本次请求的商户是否与申请账单的商户一致")
+        }
     }
 }
 
@@ -582,5 +624,18 @@ mod tests {
         let uri: Uri = "/v3/bill/tradebill?bill_date=2026-12-03&bill_type=ALL".parse().unwrap();
         assert_eq!(query_param(&uri, "bill_date").as_deref(), Some("2026-12-03"));
         assert_eq!(query_param(&uri, "tar_type"), None);
+    }
+
+    #[test]
+    fn a_bill_token_gives_its_file_to_its_merchant_only_and_for_thirty_seconds() {
+        let tokens = BillTokens::default();
+        let token = tokens.put(0, b"bill".to_vec(), 1_000);
+        assert_eq!(tokens.get(0, &token, 1_000 + DOWNLOAD_URL_SECS), Ok(b"bill".to_vec()));
+        assert_eq!(tokens.get(1, &token, 1_000), Err(TokenRefusal::OtherMerchant));
+        assert_eq!(
+            tokens.get(0, &token, 1_001 + DOWNLOAD_URL_SECS),
+            Err(TokenRefusal::Expired)
+        );
+        assert_eq!(tokens.get(0, "nope", 1_000), Err(TokenRefusal::Unknown));
     }
 }

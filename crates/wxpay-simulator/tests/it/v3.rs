@@ -618,6 +618,25 @@ async fn the_trade_bill_is_downloaded_and_matches_its_digest() {
         location.check(&gz.body).is_err(),
         "the gzip stream's digest is not the bill's"
     );
+    // The address works for thirty seconds: after that, a new one is to be asked for.
+    let again = Request {
+        method: "GET",
+        url: url[url.find("/v3/").unwrap()..].to_owned(),
+        body: String::new(),
+    };
+    assert_eq!(c.send(&again).await.status, 200);
+    let (status, _) = c.env.post_json("/simulator/clock", json!({"advance_secs": 31})).await;
+    assert_eq!(status, 200);
+    let expired = c.send(&again).await;
+    assert_eq!(
+        (expired.status, expired.error().code.as_str()),
+        (400, "INVALID_REQUEST")
+    );
+    assert!(expired.error().message.contains("过期"), "{}", expired.json());
+    let mut unknown = again;
+    unknown.url = "/v3/billdownload/file?token=nope".into();
+    let a = c.send(&unknown).await;
+    assert_eq!((a.status, a.error().code.as_str()), (400, "INVALID_REQUEST"));
 }
 
 #[tokio::test]

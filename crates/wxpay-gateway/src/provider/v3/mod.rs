@@ -114,6 +114,15 @@ fn provider_error(e: CallError, not_found: Refusal) -> ProviderError {
     }
 }
 
+/// The path (and query) of a bill's `download_url`. The file is fetched from the host calls
+/// go to now (the primary, or the backup while it is used), whatever host the URL names: the
+/// signed request goes nowhere else.
+fn download_path(url: &str) -> Result<String, ProviderError> {
+    url.find("://")
+        .and_then(|i| url[i + 3..].find('/').map(|j| url[i + 3 + j..].to_owned()))
+        .ok_or_else(|| ProviderError::Incomplete(format!("download_url {:?} has no path", clip(url, CLIPPED))))
+}
+
 fn incomplete(e: wxpay_protocol::Error) -> ProviderError {
     ProviderError::Incomplete(e.to_string())
 }
@@ -245,35 +254,34 @@ impl Provider for V3Provider {
     fn download_bill<'a>(&'a self, day: BeijingTime, received: Received<'a>) -> Fut<'a, Vec<BillEntry>> {
         Box::pin(async move {
             let dashed = day.to_dashed();
-            let located = self.link.call(&calls::trade_bill(&dashed[..10]), "v3_tradebill").await;
-            let location = match located {
-                Ok(a) => bill_location(&a.body).map_err(incomplete)?,
-                Err(CallError::Rejected(e)) if e.code == "NO_STATEMENT_EXIST" => return Ok(Vec::new()),
-                Err(CallError::Rejected(e)) if e.code == "STATEMENT_CREATING" => {
-                    return Err(ProviderError::BillNotReady);
+            // The download address works for a short while only (30 s to 5 minutes): a
+            // download refused as an invalid or expired link (a slow first attempt, a pause
+            // between the two calls) asks for a fresh address once.
+            let mut fresh_address_asked = false;
+            let (location, file) = loop {
+                let located = self.link.call(&calls::trade_bill(&dashed[..10]), "v3_tradebill").await;
+                let location = match located {
+                    Ok(a) => bill_location(&a.body).map_err(incomplete)?,
+                    Err(CallError::Rejected(e)) if e.code == "NO_STATEMENT_EXIST" => return Ok(Vec::new()),
+                    Err(CallError::Rejected(e)) if e.code == "STATEMENT_CREATING" => {
+                        return Err(ProviderError::BillNotReady);
+                    }
+                    Err(e) => return Err(provider_error(e, Refusal::Other)),
+                };
+                let req = calls::Request {
+                    method: "GET",
+                    url: download_path(&location.download_url)?,
+                    body: String::new(),
+                };
+                match self.link.download(&req, "v3_billdownload", received).await {
+                    Ok(file) => break (location, file),
+                    Err(CallError::Rejected(e)) if e.code == "INVALID_REQUEST" && !fresh_address_asked => {
+                        tracing::warn!(error = %e, "the bill's download address was refused: asking for a fresh one");
+                        fresh_address_asked = true;
+                    }
+                    Err(e) => return Err(provider_error(e, Refusal::Other)),
                 }
-                Err(e) => return Err(provider_error(e, Refusal::Other)),
             };
-            // The file is fetched from the host calls go to now (the primary, or the backup
-            // while it is used), whatever host the URL names: the signed request goes nowhere
-            // else.
-            let url = &location.download_url;
-            let path = url
-                .find("://")
-                .and_then(|i| url[i + 3..].find('/').map(|j| &url[i + 3 + j..]))
-                .ok_or_else(|| {
-                    ProviderError::Incomplete(format!("download_url {:?} has no path", clip(url, CLIPPED)))
-                })?;
-            let req = calls::Request {
-                method: "GET",
-                url: path.to_owned(),
-                body: String::new(),
-            };
-            let file = self
-                .link
-                .download(&req, "v3_billdownload", received)
-                .await
-                .map_err(|e| provider_error(e, Refusal::Other))?;
             location.check(&file.body).map_err(incomplete)?;
             let text = std::str::from_utf8(&file.body)
                 .map_err(|_| ProviderError::Incomplete("the bill is not UTF-8 text".into()))?;

@@ -99,6 +99,27 @@ impl From<wxpay_protocol::v2::Retry> for Retry {
 }
 
 impl ProviderError {
+    /// What a refusal of a call that changes WeChat Pay's state (places, closes, refunds)
+    /// means when `lost_attempt`: an earlier attempt of the same call got no trustworthy
+    /// answer. That attempt may have taken effect, and the refusal may come from that effect
+    /// (a refund made by the lost attempt leaves too little to refund; an order placed by it
+    /// is then refused another way), so the refusal settles nothing: it is no answer, and the
+    /// core asks WeChat Pay, as after any unanswered change. A refusal that states the order's
+    /// or the refund's state (paid, closed, unknown) is a fact whatever the lost attempt did,
+    /// and stays one.
+    pub(crate) fn after_lost_attempt(self, lost_attempt: bool) -> ProviderError {
+        match self {
+            ProviderError::Refused { reason, .. } if !lost_attempt || reason != Refusal::Other => self,
+            ProviderError::Refused { message, .. } | ProviderError::Protocol(message) if lost_attempt => {
+                tracing::warn!(refusal = %message, "a refusal after an unanswered attempt is not taken as final");
+                ProviderError::NoAnswer(format!(
+                    "{message}, after an earlier attempt without an answer that may have taken effect"
+                ))
+            }
+            other => other,
+        }
+    }
+
     /// Whether WeChat Pay failed rather than answered: no answer (which is also what
     /// `SYSTEMERROR` and `BIZERR_NEED_RETRY` become after every attempt), or a refusal to try
     /// again later (a rate limit, APIv3's 503). What the circuit breaker counts.
@@ -532,17 +553,6 @@ pub(crate) fn nonce() -> Nonce {
     Nonce::from_random_bytes(b)
 }
 
-/// What a call that changes WeChat Pay's state (places, closes, refunds) ends with when an
-/// earlier attempt of it got no trustworthy answer and a later one a refusal: no answer. The
-/// earlier attempt may have taken effect, and the refusal may come from that effect (a refund
-/// made by the lost attempt leaves too little to refund; an order placed by it is then
-/// refused another way), so the refusal settles nothing. The core then asks WeChat Pay, as
-/// after any unanswered change.
-pub(crate) fn unsettled(api: &str, refusal: impl std::fmt::Display) -> String {
-    tracing::warn!(api, %refusal, "a refusal after an unanswered attempt is not taken as final");
-    format!("{refusal}, after an earlier attempt without an answer that may have taken effect")
-}
-
 /// The least time allowed for a call with a large answer (a day's bill: tens of megabytes
 /// for a busy merchant), whatever the configured timeout of ordinary calls.
 pub(crate) const LARGE_ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
@@ -559,4 +569,51 @@ pub(crate) async fn read_observed(
         received(body.len() as u64, total);
     }
     Ok(body.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(reason: Refusal) -> ProviderError {
+        ProviderError::Refused {
+            reason,
+            retry: Retry::Never,
+            message: "CODE description".into(),
+        }
+    }
+
+    #[test]
+    fn a_refusal_after_a_lost_attempt_is_no_answer_unless_it_states_the_order_or_refund() {
+        for fact in [
+            Refusal::OrderPaid,
+            Refusal::OrderClosed,
+            Refusal::OrderNotExist,
+            Refusal::RefundNotExist,
+        ] {
+            assert_eq!(refused(fact).after_lost_attempt(true).refusal(), Some(fact));
+        }
+        for settles_nothing in [
+            refused(Refusal::Other),
+            ProviderError::Protocol("CODE description".into()),
+        ] {
+            match settles_nothing.after_lost_attempt(true) {
+                ProviderError::NoAnswer(m) => assert!(m.starts_with("CODE description, after"), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Without a lost attempt every refusal is WeChat Pay's answer.
+        assert_eq!(
+            refused(Refusal::Other).after_lost_attempt(false).refusal(),
+            Some(Refusal::Other)
+        );
+        assert!(matches!(
+            ProviderError::Protocol("x".into()).after_lost_attempt(false),
+            ProviderError::Protocol(_)
+        ));
+        assert!(matches!(
+            ProviderError::Invalid("x".into()).after_lost_attempt(true),
+            ProviderError::Invalid(_)
+        ));
+    }
 }

@@ -16,7 +16,7 @@ use wxpay_protocol::{Error as ProtoError, Merchant};
 use crate::config::{MerchantConfig, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::provider::hosts::Hosts;
-use crate::provider::{LARGE_ANSWER_TIMEOUT, ProviderError, Refusal, merchant_client, nonce, read_observed, unsettled};
+use crate::provider::{LARGE_ANSWER_TIMEOUT, ProviderError, Refusal, merchant_client, nonce, read_observed};
 use crate::time::{Clock, Millis};
 
 /// How an APIv2 call ended badly; the provider turns it into a [`ProviderError`].
@@ -28,9 +28,17 @@ pub(crate) enum CallError {
         code: ErrCode,
         /// `err_code_des`.
         description: String,
+        /// Whether the call changes WeChat Pay's state and an earlier attempt of it got no
+        /// trustworthy answer ([`ProviderError::after_lost_attempt`]).
+        lost_attempt: bool,
     },
     /// `return_code=FAIL`: a bad signature, a malformed request.
-    Refused(String),
+    Refused {
+        /// `return_msg`.
+        message: String,
+        /// As for [`CallError::Rejected`].
+        lost_attempt: bool,
+    },
     /// No trustworthy answer after every allowed attempt.
     NoAnswer(String),
     /// The request could not be built.
@@ -40,7 +48,11 @@ pub(crate) enum CallError {
 impl From<CallError> for ProviderError {
     fn from(e: CallError) -> Self {
         match e {
-            CallError::Rejected { code, description } => ProviderError::Refused {
+            CallError::Rejected {
+                code,
+                description,
+                lost_attempt,
+            } => ProviderError::Refused {
                 reason: match code {
                     ErrCode::OrderPaid => Refusal::OrderPaid,
                     ErrCode::OrderClosed => Refusal::OrderClosed,
@@ -50,8 +62,11 @@ impl From<CallError> for ProviderError {
                 },
                 retry: code.retry().into(),
                 message: format!("{code} {description}"),
-            },
-            CallError::Refused(m) => ProviderError::Protocol(m),
+            }
+            .after_lost_attempt(lost_attempt),
+            CallError::Refused { message, lost_attempt } => {
+                ProviderError::Protocol(message).after_lost_attempt(lost_attempt)
+            }
             CallError::NoAnswer(m) => ProviderError::NoAnswer(m),
             CallError::Invalid(m) => ProviderError::Invalid(m),
         }
@@ -205,26 +220,18 @@ impl V2Link {
                         last = CallError::NoAnswer(format!("{code} {description}"));
                         continue;
                     }
-                    // A refusal that states the order's state (paid, closed, unknown) is a
-                    // fact whatever the lost attempt did, and the core settles it by a query.
-                    let states_a_fact = matches!(
+                    return Err(CallError::Rejected {
                         code,
-                        ErrCode::OrderPaid | ErrCode::OrderClosed | ErrCode::OrderNotExist | ErrCode::RefundNotExist
-                    );
-                    if uncertain && C::CHANGES && !states_a_fact {
-                        return Err(CallError::NoAnswer(unsettled(
-                            api,
-                            format_args!("{code} {description}"),
-                        )));
-                    }
-                    return Err(CallError::Rejected { code, description });
+                        description,
+                        lost_attempt: uncertain && C::CHANGES,
+                    });
                 }
                 Err(ProtoError::ReturnFail { return_msg, .. }) => {
                     self.metrics.upstream_error(api, "return_fail");
-                    if uncertain && C::CHANGES {
-                        return Err(CallError::NoAnswer(unsettled(api, &return_msg)));
-                    }
-                    return Err(CallError::Refused(return_msg));
+                    return Err(CallError::Refused {
+                        message: return_msg,
+                        lost_attempt: uncertain && C::CHANGES,
+                    });
                 }
                 Err(e) => {
                     // An answer we cannot trust (bad signature, not XML): as if none came.

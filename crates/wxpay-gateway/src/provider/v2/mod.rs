@@ -187,10 +187,10 @@ impl Provider for V2Provider {
             let bill: Bill = match self.link.call_observed(&call, received).await {
                 Ok(bill) => bill,
                 // A day without transactions has no bill: an empty one.
-                Err(CallError::Refused(msg)) if msg.to_ascii_lowercase().contains("no bill exist") => {
+                Err(CallError::Refused { message: msg, .. }) if msg.to_ascii_lowercase().contains("no bill exist") => {
                     return Ok(Vec::new());
                 }
-                Err(CallError::Refused(msg)) if msg.to_ascii_lowercase().contains("bill creating") => {
+                Err(CallError::Refused { message: msg, .. }) if msg.to_ascii_lowercase().contains("bill creating") => {
                     return Err(ProviderError::BillNotReady);
                 }
                 Err(e) => return Err(e.into()),

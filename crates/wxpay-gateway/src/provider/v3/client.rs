@@ -22,7 +22,7 @@ use wxpay_protocol::v3::{Certificate, SignatureHeaders, Verifier, VerifyError};
 use crate::config::{MerchantConfig, UpstreamConfig, V3Credentials};
 use crate::metrics::Metrics;
 use crate::provider::hosts::Hosts;
-use crate::provider::{CertificateKeeper, KeptCertificate, merchant_client, nonce, unsettled};
+use crate::provider::{CertificateKeeper, KeptCertificate, merchant_client, nonce};
 use crate::provider::{LARGE_ANSWER_TIMEOUT, Received, read_observed};
 use crate::time::{Clock, Millis};
 
@@ -31,7 +31,13 @@ use crate::time::{Clock, Millis};
 pub(crate) enum CallError {
     /// WeChat Pay refused it (a 4xx or 5xx with its error body), and repeating it now would
     /// not help.
-    Rejected(V3Error),
+    Rejected {
+        /// WeChat Pay's error body, with the status.
+        error: V3Error,
+        /// Whether the call changes WeChat Pay's state (a `POST`) and an earlier attempt of it
+        /// got no trustworthy answer ([`ProviderError::after_lost_attempt`]).
+        lost_attempt: bool,
+    },
     /// No trustworthy answer after every allowed attempt.
     NoAnswer(String),
 }
@@ -406,23 +412,9 @@ impl V3Link {
         // prove the change had no effect, since the refusal may come from what that attempt did.
         let mut uncertain = false;
         let changes = req.method != "GET";
-        let refused = |e: V3Error, uncertain: bool| {
-            // A refusal that states the order's state (paid, closed, unknown) is a fact
-            // whatever the lost attempt did, and the core settles it by a query.
-            let states_a_fact = matches!(
-                e.code.as_str(),
-                "ORDERPAID"
-                    | "ORDER_CLOSED"
-                    | "ORDERCLOSED"
-                    | "ORDER_NOT_EXIST"
-                    | "ORDERNOTEXIST"
-                    | "RESOURCE_NOT_EXISTS"
-            );
-            if uncertain && changes && !states_a_fact {
-                CallError::NoAnswer(unsettled(api, &e))
-            } else {
-                CallError::Rejected(e)
-            }
+        let refused = |error: V3Error, uncertain: bool| CallError::Rejected {
+            error,
+            lost_attempt: uncertain && changes,
         };
         for attempt in 0..self.upstream.attempts.max(1) {
             if attempt > 0 {

@@ -109,7 +109,7 @@ fn refused(e: V3Error, not_found: Refusal) -> ProviderError {
 
 fn provider_error(e: CallError, not_found: Refusal) -> ProviderError {
     match e {
-        CallError::Rejected(e) => refused(e, not_found),
+        CallError::Rejected { error, lost_attempt } => refused(error, not_found).after_lost_attempt(lost_attempt),
         CallError::NoAnswer(m) => ProviderError::NoAnswer(m),
     }
 }
@@ -262,8 +262,10 @@ impl Provider for V3Provider {
                 let located = self.link.call(&calls::trade_bill(&dashed[..10]), "v3_tradebill").await;
                 let location = match located {
                     Ok(a) => bill_location(&a.body).map_err(incomplete)?,
-                    Err(CallError::Rejected(e)) if e.code == "NO_STATEMENT_EXIST" => return Ok(Vec::new()),
-                    Err(CallError::Rejected(e)) if e.code == "STATEMENT_CREATING" => {
+                    Err(CallError::Rejected { error: e, .. }) if e.code == "NO_STATEMENT_EXIST" => {
+                        return Ok(Vec::new());
+                    }
+                    Err(CallError::Rejected { error: e, .. }) if e.code == "STATEMENT_CREATING" => {
                         return Err(ProviderError::BillNotReady);
                     }
                     Err(e) => return Err(provider_error(e, Refusal::Other)),
@@ -275,7 +277,9 @@ impl Provider for V3Provider {
                 };
                 match self.link.download(&req, "v3_billdownload", received).await {
                     Ok(file) => break (location, file),
-                    Err(CallError::Rejected(e)) if e.code == "INVALID_REQUEST" && !fresh_address_asked => {
+                    Err(CallError::Rejected { error: e, .. })
+                        if e.code == "INVALID_REQUEST" && !fresh_address_asked =>
+                    {
                         tracing::warn!(error = %e, "the bill's download address was refused: asking for a fresh one");
                         fresh_address_asked = true;
                     }

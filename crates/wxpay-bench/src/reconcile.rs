@@ -229,10 +229,14 @@ pub(crate) async fn run(args: ReconcileArgs) -> Result<(), String> {
     };
     let n_payments = ((args.transactions as f64) / per_payment).round() as usize;
     let tmp = std::env::temp_dir().join(format!("wxpay-bench-reconcile-{}", std::process::id()));
-    let url = args
-        .database
-        .clone()
-        .unwrap_or_else(|| format!("sqlite://{}", tmp.join("bench.db").display()));
+    let url = match &args.database {
+        Some(url) => url.clone(),
+        None => {
+            // The gateway opens an SQLite file only in a folder that exists.
+            std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            format!("sqlite://{}", tmp.join("bench.db").display())
+        }
+    };
     let store = wxpay_gateway::open_store(&url, 16).await.map_err(|e| e.to_string())?;
     let now = Clock::default().now();
     let day = Day::containing(now);

@@ -29,14 +29,10 @@ pub(crate) fn download(ctx: &Ctx<'_>, f: &Fields<'_>) -> Reply {
         Err(e) => return bill_param_error(&e),
     };
     // WeChat Pay answers a gzip stream of the same bytes when asked (G.1.5): a client that
-    // forgets to gunzip must fail here as it would live.
-    let gzip = match f.optional("tar_type") {
-        None => false,
-        Some("GZIP") => true,
-        Some(_) => return bill_error("invalid tar_type, Only GZIP supported", "20001"),
-    };
+    // forgets to gunzip must fail here as it would live. Another `tar_type` is refused by the
+    // request's reading ("invalid tar_type, Only GZIP supported").
     match bill_text(ctx.sim, ctx.mch, ctx.now, req.bill_date, req.bill_type) {
-        Ok(text) if gzip => gzip_reply(crate::gzip::gzip(text.as_bytes())),
+        Ok(text) if req.gzip => gzip_reply(crate::gzip::gzip(text.as_bytes())),
         Ok(text) => text_reply(text),
         Err(BillRefusal::InvalidDate) => bill_error("invalid bill_date", "20001"),
         Err(BillRefusal::Creating) => bill_error("Bill Creating", "20003"),

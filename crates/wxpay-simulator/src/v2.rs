@@ -776,6 +776,7 @@ pub(crate) fn bill_error(msg: &str, code: &str) -> Reply {
 pub(crate) fn bill_param_error(e: &Error) -> Reply {
     let msg = match e {
         Error::InvalidField { field, .. } if field == "bill_type" => "invalid bill_type".to_owned(),
+        Error::InvalidField { field, .. } if field == "tar_type" => "invalid tar_type, Only GZIP supported".to_owned(),
         Error::InvalidField { field, .. } | Error::MissingField(field) => format!("invalid {field}"),
         _ => "data format error".to_owned(),
     };

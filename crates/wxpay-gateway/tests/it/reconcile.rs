@@ -91,6 +91,9 @@ async fn a_clean_day_balances_and_yuan_amounts_in_the_bill_become_exact_fen(db: 
         (3, 7 + 1999 + 100_010, 1, 999)
     );
     assert_eq!(report.bill, report.local);
+    // The bill came as gzip (several times smaller on the wire) and was unpacked.
+    let asked = t.sim_requests_having("downloadbill", "tar_type", "GZIP").await;
+    assert_eq!(asked.len(), 1, "{asked:?}");
     t.stop().await;
 }
 engines!(a_clean_day_balances_and_yuan_amounts_in_the_bill_become_exact_fen);

@@ -571,11 +571,16 @@ pub fn platform_certificates(body: &[u8], api_v3_key: &[u8]) -> Result<Vec<Platf
 }
 
 /// `GET /v3/bill/tradebill?bill_date=YYYY-MM-DD&bill_type=ALL`: where to download a day's
-/// trade bill.
-pub fn trade_bill(bill_date: &str) -> Request {
+/// trade bill; with `gzip`, `&tar_type=GZIP`, and the file is a gzip stream of the bill
+/// ([`crate::v2::gunzip`]).
+pub fn trade_bill(bill_date: &str, gzip: bool) -> Request {
+    let tar_type = if gzip { "&tar_type=GZIP" } else { "" };
     Request {
         method: "GET",
-        url: format!("/v3/bill/tradebill?bill_date={}&bill_type=ALL", segment(bill_date)),
+        url: format!(
+            "/v3/bill/tradebill?bill_date={}&bill_type=ALL{tar_type}",
+            segment(bill_date)
+        ),
         body: String::new(),
     }
 }
@@ -752,8 +757,12 @@ mod tests {
     #[test]
     fn a_bill_is_checked_against_its_sha1_and_its_date_goes_in_the_query() {
         assert_eq!(
-            trade_bill("2026-12-02").url,
+            trade_bill("2026-12-02", false).url,
             "/v3/bill/tradebill?bill_date=2026-12-02&bill_type=ALL"
+        );
+        assert_eq!(
+            trade_bill("2026-12-02", true).url,
+            "/v3/bill/tradebill?bill_date=2026-12-02&bill_type=ALL&tar_type=GZIP"
         );
         let location = bill_location(
             br#"{"hash_type":"SHA1","hash_value":"a9993e364706816aba3e25717850c26c9cd0d89d","download_url":"https://api.mch.weixin.qq.com/v3/billdownload/file?token=x"}"#,

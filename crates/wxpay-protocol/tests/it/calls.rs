@@ -402,6 +402,7 @@ fn download_bill_reads_the_bill_or_its_unsigned_error() {
     let call = DownloadBill {
         bill_date: BeijingTime::parse_compact("20261126000000").unwrap(),
         bill_type: BillType::All,
+        gzip: false,
         extra: BTreeMap::new(),
     };
     let f = xml::read(v2::encode(&call, &m, &nonce()).unwrap().as_bytes())

@@ -181,6 +181,7 @@ fn request(call: &str, i: &Value, m: &Merchant, nonce: &Nonce) -> (String, Strin
             &DownloadBill {
                 bill_date: BeijingTime::from_unix(int(i, "bill_date_unix")),
                 bill_type: BillType::parse(text(i, "bill_type")).unwrap(),
+                gzip: false,
                 extra: BTreeMap::new(),
             },
             m,

@@ -19,6 +19,7 @@ fn bill(t: BillType, day: BeijingTime) -> DownloadBill {
     DownloadBill {
         bill_date: day,
         bill_type: t,
+        gzip: false,
         extra: BTreeMap::new(),
     }
 }
@@ -146,7 +147,7 @@ async fn a_bill_asked_for_as_gzip_is_a_gzip_stream_of_the_same_bytes() {
         .await
         .unwrap();
     let mut zipped = bill(BillType::All, day);
-    zipped.extra.insert("tar_type".into(), "GZIP".into());
+    zipped.gzip = true;
     let body = v2::encode(&zipped, &env.merchant, &nonce()).unwrap();
     let gz = env
         .http
@@ -161,6 +162,7 @@ async fn a_bill_asked_for_as_gzip_is_a_gzip_stream_of_the_same_bytes() {
     assert_eq!(&gz[..2], &[0x1F, 0x8B], "a gzip stream, not the text");
     assert_eq!(gunzip(&gz), plain.to_vec());
     // Another tar_type is refused as WeChat Pay refuses it.
+    zipped.gzip = false;
     zipped.extra.insert("tar_type".into(), "ZIP".into());
     let body = v2::encode(&zipped, &env.merchant, &nonce()).unwrap();
     let (_, text) = env.post_raw(DownloadBill::PATH, body).await;

@@ -577,7 +577,7 @@ async fn the_trade_bill_is_downloaded_and_matches_its_digest() {
     let c = client(V3Signer::PublicKey).await;
     c.paid("v3bill-1", 880).await;
     let today = wxpay_protocol::BeijingTime::from_unix(now()).to_dashed()[..10].to_owned();
-    let a = c.send(&calls::trade_bill(&today)).await;
+    let a = c.send(&calls::trade_bill(&today, false)).await;
     assert_eq!(a.status, 200, "{}", a.json());
     let location = bill_location(&a.body).unwrap();
     let url = location.download_url.clone();
@@ -597,12 +597,11 @@ async fn the_trade_bill_is_downloaded_and_matches_its_digest() {
     let mut wrong = file.body.clone();
     wrong.push(b'\n');
     assert!(location.check(&wrong).is_err());
-    let a = c.send(&calls::trade_bill("2001-01-01")).await;
+    let a = c.send(&calls::trade_bill("2001-01-01", false)).await;
     assert_eq!((a.status, a.error().code.as_str()), (400, "PARAM_ERROR"));
     // As gzip (what SDKs ask for by default): the digest is still the bill's own, "原始账单
     // (gzip需要解压缩)的摘要值" as WeChat Pay's page has it, not the gzip stream's.
-    let mut zipped = calls::trade_bill(&today);
-    zipped.url.push_str("&tar_type=GZIP");
+    let zipped = calls::trade_bill(&today, true);
     let location = bill_location(&c.send(&zipped).await.body).unwrap();
     let url = location.download_url.clone();
     let gz = c

@@ -182,6 +182,9 @@ impl Provider for V2Provider {
             let call = DownloadBill {
                 bill_date: day,
                 bill_type: BillType::All,
+                // A busy merchant's day is tens of megabytes of text, and compresses several
+                // times; the protocol unpacks it (and reads a failure's XML as before).
+                gzip: true,
                 extra: Default::default(),
             };
             let bill: Bill = match self.link.call_observed(&call, received).await {

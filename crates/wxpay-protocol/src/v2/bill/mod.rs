@@ -549,14 +549,55 @@ impl Bill {
     }
 }
 
-/// `pay/downloadbill`: the day's transaction bill. The answer is not XML but the bill text;
-/// failures (`No Bill Exist`, `Bill Creating`, …) come as unsigned XML.
+/// The most a gzip bill may unpack to: far above a day of the busiest merchant (a million
+/// rows of about 300 bytes), and a bound on what a broken or hostile stream can make us hold.
+pub const MAX_BILL_BYTES: u64 = 1 << 30;
+
+/// Whether `bytes` start as a gzip stream (RFC 1952's magic and deflate method).
+pub fn is_gzip(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0x1F, 0x8B, 0x08])
+}
+
+/// Unpacks a bill downloaded with `tar_type=GZIP` (APIv2 and APIv3 alike), checking the
+/// stream's CRC-32 and length, so that a cut or altered download is refused rather than read
+/// in part.
+///
+/// # Errors
+/// [`Error::Bill`] for a stream that is not gzip, is broken, or unpacks to more than
+/// [`MAX_BILL_BYTES`].
+pub fn gunzip(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    gunzip_at_most(bytes, MAX_BILL_BYTES)
+}
+
+fn gunzip_at_most(bytes: &[u8], limit: u64) -> Result<Vec<u8>, Error> {
+    use std::io::Read as _;
+    if !is_gzip(bytes) {
+        return Err(Error::Bill("the bill asked for as gzip is not a gzip stream".into()));
+    }
+    let mut out = Vec::with_capacity(bytes.len().saturating_mul(4).min(1 << 26));
+    flate2::read::GzDecoder::new(bytes)
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::Bill(format!("the gzip stream of the bill is broken: {e}")))?;
+    if out.len() as u64 > limit {
+        return Err(Error::Bill(format!(
+            "the gzip stream of the bill unpacks to more than {limit} bytes"
+        )));
+    }
+    Ok(out)
+}
+
+/// `pay/downloadbill`: the day's transaction bill. The answer is not XML but the bill text,
+/// or a gzip stream of it when asked; failures (`No Bill Exist`, `Bill Creating`, …) come as
+/// unsigned XML either way.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DownloadBill {
     /// `bill_date`: the day, in Beijing time.
     pub bill_date: BeijingTime,
     /// `bill_type`.
     pub bill_type: BillType,
+    /// `tar_type=GZIP`: the bill comes as a gzip stream, several times smaller than the text.
+    pub gzip: bool,
     /// Any other field; signed and sent as is.
     pub extra: BTreeMap<String, String>,
 }
@@ -565,6 +606,9 @@ impl ToFields for DownloadBill {
     fn to_fields<'a>(&'a self, out: &mut Fields<'a>) -> Result<(), Error> {
         out.insert("bill_date", self.bill_date.to_date_compact())?;
         out.insert("bill_type", self.bill_type.as_str())?;
+        if self.gzip {
+            out.insert("tar_type", "GZIP")?;
+        }
         insert_extra(out, &self.extra)
     }
 }
@@ -582,10 +626,16 @@ impl FromFields for DownloadBill {
             None => BillType::All,
             Some(t) => BillType::parse(t).map_err(|e| Error::field("bill_type", e.to_string()))?,
         };
+        let gzip = match f.optional("tar_type") {
+            None => false,
+            Some("GZIP") => true,
+            Some(t) => return Err(Error::field("tar_type", format!("{t:?}: only GZIP"))),
+        };
         Ok(DownloadBill {
             bill_date,
             bill_type,
-            extra: request_extra(f, &["bill_date", "bill_type"]),
+            gzip,
+            extra: request_extra(f, &["bill_date", "bill_type", "tar_type"]),
         })
     }
 }
@@ -596,9 +646,16 @@ impl V2Call for DownloadBill {
     const CHANGES: bool = false;
     const LARGE_ANSWER: bool = true;
 
-    /// Reads the bill, or the XML error that replaces it. The bill itself is not signed:
-    /// WeChat Pay sends it unsigned over TLS.
+    /// Reads the bill (unpacked first when it is a gzip stream), or the XML error that
+    /// replaces it. The bill itself is not signed: WeChat Pay sends it unsigned over TLS.
     fn decode(body: &[u8], _merchant: &Merchant) -> Result<Bill, Error> {
+        let unpacked;
+        let body = if is_gzip(body) {
+            unpacked = gunzip(body)?;
+            &unpacked[..]
+        } else {
+            body
+        };
         let text = std::str::from_utf8(body)
             .map_err(|e| Error::Bill(format!("the bill is not UTF-8 (byte {})", e.valid_up_to())))?;
         let trimmed = text.trim_start_matches('\u{FEFF}').trim_start();
@@ -673,5 +730,81 @@ mod tests {
         let bad = ALL.replace("`19.99,`0.00,`0,", "`19.995,`0.00,`0,");
         let err = Bill::parse(&bad).unwrap_err().to_string();
         assert!(err.contains("line 3") && err.contains("exactly"), "{err}");
+    }
+
+    fn gzipped(data: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn a_gzip_bill_is_unpacked_before_it_is_read_and_a_broken_one_refused() {
+        let merchant = Merchant {
+            appid: crate::AppId::new("wxd678efh567hg6787").unwrap(),
+            mch_id: crate::MchId::new("1230000109").unwrap(),
+            key: crate::ApiKey::new("192006250b4c09247ec02edce69f6a2d").unwrap(),
+            sign_type: crate::SignType::Md5,
+        };
+        let gz = gzipped(ALL.as_bytes());
+        assert!(gz.len() < ALL.len(), "compressed, unlike the simulator's stored blocks");
+        assert_eq!(gunzip(&gz).unwrap(), ALL.as_bytes());
+        assert_eq!(DownloadBill::decode(&gz, &merchant).unwrap(), Bill::parse(ALL).unwrap());
+        // A cut download, and an altered one (its CRC-32 no longer matches), are refused.
+        let cut = &gz[..gz.len() - 10];
+        assert!(gunzip(cut).unwrap_err().to_string().contains("broken"));
+        let mut altered = gz.clone();
+        let n = altered.len();
+        altered[n - 8] ^= 1;
+        assert!(gunzip(&altered).unwrap_err().to_string().contains("broken"));
+        assert!(
+            gunzip(ALL.as_bytes())
+                .unwrap_err()
+                .to_string()
+                .contains("not a gzip stream")
+        );
+        // The XML error of a failed download is read as before, gzip asked for or not.
+        let error = b"<xml><return_code><![CDATA[FAIL]]></return_code><return_msg><![CDATA[No Bill Exist]]></return_msg><error_code><![CDATA[20002]]></error_code></xml>";
+        assert!(
+            DownloadBill::decode(error, &merchant)
+                .unwrap_err()
+                .to_string()
+                .contains("No Bill Exist")
+        );
+    }
+
+    #[test]
+    fn a_gzip_bill_that_unpacks_beyond_the_limit_is_refused() {
+        // A megabyte of zeros compresses to about a kilobyte: the limit, not the stream's
+        // size, bounds what is held.
+        let bomb = gzipped(&vec![0u8; 1 << 20]);
+        assert!(bomb.len() < 2048);
+        assert_eq!(gunzip_at_most(&bomb, 1 << 20).unwrap().len(), 1 << 20);
+        let err = gunzip_at_most(&bomb, (1 << 20) - 1).unwrap_err().to_string();
+        assert!(err.contains("more than 1048575 bytes"), "{err}");
+    }
+
+    #[test]
+    fn download_bill_asks_for_gzip_when_told_and_reads_it_back() {
+        let call = DownloadBill {
+            bill_date: BeijingTime::parse_compact("20261203000000").unwrap(),
+            bill_type: BillType::All,
+            gzip: true,
+            extra: BTreeMap::new(),
+        };
+        let mut fields = Fields::new();
+        call.to_fields(&mut fields).unwrap();
+        assert_eq!(fields.optional("tar_type"), Some("GZIP"));
+        assert_eq!(DownloadBill::from_fields(&fields).unwrap(), call);
+        let mut zip = Fields::new();
+        zip.insert("bill_date", "20261203").unwrap();
+        zip.insert("tar_type", "ZIP").unwrap();
+        assert!(
+            DownloadBill::from_fields(&zip)
+                .unwrap_err()
+                .to_string()
+                .contains("only GZIP")
+        );
     }
 }

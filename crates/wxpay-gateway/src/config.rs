@@ -404,7 +404,7 @@ impl Config {
         for (i, t) in self.api_tokens.iter().enumerate() {
             if t.expose().len() < 16 {
                 return Err(format!(
-                    "server.api_tokens[{i}]: a token must have at least 16 characters"
+                    "server.api_tokens[{i}]: a token must have at least 16 characters (a random one: `openssl rand -hex 24`)"
                 ));
             }
         }
@@ -469,7 +469,7 @@ impl Config {
             }
         }
         if self.metrics_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
-            return Err("server.metrics_token: at least 16 characters".into());
+            return Err("server.metrics_token: at least 16 characters (a random one: `openssl rand -hex 24`)".into());
         }
         if let Some(c) = &self.console {
             check_password_hash(c.password_hash.expose()).map_err(|e| format!("console.password_hash: {e}"))?;
@@ -488,7 +488,7 @@ impl Config {
                 ));
             }
             if w.secret.expose().len() < 16 {
-                return Err("webhook.secret: at least 16 characters".into());
+                return Err("webhook.secret: at least 16 characters (a random one: `openssl rand -hex 24`)".into());
             }
         }
         Ok(())
@@ -564,6 +564,32 @@ mod tests {
         ] {
             assert_eq!(config_with_webhook(url, allow).validate(), Ok(()), "{url}");
         }
+    }
+
+    #[test]
+    fn a_short_token_or_secret_is_refused_with_a_way_to_make_a_good_one() {
+        // product.md's sample token, "change-me", is a placeholder to be replaced.
+        let mut config = config_with_webhook("https://hooks.example.com/wxpay", false);
+        config.api_tokens = vec![Secret::new("change-me")];
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.starts_with("server.api_tokens[0]: ") && err.contains("openssl rand -hex 24"),
+            "{err}"
+        );
+        let mut config = config_with_webhook("https://hooks.example.com/wxpay", false);
+        config.webhook.as_mut().unwrap().secret = Secret::new("short");
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.starts_with("webhook.secret: ") && err.contains("openssl rand"),
+            "{err}"
+        );
+        let mut config = config_with_webhook("https://hooks.example.com/wxpay", false);
+        config.metrics_token = Some(Secret::new("short"));
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.starts_with("server.metrics_token: ") && err.contains("openssl rand"),
+            "{err}"
+        );
     }
 
     #[test]

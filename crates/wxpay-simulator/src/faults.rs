@@ -29,6 +29,10 @@ pub enum FaultKind {
     LateAnswer,
     /// The call is carried out and answered with a wrong signature.
     BadAnswerSignature,
+    /// `downloadbill` asked for as gzip answers `CompressGZip Error` (WeChat Pay's own
+    /// compression failed; its table says to try again later); a bill asked for as text is
+    /// served as usual. Only for the `downloadbill` API.
+    BillGzipError,
     /// Each notification is sent `copies` times at once.
     NotifyDuplicate,
     /// The next `count` notifications are held, then sent in reverse order.
@@ -92,6 +96,7 @@ impl FaultKind {
             FaultKind::LoseAnswer => "lose_answer",
             FaultKind::LateAnswer => "late_answer",
             FaultKind::BadAnswerSignature => "bad_answer_signature",
+            FaultKind::BillGzipError => "bill_gzip_error",
             FaultKind::NotifyDuplicate => "notify_duplicate",
             FaultKind::NotifyReorder => "notify_reorder",
             FaultKind::NotifyBadSignature => "notify_bad_signature",
@@ -182,6 +187,14 @@ impl Faults {
             }
             if req.kind.is_notification() {
                 return Err("notification faults are scoped by out_trade_no, not by api".into());
+            }
+        }
+        let mut req = req;
+        if req.kind == FaultKind::BillGzipError {
+            match req.api.as_deref() {
+                None => req.api = Some("downloadbill".into()),
+                Some("downloadbill") => {}
+                Some(other) => return Err(format!("bill_gzip_error is for downloadbill, not {other}")),
             }
         }
         if req.count == Some(0) {
@@ -354,6 +367,21 @@ mod tests {
             (FaultKind::ErrorCode, Some("NOTENOUGH"))
         );
         assert!(f.take_call("refund", None).is_none(), "counted once by default");
+    }
+
+    #[test]
+    fn a_bill_gzip_error_is_scoped_to_downloadbill() {
+        let f = Faults::default();
+        let rule = f.add(req(FaultKind::BillGzipError)).unwrap();
+        assert_eq!(rule.api.as_deref(), Some("downloadbill"));
+        assert!(f.take_call("unifiedorder", None).is_none());
+        assert_eq!(
+            f.take_call("downloadbill", None).unwrap().kind,
+            FaultKind::BillGzipError
+        );
+        let mut elsewhere = req(FaultKind::BillGzipError);
+        elsewhere.api = Some("v3_billdownload".into());
+        assert!(f.add(elsewhere).unwrap_err().contains("for downloadbill"));
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub(crate) const APIS: [&str; 15] = [
 pub(crate) const RESULTS: [&str; 3] = ["success", "business_error", "protocol_error"];
 const NOTIFY_KINDS: [&str; 2] = ["payment", "refund"];
 const NOTIFY_OUTCOMES: [&str; 3] = ["acknowledged", "refused", "unreachable"];
-const FAULTS: [FaultKind; 16] = [
+const FAULTS: [FaultKind; 17] = [
     FaultKind::SystemError,
     FaultKind::FrequencyLimited,
     FaultKind::ErrorCode,
@@ -44,6 +44,7 @@ const FAULTS: [FaultKind; 16] = [
     FaultKind::LoseAnswer,
     FaultKind::LateAnswer,
     FaultKind::BadAnswerSignature,
+    FaultKind::BillGzipError,
     FaultKind::NotifyDuplicate,
     FaultKind::NotifyReorder,
     FaultKind::NotifyBadSignature,

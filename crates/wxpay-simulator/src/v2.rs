@@ -323,6 +323,10 @@ async fn call(sim: Simulator, api: Api, method: Method, cert: Option<PeerCert>, 
                 let code = ErrCode::parse(hit.err_code.as_deref().unwrap_or_default());
                 return finish(&sim, api, ctx.biz(code, "simulated error (fault)"), None);
             }
+            FaultKind::BillGzipError if gate.fields.optional("tar_type") == Some("GZIP") => {
+                return finish(&sim, api, bill_gzip_error(), None);
+            }
+            FaultKind::BillGzipError => {}
             FaultKind::Delay => tokio::time::sleep(hit.delay).await,
             FaultKind::LateAnswer => late = hit.delay,
             other => after = Some(other),
@@ -765,6 +769,18 @@ pub(crate) fn bill_error(msg: &str, code: &str) -> Reply {
         [("return_code", "FAIL"), ("return_msg", msg), ("error_code", code)],
     )
     .unwrap_or_else(|_| return_fail(msg));
+    Reply {
+        body,
+        result: BUSINESS_ERROR,
+        kind: ReplyKind::Xml,
+    }
+}
+
+/// WeChat Pay's answer when its compression of a bill fails (`CompressGZip Error`, "try again
+/// later" in its table). No numeric `error_code` is known for it, so none is sent.
+fn bill_gzip_error() -> Reply {
+    let body = wxpay_protocol::xml::write("xml", [("return_code", "FAIL"), ("return_msg", "CompressGZip Error")])
+        .unwrap_or_else(|_| return_fail("CompressGZip Error"));
     Reply {
         body,
         result: BUSINESS_ERROR,

@@ -98,6 +98,22 @@ async fn a_clean_day_balances_and_yuan_amounts_in_the_bill_become_exact_fen(db: 
 }
 engines!(a_clean_day_balances_and_yuan_amounts_in_the_bill_become_exact_fen);
 
+async fn a_bill_wechat_pay_cannot_gzip_is_asked_for_again_as_text(db: TestDb) {
+    let t = spawn_app(db, with_bills(false)).await;
+    t.paid_order("RZ-GZIP-1", 4321).await;
+    // "CompressGZip Error": WeChat Pay's compression failed, the bill itself is there.
+    t.fault(json!({"kind": "bill_gzip_error"})).await;
+    let report = run(&t, false).await;
+    assert!(report.balanced, "{}: {report:#?}", t.engine());
+    assert_eq!((report.bill.payments, report.bill.payments_fen), (1, 4321));
+    assert_eq!(t.sim_faults_fired("bill_gzip_error").await, 1);
+    let calls = t.sim_requests_having("downloadbill", "bill_type", "ALL").await;
+    let asked: Vec<_> = calls.iter().map(|c| c.get("tar_type").cloned()).collect();
+    assert_eq!(asked, [Some(json!("GZIP")), None], "gzip first, then text");
+    t.stop().await;
+}
+engines!(a_bill_wechat_pay_cannot_gzip_is_asked_for_again_as_text);
+
 async fn seeded_differences_are_each_reported_and_settled_by_repair(db: TestDb) {
     let t = spawn_app(db, with_bills(false)).await;
     // A clean order, for contrast.

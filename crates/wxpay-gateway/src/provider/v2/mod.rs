@@ -179,24 +179,37 @@ impl Provider for V2Provider {
 
     fn download_bill<'a>(&'a self, day: BeijingTime, received: Received<'a>) -> Fut<'a, Vec<BillEntry>> {
         Box::pin(async move {
-            let call = DownloadBill {
-                bill_date: day,
-                bill_type: BillType::All,
-                // A busy merchant's day is tens of megabytes of text, and compresses several
-                // times; the protocol unpacks it (and reads a failure's XML as before).
-                gzip: true,
-                extra: Default::default(),
-            };
-            let bill: Bill = match self.link.call_observed(&call, received).await {
-                Ok(bill) => bill,
-                // A day without transactions has no bill: an empty one.
-                Err(CallError::Refused { message: msg, .. }) if msg.to_ascii_lowercase().contains("no bill exist") => {
-                    return Ok(Vec::new());
+            // A busy merchant's day is tens of megabytes of text, and compresses several times;
+            // the protocol unpacks it (and reads a failure's XML as before).
+            let mut gzip = true;
+            let bill: Bill = loop {
+                let call = DownloadBill {
+                    bill_date: day,
+                    bill_type: BillType::All,
+                    gzip,
+                    extra: Default::default(),
+                };
+                match self.link.call_observed(&call, received).await {
+                    Ok(bill) => break bill,
+                    // A day without transactions has no bill: an empty one.
+                    Err(CallError::Refused { message: msg, .. })
+                        if msg.to_ascii_lowercase().contains("no bill exist") =>
+                    {
+                        return Ok(Vec::new());
+                    }
+                    Err(CallError::Refused { message: msg, .. })
+                        if msg.to_ascii_lowercase().contains("bill creating") =>
+                    {
+                        return Err(ProviderError::BillNotReady);
+                    }
+                    // WeChat Pay's own compression failed: the same bill as text, at once,
+                    // rather than the whole run failing.
+                    Err(CallError::Refused { message: msg, .. }) if gzip && gzip_failed(&msg) => {
+                        tracing::warn!(return_msg = %msg, "WeChat Pay could not gzip the bill: asking for it as text");
+                        gzip = false;
+                    }
+                    Err(e) => return Err(e.into()),
                 }
-                Err(CallError::Refused { message: msg, .. }) if msg.to_ascii_lowercase().contains("bill creating") => {
-                    return Err(ProviderError::BillNotReady);
-                }
-                Err(e) => return Err(e.into()),
             };
             Ok(bill.rows.into_iter().map(crate::provider::bill_entry).collect())
         })
@@ -318,4 +331,10 @@ fn rejected(fields: &NotificationFields<'_>, merchant: Option<usize>, reason: St
         out_trade_no: field("out_trade_no"),
         transaction_id: field("transaction_id"),
     }
+}
+
+/// Whether a `downloadbill` failure is WeChat Pay's compression failing (`CompressGZip Error`,
+/// `UnCompressGZip Error` in its table), which asking for the bill as text avoids.
+fn gzip_failed(return_msg: &str) -> bool {
+    return_msg.to_ascii_lowercase().contains("gzip error")
 }

@@ -291,13 +291,9 @@ impl Provider for V3Provider {
                     Err(e) => return Err(provider_error(e, Refusal::Other)),
                 }
             };
-            // The digest is of the bill itself, not of the gzip stream ("原始账单(gzip需要解压缩)
-            // 的摘要值"). A bill that came as text anyway is read as it is.
-            let bytes = if wxpay_protocol::v2::is_gzip(&file.body) {
-                wxpay_protocol::v2::gunzip(&file.body).map_err(incomplete)?
-            } else {
-                file.body.to_vec()
-            };
+            // Asked for as gzip, it must be gzip. The digest is of the bill itself, not of the
+            // stream ("原始账单(gzip需要解压缩)的摘要值").
+            let bytes = wxpay_protocol::v2::gunzip(&file.body).map_err(incomplete)?;
             location.check(&bytes).map_err(incomplete)?;
             let text = std::str::from_utf8(&bytes)
                 .map_err(|_| ProviderError::Incomplete("the bill is not UTF-8 text".into()))?;

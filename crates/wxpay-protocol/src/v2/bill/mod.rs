@@ -575,10 +575,19 @@ fn gunzip_at_most(bytes: &[u8], limit: u64) -> Result<Vec<u8>, Error> {
         return Err(Error::Bill("the bill asked for as gzip is not a gzip stream".into()));
     }
     let mut out = Vec::with_capacity(bytes.len().saturating_mul(4).min(1 << 26));
-    flate2::read::GzDecoder::new(bytes)
+    let mut stream = flate2::bufread::GzDecoder::new(bytes);
+    (&mut stream)
         .take(limit + 1)
         .read_to_end(&mut out)
         .map_err(|e| Error::Bill(format!("the gzip stream of the bill is broken: {e}")))?;
+    // WeChat Pay sends one gzip member: bytes after it are not part of the bill, and are
+    // refused rather than ignored.
+    if out.len() as u64 <= limit && !stream.get_ref().is_empty() {
+        return Err(Error::Bill(format!(
+            "{} bytes follow the gzip stream of the bill",
+            stream.get_ref().len()
+        )));
+    }
     if out.len() as u64 > limit {
         return Err(Error::Bill(format!(
             "the gzip stream of the bill unpacks to more than {limit} bytes"
@@ -764,6 +773,12 @@ mod tests {
                 .to_string()
                 .contains("not a gzip stream")
         );
+        let mut extended = gz.clone();
+        extended.extend_from_slice(b"`4,`9.99");
+        assert!(gunzip(&extended).unwrap_err().to_string().contains("8 bytes follow"));
+        let mut two_members = gz.clone();
+        two_members.extend_from_slice(&gzipped(b"more"));
+        assert!(gunzip(&two_members).unwrap_err().to_string().contains("bytes follow"));
         // The XML error of a failed download is read as before, gzip asked for or not.
         let error = b"<xml><return_code><![CDATA[FAIL]]></return_code><return_msg><![CDATA[No Bill Exist]]></return_msg><error_code><![CDATA[20002]]></error_code></xml>";
         assert!(

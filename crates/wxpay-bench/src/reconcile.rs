@@ -222,6 +222,16 @@ fn bill_text(seeded: &[Seeded], now: Millis) -> String {
 }
 
 pub(crate) async fn run(args: ReconcileArgs) -> Result<(), String> {
+    let tmp = std::env::temp_dir().join(format!("wxpay-bench-reconcile-{}", std::process::id()));
+    let result = measure(&args, &tmp).await;
+    // Removed whatever the outcome: a failed run leaves no database behind.
+    if args.database.is_none() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+async fn measure(args: &ReconcileArgs, tmp: &std::path::Path) -> Result<(), String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let per_payment = if args.refund_every > 0 {
         1.0 + 1.0 / args.refund_every as f64
@@ -229,12 +239,11 @@ pub(crate) async fn run(args: ReconcileArgs) -> Result<(), String> {
         1.0
     };
     let n_payments = ((args.transactions as f64) / per_payment).round() as usize;
-    let tmp = std::env::temp_dir().join(format!("wxpay-bench-reconcile-{}", std::process::id()));
     let url = match &args.database {
         Some(url) => url.clone(),
         None => {
             // The gateway opens an SQLite file only in a folder that exists.
-            std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            std::fs::create_dir_all(tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
             format!("sqlite://{}", tmp.join("bench.db").display())
         }
     };
@@ -331,9 +340,6 @@ pub(crate) async fn run(args: ReconcileArgs) -> Result<(), String> {
             report.timings_ms.compare,
             crate::process::rss_kib(std::process::id()).map_or(0.0, |(_, peak)| peak as f64 / 1024.0)
         );
-    }
-    if args.database.is_none() {
-        let _ = std::fs::remove_dir_all(tmp);
     }
     Ok(())
 }

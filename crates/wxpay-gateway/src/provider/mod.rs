@@ -111,7 +111,6 @@ impl ProviderError {
         match self {
             ProviderError::Refused { reason, .. } if !lost_attempt || reason != Refusal::Other => self,
             ProviderError::Refused { message, .. } | ProviderError::Protocol(message) if lost_attempt => {
-                tracing::warn!(refusal = %message, "a refusal after an unanswered attempt is not taken as final");
                 ProviderError::NoAnswer(format!(
                     "{message}, after an earlier attempt without an answer that may have taken effect"
                 ))

@@ -210,6 +210,15 @@ impl V2Link {
                 continue;
             }
             self.hosts.answered();
+            // A refusal of a change after a lost attempt: said here, where the call is known;
+            // what it means is decided by `ProviderError::after_lost_attempt`.
+            let lost_attempt = |refusal: &dyn std::fmt::Display| {
+                let lost = uncertain && C::CHANGES;
+                if lost {
+                    tracing::warn!(api, %refusal, "a refusal after an attempt without an answer");
+                }
+                lost
+            };
             match decoded {
                 Ok(r) => return Ok(r),
                 Err(ProtoError::Business { code, description }) => {
@@ -220,17 +229,19 @@ impl V2Link {
                         last = CallError::NoAnswer(format!("{code} {description}"));
                         continue;
                     }
+                    let lost_attempt = lost_attempt(&format_args!("{code} {description}"));
                     return Err(CallError::Rejected {
                         code,
                         description,
-                        lost_attempt: uncertain && C::CHANGES,
+                        lost_attempt,
                     });
                 }
                 Err(ProtoError::ReturnFail { return_msg, .. }) => {
                     self.metrics.upstream_error(api, "return_fail");
+                    let lost_attempt = lost_attempt(&return_msg);
                     return Err(CallError::Refused {
                         message: return_msg,
-                        lost_attempt: uncertain && C::CHANGES,
+                        lost_attempt,
                     });
                 }
                 Err(e) => {

@@ -412,9 +412,14 @@ impl V3Link {
         // prove the change had no effect, since the refusal may come from what that attempt did.
         let mut uncertain = false;
         let changes = req.method != "GET";
-        let refused = |error: V3Error, uncertain: bool| CallError::Rejected {
-            error,
-            lost_attempt: uncertain && changes,
+        let refused = |error: V3Error, uncertain: bool| {
+            // Said here, where the call is known; what it means is decided by
+            // `ProviderError::after_lost_attempt`.
+            let lost_attempt = uncertain && changes;
+            if lost_attempt {
+                tracing::warn!(api, refusal = %error, "a refusal after an attempt without an answer");
+            }
+            CallError::Rejected { error, lost_attempt }
         };
         for attempt in 0..self.upstream.attempts.max(1) {
             if attempt > 0 {

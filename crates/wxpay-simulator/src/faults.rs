@@ -196,6 +196,9 @@ impl Faults {
                 Some("downloadbill") => {}
                 Some(other) => return Err(format!("bill_gzip_error is for downloadbill, not {other}")),
             }
+            if req.out_trade_no.is_some() {
+                return Err("bill_gzip_error is for a day's bill, which has no out_trade_no".into());
+            }
         }
         if req.count == Some(0) {
             return Err("count must be at least 1".into());
@@ -289,8 +292,19 @@ impl Faults {
     /// Takes the first rule matching a call to `api` about `out_trade_no` (counting it),
     /// among the API faults.
     pub(crate) fn take_call(&self, api: &str, out_trade_no: Option<&str>) -> Option<Hit> {
+        self.take_call_of(api, out_trade_no, |_| true)
+    }
+
+    /// [`Faults::take_call`] among the rules whose kind `applies` to this call: a rule that
+    /// does not is neither counted nor used up.
+    pub(crate) fn take_call_of(
+        &self,
+        api: &str,
+        out_trade_no: Option<&str>,
+        applies: impl Fn(FaultKind) -> bool,
+    ) -> Option<Hit> {
         self.take(
-            |r| !r.kind.is_notification() && r.api.as_deref().is_none_or(|a| a == api),
+            |r| !r.kind.is_notification() && r.api.as_deref().is_none_or(|a| a == api) && applies(r.kind),
             out_trade_no,
         )
     }
@@ -382,6 +396,14 @@ mod tests {
         let mut elsewhere = req(FaultKind::BillGzipError);
         elsewhere.api = Some("v3_billdownload".into());
         assert!(f.add(elsewhere).unwrap_err().contains("for downloadbill"));
+        let mut of_an_order = req(FaultKind::BillGzipError);
+        of_an_order.out_trade_no = Some("T1".into());
+        assert!(f.add(of_an_order).unwrap_err().contains("no out_trade_no"));
+        // A bill asked for as text leaves the rule for the next gzip request.
+        f.add(req(FaultKind::BillGzipError)).unwrap();
+        let text = |k| k != FaultKind::BillGzipError;
+        assert!(f.take_call_of("downloadbill", None, text).is_none());
+        assert!(f.take_call_of("downloadbill", None, |_| true).is_some());
     }
 
     #[test]

@@ -161,6 +161,23 @@ async fn a_bill_asked_for_as_gzip_is_a_gzip_stream_of_the_same_bytes() {
         .unwrap();
     assert_eq!(&gz[..2], &[0x1F, 0x8B], "a gzip stream, not the text");
     assert_eq!(gunzip(&gz), plain.to_vec());
+    // WeChat Pay failing to compress, on demand: a bill asked for as text is served and
+    // leaves the rule for the next gzip request.
+    env.fault(serde_json::json!({"kind": "bill_gzip_error"})).await;
+    let text = v2::encode(&bill(BillType::All, day), &env.merchant, &nonce()).unwrap();
+    let (_, served) = env.post_raw(DownloadBill::PATH, text).await;
+    assert_eq!(served.as_bytes(), &plain[..]);
+    let body = v2::encode(&zipped, &env.merchant, &nonce()).unwrap();
+    let (_, failed) = env.post_raw(DownloadBill::PATH, body).await;
+    assert!(
+        failed.contains("CompressGZip Error") && failed.contains("FAIL"),
+        "{failed}"
+    );
+    let metrics = env.metrics_text().await;
+    assert!(
+        metrics.contains("wxpay_sim_faults_injected_total{kind=\"bill_gzip_error\"} 1"),
+        "{metrics}"
+    );
     // Another tar_type is refused as WeChat Pay refuses it.
     zipped.gzip = false;
     zipped.extra.insert("tar_type".into(), "ZIP".into());

@@ -41,6 +41,31 @@ enum Format {
     Json,
 }
 
+/// Shows `bytes` of a download on `b`: against `total` when the answer gave one. A download
+/// asked for again (the bill as text after WeChat Pay failed to compress it) may give none,
+/// and then the bar forgets the first answer's length rather than show more than 100 %.
+fn show_download(b: &ProgressBar, bytes: u64, total: Option<u64>) {
+    match total {
+        Some(t) if b.length() != Some(t) => {
+            b.set_length(t);
+            b.set_style(
+                ProgressStyle::with_template("{msg:<40} [{bar:30}] {bytes}/{total_bytes} {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+        }
+        None if b.length().is_some_and(|l| bytes > l) => {
+            b.unset_length();
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {msg:<40} {bytes} {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+        }
+        _ => {}
+    }
+    b.set_position(bytes);
+}
+
 /// Progress bars on standard error.
 struct Bars {
     bar: Mutex<Option<ProgressBar>>,
@@ -80,17 +105,7 @@ impl Progress for Bars {
 
     fn downloaded(&self, bytes: u64, total: Option<u64>) {
         if let Some(b) = &*self.bar.lock().unwrap_or_else(|e| e.into_inner()) {
-            if let Some(t) = total {
-                if b.length() != Some(t) {
-                    b.set_length(t);
-                    b.set_style(
-                        ProgressStyle::with_template("{msg:<40} [{bar:30}] {bytes}/{total_bytes} {elapsed}")
-                            .unwrap_or_else(|_| ProgressStyle::default_bar())
-                            .progress_chars("=> "),
-                    );
-                }
-            }
-            b.set_position(bytes);
+            show_download(b, bytes, total);
         }
     }
 
@@ -240,4 +255,25 @@ pub(crate) fn run(args: ReconcileArgs) -> Result<(), CliError> {
         return Err(CliError::Usage(errors.join("; ")));
     }
     if balanced { Ok(()) } else { Err(CliError::Failed) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_download_asked_for_again_without_a_length_never_shows_more_than_its_total() {
+        let b = ProgressBar::hidden();
+        // The first answer: WeChat Pay's short XML refusal, with its length.
+        show_download(&b, 150, Some(150));
+        assert_eq!(b.length(), Some(150));
+        // The bill as text, sent without a length: the old one is forgotten.
+        show_download(&b, 4096, None);
+        assert_eq!((b.length(), b.position()), (None, 4096));
+        // An answer that gives its length is shown against it.
+        show_download(&b, 10, Some(2048));
+        assert_eq!((b.length(), b.position()), (Some(2048), 10));
+        show_download(&b, 20, None);
+        assert_eq!((b.length(), b.position()), (Some(2048), 20));
+    }
 }

@@ -32,7 +32,7 @@ pub(crate) fn download(ctx: &Ctx<'_>, f: &Fields<'_>) -> Reply {
     // forgets to gunzip must fail here as it would live. Another `tar_type` is refused by the
     // request's reading ("invalid tar_type, Only GZIP supported").
     match bill_text(ctx.sim, ctx.mch, ctx.now, req.bill_date, req.bill_type) {
-        Ok(text) if req.gzip => gzip_reply(crate::gzip::gzip(text.as_bytes())),
+        Ok(text) if req.gzip => gzip_reply(wxpay_protocol::v2::gzip(text.as_bytes())),
         Ok(text) => text_reply(text),
         Err(BillRefusal::InvalidDate) => bill_error("invalid bill_date", "20001"),
         Err(BillRefusal::Creating) => bill_error("Bill Creating", "20003"),

@@ -25,7 +25,6 @@ mod checkout;
 mod config;
 mod control;
 mod faults;
-mod gzip;
 mod http_client;
 mod ids;
 mod metrics;

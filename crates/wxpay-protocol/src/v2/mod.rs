@@ -39,7 +39,7 @@ mod order;
 mod refund;
 pub mod server;
 
-pub use bill::{Bill, BillFee, BillRow, BillSummary, BillType, DownloadBill, MAX_BILL_BYTES, gunzip, is_gzip};
+pub use bill::{Bill, BillFee, BillRow, BillSummary, BillType, DownloadBill, MAX_BILL_BYTES, gunzip, gzip, is_gzip};
 pub use errcode::{ErrCode, Retry};
 pub use jsapi::PayParams;
 pub use notify::{

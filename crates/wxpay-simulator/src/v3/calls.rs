@@ -575,7 +575,7 @@ pub(crate) fn trade_bill(ctx: &Ctx<'_>, uri: &Uri) -> Reply {
     // Pay's page of this API), so that a client hashing the gzip stream fails here as live.
     let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, text.as_bytes());
     let file = if gzip {
-        crate::gzip::gzip(text.as_bytes())
+        wxpay_protocol::v2::gzip(text.as_bytes())
     } else {
         text.into_bytes()
     };

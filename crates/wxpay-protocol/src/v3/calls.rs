@@ -629,6 +629,21 @@ impl BillLocation {
             })
         }
     }
+
+    /// Reads the file downloaded from this location after the bill was asked for as gzip
+    /// ([`trade_bill`] with `gzip`): unpacked ([`crate::v2::gunzip`]; asked for as gzip, it
+    /// must be gzip), checked against the digest, which is of the bill and not of the stream,
+    /// and parsed.
+    ///
+    /// # Errors
+    /// [`Error::Bill`] for a broken stream, text that is not UTF-8 or a bill that does not
+    /// read; [`Error::InvalidField`] as for [`BillLocation::check`].
+    pub fn read_gzip(&self, file: &[u8]) -> Result<crate::v2::Bill, Error> {
+        let bill = crate::v2::gunzip(file)?;
+        self.check(&bill)?;
+        let text = std::str::from_utf8(&bill).map_err(|_| Error::Bill("the bill is not UTF-8 text".into()))?;
+        crate::v2::Bill::parse(text)
+    }
 }
 
 /// An error answer of APIv3: the HTTP status and the body's `code`, `message` and `detail`.

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use wxpay_protocol::v2::Bill;
 use wxpay_protocol::v3::SignatureHeaders;
 use wxpay_protocol::v3::auth::pay_params;
 use wxpay_protocol::v3::calls::{
@@ -291,13 +290,7 @@ impl Provider for V3Provider {
                     Err(e) => return Err(provider_error(e, Refusal::Other)),
                 }
             };
-            // Asked for as gzip, it must be gzip. The digest is of the bill itself, not of the
-            // stream ("原始账单(gzip需要解压缩)的摘要值").
-            let bytes = wxpay_protocol::v2::gunzip(&file.body).map_err(incomplete)?;
-            location.check(&bytes).map_err(incomplete)?;
-            let text = std::str::from_utf8(&bytes)
-                .map_err(|_| ProviderError::Incomplete("the bill is not UTF-8 text".into()))?;
-            let bill = Bill::parse(text).map_err(incomplete)?;
+            let bill = location.read_gzip(&file.body).map_err(incomplete)?;
             Ok(bill.rows.into_iter().map(crate::provider::bill_entry).collect())
         })
     }

@@ -41,6 +41,19 @@ enum Format {
     Json,
 }
 
+/// A download's bar against its length.
+fn bytes_bar() -> ProgressStyle {
+    ProgressStyle::with_template("{msg:<40} [{bar:30}] {bytes}/{total_bytes} {elapsed}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
+/// A download of unknown length: the bytes so far.
+fn bytes_spinner() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} {msg:<40} {bytes} {elapsed}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+}
+
 /// Shows `bytes` of a download on `b`: against `total` when the answer gave one. A download
 /// asked for again (the bill as text after WeChat Pay failed to compress it) may give none,
 /// and then the bar forgets the first answer's length rather than show more than 100 %.
@@ -48,18 +61,11 @@ fn show_download(b: &ProgressBar, bytes: u64, total: Option<u64>) {
     match total {
         Some(t) if b.length() != Some(t) => {
             b.set_length(t);
-            b.set_style(
-                ProgressStyle::with_template("{msg:<40} [{bar:30}] {bytes}/{total_bytes} {elapsed}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-            );
+            b.set_style(bytes_bar());
         }
         None if b.length().is_some_and(|l| bytes > l) => {
             b.unset_length();
-            b.set_style(
-                ProgressStyle::with_template("{spinner} {msg:<40} {bytes} {elapsed}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
+            b.set_style(bytes_spinner());
         }
         _ => {}
     }
@@ -85,10 +91,7 @@ impl Progress for Bars {
             }
             None => {
                 let b = ProgressBar::new_spinner();
-                b.set_style(
-                    ProgressStyle::with_template("{spinner} {msg:<40} {bytes} {elapsed}")
-                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                );
+                b.set_style(bytes_spinner());
                 b.enable_steady_tick(Duration::from_millis(100));
                 b
             }

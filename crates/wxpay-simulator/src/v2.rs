@@ -766,11 +766,14 @@ pub(crate) fn gzip_reply(bytes: Vec<u8>) -> Reply {
 
 /// Replies with downloadbill's unsigned XML error.
 pub(crate) fn bill_error(msg: &str, code: &str) -> Reply {
-    let body = wxpay_protocol::xml::write(
-        "xml",
-        [("return_code", "FAIL"), ("return_msg", msg), ("error_code", code)],
-    )
-    .unwrap_or_else(|_| return_fail(msg));
+    bill_failure(msg, Some(code))
+}
+
+/// downloadbill's unsigned XML error, with its numeric `error_code` when one is known.
+fn bill_failure(msg: &str, code: Option<&str>) -> Reply {
+    let fields = [("return_code", "FAIL"), ("return_msg", msg)];
+    let body = wxpay_protocol::xml::write("xml", fields.into_iter().chain(code.map(|c| ("error_code", c))))
+        .unwrap_or_else(|_| return_fail(msg));
     Reply {
         body,
         result: BUSINESS_ERROR,
@@ -781,13 +784,7 @@ pub(crate) fn bill_error(msg: &str, code: &str) -> Reply {
 /// WeChat Pay's answer when its compression of a bill fails (`CompressGZip Error`, "try again
 /// later" in its table). No numeric `error_code` is known for it, so none is sent.
 fn bill_gzip_error() -> Reply {
-    let body = wxpay_protocol::xml::write("xml", [("return_code", "FAIL"), ("return_msg", "CompressGZip Error")])
-        .unwrap_or_else(|_| return_fail("CompressGZip Error"));
-    Reply {
-        body,
-        result: BUSINESS_ERROR,
-        kind: ReplyKind::Xml,
-    }
+    bill_failure("CompressGZip Error", None)
 }
 
 /// `bill_error` for a request that does not parse.
